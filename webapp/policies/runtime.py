@@ -1,0 +1,52 @@
+"""Loading model versions into a worker process.
+
+Only Celery worker processes call this (never a web request), and only after
+the prefork fork, so torch's thread pool is never forked. A generation worker
+keeps the last version it loaded; a training run loads its own trainable copy.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from .models import ModelVersion
+
+_lock = threading.Lock()
+_cached: dict[tuple[int, str], object] = {}
+
+
+def _paths(version: ModelVersion) -> tuple[Path, Path | None, str | None]:
+    project = version.project
+    if version.kind == ModelVersion.Kind.BASE:
+        return Path(version.weights_path), None, None
+    if version.kind == ModelVersion.Kind.LORA:
+        return Path(project.base_model_path), Path(version.weights_path), version.sha256 or None
+    # A full fine-tune is a complete model folder of its own.
+    return Path(version.weights_path), None, None
+
+
+def policy_load(version: ModelVersion, *, trainable: bool = False, config=None):
+    """Load ``version`` as a :class:`pgcore.policy.Policy`.
+
+    LoRA versions load the project's base model plus the version's adapter,
+    whose sha256 is checked first (``pgcore.policy.ChecksumError`` on mismatch).
+    """
+    from pgcore.policy import load_policy, verify_weights
+
+    base_path, adapter_path, sha = _paths(version)
+    if version.kind == ModelVersion.Kind.FULL and version.sha256:
+        verify_weights(base_path, version.sha256)
+    return load_policy(base_path, adapter_path, config=config, trainable=trainable, expected_sha256=sha)
+
+
+def policy_for_generation(version: ModelVersion):
+    """The process-wide cached, frozen policy of ``version`` (one kept at a time)."""
+    key = (version.pk, version.sha256)
+    with _lock:
+        if key not in _cached:
+            _cached.clear()
+            policy = policy_load(version, trainable=False)
+            policy.model.eval()
+            _cached[key] = policy
+        return _cached[key]

@@ -1,0 +1,75 @@
+"""Training runs.
+
+At most one run per project is queued or running at a time: a partial unique
+index on (project) over the active statuses makes the database refuse a
+second one, whatever races the scheduler and the "Train now" button run.
+"""
+
+from django.conf import settings
+from django.db import models
+
+from webapp.annotation.models import Rating
+from webapp.policies.models import ModelVersion, Project
+
+ACTIVE_STATUSES = ("queued", "running")
+
+
+class TrainingRun(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Trigger(models.TextChoices):
+        SCHEDULE = "schedule", "Schedule"
+        MANUAL = "manual", "Train now"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="training_runs")
+    status = models.CharField("status", max_length=16, choices=Status.choices, default=Status.QUEUED)
+    trigger = models.CharField("trigger", max_length=16, choices=Trigger.choices)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    parent_version = models.ForeignKey(
+        ModelVersion, on_delete=models.PROTECT, related_name="+", verbose_name="trained from"
+    )
+    result_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+", verbose_name="produced"
+    )
+    config = models.JSONField("settings", default=dict, blank=True, help_text="The PGConfig the run used.")
+    ratings = models.ManyToManyField(Rating, blank=True, related_name="training_runs", verbose_name="ratings used")
+    metrics = models.JSONField("metrics", default=dict, blank=True)
+    progress_step = models.PositiveIntegerField("step", default=0)
+    progress_total = models.PositiveIntegerField("steps", default=0)
+    error = models.TextField("error", blank=True)
+    log = models.TextField("log", blank=True)
+    promoted = models.BooleanField("served after the run", default=False)
+    created_at = models.DateTimeField("created", auto_now_add=True)
+    started_at = models.DateTimeField("started", null=True, blank=True)
+    finished_at = models.DateTimeField("finished", null=True, blank=True)
+    heartbeat_at = models.DateTimeField("last report from the worker", null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project"],
+                condition=models.Q(status__in=ACTIVE_STATUSES),
+                name="one_active_training_run_per_project",
+            ),
+        ]
+
+    def __str__(self):
+        return f"run {self.pk} of {self.project} ({self.status})"
+
+    @property
+    def is_active(self):
+        return self.status in ACTIVE_STATUSES
+
+    @property
+    def duration_s(self):
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None

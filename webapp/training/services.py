@@ -1,0 +1,258 @@
+"""Writes for training: creating, running, scheduling runs.
+
+A run never touches the served version until its new weights are safely on
+disk (written to a temporary folder, fsynced, renamed; sha256 recorded) and
+registered. Any failure before that leaves the project exactly as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from webapp.annotation import selectors as annotation_selectors
+from webapp.annotation.models import Completion, Rating
+from webapp.errors import ApplicationError
+from webapp.policies import services as policy_services
+from webapp.policies.models import ModelVersion, Project
+
+from .models import TrainingRun
+
+log = logging.getLogger(__name__)
+
+# A running run whose worker has not reported for this long is declared lost.
+STALE_RUN_AFTER = timedelta(minutes=15)
+TRAIN_TASK_NAME = "webapp.training.tasks.training_schedule"
+POOL_TASK_NAME = "webapp.annotation.tasks.pool_refill_all"
+
+
+def pg_config_for(*, project: Project, overrides: dict | None = None):
+    """The project's PGConfig with ``overrides`` applied.
+
+    Raises:
+        ApplicationError: an unknown field or a value out of range (the message
+            names the field and the allowed range).
+    """
+    from pgcore.config import PGConfig
+
+    try:
+        return PGConfig.from_dict({**(project.pg_config or {}), **(overrides or {})})
+    except (TypeError, ValueError) as exc:
+        raise ApplicationError(str(exc)) from exc
+
+
+def training_run_create(*, project: Project, trigger: str, user=None, overrides: dict | None = None) -> TrainingRun:
+    """Queue a training run on the project's unused ratings.
+
+    Raises:
+        ApplicationError: no unused ratings, a bad override, or a run is
+            already queued or running (refused by the database's
+            one-active-run constraint, so two simultaneous requests cannot
+            both succeed).
+    """
+    from . import tasks
+
+    config = pg_config_for(project=project, overrides=overrides)
+    if not annotation_selectors.new_ratings(project=project).exists():
+        raise ApplicationError("There are no new ratings to train on yet.")
+    try:
+        with transaction.atomic():
+            run = TrainingRun.objects.create(
+                project=project,
+                trigger=trigger,
+                requested_by=user,
+                parent_version=project.served_version,
+                config=config.to_dict(),
+            )
+            transaction.on_commit(lambda: tasks.training_run_execute.delay(run.pk))
+    except IntegrityError as exc:
+        raise ApplicationError("A training run is already queued or running for this project.") from exc
+    return run
+
+
+def _log(run: TrainingRun, line: str) -> None:
+    stamp = timezone.now().strftime("%H:%M:%S")
+    run.log = (run.log + f"[{stamp}] {line}\n")[-20000:]
+    run.heartbeat_at = timezone.now()
+    TrainingRun.objects.filter(pk=run.pk).update(log=run.log, heartbeat_at=run.heartbeat_at)
+
+
+def training_batch_build(*, project: Project, ratings: list[Rating], config):
+    """Turn ratings into a :class:`pgcore.trainer.TrainBatch`.
+
+    Each rated completion appears once; its reward is the mean of its
+    ratings after per-annotator normalisation (statistics from every rating
+    the annotator gave in this project, so a small batch does not decide
+    someone's scale). Completions of one prompt share a group for the
+    leave-one-out baseline.
+    """
+    from pgcore.rewards import RatingRecord, likert_to_score, ratings_to_rewards
+    from pgcore.trainer import TrainBatch
+
+    completion_ids = sorted({r.completion_id for r in ratings})
+    history = list(
+        Rating.objects.filter(completion__project=project).values_list("completion_id", "annotator_id", "score")
+    )
+    index = {cid: i for i, cid in enumerate(completion_ids)}
+    extra: dict[int, int] = {}
+    for cid, _, _ in history:
+        if cid not in index and cid not in extra:
+            extra[cid] = len(index) + len(extra)
+    records = [
+        RatingRecord(completion_index=index.get(cid, extra.get(cid)), annotator=annotator, score=likert_to_score(score))
+        for cid, annotator, score in history
+    ]
+    rewards = ratings_to_rewards(
+        records,
+        len(index) + len(extra),
+        annotator_norm=config.annotator_norm,
+        shrinkage=config.annotator_shrinkage,
+    )[: len(index)]
+    completions = Completion.objects.in_bulk(completion_ids)
+    ordered = [completions[cid] for cid in completion_ids]
+    return TrainBatch(
+        prompt_ids=[list(c.prompt_token_ids) for c in ordered],
+        completion_ids=[list(c.token_ids) for c in ordered],
+        behaviour_logprobs=[list(c.behaviour_logprobs) for c in ordered],
+        rewards=[float(x) for x in rewards.tolist()],
+        group_ids=[c.prompt_id for c in ordered],
+    )
+
+
+def training_run_execute(*, run_id: int) -> TrainingRun | None:
+    """Run a queued training run to the end (called by the ``training`` task).
+
+    Idempotent: a run that is not queued any more is left alone. On success a
+    new version is registered and served, and the pool refills from it. On any
+    error the run is marked failed with the error and the served version is
+    untouched.
+    """
+    from pgcore.policy import save_policy_atomic
+    from pgcore.trainer import update
+
+    from webapp.annotation import tasks as annotation_tasks
+    from webapp.policies.runtime import policy_load
+
+    now = timezone.now()
+    claimed = TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.QUEUED).update(
+        status=TrainingRun.Status.RUNNING, started_at=now, heartbeat_at=now
+    )
+    if not claimed:
+        return None
+    run = TrainingRun.objects.select_related("project__served_version").get(pk=run_id)
+    project = run.project
+    try:
+        config = pg_config_for(project=project, overrides=run.config)
+        with transaction.atomic():
+            parent = project.served_version
+            ratings = list(annotation_selectors.new_ratings(project=project).select_related("completion"))
+            if not ratings:
+                raise ApplicationError("There are no new ratings to train on.")
+            run.parent_version = parent
+            run.save(update_fields=["parent_version"])
+            run.ratings.set(ratings)
+        _log(run, f"training v{parent.number} on {len(ratings)} ratings with {json.dumps(config.to_dict())}")
+        batch = training_batch_build(project=project, ratings=ratings, config=config)
+        if not config.use_lora and parent.kind == ModelVersion.Kind.LORA:
+            raise ApplicationError("Full fine-tuning cannot continue from a LoRA version; promote a full or base version.")
+        policy = policy_load(parent, trainable=True, config=config)
+
+        def on_step(info: dict) -> None:
+            TrainingRun.objects.filter(pk=run.pk).update(
+                progress_step=info["step"], progress_total=info["total_steps"], heartbeat_at=timezone.now()
+            )
+            _log(
+                run,
+                f"epoch {info['epoch']} step {info['step']}/{info['total_steps']}: "
+                f"pg_loss {info.get('losses/pg_loss', float('nan')):.4f}, kl {info.get('objective/kl', float('nan')):.4f}",
+            )
+
+        metrics = update(policy, batch, config, on_step=on_step)
+        out_dir = policy_services.version_weights_dir(project=project, name=f"run-{run.pk}")
+        sha256 = save_policy_atomic(policy, out_dir)
+        metrics = {k: float(v) for k, v in metrics.items()}
+        version = policy_services.version_register(
+            project=project,
+            parent=parent,
+            kind=ModelVersion.Kind.LORA if config.use_lora else ModelVersion.Kind.FULL,
+            weights_path=out_dir,
+            sha256=sha256,
+            ratings_used=len(ratings),
+            metrics=metrics,
+        )
+        with transaction.atomic():
+            policy_services.version_promote(version=version)
+            TrainingRun.objects.filter(pk=run.pk).update(
+                status=TrainingRun.Status.SUCCEEDED,
+                result_version=version,
+                metrics=metrics,
+                promoted=True,
+                finished_at=timezone.now(),
+            )
+            transaction.on_commit(lambda: annotation_tasks.pool_refill.delay(project.pk))
+        _log(run, f"v{version.number} written ({sha256[:12]}) and served")
+    except Exception as exc:  # noqa: BLE001 - every failure must end the run cleanly
+        log.exception("training run %s failed", run.pk)
+        message = exc.message if isinstance(exc, ApplicationError) else f"{type(exc).__name__}: {exc}"
+        _log(run, "failed:\n" + "".join(traceback.format_exception_only(type(exc), exc)).strip())
+        TrainingRun.objects.filter(pk=run.pk).update(
+            status=TrainingRun.Status.FAILED, error=message, finished_at=timezone.now()
+        )
+    run.refresh_from_db()
+    return run
+
+
+def training_runs_reap_stale(*, now=None) -> int:
+    """Mark running runs whose worker stopped reporting as failed, freeing the project."""
+    now = now or timezone.now()
+    return TrainingRun.objects.filter(
+        status=TrainingRun.Status.RUNNING, heartbeat_at__lt=now - STALE_RUN_AFTER
+    ).update(
+        status=TrainingRun.Status.FAILED,
+        error="The worker running this run stopped reporting (killed or lost); no version was written.",
+        finished_at=now,
+    )
+
+
+def training_schedule_tick() -> list[TrainingRun]:
+    """Start a run for every project with at least ``min_new_ratings`` unused ratings and no active run."""
+    training_runs_reap_stale()
+    started = []
+    for project in Project.objects.select_related("served_version"):
+        if TrainingRun.objects.filter(project=project, status__in=["queued", "running"]).exists():
+            continue
+        if annotation_selectors.new_ratings(project=project).count() < project.min_new_ratings:
+            continue
+        try:
+            started.append(training_run_create(project=project, trigger=TrainingRun.Trigger.SCHEDULE))
+        except ApplicationError as exc:
+            log.info("not starting a run for %s: %s", project.slug, exc.message)
+    return started
+
+
+def schedule_ensure(*, train_interval_s: int | None = None, pool_interval_s: int | None = None) -> None:
+    """Create the beat entries (database scheduler) if missing.
+
+    Staff change the intervals in the Django admin afterwards; an explicit
+    argument (or ``REWARDLOOP_TRAIN_INTERVAL_S`` passed by the caller)
+    overwrites them.
+    """
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    for name, task, seconds, default in [
+        ("Start training runs", TRAIN_TASK_NAME, train_interval_s, settings.REWARDLOOP_TRAIN_INTERVAL_S),
+        ("Refill completion pools", POOL_TASK_NAME, pool_interval_s, settings.REWARDLOOP_POOL_INTERVAL_S),
+    ]:
+        existing = PeriodicTask.objects.filter(name=name).first()
+        if existing and seconds is None:
+            continue
+        every, _ = IntervalSchedule.objects.get_or_create(every=seconds or default, period=IntervalSchedule.SECONDS)
+        PeriodicTask.objects.update_or_create(
+            name=name, defaults={"task": task, "interval": every, "enabled": True}
+        )

@@ -1,0 +1,16 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from . import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("healthz", views.healthz, name="healthz"),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("p/<slug:slug>/", include("webapp.annotation.urls")),
+    path("staff/p/<slug:slug>/", include("webapp.training.urls")),
+    path("staff/p/<slug:slug>/versions/", include("webapp.policies.urls")),
+    path("admin/", admin.site.urls),
+]
