@@ -137,8 +137,6 @@ def _parse_csv(content: str, errors: list) -> list[PromptRow]:
             if None in record:
                 errors.append((line_no, "more cells than header columns"))
                 continue
-            if all(not (v or "").strip() for v in record.values()):
-                continue
             row = _row(line_no, {k: v for k, v in record.items() if v is not None}, errors)
             if row:
                 rows.append(row)

@@ -1,0 +1,91 @@
+"""Fixtures shared by the web-app and end-to-end tests.
+
+The tests run against whatever ``DATABASE_URL`` and ``CELERY_BROKER_URL``
+say: SQLite and the filesystem broker by default, PostgreSQL and Redis in
+CI's second pass. Models are a tiny random Llama built here (fast), or the
+real SmolLM2 for tests marked ``smollm2``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny randomly initialised causal LM folder (same architecture family as SmolLM2)."""
+    from pgcore.tiny import write_tiny_model
+
+    return Path(write_tiny_model(tmp_path_factory.mktemp("models") / "tiny", seed=0))
+
+
+@pytest.fixture
+def models_dir(tmp_path, settings) -> Path:
+    """New versions' weights go to a per-test folder."""
+    settings.REWARDLOOP_MODELS_DIR = tmp_path / "models"
+    return settings.REWARDLOOP_MODELS_DIR
+
+
+@pytest.fixture
+def project(db, tiny_model_dir, models_dir):
+    """A Likert project on the tiny model with a handful of prompts; v0 served."""
+    from webapp.annotation.importers import PromptRow
+    from webapp.annotation.services import prompts_create
+    from webapp.policies.services import project_create
+
+    project = project_create(
+        slug="t",
+        title="Test project",
+        base_model_path=tiny_model_dir,
+        pool_target=4,
+        min_new_ratings=4,
+        max_new_tokens=8,
+        pg_config={"epochs": 1, "minibatch_size": 4, "lr": 1e-3, "lora_r": 4, "lora_alpha": 8},
+    )
+    prompts_create(
+        project=project,
+        rows=[PromptRow(line=i + 1, text=f"Continue this review: film number {i} was") for i in range(6)]
+        + [PromptRow(line=7, text="Held-out prompt", held_out=True)],
+    )
+    return project
+
+
+@pytest.fixture
+def make_user(db, django_user_model):
+    def make(username: str, *, staff: bool = False):
+        return django_user_model.objects.create_user(username=username, password="pw-12345678", is_staff=staff)
+
+    return make
+
+
+@pytest.fixture
+def annotator(make_user):
+    return make_user("ann")
+
+
+@pytest.fixture
+def staff_user(make_user):
+    return make_user("boss", staff=True)
+
+
+@pytest.fixture
+def make_completion(db):
+    """Insert a completion directly (no model call), for tests of leases and ratings."""
+    from webapp.annotation.models import Completion
+
+    def make(project, *, text="a completion", prompt=None, version=None, n_tokens=3):
+        prompt = prompt or project.prompts.filter(held_out=False).order_by("id").first()
+        return Completion.objects.create(
+            project=project,
+            prompt=prompt,
+            model_version=version or project.served_version,
+            text=text,
+            prompt_token_ids=[5, 6, 7],
+            token_ids=list(range(10, 10 + n_tokens)),
+            behaviour_logprobs=[-1.0] * n_tokens,
+            finished=True,
+        )
+
+    return make

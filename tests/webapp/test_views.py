@@ -1,0 +1,138 @@
+import pytest
+from django.urls import reverse
+
+from webapp.annotation.models import Rating
+
+HTMX = {"HTTP_HX_REQUEST": "true"}
+
+
+@pytest.fixture
+def annotator_client(client, annotator):
+    client.force_login(annotator)
+    return client
+
+
+def annotate_url(project):
+    return reverse("annotation:annotate", args=[project.slug])
+
+
+def test_annotation_page_needs_a_login(client, project):
+    response = client.get(annotate_url(project))
+    assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+
+
+def test_annotation_page_shows_the_leased_prompt_and_completion(annotator_client, project, make_completion):
+    make_completion(project, text="The acting was superb")
+    response = annotator_client.get(annotate_url(project))
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert "The acting was superb" in body and "film number 0 was" in body
+    assert 'data-key="5"' in body and 'data-key="s"' in body
+
+
+def test_rating_by_htmx_stores_it_and_swaps_in_the_next_item(annotator_client, annotator, project, make_completion):
+    first = make_completion(project, text="first completion")
+    make_completion(project, text="second completion")
+    annotator_client.get(annotate_url(project))
+    response = annotator_client.post(reverse("annotation:rate", args=[project.slug, first.pk]), {"score": "4"}, **HTMX)
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert "<html" not in body and 'id="card"' in body and "second completion" in body
+    rating = Rating.objects.get()
+    assert (rating.completion_id, rating.annotator_id, rating.score) == (first.pk, annotator.pk, 4)
+    assert rating.seconds_spent is not None and rating.seconds_spent >= 0
+
+
+def test_double_click_stores_one_rating_and_says_so(annotator_client, project, make_completion):
+    first = make_completion(project)
+    annotator_client.get(annotate_url(project))
+    url = reverse("annotation:rate", args=[project.slug, first.pk])
+    annotator_client.post(url, {"score": "4"}, **HTMX)
+    response = annotator_client.post(url, {"score": "2"}, **HTMX)
+    assert "rated this item already" in response.content.decode()
+    assert Rating.objects.count() == 1
+
+
+def test_rating_needs_post(annotator_client, project, make_completion):
+    completion = make_completion(project)
+    assert annotator_client.get(reverse("annotation:rate", args=[project.slug, completion.pk])).status_code == 405
+
+
+def test_empty_queue_shows_the_waiting_state_that_polls(annotator_client, project):
+    body = annotator_client.get(annotate_url(project)).content.decode()
+    assert "The model is writing new outputs" in body
+    assert 'hx-trigger="every 3s"' in body
+
+
+def test_history_restore_request_gets_the_full_page(annotator_client, project, make_completion):
+    make_completion(project)
+    card_url = reverse("annotation:card", args=[project.slug])
+    assert "<html" not in annotator_client.get(card_url, **HTMX).content.decode()
+    restored = annotator_client.get(card_url, HTTP_HX_HISTORY_RESTORE_REQUEST="true", **HTMX)
+    assert "<html" in restored.content.decode()
+
+
+def test_model_and_prompt_text_is_escaped(annotator_client, project, make_completion):
+    prompt = project.prompts.first()
+    prompt.text = "<script>alert('p')</script>"
+    prompt.save()
+    make_completion(project, prompt=prompt, text="<img src=x onerror=alert(1)>")
+    body = annotator_client.get(annotate_url(project)).content.decode()
+    assert "<script>alert" not in body and "<img src=x" not in body
+    assert "&lt;script&gt;alert(&#x27;p&#x27;)&lt;/script&gt;" in body
+    assert "&lt;img src=x onerror=alert(1)&gt;" in body
+
+
+def test_pages_send_a_content_security_policy_without_inline_script(annotator_client, project):
+    response = annotator_client.get(annotate_url(project))
+    policy = response["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+
+
+@pytest.mark.parametrize(
+    "name,args,method",
+    [
+        ("training:runs", [], "get"),
+        ("training:train_now", [], "post"),
+        ("policies:versions", [], "get"),
+        ("policies:promote", [0], "post"),
+    ],
+)
+def test_annotators_get_403_on_staff_pages_and_actions(annotator_client, project, name, args, method):
+    url = reverse(name, args=[project.slug, *args])
+    assert getattr(annotator_client, method)(url).status_code == 403
+
+
+def test_staff_see_runs_and_versions(client, staff_user, project):
+    client.force_login(staff_user)
+    runs = client.get(reverse("training:runs", args=[project.slug])).content.decode()
+    assert "Training runs" in runs and "No training runs yet" in runs
+    versions = client.get(reverse("policies:versions", args=[project.slug])).content.decode()
+    assert "v0" in versions and "served" in versions
+
+
+def test_train_now_without_ratings_explains_why_nothing_started(client, staff_user, project):
+    client.force_login(staff_user)
+    response = client.post(reverse("training:train_now", args=[project.slug]), follow=True)
+    assert "no new ratings to train on" in response.content.decode()
+
+
+def test_healthz_reports_database_broker_and_pools(client, project, make_completion):
+    make_completion(project)
+    response = client.get("/healthz")
+    body = response.json()
+    assert response.status_code == 200
+    assert body["database"] is True and body["broker"] is True
+    assert body["projects"] == {"t": {"served_version": 0, "pool_size": 1}}
+
+
+def test_expired_csrf_token_gives_a_clear_reload_message(project, annotator, make_completion):
+    from django.test import Client
+
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(annotator)
+    completion = make_completion(project)
+    response = strict.post(reverse("annotation:rate", args=[project.slug, completion.pk]), {"score": "3"}, **HTMX)
+    assert response.status_code == 403
+    assert "Reload the page" in response.content.decode()
+    assert not Rating.objects.exists()
