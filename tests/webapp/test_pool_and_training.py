@@ -125,7 +125,9 @@ def test_a_tampered_version_is_refused_on_load(project, make_user):
     )
     version = run.result_version
     weights = next(Path(version.weights_path).glob("*.safetensors"))
-    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 0xFF  # one flipped byte
+    weights.write_bytes(bytes(blob))
     with pytest.raises(ChecksumError):
         policy_load(version)
 
