@@ -78,4 +78,8 @@ class Command(BaseCommand):
             self.stdout.write(f"  {username}: password {chosen}{' (staff)' if staff else ''}")
         interval = os.environ.get("REWARDLOOP_TRAIN_INTERVAL_S")
         schedule_ensure(train_interval_s=int(interval) if interval else None)
+        # Start filling the pool as soon as a generation worker is up, not at beat's first tick.
+        from webapp.annotation.tasks import pool_refill
+
+        pool_refill.delay(project.pk)
         self.stdout.write(self.style.SUCCESS("Demo ready."))
