@@ -6,8 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 export REWARDLOOP_DATA_DIR ?= $(CURDIR)/var
-DOWNLOADS := $(CURDIR)/var/downloads
-VADER_SDIST := $(DOWNLOADS)/vaderSentiment-3.3.2.tar.gz
+# Recursive (=) so a REWARDLOOP_DATA_DIR given on the command line or in the environment counts.
+DOWNLOADS = $(REWARDLOOP_DATA_DIR)/downloads
+VADER_SDIST = $(DOWNLOADS)/vaderSentiment-3.3.2.tar.gz
 
 .PHONY: run test install check-venv
 

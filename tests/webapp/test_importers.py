@@ -108,3 +108,13 @@ def test_demo_prompts_come_from_the_vader_movie_review_snippets(tmp_path):
     assert len(rows) == 50 and sum(r.held_out for r in rows) == 5
     assert all(r.text.startswith("Continue this movie review") and "word9" in r.text and "word10" not in r.text for r in rows)
     assert all(r.source.startswith("vader:movieReviewSnippets:") for r in rows)
+
+
+def test_create_project_command_registers_a_local_model_folder_as_version_0(db, tiny_model_dir, tmp_path):
+    from webapp.policies.models import Project
+
+    call_command("create_project", "mine", str(tiny_model_dir), "--title", "Mine")
+    project = Project.objects.get(slug="mine")
+    assert project.served_version.number == 0 and project.served_version.weights_path == str(tiny_model_dir)
+    with pytest.raises(CommandError, match="not a Hugging Face model folder"):
+        call_command("create_project", "other", str(tmp_path))
