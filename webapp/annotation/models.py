@@ -7,7 +7,17 @@ Invariants live in the database:
   each lease takes one numbered *slot* of the completion, and
   (completion, slot) is unique, so two annotators racing for the same item
   cannot both win, on PostgreSQL or SQLite;
-- an annotator holds at most one lease per completion.
+- an annotator holds at most one lease per completion;
+- a judgment is exactly one of a Likert score, a thumb or one side of a
+  pairwise comparison (check constraint on ``Rating``);
+- a completion belongs to at most one pair, and an annotator decides a pair
+  once (unique (pair, annotator) on ``Comparison``).
+
+Pairwise items are leased, skipped and counted through the pair's
+``completion_a`` (its *anchor*), so one lease/slot mechanism serves every
+rating mode. A comparison writes one ``Rating`` row for each of its two
+completions (``Rating.comparison``), so training, the pool and the queue see
+pairwise work through the same table as Likert and thumbs ratings.
 """
 
 from django.conf import settings
@@ -70,6 +80,12 @@ class Lease(models.Model):
     annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="leases")
     slot = models.PositiveSmallIntegerField("slot", help_text="0 ≤ slot < the project's ratings per item.")
     expires_at = models.DateTimeField("expires")
+    a_on_left = models.BooleanField(
+        "A shown left",
+        null=True,
+        blank=True,
+        help_text="Pairwise only: whether the pair's completion A is shown on the left (drawn at random per lease).",
+    )
     fulfilled = models.BooleanField("rated", default=False, help_text="A fulfilled lease keeps its slot for good.")
     created_at = models.DateTimeField("created", auto_now_add=True)
 
@@ -90,10 +106,83 @@ class Skip(models.Model):
         constraints = [models.UniqueConstraint(fields=["completion", "annotator"], name="skip_once_per_annotator")]
 
 
+class Pair(models.Model):
+    """Two completions of the same prompt by the same version, compared side by side.
+
+    ``completion_a`` is the anchor: leases, skips and the queue go through it.
+    Which side each annotator saw on the left is recorded per comparison.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="pairs")
+    completion_a = models.OneToOneField(Completion, on_delete=models.CASCADE, related_name="pair_as_a")
+    completion_b = models.OneToOneField(Completion, on_delete=models.CASCADE, related_name="pair_as_b")
+    created_at = models.DateTimeField("created", auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~models.Q(completion_a=models.F("completion_b")), name="pair_of_two_different_completions"
+            ),
+        ]
+
+    def __str__(self):
+        return f"pair {self.pk} ({self.completion_a_id} vs {self.completion_b_id})"
+
+
+class Choice(models.TextChoices):
+    A = "a", "A is better"
+    B = "b", "B is better"
+    TIE = "tie", "Tie"
+    BOTH_BAD = "both_bad", "Both bad"
+
+
+class Comparison(models.Model):
+    """One annotator's decision on a pair.
+
+    ``choice`` names the pair's completions (``a`` = ``completion_a``), not
+    screen sides; ``a_on_left`` says what the annotator saw, so a left-side
+    bias can be measured.
+    """
+
+    pair = models.ForeignKey(Pair, on_delete=models.CASCADE, related_name="comparisons")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="comparisons")
+    choice = models.CharField("choice", max_length=8, choices=Choice.choices)
+    a_on_left = models.BooleanField("A shown left", help_text="True when completion A was on the left of the screen.")
+    comment = models.TextField("comment", blank=True, max_length=2000)
+    seconds_spent = models.FloatField("seconds spent", null=True, blank=True)
+    created_at = models.DateTimeField("created", auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["pair", "annotator"], name="comparison_once_per_annotator"),
+            models.CheckConstraint(condition=models.Q(choice__in=Choice.values), name="comparison_choice_valid"),
+        ]
+
+    def __str__(self):
+        return f"{self.annotator} on pair {self.pair_id}: {self.choice}"
+
+
 class Rating(models.Model):
+    """One annotator's judgment of one completion.
+
+    Exactly one of ``score`` (Likert 1–5), ``thumbs_up`` or ``comparison``
+    (this completion's side of a pairwise decision) is set.
+    """
+
     completion = models.ForeignKey(Completion, on_delete=models.CASCADE, related_name="ratings")
     annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="ratings")
-    score = models.SmallIntegerField("score", help_text="Likert 1–5.")
+    score = models.SmallIntegerField("score", null=True, blank=True, help_text="Likert 1–5.")
+    thumbs_up = models.BooleanField("thumbs up", null=True, blank=True, help_text="Thumbs mode: up (True) or down.")
+    comparison = models.ForeignKey(
+        Comparison,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="ratings",
+        help_text="Pairwise mode: the decision this rating is one side of.",
+    )
     comment = models.TextField("comment", blank=True, max_length=2000)
     seconds_spent = models.FloatField("seconds spent", null=True, blank=True)
     created_at = models.DateTimeField("created", auto_now_add=True)
@@ -103,8 +192,57 @@ class Rating(models.Model):
         ordering = ["id"]
         constraints = [
             models.UniqueConstraint(fields=["completion", "annotator"], name="rating_once_per_annotator"),
-            models.CheckConstraint(condition=models.Q(score__gte=1, score__lte=5), name="rating_score_1_to_5"),
+            models.CheckConstraint(
+                condition=models.Q(score__isnull=True) | models.Q(score__gte=1, score__lte=5),
+                name="rating_score_1_to_5",
+            ),
+            models.CheckConstraint(
+                condition=(
+                    models.Q(score__isnull=False, thumbs_up__isnull=True, comparison__isnull=True)
+                    | models.Q(score__isnull=True, thumbs_up__isnull=False, comparison__isnull=True)
+                    | models.Q(score__isnull=True, thumbs_up__isnull=True, comparison__isnull=False)
+                ),
+                name="rating_exactly_one_kind",
+            ),
         ]
 
     def __str__(self):
-        return f"{self.annotator} rated {self.completion_id}: {self.score}"
+        return f"{self.annotator} rated {self.completion_id}: {self.value_label}"
+
+    @property
+    def value_label(self) -> str:
+        if self.score is not None:
+            return str(self.score)
+        if self.thumbs_up is not None:
+            return "thumbs up" if self.thumbs_up else "thumbs down"
+        return "pairwise"
+
+
+class RatingRevision(models.Model):
+    """What a judgment was before it was undone: history, so nothing is ever lost.
+
+    One row per undo. ``completion`` is the rated completion (the pair's
+    anchor for pairwise); the value fields copy the undone judgment.
+    """
+
+    class Action(models.TextChoices):
+        UNDONE = "undone", "Undone"
+
+    completion = models.ForeignKey(Completion, on_delete=models.CASCADE, related_name="revisions")
+    pair = models.ForeignKey(Pair, null=True, blank=True, on_delete=models.CASCADE, related_name="revisions")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="rating_revisions")
+    action = models.CharField("action", max_length=16, choices=Action.choices, default=Action.UNDONE)
+    score = models.SmallIntegerField("score", null=True, blank=True)
+    thumbs_up = models.BooleanField("thumbs up", null=True, blank=True)
+    choice = models.CharField("choice", max_length=8, blank=True, choices=Choice.choices)
+    a_on_left = models.BooleanField("A shown left", null=True, blank=True)
+    comment = models.TextField("comment", blank=True)
+    seconds_spent = models.FloatField("seconds spent", null=True, blank=True)
+    rated_at = models.DateTimeField("rated")
+    revised_at = models.DateTimeField("revised", auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self):
+        return f"{self.annotator} {self.action} a judgment of {self.completion_id}"

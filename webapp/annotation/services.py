@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -14,11 +15,11 @@ from django.db.models import Count
 from django.utils import timezone
 
 from webapp.errors import ApplicationError
-from webapp.policies.models import Project
+from webapp.policies.models import Project, RatingMode
 
 from . import selectors
 from .importers import PromptRow, parse_prompt_file
-from .models import Completion, Lease, Prompt, Rating, Skip
+from .models import Choice, Comparison, Completion, Lease, Pair, Prompt, Rating, RatingRevision, Skip
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +76,48 @@ def _prompts_to_sample(*, project: Project, n: int, rng: random.Random) -> list[
     return prompts[:n]
 
 
+def _rollout_completion(*, project: Project, prompt: Prompt, version, rollout) -> Completion:
+    return Completion(
+        project=project,
+        prompt=prompt,
+        model_version=version,
+        text=rollout.text,
+        prompt_token_ids=list(rollout.prompt_ids),
+        token_ids=list(rollout.completion_ids),
+        behaviour_logprobs=[float(x) for x in rollout.behaviour_logprobs],
+        finished=bool(rollout.finished),
+    )
+
+
+@transaction.atomic
+def pair_create(*, completion_a: Completion, completion_b: Completion) -> Pair:
+    """Pair two completions of the same prompt and version for side-by-side comparison.
+
+    Raises:
+        ApplicationError: the completions differ in prompt or version, are the
+            same completion, or one of them is paired already.
+    """
+    if completion_a.pk == completion_b.pk:
+        raise ApplicationError("A pair needs two different completions.")
+    if (completion_a.prompt_id, completion_a.model_version_id) != (completion_b.prompt_id, completion_b.model_version_id):
+        raise ApplicationError("Both completions of a pair must come from the same prompt and version.")
+    try:
+        with transaction.atomic():
+            return Pair.objects.create(
+                project_id=completion_a.project_id, completion_a=completion_a, completion_b=completion_b
+            )
+    except IntegrityError as exc:
+        raise ApplicationError("One of these completions is in a pair already.") from exc
+
+
 def completion_pool_refill(*, project: Project, max_new: int | None = None, seed: int | None = None) -> int:
     """Sample completions from the served version until the pool holds ``pool_target``.
 
     Runs in a Celery worker, never in a web request. Completions are written a
     batch at a time, so the first ones are rateable before the whole deficit is
-    sampled. Returns how many completions were created.
+    sampled. Pairwise projects sample two completions per prompt and store
+    them as a :class:`Pair` in the same transaction (never a half pair).
+    Returns how many completions were created.
     """
     from pgcore.rollout import generate
 
@@ -93,15 +130,18 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
         deficit = min(deficit, max_new)
     if deficit <= 0:
         return 0
+    pairwise = project.rating_mode == RatingMode.PAIRWISE
+    per_prompt = 2 if pairwise else 1
     rng = random.Random(seed)
-    prompts = _prompts_to_sample(project=project, n=deficit, rng=rng)
+    prompts = _prompts_to_sample(project=project, n=-(-deficit // per_prompt), rng=rng)
     if not prompts:
         log.warning("project %s has no training prompts to sample", project.slug)
         return 0
     policy = policy_for_generation(version)
     created = 0
-    for start in range(0, len(prompts), GENERATION_BATCH):
-        batch = prompts[start : start + GENERATION_BATCH]
+    step = max(1, GENERATION_BATCH // per_prompt)
+    for start in range(0, len(prompts), step):
+        batch = [p for p in prompts[start : start + step] for _ in range(per_prompt)]
         rollouts = generate(
             policy,
             [p.text for p in batch],
@@ -113,33 +153,32 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
         if project.served_version_id != version.pk:
             log.info("served version changed during sampling; stopping this refill")
             break
-        Completion.objects.bulk_create(
-            Completion(
-                project=project,
-                prompt=prompt,
-                model_version=version,
-                text=rollout.text,
-                prompt_token_ids=list(rollout.prompt_ids),
-                token_ids=list(rollout.completion_ids),
-                behaviour_logprobs=[float(x) for x in rollout.behaviour_logprobs],
-                finished=bool(rollout.finished),
-            )
-            for prompt, rollout in zip(batch, rollouts)
-        )
+        with transaction.atomic():
+            completions = [
+                _rollout_completion(project=project, prompt=prompt, version=version, rollout=rollout)
+                for prompt, rollout in zip(batch, rollouts)
+            ]
+            for completion in completions:
+                completion.save()
+            if pairwise:
+                for a, b in zip(completions[0::2], completions[1::2]):
+                    pair_create(completion_a=a, completion_b=b)
         created += len(batch)
     return created
 
 
-# --- Leases, ratings, skips -------------------------------------------------------
+# --- Leases, ratings, skips, undo ---------------------------------------------------
 
 
 def lease_next(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTES) -> Lease | None:
-    """Lease the next completion to ``annotator``, or return the lease they hold.
+    """Lease the next item to ``annotator``, or return the lease they hold.
 
     Each lease takes a free slot ``0 ≤ slot < ratings_per_item`` of its
-    completion; the unique (completion, slot) constraint makes a lost race an
-    IntegrityError, after which the next candidate is tried. Expired, unrated
-    leases are deleted first, so their items go back to the queue.
+    completion (a pair's anchor in pairwise mode); the unique (completion,
+    slot) constraint makes a lost race an IntegrityError, after which the
+    next candidate is tried. Expired, unrated leases are deleted first, so
+    their items go back to the queue. Pairwise leases draw which side shows
+    completion A.
     """
     held = selectors.lease_held(project=project, annotator=annotator)
     if held:
@@ -147,6 +186,7 @@ def lease_next(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTE
     now = timezone.now()
     Lease.objects.filter(completion__project=project, fulfilled=False, expires_at__lte=now).delete()
     candidates = selectors.queue_for_annotator(project=project, annotator=annotator)[:20]
+    pairwise = project.rating_mode == RatingMode.PAIRWISE
     for completion in candidates:
         taken = set(completion.leases.values_list("slot", flat=True))
         free = [s for s in range(project.ratings_per_item) if s not in taken]
@@ -158,41 +198,194 @@ def lease_next(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTE
                         annotator=annotator,
                         slot=slot,
                         expires_at=now + timedelta(minutes=lease_minutes),
+                        a_on_left=bool(secrets.randbits(1)) if pairwise else None,
                     )
             except IntegrityError:
                 continue  # somebody took this slot (or this item) a moment ago
-            return Lease.objects.select_related("completion__prompt", "completion__model_version").get(pk=lease.pk)
+            return selectors.lease_held(project=project, annotator=annotator) or lease
     return None
 
 
-@transaction.atomic
-def rating_create(*, annotator, completion: Completion, score: int, comment: str = "", seconds_spent=None) -> Rating:
-    """Store one rating and fulfil the annotator's lease.
+def _lease_for_judgment(*, project: Project, annotator, completion: Completion) -> Lease | None:
+    """Lock the annotator's lease on ``completion``; without one, the item must still need ratings.
 
     Raises:
-        ApplicationError: the score is not 1–5, the annotator rated this item
-            already, or the item has all the ratings it needs and was not leased
-            to this annotator.
+        ApplicationError: the lease expired and the item went to someone else.
     """
-    if not isinstance(score, int) or not 1 <= score <= 5:
-        raise ApplicationError("A rating is a whole number from 1 to 5.")
-    project = completion.project
     lease = Lease.objects.select_for_update().filter(completion=completion, annotator=annotator).first()
-    if lease is None:
-        # The lease expired and was reclaimed: keep the work if the item still needs it.
-        if completion.ratings.count() >= project.ratings_per_item:
-            raise ApplicationError("This item was given to someone else after your lease expired.")
+    if lease is None and completion.ratings.count() >= project.ratings_per_item:
+        raise ApplicationError("This item was given to someone else after your lease expired.")
+    return lease
+
+
+def _lease_fulfil(lease: Lease | None) -> None:
+    if lease is not None and not lease.fulfilled:
+        lease.fulfilled = True
+        lease.save(update_fields=["fulfilled"])
+
+
+@transaction.atomic
+def rating_create(
+    *,
+    annotator,
+    completion: Completion,
+    score: int | None = None,
+    thumbs_up: bool | None = None,
+    comment: str = "",
+    seconds_spent=None,
+) -> Rating:
+    """Store one Likert (``score``) or thumbs (``thumbs_up``) rating and fulfil the annotator's lease.
+
+    Raises:
+        ApplicationError: the value does not fit the project's rating mode
+            (Likert: a whole number from 1 to 5; thumbs: up or down; pairwise
+            projects take :func:`comparison_create`), the annotator rated this
+            item already, or the item has all the ratings it needs and was not
+            leased to this annotator.
+    """
+    project = completion.project
+    if project.rating_mode == RatingMode.PAIRWISE:
+        raise ApplicationError("This project compares pairs; choose A, B, tie or both bad.")
+    if project.rating_mode == RatingMode.THUMBS:
+        if not isinstance(thumbs_up, bool) or score is not None:
+            raise ApplicationError("Choose thumbs up or thumbs down.")
+    elif isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 5 or thumbs_up is not None:
+        raise ApplicationError("A rating is a whole number from 1 to 5.")
+    lease = _lease_for_judgment(project=project, annotator=annotator, completion=completion)
     try:
         with transaction.atomic():
             rating = Rating.objects.create(
-                completion=completion, annotator=annotator, score=score, comment=comment, seconds_spent=seconds_spent
+                completion=completion,
+                annotator=annotator,
+                score=score,
+                thumbs_up=thumbs_up,
+                comment=comment,
+                seconds_spent=seconds_spent,
             )
     except IntegrityError as exc:
         raise ApplicationError("You have rated this item already.") from exc
-    if lease is not None:
-        lease.fulfilled = True
-        lease.save(update_fields=["fulfilled"])
+    _lease_fulfil(lease)
     return rating
+
+
+@transaction.atomic
+def comparison_create(
+    *,
+    annotator,
+    pair: Pair,
+    choice: str,
+    a_on_left: bool | None = None,
+    comment: str = "",
+    seconds_spent=None,
+) -> Comparison:
+    """Store a pairwise decision (``choice`` names the pair's completions: a, b, tie, both_bad).
+
+    The side shown is taken from the annotator's lease (drawn when it was
+    leased); ``a_on_left`` is used only when the lease is gone. One
+    :class:`Rating` per completion of the pair records the decision for
+    training.
+
+    Raises:
+        ApplicationError: an unknown choice, the annotator decided this pair
+            already, the side shown is unknown, or the pair has all the
+            decisions it needs and was not leased to this annotator.
+    """
+    if choice not in Choice.values:
+        raise ApplicationError("Choose A, B, tie or both bad.")
+    project = pair.project
+    lease = _lease_for_judgment(project=project, annotator=annotator, completion=pair.completion_a)
+    if lease is not None and lease.a_on_left is not None:
+        a_on_left = lease.a_on_left
+    if a_on_left is None:
+        raise ApplicationError("Which side you were shown is unknown; reload the page.")
+    try:
+        with transaction.atomic():
+            comparison = Comparison.objects.create(
+                pair=pair,
+                annotator=annotator,
+                choice=choice,
+                a_on_left=a_on_left,
+                comment=comment,
+                seconds_spent=seconds_spent,
+            )
+            Rating.objects.bulk_create(
+                Rating(completion_id=cid, annotator=annotator, comparison=comparison, seconds_spent=seconds_spent)
+                for cid in (pair.completion_a_id, pair.completion_b_id)
+            )
+    except IntegrityError as exc:
+        raise ApplicationError("You have compared this pair already.") from exc
+    _lease_fulfil(lease)
+    return comparison
+
+
+@dataclass(frozen=True)
+class UndoResult:
+    revision: RatingRevision
+    lease: Lease | None  # the undone item, leased back to the annotator (None if its slot was taken meanwhile)
+
+
+@transaction.atomic
+def judgment_undo(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTES) -> UndoResult:
+    """Withdraw the annotator's last judgment (younger than 10 minutes) and give the item back to them.
+
+    The judgment is copied to a :class:`RatingRevision` first, so nothing is
+    lost; the annotator's current unrated lease goes back to the queue, and the
+    undone item is leased to them again to be rated anew (that new rating is
+    the change).
+
+    Raises:
+        ApplicationError: nothing undoable (none, or older than 10 minutes), or
+            a training run has used it already.
+    """
+    last = selectors.last_judgment(project=project, annotator=annotator)
+    if last is not None:
+        last = type(last).objects.select_for_update().filter(pk=last.pk).first()  # a double press undoes once
+    if last is None:
+        raise ApplicationError("There is nothing to undo: only your last rating of the past 10 minutes can be undone.")
+    ratings = last.ratings.all() if isinstance(last, Comparison) else Rating.objects.filter(pk=last.pk)
+    if ratings.filter(training_runs__isnull=False).exists():
+        raise ApplicationError("That rating is already being used to train the model; it can no longer be undone.")
+    if isinstance(last, Comparison):
+        anchor_id, pair_id = last.pair.completion_a_id, last.pair_id
+        values = {"choice": last.choice, "a_on_left": last.a_on_left}
+    else:
+        anchor_id, pair_id = last.completion_id, None
+        values = {"score": last.score, "thumbs_up": last.thumbs_up}
+    revision = RatingRevision.objects.create(
+        completion_id=anchor_id,
+        pair_id=pair_id,
+        annotator=annotator,
+        action=RatingRevision.Action.UNDONE,
+        comment=last.comment,
+        seconds_spent=last.seconds_spent,
+        rated_at=last.created_at,
+        **values,
+    )
+    last.delete()  # a comparison takes its two ratings with it
+    Lease.objects.filter(completion__project=project, annotator=annotator, fulfilled=False).exclude(
+        completion_id=anchor_id
+    ).delete()
+    now = timezone.now()
+    expires = now + timedelta(minutes=lease_minutes)
+    lease = Lease.objects.select_for_update().filter(completion_id=anchor_id, annotator=annotator).first()
+    if lease is not None:
+        Lease.objects.filter(pk=lease.pk).update(fulfilled=False, expires_at=expires, created_at=now)
+    else:
+        taken = set(Lease.objects.filter(completion_id=anchor_id).values_list("slot", flat=True))
+        for slot in (s for s in range(project.ratings_per_item) if s not in taken):
+            try:
+                with transaction.atomic():
+                    Lease.objects.create(
+                        completion_id=anchor_id,
+                        annotator=annotator,
+                        slot=slot,
+                        expires_at=expires,
+                        a_on_left=values.get("a_on_left"),
+                    )
+                break
+            except IntegrityError:
+                continue
+    return UndoResult(revision=revision, lease=selectors.lease_held(project=project, annotator=annotator))
 
 
 @transaction.atomic

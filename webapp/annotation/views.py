@@ -1,4 +1,4 @@
-"""The annotator's page. Thin: permissions, a service call, a template."""
+"""The annotator's page and the staff figures page. Thin: permissions, a service call, a template."""
 
 import time
 
@@ -9,14 +9,19 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from webapp.errors import ApplicationError
-from webapp.policies.models import Project
+from webapp.permissions import staff_required
+from webapp.policies.models import Project, RatingMode
 
-from . import selectors, services, tasks
-from .models import Completion
+from . import figures, selectors, services, tasks
+from .markdown import guidelines_html
+from .models import Choice, Completion
 
 TEMPLATE = "annotation/annotate.html"
 REFILL_NUDGE_EVERY_S = 10
+COMMENT_MAX_CHARS = 2000
 _last_nudge: dict[int, float] = {}
+
+LIKERT_LABELS = {1: "bad", 2: "poor", 3: "ok", 4: "good", 5: "great"}
 
 
 def _nudge_pool_refill(project) -> None:
@@ -27,24 +32,43 @@ def _nudge_pool_refill(project) -> None:
         tasks.pool_refill.delay(project.pk)
 
 
-def _context(request, project, *, error=""):
-    lease = services.lease_next(project=project, annotator=request.user)
+def _sides(lease):
+    """(pair, left completion, right completion) of a pairwise lease; Nones otherwise."""
+    pair = selectors.pair_of(lease.completion) if lease else None
+    if pair is None:
+        return None, None, None
+    if lease.a_on_left is False:
+        return pair, pair.completion_b, pair.completion_a
+    return pair, pair.completion_a, pair.completion_b
+
+
+def _context(request, project, *, error="", undone=None, lease=None):
+    if lease is None:
+        lease = services.lease_next(project=project, annotator=request.user)
     if lease is None or selectors.pool_size(project=project) < project.pool_target // 2:
         _nudge_pool_refill(project)
+    pair, left, right = _sides(lease)
     return {
         "project": project,
+        "mode": project.rating_mode,
         "lease": lease,
         "completion": lease.completion if lease else None,
+        "pair": pair,
+        "left": left,
+        "right": right,
         "progress": selectors.annotator_progress(project=project, annotator=request.user),
+        "can_undo": selectors.last_judgment(project=project, annotator=request.user) is not None,
+        "undone": undone,
         "error": error,
-        "scores": range(1, 6),
+        "scores": [(s, LIKERT_LABELS[s]) for s in range(1, 6)],
     }
 
 
-def _render_card_or_page(request, project, *, error="", status=200):
-    context = _context(request, project, error=error)
+def _render_card_or_page(request, project, *, status=200, **context_kw):
+    context = _context(request, project, **context_kw)
     if request.htmx and not request.htmx.history_restore_request:
         return render(request, f"{TEMPLATE}#card", context, status=status)
+    context["guidelines"] = guidelines_html(project.guidelines)
     return render(request, TEMPLATE, context, status=status)
 
 
@@ -53,48 +77,67 @@ def _render_card_or_page(request, project, *, error="", status=200):
 def annotate(request, slug):
     """Full annotation page (``annotation/annotate.html``) with the leased item, or the waiting state."""
     project = get_object_or_404(Project, slug=slug)
-    return render(request, TEMPLATE, _context(request, project))
+    context = _context(request, project)
+    context["guidelines"] = guidelines_html(project.guidelines)
+    return render(request, TEMPLATE, context)
 
 
 @login_required
 @require_GET
 def card(request, slug):
-    """The item card alone for htmx (polled while waiting), the full page otherwise."""
+    """The item card alone for htmx (polled while waiting); the full page for a reload or history restore."""
     project = get_object_or_404(Project, slug=slug)
     return _render_card_or_page(request, project)
 
 
-def _score(request) -> int:
-    try:
-        return int(request.POST.get("score", ""))
-    except ValueError:
-        raise ApplicationError("Choose a rating from 1 to 5.") from None
+def _submit(request, project, completion, seconds) -> None:
+    """Parse the rating for the project's mode and store it (raises ApplicationError)."""
+    comment = request.POST.get("comment", "").strip()[:COMMENT_MAX_CHARS]
+    common = {"annotator": request.user, "comment": comment, "seconds_spent": seconds}
+    if project.rating_mode == RatingMode.PAIRWISE:
+        pair = selectors.pair_of(completion)
+        if pair is None:
+            raise ApplicationError("This item is not a pair; reload the page.")
+        side = request.POST.get("choice", "")
+        shown_a_left = request.POST.get("a_on_left")
+        a_on_left = {"1": True, "0": False}.get(shown_a_left)
+        left, right = (Choice.A, Choice.B) if a_on_left is not False else (Choice.B, Choice.A)
+        lease = completion.leases.filter(annotator=request.user).first()
+        if lease is not None and lease.a_on_left is not None:
+            left, right = (Choice.A, Choice.B) if lease.a_on_left else (Choice.B, Choice.A)
+        choice = {"left": left, "right": right, "tie": Choice.TIE, "both_bad": Choice.BOTH_BAD}.get(side, "")
+        services.comparison_create(pair=pair, choice=choice, a_on_left=a_on_left, **common)
+    elif project.rating_mode == RatingMode.THUMBS:
+        thumb = request.POST.get("thumb", "")
+        if thumb not in ("up", "down"):
+            raise ApplicationError("Choose thumbs up or thumbs down.")
+        services.rating_create(completion=completion, thumbs_up=thumb == "up", **common)
+    else:
+        try:
+            score = int(request.POST.get("score", ""))
+        except ValueError:
+            raise ApplicationError("Choose a rating from 1 to 5.") from None
+        services.rating_create(completion=completion, score=score, **common)
 
 
 @login_required
 @require_POST
 def rate(request, slug, completion_id):
-    """Store a rating, then answer with the next card (htmx) or redirect to the page."""
+    """Store a rating (Likert, thumbs or pairwise, by the project's mode); answer with the next card (htmx) or redirect."""
     project = get_object_or_404(Project, slug=slug)
     completion = get_object_or_404(Completion, pk=completion_id, project=project)
     error = ""
     try:
         lease = completion.leases.filter(annotator=request.user).first()
         seconds = (timezone.now() - lease.created_at).total_seconds() if lease else None
-        services.rating_create(
-            annotator=request.user,
-            completion=completion,
-            score=_score(request),
-            comment=request.POST.get("comment", "").strip()[:2000],
-            seconds_spent=seconds,
-        )
+        _submit(request, project, completion, seconds)
     except ApplicationError as exc:
         error = exc.message
     if not request.htmx:
         if error:
             messages.error(request, error)
         return redirect("annotation:annotate", slug=slug)
-    return _render_card_or_page(request, project, error=error, status=200)
+    return _render_card_or_page(request, project, error=error)
 
 
 @login_required
@@ -107,3 +150,38 @@ def skip(request, slug, completion_id):
     if not request.htmx:
         return redirect("annotation:annotate", slug=slug)
     return _render_card_or_page(request, project)
+
+
+@login_required
+@require_POST
+def undo(request, slug):
+    """Undo the annotator's last judgment (within 10 minutes): its item comes back to be rated again."""
+    project = get_object_or_404(Project, slug=slug)
+    error, undone, lease = "", None, None
+    try:
+        result = services.judgment_undo(project=project, annotator=request.user)
+        undone, lease = result.revision, result.lease
+    except ApplicationError as exc:
+        error = exc.message
+    if not request.htmx:
+        if error:
+            messages.error(request, error)
+        return redirect("annotation:annotate", slug=slug)
+    return _render_card_or_page(request, project, error=error, undone=undone, lease=lease)
+
+
+@staff_required
+@require_GET
+def figures_page(request, slug):
+    """Staff only: per-annotator counts, median seconds per item, Krippendorff's alpha (``annotation/figures.html``)."""
+    project = get_object_or_404(Project, slug=slug)
+    return render(
+        request,
+        "annotation/figures.html",
+        {
+            "project": project,
+            "annotators": figures.annotator_figures(project=project),
+            "agreement": figures.agreement(project=project),
+            "recent_comments": figures.recent_comments(project=project),
+        },
+    )

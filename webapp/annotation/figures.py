@@ -1,0 +1,139 @@
+"""Reads for the staff figures page: who rated how much, how fast, and how much people agree.
+
+Agreement is Krippendorff's alpha from the maintained ``krippendorff``
+package (Castro 2017, https://github.com/pln-fing-udelar/fast-krippendorff),
+computed on the items that at least two people judged: ordinal for Likert,
+nominal for thumbs and for pairwise choices.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from webapp.policies.models import Project
+
+from .models import Choice, Comparison, Rating, RatingRevision, Skip
+
+
+@dataclass(frozen=True)
+class AnnotatorFigures:
+    username: str
+    judgments: int
+    today: int
+    median_seconds: float | None
+    skips: int
+    undos: int
+
+
+@dataclass(frozen=True)
+class Agreement:
+    kind: str  # "Likert 1–5", "Thumbs", "Pairwise"
+    level: str  # Krippendorff level of measurement
+    alpha: float | None  # None: not enough overlap or no variation to measure
+    items: int  # items judged by at least two people
+    judgments: int  # judgments on those items
+    note: str
+
+
+def annotator_figures(*, project: Project) -> list[AnnotatorFigures]:
+    """Per annotator: judgments (a pairwise decision counts once), today, median seconds per item, skips, undos."""
+    today = timezone.localdate()
+    rows: dict[int, dict] = defaultdict(lambda: {"n": 0, "today": 0, "seconds": [], "skips": 0, "undos": 0})
+    single = Rating.objects.filter(completion__project=project, comparison__isnull=True)
+    pairwise = Comparison.objects.filter(pair__project=project)
+    for qs in (single, pairwise):
+        for annotator_id, created_at, seconds in qs.values_list("annotator_id", "created_at", "seconds_spent"):
+            row = rows[annotator_id]
+            row["n"] += 1
+            row["today"] += timezone.localdate(created_at) == today
+            if seconds is not None:
+                row["seconds"].append(seconds)
+    for annotator_id in Skip.objects.filter(completion__project=project).values_list("annotator_id", flat=True):
+        rows[annotator_id]["skips"] += 1
+    for annotator_id in RatingRevision.objects.filter(completion__project=project).values_list("annotator_id", flat=True):
+        rows[annotator_id]["undos"] += 1
+    names = dict(get_user_model().objects.filter(pk__in=rows).values_list("pk", "username"))
+    return sorted(
+        (
+            AnnotatorFigures(
+                username=names[pk],
+                judgments=row["n"],
+                today=row["today"],
+                median_seconds=statistics.median(row["seconds"]) if row["seconds"] else None,
+                skips=row["skips"],
+                undos=row["undos"],
+            )
+            for pk, row in rows.items()
+        ),
+        key=lambda f: (-f.judgments, f.username),
+    )
+
+
+def _alpha(kind: str, level: str, triples: list[tuple[int, int, float]], value_domain) -> Agreement:
+    """Alpha over (unit, annotator, value) triples, keeping only units with two or more values."""
+    by_unit: dict[int, dict[int, float]] = defaultdict(dict)
+    for unit, annotator, value in triples:
+        by_unit[unit][annotator] = value
+    units = [u for u, values in by_unit.items() if len(values) >= 2]
+    n_judgments = sum(len(by_unit[u]) for u in units)
+    if not units:
+        return Agreement(kind, level, None, 0, 0, "No item has been judged by two people yet.")
+    annotators = sorted({a for u in units for a in by_unit[u]})
+    data = np.full((len(annotators), len(units)), np.nan)
+    row_of = {a: i for i, a in enumerate(annotators)}
+    for j, unit in enumerate(units):
+        for annotator, value in by_unit[unit].items():
+            data[row_of[annotator], j] = value
+    if len({v for u in units for v in by_unit[u].values()}) < 2:
+        return Agreement(kind, level, None, len(units), n_judgments, "Every judgment has the same value: alpha is undefined.")
+    import krippendorff
+
+    alpha = float(krippendorff.alpha(reliability_data=data, level_of_measurement=level, value_domain=value_domain))
+    return Agreement(kind, level, alpha, len(units), n_judgments, "")
+
+
+def agreement(*, project: Project) -> list[Agreement]:
+    """Krippendorff's alpha per kind of judgment the project holds (Likert, thumbs, pairwise)."""
+    ratings = Rating.objects.filter(completion__project=project, comparison__isnull=True)
+    likert = list(ratings.filter(score__isnull=False).values_list("completion_id", "annotator_id", "score"))
+    thumbs = list(ratings.filter(thumbs_up__isnull=False).values_list("completion_id", "annotator_id", "thumbs_up"))
+    codes = {c: i for i, c in enumerate(Choice.values)}
+    pairwise = [
+        (pair_id, annotator_id, codes[choice])
+        for pair_id, annotator_id, choice in Comparison.objects.filter(pair__project=project).values_list(
+            "pair_id", "annotator_id", "choice"
+        )
+    ]
+    result = []
+    if likert or project.rating_mode == "likert":
+        result.append(_alpha("Likert 1–5", "ordinal", likert, [1, 2, 3, 4, 5]))
+    if thumbs or project.rating_mode == "thumbs":
+        result.append(_alpha("Thumbs", "nominal", [(u, a, float(v)) for u, a, v in thumbs], [0.0, 1.0]))
+    if pairwise or project.rating_mode == "pairwise":
+        result.append(_alpha("Pairwise", "nominal", pairwise, list(codes.values())))
+    return result
+
+
+def recent_comments(*, project: Project, limit: int = 50) -> list[dict]:
+    """The latest free-text comments, newest first (shown to staff as plain text)."""
+    rows = [
+        {"at": r.created_at, "annotator": r.annotator.username, "item": r.completion_id, "comment": r.comment}
+        for r in Rating.objects.filter(completion__project=project, comparison__isnull=True)
+        .exclude(comment="")
+        .select_related("annotator")
+        .order_by("-created_at")[:limit]
+    ]
+    rows += [
+        {"at": c.created_at, "annotator": c.annotator.username, "item": c.pair.completion_a_id, "comment": c.comment}
+        for c in Comparison.objects.filter(pair__project=project)
+        .exclude(comment="")
+        .select_related("annotator", "pair")
+        .order_by("-created_at")[:limit]
+    ]
+    return sorted(rows, key=lambda r: r["at"], reverse=True)[:limit]
