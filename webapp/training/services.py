@@ -90,23 +90,46 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
     ratings after per-annotator normalisation (statistics from every rating
     the annotator gave in this project, so a small batch does not decide
     someone's scale). Completions of one prompt share a group for the
-    leave-one-out baseline.
+    leave-one-out baseline, so the two completions of a pair share one.
+
+    Scores: Likert ``(s - 3) / 2``, thumbs ±1, pairwise winner +1 / loser -1,
+    tie 0 / 0, both bad -1 / -1 (``pgcore.rewards``).
     """
-    from pgcore.rewards import RatingRecord, likert_to_score, ratings_to_rewards
+    from pgcore.rewards import (
+        RatingRecord,
+        likert_to_score,
+        pairwise_to_scores,
+        ratings_to_rewards,
+        thumbs_to_score,
+    )
     from pgcore.trainer import TrainBatch
+
+    def score_of(cid, score, thumbs_up, choice, anchor_id) -> float:
+        if score is not None:
+            return likert_to_score(score)
+        if thumbs_up is not None:
+            return thumbs_to_score(thumbs_up)
+        score_a, score_b = pairwise_to_scores(choice)
+        return score_a if cid == anchor_id else score_b
 
     completion_ids = sorted({r.completion_id for r in ratings})
     history = list(
-        Rating.objects.filter(completion__project=project).values_list("completion_id", "annotator_id", "score")
+        Rating.objects.filter(completion__project=project).values_list(
+            "completion_id", "annotator_id", "score", "thumbs_up", "comparison__choice", "comparison__pair__completion_a_id"
+        )
     )
     index = {cid: i for i, cid in enumerate(completion_ids)}
     extra: dict[int, int] = {}
-    for cid, _, _ in history:
+    for cid, *_ in history:
         if cid not in index and cid not in extra:
             extra[cid] = len(index) + len(extra)
     records = [
-        RatingRecord(completion_index=index.get(cid, extra.get(cid)), annotator=annotator, score=likert_to_score(score))
-        for cid, annotator, score in history
+        RatingRecord(
+            completion_index=index.get(cid, extra.get(cid)),
+            annotator=annotator,
+            score=score_of(cid, score, thumbs_up, choice, anchor_id),
+        )
+        for cid, annotator, score, thumbs_up, choice, anchor_id in history
     ]
     rewards = ratings_to_rewards(
         records,
