@@ -6,6 +6,7 @@ its prompts and ratings (in ``annotation``) and its training runs (in
 completions annotators rate next.
 """
 
+from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
@@ -53,6 +54,30 @@ class Project(models.Model):
         blank=True,
         help_text="Overrides of pgcore.PGConfig fields for this project's runs.",
     )
+    guard_max_kl = models.FloatField(
+        "promotion guard: highest KL to the base",
+        default=0.5,
+        validators=[MinValueValidator(0.0)],
+        help_text="Nats per token on held-out prompts; a new version above this is kept but not served.",
+    )
+    guard_min_distinct2_ratio = models.FloatField(
+        "promotion guard: lowest distinct-2, as a fraction of the parent's",
+        default=0.5,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="A new version whose distinct-2 falls below this fraction of its parent's is not served.",
+    )
+    guard_max_identical_fraction = models.FloatField(
+        "promotion guard: highest share of identical outputs",
+        default=0.5,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="A new version is not served when more than this share of its held-out outputs are the same text.",
+    )
+    guard_eval_prompts = models.PositiveIntegerField(
+        "held-out prompts per evaluation",
+        default=16,
+        validators=[MinValueValidator(1), MaxValueValidator(256)],
+        help_text="How many held-out prompts each new version completes for the guard and comparisons.",
+    )
     served_version = models.ForeignKey(
         "ModelVersion",
         verbose_name="served version",
@@ -68,6 +93,15 @@ class Project(models.Model):
         ordering = ["slug"]
         constraints = [
             models.CheckConstraint(condition=models.Q(ratings_per_item__gte=1), name="project_ratings_per_item_gte_1"),
+            models.CheckConstraint(condition=models.Q(guard_max_kl__gte=0), name="project_guard_max_kl_gte_0"),
+            models.CheckConstraint(
+                condition=models.Q(guard_min_distinct2_ratio__gte=0, guard_min_distinct2_ratio__lte=1),
+                name="project_guard_distinct2_ratio_0_to_1",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(guard_max_identical_fraction__gte=0, guard_max_identical_fraction__lte=1),
+                name="project_guard_identical_fraction_0_to_1",
+            ),
         ]
 
     def __str__(self):
@@ -93,7 +127,20 @@ class ModelVersion(models.Model):
     )
     sha256 = models.CharField("weights sha256", max_length=64, blank=True)
     ratings_used = models.PositiveIntegerField("ratings used", default=0)
-    metrics = models.JSONField("metrics", default=dict, blank=True)
+    metrics = models.JSONField("metrics", default=dict, blank=True, help_text="Training metrics of the run that made it.")
+    kl_to_base = models.FloatField(
+        "KL to the base", null=True, blank=True, help_text="k3 estimate, nats per token, on its held-out completions."
+    )
+    distinct2 = models.FloatField(
+        "distinct-2", null=True, blank=True, help_text="Distinct token bigrams / all bigrams of its held-out completions."
+    )
+    identical_fraction = models.FloatField(
+        "identical outputs", null=True, blank=True, help_text="Largest share of its held-out completions with one same text."
+    )
+    evaluated_at = models.DateTimeField("evaluated", null=True, blank=True)
+    held_back_reason = models.TextField(
+        "why it was not served", blank=True, help_text="Set when the promotion guard kept the version from being served."
+    )
     created_at = models.DateTimeField("created", auto_now_add=True)
 
     class Meta:
@@ -104,3 +151,35 @@ class ModelVersion(models.Model):
 
     def __str__(self):
         return f"{self.project.slug} v{self.number}"
+
+
+class AuditEvent(models.Model):
+    """Who changed what, when: training, cancelling, promoting, exporting, settings."""
+
+    class Action(models.TextChoices):
+        TRAIN = "train", "Started a training run"
+        CANCEL = "cancel", "Cancelled a training run"
+        PROMOTE = "promote", "Served a version"
+        EXPORT_VERSION = "export_version", "Exported a version"
+        EXPORT_RATINGS = "export_ratings", "Exported ratings"
+        SETTINGS = "settings", "Changed project settings"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="audit_events")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Empty when the system acted (the schedule, a command without a user).",
+    )
+    action = models.CharField("action", max_length=32, choices=Action.choices)
+    target = models.CharField("target", max_length=200, help_text="What was acted on, e.g. 'run 12' or 'v3'.")
+    detail = models.JSONField("detail", default=dict, blank=True)
+    created_at = models.DateTimeField("when", auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"{self.actor or 'system'} {self.action} {self.target}"

@@ -11,7 +11,7 @@ from django.db.models import Max
 
 from webapp.errors import ApplicationError
 
-from .models import ModelVersion, Project
+from .models import AuditEvent, ModelVersion, Project
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +93,125 @@ def version_register(
     )
 
 
+POOL_REFILL_TASK_NAME = "webapp.annotation.tasks.pool_refill"
+
+
+def audit_record(*, project: Project, actor, action: str, target: str, detail: dict | None = None) -> AuditEvent:
+    """Append one line to the project's audit log (``actor`` None: the system acted)."""
+    actor = actor if getattr(actor, "is_authenticated", False) else None
+    return AuditEvent.objects.create(project=project, actor=actor, action=action, target=target, detail=detail or {})
+
+
 @transaction.atomic
-def version_promote(*, version: ModelVersion) -> ModelVersion:
-    """Make ``version`` the one its project serves (also used to roll back)."""
+def version_promote(*, version: ModelVersion, user=None, refill_pool: bool = True) -> ModelVersion:
+    """Make ``version`` the one its project serves (also how staff roll back), in one step.
+
+    Records who did it in the audit log and, after commit, asks the generation
+    queue to refill the pool from the newly served version (by task name, so
+    this app does not import the annotation app above it).
+    """
     project = Project.objects.select_for_update().get(pk=version.project_id)
+    previous = project.served_version
     project.served_version = version
     project.save(update_fields=["served_version"])
+    audit_record(
+        project=project,
+        actor=user,
+        action=AuditEvent.Action.PROMOTE,
+        target=f"v{version.number}",
+        detail={"previous": previous.number if previous else None},
+    )
+    if refill_pool:
+        transaction.on_commit(lambda: _send_pool_refill(project.pk))
     return version
+
+
+def _send_pool_refill(project_id: int) -> None:
+    from webapp.celery import app
+
+    try:
+        app.send_task(POOL_REFILL_TASK_NAME, args=[project_id], queue="generation")
+    except Exception:  # noqa: BLE001 - the beat refill catches up; promoting must not fail on the broker
+        log.exception("could not queue a pool refill for project %s", project_id)
+
+
+PROJECT_TRAINING_FIELDS = (
+    "min_new_ratings",
+    "guard_max_kl",
+    "guard_min_distinct2_ratio",
+    "guard_max_identical_fraction",
+    "guard_eval_prompts",
+)
+
+
+@transaction.atomic
+def project_training_settings_update(*, project: Project, user=None, **fields) -> Project:
+    """Change the project's schedule threshold and promotion-guard settings (validated, audited).
+
+    Raises:
+        ApplicationError: an unknown field or a value out of range.
+    """
+    from django.core.exceptions import ValidationError
+
+    unknown = set(fields) - set(PROJECT_TRAINING_FIELDS)
+    if unknown:
+        raise ApplicationError(f"Unknown settings: {', '.join(sorted(unknown))}.")
+    project = Project.objects.select_for_update().get(pk=project.pk)
+    changed = {k: [getattr(project, k), v] for k, v in fields.items() if getattr(project, k) != v}
+    for key, value in fields.items():
+        setattr(project, key, value)
+    try:
+        project.full_clean()
+    except ValidationError as exc:
+        raise ApplicationError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from exc
+    project.save(update_fields=list(fields))
+    if changed:
+        audit_record(project=project, actor=user, action=AuditEvent.Action.SETTINGS, target="training settings",
+                     detail=changed)
+    return project
+
+
+def version_export_hf(*, version: ModelVersion, out_dir: str | Path, user=None) -> Path:
+    """Write ``version`` as a plain Hugging Face model folder (LoRA merged into the weights).
+
+    The folder holds ``config.json``, safetensors weights, the tokenizer and
+    its chat template, so ``AutoModelForCausalLM.from_pretrained(out_dir)``
+    loads it without peft. Written to a temporary sibling and renamed, so a
+    crash never leaves a half-written ``out_dir``.
+
+    Raises:
+        ApplicationError: ``out_dir`` exists already.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from .runtime import policy_load
+
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise ApplicationError(f"{out_dir} exists already; choose a new folder.")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    policy = policy_load(version, trainable=False)
+    model = policy.model
+    if policy.is_lora:
+        model = model.merge_and_unload()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        policy.tokenizer.save_pretrained(tmp)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    audit_record(
+        project=version.project,
+        actor=user,
+        action=AuditEvent.Action.EXPORT_VERSION,
+        target=f"v{version.number}",
+        detail={"folder": str(out_dir), "merged_lora": version.kind == ModelVersion.Kind.LORA},
+    )
+    return out_dir
 
 
 def version_weights_dir(*, project: Project, name: str) -> Path:

@@ -8,7 +8,7 @@ second one, whatever races the scheduler and the "Train now" button run.
 from django.conf import settings
 from django.db import models
 
-from webapp.annotation.models import Rating
+from webapp.annotation.models import Prompt, Rating
 from webapp.policies.models import ModelVersion, Project
 
 ACTIVE_STATUSES = ("queued", "running")
@@ -36,13 +36,35 @@ class TrainingRun(models.Model):
         ModelVersion, on_delete=models.PROTECT, related_name="+", verbose_name="trained from"
     )
     result_version = models.ForeignKey(
-        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+", verbose_name="produced"
+        ModelVersion,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="produced_by",
+        verbose_name="produced",
     )
     config = models.JSONField("settings", default=dict, blank=True, help_text="The PGConfig the run used.")
     ratings = models.ManyToManyField(Rating, blank=True, related_name="training_runs", verbose_name="ratings used")
     metrics = models.JSONField("metrics", default=dict, blank=True)
     progress_step = models.PositiveIntegerField("step", default=0)
     progress_total = models.PositiveIntegerField("steps", default=0)
+    progress_epoch = models.PositiveIntegerField("epoch", default=0, help_text="1-based epoch of the last step.")
+    progress_epochs = models.PositiveIntegerField("epochs", default=0)
+    curve = models.JSONField(
+        "curve",
+        default=list,
+        blank=True,
+        help_text="One entry per optimiser step: step, epoch, losses/pg_loss, objective/kl.",
+    )
+    cancel_requested_at = models.DateTimeField(
+        "cancel requested", null=True, blank=True, help_text="The worker stops at the next minibatch."
+    )
+    cancel_requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    held_back_reason = models.TextField(
+        "why its version was not served", blank=True, help_text="The promotion guard's reasons, if it held the version back."
+    )
     error = models.TextField("error", blank=True)
     log = models.TextField("log", blank=True)
     promoted = models.BooleanField("served after the run", default=False)
@@ -73,3 +95,29 @@ class TrainingRun(models.Model):
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds()
         return None
+
+
+class VersionSample(models.Model):
+    """A version's completion of a held-out prompt: what the guard measures and staff compare.
+
+    Generated once per (version, prompt) by a task, with a fixed seed, and kept:
+    comparing two versions reads these rows and never regenerates.
+    """
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="samples")
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="version_samples")
+    text = models.TextField("text")
+    token_ids = models.JSONField("completion token ids")
+    logprobs = models.JSONField("logprobs", help_text="Per-token logprobs under the version (natural log).")
+    ref_logprobs = models.JSONField("base logprobs", help_text="Per-token logprobs of the same tokens under the base.")
+    finished = models.BooleanField("ended at EOS")
+    created_at = models.DateTimeField("created", auto_now_add=True)
+
+    class Meta:
+        ordering = ["prompt_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["version", "prompt"], name="version_sample_once_per_prompt"),
+        ]
+
+    def __str__(self):
+        return f"{self.version} on prompt {self.prompt_id}"

@@ -20,7 +20,7 @@ from webapp.annotation import selectors as annotation_selectors
 from webapp.annotation.models import Completion, Rating
 from webapp.errors import ApplicationError
 from webapp.policies import services as policy_services
-from webapp.policies.models import ModelVersion, Project
+from webapp.policies.models import AuditEvent, ModelVersion, Project
 
 from .models import TrainingRun
 
@@ -50,6 +50,10 @@ def pg_config_for(*, project: Project, overrides: dict | None = None):
 def training_run_create(*, project: Project, trigger: str, user=None, overrides: dict | None = None) -> TrainingRun:
     """Queue a training run on the project's unused ratings.
 
+    ``overrides`` (e.g. ``{"lr": 1e-4, "kl_coef": 0.1, "epochs": 2}``) apply
+    to this run only, on top of the project's settings. A run started by a
+    person is recorded in the audit log.
+
     Raises:
         ApplicationError: no unused ratings, a bad override, or a run is
             already queued or running (refused by the database's
@@ -69,11 +73,61 @@ def training_run_create(*, project: Project, trigger: str, user=None, overrides:
                 requested_by=user,
                 parent_version=project.served_version,
                 config=config.to_dict(),
+                progress_epochs=config.epochs,
             )
+            if user is not None:
+                policy_services.audit_record(
+                    project=project,
+                    actor=user,
+                    action=AuditEvent.Action.TRAIN,
+                    target=f"run {run.pk}",
+                    detail={"overrides": overrides or {}},
+                )
             transaction.on_commit(lambda: tasks.training_run_execute.delay(run.pk))
     except IntegrityError as exc:
         raise ApplicationError("A training run is already queued or running for this project.") from exc
     return run
+
+
+@transaction.atomic
+def training_run_cancel(*, run: TrainingRun, user=None) -> TrainingRun:
+    """Cancel a run: a queued run at once, a running one at its next minibatch.
+
+    A running run is only *asked* to stop (``cancel_requested_at``); the
+    worker checks after every optimiser step, stops, writes no version and
+    marks the run cancelled. Audited.
+
+    Raises:
+        ApplicationError: the run has already finished.
+    """
+    now = timezone.now()
+    stopped = TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.QUEUED).update(
+        status=TrainingRun.Status.CANCELLED, cancel_requested_at=now, cancel_requested_by=user, finished_at=now
+    )
+    if not stopped:
+        asked = TrainingRun.objects.filter(
+            pk=run.pk, status=TrainingRun.Status.RUNNING, cancel_requested_at__isnull=True
+        ).update(cancel_requested_at=now, cancel_requested_by=user)
+        if not asked:
+            current = TrainingRun.objects.get(pk=run.pk)
+            if current.status == TrainingRun.Status.RUNNING:
+                return current  # asked already; asking twice changes nothing
+            raise ApplicationError(f"Run {run.pk} has already finished ({current.get_status_display().lower()}).")
+    policy_services.audit_record(
+        project=run.project,
+        actor=user,
+        action=AuditEvent.Action.CANCEL,
+        target=f"run {run.pk}",
+        detail={"was": "queued" if stopped else "running"},
+    )
+    run.refresh_from_db()
+    if stopped:
+        _log(run, f"cancelled before it started{f' by {user}' if user else ''}")
+    return run
+
+
+def _cancel_requested(run_id: int) -> bool:
+    return TrainingRun.objects.filter(pk=run_id, cancel_requested_at__isnull=False).exists()
 
 
 def _log(run: TrainingRun, line: str) -> None:
@@ -151,16 +205,25 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
 def training_run_execute(*, run_id: int) -> TrainingRun | None:
     """Run a queued training run to the end (called by the ``training`` task).
 
-    Idempotent: a run that is not queued any more is left alone. On success a
-    new version is registered and served, and the pool refills from it. On any
-    error the run is marked failed with the error and the served version is
-    untouched.
+    Idempotent: a run that is not queued any more is left alone.
+
+    After every optimiser step the run's progress (epoch, step), loss/KL curve
+    and log are written, and a cancel request is honoured: the update stops,
+    nothing is saved, the run ends ``cancelled``.
+
+    On success the new version's weights are written atomically and
+    registered, then it completes the held-out prompts and the promotion guard
+    decides: served, or kept but not served with the reasons on the run and
+    the version. On any error the run is marked failed with the error and the
+    served version is untouched.
     """
     from pgcore.policy import save_policy_atomic
-    from pgcore.trainer import update
+    from pgcore.trainer import TrainingCancelled, update
 
     from webapp.annotation import tasks as annotation_tasks
     from webapp.policies.runtime import policy_load
+
+    from . import evaluation
 
     now = timezone.now()
     claimed = TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.QUEUED).update(
@@ -178,25 +241,43 @@ def training_run_execute(*, run_id: int) -> TrainingRun | None:
             if not ratings:
                 raise ApplicationError("There are no new ratings to train on.")
             run.parent_version = parent
-            run.save(update_fields=["parent_version"])
+            run.progress_epochs = config.epochs
+            run.save(update_fields=["parent_version", "progress_epochs"])
             run.ratings.set(ratings)
         _log(run, f"training v{parent.number} on {len(ratings)} ratings with {json.dumps(config.to_dict())}")
         batch = training_batch_build(project=project, ratings=ratings, config=config)
         if not config.use_lora and parent.kind == ModelVersion.Kind.LORA:
             raise ApplicationError("Full fine-tuning cannot continue from a LoRA version; promote a full or base version.")
         policy = policy_load(parent, trainable=True, config=config)
+        curve: list[dict] = []
 
         def on_step(info: dict) -> None:
+            epoch = int(info["epoch"]) + 1
+            point = {
+                "step": int(info["step"]),
+                "epoch": epoch,
+                "losses/pg_loss": float(info.get("losses/pg_loss", float("nan"))),
+                "objective/kl": float(info.get("objective/kl", float("nan"))),
+            }
+            curve.append(point)
             TrainingRun.objects.filter(pk=run.pk).update(
-                progress_step=info["step"], progress_total=info["total_steps"], heartbeat_at=timezone.now()
+                progress_step=info["step"],
+                progress_total=info["total_steps"],
+                progress_epoch=epoch,
+                curve=curve,
+                heartbeat_at=timezone.now(),
             )
             _log(
                 run,
-                f"epoch {info['epoch']} step {info['step']}/{info['total_steps']}: "
-                f"pg_loss {info.get('losses/pg_loss', float('nan')):.4f}, kl {info.get('objective/kl', float('nan')):.4f}",
+                f"epoch {epoch}/{config.epochs} step {info['step']}/{info['total_steps']}: "
+                f"pg_loss {point['losses/pg_loss']:.4f}, kl {point['objective/kl']:.4f}",
             )
+            if _cancel_requested(run.pk):
+                raise TrainingCancelled(f"cancel requested; stopped after step {info['step']}")
 
         metrics = update(policy, batch, config, on_step=on_step)
+        if _cancel_requested(run.pk):
+            raise TrainingCancelled("cancel requested; stopped before saving")
         out_dir = policy_services.version_weights_dir(project=project, name=f"run-{run.pk}")
         sha256 = save_policy_atomic(policy, out_dir)
         metrics = {k: float(v) for k, v in metrics.items()}
@@ -209,17 +290,42 @@ def training_run_execute(*, run_id: int) -> TrainingRun | None:
             ratings_used=len(ratings),
             metrics=metrics,
         )
+        TrainingRun.objects.filter(pk=run.pk).update(result_version=version, metrics=metrics)
+        _log(run, f"v{version.number} written ({sha256[:12]}); completing held-out prompts for the promotion guard")
+        evaluation.version_evaluate(version=version, policy=policy)
+        del policy
+        if parent.evaluated_at is None:
+            evaluation.version_evaluate(version=parent)
+        version.refresh_from_db()
+        parent.refresh_from_db()
+        reasons = evaluation.guard_reasons(version=version, parent=parent)
+        if version.evaluated_at:
+            _log(
+                run,
+                f"held-out: KL to base {version.kl_to_base:.4f}, distinct-2 {version.distinct2:.3f} "
+                f"(parent {parent.distinct2 or 0:.3f}), identical {version.identical_fraction:.0%}",
+            )
+        else:
+            _log(run, "no held-out prompts: the promotion guard had nothing to judge")
         with transaction.atomic():
-            policy_services.version_promote(version=version)
+            if reasons:
+                evaluation.version_hold_back(version=version, reasons=reasons)
+            else:
+                policy_services.version_promote(version=version, user=None, refill_pool=False)
+                transaction.on_commit(lambda: annotation_tasks.pool_refill.delay(project.pk))
             TrainingRun.objects.filter(pk=run.pk).update(
                 status=TrainingRun.Status.SUCCEEDED,
-                result_version=version,
-                metrics=metrics,
-                promoted=True,
+                promoted=not reasons,
+                held_back_reason=" ".join(reasons),
                 finished_at=timezone.now(),
             )
-            transaction.on_commit(lambda: annotation_tasks.pool_refill.delay(project.pk))
-        _log(run, f"v{version.number} written ({sha256[:12]}) and served")
+        if reasons:
+            _log(run, f"v{version.number} kept but NOT served: {' '.join(reasons)}")
+        else:
+            _log(run, f"v{version.number} passed the promotion guard and is served")
+    except TrainingCancelled as exc:
+        _log(run, f"cancelled: {exc}; no version written")
+        TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.CANCELLED, finished_at=timezone.now())
     except Exception as exc:  # noqa: BLE001 - every failure must end the run cleanly
         log.exception("training run %s failed", run.pk)
         message = exc.message if isinstance(exc, ApplicationError) else f"{type(exc).__name__}: {exc}"

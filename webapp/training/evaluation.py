@@ -1,0 +1,210 @@
+"""Evaluating versions on held-out prompts, and the promotion guard.
+
+Every version completes the same held-out prompts (the project's first
+``guard_eval_prompts`` held-out prompts by id) with the same seed. The
+completions are stored as :class:`VersionSample` rows, so comparing two
+versions later reads the database and never regenerates. From them:
+
+- **KL to the base**: k3 estimate of KL(version || base), nats per token,
+  averaged over all completion tokens (Schulman 2020, "Approximating KL
+  divergence"). The base is the same weights with the LoRA adapter disabled,
+  or the base folder for a full fine-tune.
+- **distinct-2**: distinct token bigrams / all token bigrams over all the
+  completions (Li et al. 2016); 0 when there is no bigram.
+- **identical fraction**: the share of completions in the largest group of
+  two or more completions with exactly the same text.
+
+The guard holds a new version back (kept, not served) when its KL is above
+the project's limit, its distinct-2 falls below a fraction of its parent's,
+or more than the allowed share of its outputs are identical.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from django.db import transaction
+from django.utils import timezone
+
+from webapp.annotation.models import Prompt
+from webapp.policies.models import ModelVersion, Project
+
+from .models import VersionSample
+
+log = logging.getLogger(__name__)
+
+EVAL_SEED = 1234
+EVAL_BATCH = 8
+
+
+def eval_prompts(*, project: Project) -> list[Prompt]:
+    """The held-out prompts every version of ``project`` is measured on (oldest first)."""
+    return list(Prompt.objects.filter(project=project, held_out=True).order_by("id")[: project.guard_eval_prompts])
+
+
+def distinct_n(token_lists: list[list[int]], n: int = 2) -> float:
+    """Distinct n-grams over all sequences / all n-grams; 0.0 when there is none."""
+    grams = [tuple(tokens[i : i + n]) for tokens in token_lists for i in range(len(tokens) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def identical_fraction(texts: list[str]) -> float:
+    """Size of the largest group of two or more equal texts / number of texts.
+
+    0.0 when no two texts are equal (a lone text is not "identical" to anything).
+    """
+    if not texts:
+        return 0.0
+    largest = Counter(t.strip() for t in texts).most_common(1)[0][1]
+    return largest / len(texts) if largest >= 2 else 0.0
+
+
+def mean_k3_kl(logprobs: list[list[float]], ref_logprobs: list[list[float]]) -> float:
+    """Token-mean k3 KL(pi || ref) for tokens sampled from pi; 0.0 when there is no token."""
+    import torch
+
+    from pgcore.losses import kl_k3
+
+    flat = [x for row in logprobs for x in row]
+    flat_ref = [x for row in ref_logprobs for x in row]
+    if not flat:
+        return 0.0
+    lp = torch.tensor([flat], dtype=torch.float32)  # (1, N)
+    ref = torch.tensor([flat_ref], dtype=torch.float32)  # (1, N)
+    mask = torch.ones_like(lp, dtype=torch.bool)
+    return float(kl_k3(lp, ref, mask).mean())
+
+
+def _token_logprobs(model, pad_id: int, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> list[list[float]]:
+    """Per-token logprobs of each completion under ``model`` (no grad), one list per completion."""
+    import torch
+
+    from pgcore.logprobs import pack_sequences, sequence_logprobs
+
+    out: list[list[float]] = []
+    for start in range(0, len(prompt_ids), EVAL_BATCH):
+        packed = pack_sequences(prompt_ids[start : start + EVAL_BATCH], completion_ids[start : start + EVAL_BATCH], pad_id)
+        with torch.no_grad():
+            logprobs, _ = sequence_logprobs(model, packed.input_ids, packed.attention_mask, packed.completion_mask)
+        for row, mask in zip(logprobs, packed.completion_mask):
+            out.append(row[mask].tolist())
+    return out
+
+
+def _reference_logprobs(policy, version: ModelVersion, prompt_ids, completion_ids) -> list[list[float]]:
+    """Logprobs of the completions under the project's base model."""
+    from pgcore.policy import load_policy, reference_model
+
+    pad_id = policy.tokenizer.pad_token_id
+    if policy.is_lora:
+        with reference_model(policy) as ref:
+            return _token_logprobs(ref, pad_id, prompt_ids, completion_ids)
+    if version.kind == ModelVersion.Kind.BASE:
+        return _token_logprobs(policy.model, pad_id, prompt_ids, completion_ids)
+    base = load_policy(version.project.base_model_path)
+    return _token_logprobs(base.model, pad_id, prompt_ids, completion_ids)
+
+
+def version_samples_ensure(*, version: ModelVersion, policy=None) -> int:
+    """Write ``version``'s completions of the evaluation prompts it has not completed yet.
+
+    Idempotent: prompts already completed by this version are skipped, and a
+    racing duplicate is ignored by the (version, prompt) unique constraint.
+    ``policy`` may be the already-loaded policy of ``version`` (a training
+    run passes its freshly trained one); otherwise it is loaded here.
+    Returns how many samples were written.
+    """
+    from pgcore.rollout import generate
+
+    prompts = eval_prompts(project=version.project)
+    done = set(VersionSample.objects.filter(version=version).values_list("prompt_id", flat=True))
+    todo = [p for p in prompts if p.pk not in done]
+    if not todo:
+        return 0
+    if policy is None:
+        from webapp.policies.runtime import policy_load
+
+        policy = policy_load(version, trainable=False)
+    # Same seed for every version: differences come from the weights, not the dice.
+    rollouts = generate(
+        policy,
+        [p.text for p in todo],
+        max_new_tokens=version.project.max_new_tokens,
+        seed=EVAL_SEED,
+        batch_size=EVAL_BATCH,
+    )
+    prompt_ids = [r.prompt_ids for r in rollouts]
+    completion_ids = [r.completion_ids for r in rollouts]
+    ref_logprobs = _reference_logprobs(policy, version, prompt_ids, completion_ids)
+    VersionSample.objects.bulk_create(
+        [
+            VersionSample(
+                version=version,
+                prompt=prompt,
+                text=r.text,
+                token_ids=r.completion_ids,
+                logprobs=[float(x) for x in r.behaviour_logprobs],
+                ref_logprobs=ref,
+                finished=r.finished,
+            )
+            for prompt, r, ref in zip(todo, rollouts, ref_logprobs)
+        ],
+        ignore_conflicts=True,
+    )
+    return len(todo)
+
+
+def version_evaluate(*, version: ModelVersion, policy=None) -> ModelVersion:
+    """Complete the evaluation prompts (if needed) and store KL to the base, distinct-2 and identical share."""
+    version_samples_ensure(version=version, policy=policy)
+    prompt_ids = [p.pk for p in eval_prompts(project=version.project)]
+    samples = list(VersionSample.objects.filter(version=version, prompt_id__in=prompt_ids))
+    if not samples:
+        return version
+    version.kl_to_base = mean_k3_kl([s.logprobs for s in samples], [s.ref_logprobs for s in samples])
+    version.distinct2 = distinct_n([s.token_ids for s in samples], 2)
+    version.identical_fraction = identical_fraction([s.text for s in samples])
+    version.evaluated_at = timezone.now()
+    version.save(update_fields=["kl_to_base", "distinct2", "identical_fraction", "evaluated_at"])
+    return version
+
+
+def guard_reasons(*, version: ModelVersion, parent: ModelVersion | None) -> list[str]:
+    """Why ``version`` must not be served automatically (empty: it may be served).
+
+    Reads the stored evaluation of ``version`` and ``parent`` and the
+    project's thresholds. A version with no evaluation (no held-out prompts)
+    passes: there is nothing to judge it on.
+    """
+    project = version.project
+    reasons = []
+    if version.kl_to_base is not None and version.kl_to_base > project.guard_max_kl:
+        reasons.append(
+            f"KL to the base is {version.kl_to_base:.4f} nats per token, above the limit of {project.guard_max_kl:g}."
+        )
+    if (
+        version.distinct2 is not None
+        and parent is not None
+        and parent.distinct2
+        and version.distinct2 < project.guard_min_distinct2_ratio * parent.distinct2
+    ):
+        reasons.append(
+            f"distinct-2 fell to {version.distinct2:.3f}, below {project.guard_min_distinct2_ratio:.0%} "
+            f"of its parent v{parent.number}'s {parent.distinct2:.3f}."
+        )
+    if version.identical_fraction is not None and version.identical_fraction > project.guard_max_identical_fraction:
+        n = VersionSample.objects.filter(version=version).count()
+        reasons.append(
+            f"{version.identical_fraction:.0%} of its {n} held-out outputs are the same text "
+            f"(at most {project.guard_max_identical_fraction:.0%} allowed)."
+        )
+    return reasons
+
+
+@transaction.atomic
+def version_hold_back(*, version: ModelVersion, reasons: list[str]) -> ModelVersion:
+    """Record that the guard kept ``version`` from being served, and why."""
+    version.held_back_reason = " ".join(reasons)
+    version.save(update_fields=["held_back_reason"])
+    return version
