@@ -1,0 +1,31 @@
+"""Helpers shared by the annotation tests (not fixtures: plain functions)."""
+
+from webapp.annotation.importers import PromptRow
+from webapp.annotation.services import pair_create, prompts_create
+from webapp.policies.services import project_create
+
+
+def make_project(tiny_model_dir, *, slug: str, mode: str, n_prompts: int = 6, **fields):
+    project = project_create(
+        slug=slug,
+        title=f"{mode} project",
+        base_model_path=tiny_model_dir,
+        rating_mode=mode,
+        pool_target=fields.pop("pool_target", 4),
+        min_new_ratings=fields.pop("min_new_ratings", 2),
+        max_new_tokens=fields.pop("max_new_tokens", 8),
+        pg_config=fields.pop("pg_config", {"epochs": 1, "minibatch_size": 4, "lr": 1e-3, "lora_r": 4, "lora_alpha": 8}),
+        **fields,
+    )
+    prompts_create(
+        project=project,
+        rows=[PromptRow(line=i + 1, text=f"Write about topic {i}:") for i in range(n_prompts)],
+    )
+    return project
+
+
+def make_pair(project, make_completion, *, prompt=None, texts=("left-ish text", "right-ish text")):
+    prompt = prompt or project.prompts.filter(held_out=False).order_by("id").first()
+    a = make_completion(project, prompt=prompt, text=texts[0])
+    b = make_completion(project, prompt=prompt, text=texts[1])
+    return pair_create(completion_a=a, completion_b=b)
