@@ -1,0 +1,98 @@
+"""Undo of the last judgment: within 10 minutes, history kept, the item comes back to be rated again."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from tests.webapp.annotation_helpers import make_pair, make_project
+from webapp.annotation import selectors, services
+from webapp.annotation.models import Comparison, Lease, Rating, RatingRevision
+from webapp.errors import ApplicationError
+from webapp.training.models import TrainingRun
+
+
+def test_undo_withdraws_the_last_rating_keeps_it_as_history_and_gives_the_item_back(
+    project, annotator, make_completion
+):
+    first, second, third = (make_completion(project) for _ in range(3))
+    services.lease_next(project=project, annotator=annotator)
+    services.rating_create(annotator=annotator, completion=first, score=2)
+    services.lease_next(project=project, annotator=annotator)
+    services.rating_create(annotator=annotator, completion=second, score=4, comment="fine")
+    next_lease = services.lease_next(project=project, annotator=annotator)
+    assert next_lease.completion_id == third.pk
+
+    result = services.judgment_undo(project=project, annotator=annotator)
+
+    assert result.lease.completion_id == second.pk and not result.lease.fulfilled
+    assert list(Rating.objects.values_list("completion_id", "score")) == [(first.pk, 2)]
+    revision = RatingRevision.objects.get()
+    assert (revision.completion_id, revision.score, revision.comment, revision.action) == (second.pk, 4, "fine", "undone")
+    assert not Lease.objects.filter(completion=third).exists()  # the item they were on went back to the queue
+    assert selectors.lease_held(project=project, annotator=annotator).completion_id == second.pk
+
+
+def test_rating_the_undone_item_again_is_the_change_and_both_values_are_kept(project, annotator, make_completion):
+    completion = make_completion(project)
+    services.lease_next(project=project, annotator=annotator)
+    services.rating_create(annotator=annotator, completion=completion, score=1)
+    services.judgment_undo(project=project, annotator=annotator)
+    services.rating_create(annotator=annotator, completion=completion, score=5)
+    assert list(Rating.objects.values_list("score", flat=True)) == [5]
+    assert list(RatingRevision.objects.values_list("score", flat=True)) == [1]
+
+
+def test_undo_twice_walks_back_two_ratings(project, annotator, make_completion):
+    a, b = make_completion(project), make_completion(project)
+    for completion, score in [(a, 3), (b, 4)]:
+        services.lease_next(project=project, annotator=annotator)
+        services.rating_create(annotator=annotator, completion=completion, score=score)
+    services.judgment_undo(project=project, annotator=annotator)
+    result = services.judgment_undo(project=project, annotator=annotator)
+    assert result.lease.completion_id == a.pk
+    assert not Rating.objects.exists()
+    assert sorted(RatingRevision.objects.values_list("score", flat=True)) == [3, 4]
+    assert Lease.objects.filter(annotator=annotator, fulfilled=False).count() == 1
+
+
+def test_a_rating_older_than_ten_minutes_cannot_be_undone(project, annotator, make_completion):
+    completion = make_completion(project)
+    rating = services.rating_create(annotator=annotator, completion=completion, score=3)
+    Rating.objects.filter(pk=rating.pk).update(created_at=timezone.now() - timedelta(minutes=10, seconds=1))
+    with pytest.raises(ApplicationError, match="nothing to undo"):
+        services.judgment_undo(project=project, annotator=annotator)
+    assert Rating.objects.count() == 1 and not RatingRevision.objects.exists()
+
+
+def test_a_rating_a_training_run_has_taken_cannot_be_undone(project, annotator, make_completion):
+    rating = services.rating_create(annotator=annotator, completion=make_completion(project), score=3)
+    run = TrainingRun.objects.create(project=project, trigger="manual", parent_version=project.served_version)
+    run.ratings.add(rating)
+    with pytest.raises(ApplicationError, match="already being used to train"):
+        services.judgment_undo(project=project, annotator=annotator)
+    assert Rating.objects.filter(pk=rating.pk).exists()
+
+
+def test_undo_only_touches_the_annotators_own_judgments(project, make_user, make_completion):
+    a, b = make_user("a"), make_user("b")
+    services.rating_create(annotator=a, completion=make_completion(project), score=3)
+    with pytest.raises(ApplicationError, match="nothing to undo"):
+        services.judgment_undo(project=project, annotator=b)
+    assert Rating.objects.count() == 1
+
+
+def test_undoing_a_comparison_keeps_choice_and_side_and_shows_the_pair_the_same_way(
+    db, tiny_model_dir, models_dir, annotator, make_completion
+):
+    project = make_project(tiny_model_dir, slug="pw", mode="pairwise")
+    pair = make_pair(project, make_completion)
+    lease = services.lease_next(project=project, annotator=annotator)
+    services.comparison_create(annotator=annotator, pair=pair, choice="tie", comment="same")
+    result = services.judgment_undo(project=project, annotator=annotator)
+    assert not Comparison.objects.exists() and not Rating.objects.exists()
+    revision = RatingRevision.objects.get()
+    assert (revision.pair_id, revision.choice, revision.a_on_left, revision.comment) == (
+        pair.pk, "tie", lease.a_on_left, "same"
+    )
+    assert result.lease.completion_id == pair.completion_a_id and result.lease.a_on_left == lease.a_on_left
