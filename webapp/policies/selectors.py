@@ -1,15 +1,92 @@
-"""Reads for model versions."""
+"""Reads for model versions and the audit log.
 
-from django.db.models import Avg, Count, QuerySet
+Human ratings of a version's outputs are read through the reverse relations
+(``completions__ratings__…``) by name, so this app never imports the
+annotation app that sits above it.
+"""
 
-from .models import ModelVersion, Project
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+from django.db.models import QuerySet
+
+from .models import AuditEvent, ModelVersion, Project, RatingMode
+
+Z_95 = 1.96
 
 
-def versions_for_project(*, project: Project) -> QuerySet[ModelVersion]:
-    """Versions, newest first, with the count and mean of human ratings of their completions."""
-    return (
+@dataclass(frozen=True)
+class RatingStats:
+    """Mean human rating of a version's completions with a normal-approximation 95% interval.
+
+    ``low``/``high`` are ``None`` with fewer than two ratings.
+    """
+
+    n: int
+    mean: float | None
+    low: float | None
+    high: float | None
+
+
+def mean_with_ci(values: list[float]) -> RatingStats:
+    """Mean ± 1.96 · sample std / sqrt(n); no interval below two values."""
+    n = len(values)
+    if n == 0:
+        return RatingStats(0, None, None, None)
+    mean = sum(values) / n
+    if n < 2:
+        return RatingStats(n, mean, None, None)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = Z_95 * sd / math.sqrt(n)
+    return RatingStats(n, mean, mean - half, mean + half)
+
+
+def rating_unit(*, project: Project) -> str:
+    """What a version's mean human rating means in this project's rating mode."""
+    return {
+        RatingMode.LIKERT: "mean Likert score (1–5)",
+        RatingMode.THUMBS: "share of thumbs up (0–1)",
+    }.get(project.rating_mode, "mean Likert score (1–5)")
+
+
+def version_rating_stats(*, project: Project) -> dict[int, RatingStats]:
+    """Per version id: its completions' Likert scores (or thumbs up = 1, down = 0) with a 95% interval.
+
+    Pairwise decisions compare two outputs of one version and say nothing
+    about the version's level, so they are not counted here.
+    """
+    values: dict[int, list[float]] = defaultdict(list)
+    rows = ModelVersion.objects.filter(project=project).values_list(
+        "pk", "completions__ratings__score", "completions__ratings__thumbs_up"
+    )
+    for version_id, score, thumbs_up in rows:
+        if score is not None:
+            values[version_id].append(float(score))
+        elif thumbs_up is not None:
+            values[version_id].append(1.0 if thumbs_up else 0.0)
+    ids = ModelVersion.objects.filter(project=project).values_list("pk", flat=True)
+    return {pk: mean_with_ci(values.get(pk, [])) for pk in ids}
+
+
+def versions_for_project(*, project: Project) -> list[ModelVersion]:
+    """Versions, newest first, each with ``rating`` (:class:`RatingStats`) and ``run`` (the run that made it, or None)."""
+    stats = version_rating_stats(project=project)
+    versions = list(
         ModelVersion.objects.filter(project=project)
         .select_related("parent")
-        .annotate(n_ratings=Count("completions__ratings"), mean_rating=Avg("completions__ratings__score"))
+        .prefetch_related("produced_by")
         .order_by("-number")
     )
+    for version in versions:
+        version.rating = stats[version.pk]
+        runs = list(version.produced_by.all())
+        version.run = runs[0] if runs else None
+    return versions
+
+
+def audit_events(*, project: Project, limit: int = 200) -> QuerySet[AuditEvent]:
+    """The project's audit log, newest first."""
+    return AuditEvent.objects.filter(project=project).select_related("actor")[:limit]

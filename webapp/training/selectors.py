@@ -3,9 +3,9 @@
 from django.db.models import Count, QuerySet
 
 from webapp.annotation import selectors as annotation_selectors
-from webapp.policies.models import Project
+from webapp.policies.models import ModelVersion, Project
 
-from .models import ACTIVE_STATUSES, TrainingRun
+from .models import ACTIVE_STATUSES, TrainingRun, VersionSample
 
 
 def runs_for_project(*, project: Project, limit: int = 50) -> QuerySet[TrainingRun]:
@@ -22,4 +22,38 @@ def training_overview(*, project: Project) -> dict:
         "min_new_ratings": project.min_new_ratings,
         "active": TrainingRun.objects.filter(project=project, status__in=ACTIVE_STATUSES).exists(),
         "pool_size": annotation_selectors.pool_size(project=project),
+    }
+
+
+LOG_TAIL_LINES = 40
+
+
+def log_tail(*, run: TrainingRun, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of the run's log."""
+    return "\n".join(run.log.rstrip("\n").splitlines()[-lines:])
+
+
+def samples_complete(*, version: ModelVersion) -> bool:
+    """Whether ``version`` has completed every evaluation prompt of its project."""
+    from .evaluation import eval_prompts
+
+    wanted = {p.pk for p in eval_prompts(project=version.project)}
+    have = set(VersionSample.objects.filter(version=version, prompt_id__in=wanted).values_list("prompt_id", flat=True))
+    return wanted <= have
+
+
+def comparison(*, a: ModelVersion, b: ModelVersion) -> dict:
+    """Rows ``{"prompt", "a", "b"}`` (samples or None) over the evaluation prompts, and whether both are complete."""
+    from .evaluation import eval_prompts
+
+    prompts = eval_prompts(project=a.project)
+    samples = {
+        (s.version_id, s.prompt_id): s
+        for s in VersionSample.objects.filter(version__in=[a, b], prompt__in=prompts)
+    }
+    rows = [{"prompt": p, "a": samples.get((a.pk, p.pk)), "b": samples.get((b.pk, p.pk))} for p in prompts]
+    return {
+        "rows": rows,
+        "complete": all(r["a"] and r["b"] for r in rows),
+        "n_prompts": len(prompts),
     }

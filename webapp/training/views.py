@@ -1,27 +1,39 @@
-"""Staff pages for training runs. Every view is staff-only (403 for annotators)."""
+"""Staff pages for training runs. Every view is staff-only (403 for annotators); changes are POST."""
 
 from django.contrib import messages
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from webapp.errors import ApplicationError
 from webapp.permissions import staff_required
-from webapp.policies.models import Project
+from webapp.policies import plots
+from webapp.policies import services as policy_services
+from webapp.policies.models import ModelVersion, Project
 
-from . import selectors, services
+from . import exports, selectors, services, tasks
+from .forms import TrainingSettingsForm, TrainNowForm
 from .models import TrainingRun
+
+
+def _runs_context(project, *, train_form=None, settings_form=None) -> dict:
+    return {
+        "project": project,
+        "runs": selectors.runs_for_project(project=project),
+        "overview": selectors.training_overview(project=project),
+        "train_form": train_form or TrainNowForm(),
+        "settings_form": settings_form or TrainingSettingsForm(instance=project),
+    }
 
 
 @staff_required
 @require_GET
 def runs(request, slug):
-    """The project's runs (``training/runs.html``); htmx polls the ``table`` partial while one is active."""
+    """The project's runs (``training/runs.html``) with "Train now" and the training settings;
+    htmx polls the ``table`` partial while a run is active."""
     project = get_object_or_404(Project.objects.select_related("served_version"), slug=slug)
-    context = {
-        "project": project,
-        "runs": selectors.runs_for_project(project=project),
-        "overview": selectors.training_overview(project=project),
-    }
+    context = _runs_context(project)
     if request.htmx and not request.htmx.history_restore_request:
         return render(request, "training/runs.html#table", context)
     return render(request, "training/runs.html", context)
@@ -30,26 +42,156 @@ def runs(request, slug):
 @staff_required
 @require_GET
 def run_detail(request, slug, run_id):
-    """One run: status, progress, metrics, log and error (``training/run_detail.html``)."""
+    """One run (``training/run_detail.html``): status, epoch/step progress, loss and KL curves,
+    the log's tail, the error or the guard's reasons; htmx polls the ``status`` partial while active."""
     project = get_object_or_404(Project, slug=slug)
     run = get_object_or_404(
-        TrainingRun.objects.select_related("parent_version", "result_version"), pk=run_id, project=project
+        TrainingRun.objects.select_related("parent_version", "result_version", "requested_by", "cancel_requested_by"),
+        pk=run_id,
+        project=project,
     )
-    context = {"project": project, "run": run, "metrics": sorted(run.metrics.items())}
+    context = {
+        "project": project,
+        "run": run,
+        "metrics": sorted(run.metrics.items()),
+        "log_tail": selectors.log_tail(run=run),
+    }
     if request.htmx and not request.htmx.history_restore_request:
         return render(request, "training/run_detail.html#status", context)
     return render(request, "training/run_detail.html", context)
 
 
 @staff_required
+@require_GET
+def run_curves(request, slug, run_id):
+    """PNG: the run's loss and KL per optimiser step."""
+    run = get_object_or_404(TrainingRun, pk=run_id, project__slug=slug)
+    curve = run.curve or []
+    epoch_starts = [p["step"] for prev, p in zip(curve, curve[1:]) if p["epoch"] != prev["epoch"]]
+    data = plots.curves_png(
+        steps=[p["step"] for p in curve],
+        series={
+            "policy-gradient loss": [p["losses/pg_loss"] for p in curve],
+            "KL to base (nats/token)": [p["objective/kl"] for p in curve],
+        },
+        title=f"Run #{run.pk}",
+        epoch_starts=epoch_starts,
+    )
+    response = HttpResponse(data, content_type="image/png")
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@staff_required
 @require_POST
 def train_now(request, slug):
-    """Queue a manual training run on the unused ratings; errors come back as messages."""
+    """Queue a manual run on the unused ratings with validated overrides; errors come back as messages."""
     project = get_object_or_404(Project.objects.select_related("served_version"), slug=slug)
+    form = TrainNowForm(request.POST)
+    if not form.is_valid():
+        for field, errors in form.errors.items():
+            label = form.fields[field].label if field in form.fields else "Overrides"
+            for error in errors:
+                messages.error(request, f"{label}: {error}")
+        return render(request, "training/runs.html", _runs_context(project, train_form=form), status=400)
     try:
-        run = services.training_run_create(project=project, trigger=TrainingRun.Trigger.MANUAL, user=request.user)
+        run = services.training_run_create(
+            project=project, trigger=TrainingRun.Trigger.MANUAL, user=request.user, overrides=form.overrides()
+        )
     except ApplicationError as exc:
         messages.error(request, exc.message)
         return redirect("training:runs", slug=slug)
     messages.success(request, f"Training run {run.pk} queued.")
     return redirect("training:run_detail", slug=slug, run_id=run.pk)
+
+
+@staff_required
+@require_POST
+def cancel(request, slug, run_id):
+    """Cancel a run: a queued one at once, a running one at its next minibatch; audited."""
+    run = get_object_or_404(TrainingRun.objects.select_related("project"), pk=run_id, project__slug=slug)
+    try:
+        run = services.training_run_cancel(run=run, user=request.user)
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    else:
+        if run.status == TrainingRun.Status.CANCELLED:
+            messages.success(request, f"Run {run.pk} cancelled.")
+        else:
+            messages.info(request, f"Run {run.pk} stops at its next minibatch; no version will be written.")
+    return redirect("training:run_detail", slug=slug, run_id=run_id)
+
+
+@staff_required
+@require_POST
+def settings_update(request, slug):
+    """Change the minimum of new ratings per scheduled run and the promotion-guard thresholds; audited."""
+    project = get_object_or_404(Project.objects.select_related("served_version"), slug=slug)
+    form = TrainingSettingsForm(request.POST, instance=Project.objects.get(pk=project.pk))
+    if not form.is_valid():
+        for field, errors in form.errors.items():
+            label = form.fields[field].label if field in form.fields else "Settings"
+            for error in errors:
+                messages.error(request, f"{label}: {error}")
+        return render(request, "training/runs.html", _runs_context(project, settings_form=form), status=400)
+    try:
+        policy_services.project_training_settings_update(
+            project=project, user=request.user, **{k: form.cleaned_data[k] for k in form.Meta.fields}
+        )
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Training settings saved.")
+    return redirect("training:runs", slug=slug)
+
+
+@staff_required
+@require_POST
+def compare_start(request, slug):
+    """Queue the held-out completions two versions still lack, then show the comparison."""
+    project = get_object_or_404(Project, slug=slug)
+    numbers = []
+    for key in ("a", "b"):
+        try:
+            numbers.append(int(request.POST.get(key, "")))
+        except ValueError:
+            messages.error(request, "Choose two versions to compare.")
+            return redirect("policies:versions", slug=slug)
+    for version in ModelVersion.objects.filter(project=project, number__in=numbers):
+        if not selectors.samples_complete(version=version):
+            tasks.version_samples_ensure.delay(version.pk)
+    return redirect(f"{reverse('training:compare', args=[slug])}?a={numbers[0]}&b={numbers[1]}")
+
+
+@staff_required
+@require_GET
+def compare(request, slug):
+    """Two versions side by side on the same held-out prompts (``training/compare.html``), from the
+    cached samples; htmx polls the ``table`` partial until both versions have completed every prompt."""
+    project = get_object_or_404(Project, slug=slug)
+    try:
+        a = get_object_or_404(ModelVersion, project=project, number=int(request.GET.get("a", "")))
+        b = get_object_or_404(ModelVersion, project=project, number=int(request.GET.get("b", "")))
+    except ValueError:
+        messages.error(request, "Choose two versions to compare.")
+        return redirect("policies:versions", slug=slug)
+    context = {"project": project, "a": a, "b": b, **selectors.comparison(a=a, b=b)}
+    if request.htmx and not request.htmx.history_restore_request:
+        return render(request, "training/compare.html#table", context)
+    return render(request, "training/compare.html", context)
+
+
+@staff_required
+@require_POST
+def export_ratings(request, slug):
+    """Download the project's ratings as TRL-ready JSONL (``format`` = kto or pairs); audited."""
+    project = get_object_or_404(Project, slug=slug)
+    fmt = request.POST.get("format", "")
+    try:
+        text, _ = exports.ratings_export(project=project, fmt=fmt, user=request.user)
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+        return redirect("policies:versions", slug=slug)
+    response = HttpResponse(text, content_type="application/jsonl; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{project.slug}-{fmt}.jsonl"'
+    return response

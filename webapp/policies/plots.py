@@ -1,0 +1,92 @@
+"""Server-side charts as PNG bytes (matplotlib's Agg backend, no pyplot state).
+
+Each function takes plain numbers and returns PNG bytes; views serve them
+with ``image/png`` (the CSP allows images from 'self').
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+WIDTH_IN, HEIGHT_IN, DPI = 6.4, 2.8, 100
+
+
+def _figure():
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _empty(ax, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="#666")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def line_with_band_png(
+    *, x: list, y: list, low: list, high: list, title: str, xlabel: str, ylabel: str, labels: list[str] | None = None
+) -> bytes:
+    """A line with a shaded confidence band; points with ``None`` are skipped."""
+    fig, ax = _figure()
+    points = [(a, b, c, d) for a, b, c, d in zip(x, y, low, high) if b is not None and not math.isnan(b)]
+    if not points:
+        _empty(ax, "no data yet")
+    else:
+        xs, ys, lows, highs = zip(*points)
+        ax.fill_between(xs, lows, highs, alpha=0.25, color="#2b6cb0", label="95% confidence")
+        ax.plot(xs, ys, marker="o", color="#2b6cb0", label="mean")
+        if labels:
+            for xi, yi, label in zip(x, y, labels):
+                if yi is not None:
+                    ax.annotate(label, (xi, yi), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend(loc="best", fontsize=8)
+        ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    return _png(fig)
+
+
+def bars_png(*, labels: list[str], values: list, title: str, ylabel: str, limit: float | None = None) -> bytes:
+    """Bars per label (``None`` drawn as a gap), with an optional dashed limit line."""
+    fig, ax = _figure()
+    if not any(v is not None for v in values):
+        _empty(ax, "no data yet")
+    else:
+        ax.bar(labels, [v if v is not None else 0.0 for v in values], color="#2b6cb0")
+        if limit is not None:
+            ax.axhline(limit, color="#c53030", linestyle="--", label=f"limit {limit:g}")
+            ax.legend(loc="best", fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, axis="y")
+    ax.set_title(title, fontsize=10)
+    return _png(fig)
+
+
+def curves_png(*, steps: list[int], series: dict[str, list[float]], title: str, epoch_starts: list[int] = ()) -> bytes:
+    """Several per-step curves on one x axis, each on its own y axis (stacked vertically)."""
+    from matplotlib.figure import Figure
+
+    n = max(1, len(series))
+    fig = Figure(figsize=(WIDTH_IN, 1.6 * n + 0.6), dpi=DPI, layout="constrained")
+    axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
+    if not steps:
+        _empty(axes[0], "no optimiser step yet")
+    else:
+        for ax, (name, values) in zip(axes, series.items()):
+            ax.plot(steps, values, marker="." if len(steps) < 40 else None, color="#2b6cb0")
+            for start in epoch_starts:
+                ax.axvline(start, color="#999", linewidth=0.8, linestyle=":")
+            ax.set_ylabel(name, fontsize=8)
+            ax.grid(alpha=0.3)
+        axes[-1].set_xlabel("optimiser step (dotted: new epoch)")
+    axes[0].set_title(title, fontsize=10)
+    return _png(fig)

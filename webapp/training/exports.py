@@ -1,0 +1,151 @@
+"""Exporting a project's human judgments as TRL-ready JSONL.
+
+Two formats, one JSON object per line, plain strings (TRL's "standard"
+dataset format: the prompt is the prompt's text, not a rendered chat):
+
+- ``kto`` (unpaired preference, for ``trl.KTOTrainer``): columns ``prompt``,
+  ``completion``, ``label`` (bool). One row per Likert or thumbs rating:
+  thumbs up → true, thumbs down → false; Likert 4–5 → true, 1–2 → false,
+  3 (neutral) is left out. Pairwise decisions give one row per side: the
+  winner true, the loser false; "both bad" gives two false rows; a tie gives
+  none.
+- ``pairs`` (preference pairs, for ``trl.DPOTrainer`` and
+  ``trl.RewardTrainer``): columns ``prompt``, ``chosen``, ``rejected``.
+  From every pairwise decision with a winner, and from every two completions
+  of the same prompt whose mean Likert score (or thumbs-up share) differs:
+  the higher one is chosen.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import defaultdict
+from itertools import combinations
+from pathlib import Path
+
+from webapp.annotation.models import Choice, Comparison, Rating
+from webapp.errors import ApplicationError
+from webapp.policies import services as policy_services
+from webapp.policies.models import AuditEvent, Project
+
+FORMATS = ("kto", "pairs")
+KTO_COLUMNS = ("prompt", "completion", "label")
+PAIR_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+def kto_rows(*, project: Project) -> list[dict]:
+    """Unpaired rows ``{"prompt", "completion", "label"}`` (see the module docstring)."""
+    rows = []
+    ratings = (
+        Rating.objects.filter(completion__project=project, comparison__isnull=True)
+        .select_related("completion__prompt")
+        .order_by("id")
+    )
+    for rating in ratings:
+        if rating.thumbs_up is not None:
+            label = rating.thumbs_up
+        elif rating.score is not None and rating.score != 3:
+            label = rating.score > 3
+        else:
+            continue
+        rows.append({"prompt": rating.completion.prompt.text, "completion": rating.completion.text, "label": label})
+    for comparison in _comparisons(project):
+        pair = comparison.pair
+        prompt = pair.completion_a.prompt.text
+        a, b = pair.completion_a.text, pair.completion_b.text
+        if comparison.choice == Choice.A:
+            rows += [{"prompt": prompt, "completion": a, "label": True}, {"prompt": prompt, "completion": b, "label": False}]
+        elif comparison.choice == Choice.B:
+            rows += [{"prompt": prompt, "completion": b, "label": True}, {"prompt": prompt, "completion": a, "label": False}]
+        elif comparison.choice == Choice.BOTH_BAD:
+            rows += [{"prompt": prompt, "completion": a, "label": False}, {"prompt": prompt, "completion": b, "label": False}]
+    return rows
+
+
+def pair_rows(*, project: Project) -> list[dict]:
+    """Preference rows ``{"prompt", "chosen", "rejected"}`` (see the module docstring)."""
+    rows = []
+    for comparison in _comparisons(project):
+        pair = comparison.pair
+        prompt = pair.completion_a.prompt.text
+        if comparison.choice == Choice.A:
+            rows.append({"prompt": prompt, "chosen": pair.completion_a.text, "rejected": pair.completion_b.text})
+        elif comparison.choice == Choice.B:
+            rows.append({"prompt": prompt, "chosen": pair.completion_b.text, "rejected": pair.completion_a.text})
+    # Same prompt, different mean scores: the better-rated completion is chosen.
+    values: dict[int, list[float]] = defaultdict(list)
+    completions = {}
+    ratings = (
+        Rating.objects.filter(completion__project=project, comparison__isnull=True)
+        .select_related("completion__prompt")
+        .order_by("id")
+    )
+    for rating in ratings:
+        value = float(rating.score) if rating.score is not None else float(bool(rating.thumbs_up))
+        values[rating.completion_id].append(value)
+        completions[rating.completion_id] = rating.completion
+    by_prompt: dict[int, list[int]] = defaultdict(list)
+    for completion_id in sorted(values):
+        by_prompt[completions[completion_id].prompt_id].append(completion_id)
+    for completion_ids in by_prompt.values():
+        for first, second in combinations(completion_ids, 2):
+            mean_first = sum(values[first]) / len(values[first])
+            mean_second = sum(values[second]) / len(values[second])
+            if mean_first == mean_second:
+                continue
+            chosen, rejected = (first, second) if mean_first > mean_second else (second, first)
+            rows.append(
+                {
+                    "prompt": completions[chosen].prompt.text,
+                    "chosen": completions[chosen].text,
+                    "rejected": completions[rejected].text,
+                }
+            )
+    return rows
+
+
+def _comparisons(project: Project):
+    return (
+        Comparison.objects.filter(pair__project=project)
+        .select_related("pair__completion_a__prompt", "pair__completion_b")
+        .order_by("id")
+    )
+
+
+def ratings_jsonl(*, project: Project, fmt: str) -> tuple[str, int]:
+    """The export as JSONL text and its number of rows.
+
+    Raises:
+        ApplicationError: an unknown format.
+    """
+    if fmt not in FORMATS:
+        raise ApplicationError(f"Unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+    rows = kto_rows(project=project) if fmt == "kto" else pair_rows(project=project)
+    out = io.StringIO()
+    for row in rows:
+        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return out.getvalue(), len(rows)
+
+
+def ratings_export(*, project: Project, fmt: str, user=None, out_file: str | Path | None = None) -> tuple[str, int]:
+    """Export the project's judgments (``fmt`` is ``kto`` or ``pairs``); audited.
+
+    Writes ``out_file`` when given (via a temporary file and a rename).
+    Returns the JSONL text and the number of rows.
+    """
+    text, n = ratings_jsonl(project=project, fmt=fmt)
+    if out_file is not None:
+        out_file = Path(out_file)
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_file.with_name(f".{out_file.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out_file)
+    policy_services.audit_record(
+        project=project,
+        actor=user,
+        action=AuditEvent.Action.EXPORT_RATINGS,
+        target=f"ratings ({fmt})",
+        detail={"rows": n, **({"file": str(out_file)} if out_file else {})},
+    )
+    return text, n
