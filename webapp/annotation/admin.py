@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import Completion, Lease, Prompt, Rating
+from .models import Comparison, Completion, Lease, Pair, Prompt, Rating, RatingRevision
 
 
 @admin.register(Prompt)
@@ -19,7 +19,7 @@ class CompletionAdmin(admin.ModelAdmin):
 
 @admin.register(Rating)
 class RatingAdmin(admin.ModelAdmin):
-    list_display = ["id", "completion", "annotator", "score", "created_at"]
+    list_display = ["id", "completion", "annotator", "score", "thumbs_up", "comparison", "created_at"]
     list_filter = ["annotator"]
     raw_id_fields = ["completion"]
 
@@ -27,3 +27,24 @@ class RatingAdmin(admin.ModelAdmin):
 @admin.register(Lease)
 class LeaseAdmin(admin.ModelAdmin):
     list_display = ["id", "completion", "annotator", "slot", "expires_at", "fulfilled"]
+
+
+@admin.register(Pair)
+class PairAdmin(admin.ModelAdmin):
+    list_display = ["id", "project", "completion_a", "completion_b", "created_at"]
+    list_filter = ["project"]
+    raw_id_fields = ["completion_a", "completion_b"]
+
+
+@admin.register(Comparison)
+class ComparisonAdmin(admin.ModelAdmin):
+    list_display = ["id", "pair", "annotator", "choice", "a_on_left", "created_at"]
+    list_filter = ["choice", "annotator"]
+    raw_id_fields = ["pair"]
+
+
+@admin.register(RatingRevision)
+class RatingRevisionAdmin(admin.ModelAdmin):
+    list_display = ["id", "completion", "pair", "annotator", "action", "score", "thumbs_up", "choice", "revised_at"]
+    list_filter = ["action", "annotator"]
+    raw_id_fields = ["completion", "pair"]

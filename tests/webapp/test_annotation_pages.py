@@ -1,0 +1,154 @@
+"""The annotator's page in each mode, guidelines, undo over htmx, and the staff figures page."""
+
+import krippendorff
+import numpy as np
+import pytest
+from django.urls import reverse
+
+from tests.webapp.annotation_helpers import make_pair, make_project
+from webapp.annotation import services
+from webapp.annotation.models import Comparison, Lease, Rating, RatingRevision
+
+HTMX = {"HTTP_HX_REQUEST": "true"}
+XSS = "<script>alert('x')</script><img src=x onerror=alert(1)>"
+
+
+def url(name, project, *args):
+    return reverse(f"annotation:{name}", args=[project.slug, *args])
+
+
+@pytest.fixture
+def annotator_client(client, annotator):
+    client.force_login(annotator)
+    return client
+
+
+def test_guidelines_render_markdown_but_raw_html_and_script_links_stay_text(annotator_client, project):
+    project.guidelines = "# Be kind\n\nRate **truthfulness**. <script>alert(1)</script> [click](javascript:alert(2))"
+    project.save()
+    body = annotator_client.get(url("annotate", project)).content.decode()
+    assert "<h1>Be kind</h1>" in body and "<strong>truthfulness</strong>" in body
+    assert "<script>alert(1)" not in body and "&lt;script&gt;alert(1)&lt;/script&gt;" in body
+    assert 'href="javascript:' not in body
+    assert '<details class="guidelines"' in body
+
+
+def test_every_key_is_shown_on_screen_and_in_the_help_overlay(annotator_client, project, make_completion):
+    first = make_completion(project)
+    make_completion(project)
+    body = annotator_client.get(url("annotate", project)).content.decode()
+    assert 'data-key="u"' not in body  # nothing to undo yet
+    annotator_client.post(url("rate", project, first.pk), {"score": "3"}, **HTMX)
+    body = annotator_client.get(url("annotate", project)).content.decode()
+    for key in "12345su?":
+        assert f'data-key="{key}"' in body
+    assert 'id="help"' in body and "hidden" in body
+    for key in ["1", "5", "s", "u", "c", "g", "?"]:
+        assert f"<kbd>{key}</kbd>" in body
+
+
+def test_progress_shows_todays_count_and_the_remaining_queue(annotator_client, annotator, project, make_completion):
+    first, *_ = [make_completion(project) for _ in range(3)]
+    annotator_client.get(url("annotate", project))
+    body = annotator_client.post(url("rate", project, first.pk), {"score": "3"}, **HTMX).content.decode()
+    assert 'id="count-today">1<' in body and 'id="count-queue">1<' in body  # one leased now, one waiting
+
+
+def test_a_thumbs_project_shows_thumb_keys_and_stores_a_thumb_with_its_comment(client, make_user, tiny_model_dir, models_dir, make_completion):
+    project = make_project(tiny_model_dir, slug="th", mode="thumbs")
+    completion = make_completion(project)
+    user = make_user("thumbsy")
+    client.force_login(user)
+    body = client.get(url("annotate", project)).content.decode()
+    assert 'name="thumb" value="up" data-key="2"' in body and 'name="thumb" value="down" data-key="1"' in body
+    client.post(url("rate", project, completion.pk), {"thumb": "down", "comment": "مرحبا 你好 🎉"}, **HTMX)
+    rating = Rating.objects.get()
+    assert (rating.thumbs_up, rating.comment) == (False, "مرحبا 你好 🎉")
+
+
+@pytest.mark.parametrize("a_on_left,pressed,stored", [(True, "left", "a"), (False, "left", "b"), (False, "right", "a")])
+def test_pairwise_page_shows_both_sides_and_stores_the_choice_by_completion(
+    client, make_user, tiny_model_dir, models_dir, make_completion, a_on_left, pressed, stored
+):
+    project = make_project(tiny_model_dir, slug="pw", mode="pairwise")
+    pair = make_pair(project, make_completion, texts=("text of A", "text of B"))
+    user = make_user("pairy")
+    client.force_login(user)
+    client.get(url("annotate", project))
+    Lease.objects.filter(annotator=user).update(a_on_left=a_on_left)
+    body = client.get(url("annotate", project)).content.decode()
+    left, right = ("text of A", "text of B") if a_on_left else ("text of B", "text of A")
+    assert body.index(left) < body.index(right)
+    for key in "abtx":
+        assert f'data-key="{key}"' in body
+    client.post(url("rate", project, pair.completion_a_id), {"choice": pressed, "a_on_left": "1"}, **HTMX)
+    comparison = Comparison.objects.get()
+    assert (comparison.choice, comparison.a_on_left) == (stored, a_on_left)  # the side comes from the lease
+
+
+def test_undo_over_htmx_brings_the_item_back_with_its_comment_as_text(annotator_client, project, make_completion):
+    first = make_completion(project, text="first")
+    make_completion(project, text="second")
+    annotator_client.get(url("annotate", project))
+    annotator_client.post(url("rate", project, first.pk), {"score": "2", "comment": XSS}, **HTMX)
+    body = annotator_client.post(url("undo", project), **HTMX).content.decode()
+    assert "<html" not in body and f'data-completion="{first.pk}"' in body
+    assert "Undone: you had chosen <strong>2</strong>" in body
+    assert XSS not in body and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in body
+    assert not Rating.objects.exists() and RatingRevision.objects.get().comment == XSS
+
+
+def test_undo_with_nothing_to_undo_says_so(annotator_client, project, make_completion):
+    make_completion(project)
+    body = annotator_client.post(url("undo", project), **HTMX).content.decode()
+    assert "nothing to undo" in body
+
+
+def test_emoji_right_to_left_and_cjk_text_arrive_intact(annotator_client, project, make_completion):
+    prompt = project.prompts.first()
+    prompt.text = "שלום עולם — مرحبا بالعالم"
+    prompt.save()
+    make_completion(project, prompt=prompt, text="这部电影很好看 🎬🍿 — 映画は素晴らしい")
+    body = annotator_client.get(url("annotate", project)).content.decode()
+    assert "שלום עולם — مرحبا بالعالم" in body and "这部电影很好看 🎬🍿 — 映画は素晴らしい" in body
+
+
+def test_pages_have_no_inline_script_or_style(annotator_client, project, make_completion):
+    make_completion(project)
+    body = annotator_client.get(url("annotate", project)).content.decode()
+    assert "style=" not in body and "<style" not in body
+    for chunk in body.split("<script")[1:]:
+        assert chunk.lstrip().startswith("src=") or ' src="' in chunk.split(">")[0]
+
+
+def test_annotators_get_403_on_the_figures_page(annotator_client, project):
+    assert annotator_client.get(url("figures", project)).status_code == 403
+
+
+def test_figures_show_counts_medians_and_krippendorffs_alpha(client, staff_user, make_user, project, make_completion):
+    project.ratings_per_item = 2
+    project.save()
+    a, b = make_user("alice"), make_user("bob")
+    scores = {a: [1, 2, 4, 5], b: [1, 3, 4, 4]}
+    items = [make_completion(project) for _ in range(4)]
+    for person, values in scores.items():
+        for item, score, seconds in zip(items, values, [2.0, 4.0, 6.0, 100.0]):
+            services.rating_create(annotator=person, completion=item, score=score, comment=XSS, seconds_spent=seconds)
+    expected = krippendorff.alpha(
+        reliability_data=np.array([scores[a], scores[b]], dtype=float), level_of_measurement="ordinal",
+        value_domain=[1, 2, 3, 4, 5],
+    )
+    client.force_login(staff_user)
+    body = client.get(url("figures", project)).content.decode()
+    assert f"<strong>{expected:.3f}</strong>" in body
+    assert "<td>alice</td><td class=\"num\">4</td><td class=\"num\">4</td>" in body
+    assert "<td class=\"num\">5.0</td>" in body  # median of 2, 4, 6, 100 seconds
+    assert XSS not in body and "&lt;img src=x onerror=alert(1)&gt;" in body
+    assert reverse("annotation:figures", args=[project.slug]) in client.get(url("annotate", project)).content.decode()
+
+
+def test_figures_explain_when_nobody_overlaps_yet(client, staff_user, annotator, project, make_completion):
+    services.rating_create(annotator=annotator, completion=make_completion(project), score=3)
+    client.force_login(staff_user)
+    body = client.get(url("figures", project)).content.decode()
+    assert "No item has been judged by two people yet." in body
