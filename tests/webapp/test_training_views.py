@@ -1,0 +1,232 @@
+"""The staff pages over HTTP: permissions, forms and their messages, POST-only changes, plots, downloads."""
+
+import io
+import zipfile
+
+import pytest
+
+from webapp.annotation import services as annotation_services
+from webapp.annotation.models import Rating
+from webapp.policies.models import AuditEvent, ModelVersion
+from webapp.training import evaluation
+from webapp.training import services as training_services
+from webapp.training.models import TrainingRun
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def staff_client(client, staff_user):
+    client.force_login(staff_user)
+    return client
+
+
+@pytest.fixture
+def rated(project, annotator, make_completion):
+    for i in range(4):
+        Rating.objects.create(completion=make_completion(project, text=f"c{i}"), annotator=annotator, score=1 + i)
+    return project
+
+
+def staff_urls(project, run_id=1):
+    base = f"/staff/p/{project.slug}"
+    gets = [
+        f"{base}/runs/",
+        f"{base}/runs/{run_id}/",
+        f"{base}/runs/{run_id}/curves.png",
+        f"{base}/versions/",
+        f"{base}/versions/plots/ratings.png",
+        f"{base}/versions/plots/kl.png",
+        f"{base}/versions/audit/",
+        f"{base}/compare/?a=0&b=0",
+    ]
+    posts = [
+        f"{base}/train/",
+        f"{base}/runs/{run_id}/cancel/",
+        f"{base}/settings/",
+        f"{base}/versions/0/promote/",
+        f"{base}/versions/0/export/",
+        f"{base}/compare/start/",
+        f"{base}/export/ratings/",
+    ]
+    return gets, posts
+
+
+def test_every_staff_page_and_action_is_forbidden_to_annotators(client, project, annotator):
+    run = TrainingRun.objects.create(project=project, trigger="manual", parent_version=project.served_version)
+    client.force_login(annotator)
+    gets, posts = staff_urls(project, run.pk)
+    for url in gets:
+        assert client.get(url).status_code == 403, url
+    for url in posts:
+        assert client.post(url).status_code == 403, url
+    assert not AuditEvent.objects.exists()
+
+
+def test_actions_refuse_get_and_pages_require_login(client, staff_client, project):
+    run = TrainingRun.objects.create(project=project, trigger="manual", parent_version=project.served_version)
+    gets, posts = staff_urls(project, run.pk)
+    for url in posts:
+        assert staff_client.get(url).status_code == 405, url
+    client.logout()
+    assert client.get(gets[0]).status_code == 302
+
+
+def test_train_now_with_bad_overrides_shows_clear_messages_and_queues_nothing(staff_client, rated):
+    response = staff_client.post(f"/staff/p/{rated.slug}/train/", {"lr": "fast", "kl_coef": "-1", "epochs": "0"})
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "Enter the learning rate as a number" in page
+    assert "KL coefficient: Ensure this value is greater than or equal to 0" in page
+    assert "Epochs: Ensure this value is greater than or equal to 1" in page
+    assert not TrainingRun.objects.exists()
+
+
+def test_train_now_queues_a_run_with_the_overrides_and_audits_who(staff_client, staff_user, rated):
+    response = staff_client.post(f"/staff/p/{rated.slug}/train/", {"lr": "0.0003", "kl_coef": "", "epochs": "3"})
+    run = TrainingRun.objects.get()
+    assert response.status_code == 302 and response.url.endswith(f"/runs/{run.pk}/")
+    assert (run.config["lr"], run.config["epochs"], run.requested_by) == (0.0003, 3, staff_user)
+    assert run.config["kl_coef"] == 0.05  # empty field: the project's setting
+    event = AuditEvent.objects.get()
+    assert (event.action, event.actor, event.target) == ("train", staff_user, f"run {run.pk}")
+    assert event.detail == {"overrides": {"lr": 0.0003, "epochs": 3}}
+
+
+def test_train_now_without_new_ratings_says_so(staff_client, project):
+    response = staff_client.post(f"/staff/p/{project.slug}/train/", {}, follow=True)
+    assert "no new ratings" in response.content.decode()
+
+
+def test_run_page_shows_progress_log_tail_cancel_and_polls_while_active(staff_client, rated):
+    run = training_services.training_run_create(project=rated, trigger="manual")
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status="running",
+        progress_step=3,
+        progress_total=8,
+        progress_epoch=1,
+        progress_epochs=2,
+        curve=[{"step": i, "epoch": 1, "losses/pg_loss": 0.1 * i, "objective/kl": 0.01 * i} for i in (1, 2, 3)],
+        log="".join(f"line {i}\n" for i in range(100)),
+    )
+    page = staff_client.get(f"/staff/p/{rated.slug}/runs/{run.pk}/").content.decode()
+    assert 'hx-trigger="every 2s"' in page
+    assert '<progress value="3" max="8">' in page and "epoch 1 of 2 · minibatch step 3 of 8" in page
+    assert "Cancel run" in page
+    assert "line 99" in page and "line 60" in page and "line 59\n" not in page  # the last 40 lines
+    png = staff_client.get(f"/staff/p/{rated.slug}/runs/{run.pk}/curves.png")
+    assert png["Content-Type"] == "image/png" and png.content.startswith(PNG_MAGIC)
+    partial = staff_client.get(f"/staff/p/{rated.slug}/runs/{run.pk}/", headers={"HX-Request": "true"})
+    assert partial.content.decode().lstrip().startswith('<section id="run-status"')
+
+
+def test_cancel_button_asks_a_running_run_to_stop(staff_client, staff_user, rated):
+    run = training_services.training_run_create(project=rated, trigger="manual")
+    TrainingRun.objects.filter(pk=run.pk).update(status="running")
+    response = staff_client.post(f"/staff/p/{rated.slug}/runs/{run.pk}/cancel/", follow=True)
+    run.refresh_from_db()
+    assert run.cancel_requested_by == staff_user and run.status == "running"
+    assert "stops at its next minibatch" in response.content.decode()
+    assert AuditEvent.objects.filter(action="cancel", actor=staff_user).exists()
+
+
+def test_a_failed_run_shows_its_error(staff_client, project):
+    run = TrainingRun.objects.create(
+        project=project, trigger="manual", parent_version=project.served_version, status="failed",
+        error="NonFiniteError: loss is nan at epoch 0, step 3",
+    )
+    page = staff_client.get(f"/staff/p/{project.slug}/runs/{run.pk}/").content.decode()
+    assert "NonFiniteError: loss is nan at epoch 0, step 3" in page and "hx-trigger" not in page
+
+
+def test_training_settings_form_changes_min_new_ratings_and_refuses_bad_values(staff_client, staff_user, project):
+    url = f"/staff/p/{project.slug}/settings/"
+    good = {
+        "min_new_ratings": 7,
+        "guard_max_kl": 0.3,
+        "guard_min_distinct2_ratio": 0.6,
+        "guard_max_identical_fraction": 0.4,
+        "guard_eval_prompts": 8,
+    }
+    assert staff_client.post(url, good).status_code == 302
+    project.refresh_from_db()
+    assert (project.min_new_ratings, project.guard_max_kl, project.guard_eval_prompts) == (7, 0.3, 8)
+    assert AuditEvent.objects.get(action="settings").detail["min_new_ratings"] == [4, 7]
+    response = staff_client.post(url, {**good, "min_new_ratings": 0, "guard_max_identical_fraction": 2})
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "Ensure this value is greater than or equal to 1" in page
+    assert "Ensure this value is less than or equal to 1" in page
+    project.refresh_from_db()
+    assert project.min_new_ratings == 7
+
+
+def test_versions_page_shows_lineage_run_rating_interval_and_promotes_in_one_post(staff_client, staff_user, project, make_user):
+    annotation_services.completion_pool_refill(project=project, seed=21)
+    users = [make_user("a"), make_user("b")]
+    for completion in project.completions.all():
+        for user, score in zip(users, (4, 5)):
+            Rating.objects.create(completion=completion, annotator=user, score=score)
+    run = training_services.training_run_execute(
+        run_id=training_services.training_run_create(project=project, trigger="manual").pk
+    )
+    page = staff_client.get(f"/staff/p/{project.slug}/versions/").content.decode()
+    assert "v0 → v1" in page and f"run #{run.pk}" in page
+    assert "4.50 [" in page and "n=8" in page  # mean of v0's 8 ratings with a 95% interval
+    assert page.count('data-promote="0"') == 1 and 'data-promote="1"' not in page  # v1 is served
+    for plot in ("ratings.png", "kl.png"):
+        png = staff_client.get(f"/staff/p/{project.slug}/versions/plots/{plot}")
+        assert png.status_code == 200 and png.content.startswith(PNG_MAGIC)
+
+    response = staff_client.post(f"/staff/p/{project.slug}/versions/0/promote/")
+    assert response.status_code == 302
+    project.refresh_from_db()
+    assert project.served_version.number == 0
+    audit = staff_client.get(f"/staff/p/{project.slug}/versions/audit/").content.decode()
+    assert "Served a version" in audit and staff_user.username in audit and "v0" in audit
+
+
+def test_compare_page_shows_both_versions_on_the_same_held_out_prompts(staff_client, project):
+    v0 = project.served_version
+    evaluation.version_samples_ensure(version=v0)
+    url = f"/staff/p/{project.slug}/compare/?a=0&b=0"
+    page = staff_client.get(url).content.decode()
+    sample = v0.samples.get()
+    assert "Held-out prompt" in page and page.count(sample.text or "(empty)") >= 2
+    assert "hx-trigger" not in page  # complete: no polling
+
+
+def test_compare_start_queues_missing_samples_and_the_page_polls_until_done(staff_client, project, monkeypatch):
+    from webapp.training import tasks
+
+    queued = []
+    monkeypatch.setattr(tasks.version_samples_ensure, "delay", lambda version_id: queued.append(version_id))
+    response = staff_client.post(f"/staff/p/{project.slug}/compare/start/", {"a": "0", "b": "0"})
+    assert response.status_code == 302 and response.url.endswith("compare/?a=0&b=0")
+    assert queued == [project.served_version_id]
+    page = staff_client.get(response.url).content.decode()
+    assert 'hx-trigger="every 2s"' in page and "Generating the missing completions" in page
+
+
+def test_version_download_is_a_zipped_model_folder(staff_client, staff_user, project):
+    response = staff_client.post(f"/staff/p/{project.slug}/versions/0/export/")
+    assert response.status_code == 200 and response["Content-Type"] == "application/zip"
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+    names = archive.namelist()
+    assert f"{project.slug}-v0/config.json" in names
+    assert any(n.endswith(".safetensors") for n in names)
+    assert AuditEvent.objects.filter(action="export_version", actor=staff_user).exists()
+
+
+def test_ratings_download_is_jsonl_in_the_chosen_format(staff_client, rated):
+    response = staff_client.post(f"/staff/p/{rated.slug}/export/ratings/", {"format": "kto"})
+    assert response.status_code == 200 and "attachment" in response["Content-Disposition"]
+    lines = response.content.decode().splitlines()
+    assert len(lines) == 3  # scores 1, 2, 4 (the 3 is neutral)
+    bad = staff_client.post(f"/staff/p/{rated.slug}/export/ratings/", {"format": "csv"}, follow=True)
+    assert "Unknown export format" in bad.content.decode()
+
+
+def test_version_zero_has_no_parent_and_no_run(staff_client, project):
+    page = staff_client.get(f"/staff/p/{project.slug}/versions/").content.decode()
+    assert ">base<" in page and ModelVersion.objects.count() == 1
