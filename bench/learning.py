@@ -1,0 +1,532 @@
+"""Does the model learn from people? A learning benchmark with simulated annotators.
+
+Drives the real loop in one process ("eager mode"): the same services the
+Celery tasks call, in the order the app calls them, against a throwaway SQLite
+database under a temporary ``REWARDLOOP_DATA_DIR``:
+
+- the generation worker: ``completion_pool_refill`` (one batch of 8 per tick);
+- each annotator: ``lease_next`` then, after their delay, ``rating_create``;
+- the scheduler: every ``--train-every`` new ratings, ``training_run_create``
+  then ``training_run_execute`` (train, write the version atomically, complete
+  the held-out prompts, promotion guard, promote).
+
+Time is simulated (virtual seconds), so a run is deterministic for a seed and
+does not depend on how fast this machine is; only the wall-clock total does.
+The simulated annotators (``bench/simulated_annotators.py``) rate from VADER
+sentiment with personal bias, noise, clipping and delays.
+
+Held-out evaluation is the app's own (``webapp.training.evaluation``): every
+version completes the project's first ``guard_eval_prompts`` held-out prompts
+with one fixed seed, storing text, tokens, logprobs and base-model logprobs.
+From those samples the benchmark computes, per version:
+
+- ``mean_rating``: mean bias- and noise-free simulated rating (1-5);
+- ``kl_per_completion``: mean over completions of sum_t (log pi - log pi_base),
+  the Monte-Carlo estimate of KL(version || base) per completion, in nats;
+- ``distinct2``: the app's distinct-2 (token bigrams, all completions pooled);
+- ``mean_length``: mean completion length in tokens.
+
+Variants (same prompts, seeds and annotators; each is its own project):
+
+- ``naive``: REINFORCE as tutorials write it: baseline "none", no
+  per-annotator normalisation, no importance correction, ``kl_coef`` 0;
+- ``default``: pgcore's ``PGConfig()`` as is;
+- ``no_annotator_norm``: default with ``annotator_norm=False``;
+- ``no_offpolicy``: default with ``importance_correction=False``.
+
+The promotion guard runs but, by default, with thresholds that never trigger,
+so the curves measure pgcore rather than the guard; ``--guard`` keeps the
+app's default thresholds (a held-back version is not served and the next run
+trains from the served one again).
+
+Output: one JSON object on stdout; the same JSON (``learning.json``) and the
+learning-curve plot (``learning.png``) in ``--out``. Both are rewritten after
+every evaluated version, so an interrupted run leaves its partial results
+(``"complete": false``).
+
+Usage::
+
+    .venv/bin/python bench/learning.py --tiny            # plumbing check, tiny random model, ~1-2 min
+    .venv/bin/python bench/learning.py --quick           # SmolLM2, small sizes (see QUICK)
+    .venv/bin/python bench/learning.py                   # the full run (many hours on 2 CPU cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import heapq
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.simulated_annotators import default_team, ideal_rating  # noqa: E402
+
+VARIANTS: dict[str, dict] = {
+    "naive": {"baseline": "none", "annotator_norm": False, "importance_correction": False, "kl_coef": 0.0},
+    "default": {},
+    "no_annotator_norm": {"annotator_norm": False},
+    "no_offpolicy": {"importance_correction": False},
+}
+# Run order: the two the goal compares first, so a cut-short run still answers it.
+VARIANT_ORDER = ("default", "naive", "no_annotator_norm", "no_offpolicy")
+
+# The issue's sizes.
+FULL = {
+    "ratings": 1024,  # ratings collected per variant
+    "train_every": 64,  # a training run after every this many new ratings
+    "heldout": 64,  # held-out prompts per evaluation
+    "max_new_tokens": 96,  # completion length cap, training and evaluation
+    "pool_target": 16,  # unrated completions the generation worker keeps ready
+    "variants": ",".join(VARIANT_ORDER),
+}
+# --quick: sized to finish in about 15 minutes on 2 idle CPU cores (~50 tokens/s).
+QUICK = {
+    "ratings": 128,
+    "train_every": 32,
+    "heldout": 16,
+    "max_new_tokens": 32,
+    "pool_target": 8,
+    "variants": ",".join(VARIANT_ORDER),
+}
+# --tiny: the tiny random model; checks the plumbing in a minute or two.
+TINY = {
+    "ratings": 64,
+    "train_every": 16,
+    "heldout": 8,
+    "max_new_tokens": 12,
+    "pool_target": 8,
+    "variants": ",".join(VARIANT_ORDER),
+}
+
+GENERATION_TICK_S = 10.0  # virtual seconds the generation worker takes per batch of 8
+IDLE_RETRY_S = 5.0  # an annotator with nothing to rate looks again after this long
+LEASE_MINUTES = 7 * 24 * 60  # leases never expire in virtual time (they are on the wall clock)
+OPEN_GUARD = {"guard_max_kl": 1e9, "guard_min_distinct2_ratio": 0.0, "guard_max_identical_fraction": 1.0}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help=f"small sizes for a smoke check: {QUICK}")
+    mode.add_argument("--tiny", action="store_true", help=f"tiny random model instead of SmolLM2: {TINY}")
+    p.add_argument("--ratings", type=int, help=f"ratings per variant (default {FULL['ratings']})")
+    p.add_argument("--train-every", type=int, help=f"new ratings per training run (default {FULL['train_every']})")
+    p.add_argument("--heldout", type=int, help=f"held-out prompts per evaluation (default {FULL['heldout']})")
+    p.add_argument("--max-new-tokens", type=int, help=f"completion length cap (default {FULL['max_new_tokens']})")
+    p.add_argument("--pool-target", type=int, help=f"pool size kept by the generation worker (default {FULL['pool_target']})")
+    p.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANT_ORDER)}")
+    p.add_argument("--annotators", type=int, default=4, help="number of simulated annotators (default 4)")
+    p.add_argument("--target-gain", type=float, default=1.0, help="gain in mean held-out rating to reach (default 1.0)")
+    p.add_argument("--seed", type=int, default=0, help="seeds annotators, delays and pool sampling (default 0)")
+    p.add_argument("--guard", action="store_true", help="keep the app's default promotion-guard thresholds")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a shared 2-core machine two threads run several times slower)",
+    )
+    p.add_argument(
+        "--models-dir",
+        default=os.environ.get("REWARDLOOP_MODELS_DIR", str(REPO / "var" / "models")),
+        help="where the converted SmolLM2 folder lives or is created (default $REWARDLOOP_MODELS_DIR or var/models)",
+    )
+    p.add_argument("--prompts-sdist", default=str(REPO / "var" / "downloads" / "vaderSentiment-3.3.2.tar.gz"))
+    p.add_argument("--out", default=str(REPO / "bench" / "results" / "learning"), help="results folder")
+    p.add_argument("--keep-data", action="store_true", help="keep the temporary data folder (database, weights)")
+    args = p.parse_args(argv)
+    preset = TINY if args.tiny else QUICK if args.quick else FULL
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    if args.ratings < args.train_every or args.ratings % args.train_every:
+        p.error("--ratings must be a positive multiple of --train-every")
+    return args
+
+
+def django_setup(data_dir: Path) -> None:
+    """Point the app at a throwaway data folder and database, then migrate."""
+    os.environ["REWARDLOOP_DATA_DIR"] = str(data_dir)
+    os.environ["REWARDLOOP_MODELS_DIR"] = str(data_dir / "models")  # trained versions go here
+    os.environ.pop("DATABASE_URL", None)  # always the throwaway SQLite file
+    # Tasks the services enqueue on commit (pool refills) go to an in-memory
+    # broker nobody consumes: this process plays the workers itself.
+    os.environ["CELERY_BROKER_URL"] = "memory://"
+    os.environ["DJANGO_SETTINGS_MODULE"] = "webapp.settings"
+    os.environ.setdefault("REWARDLOOP_LOG_LEVEL", "WARNING")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
+
+
+# --- metrics from the app's stored held-out samples ----------------------------------
+
+
+def version_metrics(version) -> dict:
+    """The benchmark's held-out figures for ``version``, from its stored evaluation samples."""
+    from webapp.training.evaluation import eval_prompts
+    from webapp.training.models import VersionSample
+
+    prompt_ids = [p.pk for p in eval_prompts(project=version.project)]
+    samples = sorted(VersionSample.objects.filter(version=version, prompt_id__in=prompt_ids), key=lambda s: s.prompt_id)
+    if not samples:
+        raise RuntimeError(f"{version} has no held-out samples; is guard_eval_prompts > 0?")
+    ratings = [ideal_rating(s.text) for s in samples]
+    kl = [sum(lp - ref for lp, ref in zip(s.logprobs, s.ref_logprobs)) for s in samples]
+    return {
+        "version": version.number,
+        "mean_rating": sum(ratings) / len(ratings),
+        "kl_per_completion": sum(kl) / len(kl),
+        "kl_k3_per_token": version.kl_to_base,
+        "distinct2": version.distinct2,
+        "identical_fraction": version.identical_fraction,
+        "mean_length": sum(len(s.token_ids) for s in samples) / len(samples),
+        "finished_fraction": sum(s.finished for s in samples) / len(samples),
+        "n_heldout": len(samples),
+        "texts_sample": [s.text for s in samples[:3]],
+    }
+
+
+# --- one variant ---------------------------------------------------------------------
+
+
+class Loop:
+    """One variant's project, annotators and event queue (virtual time)."""
+
+    def __init__(self, *, name: str, args, base_model_path: Path, rows, users, team):
+        from webapp.annotation.services import prompts_create
+        from webapp.policies.services import project_create
+
+        guard = {} if args.guard else OPEN_GUARD
+        self.name = name
+        self.args = args
+        self.users = users
+        self.team = team
+        self.project = project_create(
+            slug=f"learn-{name.replace('_', '-')}",
+            title=f"Learning benchmark: {name}",
+            base_model_path=base_model_path,
+            ratings_per_item=1,
+            pool_target=args.pool_target,
+            min_new_ratings=args.train_every,
+            max_new_tokens=args.max_new_tokens,
+            guard_eval_prompts=args.heldout,
+            pg_config=dict(VARIANTS[name]),
+            **guard,
+        )
+        prompts_create(project=self.project, rows=rows)
+        self.rng = random.Random(args.seed)
+        self.events: list[tuple[float, int, str, int]] = []
+        self.seq = 0
+        self.gen_tick = 0
+        self.ratings = 0
+        self.in_flight: dict[int, int] = {}  # annotator index -> leased completion id
+        self.timing = {"generation_s": 0.0, "training_s": 0.0, "evaluation_s": 0.0}
+        self.clock = 0.0
+
+    def push(self, t: float, kind: str, who: int = -1) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (t, self.seq, kind, who))
+
+    def evaluate_base(self) -> dict:
+        from webapp.training.evaluation import version_evaluate
+
+        t = time.perf_counter()
+        version = version_evaluate(version=self.project.served_version)
+        self.timing["evaluation_s"] += time.perf_counter() - t
+        point = version_metrics(version)
+        point.update({"ratings": 0, "promoted": True, "stale_fraction": None, "train_metrics": {}})
+        return point
+
+    def run(self, on_point) -> None:
+        """Collect ``args.ratings`` ratings, training every ``args.train_every``; ``on_point(point)`` per version."""
+        for k in range(len(self.team)):
+            self.push(self.rng.uniform(0, IDLE_RETRY_S), "lease", k)
+        self.push(0.0, "generate")
+        while self.ratings < self.args.ratings:
+            self.clock, _, kind, k = heapq.heappop(self.events)
+            if kind == "generate":
+                self._generate()
+            elif kind == "lease":
+                self._lease(k)
+            elif kind == "rate":
+                self._rate(k)
+                if self.ratings % self.args.train_every == 0:
+                    on_point(self._train())
+
+    def _generate(self) -> None:
+        from webapp.annotation.services import GENERATION_BATCH, completion_pool_refill
+
+        t = time.perf_counter()
+        seed = self.args.seed * 1_000_003 + self.gen_tick
+        created = completion_pool_refill(project=self.project, max_new=GENERATION_BATCH, seed=seed)
+        self.gen_tick += 1
+        if created:
+            self.timing["generation_s"] += time.perf_counter() - t
+        self.push(self.clock + GENERATION_TICK_S, "generate")
+
+    def _lease(self, k: int) -> None:
+        from webapp.annotation.services import lease_next
+
+        lease = lease_next(project=self.project, annotator=self.users[k], lease_minutes=LEASE_MINUTES)
+        if lease is None:
+            self.push(self.clock + IDLE_RETRY_S, "lease", k)
+            return
+        self.in_flight[k] = lease.completion_id
+        self.push(self.clock + self.team[k].delay(self.rng), "rate", k)
+
+    def _rate(self, k: int) -> None:
+        from webapp.annotation.models import Completion
+        from webapp.annotation.services import rating_create
+
+        completion = Completion.objects.select_related("project").get(pk=self.in_flight.pop(k))
+        score = self.team[k].rate(completion.text, self.rng)
+        rating_create(annotator=self.users[k], completion=completion, score=score)
+        self.ratings += 1
+        self.push(self.clock, "lease", k)
+
+    def _train(self) -> dict:
+        from webapp.training.models import TrainingRun
+        from webapp.training.services import training_run_create, training_run_execute
+
+        t = time.perf_counter()
+        run = training_run_create(project=self.project, trigger=TrainingRun.Trigger.SCHEDULE)
+        run = training_run_execute(run_id=run.pk)
+        wall = time.perf_counter() - t
+        if run is None or run.status != TrainingRun.Status.SUCCEEDED:
+            raise RuntimeError(f"{self.name}: training run failed: {run and run.error}\n{run and run.log[-2000:]}")
+        ratings = list(run.ratings.select_related("completion"))
+        stale = [r for r in ratings if r.completion.model_version_id != run.parent_version_id]
+        version = run.result_version
+        point = version_metrics(version)
+        train_s = float(run.metrics.get("train/seconds", 0.0))
+        self.timing["training_s"] += train_s
+        self.timing["evaluation_s"] += wall - train_s
+        self.project.refresh_from_db()
+        point.update(
+            {
+                "ratings": self.ratings,
+                "promoted": bool(run.promoted),
+                "held_back_reason": run.held_back_reason,
+                "ratings_in_run": len(ratings),
+                "stale_fraction": len(stale) / len(ratings),
+                "virtual_time_s": round(self.clock, 1),
+                "train_metrics": {
+                    k: run.metrics[k]
+                    for k in ("objective/kl", "objective/mean_reward", "losses/pg_loss", "policy/clipfrac", "policy/ratio_mean", "train/seconds")
+                    if k in run.metrics
+                },
+            }
+        )
+        return point
+
+
+# --- summary, plot, output -------------------------------------------------------------
+
+
+def summarise(curve: list[dict], base: dict, target_gain: float) -> dict:
+    """``ratings_to_target`` (None if never reached), final gain / KL / distinct-2 ratio, and the curve."""
+    reached = next((p["ratings"] for p in curve if p["mean_rating"] - base["mean_rating"] >= target_gain - 1e-9), None)
+    last = curve[-1]
+    return {
+        "ratings_to_target": reached,
+        "final_gain": last["mean_rating"] - base["mean_rating"],
+        "final_kl": last["kl_per_completion"],
+        "final_distinct2_ratio": (last["distinct2"] / base["distinct2"]) if base["distinct2"] else None,
+        "final_mean_length": last["mean_length"],
+        "ratings_used": last["ratings"],
+        "mean_stale_fraction": _mean([p["stale_fraction"] for p in curve if p.get("stale_fraction") is not None]),
+        "curve": curve,
+    }
+
+
+def _mean(values):
+    return sum(values) / len(values) if values else None
+
+
+def goal_check(variants: dict, args) -> dict:
+    """The issue's goal, checked on what was run (None where a variant is missing)."""
+    default, naive = variants.get("default"), variants.get("naive")
+    if default is None:
+        return {"met": None, "why": "the default variant was not run"}
+    full_length = default["ratings_used"] >= args.ratings
+    reached = default["ratings_to_target"]
+    if naive is None:
+        half = None
+    elif naive["ratings_to_target"] is None:
+        half = reached is not None if naive["ratings_used"] >= args.ratings else None
+    else:
+        half = reached is not None and reached <= naive["ratings_to_target"] / 2
+    checks = {
+        "default_reaches_target": reached is not None,
+        "default_at_most_half_of_naive": half,
+        "final_kl_below_5_nats": default["final_kl"] < 5.0,
+        "distinct2_at_least_80pct_of_base": (default["final_distinct2_ratio"] or 0) >= 0.8,
+        "ran_full_length": full_length,
+    }
+    met = all(v is True for k, v in checks.items() if k != "ran_full_length")
+    return {"met": met, **checks}
+
+
+def write_plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    base = result["base"]
+    for name, variant in result["variants"].items():
+        xs = [p["ratings"] for p in variant["curve"]]
+        axes[0].plot(xs, [p["mean_rating"] for p in variant["curve"]], marker="o", label=name)
+        axes[1].plot(xs, [p["kl_per_completion"] for p in variant["curve"]], marker="o", label=name)
+        axes[2].plot(xs, [p["distinct2"] / base["distinct2"] for p in variant["curve"]], marker="o", label=name)
+    target = base["mean_rating"] + result["config"]["target_gain"]
+    axes[0].axhline(base["mean_rating"], color="grey", lw=0.8, ls=":", label="base")
+    axes[0].axhline(target, color="black", lw=0.8, ls="--", label=f"target (+{result['config']['target_gain']:g})")
+    axes[0].set(xlabel="ratings used", ylabel="mean held-out rating (1-5, bias/noise-free)", title="Learning curve")
+    axes[0].set_ylim(1, 5.1)
+    axes[1].axhline(5.0, color="black", lw=0.8, ls="--", label="goal limit (5 nats)")
+    axes[1].set(xlabel="ratings used", ylabel="KL to base (nats per completion)", title="KL to the base model")
+    axes[2].axhline(0.8, color="black", lw=0.8, ls="--", label="goal floor (80%)")
+    axes[2].set(xlabel="ratings used", ylabel="distinct-2 / base's", title="Diversity")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    cfg = result["config"]
+    fig.suptitle(
+        f"{cfg['model']}: {cfg['ratings']} ratings, training every {cfg['train_every']}, "
+        f"{cfg['heldout']} held-out prompts, {cfg['max_new_tokens']} tokens"
+        + ("" if result["complete"] else "  (PARTIAL)"),
+        fontsize=10,
+    )
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_outputs(result: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "learning.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out_dir / "learning.json")
+    if result.get("base") and result["variants"]:
+        write_plot(result, out_dir / "learning.png")
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    out_dir = Path(args.out)
+    data_dir = Path(tempfile.mkdtemp(prefix="rewardloop-learning-"))
+    models_dir = Path(args.models_dir).resolve()
+    try:
+        django_setup(data_dir)
+        import torch
+        import transformers
+
+        from django.contrib.auth import get_user_model
+
+        from webapp.annotation.importers import demo_prompts_from_vader_sdist
+
+        torch.set_num_threads(args.threads)
+        transformers.utils.logging.disable_progress_bar()
+        if args.tiny:
+            from pgcore.tiny import write_tiny_model
+
+            base_model_path = Path(write_tiny_model(data_dir / "tiny-model", seed=0))
+            model_name = "tiny random model"
+        else:
+            from webapp.policies.services import base_model_ensure
+
+            base_model_path = base_model_ensure(models_dir=models_dir)
+            model_name = "SmolLM2-135M-Instruct"
+        rows = demo_prompts_from_vader_sdist(args.prompts_sdist)
+        team = default_team(args.annotators)
+        User = get_user_model()
+        users = [User.objects.create_user(username=a.name, password="simulated-annotator") for a in team]
+
+        from pgcore.config import PGConfig
+
+        result = {
+            "benchmark": "learning",
+            "complete": False,
+            "config": {
+                "model": model_name,
+                "mode": "tiny" if args.tiny else "quick" if args.quick else "full",
+                **{k: getattr(args, k) for k in ("ratings", "train_every", "heldout", "max_new_tokens", "pool_target", "target_gain", "seed", "guard")},
+                "variants": {v: PGConfig.from_dict(VARIANTS[v]).to_dict() for v in args.variants},
+                "annotators": [dataclasses.asdict(a) for a in team],
+                "rating_scale": "ideal = clip(round_half_up(3 + 2 * VADER compound), 1, 5); annotator = clip(ideal + bias + noise, 1, 5)",
+                "prompts": f"{len(rows)} demo prompts (vaderSentiment movie-review openings), {sum(r.held_out for r in rows)} held out",
+                "generation_tick_s": GENERATION_TICK_S,
+                "torch_threads": torch.get_num_threads(),
+            },
+            "host": {"cpus": os.cpu_count(), "load_avg_at_start": list(os.getloadavg()), "python": platform.python_version()},
+            "base": None,
+            "variants": {},
+            "timing": {},
+        }
+
+        for name in args.variants:
+            t_variant = time.perf_counter()
+            loop = Loop(name=name, args=args, base_model_path=base_model_path, rows=rows, users=users, team=team)
+            base_point = loop.evaluate_base()
+            if result["base"] is None:
+                result["base"] = {k: base_point[k] for k in ("mean_rating", "kl_per_completion", "distinct2", "mean_length", "finished_fraction", "n_heldout", "texts_sample")}
+            curve = [base_point]
+
+            def on_point(point, name=name, curve=curve):
+                curve.append(point)
+                result["variants"][name] = summarise(curve, result["base"], args.target_gain)
+                result["timing"][name] = {k: round(v, 1) for k, v in loop.timing.items()} | {
+                    "wall_s": round(time.perf_counter() - t_variant, 1)
+                }
+                result["timing"]["total_wall_s"] = round(time.perf_counter() - started, 1)
+                result["goal"] = goal_check(result["variants"], args)
+                write_outputs(result, out_dir)
+                print(
+                    f"[learning] {name}: {point['ratings']} ratings, v{point['version']}: rating {point['mean_rating']:.3f}, "
+                    f"KL {point['kl_per_completion']:.2f} nats, distinct-2 {point['distinct2']:.3f}, "
+                    f"stale {point['stale_fraction']:.0%}, {time.perf_counter() - started:.0f}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+            loop.run(on_point)
+        result["complete"] = True
+        result["goal"] = goal_check(result["variants"], args)
+        result["timing"]["total_wall_s"] = round(time.perf_counter() - started, 1)
+        write_outputs(result, out_dir)
+    finally:
+        if not args.keep_data:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        else:
+            print(f"[learning] data kept in {data_dir}", file=sys.stderr)
+    # The curves repeat sample texts; keep stdout to one readable JSON object all the same.
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
