@@ -60,6 +60,9 @@
     if (button && !button.disabled) {
       event.preventDefault();
       toggleHelp(false);
+      // htmx wires a freshly swapped card up only after its settle delay (20 ms); a fast key
+      // must not fall through to a plain form post (a full reload), so wire it up now.
+      if (window.htmx) window.htmx.process(card);
       button.click();
     }
   });
