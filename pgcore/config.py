@@ -1,0 +1,89 @@
+"""Hyper-parameters of one policy-gradient update, validated on creation."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+BASELINES = ("loo", "mean", "none")
+
+
+@dataclass
+class PGConfig:
+    """Settings for :func:`pgcore.trainer.update` and :func:`pgcore.policy.load_policy`.
+
+    Every field is checked in ``__post_init__``; a bad value raises ``ValueError`` whose
+    message names the field and the allowed range. Defaults are the fast CPU path measured
+    by ``bench/train_step.py``: LoRA (so the reference policy costs no second copy of the
+    weights) with bf16 autocast over fp32 master weights.
+    """
+
+    lr: float = 1e-4  # AdamW learning rate, in (0, 1]
+    kl_coef: float = 0.05  # beta: weight of the per-token k3 KL(pi || pi_ref) in the loss, >= 0
+    clip_eps: float = 0.2  # PPO clip epsilon on the importance ratio, in (0, 1)
+    epochs: int = 2  # passes over the batch per update, >= 1
+    minibatch_size: int = 8  # sequences per optimiser step, >= 1
+    max_grad_norm: float = 1.0  # global gradient-norm clip, > 0
+    baseline: str = "loo"  # "loo" (leave-one-out within a prompt), "mean" (batch mean) or "none"
+    whiten_advantages: bool = False  # scale advantages to unit variance (no-op for N < 2 or zero variance)
+    importance_correction: bool = True  # False: ratio treated as 1, plain REINFORCE (ablation)
+    annotator_norm: bool = True  # per-annotator z-score of ratings (ablation switch)
+    annotator_shrinkage: float = 5.0  # pseudo-ratings pulling an annotator's mean/std to the global ones, >= 0
+    use_lora: bool = True  # train a LoRA adapter (Hu et al. 2021) instead of all weights
+    lora_r: int = 16  # LoRA rank, >= 1
+    lora_alpha: int = 32  # LoRA scaling numerator (scale = alpha / r), >= 1
+    lora_dropout: float = 0.0  # dropout on the LoRA branch, in [0, 1)
+    bf16_autocast: bool = True  # bf16 autocast for training forward/backward; weights stay fp32
+    seed: int = 0  # seeds minibatch shuffling and LoRA initialisation, >= 0
+
+    def __post_init__(self) -> None:
+        _check_float(self, "lr", lambda v: 0 < v <= 1, "(0, 1]")
+        _check_float(self, "kl_coef", lambda v: v >= 0, "[0, inf)")
+        _check_float(self, "clip_eps", lambda v: 0 < v < 1, "(0, 1)")
+        _check_int(self, "epochs", 1)
+        _check_int(self, "minibatch_size", 1)
+        _check_float(self, "max_grad_norm", lambda v: v > 0, "(0, inf)")
+        if self.baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
+        for name in ("whiten_advantages", "importance_correction", "annotator_norm", "use_lora", "bf16_autocast"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool (True or False), got {getattr(self, name)!r}")
+        _check_float(self, "annotator_shrinkage", lambda v: v >= 0, "[0, inf)")
+        _check_int(self, "lora_r", 1)
+        _check_int(self, "lora_alpha", 1)
+        _check_float(self, "lora_dropout", lambda v: 0 <= v < 1, "[0, 1)")
+        _check_int(self, "seed", 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PGConfig":
+        """Build from a dict such as :meth:`to_dict` returns; missing keys take defaults.
+
+        Raises:
+            ValueError: on an unknown key or an invalid value.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown PGConfig field(s): {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+        return cls(**d)
+
+
+def _check_float(cfg: PGConfig, name: str, ok, allowed: str) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number in {allowed}, got {value!r}")
+    if not math.isfinite(value) or not ok(value):
+        raise ValueError(f"{name} must be in {allowed}, got {value!r}")
+    setattr(cfg, name, float(value))
+
+
+def _check_int(cfg: PGConfig, name: str, minimum: int) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -1,0 +1,145 @@
+"""Masked per-token logprobs and entropy of completions under a causal LM.
+
+Layout used for training batches (:func:`pack_sequences`): each row is
+``[pad ... pad | prompt | completion | pad ... pad]`` with prompts left-padded to a common
+width and completions right-padded, so every completion starts in the same column and the
+model's logits are only computed for the completion columns (``logits_to_keep``).
+Padding contributes exactly nothing: it is masked out of attention and its logprob and
+entropy are exactly 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class PackedBatch:
+    """Token tensors for a batch of (prompt, completion) pairs; all ``(B, T)``.
+
+    Attributes:
+        input_ids: long, prompt and completion tokens; padding holds ``pad_id``.
+        attention_mask: long, 1 on real tokens (prompt and completion), 0 on padding.
+        completion_mask: bool, True on completion tokens (the first EOS included), False on
+            the prompt and on all padding.
+        behaviour_logprobs: float32, behaviour logprob of each completion token, 0 elsewhere;
+            zeros when none were given.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    completion_mask: torch.Tensor
+    behaviour_logprobs: torch.Tensor
+
+
+def pack_sequences(
+    prompt_ids: list[list[int]],
+    completion_ids: list[list[int]],
+    pad_id: int,
+    behaviour_logprobs: list[list[float]] | None = None,
+) -> PackedBatch:
+    """Lay out ``B`` prompt/completion pairs as ``[left-padded prompt | right-padded completion]``.
+
+    ``T = max prompt length + max completion length``. The completion may end with EOS
+    (kept inside ``completion_mask``); ``pad_id`` may equal the EOS id, since masks come from
+    lengths, never from token values.
+
+    Raises:
+        ValueError: list lengths differ, a prompt is empty, or a behaviour row's length
+            differs from its completion's.
+    """
+    B = len(prompt_ids)
+    if len(completion_ids) != B or (behaviour_logprobs is not None and len(behaviour_logprobs) != B):
+        raise ValueError("prompt_ids, completion_ids and behaviour_logprobs must have the same length")
+    P = max((len(p) for p in prompt_ids), default=0)
+    C = max((len(c) for c in completion_ids), default=0)
+    input_ids = torch.full((B, P + C), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((B, P + C), dtype=torch.long)
+    completion_mask = torch.zeros((B, P + C), dtype=torch.bool)
+    behaviour = torch.zeros((B, P + C), dtype=torch.float32)
+    for i, (prompt, completion) in enumerate(zip(prompt_ids, completion_ids)):
+        if not prompt:
+            raise ValueError(f"prompt {i} is empty; a completion needs at least one context token")
+        n = len(completion)
+        input_ids[i, P - len(prompt) : P] = torch.tensor(prompt, dtype=torch.long)
+        attention_mask[i, P - len(prompt) : P + n] = 1
+        if n:
+            input_ids[i, P : P + n] = torch.tensor(completion, dtype=torch.long)
+            completion_mask[i, P : P + n] = True
+        if behaviour_logprobs is not None:
+            if len(behaviour_logprobs[i]) != n:
+                raise ValueError(
+                    f"sequence {i}: {len(behaviour_logprobs[i])} behaviour logprobs for {n} completion tokens"
+                )
+            if n:
+                behaviour[i, P : P + n] = torch.tensor(behaviour_logprobs[i], dtype=torch.float32)
+    return PackedBatch(input_ids, attention_mask, completion_mask, behaviour)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that count only real tokens: ``(B, T)``, 0 on left padding.
+
+    A left-padded row then gets the same rotary positions as it would alone.
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def sequence_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token logprobs and entropies of the masked tokens under ``model``.
+
+    Args:
+        model: a Hugging Face causal LM (or peft wrapper) whose forward accepts
+            ``logits_to_keep``.
+        input_ids: ``(B, T)`` long token ids.
+        attention_mask: ``(B, T)``, 1 on real tokens, 0 on padding.
+        completion_mask: ``(B, T)`` bool, True where ``input_ids[b, t]`` is scored; column 0
+            can never be scored (it has no context).
+
+    Returns:
+        ``logprobs (B, T)``: ``log pi(input_ids[b, t] | input_ids[b, :t])`` in nats where
+        ``completion_mask``, exactly 0 elsewhere; differentiable with respect to the model.
+        ``entropy (B, T)``: entropy in nats of the predictive distribution at those
+        positions, exactly 0 elsewhere; a diagnostic, detached from the graph.
+        Logits are computed in the model's dtype (bf16 under autocast) and reduced in fp32.
+
+    Raises:
+        ValueError: shapes differ, or ``completion_mask`` marks column 0.
+    """
+    if not (input_ids.shape == attention_mask.shape == completion_mask.shape) or input_ids.dim() != 2:
+        raise ValueError(
+            f"input_ids, attention_mask and completion_mask must share one (B, T) shape, got "
+            f"{tuple(input_ids.shape)}, {tuple(attention_mask.shape)}, {tuple(completion_mask.shape)}"
+        )
+    completion_mask = completion_mask.bool()
+    B, T = input_ids.shape
+    scored_columns = completion_mask.any(dim=0).nonzero()
+    zeros = torch.zeros((B, T), dtype=torch.float32, device=input_ids.device)
+    if scored_columns.numel() == 0:
+        return zeros, zeros.clone()
+    t0 = int(scored_columns[0])  # first scored column; logits are needed from t0 - 1 on
+    if t0 == 0:
+        raise ValueError("completion_mask marks column 0, which has no context to predict it from")
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+        logits_to_keep=T - t0 + 1,
+    )
+    logits = out.logits[:, :-1, :].float()  # (B, T - t0, V): predicts input_ids[:, t0:]
+    targets = input_ids[:, t0:]  # (B, T - t0)
+    mask = completion_mask[:, t0:]  # (B, T - t0)
+    lse = torch.logsumexp(logits, dim=-1)  # (B, T - t0)
+    token_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T - t0)
+    logprobs = torch.where(mask, token_logits - lse, 0.0)
+    with torch.no_grad():
+        probs = torch.exp(logits - lse.unsqueeze(-1))  # (B, T - t0, V)
+        entropy = torch.where(mask, lse - (probs * logits).sum(-1), 0.0).clamp(min=0.0)
+    return torch.cat([zeros[:, :t0], logprobs], dim=1), torch.cat([zeros[:, :t0], entropy], dim=1)

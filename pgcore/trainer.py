@@ -1,0 +1,280 @@
+"""One policy-gradient update from rated completions: ``update(policy, batch, config)``.
+
+Read top to bottom: check the batch, turn rewards into advantages, score the batch once
+under the reference policy, then a few epochs of shuffled minibatches, each an AdamW step
+on the clipped importance-weighted loss plus ``kl_coef`` times the k3 KL to the
+reference. Nothing non-finite is ever stepped on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from pgcore.advantages import batch_mean_baseline, leave_one_out, whiten
+from pgcore.config import PGConfig
+from pgcore.logprobs import pack_sequences, sequence_logprobs
+from pgcore.losses import kl_k3, masked_mean, pg_loss
+from pgcore.policy import Policy, reference_model
+
+
+class TrainingCancelled(Exception):
+    """Raised (typically by an ``on_step`` callback) to stop an update; weights are restored."""
+
+
+class NonFiniteError(FloatingPointError):
+    """A reward, logprob, loss or gradient was NaN or infinite; no step was taken with it."""
+
+
+@dataclass
+class TrainBatch:
+    """Rated completions for one update; all lists have one entry per completion (``N``).
+
+    Attributes:
+        prompt_ids: token ids of each rendered prompt (non-empty).
+        completion_ids: token ids as sampled (the final EOS included if there was one).
+        behaviour_logprobs: per-token logprobs, nats, of the version that sampled them;
+            same lengths as ``completion_ids``.
+        rewards: scalar reward per completion (e.g. from ``ratings_to_rewards``).
+        group_ids: prompt id per completion; leave-one-out works within a group.
+    """
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    behaviour_logprobs: list[list[float]]
+    rewards: list[float]
+    group_ids: list[int]
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+
+def validate_batch(batch: TrainBatch, vocab_size: int | None = None) -> None:
+    """Check a batch before any compute.
+
+    Raises:
+        ValueError: empty batch, mismatched lengths, an empty prompt or completion, a token
+            id outside the vocabulary, or a positive behaviour logprob.
+        NonFiniteError: a reward or behaviour logprob is NaN or infinite (the message
+            names the completion).
+    """
+    N = len(batch.rewards)
+    if N == 0:
+        raise ValueError("the batch is empty")
+    lengths = {
+        "prompt_ids": len(batch.prompt_ids),
+        "completion_ids": len(batch.completion_ids),
+        "behaviour_logprobs": len(batch.behaviour_logprobs),
+        "rewards": N,
+        "group_ids": len(batch.group_ids),
+    }
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"batch fields have different lengths: {lengths}")
+    for i, reward in enumerate(batch.rewards):
+        if not math.isfinite(float(reward)):
+            raise NonFiniteError(f"reward of completion {i} is {reward}; rewards must be finite (no step was taken)")
+    for i, (prompt, completion, behaviour) in enumerate(
+        zip(batch.prompt_ids, batch.completion_ids, batch.behaviour_logprobs)
+    ):
+        if not prompt or not completion:
+            raise ValueError(f"completion {i} has an empty {'prompt' if not prompt else 'completion'}")
+        if len(behaviour) != len(completion):
+            raise ValueError(f"completion {i}: {len(behaviour)} behaviour logprobs for {len(completion)} tokens")
+        bad = [t for t, lp in enumerate(behaviour) if not math.isfinite(float(lp))]
+        if bad:
+            raise NonFiniteError(f"behaviour logprob of completion {i}, token {bad[0]} is {behaviour[bad[0]]}")
+        if max(behaviour) > 1e-4:
+            raise ValueError(f"completion {i} has a positive behaviour logprob {max(behaviour)}; expected log-probabilities")
+        if vocab_size is not None:
+            ids = prompt + completion
+            if min(ids) < 0 or max(ids) >= vocab_size:
+                raise ValueError(f"completion {i} holds a token id outside [0, {vocab_size})")
+
+
+def compute_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, config: PGConfig) -> torch.Tensor:
+    """``(N,)`` rewards to ``(N,)`` advantages by ``config.baseline``, then optional whitening."""
+    if config.baseline == "loo":
+        advantages = leave_one_out(rewards, group_ids)
+    elif config.baseline == "mean":
+        advantages = batch_mean_baseline(rewards)
+    else:
+        advantages = rewards.clone()
+    return whiten(advantages) if config.whiten_advantages else advantages
+
+
+def _autocast(config: PGConfig):
+    if config.bf16_autocast:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _check_finite(name: str, value: torch.Tensor, where: str) -> None:
+    if not bool(torch.isfinite(value).all()):
+        raise NonFiniteError(f"{name} is non-finite ({float(value.detach().float().flatten()[0])}) at {where}; no step was taken")
+
+
+@torch.no_grad()
+def reference_logprobs(policy: Policy, batch: TrainBatch, config: PGConfig) -> list[torch.Tensor]:
+    """Logprobs of each completion under the reference policy, one ``(len_i,)`` tensor each.
+
+    One no-grad pass in minibatches, in eval mode, under the same autocast as training so
+    that the KL at the start of training is ~0 rather than a precision artefact.
+    """
+    pad_id = policy.tokenizer.pad_token_id
+    out: list[torch.Tensor] = []
+    with reference_model(policy) as ref:
+        was_training = ref.training
+        ref.eval()
+        try:
+            for start in range(0, len(batch), config.minibatch_size):
+                sl = slice(start, start + config.minibatch_size)
+                packed = pack_sequences(batch.prompt_ids[sl], batch.completion_ids[sl], pad_id)
+                with _autocast(config):
+                    logprobs, _ = sequence_logprobs(ref, packed.input_ids, packed.attention_mask, packed.completion_mask)
+                out.extend(row[mask] for row, mask in zip(logprobs, packed.completion_mask))
+        finally:
+            ref.train(was_training)
+    return out
+
+
+def update(
+    policy: Policy,
+    batch: TrainBatch,
+    config: PGConfig,
+    *,
+    on_step: Callable[[dict], None] | None = None,
+) -> dict[str, float]:
+    """Run ``config.epochs`` passes of shuffled minibatch AdamW steps on ``policy``.
+
+    Loss per minibatch (token means over completion tokens):
+    ``pg_loss(rho-clipped, advantages) + kl_coef * mean k3(pi_theta || pi_ref)``; see
+    :mod:`pgcore.losses` (PPO, Schulman et al. 2017; k3, Schulman 2020; RLOO baseline,
+    Ahmadian et al. 2024). The reference logprobs are computed once per update.
+
+    Args:
+        policy: loaded with ``trainable=True`` (LoRA or full fine-tuning).
+        batch: rated completions; ``N >= 1``.
+        config: hyper-parameters; ``minibatch_size`` sequences per step.
+        on_step: called after each optimiser step with a dict holding ``epoch``, ``step``,
+            ``total_steps`` and that step's ``losses/pg_loss``, ``losses/total``,
+            ``objective/kl``, ``policy/approx_kl``, ``policy/clipfrac``,
+            ``policy/entropy``, ``train/grad_norm``. It may raise (e.g.
+            :class:`TrainingCancelled`) to stop; the exception propagates.
+
+    Returns:
+        Floats, token-weighted means over the last epoch: ``losses/pg_loss``,
+        ``losses/total``, ``objective/kl`` (k3 KL to the reference, nats per token),
+        ``objective/mean_reward`` (mean of ``batch.rewards``), ``policy/approx_kl``,
+        ``policy/clipfrac``, ``policy/entropy`` (nats), ``policy/ratio_mean``,
+        ``train/grad_norm`` (before clipping), ``train/steps``, ``train/seconds`` and a
+        time split ``train/seconds_reference``, ``train/seconds_forward``,
+        ``train/seconds_backward``, ``train/seconds_optimizer``.
+
+    Raises:
+        ValueError: an invalid batch, or a policy without trainable parameters.
+        NonFiniteError: a reward or behaviour logprob is non-finite (before any compute),
+            or a loss or gradient is non-finite (before that step).
+        TrainingCancelled: or whatever ``on_step`` raises.
+        On any exception the trainable weights are restored to their values at entry, so
+        the policy is left exactly as it was given.
+    """
+    started = time.perf_counter()
+    params = policy.trainable_parameters
+    if not params:
+        raise ValueError("the policy has no trainable parameters; load it with load_policy(..., trainable=True)")
+    validate_batch(batch, vocab_size=policy.model.get_input_embeddings().num_embeddings)
+    N = len(batch)
+    rewards = torch.tensor(batch.rewards, dtype=torch.float32)  # (N,)
+    advantages = compute_advantages(rewards, torch.tensor(batch.group_ids), config)  # (N,)
+    _check_finite("advantages", advantages, "the start of the update")
+    pad_id = policy.tokenizer.pad_token_id
+
+    snapshot = [p.detach().clone() for p in params]
+    model = policy.model
+    was_training = model.training
+    timings = dict.fromkeys(("reference", "forward", "backward", "optimizer"), 0.0)
+    try:
+        t = time.perf_counter()
+        ref_logprobs = reference_logprobs(policy, batch, config)
+        timings["reference"] = time.perf_counter() - t
+
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+        generator = torch.Generator().manual_seed(config.seed)
+        steps_per_epoch = math.ceil(N / config.minibatch_size)
+        total_steps = config.epochs * steps_per_epoch
+        step = 0
+        model.train()
+        for epoch in range(config.epochs):
+            sums: dict[str, float] = {}
+            tokens_seen = 0
+            order = torch.randperm(N, generator=generator).tolist()
+            for start in range(0, N, config.minibatch_size):
+                idx = order[start : start + config.minibatch_size]
+                packed = pack_sequences(
+                    [batch.prompt_ids[i] for i in idx],
+                    [batch.completion_ids[i] for i in idx],
+                    pad_id,
+                    [batch.behaviour_logprobs[i] for i in idx],
+                )
+                mask = packed.completion_mask  # (b, T)
+                ref = torch.zeros(mask.shape, dtype=torch.float32)  # (b, T)
+                ref[mask] = torch.cat([ref_logprobs[i] for i in idx])
+
+                t = time.perf_counter()
+                with _autocast(config):
+                    logprobs, entropy = sequence_logprobs(model, packed.input_ids, packed.attention_mask, mask)
+                loss_pg, stats = pg_loss(
+                    logprobs, packed.behaviour_logprobs, advantages[idx], mask, config.clip_eps, config.importance_correction
+                )
+                kl = masked_mean(kl_k3(logprobs, ref, mask), mask)
+                loss = loss_pg + config.kl_coef * kl
+                where = f"epoch {epoch}, step {step} (completions {idx})"
+                _check_finite("loss", loss, where)
+                timings["forward"] += time.perf_counter() - t
+
+                t = time.perf_counter()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                timings["backward"] += time.perf_counter() - t
+                t = time.perf_counter()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                _check_finite("gradient norm", grad_norm, where)
+                optimizer.step()
+                timings["optimizer"] += time.perf_counter() - t
+                step += 1
+
+                n_tokens = int(mask.sum())
+                info = {
+                    "losses/pg_loss": float(loss_pg.detach()),
+                    "losses/total": float(loss.detach()),
+                    "objective/kl": float(kl.detach()),
+                    "policy/approx_kl": float(stats["approx_kl"]),
+                    "policy/clipfrac": float(stats["clipfrac"]),
+                    "policy/entropy": float(masked_mean(entropy, mask)),
+                    "policy/ratio_mean": float(stats["ratio_mean"]),
+                    "train/grad_norm": float(grad_norm),
+                }
+                for key, value in info.items():
+                    sums[key] = sums.get(key, 0.0) + value * n_tokens
+                tokens_seen += n_tokens
+                if on_step is not None:
+                    on_step({"epoch": epoch, "step": step, "total_steps": total_steps, **info})
+    except BaseException:
+        with torch.no_grad():
+            for p, saved in zip(params, snapshot):
+                p.copy_(saved)
+        raise
+    finally:
+        model.train(was_training)
+
+    metrics = {key: value / max(tokens_seen, 1) for key, value in sums.items()}
+    metrics["objective/mean_reward"] = float(rewards.mean())
+    metrics["train/steps"] = float(step)
+    metrics["train/seconds"] = time.perf_counter() - started
+    metrics.update({f"train/seconds_{k}": v for k, v in timings.items()})
+    return metrics

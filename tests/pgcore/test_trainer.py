@@ -1,0 +1,203 @@
+import math
+
+import pytest
+import torch
+
+from pgcore.config import PGConfig
+from pgcore.logprobs import pack_sequences, sequence_logprobs
+from pgcore.policy import load_policy, reference_model
+from pgcore.rollout import generate
+from pgcore.trainer import NonFiniteError, TrainBatch, TrainingCancelled, update
+
+EOS = 258
+METRIC_KEYS = {
+    "losses/pg_loss",
+    "losses/total",
+    "objective/kl",
+    "objective/mean_reward",
+    "policy/approx_kl",
+    "policy/clipfrac",
+    "policy/entropy",
+    "train/steps",
+    "train/seconds",
+}
+
+
+def _batch(policy, rewards, groups=None, seed=0, max_new_tokens=8):
+    prompts = [f"prompt {g}" for g in (groups or range(len(rewards)))]
+    rollouts = generate(policy, prompts, max_new_tokens=max_new_tokens, seed=seed)
+    return TrainBatch(
+        prompt_ids=[r.prompt_ids for r in rollouts],
+        completion_ids=[r.completion_ids for r in rollouts],
+        behaviour_logprobs=[r.behaviour_logprobs for r in rollouts],
+        rewards=list(rewards),
+        group_ids=list(groups or range(len(rewards))),
+    )
+
+
+def _sequence_logprob(policy, batch, i):
+    packed = pack_sequences([batch.prompt_ids[i]], [batch.completion_ids[i]], EOS)
+    with torch.no_grad():
+        logprobs, _ = sequence_logprobs(policy.model, packed.input_ids, packed.attention_mask, packed.completion_mask)
+    return float(logprobs.sum())
+
+
+def _weights(policy):
+    return [p.detach().clone() for p in policy.trainable_parameters]
+
+
+def _same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.fixture(params=["lora", "full"])
+def trainable_policy(request, lora_policy, full_policy):
+    return lora_policy if request.param == "lora" else full_policy
+
+
+@pytest.mark.parametrize("reward, direction", [(1.0, 1), (-1.0, -1)])
+def test_one_update_moves_a_completions_logprob_with_the_sign_of_its_advantage(trainable_policy, reward, direction):
+    config = PGConfig(lr=1e-3, epochs=1, bf16_autocast=False, use_lora=trainable_policy.is_lora)
+    batch = _batch(trainable_policy, [reward])
+    before = _sequence_logprob(trainable_policy, batch, 0)
+    update(trainable_policy, batch, config)
+    after = _sequence_logprob(trainable_policy, batch, 0)
+    assert (after - before) * direction > 1e-3
+
+
+def test_leave_one_out_raises_the_preferred_completion_and_lowers_the_other(lora_policy):
+    batch = _batch(lora_policy, [1.0, -1.0], groups=[0, 0])
+    before = [_sequence_logprob(lora_policy, batch, i) for i in range(2)]
+    update(lora_policy, batch, PGConfig(lr=1e-3, bf16_autocast=False))
+    after = [_sequence_logprob(lora_policy, batch, i) for i in range(2)]
+    assert after[0] > before[0] and after[1] < before[1]
+
+
+def test_metrics_are_finite_with_kl_and_entropy_never_negative(lora_policy, fp32_config):
+    metrics = update(lora_policy, _batch(lora_policy, [1.0, 0.0, -0.5], groups=[0, 0, 1]), fp32_config)
+    assert METRIC_KEYS <= set(metrics)
+    assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
+    assert metrics["objective/kl"] >= 0 and metrics["policy/entropy"] >= 0 and metrics["policy/approx_kl"] >= 0
+    assert metrics["train/steps"] == fp32_config.epochs
+    assert metrics["objective/mean_reward"] == pytest.approx(1 / 6)
+
+
+def test_a_batch_of_one_rating_updates_without_nan(lora_policy, fp32_config):
+    metrics = update(lora_policy, _batch(lora_policy, [0.5]), fp32_config)
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert all(torch.isfinite(p).all() for p in lora_policy.trainable_parameters)
+
+
+@pytest.mark.parametrize("whiten", [False, True])
+def test_all_equal_ratings_give_zero_advantages_and_leave_the_weights_alone(lora_policy, whiten):
+    config = PGConfig(bf16_autocast=False, whiten_advantages=whiten)
+    batch = _batch(lora_policy, [0.5, 0.5, 0.5, 0.5], groups=[0, 0, 1, 1])
+    before = _weights(lora_policy)
+    metrics = update(lora_policy, batch, config)
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert metrics["losses/pg_loss"] == 0.0
+    for a, b in zip(before, _weights(lora_policy)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.fixture
+def no_steps(monkeypatch):
+    """Counts AdamW steps, so a test can assert that none happened."""
+    calls = []
+    original = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    return calls
+
+
+def test_a_nan_reward_is_refused_before_any_step_and_names_the_completion(lora_policy, fp32_config, no_steps):
+    batch = _batch(lora_policy, [1.0, float("nan"), 0.0])
+    before = _weights(lora_policy)
+    with pytest.raises(NonFiniteError, match=r"reward of completion 1 is nan"):
+        update(lora_policy, batch, fp32_config)
+    assert no_steps == [] and _same(before, _weights(lora_policy))
+
+
+def test_a_non_finite_behaviour_logprob_is_refused(lora_policy, fp32_config, no_steps):
+    batch = _batch(lora_policy, [1.0, 0.0])
+    batch.behaviour_logprobs[0][2] = float("-inf")
+    with pytest.raises(NonFiniteError, match=r"behaviour logprob of completion 0, token 2 is -inf"):
+        update(lora_policy, batch, fp32_config)
+    assert no_steps == []
+
+
+def test_a_nan_loss_raises_and_never_steps(lora_policy, fp32_config, no_steps):
+    batch = _batch(lora_policy, [1.0, -1.0])
+    before = _weights(lora_policy)
+    lora_policy.model.get_output_embeddings().register_forward_hook(lambda m, i, out: out * float("nan"))
+    with pytest.raises(NonFiniteError, match=r"loss is non-finite .* at epoch 0, step 0"):
+        update(lora_policy, batch, fp32_config)
+    assert no_steps == [] and _same(before, _weights(lora_policy))
+
+
+def test_an_infinite_gradient_raises_and_never_steps(lora_policy, fp32_config, no_steps):
+    batch = _batch(lora_policy, [1.0, -1.0])
+    before = _weights(lora_policy)
+    lora_policy.trainable_parameters[0].register_hook(lambda grad: grad * float("inf"))
+    with pytest.raises(NonFiniteError, match="gradient norm is non-finite"):
+        update(lora_policy, batch, fp32_config)
+    assert no_steps == [] and _same(before, _weights(lora_policy))
+
+
+def test_on_step_reports_progress_after_every_optimiser_step(lora_policy):
+    config = PGConfig(epochs=2, minibatch_size=2, bf16_autocast=False)
+    seen = []
+    update(lora_policy, _batch(lora_policy, [1.0, 0.0, -1.0]), config, on_step=seen.append)
+    assert [(s["epoch"], s["step"], s["total_steps"]) for s in seen] == [(0, 1, 4), (0, 2, 4), (1, 3, 4), (1, 4, 4)]
+    assert {"losses/pg_loss", "objective/kl", "policy/clipfrac", "policy/entropy"} <= set(seen[0])
+
+
+def test_cancelling_from_on_step_stops_the_update_and_restores_the_weights(lora_policy, fp32_config):
+    before = _weights(lora_policy)
+
+    def cancel(info):
+        if info["step"] == 2:
+            raise TrainingCancelled("stopped by admin")
+
+    with pytest.raises(TrainingCancelled, match="stopped by admin"):
+        update(lora_policy, _batch(lora_policy, [1.0, -1.0]), PGConfig(bf16_autocast=False), on_step=cancel)
+    assert _same(before, _weights(lora_policy))
+
+
+def test_training_never_changes_the_reference(trainable_policy, frozen_policy):
+    config = PGConfig(lr=1e-2, bf16_autocast=False, use_lora=trainable_policy.is_lora)
+    batch = _batch(trainable_policy, [1.0, -1.0])
+    update(trainable_policy, batch, config)
+    ids = torch.tensor([batch.prompt_ids[0] + batch.completion_ids[0]])
+    with torch.no_grad():
+        base = frozen_policy.model(input_ids=ids).logits
+        with reference_model(trainable_policy) as ref:
+            torch.testing.assert_close(ref(input_ids=ids).logits, base)
+        assert not torch.allclose(trainable_policy.model(input_ids=ids).logits, base)
+
+
+def test_stale_samples_show_ratios_away_from_one(lora_policy, fp32_config):
+    batch = _batch(lora_policy, [1.0, -1.0, 0.5])
+    batch.behaviour_logprobs = [[lp - 0.3 for lp in row] for row in batch.behaviour_logprobs]
+    seen = []
+    update(lora_policy, batch, fp32_config, on_step=seen.append)
+    assert seen[0]["policy/ratio_mean"] == pytest.approx(math.exp(0.3), rel=1e-3)
+    assert seen[0]["policy/clipfrac"] == 1.0
+
+
+def test_bf16_autocast_trains_fp32_master_weights(tiny_path):
+    config = PGConfig(bf16_autocast=True, lr=1e-3)
+    policy = load_policy(tiny_path, config=config, trainable=True)
+    metrics = update(policy, _batch(policy, [1.0, -1.0], groups=[0, 0]), config)
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert all(p.dtype == torch.float32 for p in policy.model.parameters())
+
+
+def test_a_frozen_policy_or_a_malformed_batch_is_rejected(frozen_policy, lora_policy, fp32_config):
+    batch = _batch(lora_policy, [1.0])
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        update(frozen_policy, batch, fp32_config)
+    batch.group_ids = []
+    with pytest.raises(ValueError, match="different lengths"):
+        update(lora_policy, batch, fp32_config)
+    with pytest.raises(ValueError, match="empty"):
+        update(lora_policy, TrainBatch([], [], [], [], []), fp32_config)
