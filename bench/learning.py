@@ -21,8 +21,10 @@ with one fixed seed, storing text, tokens, logprobs and base-model logprobs.
 From those samples the benchmark computes, per version:
 
 - ``mean_rating``: mean bias- and noise-free simulated rating (1-5);
-- ``kl_per_completion``: mean over completions of sum_t (log pi - log pi_base),
-  the Monte-Carlo estimate of KL(version || base) per completion, in nats;
+- ``kl_per_completion``: KL(version || base) per completion, in nats: the mean
+  over completions of the summed per-token k3 estimate (``r - 1 - log r``,
+  ``r = pi_base / pi``; Schulman 2020), never negative; the plain log-ratio
+  sum is reported too (``kl_log_ratio_per_completion``);
 - ``distinct2``: the app's distinct-2 (token bigrams, all completions pooled);
 - ``mean_length``: mean completion length in tokens.
 
@@ -93,7 +95,7 @@ FULL = {
 }
 # --quick: sized to finish in about 15 minutes on 2 idle CPU cores (~50 tokens/s).
 QUICK = {
-    "ratings": 128,
+    "ratings": 96,
     "train_every": 32,
     "heldout": 16,
     "max_new_tokens": 32,
@@ -190,11 +192,16 @@ def version_metrics(version) -> dict:
     if not samples:
         raise RuntimeError(f"{version} has no held-out samples; is guard_eval_prompts > 0?")
     ratings = [ideal_rating(s.text) for s in samples]
-    kl = [sum(lp - ref for lp, ref in zip(s.logprobs, s.ref_logprobs)) for s in samples]
+    # Per completion, summed over its tokens: k3 = r - 1 - log r with r = pi_base / pi
+    # (unbiased for tokens sampled from pi, never negative; Schulman 2020) and the plain
+    # log-ratio (unbiased, noisier, can be negative).
+    kl_k3 = [sum(math.expm1(ref - lp) - (ref - lp) for lp, ref in zip(s.logprobs, s.ref_logprobs)) for s in samples]
+    kl_log_ratio = [sum(lp - ref for lp, ref in zip(s.logprobs, s.ref_logprobs)) for s in samples]
     return {
         "version": version.number,
         "mean_rating": sum(ratings) / len(ratings),
-        "kl_per_completion": sum(kl) / len(kl),
+        "kl_per_completion": sum(kl_k3) / len(kl_k3),
+        "kl_log_ratio_per_completion": sum(kl_log_ratio) / len(kl_log_ratio),
         "kl_k3_per_token": version.kl_to_base,
         "distinct2": version.distinct2,
         "identical_fraction": version.identical_fraction,
@@ -241,6 +248,20 @@ class Loop:
         self.in_flight: dict[int, int] = {}  # annotator index -> leased completion id
         self.timing = {"generation_s": 0.0, "training_s": 0.0, "evaluation_s": 0.0}
         self.clock = 0.0
+
+    def sampling_counts(self) -> dict:
+        """How much was sampled for annotators, how much of it got rated, and the training steps taken."""
+        from webapp.annotation.models import Completion
+        from webapp.training.models import TrainingRun
+
+        completions = Completion.objects.filter(project=self.project)
+        runs = TrainingRun.objects.filter(project=self.project, status=TrainingRun.Status.SUCCEEDED)
+        return {
+            "completions_sampled": completions.count(),
+            "completions_rated": completions.filter(ratings__isnull=False).distinct().count(),
+            "tokens_sampled": sum(len(ids) for ids in completions.values_list("token_ids", flat=True)),
+            "train_steps": int(sum(r.metrics.get("train/steps", 0) for r in runs)),
+        }
 
     def push(self, t: float, kind: str, who: int = -1) -> None:
         self.seq += 1
@@ -502,6 +523,7 @@ def main(argv=None) -> dict:
                 result["timing"][name] = {k: round(v, 1) for k, v in loop.timing.items()} | {
                     "wall_s": round(time.perf_counter() - t_variant, 1)
                 }
+                result["variants"][name]["sampling"] = loop.sampling_counts()
                 result["timing"]["total_wall_s"] = round(time.perf_counter() - started, 1)
                 result["goal"] = goal_check(result["variants"], args)
                 write_outputs(result, out_dir)
