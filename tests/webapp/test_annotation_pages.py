@@ -51,7 +51,7 @@ def test_progress_shows_todays_count_and_the_remaining_queue(annotator_client, a
     first, *_ = [make_completion(project) for _ in range(3)]
     annotator_client.get(url("annotate", project))
     body = annotator_client.post(url("rate", project, first.pk), {"score": "3"}, **HTMX).content.decode()
-    assert 'id="count-today">1<' in body and 'id="count-queue">1<' in body  # one leased now, one waiting
+    assert 'id="count-today">1<' in body and 'id="count-queue">2<' in body  # the one shown now and one more
 
 
 def test_a_thumbs_project_shows_thumb_keys_and_stores_a_thumb_with_its_comment(client, make_user, tiny_model_dir, models_dir, make_completion):

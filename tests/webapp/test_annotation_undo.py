@@ -96,3 +96,21 @@ def test_undoing_a_comparison_keeps_choice_and_side_and_shows_the_pair_the_same_
         pair.pk, "tie", lease.a_on_left, "same"
     )
     assert result.lease.completion_id == pair.completion_a_id and result.lease.a_on_left == lease.a_on_left
+
+
+def test_the_rating_counter_the_queue_index_uses_follows_ratings_comparisons_and_undos(
+    db, tiny_model_dir, models_dir, project, annotator, make_completion
+):
+    from webapp.annotation.models import Completion
+
+    completion = make_completion(project)
+    services.rating_create(annotator=annotator, completion=completion, score=4)
+    assert Completion.objects.get(pk=completion.pk).n_ratings == 1
+    services.judgment_undo(project=project, annotator=annotator)
+    assert Completion.objects.get(pk=completion.pk).n_ratings == 0
+
+    pairwise = make_project(tiny_model_dir, slug="pw", mode="pairwise")
+    pair = make_pair(pairwise, make_completion)
+    services.comparison_create(annotator=annotator, pair=pair, choice="a", a_on_left=True)
+    counts = dict(Completion.objects.filter(project=pairwise).values_list("pk", "n_ratings"))
+    assert counts == {pair.completion_a_id: 1, pair.completion_b_id: 1}

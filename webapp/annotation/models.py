@@ -65,11 +65,23 @@ class Completion(models.Model):
     token_ids = models.JSONField("completion token ids")
     behaviour_logprobs = models.JSONField("behaviour logprobs", help_text="One natural-log probability per token.")
     finished = models.BooleanField("ended at EOS", help_text="False when the completion was cut at the length limit.")
+    n_ratings = models.PositiveSmallIntegerField(
+        "ratings so far",
+        default=0,
+        help_text=(
+            "Kept by the rating services (+1 per rating, -1 per undo) so the queue can skip finished items "
+            "through an index; the queue still checks the real ratings and leases."
+        ),
+    )
     created_at = models.DateTimeField("created", auto_now_add=True)
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["project", "model_version"])]
+        indexes = [
+            models.Index(fields=["project", "model_version"]),
+            # The queue: open items of a version, the nearly finished first, oldest first.
+            models.Index(fields=["project", "model_version", "-n_ratings", "id"], name="completion_queue_order"),
+        ]
 
     def __str__(self):
         return f"completion {self.pk} of {self.model_version}"
@@ -91,6 +103,10 @@ class Lease(models.Model):
 
     class Meta:
         ordering = ["id"]
+        indexes = [
+            models.Index(fields=["expires_at"], condition=models.Q(fulfilled=False), name="lease_open_expiry"),
+            models.Index(fields=["annotator", "fulfilled"], name="lease_annotator_open"),
+        ]
         constraints = [
             models.UniqueConstraint(fields=["completion", "slot"], name="lease_slot_unique"),
             models.UniqueConstraint(fields=["completion", "annotator"], name="lease_once_per_annotator"),
@@ -155,6 +171,7 @@ class Comparison(models.Model):
 
     class Meta:
         ordering = ["id"]
+        indexes = [models.Index(fields=["annotator", "created_at"], name="comparison_annotator_time")]
         constraints = [
             models.UniqueConstraint(fields=["pair", "annotator"], name="comparison_once_per_annotator"),
             models.CheckConstraint(condition=models.Q(choice__in=Choice.values), name="comparison_choice_valid"),
@@ -190,6 +207,7 @@ class Rating(models.Model):
 
     class Meta:
         ordering = ["id"]
+        indexes = [models.Index(fields=["annotator", "created_at"], name="rating_annotator_time")]
         constraints = [
             models.UniqueConstraint(fields=["completion", "annotator"], name="rating_once_per_annotator"),
             models.CheckConstraint(

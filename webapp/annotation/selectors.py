@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from django.db.models import Case, Count, Exists, OuterRef, Q, QuerySet, Value, When
+from django.db.models import Case, Count, Exists, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from webapp.policies.models import Project, RatingMode
@@ -30,8 +31,8 @@ def open_completions(*, project: Project) -> QuerySet[Completion]:
     """Items that still need ratings (fewer than ``ratings_per_item`` so far)."""
     return (
         rateable_completions(project=project)
-        .annotate(n_ratings=Count("ratings", distinct=True))
-        .filter(n_ratings__lt=project.ratings_per_item)
+        .annotate(rating_count=Count("ratings", distinct=True))
+        .filter(rating_count__lt=project.ratings_per_item)
     )
 
 
@@ -44,26 +45,64 @@ def pool_size(*, project: Project) -> int:
     return 2 * n if project.rating_mode == RatingMode.PAIRWISE else n
 
 
+def _queue(*, project: Project, annotator, now) -> QuerySet[Completion]:
+    """Items this annotator may be offered, unordered.
+
+    ``n_ratings`` (kept by the services) lets an index skip finished items;
+    the real ratings and the live or fulfilled leases are checked per
+    candidate with correlated subqueries (no GROUP BY, so a LIMIT stops early).
+    """
+    per_item = project.ratings_per_item
+    busy_slots = (
+        Lease.objects.filter(completion=OuterRef("pk"))
+        .filter(Q(fulfilled=True) | Q(expires_at__gt=now))
+        .order_by()
+        .values("completion")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    ratings = Rating.objects.filter(completion=OuterRef("pk")).order_by().values("completion").annotate(n=Count("pk")).values("n")
+    return (
+        rateable_completions(project=project)
+        .filter(n_ratings__lt=per_item)
+        .exclude(Exists(Rating.objects.filter(completion=OuterRef("pk"), annotator=annotator)))
+        .exclude(Exists(Skip.objects.filter(completion=OuterRef("pk"), annotator=annotator)))
+        .exclude(Exists(Lease.objects.filter(completion=OuterRef("pk"), annotator=annotator)))
+        .alias(
+            busy_slots=Coalesce(Subquery(busy_slots), 0),
+            rated=Coalesce(Subquery(ratings), 0),
+        )
+        .filter(busy_slots__lt=per_item, rated__lt=per_item)
+    )
+
+
 def queue_for_annotator(*, project: Project, annotator) -> QuerySet[Completion]:
-    """Items this annotator may be offered, served version first, oldest first.
+    """Items this annotator may be offered: served version first, then nearly finished items, then oldest.
 
     Excludes what they rated or skipped and items whose every slot is held by
     a live lease or a rating.
     """
-    now = timezone.now()
-    busy_slots = Count("leases", filter=Q(leases__fulfilled=True) | Q(leases__expires_at__gt=now), distinct=True)
     return (
-        rateable_completions(project=project)
-        .exclude(Exists(Rating.objects.filter(completion=OuterRef("pk"), annotator=annotator)))
-        .exclude(Exists(Skip.objects.filter(completion=OuterRef("pk"), annotator=annotator)))
-        .exclude(Exists(Lease.objects.filter(completion=OuterRef("pk"), annotator=annotator)))
-        .annotate(busy_slots=busy_slots)
-        .filter(busy_slots__lt=project.ratings_per_item)
-        .annotate(
-            stale=Case(When(model_version_id=project.served_version_id, then=Value(0)), default=Value(1))
-        )
-        .order_by("stale", "id")
+        _queue(project=project, annotator=annotator, now=timezone.now())
+        .annotate(stale=Case(When(model_version_id=project.served_version_id, then=Value(0)), default=Value(1)))
+        .order_by("stale", "-n_ratings", "id")
     )
+
+
+def queue_candidates(*, project: Project, annotator, limit: int = 20) -> list[Completion]:
+    """The first ``limit`` items of :func:`queue_for_annotator`, read through the queue index.
+
+    The served version and the older versions are asked separately so each
+    read walks ``completion_queue_order`` in order and stops at ``limit``.
+    """
+    queue = _queue(project=project, annotator=annotator, now=timezone.now()).select_related("prompt", "model_version")
+    if project.rating_mode == RatingMode.PAIRWISE:
+        queue = queue.select_related("pair_as_a__completion_b")
+    served = list(queue.filter(model_version_id=project.served_version_id).order_by("-n_ratings", "id")[:limit])
+    if len(served) == limit:
+        return served
+    older = queue.exclude(model_version_id=project.served_version_id).order_by("-n_ratings", "id")
+    return served + list(older[: limit - len(served)])
 
 
 def lease_held(*, project: Project, annotator) -> Lease | None:
@@ -91,31 +130,45 @@ def new_ratings(*, project: Project) -> QuerySet[Rating]:
     return Rating.objects.filter(completion__project=project).exclude(training_runs__status="succeeded")
 
 
-def judgments_by(*, project: Project, annotator) -> tuple[QuerySet[Rating], QuerySet[Comparison]]:
-    """An annotator's single-completion ratings and pairwise decisions in a project."""
-    ratings = Rating.objects.filter(completion__project=project, annotator=annotator, comparison__isnull=True)
-    comparisons = Comparison.objects.filter(pair__project=project, annotator=annotator)
-    return ratings, comparisons
+def judgments_by(*, project: Project, annotator) -> QuerySet[Rating] | QuerySet[Comparison]:
+    """An annotator's judgments in the project's rating mode: pairwise decisions, or single-completion ratings."""
+    if project.rating_mode == RatingMode.PAIRWISE:
+        return Comparison.objects.filter(pair__project=project, annotator=annotator)
+    return Rating.objects.filter(completion__project=project, annotator=annotator, comparison__isnull=True)
 
 
 def last_judgment(*, project: Project, annotator, now=None) -> Rating | Comparison | None:
     """The annotator's most recent judgment in the project if it is still undoable (younger than 10 minutes)."""
     since = (now or timezone.now()) - UNDO_WINDOW
-    ratings, comparisons = judgments_by(project=project, annotator=annotator)
-    candidates = [
-        ratings.filter(created_at__gt=since).order_by("-created_at", "-id").first(),
-        comparisons.filter(created_at__gt=since).order_by("-created_at", "-id").first(),
-    ]
-    candidates = [c for c in candidates if c is not None]
-    return max(candidates, key=lambda j: (j.created_at, j.pk)) if candidates else None
+    return (
+        judgments_by(project=project, annotator=annotator)
+        .filter(created_at__gt=since)
+        .order_by("-created_at", "-id")
+        .first()
+    )
+
+
+QUEUE_COUNT_CAP = 500
 
 
 def annotator_progress(*, project: Project, annotator) -> dict:
-    """What the annotator sees: judgments today and in total, and the items waiting for them."""
-    today = timezone.localdate()
-    ratings, comparisons = judgments_by(project=project, annotator=annotator)
+    """What the annotator sees: judgments today and the items still waiting for them.
+
+    ``queue`` counts items that need ratings and that this annotator has
+    neither rated nor skipped (including the one they hold); it is exact up to ``QUEUE_COUNT_CAP`` (``queue_capped`` says when
+    more wait), so a long queue costs a bounded read.
+    """
+    midnight = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+    waiting = (
+        rateable_completions(project=project)
+        .filter(n_ratings__lt=project.ratings_per_item)
+        .exclude(Exists(Rating.objects.filter(completion=OuterRef("pk"), annotator=annotator)))
+        .exclude(Exists(Skip.objects.filter(completion=OuterRef("pk"), annotator=annotator)))
+        .order_by()[: QUEUE_COUNT_CAP + 1]
+        .count()
+    )
     return {
-        "today": ratings.filter(created_at__date=today).count() + comparisons.filter(created_at__date=today).count(),
-        "total": ratings.count() + comparisons.count(),
-        "queue": queue_for_annotator(project=project, annotator=annotator).count(),
+        "today": judgments_by(project=project, annotator=annotator).filter(created_at__gte=midnight).count(),
+        "queue": min(waiting, QUEUE_COUNT_CAP),
+        "queue_capped": waiting > QUEUE_COUNT_CAP,
     }

@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.db import IntegrityError, transaction
-from django.db.models import Count
+from django.db.models import Count, F
 from django.utils import timezone
 
 from webapp.errors import ApplicationError
@@ -185,7 +185,7 @@ def lease_next(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTE
         return held
     now = timezone.now()
     Lease.objects.filter(completion__project=project, fulfilled=False, expires_at__lte=now).delete()
-    candidates = selectors.queue_for_annotator(project=project, annotator=annotator)[:20]
+    candidates = selectors.queue_candidates(project=project, annotator=annotator, limit=20)
     pairwise = project.rating_mode == RatingMode.PAIRWISE
     for completion in candidates:
         taken = set(completion.leases.values_list("slot", flat=True))
@@ -202,7 +202,8 @@ def lease_next(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTE
                     )
             except IntegrityError:
                 continue  # somebody took this slot (or this item) a moment ago
-            return selectors.lease_held(project=project, annotator=annotator) or lease
+            lease.completion = completion  # fetched with its prompt, version and pair
+            return lease
     return None
 
 
@@ -216,6 +217,13 @@ def _lease_for_judgment(*, project: Project, annotator, completion: Completion) 
     if lease is None and completion.ratings.count() >= project.ratings_per_item:
         raise ApplicationError("This item was given to someone else after your lease expired.")
     return lease
+
+
+def _seconds_on(lease: Lease | None, seconds_spent):
+    """Seconds the annotator spent: as given, else since the item was leased to them."""
+    if seconds_spent is not None or lease is None:
+        return seconds_spent
+    return max(0.0, (timezone.now() - lease.created_at).total_seconds())
 
 
 def _lease_fulfil(lease: Lease | None) -> None:
@@ -236,6 +244,8 @@ def rating_create(
 ) -> Rating:
     """Store one Likert (``score``) or thumbs (``thumbs_up``) rating and fulfil the annotator's lease.
 
+    ``seconds_spent`` defaults to the time since the item was leased to them.
+
     Raises:
         ApplicationError: the value does not fit the project's rating mode
             (Likert: a whole number from 1 to 5; thumbs: up or down; pairwise
@@ -252,6 +262,7 @@ def rating_create(
     elif isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 5 or thumbs_up is not None:
         raise ApplicationError("A rating is a whole number from 1 to 5.")
     lease = _lease_for_judgment(project=project, annotator=annotator, completion=completion)
+    seconds_spent = _seconds_on(lease, seconds_spent)
     try:
         with transaction.atomic():
             rating = Rating.objects.create(
@@ -264,6 +275,7 @@ def rating_create(
             )
     except IntegrityError as exc:
         raise ApplicationError("You have rated this item already.") from exc
+    Completion.objects.filter(pk=completion.pk).update(n_ratings=F("n_ratings") + 1)
     _lease_fulfil(lease)
     return rating
 
@@ -298,6 +310,7 @@ def comparison_create(
         a_on_left = lease.a_on_left
     if a_on_left is None:
         raise ApplicationError("Which side you were shown is unknown; reload the page.")
+    seconds_spent = _seconds_on(lease, seconds_spent)
     try:
         with transaction.atomic():
             comparison = Comparison.objects.create(
@@ -314,6 +327,7 @@ def comparison_create(
             )
     except IntegrityError as exc:
         raise ApplicationError("You have compared this pair already.") from exc
+    Completion.objects.filter(pk__in=[pair.completion_a_id, pair.completion_b_id]).update(n_ratings=F("n_ratings") + 1)
     _lease_fulfil(lease)
     return comparison
 
@@ -361,7 +375,9 @@ def judgment_undo(*, project: Project, annotator, lease_minutes: int = LEASE_MIN
         rated_at=last.created_at,
         **values,
     )
+    rated_ids = list(ratings.values_list("completion_id", flat=True))
     last.delete()  # a comparison takes its two ratings with it
+    Completion.objects.filter(pk__in=rated_ids, n_ratings__gt=0).update(n_ratings=F("n_ratings") - 1)
     Lease.objects.filter(completion__project=project, annotator=annotator, fulfilled=False).exclude(
         completion_id=anchor_id
     ).delete()

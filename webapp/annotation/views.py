@@ -4,8 +4,8 @@ import time
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db import transaction
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from webapp.errors import ApplicationError
@@ -24,17 +24,24 @@ _last_nudge: dict[int, float] = {}
 LIKERT_LABELS = {1: "bad", 2: "poor", 3: "ok", 4: "good", 5: "great"}
 
 
-def _nudge_pool_refill(project) -> None:
-    """Ask the generation worker to top up the pool, at most every few seconds per process."""
+def _nudge_pool_refill(project, *, queue_empty: bool) -> None:
+    """Ask the generation worker to top up the pool when it runs low.
+
+    Checked at most every few seconds per process and project, so the pool's
+    size is not counted on every request.
+    """
     now = time.monotonic()
-    if now - _last_nudge.get(project.pk, -1e9) >= REFILL_NUDGE_EVERY_S:
-        _last_nudge[project.pk] = now
+    if now - _last_nudge.get(project.pk, -1e9) < REFILL_NUDGE_EVERY_S:
+        return
+    _last_nudge[project.pk] = now
+    if queue_empty or selectors.pool_size(project=project) < project.pool_target // 2:
         tasks.pool_refill.delay(project.pk)
 
 
-def _sides(lease):
+def _sides(project, lease):
     """(pair, left completion, right completion) of a pairwise lease; Nones otherwise."""
-    pair = selectors.pair_of(lease.completion) if lease else None
+    pairwise = lease is not None and project.rating_mode == RatingMode.PAIRWISE
+    pair = selectors.pair_of(lease.completion) if pairwise else None
     if pair is None:
         return None, None, None
     if lease.a_on_left is False:
@@ -45,9 +52,8 @@ def _sides(lease):
 def _context(request, project, *, error="", undone=None, lease=None):
     if lease is None:
         lease = services.lease_next(project=project, annotator=request.user)
-    if lease is None or selectors.pool_size(project=project) < project.pool_target // 2:
-        _nudge_pool_refill(project)
-    pair, left, right = _sides(lease)
+    _nudge_pool_refill(project, queue_empty=lease is None)
+    pair, left, right = _sides(project, lease)
     return {
         "project": project,
         "mode": project.rating_mode,
@@ -90,10 +96,10 @@ def card(request, slug):
     return _render_card_or_page(request, project)
 
 
-def _submit(request, project, completion, seconds) -> None:
+def _submit(request, project, completion) -> None:
     """Parse the rating for the project's mode and store it (raises ApplicationError)."""
     comment = request.POST.get("comment", "").strip()[:COMMENT_MAX_CHARS]
-    common = {"annotator": request.user, "comment": comment, "seconds_spent": seconds}
+    common = {"annotator": request.user, "comment": comment}
     if project.rating_mode == RatingMode.PAIRWISE:
         pair = selectors.pair_of(completion)
         if pair is None:
@@ -120,36 +126,46 @@ def _submit(request, project, completion, seconds) -> None:
         services.rating_create(completion=completion, score=score, **common)
 
 
+def _item(slug, completion_id) -> Completion:
+    return get_object_or_404(Completion.objects.select_related("project"), pk=completion_id, project__slug=slug)
+
+
 @login_required
 @require_POST
 def rate(request, slug, completion_id):
-    """Store a rating (Likert, thumbs or pairwise, by the project's mode); answer with the next card (htmx) or redirect."""
-    project = get_object_or_404(Project, slug=slug)
-    completion = get_object_or_404(Completion, pk=completion_id, project=project)
-    error = ""
-    try:
-        lease = completion.leases.filter(annotator=request.user).first()
-        seconds = (timezone.now() - lease.created_at).total_seconds() if lease else None
-        _submit(request, project, completion, seconds)
-    except ApplicationError as exc:
-        error = exc.message
+    """Store a rating (Likert, thumbs or pairwise, by the project's mode); answer with the next card (htmx) or redirect.
+
+    The rating and the next lease commit together: one transaction per submit.
+    """
+    completion = _item(slug, completion_id)
+    project = completion.project
+    error, lease = "", None
+    with transaction.atomic():
+        try:
+            _submit(request, project, completion)
+        except ApplicationError as exc:
+            error = exc.message
+        if request.htmx:
+            lease = services.lease_next(project=project, annotator=request.user)
     if not request.htmx:
         if error:
             messages.error(request, error)
         return redirect("annotation:annotate", slug=slug)
-    return _render_card_or_page(request, project, error=error)
+    return _render_card_or_page(request, project, error=error, lease=lease)
 
 
 @login_required
 @require_POST
 def skip(request, slug, completion_id):
     """Skip the item: it goes back to the queue and is not offered to this annotator again."""
-    project = get_object_or_404(Project, slug=slug)
-    completion = get_object_or_404(Completion, pk=completion_id, project=project)
-    services.item_skip(annotator=request.user, completion=completion)
+    completion = _item(slug, completion_id)
+    project = completion.project
+    with transaction.atomic():
+        services.item_skip(annotator=request.user, completion=completion)
+        lease = services.lease_next(project=project, annotator=request.user) if request.htmx else None
     if not request.htmx:
         return redirect("annotation:annotate", slug=slug)
-    return _render_card_or_page(request, project)
+    return _render_card_or_page(request, project, lease=lease)
 
 
 @login_required

@@ -1,0 +1,360 @@
+"""Annotation under load: 50 simulated annotators against gunicorn on PostgreSQL.
+
+What it does, all on 127.0.0.1:
+
+1. creates (and at the end drops) its own PostgreSQL database ``--db``
+   (default ``rw_bench_load``), migrates it;
+2. seeds a Likert project on a tiny random model folder (never loaded:
+   generation is not what this measures), ``--items`` completions inserted
+   directly, and one user per annotator (one password hash, reused);
+3. serves the app with gunicorn (``--workers`` sync workers);
+4. runs ``--annotators`` simulated annotators for ``--seconds``, each in its
+   own thread with its own ``requests.Session``, logged in through the real
+   login form (its own session and CSRF cookie). Each loop: *next item*
+   (``GET /p/<slug>/annotate/card/`` as htmx) → think for ``--think-s``
+   (uniform in [0.5, 1.5] × think) → *submit* (``POST .../rate/`` as htmx,
+   which answers with the next card);
+5. counts from the database what was stored.
+
+Client: ``requests`` sessions in threads rather than locust: locust needs
+gevent's monkey-patching (which would also patch the Django ORM used here to
+seed and count) and brings a web UI and its own process model; 50 blocking
+sessions in threads are exactly "50 people with a browser each" and keep the
+client's share of the 2 cores small.
+
+Output: one JSON object on stdout with ``annotators``, ``requests_per_s``,
+``p50/p95/p99_ms_next``, ``p50/p95/p99_ms_submit``, ``submitted`` (answered
+200 without an error message), ``stored`` (ratings in the database),
+``duplicates`` (items rated by more people than ``ratings_per_item``, plus
+items handed to two annotators at once), ``errors`` (non-200 answers,
+error messages, exceptions), and the settings used.
+
+Usage::
+
+    .venv/bin/python bench/annotate_load.py                 # 60 s, 50 annotators
+    .venv/bin/python bench/annotate_load.py --seconds 10    # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+PASSWORD = "bench-password-123"
+SLUG = "load"
+ITEM_RE = re.compile(r'data-completion="(\d+)"')
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=60.0, help="length of the measured window (default 60)")
+    p.add_argument("--annotators", type=int, default=50)
+    p.add_argument("--think-s", type=float, default=1.0, help="mean think time between seeing an item and submitting")
+    p.add_argument("--items", type=int, default=0, help="completions to seed (default: enough for the window)")
+    p.add_argument("--workers", type=int, default=4, help="gunicorn sync workers")
+    p.add_argument("--db", default="rw_bench_load", help="PostgreSQL database to create and drop")
+    p.add_argument("--pg", default="postgres://postgres@127.0.0.1:5432", help="PostgreSQL server (127.0.0.1 only)")
+    p.add_argument("--keep-db", action="store_true", help="do not drop the database at the end")
+    args = p.parse_args()
+    if "127.0.0.1" not in args.pg and "localhost" not in args.pg:
+        p.error("--pg must point at 127.0.0.1")
+    if not 1 <= args.annotators <= 200 or not 1 <= args.seconds <= 600:
+        p.error("--annotators must be 1-200 and --seconds 1-600")
+    return args
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def admin_sql(pg: str, sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(f"{pg}/postgres", autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def setup_django(env: dict) -> None:
+    os.environ.update(env)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
+    import django
+
+    django.setup()
+
+
+def seed(*, n_items: int, n_annotators: int, model_dir: Path) -> None:
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.hashers import make_password
+
+    from pgcore.tiny import write_tiny_model
+    from webapp.annotation.importers import PromptRow
+    from webapp.annotation.models import Completion
+    from webapp.annotation.services import prompts_create
+    from webapp.policies.services import project_create
+
+    project = project_create(
+        slug=SLUG, title="Load test", base_model_path=write_tiny_model(model_dir, seed=0), pool_target=32
+    )
+    prompts_create(project=project, rows=[PromptRow(line=i + 1, text=f"Review {i}: the film was") for i in range(50)])
+    prompts = list(project.prompts.all())
+    Completion.objects.bulk_create(
+        (
+            Completion(
+                project=project,
+                prompt=prompts[i % len(prompts)],
+                model_version=project.served_version,
+                text=f"completion {i}: a perfectly ordinary continuation of the review, long enough to read.",
+                prompt_token_ids=[5, 6, 7],
+                token_ids=[10, 11, 12, 13],
+                behaviour_logprobs=[-1.0] * 4,
+                finished=True,
+            )
+            for i in range(n_items)
+        ),
+        batch_size=2000,
+    )
+    hashed = make_password(PASSWORD)
+    get_user_model().objects.bulk_create(
+        get_user_model()(username=f"ann{i:03d}", password=hashed) for i in range(n_annotators)
+    )
+
+
+class Annotator(threading.Thread):
+    def __init__(self, base: str, username: str, start_at: float, stop_at: float, think_s: float, seed: int):
+        super().__init__(daemon=True)
+        self.base, self.username = base, username
+        self.start_at, self.stop_at, self.think_s = start_at, stop_at, think_s
+        self.rng = random.Random(seed)
+        self.next_ms: list[float] = []
+        self.submit_ms: list[float] = []
+        self.submitted = 0
+        self.errors: list[str] = []
+        self.seen: list[tuple[float, int]] = []  # (time, completion id) of each item handed out
+        self.empty = 0
+
+    def login(self):
+        import requests
+
+        self.session = requests.Session()
+        page = self.session.get(f"{self.base}/accounts/login/", timeout=30)
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+        answer = self.session.post(
+            f"{self.base}/accounts/login/",
+            data={"csrfmiddlewaretoken": token, "username": self.username, "password": PASSWORD},
+            headers={"Referer": f"{self.base}/accounts/login/"},
+            timeout=30,
+            allow_redirects=False,
+        )
+        if answer.status_code != 302:
+            raise RuntimeError(f"login of {self.username} failed: {answer.status_code}")
+        self.headers = {"HX-Request": "true", "X-CSRFToken": self.session.cookies["csrftoken"]}
+
+    def run(self):
+        try:
+            while time.monotonic() < self.start_at:
+                time.sleep(0.01)
+            while time.monotonic() < self.stop_at:
+                self.cycle()
+        except Exception as exc:  # noqa: BLE001 - counted, reported
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def cycle(self):
+        t0 = time.perf_counter()
+        card = self.session.get(f"{self.base}/p/{SLUG}/annotate/card/", headers=self.headers, timeout=30)
+        self.next_ms.append((time.perf_counter() - t0) * 1000)
+        if card.status_code != 200:
+            self.errors.append(f"next: HTTP {card.status_code}")
+            return
+        match = ITEM_RE.search(card.text)
+        if not match:
+            self.empty += 1
+            time.sleep(0.5)
+            return
+        item = int(match.group(1))
+        self.seen.append((time.monotonic(), item))
+        time.sleep(self.think_s * self.rng.uniform(0.5, 1.5))
+        if time.monotonic() >= self.stop_at:
+            return  # the window closed while thinking: not submitted, not counted
+        t0 = time.perf_counter()
+        answer = self.session.post(
+            f"{self.base}/p/{SLUG}/annotate/{item}/rate/",
+            data={"score": str(self.rng.randint(1, 5))},
+            headers=self.headers,
+            timeout=30,
+        )
+        self.submit_ms.append((time.perf_counter() - t0) * 1000)
+        if answer.status_code != 200 or 'class="flash error"' in answer.text:
+            self.errors.append(f"submit: HTTP {answer.status_code} {answer.text[:200] if answer.status_code == 200 else ''}")
+        else:
+            self.submitted += 1
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    k = (len(values) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return round(values[lo] + (values[hi] - values[lo]) * (k - lo), 2)
+
+
+def wait_for_server(base: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("gunicorn exited early")
+        try:
+            if requests.get(f"{base}/accounts/login/", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError("gunicorn did not answer in time")
+
+
+def main() -> int:
+    args = parse_args()
+    n_items = args.items or int(args.annotators * args.seconds / max(args.think_s, 0.05) * 1.5) + 200
+    tmp = Path(tempfile.mkdtemp(prefix="rw-bench-load-"))
+    env = {
+        "DATABASE_URL": f"{args.pg}/{args.db}",
+        "REWARDLOOP_DATA_DIR": str(tmp / "data"),
+        "REWARDLOOP_MODELS_DIR": str(tmp / "models"),
+        "CELERY_BROKER_URL": "filesystem://",  # pool nudges land in a folder nobody reads
+        "DJANGO_DEBUG": "0",
+        "DJANGO_CONN_MAX_AGE": "60",  # persistent connections, as a production deployment runs
+        "REWARDLOOP_LOG_LEVEL": "WARNING",
+    }
+    admin_sql(args.pg, f'DROP DATABASE IF EXISTS "{args.db}" WITH (FORCE)')
+    admin_sql(args.pg, f'CREATE DATABASE "{args.db}"')
+    server = None
+    try:
+        setup_django(env)
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0, interactive=False)
+        seed(n_items=n_items, n_annotators=args.annotators, model_dir=tmp / "models" / "tiny")
+        from django.db import connection
+
+        connection.close()
+
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        server = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "gunicorn"),
+                "webapp.wsgi",
+                "--bind", f"127.0.0.1:{port}",
+                "--workers", str(args.workers),
+                "--worker-class", "sync",
+                "--backlog", "256",
+                "--log-level", "warning",
+            ],
+            cwd=REPO,
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp / "gunicorn.log", "w"),
+            start_new_session=True,
+        )
+        wait_for_server(base, server)
+
+        annotators = [
+            Annotator(base, f"ann{i:03d}", 0, 0, args.think_s, seed=i) for i in range(args.annotators)
+        ]
+        for a in annotators:
+            a.login()
+        start = time.monotonic() + 0.5
+        stop = start + args.seconds
+        for a in annotators:
+            a.start_at, a.stop_at = start, stop
+            a.start()
+        for a in annotators:
+            a.join(timeout=args.seconds + 60)
+        elapsed = time.monotonic() - start
+
+        from django.db.models import Count
+
+        from webapp.annotation.models import Rating
+        from webapp.policies.models import Project
+
+        project = Project.objects.get(slug=SLUG)
+        stored = Rating.objects.filter(completion__project=project).count()
+        over_rated = (
+            Rating.objects.filter(completion__project=project)
+            .values("completion_id")
+            .annotate(n=Count("id"))
+            .filter(n__gt=project.ratings_per_item)
+            .count()
+        )
+        holders = defaultdict(set)
+        for a in annotators:
+            for _, item in a.seen:
+                holders[item].add(a.username)
+        shared = sum(1 for people in holders.values() if len(people) > project.ratings_per_item)
+        next_ms = [x for a in annotators for x in a.next_ms]
+        submit_ms = [x for a in annotators for x in a.submit_ms]
+        errors = [e for a in annotators for e in a.errors]
+        result = {
+            "annotators": args.annotators,
+            "seconds": round(elapsed, 1),
+            "think_s_mean": args.think_s,
+            "gunicorn_workers": args.workers,
+            "database": "postgresql",
+            "client": "requests.Session per annotator, one thread each",
+            "items_seeded": n_items,
+            "requests": len(next_ms) + len(submit_ms),
+            "requests_per_s": round((len(next_ms) + len(submit_ms)) / elapsed, 1),
+            "p50_ms_next": percentile(next_ms, 50),
+            "p95_ms_next": percentile(next_ms, 95),
+            "p99_ms_next": percentile(next_ms, 99),
+            "p50_ms_submit": percentile(submit_ms, 50),
+            "p95_ms_submit": percentile(submit_ms, 95),
+            "p99_ms_submit": percentile(submit_ms, 99),
+            "submitted": sum(a.submitted for a in annotators),
+            "stored": stored,
+            "duplicates": over_rated + shared,
+            "errors": len(errors),
+            "empty_queue_answers": sum(a.empty for a in annotators),
+            "error_samples": errors[:5],
+        }
+        print(json.dumps(result))
+        return 0
+    finally:
+        if server is not None and server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+        try:
+            from django.db import connections
+
+            connections.close_all()
+        except Exception:  # noqa: BLE001 - Django may not be set up
+            pass
+        if not args.keep_db:
+            admin_sql(args.pg, f'DROP DATABASE IF EXISTS "{args.db}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    sys.exit(main())
