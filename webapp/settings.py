@@ -79,7 +79,12 @@ TEMPLATES = [
 
 _sqlite_path = DATA_DIR / "db.sqlite3"
 DATABASES = {
-    "default": dj_database_url.config(default=f"sqlite:///{_sqlite_path}", conn_max_age=0),
+    # DJANGO_CONN_MAX_AGE (seconds, default 0): keep database connections between requests.
+    "default": dj_database_url.config(
+        default=f"sqlite:///{_sqlite_path}",
+        conn_max_age=int(os.environ.get("DJANGO_CONN_MAX_AGE", "0")),
+        conn_health_checks=True,
+    ),
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
