@@ -113,7 +113,7 @@ def test_run_page_shows_progress_log_tail_cancel_and_polls_while_active(staff_cl
     assert 'hx-trigger="every 2s"' in page
     assert '<progress value="3" max="8">' in page and "epoch 1 of 2 · minibatch step 3 of 8" in page
     assert "Cancel run" in page
-    assert "line 99" in page and "line 60" in page and "line 59\n" not in page  # the last 40 lines
+    assert "line 99" in page and "line 80" in page and "line 79\n" not in page  # the last 20 lines
     png = staff_client.get(f"/staff/p/{rated.slug}/runs/{run.pk}/curves.png")
     assert png["Content-Type"] == "image/png" and png.content.startswith(PNG_MAGIC)
     partial = staff_client.get(f"/staff/p/{rated.slug}/runs/{run.pk}/", headers={"HX-Request": "true"})

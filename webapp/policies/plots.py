@@ -32,21 +32,28 @@ def _empty(ax, message: str) -> None:
 
 
 def line_with_band_png(
-    *, x: list, y: list, low: list, high: list, title: str, xlabel: str, ylabel: str, labels: list[str] | None = None
+    *, x: list, y: list, low: list, high: list, title: str, xlabel: str, ylabel: str, ticks: list[str] | None = None
 ) -> bytes:
-    """A line with a shaded confidence band; points with ``None`` are skipped."""
+    """A line with a shaded 95% band and error bars (so a lone point shows its interval too).
+
+    ``x`` are numbers (e.g. version numbers, in creation order); ``ticks``
+    optionally labels each x. Points whose ``y`` is ``None`` are skipped.
+    """
     fig, ax = _figure()
-    points = [(a, b, c, d) for a, b, c, d in zip(x, y, low, high) if b is not None and not math.isnan(b)]
+    points = [(a, b, c, d, t) for a, b, c, d, t in zip(x, y, low, high, ticks or [None] * len(x)) if b is not None]
     if not points:
-        _empty(ax, "no data yet")
+        _empty(ax, "no ratings yet")
     else:
-        xs, ys, lows, highs = zip(*points)
-        ax.fill_between(xs, lows, highs, alpha=0.25, color="#2b6cb0", label="95% confidence")
-        ax.plot(xs, ys, marker="o", color="#2b6cb0", label="mean")
-        if labels:
-            for xi, yi, label in zip(x, y, labels):
-                if yi is not None:
-                    ax.annotate(label, (xi, yi), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+        xs, ys, lows, highs, labels = zip(*points)
+        ax.fill_between(xs, lows, highs, alpha=0.2, color="#2b6cb0", label="95% confidence")
+        ax.errorbar(
+            xs, ys, yerr=[[m - lo for m, lo in zip(ys, lows)], [hi - m for m, hi in zip(ys, highs)]],
+            marker="o", color="#2b6cb0", capsize=4, label="mean",
+        )
+        if ticks:
+            ax.set_xticks(list(xs), list(labels), fontsize=8)
+        if len(xs) == 1:
+            ax.set_xlim(xs[0] - 1, xs[0] + 1)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.legend(loc="best", fontsize=8)

@@ -31,8 +31,8 @@ class RatingStats:
     high: float | None
 
 
-def mean_with_ci(values: list[float]) -> RatingStats:
-    """Mean ± 1.96 · sample std / sqrt(n); no interval below two values."""
+def mean_with_ci(values: list[float], *, bounds: tuple[float, float] | None = None) -> RatingStats:
+    """Mean ± 1.96 · sample std / sqrt(n), clipped to the scale's ``bounds``; no interval below two values."""
     n = len(values)
     if n == 0:
         return RatingStats(0, None, None, None)
@@ -41,7 +41,10 @@ def mean_with_ci(values: list[float]) -> RatingStats:
         return RatingStats(n, mean, None, None)
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = Z_95 * sd / math.sqrt(n)
-    return RatingStats(n, mean, mean - half, mean + half)
+    low, high = mean - half, mean + half
+    if bounds:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return RatingStats(n, mean, low, high)
 
 
 def rating_unit(*, project: Project) -> str:
@@ -59,6 +62,7 @@ def version_rating_stats(*, project: Project) -> dict[int, RatingStats]:
     about the version's level, so they are not counted here.
     """
     values: dict[int, list[float]] = defaultdict(list)
+    bounds = (0.0, 1.0) if project.rating_mode == RatingMode.THUMBS else (1.0, 5.0)
     rows = ModelVersion.objects.filter(project=project).values_list(
         "pk", "completions__ratings__score", "completions__ratings__thumbs_up"
     )
@@ -68,7 +72,7 @@ def version_rating_stats(*, project: Project) -> dict[int, RatingStats]:
         elif thumbs_up is not None:
             values[version_id].append(1.0 if thumbs_up else 0.0)
     ids = ModelVersion.objects.filter(project=project).values_list("pk", flat=True)
-    return {pk: mean_with_ci(values.get(pk, [])) for pk in ids}
+    return {pk: mean_with_ci(values.get(pk, []), bounds=bounds) for pk in ids}
 
 
 def versions_for_project(*, project: Project) -> list[ModelVersion]:

@@ -61,19 +61,19 @@ def _png(data: bytes) -> HttpResponse:
 @staff_required
 @require_GET
 def ratings_plot(request, slug):
-    """PNG: mean human rating per version (by creation order) with its 95% band."""
+    """PNG: mean human rating per version, in creation order, with its 95% band."""
     project = get_object_or_404(Project, slug=slug)
     version_list = sorted(selectors.versions_for_project(project=project), key=lambda v: v.number)
     rated = [v for v in version_list if v.rating.n]
     return _png(
         plots.line_with_band_png(
-            x=[v.created_at for v in rated],
+            x=[v.number for v in rated],
             y=[v.rating.mean for v in rated],
             low=[v.rating.low if v.rating.low is not None else v.rating.mean for v in rated],
             high=[v.rating.high if v.rating.high is not None else v.rating.mean for v in rated],
-            labels=[f"v{v.number}" for v in rated],
-            title="Human rating of each version's outputs",
-            xlabel="version created",
+            ticks=[f"v{v.number}\n{v.created_at:%m-%d %H:%M}" for v in rated],
+            title="Human rating of each version's outputs, over time",
+            xlabel="version (created)",
             ylabel=selectors.rating_unit(project=project),
         )
     )

@@ -25,7 +25,7 @@ def training_overview(*, project: Project) -> dict:
     }
 
 
-LOG_TAIL_LINES = 40
+LOG_TAIL_LINES = 20
 
 
 def log_tail(*, run: TrainingRun, lines: int = LOG_TAIL_LINES) -> str:

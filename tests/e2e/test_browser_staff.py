@@ -1,0 +1,109 @@
+"""The staff control room in a real browser, with a real Celery worker training the tiny model.
+
+Staff press "Train now", watch the run's progress update by itself, see it
+succeed, roll back to the previous version in one click, and the annotator
+page then serves completions written by that version.
+"""
+
+import time
+
+import pytest
+
+from webapp.annotation import services as annotation_services
+from webapp.annotation.models import Completion
+from webapp.policies.models import AuditEvent
+from webapp.training.models import TrainingRun
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def wait_until(predicate, timeout, procs, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}\n{procs.logs()}")
+
+
+def image_loaded(img, timeout=15) -> bool:
+    """Whether the <img> finished loading a picture within ``timeout`` s (CSP forbids wait_for_function)."""
+    deadline = time.monotonic() + timeout
+    while img.evaluate("img => img.naturalWidth") == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return img.evaluate("img => img.naturalWidth") > 0
+
+
+def test_staff_train_watch_promote_previous_and_annotators_get_that_version(
+    login_page, live_server, project, make_user, staff_user, annotator, celery_processes, screenshot
+):
+    # v0 wrote the pool and people rated all of it, through leases as in the app: something to train on.
+    project.pool_target = 12
+    project.pg_config = {**project.pg_config, "minibatch_size": 1}  # 12 steps per epoch: long enough to watch
+    project.save(update_fields=["pool_target", "pg_config"])
+    for seed in (31, 32):  # six training prompts: one completion each per refill
+        annotation_services.completion_pool_refill(project=project, seed=seed)
+    raters = [make_user("r1"), make_user("r2")]
+    for i in range(30):
+        lease = annotation_services.lease_next(project=project, annotator=raters[i % 2])
+        if lease is None:
+            break
+        annotation_services.rating_create(annotator=raters[i % 2], completion=lease.completion, score=5 if (i // 2) % 2 else 1)
+    assert Completion.objects.filter(project=project, ratings__isnull=False).distinct().count() == 12
+    v0 = project.served_version
+
+    worker_log = celery_processes.start(
+        "worker", "worker", "-Q", "generation,training", "-c", "1", "--purge", "--loglevel", "INFO", "-n", "staff@%h"
+    )
+    celery_processes.wait_for_log(worker_log, "ready.")
+
+    page = login_page(staff_user)
+    page.goto(f"{live_server.url}/staff/p/{project.slug}/runs/")
+    page.fill("#id_epochs", "20")
+    page.fill("#id_lr", "0.002")
+    page.click("#train-form button[type=submit]")
+    page.wait_for_selector("#run-status")
+    run = TrainingRun.objects.get(project=project)
+    assert run.config["epochs"] == 20 and run.requested_by == staff_user
+
+    # The page updates by itself (htmx polling): first the progress bar mid-run, then success.
+    mid_run = page.locator('#run-status[data-status="running"] #run-progress progress')
+    mid_run.wait_for(timeout=45_000)
+    assert 0 < int(mid_run.get_attribute("value")) < int(mid_run.get_attribute("max")) == 240
+    screenshot(page, "staff-run-progress")
+    page.locator('#run-status[data-status="succeeded"]').wait_for(timeout=45_000)
+    assert page.locator("#run-badge").inner_text() == "Succeeded"
+    progress = page.locator("#run-progress progress")
+    assert progress.get_attribute("value") == progress.get_attribute("max") == "240"  # 20 epochs x 12 minibatches
+    assert "epoch 20 of 20" in page.locator("#run-progress").inner_text()
+    assert image_loaded(page.locator("img[alt^='Policy-gradient loss']"))  # server-rendered PNG, CSP img-src 'self'
+    assert "passed the promotion guard" in page.locator("#run-log").inner_text()
+    screenshot(page, "staff-run-succeeded")
+    run.refresh_from_db()
+    v1 = run.result_version
+    assert v1.number == 1 and run.promoted
+
+    # Roll back: serve the previous version in one click.
+    page.goto(f"{live_server.url}/staff/p/{project.slug}/versions/")
+    assert "served" in page.locator("#version-1").inner_text()
+    page.click('button[data-promote="0"]')
+    page.locator("#flash").get_by_text("Version 0 is now served").wait_for()
+    assert "served" in page.locator("#version-0").inner_text()
+    assert all(image_loaded(plot) for plot in page.locator(".plots img").all())
+    screenshot(page, "staff-versions-rolled-back")
+    project.refresh_from_db()
+    assert project.served_version == v0
+    assert AuditEvent.objects.filter(action="promote", actor=staff_user, target="v0").exists()
+
+    # The pool refills from v0 (queued by the promotion), and the annotator is served v0's writing.
+    wait_until(
+        lambda: Completion.objects.filter(project=project, model_version=v0, ratings__isnull=True).exists(),
+        45, celery_processes, "a fresh completion from v0",
+    )
+    annotator_page = login_page(annotator)
+    annotator_page.goto(f"{live_server.url}/p/{project.slug}/annotate/")
+    annotator_page.wait_for_selector("#card[data-completion]")
+    assert "written by version 0" in annotator_page.locator("#card").inner_text()
+    served = Completion.objects.get(pk=int(annotator_page.get_attribute("#card", "data-completion")))
+    assert served.model_version == v0 and not served.ratings.exists()
