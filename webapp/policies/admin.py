@@ -1,14 +1,31 @@
 from django.contrib import admin
 
-from .models import ModelVersion, Project
+from .models import AuditEvent, ModelVersion, Project
 
 
 @admin.register(Project)
 class ProjectAdmin(admin.ModelAdmin):
-    list_display = ["slug", "title", "rating_mode", "served_version", "min_new_ratings", "pool_target"]
+    list_display = ["slug", "title", "rating_mode", "served_version", "min_new_ratings", "pool_target", "guard_max_kl"]
 
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ["project", "number", "kind", "parent", "ratings_used", "created_at"]
+    list_display = ["project", "number", "kind", "parent", "ratings_used", "kl_to_base", "distinct2", "created_at"]
     list_filter = ["project"]
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """Read-only: the audit log is history, never edited."""
+
+    list_display = ["created_at", "project", "actor", "action", "target"]
+    list_filter = ["project", "action"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
