@@ -64,6 +64,7 @@ import os
 import platform
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -73,7 +74,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.simulated_annotators import default_team, ideal_rating  # noqa: E402
+from bench.simulated_annotators import compound, default_team, ideal_rating  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     "naive": {"baseline": "none", "annotator_norm": False, "importance_correction": False, "kl_coef": 0.0},
@@ -192,6 +193,8 @@ def version_metrics(version) -> dict:
     if not samples:
         raise RuntimeError(f"{version} has no held-out samples; is guard_eval_prompts > 0?")
     ratings = [ideal_rating(s.text) for s in samples]
+    compounds = [compound(s.text) for s in samples]
+    spread = statistics.stdev(ratings) if len(ratings) > 1 else 0.0
     # Per completion, summed over its tokens: k3 = r - 1 - log r with r = pi_base / pi
     # (unbiased for tokens sampled from pi, never negative; Schulman 2020) and the plain
     # log-ratio (unbiased, noisier, can be negative).
@@ -200,6 +203,9 @@ def version_metrics(version) -> dict:
     return {
         "version": version.number,
         "mean_rating": sum(ratings) / len(ratings),
+        "mean_rating_se": spread / math.sqrt(len(ratings)),  # standard error over held-out prompts
+        "mean_compound": sum(compounds) / len(compounds),
+        "ratings_heldout": ratings,  # per held-out prompt, in prompt order
         "kl_per_completion": sum(kl_k3) / len(kl_k3),
         "kl_log_ratio_per_completion": sum(kl_log_ratio) / len(kl_log_ratio),
         "kl_k3_per_token": version.kl_to_base,
@@ -417,13 +423,20 @@ def write_plot(result: dict, path: Path) -> None:
     base = result["base"]
     for name, variant in result["variants"].items():
         xs = [p["ratings"] for p in variant["curve"]]
-        axes[0].plot(xs, [p["mean_rating"] for p in variant["curve"]], marker="o", label=name)
+        axes[0].errorbar(
+            xs,
+            [p["mean_rating"] for p in variant["curve"]],
+            yerr=[p.get("mean_rating_se", 0.0) for p in variant["curve"]],
+            marker="o",
+            capsize=3,
+            label=name,
+        )
         axes[1].plot(xs, [p["kl_per_completion"] for p in variant["curve"]], marker="o", label=name)
         axes[2].plot(xs, [p["distinct2"] / base["distinct2"] for p in variant["curve"]], marker="o", label=name)
     target = base["mean_rating"] + result["config"]["target_gain"]
     axes[0].axhline(base["mean_rating"], color="grey", lw=0.8, ls=":", label="base")
     axes[0].axhline(target, color="black", lw=0.8, ls="--", label=f"target (+{result['config']['target_gain']:g})")
-    axes[0].set(xlabel="ratings used", ylabel="mean held-out rating (1-5, bias/noise-free)", title="Learning curve")
+    axes[0].set(xlabel="ratings used", ylabel="mean held-out rating (1-5, bias/noise-free)", title="Learning curve (bars: ±1 SE)")
     axes[0].set_ylim(1, 5.1)
     axes[1].axhline(5.0, color="black", lw=0.8, ls="--", label="goal limit (5 nats)")
     axes[1].set(xlabel="ratings used", ylabel="KL to base (nats per completion)", title="KL to the base model")
@@ -514,7 +527,10 @@ def main(argv=None) -> dict:
             loop = Loop(name=name, args=args, base_model_path=base_model_path, rows=rows, users=users, team=team)
             base_point = loop.evaluate_base()
             if result["base"] is None:
-                result["base"] = {k: base_point[k] for k in ("mean_rating", "kl_per_completion", "distinct2", "mean_length", "finished_fraction", "n_heldout", "texts_sample")}
+                result["base"] = {
+                    k: base_point[k]
+                    for k in ("mean_rating", "mean_rating_se", "mean_compound", "kl_per_completion", "distinct2", "mean_length", "finished_fraction", "n_heldout", "texts_sample")
+                }
             curve = [base_point]
 
             def on_point(point, name=name, curve=curve):
