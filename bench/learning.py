@@ -64,6 +64,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -470,6 +471,8 @@ def write_outputs(result: dict, out_dir: Path) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    # A plain kill still removes the temporary data folder (finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.perf_counter()
     out_dir = Path(args.out)
     data_dir = Path(tempfile.mkdtemp(prefix="rewardloop-learning-"))
