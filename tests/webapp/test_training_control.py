@@ -254,3 +254,30 @@ def test_comparison_samples_are_generated_once_and_reused(project):
     first = list(VersionSample.objects.filter(version=v0).values_list("pk", "text"))
     assert evaluation.version_samples_ensure(version=v0) == 0  # cached: nothing regenerated
     assert list(VersionSample.objects.filter(version=v0).values_list("pk", "text")) == first
+
+
+def test_the_compare_task_writes_samples_and_metrics_once(project):
+    from webapp.training import tasks
+
+    add_held_out(project, 2)
+    v0 = project.served_version
+    assert tasks.version_samples_ensure(v0.pk) == 3
+    assert tasks.version_samples_ensure(v0.pk) == 0  # delivered twice: nothing more
+    v0.refresh_from_db()
+    assert v0.evaluated_at and v0.distinct2 > 0 and v0.kl_to_base == pytest.approx(0.0, abs=1e-6)
+    assert tasks.version_samples_ensure(10**6) == 0  # a version that is gone
+
+
+def test_a_run_that_fails_after_writing_its_version_leaves_it_unserved_with_the_reason(project, make_user):
+    add_held_out(project, 1)
+    rate_pool(project, [make_user("a")], lambda c: 5 if c.pk % 2 else 1)
+    # A completion length sampling refuses: the evaluation, after the weights are written, fails.
+    type(project).objects.filter(pk=project.pk).update(max_new_tokens=0)
+    served_before = project.served_version_id
+    run = training_services.training_run_execute(
+        run_id=training_services.training_run_create(project=project, trigger="manual").pk
+    )
+    assert run.status == "failed" and run.error
+    project.refresh_from_db()
+    assert project.served_version_id == served_before
+    assert "the run failed after writing it" in run.result_version.held_back_reason

@@ -333,6 +333,10 @@ def training_run_execute(*, run_id: int) -> TrainingRun | None:
         TrainingRun.objects.filter(pk=run.pk).update(
             status=TrainingRun.Status.FAILED, error=message, finished_at=timezone.now()
         )
+        # A version written before the failure (e.g. its evaluation broke) stays, unserved, with the reason.
+        ModelVersion.objects.filter(produced_by=run.pk).exclude(pk=run.project.served_version_id).update(
+            held_back_reason=f"Not served: the run failed after writing it ({message})."
+        )
     run.refresh_from_db()
     return run
 
