@@ -85,3 +85,4 @@ def test_with_overlap_two_each_item_goes_to_exactly_two_people(project, make_use
         slots[completion_id].add(slot)
     assert all(slots[i] == {0, 1} for i in items)
     assert services.lease_next(project=project, annotator=c) is None  # every item has its two people
+

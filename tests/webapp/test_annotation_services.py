@@ -102,3 +102,22 @@ def test_pool_size_counts_only_unrated_completions_of_the_served_version(project
     rated, _open = make_completion(project), make_completion(project)
     Rating.objects.create(completion=rated, annotator=annotator, score=3)
     assert selectors.pool_size(project=project) == 1
+
+
+def test_the_served_versions_items_come_first_and_half_rated_items_before_fresh_ones(project, make_user, make_completion):
+    from webapp.policies.models import ModelVersion
+
+    project.ratings_per_item = 2
+    project.save()
+    old_item = make_completion(project, text="from v0")
+    v1 = ModelVersion.objects.create(
+        project=project, number=1, kind="full", weights_path=project.base_model_path, parent=project.served_version
+    )
+    project.served_version = v1
+    project.save()
+    fresh, half_rated = make_completion(project, version=v1), make_completion(project, version=v1)
+    services.rating_create(annotator=make_user("first"), completion=half_rated, score=3)
+
+    order = [c.pk for c in selectors.queue_candidates(project=project, annotator=make_user("next"))]
+
+    assert order == [half_rated.pk, fresh.pk, old_item.pk]

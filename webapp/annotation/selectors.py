@@ -61,7 +61,9 @@ def _queue(*, project: Project, annotator, now) -> QuerySet[Completion]:
         .annotate(n=Count("pk"))
         .values("n")
     )
-    ratings = Rating.objects.filter(completion=OuterRef("pk")).order_by().values("completion").annotate(n=Count("pk")).values("n")
+    ratings = (
+        Rating.objects.filter(completion=OuterRef("pk")).order_by().values("completion").annotate(n=Count("pk")).values("n")
+    )
     return (
         rateable_completions(project=project)
         .filter(n_ratings__lt=per_item)
@@ -76,24 +78,15 @@ def _queue(*, project: Project, annotator, now) -> QuerySet[Completion]:
     )
 
 
-def queue_for_annotator(*, project: Project, annotator) -> QuerySet[Completion]:
-    """Items this annotator may be offered: served version first, then nearly finished items, then oldest.
-
-    Excludes what they rated or skipped and items whose every slot is held by
-    a live lease or a rating.
-    """
-    return (
-        _queue(project=project, annotator=annotator, now=timezone.now())
-        .annotate(stale=Case(When(model_version_id=project.served_version_id, then=Value(0)), default=Value(1)))
-        .order_by("stale", "-n_ratings", "id")
-    )
-
-
 def queue_candidates(*, project: Project, annotator, limit: int = 20) -> list[Completion]:
-    """The first ``limit`` items of :func:`queue_for_annotator`, read through the queue index.
+    """The next ``limit`` items this annotator may be offered, in the order they are offered.
 
-    The served version and the older versions are asked separately so each
-    read walks ``completion_queue_order`` in order and stops at ``limit``.
+    Served version first, then older versions; within each, items that
+    already have ratings first (finishing items before starting new ones),
+    then oldest first. Excludes what the annotator rated, skipped or holds and
+    items whose every slot is taken by a live lease or a rating. Each version
+    group is read separately, so the read walks ``completion_queue_order`` in
+    order and stops at ``limit``.
     """
     queue = _queue(project=project, annotator=annotator, now=timezone.now()).select_related("prompt", "model_version")
     if project.rating_mode == RatingMode.PAIRWISE:
