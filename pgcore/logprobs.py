@@ -91,6 +91,8 @@ def sequence_logprobs(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     completion_mask: torch.Tensor,
+    *,
+    with_entropy: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token logprobs and entropies of the masked tokens under ``model``.
 
@@ -101,13 +103,17 @@ def sequence_logprobs(
         attention_mask: ``(B, T)``, 1 on real tokens, 0 on padding.
         completion_mask: ``(B, T)`` bool, True where ``input_ids[b, t]`` is scored; column 0
             can never be scored (it has no context).
+        with_entropy: False skips the entropy (it costs a pass over the vocabulary) and
+            returns zeros in its place.
 
     Returns:
         ``logprobs (B, T)``: ``log pi(input_ids[b, t] | input_ids[b, :t])`` in nats where
         ``completion_mask``, exactly 0 elsewhere; differentiable with respect to the model.
         ``entropy (B, T)``: entropy in nats of the predictive distribution at those
         positions, exactly 0 elsewhere; a diagnostic, detached from the graph.
-        Logits are computed in the model's dtype (bf16 under autocast) and reduced in fp32.
+        Logits are computed in the model's dtype (bf16 under autocast); the log-softmax is
+        taken in fp32. Only the columns from the first scored one on are sent through the
+        output layer.
 
     Raises:
         ValueError: shapes differ, or ``completion_mask`` marks column 0.
@@ -133,13 +139,14 @@ def sequence_logprobs(
         use_cache=False,
         logits_to_keep=T - t0 + 1,
     )
-    logits = out.logits[:, :-1, :].float()  # (B, T - t0, V): predicts input_ids[:, t0:]
-    targets = input_ids[:, t0:]  # (B, T - t0)
+    logits = out.logits[:, :-1, :]  # (B, T - t0, V): predicts input_ids[:, t0:]
     mask = completion_mask[:, t0:]  # (B, T - t0)
-    lse = torch.logsumexp(logits, dim=-1)  # (B, T - t0)
-    token_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T - t0)
-    logprobs = torch.where(mask, token_logits - lse, 0.0)
-    with torch.no_grad():
-        probs = torch.exp(logits - lse.unsqueeze(-1))  # (B, T - t0, V)
-        entropy = torch.where(mask, lse - (probs * logits).sum(-1), 0.0).clamp(min=0.0)
+    log_probs = torch.log_softmax(logits.float(), dim=-1)  # (B, T - t0, V)
+    token_logprobs = log_probs.gather(-1, input_ids[:, t0:].unsqueeze(-1)).squeeze(-1)  # (B, T - t0)
+    logprobs = torch.where(mask, token_logprobs, 0.0)
+    entropy = torch.zeros_like(logprobs)
+    if with_entropy:
+        with torch.no_grad():
+            lp = log_probs.detach()
+            entropy = torch.where(mask, -torch.einsum("btv,btv->bt", lp.exp(), lp), 0.0).clamp(min=0.0)
     return torch.cat([zeros[:, :t0], logprobs], dim=1), torch.cat([zeros[:, :t0], entropy], dim=1)

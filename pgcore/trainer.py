@@ -135,7 +135,9 @@ def reference_logprobs(policy: Policy, batch: TrainBatch, config: PGConfig) -> l
                 sl = slice(start, start + config.minibatch_size)
                 packed = pack_sequences(batch.prompt_ids[sl], batch.completion_ids[sl], pad_id)
                 with _autocast(config):
-                    logprobs, _ = sequence_logprobs(ref, packed.input_ids, packed.attention_mask, packed.completion_mask)
+                    logprobs, _ = sequence_logprobs(
+                        ref, packed.input_ids, packed.attention_mask, packed.completion_mask, with_entropy=False
+                    )
                 out.extend(row[mask] for row, mask in zip(logprobs, packed.completion_mask))
         finally:
             ref.train(was_training)
@@ -163,7 +165,9 @@ def update(
         on_step: called after each optimiser step with a dict holding ``epoch``, ``step``,
             ``total_steps`` and that step's ``losses/pg_loss``, ``losses/total``,
             ``objective/kl``, ``policy/approx_kl``, ``policy/clipfrac``,
-            ``policy/entropy``, ``train/grad_norm``. It may raise (e.g.
+            ``policy/ratio_mean``, ``train/grad_norm``, and in the last epoch
+            ``policy/entropy`` (measured only then: it costs a pass over the
+            vocabulary). It may raise (e.g.
             :class:`TrainingCancelled`) to stop; the exception propagates.
 
     Returns:
@@ -226,8 +230,11 @@ def update(
                 ref[mask] = torch.cat([ref_logprobs[i] for i in idx])
 
                 t = time.perf_counter()
+                last_epoch = epoch == config.epochs - 1  # entropy is a diagnostic: measure it once
                 with _autocast(config):
-                    logprobs, entropy = sequence_logprobs(model, packed.input_ids, packed.attention_mask, mask)
+                    logprobs, entropy = sequence_logprobs(
+                        model, packed.input_ids, packed.attention_mask, mask, with_entropy=last_epoch
+                    )
                 loss_pg, stats = pg_loss(
                     logprobs, packed.behaviour_logprobs, advantages[idx], mask, config.clip_eps, config.importance_correction
                 )
@@ -255,10 +262,11 @@ def update(
                     "objective/kl": float(kl.detach()),
                     "policy/approx_kl": float(stats["approx_kl"]),
                     "policy/clipfrac": float(stats["clipfrac"]),
-                    "policy/entropy": float(masked_mean(entropy, mask)),
                     "policy/ratio_mean": float(stats["ratio_mean"]),
                     "train/grad_norm": float(grad_norm),
                 }
+                if last_epoch:
+                    info["policy/entropy"] = float(masked_mean(entropy, mask))
                 for key, value in info.items():
                     sums[key] = sums.get(key, 0.0) + value * n_tokens
                 tokens_seen += n_tokens
