@@ -60,6 +60,7 @@ def test_staff_train_watch_promote_previous_and_annotators_get_that_version(
 
     page = login_page(staff_user)
     page.goto(f"{live_server.url}/staff/p/{project.slug}/runs/")
+    screenshot(page, "staff-runs")
     page.fill("#id_epochs", "20")
     page.fill("#id_lr", "0.002")
     page.click("#train-form button[type=submit]")
@@ -94,6 +95,16 @@ def test_staff_train_watch_promote_previous_and_annotators_get_that_version(
     screenshot(page, "staff-versions-rolled-back")
     project.refresh_from_db()
     assert project.served_version == v0
+
+    # Side by side on the same held-out prompts (both were evaluated: read from the cache).
+    page.select_option("#compare-form select[name=a]", "0")
+    page.select_option("#compare-form select[name=b]", "1")
+    page.click("#compare-form button[type=submit]")
+    page.locator("#compare").wait_for()
+    headers = page.locator("table.compare thead th").all_inner_texts()
+    assert [h.split()[0] for h in headers] == ["Prompt", "v0", "v1"] and "distinct-2" in headers[2]
+    assert page.locator("table.compare tbody tr").count() == project.prompts.filter(held_out=True).count()
+    screenshot(page, "staff-compare")
     assert AuditEvent.objects.filter(action="promote", actor=staff_user, target="v0").exists()
 
     # The pool refills from v0 (queued by the promotion), and the annotator is served v0's writing.

@@ -175,7 +175,7 @@ def compare(request, slug):
     except ValueError:
         messages.error(request, "Choose two versions to compare.")
         return redirect("policies:versions", slug=slug)
-    context = {"project": project, "a": a, "b": b, **selectors.comparison(a=a, b=b)}
+    context = {"project": project, "a": a, "b": b, "versions": [a, b], **selectors.comparison(a=a, b=b)}
     if request.htmx and not request.htmx.history_restore_request:
         return render(request, "training/compare.html#table", context)
     return render(request, "training/compare.html", context)
