@@ -148,10 +148,14 @@ def annotator_progress(*, project: Project, annotator) -> dict:
     """What the annotator sees: judgments today and the items still waiting for them.
 
     ``queue`` counts items that need ratings and that this annotator has
-    neither rated nor skipped (including the one they hold); it is exact up to ``QUEUE_COUNT_CAP`` (``queue_capped`` says when
-    more wait), so a long queue costs a bounded read.
+    neither rated nor skipped (including the one they hold); it is exact up
+    to ``QUEUE_COUNT_CAP`` (``queue_capped`` says when more wait), so a long
+    queue costs a bounded read. ``can_undo``: they have a judgment younger
+    than the undo window (one query with today's count).
     """
-    midnight = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+    now = timezone.localtime()
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    undo_since = now - UNDO_WINDOW
     waiting = (
         rateable_completions(project=project)
         .filter(n_ratings__lt=project.ratings_per_item)
@@ -160,8 +164,14 @@ def annotator_progress(*, project: Project, annotator) -> dict:
         .order_by()[: QUEUE_COUNT_CAP + 1]
         .count()
     )
+    mine = judgments_by(project=project, annotator=annotator).filter(created_at__gte=min(midnight, undo_since))
+    counts = mine.aggregate(
+        today=Count("pk", filter=Q(created_at__gte=midnight)),
+        undoable=Count("pk", filter=Q(created_at__gt=undo_since)),
+    )
     return {
-        "today": judgments_by(project=project, annotator=annotator).filter(created_at__gte=midnight).count(),
+        "today": counts["today"],
         "queue": min(waiting, QUEUE_COUNT_CAP),
         "queue_capped": waiting > QUEUE_COUNT_CAP,
+        "can_undo": counts["undoable"] > 0,
     }

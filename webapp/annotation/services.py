@@ -6,6 +6,7 @@ import hashlib
 import logging
 import random
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -170,27 +171,58 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
 # --- Leases, ratings, skips, undo ---------------------------------------------------
 
 
+RECLAIM_EVERY_S = 5.0
+_last_reclaim: dict[int, float] = {}
+
+
+def leases_reclaim_expired(*, project: Project, force: bool = False) -> int:
+    """Delete expired, unrated leases so their slots go back to the queue; returns how many.
+
+    Without ``force``, runs at most every ``RECLAIM_EVERY_S`` per process and
+    project (leases last minutes; a few seconds' delay changes nothing, and
+    most requests then skip the statement).
+    """
+    now = time.monotonic()
+    if not force and now - _last_reclaim.get(project.pk, -1e9) < RECLAIM_EVERY_S:
+        return 0
+    _last_reclaim[project.pk] = now
+    deleted, _ = Lease.objects.filter(
+        completion__project=project, fulfilled=False, expires_at__lte=timezone.now()
+    ).delete()
+    return deleted
+
+
 def lease_next(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTES) -> Lease | None:
     """Lease the next item to ``annotator``, or return the lease they hold.
 
     Each lease takes a free slot ``0 ≤ slot < ratings_per_item`` of its
     completion (a pair's anchor in pairwise mode); the unique (completion,
     slot) constraint makes a lost race an IntegrityError, after which the
-    next candidate is tried. Expired, unrated leases are deleted first, so
-    their items go back to the queue. Pairwise leases draw which side shows
-    completion A.
+    next slot or candidate is tried. Expired, unrated leases are reclaimed
+    (see :func:`leases_reclaim_expired`; always before answering "nothing"),
+    so their items go back to the queue. Pairwise leases draw which side
+    shows completion A.
     """
     held = selectors.lease_held(project=project, annotator=annotator)
     if held:
         return held
+    leases_reclaim_expired(project=project)
+    lease = _lease_first_free(project=project, annotator=annotator, lease_minutes=lease_minutes)
+    if lease is None and leases_reclaim_expired(project=project, force=True):
+        # Before answering "nothing", free the slots expired leases still hold and look again.
+        lease = _lease_first_free(project=project, annotator=annotator, lease_minutes=lease_minutes)
+    return lease
+
+
+def _lease_first_free(*, project: Project, annotator, lease_minutes: int) -> Lease | None:
     now = timezone.now()
-    Lease.objects.filter(completion__project=project, fulfilled=False, expires_at__lte=now).delete()
-    candidates = selectors.queue_candidates(project=project, annotator=annotator, limit=20)
     pairwise = project.rating_mode == RatingMode.PAIRWISE
-    for completion in candidates:
-        taken = set(completion.leases.values_list("slot", flat=True))
-        free = [s for s in range(project.ratings_per_item) if s not in taken]
-        for slot in free:
+    for completion in selectors.queue_candidates(project=project, annotator=annotator, limit=20):
+        slots = range(project.ratings_per_item)
+        if project.ratings_per_item > 1:  # with one slot, trying it is cheaper than reading it
+            taken = set(completion.leases.values_list("slot", flat=True))
+            slots = [s for s in slots if s not in taken]
+        for slot in slots:
             try:
                 with transaction.atomic():
                     lease = Lease.objects.create(

@@ -54,6 +54,7 @@ def _context(request, project, *, error="", undone=None, lease=None):
         lease = services.lease_next(project=project, annotator=request.user)
     _nudge_pool_refill(project, queue_empty=lease is None)
     pair, left, right = _sides(project, lease)
+    progress = selectors.annotator_progress(project=project, annotator=request.user)
     return {
         "project": project,
         "mode": project.rating_mode,
@@ -62,8 +63,8 @@ def _context(request, project, *, error="", undone=None, lease=None):
         "pair": pair,
         "left": left,
         "right": right,
-        "progress": selectors.annotator_progress(project=project, annotator=request.user),
-        "can_undo": selectors.last_judgment(project=project, annotator=request.user) is not None,
+        "progress": progress,
+        "can_undo": progress["can_undo"],
         "undone": undone,
         "error": error,
         "scores": [(s, LIKERT_LABELS[s]) for s in range(1, 6)],
