@@ -42,6 +42,8 @@ def test_every_key_is_shown_on_screen_and_in_the_help_overlay(annotator_client, 
     body = annotator_client.get(url("annotate", project)).content.decode()
     for key in "12345su?":
         assert f'data-key="{key}"' in body
+    # every form that posts disables the card's buttons while its request is in flight
+    assert body.count('hx-post=') == body.count('hx-disabled-elt="#card button, #card textarea"') == 3
     assert 'id="help"' in body and "hidden" in body
     for key in ["1", "5", "s", "u", "c", "g", "?"]:
         assert f"<kbd>{key}</kbd>" in body
