@@ -76,6 +76,13 @@ def test_an_annotator_rates_ten_undoes_one_skips_one_by_keyboard_and_the_databas
     assert list(Skip.objects.values_list("completion_id", flat=True)) == [skipped]
     assert set(Rating.objects.values_list("annotator_id", flat=True)) == {annotator.pk}
 
+    # An expired CSRF token: a clear "reload" message, the card stays, nothing is stored.
+    page.context.clear_cookies(name="csrftoken")
+    stuck = current_item(page)
+    page.keyboard.press("4")
+    assert "Reload the page" in page.locator("#flash .flash.error").inner_text()
+    assert current_item(page) == stuck and Rating.objects.count() == 9
+
 
 def test_an_annotator_compares_three_pairs_by_keyboard_on_a_phone_sized_screen(
     login_page, live_server, tiny_model_dir, models_dir, annotator, make_completion, screenshot
