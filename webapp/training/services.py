@@ -260,17 +260,19 @@ def training_run_execute(*, run_id: int) -> TrainingRun | None:
                 "objective/kl": float(info.get("objective/kl", float("nan"))),
             }
             curve.append(point)
+            line = (
+                f"epoch {epoch}/{config.epochs} step {info['step']}/{info['total_steps']}: "
+                f"pg_loss {point['losses/pg_loss']:.4f}, kl {point['objective/kl']:.4f}"
+            )
+            run.log = (run.log + f"[{timezone.now():%H:%M:%S}] {line}\n")[-20000:]
+            # One write per step: the progress, the curve and the log line together.
             TrainingRun.objects.filter(pk=run.pk).update(
                 progress_step=info["step"],
                 progress_total=info["total_steps"],
                 progress_epoch=epoch,
                 curve=curve,
+                log=run.log,
                 heartbeat_at=timezone.now(),
-            )
-            _log(
-                run,
-                f"epoch {epoch}/{config.epochs} step {info['step']}/{info['total_steps']}: "
-                f"pg_loss {point['losses/pg_loss']:.4f}, kl {point['objective/kl']:.4f}",
             )
             if _cancel_requested(run.pk):
                 raise TrainingCancelled(f"cancel requested; stopped after step {info['step']}")
