@@ -86,6 +86,43 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+class _TokenLogprobs(torch.autograd.Function):
+    """``log_softmax(logits)[target]`` with a fused backward.
+
+    Autograd's own chain (gather -> log_softmax -> cast) allocates and fills a zero
+    tensor the size of the logits, then runs the log-softmax backward over it; here the
+    gradient ``g * (onehot(target) - softmax)`` is built in one pass and returned in the
+    logits' dtype. Also returns the fp32 log-probabilities (not differentiable) so
+    entropy can be read off without another pass.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor):
+        log_probs = torch.log_softmax(logits.float(), dim=-1)  # (..., V) fp32
+        token_logprobs = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (...)
+        ctx.save_for_backward(log_probs, targets)
+        ctx.logits_dtype = logits.dtype
+        ctx.mark_non_differentiable(log_probs)
+        return token_logprobs, log_probs
+
+    @staticmethod
+    def backward(ctx, grad_token_logprobs: torch.Tensor, _grad_log_probs):
+        log_probs, targets = ctx.saved_tensors
+        g = grad_token_logprobs.unsqueeze(-1)  # (..., 1)
+        grad = torch.exp(log_probs).mul_(-g)  # -g * softmax
+        grad.scatter_add_(-1, targets.unsqueeze(-1), g)
+        return grad.to(ctx.logits_dtype), None
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logprob of each target under ``logits``: ``(..., V), (...) -> (...)`` in nats, fp32.
+
+    Also returns the full fp32 log-probabilities ``(..., V)``, detached. Differentiable in
+    ``logits``; equals ``torch.log_softmax(logits.float(), -1).gather(-1, targets[..., None])``.
+    """
+    return _TokenLogprobs.apply(logits, targets)
+
+
 def sequence_logprobs(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -141,12 +178,10 @@ def sequence_logprobs(
     )
     logits = out.logits[:, :-1, :]  # (B, T - t0, V): predicts input_ids[:, t0:]
     mask = completion_mask[:, t0:]  # (B, T - t0)
-    log_probs = torch.log_softmax(logits.float(), dim=-1)  # (B, T - t0, V)
-    token_logprobs = log_probs.gather(-1, input_ids[:, t0:].unsqueeze(-1)).squeeze(-1)  # (B, T - t0)
-    logprobs = torch.where(mask, token_logprobs, 0.0)
+    targets_logprobs, log_probs = token_logprobs(logits, input_ids[:, t0:])  # (B, T - t0), (B, T - t0, V)
+    logprobs = torch.where(mask, targets_logprobs, 0.0)
     entropy = torch.zeros_like(logprobs)
     if with_entropy:
         with torch.no_grad():
-            lp = log_probs.detach()
-            entropy = torch.where(mask, -torch.einsum("btv,btv->bt", lp.exp(), lp), 0.0).clamp(min=0.0)
+            entropy = torch.where(mask, -torch.einsum("btv,btv->bt", log_probs.exp(), log_probs), 0.0).clamp(min=0.0)
     return torch.cat([zeros[:, :t0], logprobs], dim=1), torch.cat([zeros[:, :t0], entropy], dim=1)

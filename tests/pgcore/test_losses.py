@@ -109,3 +109,21 @@ def test_with_fresh_samples_every_ratio_is_one_and_the_gradient_is_reinforce_wit
     assert any(g.abs().sum() > 0 for g in pg_grads)
     for got, expected in zip(pg_grads, reinforce_grads):
         assert_close(got, expected)
+
+
+def test_token_logprobs_and_their_gradient_equal_autograds_log_softmax_and_gather():
+    from pgcore.logprobs import token_logprobs
+
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 3, 11, generator=generator) * 3).requires_grad_(True)
+    targets = torch.randint(0, 11, (2, 3), generator=generator)
+    weights = torch.randn(2, 3, generator=generator)
+    got, log_probs = token_logprobs(logits, targets)
+    (got * weights).sum().backward()
+    got_grad = logits.grad.clone()
+    logits.grad = None
+    expected = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
+    (expected * weights).sum().backward()
+    assert_close(got, expected)
+    assert_close(log_probs, torch.log_softmax(logits.detach(), -1))
+    assert_close(got_grad, logits.grad)
