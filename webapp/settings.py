@@ -55,6 +55,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "webapp.middleware.HtmxLoginRedirectMiddleware",
     "csp.middleware.CSPMiddleware",
 ]
 
@@ -168,5 +169,9 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"webapp": {"handlers": ["console"], "level": os.environ.get("REWARDLOOP_LOG_LEVEL", "INFO")}},
+    "loggers": {
+        "webapp": {"handlers": ["console"], "level": os.environ.get("REWARDLOOP_LOG_LEVEL", "INFO")},
+        # Tracebacks of 500s reach the console even with DEBUG off.
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+    },
 }

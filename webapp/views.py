@@ -4,7 +4,7 @@ from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 from webapp.annotation import selectors as annotation_selectors
 from webapp.policies.models import Project
@@ -30,7 +30,7 @@ def _broker_ok() -> tuple[bool, str]:
         return False, f"{type(exc).__name__}: {exc}"
 
 
-@require_GET
+@require_safe
 def healthz(request):
     """JSON health: database and broker reachable, served version and pool size per project.
 

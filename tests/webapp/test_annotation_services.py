@@ -121,3 +121,13 @@ def test_the_served_versions_items_come_first_and_half_rated_items_before_fresh_
     order = [c.pk for c in selectors.queue_candidates(project=project, annotator=make_user("next"))]
 
     assert order == [half_rated.pk, fresh.pk, old_item.pk]
+
+
+def test_a_rating_without_a_lease_cannot_take_an_item_someone_else_holds(project, make_user, make_completion):
+    make_completion(project)
+    holder, intruder = make_user("holder"), make_user("intruder")
+    lease = services.lease_next(project=project, annotator=holder)
+    with pytest.raises(ApplicationError, match="given to someone else"):
+        services.rating_create(annotator=intruder, completion=lease.completion, score=1)
+    services.rating_create(annotator=holder, completion=lease.completion, score=5)
+    assert list(Rating.objects.values_list("annotator__username", "score")) == [("holder", 5)]

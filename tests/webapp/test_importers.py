@@ -118,3 +118,13 @@ def test_create_project_command_registers_a_local_model_folder_as_version_0(db, 
     assert project.served_version.number == 0 and project.served_version.weights_path == str(tiny_model_dir)
     with pytest.raises(CommandError, match="not a Hugging Face model folder"):
         call_command("create_project", "other", str(tmp_path))
+
+
+def test_an_unterminated_csv_quote_rejects_the_file(tmp_path):
+    with pytest.raises(PromptFileError, match="bad CSV"):
+        parse_prompt_file(write(tmp_path, "p.csv", 'text\n"unterminated\n'))
+
+
+def test_a_nul_character_rejects_the_file_with_its_line(tmp_path):
+    with pytest.raises(PromptFileError, match="line 2: text contains a NUL character"):
+        parse_prompt_file(write(tmp_path, "p.jsonl", '{"text": "ok"}\n{"text": "nul\\u0000inside"}\n'))

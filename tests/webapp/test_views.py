@@ -136,3 +136,30 @@ def test_expired_csrf_token_gives_a_clear_reload_message(project, annotator, mak
     assert response.status_code == 403
     assert "Reload the page" in response.content.decode()
     assert not Rating.objects.exists()
+
+
+def test_an_htmx_request_from_an_expired_session_redirects_the_whole_page_to_login(client, project):
+    response = client.post(
+        reverse("annotation:card", args=[project.slug]),
+        HTTP_HX_REQUEST="true",
+        HTTP_HX_CURRENT_URL=f"http://testserver/p/{project.slug}/annotate/",
+    )
+    assert response.status_code == 200
+    assert response["HX-Redirect"] == f"/accounts/login/?next=/p/{project.slug}/annotate/"
+
+
+def test_the_login_page_sends_a_signed_in_person_on(annotator_client):
+    assert annotator_client.get("/accounts/login/").status_code == 302
+
+
+def test_healthz_answers_head_requests(client, db):
+    assert client.head("/healthz").status_code == 200
+
+
+def test_comparing_needs_two_real_versions(client, staff_user, project):
+    client.force_login(staff_user)
+    response = client.post(
+        reverse("training:compare_start", args=[project.slug]), {"a": "99999999999999999999", "b": "0"}, follow=True
+    )
+    assert response.status_code == 200
+    assert "Choose two versions of this project" in response.content.decode()

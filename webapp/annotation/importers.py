@@ -59,6 +59,9 @@ def _row(line: int, record: dict, errors: list) -> PromptRow | None:
     if not text:
         errors.append((line, "empty text"))
         return None
+    if "\x00" in text:
+        errors.append((line, "text contains a NUL character"))
+        return None
     if len(text) > PROMPT_MAX_CHARS:
         errors.append((line, f"text is {len(text)} characters long; the limit is {PROMPT_MAX_CHARS}"))
         return None
@@ -124,7 +127,7 @@ def _parse_jsonl(content: str, errors: list) -> list[PromptRow]:
 
 
 def _parse_csv(content: str, errors: list) -> list[PromptRow]:
-    reader = csv.DictReader(io.StringIO(content, newline=""))
+    reader = csv.DictReader(io.StringIO(content, newline=""), strict=True)
     fields = [f.strip() for f in (reader.fieldnames or [])]
     if "text" not in fields and "prompt" not in fields:
         errors.append((1, f"missing column 'text' (columns: {', '.join(fields) or 'none'})"))

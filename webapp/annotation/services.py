@@ -215,39 +215,54 @@ def lease_next(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTE
 
 
 def _lease_first_free(*, project: Project, annotator, lease_minutes: int) -> Lease | None:
-    now = timezone.now()
-    pairwise = project.rating_mode == RatingMode.PAIRWISE
     for completion in selectors.queue_candidates(project=project, annotator=annotator, limit=20):
-        slots = range(project.ratings_per_item)
-        if project.ratings_per_item > 1:  # with one slot, trying it is cheaper than reading it
-            taken = set(completion.leases.values_list("slot", flat=True))
-            slots = [s for s in slots if s not in taken]
-        for slot in slots:
-            try:
-                with transaction.atomic():
-                    lease = Lease.objects.create(
-                        completion=completion,
-                        annotator=annotator,
-                        slot=slot,
-                        expires_at=now + timedelta(minutes=lease_minutes),
-                        a_on_left=bool(secrets.randbits(1)) if pairwise else None,
-                    )
-            except IntegrityError:
-                continue  # somebody took this slot (or this item) a moment ago
+        lease = _lease_take_slot(project=project, annotator=annotator, completion=completion, lease_minutes=lease_minutes)
+        if lease is not None:
             lease.completion = completion  # fetched with its prompt, version and pair
             return lease
     return None
 
 
+def _lease_take_slot(*, project: Project, annotator, completion: Completion, lease_minutes: int) -> Lease | None:
+    """Take a free slot of ``completion`` for ``annotator``; None when every slot is held or rated."""
+    now = timezone.now()
+    slots = range(project.ratings_per_item)
+    if project.ratings_per_item > 1:  # with one slot, trying it is cheaper than reading it
+        taken = set(completion.leases.values_list("slot", flat=True))
+        slots = [s for s in slots if s not in taken]
+    for slot in slots:
+        try:
+            with transaction.atomic():
+                return Lease.objects.create(
+                    completion=completion,
+                    annotator=annotator,
+                    slot=slot,
+                    expires_at=now + timedelta(minutes=lease_minutes),
+                    a_on_left=bool(secrets.randbits(1)) if project.rating_mode == RatingMode.PAIRWISE else None,
+                )
+        except IntegrityError:
+            continue  # somebody took this slot (or this item) a moment ago
+    return None
+
+
 def _lease_for_judgment(*, project: Project, annotator, completion: Completion) -> Lease | None:
-    """Lock the annotator's lease on ``completion``; without one, the item must still need ratings.
+    """Lock the annotator's lease on ``completion``.
+
+    Without one (it expired and was reclaimed), the annotator's work is kept
+    only if a slot of the item is still free, taken the same way a lease is,
+    so an item never gets more than ``ratings_per_item`` judgments.
 
     Raises:
         ApplicationError: the lease expired and the item went to someone else.
     """
     lease = Lease.objects.select_for_update().filter(completion=completion, annotator=annotator).first()
-    if lease is None and completion.ratings.count() >= project.ratings_per_item:
-        raise ApplicationError("This item was given to someone else after your lease expired.")
+    if lease is None:
+        Lease.objects.filter(completion=completion, fulfilled=False, expires_at__lte=timezone.now()).delete()
+        lease = _lease_take_slot(
+            project=project, annotator=annotator, completion=completion, lease_minutes=LEASE_MINUTES
+        )
+        if lease is None:
+            raise ApplicationError("This item was given to someone else after your lease expired.")
     return lease
 
 

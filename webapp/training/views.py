@@ -150,14 +150,12 @@ def settings_update(request, slug):
 def compare_start(request, slug):
     """Queue the held-out completions two versions still lack, then show the comparison."""
     project = get_object_or_404(Project, slug=slug)
-    numbers = []
-    for key in ("a", "b"):
-        try:
-            numbers.append(int(request.POST.get(key, "")))
-        except ValueError:
-            messages.error(request, "Choose two versions to compare.")
-            return redirect("policies:versions", slug=slug)
-    for version in ModelVersion.objects.filter(project=project, number__in=numbers):
+    numbers = [request.POST.get(key, "") for key in ("a", "b")]
+    versions = list(ModelVersion.objects.filter(project=project, number__in=[n for n in numbers if n.isdigit() and len(n) < 10]))
+    if {str(v.number) for v in versions} != set(numbers):
+        messages.error(request, "Choose two versions of this project to compare.")
+        return redirect("policies:versions", slug=slug)
+    for version in versions:
         if not selectors.samples_complete(version=version):
             tasks.version_samples_ensure.delay(version.pk)
     return redirect(f"{reverse('training:compare', args=[slug])}?a={numbers[0]}&b={numbers[1]}")
