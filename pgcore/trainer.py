@@ -167,8 +167,8 @@ def update(
             ``objective/kl``, ``policy/approx_kl``, ``policy/clipfrac``,
             ``policy/ratio_mean``, ``train/grad_norm``, and in the last epoch
             ``policy/entropy`` (measured only then: it costs a pass over the
-            vocabulary). It may raise (e.g.
-            :class:`TrainingCancelled`) to stop; the exception propagates.
+            vocabulary). It may raise (e.g. :class:`TrainingCancelled`) to stop; the
+            exception propagates.
 
     Returns:
         Floats, token-weighted means over the last epoch: ``losses/pg_loss``,
