@@ -22,8 +22,8 @@ $(VENV)/.installed: requirements.txt | $(BIN)/python
 	touch $@
 
 $(VADER_SDIST):
-	mkdir -p $(DOWNLOADS)
-	$(BIN)/pip download --disable-pip-version-check -q --no-deps --no-binary :all: vaderSentiment==3.3.2 -d $(DOWNLOADS)
+	mkdir -p $(dir $@)
+	$(BIN)/pip download --disable-pip-version-check -q --no-deps --no-binary :all: vaderSentiment==3.3.2 -d $(dir $@)
 
 install: $(VENV)/.installed $(VADER_SDIST)
 
