@@ -15,6 +15,9 @@ from celery import Celery
 from celery.signals import worker_process_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
+# OpenMP threads that spin while waiting slow a busy machine several-fold (bench/README.md);
+# this must be set before torch is first imported, which happens only inside tasks.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 app = Celery("webapp")
 app.config_from_object("django.conf:settings", namespace="CELERY")
