@@ -16,7 +16,8 @@ The machine is shared, so each path is timed ``--repeats`` times, interleaved, a
 best time is used (the median is reported too, with the load average); the matmul peak
 is the best of several measurements spread over the run.
 
-Usage: python bench/train_step.py [--model-dir DIR] [--repeats 3] [--threads N] [--no-profile]
+Usage: python bench/train_step.py [--model-dir DIR] [--repeats 3] [--threads N] [--passive-omp]
+       [--no-profile]
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-# OpenMP threads that spin while waiting turn a shared 2-core machine into a thrash: a
-# 2-thread forward+backward measured 17-24 s with spinning and ~8 s passive, under the same
-# load. Must be set before torch starts its thread pool; an explicit setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP threads that spin while waiting turn a busy 2-core machine into a thrash (a
+# 2-thread forward+backward: 17-24 s spinning, ~8 s passive, same load), while on a quiet
+# one passive waiting costs pgcore ~13%. So passive only on request; it must be set before
+# torch starts its thread pool.
+if "--passive-omp" in sys.argv:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
@@ -235,6 +238,9 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--repeats", type=int, default=3, help="naive updates, each followed by a pgcore one (best is used)")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument(
+        "--passive-omp", action="store_true", help="OMP_WAIT_POLICY=PASSIVE: for a machine other jobs share"
+    )
     parser.add_argument(
         "--threads",
         type=int,
