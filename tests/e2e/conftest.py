@@ -66,6 +66,16 @@ class Processes:
             time.sleep(0.5)
         raise AssertionError(f"{text!r} not seen in {log.name} within {timeout} s:\n{log.read_text()[-3000:]}")
 
+    def wait_until(self, predicate, timeout: float, what: str, poll: float = 0.25):
+        """Poll ``predicate`` until it returns something truthy; fail with every process's log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(poll)
+        raise AssertionError(f"timed out waiting for {what}\n{self.logs()}")
+
     def logs(self) -> str:
         return "\n".join(f"===== {name}\n{log.read_text(errors='replace')[-4000:]}" for name, _, log in self.procs)
 

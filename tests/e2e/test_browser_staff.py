@@ -17,15 +17,6 @@ from webapp.training.models import TrainingRun
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-def wait_until(predicate, timeout, procs, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}\n{procs.logs()}")
-
 
 def image_loaded(img, timeout=15) -> bool:
     """Whether the <img> finished loading a picture within ``timeout`` s (CSP forbids wait_for_function)."""
@@ -108,9 +99,9 @@ def test_staff_train_watch_promote_previous_and_annotators_get_that_version(
     assert AuditEvent.objects.filter(action="promote", actor=staff_user, target="v0").exists()
 
     # The pool refills from v0 (queued by the promotion), and the annotator is served v0's writing.
-    wait_until(
+    celery_processes.wait_until(
         lambda: Completion.objects.filter(project=project, model_version=v0, ratings__isnull=True).exists(),
-        45, celery_processes, "a fresh completion from v0",
+        45, "a fresh completion from v0",
     )
     annotator_page = login_page(annotator)
     annotator_page.goto(f"{live_server.url}/p/{project.slug}/annotate/")

@@ -4,8 +4,6 @@ ratings are created → beat's schedule starts a training run → the training
 worker writes and serves v1 → the generation worker fills the pool from v1.
 """
 
-import time
-
 import pytest
 
 from webapp.annotation import services as annotation_services
@@ -15,15 +13,6 @@ from webapp.training.services import schedule_ensure
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-
-def wait_until(predicate, timeout, procs, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}\n{procs.logs()}")
 
 
 def test_ratings_train_a_new_version_that_then_writes_the_pool(project, make_user, celery_processes):
@@ -35,8 +24,9 @@ def test_ratings_train_a_new_version_that_then_writes_the_pool(project, make_use
     celery_processes.start("beat", "beat", "--loglevel", "INFO")
 
     # The pool fills from v0 on beat's refill.
-    wait_until(lambda: Completion.objects.filter(project=project).count() >= project.pool_target, 120,
-               celery_processes, "the pool to fill from v0")
+    celery_processes.wait_until(
+        lambda: Completion.objects.filter(project=project).count() >= project.pool_target, 120, "the pool to fill from v0"
+    )
 
     annotators = [make_user("a1"), make_user("a2")]
     rated = 0
@@ -47,17 +37,17 @@ def test_ratings_train_a_new_version_that_then_writes_the_pool(project, make_use
                 annotation_services.rating_create(annotator=annotator, completion=lease.completion, score=5 - rated % 5)
                 rated += 1
 
-    run = wait_until(
+    run = celery_processes.wait_until(
         lambda: TrainingRun.objects.filter(project=project, status__in=["succeeded", "failed"]).first(),
-        120, celery_processes, "a scheduled training run to finish",
+        120, "a scheduled training run to finish",
     )
     assert run.status == "succeeded", f"{run.error}\n{run.log}"
     assert run.trigger == "schedule"
     project.refresh_from_db()
     assert project.served_version == run.result_version and project.served_version.number == 1
 
-    first_from_v1 = wait_until(
+    first_from_v1 = celery_processes.wait_until(
         lambda: Completion.objects.filter(project=project, model_version=run.result_version).first(),
-        120, celery_processes, "a completion from v1",
+        120, "a completion from v1",
     )
     assert len(first_from_v1.behaviour_logprobs) == len(first_from_v1.token_ids) > 0
