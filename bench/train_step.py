@@ -46,7 +46,7 @@ import torch  # noqa: E402
 from pgcore.config import PGConfig  # noqa: E402
 from pgcore.logprobs import pack_sequences, sequence_logprobs  # noqa: E402
 from pgcore.policy import convert_gguf_to_hf, load_policy, smollm2_gguf_path  # noqa: E402
-from pgcore.trainer import TrainBatch, update  # noqa: E402
+from pgcore.trainer import TrainBatch, minibatch_order, update  # noqa: E402
 
 N_PROMPTS, PER_PROMPT, PROMPT_LEN, COMPLETION_LEN = 4, 4, 32, 64
 DEFAULT_MODEL_DIR = Path(os.environ.get("PGCORE_SMOLLM2_DIR", "/tmp/smollm2-hf"))
@@ -153,7 +153,7 @@ class NaiveTrainer:
         self.policy.train()
         first_pg = None
         for _epoch in range(cfg.epochs):
-            order = torch.randperm(len(batch), generator=generator).tolist()
+            order = minibatch_order(batch.prompt_ids, generator)
             for start in range(0, len(batch), cfg.minibatch_size):
                 idx = order[start : start + cfg.minibatch_size]
                 n_tokens = sum(len(batch.completion_ids[i]) for i in idx)

@@ -5,7 +5,7 @@ Never imports Django; the web app hands it plain lists and tensors. See DESIGN.m
 
 from pgcore.advantages import EMABaseline, batch_mean_baseline, leave_one_out, whiten
 from pgcore.config import PGConfig
-from pgcore.logprobs import pack_sequences, sequence_logprobs
+from pgcore.logprobs import pack_sequences, score_completions, sequence_logprobs
 from pgcore.losses import kl_k3, pg_loss
 from pgcore.policy import (
     ChecksumError,
@@ -20,7 +20,7 @@ from pgcore.policy import (
 from pgcore.rewards import RatingRecord, likert_to_score, pairwise_to_scores, ratings_to_rewards, thumbs_to_score
 from pgcore.rollout import Rollout, generate, render_prompt
 from pgcore.tiny import write_tiny_model
-from pgcore.trainer import NonFiniteError, TrainBatch, TrainingCancelled, update
+from pgcore.trainer import NonFiniteError, TrainBatch, TrainingCancelled, minibatch_order, update
 
 __all__ = [
     "ChecksumError",
@@ -39,12 +39,14 @@ __all__ = [
     "leave_one_out",
     "likert_to_score",
     "load_policy",
+    "minibatch_order",
     "pack_sequences",
     "pairwise_to_scores",
     "pg_loss",
     "ratings_to_rewards",
     "render_prompt",
     "save_policy_atomic",
+    "score_completions",
     "sequence_logprobs",
     "smollm2_gguf_path",
     "thumbs_to_score",

@@ -36,6 +36,7 @@ class PGConfig:
     lora_alpha: int = 32  # LoRA scaling numerator (scale = alpha / r), >= 1
     lora_dropout: float = 0.0  # dropout on the LoRA branch, in [0, 1)
     bf16_autocast: bool = True  # bf16 autocast for training forward/backward; weights stay fp32
+    share_prompts: bool = True  # run each distinct prompt of a minibatch once, its KV cache shared by its completions
     seed: int = 0  # seeds minibatch shuffling and LoRA initialisation, >= 0
 
     def __post_init__(self) -> None:
@@ -47,7 +48,8 @@ class PGConfig:
         _check_float(self, "max_grad_norm", lambda v: v > 0, "(0, inf)")
         if self.baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
-        for name in ("whiten_advantages", "importance_correction", "annotator_norm", "use_lora", "bf16_autocast"):
+        flags = ("whiten_advantages", "importance_correction", "annotator_norm", "use_lora", "bf16_autocast", "share_prompts")
+        for name in flags:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool (True or False), got {getattr(self, name)!r}")
         _check_float(self, "annotator_shrinkage", lambda v: v >= 0, "[0, inf)")

@@ -185,3 +185,109 @@ def sequence_logprobs(
         with torch.no_grad():
             entropy = torch.where(mask, -torch.einsum("btv,btv->bt", log_probs.exp(), log_probs), 0.0).clamp(min=0.0)
     return torch.cat([zeros[:, :t0], logprobs], dim=1), torch.cat([zeros[:, :t0], entropy], dim=1)
+
+
+def score_completions(
+    model: torch.nn.Module,
+    prompt_ids: list[list[int]],
+    completion_ids: list[list[int]],
+    pad_id: int,
+    *,
+    with_entropy: bool = True,
+    share_prompts: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logprobs and entropies of ``B`` completions, in completion columns only.
+
+    When several completions follow the same prompt (the usual case: leave-one-out needs
+    two or more samples per prompt) each distinct prompt is run through the model once and
+    its key/value cache is shared by its completions, which then attend to it as to a
+    prefix; the forward and backward of the repeated prompt tokens are saved (with 4
+    completions of 64 tokens per 32-token prompt, a quarter of the tokens). This is the
+    prefix caching of incremental decoding (e.g. Pope et al. 2022, "Efficiently Scaling
+    Transformer Inference"), kept differentiable. Gradients reach the prompt positions'
+    keys and values exactly as in one forward over ``[prompt | completion]``, so results
+    equal :func:`sequence_logprobs` on :func:`pack_sequences` up to float rounding. When
+    no prompt repeats (or ``share_prompts=False``) that single packed forward is used.
+
+    Args:
+        model: a Hugging Face causal LM (or peft wrapper) accepting ``past_key_values``,
+            ``position_ids`` and ``logits_to_keep``.
+        prompt_ids: ``B`` non-empty token-id lists; equal lists are shared.
+        completion_ids: ``B`` token-id lists (the first EOS included if sampled).
+        pad_id: id written into padding (may equal EOS: masks come from lengths).
+        with_entropy: False skips the entropy (returned as zeros).
+        share_prompts: False always uses the single packed forward.
+
+    Returns:
+        ``logprobs (B, C)`` in nats, differentiable, exactly 0 off the mask;
+        ``entropy (B, C)`` in nats, detached, 0 off the mask; ``mask (B, C)`` bool, True
+        on each completion's tokens; ``C`` is the longest completion. Column ``j`` is
+        completion token ``j`` (right padding).
+
+    Raises:
+        ValueError: the lists differ in length or a prompt is empty.
+    """
+    B = len(prompt_ids)
+    if len(completion_ids) != B:
+        raise ValueError(f"{B} prompts for {len(completion_ids)} completions")
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("a prompt is empty; a completion needs at least one context token")
+    C = max((len(c) for c in completion_ids), default=0)
+    distinct: dict[tuple[int, ...], int] = {}
+    index = [distinct.setdefault(tuple(p), len(distinct)) for p in prompt_ids]
+    if not share_prompts or len(distinct) == B or C == 0:
+        packed = pack_sequences(prompt_ids, completion_ids, pad_id)
+        logprobs, entropy = sequence_logprobs(
+            model, packed.input_ids, packed.attention_mask, packed.completion_mask, with_entropy=with_entropy
+        )
+        P = packed.input_ids.shape[1] - C
+        return logprobs[:, P:], entropy[:, P:], packed.completion_mask[:, P:]
+    return _shared_prompt_logprobs(model, list(distinct), index, completion_ids, pad_id, C, with_entropy)
+
+
+def _shared_prompt_logprobs(model, prompts, index, completion_ids, pad_id, C, with_entropy):
+    U, B = len(prompts), len(completion_ids)
+    P = max(len(p) for p in prompts)
+    prompt_input = torch.full((U, P), pad_id, dtype=torch.long)
+    prompt_attention = torch.zeros((U, P), dtype=torch.long)
+    for u, prompt in enumerate(prompts):  # left padding: every prompt ends in column P - 1
+        prompt_input[u, P - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        prompt_attention[u, P - len(prompt) :] = 1
+    completion_input = torch.full((B, C), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, C), dtype=torch.bool)
+    for i, completion in enumerate(completion_ids):
+        if completion:
+            completion_input[i, : len(completion)] = torch.tensor(completion, dtype=torch.long)
+            mask[i, : len(completion)] = True
+    rows = torch.tensor(index, dtype=torch.long)  # (B,) prompt row of each completion
+
+    prefix = model(
+        input_ids=prompt_input,
+        attention_mask=prompt_attention,
+        position_ids=position_ids_from_mask(prompt_attention),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    logits = prefix.logits[rows]  # (B, 1, V): predicts completion token 0
+    if C > 1:
+        cache = prefix.past_key_values
+        cache.reorder_cache(rows)  # (U, ...) -> (B, ...); autograd sums the copies' gradients
+        # The last completion token predicts nothing we score, so it is not fed.
+        attention = torch.cat([prompt_attention[rows], mask[:, :-1].long()], dim=1)  # (B, P + C - 1)
+        positions = prompt_attention.sum(dim=1)[rows, None] + torch.arange(C - 1)  # (B, C - 1)
+        out = model(
+            input_ids=completion_input[:, :-1],
+            attention_mask=attention,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=C - 1,
+        )
+        logits = torch.cat([logits, out.logits], dim=1)  # (B, C, V)
+    targets_logprobs, log_probs = token_logprobs(logits, completion_input)  # (B, C), (B, C, V)
+    logprobs = torch.where(mask, targets_logprobs, 0.0)
+    entropy = torch.zeros_like(logprobs)
+    if with_entropy:
+        with torch.no_grad():
+            entropy = torch.where(mask, -torch.einsum("bcv,bcv->bc", log_probs.exp(), log_probs), 0.0).clamp(min=0.0)
+    return logprobs, entropy, mask

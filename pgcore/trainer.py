@@ -18,7 +18,7 @@ import torch
 
 from pgcore.advantages import batch_mean_baseline, leave_one_out, whiten
 from pgcore.config import PGConfig
-from pgcore.logprobs import pack_sequences, sequence_logprobs
+from pgcore.logprobs import score_completions
 from pgcore.losses import kl_k3, masked_mean, pg_loss
 from pgcore.policy import Policy, reference_model
 
@@ -118,27 +118,68 @@ def _check_finite(name: str, value: torch.Tensor, where: str) -> None:
         raise NonFiniteError(f"{name} is non-finite ({float(value.detach().float().flatten()[0])}) at {where}; no step was taken")
 
 
+def minibatch_order(prompt_ids: list[list[int]], generator: torch.Generator | None = None) -> list[int]:
+    """Order in which completions are cut into minibatches: grouped by prompt.
+
+    Completions of the same prompt are kept next to each other so a minibatch holds whole
+    groups and :func:`pgcore.logprobs.score_completions` runs each prompt once. With a
+    ``generator`` the groups are shuffled and so are the members of each group (the order
+    of a group-wise shuffle, as GRPO/RLOO trainers sample prompts then their completions);
+    without one, groups keep the order of their first completion.
+
+    Returns:
+        A permutation of ``range(len(prompt_ids))``.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, prompt in enumerate(prompt_ids):
+        groups.setdefault(tuple(prompt), []).append(i)
+    members = list(groups.values())
+    if generator is None:
+        return [i for group in members for i in group]
+    order: list[int] = []
+    for g in torch.randperm(len(members), generator=generator).tolist():
+        group = members[g]
+        order.extend(group[j] for j in torch.randperm(len(group), generator=generator).tolist())
+    return order
+
+
+def _right_padded(rows: list, width: int) -> torch.Tensor:
+    """``b`` 1-D float rows (lists or tensors) of length <= ``width`` -> ``(b, width)``, zeros after each row."""
+    out = torch.zeros((len(rows), width), dtype=torch.float32)
+    for i, row in enumerate(rows):
+        row = torch.as_tensor(row, dtype=torch.float32)
+        out[i, : row.numel()] = row
+    return out
+
+
 @torch.no_grad()
 def reference_logprobs(policy: Policy, batch: TrainBatch, config: PGConfig) -> list[torch.Tensor]:
     """Logprobs of each completion under the reference policy, one ``(len_i,)`` tensor each.
 
-    One no-grad pass in minibatches, in eval mode, under the same autocast as training so
-    that the KL at the start of training is ~0 rather than a precision artefact.
+    One no-grad pass in minibatches of whole prompt groups (see :func:`minibatch_order`),
+    in eval mode, under the same autocast as training so that the KL at the start of
+    training is ~0 rather than a precision artefact.
     """
     pad_id = policy.tokenizer.pad_token_id
-    out: list[torch.Tensor] = []
+    out: list[torch.Tensor | None] = [None] * len(batch)
+    order = minibatch_order(batch.prompt_ids)
     with reference_model(policy) as ref:
         was_training = ref.training
         ref.eval()
         try:
             for start in range(0, len(batch), config.minibatch_size):
-                sl = slice(start, start + config.minibatch_size)
-                packed = pack_sequences(batch.prompt_ids[sl], batch.completion_ids[sl], pad_id)
+                idx = order[start : start + config.minibatch_size]
                 with _autocast(config):
-                    logprobs, _ = sequence_logprobs(
-                        ref, packed.input_ids, packed.attention_mask, packed.completion_mask, with_entropy=False
+                    logprobs, _, mask = score_completions(
+                        ref,
+                        [batch.prompt_ids[i] for i in idx],
+                        [batch.completion_ids[i] for i in idx],
+                        pad_id,
+                        with_entropy=False,
+                        share_prompts=config.share_prompts,
                     )
-                out.extend(row[mask] for row, mask in zip(logprobs, packed.completion_mask))
+                for i, row, row_mask in zip(idx, logprobs, mask):
+                    out[i] = row[row_mask]
         finally:
             ref.train(was_training)
     return out
@@ -157,6 +198,9 @@ def update(
     ``pg_loss(rho-clipped, advantages) + kl_coef * mean k3(pi_theta || pi_ref)``; see
     :mod:`pgcore.losses` (PPO, Schulman et al. 2017; k3, Schulman 2020; RLOO baseline,
     Ahmadian et al. 2024). The reference logprobs are computed once per update.
+    Minibatches hold whole prompt groups (:func:`minibatch_order`) and each distinct prompt
+    is run once per forward, its key/value cache shared by its completions
+    (``config.share_prompts``, :func:`pgcore.logprobs.score_completions`).
 
     Args:
         policy: loaded with ``trainable=True`` (LoRA or full fine-tuning).
@@ -216,27 +260,25 @@ def update(
         for epoch in range(config.epochs):
             sums: dict[str, float] = {}
             tokens_seen = 0
-            order = torch.randperm(N, generator=generator).tolist()
+            order = minibatch_order(batch.prompt_ids, generator)
             for start in range(0, N, config.minibatch_size):
                 idx = order[start : start + config.minibatch_size]
-                packed = pack_sequences(
-                    [batch.prompt_ids[i] for i in idx],
-                    [batch.completion_ids[i] for i in idx],
-                    pad_id,
-                    [batch.behaviour_logprobs[i] for i in idx],
-                )
-                mask = packed.completion_mask  # (b, T)
-                ref = torch.zeros(mask.shape, dtype=torch.float32)  # (b, T)
-                ref[mask] = torch.cat([ref_logprobs[i] for i in idx])
-
                 t = time.perf_counter()
                 last_epoch = epoch == config.epochs - 1  # entropy is a diagnostic: measure it once
                 with _autocast(config):
-                    logprobs, entropy = sequence_logprobs(
-                        model, packed.input_ids, packed.attention_mask, mask, with_entropy=last_epoch
+                    logprobs, entropy, mask = score_completions(  # each (b, C)
+                        model,
+                        [batch.prompt_ids[i] for i in idx],
+                        [batch.completion_ids[i] for i in idx],
+                        pad_id,
+                        with_entropy=last_epoch,
+                        share_prompts=config.share_prompts,
                     )
+                width = mask.shape[1]
+                behaviour = _right_padded([batch.behaviour_logprobs[i] for i in idx], width)  # (b, C)
+                ref = _right_padded([ref_logprobs[i] for i in idx], width)  # (b, C)
                 loss_pg, stats = pg_loss(
-                    logprobs, packed.behaviour_logprobs, advantages[idx], mask, config.clip_eps, config.importance_correction
+                    logprobs, behaviour, advantages[idx], mask, config.clip_eps, config.importance_correction
                 )
                 kl = masked_mean(kl_k3(logprobs, ref, mask), mask)
                 loss = loss_pg + config.kl_coef * kl

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from pgcore.logprobs import pack_sequences, sequence_logprobs
+from pgcore.logprobs import pack_sequences, score_completions, sequence_logprobs
 from pgcore.losses import kl_k3
 from pgcore.policy import reference_model
 
@@ -128,3 +128,62 @@ def test_an_empty_completion_mask_scores_nothing(frozen_policy):
     ids = torch.tensor([[1, 2, 3]])
     logprobs, entropy = sequence_logprobs(frozen_policy.model, ids, torch.ones_like(ids), torch.zeros_like(ids).bool())
     assert (logprobs == 0).all() and (entropy == 0).all()
+
+
+# Three prompts of different lengths, each followed by several completions: EOS early and
+# late, no EOS, a lone EOS, and a one-token completion that is not EOS.
+SHARED = [
+    ([5, 6, 7, 8, 9], [10, 11, 12, 13, 14, 15, EOS]),
+    ([20, 21], [22, EOS]),
+    ([5, 6, 7, 8, 9], [EOS]),
+    ([30, 31, 32], [33, 34, 35, 36, 37, 38, 39, 40]),
+    ([20, 21], [23, 24, 25, 26, 27, 28, 29, EOS]),
+    ([5, 6, 7, 8, 9], [16]),
+]
+
+
+def test_completions_sharing_a_prompt_score_as_each_does_alone(frozen_policy):
+    model = frozen_policy.model
+    prompts, completions = [p for p, _ in SHARED], [c for _, c in SHARED]
+    with torch.no_grad():
+        logprobs, entropy, mask = score_completions(model, prompts, completions, EOS)
+    assert mask.shape == (len(SHARED), max(len(c) for c in completions))
+    for i, (prompt, completion) in enumerate(SHARED):
+        expected_logprobs, expected_entropy = _logprobs_by_loop(model, prompt, completion)
+        assert mask[i].tolist() == [j < len(completion) for j in range(mask.shape[1])]
+        assert_close(logprobs[i, : len(completion)], expected_logprobs, atol=1e-5, rtol=1e-5)
+        assert_close(entropy[i, : len(completion)], expected_entropy, atol=1e-5, rtol=1e-5)
+        assert (logprobs[i, ~mask[i]] == 0).all() and (entropy[i, ~mask[i]] == 0).all()
+
+
+def test_sharing_prompts_gives_the_gradients_of_separate_forwards(drifted_lora_policy):
+    """The prompt's keys and values get the gradient of every completion that reads them."""
+    model = drifted_lora_policy.model
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    prompts, completions = [p for p, _ in SHARED], [c for _, c in SHARED]
+    weights = torch.linspace(-1.0, 1.0, len(SHARED))[:, None]  # signs differ, as advantages do
+    grads = {}
+    for share in (True, False):
+        logprobs, _, _ = score_completions(model, prompts, completions, EOS, share_prompts=share)
+        grads[share] = torch.autograd.grad((weights * logprobs).sum(), params)
+    assert any(g.abs().max() > 1e-3 for g in grads[False])
+    for shared, separate in zip(grads[True], grads[False]):
+        assert_close(shared, separate, atol=1e-5, rtol=1e-4)
+
+
+def test_score_completions_without_repeats_equals_the_packed_forward(frozen_policy):
+    prompts, completions = [p for p, _ in PAIRS], [c for _, c in PAIRS]
+    packed = pack_sequences(prompts, completions, EOS)
+    expected, expected_entropy = _score(frozen_policy.model, packed.input_ids, packed.attention_mask, packed.completion_mask)
+    with torch.no_grad():
+        logprobs, entropy, mask = score_completions(frozen_policy.model, prompts, completions, EOS)
+    assert_close(logprobs[mask], expected[packed.completion_mask], atol=0, rtol=0)
+    assert_close(entropy[mask], expected_entropy[packed.completion_mask], atol=0, rtol=0)
+
+
+def test_score_completions_rejects_an_empty_prompt_or_mismatched_lists(frozen_policy):
+    with pytest.raises(ValueError, match="prompt is empty"):
+        score_completions(frozen_policy.model, [[5], []], [[6], [7]], EOS)
+    with pytest.raises(ValueError, match="2 prompts for 1 completions"):
+        score_completions(frozen_policy.model, [[5], [5]], [[6]], EOS)

@@ -7,7 +7,7 @@ from pgcore.config import PGConfig
 from pgcore.logprobs import pack_sequences, sequence_logprobs
 from pgcore.policy import load_policy, reference_model
 from pgcore.rollout import generate
-from pgcore.trainer import NonFiniteError, TrainBatch, TrainingCancelled, update
+from pgcore.trainer import NonFiniteError, TrainBatch, TrainingCancelled, minibatch_order, update
 
 EOS = 258
 METRIC_KEYS = {
@@ -203,3 +203,33 @@ def test_a_frozen_policy_or_a_malformed_batch_is_rejected(frozen_policy, lora_po
         update(lora_policy, batch, fp32_config)
     with pytest.raises(ValueError, match="empty"):
         update(lora_policy, TrainBatch([], [], [], [], []), fp32_config)
+
+
+def test_minibatches_hold_whole_prompt_groups_in_a_seeded_shuffle():
+    prompts = [[1], [2], [1], [3], [2], [1], [3], [2]]
+    order = minibatch_order(prompts, torch.Generator().manual_seed(0))
+    assert sorted(order) == list(range(len(prompts)))
+    runs = [prompts[i] for i in order]
+    starts = [k for k in range(len(runs)) if k == 0 or runs[k] != runs[k - 1]]
+    assert len(starts) == 3  # each prompt's completions are contiguous
+    assert order == minibatch_order(prompts, torch.Generator().manual_seed(0))
+    assert minibatch_order(prompts) == [0, 2, 5, 1, 4, 7, 3, 6]  # no generator: first-seen group order
+    orders = {tuple(minibatch_order(prompts, torch.Generator().manual_seed(s))) for s in range(20)}
+    assert len(orders) > 5  # groups and members really are shuffled
+
+
+def test_an_update_with_shared_prompts_matches_one_without(tiny_path):
+    """Prompt sharing is a speed-up only: same steps, same metrics, same weights."""
+    results = {}
+    for share in (True, False):
+        config = PGConfig(bf16_autocast=False, share_prompts=share, minibatch_size=4)
+        policy = load_policy(tiny_path, config=config, trainable=True)
+        batch = _batch(policy, [1.0, -1.0, 0.5, 2.0, -0.5, 0.0], groups=[0, 0, 0, 1, 1, 1], max_new_tokens=6)
+        metrics = update(policy, batch, config)
+        results[share] = (metrics, _weights(policy))
+    (shared, w_shared), (separate, w_separate) = results[True], results[False]
+    for key in ("losses/pg_loss", "objective/kl", "policy/entropy", "policy/approx_kl"):
+        assert shared[key] == pytest.approx(separate[key], abs=1e-5)
+    for a, b in zip(w_shared, w_separate):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert not _same(w_shared, _weights(load_policy(tiny_path, config=PGConfig(), trainable=True)))
