@@ -1,5 +1,7 @@
 """The annotator's page in each mode, guidelines, undo over htmx, and the staff figures page."""
 
+import re
+
 import krippendorff
 import numpy as np
 import pytest
@@ -154,3 +156,25 @@ def test_figures_explain_when_nobody_overlaps_yet(client, staff_user, annotator,
     client.force_login(staff_user)
     body = client.get(url("figures", project)).content.decode()
     assert "No item has been judged by two people yet." in body
+
+
+# --- What one card and one submit cost ------------------------------------------------
+
+
+def test_the_next_card_and_a_submit_each_take_a_bounded_number_of_queries(
+    annotator_client, project, make_completion, django_assert_max_num_queries
+):
+    for _ in range(30):
+        make_completion(project)
+    annotator_client.get(url("card", project), **HTMX)  # leases an item (and runs the throttled upkeep)
+    # session, user, project, the held lease with its card, the progress line
+    with django_assert_max_num_queries(5):
+        body = annotator_client.get(url("card", project), **HTMX).content.decode()
+    item = int(re.search(r'data-completion="(\d+)"', body).group(1))
+    # session, user, the item with its project; the rating: savepoints, locked lease, insert,
+    # counter, lease fulfilled; the next lease: held?, candidates, insert in a savepoint, its
+    # card; the progress line
+    with django_assert_max_num_queries(18):
+        body = annotator_client.post(url("rate", project, item), {"score": "3"}, **HTMX).content.decode()
+    assert 'class="flash error"' not in body and Rating.objects.get().completion_id == item
+    assert 'id="count-today">1<' in body and 'id="count-queue">29<' in body

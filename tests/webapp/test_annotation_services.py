@@ -118,7 +118,7 @@ def test_the_served_versions_items_come_first_and_half_rated_items_before_fresh_
     fresh, half_rated = make_completion(project, version=v1), make_completion(project, version=v1)
     services.rating_create(annotator=make_user("first"), completion=half_rated, score=3)
 
-    order = [c.pk for c in selectors.queue_candidates(project=project, annotator=make_user("next"))]
+    order = selectors.queue_candidate_ids(project=project, annotator=make_user("next"))
 
     assert order == [half_rated.pk, fresh.pk, old_item.pk]
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 
-from django.db.models import Case, Count, Exists, OuterRef, Q, QuerySet, Subquery, Value, When
-from django.db.models.functions import Coalesce
+from django.db import connection
+from django.db.models import Count, QuerySet
 from django.utils import timezone
 
-from webapp.policies.models import Project, RatingMode
+from webapp.policies.models import ModelVersion, Project, RatingMode
 
-from .models import Comparison, Completion, Lease, Pair, Rating, Skip
+from .models import Comparison, Completion, Lease, Pair, Prompt, Rating, Skip
 
 UNDO_WINDOW = timedelta(minutes=10)
 
@@ -45,69 +45,171 @@ def pool_size(*, project: Project) -> int:
     return 2 * n if project.rating_mode == RatingMode.PAIRWISE else n
 
 
-def _queue(*, project: Project, annotator, now) -> QuerySet[Completion]:
-    """Items this annotator may be offered, unordered.
+# --- The annotator's hot path ---------------------------------------------------------
+#
+# The next card, the submit and the progress line run on every request an annotator makes
+# (about one a second each, all day). Each read below is one hand-written SQL statement,
+# valid on PostgreSQL and SQLite, instead of an ORM query: building and compiling the
+# equivalent querysets cost 2-5 ms of Python per request on a small server, several
+# times what the database spends answering them. The tests in
+# ``tests/webapp/test_annotation_services.py`` and ``test_annotation_pages.py`` pin
+# what they return on both databases.
 
-    ``n_ratings`` (kept by the services) lets an index skip finished items;
-    the real ratings and the live or fulfilled leases are checked per
-    candidate with correlated subqueries (no GROUP BY, so a LIMIT stops early).
-    """
-    per_item = project.ratings_per_item
-    busy_slots = (
-        Lease.objects.filter(completion=OuterRef("pk"))
-        .filter(Q(fulfilled=True) | Q(expires_at__gt=now))
-        .order_by()
-        .values("completion")
-        .annotate(n=Count("pk"))
-        .values("n")
-    )
-    ratings = (
-        Rating.objects.filter(completion=OuterRef("pk")).order_by().values("completion").annotate(n=Count("pk")).values("n")
-    )
-    return (
-        rateable_completions(project=project)
-        .filter(n_ratings__lt=per_item)
-        .exclude(Exists(Rating.objects.filter(completion=OuterRef("pk"), annotator=annotator)))
-        .exclude(Exists(Skip.objects.filter(completion=OuterRef("pk"), annotator=annotator)))
-        .exclude(Exists(Lease.objects.filter(completion=OuterRef("pk"), annotator=annotator)))
-        .alias(
-            busy_slots=Coalesce(Subquery(busy_slots), 0),
-            rated=Coalesce(Subquery(ratings), 0),
-        )
-        .filter(busy_slots__lt=per_item, rated__lt=per_item)
-    )
+_T = {
+    "completion": Completion._meta.db_table,
+    "prompt": Prompt._meta.db_table,
+    "version": ModelVersion._meta.db_table,
+    "lease": Lease._meta.db_table,
+    "rating": Rating._meta.db_table,
+    "skip": Skip._meta.db_table,
+    "pair": Pair._meta.db_table,
+    "comparison": Comparison._meta.db_table,
+}
+
+# An item of the project in its mode, that still needs ratings (by the counter the
+# services keep), that this annotator has neither rated nor skipped.
+_OPEN_ITEM_FOR_ANNOTATOR = """
+    c.project_id = %(project)s AND NOT p.held_out AND c.n_ratings < %(per_item)s {pairwise}
+    AND NOT EXISTS (SELECT 1 FROM {rating} r WHERE r.completion_id = c.id AND r.annotator_id = %(annotator)s)
+    AND NOT EXISTS (SELECT 1 FROM {skip} s WHERE s.completion_id = c.id AND s.annotator_id = %(annotator)s)
+"""
+_PAIRWISE_ONLY = "AND EXISTS (SELECT 1 FROM {pair} pr WHERE pr.completion_a_id = c.id)"
 
 
-def queue_candidates(*, project: Project, annotator, limit: int = 20) -> list[Completion]:
-    """The next ``limit`` items this annotator may be offered, in the order they are offered.
+def _open_item_sql(project: Project) -> str:
+    pairwise = _PAIRWISE_ONLY if project.rating_mode == RatingMode.PAIRWISE else ""
+    return _OPEN_ITEM_FOR_ANNOTATOR.format(pairwise=pairwise.format(**_T), **_T)
+
+
+_QUEUE_SQL = """
+SELECT c.id FROM {completion} c JOIN {prompt} p ON p.id = c.prompt_id
+WHERE {version_group} AND {open_item}
+    AND NOT EXISTS (SELECT 1 FROM {lease} l WHERE l.completion_id = c.id AND l.annotator_id = %(annotator)s)
+    AND (SELECT COUNT(*) FROM {lease} l
+         WHERE l.completion_id = c.id AND (l.fulfilled OR l.expires_at > %(now)s)) < %(per_item)s
+    AND (SELECT COUNT(*) FROM {rating} r WHERE r.completion_id = c.id) < %(per_item)s
+ORDER BY c.n_ratings DESC, c.id
+LIMIT {limit:d}
+"""  # LIMIT is written into the statement: a prepared statement's generic plan must know it
+
+
+def _db_datetime(value):
+    """A datetime as the backend compares it (UTC text on SQLite, as is on PostgreSQL)."""
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def _aware(value):
+    """A datetime read by raw SQL, aware (SQLite hands back naive UTC)."""
+    if value is not None and timezone.is_naive(value):
+        return timezone.make_aware(value, UTC)
+    return value
+
+
+def queue_candidate_ids(*, project: Project, annotator, limit: int = 10) -> list[int]:
+    """Ids of the next ``limit`` items this annotator may be offered, in the order they are offered.
 
     Served version first, then older versions; within each, items that
     already have ratings first (finishing items before starting new ones),
-    then oldest first. Excludes what the annotator rated, skipped or holds and
-    items whose every slot is taken by a live lease or a rating. Each version
-    group is read separately, so the read walks ``completion_queue_order`` in
-    order and stops at ``limit``.
+    then oldest first. Excludes held-out prompts, what the annotator rated,
+    skipped or holds, and items whose every slot is taken by a live or
+    fulfilled lease or by a rating. ``Completion.n_ratings`` (kept by the
+    services) lets the ``completion_queue_order`` index skip finished items;
+    the real ratings and leases are checked per candidate with correlated
+    subqueries (no GROUP BY, so the LIMIT stops the walk early). Each version
+    group is a separate statement so the walk follows the index in order.
     """
-    queue = _queue(project=project, annotator=annotator, now=timezone.now()).select_related("prompt", "model_version")
-    if project.rating_mode == RatingMode.PAIRWISE:
-        queue = queue.select_related("pair_as_a__completion_b")
-    served = list(queue.filter(model_version_id=project.served_version_id).order_by("-n_ratings", "id")[:limit])
-    if len(served) == limit:
-        return served
-    older = queue.exclude(model_version_id=project.served_version_id).order_by("-n_ratings", "id")
-    return served + list(older[: limit - len(served)])
+    params = {
+        "project": project.pk,
+        "version": project.served_version_id,
+        "annotator": annotator.pk,
+        "per_item": project.ratings_per_item,
+        "now": _db_datetime(timezone.now()),
+    }
+    open_item = _open_item_sql(project)
+    if project.served_version_id is not None:
+        version_groups = ("c.model_version_id = %(version)s", "c.model_version_id <> %(version)s")
+    else:  # a project being set up: every version is "older"
+        version_groups = ("1 = 1",)
+    ids = []
+    with connection.cursor() as cursor:
+        for version_group in version_groups:
+            sql = _QUEUE_SQL.format(version_group=version_group, open_item=open_item, limit=limit - len(ids), **_T)
+            cursor.execute(sql, params)
+            ids += [row[0] for row in cursor.fetchall()]
+            if len(ids) == limit:
+                break
+    return ids
+
+
+_LEASE_HELD_SQL = """
+SELECT l.id, l.completion_id, l.annotator_id, l.slot, l.expires_at, l.a_on_left, l.fulfilled, l.created_at,
+       c.project_id, c.prompt_id, c.model_version_id, c.text, c.finished, c.n_ratings, c.created_at,
+       p.project_id, p.text, p.held_out, v.project_id, v.number{pair_columns}
+FROM {lease} l
+JOIN {completion} c ON c.id = l.completion_id
+JOIN {prompt} p ON p.id = c.prompt_id
+JOIN {version} v ON v.id = c.model_version_id{pair_joins}
+WHERE l.annotator_id = %(annotator)s AND c.project_id = %(project)s AND NOT l.fulfilled AND l.expires_at > %(now)s
+ORDER BY l.id
+LIMIT 1
+"""
+_LEASE_HELD_PAIR_COLUMNS = ", pr.id, pr.completion_b_id, b.prompt_id, b.model_version_id, b.text, b.finished, b.n_ratings"
+_LEASE_HELD_PAIR_JOINS = """
+LEFT JOIN {pair} pr ON pr.completion_a_id = c.id
+LEFT JOIN {completion} b ON b.id = pr.completion_b_id"""
+_LEASE_FIELDS = ["id", "completion_id", "annotator_id", "slot", "expires_at", "a_on_left", "fulfilled", "created_at"]
+# Completions are loaded without their token ids and log-probabilities (read only by training).
+_CARD_COMPLETION_FIELDS = ["id", "project_id", "prompt_id", "model_version_id", "text", "finished", "n_ratings"]
 
 
 def lease_held(*, project: Project, annotator) -> Lease | None:
-    """The annotator's live, unrated lease in this project, if any (a reload keeps the same item)."""
-    return (
-        Lease.objects.filter(
-            completion__project=project, annotator=annotator, fulfilled=False, expires_at__gt=timezone.now()
-        )
-        .select_related("completion__prompt", "completion__model_version", "completion__pair_as_a__completion_b")
-        .order_by("id")
-        .first()
+    """The annotator's live, unrated lease in this project, if any (a reload keeps the same item).
+
+    Comes with what the card shows, in one statement: ``lease.completion``
+    with its ``prompt`` and ``model_version`` (only ``number``), and in
+    pairwise mode its pair (``completion.pair_as_a`` and the pair's
+    ``completion_b``). Token ids and log-probabilities are not loaded
+    (deferred: reading them costs a query).
+    """
+    pairwise = project.rating_mode == RatingMode.PAIRWISE
+    sql = _LEASE_HELD_SQL.format(
+        pair_columns=_LEASE_HELD_PAIR_COLUMNS if pairwise else "",
+        pair_joins=_LEASE_HELD_PAIR_JOINS.format(**_T) if pairwise else "",
+        **_T,
     )
+    params = {"annotator": annotator.pk, "project": project.pk, "now": _db_datetime(timezone.now())}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    db = connection.alias
+    (lease_id, completion_id, annotator_id, slot, expires_at, a_on_left, fulfilled, leased_at,
+     project_id, prompt_id, version_id, text, finished, n_ratings, created_at,
+     prompt_project_id, prompt_text, held_out, version_project_id, version_number, *pair_row) = row  # fmt: skip
+    lease = Lease.from_db(
+        db, _LEASE_FIELDS,
+        [lease_id, completion_id, annotator_id, slot, _aware(expires_at), a_on_left, fulfilled, _aware(leased_at)],
+    )  # fmt: skip
+    completion = Completion.from_db(
+        db, [*_CARD_COMPLETION_FIELDS, "created_at"],
+        [completion_id, project_id, prompt_id, version_id, text, finished, n_ratings, _aware(created_at)],
+    )  # fmt: skip
+    completion.project = project
+    completion.prompt = Prompt.from_db(db, ["id", "project_id", "text", "held_out"], [prompt_id, prompt_project_id, prompt_text, held_out])
+    completion.model_version = ModelVersion.from_db(db, ["id", "project_id", "number"], [version_id, version_project_id, version_number])
+    if pairwise:
+        pair_id, b_id, b_prompt_id, b_version_id, b_text, b_finished, b_n_ratings = pair_row
+        if pair_id is None:
+            Completion.pair_as_a.related.set_cached_value(completion, None)
+        else:
+            pair = Pair.from_db(db, ["id", "project_id", "completion_a_id", "completion_b_id"], [pair_id, project_id, completion_id, b_id])
+            pair.completion_b = Completion.from_db(
+                db, _CARD_COMPLETION_FIELDS, [b_id, project_id, b_prompt_id, b_version_id, b_text, b_finished, b_n_ratings]
+            )
+            completion.pair_as_a = pair
+    lease.completion = completion
+    return lease
 
 
 def pair_of(completion: Completion) -> Pair | None:
@@ -143,6 +245,21 @@ def last_judgment(*, project: Project, annotator, now=None) -> Rating | Comparis
 
 QUEUE_COUNT_CAP = 500
 
+_PROGRESS_SQL = """
+SELECT
+    (SELECT COUNT(*) FROM (
+        SELECT 1 FROM {completion} c JOIN {prompt} p ON p.id = c.prompt_id WHERE {open_item} LIMIT {cap:d}
+    ) waiting),
+    (SELECT COUNT(*) FROM {judgments} AND j.created_at >= %(midnight)s),
+    (SELECT COUNT(*) FROM (SELECT 1 FROM {judgments} AND j.created_at > %(undo_since)s LIMIT 1) undoable)
+"""
+_JUDGMENTS_SQL = {  # the annotator's judgments in the project, as ``j``
+    "pairwise": """{comparison} j JOIN {pair} pr ON pr.id = j.pair_id
+        WHERE pr.project_id = %(project)s AND j.annotator_id = %(annotator)s""",
+    "single": """{rating} j JOIN {completion} jc ON jc.id = j.completion_id
+        WHERE jc.project_id = %(project)s AND j.annotator_id = %(annotator)s AND j.comparison_id IS NULL""",
+}
+
 
 def annotator_progress(*, project: Project, annotator) -> dict:
     """What the annotator sees: judgments today and the items still waiting for them.
@@ -150,28 +267,29 @@ def annotator_progress(*, project: Project, annotator) -> dict:
     ``queue`` counts items that need ratings and that this annotator has
     neither rated nor skipped (including the one they hold); it is exact up
     to ``QUEUE_COUNT_CAP`` (``queue_capped`` says when more wait), so a long
-    queue costs a bounded read. ``can_undo``: they have a judgment younger
-    than the undo window (one query with today's count).
+    queue costs a bounded read. ``today``: their judgments since local
+    midnight; ``can_undo``: they have a judgment younger than the undo
+    window. One statement.
     """
     now = timezone.localtime()
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    undo_since = now - UNDO_WINDOW
-    waiting = (
-        rateable_completions(project=project)
-        .filter(n_ratings__lt=project.ratings_per_item)
-        .exclude(Exists(Rating.objects.filter(completion=OuterRef("pk"), annotator=annotator)))
-        .exclude(Exists(Skip.objects.filter(completion=OuterRef("pk"), annotator=annotator)))
-        .order_by()[: QUEUE_COUNT_CAP + 1]
-        .count()
+    judgments = _JUDGMENTS_SQL["pairwise" if project.rating_mode == RatingMode.PAIRWISE else "single"]
+    sql = _PROGRESS_SQL.format(
+        open_item=_open_item_sql(project), judgments=judgments.format(**_T), cap=QUEUE_COUNT_CAP + 1, **_T
     )
-    mine = judgments_by(project=project, annotator=annotator).filter(created_at__gte=min(midnight, undo_since))
-    counts = mine.aggregate(
-        today=Count("pk", filter=Q(created_at__gte=midnight)),
-        undoable=Count("pk", filter=Q(created_at__gt=undo_since)),
-    )
+    params = {
+        "project": project.pk,
+        "annotator": annotator.pk,
+        "per_item": project.ratings_per_item,
+        "midnight": _db_datetime(midnight),
+        "undo_since": _db_datetime(now - UNDO_WINDOW),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        waiting, today, undoable = cursor.fetchone()
     return {
-        "today": counts["today"],
+        "today": today,
         "queue": min(waiting, QUEUE_COUNT_CAP),
         "queue_capped": waiting > QUEUE_COUNT_CAP,
-        "can_undo": counts["undoable"] > 0,
+        "can_undo": undoable > 0,
     }

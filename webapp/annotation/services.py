@@ -215,26 +215,24 @@ def lease_next(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTE
 
 
 def _lease_first_free(*, project: Project, annotator, lease_minutes: int) -> Lease | None:
-    for completion in selectors.queue_candidates(project=project, annotator=annotator, limit=20):
-        lease = _lease_take_slot(project=project, annotator=annotator, completion=completion, lease_minutes=lease_minutes)
-        if lease is not None:
-            lease.completion = completion  # fetched with its prompt, version and pair
-            return lease
+    for completion_id in selectors.queue_candidate_ids(project=project, annotator=annotator):
+        if _lease_take_slot(project=project, annotator=annotator, completion_id=completion_id, lease_minutes=lease_minutes):
+            return selectors.lease_held(project=project, annotator=annotator)  # with what the card shows
     return None
 
 
-def _lease_take_slot(*, project: Project, annotator, completion: Completion, lease_minutes: int) -> Lease | None:
-    """Take a free slot of ``completion`` for ``annotator``; None when every slot is held or rated."""
+def _lease_take_slot(*, project: Project, annotator, completion_id: int, lease_minutes: int) -> Lease | None:
+    """Take a free slot of the completion for ``annotator``; None when every slot is held or rated."""
     now = timezone.now()
     slots = range(project.ratings_per_item)
     if project.ratings_per_item > 1:  # with one slot, trying it is cheaper than reading it
-        taken = set(completion.leases.values_list("slot", flat=True))
+        taken = set(Lease.objects.filter(completion_id=completion_id).values_list("slot", flat=True))
         slots = [s for s in slots if s not in taken]
     for slot in slots:
         try:
             with transaction.atomic():
                 return Lease.objects.create(
-                    completion=completion,
+                    completion_id=completion_id,
                     annotator=annotator,
                     slot=slot,
                     expires_at=now + timedelta(minutes=lease_minutes),
@@ -259,7 +257,7 @@ def _lease_for_judgment(*, project: Project, annotator, completion: Completion) 
     if lease is None:
         Lease.objects.filter(completion=completion, fulfilled=False, expires_at__lte=timezone.now()).delete()
         lease = _lease_take_slot(
-            project=project, annotator=annotator, completion=completion, lease_minutes=LEASE_MINUTES
+            project=project, annotator=annotator, completion_id=completion.pk, lease_minutes=LEASE_MINUTES
         )
         if lease is None:
             raise ApplicationError("This item was given to someone else after your lease expired.")
@@ -310,16 +308,15 @@ def rating_create(
         raise ApplicationError("A rating is a whole number from 1 to 5.")
     lease = _lease_for_judgment(project=project, annotator=annotator, completion=completion)
     seconds_spent = _seconds_on(lease, seconds_spent)
-    try:
-        with transaction.atomic():
-            rating = Rating.objects.create(
-                completion=completion,
-                annotator=annotator,
-                score=score,
-                thumbs_up=thumbs_up,
-                comment=comment,
-                seconds_spent=seconds_spent,
-            )
+    try:  # no savepoint of its own: the error leaves this function, whose atomic block rolls back
+        rating = Rating.objects.create(
+            completion=completion,
+            annotator=annotator,
+            score=score,
+            thumbs_up=thumbs_up,
+            comment=comment,
+            seconds_spent=seconds_spent,
+        )
     except IntegrityError as exc:
         raise ApplicationError("You have rated this item already.") from exc
     Completion.objects.filter(pk=completion.pk).update(n_ratings=F("n_ratings") + 1)
