@@ -131,3 +131,10 @@ def test_a_rating_without_a_lease_cannot_take_an_item_someone_else_holds(project
         services.rating_create(annotator=intruder, completion=lease.completion, score=1)
     services.rating_create(annotator=holder, completion=lease.completion, score=5)
     assert list(Rating.objects.values_list("annotator__username", "score")) == [("holder", 5)]
+
+
+def test_a_project_without_a_served_version_still_offers_its_items(project, annotator, make_completion):
+    item = make_completion(project)
+    type(project).objects.filter(pk=project.pk).update(served_version=None)
+    project.refresh_from_db()
+    assert services.lease_next(project=project, annotator=annotator).completion_id == item.pk
