@@ -171,10 +171,20 @@ def test_the_next_card_and_a_submit_each_take_a_bounded_number_of_queries(
     with django_assert_max_num_queries(5):
         body = annotator_client.get(url("card", project), **HTMX).content.decode()
     item = int(re.search(r'data-completion="(\d+)"', body).group(1))
-    # session, user, the item with its project; the rating: savepoints, locked lease, insert,
-    # counter, lease fulfilled; the next lease: held?, candidates, insert in a savepoint, its
-    # card; the progress line
-    with django_assert_max_num_queries(18):
+    # session, user, the item with its project, the transaction; the rating: its savepoint,
+    # lease locked and fulfilled, insert, counter; the next lease: held?, candidates,
+    # insert, its card; the progress line
+    with django_assert_max_num_queries(15):
         body = annotator_client.post(url("rate", project, item), {"score": "3"}, **HTMX).content.decode()
     assert 'class="flash error"' not in body and Rating.objects.get().completion_id == item
     assert 'id="count-today">1<' in body and 'id="count-queue">29<' in body
+
+
+def test_a_long_queue_shows_its_count_capped_with_a_plus(annotator_client, project, make_completion, monkeypatch):
+    from webapp.annotation import selectors
+
+    monkeypatch.setattr(selectors, "QUEUE_COUNT_CAP", 3)
+    for _ in range(5):
+        make_completion(project)
+    body = annotator_client.get(url("card", project), **HTMX).content.decode()
+    assert 'id="count-queue">3+<' in body

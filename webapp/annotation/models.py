@@ -81,6 +81,8 @@ class Completion(models.Model):
             models.Index(fields=["project", "model_version"]),
             # The queue: open items of a version, the nearly finished first, oldest first.
             models.Index(fields=["project", "model_version", "-n_ratings", "id"], name="completion_queue_order"),
+            # The progress line's count: open items of the project, every version.
+            models.Index(fields=["project", "n_ratings"], name="completion_open_items"),
         ]
 
     def __str__(self):

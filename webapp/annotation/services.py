@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F
 from django.utils import timezone
 
@@ -197,8 +197,8 @@ def lease_next(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTE
 
     Each lease takes a free slot ``0 ≤ slot < ratings_per_item`` of its
     completion (a pair's anchor in pairwise mode); the unique (completion,
-    slot) constraint makes a lost race an IntegrityError, after which the
-    next slot or candidate is tried. Expired, unrated leases are reclaimed
+    slot) constraint makes a lost race insert nothing, after which the next
+    slot or candidate is tried. Expired, unrated leases are reclaimed
     (see :func:`leases_reclaim_expired`; always before answering "nothing"),
     so their items go back to the queue. Pairwise leases draw which side
     shows completion A.
@@ -221,46 +221,98 @@ def _lease_first_free(*, project: Project, annotator, lease_minutes: int) -> Lea
     return None
 
 
-def _lease_take_slot(*, project: Project, annotator, completion_id: int, lease_minutes: int) -> Lease | None:
-    """Take a free slot of the completion for ``annotator``; None when every slot is held or rated."""
+_LEASE_INSERT_SQL = f"""
+INSERT INTO {Lease._meta.db_table} (completion_id, annotator_id, slot, expires_at, a_on_left, fulfilled, created_at)
+VALUES (%(completion)s, %(annotator)s, %(slot)s, %(expires_at)s, %(a_on_left)s, %(fulfilled)s, %(now)s)
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+# Both unique constraints (completion, slot) and (completion, annotator) count as a conflict:
+# a lost race inserts nothing, without an error, so no savepoint is needed around it.
+
+
+def _lease_take_slot(
+    *, project: Project, annotator, completion_id: int, lease_minutes: int, fulfilled: bool = False
+) -> Lease | None:
+    """Take a free slot of the completion for ``annotator``; None when every slot is held or rated.
+
+    The returned lease carries what was inserted, not the completion.
+    """
     now = timezone.now()
     slots = range(project.ratings_per_item)
     if project.ratings_per_item > 1:  # with one slot, trying it is cheaper than reading it
         taken = set(Lease.objects.filter(completion_id=completion_id).values_list("slot", flat=True))
         slots = [s for s in slots if s not in taken]
-    for slot in slots:
-        try:
-            with transaction.atomic():
-                return Lease.objects.create(
-                    completion_id=completion_id,
-                    annotator=annotator,
-                    slot=slot,
-                    expires_at=now + timedelta(minutes=lease_minutes),
-                    a_on_left=bool(secrets.randbits(1)) if project.rating_mode == RatingMode.PAIRWISE else None,
-                )
-        except IntegrityError:
-            continue  # somebody took this slot (or this item) a moment ago
+    values = {
+        "completion_id": completion_id,
+        "annotator_id": annotator.pk,
+        "expires_at": now + timedelta(minutes=lease_minutes),
+        "a_on_left": bool(secrets.randbits(1)) if project.rating_mode == RatingMode.PAIRWISE else None,
+        "fulfilled": fulfilled,
+        "created_at": now,
+    }
+    db_time = connection.ops.adapt_datetimefield_value
+    with connection.cursor() as cursor:
+        for slot in slots:
+            cursor.execute(
+                _LEASE_INSERT_SQL,
+                {
+                    "completion": completion_id,
+                    "annotator": annotator.pk,
+                    "slot": slot,
+                    "expires_at": db_time(values["expires_at"]),
+                    "a_on_left": values["a_on_left"],
+                    "fulfilled": fulfilled,
+                    "now": db_time(now),
+                },
+            )
+            row = cursor.fetchone()
+            if row is not None:
+                return Lease(id=row[0], slot=slot, **values)
+            # else somebody took this slot (or this item) a moment ago
     return None
 
 
-def _lease_for_judgment(*, project: Project, annotator, completion: Completion) -> Lease | None:
-    """Lock the annotator's lease on ``completion``.
+_LEASE_CLAIM_SQL = f"""
+UPDATE {Lease._meta.db_table} SET fulfilled = %(true)s
+WHERE completion_id = %(completion)s AND annotator_id = %(annotator)s
+RETURNING id, slot, expires_at, a_on_left, created_at
+"""
 
-    Without one (it expired and was reclaimed), the annotator's work is kept
-    only if a slot of the item is still free, taken the same way a lease is,
-    so an item never gets more than ``ratings_per_item`` judgments.
+
+def _lease_for_judgment(*, project: Project, annotator, completion: Completion) -> Lease:
+    """Lock the annotator's lease on ``completion`` and mark it fulfilled, in one statement.
+
+    Called inside the judgment's transaction, which undoes the mark if the
+    judgment fails. Without a lease (it expired and was reclaimed), the
+    annotator's work is kept only if a slot of the item is still free, taken
+    the same way a lease is, so an item never gets more than
+    ``ratings_per_item`` judgments.
 
     Raises:
         ApplicationError: the lease expired and the item went to someone else.
     """
-    lease = Lease.objects.select_for_update().filter(completion=completion, annotator=annotator).first()
-    if lease is None:
-        Lease.objects.filter(completion=completion, fulfilled=False, expires_at__lte=timezone.now()).delete()
-        lease = _lease_take_slot(
-            project=project, annotator=annotator, completion_id=completion.pk, lease_minutes=LEASE_MINUTES
+    with connection.cursor() as cursor:
+        cursor.execute(_LEASE_CLAIM_SQL, {"true": True, "completion": completion.pk, "annotator": annotator.pk})
+        row = cursor.fetchone()
+    if row is not None:
+        lease_id, slot, expires_at, a_on_left, created_at = row
+        return Lease(
+            id=lease_id,
+            completion_id=completion.pk,
+            annotator_id=annotator.pk,
+            slot=slot,
+            expires_at=selectors.aware_datetime(expires_at),
+            a_on_left=None if a_on_left is None else bool(a_on_left),
+            fulfilled=True,
+            created_at=selectors.aware_datetime(created_at),
         )
-        if lease is None:
-            raise ApplicationError("This item was given to someone else after your lease expired.")
+    Lease.objects.filter(completion=completion, fulfilled=False, expires_at__lte=timezone.now()).delete()
+    lease = _lease_take_slot(
+        project=project, annotator=annotator, completion_id=completion.pk, lease_minutes=LEASE_MINUTES, fulfilled=True
+    )
+    if lease is None:
+        raise ApplicationError("This item was given to someone else after your lease expired.")
     return lease
 
 
@@ -269,12 +321,6 @@ def _seconds_on(lease: Lease | None, seconds_spent):
     if seconds_spent is not None or lease is None:
         return seconds_spent
     return max(0.0, (timezone.now() - lease.created_at).total_seconds())
-
-
-def _lease_fulfil(lease: Lease | None) -> None:
-    if lease is not None and not lease.fulfilled:
-        lease.fulfilled = True
-        lease.save(update_fields=["fulfilled"])
 
 
 @transaction.atomic
@@ -320,7 +366,6 @@ def rating_create(
     except IntegrityError as exc:
         raise ApplicationError("You have rated this item already.") from exc
     Completion.objects.filter(pk=completion.pk).update(n_ratings=F("n_ratings") + 1)
-    _lease_fulfil(lease)
     return rating
 
 
@@ -372,7 +417,6 @@ def comparison_create(
     except IntegrityError as exc:
         raise ApplicationError("You have compared this pair already.") from exc
     Completion.objects.filter(pk__in=[pair.completion_a_id, pair.completion_b_id]).update(n_ratings=F("n_ratings") + 1)
-    _lease_fulfil(lease)
     return comparison
 
 
