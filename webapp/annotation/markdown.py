@@ -7,12 +7,18 @@ passing it through, and its link validator refuses ``javascript:``,
 Markdown but never markup that runs.
 """
 
+from functools import lru_cache
+
 from django.utils.safestring import SafeString, mark_safe
 from markdown_it import MarkdownIt
 
 _markdown = MarkdownIt("js-default")
 
 
+@lru_cache(maxsize=64)  # keyed by the text itself: an edited guideline is a new key
 def guidelines_html(text: str) -> SafeString:
-    """HTML for guidelines written in Markdown; raw HTML in ``text`` comes out as literal text."""
+    """HTML for guidelines written in Markdown; raw HTML in ``text`` comes out as literal text.
+
+    Rendered once per process and text (every full annotation page shows them).
+    """
     return mark_safe(_markdown.render(text or ""))  # noqa: S308 - markdown-it escapes raw HTML (html=False)
