@@ -107,6 +107,34 @@ def compute_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, config: P
     return whiten(advantages) if config.whiten_advantages else advantages
 
 
+@contextlib.contextmanager
+def frozen_weights_in_bf16(policy: Policy):
+    """Hold the frozen ``nn.Linear`` weights of a LoRA policy in bf16 inside the block.
+
+    Under ``torch.autocast`` a matmul casts its fp32 weight to bf16 on every call; the
+    cast is cached only for leaf tensors that require grad (PyTorch's autocast cast
+    cache), so LoRA's frozen base weights, including the output layer, were re-cast in
+    every forward: a copy of the whole model per forward. Casting them once gives the
+    same bf16 values, so autocast results are bit-for-bit unchanged. The fp32 weights are
+    put back on exit, also on an exception; a weight shared with another module (the
+    output layer tied to the embedding) is swapped only in the linear layer, so the
+    embedding stays fp32. Costs a bf16 copy of the frozen weights (~270 MB for
+    SmolLM2-135M) for the duration. A no-op for a policy without LoRA.
+    """
+    swapped: list[tuple[torch.nn.Module, torch.nn.Parameter]] = []
+    if policy.is_lora:
+        for module in policy.model.modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(module, torch.nn.Linear) and weight.dtype == torch.float32 and not weight.requires_grad:
+                swapped.append((module, weight))
+                module.weight = torch.nn.Parameter(weight.detach().to(torch.bfloat16), requires_grad=False)
+    try:
+        yield
+    finally:
+        for module, weight in swapped:
+            module.weight = weight
+
+
 def _autocast(config: PGConfig):
     if config.bf16_autocast:
         return torch.autocast("cpu", dtype=torch.bfloat16)
@@ -200,7 +228,9 @@ def update(
     Ahmadian et al. 2024). The reference logprobs are computed once per update.
     Minibatches hold whole prompt groups (:func:`minibatch_order`) and each distinct prompt
     is run once per forward, its key/value cache shared by its completions
-    (``config.share_prompts``, :func:`pgcore.logprobs.score_completions`).
+    (``config.share_prompts``, :func:`pgcore.logprobs.score_completions`). Under bf16
+    autocast a LoRA policy's frozen weights are cast to bf16 once per update rather than
+    in every forward (:func:`frozen_weights_in_bf16`).
 
     Args:
         policy: loaded with ``trainable=True`` (LoRA or full fine-tuning).
@@ -246,6 +276,8 @@ def update(
     model = policy.model
     was_training = model.training
     timings = dict.fromkeys(("reference", "forward", "backward", "optimizer"), 0.0)
+    bf16_weights = frozen_weights_in_bf16(policy) if config.bf16_autocast else contextlib.nullcontext()
+    bf16_weights.__enter__()
     try:
         t = time.perf_counter()
         ref_logprobs = reference_logprobs(policy, batch, config)
@@ -320,6 +352,7 @@ def update(
                 p.copy_(saved)
         raise
     finally:
+        bf16_weights.__exit__(None, None, None)
         model.train(was_training)
 
     metrics = {key: value / max(tokens_seen, 1) for key, value in sums.items()}

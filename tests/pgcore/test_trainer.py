@@ -233,3 +233,38 @@ def test_an_update_with_shared_prompts_matches_one_without(tiny_path):
     for a, b in zip(w_shared, w_separate):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     assert not _same(w_shared, _weights(load_policy(tiny_path, config=PGConfig(), trainable=True)))
+
+
+def test_frozen_weights_held_in_bf16_change_no_autocast_result_and_are_restored(drifted_lora_policy):
+    from pgcore.logprobs import score_completions
+    from pgcore.trainer import frozen_weights_in_bf16
+
+    policy = drifted_lora_policy
+    model = policy.model
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    embedding = model.get_input_embeddings().weight
+    prompts, completions = [[5, 6, 7], [5, 6, 7], [9]], [[10, 11, EOS], [12], [13, 14]]
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        expected, _, _ = score_completions(model, prompts, completions, EOS)
+        with frozen_weights_in_bf16(policy):
+            frozen = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad]
+            assert frozen and all(w.dtype == torch.bfloat16 for w in frozen)
+            assert model.get_input_embeddings().weight.dtype == torch.float32  # the tied embedding is left alone
+            got, _, _ = score_completions(model, prompts, completions, EOS)
+    assert torch.equal(got, expected)
+    after = dict(model.named_parameters())
+    assert all(after[name].dtype == torch.float32 and torch.equal(after[name], value) for name, value in before.items())
+    assert model.get_input_embeddings().weight is embedding
+
+
+def test_frozen_weights_are_restored_when_an_update_fails(lora_policy):
+    config = PGConfig(bf16_autocast=True)
+    batch = _batch(lora_policy, [1.0, -1.0])
+    dtypes = {name: p.dtype for name, p in lora_policy.model.named_parameters()}
+
+    def stop(_info):
+        raise TrainingCancelled("stop")
+
+    with pytest.raises(TrainingCancelled):
+        update(lora_policy, batch, config, on_step=stop)
+    assert {name: p.dtype for name, p in lora_policy.model.named_parameters()} == dtypes
