@@ -214,10 +214,22 @@ def lease_next(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTE
     return lease
 
 
+LEASE_READ_ROUNDS = 3
+
+
 def _lease_first_free(*, project: Project, annotator, lease_minutes: int) -> Lease | None:
-    for completion_id in selectors.queue_candidate_ids(project=project, annotator=annotator):
-        if _lease_take_slot(project=project, annotator=annotator, completion_id=completion_id, lease_minutes=lease_minutes):
-            return selectors.lease_held(project=project, annotator=annotator)  # with what the card shows
+    """Take the first candidate still free. Under load every candidate read can be taken
+    by others before this annotator gets to it; then the queue is read again (a new
+    statement sees their leases), a few times, rather than answering "nothing"."""
+    for _ in range(LEASE_READ_ROUNDS):
+        candidate_ids = selectors.queue_candidate_ids(project=project, annotator=annotator)
+        for completion_id in candidate_ids:
+            if _lease_take_slot(
+                project=project, annotator=annotator, completion_id=completion_id, lease_minutes=lease_minutes
+            ):
+                return selectors.lease_held(project=project, annotator=annotator)  # with what the card shows
+        if not candidate_ids:
+            break
     return None
 
 
