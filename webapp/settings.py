@@ -6,8 +6,7 @@ Everything a deployment changes comes from the environment:
   message folders, model weights and downloads live (default ``<repo>/var``).
 - ``DATABASE_URL``: e.g. ``postgres://user@127.0.0.1:5432/rewardloop``. Unset:
   SQLite in WAL mode under the data directory. ``DJANGO_CONN_MAX_AGE`` (seconds,
-  default 0) keeps connections between requests; on PostgreSQL statements are
-  prepared unless ``DJANGO_DB_PREPARED=0``.
+  default 0) keeps connections between requests.
 - ``REWARDLOOP_CACHE_URL``: e.g. ``redis://127.0.0.1:6379/2``: the shared cache,
   which then also serves sessions. Unset: a per-process memory cache, sessions in
   the database.
@@ -102,20 +101,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     # Tests run workers in other processes, so the test database must be a file.
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-db.sqlite3")}
-elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # Prepared statements: with server-side parameter binding psycopg prepares a
-    # statement once it has run 5 times on a connection, and PostgreSQL plans it once
-    # (a generic plan) instead of on every request: on the annotator's hot path planning
-    # cost more than executing. PostgreSQL's own choice between a generic and a fresh
-    # plan flips with the statistics (it kept re-planning the queue statement, ~1 ms of
-    # CPU a call), hence plan_cache_mode. Pays off with persistent connections
-    # (DJANGO_CONN_MAX_AGE > 0). DJANGO_DB_PREPARED=0 turns it all off (Django's
-    # default), e.g. behind a pooler in transaction mode that cannot keep prepared
-    # statements.
-    if os.environ.get("DJANGO_DB_PREPARED", "1") == "1":
-        DATABASES["default"].setdefault("OPTIONS", {}).update(
-            server_side_binding=True, prepare_threshold=5, options="-c plan_cache_mode=force_generic_plan"
-        )
 
 # Cache and sessions. With REWARDLOOP_CACHE_URL (e.g. redis://127.0.0.1:6379/2) the
 # cache is that Redis, shared by every web process, and sessions are read from it

@@ -94,9 +94,8 @@ WHERE {version_group} AND {open_item}
 ORDER BY c.n_ratings DESC, c.id
 LIMIT {limit:d}
 """
-# The ratings per item and the LIMIT are written into the statements, not passed as
-# parameters: PostgreSQL then finds the prepared statement's generic plan as cheap as a
-# fresh one and stops planning it on every execution (1-2 ms of CPU each time).
+# The ratings per item and the LIMIT (integers from the project and the code) are
+# written into the statements, so the planner sees their values.
 
 
 def _db_datetime(value):
