@@ -6,8 +6,17 @@ What it does, all on 127.0.0.1:
    (default ``rw_bench_load``), migrates it;
 2. seeds a Likert project on a tiny random model folder (never loaded:
    generation is not what this measures), ``--items`` completions inserted
-   directly, and one user per annotator (one password hash, reused);
-3. serves the app with gunicorn (``--workers`` sync workers);
+   directly, and one user per annotator (one password hash, reused); then
+   ``ANALYZE``, so the planner has the statistics a database in service has
+   (autovacuum would gather them about a minute later, inside the window);
+3. serves the app with gunicorn (``--workers`` sync workers, or gthread
+   workers with ``--threads`` > 1) configured as a production deployment:
+   persistent database connections (``DJANGO_CONN_MAX_AGE=60``) and the
+   shared Redis cache ``--cache`` (``REWARDLOOP_CACHE_URL``, see
+   ``webapp/settings.py``), which also serves sessions (``cached_db``: no
+   session query per request; the bench deletes its sessions from that cache
+   at the end). ``make run`` gets the same by setting those two variables;
+   its Procfile runs 2 gthread workers of 4 threads (SQLite by default);
 4. runs ``--annotators`` simulated annotators for ``--seconds``, each in its
    own thread with its own ``requests.Session``, logged in through the real
    login form (its own session and CSRF cookie). Each loop: *next item*
@@ -67,9 +76,15 @@ def parse_args():
     p.add_argument("--annotators", type=int, default=50)
     p.add_argument("--think-s", type=float, default=1.0, help="mean think time between seeing an item and submitting")
     p.add_argument("--items", type=int, default=0, help="completions to seed (default: enough for the window)")
-    p.add_argument("--workers", type=int, default=4, help="gunicorn sync workers")
+    p.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
+    p.add_argument("--threads", type=int, default=1, help="threads per worker (more than 1: gunicorn's gthread workers)")
     p.add_argument("--db", default="rw_bench_load", help="PostgreSQL database to create and drop")
     p.add_argument("--pg", default="postgres://postgres@127.0.0.1:5432", help="PostgreSQL server (127.0.0.1 only)")
+    p.add_argument(
+        "--cache",
+        default="redis://127.0.0.1:6379/14",
+        help="REWARDLOOP_CACHE_URL for the server: the shared cache that also serves sessions ('' = none)",
+    )
     p.add_argument("--keep-db", action="store_true", help="do not drop the database at the end")
     args = p.parse_args()
     if "127.0.0.1" not in args.pg and "localhost" not in args.pg:
@@ -243,6 +258,7 @@ def main() -> int:
         "CELERY_BROKER_URL": "filesystem://",  # pool nudges land in a folder nobody reads
         "DJANGO_DEBUG": "0",
         "DJANGO_CONN_MAX_AGE": "60",  # persistent connections, as a production deployment runs
+        "REWARDLOOP_CACHE_URL": args.cache,
         "REWARDLOOP_LOG_LEVEL": "WARNING",
     }
     admin_sql(args.pg, f'DROP DATABASE IF EXISTS "{args.db}" WITH (FORCE)')
@@ -256,6 +272,10 @@ def main() -> int:
         seed(n_items=n_items, n_annotators=args.annotators, model_dir=tmp / "models" / "tiny")
         from django.db import connection
 
+        with connection.cursor() as cursor:
+            # Planner statistics, as a database in service has them (autovacuum would
+            # gather them about a minute after the seeding, inside the measured window).
+            cursor.execute("ANALYZE")
         connection.close()
 
         port = free_port()
@@ -266,7 +286,8 @@ def main() -> int:
                 "webapp.wsgi",
                 "--bind", f"127.0.0.1:{port}",
                 "--workers", str(args.workers),
-                "--worker-class", "sync",
+                "--worker-class", "sync" if args.threads == 1 else "gthread",
+                "--threads", str(args.threads),
                 "--backlog", "256",
                 "--log-level", "warning",
             ],
@@ -319,6 +340,8 @@ def main() -> int:
             "seconds": round(elapsed, 1),
             "think_s_mean": args.think_s,
             "gunicorn_workers": args.workers,
+            "gunicorn_threads": args.threads,
+            "cache": args.cache or "none (sessions in the database)",
             "database": "postgresql",
             "client": "requests.Session per annotator, one thread each",
             "items_seeded": n_items,
@@ -347,8 +370,13 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
         try:
+            from django.contrib.sessions.models import Session
+            from django.core.cache import cache
             from django.db import connections
 
+            if args.cache:  # the sessions the annotators left in the shared cache
+                prefix = "django.contrib.sessions.cached_db"
+                cache.delete_many([prefix + key for key in Session.objects.values_list("session_key", flat=True)])
             connections.close_all()
         except Exception:  # noqa: BLE001 - Django may not be set up
             pass
