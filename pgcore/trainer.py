@@ -180,6 +180,19 @@ def _right_padded(rows: list, width: int) -> torch.Tensor:
     return out
 
 
+def _score_minibatch(model, batch: TrainBatch, idx: list[int], pad_id: int, config: PGConfig, *, with_entropy: bool):
+    """:func:`score_completions` of completions ``idx`` under ``config``'s autocast: ``(b, C)`` each."""
+    with _autocast(config):
+        return score_completions(
+            model,
+            [batch.prompt_ids[i] for i in idx],
+            [batch.completion_ids[i] for i in idx],
+            pad_id,
+            with_entropy=with_entropy,
+            share_prompts=config.share_prompts,
+        )
+
+
 @torch.no_grad()
 def reference_logprobs(policy: Policy, batch: TrainBatch, config: PGConfig) -> list[torch.Tensor]:
     """Logprobs of each completion under the reference policy, one ``(len_i,)`` tensor each.
@@ -197,15 +210,7 @@ def reference_logprobs(policy: Policy, batch: TrainBatch, config: PGConfig) -> l
         try:
             for start in range(0, len(batch), config.minibatch_size):
                 idx = order[start : start + config.minibatch_size]
-                with _autocast(config):
-                    logprobs, _, mask = score_completions(
-                        ref,
-                        [batch.prompt_ids[i] for i in idx],
-                        [batch.completion_ids[i] for i in idx],
-                        pad_id,
-                        with_entropy=False,
-                        share_prompts=config.share_prompts,
-                    )
+                logprobs, _, mask = _score_minibatch(ref, batch, idx, pad_id, config, with_entropy=False)
                 for i, row, row_mask in zip(idx, logprobs, mask):
                     out[i] = row[row_mask]
         finally:
@@ -297,15 +302,9 @@ def update(
                 idx = order[start : start + config.minibatch_size]
                 t = time.perf_counter()
                 last_epoch = epoch == config.epochs - 1  # entropy is a diagnostic: measure it once
-                with _autocast(config):
-                    logprobs, entropy, mask = score_completions(  # each (b, C)
-                        model,
-                        [batch.prompt_ids[i] for i in idx],
-                        [batch.completion_ids[i] for i in idx],
-                        pad_id,
-                        with_entropy=last_epoch,
-                        share_prompts=config.share_prompts,
-                    )
+                logprobs, entropy, mask = _score_minibatch(  # each (b, C)
+                    model, batch, idx, pad_id, config, with_entropy=last_epoch
+                )
                 width = mask.shape[1]
                 behaviour = _right_padded([batch.behaviour_logprobs[i] for i in idx], width)  # (b, C)
                 ref = _right_padded([ref_logprobs[i] for i in idx], width)  # (b, C)
