@@ -123,6 +123,18 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.T
     return _TokenLogprobs.apply(logits, targets)
 
 
+def _masked_scores(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, with_entropy: bool):
+    """``(B, n, V)`` logits predicting ``(B, n)`` targets -> logprobs (differentiable) and
+    entropy (detached, or zeros), both ``(B, n)`` in nats and exactly 0 where ``mask`` is False."""
+    targets_logprobs, log_probs = token_logprobs(logits, targets)  # (B, n), (B, n, V)
+    logprobs = torch.where(mask, targets_logprobs, 0.0)
+    entropy = torch.zeros_like(logprobs)
+    if with_entropy:
+        with torch.no_grad():
+            entropy = torch.where(mask, -torch.einsum("bnv,bnv->bn", log_probs.exp(), log_probs), 0.0).clamp(min=0.0)
+    return logprobs, entropy
+
+
 def sequence_logprobs(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -178,12 +190,7 @@ def sequence_logprobs(
     )
     logits = out.logits[:, :-1, :]  # (B, T - t0, V): predicts input_ids[:, t0:]
     mask = completion_mask[:, t0:]  # (B, T - t0)
-    targets_logprobs, log_probs = token_logprobs(logits, input_ids[:, t0:])  # (B, T - t0), (B, T - t0, V)
-    logprobs = torch.where(mask, targets_logprobs, 0.0)
-    entropy = torch.zeros_like(logprobs)
-    if with_entropy:
-        with torch.no_grad():
-            entropy = torch.where(mask, -torch.einsum("btv,btv->bt", log_probs.exp(), log_probs), 0.0).clamp(min=0.0)
+    logprobs, entropy = _masked_scores(logits, input_ids[:, t0:], mask, with_entropy)  # (B, T - t0) each
     return torch.cat([zeros[:, :t0], logprobs], dim=1), torch.cat([zeros[:, :t0], entropy], dim=1)
 
 
@@ -284,10 +291,5 @@ def _shared_prompt_logprobs(model, prompts, index, completion_ids, pad_id, C, wi
             logits_to_keep=C - 1,
         )
         logits = torch.cat([logits, out.logits], dim=1)  # (B, C, V)
-    targets_logprobs, log_probs = token_logprobs(logits, completion_input)  # (B, C), (B, C, V)
-    logprobs = torch.where(mask, targets_logprobs, 0.0)
-    entropy = torch.zeros_like(logprobs)
-    if with_entropy:
-        with torch.no_grad():
-            entropy = torch.where(mask, -torch.einsum("bcv,bcv->bc", log_probs.exp(), log_probs), 0.0).clamp(min=0.0)
+    logprobs, entropy = _masked_scores(logits, completion_input, mask, with_entropy)  # (B, C) each
     return logprobs, entropy, mask
