@@ -51,6 +51,12 @@ Usage::
     .venv/bin/python bench/learning.py --tiny            # plumbing check, tiny random model, ~1-2 min
     .venv/bin/python bench/learning.py --quick           # SmolLM2, small sizes (see QUICK)
     .venv/bin/python bench/learning.py                   # the full run (many hours on 2 CPU cores)
+
+    # The same, variants side by side, one process and one thread each (on 2 cores about
+    # 1.7x the throughput of one 2-thread process), then one JSON and plot of both:
+    .venv/bin/python bench/learning.py --variants default --threads 1 --out R/default &
+    .venv/bin/python bench/learning.py --variants naive --threads 1 --out R/naive &
+    wait; .venv/bin/python bench/learning.py --combine R/default R/naive --out R/both
 """
 
 from __future__ import annotations
@@ -155,7 +161,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prompts-sdist", default=str(REPO / "var" / "downloads" / "vaderSentiment-3.3.2.tar.gz"))
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "learning"), help="results folder")
     p.add_argument("--keep-data", action="store_true", help="keep the temporary data folder (database, weights)")
+    p.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="DIR",
+        help="merge the results folders of runs of different variants (same settings) into --out; runs nothing",
+    )
     args = p.parse_args(argv)
+    if args.combine:
+        return args
     preset = TINY if args.tiny else QUICK if args.quick else FULL
     for key, value in preset.items():
         if getattr(args, key) is None:
@@ -309,12 +323,21 @@ class Loop:
     def _generate(self) -> None:
         from webapp.annotation.services import GENERATION_BATCH, completion_pool_refill
 
-        t = time.perf_counter()
-        seed = self.args.seed * 1_000_003 + self.gen_tick
-        created = completion_pool_refill(project=self.project, max_new=GENERATION_BATCH, seed=seed)
-        self.gen_tick += 1
-        if created:
-            self.timing["generation_s"] += time.perf_counter() - t
+        from webapp.annotation.selectors import open_completions, pool_size
+
+        # Sample only when a whole batch is missing (or nothing is left to rate): a decoding
+        # step reads every weight whatever the batch, so on a CPU a batch of 8 costs about
+        # twice a batch of 1 (bench/README.md). The app's web requests likewise ask for a
+        # refill only when the pool is below half its target (annotation.views).
+        self.project.refresh_from_db(fields=["served_version"])
+        deficit = self.project.pool_target - pool_size(project=self.project)
+        if deficit >= GENERATION_BATCH or (deficit > 0 and not open_completions(project=self.project).exists()):
+            t = time.perf_counter()
+            seed = self.args.seed * 1_000_003 + self.gen_tick
+            created = completion_pool_refill(project=self.project, max_new=GENERATION_BATCH, seed=seed)
+            self.gen_tick += 1
+            if created:
+                self.timing["generation_s"] += time.perf_counter() - t
         self.push(self.clock + GENERATION_TICK_S, "generate")
 
     def _lease(self, k: int) -> None:
@@ -475,8 +498,42 @@ def write_outputs(result: dict, out_dir: Path) -> None:
         write_plot(result, out_dir / "learning.png")
 
 
+def combine(dirs: list[str], out_dir: Path) -> dict:
+    """One result from the ``learning.json`` of runs of different variants with the same settings.
+
+    Raises:
+        ValueError: a variant appears twice, or the runs' settings (other than the
+            variants and thread count) or base-model evaluations differ.
+    """
+    results = [json.loads((Path(d) / "learning.json").read_text()) for d in dirs]
+    first = results[0]
+    same = lambda r: {k: v for k, v in r["config"].items() if k not in ("variants", "torch_threads")}  # noqa: E731
+    merged = {**first, "variants": {}, "timing": {}, "config": {**first["config"], "variants": {}}}
+    for d, r in zip(dirs, results):
+        if same(r) != same(first) or r["base"]["mean_rating"] != first["base"]["mean_rating"]:
+            raise ValueError(f"{d}: its settings or base evaluation differ from {dirs[0]}'s; cannot combine")
+        for name, variant in r["variants"].items():
+            if name in merged["variants"]:
+                raise ValueError(f"{d}: variant {name!r} appears in two runs")
+            merged["variants"][name] = variant
+            merged["config"]["variants"][name] = r["config"]["variants"][name]
+            merged["timing"][name] = r["timing"].get(name)
+    order = [v for v in VARIANT_ORDER if v in merged["variants"]]
+    merged["variants"] = {v: merged["variants"][v] for v in order}
+    merged["complete"] = all(r["complete"] for r in results)
+    merged["combined_from"] = [str(d) for d in dirs]
+    merged["timing"]["total_wall_s"] = max(r["timing"].get("total_wall_s", 0.0) for r in results)
+    merged["goal"] = goal_check(merged["variants"], argparse.Namespace(ratings=first["config"]["ratings"]))
+    write_outputs(merged, out_dir)
+    return merged
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.combine:
+        result = combine(args.combine, Path(args.out))
+        print(json.dumps(result))
+        return result
     # A plain kill still removes the temporary data folder (finally below).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.perf_counter()

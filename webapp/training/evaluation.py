@@ -35,7 +35,7 @@ from .models import VersionSample
 log = logging.getLogger(__name__)
 
 EVAL_SEED = 1234
-EVAL_BATCH = 8
+EVAL_BATCH = 16
 
 
 def eval_prompts(*, project: Project) -> list[Prompt]:
