@@ -76,9 +76,11 @@ def test_train_now_with_bad_overrides_shows_clear_messages_and_queues_nothing(st
     response = staff_client.post(f"/staff/p/{rated.slug}/train/", {"lr": "fast", "kl_coef": "-1", "epochs": "0"})
     assert response.status_code == 400
     page = response.content.decode()
-    assert "Enter the learning rate as a number" in page
-    assert "KL coefficient: Ensure this value is greater than or equal to 0" in page
-    assert "Epochs: Ensure this value is greater than or equal to 1" in page
+    assert "Nothing was queued: check Learning rate, KL coefficient, Epochs below." in page
+    # Each error once, next to its field (not repeated in the flash line above the form).
+    assert page.count("Enter the learning rate as a number") == 1
+    assert page.count("Ensure this value is greater than or equal to 0") == 1
+    assert page.count("Ensure this value is greater than or equal to 1") == 1
     assert not TrainingRun.objects.exists()
 
 
@@ -155,8 +157,9 @@ def test_training_settings_form_changes_min_new_ratings_and_refuses_bad_values(s
     response = staff_client.post(url, {**good, "min_new_ratings": 0, "guard_max_identical_fraction": 2})
     assert response.status_code == 400
     page = response.content.decode()
-    assert "Ensure this value is greater than or equal to 1" in page
-    assert "Ensure this value is less than or equal to 1" in page
+    assert "Nothing was saved: check" in page
+    assert page.count("Ensure this value is greater than or equal to 1") == 1
+    assert page.count("Ensure this value is less than or equal to 1") == 1
     project.refresh_from_db()
     assert project.min_new_ratings == 7
 

@@ -82,6 +82,14 @@ def run_curves(request, slug, run_id):
     return response
 
 
+def _fix_below(what: str, form) -> str:
+    """One summary line for an invalid form; each error is shown once, next to its field."""
+    labels = [form.fields[name].label or name for name in form.errors if name in form.fields]
+    if not labels:
+        return f"{what}: see the message below."
+    return f"{what}: check {', '.join(labels)} below."
+
+
 @staff_required
 @require_POST
 def train_now(request, slug):
@@ -89,10 +97,7 @@ def train_now(request, slug):
     project = get_object_or_404(Project.objects.select_related("served_version"), slug=slug)
     form = TrainNowForm(request.POST)
     if not form.is_valid():
-        for field, errors in form.errors.items():
-            label = form.fields[field].label if field in form.fields else "Overrides"
-            for error in errors:
-                messages.error(request, f"{label}: {error}")
+        messages.error(request, _fix_below("Nothing was queued", form))
         return render(request, "training/runs.html", _runs_context(project, train_form=form), status=400)
     try:
         run = services.training_run_create(
@@ -129,10 +134,7 @@ def settings_update(request, slug):
     project = get_object_or_404(Project.objects.select_related("served_version"), slug=slug)
     form = TrainingSettingsForm(request.POST, instance=Project.objects.get(pk=project.pk))
     if not form.is_valid():
-        for field, errors in form.errors.items():
-            label = form.fields[field].label if field in form.fields else "Settings"
-            for error in errors:
-                messages.error(request, f"{label}: {error}")
+        messages.error(request, _fix_below("Nothing was saved", form))
         return render(request, "training/runs.html", _runs_context(project, settings_form=form), status=400)
     try:
         policy_services.project_training_settings_update(
