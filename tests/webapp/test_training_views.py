@@ -230,6 +230,14 @@ def test_ratings_download_is_jsonl_in_the_chosen_format(staff_client, rated):
     assert "Unknown export format" in bad.content.decode()
 
 
+def test_an_empty_ratings_download_says_why_instead_of_sending_an_empty_file(staff_client, project):
+    response = staff_client.post(f"/staff/p/{project.slug}/export/ratings/", {"format": "pairs"}, follow=True)
+    page = response.content.decode()
+    assert response.redirect_chain and "attachment" not in response.get("Content-Disposition", "")
+    assert "Nothing to export yet: a pair needs a pairwise choice of A or B" in page
+    assert not AuditEvent.objects.filter(action="export_ratings").exists()
+
+
 def test_version_zero_has_no_parent_and_no_run(staff_client, project):
     page = staff_client.get(f"/staff/p/{project.slug}/versions/").content.decode()
     assert ">base<" in page and ModelVersion.objects.count() == 1

@@ -128,13 +128,30 @@ def ratings_jsonl(*, project: Project, fmt: str) -> tuple[str, int]:
     return out.getvalue(), len(rows)
 
 
-def ratings_export(*, project: Project, fmt: str, user=None, out_file: str | Path | None = None) -> tuple[str, int]:
+EMPTY_EXPORT = {
+    "kto": "Nothing to export yet: no rating has a clear label (ratings of 3 out of 5 are neutral and left out).",
+    "pairs": (
+        "Nothing to export yet: a pair needs a pairwise choice of A or B, or two completions of one prompt "
+        "rated differently."
+    ),
+}
+
+
+def ratings_export(
+    *, project: Project, fmt: str, user=None, out_file: str | Path | None = None, refuse_empty: bool = False
+) -> tuple[str, int]:
     """Export the project's judgments (``fmt`` is ``kto`` or ``pairs``); audited.
 
     Writes ``out_file`` when given (via a temporary file and a rename).
     Returns the JSONL text and the number of rows.
+
+    Raises:
+        ApplicationError: an unknown format, or no rows while ``refuse_empty`` (nothing
+            is written or audited then).
     """
     text, n = ratings_jsonl(project=project, fmt=fmt)
+    if n == 0 and refuse_empty:
+        raise ApplicationError(EMPTY_EXPORT[fmt])
     if out_file is not None:
         out_file = Path(out_file)
         out_file.parent.mkdir(parents=True, exist_ok=True)

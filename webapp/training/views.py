@@ -188,7 +188,7 @@ def export_ratings(request, slug):
     project = get_object_or_404(Project, slug=slug)
     fmt = request.POST.get("format", "")
     try:
-        text, _ = exports.ratings_export(project=project, fmt=fmt, user=request.user)
+        text, _ = exports.ratings_export(project=project, fmt=fmt, user=request.user, refuse_empty=True)
     except ApplicationError as exc:
         messages.error(request, exc.message)
         return redirect("policies:versions", slug=slug)
