@@ -50,7 +50,7 @@ Usage::
 
     .venv/bin/python bench/learning.py --tiny            # plumbing check, tiny random model, ~1-2 min
     .venv/bin/python bench/learning.py --quick           # SmolLM2, small sizes (see QUICK)
-    .venv/bin/python bench/learning.py                   # the full run (many hours on 2 CPU cores)
+    .venv/bin/python bench/learning.py                   # the full run (~3 h on 2 CPU cores; 90 min per pair of variants below)
 
     # The same, variants side by side, one process and one thread each (on 2 cores about
     # 1.7x the throughput of one 2-thread process), then one JSON and plot of both:
