@@ -498,6 +498,11 @@ def write_outputs(result: dict, out_dir: Path) -> None:
         write_plot(result, out_dir / "learning.png")
 
 
+def _run_settings(result: dict) -> dict:
+    """A run's settings, less what may differ between runs that can be combined."""
+    return {k: v for k, v in result["config"].items() if k not in ("variants", "torch_threads")}
+
+
 def combine(dirs: list[str], out_dir: Path) -> dict:
     """One result from the ``learning.json`` of runs of different variants with the same settings.
 
@@ -507,10 +512,9 @@ def combine(dirs: list[str], out_dir: Path) -> dict:
     """
     results = [json.loads((Path(d) / "learning.json").read_text()) for d in dirs]
     first = results[0]
-    same = lambda r: {k: v for k, v in r["config"].items() if k not in ("variants", "torch_threads")}  # noqa: E731
     merged = {**first, "variants": {}, "timing": {}, "config": {**first["config"], "variants": {}}}
     for d, r in zip(dirs, results):
-        if same(r) != same(first) or r["base"]["mean_rating"] != first["base"]["mean_rating"]:
+        if _run_settings(r) != _run_settings(first) or r["base"]["mean_rating"] != first["base"]["mean_rating"]:
             raise ValueError(f"{d}: its settings or base evaluation differ from {dirs[0]}'s; cannot combine")
         for name, variant in r["variants"].items():
             if name in merged["variants"]:
