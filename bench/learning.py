@@ -4,7 +4,8 @@ Drives the real loop in one process ("eager mode"): the same services the
 Celery tasks call, in the order the app calls them, against a throwaway SQLite
 database under a temporary ``REWARDLOOP_DATA_DIR``:
 
-- the generation worker: ``completion_pool_refill`` (one batch of 8 per tick);
+- the generation worker: ``completion_pool_refill`` (one batch of 8 per tick: with the
+  project's default of 4 completions per prompt, two prompts' leave-one-out groups);
 - each annotator: ``lease_next`` then, after their delay, ``rating_create``;
 - the scheduler: every ``--train-every`` new ratings, ``training_run_create``
   then ``training_run_execute`` (train, write the version atomically, complete
@@ -143,6 +144,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, help=f"completion length cap (default {FULL['max_new_tokens']})")
     p.add_argument("--pool-target", type=int, help=f"pool size kept by the generation worker (default {FULL['pool_target']})")
     p.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANT_ORDER)}")
+    p.add_argument(
+        "--completions-per-prompt",
+        type=int,
+        help="completions sampled per prompt, the leave-one-out group (default: the project's default)",
+    )
+    p.add_argument(
+        "--pg",
+        default="{}",
+        help='JSON of PGConfig fields for every variant, under each variant\'s own switches (e.g. \'{"lr": 2e-4}\')',
+    )
     p.add_argument("--annotators", type=int, default=4, help="number of simulated annotators (default 4)")
     p.add_argument("--target-gain", type=float, default=1.0, help="gain in mean held-out rating to reach (default 1.0)")
     p.add_argument("--seed", type=int, default=0, help="seeds annotators, delays and pool sampling (default 0)")
@@ -178,9 +189,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    try:
+        args.pg = json.loads(args.pg)
+        from pgcore.config import PGConfig
+
+        PGConfig.from_dict(args.pg)
+    except ValueError as exc:
+        p.error(f"--pg: {exc}")
     if args.ratings < args.train_every or args.ratings % args.train_every:
         p.error("--ratings must be a positive multiple of --train-every")
     return args
+
+
+def variant_config(name: str, base: dict) -> dict:
+    """PGConfig overrides of variant ``name``: ``base`` (``--pg``) under the variant's own switches."""
+    return {**base, **VARIANTS[name]}
 
 
 def django_setup(data_dir: Path) -> None:
@@ -263,8 +286,9 @@ class Loop:
             min_new_ratings=args.train_every,
             max_new_tokens=args.max_new_tokens,
             guard_eval_prompts=args.heldout,
-            pg_config=dict(VARIANTS[name]),
+            pg_config=variant_config(name, args.pg),
             **guard,
+            **({} if args.completions_per_prompt is None else {"completions_per_prompt": args.completions_per_prompt}),
         )
         prompts_create(project=self.project, rows=rows)
         self.rng = random.Random(args.seed)
@@ -571,6 +595,7 @@ def main(argv=None) -> dict:
         users = [User.objects.create_user(username=a.name, password="simulated-annotator") for a in team]
 
         from pgcore.config import PGConfig
+        from webapp.policies.models import Project
 
         result = {
             "benchmark": "learning",
@@ -579,7 +604,9 @@ def main(argv=None) -> dict:
                 "model": model_name,
                 "mode": "tiny" if args.tiny else "quick" if args.quick else "full",
                 **{k: getattr(args, k) for k in ("ratings", "train_every", "heldout", "max_new_tokens", "pool_target", "target_gain", "seed", "guard")},
-                "variants": {v: PGConfig.from_dict(VARIANTS[v]).to_dict() for v in args.variants},
+                "variants": {v: PGConfig.from_dict(variant_config(v, args.pg)).to_dict() for v in args.variants},
+                "completions_per_prompt": args.completions_per_prompt
+                or Project._meta.get_field("completions_per_prompt").default,
                 "annotators": [dataclasses.asdict(a) for a in team],
                 "rating_scale": "ideal = clip(round_half_up(3 + 2 * VADER compound), 1, 5); annotator = clip(ideal + bias + noise, 1, 5)",
                 "prompts": f"{len(rows)} demo prompts (vaderSentiment movie-review openings), {sum(r.held_out for r in rows)} held out",

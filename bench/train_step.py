@@ -46,7 +46,7 @@ import torch  # noqa: E402
 from pgcore.config import PGConfig  # noqa: E402
 from pgcore.logprobs import pack_sequences, sequence_logprobs  # noqa: E402
 from pgcore.policy import convert_gguf_to_hf, load_policy, smollm2_gguf_path  # noqa: E402
-from pgcore.trainer import TrainBatch, minibatch_order, update  # noqa: E402
+from pgcore.trainer import TrainBatch, bf16_autocast_active, minibatch_order, update  # noqa: E402
 
 N_PROMPTS, PER_PROMPT, PROMPT_LEN, COMPLETION_LEN = 4, 4, 32, 64
 DEFAULT_MODEL_DIR = Path(os.environ.get("PGCORE_SMOLLM2_DIR", "/tmp/smollm2-hf"))
@@ -332,7 +332,8 @@ def main() -> None:
     del naive
 
     best_naive, best_pgcore = min(naive_times), min(pgcore_times)
-    peak = result["matmul_peak_gflops_bf16" if config.bf16_autocast else "matmul_peak_gflops_fp32"]
+    bf16 = bf16_autocast_active(config)  # False on CPUs without native bf16 matmuls: pgcore runs fp32 there
+    peak = result["matmul_peak_gflops_bf16" if bf16 else "matmul_peak_gflops_fp32"]
     achieved = pgcore_flops / best_pgcore / 1e9
     result.update(
         {
@@ -343,7 +344,7 @@ def main() -> None:
             "pgcore_update_seconds": [round(t, 2) for t in pgcore_times],
             "speedup_median": round(statistics.median(naive_times) / statistics.median(pgcore_times), 2),
             "matmul_peak_gflops": peak,
-            "matmul_peak_dtype": "bf16" if config.bf16_autocast else "fp32",
+            "matmul_peak_dtype": "bf16" if bf16 else "fp32",
             "pgcore_gflop_per_update": round(pgcore_flops / 1e9, 1),
             "naive_gflop_per_update": round(naive_flops / 1e9, 1),
             "pgcore_achieved_gflops": round(achieved, 1),

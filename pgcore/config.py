@@ -17,7 +17,8 @@ class PGConfig:
     Every field is checked in ``__post_init__``; a bad value raises ``ValueError`` whose
     message names the field and the allowed range. Defaults are the fast CPU path measured
     by ``bench/train_step.py``: LoRA (so the reference policy costs no second copy of the
-    weights) with bf16 autocast over fp32 master weights.
+    weights) with bf16 autocast over fp32 master weights, on CPUs that multiply bf16
+    natively (``pgcore.trainer.bf16_autocast_active``; elsewhere the update runs in fp32).
     """
 
     lr: float = 1e-4  # AdamW learning rate, in (0, 1]
@@ -35,7 +36,7 @@ class PGConfig:
     lora_r: int = 16  # LoRA rank, >= 1
     lora_alpha: int = 32  # LoRA scaling numerator (scale = alpha / r), >= 1
     lora_dropout: float = 0.0  # dropout on the LoRA branch, in [0, 1)
-    bf16_autocast: bool = True  # bf16 autocast for training forward/backward; weights stay fp32
+    bf16_autocast: bool = True  # bf16 autocast in training where bf16 matmuls are native (else fp32); fp32 weights
     share_prompts: bool = True  # run each distinct prompt of a minibatch once, its KV cache shared by its completions
     seed: int = 0  # seeds minibatch shuffling and LoRA initialisation, >= 0
 

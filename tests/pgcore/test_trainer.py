@@ -7,6 +7,7 @@ from pgcore.config import PGConfig
 from pgcore.logprobs import pack_sequences, sequence_logprobs
 from pgcore.policy import load_policy, reference_model
 from pgcore.rollout import generate
+from pgcore import trainer
 from pgcore.trainer import NonFiniteError, TrainBatch, TrainingCancelled, minibatch_order, update
 
 EOS = 258
@@ -186,12 +187,48 @@ def test_stale_samples_show_ratios_away_from_one(lora_policy, fp32_config):
     assert seen[0]["policy/clipfrac"] == 1.0
 
 
-def test_bf16_autocast_trains_fp32_master_weights(tiny_path):
+@pytest.fixture
+def native_bf16(monkeypatch):
+    """Exercise the bf16 autocast path on any CPU (on one without native bf16 matmuls it is only slow)."""
+    monkeypatch.setattr(trainer, "native_bf16_matmul", lambda: True)
+
+
+def test_bf16_autocast_trains_fp32_master_weights(tiny_path, native_bf16):
     config = PGConfig(bf16_autocast=True, lr=1e-3)
     policy = load_policy(tiny_path, config=config, trainable=True)
     metrics = update(policy, _batch(policy, [1.0, -1.0], groups=[0, 0]), config)
     assert all(math.isfinite(v) for v in metrics.values())
+    assert metrics["train/bf16_autocast"] == 1.0
     assert all(p.dtype == torch.float32 for p in policy.model.parameters())
+
+
+def test_bf16_autocast_follows_the_cpu_and_falls_back_to_the_same_fp32_update(tiny_path, monkeypatch):
+    """Without native bf16 matmuls (e.g. AVX2-only CPUs) bf16 is the slow path, so the update runs fp32."""
+    import torch.nn.functional as F
+
+    assert trainer.native_bf16_matmul() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert not trainer.bf16_autocast_active(PGConfig(bf16_autocast=False))
+    monkeypatch.setattr(trainer, "native_bf16_matmul", lambda: False)
+    assert not trainer.bf16_autocast_active(PGConfig(bf16_autocast=True))
+    matmul_dtypes = set()
+    linear = F.linear
+
+    def recording_linear(x, w, b=None):
+        out = linear(x, w, b)
+        matmul_dtypes.add(out.dtype)
+        return out
+
+    monkeypatch.setattr(F, "linear", recording_linear)
+    weights = {}
+    for bf16 in (True, False):
+        config = PGConfig(bf16_autocast=bf16, lr=1e-3)
+        policy = load_policy(tiny_path, config=config, trainable=True)
+        metrics = update(policy, _batch(policy, [1.0, -1.0], groups=[0, 0]), config)
+        assert metrics["train/bf16_autocast"] == 0.0
+        weights[bf16] = _weights(policy)
+    assert matmul_dtypes == {torch.float32}
+    for a, b in zip(weights[True], weights[False]):
+        assert torch.equal(a, b)
 
 
 def test_a_frozen_policy_or_a_malformed_batch_is_rejected(frozen_policy, lora_policy, fp32_config):
@@ -257,7 +294,7 @@ def test_frozen_weights_held_in_bf16_change_no_autocast_result_and_are_restored(
     assert model.get_input_embeddings().weight is embedding
 
 
-def test_frozen_weights_are_restored_when_an_update_fails(lora_policy):
+def test_frozen_weights_are_restored_when_an_update_fails(lora_policy, native_bf16):
     config = PGConfig(bf16_autocast=True)
     batch = _batch(lora_policy, [1.0, -1.0])
     dtypes = {name: p.dtype for name, p in lora_policy.model.named_parameters()}

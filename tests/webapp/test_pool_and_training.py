@@ -1,5 +1,6 @@
 """Generation and training services on the tiny random model (real pgcore, real weights on disk)."""
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,61 @@ def test_pool_refill_samples_the_served_version_up_to_the_target(project):
         assert len(completion.behaviour_logprobs) == len(completion.token_ids)
         assert all(lp <= 0.0 for lp in completion.behaviour_logprobs)
     assert annotation_services.completion_pool_refill(project=project) == 0
+
+
+def test_pool_refill_samples_each_prompt_as_a_group_of_completions_per_prompt(project):
+    """Groups of ``completions_per_prompt`` completions of one prompt, so the leave-one-out baseline has peers."""
+    project.pool_target = 8
+    project.completions_per_prompt = 4
+    project.save()
+    assert annotation_services.completion_pool_refill(project=project, seed=3) == 8
+    per_prompt = Counter(Completion.objects.values_list("prompt_id", flat=True))
+    assert sorted(per_prompt.values()) == [4, 4]
+    texts = [c.text for c in Completion.objects.filter(prompt_id=next(iter(per_prompt)))]
+    assert len(set(texts)) > 1  # four samples, not one sample stored four times
+
+
+def test_completions_per_prompt_one_spreads_the_pool_over_prompts(project):
+    project.completions_per_prompt = 1
+    project.save()
+    annotation_services.completion_pool_refill(project=project, seed=3)
+    assert Completion.objects.values("prompt_id").distinct().count() == project.pool_target == 4
+
+
+@pytest.mark.parametrize("value", [0, 9])
+def test_completions_per_prompt_outside_1_to_8_is_refused(project, value):
+    from django.core.exceptions import ValidationError
+
+    project.completions_per_prompt = value
+    with pytest.raises(ValidationError, match="completions_per_prompt"):
+        project.full_clean()
+
+
+def test_completions_of_one_prompt_share_a_group_and_get_leave_one_out_advantages(project, make_user):
+    """The batch a run trains on groups a prompt's completions; pgcore's baseline then compares within the group."""
+    from pgcore.advantages import leave_one_out
+    from pgcore.config import PGConfig
+
+    project.pool_target = 8
+    project.save()
+    annotation_services.completion_pool_refill(project=project, seed=5)
+    users = [make_user(f"a{i}") for i in range(2)]
+    completions = list(Completion.objects.order_by("id"))
+    for i, completion in enumerate(completions):
+        for user in users:
+            Rating.objects.create(completion=completion, annotator=user, score=1 + i % 5)
+    batch = training_services.training_batch_build(
+        project=project, ratings=list(Rating.objects.all()), config=PGConfig(annotator_norm=False)
+    )
+    assert sorted(Counter(batch.group_ids).values()) == [4, 4]
+    rewards = torch.tensor(batch.rewards)
+    advantages = leave_one_out(rewards, torch.tensor(batch.group_ids))
+    for group in set(batch.group_ids):
+        members = [i for i, g in enumerate(batch.group_ids) if g == group]
+        assert abs(float(advantages[members].sum())) < 1e-6  # leave-one-out advantages of a group sum to 0
+        i = members[0]
+        peers = [rewards[j] for j in members[1:]]
+        assert float(advantages[i]) == pytest.approx(float(rewards[i] - sum(peers) / len(peers)))
 
 
 def test_stored_behaviour_logprobs_are_the_sampling_policys_own(project):
@@ -82,6 +138,22 @@ def test_a_run_trains_writes_a_checked_version_and_serves_it(project, make_user)
         training_services.training_run_create(project=project, trigger="manual")
     # Running the same task again (redelivery) changes nothing.
     assert training_services.training_run_execute(run_id=run.pk) is None
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_run_says_when_the_cpu_makes_it_train_in_fp32(project, make_user, monkeypatch, native):
+    from pgcore import trainer
+
+    monkeypatch.setattr(trainer, "native_bf16_matmul", lambda: native)
+    project.pg_config = {**project.pg_config, "bf16_autocast": True}
+    project.save()
+    annotation_services.completion_pool_refill(project=project, seed=3)
+    rate_all(project, [make_user("a")], lambda c: 5 if c.pk % 2 else 1)
+    run = training_services.training_run_create(project=project, trigger="manual")
+    run = training_services.training_run_execute(run_id=run.pk)
+    assert run.status == "succeeded", run.error
+    assert run.metrics["train/bf16_autocast"] == float(native)
+    assert ("no native bf16 matrix multiply: training in fp32" in run.log) is not native
 
 
 def test_new_completions_come_from_the_new_version(project, make_user):

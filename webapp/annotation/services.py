@@ -116,9 +116,12 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
 
     Runs in a Celery worker, never in a web request. Completions are written a
     batch at a time, so the first ones are rateable before the whole deficit is
-    sampled. Pairwise projects sample two completions per prompt and store
-    them as a :class:`Pair` in the same transaction (never a half pair).
-    Returns how many completions were created.
+    sampled. Each chosen prompt gets ``project.completions_per_prompt``
+    completions in the same batch (the group the leave-one-out baseline of
+    ``pgcore.advantages`` compares), so a refill may overshoot the deficit by
+    less than one group. Pairwise projects sample two completions per prompt
+    and store them as a :class:`Pair` in the same transaction (never a half
+    pair). Returns how many completions were created.
     """
     from pgcore.rollout import generate
 
@@ -132,7 +135,7 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
     if deficit <= 0:
         return 0
     pairwise = project.rating_mode == RatingMode.PAIRWISE
-    per_prompt = 2 if pairwise else 1
+    per_prompt = 2 if pairwise else project.completions_per_prompt
     rng = random.Random(seed)
     prompts = _prompts_to_sample(project=project, n=-(-deficit // per_prompt), rng=rng)
     if not prompts:

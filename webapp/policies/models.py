@@ -39,6 +39,16 @@ class Project(models.Model):
         validators=[MinValueValidator(1), MaxValueValidator(1000)],
         help_text="Unrated completions kept ready from the served version.",
     )
+    completions_per_prompt = models.PositiveSmallIntegerField(
+        "completions per prompt",
+        default=4,
+        validators=[MinValueValidator(1), MaxValueValidator(8)],
+        help_text=(
+            "Likert and thumbs modes: completions sampled from each prompt at once, so the update's "
+            "leave-one-out baseline compares completions of the same prompt (Kool et al. 2019). "
+            "Pairwise mode always samples two."
+        ),
+    )
     min_new_ratings = models.PositiveIntegerField(
         "ratings per training run",
         default=16,
@@ -93,6 +103,10 @@ class Project(models.Model):
         ordering = ["slug"]
         constraints = [
             models.CheckConstraint(condition=models.Q(ratings_per_item__gte=1), name="project_ratings_per_item_gte_1"),
+            models.CheckConstraint(
+                condition=models.Q(completions_per_prompt__gte=1, completions_per_prompt__lte=8),
+                name="project_completions_per_prompt_1_to_8",
+            ),
             models.CheckConstraint(condition=models.Q(guard_max_kl__gte=0), name="project_guard_max_kl_gte_0"),
             models.CheckConstraint(
                 condition=models.Q(guard_min_distinct2_ratio__gte=0, guard_min_distinct2_ratio__lte=1),

@@ -218,7 +218,7 @@ def training_run_execute(*, run_id: int) -> TrainingRun | None:
     served version is untouched.
     """
     from pgcore.policy import save_policy_atomic
-    from pgcore.trainer import TrainingCancelled, update
+    from pgcore.trainer import TrainingCancelled, bf16_autocast_active, update
 
     from webapp.annotation import tasks as annotation_tasks
     from webapp.policies.runtime import policy_load
@@ -245,6 +245,8 @@ def training_run_execute(*, run_id: int) -> TrainingRun | None:
             run.save(update_fields=["parent_version", "progress_epochs"])
             run.ratings.set(ratings)
         _log(run, f"training v{parent.number} on {len(ratings)} ratings with {json.dumps(config.to_dict())}")
+        if config.bf16_autocast and not bf16_autocast_active(config):
+            _log(run, "this CPU has no native bf16 matrix multiply: training in fp32 (faster here, same update)")
         batch = training_batch_build(project=project, ratings=ratings, config=config)
         if not config.use_lora and parent.kind == ModelVersion.Kind.LORA:
             raise ApplicationError("Full fine-tuning cannot continue from a LoRA version; promote a full or base version.")
