@@ -4,8 +4,8 @@ Drives the real loop in one process ("eager mode"): the same services the
 Celery tasks call, in the order the app calls them, against a throwaway SQLite
 database under a temporary ``REWARDLOOP_DATA_DIR``:
 
-- the generation worker: ``completion_pool_refill`` (one batch of 8 per tick: with the
-  project's default of 4 completions per prompt, two prompts' leave-one-out groups);
+- the generation worker: ``completion_pool_refill`` (one batch of 8 per tick; with
+  ``--completions-per-prompt 4``, two prompts' leave-one-out groups of 4);
 - each annotator: ``lease_next`` then, after their delay, ``rating_create``;
 - the scheduler: every ``--train-every`` new ratings, ``training_run_create``
   then ``training_run_execute`` (train, write the version atomically, complete

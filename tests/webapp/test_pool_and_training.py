@@ -45,8 +45,7 @@ def test_pool_refill_samples_each_prompt_as_a_group_of_completions_per_prompt(pr
 
 
 def test_completions_per_prompt_one_spreads_the_pool_over_prompts(project):
-    project.completions_per_prompt = 1
-    project.save()
+    assert project.completions_per_prompt == 1  # the default
     annotation_services.completion_pool_refill(project=project, seed=3)
     assert Completion.objects.values("prompt_id").distinct().count() == project.pool_target == 4
 
@@ -66,6 +65,7 @@ def test_completions_of_one_prompt_share_a_group_and_get_leave_one_out_advantage
     from pgcore.config import PGConfig
 
     project.pool_target = 8
+    project.completions_per_prompt = 4
     project.save()
     annotation_services.completion_pool_refill(project=project, seed=5)
     users = [make_user(f"a{i}") for i in range(2)]

@@ -41,12 +41,12 @@ class Project(models.Model):
     )
     completions_per_prompt = models.PositiveSmallIntegerField(
         "completions per prompt",
-        default=4,
+        default=1,
         validators=[MinValueValidator(1), MaxValueValidator(8)],
         help_text=(
-            "Likert and thumbs modes: completions sampled from each prompt at once, so the update's "
-            "leave-one-out baseline compares completions of the same prompt (Kool et al. 2019). "
-            "Pairwise mode always samples two."
+            "Likert and thumbs modes: completions sampled from each prompt at once. With 2 or more the "
+            "update's leave-one-out baseline compares completions of the same prompt (Kool et al. 2019); "
+            "with 1 it compares against the rest of the batch. Pairwise mode always samples two."
         ),
     )
     min_new_ratings = models.PositiveIntegerField(

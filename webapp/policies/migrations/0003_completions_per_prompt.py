@@ -14,7 +14,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='project',
             name='completions_per_prompt',
-            field=models.PositiveSmallIntegerField(default=4, help_text="Likert and thumbs modes: completions sampled from each prompt at once, so the update's leave-one-out baseline compares completions of the same prompt (Kool et al. 2019). Pairwise mode always samples two.", validators=[django.core.validators.MinValueValidator(1), django.core.validators.MaxValueValidator(8)], verbose_name='completions per prompt'),
+            field=models.PositiveSmallIntegerField(default=1, help_text="Likert and thumbs modes: completions sampled from each prompt at once. With 2 or more the update's leave-one-out baseline compares completions of the same prompt (Kool et al. 2019); with 1 it compares against the rest of the batch. Pairwise mode always samples two.", validators=[django.core.validators.MinValueValidator(1), django.core.validators.MaxValueValidator(8)], verbose_name='completions per prompt'),
         ),
         migrations.AddConstraint(
             model_name='project',
