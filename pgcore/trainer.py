@@ -140,9 +140,9 @@ def native_bf16_matmul() -> bool:
 
     That needs AVX-512 (BW/VL/DQ) or AMX on x86, or the BF16 extension on Arm. Without
     it PyTorch computes a bf16 matmul with its reference GEMM, which is far slower
-    than fp32: on an AVX2-only AMD EPYC (2 threads), the forward and backward of one
-    SmolLM2-135M LoRA minibatch (8 completions of 50-96 tokens after 2 prompts) took
-    167 s under bf16 autocast and 7 s in fp32 (measured 2026-11-30). Asks
+    than fp32: on an AVX2-only AMD EPYC, the forward and backward of one SmolLM2-135M
+    LoRA minibatch (8 completions of 64 tokens) took 156 s under bf16 autocast and 6.9 s
+    in fp32 (``bench/bf16_fallback.py``, one thread, 2026-11-30). Asks
     ``torch.ops.mkldnn._is_mkldnn_bf16_supported``, the check
     PyTorch's own bf16 GEMM dispatch uses; False if this build cannot say.
     """
