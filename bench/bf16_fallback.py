@@ -15,7 +15,6 @@ Not a test. Usage: python bench/bf16_fallback.py [--repeats 1] [--threads N]
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import sys
@@ -30,8 +29,7 @@ import torch  # noqa: E402
 import pgcore.trainer as trainer  # noqa: E402
 from pgcore.config import PGConfig  # noqa: E402
 from pgcore.logprobs import score_completions  # noqa: E402
-from pgcore.policy import convert_gguf_to_hf, load_policy, smollm2_gguf_path  # noqa: E402
-from train_step import DEFAULT_MODEL_DIR, build_batch, load_avg, log  # noqa: E402
+from train_step import load_avg, log, workload, workload_args  # noqa: E402
 
 MINIBATCH = 8
 
@@ -57,15 +55,8 @@ def minibatch_seconds(policy, batch, bf16: bool) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    model_dir = convert_gguf_to_hf(smollm2_gguf_path(), args.model_dir)
-    policy = load_policy(model_dir, config=PGConfig(), trainable=True)
-    batch = build_batch(policy)
+    args = workload_args(__doc__.splitlines()[0], repeats=1)
+    policy, batch = workload(args)
     load_start = load_avg()
     seconds: dict[str, list[float]] = {"fp32": [], "bf16": []}
     for name in seconds:

@@ -82,6 +82,23 @@ def english_text() -> str:
 
 
 @torch.no_grad()
+def workload_args(description: str, repeats: int) -> argparse.Namespace:
+    """``--repeats``, ``--threads`` and ``--model-dir`` of the scripts that time parts of this workload."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--repeats", type=int, default=repeats)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
+    return p.parse_args()
+
+
+def workload(args: argparse.Namespace):
+    """Set ``args.threads``, load SmolLM2 (LoRA, trainable, ``PGConfig()``) and build this workload's batch."""
+    torch.set_num_threads(args.threads)
+    model_dir = convert_gguf_to_hf(smollm2_gguf_path(), args.model_dir)
+    policy = load_policy(model_dir, config=PGConfig(), trainable=True)
+    return policy, build_batch(policy)
+
+
 def build_batch(policy, seed: int = 0) -> TrainBatch:
     """16 (prompt, completion) pairs cut from real text; behaviour logprobs scored in fp32."""
     ids = policy.tokenizer(english_text(), add_special_tokens=False)["input_ids"]

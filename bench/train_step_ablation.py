@@ -15,7 +15,6 @@ Not a test. Usage: python bench/train_step_ablation.py [--repeats 3] [--threads 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import sys
@@ -29,22 +28,14 @@ import torch  # noqa: E402
 
 import pgcore.trainer as trainer  # noqa: E402
 from pgcore.config import PGConfig  # noqa: E402
-from pgcore.policy import convert_gguf_to_hf, load_policy, smollm2_gguf_path  # noqa: E402
-from train_step import DEFAULT_MODEL_DIR, build_batch, load_avg  # noqa: E402
+from train_step import load_avg, workload, workload_args  # noqa: E402
 
 VARIANTS = {"all": (True, True), "no_share": (False, True), "no_bf16_weights": (True, False), "neither": (False, False)}
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    model_dir = convert_gguf_to_hf(smollm2_gguf_path(), args.model_dir)
-    policy = load_policy(model_dir, config=PGConfig(), trainable=True)
-    batch = build_batch(policy)
+    args = workload_args(__doc__.splitlines()[0], repeats=3)
+    policy, batch = workload(args)
     with_bf16_weights = trainer.frozen_weights_in_bf16
     trainer.update(policy, batch, PGConfig())  # warm-up
     seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
