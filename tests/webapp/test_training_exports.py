@@ -127,3 +127,13 @@ def test_pairs_export_loads_with_datasets_and_puts_the_better_completion_first(p
 def test_export_ratings_refuses_an_unknown_project(db, tmp_path):
     with pytest.raises(CommandError, match="No project"):
         call_command("export_ratings", "nope", str(tmp_path / "x.jsonl"), "--format", "kto")
+
+
+@pytest.mark.parametrize("fmt", ["kto", "pairs"])
+def test_export_ratings_refuses_to_write_an_empty_file(project, fmt, tmp_path):
+    out = tmp_path / "empty.jsonl"
+    with pytest.raises(CommandError, match="Nothing to export yet"):
+        call_command("export_ratings", project.slug, str(out), "--format", fmt)
+
+    assert not out.exists()
+    assert not AuditEvent.objects.filter(action="export_ratings").exists()

@@ -8,7 +8,8 @@ from webapp.training import exports
 class Command(BaseCommand):
     help = (
         "Export a project's ratings as TRL-ready JSONL: --format kto (prompt, completion, label) "
-        "or --format pairs (prompt, chosen, rejected)."
+        "or --format pairs (prompt, chosen, rejected). "
+        "Refuses, writing nothing, when there is nothing to export yet."
     )
 
     def add_arguments(self, parser):
@@ -22,7 +23,7 @@ class Command(BaseCommand):
         except Project.DoesNotExist:
             raise CommandError(f"No project named {project!r}.") from None
         try:
-            _, n = exports.ratings_export(project=target, fmt=fmt, out_file=outfile)
+            _, n = exports.ratings_export(project=target, fmt=fmt, out_file=outfile, refuse_empty=True)
         except ApplicationError as exc:
             raise CommandError(exc.message) from exc
         self.stdout.write(self.style.SUCCESS(f"Wrote {n} {fmt} rows to {outfile}"))
