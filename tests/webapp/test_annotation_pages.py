@@ -51,6 +51,16 @@ def test_every_key_is_shown_on_screen_and_in_the_help_overlay(annotator_client, 
         assert f"<kbd>{key}</kbd>" in body
 
 
+@pytest.mark.parametrize("per_prompt", [1, 4])
+def test_the_card_says_when_a_prompt_comes_back_with_other_answers(annotator_client, project, make_completion, per_prompt):
+    project.completions_per_prompt = per_prompt
+    project.save(update_fields=["completions_per_prompt"])
+    make_completion(project)
+    body = annotator_client.get(url("annotate", project)).content.decode()
+    hint = "The model answers each prompt 4 times, so you may see this prompt again"
+    assert (hint in body) == (per_prompt == 4)
+
+
 def test_progress_shows_todays_count_and_the_remaining_queue(annotator_client, annotator, project, make_completion):
     first, *_ = [make_completion(project) for _ in range(3)]
     annotator_client.get(url("annotate", project))
