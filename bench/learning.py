@@ -176,7 +176,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--combine",
         nargs="+",
         metavar="DIR",
-        help="merge the results folders of runs of different variants (same settings) into --out; runs nothing",
+        help="merge the results folders of runs of different variants (same settings) into --out; runs nothing. "
+        "DIR=NAME adds DIR's one variant as a probe named NAME (other --pg, maybe fewer ratings; not in the goal check)",
     )
     args = p.parse_args(argv)
     if args.combine:
@@ -473,29 +474,41 @@ def write_plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    fig, grid = plt.subplots(2, 2, figsize=(13, 9))
+    axes = grid.ravel()
     base = result["base"]
     for name, variant in result["variants"].items():
         xs = [p["ratings"] for p in variant["curve"]]
+        ratings = [p["mean_rating"] for p in variant["curve"]]
+        kls = [p["kl_per_completion"] for p in variant["curve"]]
         axes[0].errorbar(
-            xs,
-            [p["mean_rating"] for p in variant["curve"]],
-            yerr=[p.get("mean_rating_se", 0.0) for p in variant["curve"]],
-            marker="o",
-            capsize=3,
-            label=name,
+            xs, ratings, yerr=[p.get("mean_rating_se", 0.0) for p in variant["curve"]], marker="o", capsize=3, label=name
         )
-        axes[1].plot(xs, [p["kl_per_completion"] for p in variant["curve"]], marker="o", label=name)
+        axes[1].plot(xs, kls, marker="o", label=name)
         axes[2].plot(xs, [p["distinct2"] / base["distinct2"] for p in variant["curve"]], marker="o", label=name)
+        axes[3].plot(kls, ratings, marker="o", ms=4, label=name)
     target = base["mean_rating"] + result["config"]["target_gain"]
+    target_label = f"target (+{result['config']['target_gain']:g})"
     axes[0].axhline(base["mean_rating"], color="grey", lw=0.8, ls=":", label="base")
-    axes[0].axhline(target, color="black", lw=0.8, ls="--", label=f"target (+{result['config']['target_gain']:g})")
+    axes[0].axhline(target, color="black", lw=0.8, ls="--", label=target_label)
     axes[0].set(xlabel="ratings used", ylabel="mean held-out rating (1-5, bias/noise-free)", title="Learning curve (bars: ±1 SE)")
     axes[0].set_ylim(1, 5.1)
     axes[1].axhline(5.0, color="black", lw=0.8, ls="--", label="goal limit (5 nats)")
     axes[1].set(xlabel="ratings used", ylabel="KL to base (nats per completion)", title="KL to the base model")
     axes[2].axhline(0.8, color="black", lw=0.8, ls="--", label="goal floor (80%)")
     axes[2].set(xlabel="ratings used", ylabel="distinct-2 / base's", title="Diversity")
+    # Gain bought per nat of drift: the goal is the box above the target and left of 5 nats.
+    axes[3].axhline(target, color="black", lw=0.8, ls="--", label=target_label)
+    axes[3].axvline(5.0, color="black", lw=0.8, ls=":", label="KL limit (5 nats)")
+    axes[3].fill_between([0, 5.0], target, 5.1, color="green", alpha=0.08, label="goal region")
+    axes[3].set(
+        xlabel="KL to base (nats per completion; log scale above 1)",
+        ylabel="mean held-out rating",
+        title="Rating against KL (each point one version, in order)",
+    )
+    axes[3].set_ylim(min(3.0, base["mean_rating"] - 0.3), 5.1)
+    axes[3].set_xscale("symlog", linthresh=1.0)
+    axes[3].set_xlim(left=0)
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -522,36 +535,55 @@ def write_outputs(result: dict, out_dir: Path) -> None:
         write_plot(result, out_dir / "learning.png")
 
 
-def _run_settings(result: dict) -> dict:
-    """A run's settings, less what may differ between runs that can be combined."""
-    return {k: v for k, v in result["config"].items() if k not in ("variants", "torch_threads")}
+def _run_settings(result: dict, *, probe: bool = False) -> dict:
+    """A run's settings, less what may differ between runs that can be combined
+    (a probe's run may also have stopped at fewer ratings)."""
+    skip = ("variants", "torch_threads") + (("ratings",) if probe else ())
+    return {k: v for k, v in result["config"].items() if k not in skip}
 
 
 def combine(dirs: list[str], out_dir: Path) -> dict:
     """One result from the ``learning.json`` of runs of different variants with the same settings.
 
+    ``dirs`` are results folders; ``DIR=NAME`` adds a folder's single variant as a *probe*
+    named ``NAME`` (say ``R/kl=default_kl0.02`` for the default run with a changed
+    ``--pg``): it is drawn and reported like the others (its PGConfig is in
+    ``config.variants``, its origin in ``probes``) but is not part of the goal check or of
+    ``complete``, and its run may have asked for fewer ratings.
+
     Raises:
-        ValueError: a variant appears twice, or the runs' settings (other than the
-            variants and thread count) or base-model evaluations differ.
+        ValueError: a variant appears twice, a probe's folder holds more than one variant,
+            or the runs' settings (other than the variants, thread count and, for probes,
+            the number of ratings) or base-model evaluations differ.
     """
-    results = [json.loads((Path(d) / "learning.json").read_text()) for d in dirs]
+    specs = [(d.partition("=")[0], d.partition("=")[2] or None) for d in dirs]
+    results = [json.loads((Path(d) / "learning.json").read_text()) for d, _ in specs]
     first = results[0]
-    merged = {**first, "variants": {}, "timing": {}, "config": {**first["config"], "variants": {}}}
-    for d, r in zip(dirs, results):
-        if _run_settings(r) != _run_settings(first) or r["base"]["mean_rating"] != first["base"]["mean_rating"]:
-            raise ValueError(f"{d}: its settings or base evaluation differ from {dirs[0]}'s; cannot combine")
+    merged = {**first, "variants": {}, "timing": {}, "config": {**first["config"], "variants": {}}, "probes": {}}
+    for (d, rename), r in zip(specs, results):
+        probe = rename is not None
+        if _run_settings(r, probe=probe) != _run_settings(first, probe=probe) or r["base"]["mean_rating"] != first["base"]["mean_rating"]:
+            raise ValueError(f"{d}: its settings or base evaluation differ from {specs[0][0]}'s; cannot combine")
+        if probe and len(r["variants"]) != 1:
+            raise ValueError(f"{d}: a probe's folder must hold one variant, it holds {len(r['variants'])}")
         for name, variant in r["variants"].items():
-            if name in merged["variants"]:
-                raise ValueError(f"{d}: variant {name!r} appears in two runs")
-            merged["variants"][name] = variant
-            merged["config"]["variants"][name] = r["config"]["variants"][name]
-            merged["timing"][name] = r["timing"].get(name)
-    order = [v for v in VARIANT_ORDER if v in merged["variants"]]
+            key = rename or name
+            if key in merged["variants"]:
+                raise ValueError(f"{d}: variant {key!r} appears in two runs")
+            merged["variants"][key] = variant
+            merged["config"]["variants"][key] = r["config"]["variants"][name]
+            merged["timing"][key] = r["timing"].get(name)
+            if probe:
+                merged["probes"][key] = {"from": d, "variant": name, "ratings": r["config"]["ratings"], "complete": r["complete"]}
+    order = [v for v in VARIANT_ORDER if v in merged["variants"]] + list(merged["probes"])
     merged["variants"] = {v: merged["variants"][v] for v in order}
-    merged["complete"] = all(r["complete"] for r in results)
-    merged["combined_from"] = [str(d) for d in dirs]
+    merged["complete"] = all(r["complete"] for (_, rename), r in zip(specs, results) if rename is None)
+    merged["combined_from"] = list(dirs)
     merged["timing"]["total_wall_s"] = max(r["timing"].get("total_wall_s", 0.0) for r in results)
-    merged["goal"] = goal_check(merged["variants"], argparse.Namespace(ratings=first["config"]["ratings"]))
+    merged["goal"] = goal_check(
+        {k: v for k, v in merged["variants"].items() if k not in merged["probes"]},
+        argparse.Namespace(ratings=first["config"]["ratings"]),
+    )
     write_outputs(merged, out_dir)
     return merged
 

@@ -16,7 +16,7 @@ def _point(ratings, rating, kl=0.5, distinct2=0.8):
     }
 
 
-def _run_dir(tmp_path, name, variant, ratings_curve, *, complete=True, heldout=64):
+def _run_dir(tmp_path, name, variant, ratings_curve, *, complete=True, heldout=64, ratings=256, lr=1e-4):
     folder = tmp_path / name
     folder.mkdir()
     curve = [_point(0, 3.0, kl=0.0)] + [_point(r, m) for r, m in ratings_curve]
@@ -24,8 +24,8 @@ def _run_dir(tmp_path, name, variant, ratings_curve, *, complete=True, heldout=6
         "benchmark": "learning",
         "complete": complete,
         "config": {
-            "model": "SmolLM2-135M-Instruct", "ratings": 256, "train_every": 64, "heldout": heldout,
-            "max_new_tokens": 96, "target_gain": 1.0, "variants": {variant: {"lr": 1e-4}}, "torch_threads": 1,
+            "model": "SmolLM2-135M-Instruct", "ratings": ratings, "train_every": 64, "heldout": heldout,
+            "max_new_tokens": 96, "target_gain": 1.0, "variants": {variant: {"lr": lr}}, "torch_threads": 1,
         },
         "base": BASE,
         "variants": {variant: summarise(curve, BASE, 1.0)},
@@ -69,3 +69,37 @@ def test_runs_with_different_settings_or_the_same_variant_are_refused(tmp_path):
     with pytest.raises(ValueError, match="'default' appears in two runs"):
         combine([str(default), str(again)], tmp_path / "y")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_a_probe_joins_under_its_own_name_without_touching_the_goal_or_completeness(tmp_path):
+    default = _run_dir(tmp_path, "d", "default", [(64, 3.5), (128, 3.7), (192, 3.8), (256, 3.9)])
+    naive = _run_dir(tmp_path, "n", "naive", [(64, 3.1), (128, 3.3), (192, 3.6), (256, 4.1)])
+    # the default variant again with another learning rate, stopped early at 128 of the 128 it asked for
+    probe = _run_dir(tmp_path, "p", "default", [(64, 3.9), (128, 4.2)], ratings=128, lr=3e-4)
+
+    merged = combine([str(default), str(naive), f"{probe}=default_lr3e-4"], tmp_path / "all")
+
+    assert list(merged["variants"]) == ["default", "naive", "default_lr3e-4"]
+    assert merged["variants"]["default_lr3e-4"]["ratings_to_target"] == 128
+    assert merged["config"]["variants"]["default_lr3e-4"] == {"lr": 3e-4}
+    assert merged["probes"] == {"default_lr3e-4": {"from": str(probe), "variant": "default", "ratings": 128, "complete": True}}
+    assert merged["goal"]["default_reaches_target"] is False  # the goal is the default's, not the probe's
+    assert merged["goal"]["default_at_most_half_of_naive"] is False
+    assert merged["complete"] is True  # the probe asked for fewer ratings; the four variants ran full length
+    assert merged["config"]["ratings"] == 256
+    assert (tmp_path / "all" / "learning.png").stat().st_size > 0
+
+
+def test_a_probe_must_be_one_variant_with_otherwise_equal_settings(tmp_path):
+    default = _run_dir(tmp_path, "d", "default", [(64, 3.5)])
+    two = _run_dir(tmp_path, "two", "default", [(64, 3.6)])
+    result = json.loads((two / "learning.json").read_text())
+    result["variants"]["naive"] = result["variants"]["default"]
+    (two / "learning.json").write_text(json.dumps(result))
+    other = _run_dir(tmp_path, "o", "default", [(64, 3.1)], heldout=16)
+    with pytest.raises(ValueError, match="must hold one variant, it holds 2"):
+        combine([str(default), f"{two}=probe"], tmp_path / "x")
+    with pytest.raises(ValueError, match="settings or base evaluation differ"):
+        combine([str(default), f"{other}=probe"], tmp_path / "y")
+    with pytest.raises(ValueError, match="'default' appears in two runs"):
+        combine([str(default), f"{default}=default"], tmp_path / "z")
