@@ -3,6 +3,21 @@ from django.contrib import admin
 from .models import Comparison, Completion, Lease, Pair, Prompt, Rating, RatingRevision
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Judgments are the record training reads: they change only through the annotate
+    page (rate, undo), which keeps ``Completion.n_ratings`` and the revision history in
+    step. The admin shows them and refuses to add, change or delete them."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Prompt)
 class PromptAdmin(admin.ModelAdmin):
     list_display = ["id", "project", "source", "held_out", "created_at"]
@@ -18,7 +33,7 @@ class CompletionAdmin(admin.ModelAdmin):
 
 
 @admin.register(Rating)
-class RatingAdmin(admin.ModelAdmin):
+class RatingAdmin(ReadOnlyAdmin):
     list_display = ["id", "completion", "annotator", "score", "thumbs_up", "comparison", "created_at"]
     list_filter = ["annotator"]
     raw_id_fields = ["completion"]
@@ -37,14 +52,14 @@ class PairAdmin(admin.ModelAdmin):
 
 
 @admin.register(Comparison)
-class ComparisonAdmin(admin.ModelAdmin):
+class ComparisonAdmin(ReadOnlyAdmin):
     list_display = ["id", "pair", "annotator", "choice", "a_on_left", "created_at"]
     list_filter = ["choice", "annotator"]
     raw_id_fields = ["pair"]
 
 
 @admin.register(RatingRevision)
-class RatingRevisionAdmin(admin.ModelAdmin):
+class RatingRevisionAdmin(ReadOnlyAdmin):
     list_display = ["id", "completion", "pair", "annotator", "action", "score", "thumbs_up", "choice", "revised_at"]
     list_filter = ["action", "annotator"]
     raw_id_fields = ["completion", "pair"]
