@@ -1,6 +1,6 @@
 # Rewardloop: two commands do everything on a fresh machine.
 #   make run   - install, migrate, bootstrap the demo, start web + workers + beat
-#   make test  - install if needed, run the whole suite
+#   make test  - install if needed (and Debian's chromium for the browser tests), run the whole suite
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -27,6 +27,13 @@ $(VADER_SDIST):
 
 install: $(VENV)/.installed $(VADER_SDIST)
 
+# The browser tests drive Debian's chromium (never a downloaded browser build).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] || \
+	  { echo "The browser tests need Debian's chromium: run 'sudo apt-get install chromium', then 'make test' again."; exit 1; }
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+
 run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py bootstrap_demo
@@ -35,5 +42,5 @@ run: install
 
 test: export REWARDLOOP_DATA_DIR := $(CURDIR)/var/test
 test: export REWARDLOOP_MODELS_DIR := $(CURDIR)/var/models
-test: install
+test: install $(CHROMIUM)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
