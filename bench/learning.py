@@ -444,6 +444,45 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
+def _paired(a: list[float], b: list[float]) -> dict:
+    """Mean of ``a - b`` and its paired standard error (SD of the differences / sqrt(n))."""
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5 if n > 1 else 0.0
+    return {"diff": mean, "paired_se": sd / n**0.5}
+
+
+def paired_vs_default(variants: dict, late_from: int) -> dict:
+    """Each variant minus ``default`` on the same held-out prompts, paired per prompt.
+
+    Every variant completes the same held-out prompts with the same seed, so per prompt
+    the two bias- and noise-free ratings form a pair. ``points``: at each number of
+    ratings both variants were evaluated, the mean difference (rating points) and its
+    paired standard error. ``late``: the same for each prompt's rating averaged over the
+    points from ``late_from`` ratings on (damps the noise of single evaluations; None
+    when neither has such points). Empty without ``default``.
+    """
+    default = variants.get("default")
+    if default is None:
+        return {}
+    ref = {p["ratings"]: p["ratings_heldout"] for p in default["curve"][1:] if p.get("ratings_heldout")}
+    out = {}
+    for name, variant in variants.items():
+        if name == "default":
+            continue
+        mine = {p["ratings"]: p["ratings_heldout"] for p in variant["curve"][1:] if p.get("ratings_heldout")}
+        both = sorted(set(ref) & set(mine))
+        late = [r for r in both if r >= late_from]
+        late_cmp = None
+        if late:
+            n = len(ref[late[0]])
+            avg = lambda src: [sum(src[r][i] for r in late) / len(late) for i in range(n)]  # noqa: E731
+            late_cmp = {"from_ratings": late_from, "n_points": len(late), **_paired(avg(mine), avg(ref))}
+        out[name] = {"points": [{"ratings": r, **_paired(mine[r], ref[r])} for r in both], "late": late_cmp}
+    return out
+
+
 def goal_check(variants: dict, args) -> dict:
     """The issue's goal, checked on what was run (None where a variant is missing)."""
     default, naive = variants.get("default"), variants.get("naive")
@@ -584,6 +623,7 @@ def combine(dirs: list[str], out_dir: Path) -> dict:
         {k: v for k, v in merged["variants"].items() if k not in merged["probes"]},
         argparse.Namespace(ratings=first["config"]["ratings"]),
     )
+    merged["paired_vs_default"] = paired_vs_default(merged["variants"], first["config"]["ratings"] // 2)
     write_outputs(merged, out_dir)
     return merged
 
@@ -671,6 +711,7 @@ def main(argv=None) -> dict:
                 result["variants"][name]["sampling"] = loop.sampling_counts()
                 result["timing"]["total_wall_s"] = round(time.perf_counter() - started, 1)
                 result["goal"] = goal_check(result["variants"], args)
+                result["paired_vs_default"] = paired_vs_default(result["variants"], args.ratings // 2)
                 write_outputs(result, out_dir)
                 print(
                     f"[learning] {name}: {point['ratings']} ratings, v{point['version']}: rating {point['mean_rating']:.3f}, "
@@ -683,6 +724,7 @@ def main(argv=None) -> dict:
             loop.run(on_point)
         result["complete"] = True
         result["goal"] = goal_check(result["variants"], args)
+        result["paired_vs_default"] = paired_vs_default(result["variants"], args.ratings // 2)
         result["timing"]["total_wall_s"] = round(time.perf_counter() - started, 1)
         write_outputs(result, out_dir)
     finally:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bench.learning import combine, summarise
+from bench.learning import combine, paired_vs_default, summarise
 
 BASE = {"mean_rating": 3.0, "mean_rating_se": 0.1, "distinct2": 0.8}
 
@@ -103,3 +103,28 @@ def test_a_probe_must_be_one_variant_with_otherwise_equal_settings(tmp_path):
         combine([str(default), f"{other}=probe"], tmp_path / "y")
     with pytest.raises(ValueError, match="'default' appears in two runs"):
         combine([str(default), f"{default}=default"], tmp_path / "z")
+
+
+def _heldout_curve(per_point):
+    """A curve whose points carry per-prompt held-out ratings (4 prompts here)."""
+    points = [{**_point(0, 3.0, kl=0.0), "ratings_heldout": [3, 3, 3, 3]}]
+    for ratings, per_prompt in per_point:
+        points.append({**_point(ratings, sum(per_prompt) / len(per_prompt)), "ratings_heldout": per_prompt})
+    return {"curve": points}
+
+
+def test_variants_are_compared_with_default_prompt_by_prompt():
+    default = _heldout_curve([(64, [3, 4, 4, 5]), (128, [4, 4, 5, 5])])
+    ablation = _heldout_curve([(64, [3, 4, 4, 5]), (128, [3, 3, 5, 4])])  # 0 at 64; -1, -1, 0, -1 at 128
+
+    out = paired_vs_default({"default": default, "no_offpolicy": ablation}, late_from=64)
+
+    at64, at128 = out["no_offpolicy"]["points"]
+    assert at64 == {"ratings": 64, "diff": 0.0, "paired_se": 0.0}
+    assert at128["ratings"] == 128 and at128["diff"] == pytest.approx(-0.75)
+    assert at128["paired_se"] == pytest.approx((0.25 / 4) ** 0.5)  # SD of (-1, -1, 0, -1) is 0.5; / sqrt(4)
+    late = out["no_offpolicy"]["late"]  # per prompt averaged over 64 and 128: -0.5, -0.5, 0, -0.5
+    assert late["n_points"] == 2 and late["diff"] == pytest.approx(-0.375)
+    assert late["paired_se"] == pytest.approx((0.0625 / 4) ** 0.5)
+    assert paired_vs_default({"naive": ablation}, late_from=64) == {}
+    assert paired_vs_default({"default": default, "naive": ablation}, late_from=256)["naive"]["late"] is None
