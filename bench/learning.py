@@ -578,28 +578,41 @@ def _run_settings(result: dict, *, probe: bool = False) -> dict:
     """A run's settings, less what may differ between runs that can be combined
     (a probe's run may also have stopped at fewer ratings)."""
     skip = ("variants", "torch_threads") + (("ratings",) if probe else ())
-    return {k: v for k, v in result["config"].items() if k not in skip}
+    settings = {k: v for k, v in result["config"].items() if k not in skip}
+    settings.setdefault("completions_per_prompt", 1)  # runs from before the setting sampled one per prompt
+    return settings
 
 
 def combine(dirs: list[str], out_dir: Path) -> dict:
     """One result from the ``learning.json`` of runs of different variants with the same settings.
 
-    ``dirs`` are results folders; ``DIR=NAME`` adds a folder's single variant as a *probe*
-    named ``NAME`` (say ``R/kl=default_kl0.02`` for the default run with a changed
-    ``--pg``): it is drawn and reported like the others (its PGConfig is in
-    ``config.variants``, its origin in ``probes``) but is not part of the goal check or of
-    ``complete``, and its run may have asked for fewer ratings.
+    ``dirs`` are results folders (an earlier combination's too); ``DIR:VARIANT`` takes only
+    that variant from the folder. ``DIR=NAME`` (or ``DIR:VARIANT=NAME``) adds the folder's
+    one variant as a *probe* named ``NAME`` (say ``R/kl=default_kl0.02`` for the default
+    run with a changed ``--pg``): it is drawn and reported like the others (its PGConfig is
+    in ``config.variants``, its origin in ``probes``) but is not part of the goal check or
+    of ``complete``, and its run may have asked for fewer ratings. The combination is
+    ``complete`` when every variant but the probes used all the ratings asked for.
 
     Raises:
-        ValueError: a variant appears twice, a probe's folder holds more than one variant,
-            or the runs' settings (other than the variants, thread count and, for probes,
-            the number of ratings) or base-model evaluations differ.
+        ValueError: a variant appears twice or is not in its folder, a probe's folder holds
+            more than one variant, or the runs' settings (other than the variants, thread
+            count and, for probes, the number of ratings) or base-model evaluations differ.
     """
-    specs = [(d.partition("=")[0], d.partition("=")[2] or None) for d in dirs]
-    results = [json.loads((Path(d) / "learning.json").read_text()) for d, _ in specs]
+    specs = []
+    for spec in dirs:
+        where, _, rename = spec.partition("=")
+        folder, _, only = where.partition(":")
+        specs.append((folder, only or None, rename or None))
+    results = [json.loads((Path(d) / "learning.json").read_text()) for d, _, _ in specs]
+    for (d, only, _), r in zip(specs, results):
+        if only is not None:
+            if only not in r["variants"]:
+                raise ValueError(f"{d}: no variant {only!r} there (it has {', '.join(r['variants'])})")
+            r["variants"] = {only: r["variants"][only]}
     first = results[0]
     merged = {**first, "variants": {}, "timing": {}, "config": {**first["config"], "variants": {}}, "probes": {}}
-    for (d, rename), r in zip(specs, results):
+    for (d, _, rename), r in zip(specs, results):
         probe = rename is not None
         if _run_settings(r, probe=probe) != _run_settings(first, probe=probe) or r["base"]["mean_rating"] != first["base"]["mean_rating"]:
             raise ValueError(f"{d}: its settings or base evaluation differ from {specs[0][0]}'s; cannot combine")
@@ -616,7 +629,9 @@ def combine(dirs: list[str], out_dir: Path) -> dict:
                 merged["probes"][key] = {"from": d, "variant": name, "ratings": r["config"]["ratings"], "complete": r["complete"]}
     order = [v for v in VARIANT_ORDER if v in merged["variants"]] + list(merged["probes"])
     merged["variants"] = {v: merged["variants"][v] for v in order}
-    merged["complete"] = all(r["complete"] for (_, rename), r in zip(specs, results) if rename is None)
+    merged["complete"] = all(
+        v["ratings_used"] >= first["config"]["ratings"] for k, v in merged["variants"].items() if k not in merged["probes"]
+    )
     merged["combined_from"] = list(dirs)
     merged["timing"]["total_wall_s"] = max(r["timing"].get("total_wall_s", 0.0) for r in results)
     merged["goal"] = goal_check(

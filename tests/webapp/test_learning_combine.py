@@ -128,3 +128,25 @@ def test_variants_are_compared_with_default_prompt_by_prompt():
     assert late["paired_se"] == pytest.approx((0.0625 / 4) ** 0.5)
     assert paired_vs_default({"naive": ablation}, late_from=64) == {}
     assert paired_vs_default({"default": default, "naive": ablation}, late_from=256)["naive"]["late"] is None
+
+
+def test_one_variant_can_be_taken_from_an_earlier_combination(tmp_path):
+    default = _run_dir(tmp_path, "d", "default", [(64, 3.5), (128, 3.7), (192, 3.8), (256, 3.9)])
+    naive = _run_dir(tmp_path, "n", "naive", [(64, 3.1), (128, 3.3), (192, 3.6), (256, 4.1)])
+    partial = _run_dir(tmp_path, "p", "no_offpolicy", [(64, 3.2)], complete=False)
+    earlier = tmp_path / "earlier"
+    combine([str(default), str(naive), str(partial)], earlier)  # the ablation stopped early
+    rerun = _run_dir(tmp_path, "r", "no_offpolicy", [(64, 3.2), (128, 3.4), (192, 3.5), (256, 3.6)])
+
+    result = json.loads((rerun / "learning.json").read_text())
+    result["config"]["completions_per_prompt"] = 1  # recorded since the setting exists; absent above means 1
+    (rerun / "learning.json").write_text(json.dumps(result))
+
+    merged = combine([f"{earlier}:default", f"{earlier}:naive", str(rerun)], tmp_path / "all")
+
+    assert list(merged["variants"]) == ["default", "naive", "no_offpolicy"]
+    assert merged["variants"]["no_offpolicy"]["ratings_used"] == 256
+    assert merged["complete"] is True  # every variant used the 256 ratings asked for
+    assert combine([f"{earlier}:default", str(partial)], tmp_path / "part")["complete"] is False
+    with pytest.raises(ValueError, match="no variant 'no_annotator_norm' there"):
+        combine([f"{earlier}:no_annotator_norm"], tmp_path / "x")
