@@ -176,8 +176,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--combine",
         nargs="+",
         metavar="DIR",
-        help="merge the results folders of runs of different variants (same settings) into --out; runs nothing. "
-        "DIR=NAME adds DIR's one variant as a probe named NAME (other --pg, maybe fewer ratings; not in the goal check)",
+        help="merge the results folders (or learning JSON files) of runs of different variants (same settings) "
+        "into --out; runs nothing. DIR:VARIANT takes one variant of DIR; DIR=NAME adds DIR's one variant as a "
+        "probe named NAME (other --pg, maybe fewer ratings; not in the goal check)",
     )
     args = p.parse_args(argv)
     if args.combine:
@@ -586,7 +587,8 @@ def _run_settings(result: dict, *, probe: bool = False) -> dict:
 def combine(dirs: list[str], out_dir: Path) -> dict:
     """One result from the ``learning.json`` of runs of different variants with the same settings.
 
-    ``dirs`` are results folders (an earlier combination's too); ``DIR:VARIANT`` takes only
+    ``dirs`` are results folders or their JSON files (an earlier combination's too, such as
+    ``docs/learning/learning-full.json``); ``DIR:VARIANT`` takes only
     that variant from the folder. ``DIR=NAME`` (or ``DIR:VARIANT=NAME``) adds the folder's
     one variant as a *probe* named ``NAME`` (say ``R/kl=default_kl0.02`` for the default
     run with a changed ``--pg``): it is drawn and reported like the others (its PGConfig is
@@ -604,7 +606,7 @@ def combine(dirs: list[str], out_dir: Path) -> dict:
         where, _, rename = spec.partition("=")
         folder, _, only = where.partition(":")
         specs.append((folder, only or None, rename or None))
-    results = [json.loads((Path(d) / "learning.json").read_text()) for d, _, _ in specs]
+    results = [json.loads((Path(d) if Path(d).is_file() else Path(d) / "learning.json").read_text()) for d, _, _ in specs]
     for (d, only, _), r in zip(specs, results):
         if only is not None:
             if only not in r["variants"]:

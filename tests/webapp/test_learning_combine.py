@@ -142,7 +142,7 @@ def test_one_variant_can_be_taken_from_an_earlier_combination(tmp_path):
     result["config"]["completions_per_prompt"] = 1  # recorded since the setting exists; absent above means 1
     (rerun / "learning.json").write_text(json.dumps(result))
 
-    merged = combine([f"{earlier}:default", f"{earlier}:naive", str(rerun)], tmp_path / "all")
+    merged = combine([f"{earlier}:default", f"{earlier / 'learning.json'}:naive", str(rerun)], tmp_path / "all")
 
     assert list(merged["variants"]) == ["default", "naive", "no_offpolicy"]
     assert merged["variants"]["no_offpolicy"]["ratings_used"] == 256
