@@ -454,6 +454,11 @@ def _paired(a: list[float], b: list[float]) -> dict:
     return {"diff": mean, "paired_se": sd / n**0.5}
 
 
+def _per_prompt_mean(ratings_at: dict, points: list[int]) -> list[float]:
+    """Each held-out prompt's rating averaged over the evaluations at ``points`` ratings."""
+    return [sum(column) / len(points) for column in zip(*(ratings_at[r] for r in points), strict=True)]
+
+
 def paired_vs_default(variants: dict, late_from: int) -> dict:
     """Each variant minus ``default`` on the same held-out prompts, paired per prompt.
 
@@ -477,9 +482,11 @@ def paired_vs_default(variants: dict, late_from: int) -> dict:
         late = [r for r in both if r >= late_from]
         late_cmp = None
         if late:
-            n = len(ref[late[0]])
-            avg = lambda src: [sum(src[r][i] for r in late) / len(late) for i in range(n)]  # noqa: E731
-            late_cmp = {"from_ratings": late_from, "n_points": len(late), **_paired(avg(mine), avg(ref))}
+            late_cmp = {
+                "from_ratings": late_from,
+                "n_points": len(late),
+                **_paired(_per_prompt_mean(mine, late), _per_prompt_mean(ref, late)),
+            }
         out[name] = {"points": [{"ratings": r, **_paired(mine[r], ref[r])} for r in both], "late": late_cmp}
     return out
 
