@@ -81,7 +81,6 @@ def english_text() -> str:
     return "\n\n".join(inspect.getdoc(o) or "" for o in objects)
 
 
-@torch.no_grad()
 def workload_args(description: str, repeats: int) -> argparse.Namespace:
     """``--repeats``, ``--threads`` and ``--model-dir`` of the scripts that time parts of this workload."""
     p = argparse.ArgumentParser(description=description)
@@ -99,6 +98,7 @@ def workload(args: argparse.Namespace):
     return policy, build_batch(policy)
 
 
+@torch.no_grad()
 def build_batch(policy, seed: int = 0) -> TrainBatch:
     """16 (prompt, completion) pairs cut from real text; behaviour logprobs scored in fp32."""
     ids = policy.tokenizer(english_text(), add_special_tokens=False)["input_ids"]
