@@ -1,7 +1,7 @@
 """Is bf16 autocast worth it on this CPU? One minibatch of the update in fp32 and in bf16.
 
 pgcore trains under bf16 autocast only where the CPU multiplies bf16 natively
-(``pgcore.trainer.native_bf16_matmul``: oneDNN's bf16 GEMM, AVX-512 or AMX on x86). This
+(``pgcore.trainer.native_bf16_matmul``: AVX512_BF16 or AMX on x86). This
 measures why: the forward and backward of one minibatch of the ``bench/train_step.py``
 workload (SmolLM2-135M LoRA, 8 completions of 64 tokens after 2 prompts of 32 tokens,
 ``PGConfig()`` otherwise), once in fp32 and once forced under bf16 autocast with the

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,17 +137,20 @@ def frozen_weights_in_bf16(policy: Policy):
 
 
 def native_bf16_matmul() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively, through oneDNN's bf16 GEMM.
+    """Whether this CPU has bf16 matrix-multiply instructions, so bf16 autocast is the fast path.
 
-    That needs AVX-512 (BW/VL/DQ) or AMX on x86, or the BF16 extension on Arm. Without
-    it PyTorch computes a bf16 matmul with its reference GEMM, which is far slower
-    than fp32: on an AVX2-only AMD EPYC, the forward and backward of one SmolLM2-135M
-    LoRA minibatch (8 completions of 64 tokens) took 156 s under bf16 autocast and 6.9 s
-    in fp32 (``bench/bf16_fallback.py``, one thread, 2026-11-30). Asks
-    ``torch.ops.mkldnn._is_mkldnn_bf16_supported``, the check
-    PyTorch's own bf16 GEMM dispatch uses; False if this build cannot say.
+    On x86 that means the AVX512_BF16 extension or AMX; elsewhere (Arm's BF16 extension)
+    oneDNN's own check, ``torch.ops.mkldnn._is_mkldnn_bf16_supported``, decides. oneDNN's
+    check alone is not enough on x86: it also says yes for plain AVX-512 (BW/VL/DQ), where
+    bf16 is converted rather than multiplied and is slower than fp32. Measured with
+    ``bench/bf16_fallback.py`` (one SmolLM2-135M LoRA minibatch, forward and backward, one
+    thread, 2026-11-30): an AVX2-only AMD EPYC, 156 s under bf16 autocast against 6.9 s in
+    fp32; an Intel Xeon with AVX-512 but no AVX512_BF16, 13.5 s against 4.7 s; a Zen 4
+    EPYC with AVX512_BF16, 2.57 s against 4.17 s. False if this build cannot say.
     """
     try:
+        if platform.machine().lower() in {"x86_64", "amd64", "i386", "i686", "x86"}:
+            return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False

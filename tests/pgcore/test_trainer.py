@@ -206,7 +206,6 @@ def test_bf16_autocast_follows_the_cpu_and_falls_back_to_the_same_fp32_update(ti
     """Without native bf16 matmuls (e.g. AVX2-only CPUs) bf16 is the slow path, so the update runs fp32."""
     import torch.nn.functional as F
 
-    assert trainer.native_bf16_matmul() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     assert not trainer.bf16_autocast_active(PGConfig(bf16_autocast=False))
     monkeypatch.setattr(trainer, "native_bf16_matmul", lambda: False)
     assert not trainer.bf16_autocast_active(PGConfig(bf16_autocast=True))
@@ -229,6 +228,37 @@ def test_bf16_autocast_follows_the_cpu_and_falls_back_to_the_same_fp32_update(ti
     assert matmul_dtypes == {torch.float32}
     for a, b in zip(weights[True], weights[False]):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "machine, avx512_bf16, amx, onednn_bf16, expected",
+    [
+        ("x86_64", False, False, False, False),  # AVX2 only
+        ("x86_64", False, False, True, False),  # AVX-512 without AVX512_BF16: oneDNN converts, slower than fp32
+        ("x86_64", True, False, True, True),  # AVX512_BF16 (e.g. Zen 4)
+        ("AMD64", False, True, True, True),  # AMX
+        ("aarch64", False, False, True, True),  # Arm: oneDNN's check decides
+        ("aarch64", False, False, False, False),
+    ],
+)
+def test_native_bf16_needs_bf16_instructions_not_just_avx512(monkeypatch, machine, avx512_bf16, amx, onednn_bf16, expected):
+    import platform
+
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn_bf16)
+    assert trainer.native_bf16_matmul() is expected
+    assert trainer.bf16_autocast_active(PGConfig(bf16_autocast=True)) is expected
+
+
+def test_native_bf16_is_false_when_this_build_cannot_say(monkeypatch):
+    import platform
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.delattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported")
+    assert trainer.native_bf16_matmul() is False
 
 
 def test_a_frozen_policy_or_a_malformed_batch_is_rejected(frozen_policy, lora_policy, fp32_config):
