@@ -71,6 +71,13 @@ def staff_user(make_user):
 
 
 @pytest.fixture
+def staff_client(client, staff_user):
+    """The test client, logged in as a staff member."""
+    client.force_login(staff_user)
+    return client
+
+
+@pytest.fixture
 def make_completion(db):
     """Insert a completion directly (no model call), for tests of leases and ratings."""
     from webapp.annotation.models import Completion

@@ -174,6 +174,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "generation"
 CELERY_TASK_ROUTES = {
     "webapp.training.tasks.*": {"queue": "training"},
+    "webapp.policies.tasks.*": {"queue": "training"},
     "webapp.annotation.tasks.*": {"queue": "generation"},
 }
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
@@ -183,6 +184,8 @@ REWARDLOOP_TRAIN_INTERVAL_S = int(os.environ.get("REWARDLOOP_TRAIN_INTERVAL_S", 
 REWARDLOOP_POOL_INTERVAL_S = int(os.environ.get("REWARDLOOP_POOL_INTERVAL_S", "30"))
 REWARDLOOP_TORCH_THREADS = int(os.environ.get("REWARDLOOP_TORCH_THREADS", "0"))
 REWARDLOOP_MODELS_DIR = Path(os.environ.get("REWARDLOOP_MODELS_DIR", DATA_DIR / "models")).resolve()
+# Finished version downloads (zipped Hugging Face folders, one per exported version).
+REWARDLOOP_EXPORTS_DIR = DATA_DIR / "exports"
 
 LOGGING = {
     "version": 1,

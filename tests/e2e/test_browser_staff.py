@@ -6,6 +6,7 @@ page then serves completions written by that version.
 """
 
 import time
+import zipfile
 
 import pytest
 
@@ -109,3 +110,16 @@ def test_staff_train_watch_promote_previous_and_annotators_get_that_version(
     assert "written by version 0" in annotator_page.locator("#card").inner_text()
     served = Completion.objects.get(pk=int(annotator_page.get_attribute("#card", "data-completion")))
     assert served.model_version == v0 and not served.ratings.exists()
+
+    # Download v1 as a Hugging Face folder: the worker builds it, the row turns into a link by itself.
+    page.goto(f"{live_server.url}/staff/p/{project.slug}/versions/")
+    page.click("#export-1 button[type=submit]")
+    page.locator("#flash").get_by_text("Building v1 as a Hugging Face folder").wait_for()
+    page.locator('#export-1[data-export-status="ready"]').wait_for(timeout=60_000)
+    with page.expect_download() as download_info:
+        page.click("#export-1 a")
+    download = download_info.value
+    assert download.suggested_filename == f"{project.slug}-v1.zip"
+    names = zipfile.ZipFile(download.path()).namelist()
+    assert f"{project.slug}-v1/config.json" in names and any(n.endswith(".safetensors") for n in names)
+    assert AuditEvent.objects.filter(action="export_version", actor=staff_user, target="v1").exists()

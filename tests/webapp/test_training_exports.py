@@ -1,6 +1,7 @@
 """Exports that the rest of the ecosystem reads: HF model folders and TRL-ready JSONL."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,3 +138,148 @@ def test_export_ratings_refuses_to_write_an_empty_file(project, fmt, tmp_path):
 
     assert not out.exists()
     assert not AuditEvent.objects.filter(action="export_ratings").exists()
+
+
+# --- Downloads from the versions page: built by the training worker, never in the request ---
+
+
+@pytest.fixture
+def exports_dir(tmp_path, settings):
+    settings.REWARDLOOP_EXPORTS_DIR = tmp_path / "exports"
+    return settings.REWARDLOOP_EXPORTS_DIR
+
+
+@pytest.fixture
+def sent_tasks(monkeypatch):
+    """The Celery messages the web process sends, instead of a broker."""
+    from webapp.celery import app
+
+    sent = []
+    monkeypatch.setattr(app, "send_task", lambda name, args=None, queue=None, **kw: sent.append((name, args, queue)))
+    return sent
+
+
+def test_prepare_download_queues_one_build_on_the_training_queue_and_the_row_polls(
+    staff_client, project, exports_dir, sent_tasks, django_capture_on_commit_callbacks
+):
+    from webapp.policies.models import VersionExport
+
+    url = f"/staff/p/{project.slug}/versions/0/export/"
+    with django_capture_on_commit_callbacks(execute=True):
+        first = staff_client.post(url)
+        second = staff_client.post(url)  # a double click: still one build
+    assert first.status_code == second.status_code == 302
+    assert first.url.endswith("/versions/#version-0")
+    export = VersionExport.objects.get()
+    assert export.status == "queued"
+    assert sent_tasks == [("webapp.policies.tasks.version_export_build", [export.pk], "training")]
+    page = staff_client.get(f"/staff/p/{project.slug}/versions/").content.decode()
+    assert 'data-export-status="queued"' in page and 'hx-trigger="every 2s"' in page and "<progress" in page
+    assert "Building v0 as a Hugging Face folder on the training worker" in page  # the flash message
+    assert not exports_dir.exists() or not any(exports_dir.iterdir())  # nothing was built in the request
+
+
+def test_a_built_export_is_a_zipped_merged_folder_linked_from_its_row_and_served_again(
+    staff_client, staff_user, trained_version, exports_dir, sent_tasks, django_capture_on_commit_callbacks
+):
+    import io
+    import zipfile
+
+    from webapp.policies import services as policy_services
+    from webapp.policies import tasks as policy_tasks
+
+    slug = trained_version.project.slug
+    with django_capture_on_commit_callbacks(execute=True):
+        staff_client.post(f"/staff/p/{slug}/versions/1/export/")
+    (_, (export_id,), _) = sent_tasks[0]
+    assert policy_tasks.version_export_build(export_id) == "ready"  # the task body, as the worker runs it
+
+    export = policy_services.VersionExport.objects.get(pk=export_id)
+    assert export.size_bytes > 0 and export.requested_by == staff_user and export.finished_at
+    assert [p.name for p in exports_dir.iterdir()] == [f"{slug}-v1-export{export.pk}.zip"]  # no temporary folder left
+    event = AuditEvent.objects.get(action="export_version")
+    assert event.actor == staff_user and event.target == "v1" and event.detail["merged_lora"] is True
+
+    cell = staff_client.get(f"/staff/p/{slug}/versions/1/export/status/").content.decode()
+    download = f"/staff/p/{slug}/versions/1/export/{export.pk}/download/"
+    assert 'data-export-status="ready"' in cell and download in cell and "every 2s" not in cell
+    response = staff_client.get(download)
+    assert response.status_code == 200 and response["Content-Type"] == "application/zip"
+    assert f'filename="{slug}-v1.zip"' in response["Content-Disposition"]
+    names = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content))).namelist()
+    assert f"{slug}-v1/config.json" in names and any(n.endswith(".safetensors") for n in names)
+    assert not any("adapter" in n for n in names)  # LoRA merged
+
+    with django_capture_on_commit_callbacks(execute=True):
+        again = staff_client.post(f"/staff/p/{slug}/versions/1/export/")
+    assert again.status_code == 302 and again.url == download  # versions never change: no second build
+    assert len(sent_tasks) == 1 and policy_services.VersionExport.objects.count() == 1
+    assert policy_tasks.version_export_build(export_id) == "ready"  # a second delivery changes nothing
+    assert AuditEvent.objects.filter(action="export_version").count() == 1
+
+
+def test_a_failed_export_shows_why_leaves_no_files_and_can_be_retried(
+    staff_client, project, exports_dir, sent_tasks, django_capture_on_commit_callbacks
+):
+    from webapp.policies import services as policy_services
+
+    version = project.served_version
+    version.weights_path = str(exports_dir.parent / "no-such-model")
+    version.save(update_fields=["weights_path"])
+    with django_capture_on_commit_callbacks(execute=True):
+        staff_client.post(f"/staff/p/{project.slug}/versions/0/export/")
+    export = policy_services.version_export_build(export_id=sent_tasks[0][1][0])
+    assert export.status == "failed" and "no-such-model" in export.error
+    assert list(exports_dir.iterdir()) == []
+    assert not AuditEvent.objects.filter(action="export_version").exists()
+    cell = staff_client.get(f"/staff/p/{project.slug}/versions/0/export/status/").content.decode()
+    assert "Export failed:" in cell and "no-such-model" in cell and "Try again" in cell and "every 2s" not in cell
+    assert staff_client.get(f"/staff/p/{project.slug}/versions/0/export/{export.pk}/download/").status_code == 404
+
+    with django_capture_on_commit_callbacks(execute=True):
+        staff_client.post(f"/staff/p/{project.slug}/versions/0/export/")
+    assert len(sent_tasks) == 2 and sent_tasks[1][1] != sent_tasks[0][1]  # a new export, not the failed one
+
+
+def test_an_export_whose_worker_was_killed_is_rebuilt_whole_on_redelivery(project, exports_dir):
+    from webapp.policies import services as policy_services
+    from webapp.policies.models import VersionExport
+
+    export = VersionExport.objects.create(version=project.served_version, status=VersionExport.Status.BUILDING)
+    leftover = exports_dir / f".{project.slug}-v0-export{export.pk}-killed"  # what a SIGKILL mid-zip leaves
+    leftover.mkdir(parents=True)
+    (leftover / "model.safetensors").write_bytes(b"half")
+    assert policy_services.version_export_build(export_id=export.pk).status == "ready"
+    assert [p.name for p in exports_dir.iterdir()] == [f"{project.slug}-v0-export{export.pk}.zip"]
+
+
+def test_a_broker_that_cannot_be_reached_fails_the_export_with_the_reason(
+    staff_client, project, exports_dir, monkeypatch, django_capture_on_commit_callbacks
+):
+    from webapp.celery import app
+    from webapp.policies.models import VersionExport
+
+    def down(*args, **kwargs):
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6379")
+
+    monkeypatch.setattr(app, "send_task", down)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert staff_client.post(f"/staff/p/{project.slug}/versions/0/export/").status_code == 302
+    export = VersionExport.objects.get()
+    assert export.status == "failed" and "Could not reach the task queue" in export.error
+
+
+def test_a_ready_export_whose_file_is_gone_says_so_and_is_rebuilt_on_request(
+    staff_client, project, exports_dir, sent_tasks, django_capture_on_commit_callbacks
+):
+    from webapp.policies import services as policy_services
+
+    with django_capture_on_commit_callbacks(execute=True):
+        staff_client.post(f"/staff/p/{project.slug}/versions/0/export/")
+    export = policy_services.version_export_build(export_id=sent_tasks[0][1][0])
+    Path(export.archive_path).unlink()
+    page = staff_client.get(f"/staff/p/{project.slug}/versions/0/export/{export.pk}/download/", follow=True)
+    assert "no longer on disk" in page.content.decode()
+    with django_capture_on_commit_callbacks(execute=True):
+        staff_client.post(f"/staff/p/{project.slug}/versions/0/export/")
+    assert len(sent_tasks) == 2

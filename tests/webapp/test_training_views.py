@@ -1,7 +1,5 @@
 """The staff pages over HTTP: permissions, forms and their messages, POST-only changes, plots, downloads."""
 
-import io
-import zipfile
 
 import pytest
 
@@ -13,12 +11,6 @@ from webapp.training import services as training_services
 from webapp.training.models import TrainingRun
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def staff_client(client, staff_user):
-    client.force_login(staff_user)
-    return client
 
 
 @pytest.fixture
@@ -38,6 +30,8 @@ def staff_urls(project, run_id=1):
         f"{base}/versions/plots/ratings.png",
         f"{base}/versions/plots/kl.png",
         f"{base}/versions/audit/",
+        f"{base}/versions/0/export/status/",
+        f"{base}/versions/0/export/1/download/",
         f"{base}/compare/?a=0&b=0",
     ]
     posts = [
@@ -209,16 +203,6 @@ def test_compare_start_queues_missing_samples_and_the_page_polls_until_done(staf
     assert queued == [project.served_version_id]
     page = staff_client.get(response.url).content.decode()
     assert 'hx-trigger="every 2s"' in page and "Generating the missing completions" in page
-
-
-def test_version_download_is_a_zipped_model_folder(staff_client, staff_user, project):
-    response = staff_client.post(f"/staff/p/{project.slug}/versions/0/export/")
-    assert response.status_code == 200 and response["Content-Type"] == "application/zip"
-    archive = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
-    names = archive.namelist()
-    assert f"{project.slug}-v0/config.json" in names
-    assert any(n.endswith(".safetensors") for n in names)
-    assert AuditEvent.objects.filter(action="export_version", actor=staff_user).exists()
 
 
 def test_ratings_download_is_jsonl_in_the_chosen_format(staff_client, rated):

@@ -167,6 +167,42 @@ class ModelVersion(models.Model):
         return f"{self.project.slug} v{self.number}"
 
 
+class VersionExport(models.Model):
+    """A model version written as a zipped Hugging Face folder (LoRA merged), for download.
+
+    Built by a task on the training worker, never in a web request (loading and merging a
+    model takes seconds to minutes). Versions never change, so one finished export per
+    version is kept and served again; a failed one keeps its error and can be retried.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        BUILDING = "building", "Building"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="exports")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    status = models.CharField("status", max_length=8, choices=Status.choices, default=Status.QUEUED)
+    error = models.TextField("error", blank=True)
+    archive_path = models.CharField("archive", max_length=500, blank=True, help_text="The zip file, once ready.")
+    size_bytes = models.BigIntegerField("size (bytes)", null=True, blank=True)
+    created_at = models.DateTimeField("requested", auto_now_add=True)
+    finished_at = models.DateTimeField("finished", null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"export {self.pk} of {self.version} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in (self.Status.QUEUED, self.Status.BUILDING)
+
+
 class AuditEvent(models.Model):
     """Who changed what, when: training, cancelling, promoting, exporting, settings."""
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from django.db.models import QuerySet
 
-from .models import AuditEvent, ModelVersion, Project, RatingMode
+from .models import AuditEvent, ModelVersion, Project, RatingMode, VersionExport
 
 Z_95 = 1.96
 
@@ -76,7 +76,8 @@ def version_rating_stats(*, project: Project) -> dict[int, RatingStats]:
 
 
 def versions_for_project(*, project: Project) -> list[ModelVersion]:
-    """Versions, newest first, each with ``rating`` (:class:`RatingStats`) and ``run`` (the run that made it, or None)."""
+    """Versions, newest first, each with ``rating`` (:class:`RatingStats`), ``run`` (the run that made it,
+    or None) and ``latest_export`` (its most recent download request, or None)."""
     stats = version_rating_stats(project=project)
     versions = list(
         ModelVersion.objects.filter(project=project)
@@ -84,11 +85,20 @@ def versions_for_project(*, project: Project) -> list[ModelVersion]:
         .prefetch_related("produced_by")
         .order_by("-number")
     )
+    latest: dict[int, VersionExport] = {}
+    for export in VersionExport.objects.filter(version__project=project).order_by("created_at", "id"):
+        latest[export.version_id] = export
     for version in versions:
         version.rating = stats[version.pk]
         runs = list(version.produced_by.all())
         version.run = runs[0] if runs else None
+        version.latest_export = latest.get(version.pk)
     return versions
+
+
+def latest_export(*, version: ModelVersion) -> VersionExport | None:
+    """The version's most recent download request (:class:`VersionExport`), or None."""
+    return version.exports.order_by("-created_at", "-id").first()
 
 
 def audit_events(*, project: Project, limit: int = 200) -> QuerySet[AuditEvent]:

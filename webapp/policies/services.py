@@ -8,10 +8,11 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
+from django.utils import timezone
 
 from webapp.errors import ApplicationError
 
-from .models import AuditEvent, ModelVersion, Project
+from .models import AuditEvent, ModelVersion, Project, VersionExport
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ def version_register(
 
 
 POOL_REFILL_TASK_NAME = "webapp.annotation.tasks.pool_refill"
+EXPORT_BUILD_TASK_NAME = "webapp.policies.tasks.version_export_build"
 
 
 def audit_record(*, project: Project, actor, action: str, target: str, detail: dict | None = None) -> AuditEvent:
@@ -171,13 +173,15 @@ def project_training_settings_update(*, project: Project, user=None, **fields) -
     return project
 
 
-def version_export_hf(*, version: ModelVersion, out_dir: str | Path, user=None) -> Path:
+def version_export_hf(*, version: ModelVersion, out_dir: str | Path, user=None, audit: bool = True) -> Path:
     """Write ``version`` as a plain Hugging Face model folder (LoRA merged into the weights).
 
     The folder holds ``config.json``, safetensors weights, the tokenizer and
     its chat template, so ``AutoModelForCausalLM.from_pretrained(out_dir)``
     loads it without peft. Written to a temporary sibling and renamed, so a
-    crash never leaves a half-written ``out_dir``.
+    crash never leaves a half-written ``out_dir``. Loads the model: call it from
+    a worker or a command, never a web request (:func:`version_export_request`).
+    ``audit`` False leaves the audit line to the caller.
 
     Raises:
         ApplicationError: ``out_dir`` exists already.
@@ -204,6 +208,8 @@ def version_export_hf(*, version: ModelVersion, out_dir: str | Path, user=None) 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if not audit:
+        return out_dir
     audit_record(
         project=version.project,
         actor=user,
@@ -212,6 +218,104 @@ def version_export_hf(*, version: ModelVersion, out_dir: str | Path, user=None) 
         detail={"folder": str(out_dir), "merged_lora": version.kind == ModelVersion.Kind.LORA},
     )
     return out_dir
+
+
+def exports_dir() -> Path:
+    """Where finished version downloads are kept (``REWARDLOOP_EXPORTS_DIR``: ``REWARDLOOP_DATA_DIR/exports``)."""
+    return Path(settings.REWARDLOOP_EXPORTS_DIR)
+
+
+def version_export_request(*, version: ModelVersion, user=None) -> VersionExport:
+    """Ask the training worker for a zipped Hugging Face folder of ``version``.
+
+    Returns the version's queued, building or ready export if there is one (versions
+    never change, so a ready archive is served again), otherwise a new queued one,
+    whose build task is sent after commit (by task name, queue ``training``).
+    """
+    with transaction.atomic():
+        ModelVersion.objects.select_for_update().filter(pk=version.pk).first()  # one request at a time per version
+        for export in version.exports.exclude(status=VersionExport.Status.FAILED):
+            if export.status != VersionExport.Status.READY or Path(export.archive_path).is_file():
+                return export
+        export = VersionExport.objects.create(version=version, requested_by=user if getattr(user, "is_authenticated", False) else None)
+        transaction.on_commit(lambda: _send_export_build(export.pk))
+    return export
+
+
+def _send_export_build(export_id: int) -> None:
+    from webapp.celery import app
+
+    try:
+        app.send_task(EXPORT_BUILD_TASK_NAME, args=[export_id], queue="training")
+    except Exception as exc:  # noqa: BLE001 - say so on the page rather than leave it queued forever
+        log.exception("could not queue export %s", export_id)
+        VersionExport.objects.filter(pk=export_id).update(
+            status=VersionExport.Status.FAILED, error=f"Could not reach the task queue: {exc}", finished_at=timezone.now()
+        )
+
+
+def version_export_build(*, export_id: int) -> VersionExport:
+    """Build a requested export: merge, save, zip, then move the zip into :func:`exports_dir`.
+
+    Safe to deliver twice and after a killed worker: a ready or failed export is left
+    as it is, a queued or building one is (re)built from scratch in a fresh temporary
+    folder, and the archive appears under its final name only whole (``os.replace``).
+    Any error marks the export failed with the reason and leaves no files behind.
+    Records the export in the audit log, as the person who asked for it.
+    """
+    import os
+    import shutil
+    import tempfile
+    import zipfile
+
+    with transaction.atomic():
+        export = VersionExport.objects.select_for_update().select_related("version__project").filter(pk=export_id).first()
+        if export is None or not export.is_active:
+            return export
+        export.status = VersionExport.Status.BUILDING
+        export.save(update_fields=["status"])
+    version = export.version
+    name = f"{version.project.slug}-v{version.number}"
+    final = exports_dir() / f"{name}-export{export.pk}.zip"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{final.stem}-"
+    for leftover in final.parent.glob(f"{prefix}*"):  # an earlier attempt at this export whose worker was killed
+        shutil.rmtree(leftover, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
+    try:
+        folder = version_export_hf(version=version, out_dir=work / name, audit=False)
+        archive = work / final.name
+        with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    zf.write(path, Path(name) / path.relative_to(folder))
+        os.replace(archive, final)
+    except BaseException as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        if not isinstance(exc, Exception):
+            raise
+        message = exc.message if isinstance(exc, ApplicationError) else f"{type(exc).__name__}: {exc}"
+        VersionExport.objects.filter(pk=export.pk).update(
+            status=VersionExport.Status.FAILED, error=message, finished_at=timezone.now()
+        )
+        log.exception("export %s of %s failed", export.pk, version)
+        export.refresh_from_db()
+        return export
+    shutil.rmtree(work, ignore_errors=True)
+    with transaction.atomic():
+        export.status = VersionExport.Status.READY
+        export.archive_path = str(final)
+        export.size_bytes = final.stat().st_size
+        export.finished_at = timezone.now()
+        export.save(update_fields=["status", "archive_path", "size_bytes", "finished_at"])
+        audit_record(
+            project=version.project,
+            actor=export.requested_by,
+            action=AuditEvent.Action.EXPORT_VERSION,
+            target=f"v{version.number}",
+            detail={"archive": final.name, "size_bytes": export.size_bytes, "merged_lora": version.kind == ModelVersion.Kind.LORA},
+        )
+    return export
 
 
 def version_weights_dir(*, project: Project, name: str) -> Path:

@@ -3,22 +3,16 @@
 Every view is staff-only (403 for annotators); every change is a POST.
 """
 
-import shutil
-import tempfile
-import zipfile
-from pathlib import Path
-
-from django.conf import settings
 from django.contrib import messages
 from django.http import FileResponse, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from webapp.errors import ApplicationError
 from webapp.permissions import staff_required
 
 from . import plots, selectors, services
-from .models import ModelVersion, Project
+from .models import ModelVersion, Project, VersionExport
 
 
 @staff_required
@@ -99,32 +93,47 @@ def kl_plot(request, slug):
 @staff_required
 @require_POST
 def export(request, slug, number):
-    """Download the version as a zipped Hugging Face model folder (LoRA merged); audited.
+    """Ask the training worker for the version as a zipped Hugging Face folder (LoRA merged).
 
-    Built synchronously into a temporary folder under the data directory and
-    streamed; the files are removed once the response is open.
+    Redirects to the download when it is ready already, otherwise back to the versions
+    page, where the version's row shows the build and then its download link.
     """
     project = get_object_or_404(Project, slug=slug)
-    version = get_object_or_404(ModelVersion.objects.select_related("project"), project=project, number=number)
-    work = Path(tempfile.mkdtemp(prefix="export-", dir=settings.DATA_DIR))
+    version = get_object_or_404(ModelVersion, project=project, number=number)
+    export = services.version_export_request(version=version, user=request.user)
+    if export.status == VersionExport.Status.READY:
+        return redirect("policies:export_download", slug=slug, number=number, export_id=export.pk)
+    messages.success(request, f"Building v{number} as a Hugging Face folder on the training worker; its download link appears in v{number}'s row.")
+    return redirect(f"{reverse('policies:versions', args=[slug])}#version-{number}")
+
+
+@staff_required
+@require_GET
+def export_status(request, slug, number):
+    """The version's download cell (``policies/versions.html#export``), polled by htmx while it builds."""
+    project = get_object_or_404(Project, slug=slug)
+    version = get_object_or_404(ModelVersion, project=project, number=number)
+    version.latest_export = selectors.latest_export(version=version)
+    return render(request, "policies/versions.html#export", {"project": project, "v": version})
+
+
+@staff_required
+@require_GET
+def export_download(request, slug, number, export_id):
+    """Stream a ready export's zip file."""
+    export = get_object_or_404(
+        VersionExport.objects.select_related("version"),
+        pk=export_id,
+        version__project__slug=slug,
+        version__number=number,
+        status=VersionExport.Status.READY,
+    )
     try:
-        name = f"{project.slug}-v{version.number}"
-        folder = services.version_export_hf(version=version, out_dir=work / name, user=request.user)
-        archive = work / f"{name}.zip"
-        with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
-            for path in sorted(folder.rglob("*")):
-                if path.is_file():
-                    zf.write(path, Path(name) / path.relative_to(folder))
-        handle = archive.open("rb")
-    except ApplicationError as exc:
-        shutil.rmtree(work, ignore_errors=True)
-        messages.error(request, exc.message)
+        handle = open(export.archive_path, "rb")  # noqa: SIM115 - FileResponse closes it
+    except OSError:
+        messages.error(request, f"The download of v{number} is no longer on disk; press Download again to rebuild it.")
         return redirect("policies:versions", slug=slug)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    shutil.rmtree(work, ignore_errors=True)  # POSIX: the open handle keeps the archive's data readable
-    return FileResponse(handle, as_attachment=True, filename=f"{name}.zip", content_type="application/zip")
+    return FileResponse(handle, as_attachment=True, filename=f"{slug}-v{number}.zip", content_type="application/zip")
 
 
 @staff_required
