@@ -116,6 +116,7 @@ def test_staff_train_watch_promote_previous_and_annotators_get_that_version(
     page.click("#export-1 button[type=submit]")
     page.locator("#flash").get_by_text("Building v1 as a Hugging Face folder").wait_for()
     page.locator('#export-1[data-export-status="ready"]').wait_for(timeout=60_000)
+    screenshot(page, "staff-versions-download-ready")
     with page.expect_download() as download_info:
         page.click("#export-1 a")
     download = download_info.value
