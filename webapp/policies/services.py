@@ -249,9 +249,13 @@ def _send_export_build(export_id: int) -> None:
         app.send_task(EXPORT_BUILD_TASK_NAME, args=[export_id], queue="training")
     except Exception as exc:  # noqa: BLE001 - say so on the page rather than leave it queued forever
         log.exception("could not queue export %s", export_id)
-        VersionExport.objects.filter(pk=export_id).update(
-            status=VersionExport.Status.FAILED, error=f"Could not reach the task queue: {exc}", finished_at=timezone.now()
-        )
+        _export_failed(export_id, f"Could not reach the task queue: {exc}")
+
+
+def _export_failed(export_id: int, error: str) -> None:
+    VersionExport.objects.filter(pk=export_id).update(
+        status=VersionExport.Status.FAILED, error=error, finished_at=timezone.now()
+    )
 
 
 def version_export_build(*, export_id: int) -> VersionExport:
@@ -294,10 +298,7 @@ def version_export_build(*, export_id: int) -> VersionExport:
         shutil.rmtree(work, ignore_errors=True)
         if not isinstance(exc, Exception):
             raise
-        message = exc.message if isinstance(exc, ApplicationError) else f"{type(exc).__name__}: {exc}"
-        VersionExport.objects.filter(pk=export.pk).update(
-            status=VersionExport.Status.FAILED, error=message, finished_at=timezone.now()
-        )
+        _export_failed(export.pk, exc.message if isinstance(exc, ApplicationError) else f"{type(exc).__name__}: {exc}")
         log.exception("export %s of %s failed", export.pk, version)
         export.refresh_from_db()
         return export
