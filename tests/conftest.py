@@ -54,10 +54,40 @@ def project(db, tiny_model_dir, models_dir):
 
 @pytest.fixture
 def make_user(db, django_user_model):
-    def make(username: str, *, staff: bool = False):
-        return django_user_model.objects.create_user(username=username, password="pw-12345678", is_staff=staff)
+    """``make_user(name, staff=False, member=True)`` -> a user with password ``pw-12345678``.
 
-    return make
+    With ``member`` (the default) the user is a member of every project of the
+    test, those that exist and those created later (annotator, or staff for
+    ``staff=True``), so tests about something else need not set up access.
+    Tests of access itself pass ``member=False`` and add memberships themselves.
+    """
+    from django.db.models.signals import post_save
+
+    from webapp.policies.models import Membership, Project
+
+    members: list = []
+
+    def join(user, project):
+        role = Membership.Role.STAFF if user.is_staff else Membership.Role.ANNOTATOR
+        Membership.objects.get_or_create(project=project, user=user, defaults={"role": role})
+
+    def on_project_saved(sender, instance, created, **kwargs):
+        if created:
+            for user in members:
+                join(user, instance)
+
+    post_save.connect(on_project_saved, sender=Project, weak=False, dispatch_uid="tests-make-user-members")
+
+    def make(username: str, *, staff: bool = False, member: bool = True):
+        user = django_user_model.objects.create_user(username=username, password="pw-12345678", is_staff=staff)
+        if member:
+            members.append(user)
+            for project in Project.objects.all():
+                join(user, project)
+        return user
+
+    yield make
+    post_save.disconnect(sender=Project, dispatch_uid="tests-make-user-members")
 
 
 @pytest.fixture

@@ -1,20 +1,42 @@
-"""View guards. Permissions are checked in the view, before any context is built."""
+"""View guards. Permissions are checked in the view, before any context is built.
+
+Access is per project (``policies.Membership``): a project's annotators may
+annotate it; its staff may also open its staff pages. Global staff users
+(``is_staff``) are staff of every project. Anonymous users go to the login
+page; signed-in people without the role get 403 (the same for a project that
+does not exist, so a 403 does not tell which projects exist). The guard
+leaves the project on ``request.project`` and the role on
+``request.project_role``.
+"""
 
 from functools import wraps
 
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 
+from webapp.policies.models import Membership
+from webapp.policies.selectors import project_access
 
-def staff_required(view):
-    """Anonymous users go to the login page; signed-in non-staff get 403."""
 
-    @wraps(view)
-    def wrapper(request, *args, **kwargs):
-        if not request.user.is_authenticated:
-            return redirect_to_login(request.get_full_path())
-        if not request.user.is_staff:
-            raise PermissionDenied("Staff only.")
-        return view(request, *args, **kwargs)
+def _project_guard(*, staff: bool, message: str):
+    def decorator(view):
+        @wraps(view)
+        def wrapper(request, *args, **kwargs):
+            if not request.user.is_authenticated:
+                return redirect_to_login(request.get_full_path())
+            project, role = project_access(project_slug=kwargs["slug"], user=request.user)
+            if role is None or (staff and role != Membership.Role.STAFF):
+                raise PermissionDenied(message)
+            request.project, request.project_role = project, role
+            return view(request, *args, **kwargs)
 
-    return wrapper
+        return wrapper
+
+    return decorator
+
+
+member_required = _project_guard(staff=False, message="You are not a member of this project.")
+member_required.__doc__ = "The view's project (``slug``) is open to its annotators and staff only."
+
+staff_required = _project_guard(staff=True, message="Staff only.")
+staff_required.__doc__ = "The view's project (``slug``) is open to its staff (and global staff) only."

@@ -7,15 +7,19 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_safe
 
 from webapp.annotation import selectors as annotation_selectors
-from webapp.policies.models import Project
+from webapp.policies import selectors as policy_selectors
+from webapp.policies.models import Membership, Project
 
 
 @login_required
 def home(request):
-    """Project list (``home.html``); with a single project, annotators go straight to it."""
-    projects = list(Project.objects.select_related("served_version"))
-    if len(projects) == 1 and not request.user.is_staff:
-        return redirect("annotation:annotate", slug=projects[0].slug)
+    """The projects the person is a member of (``home.html``), with their role in each.
+
+    Someone who only annotates, in a single project, goes straight to it.
+    """
+    projects = policy_selectors.projects_for(user=request.user)
+    if len(projects) == 1 and projects[0][1] == Membership.Role.ANNOTATOR:
+        return redirect("annotation:annotate", slug=projects[0][0].slug)
     return render(request, "home.html", {"projects": projects})
 
 

@@ -3,14 +3,13 @@
 import time
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from webapp.errors import ApplicationError
-from webapp.permissions import staff_required
-from webapp.policies.models import Project, RatingMode
+from webapp.permissions import member_required, staff_required
+from webapp.policies.models import RatingMode
 
 from . import figures, selectors, services, tasks
 from .markdown import guidelines_html
@@ -79,21 +78,21 @@ def _render_card_or_page(request, project, *, status=200, **context_kw):
     return render(request, TEMPLATE, context, status=status)
 
 
-@login_required
+@member_required
 @require_GET
 def annotate(request, slug):
     """Full annotation page (``annotation/annotate.html``) with the leased item, or the waiting state."""
-    project = get_object_or_404(Project, slug=slug)
+    project = request.project
     context = _context(request, project)
     context["guidelines"] = guidelines_html(project.guidelines)
     return render(request, TEMPLATE, context)
 
 
-@login_required
+@member_required
 @require_GET
 def card(request, slug):
     """The item card alone for htmx (polled while waiting); the full page for a reload or history restore."""
-    project = get_object_or_404(Project, slug=slug)
+    project = request.project
     return _render_card_or_page(request, project)
 
 
@@ -127,18 +126,21 @@ def _submit(request, project, completion) -> None:
         services.rating_create(completion=completion, score=score, **common)
 
 
-def _item(slug, completion_id) -> Completion:
-    return get_object_or_404(Completion.objects.select_related("project"), pk=completion_id, project__slug=slug)
+def _item(request, completion_id) -> Completion:
+    """The completion of the request's project (set by ``member_required``), or 404."""
+    completion = get_object_or_404(Completion, pk=completion_id, project=request.project)
+    completion.project = request.project
+    return completion
 
 
-@login_required
+@member_required
 @require_POST
 def rate(request, slug, completion_id):
     """Store a rating (Likert, thumbs or pairwise, by the project's mode); answer with the next card (htmx) or redirect.
 
     The rating and the next lease commit together: one transaction per submit.
     """
-    completion = _item(slug, completion_id)
+    completion = _item(request, completion_id)
     project = completion.project
     error, lease = "", None
     with transaction.atomic():
@@ -155,11 +157,11 @@ def rate(request, slug, completion_id):
     return _render_card_or_page(request, project, error=error, lease=lease)
 
 
-@login_required
+@member_required
 @require_POST
 def skip(request, slug, completion_id):
     """Skip the item: it goes back to the queue and is not offered to this annotator again."""
-    completion = _item(slug, completion_id)
+    completion = _item(request, completion_id)
     project = completion.project
     with transaction.atomic():
         services.item_skip(annotator=request.user, completion=completion)
@@ -169,11 +171,11 @@ def skip(request, slug, completion_id):
     return _render_card_or_page(request, project, lease=lease)
 
 
-@login_required
+@member_required
 @require_POST
 def undo(request, slug):
     """Undo the annotator's last judgment (within 10 minutes): its item comes back to be rated again."""
-    project = get_object_or_404(Project, slug=slug)
+    project = request.project
     error, undone, lease = "", None, None
     try:
         result = services.judgment_undo(project=project, annotator=request.user)
@@ -191,7 +193,7 @@ def undo(request, slug):
 @require_GET
 def figures_page(request, slug):
     """Staff only: per-annotator counts, median seconds per item, Krippendorff's alpha (``annotation/figures.html``)."""
-    project = get_object_or_404(Project, slug=slug)
+    project = request.project
     return render(
         request,
         "annotation/figures.html",

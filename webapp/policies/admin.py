@@ -1,11 +1,28 @@
 from django.contrib import admin
 
-from .models import AuditEvent, ModelVersion, Project
+from .models import AuditEvent, Membership, ModelVersion, Project
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 1
+    autocomplete_fields = ["user"]
 
 
 @admin.register(Project)
 class ProjectAdmin(admin.ModelAdmin):
     list_display = ["slug", "title", "rating_mode", "served_version", "min_new_ratings", "pool_target", "guard_max_kl"]
+    inlines = [MembershipInline]
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    """Who may annotate (annotator) or run training (staff) in which project."""
+
+    list_display = ["project", "user", "role", "created_at"]
+    list_filter = ["project", "role"]
+    search_fields = ["user__username", "project__slug"]
+    autocomplete_fields = ["user"]
 
 
 @admin.register(ModelVersion)

@@ -204,7 +204,7 @@ class VersionExport(models.Model):
 
 
 class AuditEvent(models.Model):
-    """Who changed what, when: training, cancelling, promoting, exporting, settings."""
+    """Who changed what, when: training, cancelling, promoting, exporting, settings, members."""
 
     class Action(models.TextChoices):
         TRAIN = "train", "Started a training run"
@@ -213,6 +213,8 @@ class AuditEvent(models.Model):
         EXPORT_VERSION = "export_version", "Exported a version"
         EXPORT_RATINGS = "export_ratings", "Exported ratings"
         SETTINGS = "settings", "Changed project settings"
+        MEMBER_ADD = "member_add", "Added a member"
+        MEMBER_REMOVE = "member_remove", "Removed a member"
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="audit_events")
     actor = models.ForeignKey(
@@ -233,3 +235,33 @@ class AuditEvent(models.Model):
 
     def __str__(self):
         return f"{self.actor or 'system'} {self.action} {self.target}"
+
+
+class Membership(models.Model):
+    """Who may work on a project, and as what.
+
+    Annotators rate the project's items; staff also see its training runs,
+    versions, figures and audit log and may train, promote and export.
+    Global staff users (``User.is_staff``) count as staff of every project
+    (they can reach the Django admin anyway); everyone else reaches only the
+    projects they are members of.
+    """
+
+    class Role(models.TextChoices):
+        ANNOTATOR = "annotator", "Annotator"
+        STAFF = "staff", "Staff"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField("role", max_length=16, choices=Role.choices, default=Role.ANNOTATOR)
+    created_at = models.DateTimeField("added", auto_now_add=True)
+
+    class Meta:
+        ordering = ["project", "user"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "user"], name="membership_once_per_project"),
+            models.CheckConstraint(condition=models.Q(role__in=["annotator", "staff"]), name="membership_role_known"),
+        ]
+
+    def __str__(self):
+        return f"{self.user} in {self.project} as {self.role}"

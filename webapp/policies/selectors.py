@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from django.db.models import QuerySet
 
-from .models import AuditEvent, ModelVersion, Project, RatingMode, VersionExport
+from .models import AuditEvent, Membership, ModelVersion, Project, RatingMode, VersionExport
 
 Z_95 = 1.96
 
@@ -104,3 +104,30 @@ def latest_export(*, version: ModelVersion) -> VersionExport | None:
 def audit_events(*, project: Project, limit: int = 200) -> QuerySet[AuditEvent]:
     """The project's audit log, newest first."""
     return AuditEvent.objects.filter(project=project).select_related("actor")[:limit]
+
+
+def project_access(*, project_slug: str, user) -> tuple[Project | None, str | None]:
+    """The project named ``project_slug`` and the user's role in it (``"staff"`` or ``"annotator"``).
+
+    ``(None, None)`` when the user may not open it (not a member, inactive,
+    anonymous) or it does not exist; a global staff user (``is_staff``) is staff
+    of every project. One query.
+    """
+    if not user.is_authenticated or not user.is_active:
+        return None, None
+    if user.is_staff:
+        project = Project.objects.filter(slug=project_slug).first()
+        return project, (Membership.Role.STAFF if project else None)
+    membership = Membership.objects.select_related("project").filter(project__slug=project_slug, user=user).first()
+    if membership is None:
+        return None, None
+    return membership.project, membership.role
+
+
+def projects_for(*, user) -> list[tuple[Project, str]]:
+    """The projects the user may open, with their role in each (global staff: every project, as staff)."""
+    projects = Project.objects.select_related("served_version")
+    if user.is_staff:
+        return [(p, Membership.Role.STAFF) for p in projects]
+    roles = dict(Membership.objects.filter(user=user).values_list("project_id", "role"))
+    return [(p, roles[p.pk]) for p in projects.filter(pk__in=roles)]

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from webapp.errors import ApplicationError
 
-from .models import AuditEvent, ModelVersion, Project, VersionExport
+from .models import AuditEvent, Membership, ModelVersion, Project, VersionExport
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,34 @@ def project_create(*, slug: str, title: str, base_model_path: str | Path, **fiel
     project.served_version = version
     project.save(update_fields=["served_version"])
     return project
+
+
+@transaction.atomic
+def membership_add(*, project: Project, user, role: str = Membership.Role.ANNOTATOR, actor=None) -> Membership:
+    """Make ``user`` a member of ``project`` with ``role`` (annotator or staff); a member's role is updated.
+
+    Recorded in the project's audit log. Raises:
+        ApplicationError: an unknown role.
+    """
+    if role not in Membership.Role.values:
+        raise ApplicationError(f"A role is one of {', '.join(Membership.Role.values)}, not {role!r}.")
+    membership, _ = Membership.objects.update_or_create(project=project, user=user, defaults={"role": role})
+    audit_record(project=project, actor=actor, action="member_add", target=str(user), detail={"role": role})
+    return membership
+
+
+@transaction.atomic
+def membership_remove(*, project: Project, user, actor=None) -> bool:
+    """Take ``user`` off ``project``; returns whether they were a member.
+
+    Their leases on the project's items are released (the items go back to the
+    queue); their ratings stay.
+    """
+    deleted, _ = Membership.objects.filter(project=project, user=user).delete()
+    if deleted:
+        user.leases.filter(completion__project=project, fulfilled=False).delete()
+        audit_record(project=project, actor=actor, action="member_remove", target=str(user))
+    return bool(deleted)
 
 
 @transaction.atomic

@@ -10,7 +10,7 @@ from webapp.annotation.importers import demo_prompts_from_vader_sdist
 from webapp.annotation.services import prompts_create
 from webapp.errors import ApplicationError
 from webapp.policies import services
-from webapp.policies.models import Project
+from webapp.policies.models import Membership, Project
 from webapp.training.services import schedule_ensure
 
 DEMO_USERS = [("admin", True), ("annotator1", False), ("annotator2", False)]
@@ -20,7 +20,7 @@ VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
 class Command(BaseCommand):
     help = (
         "Set up the demo: the SmolLM2 base model as version 0 of project 'demo', the VADER movie-review "
-        "prompts, an admin and two annotators, and the beat schedule. Safe to run again."
+        "prompts, an admin and two annotators (members of the project), and the beat schedule. Safe to run again."
     )
 
     def add_arguments(self, parser):
@@ -76,6 +76,12 @@ class Command(BaseCommand):
             user.set_password(chosen)
             user.save()
             self.stdout.write(f"  {username}: password {chosen}{' (staff)' if staff else ''}")
+        for username, staff in DEMO_USERS:
+            user = User.objects.get(username=username)
+            if not Membership.objects.filter(project=project, user=user).exists():
+                role = Membership.Role.STAFF if staff else Membership.Role.ANNOTATOR
+                services.membership_add(project=project, user=user, role=role)
+                self.stdout.write(f"  {username}: member of 'demo' as {role}")
         interval = os.environ.get("REWARDLOOP_TRAIN_INTERVAL_S")
         schedule_ensure(train_interval_s=int(interval) if interval else None)
         # Start filling the pool as soon as a generation worker is up, not at beat's first tick.
