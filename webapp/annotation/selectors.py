@@ -224,6 +224,28 @@ def lease_held(*, project: Project, annotator) -> Lease | None:
     return lease
 
 
+_ITEM_STATE_SQL = """
+SELECT p.held_out, CASE WHEN {open_item} THEN 1 ELSE 0 END
+FROM {completion} c JOIN {prompt} p ON p.id = c.prompt_id
+WHERE c.id = %(completion)s
+"""
+
+
+def item_state_for(*, project: Project, annotator, completion_id: int) -> tuple[bool, bool]:
+    """``(held_out, open)`` for one item: whether its prompt is held out, and whether this
+    annotator's queue may offer it (the queue's own condition: the project's item in
+    its mode, still needing ratings, neither rated nor skipped by them; held-out
+    prompts never are). Whether a slot is free is left to the lease insert. One statement.
+    """
+    sql = _ITEM_STATE_SQL.format(open_item=_open_item_sql(project), **_T)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {"project": project.pk, "annotator": annotator.pk, "completion": completion_id})
+        row = cursor.fetchone()
+    if row is None:
+        return False, False
+    return bool(row[0]), bool(row[1])
+
+
 def pair_of(completion: Completion) -> Pair | None:
     """The pair whose anchor is ``completion``, or None."""
     try:
@@ -233,8 +255,15 @@ def pair_of(completion: Completion) -> Pair | None:
 
 
 def new_ratings(*, project: Project) -> QuerySet[Rating]:
-    """Ratings not yet used by a succeeded training run."""
-    return Rating.objects.filter(completion__project=project).exclude(training_runs__status="succeeded")
+    """Ratings not yet used by a succeeded training run; never ratings of held-out prompts.
+
+    Held-out prompts judge versions (the promotion guard); a rating of one
+    (stored before judgments were checked, or by hand) is never trained on.
+    """
+    return (
+        Rating.objects.filter(completion__project=project, completion__prompt__held_out=False)
+        .exclude(training_runs__status="succeeded")
+    )
 
 
 def judgments_by(*, project: Project, annotator) -> QuerySet[Rating] | QuerySet[Comparison]:

@@ -291,21 +291,44 @@ def _lease_take_slot(
 _LEASE_CLAIM_SQL = f"""
 UPDATE {Lease._meta.db_table} SET fulfilled = %(true)s
 WHERE completion_id = %(completion)s AND annotator_id = %(annotator)s
+    AND completion_id IN (
+        SELECT c.id FROM {Completion._meta.db_table} c JOIN {Prompt._meta.db_table} p ON p.id = c.prompt_id
+        WHERE NOT p.held_out
+    )
 RETURNING id, slot, expires_at, a_on_left, created_at
 """
+
+
+def _item_check_open(*, project: Project, annotator, completion: Completion) -> None:
+    """Refuse a judgment of an item this annotator's queue would not offer them now.
+
+    Raises:
+        ApplicationError: a held-out prompt (never rateable), or an item that has
+            all its ratings, that they rated or skipped, or that is no item in the
+            project's mode (a pair's second completion).
+    """
+    held_out, open_ = selectors.item_state_for(project=project, annotator=annotator, completion_id=completion.pk)
+    if held_out:
+        raise ApplicationError("This prompt is held out to evaluate versions; it cannot be rated.")
+    if not open_:
+        raise ApplicationError("This item is not in your queue (rated, skipped or finished); reload the page.")
 
 
 def _lease_for_judgment(*, project: Project, annotator, completion: Completion) -> Lease:
     """Lock the annotator's lease on ``completion`` and mark it fulfilled, in one statement.
 
-    Called inside the judgment's transaction, which undoes the mark if the
-    judgment fails. Without a lease (it expired and was reclaimed), the
-    annotator's work is kept only if a slot of the item is still free, taken
-    the same way a lease is, so an item never gets more than
+    A judgment is accepted only for an item the annotator holds a lease on
+    (live, or expired but not yet reclaimed: its slot is still theirs), or that
+    their own queue would offer them right now; held-out prompts never. Called
+    inside the judgment's transaction, which undoes the mark if the judgment
+    fails. Without a lease (it expired and was reclaimed, or the item is
+    judged by id), the item must be open for this annotator and a slot of it
+    still free, taken the same way a lease is, so an item never gets more than
     ``ratings_per_item`` judgments.
 
     Raises:
-        ApplicationError: the lease expired and the item went to someone else.
+        ApplicationError: a held-out prompt; an item not in their queue; the
+            lease expired and the item went to someone else.
     """
     with connection.cursor() as cursor:
         cursor.execute(_LEASE_CLAIM_SQL, {"true": True, "completion": completion.pk, "annotator": annotator.pk})
@@ -322,6 +345,7 @@ def _lease_for_judgment(*, project: Project, annotator, completion: Completion) 
             fulfilled=True,
             created_at=selectors.aware_datetime(created_at),
         )
+    _item_check_open(project=project, annotator=annotator, completion=completion)
     Lease.objects.filter(completion=completion, fulfilled=False, expires_at__lte=timezone.now()).delete()
     lease = _lease_take_slot(
         project=project, annotator=annotator, completion_id=completion.pk, lease_minutes=LEASE_MINUTES, fulfilled=True
@@ -509,6 +533,15 @@ def judgment_undo(*, project: Project, annotator, lease_minutes: int = LEASE_MIN
 
 @transaction.atomic
 def item_skip(*, annotator, completion: Completion) -> None:
-    """Give the item back to the queue; it is not offered to this annotator again."""
-    Lease.objects.filter(completion=completion, annotator=annotator, fulfilled=False).delete()
+    """Give the item back to the queue; it is not offered to this annotator again.
+
+    Accepted for an item the annotator holds a lease on, or that their queue
+    would offer them now (like a rating; see :func:`_lease_for_judgment`).
+
+    Raises:
+        ApplicationError: a held-out prompt, or an item not in their queue.
+    """
+    released, _ = Lease.objects.filter(completion=completion, annotator=annotator, fulfilled=False).delete()
+    if not released:
+        _item_check_open(project=completion.project, annotator=annotator, completion=completion)
     Skip.objects.get_or_create(completion=completion, annotator=annotator)

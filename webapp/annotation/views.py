@@ -163,12 +163,19 @@ def skip(request, slug, completion_id):
     """Skip the item: it goes back to the queue and is not offered to this annotator again."""
     completion = _item(request, completion_id)
     project = completion.project
+    error, lease = "", None
     with transaction.atomic():
-        services.item_skip(annotator=request.user, completion=completion)
-        lease = services.lease_next(project=project, annotator=request.user) if request.htmx else None
+        try:
+            services.item_skip(annotator=request.user, completion=completion)
+        except ApplicationError as exc:
+            error = exc.message
+        if request.htmx:
+            lease = services.lease_next(project=project, annotator=request.user)
     if not request.htmx:
+        if error:
+            messages.error(request, error)
         return redirect("annotation:annotate", slug=slug)
-    return _render_card_or_page(request, project, lease=lease)
+    return _render_card_or_page(request, project, error=error, lease=lease)
 
 
 @member_required

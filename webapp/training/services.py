@@ -166,9 +166,17 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
         score_a, score_b = pairwise_to_scores(choice)
         return score_a if cid == anchor_id else score_b
 
-    completion_ids = sorted({r.completion_id for r in ratings})
+    # Held-out prompts judge versions; their ratings (if any were stored) never train one.
+    held_out = set(
+        Completion.objects.filter(pk__in={r.completion_id for r in ratings}, prompt__held_out=True).values_list(
+            "pk", flat=True
+        )
+    )
+    completion_ids = sorted({r.completion_id for r in ratings} - held_out)
+    if not completion_ids:
+        raise ApplicationError("There are no ratings of training prompts to train on.")
     history = list(
-        Rating.objects.filter(completion__project=project).values_list(
+        Rating.objects.filter(completion__project=project, completion__prompt__held_out=False).values_list(
             "completion_id", "annotator_id", "score", "thumbs_up", "comparison__choice", "comparison__pair__completion_a_id"
         )
     )
