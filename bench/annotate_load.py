@@ -123,6 +123,7 @@ def seed(*, n_items: int, n_annotators: int, model_dir: Path) -> None:
     from webapp.annotation.importers import PromptRow
     from webapp.annotation.models import Completion
     from webapp.annotation.services import prompts_create
+    from webapp.policies.models import Membership
     from webapp.policies.services import project_create
 
     project = project_create(
@@ -147,9 +148,11 @@ def seed(*, n_items: int, n_annotators: int, model_dir: Path) -> None:
         batch_size=2000,
     )
     hashed = make_password(PASSWORD)
-    get_user_model().objects.bulk_create(
+    users = get_user_model().objects.bulk_create(
         get_user_model()(username=f"ann{i:03d}", password=hashed) for i in range(n_annotators)
     )
+    users = get_user_model().objects.filter(username__in=[u.username for u in users])  # with their ids on SQLite too
+    Membership.objects.bulk_create(Membership(project=project, user=user) for user in users)
 
 
 class Annotator(threading.Thread):
