@@ -15,11 +15,14 @@ Everything a deployment changes comes from the environment:
 - ``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG``, ``DJANGO_ALLOWED_HOSTS``.
 - ``REWARDLOOP_TRAIN_INTERVAL_S`` (default 300): how often Celery beat checks
   whether a project has enough new ratings to train.
+- ``REWARDLOOP_LOGIN_FAILURE_LIMIT`` (default 10), ``REWARDLOOP_LOGIN_LOCKOUT_MINUTES``
+  (default 15): login throttling per username and per IP address (django-axes).
 - ``REWARDLOOP_TORCH_THREADS``: torch threads per worker process (default: the
   machine's cores divided by the number of worker pools, at least 1).
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -44,6 +47,7 @@ INSTALLED_APPS = [
     "template_partials",
     "django_celery_beat",
     "csp",
+    "axes",
     "webapp.policies",
     "webapp.annotation",
     "webapp.training",
@@ -61,6 +65,8 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     "webapp.middleware.HtmxLoginRedirectMiddleware",
     "csp.middleware.CSPMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into a 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "webapp.urls"
@@ -118,6 +124,24 @@ else:
     SESSION_ENGINE = "django.contrib.sessions.backends.db"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Login throttling (django-axes): after REWARDLOOP_LOGIN_FAILURE_LIMIT failed logins for one
+# username, or from one IP address, further attempts answer 429 for
+# REWARDLOOP_LOGIN_LOCKOUT_MINUTES, checked by AxesStandaloneBackend before any password is
+# hashed. A successful login clears that username's and address's failures. Failures are
+# kept in the database (shared by every web process). The address is REMOTE_ADDR: behind a
+# reverse proxy, have the proxy pass the client's address as REMOTE_ADDR.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = int(os.environ.get("REWARDLOOP_LOGIN_FAILURE_LIMIT", "10"))
+AXES_COOLOFF_TIME = timedelta(minutes=int(os.environ.get("REWARDLOOP_LOGIN_LOCKOUT_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # each on its own: per username, and per address
+AXES_RESET_ON_SUCCESS = True
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_VERBOSE = False
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 8}},
