@@ -12,7 +12,10 @@ Everything a deployment changes comes from the environment:
   the database.
 - ``CELERY_BROKER_URL``: e.g. ``redis://127.0.0.1:6379/0``. Unset: kombu's
   ``filesystem://`` transport under the data directory (no server needed).
-- ``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG``, ``DJANGO_ALLOWED_HOSTS``.
+- ``DJANGO_SECRET_KEY`` (unset: generated once into ``DATA_DIR/secret_key``; with
+  DEBUG off a weak one stops the start), ``DJANGO_DEBUG``, ``DJANGO_ALLOWED_HOSTS``.
+- ``REWARDLOOP_HTTPS=1``: secure cookies, HTTPS redirect, proxy header, HSTS
+  (``REWARDLOOP_HSTS_SECONDS``, ``REWARDLOOP_HSTS_PRELOAD``).
 - ``REWARDLOOP_TRAIN_INTERVAL_S`` (default 300): how often Celery beat checks
   whether a project has enough new ratings to train.
 - ``REWARDLOOP_LOGIN_FAILURE_LIMIT`` (default 10), ``REWARDLOOP_LOGIN_LOCKOUT_MINUTES``
@@ -28,13 +31,35 @@ from pathlib import Path
 import dj_database_url
 from csp.constants import NONE, SELF
 
+from webapp.secret_key import secret_key
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("REWARDLOOP_DATA_DIR", BASE_DIR / "var")).resolve()
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-not-secret-change-me-in-production")
 DEBUG = os.environ.get("DJANGO_DEBUG", "0") == "1"
+# DJANGO_SECRET_KEY, or a random key generated once into DATA_DIR/secret_key (mode 0600).
+# With DEBUG off, a weak or the old development DJANGO_SECRET_KEY stops the start.
+SECRET_KEY = secret_key(environ=os.environ, data_dir=DATA_DIR, debug=DEBUG)
 ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver").split(",")
+
+# REWARDLOOP_HTTPS=1: served over HTTPS (directly or behind a proxy that sets
+# X-Forwarded-Proto): cookies only over HTTPS, plain HTTP redirected, HSTS for
+# REWARDLOOP_HSTS_SECONDS (default one year, subdomains included). The HSTS preload
+# directive is sent only with REWARDLOOP_HSTS_PRELOAD=1 (it asks browsers' preload
+# lists to include the domain, a commitment the deployer makes, not this code).
+REWARDLOOP_HTTPS = os.environ.get("REWARDLOOP_HTTPS", "0") == "1"
+if REWARDLOOP_HTTPS:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # the load balancer's plain-HTTP health probe
+    SECURE_HSTS_SECONDS = int(os.environ.get("REWARDLOOP_HSTS_SECONDS", str(365 * 24 * 3600)))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = os.environ.get("REWARDLOOP_HSTS_PRELOAD", "0") == "1"
+    if not SECURE_HSTS_PRELOAD:
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]  # preload not asked for: a choice, not an oversight
 
 INSTALLED_APPS = [
     "webapp.admin.RewardloopAdminConfig",  # django.contrib.admin, 403 for signed-in non-staff
