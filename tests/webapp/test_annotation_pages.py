@@ -28,7 +28,7 @@ def annotator_client(client, annotator):
 def test_guidelines_render_markdown_but_raw_html_and_script_links_stay_text(annotator_client, project):
     project.guidelines = "# Be kind\n\nRate **truthfulness**. <script>alert(1)</script> [click](javascript:alert(2))"
     project.save()
-    body = annotator_client.get(url("annotate", project)).content.decode()
+    body = annotator_client.post(url("next", project), follow=True).content.decode()
     assert "<h1>Be kind</h1>" in body and "<strong>truthfulness</strong>" in body
     assert "<script>alert(1)" not in body and "&lt;script&gt;alert(1)&lt;/script&gt;" in body
     assert 'href="javascript:' not in body
@@ -38,10 +38,10 @@ def test_guidelines_render_markdown_but_raw_html_and_script_links_stay_text(anno
 def test_every_key_is_shown_on_screen_and_in_the_help_overlay(annotator_client, project, make_completion):
     first = make_completion(project)
     make_completion(project)
-    body = annotator_client.get(url("annotate", project)).content.decode()
+    body = annotator_client.post(url("next", project), follow=True).content.decode()
     assert 'data-key="u"' not in body  # nothing to undo yet
     annotator_client.post(url("rate", project, first.pk), {"score": "3"}, **HTMX)
-    body = annotator_client.get(url("annotate", project)).content.decode()
+    body = annotator_client.post(url("next", project), follow=True).content.decode()
     for key in "12345su?":
         assert f'data-key="{key}"' in body
     # every form that posts disables the card's buttons while its request is in flight
@@ -56,14 +56,14 @@ def test_the_card_says_when_a_prompt_comes_back_with_other_answers(annotator_cli
     project.completions_per_prompt = per_prompt
     project.save(update_fields=["completions_per_prompt"])
     make_completion(project)
-    body = annotator_client.get(url("annotate", project)).content.decode()
+    body = annotator_client.post(url("next", project), follow=True).content.decode()
     hint = "The model answers each prompt 4 times, so you may see this prompt again"
     assert (hint in body) == (per_prompt == 4)
 
 
 def test_progress_shows_todays_count_and_the_remaining_queue(annotator_client, annotator, project, make_completion):
     first, *_ = [make_completion(project) for _ in range(3)]
-    annotator_client.get(url("annotate", project))
+    annotator_client.post(url("next", project), follow=True)
     body = annotator_client.post(url("rate", project, first.pk), {"score": "3"}, **HTMX).content.decode()
     assert 'id="count-today">1<' in body and 'id="count-queue">2<' in body  # the one shown now and one more
 
@@ -73,7 +73,7 @@ def test_a_thumbs_project_shows_thumb_keys_and_stores_a_thumb_with_its_comment(c
     completion = make_completion(project)
     user = make_user("thumbsy")
     client.force_login(user)
-    body = client.get(url("annotate", project)).content.decode()
+    body = client.post(url("next", project), follow=True).content.decode()
     assert 'name="thumb" value="up" data-key="2"' in body and 'name="thumb" value="down" data-key="1"' in body
     client.post(url("rate", project, completion.pk), {"thumb": "down", "comment": "مرحبا 你好 🎉"}, **HTMX)
     rating = Rating.objects.get()
@@ -88,9 +88,9 @@ def test_pairwise_page_shows_both_sides_and_stores_the_choice_by_completion(
     pair = make_pair(project, make_completion, texts=("text of A", "text of B"))
     user = make_user("pairy")
     client.force_login(user)
-    client.get(url("annotate", project))
+    client.post(url("next", project), follow=True)
     Lease.objects.filter(annotator=user).update(a_on_left=a_on_left)
-    body = client.get(url("annotate", project)).content.decode()
+    body = client.post(url("next", project), follow=True).content.decode()
     left, right = ("text of A", "text of B") if a_on_left else ("text of B", "text of A")
     assert body.index(left) < body.index(right)
     for key in "abtx":
@@ -103,7 +103,7 @@ def test_pairwise_page_shows_both_sides_and_stores_the_choice_by_completion(
 def test_undo_over_htmx_brings_the_item_back_with_its_comment_as_text(annotator_client, project, make_completion):
     first = make_completion(project, text="first")
     make_completion(project, text="second")
-    annotator_client.get(url("annotate", project))
+    annotator_client.post(url("next", project), follow=True)
     annotator_client.post(url("rate", project, first.pk), {"score": "2", "comment": XSS}, **HTMX)
     body = annotator_client.post(url("undo", project), **HTMX).content.decode()
     assert "<html" not in body and f'data-completion="{first.pk}"' in body
@@ -123,13 +123,13 @@ def test_emoji_right_to_left_and_cjk_text_arrive_intact(annotator_client, projec
     prompt.text = "שלום עולם — مرحبا بالعالم"
     prompt.save()
     make_completion(project, prompt=prompt, text="这部电影很好看 🎬🍿 — 映画は素晴らしい")
-    body = annotator_client.get(url("annotate", project)).content.decode()
+    body = annotator_client.post(url("next", project), follow=True).content.decode()
     assert "שלום עולם — مرحبا بالعالم" in body and "这部电影很好看 🎬🍿 — 映画は素晴らしい" in body
 
 
 def test_pages_have_no_inline_script_or_style(annotator_client, project, make_completion):
     make_completion(project)
-    body = annotator_client.get(url("annotate", project)).content.decode()
+    body = annotator_client.post(url("next", project), follow=True).content.decode()
     assert "style=" not in body and "<style" not in body
     for chunk in body.split("<script")[1:]:
         assert chunk.lstrip().startswith("src=") or ' src="' in chunk.split(">")[0]
@@ -158,7 +158,7 @@ def test_figures_show_counts_medians_and_krippendorffs_alpha(client, staff_user,
     assert "<td>alice</td><td class=\"num\">4</td><td class=\"num\">4</td>" in body
     assert "<td class=\"num\">5.0</td>" in body  # median of 2, 4, 6, 100 seconds
     assert XSS not in body and "&lt;img src=x onerror=alert(1)&gt;" in body
-    assert reverse("annotation:figures", args=[project.slug]) in client.get(url("annotate", project)).content.decode()
+    assert reverse("annotation:figures", args=[project.slug]) in client.post(url("next", project), follow=True).content.decode()
 
 
 def test_figures_explain_when_nobody_overlaps_yet(client, staff_user, annotator, project, make_completion):
@@ -176,7 +176,7 @@ def test_the_next_card_and_a_submit_each_take_a_bounded_number_of_queries(
 ):
     for _ in range(30):
         make_completion(project)
-    annotator_client.get(url("card", project), **HTMX)  # leases an item (and runs the throttled upkeep)
+    annotator_client.post(url("next", project), **HTMX)  # leases an item (and runs the throttled upkeep)
     # session, user, the membership with its project, the held lease with its card, the progress line
     with django_assert_max_num_queries(5):
         body = annotator_client.get(url("card", project), **HTMX).content.decode()
@@ -196,5 +196,5 @@ def test_a_long_queue_shows_its_count_capped_with_a_plus(annotator_client, proje
     monkeypatch.setattr(selectors, "QUEUE_COUNT_CAP", 3)
     for _ in range(5):
         make_completion(project)
-    body = annotator_client.get(url("card", project), **HTMX).content.decode()
+    body = annotator_client.post(url("next", project), **HTMX).content.decode()
     assert 'id="count-queue">3+<' in body

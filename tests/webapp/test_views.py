@@ -1,7 +1,7 @@
 import pytest
 from django.urls import reverse
 
-from webapp.annotation.models import Rating
+from webapp.annotation.models import Lease, Rating
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
 
@@ -16,6 +16,10 @@ def annotate_url(project):
     return reverse("annotation:annotate", args=[project.slug])
 
 
+def next_url(project):
+    return reverse("annotation:next", args=[project.slug])
+
+
 def test_annotation_page_needs_a_login(client, project):
     response = client.get(annotate_url(project))
     assert response.status_code == 302 and "/accounts/login/" in response["Location"]
@@ -23,7 +27,7 @@ def test_annotation_page_needs_a_login(client, project):
 
 def test_annotation_page_shows_the_leased_prompt_and_completion(annotator_client, project, make_completion):
     make_completion(project, text="The acting was superb")
-    response = annotator_client.get(annotate_url(project))
+    response = annotator_client.post(next_url(project), follow=True)
     body = response.content.decode()
     assert response.status_code == 200
     assert "The acting was superb" in body and "film number 0 was" in body
@@ -33,7 +37,7 @@ def test_annotation_page_shows_the_leased_prompt_and_completion(annotator_client
 def test_rating_by_htmx_stores_it_and_swaps_in_the_next_item(annotator_client, annotator, project, make_completion):
     first = make_completion(project, text="first completion")
     make_completion(project, text="second completion")
-    annotator_client.get(annotate_url(project))
+    annotator_client.post(next_url(project), follow=True)
     response = annotator_client.post(reverse("annotation:rate", args=[project.slug, first.pk]), {"score": "4"}, **HTMX)
     body = response.content.decode()
     assert response.status_code == 200
@@ -45,7 +49,7 @@ def test_rating_by_htmx_stores_it_and_swaps_in_the_next_item(annotator_client, a
 
 def test_double_click_stores_one_rating_and_says_so(annotator_client, project, make_completion):
     first = make_completion(project)
-    annotator_client.get(annotate_url(project))
+    annotator_client.post(next_url(project), follow=True)
     url = reverse("annotation:rate", args=[project.slug, first.pk])
     annotator_client.post(url, {"score": "4"}, **HTMX)
     response = annotator_client.post(url, {"score": "2"}, **HTMX)
@@ -59,9 +63,57 @@ def test_rating_needs_post(annotator_client, project, make_completion):
 
 
 def test_empty_queue_shows_the_waiting_state_that_polls(annotator_client, project):
-    body = annotator_client.get(annotate_url(project)).content.decode()
+    body = annotator_client.post(next_url(project), **HTMX).content.decode()
     assert "The model is writing new outputs" in body
-    assert 'hx-trigger="every 3s"' in body
+    assert 'hx-trigger="every 3s"' in body and f'hx-post="{next_url(project)}"' in body
+
+
+WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+
+
+def writes_during(request):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        response = request()
+    return response, [q["sql"] for q in queries if q["sql"].lstrip().upper().startswith(WRITES)]
+
+
+def test_loading_the_annotation_page_or_its_card_writes_nothing_to_the_database(annotator_client, project, make_completion):
+    make_completion(project, text="waiting to be leased")
+    card_url = reverse("annotation:card", args=[project.slug])
+    for request in (
+        lambda: annotator_client.get(annotate_url(project)),
+        lambda: annotator_client.get(card_url, **HTMX),
+        lambda: annotator_client.get(card_url, HTTP_HX_HISTORY_RESTORE_REQUEST="true", **HTMX),
+    ):
+        response, writes = writes_during(request)
+        assert response.status_code == 200 and writes == []
+    assert not Lease.objects.exists()
+
+
+def test_the_page_asks_for_its_item_by_post_as_it_loads_and_then_shows_the_held_item(
+    annotator_client, project, make_completion
+):
+    make_completion(project, text="the leased completion")
+    body = annotator_client.get(annotate_url(project)).content.decode()
+    assert f'hx-post="{next_url(project)}" hx-trigger="load"' in body and "the leased completion" not in body
+    card = annotator_client.post(next_url(project), **HTMX).content.decode()
+    assert "the leased completion" in card and "<html" not in card and Lease.objects.count() == 1
+    response, writes = writes_during(lambda: annotator_client.get(annotate_url(project)))
+    assert "the leased completion" in response.content.decode() and writes == []  # a reload shows it, reading only
+
+
+def test_without_htmx_the_next_item_button_leases_and_returns_to_the_page(annotator_client, project, make_completion):
+    make_completion(project, text="plain form post")
+    response = annotator_client.post(next_url(project))
+    assert response.status_code == 302 and response["Location"] == annotate_url(project)
+    assert "plain form post" in annotator_client.get(annotate_url(project)).content.decode()
+
+
+def test_the_next_item_needs_post(annotator_client, project):
+    assert annotator_client.get(next_url(project)).status_code == 405
 
 
 def test_history_restore_request_gets_the_full_page(annotator_client, project, make_completion):
@@ -77,7 +129,7 @@ def test_model_and_prompt_text_is_escaped(annotator_client, project, make_comple
     prompt.text = "<script>alert('p')</script>"
     prompt.save()
     make_completion(project, prompt=prompt, text="<img src=x onerror=alert(1)>")
-    body = annotator_client.get(annotate_url(project)).content.decode()
+    body = annotator_client.post(next_url(project), follow=True).content.decode()
     assert "<script>alert" not in body and "<img src=x" not in body
     assert "&lt;script&gt;alert(&#x27;p&#x27;)&lt;/script&gt;" in body
     assert "&lt;img src=x onerror=alert(1)&gt;" in body

@@ -6,6 +6,7 @@ app_name = "annotation"
 urlpatterns = [
     path("annotate/", views.annotate, name="annotate"),
     path("annotate/card/", views.card, name="card"),
+    path("annotate/next/", views.next_item, name="next"),
     path("annotate/undo/", views.undo, name="undo"),
     path("annotate/<int:completion_id>/rate/", views.rate, name="rate"),
     path("annotate/<int:completion_id>/skip/", views.skip, name="skip"),

@@ -48,10 +48,22 @@ def _sides(project, lease):
     return pair, pair.completion_a, pair.completion_b
 
 
-def _context(request, project, *, error="", undone=None, lease=None):
-    if lease is None:
-        lease = services.lease_next(project=project, annotator=request.user)
-    _nudge_pool_refill(project, queue_empty=lease is None)
+_READ_ONLY = object()
+
+
+def _context(request, project, *, error="", undone=None, lease=_READ_ONLY):
+    """What the page and the card show.
+
+    After a POST, ``lease`` is the item to show next (None: nothing to rate right now,
+    the waiting card, which asks again by POST every few seconds). Left out (a GET):
+    the lease the person holds, only read; holding none, the card asks for the next
+    item by POST as it loads (``ask_next``), so a page load writes nothing.
+    """
+    read_only = lease is _READ_ONLY
+    if read_only:
+        lease = selectors.lease_held(project=project, annotator=request.user)
+    else:
+        _nudge_pool_refill(project, queue_empty=lease is None)
     pair, left, right = _sides(project, lease)
     progress = selectors.annotator_progress(project=project, annotator=request.user)
     return {
@@ -59,6 +71,7 @@ def _context(request, project, *, error="", undone=None, lease=None):
         "mode": project.rating_mode,
         "lease": lease,
         "completion": lease.completion if lease else None,
+        "ask_next": read_only and lease is None,
         "pair": pair,
         "left": left,
         "right": right,
@@ -81,7 +94,10 @@ def _render_card_or_page(request, project, *, status=200, **context_kw):
 @member_required
 @require_GET
 def annotate(request, slug):
-    """Full annotation page (``annotation/annotate.html``) with the leased item, or the waiting state."""
+    """Full annotation page (``annotation/annotate.html``) with the item the person holds.
+
+    Read only: holding no item, the card asks for one by POST (:func:`next_item`) as it loads.
+    """
     project = request.project
     context = _context(request, project)
     context["guidelines"] = guidelines_html(project.guidelines)
@@ -91,9 +107,22 @@ def annotate(request, slug):
 @member_required
 @require_GET
 def card(request, slug):
-    """The item card alone for htmx (polled while waiting); the full page for a reload or history restore."""
+    """The item card alone for htmx; the full page for a reload or history restore. Read only."""
+    return _render_card_or_page(request, request.project)
+
+
+@member_required
+@require_POST
+def next_item(request, slug):
+    """Lease the next item (or keep the one held) and answer with its card (htmx) or redirect to the page.
+
+    The card of an empty queue is the waiting state, which asks here again every few seconds.
+    """
     project = request.project
-    return _render_card_or_page(request, project)
+    lease = services.lease_next(project=project, annotator=request.user)
+    if not request.htmx:
+        return redirect("annotation:annotate", slug=slug)
+    return _render_card_or_page(request, project, lease=lease)
 
 
 def _submit(request, project, completion) -> None:
@@ -189,6 +218,8 @@ def undo(request, slug):
         undone, lease = result.revision, result.lease
     except ApplicationError as exc:
         error = exc.message
+    if lease is None and request.htmx:
+        lease = services.lease_next(project=project, annotator=request.user)
     if not request.htmx:
         if error:
             messages.error(request, error)
