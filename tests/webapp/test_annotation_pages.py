@@ -158,7 +158,8 @@ def test_figures_show_counts_medians_and_krippendorffs_alpha(client, staff_user,
     assert "<td>alice</td><td class=\"num\">4</td><td class=\"num\">4</td>" in body
     assert "<td class=\"num\">5.0</td>" in body  # median of 2, 4, 6, 100 seconds
     assert XSS not in body and "&lt;img src=x onerror=alert(1)&gt;" in body
-    assert reverse("annotation:figures", args=[project.slug]) in client.post(url("next", project), follow=True).content.decode()
+    page = client.post(url("next", project), follow=True).content.decode()
+    assert reverse("annotation:figures", args=[project.slug]) in page
 
 
 def test_figures_explain_when_nobody_overlaps_yet(client, staff_user, annotator, project, make_completion):

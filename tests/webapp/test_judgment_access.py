@@ -72,7 +72,7 @@ def test_an_item_the_queue_would_offer_may_be_rated_without_a_lease(project, ann
     assert Lease.objects.get(completion=item, annotator=annotator).fulfilled
 
 
-def test_the_second_completion_of_a_pair_cannot_be_rated_or_skipped_by_id(tiny_model_dir, models_dir, annotator, make_completion):
+def test_the_second_completion_of_a_pair_cannot_be_skipped_by_id(tiny_model_dir, models_dir, annotator, make_completion):
     project = make_project(tiny_model_dir, slug="pw", mode="pairwise")
     pair = make_pair(project, make_completion)
     with pytest.raises(ApplicationError, match="not in your queue"):

@@ -80,7 +80,9 @@ def writes_during(request):
     return response, [q["sql"] for q in queries if q["sql"].lstrip().upper().startswith(WRITES)]
 
 
-def test_loading_the_annotation_page_or_its_card_writes_nothing_to_the_database(annotator_client, project, make_completion):
+def test_loading_the_annotation_page_or_its_card_writes_nothing_to_the_database(
+    annotator_client, project, make_completion
+):
     make_completion(project, text="waiting to be leased")
     card_url = reverse("annotation:card", args=[project.slug])
     for request in (
