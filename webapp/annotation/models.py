@@ -20,6 +20,8 @@ completions (``Rating.comparison``), so training, the pool and the queue see
 pairwise work through the same table as Likert and thumbs ratings.
 """
 
+import hashlib
+
 from django.conf import settings
 from django.db import models
 
@@ -46,6 +48,11 @@ class Prompt(models.Model):
 
     def __str__(self):
         return self.text[:60]
+
+    @staticmethod
+    def digest(text: str) -> str:
+        """``text_sha256`` of a prompt text: hex SHA-256 of its UTF-8 bytes."""
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class Completion(models.Model):
