@@ -230,11 +230,16 @@ def lease_next(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTE
     slot or candidate is tried. Expired, unrated leases are reclaimed
     (see :func:`leases_reclaim_expired`; always before answering "nothing"),
     so their items go back to the queue. Pairwise leases draw which side
-    shows completion A.
+    shows completion A. A lease on an item of an earlier rating mode (a single
+    completion, after the project switched to pairwise) is given back and a
+    new item leased.
     """
     held = selectors.lease_held(project=project, annotator=annotator)
     if held:
         return held
+    # A lease from before the project's rating mode changed holds an item this mode cannot rate:
+    # give it back, so the annotator is not stuck on it and its slot is free when the mode returns.
+    selectors.leases_off_mode(project=project, annotator=annotator).delete()
     leases_reclaim_expired(project=project)
     lease = _lease_first_free(project=project, annotator=annotator, lease_minutes=lease_minutes)
     if lease is None and leases_reclaim_expired(project=project, force=True):
