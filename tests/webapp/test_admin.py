@@ -105,3 +105,15 @@ def test_changing_a_prompt_text_in_the_admin_moves_its_hash(superuser_client, pr
     assert response.status_code == 302
     prompt.refresh_from_db()
     assert prompt.text_sha256 == hashlib.sha256(b"Edited text").hexdigest()
+
+
+def test_two_people_adding_the_same_prompt_at_once_get_a_message_not_a_500(superuser_client, project, monkeypatch):
+    from webapp.annotation.models import Prompt
+
+    assert _add_prompt(superuser_client, project, "Typed twice at once").status_code == 302
+    monkeypatch.setattr(Prompt, "clean", lambda self: None)  # the second passed its check before the first saved
+    response = _add_prompt(superuser_client, project, "Typed twice at once")
+    assert response.status_code == 302
+    assert Prompt.objects.filter(project=project, text="Typed twice at once").count() == 1
+    page = superuser_client.get(response["Location"]).content.decode()
+    assert "This project has this prompt already (saved a moment ago)" in page
