@@ -22,6 +22,9 @@ Everything a deployment changes comes from the environment:
   (default 15): login throttling per username and per IP address (django-axes).
 - ``REWARDLOOP_TORCH_THREADS``: torch threads per worker process (default: the
   machine's cores divided by the number of worker pools, at least 1).
+- ``REWARDLOOP_IMPORT_MAX_BYTES`` (default 256 MiB), ``REWARDLOOP_IMPORT_MAX_LINES``
+  (default 1,000,000) and ``REWARDLOOP_IMPORT_MAX_LINE_BYTES`` (default 64 KiB): caps on
+  one prompt file (``manage.py import_prompts``).
 """
 
 import os
@@ -81,6 +84,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "webapp.middleware.HtmxVaryMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -246,3 +250,9 @@ LOGGING = {
         "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
     },
 }
+
+# Prompt import caps (``manage.py import_prompts``; a file over one is rejected, nothing stored).
+# The import streams the file, so memory does not grow with these; they bound time and database size.
+REWARDLOOP_IMPORT_MAX_BYTES = int(os.environ.get("REWARDLOOP_IMPORT_MAX_BYTES", str(256 * 1024 * 1024)))
+REWARDLOOP_IMPORT_MAX_LINES = int(os.environ.get("REWARDLOOP_IMPORT_MAX_LINES", "1000000"))
+REWARDLOOP_IMPORT_MAX_LINE_BYTES = int(os.environ.get("REWARDLOOP_IMPORT_MAX_LINE_BYTES", "65536"))

@@ -128,3 +128,188 @@ def test_an_unterminated_csv_quote_rejects_the_file(tmp_path):
 def test_a_nul_character_rejects_the_file_with_its_line(tmp_path):
     with pytest.raises(PromptFileError, match="line 2: text contains a NUL character"):
         parse_prompt_file(write(tmp_path, "p.jsonl", '{"text": "ok"}\n{"text": "nul\\u0000inside"}\n'))
+
+
+# --- Streaming, caps, line endings, NUL (issue 14: input) ------------------------------------------
+
+LINE_BREAKS_THAT_ARE_TEXT = ["\u2028", "\u2029", "\x85", "\x0c", "\x0b", "\x1c", "\x1d", "\x1e"]
+
+
+def test_unicode_line_separators_inside_a_json_string_are_text_not_line_breaks(tmp_path):
+    texts = [f"before{ch}after" for ch in LINE_BREAKS_THAT_ARE_TEXT]
+    # ensure_ascii=False writes them raw, as a UTF-8 file from another tool would
+    content = "\n".join(json.dumps({"text": t, "source": f"s{ch}s"}, ensure_ascii=False) for t, ch in zip(texts, LINE_BREAKS_THAT_ARE_TEXT))
+    rows = parse_prompt_file(write(tmp_path, "p.jsonl", content + "\n"))
+    assert [r.text for r in rows] == texts
+    assert [r.line for r in rows] == list(range(1, len(texts) + 1))
+
+
+def test_csv_fields_keep_unicode_line_separators_and_form_feeds(tmp_path):
+    texts = [f"before{ch}after" for ch in LINE_BREAKS_THAT_ARE_TEXT]
+    content = "text,source\n" + "".join(f'"{t}",unquoted{t}\n' for t in texts)
+    rows = parse_prompt_file(write(tmp_path, "p.csv", content))
+    assert [(r.text, r.source, r.line) for r in rows] == [(t, f"unquoted{t}", i + 2) for i, t in enumerate(texts)]
+
+
+def test_crlf_line_endings_are_line_breaks_in_jsonl_and_csv(tmp_path):
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_bytes(b'{"text": "one"}\r\n\r\n{"text": "two"}\r\n')
+    assert [(r.line, r.text) for r in parse_prompt_file(jsonl)] == [(1, "one"), (3, "two")]
+    csv_file = tmp_path / "p.csv"
+    csv_file.write_bytes(b'text,held_out\r\n"multi\r\nline",yes\r\nsecond,no\r\n')
+    assert [(r.line, r.text, r.held_out) for r in parse_prompt_file(csv_file)] == [(3, "multi\r\nline", True), (4, "second", False)]
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_bytes("\ufefftext\nhello\n".encode())
+    assert [r.text for r in parse_prompt_file(path)] == ["hello"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("p.jsonl", '{"text": "ok"}\n{"text": "fine", "source": "a\\u0000b"}\n', "line 2: source contains a NUL character"),
+        ("p.jsonl", '{"text": "ok"}\n{"text": "fine", "held_out": "no\\u0000"}\n', "line 2: held_out contains a NUL character"),
+        ("p.jsonl", '{"text": "ok"}\n{"text": "fine", "extra\\u0000": 1}\n', "line 2: extra contains a NUL character"),
+        ("p.csv", "text,source\nok,x\nfine,a\x00b\n", "line 3: source contains a NUL character"),
+        ("p.csv", "text,held_out\nok,no\nfi\x00ne,no\n", "line 3: text contains a NUL character"),
+        ("p.csv", "text,sou\x00rce\nok,x\n", "line 1: a column name contains a NUL character"),
+    ],
+)
+def test_a_nul_character_in_any_field_rejects_the_file_with_its_line(tmp_path, name, content, reason):
+    with pytest.raises(PromptFileError) as excinfo:
+        parse_prompt_file(write(tmp_path, name, content))
+    assert reason in str(excinfo.value)
+
+
+def test_a_file_over_the_size_cap_is_rejected_naming_the_setting(tmp_path, settings):
+    settings.REWARDLOOP_IMPORT_MAX_BYTES = 100
+    path = write(tmp_path, "p.jsonl", "".join(json.dumps({"text": f"prompt {i}"}) + "\n" for i in range(10)))
+    with pytest.raises(PromptFileError, match=r"the limit is 100 \(REWARDLOOP_IMPORT_MAX_BYTES\)"):
+        parse_prompt_file(path)
+
+
+def test_a_file_with_more_lines_than_the_cap_is_rejected_naming_the_setting(tmp_path, settings):
+    settings.REWARDLOOP_IMPORT_MAX_LINES = 5
+    ok = write(tmp_path, "ok.jsonl", "".join(json.dumps({"text": f"prompt {i}"}) + "\n" for i in range(5)))
+    assert len(parse_prompt_file(ok)) == 5
+    path = write(tmp_path, "p.csv", "text\n" + "".join(f"prompt {i}\n" for i in range(5)))
+    with pytest.raises(PromptFileError, match=r"line 6: the file has more than 5 lines \(REWARDLOOP_IMPORT_MAX_LINES\)"):
+        parse_prompt_file(path)
+
+
+def test_a_line_over_the_length_cap_is_named_and_the_lines_after_it_are_still_checked(tmp_path, settings):
+    settings.REWARDLOOP_IMPORT_MAX_LINE_BYTES = 64
+    long_line = json.dumps({"text": "x" * 200})
+    exact = json.dumps({"text": "y" * (64 - len('{"text": ""}'))})
+    assert len(exact) == 64
+    path = write(tmp_path, "p.jsonl", "\n".join([exact, long_line, '{"text": "ok"}', "{broken"]) + "\r\n")
+    with pytest.raises(PromptFileError) as excinfo:
+        parse_prompt_file(path)
+    assert [line for line, _ in excinfo.value.errors] == [2, 4]
+    assert "longer than 64 bytes (REWARDLOOP_IMPORT_MAX_LINE_BYTES)" in excinfo.value.errors[0][1]
+
+
+def test_invalid_utf8_on_several_lines_names_each_of_them(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b'{"text": "caf\xe9"}\n{"text": "ok"}\n{"text": "\xff"}\n')
+    with pytest.raises(PromptFileError) as excinfo:
+        parse_prompt_file(path)
+    assert excinfo.value.errors == [(1, "not valid UTF-8"), (3, "not valid UTF-8")]
+
+
+def test_thousands_of_bad_lines_are_counted_but_only_the_first_twenty_kept(tmp_path):
+    from webapp.annotation.importers import MAX_REPORTED_ERRORS
+
+    path = write(tmp_path, "p.jsonl", '{"text": ""}\n' * 5000)
+    with pytest.raises(PromptFileError) as excinfo:
+        parse_prompt_file(path)
+    assert len(excinfo.value.errors) == MAX_REPORTED_ERRORS and excinfo.value.total == 5000
+    assert f"(and {5000 - MAX_REPORTED_ERRORS} more)" in str(excinfo.value)
+
+
+def test_a_bad_last_line_after_several_batches_stores_nothing(project, tmp_path):
+    from webapp.annotation.services import IMPORT_BATCH, prompts_import
+
+    before = Prompt.objects.filter(project=project).count()
+    rows = [json.dumps({"text": f"streamed prompt {i}"}) for i in range(2 * IMPORT_BATCH + 10)]
+    path = write(tmp_path, "p.jsonl", "\n".join([*rows, '{"text": 7}']) + "\n")
+    with pytest.raises(PromptFileError, match=f"line {len(rows) + 1}: 'text' must be a string"):
+        prompts_import(project=project, path=path)
+    assert Prompt.objects.filter(project=project).count() == before
+
+
+def test_a_file_that_turns_bad_between_the_check_and_the_store_stores_nothing(project, tmp_path, monkeypatch):
+    from webapp.annotation import services
+
+    before = Prompt.objects.filter(project=project).count()
+    path = write(tmp_path, "p.jsonl", "".join(json.dumps({"text": f"new {i}"}) + "\n" for i in range(2500)))
+    real_check = services.prompt_file_check
+
+    def check_then_spoil(p, **kw):
+        n = real_check(p, **kw)
+        with open(p, "a", encoding="utf-8") as f:
+            f.write("{broken\n")
+        return n
+
+    monkeypatch.setattr(services, "prompt_file_check", check_then_spoil)
+    with pytest.raises(PromptFileError, match="line 2501: bad JSON"):
+        services.prompts_import(project=project, path=path)
+    assert Prompt.objects.filter(project=project).count() == before
+
+
+def test_import_counts_repeats_within_the_file_and_against_stored_prompts_across_batches(project, tmp_path):
+    from webapp.annotation.services import IMPORT_BATCH, prompts_import
+
+    stored = Prompt.objects.filter(project=project, held_out=False).first().text
+    texts = [f"batch prompt {i % (IMPORT_BATCH + 5)}" for i in range(2 * IMPORT_BATCH)] + [stored]
+    path = write(tmp_path, "p.csv", "text\n" + "".join(f"{t}\n" for t in texts))
+    before = Prompt.objects.filter(project=project).count()
+    result = prompts_import(project=project, path=path)
+    assert result.created == IMPORT_BATCH + 5
+    assert result.duplicates == len(texts) - (IMPORT_BATCH + 5)
+    assert Prompt.objects.filter(project=project).count() == before + IMPORT_BATCH + 5
+
+
+def _big_jsonl(path, megabytes: int):
+    line = json.dumps({"text": "a long enough prompt " * 8 + "{}", "source": "bench"}) + "\n"
+    with open(path, "w", encoding="utf-8") as f:
+        i = 0
+        while f.tell() < megabytes * 1_000_000:
+            f.write(line.replace("{}", str(i)))
+            i += 1
+    return path, i
+
+
+def test_checking_a_large_file_keeps_memory_far_below_its_size(tmp_path):
+    import tracemalloc
+
+    from webapp.annotation.importers import prompt_file_check
+
+    path, n = _big_jsonl(tmp_path / "big.jsonl", 8)
+    tracemalloc.start()
+    try:
+        assert prompt_file_check(path) == n
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000, f"peak {peak} bytes for an 8 MB file"
+
+
+def test_importing_a_large_file_keeps_memory_far_below_its_size(project, tmp_path, monkeypatch):
+    import tracemalloc
+
+    from webapp.annotation import services
+    from webapp.annotation.services import prompts_import
+
+    monkeypatch.setattr(services, "IMPORT_BATCH", 100)  # memory grows with the batch, never with the file
+    path, n = _big_jsonl(tmp_path / "big.jsonl", 2)
+    tracemalloc.start()
+    try:
+        result = prompts_import(project=project, path=path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.created == n
+    assert peak < 1_000_000, f"peak {peak} bytes for a 2 MB file"

@@ -200,7 +200,7 @@ def test_a_built_export_is_a_zipped_merged_folder_linked_from_its_row_and_served
     event = AuditEvent.objects.get(action="export_version")
     assert event.actor == staff_user and event.target == "v1" and event.detail["merged_lora"] is True
 
-    cell = staff_client.get(f"/staff/p/{slug}/versions/1/export/status/").content.decode()
+    cell = staff_client.get(f"/staff/p/{slug}/versions/1/export/status/", HTTP_HX_REQUEST="true").content.decode()
     download = f"/staff/p/{slug}/versions/1/export/{export.pk}/download/"
     assert 'data-export-status="ready"' in cell and download in cell and "every 2s" not in cell
     response = staff_client.get(download)
@@ -232,7 +232,7 @@ def test_a_failed_export_shows_why_leaves_no_files_and_can_be_retried(
     assert export.status == "failed" and "no-such-model" in export.error
     assert list(exports_dir.iterdir()) == []
     assert not AuditEvent.objects.filter(action="export_version").exists()
-    cell = staff_client.get(f"/staff/p/{project.slug}/versions/0/export/status/").content.decode()
+    cell = staff_client.get(f"/staff/p/{project.slug}/versions/0/export/status/", HTTP_HX_REQUEST="true").content.decode()
     assert "Export failed:" in cell and "no-such-model" in cell and "Try again" in cell and "every 2s" not in cell
     assert staff_client.get(f"/staff/p/{project.slug}/versions/0/export/{export.pk}/download/").status_code == 404
 

@@ -24,7 +24,9 @@ def staff_urls(project, run_id=1):
     base = f"/staff/p/{project.slug}"
     gets = [
         f"{base}/runs/",
+        f"{base}/runs/table/",
         f"{base}/runs/{run_id}/",
+        f"{base}/runs/{run_id}/status/",
         f"{base}/runs/{run_id}/curves.png",
         f"{base}/versions/",
         f"{base}/versions/plots/ratings.png",
@@ -33,6 +35,7 @@ def staff_urls(project, run_id=1):
         f"{base}/versions/0/export/status/",
         f"{base}/versions/0/export/1/download/",
         f"{base}/compare/?a=0&b=0",
+        f"{base}/compare/table/?a=0&b=0",
     ]
     posts = [
         f"{base}/train/",
@@ -112,7 +115,8 @@ def test_run_page_shows_progress_log_tail_cancel_and_polls_while_active(staff_cl
     assert "line 99" in page and "line 80" in page and "line 79\n" not in page  # the last 20 lines
     png = staff_client.get(f"/staff/p/{rated.slug}/runs/{run.pk}/curves.png")
     assert png["Content-Type"] == "image/png" and png.content.startswith(PNG_MAGIC)
-    partial = staff_client.get(f"/staff/p/{rated.slug}/runs/{run.pk}/", headers={"HX-Request": "true"})
+    assert f'hx-get="/staff/p/{rated.slug}/runs/{run.pk}/status/"' in page  # a partial URL, not the page's own
+    partial = staff_client.get(f"/staff/p/{rated.slug}/runs/{run.pk}/status/", headers={"HX-Request": "true"})
     assert partial.content.decode().lstrip().startswith('<section id="run-status"')
 
 

@@ -1,4 +1,6 @@
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db import IntegrityError
+from django.shortcuts import redirect
 
 from .models import Comparison, Completion, Lease, Pair, Prompt, Rating, RatingRevision
 
@@ -20,9 +22,20 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(Prompt)
 class PromptAdmin(admin.ModelAdmin):
+    """``Prompt.clean`` turns a prompt the project has already into a form error; two people
+    saving the same new prompt at the same moment both pass it, and the database's unique
+    (project, text_sha256) refuses the second: that one gets a message, not a 500."""
+
     list_display = ["id", "project", "source", "held_out", "created_at"]
     list_filter = ["project", "held_out"]
     search_fields = ["text", "source"]
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except IntegrityError:  # the admin's own transaction has rolled back: nothing was stored
+            messages.error(request, "This project has this prompt already (saved a moment ago); nothing was changed.")
+            return redirect(request.get_full_path())
 
 
 @admin.register(Completion)

@@ -20,7 +20,10 @@ completions (``Rating.comparison``), so training, the pool and the queue see
 pairwise work through the same table as Likert and thumbs ratings.
 """
 
+import hashlib
+
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from webapp.policies.models import ModelVersion, Project
@@ -46,6 +49,39 @@ class Prompt(models.Model):
 
     def __str__(self):
         return self.text[:60]
+
+    @staticmethod
+    def digest(text: str) -> str:
+        """``text_sha256`` of a prompt text: hex SHA-256 of its UTF-8 bytes."""
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def clean(self):
+        """The rules an import applies, for prompts added one at a time (the Django admin):
+        text stripped, not empty, at most ``PROMPT_MAX_CHARS``, no NUL, and not a prompt the
+        project has already (same ``text_sha256``, imported or added by hand).
+
+        Raises:
+            ValidationError: on ``text``, saying which rule failed.
+        """
+        self.text = (self.text or "").strip()
+        if not self.text:
+            raise ValidationError({"text": "A prompt needs some text."})
+        if "\x00" in self.text:
+            raise ValidationError({"text": "The text contains a NUL character."})
+        if len(self.text) > PROMPT_MAX_CHARS:
+            raise ValidationError({"text": f"The text is {len(self.text)} characters long; the limit is {PROMPT_MAX_CHARS}."})
+        if self.project_id is not None:
+            twin = Prompt.objects.filter(project_id=self.project_id, text_sha256=self.digest(self.text))
+            if twin.exclude(pk=self.pk).exists():
+                raise ValidationError({"text": "This project has this prompt already."})
+
+    def save(self, *args, **kwargs):
+        """``text_sha256`` always follows ``text`` (bulk imports set it themselves, see ``services.prompts_create``)."""
+        self.text_sha256 = self.digest(self.text)
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and "text" in update_fields:
+            kwargs["update_fields"] = {*update_fields, "text_sha256"}
+        super().save(*args, **kwargs)
 
 
 class Completion(models.Model):

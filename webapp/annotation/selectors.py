@@ -161,7 +161,7 @@ FROM {lease} l
 JOIN {completion} c ON c.id = l.completion_id
 JOIN {prompt} p ON p.id = c.prompt_id
 JOIN {version} v ON v.id = c.model_version_id{pair_joins}
-WHERE l.annotator_id = %(annotator)s AND c.project_id = %(project)s AND NOT l.fulfilled AND l.expires_at > %(now)s
+WHERE l.annotator_id = %(annotator)s AND c.project_id = %(project)s AND NOT l.fulfilled AND l.expires_at > %(now)s{pair_only}
 ORDER BY l.id
 LIMIT 1
 """
@@ -175,7 +175,9 @@ _CARD_COMPLETION_FIELDS = ["id", "project_id", "prompt_id", "model_version_id", 
 
 
 def lease_held(*, project: Project, annotator) -> Lease | None:
-    """The annotator's live, unrated lease in this project, if any (a reload keeps the same item).
+    """The annotator's live, unrated lease in this project on an item of its current rating mode,
+    if any (a reload keeps the same item). After the project switched to pairwise, a lease on a
+    single completion is not an item any more and is not returned (``services.lease_next`` frees it).
 
     Comes with what the card shows, in one statement: ``lease.completion``
     with its ``prompt`` and ``model_version`` (only ``number``), and in
@@ -187,6 +189,7 @@ def lease_held(*, project: Project, annotator) -> Lease | None:
     sql = _LEASE_HELD_SQL.format(
         pair_columns=_LEASE_HELD_PAIR_COLUMNS if pairwise else "",
         pair_joins=_LEASE_HELD_PAIR_JOINS.format(**_T) if pairwise else "",
+        pair_only=" AND pr.id IS NOT NULL" if pairwise else "",
         **_T,
     )
     params = {"annotator": annotator.pk, "project": project.pk, "now": _db_datetime(timezone.now())}
@@ -244,6 +247,15 @@ def item_state_for(*, project: Project, annotator, completion_id: int) -> tuple[
     if row is None:
         return False, False
     return bool(row[0]), bool(row[1])
+
+
+def leases_off_mode(*, project: Project, annotator) -> QuerySet[Lease]:
+    """The annotator's unrated leases in the project on items that are not items of its current
+    rating mode (single completions leased before the project switched to pairwise)."""
+    leases = Lease.objects.filter(annotator=annotator, fulfilled=False, completion__project=project)
+    if project.rating_mode == RatingMode.PAIRWISE:
+        return leases.filter(completion__pair_as_a__isnull=True)
+    return leases.none()
 
 
 def pair_of(completion: Completion) -> Pair | None:

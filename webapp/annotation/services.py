@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import logging
 import random
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ from webapp.errors import ApplicationError
 from webapp.policies.models import Project, RatingMode
 
 from . import selectors
-from .importers import PromptRow, parse_prompt_file
+from .importers import ImportLimits, PromptRow, iter_prompt_rows, prompt_file_check
 from .models import Choice, Comparison, Completion, Lease, Pair, Prompt, Rating, RatingRevision, Skip
 
 log = logging.getLogger(__name__)
@@ -34,32 +35,57 @@ class ImportResult:
     duplicates: int
 
 
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+IMPORT_BATCH = 1000
 
 
 @transaction.atomic
-def prompts_create(*, project: Project, rows: list[PromptRow]) -> ImportResult:
-    """Store validated prompt rows; prompts the project has already are counted, not repeated."""
-    existing = set(Prompt.objects.filter(project=project).values_list("text_sha256", flat=True))
-    new, seen = [], set()
-    for row in rows:
-        digest = _sha(row.text)
-        if digest in existing or digest in seen:
-            continue
-        seen.add(digest)
-        new.append(Prompt(project=project, text=row.text, text_sha256=digest, source=row.source, held_out=row.held_out))
-    Prompt.objects.bulk_create(new)
-    return ImportResult(created=len(new), duplicates=len(rows) - len(new))
+def prompts_create(*, project: Project, rows: Iterable[PromptRow]) -> ImportResult:
+    """Store validated prompt rows, ``IMPORT_BATCH`` at a time; prompts the project has already
+    (same text, by ``Prompt.text_sha256``) are counted, not repeated.
+
+    ``rows`` may be a stream: it is read once and never held whole. An exception
+    raised while reading it (a bad line found late) rolls every row back.
+    Imports into one project are serialised by a lock on its row, so the counts
+    are exact.
+    """
+    Project.objects.select_for_update().filter(pk=project.pk).first()
+    before = Prompt.objects.filter(project=project).count()
+    seen = 0
+    rows = iter(rows)
+    while batch := list(itertools.islice(rows, IMPORT_BATCH)):
+        seen += len(batch)
+        Prompt.objects.bulk_create(
+            [
+                Prompt(
+                    project=project,
+                    text=row.text,
+                    text_sha256=Prompt.digest(row.text),
+                    source=row.source,
+                    held_out=row.held_out,
+                )
+                for row in batch
+            ],
+            ignore_conflicts=True,  # the (project, text_sha256) constraint drops repeats, in the file or stored
+        )
+    created = Prompt.objects.filter(project=project).count() - before
+    return ImportResult(created=created, duplicates=seen - created)
 
 
-def prompts_import(*, project: Project, path: str | Path) -> ImportResult:
-    """Import a JSONL or CSV prompt file whole, or not at all.
+def prompts_import(*, project: Project, path: str | Path, limits: ImportLimits | None = None) -> ImportResult:
+    """Import a JSONL or CSV prompt file whole, or not at all, in memory that does not grow with the file.
+
+    The file is read twice as a stream: first validated whole (nothing
+    written), then stored in batches inside one transaction (which a file
+    changed in between to hold a bad line still rolls back). Caps on size,
+    lines and line length: :class:`~webapp.annotation.importers.ImportLimits`
+    (defaults from settings).
 
     Raises:
-        PromptFileError: a bad line (number and reason for each); nothing is stored.
+        PromptFileError: a bad line (number and reason for each) or a cap exceeded; nothing is stored.
+        ApplicationError: unreadable file or unknown extension.
     """
-    return prompts_create(project=project, rows=parse_prompt_file(path))
+    prompt_file_check(path, limits=limits)
+    return prompts_create(project=project, rows=iter_prompt_rows(path, limits=limits))
 
 
 # --- The completion pool --------------------------------------------------------
@@ -204,11 +230,16 @@ def lease_next(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTE
     slot or candidate is tried. Expired, unrated leases are reclaimed
     (see :func:`leases_reclaim_expired`; always before answering "nothing"),
     so their items go back to the queue. Pairwise leases draw which side
-    shows completion A.
+    shows completion A. A lease on an item of an earlier rating mode (a single
+    completion, after the project switched to pairwise) is given back and a
+    new item leased.
     """
     held = selectors.lease_held(project=project, annotator=annotator)
     if held:
         return held
+    # A lease from before the project's rating mode changed holds an item this mode cannot rate:
+    # give it back, so the annotator is not stuck on it and its slot is free when the mode returns.
+    selectors.leases_off_mode(project=project, annotator=annotator).delete()
     leases_reclaim_expired(project=project)
     lease = _lease_first_free(project=project, annotator=annotator, lease_minutes=lease_minutes)
     if lease is None and leases_reclaim_expired(project=project, force=True):

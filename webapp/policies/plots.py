@@ -37,10 +37,16 @@ def line_with_band_png(
     """A line with a shaded 95% band and error bars (so a lone point shows its interval too).
 
     ``x`` are numbers (e.g. version numbers, in creation order); ``ticks``
-    optionally labels each x. Points whose ``y`` is ``None`` are skipped.
+    optionally labels each x. Points whose ``y`` is ``None`` are skipped; a
+    missing end of an interval (``None``) is drawn at ``y``, and an end on the
+    wrong side of ``y`` is drawn at ``y`` (matplotlib refuses negative error bars).
     """
     fig, ax = _figure()
-    points = [(a, b, c, d, t) for a, b, c, d, t in zip(x, y, low, high, ticks or [None] * len(x)) if b is not None]
+    points = [
+        (a, b, b if c is None else min(c, b), b if d is None else max(d, b), t)
+        for a, b, c, d, t in zip(x, y, low, high, ticks or [None] * len(x))
+        if b is not None
+    ]
     if not points:
         _empty(ax, "no ratings yet")
     else:

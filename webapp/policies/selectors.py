@@ -32,7 +32,11 @@ class RatingStats:
 
 
 def mean_with_ci(values: list[float], *, bounds: tuple[float, float] | None = None) -> RatingStats:
-    """Mean ± 1.96 · sample std / sqrt(n), clipped to the scale's ``bounds``; no interval below two values."""
+    """Mean ± 1.96 · sample std / sqrt(n), clipped to the scale's ``bounds``; no interval below two values.
+
+    Always ``low ≤ mean ≤ high``: clipping never moves an end past the mean, even for
+    values outside ``bounds``.
+    """
     n = len(values)
     if n == 0:
         return RatingStats(0, None, None, None)
@@ -43,7 +47,7 @@ def mean_with_ci(values: list[float], *, bounds: tuple[float, float] | None = No
     half = Z_95 * sd / math.sqrt(n)
     low, high = mean - half, mean + half
     if bounds:
-        low, high = max(low, bounds[0]), min(high, bounds[1])
+        low, high = min(max(low, bounds[0]), mean), max(min(high, bounds[1]), mean)
     return RatingStats(n, mean, low, high)
 
 
@@ -56,20 +60,25 @@ def rating_unit(*, project: Project) -> str:
 
 
 def version_rating_stats(*, project: Project) -> dict[int, RatingStats]:
-    """Per version id: its completions' Likert scores (or thumbs up = 1, down = 0) with a 95% interval.
+    """Per version id: its completions' ratings in the unit of :func:`rating_unit`, with a 95% interval.
 
+    Thumbs projects: share of thumbs up (up = 1, down = 0), in [0, 1]. Likert
+    and pairwise projects: mean Likert score, in [1, 5]. Only ratings of that
+    kind count, so a project whose rating mode changed never averages Likert
+    scores with thumbs (nor clips one scale's mean to the other's bounds).
     Pairwise decisions compare two outputs of one version and say nothing
     about the version's level, so they are not counted here.
     """
     values: dict[int, list[float]] = defaultdict(list)
-    bounds = (0.0, 1.0) if project.rating_mode == RatingMode.THUMBS else (1.0, 5.0)
+    thumbs = project.rating_mode == RatingMode.THUMBS
+    bounds = (0.0, 1.0) if thumbs else (1.0, 5.0)
     rows = ModelVersion.objects.filter(project=project).values_list(
         "pk", "completions__ratings__score", "completions__ratings__thumbs_up"
     )
     for version_id, score, thumbs_up in rows:
-        if score is not None:
+        if not thumbs and score is not None:
             values[version_id].append(float(score))
-        elif thumbs_up is not None:
+        elif thumbs and thumbs_up is not None:
             values[version_id].append(1.0 if thumbs_up else 0.0)
     ids = ModelVersion.objects.filter(project=project).values_list("pk", flat=True)
     return {pk: mean_with_ci(values.get(pk, []), bounds=bounds) for pk in ids}

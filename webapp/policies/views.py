@@ -110,7 +110,10 @@ def export(request, slug, number):
 @staff_required
 @require_GET
 def export_status(request, slug, number):
-    """The version's download cell (``policies/versions.html#export``), polled by htmx while it builds."""
+    """The version's download cell (``policies/versions.html#export``), polled by htmx while it builds;
+    any other request is redirected to the version's row on the versions page."""
+    if not request.htmx or request.htmx.history_restore_request:
+        return redirect(f"{reverse('policies:versions', args=[slug])}#version-{number}")
     project = get_object_or_404(Project, slug=slug)
     version = get_object_or_404(ModelVersion, project=project, number=number)
     version.latest_export = selectors.latest_export(version=version)

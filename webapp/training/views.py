@@ -27,38 +27,63 @@ def _runs_context(project, *, train_form=None, settings_form=None) -> dict:
     }
 
 
+def _wants_fragment(request) -> bool:
+    """An htmx swap (not a history restore): the only request a partial URL answers with a fragment."""
+    return bool(request.htmx) and not request.htmx.history_restore_request
+
+
 @staff_required
 @require_GET
 def runs(request, slug):
     """The project's runs (``training/runs.html``) with "Train now" and the training settings;
-    htmx polls the ``table`` partial while a run is active."""
+    while a run is active htmx polls :func:`runs_table`. Always the full page."""
     project = get_object_or_404(Project.objects.select_related("served_version"), slug=slug)
-    context = _runs_context(project)
-    if request.htmx and not request.htmx.history_restore_request:
-        return render(request, "training/runs.html#table", context)
-    return render(request, "training/runs.html", context)
+    return render(request, "training/runs.html", _runs_context(project))
 
 
 @staff_required
 @require_GET
-def run_detail(request, slug, run_id):
-    """One run (``training/run_detail.html``): status, epoch/step progress, loss and KL curves,
-    the log's tail, the error or the guard's reasons; htmx polls the ``status`` partial while active."""
+def runs_table(request, slug):
+    """The ``table`` partial of ``training/runs.html`` for htmx's poll; any other request is
+    redirected to the runs page, so a fragment never stands as a page."""
+    if not _wants_fragment(request):
+        return redirect("training:runs", slug=slug)
+    project = get_object_or_404(Project.objects.select_related("served_version"), slug=slug)
+    return render(request, "training/runs.html#table", _runs_context(project))
+
+
+def _run_context(slug, run_id) -> dict:
     project = get_object_or_404(Project, slug=slug)
     run = get_object_or_404(
         TrainingRun.objects.select_related("parent_version", "result_version", "requested_by", "cancel_requested_by"),
         pk=run_id,
         project=project,
     )
-    context = {
+    return {
         "project": project,
         "run": run,
         "metrics": sorted(run.metrics.items()),
         "log_tail": selectors.log_tail(run=run),
     }
-    if request.htmx and not request.htmx.history_restore_request:
-        return render(request, "training/run_detail.html#status", context)
-    return render(request, "training/run_detail.html", context)
+
+
+@staff_required
+@require_GET
+def run_detail(request, slug, run_id):
+    """One run (``training/run_detail.html``): status, epoch/step progress, loss and KL curves,
+    the log's tail, the error or the guard's reasons; while active htmx polls :func:`run_status`.
+    Always the full page."""
+    return render(request, "training/run_detail.html", _run_context(slug, run_id))
+
+
+@staff_required
+@require_GET
+def run_status(request, slug, run_id):
+    """The ``status`` partial of ``training/run_detail.html`` for htmx's poll; any other request
+    is redirected to the run's page."""
+    if not _wants_fragment(request):
+        return redirect("training:run_detail", slug=slug, run_id=run_id)
+    return render(request, "training/run_detail.html#status", _run_context(slug, run_id))
 
 
 @staff_required
@@ -163,22 +188,41 @@ def compare_start(request, slug):
     return redirect(f"{reverse('training:compare', args=[slug])}?a={numbers[0]}&b={numbers[1]}")
 
 
-@staff_required
-@require_GET
-def compare(request, slug):
-    """Two versions side by side on the same held-out prompts (``training/compare.html``), from the
-    cached samples; htmx polls the ``table`` partial until both versions have completed every prompt."""
+def _compare_context(request, slug) -> dict | None:
     project = get_object_or_404(Project, slug=slug)
     try:
         a = get_object_or_404(ModelVersion, project=project, number=int(request.GET.get("a", "")))
         b = get_object_or_404(ModelVersion, project=project, number=int(request.GET.get("b", "")))
     except ValueError:
+        return None
+    return {"project": project, "a": a, "b": b, "versions": [a, b], **selectors.comparison(a=a, b=b)}
+
+
+@staff_required
+@require_GET
+def compare(request, slug):
+    """Two versions side by side on the same held-out prompts (``training/compare.html``), from the
+    cached samples; htmx polls :func:`compare_table` until both versions have completed every
+    prompt. Always the full page."""
+    context = _compare_context(request, slug)
+    if context is None:
         messages.error(request, "Choose two versions to compare.")
         return redirect("policies:versions", slug=slug)
-    context = {"project": project, "a": a, "b": b, "versions": [a, b], **selectors.comparison(a=a, b=b)}
-    if request.htmx and not request.htmx.history_restore_request:
-        return render(request, "training/compare.html#table", context)
     return render(request, "training/compare.html", context)
+
+
+@staff_required
+@require_GET
+def compare_table(request, slug):
+    """The ``table`` partial of ``training/compare.html`` for htmx's poll; any other request is
+    redirected to the comparison page (same ``a`` and ``b``)."""
+    if not _wants_fragment(request):
+        query = request.GET.urlencode()
+        return redirect(f"{reverse('training:compare', args=[slug])}{'?' + query if query else ''}")
+    context = _compare_context(request, slug)
+    if context is None:
+        return HttpResponse("Choose two versions to compare.", status=400)
+    return render(request, "training/compare.html#table", context)
 
 
 @staff_required

@@ -1,0 +1,140 @@
+"""Switching a project's rating mode (in the Django admin) while people are annotating (issue 14: input).
+
+Nobody is left on an item the new mode cannot rate, no staff page or plot answers 500,
+and no interval has its low end above its high end.
+"""
+
+import json
+
+import pytest
+from django.forms.models import model_to_dict
+from django.urls import reverse
+
+from webapp.annotation import services
+from webapp.annotation.models import Comparison, Lease
+from webapp.policies.models import Project
+from webapp.policies.selectors import mean_with_ci, version_rating_stats
+
+from tests.webapp.annotation_helpers import make_pair
+
+HTMX = {"HTTP_HX_REQUEST": "true"}
+
+
+@pytest.fixture
+def superuser(django_user_model):
+    return django_user_model.objects.create_superuser("root", password="pw-12345678")
+
+
+def switch_mode_in_admin(client, superuser, project, mode):
+    """Change the rating mode through the admin's change form, as staff would."""
+    client.force_login(superuser)
+    project.refresh_from_db()
+    data = {k: ("" if v is None else v) for k, v in model_to_dict(project).items()}
+    data["pg_config"] = json.dumps(project.pg_config)
+    data["rating_mode"] = mode
+    response = client.post(reverse("admin:policies_project_change", args=[project.pk]), data)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    project.refresh_from_db()
+    assert project.rating_mode == mode
+
+
+def test_an_annotator_on_a_single_item_when_the_project_turns_pairwise_is_given_a_pair(
+    client, superuser, project, annotator, make_completion
+):
+    single = make_completion(project, text="a single completion")
+    held = services.lease_next(project=project, annotator=annotator)
+    assert held.completion_id == single.pk
+    pair = make_pair(project, make_completion, texts=("pair side A", "pair side B"))
+
+    switch_mode_in_admin(client, superuser, project, "pairwise")
+
+    client.force_login(annotator)
+    body = client.get(reverse("annotation:card", args=[project.slug]), **HTMX).content.decode()
+    assert "pair side A" in body and "pair side B" in body and "a single completion" not in body
+    assert list(Lease.objects.filter(annotator=annotator, fulfilled=False).values_list("completion_id", flat=True)) == [
+        pair.completion_a_id
+    ]
+    response = client.post(reverse("annotation:rate", args=[project.slug, pair.completion_a_id]), {"choice": "tie"}, **HTMX)
+    assert response.status_code == 200
+    assert Comparison.objects.filter(annotator=annotator, pair=pair, choice="tie").exists()
+
+
+def test_a_likert_score_sent_for_an_old_item_after_the_switch_says_why_and_shows_a_pair(
+    client, superuser, project, annotator, make_completion
+):
+    single = make_completion(project, text="a single completion")
+    services.lease_next(project=project, annotator=annotator)
+    make_pair(project, make_completion, texts=("pair side A", "pair side B"))
+    switch_mode_in_admin(client, superuser, project, "pairwise")
+
+    client.force_login(annotator)
+    response = client.post(reverse("annotation:rate", args=[project.slug, single.pk]), {"score": "4"}, **HTMX)
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert "not a pair" in body and "pair side A" in body
+
+
+def _rate_a_bit_in_every_mode(client, superuser, project, make_user, make_completion):
+    """Likert scores, thumbs and pairwise decisions on the same versions, as a project that changed its mind has."""
+    Project.objects.filter(pk=project.pk).update(ratings_per_item=3)
+    project.refresh_from_db()
+    people = [make_user(f"person{i}") for i in range(3)]
+    likert, thumbs = make_completion(project, text="rated in likert"), make_completion(project, text="rated in thumbs")
+    for person, score in zip(people, (4, 5, 5)):
+        services.rating_create(annotator=person, completion=likert, score=score)
+    switch_mode_in_admin(client, superuser, project, "thumbs")
+    for person, up in zip(people, (True, False, False)):
+        services.rating_create(annotator=person, completion=thumbs, thumbs_up=up)
+    switch_mode_in_admin(client, superuser, project, "pairwise")
+    pair = make_pair(project, make_completion)
+    for person, choice in zip(people, ("a", "b", "a")):
+        services.comparison_create(annotator=person, pair=pair, choice=choice, a_on_left=True)
+    return people
+
+
+@pytest.mark.parametrize("final_mode", ["likert", "thumbs", "pairwise"])
+def test_after_any_mode_switch_no_staff_page_or_plot_answers_500(
+    client, superuser, project, make_user, make_completion, final_mode
+):
+    people = _rate_a_bit_in_every_mode(client, superuser, project, make_user, make_completion)
+    switch_mode_in_admin(client, superuser, project, final_mode)
+    client.force_login(superuser)
+    for name in ("policies:versions", "policies:ratings_plot", "policies:kl_plot", "annotation:figures"):
+        response = client.get(reverse(name, args=[project.slug]))
+        assert response.status_code == 200, name
+    client.force_login(people[0])
+    for name in ("annotation:annotate", "annotation:card"):
+        assert client.get(reverse(name, args=[project.slug])).status_code == 200
+
+
+@pytest.mark.parametrize("final_mode", ["likert", "thumbs", "pairwise"])
+def test_after_any_mode_switch_every_interval_is_ordered_and_on_the_modes_scale(
+    client, superuser, project, make_user, make_completion, final_mode
+):
+    _rate_a_bit_in_every_mode(client, superuser, project, make_user, make_completion)
+    switch_mode_in_admin(client, superuser, project, final_mode)
+    lo_bound, hi_bound = (0.0, 1.0) if final_mode == "thumbs" else (1.0, 5.0)
+    stats = version_rating_stats(project=project)
+    assert any(s.n for s in stats.values())
+    for s in stats.values():
+        if s.n:
+            assert lo_bound <= s.low <= s.mean <= s.high <= hi_bound
+    served = stats[project.served_version_id]
+    assert served.n == 3  # only this mode's kind of rating: three Likert scores or three thumbs
+    assert served.mean == (pytest.approx(1 / 3) if final_mode == "thumbs" else pytest.approx(14 / 3))
+
+
+@pytest.mark.parametrize(
+    "values,bounds",
+    [([4.0, 5.0, 5.0], (0.0, 1.0)), ([0.0, 1.0, 1.0], (1.0, 5.0)), ([5.0, 5.0, 4.0], (1.0, 5.0)), ([1.0, 1.0], (1.0, 5.0))],
+)
+def test_an_interval_never_has_its_low_end_above_its_high_end(values, bounds):
+    stats = mean_with_ci(values, bounds=bounds)
+    assert stats.low <= stats.mean <= stats.high
+
+
+def test_the_rating_plot_draws_an_interval_given_on_the_wrong_side_of_its_mean():
+    from webapp.policies.plots import line_with_band_png
+
+    png = line_with_band_png(x=[0, 1], y=[4.6, 0.5], low=[3.5, None], high=[1.0, 0.9], title="t", xlabel="x", ylabel="y")
+    assert png.startswith(b"\x89PNG")
