@@ -72,6 +72,13 @@ class TrainingRun(models.Model):
     started_at = models.DateTimeField("started", null=True, blank=True)
     finished_at = models.DateTimeField("finished", null=True, blank=True)
     heartbeat_at = models.DateTimeField("last report from the worker", null=True, blank=True)
+    dispatched_at = models.DateTimeField(
+        "sent to the workers",
+        null=True,
+        blank=True,
+        help_text="When the broker accepted the run's task message; empty while the broker was unreachable "
+        "(the schedule re-sends it).",
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]

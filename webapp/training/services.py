@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from webapp import broker
 from webapp.annotation import selectors as annotation_selectors
 from webapp.annotation.models import Completion, Rating
 from webapp.errors import ApplicationError
@@ -28,8 +29,14 @@ log = logging.getLogger(__name__)
 
 # A running run whose worker has not reported for this long is declared lost.
 STALE_RUN_AFTER = timedelta(minutes=15)
+# A queued run whose message the broker never accepted is re-sent by the schedule once it is this old
+# (younger ones may still be sending).
+REDISPATCH_AFTER = timedelta(seconds=10)
 TRAIN_TASK_NAME = "webapp.training.tasks.training_schedule"
 POOL_TASK_NAME = "webapp.annotation.tasks.pool_refill_all"
+EXECUTE_TASK_NAME = "webapp.training.tasks.training_run_execute"
+POOL_REFILL_TASK_NAME = "webapp.annotation.tasks.pool_refill"
+SAMPLES_TASK_NAME = "webapp.training.tasks.version_samples_ensure"
 
 
 def pg_config_for(*, project: Project, overrides: dict | None = None):
@@ -54,14 +61,18 @@ def training_run_create(*, project: Project, trigger: str, user=None, overrides:
     to this run only, on top of the project's settings. A run started by a
     person is recorded in the audit log.
 
+    The task message is sent after commit (:func:`training_run_dispatch`). If
+    the broker is unreachable the run stays queued with ``dispatched_at``
+    empty and a line in its log; the schedule re-sends it
+    (:func:`training_runs_redispatch`) and staff can cancel it meanwhile.
+    The returned run says which happened when called outside a transaction.
+
     Raises:
         ApplicationError: no unused ratings, a bad override, or a run is
             already queued or running (refused by the database's
             one-active-run constraint, so two simultaneous requests cannot
             both succeed).
     """
-    from . import tasks
-
     config = pg_config_for(project=project, overrides=overrides)
     if not annotation_selectors.new_ratings(project=project).exists():
         raise ApplicationError("There are no new ratings to train on yet.")
@@ -83,10 +94,42 @@ def training_run_create(*, project: Project, trigger: str, user=None, overrides:
                     target=f"run {run.pk}",
                     detail={"overrides": overrides or {}},
                 )
-            transaction.on_commit(lambda: tasks.training_run_execute.delay(run.pk))
+            transaction.on_commit(lambda: training_run_dispatch(run_id=run.pk))
     except IntegrityError as exc:
         raise ApplicationError("A training run is already queued or running for this project.") from exc
+    run.refresh_from_db()
     return run
+
+
+def training_run_dispatch(*, run_id: int) -> bool:
+    """Send a queued run's task to the training queue; True when the broker accepted it.
+
+    Records ``dispatched_at`` on success; on failure writes a log line saying the
+    broker was unreachable and the schedule will re-send it. Never raises for a
+    broker problem, so a request whose run committed never fails on the send.
+    """
+    if not broker.task_send(EXECUTE_TASK_NAME, args=[run_id]):
+        run = TrainingRun.objects.filter(pk=run_id).first()
+        if run is not None and run.dispatched_at is None:
+            _log(run, "not sent to a worker yet: the task queue (broker) is unreachable; the schedule re-sends it")
+        return False
+    TrainingRun.objects.filter(pk=run_id, dispatched_at__isnull=True).update(dispatched_at=timezone.now())
+    return True
+
+
+def training_runs_redispatch(*, now=None) -> int:
+    """Re-send every queued run whose message the broker never accepted; returns how many went out now."""
+    now = now or timezone.now()
+    pending = TrainingRun.objects.filter(
+        status=TrainingRun.Status.QUEUED, dispatched_at__isnull=True, created_at__lt=now - REDISPATCH_AFTER
+    ).values_list("pk", flat=True)
+    sent = 0
+    for run_id in list(pending):
+        if training_run_dispatch(run_id=run_id):
+            run = TrainingRun.objects.get(pk=run_id)
+            _log(run, "sent to the training queue by the schedule (the broker is reachable again)")
+            sent += 1
+    return sent
 
 
 @transaction.atomic
@@ -220,7 +263,6 @@ def training_run_execute(*, run_id: int) -> TrainingRun | None:
     from pgcore.policy import save_policy_atomic
     from pgcore.trainer import TrainingCancelled, bf16_autocast_active, update
 
-    from webapp.annotation import tasks as annotation_tasks
     from webapp.policies.runtime import policy_load
 
     from . import evaluation
@@ -316,7 +358,8 @@ def training_run_execute(*, run_id: int) -> TrainingRun | None:
                 evaluation.version_hold_back(version=version, reasons=reasons)
             else:
                 policy_services.version_promote(version=version, user=None, refill_pool=False)
-                transaction.on_commit(lambda: annotation_tasks.pool_refill.delay(project.pk))
+                # Not sent: the beat refill catches up; the run has succeeded either way.
+                transaction.on_commit(lambda: broker.task_send(POOL_REFILL_TASK_NAME, args=[project.pk]))
             TrainingRun.objects.filter(pk=run.pk).update(
                 status=TrainingRun.Status.SUCCEEDED,
                 promoted=not reasons,
@@ -358,7 +401,9 @@ def training_runs_reap_stale(*, now=None) -> int:
 
 
 def training_schedule_tick() -> list[TrainingRun]:
-    """Start a run for every project with at least ``min_new_ratings`` unused ratings and no active run."""
+    """Re-send queued runs the broker never got, fail lost ones, then start a run for every project
+    with at least ``min_new_ratings`` unused ratings and no active run."""
+    training_runs_redispatch()
     training_runs_reap_stale()
     started = []
     for project in Project.objects.select_related("served_version"):
