@@ -122,7 +122,7 @@ def test_cancel_button_asks_a_running_run_to_stop(staff_client, staff_user, rate
     response = staff_client.post(f"/staff/p/{rated.slug}/runs/{run.pk}/cancel/", follow=True)
     run.refresh_from_db()
     assert run.cancel_requested_by == staff_user and run.status == "running"
-    assert "stops at its next minibatch" in response.content.decode()
+    assert "stops at its next checkpoint" in response.content.decode()
     assert AuditEvent.objects.filter(action="cancel", actor=staff_user).exists()
 
 

@@ -134,11 +134,14 @@ def training_runs_redispatch(*, now=None) -> int:
 
 @transaction.atomic
 def training_run_cancel(*, run: TrainingRun, user=None) -> TrainingRun:
-    """Cancel a run: a queued run at once, a running one at its next minibatch.
+    """Cancel a run: a queued run at once, a running one at its next checkpoint, up to promotion.
 
     A running run is only *asked* to stop (``cancel_requested_at``); the
-    worker checks after every optimiser step, stops, writes no version and
-    marks the run cancelled. Audited.
+    worker checks after every optimiser step, before saving, before and after
+    evaluating, and under a lock on the run as it decides whether to serve.
+    Stopped before saving, it writes no version; stopped later, its version is
+    kept but never served (held back, with the reason). Either way the run
+    ends cancelled. Audited.
 
     Raises:
         ApplicationError: the run has already finished.
@@ -355,9 +358,13 @@ def _run_stages(run: TrainingRun) -> None:
             )
             TrainingRun.objects.filter(pk=run.pk).update(result_version=version, metrics=metrics)
         _log(run, f"v{version.number} written ({sha256[:12]}); completing held-out prompts for the promotion guard")
+        if _cancel_requested(run.pk):
+            raise TrainingCancelled(f"cancel requested; stopped before evaluating v{version.number}")
         liveness.stage_enter(run, TrainingRun.Stage.EVALUATING)
         evaluation.version_evaluate(version=version, policy=policy)
         del policy
+        if _cancel_requested(run.pk):
+            raise TrainingCancelled(f"cancel requested; stopped after evaluating v{version.number}")
         if parent.evaluated_at is None:
             evaluation.version_evaluate(version=parent)
         version.refresh_from_db()
@@ -373,9 +380,14 @@ def _run_stages(run: TrainingRun) -> None:
         else:
             _log(run, "no held-out prompts: the promotion guard had nothing to judge")
         with transaction.atomic():
-            # Only a run still running may promote: one failed meanwhile as lost must not serve anything.
-            if not TrainingRun.objects.select_for_update().filter(pk=run.pk, status=TrainingRun.Status.RUNNING).exists():
+            # The run row is locked until the decision commits: a cancel either lands before it (and is
+            # honoured here) or after it (and finds the run finished). Only a run still running may
+            # promote: one failed meanwhile as lost must not serve anything.
+            current = TrainingRun.objects.select_for_update().filter(pk=run.pk).first()
+            if current is None or current.status != TrainingRun.Status.RUNNING:
                 raise ApplicationError("The run was ended by another process before the promotion guard finished.")
+            if current.cancel_requested_at is not None:
+                raise TrainingCancelled(f"cancel requested; stopped before serving v{version.number}")
             if reasons:
                 evaluation.version_hold_back(version=version, reasons=reasons)
             else:
@@ -393,10 +405,21 @@ def _run_stages(run: TrainingRun) -> None:
         else:
             _log(run, f"v{version.number} passed the promotion guard and is served")
     except TrainingCancelled as exc:
-        _log(run, f"cancelled: {exc}; no version written")
-        TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.RUNNING).update(
-            status=TrainingRun.Status.CANCELLED, finished_at=timezone.now()
-        )
+        with transaction.atomic():
+            ended = TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.RUNNING).update(
+                status=TrainingRun.Status.CANCELLED, finished_at=timezone.now()
+            )
+            written = ModelVersion.objects.filter(produced_by=run.pk).first()
+            if ended and written is not None:
+                who = TrainingRun.objects.filter(pk=run.pk).values_list("cancel_requested_by__username", flat=True).first()
+                evaluation.version_hold_back(
+                    version=written,
+                    reasons=[f"Not served: run {run.pk} was cancelled{f' by {who}' if who else ''} before promotion."],
+                )
+        if written is not None:
+            _log(run, f"cancelled: {exc}; v{written.number} is kept but not served")
+        else:
+            _log(run, f"cancelled: {exc}; no version written")
     except Exception as exc:  # noqa: BLE001 - every failure must end the run cleanly
         log.exception("training run %s failed", run.pk)
         message = exc.message if isinstance(exc, ApplicationError) else f"{type(exc).__name__}: {exc}"

@@ -131,7 +131,11 @@ def cancel(request, slug, run_id):
         if run.status == TrainingRun.Status.CANCELLED:
             messages.success(request, f"Run {run.pk} cancelled.")
         else:
-            messages.info(request, f"Run {run.pk} stops at its next minibatch; no version will be written.")
+            messages.info(
+                request,
+                f"Run {run.pk} stops at its next checkpoint (the next minibatch, or before it serves anything); "
+                "no version it writes will be served.",
+            )
     return redirect("training:run_detail", slug=slug, run_id=run_id)
 
 
