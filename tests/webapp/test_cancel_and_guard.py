@@ -57,3 +57,87 @@ def test_a_cancel_during_evaluation_ends_the_run_cancelled_and_its_version_is_no
     assert f"v{version.number} was written before the cancel and is kept but not served" in run_page
     versions_page = staff_client.get(f"/staff/p/{project.slug}/versions/").content.decode()
     assert f"Not served: run {run.pk} was cancelled by boss before promotion." in versions_page
+
+
+# --- The promotion guard cannot be bypassed ------------------------------------------
+
+
+def during(monkeypatch, module, name, action):
+    """Run ``action()`` once, the moment ``module.name`` is first called, then carry on."""
+    real, done = getattr(module, name), []
+
+    def wrapped(*args, **kwargs):
+        if not done:
+            done.append(action())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapped)
+    return done
+
+
+def test_a_version_under_evaluation_cannot_be_served_and_its_row_says_why(project, make_user, staff_client, monkeypatch):
+    rate_pool(project, make_user("a"))
+    run = training_services.training_run_create(project=project, trigger="manual")
+    url = f"/staff/p/{project.slug}/versions/"
+
+    def staff_tries_to_serve_v1():
+        page = staff_client.get(url).content.decode()
+        answer = staff_client.post(f"{url}1/promote/", follow=True).content.decode()
+        project.refresh_from_db()
+        return page, answer, project.served_version.number
+
+    seen = during(monkeypatch, evaluation, "version_evaluate", staff_tries_to_serve_v1)
+    run = training_services.training_run_execute(run_id=run.pk)
+
+    page, answer, served_then = seen[0]
+    assert "being evaluated" in page and 'data-promote="1"' not in page
+    assert served_then == 0
+    assert f"v1 cannot be served yet: run {run.pk} is still evaluating it" in answer
+    assert run.status == "succeeded" and run.promoted  # the guard, not the click, served it
+
+
+def test_a_held_back_version_is_served_only_with_serve_anyway_and_that_is_audited(
+    project, make_user, staff_client, staff_user
+):
+    from webapp.policies.models import AuditEvent
+
+    project.guard_max_kl = 0.0  # any update at all is "too far": v1 is held back
+    project.save(update_fields=["guard_max_kl"])
+    rate_pool(project, make_user("a"))
+    run = training_services.training_run_execute(
+        run_id=training_services.training_run_create(project=project, trigger="manual").pk
+    )
+    assert run.status == "succeeded" and not run.promoted and "KL to the base" in run.held_back_reason
+    url = f"/staff/p/{project.slug}/versions/"
+    assert "Serve anyway" in staff_client.get(url).content.decode()
+
+    refused = staff_client.post(f"{url}1/promote/", follow=True).content.decode()
+    project.refresh_from_db()
+    assert project.served_version.number == 0 and "v1 was held back: KL to the base" in refused
+
+    staff_client.post(f"{url}1/promote/", {"override_guard": "1"})
+    project.refresh_from_db()
+    assert project.served_version.number == 1
+    event = AuditEvent.objects.filter(action="promote").latest("created_at")
+    assert event.actor == staff_user and "KL to the base" in event.detail["override_guard"]
+
+
+def test_a_held_back_version_is_never_left_served(project, make_user, monkeypatch):
+    from webapp.policies.models import Project
+
+    project.guard_max_kl = 0.0
+    project.save(update_fields=["guard_max_kl"])
+    rate_pool(project, make_user("a"))
+    run = training_services.training_run_create(project=project, trigger="manual")
+
+    def served_behind_the_guards_back():  # e.g. an old client, an admin edit, a direct SQL update
+        v1 = ModelVersion.objects.get(project=project, number=1)
+        Project.objects.filter(pk=project.pk).update(served_version=v1)
+
+    during(monkeypatch, evaluation, "guard_reasons", served_behind_the_guards_back)
+    run = training_services.training_run_execute(run_id=run.pk)
+
+    assert run.status == "succeeded" and not run.promoted and run.held_back_reason
+    project.refresh_from_db()
+    assert project.served_version.number == 0  # the parent is served again
+    assert ModelVersion.objects.get(pk=run.result_version_id).held_back_reason

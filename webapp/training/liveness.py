@@ -164,9 +164,9 @@ def training_run_fail_lost(*, run_id: int, reason: str) -> TrainingRun | None:
                 f"Not served: the worker running run {run.pk} was lost while {doing}, "
                 "before the promotion guard could judge this version."
             )
-            ModelVersion.objects.filter(pk=version.pk).exclude(pk=run.project.served_version_id).update(
-                held_back_reason=held
-            )
+            from .evaluation import version_hold_back
+
+            version_hold_back(version=version, reasons=[held])
             outcome = f"v{version.number} was written but is held back (not served)."
         else:
             outcome = "No version was registered; the served version is unchanged."

@@ -391,7 +391,7 @@ def _run_stages(run: TrainingRun) -> None:
             if reasons:
                 evaluation.version_hold_back(version=version, reasons=reasons)
             else:
-                policy_services.version_promote(version=version, user=None, refill_pool=False)
+                policy_services.version_promote(version=version, user=None, refill_pool=False, promoting_run_id=run.pk)
                 # Not sent: the beat refill catches up; the run has succeeded either way.
                 transaction.on_commit(lambda: broker.task_send(POOL_REFILL_TASK_NAME, args=[project.pk]))
             TrainingRun.objects.filter(pk=run.pk).update(
@@ -429,9 +429,11 @@ def _run_stages(run: TrainingRun) -> None:
         if ended:
             _log(run, "failed:\n" + "".join(traceback.format_exception_only(type(exc), exc)).strip())
             # A version written before the failure (e.g. its evaluation broke) stays, unserved, with the reason.
-            ModelVersion.objects.filter(produced_by=run.pk).exclude(pk=run.project.served_version_id).update(
-                held_back_reason=f"Not served: the run failed after writing it ({message})."
-            )
+            written = ModelVersion.objects.filter(produced_by=run.pk).first()
+            if written is not None:
+                evaluation.version_hold_back(
+                    version=written, reasons=[f"Not served: the run failed after writing it ({message})."]
+                )
         liveness.run_leftovers_remove(run)
 
 
