@@ -100,6 +100,8 @@ def test_train_now_with_the_broker_down_queues_the_run_and_says_the_schedule_wil
     assert "broker) is unreachable" in page and "the schedule sends it when the broker is back" in page
     assert 'id="not-dispatched"' in page  # the run page says so too, not "waiting for the worker"
     assert "not sent to a worker yet" in run.log
+    runs_page = staff_client.get(f"/staff/p/{rated.slug}/runs/").content.decode()
+    assert "not sent to a worker yet: the broker was unreachable" in runs_page
 
 
 @pytest.mark.django_db(transaction=True)
