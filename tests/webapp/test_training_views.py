@@ -126,7 +126,7 @@ def test_cancel_button_asks_a_running_run_to_stop(staff_client, staff_user, rate
     response = staff_client.post(f"/staff/p/{rated.slug}/runs/{run.pk}/cancel/", follow=True)
     run.refresh_from_db()
     assert run.cancel_requested_by == staff_user and run.status == "running"
-    assert "stops at its next minibatch" in response.content.decode()
+    assert "stops at its next checkpoint" in response.content.decode()
     assert AuditEvent.objects.filter(action="cancel", actor=staff_user).exists()
 
 
@@ -198,13 +198,13 @@ def test_compare_page_shows_both_versions_on_the_same_held_out_prompts(staff_cli
 
 
 def test_compare_start_queues_missing_samples_and_the_page_polls_until_done(staff_client, project, monkeypatch):
-    from webapp.training import tasks
+    from webapp.celery import app
 
     queued = []
-    monkeypatch.setattr(tasks.version_samples_ensure, "delay", lambda version_id: queued.append(version_id))
+    monkeypatch.setattr(app, "send_task", lambda name, args=None, **kw: queued.append((name, args)))
     response = staff_client.post(f"/staff/p/{project.slug}/compare/start/", {"a": "0", "b": "0"})
     assert response.status_code == 302 and response.url.endswith("compare/?a=0&b=0")
-    assert queued == [project.served_version_id]
+    assert queued == [("webapp.training.tasks.version_samples_ensure", [project.served_version_id])]
     page = staff_client.get(response.url).content.decode()
     assert 'hx-trigger="every 2s"' in page and "Generating the missing completions" in page
 

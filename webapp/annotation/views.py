@@ -7,16 +7,18 @@ from django.db import transaction
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from webapp import broker
 from webapp.errors import ApplicationError
 from webapp.permissions import member_required, staff_required
 from webapp.policies.models import RatingMode
 
-from . import figures, selectors, services, tasks
+from . import figures, selectors, services
 from .markdown import guidelines_html
 from .models import Choice, Completion
 
 TEMPLATE = "annotation/annotate.html"
 REFILL_NUDGE_EVERY_S = 10
+POOL_REFILL_TASK_NAME = "webapp.annotation.tasks.pool_refill"
 COMMENT_MAX_CHARS = 2000
 _last_nudge: dict[int, float] = {}
 
@@ -34,7 +36,9 @@ def _nudge_pool_refill(project, *, queue_empty: bool) -> None:
         return
     _last_nudge[project.pk] = now
     if queue_empty or selectors.pool_size(project=project) < project.pool_target // 2:
-        tasks.pool_refill.delay(project.pk)
+        # A down broker must not fail the page (or a rating that already committed): the beat
+        # refill catches up once it is back.
+        broker.task_send(POOL_REFILL_TASK_NAME, args=[project.pk])
 
 
 def _sides(project, lease):

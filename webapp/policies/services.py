@@ -132,15 +132,55 @@ def audit_record(*, project: Project, actor, action: str, target: str, detail: d
     return AuditEvent.objects.create(project=project, actor=actor, action=action, target=target, detail=detail or {})
 
 
+ACTIVE_RUN_STATUSES = ("queued", "running")
+
+
 @transaction.atomic
-def version_promote(*, version: ModelVersion, user=None, refill_pool: bool = True) -> ModelVersion:
+def version_promote(
+    *,
+    version: ModelVersion,
+    user=None,
+    refill_pool: bool = True,
+    override_guard: bool = False,
+    promoting_run_id: int | None = None,
+) -> ModelVersion:
     """Make ``version`` the one its project serves (also how staff roll back), in one step.
+
+    The promotion guard cannot be bypassed: a version whose training run is
+    still active (being evaluated) is refused, whoever asks; only that run
+    serves it (``promoting_run_id``), after the guard passed. A version the
+    guard held back is refused unless ``override_guard`` (staff's explicit
+    "Serve anyway", recorded in the audit log with the guard's reason).
 
     Records who did it in the audit log and, after commit, asks the generation
     queue to refill the pool from the newly served version (by task name, so
     this app does not import the annotation app above it).
+
+    Raises:
+        ApplicationError: the version is under evaluation, or held back without ``override_guard``.
     """
     project = Project.objects.select_for_update().get(pk=version.project_id)
+    version = ModelVersion.objects.get(pk=version.pk)  # the guard's latest word, not the caller's copy
+    # Read by name (TrainingRun.result_version's related_name): this app never imports training.
+    evaluating = version.produced_by.filter(status__in=ACTIVE_RUN_STATUSES).exclude(pk=promoting_run_id).first()
+    if evaluating is not None:
+        raise ApplicationError(
+            f"v{version.number} cannot be served yet: run {evaluating.pk} is still evaluating it, "
+            "and the promotion guard decides first."
+        )
+    detail = {}
+    if version.held_back_reason:
+        if not override_guard:
+            raise ApplicationError(
+                f"v{version.number} was held back: {version.held_back_reason} "
+                "Use “Serve anyway” to override the promotion guard."
+            )
+        detail["override_guard"] = version.held_back_reason
+    return _version_serve(project=project, version=version, user=user, refill_pool=refill_pool, detail=detail)
+
+
+def _version_serve(*, project: Project, version: ModelVersion, user, refill_pool: bool, detail: dict) -> ModelVersion:
+    """Switch ``project`` (locked by the caller) to serve ``version``; audited."""
     previous = project.served_version
     project.served_version = version
     project.save(update_fields=["served_version"])
@@ -149,11 +189,30 @@ def version_promote(*, version: ModelVersion, user=None, refill_pool: bool = Tru
         actor=user,
         action=AuditEvent.Action.PROMOTE,
         target=f"v{version.number}",
-        detail={"previous": previous.number if previous else None},
+        detail={"previous": previous.number if previous else None, **detail},
     )
     if refill_pool:
         transaction.on_commit(lambda: _send_pool_refill(project.pk))
     return version
+
+
+@transaction.atomic
+def version_unserve_held_back(*, version: ModelVersion) -> bool:
+    """If the project serves ``version``, which is held back, serve its parent instead; True if it did.
+
+    A held-back version is never left served, however it came to be served.
+    """
+    project = Project.objects.select_for_update().get(pk=version.project_id)
+    if project.served_version_id != version.pk or version.parent_id is None:
+        return False
+    _version_serve(
+        project=project,
+        version=version.parent,
+        user=None,
+        refill_pool=True,
+        detail={"reason": f"v{version.number} was held back: {version.held_back_reason}"},
+    )
+    return True
 
 
 def _send_pool_refill(project_id: int) -> None:

@@ -9,6 +9,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from webapp.errors import ApplicationError
 from webapp.permissions import staff_required
 
 from . import plots, selectors, services
@@ -38,11 +39,22 @@ def versions(request, slug):
 @staff_required
 @require_POST
 def promote(request, slug, number):
-    """Serve this version from now on (also how staff roll back), in one POST; audited."""
+    """Serve this version from now on (also how staff roll back), in one POST; audited.
+
+    Refused with a message while the version's run is still evaluating it, and for a
+    version the promotion guard held back unless the form says ``override_guard=1``
+    ("Serve anyway").
+    """
     project = get_object_or_404(Project, slug=slug)
     version = get_object_or_404(ModelVersion, project=project, number=number)
-    services.version_promote(version=version, user=request.user)
-    messages.success(request, f"Version {number} is now served; new completions come from it.")
+    try:
+        services.version_promote(
+            version=version, user=request.user, override_guard=request.POST.get("override_guard") == "1"
+        )
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Version {number} is now served; new completions come from it.")
     return redirect("policies:versions", slug=slug)
 
 

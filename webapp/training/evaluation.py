@@ -204,7 +204,14 @@ def guard_reasons(*, version: ModelVersion, parent: ModelVersion | None) -> list
 
 @transaction.atomic
 def version_hold_back(*, version: ModelVersion, reasons: list[str]) -> ModelVersion:
-    """Record that the guard kept ``version`` from being served, and why."""
+    """Record that ``version`` must not be served, and why (the guard's reasons, a cancel, a lost worker).
+
+    A held-back version is never left served: if it is served anyway (however
+    that happened), its parent is served again, and the audit log says why.
+    """
+    from webapp.policies import services as policy_services
+
     version.held_back_reason = " ".join(reasons)
     version.save(update_fields=["held_back_reason"])
+    policy_services.version_unserve_held_back(version=version)
     return version

@@ -22,6 +22,13 @@ class TrainingRun(models.Model):
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"
 
+    class Stage(models.TextChoices):
+        LOADING = "loading", "loading the model"
+        UPDATING = "updating", "updating the policy"
+        SAVING = "saving", "saving the new weights"
+        EVALUATING = "evaluating", "evaluating on held-out prompts"
+        PROMOTING = "promoting", "deciding whether to serve"
+
     class Trigger(models.TextChoices):
         SCHEDULE = "schedule", "Schedule"
         MANUAL = "manual", "Train now"
@@ -72,6 +79,19 @@ class TrainingRun(models.Model):
     started_at = models.DateTimeField("started", null=True, blank=True)
     finished_at = models.DateTimeField("finished", null=True, blank=True)
     heartbeat_at = models.DateTimeField("last report from the worker", null=True, blank=True)
+    stage = models.CharField(
+        "stage", max_length=16, choices=Stage.choices, blank=True, help_text="What the worker was doing at its last report."
+    )
+    worker = models.CharField(
+        "worker", max_length=200, blank=True, help_text="The Celery worker and process running it (hostname:pid)."
+    )
+    dispatched_at = models.DateTimeField(
+        "sent to the workers",
+        null=True,
+        blank=True,
+        help_text="When the broker accepted the run's task message; empty while the broker was unreachable "
+        "(the schedule re-sends it).",
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]

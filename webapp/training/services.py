@@ -16,20 +16,27 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from webapp import broker
 from webapp.annotation import selectors as annotation_selectors
 from webapp.annotation.models import Completion, Rating
 from webapp.errors import ApplicationError
 from webapp.policies import services as policy_services
 from webapp.policies.models import AuditEvent, ModelVersion, Project
 
+from . import liveness
 from .models import TrainingRun
 
 log = logging.getLogger(__name__)
 
-# A running run whose worker has not reported for this long is declared lost.
-STALE_RUN_AFTER = timedelta(minutes=15)
+# A queued run whose message the broker never accepted is re-sent by the schedule once it is this old
+# (younger ones may still be sending).
+REDISPATCH_AFTER = timedelta(seconds=10)
 TRAIN_TASK_NAME = "webapp.training.tasks.training_schedule"
 POOL_TASK_NAME = "webapp.annotation.tasks.pool_refill_all"
+REAP_TASK_NAME = "webapp.training.tasks.training_runs_reap"
+EXECUTE_TASK_NAME = "webapp.training.tasks.training_run_execute"
+POOL_REFILL_TASK_NAME = "webapp.annotation.tasks.pool_refill"
+SAMPLES_TASK_NAME = "webapp.training.tasks.version_samples_ensure"
 
 
 def pg_config_for(*, project: Project, overrides: dict | None = None):
@@ -54,14 +61,18 @@ def training_run_create(*, project: Project, trigger: str, user=None, overrides:
     to this run only, on top of the project's settings. A run started by a
     person is recorded in the audit log.
 
+    The task message is sent after commit (:func:`training_run_dispatch`). If
+    the broker is unreachable the run stays queued with ``dispatched_at``
+    empty and a line in its log; the schedule re-sends it
+    (:func:`training_runs_redispatch`) and staff can cancel it meanwhile.
+    The returned run says which happened when called outside a transaction.
+
     Raises:
         ApplicationError: no unused ratings, a bad override, or a run is
             already queued or running (refused by the database's
             one-active-run constraint, so two simultaneous requests cannot
             both succeed).
     """
-    from . import tasks
-
     config = pg_config_for(project=project, overrides=overrides)
     if not annotation_selectors.new_ratings(project=project).exists():
         raise ApplicationError("There are no new ratings to train on yet.")
@@ -83,19 +94,54 @@ def training_run_create(*, project: Project, trigger: str, user=None, overrides:
                     target=f"run {run.pk}",
                     detail={"overrides": overrides or {}},
                 )
-            transaction.on_commit(lambda: tasks.training_run_execute.delay(run.pk))
+            transaction.on_commit(lambda: training_run_dispatch(run_id=run.pk))
     except IntegrityError as exc:
         raise ApplicationError("A training run is already queued or running for this project.") from exc
+    run.refresh_from_db()
     return run
+
+
+def training_run_dispatch(*, run_id: int) -> bool:
+    """Send a queued run's task to the training queue; True when the broker accepted it.
+
+    Records ``dispatched_at`` on success; on failure writes a log line saying the
+    broker was unreachable and the schedule will re-send it. Never raises for a
+    broker problem, so a request whose run committed never fails on the send.
+    """
+    if not broker.task_send(EXECUTE_TASK_NAME, args=[run_id]):
+        run = TrainingRun.objects.filter(pk=run_id).first()
+        if run is not None and run.dispatched_at is None:
+            _log(run, "not sent to a worker yet: the task queue (broker) is unreachable; the schedule re-sends it")
+        return False
+    TrainingRun.objects.filter(pk=run_id, dispatched_at__isnull=True).update(dispatched_at=timezone.now())
+    return True
+
+
+def training_runs_redispatch(*, now=None) -> int:
+    """Re-send every queued run whose message the broker never accepted; returns how many went out now."""
+    now = now or timezone.now()
+    pending = TrainingRun.objects.filter(
+        status=TrainingRun.Status.QUEUED, dispatched_at__isnull=True, created_at__lt=now - REDISPATCH_AFTER
+    ).values_list("pk", flat=True)
+    sent = 0
+    for run_id in list(pending):
+        if training_run_dispatch(run_id=run_id):
+            run = TrainingRun.objects.get(pk=run_id)
+            _log(run, "sent to the training queue by the schedule (the broker is reachable again)")
+            sent += 1
+    return sent
 
 
 @transaction.atomic
 def training_run_cancel(*, run: TrainingRun, user=None) -> TrainingRun:
-    """Cancel a run: a queued run at once, a running one at its next minibatch.
+    """Cancel a run: a queued run at once, a running one at its next checkpoint, up to promotion.
 
     A running run is only *asked* to stop (``cancel_requested_at``); the
-    worker checks after every optimiser step, stops, writes no version and
-    marks the run cancelled. Audited.
+    worker checks after every optimiser step, before saving, before and after
+    evaluating, and under a lock on the run as it decides whether to serve.
+    Stopped before saving, it writes no version; stopped later, its version is
+    kept but never served (held back, with the reason). Either way the run
+    ends cancelled. Audited.
 
     Raises:
         ApplicationError: the run has already finished.
@@ -210,14 +256,19 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
     )
 
 
-def training_run_execute(*, run_id: int) -> TrainingRun | None:
+def training_run_execute(*, run_id: int, worker: str = "") -> TrainingRun | None:
     """Run a queued training run to the end (called by the ``training`` task).
 
-    Idempotent: a run that is not queued any more is left alone.
+    Idempotent: a run that is not queued any more is left alone. ``worker``
+    ("hostname:pid") is recorded on the run, so a restarted worker can fail the
+    runs its dead processes left behind.
 
-    After every optimiser step the run's progress (epoch, step), loss/KL curve
-    and log are written, and a cancel request is honoured: the update stops,
-    nothing is saved, the run ends ``cancelled``.
+    While it runs, a heartbeat thread stamps the run every few seconds and
+    each stage (loading, updating, saving, evaluating, promoting) is recorded:
+    a run whose worker dies is failed within seconds to a minute
+    (:mod:`.liveness`). After every optimiser step the run's progress (epoch,
+    step), loss/KL curve and log are written, and a cancel request is
+    honoured: the update stops, nothing is saved, the run ends ``cancelled``.
 
     On success the new version's weights are written atomically and
     registered, then it completes the held-out prompts and the promotion guard
@@ -225,23 +276,31 @@ def training_run_execute(*, run_id: int) -> TrainingRun | None:
     the version. On any error the run is marked failed with the error and the
     served version is untouched.
     """
-    from pgcore.policy import save_policy_atomic
-    from pgcore.trainer import TrainingCancelled, bf16_autocast_active, update
-
-    from webapp.annotation import tasks as annotation_tasks
-    from webapp.policies.runtime import policy_load
-
-    from . import evaluation
-
     now = timezone.now()
     claimed = TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.QUEUED).update(
-        status=TrainingRun.Status.RUNNING, started_at=now, heartbeat_at=now
+        status=TrainingRun.Status.RUNNING, started_at=now, heartbeat_at=now, worker=worker[:200]
     )
     if not claimed:
         return None
     run = TrainingRun.objects.select_related("project__served_version").get(pk=run_id)
+    with liveness.Heartbeat(run.pk):
+        _run_stages(run)
+    run.refresh_from_db()
+    return run
+
+
+def _run_stages(run: TrainingRun) -> None:
+    """The body of :func:`training_run_execute`: every stage, and how each way of ending is recorded."""
+    from pgcore.policy import save_policy_atomic
+    from pgcore.trainer import TrainingCancelled, bf16_autocast_active, update
+
+    from webapp.policies.runtime import policy_load
+
+    from . import evaluation
+
     project = run.project
     try:
+        liveness.stage_enter(run, TrainingRun.Stage.LOADING)
         config = pg_config_for(project=project, overrides=run.config)
         with transaction.atomic():
             parent = project.served_version
@@ -287,29 +346,38 @@ def training_run_execute(*, run_id: int) -> TrainingRun | None:
             if _cancel_requested(run.pk):
                 raise TrainingCancelled(f"cancel requested; stopped after step {info['step']}")
 
+        liveness.stage_enter(run, TrainingRun.Stage.UPDATING)
         metrics = update(policy, batch, config, on_step=on_step)
         if _cancel_requested(run.pk):
             raise TrainingCancelled("cancel requested; stopped before saving")
-        out_dir = policy_services.version_weights_dir(project=project, name=f"run-{run.pk}")
+        liveness.stage_enter(run, TrainingRun.Stage.SAVING)
+        out_dir = liveness.run_weights_dir(run)
         sha256 = save_policy_atomic(policy, out_dir)
         metrics = {k: float(v) for k, v in metrics.items()}
-        version = policy_services.version_register(
-            project=project,
-            parent=parent,
-            kind=ModelVersion.Kind.LORA if config.use_lora else ModelVersion.Kind.FULL,
-            weights_path=out_dir,
-            sha256=sha256,
-            ratings_used=len(ratings),
-            metrics=metrics,
-        )
-        TrainingRun.objects.filter(pk=run.pk).update(result_version=version, metrics=metrics)
+        with transaction.atomic():  # the version and the run's link to it appear together
+            version = policy_services.version_register(
+                project=project,
+                parent=parent,
+                kind=ModelVersion.Kind.LORA if config.use_lora else ModelVersion.Kind.FULL,
+                weights_path=out_dir,
+                sha256=sha256,
+                ratings_used=len(ratings),
+                metrics=metrics,
+            )
+            TrainingRun.objects.filter(pk=run.pk).update(result_version=version, metrics=metrics)
         _log(run, f"v{version.number} written ({sha256[:12]}); completing held-out prompts for the promotion guard")
+        if _cancel_requested(run.pk):
+            raise TrainingCancelled(f"cancel requested; stopped before evaluating v{version.number}")
+        liveness.stage_enter(run, TrainingRun.Stage.EVALUATING)
         evaluation.version_evaluate(version=version, policy=policy)
         del policy
+        if _cancel_requested(run.pk):
+            raise TrainingCancelled(f"cancel requested; stopped after evaluating v{version.number}")
         if parent.evaluated_at is None:
             evaluation.version_evaluate(version=parent)
         version.refresh_from_db()
         parent.refresh_from_db()
+        liveness.stage_enter(run, TrainingRun.Stage.PROMOTING)
         reasons = evaluation.guard_reasons(version=version, parent=parent)
         if version.evaluated_at:
             _log(
@@ -320,11 +388,20 @@ def training_run_execute(*, run_id: int) -> TrainingRun | None:
         else:
             _log(run, "no held-out prompts: the promotion guard had nothing to judge")
         with transaction.atomic():
+            # The run row is locked until the decision commits: a cancel either lands before it (and is
+            # honoured here) or after it (and finds the run finished). Only a run still running may
+            # promote: one failed meanwhile as lost must not serve anything.
+            current = TrainingRun.objects.select_for_update().filter(pk=run.pk).first()
+            if current is None or current.status != TrainingRun.Status.RUNNING:
+                raise ApplicationError("The run was ended by another process before the promotion guard finished.")
+            if current.cancel_requested_at is not None:
+                raise TrainingCancelled(f"cancel requested; stopped before serving v{version.number}")
             if reasons:
                 evaluation.version_hold_back(version=version, reasons=reasons)
             else:
-                policy_services.version_promote(version=version, user=None, refill_pool=False)
-                transaction.on_commit(lambda: annotation_tasks.pool_refill.delay(project.pk))
+                policy_services.version_promote(version=version, user=None, refill_pool=False, promoting_run_id=run.pk)
+                # Not sent: the beat refill catches up; the run has succeeded either way.
+                transaction.on_commit(lambda: broker.task_send(POOL_REFILL_TASK_NAME, args=[project.pk]))
             TrainingRun.objects.filter(pk=run.pk).update(
                 status=TrainingRun.Status.SUCCEEDED,
                 promoted=not reasons,
@@ -336,37 +413,47 @@ def training_run_execute(*, run_id: int) -> TrainingRun | None:
         else:
             _log(run, f"v{version.number} passed the promotion guard and is served")
     except TrainingCancelled as exc:
-        _log(run, f"cancelled: {exc}; no version written")
-        TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.CANCELLED, finished_at=timezone.now())
+        with transaction.atomic():
+            ended = TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.RUNNING).update(
+                status=TrainingRun.Status.CANCELLED, finished_at=timezone.now()
+            )
+            written = ModelVersion.objects.filter(produced_by=run.pk).first()
+            if ended and written is not None:
+                who = TrainingRun.objects.filter(pk=run.pk).values_list("cancel_requested_by__username", flat=True).first()
+                evaluation.version_hold_back(
+                    version=written,
+                    reasons=[f"Not served: run {run.pk} was cancelled{f' by {who}' if who else ''} before promotion."],
+                )
+        if written is not None:
+            _log(run, f"cancelled: {exc}; v{written.number} is kept but not served")
+        else:
+            _log(run, f"cancelled: {exc}; no version written")
     except Exception as exc:  # noqa: BLE001 - every failure must end the run cleanly
         log.exception("training run %s failed", run.pk)
         message = exc.message if isinstance(exc, ApplicationError) else f"{type(exc).__name__}: {exc}"
-        _log(run, "failed:\n" + "".join(traceback.format_exception_only(type(exc), exc)).strip())
-        TrainingRun.objects.filter(pk=run.pk).update(
+        ended = TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.RUNNING).update(
             status=TrainingRun.Status.FAILED, error=message, finished_at=timezone.now()
         )
-        # A version written before the failure (e.g. its evaluation broke) stays, unserved, with the reason.
-        ModelVersion.objects.filter(produced_by=run.pk).exclude(pk=run.project.served_version_id).update(
-            held_back_reason=f"Not served: the run failed after writing it ({message})."
-        )
-    run.refresh_from_db()
-    return run
+        if ended:
+            _log(run, "failed:\n" + "".join(traceback.format_exception_only(type(exc), exc)).strip())
+            # A version written before the failure (e.g. its evaluation broke) stays, unserved, with the reason.
+            written = ModelVersion.objects.filter(produced_by=run.pk).first()
+            if written is not None:
+                evaluation.version_hold_back(
+                    version=written, reasons=[f"Not served: the run failed after writing it ({message})."]
+                )
+        liveness.run_leftovers_remove(run)
 
 
-def training_runs_reap_stale(*, now=None) -> int:
-    """Mark running runs whose worker stopped reporting as failed, freeing the project."""
-    now = now or timezone.now()
-    return TrainingRun.objects.filter(
-        status=TrainingRun.Status.RUNNING, heartbeat_at__lt=now - STALE_RUN_AFTER
-    ).update(
-        status=TrainingRun.Status.FAILED,
-        error="The worker running this run stopped reporting (killed or lost); no version was written.",
-        finished_at=now,
-    )
+# Kept here for callers that know it by this name.
+training_runs_reap_stale = liveness.training_runs_reap_stale
+STALE_RUN_AFTER = liveness.LOST_AFTER
 
 
 def training_schedule_tick() -> list[TrainingRun]:
-    """Start a run for every project with at least ``min_new_ratings`` unused ratings and no active run."""
+    """Re-send queued runs the broker never got, fail lost ones, then start a run for every project
+    with at least ``min_new_ratings`` unused ratings and no active run."""
+    training_runs_redispatch()
     training_runs_reap_stale()
     started = []
     for project in Project.objects.select_related("served_version"):
@@ -381,23 +468,27 @@ def training_schedule_tick() -> list[TrainingRun]:
     return started
 
 
-def schedule_ensure(*, train_interval_s: int | None = None, pool_interval_s: int | None = None) -> None:
+def schedule_ensure(
+    *, train_interval_s: int | None = None, pool_interval_s: int | None = None, reap_interval_s: int | None = None
+) -> None:
     """Create the beat entries (database scheduler) if missing.
 
     Staff change the intervals in the Django admin afterwards; an explicit
     argument (or ``REWARDLOOP_TRAIN_INTERVAL_S`` passed by the caller)
-    overwrites them.
+    overwrites them. The lost-run reaper runs on the generation queue: the
+    training worker may be the one that is gone.
     """
     from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-    for name, task, seconds, default in [
-        ("Start training runs", TRAIN_TASK_NAME, train_interval_s, settings.REWARDLOOP_TRAIN_INTERVAL_S),
-        ("Refill completion pools", POOL_TASK_NAME, pool_interval_s, settings.REWARDLOOP_POOL_INTERVAL_S),
+    for name, task, seconds, default, queue in [
+        ("Start training runs", TRAIN_TASK_NAME, train_interval_s, settings.REWARDLOOP_TRAIN_INTERVAL_S, None),
+        ("Refill completion pools", POOL_TASK_NAME, pool_interval_s, settings.REWARDLOOP_POOL_INTERVAL_S, None),
+        ("Fail lost training runs", REAP_TASK_NAME, reap_interval_s, liveness.REAP_EVERY_S, "generation"),
     ]:
         existing = PeriodicTask.objects.filter(name=name).first()
         if existing and seconds is None:
             continue
         every, _ = IntervalSchedule.objects.get_or_create(every=seconds or default, period=IntervalSchedule.SECONDS)
         PeriodicTask.objects.update_or_create(
-            name=name, defaults={"task": task, "interval": every, "enabled": True}
+            name=name, defaults={"task": task, "interval": every, "enabled": True, "queue": queue}
         )

@@ -1,20 +1,38 @@
-"""Training tasks (queue ``training``, one at a time). Thin: take ids, call a service."""
+"""Training tasks (queue ``training``, one at a time). Thin: take ids, call a service.
 
+Also the worker-side half of noticing lost runs (:mod:`.liveness`): the main
+process of a worker fails a run at once when the pool process running it dies,
+and a restarted worker fails the runs its previous processes left running.
+"""
+
+import logging
+import os
+
+from billiard.exceptions import WorkerLostError
 from celery import shared_task
+from celery.signals import task_failure, worker_ready
 
-from . import services
+from . import liveness, services
+
+log = logging.getLogger(__name__)
 
 
-@shared_task(acks_late=True)
-def training_run_execute(run_id: int) -> None:
+@shared_task(bind=True, acks_late=True)
+def training_run_execute(self, run_id: int) -> None:
     """Run a queued training run. Safe to deliver twice: a run is claimed once."""
-    services.training_run_execute(run_id=run_id)
+    services.training_run_execute(run_id=run_id, worker=f"{self.request.hostname}:{os.getpid()}")
 
 
 @shared_task
 def training_schedule() -> int:
     """Beat entry: start runs for projects with enough new ratings."""
     return len(services.training_schedule_tick())
+
+
+@shared_task
+def training_runs_reap() -> int:
+    """Beat entry (generation queue, every few seconds): fail runs whose heartbeat stopped."""
+    return liveness.training_runs_reap_stale()
 
 
 @shared_task(acks_late=True)
@@ -30,3 +48,29 @@ def version_samples_ensure(version_id: int) -> int:
     written = evaluation.version_samples_ensure(version=version)
     evaluation.version_evaluate(version=version)
     return written
+
+
+@task_failure.connect(sender=training_run_execute)
+def _run_worker_lost(sender=None, exception=None, args=None, kwargs=None, **_):
+    """In the worker's main process: the pool process running a run died (SIGKILL, OOM). Fail the run now."""
+    if not isinstance(exception, WorkerLostError):
+        return  # an exception inside the task: the service has recorded it already
+    run_id = (args or [None])[0] if args else (kwargs or {}).get("run_id")
+    if run_id is None:
+        return
+    try:
+        liveness.training_run_fail_lost(run_id=int(run_id), reason=f"its worker process died ({exception})")
+    except Exception:  # noqa: BLE001 - the heartbeat reaper still catches it
+        log.exception("could not fail lost run %s", run_id)
+
+
+@worker_ready.connect
+def _fail_runs_of_previous_life(sender=None, **_):
+    """A worker that starts under a name whose processes left runs running: those processes are gone."""
+    hostname = getattr(sender, "hostname", None)
+    if not hostname:
+        return
+    try:
+        liveness.training_runs_fail_of_worker(hostname=hostname)
+    except Exception:  # noqa: BLE001 - the heartbeat reaper still catches them
+        log.exception("could not fail the runs left by %s", hostname)

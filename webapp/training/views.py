@@ -6,13 +6,14 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from webapp import broker
 from webapp.errors import ApplicationError
 from webapp.permissions import staff_required
 from webapp.policies import plots
 from webapp.policies import services as policy_services
 from webapp.policies.models import ModelVersion, Project
 
-from . import exports, selectors, services, tasks
+from . import exports, selectors, services
 from .forms import TrainingSettingsForm, TrainNowForm
 from .models import TrainingRun
 
@@ -131,7 +132,14 @@ def train_now(request, slug):
     except ApplicationError as exc:
         messages.error(request, exc.message)
         return redirect("training:runs", slug=slug)
-    messages.success(request, f"Training run {run.pk} queued.")
+    if run.dispatched_at is None:
+        messages.warning(
+            request,
+            f"Training run {run.pk} is queued, but the task queue (broker) is unreachable, so no worker has it yet; "
+            "the schedule sends it when the broker is back. Cancel it if you do not want it to run later.",
+        )
+    else:
+        messages.success(request, f"Training run {run.pk} queued.")
     return redirect("training:run_detail", slug=slug, run_id=run.pk)
 
 
@@ -148,7 +156,11 @@ def cancel(request, slug, run_id):
         if run.status == TrainingRun.Status.CANCELLED:
             messages.success(request, f"Run {run.pk} cancelled.")
         else:
-            messages.info(request, f"Run {run.pk} stops at its next minibatch; no version will be written.")
+            messages.info(
+                request,
+                f"Run {run.pk} stops at its next checkpoint (the next minibatch, or before it serves anything); "
+                "no version it writes will be served.",
+            )
     return redirect("training:run_detail", slug=slug, run_id=run_id)
 
 
@@ -182,9 +194,20 @@ def compare_start(request, slug):
     if {str(v.number) for v in versions} != set(numbers):
         messages.error(request, "Choose two versions of this project to compare.")
         return redirect("policies:versions", slug=slug)
-    for version in versions:
-        if not selectors.samples_complete(version=version):
-            tasks.version_samples_ensure.delay(version.pk)
+    unsent = [
+        version
+        for version in versions
+        if not selectors.samples_complete(version=version)
+        and not broker.task_send(services.SAMPLES_TASK_NAME, args=[version.pk])
+    ]
+    if unsent:
+        messages.error(
+            request,
+            f"Could not ask the training worker for the held-out completions of "
+            f"{' and '.join(f'v{v.number}' for v in unsent)}: the task queue (broker) is unreachable. "
+            "Nothing was queued; press Compare again once it is back.",
+        )
+        return redirect("policies:versions", slug=slug)
     return redirect(f"{reverse('training:compare', args=[slug])}?a={numbers[0]}&b={numbers[1]}")
 
 
