@@ -142,7 +142,7 @@ def main() -> None:
         from webapp.annotation.models import Rating
         from webapp.annotation.services import completion_pool_refill, prompts_create
         from webapp.policies.models import ModelVersion, Project
-        from webapp.policies.services import project_create
+        from webapp.policies.services import membership_add, project_create
         from webapp.training.models import TrainingRun
         from webapp.training.services import schedule_ensure
 
@@ -169,7 +169,7 @@ def main() -> None:
         users = get_user_model().objects
         users.create_user("boss", password=PASSWORD, is_staff=True)
         for name in ("ann1", "ann2"):
-            users.create_user(name, password=PASSWORD)
+            membership_add(project=project, user=users.create_user(name, password=PASSWORD))
         completion_pool_refill(project=project, seed=1)
         schedule_ensure(train_interval_s=5, pool_interval_s=30, reap_interval_s=5)
 

@@ -69,7 +69,8 @@ def healthz(base: str) -> dict | None:
 
 
 def card(session: Session) -> tuple[int, str] | None:
-    html = session.get("/p/demo/annotate/card/", {"HX-Request": "true"})
+    # A page load writes nothing: the next item is leased by POST (the card the page asks for as it loads).
+    html = session.post("/p/demo/annotate/next/", {}, {"HX-Request": "true"})
     match = re.search(r'data-completion="(\d+)"', html)
     if not match:
         return None

@@ -151,7 +151,7 @@ def test_the_waiting_cards_poll_with_the_broker_down_answers_the_waiting_card(an
     assert not Completion.objects.filter(project=project).exists()
     page = annotator_client.get(f"/p/{project.slug}/annotate/")
     annotation_views._last_nudge.clear()
-    poll = annotator_client.get(f"/p/{project.slug}/annotate/card/", **HTMX)
+    poll = annotator_client.post(f"/p/{project.slug}/annotate/next/", **HTMX)  # the waiting card polls by POST
     assert page.status_code == poll.status_code == 200
     assert "The model is writing new outputs" in poll.content.decode()
 

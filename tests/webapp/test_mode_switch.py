@@ -32,6 +32,9 @@ def switch_mode_in_admin(client, superuser, project, mode):
     data = {k: ("" if v is None else v) for k, v in model_to_dict(project).items()}
     data["pg_config"] = json.dumps(project.pg_config)
     data["rating_mode"] = mode
+    # The members inline's management form: no membership row is added or changed here.
+    data.update({"memberships-TOTAL_FORMS": "0", "memberships-INITIAL_FORMS": "0",
+                 "memberships-MIN_NUM_FORMS": "0", "memberships-MAX_NUM_FORMS": "1000"})
     response = client.post(reverse("admin:policies_project_change", args=[project.pk]), data)
     assert response.status_code == 302, response.content.decode()[:3000]
     project.refresh_from_db()
@@ -49,7 +52,9 @@ def test_an_annotator_on_a_single_item_when_the_project_turns_pairwise_is_given_
     switch_mode_in_admin(client, superuser, project, "pairwise")
 
     client.force_login(annotator)
-    body = client.get(reverse("annotation:card", args=[project.slug]), **HTMX).content.decode()
+    shown = client.get(reverse("annotation:card", args=[project.slug]), **HTMX).content.decode()
+    assert "a single completion" not in shown  # the old-mode lease is not shown; the card asks for the next item
+    body = client.post(reverse("annotation:next", args=[project.slug]), **HTMX).content.decode()
     assert "pair side A" in body and "pair side B" in body and "a single completion" not in body
     assert list(Lease.objects.filter(annotator=annotator, fulfilled=False).values_list("completion_id", flat=True)) == [
         pair.completion_a_id
