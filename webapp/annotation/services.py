@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from webapp.errors import ApplicationError
 from webapp.policies.models import Project, RatingMode
+from webapp.text import storable_text, without_nul
 
 from . import selectors
 from .importers import PromptRow, parse_prompt_file
@@ -82,7 +83,7 @@ def _rollout_completion(*, project: Project, prompt: Prompt, version, rollout) -
         project=project,
         prompt=prompt,
         model_version=version,
-        text=rollout.text,
+        text=storable_text(rollout.text),  # display text; token_ids below are the exact sample
         prompt_token_ids=list(rollout.prompt_ids),
         token_ids=list(rollout.completion_ids),
         behaviour_logprobs=[float(x) for x in rollout.behaviour_logprobs],
@@ -351,6 +352,7 @@ def rating_create(
     """Store one Likert (``score``) or thumbs (``thumbs_up``) rating and fulfil the annotator's lease.
 
     ``seconds_spent`` defaults to the time since the item was leased to them.
+    NUL characters in ``comment`` are dropped (PostgreSQL cannot store them).
 
     Raises:
         ApplicationError: the value does not fit the project's rating mode
@@ -375,7 +377,7 @@ def rating_create(
             annotator=annotator,
             score=score,
             thumbs_up=thumbs_up,
-            comment=comment,
+            comment=without_nul(comment),
             seconds_spent=seconds_spent,
         )
     except IntegrityError as exc:
@@ -399,7 +401,7 @@ def comparison_create(
     The side shown is taken from the annotator's lease (drawn when it was
     leased); ``a_on_left`` is used only when the lease is gone. One
     :class:`Rating` per completion of the pair records the decision for
-    training.
+    training. NUL characters in ``comment`` are dropped.
 
     Raises:
         ApplicationError: an unknown choice, the annotator decided this pair
@@ -422,7 +424,7 @@ def comparison_create(
                 annotator=annotator,
                 choice=choice,
                 a_on_left=a_on_left,
-                comment=comment,
+                comment=without_nul(comment),
                 seconds_spent=seconds_spent,
             )
             Rating.objects.bulk_create(
