@@ -21,7 +21,18 @@ from webapp.text import storable_text, without_nul
 
 from . import selectors
 from .importers import PromptRow, parse_prompt_file
-from .models import Choice, Comparison, Completion, Lease, Pair, Prompt, Rating, RatingRevision, Skip
+from .models import (
+    Choice,
+    Comparison,
+    Completion,
+    Lease,
+    Pair,
+    PoolClaim,
+    Prompt,
+    Rating,
+    RatingRevision,
+    Skip,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +77,15 @@ def prompts_import(*, project: Project, path: str | Path) -> ImportResult:
 # --- The completion pool --------------------------------------------------------
 
 
-def _prompts_to_sample(*, project: Project, n: int, rng: random.Random) -> list[Prompt]:
-    """The least-sampled training prompts of the served version first, random among equals."""
+def _prompts_to_sample(*, project: Project, n: int, rng: random.Random, exclude: set[int] = frozenset()) -> list[Prompt]:
+    """The least-sampled training prompts of the served version first, random among equals.
+
+    Prompts whose ids are in ``exclude`` (claimed by another refill) are never chosen.
+    """
     prompts = list(
-        Prompt.objects.filter(project=project, held_out=False).annotate(
-            n_completions=Count("completions", distinct=True)
-        )
+        Prompt.objects.filter(project=project, held_out=False)
+        .exclude(pk__in=exclude)
+        .annotate(n_completions=Count("completions", distinct=True))
     )
     rng.shuffle(prompts)
     prompts.sort(key=lambda p: p.n_completions)
@@ -112,6 +126,77 @@ def pair_create(*, completion_a: Completion, completion_b: Completion) -> Pair:
         raise ApplicationError("One of these completions is in a pair already.") from exc
 
 
+POOL_CLAIM_TTL = timedelta(minutes=10)
+
+
+def _pool_claim_batch(
+    *, project: Project, version, per_prompt: int, max_prompts: int, budget: int | None, rng: random.Random
+) -> list[PoolClaim]:
+    """Claim the prompts of the next generation batch; ``[]`` when the pool is full.
+
+    One short transaction under a lock on the project row (``SELECT ... FOR
+    UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already serialises
+    it), so two refills of one project claim one after the other: the second
+    sees the first's claims as part of the pool and never picks its prompts.
+    ``budget`` caps the completions claimed (``None``: no cap beyond the target).
+    """
+    with transaction.atomic():
+        locked = Project.objects.select_for_update().get(pk=project.pk)
+        if locked.served_version_id != version.pk:
+            return []
+        now = timezone.now()
+        PoolClaim.objects.filter(project=project, expires_at__lte=now).delete()
+        claims = PoolClaim.objects.filter(project=project)
+        in_flight = sum(c.n_completions for c in claims if c.model_version_id == version.pk)
+        deficit = locked.pool_target - selectors.pool_size(project=locked) - in_flight
+        if budget is not None:
+            deficit = min(deficit, budget)
+        if deficit <= 0:
+            return []
+        n_prompts = min(max_prompts, -(-deficit // per_prompt))
+        claimed_prompts = {c.prompt_id for c in claims if c.model_version_id == version.pk}
+        prompts = _prompts_to_sample(project=project, n=n_prompts, rng=rng, exclude=claimed_prompts)
+        return PoolClaim.objects.bulk_create(
+            [
+                PoolClaim(
+                    project=project,
+                    prompt=prompt,
+                    model_version=version,
+                    n_completions=per_prompt,
+                    expires_at=now + POOL_CLAIM_TTL,
+                )
+                for prompt in prompts
+            ]
+        )
+
+
+def _pool_store_batch(*, project: Project, version, claims: list[PoolClaim], batch, rollouts, pairwise: bool) -> int:
+    """Store a sampled batch and release its claims in one transaction; returns completions stored.
+
+    Re-checks under the project lock that the version is still served (else
+    stores nothing) and that each claim is still held (a claim that expired
+    and was taken over by another refill drops its prompt's completions).
+    """
+    with transaction.atomic():
+        locked = Project.objects.select_for_update().get(pk=project.pk)
+        if locked.served_version_id != version.pk:
+            log.info("served version changed during sampling; stopping this refill")
+            return 0
+        held = set(PoolClaim.objects.filter(pk__in=[c.pk for c in claims]).values_list("prompt_id", flat=True))
+        PoolClaim.objects.filter(pk__in=[c.pk for c in claims]).delete()
+        completions = [
+            _rollout_completion(project=project, prompt=prompt, version=version, rollout=rollout)
+            for prompt, rollout in zip(batch, rollouts)
+            if prompt.pk in held
+        ]
+        for completion in completions:
+            completion.save()
+        if pairwise:
+            for a, b in zip(completions[0::2], completions[1::2]):
+                pair_create(completion_a=a, completion_b=b)
+        return len(completions)
+
+
 def completion_pool_refill(*, project: Project, max_new: int | None = None, seed: int | None = None) -> int:
     """Sample completions from the served version until the pool holds ``pool_target``.
 
@@ -123,6 +208,13 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
     less than one group. Pairwise projects sample two completions per prompt
     and store them as a :class:`Pair` in the same transaction (never a half
     pair). Returns how many completions were created.
+
+    Safe to run concurrently for one project (several generation workers):
+    each batch's prompts are claimed first (:class:`PoolClaim`, under a lock
+    on the project row), sampled outside any transaction, and stored in the
+    transaction that releases the claims. Claimed prompts count toward the
+    pool, so concurrent refills together stay within one prompt group of
+    the target and never sample one prompt for one version at the same time.
     """
     from pgcore.rollout import generate
 
@@ -130,45 +222,50 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
 
     project.refresh_from_db()
     version = project.served_version
-    deficit = project.pool_target - selectors.pool_size(project=project)
-    if max_new is not None:
-        deficit = min(deficit, max_new)
-    if deficit <= 0:
+    if version is None:
         return 0
     pairwise = project.rating_mode == RatingMode.PAIRWISE
     per_prompt = 2 if pairwise else project.completions_per_prompt
+    # One refill fills at most the deficit it found when it started (as before claims), so
+    # annotators draining the pool meanwhile do not keep one task running forever.
+    budget = project.pool_target - selectors.pool_size(project=project)
+    if max_new is not None:
+        budget = min(budget, max_new)
     rng = random.Random(seed)
-    prompts = _prompts_to_sample(project=project, n=-(-deficit // per_prompt), rng=rng)
-    if not prompts:
-        log.warning("project %s has no training prompts to sample", project.slug)
-        return 0
-    policy = policy_for_generation(version)
-    created = 0
     step = max(1, GENERATION_BATCH // per_prompt)
-    for start in range(0, len(prompts), step):
-        batch = [p for p in prompts[start : start + step] for _ in range(per_prompt)]
-        rollouts = generate(
-            policy,
-            [p.text for p in batch],
-            max_new_tokens=project.max_new_tokens,
-            seed=None if seed is None else seed + start,
-            batch_size=GENERATION_BATCH,
+    policy = None
+    created = 0
+    batch_index = 0
+    while budget > 0:
+        claims = _pool_claim_batch(
+            project=project, version=version, per_prompt=per_prompt, max_prompts=step, budget=budget, rng=rng
         )
-        project.refresh_from_db(fields=["served_version"])
-        if project.served_version_id != version.pk:
-            log.info("served version changed during sampling; stopping this refill")
+        if not claims:
+            if created == 0 and not Prompt.objects.filter(project=project, held_out=False).exists():
+                log.warning("project %s has no training prompts to sample", project.slug)
             break
-        with transaction.atomic():
-            completions = [
-                _rollout_completion(project=project, prompt=prompt, version=version, rollout=rollout)
-                for prompt, rollout in zip(batch, rollouts)
-            ]
-            for completion in completions:
-                completion.save()
-            if pairwise:
-                for a, b in zip(completions[0::2], completions[1::2]):
-                    pair_create(completion_a=a, completion_b=b)
-        created += len(batch)
+        try:
+            prompts = {p.pk: p for p in Prompt.objects.filter(pk__in=[c.prompt_id for c in claims])}
+            batch = [prompts[c.prompt_id] for c in claims for _ in range(per_prompt)]
+            policy = policy or policy_for_generation(version)
+            rollouts = generate(
+                policy,
+                [p.text for p in batch],
+                max_new_tokens=project.max_new_tokens,
+                seed=None if seed is None else seed + batch_index * step,
+                batch_size=GENERATION_BATCH,
+            )
+            stored = _pool_store_batch(
+                project=project, version=version, claims=claims, batch=batch, rollouts=rollouts, pairwise=pairwise
+            )
+        finally:
+            # Released already when the batch was stored; this frees them when sampling failed.
+            PoolClaim.objects.filter(pk__in=[c.pk for c in claims]).delete()
+        if stored == 0 and len(batch):
+            break
+        created += stored
+        budget -= len(batch)
+        batch_index += 1
     return created
 
 
