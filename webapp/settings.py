@@ -16,7 +16,9 @@ Everything a deployment changes comes from the environment:
 - ``REWARDLOOP_TRAIN_INTERVAL_S`` (default 300): how often Celery beat checks
   whether a project has enough new ratings to train.
 - ``REWARDLOOP_TORCH_THREADS``: torch threads per worker process (default: the
-  machine's cores divided by the number of worker pools, at least 1).
+  usable cores (affinity, cgroup quota) divided by the worker's concurrency and by
+  ``REWARDLOOP_WORKER_POOLS`` (default 2: generation and training), at least 1;
+  a larger explicit value is capped at usable cores ÷ concurrency).
 """
 
 import os
@@ -183,6 +185,7 @@ CELERY_TIMEZONE = TIME_ZONE
 REWARDLOOP_TRAIN_INTERVAL_S = int(os.environ.get("REWARDLOOP_TRAIN_INTERVAL_S", "300"))
 REWARDLOOP_POOL_INTERVAL_S = int(os.environ.get("REWARDLOOP_POOL_INTERVAL_S", "30"))
 REWARDLOOP_TORCH_THREADS = int(os.environ.get("REWARDLOOP_TORCH_THREADS", "0"))
+REWARDLOOP_WORKER_POOLS = int(os.environ.get("REWARDLOOP_WORKER_POOLS", "2"))
 REWARDLOOP_MODELS_DIR = Path(os.environ.get("REWARDLOOP_MODELS_DIR", DATA_DIR / "models")).resolve()
 # Finished version downloads (zipped Hugging Face folders, one per exported version).
 REWARDLOOP_EXPORTS_DIR = DATA_DIR / "exports"
