@@ -186,6 +186,14 @@ REWARDLOOP_TRAIN_INTERVAL_S = int(os.environ.get("REWARDLOOP_TRAIN_INTERVAL_S", 
 REWARDLOOP_POOL_INTERVAL_S = int(os.environ.get("REWARDLOOP_POOL_INTERVAL_S", "30"))
 REWARDLOOP_TORCH_THREADS = int(os.environ.get("REWARDLOOP_TORCH_THREADS", "0"))
 REWARDLOOP_WORKER_POOLS = int(os.environ.get("REWARDLOOP_WORKER_POOLS", "2"))
+# A worker child is replaced after this many tasks, or after a task that leaves it above
+# this RSS, so memory a task kept (a failed task's traceback, torch's allocator, heap
+# fragmentation) goes back to the system; the new child reloads its model (~2 s). 0: never.
+# bench/worker_rss.py measures both.
+CELERY_WORKER_MAX_TASKS_PER_CHILD = int(os.environ.get("REWARDLOOP_WORKER_MAX_TASKS_PER_CHILD", "100")) or None
+CELERY_WORKER_MAX_MEMORY_PER_CHILD = (  # KiB, as Celery counts it
+    int(os.environ.get("REWARDLOOP_WORKER_MAX_MEMORY_PER_CHILD_MB", "3072")) * 1024 or None
+)
 REWARDLOOP_MODELS_DIR = Path(os.environ.get("REWARDLOOP_MODELS_DIR", DATA_DIR / "models")).resolve()
 # Finished version downloads (zipped Hugging Face folders, one per exported version).
 REWARDLOOP_EXPORTS_DIR = DATA_DIR / "exports"
