@@ -7,15 +7,13 @@ training run never competes with itself for the cores.
 PyTorch and fork: a prefork worker must not start torch's thread pool in the
 parent. Models are loaded lazily inside tasks (so after the fork), and the
 thread count is set in ``worker_process_init``: each child gets its share of
-the usable cores (affinity and cgroup quota) for the worker's real ``-c``
-(:mod:`webapp.worker_threads`), so children × threads never exceeds the cores.
+the usable cores (affinity and cgroup quota) for the worker's real ``-c``, so
+children × threads never exceeds the cores (:mod:`webapp.worker_process`).
 """
 
-import logging
 import os
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
 # OpenMP threads that spin while waiting slow a busy machine several-fold (bench/README.md);
@@ -38,38 +36,5 @@ def _make_broker_folders() -> None:
 app.on_after_configure.connect(lambda sender, **kw: _make_broker_folders(), weak=False)
 
 
-log = logging.getLogger("webapp.celery")
-_worker = None  # this process's WorkController; children inherit it through fork
-
-
-@worker_init.connect
-def _remember_worker(sender, **_kwargs):
-    global _worker
-    _worker = sender
-
-
-def _pool_concurrency() -> int:
-    """The worker's ``-c`` (resolved before the pool forks; the maximum under ``--autoscale``)."""
-    concurrency = int(getattr(_worker, "concurrency", 0) or 1)
-    return max(concurrency, int(getattr(_worker, "max_concurrency", 0) or 0))
-
-
-@worker_process_init.connect
-def _set_torch_threads(**_kwargs):
-    from django.conf import settings
-
-    import torch
-
-    from webapp.worker_threads import torch_threads_per_child, usable_cores
-
-    cores, concurrency = usable_cores(), _pool_concurrency()
-    threads = torch_threads_per_child(
-        usable_cores=cores,
-        concurrency=concurrency,
-        pools=settings.REWARDLOOP_WORKER_POOLS,
-        requested=settings.REWARDLOOP_TORCH_THREADS,
-    )
-    torch.set_num_threads(threads)
-    log.info(
-        "torch threads per child: %d (concurrency %d, usable cores %d)", torch.get_num_threads(), concurrency, cores
-    )
+# Worker-process signal handlers (torch threads after fork, memory after failures).
+import webapp.worker_process  # noqa: E402, F401
