@@ -6,13 +6,14 @@ training run never competes with itself for the cores.
 
 PyTorch and fork: a prefork worker must not start torch's thread pool in the
 parent. Models are loaded lazily inside tasks (so after the fork), and the
-thread count is set in ``worker_process_init``.
+thread count is set in ``worker_process_init``: each child gets its share of
+the usable cores (affinity and cgroup quota) for the worker's real ``-c``, so
+children × threads never exceeds the cores (:mod:`webapp.worker_process`).
 """
 
 import os
 
 from celery import Celery
-from celery.signals import worker_process_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
 # OpenMP threads that spin while waiting slow a busy machine several-fold (bench/README.md);
@@ -35,11 +36,5 @@ def _make_broker_folders() -> None:
 app.on_after_configure.connect(lambda sender, **kw: _make_broker_folders(), weak=False)
 
 
-@worker_process_init.connect
-def _set_torch_threads(**_kwargs):
-    from django.conf import settings
-
-    import torch
-
-    threads = settings.REWARDLOOP_TORCH_THREADS or max(1, (os.cpu_count() or 2) // 2)
-    torch.set_num_threads(threads)
+# Worker-process signal handlers (torch threads after fork, memory after failures).
+import webapp.worker_process  # noqa: E402, F401

@@ -21,7 +21,9 @@ Everything a deployment changes comes from the environment:
 - ``REWARDLOOP_LOGIN_FAILURE_LIMIT`` (default 10), ``REWARDLOOP_LOGIN_LOCKOUT_MINUTES``
   (default 15): login throttling per username and per IP address (django-axes).
 - ``REWARDLOOP_TORCH_THREADS``: torch threads per worker process (default: the
-  machine's cores divided by the number of worker pools, at least 1).
+  usable cores (affinity, cgroup quota) divided by the worker's concurrency and by
+  ``REWARDLOOP_WORKER_POOLS`` (default 2: generation and training), at least 1;
+  a larger explicit value is capped at usable cores ÷ concurrency).
 - ``REWARDLOOP_IMPORT_MAX_BYTES`` (default 256 MiB), ``REWARDLOOP_IMPORT_MAX_LINES``
   (default 1,000,000) and ``REWARDLOOP_IMPORT_MAX_LINE_BYTES`` (default 64 KiB): caps on
   one prompt file (``manage.py import_prompts``).
@@ -240,6 +242,15 @@ CELERY_TIMEZONE = TIME_ZONE
 REWARDLOOP_TRAIN_INTERVAL_S = int(os.environ.get("REWARDLOOP_TRAIN_INTERVAL_S", "300"))
 REWARDLOOP_POOL_INTERVAL_S = int(os.environ.get("REWARDLOOP_POOL_INTERVAL_S", "30"))
 REWARDLOOP_TORCH_THREADS = int(os.environ.get("REWARDLOOP_TORCH_THREADS", "0"))
+REWARDLOOP_WORKER_POOLS = int(os.environ.get("REWARDLOOP_WORKER_POOLS", "2"))
+# A worker child is replaced after this many tasks, or after a task that leaves it above
+# this RSS, so memory a task kept (a failed task's traceback, torch's allocator, heap
+# fragmentation) goes back to the system; the new child reloads its model (~2 s). 0: never.
+# bench/worker_rss.py measures both.
+CELERY_WORKER_MAX_TASKS_PER_CHILD = int(os.environ.get("REWARDLOOP_WORKER_MAX_TASKS_PER_CHILD", "100")) or None
+CELERY_WORKER_MAX_MEMORY_PER_CHILD = (  # KiB, as Celery counts it
+    int(os.environ.get("REWARDLOOP_WORKER_MAX_MEMORY_PER_CHILD_MB", "3072")) * 1024 or None
+)
 REWARDLOOP_MODELS_DIR = Path(os.environ.get("REWARDLOOP_MODELS_DIR", DATA_DIR / "models")).resolve()
 # Finished version downloads (zipped Hugging Face folders, one per exported version).
 REWARDLOOP_EXPORTS_DIR = DATA_DIR / "exports"

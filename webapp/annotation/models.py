@@ -125,6 +125,36 @@ class Completion(models.Model):
         return f"completion {self.pk} of {self.model_version}"
 
 
+class PoolClaim(models.Model):
+    """A prompt a generation worker is sampling for the pool right now.
+
+    A refill claims the prompts of one generation batch in a short transaction
+    (under a lock on the project row), samples them outside any transaction and
+    deletes the claims in the transaction that stores the completions. Claims
+    count toward the pool, so two workers refilling one project at once neither
+    overshoot the target by more than one prompt group nor sample the same
+    prompt for the same version: (prompt, model version) is unique here.
+    A worker that dies leaves its claims until ``expires_at``.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="pool_claims")
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="pool_claims")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="pool_claims")
+    n_completions = models.PositiveSmallIntegerField(
+        "completions", help_text="How many completions of the prompt this claim will add to the pool."
+    )
+    expires_at = models.DateTimeField("expires", help_text="After this a dead worker's claim no longer counts.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["prompt", "model_version"], name="pool_claim_once_per_prompt_version")
+        ]
+        indexes = [models.Index(fields=["project", "expires_at"], name="pool_claim_project_expiry")]
+
+    def __str__(self):
+        return f"claim on prompt {self.prompt_id} for {self.model_version}"
+
+
 class Lease(models.Model):
     completion = models.ForeignKey(Completion, on_delete=models.CASCADE, related_name="leases")
     annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="leases")

@@ -18,10 +18,22 @@ from django.utils import timezone
 
 from webapp.errors import ApplicationError
 from webapp.policies.models import Project, RatingMode
+from webapp.text import storable_text, without_nul
 
 from . import selectors
 from .importers import ImportLimits, PromptRow, iter_prompt_rows, prompt_file_check
-from .models import Choice, Comparison, Completion, Lease, Pair, Prompt, Rating, RatingRevision, Skip
+from .models import (
+    Choice,
+    Comparison,
+    Completion,
+    Lease,
+    Pair,
+    PoolClaim,
+    Prompt,
+    Rating,
+    RatingRevision,
+    Skip,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +103,15 @@ def prompts_import(*, project: Project, path: str | Path, limits: ImportLimits |
 # --- The completion pool --------------------------------------------------------
 
 
-def _prompts_to_sample(*, project: Project, n: int, rng: random.Random) -> list[Prompt]:
-    """The least-sampled training prompts of the served version first, random among equals."""
+def _prompts_to_sample(*, project: Project, n: int, rng: random.Random, exclude: set[int] = frozenset()) -> list[Prompt]:
+    """The least-sampled training prompts of the served version first, random among equals.
+
+    Prompts whose ids are in ``exclude`` (claimed by another refill) are never chosen.
+    """
     prompts = list(
-        Prompt.objects.filter(project=project, held_out=False).annotate(
-            n_completions=Count("completions", distinct=True)
-        )
+        Prompt.objects.filter(project=project, held_out=False)
+        .exclude(pk__in=exclude)
+        .annotate(n_completions=Count("completions", distinct=True))
     )
     rng.shuffle(prompts)
     prompts.sort(key=lambda p: p.n_completions)
@@ -108,7 +123,7 @@ def _rollout_completion(*, project: Project, prompt: Prompt, version, rollout) -
         project=project,
         prompt=prompt,
         model_version=version,
-        text=rollout.text,
+        text=storable_text(rollout.text),  # display text; token_ids below are the exact sample
         prompt_token_ids=list(rollout.prompt_ids),
         token_ids=list(rollout.completion_ids),
         behaviour_logprobs=[float(x) for x in rollout.behaviour_logprobs],
@@ -137,6 +152,77 @@ def pair_create(*, completion_a: Completion, completion_b: Completion) -> Pair:
         raise ApplicationError("One of these completions is in a pair already.") from exc
 
 
+POOL_CLAIM_TTL = timedelta(minutes=10)
+
+
+def _pool_claim_batch(
+    *, project: Project, version, per_prompt: int, max_prompts: int, budget: int | None, rng: random.Random
+) -> list[PoolClaim]:
+    """Claim the prompts of the next generation batch; ``[]`` when the pool is full.
+
+    One short transaction under a lock on the project row (``SELECT ... FOR
+    UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already serialises
+    it), so two refills of one project claim one after the other: the second
+    sees the first's claims as part of the pool and never picks its prompts.
+    ``budget`` caps the completions claimed (``None``: no cap beyond the target).
+    """
+    with transaction.atomic():
+        locked = Project.objects.select_for_update().get(pk=project.pk)
+        if locked.served_version_id != version.pk:
+            return []
+        now = timezone.now()
+        PoolClaim.objects.filter(project=project, expires_at__lte=now).delete()
+        claims = PoolClaim.objects.filter(project=project)
+        in_flight = sum(c.n_completions for c in claims if c.model_version_id == version.pk)
+        deficit = locked.pool_target - selectors.pool_size(project=locked) - in_flight
+        if budget is not None:
+            deficit = min(deficit, budget)
+        if deficit <= 0:
+            return []
+        n_prompts = min(max_prompts, -(-deficit // per_prompt))
+        claimed_prompts = {c.prompt_id for c in claims if c.model_version_id == version.pk}
+        prompts = _prompts_to_sample(project=project, n=n_prompts, rng=rng, exclude=claimed_prompts)
+        return PoolClaim.objects.bulk_create(
+            [
+                PoolClaim(
+                    project=project,
+                    prompt=prompt,
+                    model_version=version,
+                    n_completions=per_prompt,
+                    expires_at=now + POOL_CLAIM_TTL,
+                )
+                for prompt in prompts
+            ]
+        )
+
+
+def _pool_store_batch(*, project: Project, version, claims: list[PoolClaim], batch, rollouts, pairwise: bool) -> int:
+    """Store a sampled batch and release its claims in one transaction; returns completions stored.
+
+    Re-checks under the project lock that the version is still served (else
+    stores nothing) and that each claim is still held (a claim that expired
+    and was taken over by another refill drops its prompt's completions).
+    """
+    with transaction.atomic():
+        locked = Project.objects.select_for_update().get(pk=project.pk)
+        if locked.served_version_id != version.pk:
+            log.info("served version changed during sampling; stopping this refill")
+            return 0
+        held = set(PoolClaim.objects.filter(pk__in=[c.pk for c in claims]).values_list("prompt_id", flat=True))
+        PoolClaim.objects.filter(pk__in=[c.pk for c in claims]).delete()
+        completions = [
+            _rollout_completion(project=project, prompt=prompt, version=version, rollout=rollout)
+            for prompt, rollout in zip(batch, rollouts)
+            if prompt.pk in held
+        ]
+        for completion in completions:
+            completion.save()
+        if pairwise:
+            for a, b in zip(completions[0::2], completions[1::2]):
+                pair_create(completion_a=a, completion_b=b)
+        return len(completions)
+
+
 def completion_pool_refill(*, project: Project, max_new: int | None = None, seed: int | None = None) -> int:
     """Sample completions from the served version until the pool holds ``pool_target``.
 
@@ -148,6 +234,13 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
     less than one group. Pairwise projects sample two completions per prompt
     and store them as a :class:`Pair` in the same transaction (never a half
     pair). Returns how many completions were created.
+
+    Safe to run concurrently for one project (several generation workers):
+    each batch's prompts are claimed first (:class:`PoolClaim`, under a lock
+    on the project row), sampled outside any transaction, and stored in the
+    transaction that releases the claims. Claimed prompts count toward the
+    pool, so concurrent refills together stay within one prompt group of
+    the target and never sample one prompt for one version at the same time.
     """
     from pgcore.rollout import generate
 
@@ -155,45 +248,50 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
 
     project.refresh_from_db()
     version = project.served_version
-    deficit = project.pool_target - selectors.pool_size(project=project)
-    if max_new is not None:
-        deficit = min(deficit, max_new)
-    if deficit <= 0:
+    if version is None:
         return 0
     pairwise = project.rating_mode == RatingMode.PAIRWISE
     per_prompt = 2 if pairwise else project.completions_per_prompt
+    # One refill fills at most the deficit it found when it started (as before claims), so
+    # annotators draining the pool meanwhile do not keep one task running forever.
+    budget = project.pool_target - selectors.pool_size(project=project)
+    if max_new is not None:
+        budget = min(budget, max_new)
     rng = random.Random(seed)
-    prompts = _prompts_to_sample(project=project, n=-(-deficit // per_prompt), rng=rng)
-    if not prompts:
-        log.warning("project %s has no training prompts to sample", project.slug)
-        return 0
-    policy = policy_for_generation(version)
-    created = 0
     step = max(1, GENERATION_BATCH // per_prompt)
-    for start in range(0, len(prompts), step):
-        batch = [p for p in prompts[start : start + step] for _ in range(per_prompt)]
-        rollouts = generate(
-            policy,
-            [p.text for p in batch],
-            max_new_tokens=project.max_new_tokens,
-            seed=None if seed is None else seed + start,
-            batch_size=GENERATION_BATCH,
+    policy = None
+    created = 0
+    batch_index = 0
+    while budget > 0:
+        claims = _pool_claim_batch(
+            project=project, version=version, per_prompt=per_prompt, max_prompts=step, budget=budget, rng=rng
         )
-        project.refresh_from_db(fields=["served_version"])
-        if project.served_version_id != version.pk:
-            log.info("served version changed during sampling; stopping this refill")
+        if not claims:
+            if created == 0 and not Prompt.objects.filter(project=project, held_out=False).exists():
+                log.warning("project %s has no training prompts to sample", project.slug)
             break
-        with transaction.atomic():
-            completions = [
-                _rollout_completion(project=project, prompt=prompt, version=version, rollout=rollout)
-                for prompt, rollout in zip(batch, rollouts)
-            ]
-            for completion in completions:
-                completion.save()
-            if pairwise:
-                for a, b in zip(completions[0::2], completions[1::2]):
-                    pair_create(completion_a=a, completion_b=b)
-        created += len(batch)
+        try:
+            prompts = {p.pk: p for p in Prompt.objects.filter(pk__in=[c.prompt_id for c in claims])}
+            batch = [prompts[c.prompt_id] for c in claims for _ in range(per_prompt)]
+            policy = policy or policy_for_generation(version)
+            rollouts = generate(
+                policy,
+                [p.text for p in batch],
+                max_new_tokens=project.max_new_tokens,
+                seed=None if seed is None else seed + batch_index * step,
+                batch_size=GENERATION_BATCH,
+            )
+            stored = _pool_store_batch(
+                project=project, version=version, claims=claims, batch=batch, rollouts=rollouts, pairwise=pairwise
+            )
+        finally:
+            # Released already when the batch was stored; this frees them when sampling failed.
+            PoolClaim.objects.filter(pk__in=[c.pk for c in claims]).delete()
+        if stored == 0 and len(batch):
+            break
+        created += stored
+        budget -= len(batch)
+        batch_index += 1
     return created
 
 
@@ -406,6 +504,7 @@ def rating_create(
     """Store one Likert (``score``) or thumbs (``thumbs_up``) rating and fulfil the annotator's lease.
 
     ``seconds_spent`` defaults to the time since the item was leased to them.
+    NUL characters in ``comment`` are dropped (PostgreSQL cannot store them).
 
     Raises:
         ApplicationError: the value does not fit the project's rating mode
@@ -430,7 +529,7 @@ def rating_create(
             annotator=annotator,
             score=score,
             thumbs_up=thumbs_up,
-            comment=comment,
+            comment=without_nul(comment),
             seconds_spent=seconds_spent,
         )
     except IntegrityError as exc:
@@ -454,7 +553,7 @@ def comparison_create(
     The side shown is taken from the annotator's lease (drawn when it was
     leased); ``a_on_left`` is used only when the lease is gone. One
     :class:`Rating` per completion of the pair records the decision for
-    training.
+    training. NUL characters in ``comment`` are dropped.
 
     Raises:
         ApplicationError: an unknown choice, the annotator decided this pair
@@ -477,7 +576,7 @@ def comparison_create(
                 annotator=annotator,
                 choice=choice,
                 a_on_left=a_on_left,
-                comment=comment,
+                comment=without_nul(comment),
                 seconds_spent=seconds_spent,
             )
             Rating.objects.bulk_create(
