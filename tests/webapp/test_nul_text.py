@@ -93,3 +93,17 @@ def test_a_comparison_whose_comment_holds_nul_is_stored_without_the_nul(
     assert response.status_code == 200
     assert Comparison.objects.get().comment == "A is better"
     assert Rating.objects.count() == 2
+
+
+def test_a_held_out_sample_with_nul_is_stored_by_the_evaluation_with_its_exact_token_ids(project, sampler_emitting_nul):
+    from webapp.training.evaluation import version_samples_ensure
+    from webapp.training.models import VersionSample
+
+    version = project.served_version
+    assert version_samples_ensure(version=version) > 0
+
+    stored = sorted(VersionSample.objects.filter(version=version), key=lambda s: s.token_ids)
+    produced = sorted(sampler_emitting_nul, key=lambda r: r.completion_ids)
+    assert "\x00" in produced[0].text
+    assert [s.token_ids for s in stored] == [r.completion_ids for r in produced]
+    assert [s.text for s in stored] == [r.text.replace("\x00", "\ufffd") for r in produced]

@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from webapp.annotation.models import Prompt
 from webapp.policies.models import ModelVersion, Project
+from webapp.text import storable_text
 
 from .models import VersionSample
 
@@ -142,7 +143,7 @@ def version_samples_ensure(*, version: ModelVersion, policy=None) -> int:
             VersionSample(
                 version=version,
                 prompt=prompt,
-                text=r.text,
+                text=storable_text(r.text),  # PostgreSQL text holds no NUL; token_ids stay exact
                 token_ids=r.completion_ids,
                 logprobs=[float(x) for x in r.behaviour_logprobs],
                 ref_logprobs=ref,
