@@ -148,10 +148,18 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 
 def _draw(logp: torch.Tensor, generator: torch.Generator, greedy: bool) -> torch.Tensor:
-    """One token per row of ``logp (b, V)``: a draw from ``exp(logp)`` or the argmax; ``(b,)`` long."""
+    """One token per row of ``logp (b, V)``: a draw from ``exp(logp)`` or the argmax; ``(b,)`` long.
+
+    Inverse-CDF sampling: one uniform per row against the cumulative probabilities. Same
+    distribution as ``torch.multinomial``, whose CPU kernel draws an exponential per
+    vocabulary entry (~10% of a decoding step at batch 8 on SmolLM2, profiled).
+    """
     if greedy:
         return logp.argmax(dim=-1)
-    return torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+    cdf = logp.exp().cumsum(dim=-1)  # (b, V)
+    u = torch.rand((logp.shape[0], 1), generator=generator, device=logp.device) * cdf[:, -1:]
+    # The first index whose cumulative mass exceeds u: never a zero-probability token.
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=logp.shape[-1] - 1)
 
 
 # ---------------------------------------------------------------- the fast path (Llama family)
@@ -184,6 +192,23 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def _decode_attention(q, k, v, mask, scale):
+    """Attention of one new token per row: ``q (b, nH, 1, D)``, ``k, v (b, kvH, T, D)``,
+    ``mask (b, 1, 1, T)`` bool -> ``(b, 1, nH * D)``.
+
+    The query heads that share a key/value head are stacked as rows of one matmul, so
+    nothing is expanded; the softmax is taken in fp32 like the eager kernel's. Faster at
+    one query than the CPU flash kernel (profiled: ~15% of a step at batch 8).
+    """
+    b, n_heads, _, d = q.shape
+    n_kv = k.shape[1]
+    qg = q.reshape(b, n_kv, n_heads // n_kv, d)  # (b, kvH, g, D)
+    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * scale  # (b, kvH, g, T)
+    scores = scores.masked_fill(~mask.view(b, 1, 1, -1), float("-inf"))
+    weights = torch.softmax(scores, dim=-1).to(v.dtype)
+    return torch.matmul(weights, v).reshape(b, 1, n_heads * d)  # (b, kvH, g, D) -> (b, 1, nH * D)
+
+
 def _forward_fast(inner, lm_head, ids, positions, mask, keys, values, col):
     """Run ``ids (b, s)`` at ``positions (b, s)`` through the decoder, writing keys/values into
     cache columns ``col : col + s``; ``mask (b, 1, s, col + s)`` bool, True = attend.
@@ -203,10 +228,13 @@ def _forward_fast(inner, lm_head, ids, positions, mask, keys, values, col):
         q = q * cos + _rotate_half(q) * sin
         keys[i][:b, :, col:end] = k * cos + _rotate_half(k) * sin
         values[i][:b, :, col:end] = v
-        o = torch.nn.functional.scaled_dot_product_attention(
-            q, keys[i][:b, :, :end], values[i][:b, :, :end], attn_mask=mask, scale=attn.scaling, enable_gqa=True
-        )  # (b, nH, s, D)
-        h = h + attn.o_proj(o.transpose(1, 2).reshape(b, s, -1))
+        if s == 1:
+            o = _decode_attention(q, keys[i][:b, :, :end], values[i][:b, :, :end], mask, attn.scaling)  # (b, 1, nH * D)
+        else:
+            o = torch.nn.functional.scaled_dot_product_attention(
+                q, keys[i][:b, :, :end], values[i][:b, :, :end], attn_mask=mask, scale=attn.scaling, enable_gqa=True
+            ).transpose(1, 2).reshape(b, s, -1)  # (b, s, nH * D)
+        h = h + attn.o_proj(o)
         h = h + layer.mlp(layer.post_attention_layernorm(h))
     return lm_head(inner.norm(h[:, -1:, :]))[:, 0, :].float()
 
