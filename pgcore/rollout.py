@@ -26,7 +26,8 @@ class Rollout:
         completion_ids: sampled token ids; ends with the EOS token when ``finished``.
         behaviour_logprobs: ``log mu(completion_ids[t] | ...)`` in nats, one per completion
             token, of the exact distribution sampled from.
-        text: the completion decoded with special tokens skipped.
+        text: the completion decoded with special tokens skipped; a NUL character (U+0000,
+            which e.g. PostgreSQL text cannot hold) is replaced by U+FFFD.
         finished: the completion ended with EOS (else it hit ``max_new_tokens``).
     """
 
@@ -488,7 +489,7 @@ def generate(
                 greedy=greedy,
             )
             for ids, completion, logprobs, finished in zip(chunk, completions, behaviour, done):
-                text = tokenizer.decode(completion, skip_special_tokens=True)
+                text = tokenizer.decode(completion, skip_special_tokens=True).replace("\x00", "\ufffd")
                 rollouts.append(Rollout(ids, completion, logprobs, text, finished))
     finally:
         policy.model.train(was_training)

@@ -169,3 +169,18 @@ def test_on_a_gpu_fp32_greedy_tokens_equal_the_cpus(frozen_policy):
     gpu = generate(frozen_policy, PROMPTS, max_new_tokens=10, greedy=True, precision="fp32", device="cuda")
     cpu = generate(frozen_policy, PROMPTS, max_new_tokens=10, greedy=True, precision="fp32", device="cpu")
     assert [r.completion_ids for r in gpu] == [r.completion_ids for r in cpu]
+
+
+def test_a_sampled_nul_byte_never_reaches_the_text(frozen_policy):
+    nul = frozen_policy.tokenizer.convert_tokens_to_ids("Ā")  # byte 0x00 in the byte-level alphabet
+    assert frozen_policy.tokenizer.decode([nul]) == "\x00"
+
+    def force_nul(module, inputs, logits):
+        bias = torch.full((logits.shape[-1],), -1e4)
+        bias[nul] = 0.0
+        return logits + bias
+
+    frozen_policy.model.get_output_embeddings().register_forward_hook(force_nul)
+    [r] = generate(frozen_policy, ["hi"], max_new_tokens=3, seed=0, precision="fp32")
+    assert r.completion_ids == [nul] * 3
+    assert "\x00" not in r.text and r.text == "\ufffd" * 3
