@@ -26,7 +26,8 @@ METRIC_KEYS = {
 
 def _batch(policy, rewards, groups=None, seed=0, max_new_tokens=8):
     prompts = [f"prompt {g}" for g in (groups or range(len(rewards)))]
-    rollouts = generate(policy, prompts, max_new_tokens=max_new_tokens, seed=seed)
+    # fp32 sampling: behaviour logprobs exactly the fp32 trainer's, so ratios can be checked tightly
+    rollouts = generate(policy, prompts, max_new_tokens=max_new_tokens, seed=seed, precision="fp32")
     return TrainBatch(
         prompt_ids=[r.prompt_ids for r in rollouts],
         completion_ids=[r.completion_ids for r in rollouts],
