@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 BASELINES = ("loo", "mean", "none")
+TIS_CAP_DEFAULT = 2.0
 
 
 @dataclass
@@ -38,6 +39,10 @@ class PGConfig:
     lora_dropout: float = 0.0  # dropout on the LoRA branch, in [0, 1)
     bf16_autocast: bool = True  # bf16 autocast in training where bf16 matmuls are native (else fp32); fp32 weights
     share_prompts: bool = True  # run each distinct prompt of a minibatch once, its KV cache shared by its completions
+    # C of truncated importance sampling (Yao et al. 2025): ratios are taken against the trainer's own
+    # logprobs at the start of the update and tokens weighted by min(pi_trainer / mu_sampler, C);
+    # 0 = off (ratios against the stored behaviour logprobs). >= 0; costs one no-grad pass per update.
+    tis_cap: float = TIS_CAP_DEFAULT
     seed: int = 0  # seeds minibatch shuffling and LoRA initialisation, >= 0
 
     def __post_init__(self) -> None:
@@ -58,6 +63,7 @@ class PGConfig:
         _check_int(self, "lora_alpha", 1)
         _check_float(self, "lora_dropout", lambda v: 0 <= v < 1, "[0, 1)")
         _check_int(self, "seed", 0)
+        _check_float(self, "tis_cap", lambda v: v >= 0, "[0, inf)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict of every field."""

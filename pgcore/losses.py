@@ -5,6 +5,13 @@ by an older version (the behaviour policy ``mu``); it is clipped as in PPO (Schu
 2017, "Proximal Policy Optimization Algorithms"). With fresh samples ``rho = 1`` and the
 gradient is REINFORCE with a baseline (Williams 1992, "Simple statistical gradient-following
 algorithms for connectionist reinforcement learning").
+
+When the sampler's logprobs are not the trainer's (a bf16 or merged-LoRA sampler, other
+kernels), the ratio is taken against the trainer's own logprobs at the start of the update
+(the proximal policy) and each token is weighted by the truncated importance weight
+``min(pi_proximal / mu, C)``: truncated importance sampling as in Yao et al. 2025 ("Your
+efficient RL framework secretly brings you off-policy RL training"), the decoupled PPO
+objective of Hilton et al. 2021 ("Batch size-invariance for policy optimization").
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ def pg_loss(
     mask: torch.Tensor,
     clip_eps: float,
     importance_correction: bool = True,
+    proximal_logprobs: torch.Tensor | None = None,
+    tis_cap: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped, importance-weighted policy-gradient loss, averaged over completion tokens.
 
@@ -65,14 +74,24 @@ def pg_loss(
         clip_eps: PPO clip epsilon in (0, 1).
         importance_correction: False treats every ratio as 1 (plain on-policy REINFORCE
             even for stale samples; an ablation). Stats still report the true ratio.
+        proximal_logprobs: ``(B, T)`` the trainer's logprobs of the same tokens at the
+            start of the update (no grad), or None. When given, ``rho_t`` is taken against
+            them instead of ``behaviour_logprobs`` and each token's loss is multiplied by
+            the detached weight ``w_t = min(exp(proximal - behaviour), tis_cap)``: with a
+            sampler whose logprobs differ from the trainer's the expected gradient is then
+            the trainer's on-policy gradient (exactly, while no weight reaches the cap).
+        tis_cap: ``C`` > 0 of the truncation; required with ``proximal_logprobs``.
 
     Returns:
         ``(loss, stats)``: scalar loss; stats (detached scalars) ``approx_kl`` (k3 estimate
-        of KL(mu || pi_theta) on the sampled tokens), ``clipfrac`` (fraction of tokens whose
-        ratio is outside the clip range) and ``ratio_mean``.
+        of KL(mu || pi_theta) on the sampled tokens, mu the proximal policy when given),
+        ``clipfrac`` (fraction of tokens whose ratio is outside the clip range),
+        ``ratio_mean``, and with ``proximal_logprobs`` ``tis_weight_mean`` (mean ``w_t``)
+        and ``tis_truncated`` (fraction of tokens whose weight hit the cap).
 
     Raises:
-        ValueError: on mismatched shapes or ``clip_eps`` outside (0, 1).
+        ValueError: on mismatched shapes, ``clip_eps`` outside (0, 1), or
+            ``proximal_logprobs`` without a positive ``tis_cap``.
     """
     if not 0 < clip_eps < 1:
         raise ValueError(f"clip_eps must be in (0, 1), got {clip_eps}")
@@ -81,6 +100,16 @@ def pg_loss(
             f"expected logprobs, behaviour_logprobs, mask (B, T) and advantages (B,), got {tuple(logprobs.shape)}, "
             f"{tuple(behaviour_logprobs.shape)}, {tuple(mask.shape)}, {tuple(advantages.shape)}"
         )
+    tis_weight = None
+    if proximal_logprobs is not None:
+        if proximal_logprobs.shape != logprobs.shape:
+            raise ValueError(f"proximal_logprobs must be {tuple(logprobs.shape)}, got {tuple(proximal_logprobs.shape)}")
+        if tis_cap is None or not tis_cap > 0:
+            raise ValueError(f"tis_cap must be > 0 with proximal_logprobs, got {tis_cap}")
+        proximal = proximal_logprobs.detach()
+        tis_log = (proximal - behaviour_logprobs).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+        tis_weight = torch.exp(tis_log).clamp(max=tis_cap)  # (B, T), no gradient
+        behaviour_logprobs = proximal
     mask = mask.bool()
     log_ratio = (logprobs - behaviour_logprobs).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)  # (B, T)
     ratio = torch.exp(log_ratio)
@@ -92,6 +121,8 @@ def pg_loss(
     unclipped = weight * adv
     clipped = torch.clamp(weight, 1.0 - clip_eps, 1.0 + clip_eps) * adv
     per_token = -torch.minimum(unclipped, clipped)  # (B, T)
+    if tis_weight is not None and importance_correction:
+        per_token = per_token * tis_weight
     loss = masked_mean(per_token, mask)
     with torch.no_grad():
         lr = log_ratio.detach()
@@ -100,4 +131,7 @@ def pg_loss(
             "clipfrac": masked_mean(((ratio.detach() - 1.0).abs() > clip_eps).float(), mask),
             "ratio_mean": masked_mean(ratio.detach(), mask),
         }
+        if tis_weight is not None:
+            stats["tis_weight_mean"] = masked_mean(tis_weight, mask)
+            stats["tis_truncated"] = masked_mean((tis_weight >= tis_cap).float(), mask)
     return loss, stats

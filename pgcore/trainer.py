@@ -231,20 +231,35 @@ def reference_logprobs(policy: Policy, batch: TrainBatch, config: PGConfig) -> l
     in eval mode, under the same autocast as training so that the KL at the start of
     training is ~0 rather than a precision artefact.
     """
+    with reference_model(policy) as ref:
+        return _batch_logprobs(ref, policy, batch, config)
+
+
+@torch.no_grad()
+def proximal_logprobs(policy: Policy, batch: TrainBatch, config: PGConfig) -> list[torch.Tensor]:
+    """Logprobs of each completion under the policy as it is now (the trainer's ``pi_old``).
+
+    Same pass as :func:`reference_logprobs` with the policy itself; the truncated
+    importance weights ``min(pi_old / mu, config.tis_cap)`` compare these with the
+    sampler's stored behaviour logprobs.
+    """
+    return _batch_logprobs(policy.model, policy, batch, config)
+
+
+def _batch_logprobs(model, policy: Policy, batch: TrainBatch, config: PGConfig) -> list[torch.Tensor]:
     pad_id = policy.tokenizer.pad_token_id
     out: list[torch.Tensor | None] = [None] * len(batch)
     order = minibatch_order(batch.prompt_ids)
-    with reference_model(policy) as ref:
-        was_training = ref.training
-        ref.eval()
-        try:
-            for start in range(0, len(batch), config.minibatch_size):
-                idx = order[start : start + config.minibatch_size]
-                logprobs, _, mask = _score_minibatch(ref, batch, idx, pad_id, config, with_entropy=False)
-                for i, row, row_mask in zip(idx, logprobs, mask):
-                    out[i] = row[row_mask]
-        finally:
-            ref.train(was_training)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(batch), config.minibatch_size):
+            idx = order[start : start + config.minibatch_size]
+            logprobs, _, mask = _score_minibatch(model, batch, idx, pad_id, config, with_entropy=False)
+            for i, row, row_mask in zip(idx, logprobs, mask):
+                out[i] = row[row_mask]
+    finally:
+        model.train(was_training)
     return out
 
 
@@ -267,6 +282,12 @@ def update(
     (``config.bf16_autocast``) is used only where the CPU multiplies bf16 natively
     (:func:`bf16_autocast_active`); under it a LoRA policy's frozen weights are cast to
     bf16 once per update rather than in every forward (:func:`frozen_weights_in_bf16`).
+    With ``config.tis_cap > 0`` the ratio is taken against the policy's own logprobs at the
+    start of the update (one more no-grad pass, :func:`proximal_logprobs`) and each token is
+    weighted by ``min(pi_old / mu, tis_cap)``, ``mu`` the stored behaviour logprobs
+    (truncated importance sampling, Yao et al. 2025): a sampler whose logprobs differ from
+    the trainer's (bf16, merged LoRA) or stale samples then still give the trainer's
+    policy gradient.
 
     Args:
         policy: loaded with ``trainable=True`` (LoRA or full fine-tuning).
@@ -275,7 +296,8 @@ def update(
         on_step: called after each optimiser step with a dict holding ``epoch``, ``step``,
             ``total_steps`` and that step's ``losses/pg_loss``, ``losses/total``,
             ``objective/kl``, ``policy/approx_kl``, ``policy/clipfrac``,
-            ``policy/ratio_mean``, ``train/grad_norm``, and in the last epoch
+            ``policy/ratio_mean``, ``train/grad_norm`` (with ``tis_cap > 0`` also
+            ``policy/tis_weight_mean`` and ``policy/tis_truncated``), and in the last epoch
             ``policy/entropy`` (measured only then: it costs a pass over the
             vocabulary). It may raise (e.g. :class:`TrainingCancelled`) to stop; the
             exception propagates.
@@ -287,7 +309,7 @@ def update(
         ``policy/clipfrac``, ``policy/entropy`` (nats), ``policy/ratio_mean``,
         ``train/grad_norm`` (before clipping), ``train/steps``, ``train/bf16_autocast``
         (1.0 if the update ran under bf16 autocast, else 0.0), ``train/seconds`` and a
-        time split ``train/seconds_reference``, ``train/seconds_forward``,
+        time split ``train/seconds_reference``, ``train/seconds_proximal``, ``train/seconds_forward``,
         ``train/seconds_backward``, ``train/seconds_optimizer``.
 
     Raises:
@@ -312,7 +334,7 @@ def update(
     snapshot = [p.detach().clone() for p in params]
     model = policy.model
     was_training = model.training
-    timings = dict.fromkeys(("reference", "forward", "backward", "optimizer"), 0.0)
+    timings = dict.fromkeys(("reference", "proximal", "forward", "backward", "optimizer"), 0.0)
     bf16 = bf16_autocast_active(config)
     bf16_weights = frozen_weights_in_bf16(policy) if bf16 else contextlib.nullcontext()
     bf16_weights.__enter__()
@@ -320,6 +342,11 @@ def update(
         t = time.perf_counter()
         ref_logprobs = reference_logprobs(policy, batch, config)
         timings["reference"] = time.perf_counter() - t
+        proximal = None
+        if config.tis_cap > 0:
+            t = time.perf_counter()
+            proximal = proximal_logprobs(policy, batch, config)
+            timings["proximal"] = time.perf_counter() - t
 
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
         generator = torch.Generator().manual_seed(config.seed)
@@ -342,7 +369,14 @@ def update(
                 behaviour = _right_padded([batch.behaviour_logprobs[i] for i in idx], width)  # (b, C)
                 ref = _right_padded([ref_logprobs[i] for i in idx], width)  # (b, C)
                 loss_pg, stats = pg_loss(
-                    logprobs, behaviour, advantages[idx], mask, config.clip_eps, config.importance_correction
+                    logprobs,
+                    behaviour,
+                    advantages[idx],
+                    mask,
+                    config.clip_eps,
+                    config.importance_correction,
+                    proximal_logprobs=None if proximal is None else _right_padded([proximal[i] for i in idx], width),
+                    tis_cap=config.tis_cap or None,
                 )
                 kl = masked_mean(kl_k3(logprobs, ref, mask), mask)
                 loss = loss_pg + config.kl_coef * kl
@@ -371,6 +405,9 @@ def update(
                     "policy/ratio_mean": float(stats["ratio_mean"]),
                     "train/grad_norm": float(grad_norm),
                 }
+                if proximal is not None:
+                    info["policy/tis_weight_mean"] = float(stats["tis_weight_mean"])
+                    info["policy/tis_truncated"] = float(stats["tis_truncated"])
                 if last_epoch:
                     info["policy/entropy"] = float(masked_mean(entropy, mask))
                 for key, value in info.items():

@@ -127,3 +127,76 @@ def test_token_logprobs_and_their_gradient_equal_autograds_log_softmax_and_gathe
     assert_close(got, expected)
     assert_close(log_probs, torch.log_softmax(logits.detach(), -1))
     assert_close(got_grad, logits.grad)
+
+
+def _expected_gradient(theta, sampler_logp, advantages, **kwargs):
+    """Exact expectation over y ~ mu of the gradient of pg_loss for one-token completions.
+
+    Every token of the vocabulary is one sequence; scaling its advantage by ``mu(y) * V``
+    turns pg_loss's token mean into the expectation under mu (the loss is positively
+    homogeneous in the advantage).
+    """
+    V = theta.shape[0]
+    theta = theta.clone().requires_grad_(True)
+    logp = torch.log_softmax(theta, dim=0)  # (V,)
+    mu = sampler_logp.exp()
+    loss, stats = pg_loss(
+        logp[:, None],
+        sampler_logp[:, None],
+        advantages * mu * V,
+        torch.ones((V, 1), dtype=torch.bool),
+        0.2,
+        **kwargs,
+    )
+    loss.backward()
+    return -theta.grad, stats
+
+
+def test_a_mismatched_sampler_with_tis_gives_the_trainers_expected_gradient():
+    generator = torch.Generator().manual_seed(0)
+    V = 12
+    theta = torch.randn(V, generator=generator)
+    advantages = torch.randn(V, generator=generator)
+    # The sampler's distribution is off by up to ~0.6 nats per token (far beyond bf16's
+    # rounding, and far outside PPO's clip range), but every pi / mu stays below the cap.
+    sampler_logp = torch.log_softmax(theta + 1.2 * torch.rand(V, generator=generator) - 0.6, dim=0)
+    trainer_logp = torch.log_softmax(theta, dim=0)
+    assert float((trainer_logp - sampler_logp).exp().max()) < 2.0
+
+    theta_leaf = theta.clone().requires_grad_(True)
+    (torch.softmax(theta_leaf, dim=0) * advantages).sum().backward()  # grad of E_pi[A]
+    on_policy = theta_leaf.grad
+
+    corrected, stats = _expected_gradient(
+        theta, sampler_logp, advantages, proximal_logprobs=trainer_logp[:, None], tis_cap=2.0
+    )
+    assert_close(corrected, on_policy, atol=1e-6, rtol=1e-5)
+    assert float(stats["tis_truncated"]) == 0.0
+    # Without the correction the PPO clip against the sampler's logprobs drops tokens: biased.
+    uncorrected, _ = _expected_gradient(theta, sampler_logp, advantages)
+    assert (uncorrected - on_policy).abs().max() > 1e-2
+
+
+def test_tis_weights_are_truncated_at_the_cap_and_carry_no_gradient():
+    logprobs = LOGPROBS.clone().requires_grad_(True)
+    proximal = LOGPROBS + torch.tensor([[0.0, 2.0, 0.1], [0.0, 0.0, 0.0]])
+    loss, stats = pg_loss(logprobs, LOGPROBS, ADVANTAGES, MASK, 0.2, proximal_logprobs=proximal, tis_cap=1.5)
+    loss.backward()
+    weights = torch.exp(proximal - LOGPROBS).clamp(max=1.5)
+    ratio = torch.exp(LOGPROBS - proximal)
+    expected = _pg_loss_weighted_by_loop(ratio, weights, ADVANTAGES, MASK, 0.2)
+    assert_close(loss.detach(), expected)
+    assert_close(stats["tis_truncated"], torch.tensor(1 / 5))
+    with pytest.raises(ValueError, match="tis_cap"):
+        pg_loss(LOGPROBS, LOGPROBS, ADVANTAGES, MASK, 0.2, proximal_logprobs=proximal)
+
+
+def _pg_loss_weighted_by_loop(ratio, weights, advantages, mask, eps):
+    total, count = 0.0, 0
+    for b in range(ratio.shape[0]):
+        for t in range(ratio.shape[1]):
+            if mask[b, t]:
+                r, a = float(ratio[b, t]), float(advantages[b])
+                total += -float(weights[b, t]) * min(r * a, min(max(r, 1 - eps), 1 + eps) * a)
+                count += 1
+    return torch.tensor(total / count)

@@ -30,7 +30,7 @@ def _recomputed_logprobs(policy, rollouts):
 
 
 def test_behaviour_logprobs_are_those_of_the_distribution_sampled(eos_prone_policy):
-    rollouts = generate(eos_prone_policy, PROMPTS * 3, max_new_tokens=12, seed=0, batch_size=4)
+    rollouts = generate(eos_prone_policy, PROMPTS * 3, max_new_tokens=12, seed=0, batch_size=4, precision="fp32")
     for rollout, recomputed in zip(rollouts, _recomputed_logprobs(eos_prone_policy, rollouts)):
         assert len(rollout.behaviour_logprobs) == len(rollout.completion_ids)
         assert_close(torch.tensor(rollout.behaviour_logprobs), recomputed, atol=1e-5, rtol=1e-5)

@@ -47,7 +47,9 @@ def test_a_second_conversion_reuses_the_verified_folder(smollm2_dir):
 def test_smollm2_rollouts_store_the_logprobs_of_what_was_sampled_and_train(smollm2_dir):
     config = PGConfig(epochs=1, minibatch_size=4)
     policy = load_policy(smollm2_dir, config=config, trainable=True)
-    rollouts = generate(policy, ["Say hi.", "Name a colour.", "Count to three."], max_new_tokens=12, seed=0)
+    rollouts = generate(
+        policy, ["Say hi.", "Name a colour.", "Count to three."], max_new_tokens=12, seed=0, precision="fp32"
+    )
     packed = pack_sequences([r.prompt_ids for r in rollouts], [r.completion_ids for r in rollouts], policy.tokenizer.pad_token_id)
     with torch.no_grad():
         logprobs, _ = sequence_logprobs(policy.model, packed.input_ids, packed.attention_mask, packed.completion_mask)
@@ -67,3 +69,26 @@ def test_smollm2_rollouts_store_the_logprobs_of_what_was_sampled_and_train(smoll
     assert metrics["objective/kl"] >= 0 and metrics["policy/entropy"] >= 0
     # Fresh samples: under bf16 autocast the ratio is 1 up to bf16 rounding.
     assert abs(metrics["policy/ratio_mean"] - 1) < 0.1
+
+
+def test_smollm2_bf16_rollouts_differ_from_the_trainer_by_little_and_tis_weighs_it(smollm2_dir):
+    config = PGConfig(epochs=1, minibatch_size=4)
+    policy = load_policy(smollm2_dir, config=config, trainable=True)
+    rollouts = generate(
+        policy, ["Say hi.", "Name a colour.", "Count to three."], max_new_tokens=12, seed=0, precision="bf16"
+    )
+    packed = pack_sequences([r.prompt_ids for r in rollouts], [r.completion_ids for r in rollouts], policy.tokenizer.pad_token_id)
+    with torch.no_grad():
+        logprobs, _ = sequence_logprobs(policy.model, packed.input_ids, packed.attention_mask, packed.completion_mask)
+    d = torch.cat([row[mask] - torch.tensor(r.behaviour_logprobs) for r, row, mask in zip(rollouts, logprobs, packed.completion_mask)])
+    assert float((torch.expm1(d) - d).mean()) < 0.01  # bench/generate.py measures ~1e-3 per token
+    batch = TrainBatch(
+        [r.prompt_ids for r in rollouts],
+        [r.completion_ids for r in rollouts],
+        [r.behaviour_logprobs for r in rollouts],
+        [1.0, -1.0, 0.0],
+        [0, 1, 2],
+    )
+    metrics = update(policy, batch, config)
+    assert abs(metrics["policy/ratio_mean"] - 1) < 0.05  # against the trainer's own logprobs
+    assert 0.8 < metrics["policy/tis_weight_mean"] < 1.2 and metrics["policy/tis_truncated"] < 0.1

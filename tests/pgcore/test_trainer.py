@@ -26,7 +26,8 @@ METRIC_KEYS = {
 
 def _batch(policy, rewards, groups=None, seed=0, max_new_tokens=8):
     prompts = [f"prompt {g}" for g in (groups or range(len(rewards)))]
-    rollouts = generate(policy, prompts, max_new_tokens=max_new_tokens, seed=seed)
+    # fp32 sampling: behaviour logprobs exactly the fp32 trainer's, so ratios can be checked tightly
+    rollouts = generate(policy, prompts, max_new_tokens=max_new_tokens, seed=seed, precision="fp32")
     return TrainBatch(
         prompt_ids=[r.prompt_ids for r in rollouts],
         completion_ids=[r.completion_ids for r in rollouts],
@@ -178,13 +179,33 @@ def test_training_never_changes_the_reference(trainable_policy, frozen_policy):
         assert not torch.allclose(trainable_policy.model(input_ids=ids).logits, base)
 
 
-def test_stale_samples_show_ratios_away_from_one(lora_policy, fp32_config):
+def test_without_tis_stale_samples_show_ratios_away_from_one(lora_policy):
+    config = PGConfig(bf16_autocast=False, tis_cap=0.0)
+    batch = _batch(lora_policy, [1.0, -1.0, 0.5])
+    batch.behaviour_logprobs = [[lp - 0.3 for lp in row] for row in batch.behaviour_logprobs]
+    seen = []
+    update(lora_policy, batch, config, on_step=seen.append)
+    assert seen[0]["policy/ratio_mean"] == pytest.approx(math.exp(0.3), rel=1e-3)
+    assert seen[0]["policy/clipfrac"] == 1.0
+    assert "policy/tis_weight_mean" not in seen[0]
+
+
+def test_with_tis_stale_samples_get_the_truncated_weight_and_a_ratio_of_one(lora_policy, fp32_config):
     batch = _batch(lora_policy, [1.0, -1.0, 0.5])
     batch.behaviour_logprobs = [[lp - 0.3 for lp in row] for row in batch.behaviour_logprobs]
     seen = []
     update(lora_policy, batch, fp32_config, on_step=seen.append)
-    assert seen[0]["policy/ratio_mean"] == pytest.approx(math.exp(0.3), rel=1e-3)
-    assert seen[0]["policy/clipfrac"] == 1.0
+    assert seen[0]["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert seen[0]["policy/clipfrac"] == 0.0
+    assert seen[0]["policy/tis_weight_mean"] == pytest.approx(math.exp(0.3), rel=1e-3)
+    assert seen[0]["policy/tis_truncated"] == 0.0
+
+    very_stale = _batch(lora_policy, [1.0, -1.0, 0.5])
+    very_stale.behaviour_logprobs = [[lp - 1.0 for lp in row] for row in very_stale.behaviour_logprobs]
+    seen = []
+    update(lora_policy, very_stale, fp32_config, on_step=seen.append)
+    assert seen[0]["policy/tis_weight_mean"] == pytest.approx(fp32_config.tis_cap)
+    assert seen[0]["policy/tis_truncated"] == 1.0
 
 
 @pytest.fixture

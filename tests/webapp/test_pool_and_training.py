@@ -89,6 +89,8 @@ def test_completions_of_one_prompt_share_a_group_and_get_leave_one_out_advantage
 
 def test_stored_behaviour_logprobs_are_the_sampling_policys_own(project):
     """Recomputing the logprobs of the stored tokens under v0 gives the stored values."""
+    from pgcore.rollout import default_device, sampling_dtype
+
     from webapp.policies.runtime import policy_load
 
     annotation_services.completion_pool_refill(project=project, seed=2)
@@ -99,7 +101,14 @@ def test_stored_behaviour_logprobs_are_the_sampling_policys_own(project):
         logits = policy.model(input_ids=ids).logits[0, :-1].float()
     logprobs = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0]
     recomputed = logprobs[len(completion.prompt_token_ids) - 1 :]
-    torch.testing.assert_close(recomputed, torch.tensor(completion.behaviour_logprobs), atol=1e-4, rtol=1e-4)
+    stored = torch.tensor(completion.behaviour_logprobs)
+    if sampling_dtype("auto", default_device()) == torch.float32:
+        torch.testing.assert_close(recomputed, stored, atol=1e-4, rtol=1e-4)
+    else:
+        # bf16 sampling (where native): the logprobs of the bf16 distribution actually sampled,
+        # a small measured distance from the fp32 ones; the trainer corrects it (PGConfig.tis_cap).
+        d = recomputed - stored
+        assert float((torch.expm1(d) - d).mean()) < 0.05 and float(d.abs().max()) < 1.0
 
 
 def test_only_one_active_run_per_project(project, annotator, make_completion):

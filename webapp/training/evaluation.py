@@ -137,6 +137,10 @@ def version_samples_ensure(*, version: ModelVersion, policy=None) -> int:
     )
     prompt_ids = [r.prompt_ids for r in rollouts]
     completion_ids = [r.completion_ids for r in rollouts]
+    # The sampler may run in bf16 (pgcore.rollout.generate's default where bf16 is native), so
+    # the version's logprobs are scored by the same exact path as the base's: the KL to the
+    # base then measures the weights, not the sampler's rounding (the base against itself is 0).
+    own_logprobs = _token_logprobs(policy.model, policy.tokenizer.pad_token_id, prompt_ids, completion_ids)
     ref_logprobs = _reference_logprobs(policy, version, prompt_ids, completion_ids)
     VersionSample.objects.bulk_create(
         [
@@ -145,11 +149,11 @@ def version_samples_ensure(*, version: ModelVersion, policy=None) -> int:
                 prompt=prompt,
                 text=storable_text(r.text),  # PostgreSQL text holds no NUL; token_ids stay exact
                 token_ids=r.completion_ids,
-                logprobs=[float(x) for x in r.behaviour_logprobs],
+                logprobs=own,
                 ref_logprobs=ref,
                 finished=r.finished,
             )
-            for prompt, r, ref in zip(todo, rollouts, ref_logprobs)
+            for prompt, r, own, ref in zip(todo, rollouts, own_logprobs, ref_logprobs)
         ],
         ignore_conflicts=True,
     )
