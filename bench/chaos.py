@@ -12,10 +12,15 @@ gunicorn, a training worker, a generation worker and beat. Then:
 2. The broker is stopped while two annotators rate over HTTP and staff press
    Train now; then it is started again and the bench times how long until the
    queued run reaches a worker and ends.
+3. A second generation worker starts, the served version's unrated completions
+   are deleted, and several pool refills are sent at once: the bench reports the
+   pool's overshoot past its target (allowed: one prompt group) and prompts
+   sampled more than one group's worth for the version.
 
 Prints one JSON object: runs stuck, seconds from kill to failed per stage,
-versions wrongly served, ratings lost, and whether the goal (0 lost, 0 wrongly
-served, 0 stuck, every lost run failed within 60 s) was met.
+versions wrongly served, ratings lost, pool overshoot, and whether the goal (0
+lost, 0 wrongly served, 0 stuck, every lost run failed within 60 s, overshoot
+within one group, no prompt sampled twice for a version) was met.
 
     .venv/bin/python bench/chaos.py
 """
@@ -23,6 +28,7 @@ served, 0 stuck, every lost run failed within 60 s) was met.
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 import json
 import os
 import shutil
@@ -103,6 +109,8 @@ def main() -> None:
     parser.add_argument("--stage-pause", type=float, default=120, help="seconds a run is held at the stage to kill")
     parser.add_argument("--ratings-while-down", type=int, default=10, help="ratings per annotator with the broker down")
     parser.add_argument("--lost-within", type=float, default=60, help="the goal: seconds from kill to failed")
+    parser.add_argument("--refill-tasks", type=int, default=6, help="pool refills sent at once to two generation workers")
+    parser.add_argument("--refill-seconds", type=float, default=180, help="longest wait for the pool to settle")
     parser.add_argument("--keep", action="store_true", help="keep the data directory (logs) afterwards")
     args = parser.parse_args()
 
@@ -139,7 +147,7 @@ def main() -> None:
         from django.contrib.auth import get_user_model
 
         from webapp.annotation.importers import PromptRow
-        from webapp.annotation.models import Rating
+        from webapp.annotation.models import Completion, Rating
         from webapp.annotation.services import completion_pool_refill, prompts_create
         from webapp.policies.models import ModelVersion, Project
         from webapp.policies.services import membership_add, project_create
@@ -272,6 +280,39 @@ def main() -> None:
         down["ratings_lost"] = sum(1 for key in acknowledged if key not in stored)
         result["broker_stopped_during_ratings"] = down
 
+        # --- 3. Two generation workers refill one emptied pool at once -----------------------
+        from webapp.annotation.selectors import pool_size
+        from webapp.broker import task_send
+
+        world.celery("generation2", "worker", "-Q", "generation", "-c", "1", "-n", "chaos-gen2@%h", "--loglevel", "INFO")
+        wait(lambda: world.log_has("generation2", "ready."), 120, "the second generation worker")
+        project.refresh_from_db()
+        served = project.served_version
+        Completion.objects.filter(project=project, model_version=served, ratings__isnull=True).delete()
+        refill = {"pool_target": project.pool_target, "pool_after_emptying": pool_size(project=project)}
+        for _ in range(args.refill_tasks):
+            task_send("webapp.annotation.tasks.pool_refill", args=[project.pk])
+        t0 = time.monotonic()
+        sizes = []
+        while time.monotonic() - t0 < args.refill_seconds:  # both workers take tasks; watch the pool settle
+            sizes.append(pool_size(project=project))
+            if len(sizes) > 20 and sizes[-1] >= project.pool_target and len(set(sizes[-20:])) == 1:
+                break
+            time.sleep(0.5)
+        group = 2 if project.rating_mode == "pairwise" else project.completions_per_prompt
+        per_prompt = Counter(
+            Completion.objects.filter(project=project, model_version=served).values_list("prompt_id", flat=True)
+        )
+        refill.update(
+            pool_after_refills=pool_size(project=project),
+            pool_overshoot=max(0, pool_size(project=project) - project.pool_target),
+            overshoot_allowed=group,
+            prompts_sampled_twice_for_the_version=sum(1 for n in per_prompt.values() if n > group),
+            refills_run_by_the_second_worker=(data_dir / "generation2.log").read_text(errors="replace").count(
+                "tasks.pool_refill[") // 2,  # each task logs "received" and "succeeded" (or raised)
+        )
+        result["two_generation_workers"] = refill
+
         # --- Verdict -----------------------------------------------------------------------
         time.sleep(2)
         project.refresh_from_db()
@@ -290,12 +331,16 @@ def main() -> None:
             versions_held_back=ModelVersion.objects.exclude(held_back_reason="").count(),
             ratings_lost=down["ratings_lost"],
             rating_posts_answered_5xx=failed_posts,
+            pool_overshoot=refill["pool_overshoot"],
+            prompts_sampled_twice_for_the_version=refill["prompts_sampled_twice_for_the_version"],
         )
         result["goal_met"] = (
             stuck == 0
             and wrongly_served == 0
             and down["ratings_lost"] == 0
             and failed_posts == 0
+            and refill["pool_overshoot"] <= refill["overshoot_allowed"]
+            and refill["prompts_sampled_twice_for_the_version"] == 0
             and all(k.get("status") == "failed" for k in kills)
             and all(s is not None and s < args.lost_within for s in lost_seconds)
         )
