@@ -171,8 +171,10 @@ def main() -> None:
         )
         prompts_create(
             project=project,
-            rows=[PromptRow(line=i + 1, text=f"Continue this review: film number {i} was") for i in range(40)]
-            + [PromptRow(line=41 + i, text=f"Held-out review {i}: the plot", held_out=True) for i in range(4)],
+            # More training prompts than all phases sample, so phase 3's least-sampled-first choice
+            # never needs a prompt twice: a prompt sampled twice there is a race.
+            rows=[PromptRow(line=i + 1, text=f"Continue this review: film number {i} was") for i in range(400)]
+            + [PromptRow(line=401 + i, text=f"Held-out review {i}: the plot", held_out=True) for i in range(4)],
         )
         users = get_user_model().objects
         users.create_user("boss", password=PASSWORD, is_staff=True)
@@ -289,6 +291,7 @@ def main() -> None:
         project.refresh_from_db()
         served = project.served_version
         Completion.objects.filter(project=project, model_version=served, ratings__isnull=True).delete()
+        last_before = Completion.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
         refill = {"pool_target": project.pool_target, "pool_after_emptying": pool_size(project=project)}
         for _ in range(args.refill_tasks):
             task_send("webapp.annotation.tasks.pool_refill", args=[project.pk])
@@ -301,7 +304,9 @@ def main() -> None:
             time.sleep(0.5)
         group = 2 if project.rating_mode == "pairwise" else project.completions_per_prompt
         per_prompt = Counter(
-            Completion.objects.filter(project=project, model_version=served).values_list("prompt_id", flat=True)
+            Completion.objects.filter(project=project, model_version=served, pk__gt=last_before).values_list(
+                "prompt_id", flat=True
+            )
         )
         refill.update(
             pool_after_refills=pool_size(project=project),

@@ -39,8 +39,10 @@ def test_the_default_settings_recycle_children():
 def test_a_worker_child_is_replaced_after_max_tasks_per_child(celery_processes, tmp_path):
     pids = pids_of_tasks(celery_processes, tmp_path, {"REWARDLOOP_WORKER_MAX_TASKS_PER_CHILD": "2"}, n_tasks=6)
 
-    assert len(set(pids)) == 3, pids
-    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4] == pids[5]
+    # No child runs more than two tasks. (On a loaded machine Celery may also replace a child that
+    # was slow to start, so a child can run fewer: count, do not expect an exact pattern.)
+    assert max(pids.count(pid) for pid in pids) == 2, pids
+    assert len(set(pids)) >= 3, pids
 
 
 def test_a_worker_child_above_max_memory_is_replaced_after_its_task(celery_processes, tmp_path):
