@@ -18,7 +18,7 @@ from typing import Literal
 
 from django.conf import settings
 from django.shortcuts import get_object_or_404
-from ninja import Field, File, Path, Router, Schema
+from ninja import Field, File, Path, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.files import UploadedFile
 
@@ -64,7 +64,7 @@ def prompts_import(request, slug: str = Slug, file: UploadedFile = File(...)):
         with path.open("wb") as out:
             shutil.copyfileobj(file, out, length=1 << 20)
         result = services.prompts_import(project=project, path=path)
-    return 201, {"created": result.created, "duplicates": result.duplicates}
+    return Status(201, {"created": result.created, "duplicates": result.duplicates})
 
 
 # --- The queue ------------------------------------------------------------------
@@ -187,7 +187,7 @@ def rate(request, body: RateIn, slug: str = Slug, completion_id: int = Completio
         comment=body.comment.strip(),
         seconds_spent=body.seconds_spent,
     )
-    return 201, rating
+    return Status(201, rating)
 
 
 class CompareIn(Schema):
@@ -223,7 +223,7 @@ def compare(request, body: CompareIn, slug: str = Slug, completion_id: int = Com
     if pair is None:
         raise HttpError(404, "No pair has this completion as its A.")
     pair.project = project
-    return 201, services.comparison_create(
+    comparison = services.comparison_create(
         annotator=request.user,
         pair=pair,
         choice=body.choice,
@@ -231,6 +231,7 @@ def compare(request, body: CompareIn, slug: str = Slug, completion_id: int = Com
         comment=body.comment.strip(),
         seconds_spent=body.seconds_spent,
     )
+    return Status(201, comparison)
 
 
 @router.post(
@@ -240,7 +241,7 @@ def skip(request, slug: str = Slug, completion_id: int = CompletionId):
     """Give the item back to the queue; it is not offered to you again (``services.item_skip``)."""
     project, _ = api_project(request, slug)
     services.item_skip(annotator=request.user, completion=_completion(project, completion_id))
-    return 204, None
+    return Status(204, None)
 
 
 class UndoneOut(Schema):

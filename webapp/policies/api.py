@@ -9,14 +9,17 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.shortcuts import get_object_or_404
-from ninja import Router, Schema
+from ninja import Path, Router, Schema
 
-from webapp.apikit import ERRORS, api_project
+from webapp.apikit import ERRORS, MAX_NUMBER, SLUG_PATTERN, api_project
 
 from . import selectors, services
 from .models import ModelVersion
 
 router = Router(tags=["projects"])
+
+Slug = Path(..., pattern=SLUG_PATTERN)
+VersionNumber = Path(..., ge=0, le=MAX_NUMBER)
 
 
 class ProjectOut(Schema):
@@ -48,7 +51,7 @@ def projects(request):
 
 
 @router.get("/projects/{slug}", response={200: ProjectOut, **ERRORS}, summary="One project")
-def project(request, slug: str):
+def project(request, slug: str = Slug):
     project, role = api_project(request, slug)
     project.refresh_from_db()
     return _project_out(project, role)
@@ -97,7 +100,7 @@ def _version_out(version, *, served_id) -> dict:
 
 
 @router.get("/projects/{slug}/versions", response={200: list[VersionOut], **ERRORS}, summary="Model versions (staff)")
-def versions(request, slug: str):
+def versions(request, slug: str = Slug):
     """The project's versions, newest first, with the mean human rating of each (95% interval),
     KL to the base, distinct-2, why the guard held one back, and which one is served."""
     project, _ = api_project(request, slug, staff=True)
@@ -110,7 +113,7 @@ def versions(request, slug: str):
     response={200: VersionOut, **ERRORS},
     summary="Serve a version (also how to roll back; staff)",
 )
-def serve(request, slug: str, number: int):
+def serve(request, slug: str = Slug, number: int = VersionNumber):
     """Make version ``number`` the one annotators rate next (an older one: a roll-back); audited.
 
     The pool refills from it after commit, as after "Serve" on the versions page.

@@ -12,7 +12,7 @@ from typing import Literal
 
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
-from ninja import Field, Path, Query, Router, Schema
+from ninja import Field, Path, Query, Router, Schema, Status
 from ninja.errors import ValidationError
 
 from webapp.apikit import ERRORS, MAX_ID, SLUG_PATTERN, api_project
@@ -113,7 +113,7 @@ def run_start(request, slug: str = Slug, body: TrainIn | None = None):
     run = services.training_run_create(
         project=project, trigger=TrainingRun.Trigger.MANUAL, user=request.user, overrides=form.overrides()
     )
-    return 201, _run_out(_run(project, run.pk))
+    return Status(201, _run_out(_run(project, run.pk)))
 
 
 @router.get("/projects/{slug}/runs/{run_id}", response={200: RunOut, **ERRORS}, summary="A run's status")
