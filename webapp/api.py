@@ -40,7 +40,10 @@ api.add_router("", policies_router)
 api.add_router("", annotation_router)
 api.add_router("", training_router)
 
-_CODES = {400: "invalid", 401: "unauthorized", 403: "forbidden", 404: "not_found", 413: "too_large", 429: "throttled"}
+_CODES = {
+    400: "invalid", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "rejected", 413: "too_large",
+    429: "throttled",
+}
 
 
 def _error(request, status: int, message: str, *, code: str | None = None, fields: list | None = None):
@@ -67,9 +70,9 @@ def _validation(request, exc: ValidationError):
 
 @api.exception_handler(ApplicationError)
 def _rejected(request, exc: ApplicationError):
-    """A rule of the app refused a well-formed request (the service's own message); nothing was stored."""
-    fields = [{"field": "file", "message": f"line {line}: {reason}"} for line, reason in getattr(exc, "errors", [])]
-    return _error(request, 400, exc.message, code="invalid" if fields else "rejected", fields=fields)
+    """A rule of the app refused a well-formed request (409, the service's own message, e.g. "You have
+    rated this item already"); nothing was stored."""
+    return _error(request, 409, exc.message, code="rejected")
 
 
 @api.exception_handler(AuthenticationError)

@@ -72,10 +72,10 @@ def test_the_api_refuses_what_the_page_refuses_a_second_rating_and_a_held_out_pr
     completion = make_completion(project)
     assert client.post(f"/projects/t/queue/{completion.pk}/rate", {"score": 2}).status_code == 201
     again = client.post(f"/projects/t/queue/{completion.pk}/rate", {"score": 5})
-    assert again.status_code == 400 and again.json()["code"] == "rejected"
+    assert again.status_code == 409 and again.json()["code"] == "rejected"
     held_out = make_completion(project, prompt=project.prompts.get(held_out=True))
     refused = client.post(f"/projects/t/queue/{held_out.pk}/rate", {"score": 5})
-    assert refused.status_code == 400 and "held out" in refused.json()["message"]
+    assert refused.status_code == 409 and "held out" in refused.json()["message"]
     assert Rating.objects.count() == 1 and Rating.objects.get().score == 2
 
 
@@ -83,6 +83,7 @@ def test_the_api_refuses_what_the_page_refuses_a_second_rating_and_a_held_out_pr
     "body, field",
     [
         ({"score": "five"}, "score"),
+        ({"score": 7}, "score"),
         ({"score": 3, "mood": "happy"}, "mood"),
         ({"score": 3, "comment": "x" * 2001}, "comment"),
         ({"score": 3, "comment": "nul\x00inside"}, "comment"),
@@ -108,11 +109,13 @@ def test_a_body_that_is_not_json_is_a_400(project, annotator, make_completion, a
     assert not Rating.objects.exists()
 
 
-def test_a_score_out_of_range_is_refused_by_the_service_with_its_message(project, annotator, make_completion, api_for):
+def test_a_rating_that_does_not_fit_the_mode_is_refused_by_the_service_and_stores_nothing(
+    project, annotator, make_completion, api_for
+):
     completion = make_completion(project)
-    response = api_for(annotator).post(f"/projects/t/queue/{completion.pk}/rate", {"score": 7})
-    assert response.status_code == 400
-    assert response.json()["message"] == "A rating is a whole number from 1 to 5."
+    response = api_for(annotator).post(f"/projects/t/queue/{completion.pk}/rate", {"thumbs_up": True})
+    assert response.status_code == 409
+    assert response.json() == {"code": "rejected", "message": "A rating is a whole number from 1 to 5.", "fields": []}
     assert not Rating.objects.exists() and not Lease.objects.exists()  # the claimed slot rolled back
 
 
@@ -143,7 +146,7 @@ def test_a_pair_is_leased_with_both_sides_and_compared_through_the_api(
     assert bad.status_code == 400 and bad.json()["fields"][0]["field"] == "choice"
     not_a_pair = client.post(f"/projects/pairs/queue/{pair.completion_b_id}/compare", {"choice": "a"})
     assert not_a_pair.status_code == 404
-    assert client.post(f"/projects/pairs/queue/{pair.completion_a_id}/rate", {"score": 3}).status_code == 400
+    assert client.post(f"/projects/pairs/queue/{pair.completion_a_id}/rate", {"score": 3}).status_code == 409
     response = client.post(f"/projects/pairs/queue/{pair.completion_a_id}/compare", {"choice": "b"})
     assert response.status_code == 201
     comparison = Comparison.objects.get()
@@ -172,7 +175,7 @@ def test_undo_withdraws_the_last_rating_and_leases_its_item_back(project, annota
     assert body["item"]["completion_id"] == completion.pk
     assert not Rating.objects.exists() and RatingRevision.objects.get().score == 5
     nothing = client.post("/projects/t/queue/undo")
-    assert nothing.status_code == 400 and nothing.json()["code"] == "rejected"
+    assert nothing.status_code == 409 and nothing.json()["code"] == "rejected"
 
 
 def _upload(name, content: str):
@@ -210,5 +213,6 @@ def test_an_import_of_an_unknown_format_or_without_a_file_is_a_400(project, staf
     client = api_for(staff_user)
     unknown = client.post("/projects/t/prompts/import", files=_upload("p.txt", "hello"))
     assert unknown.status_code == 400 and "unknown format" in unknown.json()["message"]
+    assert unknown.json()["fields"][0]["field"] == "file"
     missing = client.post("/projects/t/prompts/import", files={})
     assert missing.status_code == 400 and missing.json()["fields"][0]["field"] == "file"

@@ -53,13 +53,13 @@ def test_a_run_with_a_bad_override_is_a_400_naming_it_and_queues_nothing(rated, 
 
 def test_a_run_without_new_ratings_or_beside_an_active_one_is_refused(project, staff_api, annotator, make_completion):
     nothing = staff_api.post("/projects/t/runs")
-    assert nothing.status_code == 400 and nothing.json() == {
+    assert nothing.status_code == 409 and nothing.json() == {
         "code": "rejected", "message": "There are no new ratings to train on yet.", "fields": []
     }
     Rating.objects.create(completion=make_completion(project), annotator=annotator, score=4)
     assert staff_api.post("/projects/t/runs").status_code == 201
     second = staff_api.post("/projects/t/runs")
-    assert second.status_code == 400 and "already queued or running" in second.json()["message"]
+    assert second.status_code == 409 and "already queued or running" in second.json()["message"]
     assert TrainingRun.objects.count() == 1
 
 
@@ -68,7 +68,7 @@ def test_cancel_stops_a_queued_run_and_a_finished_run_cannot_be_cancelled(rated,
     response = staff_api.post(f"/projects/t/runs/{run_id}/cancel")
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
     again = staff_api.post(f"/projects/t/runs/{run_id}/cancel")
-    assert again.status_code == 400 and again.json()["code"] == "rejected"
+    assert again.status_code == 409 and again.json()["code"] == "rejected"
 
 
 def test_a_run_of_another_project_or_an_unknown_run_is_a_404(rated, staff_api, tiny_model_dir):

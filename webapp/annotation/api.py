@@ -19,10 +19,11 @@ from typing import Literal
 from django.conf import settings
 from django.shortcuts import get_object_or_404
 from ninja import Field, File, Path, Router, Schema, Status
-from ninja.errors import HttpError
+from ninja.errors import HttpError, ValidationError
 from ninja.files import UploadedFile
 
 from webapp.apikit import ERRORS, MAX_ID, NO_NUL_PATTERN, SLUG_PATTERN, api_project
+from webapp.errors import ApplicationError
 from webapp.policies.models import RatingMode
 
 from . import selectors, services
@@ -52,18 +53,27 @@ def prompts_import(request, slug: str = Slug, file: UploadedFile = File(...)):
 
     ``file`` (multipart) is ``.jsonl`` (one ``{"text": ..., "source": ..., "held_out": false}`` per
     line) or ``.csv`` (a ``text`` column; optional ``source``, ``held_out``), told apart by its name.
-    A bad line rejects the file: 400 with each bad line in ``fields``; nothing is stored.
+    A file the importer refuses (unknown format, a cap exceeded, bad lines) is a 400 naming ``file``
+    (each bad line in ``fields``); nothing is stored.
     """
     project, _ = api_project(request, slug, staff=True)
     max_bytes = getattr(settings, "REWARDLOOP_IMPORT_MAX_BYTES", None)
     if max_bytes is not None and file.size is not None and file.size > max_bytes:
         raise HttpError(413, f"The file is {file.size} bytes; the limit is {max_bytes} (REWARDLOOP_IMPORT_MAX_BYTES).")
-    name = FilePath(file.name or "").name or "upload"
+    name = FilePath(file.name or "").name  # the extension tells the format; the name appears in errors
+    if name in ("", ".", "..") or "\x00" in name or len(name.encode()) > 200:
+        name = "upload" + FilePath(name.replace("\x00", "")[-20:]).suffix
     with tempfile.TemporaryDirectory(prefix="api-import-") as folder:
         path = FilePath(folder) / name
         with path.open("wb") as out:
             shutil.copyfileobj(file, out, length=1 << 20)
-        result = services.prompts_import(project=project, path=path)
+        try:
+            result = services.prompts_import(project=project, path=path)
+        except ApplicationError as exc:  # every refusal of the importer is about the file: a 400 naming it
+            lines = [f"line {line}: {reason}" for line, reason in getattr(exc, "errors", [])]
+            raise ValidationError(
+                [{"loc": ("file", "file"), "msg": line} for line in lines] or [{"loc": ("file", "file"), "msg": exc.message}]
+            ) from exc
     return Status(201, {"created": result.created, "duplicates": result.duplicates})
 
 
@@ -148,7 +158,7 @@ def queue_next(request, slug: str = Slug):
 class RateIn(Schema):
     model_config = {"extra": "forbid"}
 
-    score: int | None = Field(None, description="Likert projects: 1 to 5.")
+    score: int | None = Field(None, ge=1, le=5, description="Likert projects: 1 to 5.")
     thumbs_up: bool | None = Field(None, description="Thumbs projects: true (up) or false (down).")
     comment: str = Field("", max_length=COMMENT_MAX_CHARS, pattern=NO_NUL_PATTERN)
     seconds_spent: float | None = Field(None, ge=0, le=SECONDS_MAX, description="Default: since the item was leased.")

@@ -100,7 +100,7 @@ class TrainIn(Schema):
 def run_start(request, slug: str = Slug, body: TrainIn | None = None):
     """Queue a manual run on the unused ratings ("Train now"), with optional overrides for this run.
 
-    400 ``rejected`` when there are no new ratings or a run is already queued or running.
+    409 ``rejected`` when there are no new ratings or a run is already queued or running.
     """
     project, _ = api_project(request, slug, staff=True)
     data = body.model_dump(exclude_none=True) if body else {}
@@ -138,7 +138,7 @@ def run_log(request, slug: str = Slug, run_id: int = RunId):
 @router.post("/projects/{slug}/runs/{run_id}/cancel", response={200: RunOut, **ERRORS}, summary="Cancel a run")
 def run_cancel(request, slug: str = Slug, run_id: int = RunId):
     """Cancel a run: a queued one at once, a running one at its next minibatch (then ``status`` is still
-    ``running`` with ``cancel_requested_at`` set); audited. 400 ``rejected`` for a finished run."""
+    ``running`` with ``cancel_requested_at`` set); audited. 409 ``rejected`` for a finished run."""
     project, _ = api_project(request, slug, staff=True)
     run = services.training_run_cancel(run=_run(project, run_id), user=request.user)
     return _run_out(_run(project, run.pk))
