@@ -216,3 +216,20 @@ def test_an_import_of_an_unknown_format_or_without_a_file_is_a_400(project, staf
     assert unknown.json()["fields"][0]["field"] == "file"
     missing = client.post("/projects/t/prompts/import", files={})
     assert missing.status_code == 400 and missing.json()["fields"][0]["field"] == "file"
+
+
+def test_an_upload_over_the_import_cap_is_a_413_before_it_is_read(project, staff_user, api_for, settings):
+    settings.REWARDLOOP_IMPORT_MAX_BYTES = 100
+    before = project.prompts.count()
+    content = "\n".join(json.dumps({"text": f"prompt {i}"}) for i in range(20))
+    response = api_for(staff_user).post("/projects/t/prompts/import", files=_upload("big.jsonl", content))
+    assert response.status_code == 413 and response.json()["code"] == "too_large"
+    assert project.prompts.count() == before
+
+
+def test_a_json_body_over_djangos_limit_is_a_413_in_the_error_shape(project, annotator, make_completion, api_for, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    completion = make_completion(project)
+    response = api_for(annotator).post(f"/projects/t/queue/{completion.pk}/rate", {"score": 3, "comment": "x" * 1500})
+    assert response.status_code == 413 and response.json()["code"] == "too_large"
+    assert not Rating.objects.exists()

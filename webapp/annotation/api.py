@@ -54,7 +54,8 @@ def prompts_import(request, slug: str = Slug, file: UploadedFile = File(...)):
     ``file`` (multipart) is ``.jsonl`` (one ``{"text": ..., "source": ..., "held_out": false}`` per
     line) or ``.csv`` (a ``text`` column; optional ``source``, ``held_out``), told apart by its name.
     A file the importer refuses (unknown format, a cap exceeded, bad lines) is a 400 naming ``file``
-    (each bad line in ``fields``); nothing is stored.
+    (each bad line in ``fields``); nothing is stored. With ``REWARDLOOP_IMPORT_MAX_BYTES`` set, a
+    larger upload is a 413 before it is read.
     """
     project, _ = api_project(request, slug, staff=True)
     max_bytes = getattr(settings, "REWARDLOOP_IMPORT_MAX_BYTES", None)

@@ -53,7 +53,6 @@ def projects(request):
 @router.get("/projects/{slug}", response={200: ProjectOut, **ERRORS}, summary="One project")
 def project(request, slug: str = Slug):
     project, role = api_project(request, slug)
-    project.refresh_from_db()
     return _project_out(project, role)
 
 
@@ -104,7 +103,6 @@ def versions(request, slug: str = Slug):
     """The project's versions, newest first, with the mean human rating of each (95% interval),
     KL to the base, distinct-2, why the guard held one back, and which one is served."""
     project, _ = api_project(request, slug, staff=True)
-    project.refresh_from_db(fields=["served_version"])
     return [_version_out(v, served_id=project.served_version_id) for v in selectors.versions_for_project(project=project)]
 
 
