@@ -9,9 +9,10 @@ Every error answers one JSON shape (:class:`ErrorOut`)::
      "fields": [{"field": "score", "message": "Input should be a valid integer"}]}
 
 ``code`` is one of ``invalid`` (400: a malformed request, ``fields`` names each
-bad field; a refused prompt file names ``file`` once per bad line), ``rejected`` (409: well-formed, refused by a rule of the
-app in the present state, e.g. "You have rated this item already"; nothing stored), ``unauthorized`` (401: no, unknown or
-revoked token), ``forbidden`` (403: staff only), ``not_found`` (404: no such
+bad field; a refused prompt file names ``file`` once per bad line), ``rejected``
+(409: well-formed, refused by a rule of the app in the present state, e.g. "You
+have rated this item already"; nothing stored), ``unauthorized`` (401: no, unknown
+or revoked token), ``forbidden`` (403: staff only), ``not_found`` (404: no such
 object, or a project the token's user is not a member of), ``too_large``
 (413), ``throttled`` (429, with ``Retry-After``).
 """

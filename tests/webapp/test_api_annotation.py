@@ -193,7 +193,8 @@ def test_staff_import_a_jsonl_file_and_repeats_are_counted_not_stored(project, s
 
 
 def test_staff_import_a_csv_file(project, staff_user, api_for):
-    response = api_for(staff_user).post("/projects/t/prompts/import", files=_upload("p.csv", "text,source\nFrom CSV,x\n"))
+    upload = _upload("p.csv", "text,source\nFrom CSV,x\n")
+    response = api_for(staff_user).post("/projects/t/prompts/import", files=upload)
     assert response.status_code == 201 and project.prompts.get(text="From CSV").source == "x"
 
 
@@ -227,7 +228,9 @@ def test_an_upload_over_the_import_cap_is_a_413_before_it_is_read(project, staff
     assert project.prompts.count() == before
 
 
-def test_a_json_body_over_djangos_limit_is_a_413_in_the_error_shape(project, annotator, make_completion, api_for, settings):
+def test_a_json_body_over_djangos_limit_is_a_413_in_the_error_shape(
+    project, annotator, make_completion, api_for, settings
+):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
     completion = make_completion(project)
     response = api_for(annotator).post(f"/projects/t/queue/{completion.pk}/rate", {"score": 3, "comment": "x" * 1500})

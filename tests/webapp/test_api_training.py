@@ -42,7 +42,13 @@ def test_staff_start_a_run_with_overrides_and_read_its_status_and_log(rated, sta
 
 @pytest.mark.parametrize(
     "body, field",
-    [({"lr": 5}, "lr"), ({"lr": "fast"}, "lr"), ({"epochs": 0}, "epochs"), ({"kl_coef": -1}, "kl_coef"), ({"beta": 1}, "beta")],
+    [
+        ({"lr": 5}, "lr"),
+        ({"lr": "fast"}, "lr"),
+        ({"epochs": 0}, "epochs"),
+        ({"kl_coef": -1}, "kl_coef"),
+        ({"beta": 1}, "beta"),
+    ],
 )
 def test_a_run_with_a_bad_override_is_a_400_naming_it_and_queues_nothing(rated, staff_api, body, field):
     response = staff_api.post("/projects/t/runs", body)

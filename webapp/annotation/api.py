@@ -71,10 +71,8 @@ def prompts_import(request, slug: str = Slug, file: UploadedFile = File(...)):
         try:
             result = services.prompts_import(project=project, path=path)
         except ApplicationError as exc:  # every refusal of the importer is about the file: a 400 naming it
-            lines = [f"line {line}: {reason}" for line, reason in getattr(exc, "errors", [])]
-            raise ValidationError(
-                [{"loc": ("file", "file"), "msg": line} for line in lines] or [{"loc": ("file", "file"), "msg": exc.message}]
-            ) from exc
+            reasons = [f"line {line}: {reason}" for line, reason in getattr(exc, "errors", [])] or [exc.message]
+            raise ValidationError([{"loc": ("file", "file"), "msg": reason} for reason in reasons]) from exc
     return Status(201, {"created": result.created, "duplicates": result.duplicates})
 
 
@@ -153,7 +151,8 @@ def queue_next(request, slug: str = Slug):
     project, _ = api_project(request, slug)
     lease = services.lease_next(project=project, annotator=request.user)
     _nudge(project, queue_empty=lease is None)
-    return {"item": _item_out(project, lease), "progress": selectors.annotator_progress(project=project, annotator=request.user)}
+    progress = selectors.annotator_progress(project=project, annotator=request.user)
+    return {"item": _item_out(project, lease), "progress": progress}
 
 
 class RateIn(Schema):

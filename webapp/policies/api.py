@@ -103,7 +103,8 @@ def versions(request, slug: str = Slug):
     """The project's versions, newest first, with the mean human rating of each (95% interval),
     KL to the base, distinct-2, why the guard held one back, and which one is served."""
     project, _ = api_project(request, slug, staff=True)
-    return [_version_out(v, served_id=project.served_version_id) for v in selectors.versions_for_project(project=project)]
+    served_id = project.served_version_id
+    return [_version_out(v, served_id=served_id) for v in selectors.versions_for_project(project=project)]
 
 
 @router.post(
