@@ -14,8 +14,28 @@ from functools import wraps
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 
-from webapp.policies.models import Membership
+from webapp.policies.models import Membership, Project
 from webapp.policies.selectors import project_access
+
+
+class NotAMember(PermissionDenied):
+    """The user may not open the project: not a member, inactive, or no such project."""
+
+
+def project_role_check(*, user, slug: str, staff: bool) -> tuple[Project, str]:
+    """The project named ``slug`` and the user's role in it, if that role may act; the one rule
+    shared by the page guards below and the REST API.
+
+    Raises:
+        NotAMember: no such project, or the user is not a member (pages: 403; the API: 404).
+        PermissionDenied: ``staff`` is asked and the user only annotates it (403).
+    """
+    project, role = project_access(project_slug=slug, user=user)
+    if role is None:
+        raise NotAMember("You are not a member of this project.")
+    if staff and role != Membership.Role.STAFF:
+        raise PermissionDenied("Staff only.")
+    return project, role
 
 
 def _project_guard(*, staff: bool, message: str):
@@ -24,9 +44,10 @@ def _project_guard(*, staff: bool, message: str):
         def wrapper(request, *args, **kwargs):
             if not request.user.is_authenticated:
                 return redirect_to_login(request.get_full_path())
-            project, role = project_access(project_slug=kwargs["slug"], user=request.user)
-            if role is None or (staff and role != Membership.Role.STAFF):
-                raise PermissionDenied(message)
+            try:
+                project, role = project_role_check(user=request.user, slug=kwargs["slug"], staff=staff)
+            except PermissionDenied:
+                raise PermissionDenied(message) from None
             request.project, request.project_role = project, role
             return view(request, *args, **kwargs)
 

@@ -20,6 +20,9 @@ Everything a deployment changes comes from the environment:
   whether a project has enough new ratings to train.
 - ``REWARDLOOP_LOGIN_FAILURE_LIMIT`` (default 10), ``REWARDLOOP_LOGIN_LOCKOUT_MINUTES``
   (default 15): login throttling per username and per IP address (django-axes).
+- ``REWARDLOOP_API_RATE`` (default ``600/m``): requests per API token per second
+  (``s``), minute (``m``), hour (``h``) or day (``d``); beyond it a 429. Counted in
+  the cache: shared by every web process with ``REWARDLOOP_CACHE_URL``, else per process.
 - ``REWARDLOOP_TORCH_THREADS``: torch threads per worker process (default: the
   usable cores (affinity, cgroup quota) divided by the worker's concurrency and by
   ``REWARDLOOP_WORKER_POOLS`` (default 2: generation and training), at least 1;
@@ -78,6 +81,8 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "csp",
     "axes",
+    "ninja",  # the REST API; as an app, its docs page loads Swagger UI from static files, not a CDN
+    "webapp.accounts",
     "webapp.policies",
     "webapp.annotation",
     "webapp.training",
@@ -241,6 +246,7 @@ CELERY_TIMEZONE = TIME_ZONE
 
 REWARDLOOP_TRAIN_INTERVAL_S = int(os.environ.get("REWARDLOOP_TRAIN_INTERVAL_S", "300"))
 REWARDLOOP_POOL_INTERVAL_S = int(os.environ.get("REWARDLOOP_POOL_INTERVAL_S", "30"))
+REWARDLOOP_API_RATE = os.environ.get("REWARDLOOP_API_RATE", "600/m")
 REWARDLOOP_TORCH_THREADS = int(os.environ.get("REWARDLOOP_TORCH_THREADS", "0"))
 REWARDLOOP_WORKER_POOLS = int(os.environ.get("REWARDLOOP_WORKER_POOLS", "2"))
 # A worker child is replaced after this many tasks, or after a task that leaves it above

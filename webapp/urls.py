@@ -3,12 +3,15 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from . import views
+from .api import api
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/", include("webapp.accounts.urls")),
+    path("api/v1/", api.urls),
     path("p/<slug:slug>/", include("webapp.annotation.urls")),
     path("staff/p/<slug:slug>/", include("webapp.training.urls")),
     path("staff/p/<slug:slug>/versions/", include("webapp.policies.urls")),

@@ -1,0 +1,168 @@
+"""API tokens: stored hashed, shown once, revocable, scoped to the user's project roles, throttled."""
+
+import hashlib
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import call_command
+from django.urls import reverse
+
+from tests.webapp.api_helpers import ApiClient, api_for  # noqa: F401 - fixture
+from webapp.accounts.models import ApiToken
+from webapp.accounts.services import api_token_create, api_token_revoke
+from webapp.errors import ApplicationError
+from webapp.policies.services import membership_add
+
+
+def test_a_token_is_stored_only_as_the_sha256_of_its_secret(annotator):
+    token, secret = api_token_create(user=annotator, name="script")
+    token.refresh_from_db()
+    assert secret.startswith("rl_") and len(secret) >= 40
+    assert token.key_sha256 == hashlib.sha256(secret.encode()).hexdigest()
+    stored = [str(v) for v in ApiToken.objects.values_list(flat=False).get(pk=token.pk)]
+    assert not any(secret in value for value in stored)
+    assert secret.startswith(token.prefix)
+
+
+def test_a_token_needs_a_name_without_nul_and_a_user_has_at_most_twenty_active(annotator):
+    for bad in ("", "   ", "a\x00b", "x" * 101):
+        with pytest.raises(ApplicationError):
+            api_token_create(user=annotator, name=bad)
+    tokens = [api_token_create(user=annotator, name=f"t{i}")[0] for i in range(20)]
+    with pytest.raises(ApplicationError, match="revoke one"):
+        api_token_create(user=annotator, name="one more")
+    api_token_revoke(token=tokens[0])
+    api_token_create(user=annotator, name="one more")
+
+
+def test_no_token_an_unknown_token_or_a_malformed_header_is_a_401_in_the_error_shape(project, annotator):
+    for client in (ApiClient(None), ApiClient("rl_not-a-real-token"), ApiClient("nonsense")):
+        response = client.get("/projects")
+        assert response.status_code == 401
+        assert response.json()["code"] == "unauthorized" and response.json()["message"]
+        assert response["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_the_session_cookie_does_not_open_the_api(client, annotator, project):
+    client.force_login(annotator)
+    assert client.get("/api/v1/projects").status_code == 401
+
+
+def test_a_revoked_token_is_refused_at_its_next_request(project, annotator, api_for):
+    client = api_for(annotator)
+    assert client.get("/projects").status_code == 200
+    api_token_revoke(token=ApiToken.objects.get(user=annotator))
+    assert client.get("/projects").status_code == 401
+
+
+def test_a_token_of_a_deactivated_user_is_refused(project, annotator, api_for):
+    client = api_for(annotator)
+    annotator.is_active = False
+    annotator.save()
+    assert client.get("/projects").status_code == 401
+
+
+def test_a_token_lists_only_its_users_projects_with_the_role_in_each(tiny_model_dir, make_user, api_for, models_dir):
+    from tests.webapp.annotation_helpers import make_project
+
+    mine = make_project(tiny_model_dir, slug="mine", mode="likert")
+    run_by_me = make_project(tiny_model_dir, slug="boss-of", mode="thumbs")
+    make_project(tiny_model_dir, slug="other", mode="likert")
+    user = make_user("scoped", member=False)
+    membership_add(project=mine, user=user, role="annotator")
+    membership_add(project=run_by_me, user=user, role="staff")
+    listed = {p["slug"]: p["role"] for p in api_for(user).get("/projects").json()}
+    assert listed == {"mine": "annotator", "boss-of": "staff"}
+
+
+def test_a_project_the_user_is_not_a_member_of_is_a_404_like_one_that_does_not_exist(project, make_user, api_for):
+    outsider = api_for(make_user("outsider", member=False))
+    for path in ("/projects/t", "/projects/t/queue/next", "/projects/t/runs", "/projects/nope"):
+        call = outsider.post if path.endswith("next") else outsider.get
+        response = call(path)
+        assert response.status_code == 404, path
+        assert response.json()["code"] == "not_found"
+
+
+def test_staff_actions_answer_403_to_an_annotator_of_the_project(project, annotator, api_for):
+    client = api_for(annotator)
+    assert client.get("/projects/t").status_code == 200
+    for method, path in [
+        ("get", "/projects/t/versions"),
+        ("post", "/projects/t/versions/0/serve"),
+        ("get", "/projects/t/runs"),
+        ("post", "/projects/t/runs"),
+        ("get", "/projects/t/runs/1"),
+        ("get", "/projects/t/runs/1/log"),
+        ("post", "/projects/t/runs/1/cancel"),
+        ("get", "/projects/t/ratings/export?format=kto"),
+    ]:
+        response = getattr(client, method)(path)
+        assert response.status_code == 403, (method, path, response.content)
+        assert response.json() == {"code": "forbidden", "message": "Staff only.", "fields": []}
+    upload = SimpleUploadedFile("p.jsonl", b'{"text": "an annotator cannot import"}\n')
+    assert client.post("/projects/t/prompts/import", files={"file": upload}).status_code == 403
+    assert not project.prompts.filter(text__startswith="an annotator").exists()
+
+
+def test_a_membership_removed_closes_the_project_to_the_users_token_at_once(project, annotator, api_for):
+    from webapp.policies.services import membership_remove
+
+    client = api_for(annotator)
+    assert client.get("/projects/t").status_code == 200
+    membership_remove(project=project, user=annotator)
+    assert client.get("/projects/t").status_code == 404
+
+
+def test_requests_beyond_the_rate_are_429_with_retry_after_and_counted_per_token(project, annotator, api_for, settings):
+    settings.REWARDLOOP_API_RATE = "3/m"
+    first, second = api_for(annotator, "first"), api_for(annotator, "second")
+    assert [first.get("/projects").status_code for _ in range(3)] == [200, 200, 200]
+    throttled = first.get("/projects")
+    assert throttled.status_code == 429 and throttled.json()["code"] == "throttled"
+    assert 1 <= int(throttled["Retry-After"]) <= 60
+    assert second.get("/projects").status_code == 200  # another token has its own count
+
+
+def test_the_tokens_page_creates_a_token_shows_it_once_and_revokes_it(client, annotator, project):
+    client.force_login(annotator)
+    assert client.get(reverse("accounts:tokens")).status_code == 200
+    response = client.post(reverse("accounts:token_create"), {"name": "my script"})
+    assert response.status_code == 200 and "no-store" in response["Cache-Control"]
+    secret = response.context["new_secret"]
+    assert secret in response.content.decode()
+    assert secret not in client.get(reverse("accounts:tokens")).content.decode()  # shown once
+    assert ApiClient(secret).get("/projects").status_code == 200
+    token = ApiToken.objects.get(user=annotator)
+    client.post(reverse("accounts:token_revoke", args=[token.pk]))
+    assert ApiClient(secret).get("/projects").status_code == 401
+
+
+def test_the_tokens_page_cannot_revoke_someone_elses_token_and_needs_a_login(client, annotator, make_user):
+    theirs, secret = api_token_create(user=make_user("other"), name="theirs")
+    client.force_login(annotator)
+    assert client.post(reverse("accounts:token_revoke", args=[theirs.pk])).status_code == 404
+    theirs.refresh_from_db()
+    assert theirs.revoked_at is None
+    client.logout()
+    assert client.get(reverse("accounts:tokens")).status_code == 302
+    assert client.post(reverse("accounts:token_create"), {"name": "x"}).status_code == 302
+    assert not ApiToken.objects.filter(name="x").exists()
+
+
+def test_the_tokens_page_refuses_a_nameless_token_with_a_400(client, annotator):
+    client.force_login(annotator)
+    response = client.post(reverse("accounts:token_create"), {"name": ""})
+    assert response.status_code == 400 and not ApiToken.objects.exists()
+
+
+def test_the_api_token_command_creates_lists_and_revokes(project, annotator, capsys):
+    call_command("api_token", "create", "ann", "--name", "cli")
+    secret = capsys.readouterr().out.strip()
+    assert ApiClient(secret).get("/projects").status_code == 200
+    token = ApiToken.objects.get(user=annotator)
+    call_command("api_token", "list", "ann")
+    listing = capsys.readouterr().out
+    assert token.prefix in listing and secret not in listing
+    call_command("api_token", "revoke", str(token.pk))
+    assert ApiClient(secret).get("/projects").status_code == 401

@@ -1,0 +1,53 @@
+"""The person's API tokens page: list, create (the secret shown once), revoke."""
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_POST
+
+from webapp.errors import ApplicationError
+
+from . import selectors, services
+from .models import ApiToken
+
+TEMPLATE = "accounts/tokens.html"
+
+
+def _page(request, *, new_secret: str = "", new_token=None, error: str = "", status: int = 200):
+    return render(
+        request,
+        TEMPLATE,
+        {"tokens": selectors.api_tokens_for(user=request.user), "new_secret": new_secret, "new_token": new_token,
+         "error": error},
+        status=status,
+    )
+
+
+@login_required
+@require_GET
+def tokens(request):
+    """The signed-in person's tokens (``accounts/tokens.html``): name, prefix, created, last used, revoked."""
+    return _page(request)
+
+
+@never_cache
+@login_required
+@require_POST
+def token_create(request):
+    """Create a token named ``name`` and answer with the page showing its secret, once (never stored, never cached)."""
+    try:
+        token, secret = services.api_token_create(user=request.user, name=request.POST.get("name", ""))
+    except ApplicationError as exc:
+        return _page(request, error=exc.message, status=400)
+    return _page(request, new_secret=secret, new_token=token)
+
+
+@login_required
+@require_POST
+def token_revoke(request, token_id):
+    """Revoke one of the person's own tokens (someone else's is a 404)."""
+    token = get_object_or_404(ApiToken, pk=token_id, user=request.user)
+    services.api_token_revoke(token=token)
+    messages.success(request, f"Token {token.prefix}… ({token.name}) is revoked; it opens nothing from now on.")
+    return redirect("accounts:tokens")

@@ -1,0 +1,286 @@
+"""REST API for prompts and the annotation queue (router mounted by ``webapp/api.py``).
+
+The same services as the annotator's page: an item is leased with
+``lease_next``, judged with ``rating_create`` / ``comparison_create``,
+skipped with ``item_skip``, and the last judgment undone with
+``judgment_undo``, so an API rating and a page rating are the same row under
+the same rules (one per annotator and item, only for an item the annotator
+holds or may be offered, never a held-out prompt).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from datetime import datetime
+from pathlib import Path as FilePath
+from typing import Literal
+
+from django.conf import settings
+from django.shortcuts import get_object_or_404
+from ninja import Field, File, Path, Router, Schema, Status
+from ninja.errors import HttpError, ValidationError
+from ninja.files import UploadedFile
+
+from webapp.apikit import ERRORS, MAX_ID, NO_NUL_PATTERN, SLUG_PATTERN, api_project
+from webapp.errors import ApplicationError
+from webapp.policies.models import RatingMode
+
+from . import selectors, services
+from .models import Choice, Completion
+
+router = Router(tags=["annotation"])
+
+Slug = Path(..., pattern=SLUG_PATTERN)
+CompletionId = Path(..., ge=1, le=MAX_ID)
+COMMENT_MAX_CHARS = 2000
+SECONDS_MAX = 24 * 3600
+
+
+class ImportOut(Schema):
+    created: int = Field(description="New prompts stored.")
+    duplicates: int = Field(description="Prompts the project had already (or repeated in the file), not stored again.")
+
+
+@router.post(
+    "/projects/{slug}/prompts/import",
+    response={201: ImportOut, **ERRORS},
+    summary="Import prompts from a JSONL or CSV file (staff)",
+)
+def prompts_import(request, slug: str = Slug, file: UploadedFile = File(...)):
+    """Import a prompt file whole or not at all, with the same parser, validation and caps as
+    ``manage.py import_prompts`` (``services.prompts_import``).
+
+    ``file`` (multipart) is ``.jsonl`` (one ``{"text": ..., "source": ..., "held_out": false}`` per
+    line) or ``.csv`` (a ``text`` column; optional ``source``, ``held_out``), told apart by its name.
+    A file the importer refuses (unknown format, a cap exceeded, bad lines) is a 400 naming ``file``
+    (each bad line in ``fields``); nothing is stored. With ``REWARDLOOP_IMPORT_MAX_BYTES`` set, a
+    larger upload is a 413 before it is read.
+    """
+    project, _ = api_project(request, slug, staff=True)
+    max_bytes = getattr(settings, "REWARDLOOP_IMPORT_MAX_BYTES", None)
+    if max_bytes is not None and file.size is not None and file.size > max_bytes:
+        raise HttpError(413, f"The file is {file.size} bytes; the limit is {max_bytes} (REWARDLOOP_IMPORT_MAX_BYTES).")
+    name = FilePath(file.name or "").name  # the extension tells the format; the name appears in errors
+    if name in ("", ".", "..") or "\x00" in name or len(name.encode()) > 200:
+        name = "upload" + FilePath(name.replace("\x00", "")[-20:]).suffix
+    with tempfile.TemporaryDirectory(prefix="api-import-") as folder:
+        path = FilePath(folder) / name
+        with path.open("wb") as out:
+            shutil.copyfileobj(file, out, length=1 << 20)
+        try:
+            result = services.prompts_import(project=project, path=path)
+        except ApplicationError as exc:  # every refusal of the importer is about the file: a 400 naming it
+            reasons = [f"line {line}: {reason}" for line, reason in getattr(exc, "errors", [])] or [exc.message]
+            raise ValidationError([{"loc": ("file", "file"), "msg": reason} for reason in reasons]) from exc
+    return Status(201, {"created": result.created, "duplicates": result.duplicates})
+
+
+# --- The queue ------------------------------------------------------------------
+
+
+class CompletionOut(Schema):
+    id: int
+    text: str
+    finished: bool = Field(description="False when the completion was cut at the length limit.")
+
+
+class PairOut(Schema):
+    a: CompletionOut
+    b: CompletionOut
+    a_on_left: bool | None = Field(description="Which side a screen should show A on (drawn per lease).")
+
+
+class ItemOut(Schema):
+    completion_id: int = Field(description="What to rate, compare or skip (a pair's completion A).")
+    mode: str = Field(description="likert, thumbs or pairwise: which call judges it.")
+    prompt: str
+    version: int = Field(description="The model version that wrote the completion.")
+    completion: CompletionOut
+    pair: PairOut | None = Field(description="Pairwise mode: the two completions to compare.")
+    lease_expires_at: datetime = Field(description="Until then the item is held for you; then it may go to others.")
+
+
+class ProgressOut(Schema):
+    today: int
+    queue: int
+    queue_capped: bool
+    can_undo: bool
+
+
+class NextOut(Schema):
+    item: ItemOut | None = Field(description="None: nothing to rate right now (the pool is being refilled).")
+    progress: ProgressOut
+
+
+def _item_out(project, lease) -> dict | None:
+    if lease is None:
+        return None
+    completion = lease.completion
+    pair = selectors.pair_of(completion) if project.rating_mode == RatingMode.PAIRWISE else None
+    one = {"id": completion.pk, "text": completion.text, "finished": completion.finished}
+    return {
+        "completion_id": completion.pk,
+        "mode": project.rating_mode,
+        "prompt": completion.prompt.text,
+        "version": completion.model_version.number,
+        "completion": one,
+        "pair": None
+        if pair is None
+        else {
+            "a": one,
+            "b": {"id": pair.completion_b.pk, "text": pair.completion_b.text, "finished": pair.completion_b.finished},
+            "a_on_left": lease.a_on_left,
+        },
+        "lease_expires_at": lease.expires_at,
+    }
+
+
+def _nudge(project, *, queue_empty: bool) -> None:
+    from .views import _nudge_pool_refill  # the page's rate-limited refill request, reused as it is
+
+    _nudge_pool_refill(project, queue_empty=queue_empty)
+
+
+@router.post("/projects/{slug}/queue/next", response={200: NextOut, **ERRORS}, summary="Lease the next item")
+def queue_next(request, slug: str = Slug):
+    """Lease the next item to rate, or return the one you hold (the same call as the page's next item).
+
+    ``item`` is null when nothing is waiting; ask again in a few seconds.
+    """
+    project, _ = api_project(request, slug)
+    lease = services.lease_next(project=project, annotator=request.user)
+    _nudge(project, queue_empty=lease is None)
+    progress = selectors.annotator_progress(project=project, annotator=request.user)
+    return {"item": _item_out(project, lease), "progress": progress}
+
+
+class RateIn(Schema):
+    model_config = {"extra": "forbid"}
+
+    score: int | None = Field(None, ge=1, le=5, description="Likert projects: 1 to 5.")
+    thumbs_up: bool | None = Field(None, description="Thumbs projects: true (up) or false (down).")
+    comment: str = Field("", max_length=COMMENT_MAX_CHARS, pattern=NO_NUL_PATTERN)
+    seconds_spent: float | None = Field(None, ge=0, le=SECONDS_MAX, description="Default: since the item was leased.")
+
+
+class RatingOut(Schema):
+    id: int
+    completion_id: int
+    score: int | None
+    thumbs_up: bool | None
+    comment: str
+    seconds_spent: float | None
+    created_at: datetime
+
+
+def _completion(project, completion_id) -> Completion:
+    completion = get_object_or_404(Completion, pk=completion_id, project=project)
+    completion.project = project
+    return completion
+
+
+@router.post(
+    "/projects/{slug}/queue/{completion_id}/rate",
+    response={201: RatingOut, **ERRORS},
+    summary="Rate an item (Likert or thumbs)",
+)
+def rate(request, body: RateIn, slug: str = Slug, completion_id: int = CompletionId):
+    """Store your rating of the item (``services.rating_create``, as the page): one per item,
+    only for an item you hold or your queue would offer you; fulfils your lease."""
+    project, _ = api_project(request, slug)
+    rating = services.rating_create(
+        annotator=request.user,
+        completion=_completion(project, completion_id),
+        score=body.score,
+        thumbs_up=body.thumbs_up,
+        comment=body.comment.strip(),
+        seconds_spent=body.seconds_spent,
+    )
+    return Status(201, rating)
+
+
+class CompareIn(Schema):
+    model_config = {"extra": "forbid"}
+
+    choice: Literal[tuple(Choice.values)] = Field(description="a, b, tie or both_bad (names the pair's completions).")
+    a_on_left: bool | None = Field(
+        None, description="Which side you showed A on; only used when your lease is gone (the lease's side wins)."
+    )
+    comment: str = Field("", max_length=COMMENT_MAX_CHARS, pattern=NO_NUL_PATTERN)
+    seconds_spent: float | None = Field(None, ge=0, le=SECONDS_MAX)
+
+
+class ComparisonOut(Schema):
+    id: int
+    pair_id: int
+    choice: str
+    a_on_left: bool
+    comment: str
+    created_at: datetime
+
+
+@router.post(
+    "/projects/{slug}/queue/{completion_id}/compare",
+    response={201: ComparisonOut, **ERRORS},
+    summary="Compare a pair (pairwise projects)",
+)
+def compare(request, body: CompareIn, slug: str = Slug, completion_id: int = CompletionId):
+    """Store your decision on the pair whose completion A is ``completion_id``
+    (``services.comparison_create``, as the page)."""
+    project, _ = api_project(request, slug)
+    pair = selectors.pair_of(_completion(project, completion_id))
+    if pair is None:
+        raise HttpError(404, "No pair has this completion as its A.")
+    pair.project = project
+    comparison = services.comparison_create(
+        annotator=request.user,
+        pair=pair,
+        choice=body.choice,
+        a_on_left=body.a_on_left,
+        comment=body.comment.strip(),
+        seconds_spent=body.seconds_spent,
+    )
+    return Status(201, comparison)
+
+
+@router.post(
+    "/projects/{slug}/queue/{completion_id}/skip", response={204: None, **ERRORS}, summary="Skip an item"
+)
+def skip(request, slug: str = Slug, completion_id: int = CompletionId):
+    """Give the item back to the queue; it is not offered to you again (``services.item_skip``)."""
+    project, _ = api_project(request, slug)
+    services.item_skip(annotator=request.user, completion=_completion(project, completion_id))
+    return Status(204, None)
+
+
+class UndoneOut(Schema):
+    completion_id: int
+    score: int | None
+    thumbs_up: bool | None
+    choice: str
+    rated_at: datetime
+
+
+class UndoOut(Schema):
+    undone: UndoneOut
+    item: ItemOut | None = Field(description="The undone item, leased back to you to rate again.")
+
+
+@router.post("/projects/{slug}/queue/undo", response={200: UndoOut, **ERRORS}, summary="Undo my last judgment")
+def undo(request, slug: str = Slug):
+    """Withdraw your last judgment (younger than 10 minutes, not yet trained on) and get its item back
+    (``services.judgment_undo``); the old judgment is kept as a revision."""
+    project, _ = api_project(request, slug)
+    result = services.judgment_undo(project=project, annotator=request.user)
+    revision = result.revision
+    return {
+        "undone": {
+            "completion_id": revision.completion_id,
+            "score": revision.score,
+            "thumbs_up": revision.thumbs_up,
+            "choice": revision.choice,
+            "rated_at": revision.rated_at,
+        },
+        "item": _item_out(project, result.lease),
+    }

@@ -1,0 +1,124 @@
+"""REST API for projects and model versions (router mounted by ``webapp/api.py``).
+
+Thin: guard, a selector or service, a schema. Projects are listed for the
+token's user; versions and serving are staff only, as on the pages.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.shortcuts import get_object_or_404
+from ninja import Path, Router, Schema
+
+from webapp.apikit import ERRORS, MAX_NUMBER, SLUG_PATTERN, api_project
+
+from . import selectors, services
+from .models import ModelVersion
+
+router = Router(tags=["projects"])
+
+Slug = Path(..., pattern=SLUG_PATTERN)
+VersionNumber = Path(..., ge=0, le=MAX_NUMBER)
+
+
+class ProjectOut(Schema):
+    slug: str
+    title: str
+    rating_mode: str
+    role: str
+    served_version: int | None
+    ratings_per_item: int
+    guidelines: str
+
+
+def _project_out(project, role) -> dict:
+    return {
+        "slug": project.slug,
+        "title": project.title,
+        "rating_mode": project.rating_mode,
+        "role": role,
+        "served_version": project.served_version.number if project.served_version else None,
+        "ratings_per_item": project.ratings_per_item,
+        "guidelines": project.guidelines,
+    }
+
+
+@router.get("/projects", response={200: list[ProjectOut], **ERRORS}, summary="Projects I am a member of")
+def projects(request):
+    """The projects the token's user may open, with their role in each (global staff: every project, as staff)."""
+    return [_project_out(p, role) for p, role in selectors.projects_for(user=request.user)]
+
+
+@router.get("/projects/{slug}", response={200: ProjectOut, **ERRORS}, summary="One project")
+def project(request, slug: str = Slug):
+    project, role = api_project(request, slug)
+    return _project_out(project, role)
+
+
+class RatingStatsOut(Schema):
+    n: int
+    mean: float | None
+    low: float | None
+    high: float | None
+
+
+class VersionOut(Schema):
+    number: int
+    kind: str
+    parent: int | None
+    served: bool
+    created_at: datetime
+    ratings_used: int
+    kl_to_base: float | None
+    distinct2: float | None
+    identical_fraction: float | None
+    held_back_reason: str
+    produced_by_run: int | None
+    rating: RatingStatsOut
+    metrics: dict
+
+
+def _version_out(version, *, served_id) -> dict:
+    rating = version.rating
+    return {
+        "number": version.number,
+        "kind": version.kind,
+        "parent": version.parent.number if version.parent else None,
+        "served": version.pk == served_id,
+        "created_at": version.created_at,
+        "ratings_used": version.ratings_used,
+        "kl_to_base": version.kl_to_base,
+        "distinct2": version.distinct2,
+        "identical_fraction": version.identical_fraction,
+        "held_back_reason": version.held_back_reason,
+        "produced_by_run": version.run.pk if version.run else None,
+        "rating": {"n": rating.n, "mean": rating.mean, "low": rating.low, "high": rating.high},
+        "metrics": version.metrics or {},
+    }
+
+
+@router.get("/projects/{slug}/versions", response={200: list[VersionOut], **ERRORS}, summary="Model versions (staff)")
+def versions(request, slug: str = Slug):
+    """The project's versions, newest first, with the mean human rating of each (95% interval),
+    KL to the base, distinct-2, why the guard held one back, and which one is served."""
+    project, _ = api_project(request, slug, staff=True)
+    served_id = project.served_version_id
+    return [_version_out(v, served_id=served_id) for v in selectors.versions_for_project(project=project)]
+
+
+@router.post(
+    "/projects/{slug}/versions/{number}/serve",
+    response={200: VersionOut, **ERRORS},
+    summary="Serve a version (also how to roll back; staff)",
+)
+def serve(request, slug: str = Slug, number: int = VersionNumber):
+    """Make version ``number`` the one annotators rate next (an older one: a roll-back); audited.
+
+    The pool refills from it after commit, as after "Serve" on the versions page.
+    """
+    project, _ = api_project(request, slug, staff=True)
+    version = get_object_or_404(ModelVersion, project=project, number=number)
+    services.version_promote(version=version, user=request.user)
+    served = next(v for v in selectors.versions_for_project(project=project) if v.pk == version.pk)
+    return _version_out(served, served_id=version.pk)
