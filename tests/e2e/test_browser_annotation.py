@@ -151,3 +151,31 @@ def test_script_and_markup_in_every_text_field_show_as_text_and_no_dialog_fires(
     assert f"Comment {XSS}" in staff.locator("#comments").inner_text()
     screenshot(staff, "xss-figures")
     assert not dialogs
+
+
+def test_the_answer_to_a_rating_already_carries_the_next_card_so_no_other_request_is_made(
+    login_page, live_server, project, annotator, make_completion
+):
+    """The next card is prefetched with the rating: one POST per keypress, the card that
+    comes back is the next item (already leased), and the card never names the version."""
+    for i in range(6):
+        make_completion(project, text=f"item {i}")
+    page = login_page(annotator)
+    page.goto(f"{live_server.url}/p/{project.slug}/annotate/")
+    page.wait_for_selector(CARD)
+    requests = []
+    page.on("request", lambda r: requests.append((r.method, r.url.removeprefix(live_server.url))))
+
+    waits_ms = []
+    for key in "12345":
+        assert "version" not in page.locator("#card").inner_text().lower()
+        item = current_item(page)
+        started = page.evaluate("performance.now()")
+        press_and_wait_for_another_item(page, key)
+        waits_ms.append(page.evaluate("performance.now()") - started)
+        assert Rating.objects.filter(completion_id=item, annotator=annotator).exists()
+
+    slug = project.slug
+    assert [m for m, _ in requests] == ["POST"] * 5
+    assert all(url.startswith(f"/p/{slug}/annotate/") and url.endswith("/rate/") for _, url in requests)
+    assert max(waits_ms) < 2000, waits_ms  # generous: the point is one round trip, not a benchmark

@@ -109,6 +109,16 @@ class Completion(models.Model):
             "through an index; the queue still checks the real ratings and leases."
         ),
     )
+    retired_at = models.DateTimeField(
+        "retired",
+        null=True,
+        blank=True,
+        help_text=(
+            "Set when a newer version was served before this completion had all its ratings (and the project "
+            "does not drain older versions): kept with any ratings it has, never offered again. Cleared if its "
+            "version is served again."
+        ),
+    )
     created_at = models.DateTimeField("created", auto_now_add=True)
 
     class Meta:

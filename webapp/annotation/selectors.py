@@ -29,9 +29,10 @@ def rateable_completions(*, project: Project) -> QuerySet[Completion]:
 
 
 def open_completions(*, project: Project) -> QuerySet[Completion]:
-    """Items that still need ratings (fewer than ``ratings_per_item`` so far)."""
+    """Items that still need ratings (fewer than ``ratings_per_item`` so far) and are not retired."""
     return (
         rateable_completions(project=project)
+        .filter(retired_at__isnull=True)
         .annotate(rating_count=Count("ratings", distinct=True))
         .filter(rating_count__lt=project.ratings_per_item)
     )
@@ -44,6 +45,13 @@ def pool_size(*, project: Project) -> int:
     """
     n = open_completions(project=project).filter(model_version_id=project.served_version_id).count()
     return 2 * n if project.rating_mode == RatingMode.PAIRWISE else n
+
+
+def pool_needs_refill(*, project: Project) -> bool:
+    """Whether the served version's open items fell below the low-water mark
+    (``Project.pool_low_water``, at most ``pool_target``): the moment to ask for a refill,
+    early enough that the next generation batch lands before the pool runs dry."""
+    return pool_size(project=project) < min(project.pool_low_water, project.pool_target)
 
 
 # --- The annotator's hot path ---------------------------------------------------------
@@ -68,9 +76,12 @@ _T = {
 }
 
 # An item of the project in its mode, that still needs ratings (by the counter the
-# services keep), that this annotator has neither rated nor skipped.
+# services keep), not retired, of a version the queue offers (the served one, or every
+# version while the project drains older ones or serves none), that this annotator has
+# neither rated nor skipped.
 _OPEN_ITEM_FOR_ANNOTATOR = """
     c.project_id = %(project)s AND NOT p.held_out AND c.n_ratings < {per_item:d} {pairwise}
+    AND c.retired_at IS NULL {served_only}
     AND NOT EXISTS (SELECT 1 FROM {rating} r WHERE r.completion_id = c.id AND r.annotator_id = %(annotator)s)
     AND NOT EXISTS (SELECT 1 FROM {skip} s WHERE s.completion_id = c.id AND s.annotator_id = %(annotator)s)
 """
@@ -79,8 +90,11 @@ _PAIRWISE_ONLY = "AND EXISTS (SELECT 1 FROM {pair} pr WHERE pr.completion_a_id =
 
 def _open_item_sql(project: Project) -> str:
     pairwise = _PAIRWISE_ONLY if project.rating_mode == RatingMode.PAIRWISE else ""
+    served_only = ""
+    if project.served_version_id is not None and not project.drain_old_versions:
+        served_only = f"AND c.model_version_id = {int(project.served_version_id):d}"
     return _OPEN_ITEM_FOR_ANNOTATOR.format(
-        pairwise=pairwise.format(**_T), per_item=project.ratings_per_item, **_T
+        pairwise=pairwise.format(**_T), per_item=project.ratings_per_item, served_only=served_only, **_T
     )
 
 
@@ -115,7 +129,9 @@ def aware_datetime(value):
 def queue_candidate_ids(*, project: Project, annotator, limit: int = 10) -> list[int]:
     """Ids of the next ``limit`` items this annotator may be offered, in the order they are offered.
 
-    Served version first, then older versions; within each, items that
+    The served version's items; after them, only while the project drains
+    older versions (``Project.drain_old_versions``), older versions' items not
+    retired (see ``services.completions_retire_unserved``). Within each, items that
     already have ratings first (finishing items before starting new ones),
     then oldest first. Excludes held-out prompts, what the annotator rated,
     skipped or holds, and items whose every slot is taken by a live or
@@ -132,7 +148,9 @@ def queue_candidate_ids(*, project: Project, annotator, limit: int = 10) -> list
         "now": _db_datetime(timezone.now()),
     }
     open_item = _open_item_sql(project)
-    if project.served_version_id is not None:
+    if project.served_version_id is not None and not project.drain_old_versions:
+        version_groups = ("c.model_version_id = %(version)s",)
+    elif project.served_version_id is not None:
         version_groups = ("c.model_version_id = %(version)s", "c.model_version_id <> %(version)s")
     else:  # a project being set up: every version is "older"
         version_groups = ("1 = 1",)
@@ -345,3 +363,69 @@ def annotator_progress(*, project: Project, annotator) -> dict:
         "queue_capped": waiting > QUEUE_COUNT_CAP,
         "can_undo": undoable > 0,
     }
+
+
+SAMPLING_DESCRIPTION = "temperature 1, full distribution (no top-p, top-k or repetition penalty)"
+# What ``services.completion_pool_refill`` samples with (``pgcore.rollout.generate``); the
+# length cap is the project's ``max_new_tokens`` and each completion's own length is shown.
+
+
+def recent_judgments(*, project: Project, annotator, limit: int = 50) -> list[dict]:
+    """The annotator's last ``limit`` judgments in the project, newest first, with what the
+    card hid while they rated: the version that wrote each completion and how it was sampled.
+
+    Each row: ``when`` (datetime), ``judgment`` (text: "4", "thumbs up", "A is better"...),
+    ``comment``, ``prompt`` (text), ``outputs`` (list of dicts: ``label`` ("" or "A"/"B"),
+    ``text``, ``version`` (number), ``tokens`` (count), ``finished`` (ended at EOS),
+    ``retired`` (bool)). Pairwise decisions are listed in pairwise mode, single ratings otherwise.
+    """
+
+    def output(completion, label=""):
+        return {
+            "label": label,
+            "text": completion.text,
+            "version": completion.model_version.number,
+            "tokens": len(completion.token_ids),
+            "finished": completion.finished,
+            "retired": completion.retired_at is not None,
+        }
+
+    rows = []
+    if project.rating_mode == RatingMode.PAIRWISE:
+        comparisons = (
+            Comparison.objects.filter(pair__project=project, annotator=annotator)
+            .select_related(
+                "pair__completion_a__prompt",
+                "pair__completion_a__model_version",
+                "pair__completion_b__model_version",
+            )
+            .order_by("-created_at", "-id")[:limit]
+        )
+        for c in comparisons:
+            a, b = c.pair.completion_a, c.pair.completion_b
+            rows.append(
+                {
+                    "when": c.created_at,
+                    "judgment": c.get_choice_display(),
+                    "comment": c.comment,
+                    "prompt": a.prompt.text,
+                    "outputs": [output(a, "A"), output(b, "B")],
+                }
+            )
+        return rows
+    ratings = (
+        Rating.objects.filter(completion__project=project, annotator=annotator, comparison__isnull=True)
+        .select_related("completion__prompt", "completion__model_version")
+        .order_by("-created_at", "-id")[:limit]
+    )
+    for r in ratings:
+        rows.append(
+            {
+                "when": r.created_at,
+                "judgment": r.value_label,
+                "comment": r.comment,
+                "prompt": r.completion.prompt.text,
+                "outputs": [output(r.completion)],
+            }
+        )
+    return rows

@@ -295,6 +295,46 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
     return created
 
 
+@dataclass(frozen=True)
+class RetireResult:
+    retired: int  # open items of other versions taken out of the queue
+    revived: int  # open items of the newly served version put back
+
+
+def completions_retire_unserved(*, project: Project) -> RetireResult:
+    """Take older versions' open items out of the queue once ``project.served_version`` changed.
+
+    An *open* item still needs ratings (``n_ratings < ratings_per_item``). Unless
+    ``project.drain_old_versions``, the open items of every version but the served
+    one get ``retired_at``: kept (with any ratings they have, which training still
+    uses), never offered again. The served version's retired items (a rollback to
+    it) are offered again. Leases already handed out stay valid: whoever holds one
+    may still rate that item. Runs in the caller's transaction (the promotion's,
+    through ``webapp.policies.signals.version_served``).
+    """
+    if project.served_version_id is None:
+        return RetireResult(retired=0, revived=0)
+    completions = Completion.objects.filter(project=project, n_ratings__lt=project.ratings_per_item)
+    revived = completions.filter(model_version_id=project.served_version_id, retired_at__isnull=False).update(
+        retired_at=None
+    )
+    retired = 0
+    if not project.drain_old_versions:
+        retired = (
+            completions.filter(retired_at__isnull=True)
+            .exclude(model_version_id=project.served_version_id)
+            .update(retired_at=timezone.now())
+        )
+    if retired or revived:
+        log.info("project %s: %d older items retired, %d items revived", project.slug, retired, revived)
+    return RetireResult(retired=retired, revived=revived)
+
+
+def on_version_served(sender, *, project: Project, **kwargs) -> None:
+    """Receiver of ``webapp.policies.signals.version_served`` (connected in ``AnnotationConfig.ready``)."""
+    completions_retire_unserved(project=project)
+
+
 # --- Leases, ratings, skips, undo ---------------------------------------------------
 
 

@@ -8,6 +8,7 @@ urlpatterns = [
     path("annotate/card/", views.card, name="card"),
     path("annotate/next/", views.next_item, name="next"),
     path("annotate/undo/", views.undo, name="undo"),
+    path("annotate/history/", views.history, name="history"),
     path("annotate/<int:completion_id>/rate/", views.rate, name="rate"),
     path("annotate/<int:completion_id>/skip/", views.skip, name="skip"),
     path("figures/", views.figures_page, name="figures"),

@@ -26,7 +26,8 @@ LIKERT_LABELS = {1: "bad", 2: "poor", 3: "ok", 4: "good", 5: "great"}
 
 
 def _nudge_pool_refill(project, *, queue_empty: bool) -> None:
-    """Ask the generation worker to top up the pool when it runs low.
+    """Ask the generation worker to top up the pool when it falls below the project's
+    low-water mark (``Project.pool_low_water``, at most the pool size) or the queue is empty.
 
     Checked at most every few seconds per process and project, so the pool's
     size is not counted on every request.
@@ -35,7 +36,7 @@ def _nudge_pool_refill(project, *, queue_empty: bool) -> None:
     if now - _last_nudge.get(project.pk, -1e9) < REFILL_NUDGE_EVERY_S:
         return
     _last_nudge[project.pk] = now
-    if queue_empty or selectors.pool_size(project=project) < project.pool_target // 2:
+    if queue_empty or selectors.pool_needs_refill(project=project):
         # A down broker must not fail the page (or a rating that already committed): the beat
         # refill catches up once it is back.
         broker.task_send(POOL_REFILL_TASK_NAME, args=[project.pk])
@@ -229,6 +230,23 @@ def undo(request, slug):
             messages.error(request, error)
         return redirect("annotation:annotate", slug=slug)
     return _render_card_or_page(request, project, error=error, undone=undone, lease=lease)
+
+
+@member_required
+@require_GET
+def history(request, slug):
+    """The person's recent judgments in this project (``annotation/history.html``), each with the
+    version that wrote the output and how it was sampled: what the card keeps hidden while they rate."""
+    project = request.project
+    return render(
+        request,
+        "annotation/history.html",
+        {
+            "project": project,
+            "judgments": selectors.recent_judgments(project=project, annotator=request.user),
+            "sampling": selectors.SAMPLING_DESCRIPTION,
+        },
+    )
 
 
 @staff_required

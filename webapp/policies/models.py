@@ -39,6 +39,23 @@ class Project(models.Model):
         validators=[MinValueValidator(1), MaxValueValidator(1000)],
         help_text="Unrated completions kept ready from the served version.",
     )
+    pool_low_water = models.PositiveIntegerField(
+        "pool low-water mark",
+        default=16,
+        validators=[MaxValueValidator(1000)],
+        help_text=(
+            "Refill the pool as soon as fewer unrated completions than this are ready (capped at the pool size). "
+            "Set it above what annotators rate while one generation batch is sampled, so nobody waits."
+        ),
+    )
+    drain_old_versions = models.BooleanField(
+        "drain older versions",
+        default=False,
+        help_text=(
+            "Off (the default): when a new version is served, older versions' unrated completions are retired "
+            "(kept, never offered). On: they stay in the queue, after the served version's."
+        ),
+    )
     completions_per_prompt = models.PositiveSmallIntegerField(
         "completions per prompt",
         default=1,

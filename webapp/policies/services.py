@@ -13,6 +13,7 @@ from django.utils import timezone
 from webapp.errors import ApplicationError
 
 from .models import AuditEvent, Membership, ModelVersion, Project, VersionExport
+from .signals import version_served
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,7 @@ def _version_serve(*, project: Project, version: ModelVersion, user, refill_pool
     previous = project.served_version
     project.served_version = version
     project.save(update_fields=["served_version"])
+    version_served.send(sender=Project, project=project, version=version, previous=previous)
     audit_record(
         project=project,
         actor=user,

@@ -1,0 +1,178 @@
+"""Blind rating, retiring older versions' leftovers, the low-water mark (issue 20, first slice)."""
+
+import pytest
+
+from webapp.annotation import selectors, services
+from webapp.annotation.models import Completion, Rating
+from webapp.policies import services as policy_services
+from webapp.policies.models import ModelVersion
+
+
+def _new_version(project, number=1):
+    return ModelVersion.objects.create(
+        project=project, number=number, kind="full", weights_path=project.base_model_path, parent=project.served_version
+    )
+
+
+@pytest.fixture
+def member_client(client, annotator):
+    client.force_login(annotator)
+    return client
+
+
+def _next_card(client, project):
+    return client.post(f"/p/{project.slug}/annotate/next/", HTTP_HX_REQUEST="true").content.decode()
+
+
+def test_the_card_does_not_say_which_version_wrote_the_completion(project, member_client, make_completion):
+    v3 = _new_version(project, number=3)
+    policy_services.version_promote(version=v3, refill_pool=False)
+    project.refresh_from_db()
+    item = make_completion(project, version=v3, text="an output to judge")
+
+    card = _next_card(member_client, project)
+
+    assert f'data-completion="{item.pk}"' in card
+    assert "version" not in card.lower().replace("your recent judgments", "")
+    assert "temperature" not in card.lower()
+
+
+def test_the_history_shows_the_version_and_sampling_after_rating(project, annotator, member_client, make_completion):
+    v2 = _new_version(project, number=2)
+    policy_services.version_promote(version=v2, refill_pool=False)
+    project.refresh_from_db()
+    item = make_completion(project, version=v2, text="judged already", n_tokens=5)
+    services.lease_next(project=project, annotator=annotator)
+    services.rating_create(annotator=annotator, completion=item, score=4)
+
+    page = member_client.get(f"/p/{project.slug}/annotate/history/").content.decode()
+
+    assert "judged already" in page
+    assert "version 2 · 5 tokens" in page
+    assert "temperature 1" in page
+
+
+def test_the_history_lists_only_the_persons_own_judgments(project, annotator, make_user, member_client, make_completion):
+    other = make_user("other")
+    item = make_completion(project, text="somebody else's item")
+    services.rating_create(annotator=other, completion=item, score=2)
+
+    page = member_client.get(f"/p/{project.slug}/annotate/history/").content.decode()
+
+    assert "somebody else" not in page
+    assert "not judged anything" in page
+
+
+def test_a_pairwise_history_shows_both_outputs_versions(tiny_model_dir, models_dir, annotator, make_completion, client):
+    from tests.webapp.annotation_helpers import make_pair, make_project
+
+    project = make_project(tiny_model_dir, slug="pw-hist", mode="pairwise")
+    pair = make_pair(project, make_completion)
+    services.lease_next(project=project, annotator=annotator)
+    services.comparison_create(annotator=annotator, pair=pair, choice="a")
+    client.force_login(annotator)
+
+    page = client.get(f"/p/{project.slug}/annotate/history/").content.decode()
+
+    assert "A is better" in page
+    assert page.count("version 0 ·") == 2
+
+
+def test_serving_a_new_version_retires_older_unrated_items_and_keeps_them(project, make_user, make_completion):
+    rater = make_user("rater")
+    old_open, old_rated = make_completion(project, text="old open"), make_completion(project, text="old rated")
+    services.rating_create(annotator=rater, completion=old_rated, score=3)
+    v1 = _new_version(project)
+
+    policy_services.version_promote(version=v1, refill_pool=False)
+
+    project.refresh_from_db()
+
+    old_open.refresh_from_db()
+    old_rated.refresh_from_db()
+    assert old_open.retired_at is not None
+    assert old_rated.retired_at is None  # finished items are not leftovers
+    assert Completion.objects.filter(pk=old_open.pk).exists()
+    assert services.lease_next(project=project, annotator=make_user("next")) is None
+    new_item = make_completion(project, version=v1)
+    assert selectors.queue_candidate_ids(project=project, annotator=make_user("later")) == [new_item.pk]
+
+
+def test_a_retired_item_cannot_be_rated_without_a_lease(project, make_user, make_completion):
+    old = make_completion(project)
+    policy_services.version_promote(version=_new_version(project), refill_pool=False)
+    project.refresh_from_db()
+
+    with pytest.raises(services.ApplicationError, match="not in your queue"):
+        services.rating_create(annotator=make_user("late"), completion=old, score=3)
+
+
+def test_an_item_leased_before_the_switch_can_still_be_rated(project, annotator, make_completion):
+    old = make_completion(project)
+    assert services.lease_next(project=project, annotator=annotator).completion_id == old.pk
+    policy_services.version_promote(version=_new_version(project), refill_pool=False)
+    project.refresh_from_db()
+
+    rating = services.rating_create(annotator=annotator, completion=old, score=5)
+
+    assert Rating.objects.filter(pk=rating.pk).exists()
+
+
+def test_a_project_that_drains_older_versions_offers_them_after_the_served_ones(project, make_user, make_completion):
+    project.drain_old_versions = True
+    project.save()
+    old = make_completion(project, text="old")
+    v1 = _new_version(project)
+
+    policy_services.version_promote(version=v1, refill_pool=False)
+
+    project.refresh_from_db()
+    new = make_completion(project, version=v1)
+
+    old.refresh_from_db()
+    assert old.retired_at is None
+    assert selectors.queue_candidate_ids(project=project, annotator=make_user("a")) == [new.pk, old.pk]
+
+
+def test_serving_an_older_version_again_brings_back_its_retired_items(project, make_user, make_completion):
+    v0 = project.served_version
+    old = make_completion(project)
+    policy_services.version_promote(version=_new_version(project), refill_pool=False)
+    project.refresh_from_db()
+
+    policy_services.version_promote(version=v0, refill_pool=False)
+    project.refresh_from_db()
+
+    old.refresh_from_db()
+    assert old.retired_at is None
+    assert selectors.queue_candidate_ids(project=project, annotator=make_user("a")) == [old.pk]
+
+
+def test_retired_items_do_not_count_in_the_queue_shown_to_the_annotator(project, annotator, make_completion):
+    for i in range(3):
+        make_completion(project, text=f"old {i}")
+    policy_services.version_promote(version=_new_version(project), refill_pool=False)
+    project.refresh_from_db()
+
+    assert selectors.annotator_progress(project=project, annotator=annotator)["queue"] == 0
+
+
+def test_the_pool_asks_for_a_refill_below_the_low_water_mark_only(project, make_completion):
+    project.pool_target, project.pool_low_water = 8, 3
+    project.save()
+    for i in range(3):
+        make_completion(project, text=f"ready {i}")
+    assert not selectors.pool_needs_refill(project=project)
+
+    Completion.objects.filter(pk=Completion.objects.order_by("id").first().pk).delete()
+
+    assert selectors.pool_needs_refill(project=project)
+
+
+def test_a_low_water_mark_above_the_pool_size_refills_whenever_anything_is_missing(project, make_completion):
+    project.pool_target, project.pool_low_water = 2, 16
+    project.save()
+    make_completion(project)
+    assert selectors.pool_needs_refill(project=project)
+    make_completion(project)
+    assert not selectors.pool_needs_refill(project=project)
