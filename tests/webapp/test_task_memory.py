@@ -19,17 +19,31 @@ from webapp.policies.runtime import policy_for_generation
 
 
 @pytest.fixture
-def sampler_failing_mid_batch(project):
-    """The real model raises on its sixth forward call; yields weak references to each forward's output."""
+def sampler_failing_mid_batch(project, monkeypatch):
+    """The real model raises on its sixth forward call; yields weak references to each forward's output.
+
+    Counts the forwards of whichever sampling path runs: pgcore's fast decode step or the
+    model's own forward (the generic path).
+    """
+    import pgcore.rollout
+
     model = policy_for_generation(project.served_version).model
     calls, outputs = itertools.count(), []
 
-    def explode(module, args, output):
-        outputs.append(weakref.ref(output.logits))
+    def note(logits):
+        outputs.append(weakref.ref(logits))
         if next(calls) == 5:
             raise RuntimeError("sampling failed mid-batch")
 
-    handle = model.register_forward_hook(explode)
+    real_forward_fast = pgcore.rollout._forward_fast
+
+    def forward_fast(*args, **kwargs):
+        logits = real_forward_fast(*args, **kwargs)
+        note(logits)
+        return logits
+
+    monkeypatch.setattr(pgcore.rollout, "_forward_fast", forward_fast)
+    handle = model.register_forward_hook(lambda module, args, output: note(output.logits))
     yield outputs
     handle.remove()
 
