@@ -30,7 +30,7 @@ def base_model_ensure(*, models_dir: Path | None = None) -> Path:
     Raises:
         ApplicationError: the package is not installed.
     """
-    from pgcore.policy import convert_gguf_to_hf, smollm2_gguf_path
+    from pgcore.packaging import convert_gguf_to_hf, smollm2_gguf_path
 
     models_dir = Path(models_dir or settings.REWARDLOOP_MODELS_DIR)
     out_dir = models_dir / SMOLLM2_DIRNAME
