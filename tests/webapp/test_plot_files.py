@@ -115,7 +115,22 @@ def test_new_data_is_a_new_plot_file_so_an_old_drawing_is_never_served_for_it(st
     staff_client.get(url)
     _work_off(sent)
     assert staff_client.get(url)["X-Plot"] == "ready"
+    old = staff_client.get(url).content
     ModelVersion.objects.filter(pk=site["project"].served_version_id).update(kl_to_base=0.5)  # version re-evaluated
+    meanwhile = staff_client.get(url)
+    assert meanwhile["X-Plot"] == "stale" and meanwhile.content == old  # the last drawing, never a blank
+    _work_off(sent)
+    new = staff_client.get(url)
+    assert new["X-Plot"] == "ready" and new.content != old
+
+
+def test_files_no_longer_drawn_are_pruned_by_the_worker_and_drawn_again_when_asked(
+    staff_client, site, plots_dir, sent
+):
+    url = f"/staff/p/{site['project'].slug}/versions/plots/kl.png"
+    staff_client.get(url)
+    _work_off(sent)
+    assert plotfiles.plots_prune(older_than_s=-1) >= 2  # the PNG and its slot pointer
     assert staff_client.get(url)["X-Plot"] == "drawing"
     _work_off(sent)
     assert staff_client.get(url)["X-Plot"] == "ready"

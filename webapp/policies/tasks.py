@@ -13,8 +13,8 @@ def version_export_build(export_id: int) -> str:
 
 
 @shared_task(acks_late=True)
-def plot_draw(kind: str, data: dict) -> str:
+def plot_draw(kind: str, data: dict, slot: str = "") -> str:
     """Draw one plot's file (:func:`plotfiles.plot_draw`); sent to queue ``generation``. Safe to deliver twice."""
     from . import plotfiles
 
-    return plotfiles.plot_draw(kind=kind, data=data)
+    return plotfiles.plot_draw(kind=kind, data=data, slot=slot)

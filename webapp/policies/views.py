@@ -77,8 +77,8 @@ def _kl_plot_spec(project, version_list) -> tuple[str, dict]:
 
 
 def _plots_context(project, version_list) -> dict:
-    ratings = plotfiles.plot_ensure(*_ratings_plot_spec(project, version_list))
-    kl = plotfiles.plot_ensure(*_kl_plot_spec(project, version_list))
+    ratings = plotfiles.plot_ensure(*_ratings_plot_spec(project, version_list), slot=f"project-{project.pk}-ratings")
+    kl = plotfiles.plot_ensure(*_kl_plot_spec(project, version_list), slot=f"project-{project.pk}-kl")
     return {"ratings_plot": ratings, "kl_plot": kl, "plots_drawing": not (ratings.ready and kl.ready)}
 
 
@@ -111,7 +111,7 @@ def ratings_plot(request, slug):
     a placeholder until then, see :mod:`webapp.policies.plotfiles`)."""
     project = get_object_or_404(Project, slug=slug)
     spec = _ratings_plot_spec(project, selectors.versions_for_project(project=project))
-    return plotfiles.plot_response(*spec, asked_key=request.GET.get("v", ""))
+    return plotfiles.plot_response(*spec, slot=f"project-{project.pk}-ratings", asked_key=request.GET.get("v", ""))
 
 
 @staff_required
@@ -120,7 +120,7 @@ def kl_plot(request, slug):
     """PNG: KL to the base per version, with the project's guard limit (drawn by a worker)."""
     project = get_object_or_404(Project, slug=slug)
     spec = _kl_plot_spec(project, selectors.versions_for_project(project=project))
-    return plotfiles.plot_response(*spec, asked_key=request.GET.get("v", ""))
+    return plotfiles.plot_response(*spec, slot=f"project-{project.pk}-kl", asked_key=request.GET.get("v", ""))
 
 
 @staff_required

@@ -60,7 +60,7 @@ def _run_context(slug, run_id) -> dict:
         pk=run_id,
         project=project,
     )
-    curves = plotfiles.plot_ensure(*_curves_spec(run)) if run.curve else None
+    curves = plotfiles.plot_ensure(*_curves_spec(run), slot=f"run-{run.pk}-curves") if run.curve else None
     return {
         "project": project,
         "run": run,
@@ -110,7 +110,7 @@ def run_status(request, slug, run_id):
 def run_curves(request, slug, run_id):
     """PNG: the run's loss and KL per optimiser step (drawn by a worker; a placeholder until then)."""
     run = get_object_or_404(TrainingRun, pk=run_id, project__slug=slug)
-    return plotfiles.plot_response(*_curves_spec(run), asked_key=request.GET.get("v", ""))
+    return plotfiles.plot_response(*_curves_spec(run), slot=f"run-{run.pk}-curves", asked_key=request.GET.get("v", ""))
 
 
 def _fix_below(what: str, form) -> str:
