@@ -45,7 +45,8 @@ import torch  # noqa: E402
 
 from pgcore.config import PGConfig  # noqa: E402
 from pgcore.logprobs import pack_sequences, sequence_logprobs  # noqa: E402
-from pgcore.policy import convert_gguf_to_hf, load_policy, smollm2_gguf_path  # noqa: E402
+from pgcore.packaging import convert_gguf_to_hf, smollm2_gguf_path  # noqa: E402
+from pgcore.policy import load_policy  # noqa: E402
 from pgcore.trainer import TrainBatch, bf16_autocast_active, minibatch_order, update  # noqa: E402
 
 N_PROMPTS, PER_PROMPT, PROMPT_LEN, COMPLETION_LEN = 4, 4, 32, 64

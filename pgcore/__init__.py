@@ -7,16 +7,8 @@ from pgcore.advantages import EMABaseline, batch_mean_baseline, leave_one_out, w
 from pgcore.config import PGConfig
 from pgcore.logprobs import pack_sequences, score_completions, sequence_logprobs
 from pgcore.losses import kl_k3, pg_loss
-from pgcore.policy import (
-    ChecksumError,
-    Policy,
-    convert_gguf_to_hf,
-    load_policy,
-    save_policy_atomic,
-    smollm2_gguf_path,
-    verify_weights,
-    weights_sha256,
-)
+from pgcore.packaging import convert_gguf_to_hf, smollm2_gguf_path
+from pgcore.policy import ChecksumError, Policy, load_policy, save_policy_atomic, verify_weights, weights_sha256
 from pgcore.rewards import RatingRecord, likert_to_score, pairwise_to_scores, ratings_to_rewards, thumbs_to_score
 from pgcore.rollout import Rollout, generate, render_prompt
 from pgcore.tiny import write_tiny_model

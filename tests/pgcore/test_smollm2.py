@@ -14,7 +14,8 @@ from torch.testing import assert_close
 
 from pgcore.config import PGConfig
 from pgcore.logprobs import pack_sequences, sequence_logprobs
-from pgcore.policy import convert_gguf_to_hf, load_policy, smollm2_gguf_path
+from pgcore.packaging import convert_gguf_to_hf, smollm2_gguf_path
+from pgcore.policy import load_policy
 from pgcore.rollout import generate
 from pgcore.trainer import TrainBatch, update
 

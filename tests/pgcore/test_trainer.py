@@ -7,7 +7,7 @@ from pgcore.config import PGConfig
 from pgcore.logprobs import pack_sequences, sequence_logprobs
 from pgcore.policy import load_policy, reference_model
 from pgcore.rollout import generate
-from pgcore import trainer
+from pgcore import precision, trainer
 from pgcore.trainer import NonFiniteError, TrainBatch, TrainingCancelled, minibatch_order, update
 
 EOS = 258
@@ -211,7 +211,7 @@ def test_with_tis_stale_samples_get_the_truncated_weight_and_a_ratio_of_one(lora
 @pytest.fixture
 def native_bf16(monkeypatch):
     """Exercise the bf16 autocast path on any CPU (on one without native bf16 matmuls it is only slow)."""
-    monkeypatch.setattr(trainer, "native_bf16_matmul", lambda: True)
+    monkeypatch.setattr(precision, "native_bf16_matmul", lambda: True)
 
 
 def test_bf16_autocast_trains_fp32_master_weights(tiny_path, native_bf16):
@@ -228,7 +228,7 @@ def test_bf16_autocast_follows_the_cpu_and_falls_back_to_the_same_fp32_update(ti
     import torch.nn.functional as F
 
     assert not trainer.bf16_autocast_active(PGConfig(bf16_autocast=False))
-    monkeypatch.setattr(trainer, "native_bf16_matmul", lambda: False)
+    monkeypatch.setattr(precision, "native_bf16_matmul", lambda: False)
     assert not trainer.bf16_autocast_active(PGConfig(bf16_autocast=True))
     matmul_dtypes = set()
     linear = F.linear

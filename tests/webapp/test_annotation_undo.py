@@ -114,3 +114,26 @@ def test_the_rating_counter_the_queue_index_uses_follows_ratings_comparisons_and
     services.comparison_create(annotator=annotator, pair=pair, choice="a", a_on_left=True)
     counts = dict(Completion.objects.filter(project=pairwise).values_list("pk", "n_ratings"))
     assert counts == {pair.completion_a_id: 1, pair.completion_b_id: 1}
+
+
+def test_an_undone_item_whose_lease_is_gone_takes_a_free_slot_the_one_way_leases_take_slots(
+    project, annotator, make_user, make_completion
+):
+    item = make_completion(project)
+    services.lease_next(project=project, annotator=annotator)
+    services.rating_create(annotator=annotator, completion=item, score=2)
+    Lease.objects.all().delete()  # e.g. removed by a mode switch
+    other = make_user("other")
+    Lease.objects.create(
+        completion=item, annotator=other, slot=0, expires_at=timezone.now() + timedelta(minutes=5)
+    )
+    result = services.judgment_undo(project=project, annotator=annotator)
+    assert result.lease is None  # the only slot is someone else's now: no second lease on it
+    assert list(Lease.objects.values_list("annotator_id", "slot")) == [(other.pk, 0)]
+
+    Lease.objects.all().delete()
+    services.lease_next(project=project, annotator=annotator)
+    services.rating_create(annotator=annotator, completion=item, score=3)
+    Lease.objects.all().delete()
+    result = services.judgment_undo(project=project, annotator=annotator)
+    assert (result.lease.completion_id, result.lease.slot, result.lease.fulfilled) == (item.pk, 0, False)

@@ -151,9 +151,9 @@ def test_a_run_trains_writes_a_checked_version_and_serves_it(project, make_user)
 
 @pytest.mark.parametrize("native", [True, False])
 def test_a_run_says_when_the_cpu_makes_it_train_in_fp32(project, make_user, monkeypatch, native):
-    from pgcore import trainer
+    from pgcore import precision
 
-    monkeypatch.setattr(trainer, "native_bf16_matmul", lambda: native)
+    monkeypatch.setattr(precision, "native_bf16_matmul", lambda: native)
     project.pg_config = {**project.pg_config, "bf16_autocast": True}
     project.save()
     annotation_services.completion_pool_refill(project=project, seed=3)

@@ -18,7 +18,9 @@ from django.utils import timezone
 
 from webapp.policies.models import Project
 
-from .models import Choice, Comparison, Rating, RatingRevision, Skip
+from . import judgments
+from .judgments import CHOICE_CODES
+from .models import Comparison, Rating, RatingRevision, Skip
 
 
 @dataclass(frozen=True)
@@ -103,9 +105,8 @@ def agreement(*, project: Project) -> list[Agreement]:
     ratings = Rating.objects.filter(completion__project=project, comparison__isnull=True)
     likert = list(ratings.filter(score__isnull=False).values_list("completion_id", "annotator_id", "score"))
     thumbs = list(ratings.filter(thumbs_up__isnull=False).values_list("completion_id", "annotator_id", "thumbs_up"))
-    codes = {c: i for i, c in enumerate(Choice.values)}
     pairwise = [
-        (pair_id, annotator_id, codes[choice])
+        (pair_id, annotator_id, CHOICE_CODES[choice])
         for pair_id, annotator_id, choice in Comparison.objects.filter(pair__project=project).values_list(
             "pair_id", "annotator_id", "choice"
         )
@@ -114,9 +115,10 @@ def agreement(*, project: Project) -> list[Agreement]:
     if likert or project.rating_mode == "likert":
         result.append(_alpha("Likert 1–5", "ordinal", likert, [1, 2, 3, 4, 5]))
     if thumbs or project.rating_mode == "thumbs":
-        result.append(_alpha("Thumbs", "nominal", [(u, a, float(v)) for u, a, v in thumbs], [0.0, 1.0]))
+        values = [(u, a, judgments.level(score=None, thumbs_up=v)) for u, a, v in thumbs]
+        result.append(_alpha("Thumbs", "nominal", values, [0.0, 1.0]))
     if pairwise or project.rating_mode == "pairwise":
-        result.append(_alpha("Pairwise", "nominal", pairwise, list(codes.values())))
+        result.append(_alpha("Pairwise", "nominal", pairwise, list(CHOICE_CODES.values())))
     return result
 
 

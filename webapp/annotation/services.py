@@ -415,13 +415,21 @@ RETURNING id
 # a lost race inserts nothing, without an error, so no savepoint is needed around it.
 
 
+_DRAW = object()  # ``a_on_left`` not given: drawn for pairwise projects, None otherwise
+
+
 def _lease_take_slot(
-    *, project: Project, annotator, completion_id: int, lease_minutes: int, fulfilled: bool = False
+    *, project: Project, annotator, completion_id: int, lease_minutes: int, fulfilled: bool = False, a_on_left=_DRAW
 ) -> Lease | None:
     """Take a free slot of the completion for ``annotator``; None when every slot is held or rated.
 
+    The one way a lease slot is taken (next item, a judgment without a lease,
+    an undone item leased back). ``a_on_left``: the side to show (undo keeps
+    the one the annotator saw); left out, it is drawn in pairwise projects.
     The returned lease carries what was inserted, not the completion.
     """
+    if a_on_left is _DRAW:
+        a_on_left = bool(secrets.randbits(1)) if project.rating_mode == RatingMode.PAIRWISE else None
     now = timezone.now()
     slots = range(project.ratings_per_item)
     if project.ratings_per_item > 1:  # with one slot, trying it is cheaper than reading it
@@ -431,7 +439,7 @@ def _lease_take_slot(
         "completion_id": completion_id,
         "annotator_id": annotator.pk,
         "expires_at": now + timedelta(minutes=lease_minutes),
-        "a_on_left": bool(secrets.randbits(1)) if project.rating_mode == RatingMode.PAIRWISE else None,
+        "a_on_left": a_on_left,
         "fulfilled": fulfilled,
         "created_at": now,
     }
@@ -524,6 +532,19 @@ def _lease_for_judgment(*, project: Project, annotator, completion: Completion) 
     return lease
 
 
+def _n_ratings_add(*, completion_ids: list[int], delta: int) -> None:
+    """Keep ``Completion.n_ratings`` (the queue's count of stored ratings) true: the one place it changes.
+
+    Called in the transaction that stores (``delta=1``) or deletes (``delta=-1``)
+    the ratings of ``completion_ids``; the row lock of the UPDATE orders
+    concurrent judgments of one completion. Never goes below zero.
+    """
+    if delta < 0:
+        Completion.objects.filter(pk__in=completion_ids, n_ratings__gte=-delta).update(n_ratings=F("n_ratings") + delta)
+    else:
+        Completion.objects.filter(pk__in=completion_ids).update(n_ratings=F("n_ratings") + delta)
+
+
 def _seconds_on(lease: Lease | None, seconds_spent):
     """Seconds the annotator spent: as given, else since the item was leased to them."""
     if seconds_spent is not None or lease is None:
@@ -574,7 +595,7 @@ def rating_create(
         )
     except IntegrityError as exc:
         raise ApplicationError("You have rated this item already.") from exc
-    Completion.objects.filter(pk=completion.pk).update(n_ratings=F("n_ratings") + 1)
+    _n_ratings_add(completion_ids=[completion.pk], delta=1)
     return rating
 
 
@@ -625,7 +646,7 @@ def comparison_create(
             )
     except IntegrityError as exc:
         raise ApplicationError("You have compared this pair already.") from exc
-    Completion.objects.filter(pk__in=[pair.completion_a_id, pair.completion_b_id]).update(n_ratings=F("n_ratings") + 1)
+    _n_ratings_add(completion_ids=[pair.completion_a_id, pair.completion_b_id], delta=1)
     return comparison
 
 
@@ -674,7 +695,7 @@ def judgment_undo(*, project: Project, annotator, lease_minutes: int = LEASE_MIN
     )
     rated_ids = list(ratings.values_list("completion_id", flat=True))
     last.delete()  # a comparison takes its two ratings with it
-    Completion.objects.filter(pk__in=rated_ids, n_ratings__gt=0).update(n_ratings=F("n_ratings") - 1)
+    _n_ratings_add(completion_ids=rated_ids, delta=-1)
     Lease.objects.filter(completion__project=project, annotator=annotator, fulfilled=False).exclude(
         completion_id=anchor_id
     ).delete()
@@ -684,20 +705,13 @@ def judgment_undo(*, project: Project, annotator, lease_minutes: int = LEASE_MIN
     if lease is not None:
         Lease.objects.filter(pk=lease.pk).update(fulfilled=False, expires_at=expires, created_at=now)
     else:
-        taken = set(Lease.objects.filter(completion_id=anchor_id).values_list("slot", flat=True))
-        for slot in (s for s in range(project.ratings_per_item) if s not in taken):
-            try:
-                with transaction.atomic():
-                    Lease.objects.create(
-                        completion_id=anchor_id,
-                        annotator=annotator,
-                        slot=slot,
-                        expires_at=expires,
-                        a_on_left=values.get("a_on_left"),
-                    )
-                break
-            except IntegrityError:
-                continue
+        _lease_take_slot(
+            project=project,
+            annotator=annotator,
+            completion_id=anchor_id,
+            lease_minutes=lease_minutes,
+            a_on_left=values.get("a_on_left"),
+        )
     return UndoResult(revision=revision, lease=selectors.lease_held(project=project, annotator=annotator))
 
 

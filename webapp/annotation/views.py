@@ -175,20 +175,7 @@ def rate(request, slug, completion_id):
     The rating and the next lease commit together: one transaction per submit.
     """
     completion = _item(request, completion_id)
-    project = completion.project
-    error, lease = "", None
-    with transaction.atomic():
-        try:
-            _submit(request, project, completion)
-        except ApplicationError as exc:
-            error = exc.message
-        if request.htmx:
-            lease = services.lease_next(project=project, annotator=request.user)
-    if not request.htmx:
-        if error:
-            messages.error(request, error)
-        return redirect("annotation:annotate", slug=slug)
-    return _render_card_or_page(request, project, error=error, lease=lease)
+    return _then_next(request, slug, completion.project, lambda: _submit(request, completion.project, completion))
 
 
 @member_required
@@ -196,11 +183,21 @@ def rate(request, slug, completion_id):
 def skip(request, slug, completion_id):
     """Skip the item: it goes back to the queue and is not offered to this annotator again."""
     completion = _item(request, completion_id)
-    project = completion.project
+    return _then_next(
+        request, slug, completion.project, lambda: services.item_skip(annotator=request.user, completion=completion)
+    )
+
+
+def _then_next(request, slug, project, action):
+    """Run ``action`` (a judgment or a skip) and, for htmx, lease the next item in the same transaction.
+
+    Answers the next card (htmx; ``action``'s :class:`ApplicationError` shown on it) or
+    redirects to the annotate page with the error as a message.
+    """
     error, lease = "", None
     with transaction.atomic():
         try:
-            services.item_skip(annotator=request.user, completion=completion)
+            action()
         except ApplicationError as exc:
             error = exc.message
         if request.htmx:

@@ -31,7 +31,7 @@ def base_model_ensure(*, models_dir: Path | None = None) -> Path:
     Raises:
         ApplicationError: the package is not installed.
     """
-    from pgcore.policy import convert_gguf_to_hf, smollm2_gguf_path
+    from pgcore.packaging import convert_gguf_to_hf, smollm2_gguf_path
 
     models_dir = Path(models_dir or settings.REWARDLOOP_MODELS_DIR)
     out_dir = models_dir / SMOLLM2_DIRNAME
@@ -123,7 +123,6 @@ def version_register(
     )
 
 
-POOL_REFILL_TASK_NAME = "webapp.annotation.tasks.pool_refill"
 EXPORT_BUILD_TASK_NAME = "webapp.policies.tasks.version_export_build"
 
 
@@ -153,9 +152,11 @@ def version_promote(
     guard held back is refused unless ``override_guard`` (staff's explicit
     "Serve anyway", recorded in the audit log with the guard's reason).
 
-    Records who did it in the audit log and, after commit, asks the generation
-    queue to refill the pool from the newly served version (by task name, so
-    this app does not import the annotation app above it).
+    Records who did it in the audit log, sends
+    :data:`webapp.policies.signals.version_served` inside the switch's transaction
+    (annotation retires older versions' open items) and, after commit,
+    :data:`webapp.policies.signals.version_served_committed` (annotation answers it
+    with a pool refill from the newly served version; this app never names its tasks).
 
     Raises:
         ApplicationError: the version is under evaluation, or held back without ``override_guard``.
@@ -218,12 +219,12 @@ def version_unserve_held_back(*, version: ModelVersion) -> bool:
 
 
 def _send_pool_refill(project_id: int) -> None:
-    from webapp.celery import app
+    """Tell the apps above (annotation refills the pool) that the project serves another version."""
+    from .signals import version_served_committed
 
-    try:
-        app.send_task(POOL_REFILL_TASK_NAME, args=[project_id], queue="generation")
-    except Exception:  # noqa: BLE001 - the beat refill catches up; promoting must not fail on the broker
-        log.exception("could not queue a pool refill for project %s", project_id)
+    for receiver, result in version_served_committed.send_robust(sender=Project, project_id=project_id):
+        if isinstance(result, Exception):  # the beat refill catches up; promoting must not fail on the broker
+            log.error("version_served receiver %r failed for project %s: %r", receiver, project_id, result)
 
 
 PROJECT_TRAINING_FIELDS = (

@@ -1,9 +1,18 @@
-"""Signals other apps listen to, so this app never imports the apps above it."""
+"""Signals policies sends for the apps above it, so this app never imports them or names their tasks.
+
+``version_served``: sent inside the transaction that switches a project's served
+version, after the switch. ``sender`` is ``Project``; kwargs ``project`` (the
+locked row, already serving it), ``version`` (the newly served ``ModelVersion``)
+and ``previous`` (the one served before, or None). A receiver's writes commit or
+roll back with the switch (annotation retires older versions' open items).
+
+``version_served_committed``: sent after the commit that made the switch, with
+``project_id`` (int): the pool of unrated completions should be refilled from the
+new version. Receivers must not raise for a broker problem: promotion has already
+happened. Annotation connects the pool refill in its ``AppConfig.ready``.
+"""
 
 from django.dispatch import Signal
 
-# Sent inside the transaction that switches a project's served version, after the switch:
-# ``sender`` is ``Project``, kwargs ``project`` (the locked row, already serving it),
-# ``version`` (the newly served ``ModelVersion``) and ``previous`` (the one served before, or None).
-# A receiver's writes commit or roll back with the switch.
 version_served = Signal()
+version_served_committed = Signal()

@@ -24,7 +24,8 @@ from collections import defaultdict
 from itertools import combinations
 from pathlib import Path
 
-from webapp.annotation.models import Choice, Comparison, Rating
+from webapp.annotation import judgments
+from webapp.annotation.models import Comparison, Rating
 from webapp.errors import ApplicationError
 from webapp.policies import services as policy_services
 from webapp.policies.models import AuditEvent, Project
@@ -43,23 +44,19 @@ def kto_rows(*, project: Project) -> list[dict]:
         .order_by("id")
     )
     for rating in ratings:
-        if rating.thumbs_up is not None:
-            label = rating.thumbs_up
-        elif rating.score is not None and rating.score != 3:
-            label = rating.score > 3
-        else:
+        label = judgments.kto_label(score=rating.score, thumbs_up=rating.thumbs_up)
+        if label is None:
             continue
         rows.append({"prompt": rating.completion.prompt.text, "completion": rating.completion.text, "label": label})
     for comparison in _comparisons(project):
         pair = comparison.pair
         prompt = pair.completion_a.prompt.text
-        a, b = pair.completion_a.text, pair.completion_b.text
-        if comparison.choice == Choice.A:
-            rows += [{"prompt": prompt, "completion": a, "label": True}, {"prompt": prompt, "completion": b, "label": False}]
-        elif comparison.choice == Choice.B:
-            rows += [{"prompt": prompt, "completion": b, "label": True}, {"prompt": prompt, "completion": a, "label": False}]
-        elif comparison.choice == Choice.BOTH_BAD:
-            rows += [{"prompt": prompt, "completion": a, "label": False}, {"prompt": prompt, "completion": b, "label": False}]
+        labels = judgments.pairwise_kto_labels(comparison.choice)
+        if labels is None:
+            continue
+        a, b = (pair.completion_a.text, labels[0]), (pair.completion_b.text, labels[1])
+        for text, label in sorted((a, b), key=lambda side: not side[1]):  # the winner's row first
+            rows.append({"prompt": prompt, "completion": text, "label": label})
     return rows
 
 
@@ -69,10 +66,11 @@ def pair_rows(*, project: Project) -> list[dict]:
     for comparison in _comparisons(project):
         pair = comparison.pair
         prompt = pair.completion_a.prompt.text
-        if comparison.choice == Choice.A:
-            rows.append({"prompt": prompt, "chosen": pair.completion_a.text, "rejected": pair.completion_b.text})
-        elif comparison.choice == Choice.B:
-            rows.append({"prompt": prompt, "chosen": pair.completion_b.text, "rejected": pair.completion_a.text})
+        winner = judgments.pairwise_winner(comparison.choice)
+        if winner is not None:
+            a, b = pair.completion_a.text, pair.completion_b.text
+            chosen, rejected = (a, b) if winner == "a" else (b, a)
+            rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
     # Same prompt, different mean scores: the better-rated completion is chosen.
     values: dict[int, list[float]] = defaultdict(list)
     completions = {}
@@ -82,8 +80,7 @@ def pair_rows(*, project: Project) -> list[dict]:
         .order_by("id")
     )
     for rating in ratings:
-        value = float(rating.score) if rating.score is not None else float(bool(rating.thumbs_up))
-        values[rating.completion_id].append(value)
+        values[rating.completion_id].append(judgments.level(score=rating.score, thumbs_up=rating.thumbs_up))
         completions[rating.completion_id] = rating.completion
     by_prompt: dict[int, list[int]] = defaultdict(list)
     for completion_id in sorted(values):

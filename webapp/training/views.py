@@ -9,7 +9,7 @@ from django.views.decorators.http import require_GET, require_POST
 from webapp import broker
 from webapp.errors import ApplicationError
 from webapp.permissions import staff_required
-from webapp.policies import plots
+from webapp.policies import plotfiles
 from webapp.policies import services as policy_services
 from webapp.policies.models import ModelVersion, Project
 
@@ -60,11 +60,29 @@ def _run_context(slug, run_id) -> dict:
         pk=run_id,
         project=project,
     )
+    curves = plotfiles.plot_ensure(*_curves_spec(run), slot=f"run-{run.pk}-curves") if run.curve else None
     return {
         "project": project,
         "run": run,
         "metrics": sorted(run.metrics.items()),
         "log_tail": selectors.log_tail(run=run),
+        "curves": curves,
+        # keep polling a finished run until its curves are drawn
+        "poll": run.is_active or (curves is not None and not curves.ready),
+    }
+
+
+def _curves_spec(run: TrainingRun) -> tuple[str, dict]:
+    """The run's loss and KL per optimiser step (kind ``curves``, dotted lines at new epochs)."""
+    curve = run.curve or []
+    return "curves", {
+        "steps": [p["step"] for p in curve],
+        "series": {
+            "policy-gradient loss": [p["losses/pg_loss"] for p in curve],
+            "KL to base (nats/token)": [p["objective/kl"] for p in curve],
+        },
+        "title": f"Run #{run.pk}",
+        "epoch_starts": [p["step"] for prev, p in zip(curve, curve[1:]) if p["epoch"] != prev["epoch"]],
     }
 
 
@@ -90,22 +108,9 @@ def run_status(request, slug, run_id):
 @staff_required
 @require_GET
 def run_curves(request, slug, run_id):
-    """PNG: the run's loss and KL per optimiser step."""
+    """PNG: the run's loss and KL per optimiser step (drawn by a worker; a placeholder until then)."""
     run = get_object_or_404(TrainingRun, pk=run_id, project__slug=slug)
-    curve = run.curve or []
-    epoch_starts = [p["step"] for prev, p in zip(curve, curve[1:]) if p["epoch"] != prev["epoch"]]
-    data = plots.curves_png(
-        steps=[p["step"] for p in curve],
-        series={
-            "policy-gradient loss": [p["losses/pg_loss"] for p in curve],
-            "KL to base (nats/token)": [p["objective/kl"] for p in curve],
-        },
-        title=f"Run #{run.pk}",
-        epoch_starts=epoch_starts,
-    )
-    response = HttpResponse(data, content_type="image/png")
-    response["Cache-Control"] = "no-store"
-    return response
+    return plotfiles.plot_response(*_curves_spec(run), slot=f"run-{run.pk}-curves", asked_key=request.GET.get("v", ""))
 
 
 def _fix_below(what: str, form) -> str:

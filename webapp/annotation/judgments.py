@@ -1,0 +1,84 @@
+"""What each kind of human judgment means: as a reward, as an export row, as a level, as an agreement value.
+
+The one home for these meanings; training's batch, the TRL exports, the
+figures page (agreement) and the staff plots ask here rather than spelling a
+judgment out again. The reward arithmetic itself is :mod:`pgcore.rewards`
+(pure functions, no Django; imported only when a reward is asked for, since it
+brings torch and web processes never import torch); this module maps stored
+judgments onto it.
+
+The judgment kinds (one :class:`~webapp.annotation.models.Rating` row each,
+a pairwise decision being one :class:`~webapp.annotation.models.Comparison`
+with a rating per completion):
+
+============  ==================  =====================  ====================
+kind          reward in [-1, 1]   KTO label              level (plots, pairs)
+============  ==================  =====================  ====================
+Likert s      ``(s - 3) / 2``     4–5 true, 1–2 false,   s in [1, 5]
+                                  3 none (neutral)
+thumbs        up +1, down -1      up true, down false    up 1, down 0
+pair: a / b   winner +1, loser -1 winner true, loser     (none: says nothing
+                                  false                  about the level)
+pair: tie     0 / 0               none                   —
+pair: both    -1 / -1             false / false          —
+bad
+============  ==================  =====================  ====================
+"""
+
+from __future__ import annotations
+
+from .models import Choice
+
+NEUTRAL_LIKERT = 3
+# Nominal codes for pairwise choices in agreement statistics (Krippendorff's alpha).
+CHOICE_CODES: dict[str, int] = {c: i for i, c in enumerate(Choice.values)}
+
+
+def reward_score(*, score: int | None, thumbs_up: bool | None, choice: str | None, is_completion_a: bool) -> float:
+    """One stored rating's score in [-1, 1], before per-annotator normalisation.
+
+    Args:
+        score: Likert 1–5, or None.
+        thumbs_up: thumbs, or None.
+        choice: the pairwise decision (a :class:`Choice` value) this rating belongs to, or None.
+        is_completion_a: for a pairwise rating, whether it rates the pair's completion A.
+
+    Raises:
+        ValueError: none of the three is set, or a value is out of range (``pgcore.rewards``).
+    """
+    from pgcore.rewards import likert_to_score, pairwise_to_scores, thumbs_to_score  # torch: workers only
+
+    if score is not None:
+        return likert_to_score(score)
+    if thumbs_up is not None:
+        return thumbs_to_score(thumbs_up)
+    score_a, score_b = pairwise_to_scores(choice)
+    return score_a if is_completion_a else score_b
+
+
+def kto_label(*, score: int | None, thumbs_up: bool | None) -> bool | None:
+    """A Likert or thumbs rating as an unpaired (KTO) label; None for a neutral Likert 3 or no value."""
+    if thumbs_up is not None:
+        return thumbs_up
+    if score is not None and score != NEUTRAL_LIKERT:
+        return score > NEUTRAL_LIKERT
+    return None
+
+
+def pairwise_kto_labels(choice: str) -> tuple[bool, bool] | None:
+    """A pairwise decision as KTO labels ``(label_a, label_b)``; None for a tie (no row)."""
+    return {Choice.A: (True, False), Choice.B: (False, True), Choice.BOTH_BAD: (False, False)}.get(choice)
+
+
+def pairwise_winner(choice: str) -> str | None:
+    """``"a"`` or ``"b"`` when the decision has a winner (a preference pair), else None (tie, both bad)."""
+    return {Choice.A: "a", Choice.B: "b"}.get(choice)
+
+
+def level(*, score: int | None, thumbs_up: bool | None) -> float | None:
+    """A single rating's level: the Likert score (1–5), thumbs up 1.0 / down 0.0; None for neither."""
+    if score is not None:
+        return float(score)
+    if thumbs_up is not None:
+        return 1.0 if thumbs_up else 0.0
+    return None
