@@ -1,8 +1,14 @@
-"""Writes for training: creating, running, scheduling runs.
+"""Writes for training: creating, running (step by step), cancelling and scheduling runs.
+
+A run is a pipeline of steps (batch → update → save → evaluate → promote;
+:mod:`.pipeline` says what each does and what it hands to the next). Here:
+claiming a step, recording its state, ending the run, sending the next step.
 
 A run never touches the served version until its new weights are safely on
 disk (written to a temporary folder, fsynced, renamed; sha256 recorded) and
 registered. Any failure before that leaves the project exactly as it was.
+
+This module names tasks by string and never imports ``tasks.py`` (which imports it).
 """
 
 from __future__ import annotations
