@@ -72,6 +72,9 @@ def test_a_worker_killed_between_steps_leaves_the_run_to_another_worker_without_
     assert all(steps[n].worker.startswith("train-a@") for n in ("batch", "update"))
     assert all(steps[n].worker.startswith("train-b@") for n in ("save", "evaluate", "promote"))
     assert run.curve == curve  # trained once, by A
+    ordered = [steps[n] for n in STEP_ORDER]
+    gaps = [round((b.started_at - a.finished_at).total_seconds(), 3) for a, b in zip(ordered[2:], ordered[3:])]
+    print(f"B's steps (s): {[(s.name, round(s.duration_s, 2)) for s in ordered[2:]]}; between them: {gaps}")
     assert "resumed between steps" in run.log
     project.refresh_from_db()
     assert project.served_version == run.result_version == ModelVersion.objects.get(project=project, number=1)
