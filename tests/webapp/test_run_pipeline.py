@@ -178,6 +178,11 @@ def test_a_worker_lost_after_its_step_finished_resumes_the_run(rated_run):
     rated_run.refresh_from_db()
     assert rated_run.status == "running"
     assert queued_messages("training") == [("webapp.training.tasks.training_step", [rated_run.pk, "update"])]
+    # Died with the next step's message in hand, before claiming it: resumed too, not failed.
+    assert liveness.training_step_lost(run_id=rated_run.pk, step="update", reason="its worker process died") is None
+    rated_run.refresh_from_db()
+    assert rated_run.status == "running"
+    assert queued_messages("training") == [("webapp.training.tasks.training_step", [rated_run.pk, "update"])]
 
 
 def test_a_cancel_between_steps_ends_the_run_at_once_and_the_next_step_does_nothing(rated_run, staff_user, models_dir):

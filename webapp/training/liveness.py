@@ -208,10 +208,10 @@ def training_run_resume(*, run_id: int, reason: str) -> str | None:
 
 def training_step_lost(*, run_id: int, step: str, reason: str) -> TrainingRun | None:
     """The process running ``step`` of a run died: fail the run if the step was still running,
-    resume it if the step had finished (it died between committing the step and sending the next).
-    Returns the failed run, or None."""
+    resume it if the step had finished (it died between committing the step and sending the next)
+    or had not started (it died before claiming it). Returns the failed run, or None."""
     status = TrainingStep.objects.filter(run_id=run_id, name=step).values_list("status", flat=True).first()
-    if status == TrainingStep.Status.DONE:
+    if status in (TrainingStep.Status.DONE, TrainingStep.Status.QUEUED):
         training_run_resume(run_id=run_id, reason=reason)
         return None
     return training_run_fail_lost(run_id=run_id, reason=reason)
