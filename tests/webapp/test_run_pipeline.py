@@ -261,3 +261,10 @@ def test_the_run_page_lists_the_steps_and_the_status_poll_updates_them(rated_run
     assert poll.count('data-step-status="done"') == len(STEP_ORDER)
     update = steps_of(rated_run)["update"]
     assert f"{update.duration_s:.1f} s" in poll
+
+
+def test_the_admin_shows_a_runs_steps_read_only(rated_run, client, django_user_model):
+    client.force_login(django_user_model.objects.create_superuser("root", "root@example.com", "pw-12345678"))
+    page = client.get(f"/admin/training/trainingrun/{rated_run.pk}/change/").content.decode()
+    assert "build the batch" in page and "promotion guard" in page
+    assert 'name="steps-0-status"' not in page  # shown, not editable
