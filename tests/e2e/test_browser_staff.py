@@ -72,6 +72,10 @@ def test_staff_train_watch_promote_previous_and_annotators_get_that_version(
     assert "epoch 20 of 20" in page.locator("#run-progress").inner_text()
     assert image_loaded(page.locator("img[alt^='Policy-gradient loss']"))  # server-rendered PNG, CSP img-src 'self'
     assert "passed the promotion guard" in page.locator("#run-log").inner_text()
+    # The steps it went through, each done once, in order.
+    steps = page.locator("#run-steps tbody tr")
+    assert [row.get_attribute("data-step") for row in steps.all()] == ["batch", "update", "save", "evaluate", "promote"]
+    assert page.locator('#run-steps tr[data-step-status="done"]').count() == 5
     screenshot(page, "staff-run-succeeded")
     run.refresh_from_db()
     v1 = run.result_version

@@ -8,7 +8,7 @@ import pytest
 
 from webapp.annotation import services as annotation_services
 from webapp.annotation.models import Completion
-from webapp.training.models import TrainingRun
+from webapp.training.models import STEP_ORDER, TrainingRun, TrainingStep
 from webapp.training.services import schedule_ensure
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -43,6 +43,11 @@ def test_ratings_train_a_new_version_that_then_writes_the_pool(project, make_use
     )
     assert run.status == "succeeded", f"{run.error}\n{run.log}"
     assert run.trigger == "schedule"
+    # Each step ran once, as its own task, through the broker.
+    steps = list(TrainingStep.objects.filter(run=run).order_by("position"))
+    assert [(s.name, s.status, s.attempts) for s in steps] == [(name, "done", 1) for name in STEP_ORDER]
+    gaps = [round((b.started_at - a.finished_at).total_seconds(), 3) for a, b in zip(steps, steps[1:])]
+    print(f"step seconds: {[(s.name, round(s.duration_s, 2)) for s in steps]}; between steps: {gaps}")
     project.refresh_from_db()
     assert project.served_version == run.result_version and project.served_version.number == 1
 

@@ -20,6 +20,17 @@ the machine lost. Three paths notice, fastest first:
 A lost run ends ``failed`` with what it was doing when it was lost. A version
 it had registered is held back (not served) with that reason, and its
 half-written or unregistered weight folders are removed.
+
+Per step (:mod:`.pipeline`): only a step that was *running* when its worker was
+lost fails the run (the step ``failed``, the steps after it ``skipped``). It is
+not retried automatically: a step that killed its worker (out of memory, a
+driver crash) would most likely kill the next one too, and staff see the
+failure at once and can start a new run. A run lost *between* steps (its last
+step is done, the next one queued and not started: the worker died after
+committing a step but before or after sending the next message, or that
+message was lost) is not failed but resumed: the next step's message is sent
+again, and whichever training worker takes it carries on; finished steps are
+never repeated. The same three paths notice it.
 """
 
 from __future__ import annotations
@@ -35,10 +46,11 @@ from pathlib import Path
 from django.db import connection, transaction
 from django.utils import timezone
 
+from webapp import broker
 from webapp.policies import services as policy_services
 from webapp.policies.models import ModelVersion
 
-from .models import TrainingRun
+from .models import STEP_ORDER, TrainingRun, TrainingStep
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +61,8 @@ REAP_EVERY_S = 15
 # For bench/chaos.py and the worker-loss tests only: "stage:seconds" (or a file holding it) pauses
 # the worker that long when it enters that stage, so a killer can hit it. Unset in production.
 CHAOS_PAUSE_ENV = "REWARDLOOP_CHAOS_PAUSE"
+# The task that runs one step: args (run_id, step name). Named, not imported: tasks import this module.
+STEP_TASK_NAME = "webapp.training.tasks.training_step"
 
 
 class Heartbeat:
@@ -90,11 +104,24 @@ class Heartbeat:
             self._thread.join(timeout=10)
 
 
+def run_log(run: TrainingRun, line: str) -> None:
+    """Append a time-stamped ``line`` to the run's log (keeping the last 20,000 characters), with a heartbeat."""
+    stamp = timezone.now().strftime("%H:%M:%S")
+    run.log = (run.log + f"[{stamp}] {line}\n")[-20000:]
+    run.heartbeat_at = timezone.now()
+    TrainingRun.objects.filter(pk=run.pk).update(log=run.log, heartbeat_at=run.heartbeat_at)
+
+
 def stage_enter(run: TrainingRun, stage: str) -> None:
     """Record that the worker entered ``stage`` (a :class:`TrainingRun.Stage`), with a heartbeat."""
     run.stage = stage
     TrainingRun.objects.filter(pk=run.pk).update(stage=stage, heartbeat_at=timezone.now())
-    pause_s = _chaos_pause_s(stage)
+    chaos_pause(stage)
+
+
+def chaos_pause(point: str) -> None:
+    """Pause at ``point`` (a stage, or ``after-<step>`` between steps) as :data:`CHAOS_PAUSE_ENV` says."""
+    pause_s = _chaos_pause_s(point)
     if pause_s:
         time.sleep(pause_s)
 
@@ -118,6 +145,76 @@ def _chaos_pause_s(stage: str) -> float:
 def run_weights_dir(run: TrainingRun) -> Path:
     """The folder a run writes its new version's weights to."""
     return policy_services.version_weights_dir(project=run.project, name=f"run-{run.pk}")
+
+
+def run_work_dir(run: TrainingRun) -> Path:
+    """The run's working folder: what one step leaves for the next (the batch, the trained weights).
+
+    ``.run-N.work`` next to ``run-N``: hidden from version listings, and removed with
+    the other ``.run-N.*`` leftovers when the run ends (:func:`run_leftovers_remove`).
+    """
+    out_dir = run_weights_dir(run)
+    return out_dir.parent / f".{out_dir.name}.work"
+
+
+def steps_close(*, run_id: int, running_to: str, error: str = "") -> None:
+    """End a run's steps with the run: the running one becomes ``running_to`` (with ``error``), queued ones ``skipped``."""
+    now = timezone.now()
+    TrainingStep.objects.filter(run_id=run_id, status=TrainingStep.Status.RUNNING).update(
+        status=running_to, finished_at=now, error=error
+    )
+    TrainingStep.objects.filter(run_id=run_id, status=TrainingStep.Status.QUEUED).update(
+        status=TrainingStep.Status.SKIPPED
+    )
+
+
+def step_pending(*, run_id: int) -> str | None:
+    """The step a running run waits for *between* steps: the first one not done, when it is queued,
+    no step is running and at least one is done. None otherwise (a step is running, or none started)."""
+    steps = dict(TrainingStep.objects.filter(run_id=run_id).values_list("name", "status"))
+    if TrainingStep.Status.DONE not in steps.values() or TrainingStep.Status.RUNNING in steps.values():
+        return None
+    for name in STEP_ORDER:
+        status = steps.get(name, TrainingStep.Status.QUEUED)
+        if status != TrainingStep.Status.DONE:
+            return name if status == TrainingStep.Status.QUEUED else None
+    return None
+
+
+def step_send(*, run_id: int, step: str) -> bool:
+    """Send the message that runs ``step`` of run ``run_id``; True when the broker accepted it."""
+    return broker.task_send(STEP_TASK_NAME, args=[run_id, step])
+
+
+def training_run_resume(*, run_id: int, reason: str) -> str | None:
+    """Send again the next step of a run lost between steps (see the module's notes); returns that step or None.
+
+    Stamps the heartbeat, so the reaper waits :data:`LOST_AFTER` before sending it again
+    (a duplicate message is harmless: a step runs only from ``queued``).
+    """
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().filter(pk=run_id, status=TrainingRun.Status.RUNNING).first()
+        if run is None:
+            return None
+        step = step_pending(run_id=run_id)
+        if step is None:
+            return None
+        stamp = timezone.now()
+        line = f"[{stamp:%H:%M:%S}] resumed between steps ({reason}): step {step} sent to the training queue again\n"
+        TrainingRun.objects.filter(pk=run_id).update(heartbeat_at=stamp, log=(run.log + line)[-20000:])
+    step_send(run_id=run_id, step=step)
+    return step
+
+
+def training_step_lost(*, run_id: int, step: str, reason: str) -> TrainingRun | None:
+    """The process running ``step`` of a run died: fail the run if the step was still running,
+    resume it if the step had finished (it died between committing the step and sending the next)
+    or had not started (it died before claiming it). Returns the failed run, or None."""
+    status = TrainingStep.objects.filter(run_id=run_id, name=step).values_list("status", flat=True).first()
+    if status in (TrainingStep.Status.DONE, TrainingStep.Status.QUEUED):
+        training_run_resume(run_id=run_id, reason=reason)
+        return None
+    return training_run_fail_lost(run_id=run_id, reason=reason)
 
 
 def run_leftovers_remove(run: TrainingRun) -> list[Path]:
@@ -171,6 +268,7 @@ def training_run_fail_lost(*, run_id: int, reason: str) -> TrainingRun | None:
         else:
             outcome = "No version was registered; the served version is unchanged."
         error = f"The training worker was lost while {doing}: {reason}. {outcome}"
+        steps_close(run_id=run.pk, running_to=TrainingStep.Status.FAILED, error=error)
         stamp = now.strftime("%H:%M:%S")
         TrainingRun.objects.filter(pk=run.pk).update(
             status=TrainingRun.Status.FAILED,
@@ -187,23 +285,32 @@ def training_run_fail_lost(*, run_id: int, reason: str) -> TrainingRun | None:
 
 
 def training_runs_reap_stale(*, now=None) -> int:
-    """Fail running runs with no heartbeat for :data:`LOST_AFTER`; returns how many."""
+    """Fail running runs with no heartbeat for :data:`LOST_AFTER`, or resume those silent between
+    steps (:func:`training_run_resume`); returns how many were failed."""
     now = now or timezone.now()
     silent = TrainingRun.objects.filter(
         status=TrainingRun.Status.RUNNING, heartbeat_at__lt=now - LOST_AFTER
     ).values_list("pk", flat=True)
     failed = 0
     for run_id in list(silent):
-        reason = f"it stopped reporting (no heartbeat for over {int(LOST_AFTER.total_seconds())} s)"
+        seconds = int(LOST_AFTER.total_seconds())
+        if step_pending(run_id=run_id):
+            training_run_resume(run_id=run_id, reason=f"no step started for over {seconds} s")
+            continue
+        reason = f"it stopped reporting (no heartbeat for over {seconds} s)"
         failed += training_run_fail_lost(run_id=run_id, reason=reason) is not None
     return failed
 
 
 def training_runs_fail_of_worker(*, hostname: str) -> int:
-    """Fail every run still marked running by a process of worker ``hostname`` (it has just restarted)."""
+    """Fail every run still marked running by a process of worker ``hostname`` (it has just restarted);
+    one it left between steps is resumed instead. Returns how many were failed."""
     stale = TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING, worker__startswith=f"{hostname}:")
     failed = 0
     for run_id in list(stale.values_list("pk", flat=True)):
         reason = f"its worker {hostname} restarted"
+        if step_pending(run_id=run_id):
+            training_run_resume(run_id=run_id, reason=reason)
+            continue
         failed += training_run_fail_lost(run_id=run_id, reason=reason) is not None
     return failed

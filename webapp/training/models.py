@@ -23,6 +23,7 @@ class TrainingRun(models.Model):
         CANCELLED = "cancelled", "Cancelled"
 
     class Stage(models.TextChoices):
+        BATCHING = "batching", "building the batch"
         LOADING = "loading", "loading the model"
         UPDATING = "updating", "updating the policy"
         SAVING = "saving", "saving the new weights"
@@ -115,6 +116,61 @@ class TrainingRun(models.Model):
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds()
         return None
+
+
+class TrainingStep(models.Model):
+    """One step of a run's pipeline (see :mod:`webapp.training.pipeline`): its state, tries and timing.
+
+    A run has one row per step, created with the run. A step runs only while
+    it is ``queued`` and every step before it is ``done``; a ``done`` step is
+    never run again (a re-delivered message moves on to the next step).
+    """
+
+    class Name(models.TextChoices):
+        BATCH = "batch", "build the batch"
+        UPDATE = "update", "update the policy"
+        SAVE = "save", "save and register the version"
+        EVALUATE = "evaluate", "evaluate on held-out prompts"
+        PROMOTE = "promote", "promotion guard"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+        SKIPPED = "skipped", "Skipped"
+
+    run = models.ForeignKey(TrainingRun, on_delete=models.CASCADE, related_name="steps")
+    name = models.CharField("step", max_length=16, choices=Name.choices)
+    position = models.PositiveSmallIntegerField("position", help_text="0-based place of the step in the pipeline.")
+    status = models.CharField("status", max_length=16, choices=Status.choices, default=Status.QUEUED)
+    attempts = models.PositiveSmallIntegerField("attempts", default=0, help_text="How many times a worker started it.")
+    worker = models.CharField(
+        "worker", max_length=200, blank=True, help_text="The Celery worker and process of its last attempt (hostname:pid)."
+    )
+    started_at = models.DateTimeField("started", null=True, blank=True)
+    finished_at = models.DateTimeField("finished", null=True, blank=True)
+    error = models.TextField("error", blank=True)
+
+    class Meta:
+        ordering = ["run", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "name"], name="training_step_once_per_run"),
+        ]
+
+    def __str__(self):
+        return f"{self.name} of run {self.run_id} ({self.status})"
+
+    @property
+    def duration_s(self):
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+
+# The pipeline's order: each step starts only when the one before it is done.
+STEP_ORDER: list[str] = list(TrainingStep.Name.values)
 
 
 class VersionSample(models.Model):

@@ -5,7 +5,7 @@ from django.db.models import Count, QuerySet
 from webapp.annotation import selectors as annotation_selectors
 from webapp.policies.models import ModelVersion, Project
 
-from .models import ACTIVE_STATUSES, TrainingRun, VersionSample
+from .models import ACTIVE_STATUSES, TrainingRun, TrainingStep, VersionSample
 
 
 def runs_for_project(*, project: Project, limit: int = 50) -> QuerySet[TrainingRun]:
@@ -23,6 +23,11 @@ def training_overview(*, project: Project) -> dict:
         "active": TrainingRun.objects.filter(project=project, status__in=ACTIVE_STATUSES).exists(),
         "pool_size": annotation_selectors.pool_size(project=project),
     }
+
+
+def run_steps(*, run: TrainingRun) -> list[TrainingStep]:
+    """The run's pipeline steps in order (empty for runs older than the steps)."""
+    return list(TrainingStep.objects.filter(run=run).order_by("position"))
 
 
 LOG_TAIL_LINES = 20

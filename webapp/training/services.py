@@ -1,8 +1,14 @@
-"""Writes for training: creating, running, scheduling runs.
+"""Writes for training: creating, running (step by step), cancelling and scheduling runs.
+
+A run is a pipeline of steps (batch → update → save → evaluate → promote;
+:mod:`.pipeline` says what each does and what it hands to the next). Here:
+claiming a step, recording its state, ending the run, sending the next step.
 
 A run never touches the served version until its new weights are safely on
 disk (written to a temporary folder, fsynced, renamed; sha256 recorded) and
 registered. Any failure before that leaves the project exactly as it was.
+
+This module names tasks by string and never imports ``tasks.py`` (which imports it).
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ from webapp.errors import ApplicationError
 from webapp.policies import services as policy_services
 from webapp.policies.models import AuditEvent, ModelVersion, Project
 
-from . import liveness
-from .models import TrainingRun
+from . import evaluation, liveness, pipeline
+from .models import STEP_ORDER, TrainingRun, TrainingStep
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +41,6 @@ TRAIN_TASK_NAME = "webapp.training.tasks.training_schedule"
 POOL_TASK_NAME = "webapp.annotation.tasks.pool_refill_all"
 REAP_TASK_NAME = "webapp.training.tasks.training_runs_reap"
 EXECUTE_TASK_NAME = "webapp.training.tasks.training_run_execute"
-POOL_REFILL_TASK_NAME = "webapp.annotation.tasks.pool_refill"
 SAMPLES_TASK_NAME = "webapp.training.tasks.version_samples_ensure"
 
 
@@ -86,6 +91,7 @@ def training_run_create(*, project: Project, trigger: str, user=None, overrides:
                 config=config.to_dict(),
                 progress_epochs=config.epochs,
             )
+            _steps_ensure(run)
             if user is not None:
                 policy_services.audit_record(
                     project=project,
@@ -132,55 +138,52 @@ def training_runs_redispatch(*, now=None) -> int:
     return sent
 
 
-@transaction.atomic
 def training_run_cancel(*, run: TrainingRun, user=None) -> TrainingRun:
-    """Cancel a run: a queued run at once, a running one at its next checkpoint, up to promotion.
+    """Cancel a run: a queued one at once, a running one between steps at once, inside a step at its next checkpoint.
 
-    A running run is only *asked* to stop (``cancel_requested_at``); the
-    worker checks after every optimiser step, before saving, before and after
+    Inside a step the run is only *asked* to stop (``cancel_requested_at``); the
+    worker checks after every optimiser step, after the update, before and after
     evaluating, and under a lock on the run as it decides whether to serve.
-    Stopped before saving, it writes no version; stopped later, its version is
-    kept but never served (held back, with the reason). Either way the run
-    ends cancelled. Audited.
+    Between steps (a step done, none running) nothing is running to ask, so the run ends
+    here, under the same lock a step takes to start. Stopped before the save, it
+    writes no version; stopped later, its version is kept but never served (held
+    back, with the reason). Either way the run ends cancelled. Audited.
 
     Raises:
         ApplicationError: the run has already finished.
     """
     now = timezone.now()
-    stopped = TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.QUEUED).update(
-        status=TrainingRun.Status.CANCELLED, cancel_requested_at=now, cancel_requested_by=user, finished_at=now
-    )
-    if not stopped:
-        asked = TrainingRun.objects.filter(
-            pk=run.pk, status=TrainingRun.Status.RUNNING, cancel_requested_at__isnull=True
-        ).update(cancel_requested_at=now, cancel_requested_by=user)
-        if not asked:
-            current = TrainingRun.objects.get(pk=run.pk)
-            if current.status == TrainingRun.Status.RUNNING:
+    between_steps = False
+    with transaction.atomic():
+        stopped = TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.QUEUED).update(
+            status=TrainingRun.Status.CANCELLED, cancel_requested_at=now, cancel_requested_by=user, finished_at=now
+        )
+        if stopped:
+            liveness.steps_close(run_id=run.pk, running_to=TrainingStep.Status.CANCELLED)
+        else:
+            current = TrainingRun.objects.select_for_update().get(pk=run.pk)
+            if current.status != TrainingRun.Status.RUNNING:
+                raise ApplicationError(f"Run {run.pk} has already finished ({current.get_status_display().lower()}).")
+            if current.cancel_requested_at is not None:
                 return current  # asked already; asking twice changes nothing
-            raise ApplicationError(f"Run {run.pk} has already finished ({current.get_status_display().lower()}).")
-    policy_services.audit_record(
-        project=run.project,
-        actor=user,
-        action=AuditEvent.Action.CANCEL,
-        target=f"run {run.pk}",
-        detail={"was": "queued" if stopped else "running"},
-    )
+            TrainingRun.objects.filter(pk=run.pk).update(cancel_requested_at=now, cancel_requested_by=user)
+            between_steps = liveness.step_pending(run_id=run.pk) is not None
+        policy_services.audit_record(
+            project=run.project,
+            actor=user,
+            action=AuditEvent.Action.CANCEL,
+            target=f"run {run.pk}",
+            detail={"was": "queued" if stopped else "running"},
+        )
+    if between_steps:
+        _run_end_cancelled(run_id=run.pk, why=f"cancelled between steps{f' by {user}' if user else ''}")
     run.refresh_from_db()
     if stopped:
         _log(run, f"cancelled before it started{f' by {user}' if user else ''}")
     return run
 
 
-def _cancel_requested(run_id: int) -> bool:
-    return TrainingRun.objects.filter(pk=run_id, cancel_requested_at__isnull=False).exists()
-
-
-def _log(run: TrainingRun, line: str) -> None:
-    stamp = timezone.now().strftime("%H:%M:%S")
-    run.log = (run.log + f"[{stamp}] {line}\n")[-20000:]
-    run.heartbeat_at = timezone.now()
-    TrainingRun.objects.filter(pk=run.pk).update(log=run.log, heartbeat_at=run.heartbeat_at)
+_log = liveness.run_log
 
 
 def training_batch_build(*, project: Project, ratings: list[Rating], config):
@@ -245,192 +248,198 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
 
 
 def training_run_execute(*, run_id: int, worker: str = "") -> TrainingRun | None:
-    """Run a queued training run to the end (called by the ``training`` task).
+    """Run a queued training run to the end in this process, step after step (tests, benchmarks).
 
-    Idempotent: a run that is not queued any more is left alone. ``worker``
-    ("hostname:pid") is recorded on the run, so a restarted worker can fail the
-    runs its dead processes left behind.
-
-    While it runs, a heartbeat thread stamps the run every few seconds and
-    each stage (loading, updating, saving, evaluating, promoting) is recorded:
-    a run whose worker dies is failed within seconds to a minute
-    (:mod:`.liveness`). After every optimiser step the run's progress (epoch,
-    step), loss/KL curve and log are written, and a cancel request is
-    honoured: the update stops, nothing is saved, the run ends ``cancelled``.
-
-    On success the new version's weights are written atomically and
-    registered, then it completes the held-out prompts and the promotion guard
-    decides: served, or kept but not served with the reasons on the run and
-    the version. On any error the run is marked failed with the error and the
-    served version is untouched.
+    Workers run the same steps one Celery task each (:func:`training_step_run`
+    with ``chain=True``); this runs them in a loop with no messages. Returns the
+    run, or None if it was not queued (a run is claimed once).
     """
-    now = timezone.now()
-    claimed = TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.QUEUED).update(
-        status=TrainingRun.Status.RUNNING, started_at=now, heartbeat_at=now, worker=worker[:200]
-    )
-    if not claimed:
+    if not TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.QUEUED).exists():
         return None
-    run = TrainingRun.objects.select_related("project__served_version").get(pk=run_id)
-    with liveness.Heartbeat(run.pk):
-        _run_stages(run)
-    run.refresh_from_db()
-    return run
+    step: str | None = STEP_ORDER[0]
+    while step is not None:
+        step = training_step_run(run_id=run_id, step=step, worker=worker, chain=False)
+    return TrainingRun.objects.get(pk=run_id)
 
 
-def _run_stages(run: TrainingRun) -> None:
-    """The body of :func:`training_run_execute`: every stage, and how each way of ending is recorded."""
-    from pgcore.policy import save_policy_atomic
-    from pgcore.trainer import TrainingCancelled, bf16_autocast_active, update
+def training_step_run(*, run_id: int, step: str, worker: str = "", chain: bool = True) -> str | None:
+    """Run one step of a run's pipeline (called by the ``training`` tasks); returns the next step, or None.
 
-    from webapp.policies.runtime import policy_load
+    Idempotent and safe to deliver twice. A step runs only while the run is
+    running (the first step also starts a queued run), the step is ``queued``
+    and every step before it is ``done``; the claim is made under a lock on the
+    run, so two workers never run one step. A ``done`` step is not run again:
+    the message moves on (sends the next step if it is still queued). A cancel
+    requested between steps ends the run here, before the step starts.
 
-    from . import evaluation
+    While it runs the step's row says ``running`` with the attempt and the
+    worker ("hostname:pid", also written on the run), a heartbeat thread stamps
+    the run, and the run's ``stage`` says what it is doing (:mod:`.liveness`).
+    On success the step is ``done`` and, with ``chain``, the next step's task
+    is sent after commit; on a cancel the run ends ``cancelled``, on any error
+    ``failed`` (the step ``cancelled``/``failed``, later steps ``skipped``). A
+    run that ends removes its working folder; the served version changes only
+    in the promote step.
+    """
+    claimed = _step_claim(run_id=run_id, step=step, worker=worker)
+    if claimed is None:
+        return None
+    if isinstance(claimed, str):  # done already: move on
+        if chain:
+            liveness.step_send(run_id=run_id, step=claimed)
+        return claimed
+    row = claimed
+    from pgcore.trainer import TrainingCancelled
 
-    project = run.project
+    run = TrainingRun.objects.select_related("project__served_version", "parent_version", "result_version").get(pk=run_id)
     try:
-        liveness.stage_enter(run, TrainingRun.Stage.LOADING)
-        config = pg_config_for(project=project, overrides=run.config)
-        with transaction.atomic():
-            parent = project.served_version
-            ratings = list(annotation_selectors.new_ratings(project=project).select_related("completion"))
-            if not ratings:
-                raise ApplicationError("There are no new ratings to train on.")
-            run.parent_version = parent
-            run.progress_epochs = config.epochs
-            run.save(update_fields=["parent_version", "progress_epochs"])
-            run.ratings.set(ratings)
-        _log(run, f"training v{parent.number} on {len(ratings)} ratings with {json.dumps(config.to_dict())}")
-        if config.bf16_autocast and not bf16_autocast_active(config):
-            _log(run, "this CPU has no native bf16 matrix multiply: training in fp32 (faster here, same update)")
-        batch = training_batch_build(project=project, ratings=ratings, config=config)
-        if not config.use_lora and parent.kind == ModelVersion.Kind.LORA:
-            raise ApplicationError("Full fine-tuning cannot continue from a LoRA version; promote a full or base version.")
-        policy = policy_load(parent, trainable=True, config=config)
-        curve: list[dict] = []
-
-        def on_step(info: dict) -> None:
-            epoch = int(info["epoch"]) + 1
-            point = {
-                "step": int(info["step"]),
-                "epoch": epoch,
-                "losses/pg_loss": float(info.get("losses/pg_loss", float("nan"))),
-                "objective/kl": float(info.get("objective/kl", float("nan"))),
-            }
-            curve.append(point)
-            line = (
-                f"epoch {epoch}/{config.epochs} step {info['step']}/{info['total_steps']}: "
-                f"pg_loss {point['losses/pg_loss']:.4f}, kl {point['objective/kl']:.4f}"
-            )
-            run.log = (run.log + f"[{timezone.now():%H:%M:%S}] {line}\n")[-20000:]
-            # One write per step: the progress, the curve and the log line together.
-            TrainingRun.objects.filter(pk=run.pk).update(
-                progress_step=info["step"],
-                progress_total=info["total_steps"],
-                progress_epoch=epoch,
-                curve=curve,
-                log=run.log,
-                heartbeat_at=timezone.now(),
-            )
-            if _cancel_requested(run.pk):
-                raise TrainingCancelled(f"cancel requested; stopped after step {info['step']}")
-
-        liveness.stage_enter(run, TrainingRun.Stage.UPDATING)
-        metrics = update(policy, batch, config, on_step=on_step)
-        if _cancel_requested(run.pk):
-            raise TrainingCancelled("cancel requested; stopped before saving")
-        liveness.stage_enter(run, TrainingRun.Stage.SAVING)
-        out_dir = liveness.run_weights_dir(run)
-        sha256 = save_policy_atomic(policy, out_dir)
-        metrics = {k: float(v) for k, v in metrics.items()}
-        with transaction.atomic():  # the version and the run's link to it appear together
-            version = policy_services.version_register(
-                project=project,
-                parent=parent,
-                kind=ModelVersion.Kind.LORA if config.use_lora else ModelVersion.Kind.FULL,
-                weights_path=out_dir,
-                sha256=sha256,
-                ratings_used=len(ratings),
-                metrics=metrics,
-            )
-            TrainingRun.objects.filter(pk=run.pk).update(result_version=version, metrics=metrics)
-        _log(run, f"v{version.number} written ({sha256[:12]}); completing held-out prompts for the promotion guard")
-        if _cancel_requested(run.pk):
-            raise TrainingCancelled(f"cancel requested; stopped before evaluating v{version.number}")
-        liveness.stage_enter(run, TrainingRun.Stage.EVALUATING)
-        evaluation.version_evaluate(version=version, policy=policy)
-        del policy
-        if _cancel_requested(run.pk):
-            raise TrainingCancelled(f"cancel requested; stopped after evaluating v{version.number}")
-        if parent.evaluated_at is None:
-            evaluation.version_evaluate(version=parent)
-        version.refresh_from_db()
-        parent.refresh_from_db()
-        liveness.stage_enter(run, TrainingRun.Stage.PROMOTING)
-        reasons = evaluation.guard_reasons(version=version, parent=parent)
-        if version.evaluated_at:
-            _log(
-                run,
-                f"held-out: KL to base {version.kl_to_base:.4f}, distinct-2 {version.distinct2:.3f} "
-                f"(parent {parent.distinct2 or 0:.3f}), identical {version.identical_fraction:.0%}",
-            )
-        else:
-            _log(run, "no held-out prompts: the promotion guard had nothing to judge")
-        with transaction.atomic():
-            # The run row is locked until the decision commits: a cancel either lands before it (and is
-            # honoured here) or after it (and finds the run finished). Only a run still running may
-            # promote: one failed meanwhile as lost must not serve anything.
-            current = TrainingRun.objects.select_for_update().filter(pk=run.pk).first()
-            if current is None or current.status != TrainingRun.Status.RUNNING:
-                raise ApplicationError("The run was ended by another process before the promotion guard finished.")
-            if current.cancel_requested_at is not None:
-                raise TrainingCancelled(f"cancel requested; stopped before serving v{version.number}")
-            if reasons:
-                evaluation.version_hold_back(version=version, reasons=reasons)
-            else:
-                policy_services.version_promote(version=version, user=None, refill_pool=False, promoting_run_id=run.pk)
-                # Not sent: the beat refill catches up; the run has succeeded either way.
-                transaction.on_commit(lambda: broker.task_send(POOL_REFILL_TASK_NAME, args=[project.pk]))
-            TrainingRun.objects.filter(pk=run.pk).update(
-                status=TrainingRun.Status.SUCCEEDED,
-                promoted=not reasons,
-                held_back_reason=" ".join(reasons),
-                finished_at=timezone.now(),
-            )
-        if reasons:
-            _log(run, f"v{version.number} kept but NOT served: {' '.join(reasons)}")
-        else:
-            _log(run, f"v{version.number} passed the promotion guard and is served")
+        with liveness.Heartbeat(run.pk):
+            config = pg_config_for(project=run.project, overrides=run.config)
+            STEP_BODIES[step](run=run, config=config)
     except TrainingCancelled as exc:
-        with transaction.atomic():
-            ended = TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.RUNNING).update(
-                status=TrainingRun.Status.CANCELLED, finished_at=timezone.now()
-            )
-            written = ModelVersion.objects.filter(produced_by=run.pk).first()
-            if ended and written is not None:
-                who = TrainingRun.objects.filter(pk=run.pk).values_list("cancel_requested_by__username", flat=True).first()
-                evaluation.version_hold_back(
-                    version=written,
-                    reasons=[f"Not served: run {run.pk} was cancelled{f' by {who}' if who else ''} before promotion."],
-                )
-        if written is not None:
-            _log(run, f"cancelled: {exc}; v{written.number} is kept but not served")
-        else:
-            _log(run, f"cancelled: {exc}; no version written")
+        _run_end_cancelled(run_id=run.pk, why=str(exc))
+        return None
     except Exception as exc:  # noqa: BLE001 - every failure must end the run cleanly
-        log.exception("training run %s failed", run.pk)
-        message = exc.message if isinstance(exc, ApplicationError) else f"{type(exc).__name__}: {exc}"
-        ended = TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.RUNNING).update(
-            status=TrainingRun.Status.FAILED, error=message, finished_at=timezone.now()
+        log.exception("training run %s failed in step %s", run.pk, step)
+        _run_end_failed(run_id=run.pk, exc=exc)
+        return None
+    now = timezone.now()
+    next_step = None
+    with transaction.atomic():
+        TrainingStep.objects.filter(pk=row.pk, status=TrainingStep.Status.RUNNING).update(
+            status=TrainingStep.Status.DONE, finished_at=now
         )
-        if ended:
-            _log(run, "failed:\n" + "".join(traceback.format_exception_only(type(exc), exc)).strip())
-            # A version written before the failure (e.g. its evaluation broke) stays, unserved, with the reason.
-            written = ModelVersion.objects.filter(produced_by=run.pk).first()
-            if written is not None:
-                evaluation.version_hold_back(
-                    version=written, reasons=[f"Not served: the run failed after writing it ({message})."]
-                )
-        liveness.run_leftovers_remove(run)
+        current = TrainingRun.objects.select_for_update().get(pk=run_id)
+        cancelled = current.status == TrainingRun.Status.RUNNING and current.cancel_requested_at is not None
+        if current.status == TrainingRun.Status.RUNNING and not cancelled:
+            TrainingRun.objects.filter(pk=run_id).update(heartbeat_at=now)
+            next_step = STEP_ORDER[STEP_ORDER.index(step) + 1] if step != STEP_ORDER[-1] else None
+    if cancelled:
+        following = STEP_ORDER[STEP_ORDER.index(step) + 1]
+        _run_end_cancelled(run_id=run_id, why=f"cancel requested; stopped after the {step} step, before {following}")
+        return None
+    if next_step is None:
+        liveness.run_leftovers_remove(run)  # the run has ended: its working folder goes
+        return None
+    liveness.chaos_pause(f"after-{step}")
+    if chain:
+        liveness.step_send(run_id=run_id, step=next_step)
+    return next_step
+
+
+def _step_claim(*, run_id: int, step: str, worker: str) -> TrainingStep | str | None:
+    """Under a lock on the run: the claimed step's row, the step to move on to (``step`` is done), or None."""
+    if step not in STEP_ORDER:
+        raise ValueError(f"unknown training step {step!r}; the steps are {', '.join(STEP_ORDER)}")
+    now = timezone.now()
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().filter(pk=run_id).first()
+        if run is None:
+            return None
+        if run.status == TrainingRun.Status.QUEUED and step == STEP_ORDER[0]:
+            run.status, run.started_at = TrainingRun.Status.RUNNING, now
+            TrainingRun.objects.filter(pk=run_id).update(status=run.status, started_at=now)
+        if run.status != TrainingRun.Status.RUNNING:
+            return None
+        _steps_ensure(run)
+        rows = {r.name: r for r in TrainingStep.objects.select_for_update().filter(run_id=run_id)}
+        row = rows[step]
+        if row.status == TrainingStep.Status.DONE:
+            return liveness.step_pending(run_id=run_id)
+        if row.status != TrainingStep.Status.QUEUED:
+            return None  # running in another process, or ended
+        if any(rows[name].status != TrainingStep.Status.DONE for name in STEP_ORDER[: STEP_ORDER.index(step)]):
+            return None  # out of order: the earlier step's own message runs it
+        cancel_asked = run.cancel_requested_at is not None
+        if not cancel_asked:
+            row.status, row.attempts, row.worker = TrainingStep.Status.RUNNING, row.attempts + 1, worker[:200]
+            row.started_at, row.finished_at, row.error = now, None, ""
+            row.save(update_fields=["status", "attempts", "worker", "started_at", "finished_at", "error"])
+            TrainingRun.objects.filter(pk=run_id).update(heartbeat_at=now, worker=worker[:200])
+    if cancel_asked:
+        _run_end_cancelled(run_id=run_id, why=f"cancel requested; stopped before the {step} step")
+        return None
+    return row
+
+
+def _steps_ensure(run: TrainingRun) -> None:
+    """Create the run's step rows that are missing (all ``queued``)."""
+    TrainingStep.objects.bulk_create(
+        [TrainingStep(run=run, name=name, position=i) for i, name in enumerate(STEP_ORDER)], ignore_conflicts=True
+    )
+
+
+def _step_batch(*, run: TrainingRun, config) -> None:
+    """The batch step: take the project's unused ratings, link them to the run, store the TrainBatch."""
+    from pgcore.trainer import bf16_autocast_active
+
+    liveness.stage_enter(run, TrainingRun.Stage.BATCHING)
+    project = run.project
+    with transaction.atomic():
+        parent = project.served_version
+        ratings = list(annotation_selectors.new_ratings(project=project).select_related("completion"))
+        if not ratings:
+            raise ApplicationError("There are no new ratings to train on.")
+        run.parent_version = parent
+        run.progress_epochs = config.epochs
+        run.save(update_fields=["parent_version", "progress_epochs"])
+        run.ratings.set(ratings)
+    _log(run, f"training v{parent.number} on {len(ratings)} ratings with {json.dumps(config.to_dict())}")
+    if config.bf16_autocast and not bf16_autocast_active(config):
+        _log(run, "this CPU has no native bf16 matrix multiply: training in fp32 (faster here, same update)")
+    if not config.use_lora and parent.kind == ModelVersion.Kind.LORA:
+        raise ApplicationError("Full fine-tuning cannot continue from a LoRA version; promote a full or base version.")
+    pipeline.batch_write(run=run, batch=training_batch_build(project=project, ratings=ratings, config=config))
+
+
+STEP_BODIES = {
+    TrainingStep.Name.BATCH: _step_batch,
+    TrainingStep.Name.UPDATE: pipeline.step_update,
+    TrainingStep.Name.SAVE: pipeline.step_save,
+    TrainingStep.Name.EVALUATE: pipeline.step_evaluate,
+    TrainingStep.Name.PROMOTE: pipeline.step_promote,
+}
+
+
+def _run_end_cancelled(*, run_id: int, why: str) -> None:
+    """End a running run cancelled: steps closed, a version it wrote kept but never served, its files tidied."""
+    with transaction.atomic():
+        ended = TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.RUNNING).update(
+            status=TrainingRun.Status.CANCELLED, finished_at=timezone.now()
+        )
+        if not ended:
+            return
+        liveness.steps_close(run_id=run_id, running_to=TrainingStep.Status.CANCELLED, error=why)
+        written = ModelVersion.objects.filter(produced_by=run_id).first()
+        if written is not None:
+            who = TrainingRun.objects.filter(pk=run_id).values_list("cancel_requested_by__username", flat=True).first()
+            evaluation.version_hold_back(
+                version=written,
+                reasons=[f"Not served: run {run_id} was cancelled{f' by {who}' if who else ''} before promotion."],
+            )
+    run = TrainingRun.objects.select_related("project").get(pk=run_id)
+    if written is not None:
+        _log(run, f"cancelled: {why}; v{written.number} is kept but not served")
+    else:
+        _log(run, f"cancelled: {why}; no version written")
+    liveness.run_leftovers_remove(run)
+
+
+def _run_end_failed(*, run_id: int, exc: Exception) -> None:
+    """End a running run failed with ``exc``: steps closed, a version it wrote kept unserved with the reason."""
+    message = exc.message if isinstance(exc, ApplicationError) else f"{type(exc).__name__}: {exc}"
+    ended = TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.RUNNING).update(
+        status=TrainingRun.Status.FAILED, error=message, finished_at=timezone.now()
+    )
+    run = TrainingRun.objects.select_related("project").get(pk=run_id)
+    if ended:
+        liveness.steps_close(run_id=run_id, running_to=TrainingStep.Status.FAILED, error=message)
+        _log(run, "failed:\n" + "".join(traceback.format_exception_only(type(exc), exc)).strip())
+        # A version written before the failure (e.g. its evaluation broke) stays, unserved, with the reason.
+        written = ModelVersion.objects.filter(produced_by=run_id).first()
+        if written is not None:
+            evaluation.version_hold_back(version=written, reasons=[f"Not served: the run failed after writing it ({message})."])
+    liveness.run_leftovers_remove(run)
 
 
 # Kept here for callers that know it by this name.

@@ -1,5 +1,10 @@
 """Training tasks (queue ``training``, one at a time). Thin: take ids, call a service.
 
+A run is a pipeline of steps (:mod:`.pipeline`), one task message per step:
+``training_run_execute(run_id)`` starts a queued run with its first step, and
+each finished step sends ``training_step(run_id, next_step)`` after commit. Any
+training worker may take any step; a message delivered twice does nothing more.
+
 Also the worker-side half of noticing lost runs (:mod:`.liveness`): the main
 process of a worker fails a run at once when the pool process running it dies,
 and a restarted worker fails the runs its previous processes left running.
@@ -13,14 +18,21 @@ from celery import shared_task
 from celery.signals import task_failure, worker_ready
 
 from . import liveness, services
+from .models import STEP_ORDER
 
 log = logging.getLogger(__name__)
 
 
 @shared_task(bind=True, acks_late=True)
 def training_run_execute(self, run_id: int) -> None:
-    """Run a queued training run. Safe to deliver twice: a run is claimed once."""
-    services.training_run_execute(run_id=run_id, worker=f"{self.request.hostname}:{os.getpid()}")
+    """Start a queued training run with its first step. Safe to deliver twice: a run is claimed once."""
+    services.training_step_run(run_id=run_id, step=STEP_ORDER[0], worker=f"{self.request.hostname}:{os.getpid()}")
+
+
+@shared_task(bind=True, acks_late=True)
+def training_step(self, run_id: int, step: str) -> None:
+    """Run one step of a running run. Safe to deliver twice: a done step is never run again."""
+    services.training_step_run(run_id=run_id, step=step, worker=f"{self.request.hostname}:{os.getpid()}")
 
 
 @shared_task
@@ -51,15 +63,22 @@ def version_samples_ensure(version_id: int) -> int:
 
 
 @task_failure.connect(sender=training_run_execute)
+@task_failure.connect(sender=training_step)
 def _run_worker_lost(sender=None, exception=None, args=None, kwargs=None, **_):
-    """In the worker's main process: the pool process running a run died (SIGKILL, OOM). Fail the run now."""
+    """In the worker's main process: the pool process running a step died (SIGKILL, OOM).
+
+    Fail the run now if the step was running; resume it if the step had finished
+    (:func:`.liveness.training_step_lost`).
+    """
     if not isinstance(exception, WorkerLostError):
         return  # an exception inside the task: the service has recorded it already
-    run_id = (args or [None])[0] if args else (kwargs or {}).get("run_id")
+    args, kwargs = list(args or []), kwargs or {}
+    run_id = args[0] if args else kwargs.get("run_id")
+    step = args[1] if len(args) > 1 else kwargs.get("step", STEP_ORDER[0])
     if run_id is None:
         return
     try:
-        liveness.training_run_fail_lost(run_id=int(run_id), reason=f"its worker process died ({exception})")
+        liveness.training_step_lost(run_id=int(run_id), step=step, reason=f"its worker process died ({exception})")
     except Exception:  # noqa: BLE001 - the heartbeat reaper still catches it
         log.exception("could not fail lost run %s", run_id)
 

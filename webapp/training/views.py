@@ -65,6 +65,7 @@ def _run_context(slug, run_id) -> dict:
         "project": project,
         "run": run,
         "metrics": sorted(run.metrics.items()),
+        "steps": selectors.run_steps(run=run),
         "log_tail": selectors.log_tail(run=run),
         "curves": curves,
         # keep polling a finished run until its curves are drawn
@@ -89,8 +90,8 @@ def _curves_spec(run: TrainingRun) -> tuple[str, dict]:
 @staff_required
 @require_GET
 def run_detail(request, slug, run_id):
-    """One run (``training/run_detail.html``): status, epoch/step progress, loss and KL curves,
-    the log's tail, the error or the guard's reasons; while active htmx polls :func:`run_status`.
+    """One run (``training/run_detail.html``): status, its pipeline steps (status, tries, worker,
+    duration), epoch/step progress, loss and KL curves, the log's tail, the error or the guard's reasons; while active htmx polls :func:`run_status`.
     Always the full page."""
     return render(request, "training/run_detail.html", _run_context(slug, run_id))
 

@@ -1,0 +1,252 @@
+"""What each step of a training run does after its batch is built: update, save, evaluate, promote.
+
+A run is a pipeline of steps (:data:`.models.STEP_ORDER`), each run by its own
+Celery task from the run's id alone; :func:`.services.training_step_run`
+claims a step, records its state on a :class:`.models.TrainingStep` row, calls
+the function here, and sends the next step when it is done. What one step hands
+to the next lives on disk in the run's working folder
+(:func:`.liveness.run_work_dir`, ``.run-N.work`` beside the version folders)
+or in the database, so the next step may run in another worker process:
+
+==========  ==========================================  ===============================
+step        reads                                       leaves
+==========  ==========================================  ===============================
+batch       the project's unused ratings                ``batch.json`` (the TrainBatch),
+                                                        the run's ratings and parent
+update      ``batch.json``, the parent version          ``policy/`` (trained weights,
+                                                        written atomically), run metrics
+save        ``policy/``                                 ``run-N`` and its registered
+                                                        version (``result_version``)
+evaluate    the registered version                      its held-out samples and metrics
+promote     the evaluations                             served or held back; run ended
+==========  ==========================================  ===============================
+
+Every function here is safe to run again after a crash part-way: the update
+starts again from the batch; the save moves a complete folder into place with
+one rename and registers it in one transaction (and picks up a folder renamed
+by an attempt that died before registering); the evaluation skips prompts it
+has already completed; the promotion decides under a lock on the run.
+
+Cancel is checked after every optimiser step, after the update, around the
+evaluation and under the lock as the promotion decides, and, between steps,
+before a step starts. Raising ``pgcore.trainer.TrainingCancelled`` here ends the
+run cancelled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+from django.db import transaction
+from django.utils import timezone
+
+from webapp import broker
+from webapp.errors import ApplicationError
+from webapp.policies import services as policy_services
+from webapp.policies.models import ModelVersion
+
+from . import evaluation, liveness
+from .models import TrainingRun, TrainingStep
+
+POOL_REFILL_TASK_NAME = "webapp.annotation.tasks.pool_refill"
+BATCH_FILE = "batch.json"
+TRAINED_DIR = "policy"
+
+
+def cancel_requested(run_id: int) -> bool:
+    """Whether staff asked run ``run_id`` to stop."""
+    return TrainingRun.objects.filter(pk=run_id, cancel_requested_at__isnull=False).exists()
+
+
+def _raise_if_cancelled(run: TrainingRun, where: str) -> None:
+    from pgcore.trainer import TrainingCancelled
+
+    if cancel_requested(run.pk):
+        raise TrainingCancelled(f"cancel requested; stopped {where}")
+
+
+def batch_write(*, run: TrainingRun, batch) -> Path:
+    """Store the run's :class:`pgcore.trainer.TrainBatch` as ``batch.json`` in its working folder (atomically)."""
+    work = liveness.run_work_dir(run)
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / BATCH_FILE
+    tmp = work / f".{BATCH_FILE}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(dataclasses.asdict(batch), f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def batch_read(*, run: TrainingRun):
+    """The :class:`pgcore.trainer.TrainBatch` the batch step stored.
+
+    Raises:
+        ApplicationError: it is missing (the working folder was removed).
+    """
+    from pgcore.trainer import TrainBatch
+
+    path = liveness.run_work_dir(run) / BATCH_FILE
+    if not path.exists():
+        raise ApplicationError(f"The batch of run {run.pk} is missing ({path}); start a new run.")
+    return TrainBatch(**json.loads(path.read_text()))
+
+
+def step_update(*, run: TrainingRun, config) -> None:
+    """Train the parent version on the stored batch; write the trained weights to the working folder.
+
+    Progress, the loss/KL curve and a log line are written after every optimiser
+    step, and a cancel request stops the update there (nothing is kept). Run again
+    after a crash, it starts over from the batch.
+    """
+    from pgcore.policy import save_policy_atomic
+    from pgcore.trainer import TrainingCancelled, update
+
+    from webapp.policies.runtime import policy_load
+
+    liveness.stage_enter(run, TrainingRun.Stage.LOADING)
+    batch = batch_read(run=run)
+    policy = policy_load(run.parent_version, trainable=True, config=config)
+    curve: list[dict] = []
+
+    def on_step(info: dict) -> None:
+        epoch = int(info["epoch"]) + 1
+        point = {
+            "step": int(info["step"]),
+            "epoch": epoch,
+            "losses/pg_loss": float(info.get("losses/pg_loss", float("nan"))),
+            "objective/kl": float(info.get("objective/kl", float("nan"))),
+        }
+        curve.append(point)
+        line = (
+            f"epoch {epoch}/{config.epochs} step {info['step']}/{info['total_steps']}: "
+            f"pg_loss {point['losses/pg_loss']:.4f}, kl {point['objective/kl']:.4f}"
+        )
+        run.log = (run.log + f"[{timezone.now():%H:%M:%S}] {line}\n")[-20000:]
+        # One write per step: the progress, the curve and the log line together.
+        TrainingRun.objects.filter(pk=run.pk).update(
+            progress_step=info["step"],
+            progress_total=info["total_steps"],
+            progress_epoch=epoch,
+            curve=curve,
+            log=run.log,
+            heartbeat_at=timezone.now(),
+        )
+        if cancel_requested(run.pk):
+            raise TrainingCancelled(f"cancel requested; stopped after step {info['step']}")
+
+    liveness.stage_enter(run, TrainingRun.Stage.UPDATING)
+    metrics = update(policy, batch, config, on_step=on_step)
+    _raise_if_cancelled(run, "before saving")
+    save_policy_atomic(policy, liveness.run_work_dir(run) / TRAINED_DIR)
+    TrainingRun.objects.filter(pk=run.pk).update(metrics={k: float(v) for k, v in metrics.items()})
+
+
+def step_save(*, run: TrainingRun, config) -> None:
+    """Move the trained weights to ``run-N`` (one rename) and register the version with the run, atomically.
+
+    Raises:
+        ApplicationError: the trained weights are missing (the working folder was removed).
+    """
+    from pgcore.policy import CHECKSUM_FILE, verify_weights
+
+    liveness.stage_enter(run, TrainingRun.Stage.SAVING)
+    if run.result_version_id:
+        return
+    trained = liveness.run_work_dir(run) / TRAINED_DIR
+    out_dir = liveness.run_weights_dir(run)
+    if trained.exists():
+        if out_dir.exists():  # renamed by an attempt that died before registering it: never registered
+            shutil.rmtree(out_dir)
+        os.replace(trained, out_dir)
+        fd = os.open(out_dir.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    elif not out_dir.exists():
+        raise ApplicationError(f"The trained weights of run {run.pk} are missing; start a new run.")
+    sha256 = json.loads((out_dir / CHECKSUM_FILE).read_text())["sha256"]  # recorded by pgcore as it wrote them
+    verify_weights(out_dir, sha256)  # another process wrote them: check before registering
+    run.refresh_from_db(fields=["metrics"])
+    with transaction.atomic():  # the version and the run's link to it appear together
+        version = policy_services.version_register(
+            project=run.project,
+            parent=run.parent_version,
+            kind=ModelVersion.Kind.LORA if config.use_lora else ModelVersion.Kind.FULL,
+            weights_path=out_dir,
+            sha256=sha256,
+            ratings_used=run.ratings.count(),
+            metrics=run.metrics,
+        )
+        TrainingRun.objects.filter(pk=run.pk).update(result_version=version)
+    liveness.run_log(run, f"v{version.number} written ({sha256[:12]}); completing held-out prompts for the promotion guard")
+
+
+def step_evaluate(*, run: TrainingRun, config) -> None:
+    """Complete the held-out prompts with the new version (and its parent, if never measured)."""
+    from webapp.policies.runtime import policy_load
+
+    version = run.result_version
+    _raise_if_cancelled(run, f"before evaluating v{version.number}")
+    liveness.stage_enter(run, TrainingRun.Stage.EVALUATING)
+    policy = policy_load(version, trainable=False)
+    evaluation.version_evaluate(version=version, policy=policy)
+    del policy
+    _raise_if_cancelled(run, f"after evaluating v{version.number}")
+    parent = run.parent_version
+    if parent.evaluated_at is None:
+        evaluation.version_evaluate(version=parent)
+
+
+def step_promote(*, run: TrainingRun, config) -> None:
+    """The promotion guard: serve the new version, or keep it unserved with the reasons; end the run succeeded."""
+    from pgcore.trainer import TrainingCancelled
+
+    project = run.project
+    version = ModelVersion.objects.get(pk=run.result_version_id)
+    parent = ModelVersion.objects.get(pk=run.parent_version_id)
+    liveness.stage_enter(run, TrainingRun.Stage.PROMOTING)
+    reasons = evaluation.guard_reasons(version=version, parent=parent)
+    if version.evaluated_at:
+        liveness.run_log(
+            run,
+            f"held-out: KL to base {version.kl_to_base:.4f}, distinct-2 {version.distinct2:.3f} "
+            f"(parent {parent.distinct2 or 0:.3f}), identical {version.identical_fraction:.0%}",
+        )
+    else:
+        liveness.run_log(run, "no held-out prompts: the promotion guard had nothing to judge")
+    with transaction.atomic():
+        # The run row is locked until the decision commits: a cancel either lands before it (and is
+        # honoured here) or after it (and finds the run finished). Only a run still running may
+        # promote: one failed meanwhile as lost must not serve anything.
+        current = TrainingRun.objects.select_for_update().filter(pk=run.pk).first()
+        if current is None or current.status != TrainingRun.Status.RUNNING:
+            raise ApplicationError("The run was ended by another process before the promotion guard finished.")
+        if current.cancel_requested_at is not None:
+            raise TrainingCancelled(f"cancel requested; stopped before serving v{version.number}")
+        if reasons:
+            evaluation.version_hold_back(version=version, reasons=reasons)
+        else:
+            policy_services.version_promote(version=version, user=None, refill_pool=False, promoting_run_id=run.pk)
+            # Not sent: the beat refill catches up; the run has succeeded either way.
+            transaction.on_commit(lambda: broker.task_send(POOL_REFILL_TASK_NAME, args=[project.pk]))
+        now = timezone.now()
+        TrainingRun.objects.filter(pk=run.pk).update(
+            status=TrainingRun.Status.SUCCEEDED,
+            promoted=not reasons,
+            held_back_reason=" ".join(reasons),
+            finished_at=now,
+        )
+        TrainingStep.objects.filter(run_id=run.pk, name=TrainingStep.Name.PROMOTE).update(
+            status=TrainingStep.Status.DONE, finished_at=now
+        )
+    if reasons:
+        liveness.run_log(run, f"v{version.number} kept but NOT served: {' '.join(reasons)}")
+    else:
+        liveness.run_log(run, f"v{version.number} passed the promotion guard and is served")
