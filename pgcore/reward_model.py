@@ -379,8 +379,8 @@ def fit(
     from the data. The output bias starts at the mean rating target.
 
     Args:
-        features: ``(N, F)`` float, finite; rows not referenced by a judgment are ignored
-            for training but count in the standardisation only if referenced.
+        features: ``(N, F)`` float, finite; rows no judgment refers to are ignored (also in
+            the standardisation).
         judgments: at least one judgment, indices within ``[0, N)``.
         config: defaults to ``RewardModelConfig()``.
 
@@ -406,9 +406,13 @@ def fit(
     K = config.n_members
     generator = torch.Generator().manual_seed(config.seed)
 
-    used = torch.unique(torch.cat([judgments.rating_index, judgments.pair_a, judgments.pair_b]))
-    mean = features[used].mean(0)
-    std = features[used].std(0, unbiased=False)
+    # Train on the judged rows only, re-indexed 0..U-1.
+    used, inverse = torch.unique(torch.cat([judgments.rating_index, judgments.pair_a, judgments.pair_b]), return_inverse=True)
+    R, P = judgments.n_ratings, judgments.n_pairs
+    judgments = Judgments(inverse[:R], judgments.rating_target, inverse[R : R + P], inverse[R + P :], judgments.pair_target)
+    features = features[used]  # (U, F)
+    mean = features.mean(0)
+    std = features.std(0, unbiased=False)
     std = torch.where(std > 1e-6, std, torch.ones_like(std))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)

@@ -149,22 +149,11 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
     Scores: Likert ``(s - 3) / 2``, thumbs ±1, pairwise winner +1 / loser -1,
     tie 0 / 0, both bad -1 / -1 (``pgcore.rewards``).
     """
-    from pgcore.rewards import (
-        RatingRecord,
-        likert_to_score,
-        pairwise_to_scores,
-        ratings_to_rewards,
-        thumbs_to_score,
-    )
+    from pgcore.rewards import RatingRecord, judgment_to_score, ratings_to_rewards
     from pgcore.trainer import TrainBatch
 
     def score_of(cid, score, thumbs_up, choice, anchor_id) -> float:
-        if score is not None:
-            return likert_to_score(score)
-        if thumbs_up is not None:
-            return thumbs_to_score(thumbs_up)
-        score_a, score_b = pairwise_to_scores(choice)
-        return score_a if cid == anchor_id else score_b
+        return judgment_to_score(score=score, thumbs_up=thumbs_up, choice=choice, is_a=cid == anchor_id)
 
     # Held-out prompts judge versions; their ratings (if any were stored) never train one.
     held_out = set(
