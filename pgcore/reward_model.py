@@ -54,6 +54,7 @@ class RewardModelConfig:
     pooling: str = "mean"  # over completion tokens: "mean", "last" or "mean_last" (both, concatenated)
     max_prompt_tokens: int = 64  # prompt tokens kept as context (the last ones), >= 0
     max_completion_tokens: int = 192  # completion tokens read (the first ones), >= 1
+    pca_dim: int = 0  # > 0: project standardised features on their top principal components (fit rows)
     head: str = "mlp"  # "linear" or "mlp" (one hidden layer, GELU)
     hidden: int = 64  # MLP width
     n_members: int = 5  # K, ensemble size, >= 1
@@ -74,7 +75,7 @@ class RewardModelConfig:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
-        for name, low in (("max_prompt_tokens", 0), ("max_completion_tokens", 1), ("hidden", 1), ("n_members", 1), ("epochs", 1)):
+        for name, low in (("pca_dim", 0), ("max_prompt_tokens", 0), ("max_completion_tokens", 1), ("hidden", 1), ("n_members", 1), ("epochs", 1)):
             if int(getattr(self, name)) < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {getattr(self, name)!r}")
         for name in ("lr", "bt_scale"):
@@ -296,18 +297,26 @@ def completion_features(
 
 
 class RewardModel(torch.nn.Module):
-    """``K`` heads over standardised features; :meth:`score` gives their mean and spread.
+    """``K`` heads over standardised (optionally PCA-projected) features; :meth:`score` gives
+    their mean and spread.
 
+    Inputs: ``x = (features - feature_mean) / feature_std`` ``(N, F)``, then, with
+    ``config.pca_dim``, ``x @ projection`` ``(N, I)`` (``I`` = ``n_inputs`` components).
     Parameters are stacked over members so all ``K`` train in one batched pass:
-    linear ``w (K, F)``, ``b (K,)``; MLP ``w1 (K, F, H)``, ``b1 (K, H)``, ``w2 (K, H)``, ``b2 (K,)``.
+    linear ``w (K, I)``, ``b (K,)``; MLP ``w1 (K, I, H)``, ``b1 (K, H)``, ``w (K, H)``, ``b (K,)``.
     """
 
-    def __init__(self, n_features: int, config: RewardModelConfig):
+    def __init__(self, n_features: int, config: RewardModelConfig, n_inputs: int | None = None):
         super().__init__()
         self.config = config
         K, H = config.n_members, config.hidden
         self.register_buffer("feature_mean", torch.zeros(n_features))
         self.register_buffer("feature_std", torch.ones(n_features))
+        if n_inputs is not None:
+            self.register_buffer("projection", torch.zeros(n_features, n_inputs))
+        else:
+            self.projection = None
+        n_features = n_inputs if n_inputs is not None else n_features
         if config.head == "linear":
             self.w = torch.nn.Parameter(torch.zeros(K, n_features))
         else:
@@ -320,9 +329,18 @@ class RewardModel(torch.nn.Module):
     def n_features(self) -> int:
         return int(self.feature_mean.numel())
 
+    @property
+    def n_inputs(self) -> int | None:
+        return None if self.projection is None else int(self.projection.shape[1])
+
+    def inputs(self, features: torch.Tensor) -> torch.Tensor:
+        """``features (N, F)`` -> the heads' inputs ``(N, I)``."""
+        x = (features - self.feature_mean) / self.feature_std
+        return x if self.projection is None else x @ self.projection
+
     def member_rewards(self, features: torch.Tensor, *, standardised: bool = False) -> torch.Tensor:
-        """``features (N, F)`` -> every member's reward ``(K, N)``."""
-        x = features if standardised else (features - self.feature_mean) / self.feature_std  # (N, F)
+        """``features (N, F)`` (or, with ``standardised``, the inputs ``(N, I)``) -> every member's reward ``(K, N)``."""
+        x = features if standardised else self.inputs(features)
         if self.config.head == "linear":
             return torch.einsum("nf,kf->kn", x, self.w) + self.b[:, None]
         hidden = F.gelu(torch.einsum("nf,kfh->knh", x, self.w1) + self.b1[:, None, :])  # (K, N, H)
@@ -414,12 +432,22 @@ def fit(
     mean = features.mean(0)
     std = features.std(0, unbiased=False)
     std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    x = (features - mean) / std  # (U, F)
+    projection = None
+    if config.pca_dim and config.pca_dim < features.shape[1]:
+        # Principal directions of the judged rows, scaled so the first has unit variance.
+        k = max(1, min(config.pca_dim, features.shape[0]))
+        _u, singular, vh = torch.linalg.svd(x - x.mean(0), full_matrices=False)
+        top = float(singular[0]) / math.sqrt(features.shape[0])
+        projection = vh[:k].T / (top if top > 1e-6 else 1.0)  # (F, k)
+        x = x @ projection  # (U, k)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = RewardModel(features.shape[1], config)
+        model = RewardModel(features.shape[1], config, None if projection is None else projection.shape[1])
     model.feature_mean.copy_(mean)
     model.feature_std.copy_(std)
-    x = (features - mean) / std  # (N, F)
+    if projection is not None:
+        model.projection.copy_(projection)
     if judgments.n_ratings:
         with torch.no_grad():
             model.b.fill_(float(judgments.rating_target.mean()))
@@ -543,7 +571,7 @@ def save_reward_model(model: RewardModel, out_dir: str | os.PathLike, *, metadat
     from safetensors.torch import save_file
 
     tensors = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
-    meta = {"format": _FORMAT, "config": model.config.to_dict(), "n_features": model.n_features, "metadata": metadata or {}}
+    meta = {"format": _FORMAT, "config": model.config.to_dict(), "n_features": model.n_features, "n_inputs": model.n_inputs, "metadata": metadata or {}}
     with atomic_directory(out_dir) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
@@ -578,7 +606,7 @@ def load_reward_model(directory: str | os.PathLike, *, expected_sha256: str | No
     try:
         meta = json.loads((directory / META_FILE).read_text())
         config = RewardModelConfig.from_dict(meta["config"])
-        model = RewardModel(int(meta["n_features"]), config)
+        model = RewardModel(int(meta["n_features"]), config, meta.get("n_inputs"))
         model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise ChecksumError(f"reward model in {directory} is unreadable: {exc}") from exc

@@ -119,6 +119,13 @@ def test_ensemble_is_less_certain_far_from_its_training_points():
     assert std_far.mean() > 3 * std_train.mean()
 
 
+def test_principal_components_keep_what_predicts_the_rating():
+    x, y = _synthetic(n=60)
+    model, _ = fit(x, Judgments(torch.arange(40), y[:40]), RewardModelConfig(**SMALL, pca_dim=6))
+    assert model.n_inputs == 6
+    assert pearson(score(model, x[40:])[0], y[40:]) > 0.8
+
+
 def test_members_differ_so_the_ensemble_has_a_spread():
     x, y = _synthetic()
     model, _ = fit(x, Judgments(torch.arange(len(y)), y), RewardModelConfig(**SMALL))
@@ -133,10 +140,10 @@ def test_one_member_has_zero_uncertainty():
     assert (std == 0).all()
 
 
-@pytest.mark.parametrize("head", ["linear", "mlp"])
-def test_a_single_rating_fits_without_nan(head):
+@pytest.mark.parametrize("head,pca_dim", [("linear", 0), ("mlp", 0), ("mlp", 4)])
+def test_a_single_rating_fits_without_nan(head, pca_dim):
     x, _ = _synthetic(n=1)
-    model, metrics = fit(x, Judgments([0], [0.5]), RewardModelConfig(**{**SMALL, "head": head}))
+    model, metrics = fit(x, Judgments([0], [0.5]), RewardModelConfig(**{**SMALL, "head": head, "pca_dim": pca_dim}))
     mean, std = score(model, torch.cat([x, x + 1]))
     assert all(math.isfinite(v) for v in metrics.values())
     assert torch.isfinite(mean).all() and torch.isfinite(std).all()
@@ -233,9 +240,10 @@ def test_a_layer_beyond_the_model_is_refused(frozen_policy):
 # ---------------------------------------------------------------- storage
 
 
-def test_save_and_load_give_the_same_scores(tmp_path):
+@pytest.mark.parametrize("pca_dim", [0, 3])
+def test_save_and_load_give_the_same_scores(tmp_path, pca_dim):
     x, y = _synthetic()
-    model, _ = fit(x, Judgments(torch.arange(len(y)), y), RewardModelConfig(**SMALL))
+    model, _ = fit(x, Judgments(torch.arange(len(y)), y), RewardModelConfig(**SMALL, pca_dim=pca_dim))
     sha = save_reward_model(model, tmp_path / "rm", metadata={"ratings": 40})
     loaded, metadata = load_reward_model(tmp_path / "rm", expected_sha256=sha)
     assert metadata == {"ratings": 40}
