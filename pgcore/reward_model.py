@@ -75,7 +75,10 @@ class RewardModelConfig:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
-        for name, low in (("pca_dim", 0), ("max_prompt_tokens", 0), ("max_completion_tokens", 1), ("hidden", 1), ("n_members", 1), ("epochs", 1)):
+        minimums = {
+            "pca_dim": 0, "max_prompt_tokens": 0, "max_completion_tokens": 1, "hidden": 1, "n_members": 1, "epochs": 1
+        }
+        for name, low in minimums.items():
             if int(getattr(self, name)) < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {getattr(self, name)!r}")
         for name in ("lr", "bt_scale"):
@@ -127,7 +130,8 @@ class Judgments:
         self.pair_b = torch.as_tensor(self.pair_b, dtype=torch.long).reshape(-1)
         self.pair_target = torch.as_tensor(self.pair_target, dtype=torch.float32).reshape(-1)
         if self.rating_index.shape != self.rating_target.shape:
-            raise ValueError(f"rating_index {tuple(self.rating_index.shape)} and rating_target {tuple(self.rating_target.shape)} differ")
+            shapes = f"{tuple(self.rating_index.shape)} and {tuple(self.rating_target.shape)}"
+            raise ValueError(f"rating_index and rating_target differ in shape: {shapes}")
         if not (self.pair_a.shape == self.pair_b.shape == self.pair_target.shape):
             raise ValueError("pair_a, pair_b and pair_target must have one entry per comparison")
         if not torch.isfinite(self.rating_target).all() or not torch.isfinite(self.pair_target).all():
@@ -339,7 +343,7 @@ class RewardModel(torch.nn.Module):
         return x if self.projection is None else x @ self.projection
 
     def member_rewards(self, features: torch.Tensor, *, standardised: bool = False) -> torch.Tensor:
-        """``features (N, F)`` (or, with ``standardised``, the inputs ``(N, I)``) -> every member's reward ``(K, N)``."""
+        """``features (N, F)`` (with ``standardised``: the inputs ``(N, I)``) -> members' rewards ``(K, N)``."""
         x = features if standardised else self.inputs(features)
         if self.config.head == "linear":
             return torch.einsum("nf,kf->kn", x, self.w) + self.b[:, None]
@@ -425,9 +429,12 @@ def fit(
     generator = torch.Generator().manual_seed(config.seed)
 
     # Train on the judged rows only, re-indexed 0..U-1.
-    used, inverse = torch.unique(torch.cat([judgments.rating_index, judgments.pair_a, judgments.pair_b]), return_inverse=True)
+    rows = torch.cat([judgments.rating_index, judgments.pair_a, judgments.pair_b])
+    used, inverse = torch.unique(rows, return_inverse=True)
     R, P = judgments.n_ratings, judgments.n_pairs
-    judgments = Judgments(inverse[:R], judgments.rating_target, inverse[R : R + P], inverse[R + P :], judgments.pair_target)
+    judgments = Judgments(
+        inverse[:R], judgments.rating_target, inverse[R : R + P], inverse[R + P :], judgments.pair_target
+    )
     features = features[used]  # (U, F)
     mean = features.mean(0)
     std = features.std(0, unbiased=False)
@@ -571,7 +578,13 @@ def save_reward_model(model: RewardModel, out_dir: str | os.PathLike, *, metadat
     from safetensors.torch import save_file
 
     tensors = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
-    meta = {"format": _FORMAT, "config": model.config.to_dict(), "n_features": model.n_features, "n_inputs": model.n_inputs, "metadata": metadata or {}}
+    meta = {
+        "format": _FORMAT,
+        "config": model.config.to_dict(),
+        "n_features": model.n_features,
+        "n_inputs": model.n_inputs,
+        "metadata": metadata or {},
+    }
     with atomic_directory(out_dir) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")

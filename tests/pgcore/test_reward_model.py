@@ -224,7 +224,8 @@ def test_features_pool_only_completion_tokens_and_ignore_padding(frozen_policy):
 
 def test_features_of_real_completions_feed_a_fit(frozen_policy):
     g = torch.Generator().manual_seed(0)
-    completions = [torch.randint(0, 256, (int(n),), generator=g).tolist() for n in torch.randint(1, 12, (12,), generator=g)]
+    lengths = torch.randint(1, 12, (12,), generator=g).tolist()
+    completions = [torch.randint(0, 256, (n,), generator=g).tolist() for n in lengths]
     features = completion_features(frozen_policy.model, [[1, 2]] * 12, completions, RewardModelConfig())
     target = torch.tensor([len(c) / 12 for c in completions])
     model, metrics = fit(features, Judgments(torch.arange(12), target), RewardModelConfig(**SMALL))

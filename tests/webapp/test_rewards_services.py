@@ -108,7 +108,6 @@ def test_held_out_prompts_ratings_are_never_fitted_on(project, annotator, many_p
 
 def test_ratings_are_normalised_per_annotator_like_training(project, make_user, many_prompts):
     """A lenient annotator's 3/5 is a harsh one's 2/4 (shrinkage 0: exact)."""
-    from pgcore.reward_model import RewardModelConfig
     from webapp.rewards import selectors
 
     project.pg_config = {**project.pg_config, "annotator_shrinkage": 0.0}
@@ -117,9 +116,12 @@ def test_ratings_are_normalised_per_annotator_like_training(project, make_user, 
     for i, prompt in enumerate(many_prompts[:10]):
         Rating.objects.create(completion=_completion(project, prompt, GOOD), annotator=harsh, score=2 + 2 * (i % 2))
         Rating.objects.create(completion=_completion(project, prompt, BAD), annotator=lenient, score=3 + 2 * (i % 2))
-    data = services.judgments_build(project=project, rows=selectors.rating_rows(project=project), config=RewardModelConfig())
+    data = services.judgments_build(project=project, rows=selectors.rating_rows(project=project))
     by_completion = dict(zip(data["all"].rating_index.tolist(), data["all"].rating_target.tolist()))
-    targets = {(c.annotator_id, c.score): by_completion[data["completion_ids"].index(c.completion_id)] for c in Rating.objects.all()}
+    targets = {
+        (r.annotator_id, r.score): by_completion[data["completion_ids"].index(r.completion_id)]
+        for r in Rating.objects.all()
+    }
     assert targets[(harsh.pk, 2)] == pytest.approx(targets[(lenient.pk, 3)])
     assert targets[(harsh.pk, 4)] == pytest.approx(targets[(lenient.pk, 5)])
 
@@ -144,8 +146,9 @@ def test_pairwise_comparisons_are_bradley_terry_judgments(tiny_model_dir, models
     assert version.n_judgments == Comparison.objects.filter(pair__project=pw).count()
     assert version.metrics["fit/n_pairs"] == version.n_judgments and version.metrics["fit/n_ratings"] == 0
     assert version.metrics["held_out/comparison_accuracy"] > 0.9
-    mean_good = torch.tensor([c.rm_score for c in Completion.objects.filter(project=pw) if c.token_ids[0] == GOOD]).mean()
-    mean_bad = torch.tensor([c.rm_score for c in Completion.objects.filter(project=pw) if c.token_ids[0] == BAD]).mean()
+    scored = list(Completion.objects.filter(project=pw))
+    mean_good = torch.tensor([c.rm_score for c in scored if c.token_ids[0] == GOOD]).mean()
+    mean_bad = torch.tensor([c.rm_score for c in scored if c.token_ids[0] == BAD]).mean()
     assert mean_good > mean_bad
 
 

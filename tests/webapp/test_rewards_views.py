@@ -60,7 +60,9 @@ def test_fit_now_with_too_few_ratings_says_so_and_queues_nothing(staff_client, p
     assert queued == []
 
 
-def test_fit_now_queues_a_fit_when_there_are_enough_ratings(staff_client, project, annotator, make_completion, monkeypatch, settings):
+def test_fit_now_queues_a_fit_when_there_are_enough_ratings(
+    staff_client, project, annotator, make_completion, monkeypatch, settings
+):
     from webapp.annotation.models import Rating
 
     settings.REWARDLOOP_RM_MIN_JUDGMENTS = 2

@@ -27,7 +27,9 @@ class RewardModelVersion(models.Model):
     metrics = models.JSONField(
         "metrics", default=dict, help_text="Held-out metrics (fitted without the held-out share) and fit metrics."
     )
-    backbone_path = models.CharField("backbone folder", max_length=500, help_text="Frozen model the features come from.")
+    backbone_path = models.CharField(
+        "backbone folder", max_length=500, help_text="Frozen model the features come from."
+    )
     artefact_path = models.CharField("artefact folder", max_length=500)
     sha256 = models.CharField("sha256", max_length=64, help_text="Checksum of the artefact's weights.")
     created_at = models.DateTimeField("created", auto_now_add=True)

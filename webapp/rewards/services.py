@@ -77,7 +77,7 @@ def _ids_sha256(ids: list[int]) -> str:
 # ---------------------------------------------------------------- judgments
 
 
-def judgments_build(*, project: Project, rows: list, config) -> dict:
+def judgments_build(*, project: Project, rows: list) -> dict:
     """Judgments over the rated completions, split into fit and held-out parts.
 
     Likert and thumbs ratings become regression targets: each rating is scored by
@@ -274,7 +274,7 @@ def reward_model_fit(*, project: Project, config_overrides: dict | None = None) 
 
     rows = selectors.rating_rows(project=project)
     config = reward_model_config_for(project=project, overrides=config_overrides)
-    data = judgments_build(project=project, rows=rows, config=config)
+    data = judgments_build(project=project, rows=rows)
     needed = min_judgments()
     if data["n_judgments"] < needed:
         raise ApplicationError(
