@@ -191,3 +191,14 @@ def test_the_feature_cache_is_reused_and_a_damaged_one_recomputed(project, annot
         cache.write_bytes(b"not a torch file")
     services.reward_model_fit(project=project)
     assert calls == [1]
+
+
+def test_the_default_config_pools_four_layers_through_the_depth(tmp_path):
+    from webapp.policies.models import Project
+
+    (tmp_path / "config.json").write_text('{"num_hidden_layers": 30}')
+    config = services.reward_model_config_for(project=Project(base_model_path=str(tmp_path)))
+    assert config.layers == (8, 16, 24, 30)
+    assert (config.pooling, config.pca_dim, config.head) == ("mean_last", 256, "mlp")
+    with pytest.raises(ApplicationError, match="n_members"):
+        services.reward_model_config_for(project=Project(base_model_path=str(tmp_path)), overrides={"n_members": 0})

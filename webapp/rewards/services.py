@@ -37,8 +37,17 @@ log = logging.getLogger(__name__)
 MIN_JUDGMENTS = 32
 # Share of prompts (by a hash of the prompt id, so it is fixed) whose judgments measure the model.
 HELD_OUT_SHARE = 0.2
-# Pooled layers as fractions of the backbone's depth (SmolLM2-135M, 30 layers: 8, 15, 23, 30).
-LAYER_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+# Pooled layers as fractions of the backbone's depth (SmolLM2-135M, 30 layers: 8, 16, 24, 30).
+LAYER_FRACTIONS = (0.27, 0.53, 0.8, 1.0)
+# The measured choice (bench/reward_model.py, docs in README "Reward models"): mean and last-token
+# states of those layers, standardised, projected on 256 principal components, K=5 MLP heads.
+DEFAULT_CONFIG = {
+    "pooling": "mean_last",
+    "pca_dim": 256,
+    "head": "mlp",
+    "max_prompt_tokens": 32,
+    "max_completion_tokens": 128,
+}
 
 
 def min_judgments() -> int:
@@ -48,8 +57,9 @@ def min_judgments() -> int:
 def reward_model_config_for(*, project: Project, overrides: dict | None = None):
     """The :class:`pgcore.reward_model.RewardModelConfig` for the project's backbone.
 
-    Layers default to ``LAYER_FRACTIONS`` of the backbone's depth; ``overrides`` replace
-    any field. Raises ApplicationError for an unknown field or a value out of range.
+    Layers default to ``LAYER_FRACTIONS`` of the backbone's depth, the rest to
+    ``DEFAULT_CONFIG``; ``overrides`` replace any field. Raises ApplicationError for an
+    unknown field or a value out of range.
     """
     from pgcore.reward_model import RewardModelConfig
 
@@ -60,7 +70,7 @@ def reward_model_config_for(*, project: Project, overrides: dict | None = None):
         raise ApplicationError(f"Cannot read the backbone's depth from {config_path}: {exc}") from exc
     layers = sorted({max(1, round(depth * f)) for f in LAYER_FRACTIONS})
     try:
-        return RewardModelConfig.from_dict({"layers": layers, "pooling": "mean_last", **(overrides or {})})
+        return RewardModelConfig.from_dict({"layers": layers, **DEFAULT_CONFIG, **(overrides or {})})
     except (TypeError, ValueError) as exc:
         raise ApplicationError(str(exc)) from exc
 
