@@ -215,6 +215,7 @@ def main(argv=None) -> dict:
     rm = dict(n_members=5, epochs=300)
     variants = {
         "ridge_last_mean": ("ridge", "last_mean", None),
+        "ridge_multi": ("ridge", "multi", None),
         "rm_linear_last_mean": ("rm", "last_mean", RewardModelConfig(head="linear", **rm)),
         "rm_mlp_last_mean": ("rm", "last_mean", RewardModelConfig(head="mlp", **rm)),
         "rm_linear_multi": ("rm", "multi", RewardModelConfig(head="linear", **rm)),
@@ -226,6 +227,7 @@ def main(argv=None) -> dict:
         "rm_mlp_multi_pairs": ("pairs", "multi", RewardModelConfig(head="mlp", **rm)),
         "rm_linear_multi_pca256": ("rm", "multi", RewardModelConfig(head="linear", pca_dim=256, **rm)),
         "rm_mlp_multi_pca256_pairs": ("pairs", "multi", RewardModelConfig(head="mlp", pca_dim=256, **rm)),
+        "rm_mlp_multi_pca256+text": ("rm", "multi+text", RewardModelConfig(head="mlp", pca_dim=256, **rm)),
     }
     all_variants = dict(variants)
     if args.variants != "all":
@@ -292,6 +294,10 @@ def main(argv=None) -> dict:
         result["variants"][name] = per_size
 
     # Fit time at 1,000 ratings (features cached, as in the app) for one variant.
+    if args.timing_variant == "none":
+        result["total_wall_s"] = round(time.perf_counter() - started, 1)
+        print(json.dumps(result, indent=1))
+        return result
     _kind, feature_name, timing_config = all_variants[args.timing_variant]
     timing_rows = torch.arange(min(n_timing, len(snippets)))
     t0 = time.perf_counter()

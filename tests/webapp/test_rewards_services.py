@@ -199,6 +199,6 @@ def test_the_default_config_pools_four_layers_through_the_depth(tmp_path):
     (tmp_path / "config.json").write_text('{"num_hidden_layers": 30}')
     config = services.reward_model_config_for(project=Project(base_model_path=str(tmp_path)))
     assert config.layers == (8, 16, 24, 30)
-    assert (config.pooling, config.pca_dim, config.head) == ("mean_last", 256, "mlp")
+    assert (config.pooling, config.pca_dim, config.head) == ("mean_last", 256, "linear")
     with pytest.raises(ApplicationError, match="n_members"):
         services.reward_model_config_for(project=Project(base_model_path=str(tmp_path)), overrides={"n_members": 0})
