@@ -57,6 +57,24 @@ def pairwise_to_scores(choice: str) -> tuple[float, float]:
         raise ValueError(f"a pairwise choice must be one of {sorted(PAIRWISE_CHOICES)}, got {choice!r}") from None
 
 
+def judgment_to_score(*, score: int | None, thumbs_up: bool | None, choice: str | None, is_a: bool) -> float:
+    """One stored judgment to a score in [-1, 1], whatever its kind.
+
+    A Likert ``score`` (1-5) if given, else a ``thumbs_up``, else this completion's side
+    (``is_a``: it is the pair's completion a) of a pairwise ``choice``; see the three
+    functions above.
+
+    Raises:
+        ValueError: the value is not valid for its kind.
+    """
+    if score is not None:
+        return likert_to_score(score)
+    if thumbs_up is not None:
+        return thumbs_to_score(thumbs_up)
+    score_a, score_b = pairwise_to_scores(choice)
+    return score_a if is_a else score_b
+
+
 @dataclass
 class RatingRecord:
     """One person's rating of one completion.

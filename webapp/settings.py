@@ -86,6 +86,7 @@ INSTALLED_APPS = [
     "webapp.policies",
     "webapp.annotation",
     "webapp.training",
+    "webapp.rewards",
 ]
 
 MIDDLEWARE = [
@@ -238,6 +239,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "generation"
 CELERY_TASK_ROUTES = {
     "webapp.training.tasks.*": {"queue": "training"},
+    "webapp.rewards.tasks.*": {"queue": "training"},
     "webapp.policies.tasks.*": {"queue": "training"},
     "webapp.annotation.tasks.*": {"queue": "generation"},
 }

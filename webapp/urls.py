@@ -15,5 +15,6 @@ urlpatterns = [
     path("p/<slug:slug>/", include("webapp.annotation.urls")),
     path("staff/p/<slug:slug>/", include("webapp.training.urls")),
     path("staff/p/<slug:slug>/versions/", include("webapp.policies.urls")),
+    path("staff/p/<slug:slug>/reward-models/", include("webapp.rewards.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -121,3 +121,14 @@ def test_an_unrated_completion_or_bad_index_is_rejected():
         ratings_to_rewards([RatingRecord(0, "a", 1.0)], 2)
     with pytest.raises(ValueError, match="outside"):
         ratings_to_rewards([RatingRecord(2, "a", 1.0)], 2)
+
+
+def test_judgment_to_score_dispatches_on_the_kind_of_judgment():
+    from pgcore.rewards import judgment_to_score
+
+    assert judgment_to_score(score=5, thumbs_up=None, choice=None, is_a=True) == 1.0
+    assert judgment_to_score(score=None, thumbs_up=False, choice=None, is_a=True) == -1.0
+    assert judgment_to_score(score=None, thumbs_up=None, choice="b", is_a=True) == -1.0
+    assert judgment_to_score(score=None, thumbs_up=None, choice="b", is_a=False) == 1.0
+    with pytest.raises(ValueError, match="pairwise choice"):
+        judgment_to_score(score=None, thumbs_up=None, choice=None, is_a=True)

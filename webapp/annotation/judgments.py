@@ -46,14 +46,9 @@ def reward_score(*, score: int | None, thumbs_up: bool | None, choice: str | Non
     Raises:
         ValueError: none of the three is set, or a value is out of range (``pgcore.rewards``).
     """
-    from pgcore.rewards import likert_to_score, pairwise_to_scores, thumbs_to_score  # torch: workers only
+    from pgcore.rewards import judgment_to_score  # the one mapping; imports torch: workers only
 
-    if score is not None:
-        return likert_to_score(score)
-    if thumbs_up is not None:
-        return thumbs_to_score(thumbs_up)
-    score_a, score_b = pairwise_to_scores(choice)
-    return score_a if is_completion_a else score_b
+    return judgment_to_score(score=score, thumbs_up=thumbs_up, choice=choice, is_a=is_completion_a)
 
 
 def kto_label(*, score: int | None, thumbs_up: bool | None) -> bool | None:

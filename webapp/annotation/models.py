@@ -119,6 +119,12 @@ class Completion(models.Model):
             "version is served again."
         ),
     )
+    rm_score = models.FloatField(
+        "reward-model score", null=True, blank=True, help_text="Written by the rewards app: the ensemble's mean reward."
+    )
+    rm_uncertainty = models.FloatField(
+        "reward-model uncertainty", null=True, blank=True, help_text="Written by the rewards app: the ensemble's spread."
+    )
     created_at = models.DateTimeField("created", auto_now_add=True)
 
     class Meta:

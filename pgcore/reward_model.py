@@ -1,0 +1,628 @@
+"""A reward model learned from human judgments: frozen-backbone features, an ensemble of small heads.
+
+Built for a small CPU. The policy's backbone (the base model, frozen) reads each completion
+once and its hidden states are pooled into a feature vector (:func:`completion_features`);
+the caller caches these per completion. An ensemble of ``K`` small heads (linear or a
+one-hidden-layer MLP) is then trained on those features, each member on its own bootstrap
+resample of the judgments (Efron 1979; deep-ensemble uncertainty as in Lakshminarayanan
+et al. 2017), so a refit on a thousand ratings takes seconds. The members' mean is the
+predicted reward and their standard deviation the model's uncertainty.
+
+One loss serves every judgment kind (:func:`judgment_loss`):
+
+- Likert and thumbs ratings are regression targets: the per-annotator normalised scores of
+  ``pgcore.rewards`` (reward units, about [-1, 1]); squared error.
+- Pairwise choices are Bradley–Terry: ``P(a preferred to b) = sigmoid(bt_scale * (r_a - r_b))``
+  (Bradley & Terry 1952), fitted by binary cross-entropy to a target of 1 (a won), 0 (b
+  won) or 0.5 (a tie), as in Christiano et al. 2017 ("Deep reinforcement learning from
+  human preferences") and Ziegler et al. 2019 ("Fine-tuning language models from human
+  preferences"), whose reward models are trained on comparisons this way.
+
+The learned reward is in the same units as ``pgcore.rewards``'s normalised scores, so a
+pairwise win (+1 vs -1 there) corresponds to ``r_a - r_b = 2``.
+
+Artefacts are written with :func:`pgcore.policy.atomic_directory` (temporary folder, fsync,
+rename, SHA-256 record) and verified on load.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from pgcore.policy import CHECKSUM_FILE, ChecksumError, atomic_directory, verify_weights, weights_sha256
+
+WEIGHTS_FILE = "reward_model.safetensors"
+META_FILE = "reward_model.json"
+POOLINGS = ("mean", "last", "mean_last")
+HEADS = ("linear", "mlp")
+_FORMAT = 1
+
+
+@dataclass
+class RewardModelConfig:
+    """How features are pooled and how the head ensemble is trained."""
+
+    layers: tuple[int, ...] = (-1,)  # hidden-state indices to pool (0 = embeddings, -1 = last layer)
+    pooling: str = "mean"  # over completion tokens: "mean", "last" or "mean_last" (both, concatenated)
+    max_prompt_tokens: int = 64  # prompt tokens kept as context (the last ones), >= 0
+    max_completion_tokens: int = 192  # completion tokens read (the first ones), >= 1
+    pca_dim: int = 0  # > 0: project standardised features on their top principal components (fit rows)
+    head: str = "mlp"  # "linear" or "mlp" (one hidden layer, GELU)
+    hidden: int = 64  # MLP width
+    n_members: int = 5  # K, ensemble size, >= 1
+    bootstrap: bool = True  # each member trains on a resample (with replacement) of the judgments
+    epochs: int = 300  # full-batch Adam steps per member
+    lr: float = 3e-3  # Adam learning rate
+    weight_decay: float = 1e-2  # AdamW decoupled weight decay
+    input_dropout: float = 0.1  # dropout on the standardised features while training
+    bt_scale: float = 1.0  # beta in sigmoid(beta * (r_a - r_b))
+    pairwise_weight: float = 1.0  # weight of one pairwise judgment relative to one rating
+    seed: int = 0  # initialisation and resampling
+
+    def __post_init__(self):
+        self.layers = tuple(int(i) for i in self.layers)
+        if not self.layers:
+            raise ValueError("layers must name at least one hidden-state index")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        minimums = {
+            "pca_dim": 0, "max_prompt_tokens": 0, "max_completion_tokens": 1, "hidden": 1, "n_members": 1, "epochs": 1
+        }
+        for name, low in minimums.items():
+            if int(getattr(self, name)) < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {getattr(self, name)!r}")
+        for name in ("lr", "bt_scale"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
+        for name in ("weight_decay", "pairwise_weight"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.input_dropout < 1:
+            raise ValueError(f"input_dropout must be in [0, 1), got {self.input_dropout!r}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["layers"] = list(self.layers)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RewardModelConfig:
+        """Raises TypeError on an unknown field and ValueError on a value out of range."""
+        return cls(**d)
+
+    def feature_spec(self) -> dict:
+        """What decides the features (a cache key part): layers, pooling, truncation."""
+        return {k: self.to_dict()[k] for k in ("layers", "pooling", "max_prompt_tokens", "max_completion_tokens")}
+
+
+@dataclass
+class Judgments:
+    """Human judgments over ``N`` feature rows, in tensors.
+
+    Attributes:
+        rating_index: ``(R,)`` long, row of each rated completion (Likert/thumbs), in ``[0, N)``.
+        rating_target: ``(R,)`` float, its normalised score (reward units).
+        pair_a, pair_b: ``(P,)`` long, rows of the two completions of each comparison.
+        pair_target: ``(P,)`` float in [0, 1], probability that ``a`` is preferred: 1 a won,
+            0 b won, 0.5 a tie.
+    """
+
+    rating_index: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    rating_target: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    pair_a: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    pair_b: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    pair_target: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+
+    def __post_init__(self):
+        self.rating_index = torch.as_tensor(self.rating_index, dtype=torch.long).reshape(-1)
+        self.rating_target = torch.as_tensor(self.rating_target, dtype=torch.float32).reshape(-1)
+        self.pair_a = torch.as_tensor(self.pair_a, dtype=torch.long).reshape(-1)
+        self.pair_b = torch.as_tensor(self.pair_b, dtype=torch.long).reshape(-1)
+        self.pair_target = torch.as_tensor(self.pair_target, dtype=torch.float32).reshape(-1)
+        if self.rating_index.shape != self.rating_target.shape:
+            shapes = f"{tuple(self.rating_index.shape)} and {tuple(self.rating_target.shape)}"
+            raise ValueError(f"rating_index and rating_target differ in shape: {shapes}")
+        if not (self.pair_a.shape == self.pair_b.shape == self.pair_target.shape):
+            raise ValueError("pair_a, pair_b and pair_target must have one entry per comparison")
+        if not torch.isfinite(self.rating_target).all() or not torch.isfinite(self.pair_target).all():
+            raise ValueError("judgment targets must be finite")
+        if ((self.pair_target < 0) | (self.pair_target > 1)).any():
+            raise ValueError("pair_target must lie in [0, 1]")
+
+    @property
+    def n_ratings(self) -> int:
+        return int(self.rating_index.numel())
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self.pair_a.numel())
+
+    def __len__(self) -> int:
+        return self.n_ratings + self.n_pairs
+
+    def check_rows(self, n_rows: int) -> None:
+        """Raises ValueError when an index falls outside ``[0, n_rows)``."""
+        for name in ("rating_index", "pair_a", "pair_b"):
+            t = getattr(self, name)
+            if t.numel() and (t.min() < 0 or t.max() >= n_rows):
+                raise ValueError(f"{name} holds an index outside [0, {n_rows})")
+
+
+def pair_target_from_scores(score_a: float, score_b: float) -> float:
+    """Bradley–Terry target from the two scores a pairwise choice gives (``pgcore.rewards``).
+
+    ``(score_a - score_b + 2) / 4`` clipped to [0, 1]: a won (+1, -1) -> 1, b won -> 0, a tie
+    or "both bad" (equal scores) -> 0.5.
+    """
+    return min(1.0, max(0.0, (float(score_a) - float(score_b) + 2.0) / 4.0))
+
+
+# ---------------------------------------------------------------- the loss
+
+
+def judgment_loss(
+    rating_pred: torch.Tensor,
+    rating_target: torch.Tensor,
+    pair_diff: torch.Tensor,
+    pair_target: torch.Tensor,
+    *,
+    bt_scale: float = 1.0,
+    pairwise_weight: float = 1.0,
+    rating_weight: torch.Tensor | None = None,
+    pair_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One loss over ratings (squared error) and comparisons (Bradley–Terry cross-entropy).
+
+    ``loss = (sum_i w_i (pred_i - y_i)^2 + lambda * sum_j v_j bce(beta * d_j, t_j)) / (sum_i w_i + lambda * sum_j v_j)``
+    with ``bce(x, t) = softplus(x) - t x`` (the binary cross-entropy of ``sigmoid(x)``
+    against ``t``; at ``t = 0.5`` its minimum is ``log 2``, reached at ``x = 0``).
+
+    Every tensor may carry leading ensemble dimensions (e.g. ``(K, R)``); the sums run over
+    the last dimension, so the result has the leading shape (``(K,)``) or is a scalar.
+
+    Args:
+        rating_pred, rating_target: ``(..., R)`` predicted and target rewards.
+        pair_diff: ``(..., P)`` ``r_a - r_b`` of each comparison; ``pair_target`` ``(..., P)``
+            in [0, 1].
+        bt_scale: ``beta`` > 0.
+        pairwise_weight: ``lambda`` >= 0.
+        rating_weight, pair_weight: ``(..., R)`` / ``(..., P)`` non-negative weights
+            (bootstrap counts); ones when ``None``.
+
+    Returns:
+        The weighted mean loss; 0 (not NaN) when every weight is 0 or there is no judgment.
+    """
+    if rating_weight is None:
+        rating_weight = torch.ones_like(rating_pred)
+    if pair_weight is None:
+        pair_weight = torch.ones_like(pair_diff)
+    squared = (rating_pred - rating_target) ** 2
+    logits = bt_scale * pair_diff
+    bce = F.softplus(logits) - pair_target * logits
+    total = (rating_weight * squared).sum(-1) + pairwise_weight * (pair_weight * bce).sum(-1)
+    weight = rating_weight.sum(-1) + pairwise_weight * pair_weight.sum(-1)
+    return total / weight.clamp(min=1e-12)
+
+
+# ---------------------------------------------------------------- features
+
+
+@torch.no_grad()
+def completion_features(
+    model: torch.nn.Module,
+    prompt_ids: list[list[int]],
+    completion_ids: list[list[int]],
+    config: RewardModelConfig,
+    *,
+    pad_id: int = 0,
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """Pooled hidden states of a frozen causal LM over each completion's tokens.
+
+    Each sequence is the last ``max_prompt_tokens`` prompt tokens (context only) followed by
+    the first ``max_completion_tokens`` completion tokens, right-padded. For every layer in
+    ``config.layers`` the hidden states of the completion tokens are mean-pooled, or the
+    last completion token's state is taken, or both (``mean_last``); the pieces are
+    concatenated. Only the transformer body runs (no LM head), and only up to the deepest
+    requested layer's output is used.
+
+    Args:
+        model: a Hugging Face causal LM (``output_hidden_states`` supported), frozen.
+        prompt_ids, completion_ids: ``N`` token id lists each; an empty completion is
+            pooled over its last prompt token instead.
+        config: layers, pooling and truncation.
+        pad_id: id used for padding (masked out).
+        batch_size: sequences per forward pass.
+
+    Returns:
+        ``features (N, F)`` float32 with ``F = len(layers) * d_model * (2 if mean_last else 1)``.
+
+    Raises:
+        ValueError: the two lists differ in length, or a layer index is out of range.
+    """
+    if len(prompt_ids) != len(completion_ids):
+        raise ValueError(f"{len(prompt_ids)} prompts but {len(completion_ids)} completions")
+    body = getattr(model, "model", model)
+    n_layers = int(model.config.num_hidden_layers)
+    for layer in config.layers:
+        if not -(n_layers + 1) <= layer <= n_layers:
+            raise ValueError(f"layer {layer} outside the model's hidden states [-{n_layers + 1}, {n_layers}]")
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, len(prompt_ids), batch_size):
+            rows, pool_from = [], []
+            for p, c in zip(prompt_ids[start : start + batch_size], completion_ids[start : start + batch_size]):
+                p = list(p)[-config.max_prompt_tokens :] if config.max_prompt_tokens else []
+                c = list(c)[: config.max_completion_tokens]
+                if not c and not p:
+                    raise ValueError("a completion with neither prompt nor completion tokens has no features")
+                rows.append(p + c)
+                pool_from.append(len(p) if c else len(p) - 1)
+            width = max(len(r) for r in rows)
+            input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
+            attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+            pool_mask = torch.zeros((len(rows), width))
+            last_index = torch.zeros(len(rows), dtype=torch.long)
+            for i, (r, f) in enumerate(zip(rows, pool_from)):
+                input_ids[i, : len(r)] = torch.tensor(r)
+                attention_mask[i, : len(r)] = 1
+                pool_mask[i, f : len(r)] = 1.0
+                last_index[i] = len(r) - 1
+            hidden = body(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
+            pieces = []
+            for layer in config.layers:
+                h = hidden[layer].float()  # (B, T, D)
+                if config.pooling in ("mean", "mean_last"):
+                    pieces.append((h * pool_mask[..., None]).sum(1) / pool_mask.sum(1, keepdim=True))
+                if config.pooling in ("last", "mean_last"):
+                    pieces.append(h[torch.arange(len(rows)), last_index])
+            out.append(torch.cat(pieces, dim=-1))
+    finally:
+        model.train(was_training)
+    if not out:
+        d = int(model.config.hidden_size) * len(config.layers) * (2 if config.pooling == "mean_last" else 1)
+        return torch.zeros(0, d)
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------- the ensemble
+
+
+class RewardModel(torch.nn.Module):
+    """``K`` heads over standardised (optionally PCA-projected) features; :meth:`score` gives
+    their mean and spread.
+
+    Inputs: ``x = (features - feature_mean) / feature_std`` ``(N, F)``, then, with
+    ``config.pca_dim``, ``x @ projection`` ``(N, I)`` (``I`` = ``n_inputs`` components).
+    Parameters are stacked over members so all ``K`` train in one batched pass:
+    linear ``w (K, I)``, ``b (K,)``; MLP ``w1 (K, I, H)``, ``b1 (K, H)``, ``w (K, H)``, ``b (K,)``.
+    """
+
+    def __init__(self, n_features: int, config: RewardModelConfig, n_inputs: int | None = None):
+        super().__init__()
+        self.config = config
+        K, H = config.n_members, config.hidden
+        self.register_buffer("feature_mean", torch.zeros(n_features))
+        self.register_buffer("feature_std", torch.ones(n_features))
+        if n_inputs is not None:
+            self.register_buffer("projection", torch.zeros(n_features, n_inputs))
+        else:
+            self.projection = None
+        n_features = n_inputs if n_inputs is not None else n_features
+        if config.head == "linear":
+            self.w = torch.nn.Parameter(torch.zeros(K, n_features))
+        else:
+            self.w1 = torch.nn.Parameter(torch.randn(K, n_features, H) / math.sqrt(n_features))
+            self.b1 = torch.nn.Parameter(torch.zeros(K, H))
+            self.w = torch.nn.Parameter(torch.randn(K, H) / math.sqrt(H))
+        self.b = torch.nn.Parameter(torch.zeros(K))
+
+    @property
+    def n_features(self) -> int:
+        return int(self.feature_mean.numel())
+
+    @property
+    def n_inputs(self) -> int | None:
+        return None if self.projection is None else int(self.projection.shape[1])
+
+    def inputs(self, features: torch.Tensor) -> torch.Tensor:
+        """``features (N, F)`` -> the heads' inputs ``(N, I)``."""
+        x = (features - self.feature_mean) / self.feature_std
+        return x if self.projection is None else x @ self.projection
+
+    def member_rewards(self, features: torch.Tensor, *, standardised: bool = False) -> torch.Tensor:
+        """``features (N, F)`` (with ``standardised``: the inputs ``(N, I)``) -> members' rewards ``(K, N)``."""
+        x = features if standardised else self.inputs(features)
+        if self.config.head == "linear":
+            return torch.einsum("nf,kf->kn", x, self.w) + self.b[:, None]
+        hidden = F.gelu(torch.einsum("nf,kfh->knh", x, self.w1) + self.b1[:, None, :])  # (K, N, H)
+        return torch.einsum("knh,kh->kn", hidden, self.w) + self.b[:, None]
+
+    @torch.no_grad()
+    def score(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted reward and uncertainty per completion.
+
+        Args:
+            features: ``(N, F)`` from :func:`completion_features` with this model's config.
+
+        Returns:
+            ``(mean (N,), std (N,))`` in reward units; ``std`` is the population standard
+            deviation over the ``K`` members (0 when ``K == 1``).
+
+        Raises:
+            ValueError: ``features`` has the wrong width or is not finite.
+        """
+        features = torch.as_tensor(features, dtype=torch.float32)
+        if features.ndim != 2 or features.shape[1] != self.n_features:
+            raise ValueError(f"features must be (N, {self.n_features}), got {tuple(features.shape)}")
+        if not torch.isfinite(features).all():
+            raise ValueError("features must be finite")
+        rewards = self.member_rewards(features)  # (K, N)
+        return rewards.mean(0), rewards.std(0, unbiased=False)
+
+
+def score(model: RewardModel, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean (N,), std (N,))`` of ``model`` on ``features (N, F)``; see :meth:`RewardModel.score`."""
+    return model.score(features)
+
+
+def _bootstrap_weights(n: int, K: int, generator: torch.Generator, enabled: bool) -> torch.Tensor:
+    """``(K, n)`` counts of each item in each member's resample of size ``n`` (ones if disabled)."""
+    if not enabled or n == 0:
+        return torch.ones(K, n)
+    draws = torch.randint(0, n, (K, n), generator=generator)
+    return torch.zeros(K, n).scatter_add_(1, draws, torch.ones(K, n))
+
+
+def fit(
+    features: torch.Tensor,
+    judgments: Judgments,
+    config: RewardModelConfig | None = None,
+) -> tuple[RewardModel, dict]:
+    """Train the ensemble on judgments of completions whose features are given.
+
+    Features are standardised with the training rows' mean and standard deviation (a
+    constant column gets std 1). Each member ``k`` draws bootstrap counts over the ratings
+    and, separately, over the comparisons, and minimises :func:`judgment_loss` weighted by
+    them with full-batch AdamW for ``config.epochs`` steps. Members are initialised
+    differently (seeded by ``config.seed``), so even without bootstrap they disagree away
+    from the data. The output bias starts at the mean rating target.
+
+    Args:
+        features: ``(N, F)`` float, finite; rows no judgment refers to are ignored (also in
+            the standardisation).
+        judgments: at least one judgment, indices within ``[0, N)``.
+        config: defaults to ``RewardModelConfig()``.
+
+    Returns:
+        ``(model, metrics)``; metrics (floats): ``loss/initial``, ``loss/final`` (the
+        unweighted loss of the ensemble mean on all judgments), ``loss/members_final`` (the
+        mean of the members' own bootstrap-weighted losses), ``fit/seconds``,
+        ``fit/n_ratings``, ``fit/n_pairs``, ``fit/n_features``.
+
+    Raises:
+        ValueError: no judgment, an index out of range, non-finite features or targets.
+    """
+    config = config or RewardModelConfig()
+    features = torch.as_tensor(features, dtype=torch.float32)
+    if features.ndim != 2:
+        raise ValueError(f"features must be (N, F), got shape {tuple(features.shape)}")
+    if not torch.isfinite(features).all():
+        raise ValueError("features must be finite")
+    if len(judgments) == 0:
+        raise ValueError("a reward model needs at least one judgment")
+    judgments.check_rows(features.shape[0])
+    started = time.perf_counter()
+    K = config.n_members
+    generator = torch.Generator().manual_seed(config.seed)
+
+    # Train on the judged rows only, re-indexed 0..U-1.
+    rows = torch.cat([judgments.rating_index, judgments.pair_a, judgments.pair_b])
+    used, inverse = torch.unique(rows, return_inverse=True)
+    R, P = judgments.n_ratings, judgments.n_pairs
+    judgments = Judgments(
+        inverse[:R], judgments.rating_target, inverse[R : R + P], inverse[R + P :], judgments.pair_target
+    )
+    features = features[used]  # (U, F)
+    mean = features.mean(0)
+    std = features.std(0, unbiased=False)
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    x = (features - mean) / std  # (U, F)
+    projection = None
+    if config.pca_dim and config.pca_dim < features.shape[1]:
+        # Principal directions of the judged rows, scaled so the first has unit variance.
+        k = max(1, min(config.pca_dim, features.shape[0]))
+        _u, singular, vh = torch.linalg.svd(x - x.mean(0), full_matrices=False)
+        top = float(singular[0]) / math.sqrt(features.shape[0])
+        projection = vh[:k].T / (top if top > 1e-6 else 1.0)  # (F, k)
+        x = x @ projection  # (U, k)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = RewardModel(features.shape[1], config, None if projection is None else projection.shape[1])
+    model.feature_mean.copy_(mean)
+    model.feature_std.copy_(std)
+    if projection is not None:
+        model.projection.copy_(projection)
+    if judgments.n_ratings:
+        with torch.no_grad():
+            model.b.fill_(float(judgments.rating_target.mean()))
+
+    rating_weight = _bootstrap_weights(judgments.n_ratings, K, generator, config.bootstrap)  # (K, R)
+    pair_weight = _bootstrap_weights(judgments.n_pairs, K, generator, config.bootstrap)  # (K, P)
+    rating_target = judgments.rating_target.expand(K, -1)
+    pair_target = judgments.pair_target.expand(K, -1)
+
+    def member_losses(rewards: torch.Tensor, rw=rating_weight, pw=pair_weight) -> torch.Tensor:
+        return judgment_loss(
+            rewards[:, judgments.rating_index],
+            rating_target[: rewards.shape[0]],
+            rewards[:, judgments.pair_a] - rewards[:, judgments.pair_b],
+            pair_target[: rewards.shape[0]],
+            bt_scale=config.bt_scale,
+            pairwise_weight=config.pairwise_weight,
+            rating_weight=rw,
+            pair_weight=pw,
+        )
+
+    def ensemble_loss() -> float:
+        with torch.no_grad():
+            mean_reward = model.member_rewards(x, standardised=True).mean(0, keepdim=True)  # (1, N)
+            ones_r, ones_p = torch.ones(1, judgments.n_ratings), torch.ones(1, judgments.n_pairs)
+            return float(member_losses(mean_reward, ones_r, ones_p)[0])
+
+    initial = ensemble_loss()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    drop_gen = torch.Generator().manual_seed(config.seed + 1)
+    model.train()
+    for _ in range(config.epochs):
+        if config.input_dropout > 0:
+            keep = (torch.rand(x.shape, generator=drop_gen) >= config.input_dropout).float()
+            inputs = x * keep / (1.0 - config.input_dropout)
+        else:
+            inputs = x
+        losses = member_losses(model.member_rewards(inputs, standardised=True))  # (K,)
+        optimiser.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        optimiser.step()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        members_final = float(member_losses(model.member_rewards(x, standardised=True)).mean())
+    metrics = {
+        "loss/initial": initial,
+        "loss/final": ensemble_loss(),
+        "loss/members_final": members_final,
+        "fit/seconds": time.perf_counter() - started,
+        "fit/n_ratings": float(judgments.n_ratings),
+        "fit/n_pairs": float(judgments.n_pairs),
+        "fit/n_features": float(features.shape[1]),
+    }
+    for name, value in metrics.items():
+        if not math.isfinite(value):
+            raise ValueError(f"reward model fit produced non-finite {name}")
+    return model, metrics
+
+
+# ---------------------------------------------------------------- held-out metrics
+
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    """Average ranks (ties share the mean rank), float64, 0-based."""
+    x = x.double()
+    order = torch.argsort(x, stable=True)
+    ranks = torch.empty_like(x)
+    ranks[order] = torch.arange(len(x), dtype=torch.float64)
+    for value in torch.unique(x):
+        tied = x == value
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def pearson(x: torch.Tensor, y: torch.Tensor) -> float | None:
+    """Pearson correlation of two ``(N,)`` tensors; ``None`` when undefined (N < 2 or a constant)."""
+    x, y = torch.as_tensor(x).double(), torch.as_tensor(y).double()
+    if x.numel() < 2:
+        return None
+    xc, yc = x - x.mean(), y - y.mean()
+    denominator = float((xc.square().sum() * yc.square().sum()).sqrt())
+    return float((xc * yc).sum()) / denominator if denominator > 1e-12 else None
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> float | None:
+    """Spearman rank correlation (Pearson of average ranks); ``None`` when undefined."""
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    if x.numel() < 2:
+        return None
+    return pearson(_ranks(x), _ranks(y))
+
+
+def pairwise_accuracy(pred: torch.Tensor, target: torch.Tensor) -> float | None:
+    """Share of pairs ``i < j`` with ``target_i != target_j`` that ``pred`` orders the same way.
+
+    Ties in ``pred`` count one half. ``None`` when no pair differs in ``target``. ``(N,)`` each.
+    """
+    pred, target = torch.as_tensor(pred).double(), torch.as_tensor(target).double()
+    dp = pred[:, None] - pred[None, :]
+    dt = target[:, None] - target[None, :]
+    upper = torch.triu(torch.ones_like(dt, dtype=torch.bool), diagonal=1) & (dt != 0)
+    if not upper.any():
+        return None
+    agree = torch.where(dp == 0, 0.5, (torch.sign(dp) == torch.sign(dt)).double())
+    return float(agree[upper].mean())
+
+
+# ---------------------------------------------------------------- storage
+
+
+def save_reward_model(model: RewardModel, out_dir: str | os.PathLike, *, metadata: dict | None = None) -> str:
+    """Write ``model`` to ``out_dir`` atomically; return the SHA-256 of its weights.
+
+    ``out_dir`` holds ``reward_model.safetensors`` (tensors), ``reward_model.json`` (config,
+    feature count and ``metadata``) and ``pgcore_checksum.json``, written by
+    :func:`pgcore.policy.atomic_directory`: the folder is complete or untouched.
+    """
+    from safetensors.torch import save_file
+
+    tensors = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
+    meta = {
+        "format": _FORMAT,
+        "config": model.config.to_dict(),
+        "n_features": model.n_features,
+        "n_inputs": model.n_inputs,
+        "metadata": metadata or {},
+    }
+    with atomic_directory(out_dir) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_FILE))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    return weights_sha256(out_dir)
+
+
+def load_reward_model(directory: str | os.PathLike, *, expected_sha256: str | None = None) -> tuple[RewardModel, dict]:
+    """Load a folder written by :func:`save_reward_model`; return ``(model, metadata)``.
+
+    The weights' SHA-256 is checked first against ``expected_sha256``, else against the
+    folder's own record.
+
+    Raises:
+        FileNotFoundError: the folder or one of its files is missing.
+        ChecksumError: the weights do not match the checksum, or the files cannot be read
+            as a reward model (corrupt).
+    """
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"reward model folder {directory} does not exist")
+    for name in (WEIGHTS_FILE, META_FILE):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"reward model folder {directory} has no {name}")
+    if expected_sha256 is None:
+        try:
+            expected_sha256 = json.loads((directory / CHECKSUM_FILE).read_text())["sha256"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ChecksumError(f"reward model in {directory} has no readable checksum record: {exc}") from exc
+    verify_weights(directory, expected_sha256)
+    try:
+        meta = json.loads((directory / META_FILE).read_text())
+        config = RewardModelConfig.from_dict(meta["config"])
+        model = RewardModel(int(meta["n_features"]), config, meta.get("n_inputs"))
+        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise ChecksumError(f"reward model in {directory} is unreadable: {exc}") from exc
+    model.eval()
+    model.requires_grad_(False)
+    return model, meta.get("metadata", {})

@@ -1,0 +1,204 @@
+"""Fitting reward-model versions on a project's ratings (webapp.rewards.services)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from webapp.annotation.models import Comparison, Completion, Pair, Rating
+from webapp.errors import ApplicationError
+from webapp.rewards import services, tasks
+from webapp.rewards.models import RewardModelVersion
+
+from tests.webapp.annotation_helpers import make_project
+
+GOOD, BAD = 50, 200  # byte tokens of the tiny model; a completion made of one of them is "good" or "bad"
+
+
+@pytest.fixture
+def many_prompts(project):
+    from webapp.annotation.importers import PromptRow
+    from webapp.annotation.services import prompts_create
+
+    prompts_create(project=project, rows=[PromptRow(line=i + 1, text=f"Prompt number {i}") for i in range(30)])
+    return list(project.prompts.filter(held_out=False).order_by("id"))
+
+
+def _completion(project, prompt, token, n=6, version=None):
+    return Completion.objects.create(
+        project=project,
+        prompt=prompt,
+        model_version=version or project.served_version,
+        text="x",
+        prompt_token_ids=[5, 6, 7],
+        token_ids=[token] * n,
+        behaviour_logprobs=[-1.0] * n,
+        finished=True,
+    )
+
+
+def _rate_learnable(project, prompts, annotator, *, per_prompt=2):
+    """Completions of GOOD tokens rated 5, of BAD tokens rated 1, over every prompt."""
+    made = []
+    for i, prompt in enumerate(prompts):
+        for j in range(per_prompt):
+            good = (i + j) % 2 == 0
+            c = _completion(project, prompt, GOOD if good else BAD, n=4 + (i % 3))
+            Rating.objects.create(completion=c, annotator=annotator, score=5 if good else 1)
+            made.append(c)
+    return made
+
+
+def test_too_few_ratings_is_a_clear_error_and_fits_nothing(project, annotator, many_prompts):
+    _rate_learnable(project, many_prompts[:5], annotator)
+    with pytest.raises(ApplicationError, match=r"Too few ratings to fit a reward model: 10 judgments, at least 32"):
+        services.reward_model_fit(project=project)
+    assert not RewardModelVersion.objects.exists()
+    assert not Completion.objects.filter(rm_score__isnull=False).exists()
+
+
+def test_fit_stores_a_version_with_its_ratings_metrics_and_artefact(project, annotator, many_prompts):
+    _rate_learnable(project, many_prompts, annotator)
+    version = services.reward_model_fit(project=project)
+    ratings = sorted(Rating.objects.values_list("id", flat=True))
+    assert (version.number, version.n_ratings, version.n_judgments) == (1, len(ratings), len(ratings))
+    assert version.rating_ids == ratings
+    assert version.rating_ids_sha256 == services._ids_sha256(ratings)
+    assert version.metrics["held_out/n_ratings"] > 0
+    assert version.metrics["loss/final"] < version.metrics["loss/initial"]
+    model = services.reward_model_load(version=version)
+    assert model.config.to_dict() == version.config
+
+
+def test_the_model_tells_good_from_bad_completions_on_held_out_prompts(project, annotator, many_prompts):
+    _rate_learnable(project, many_prompts, annotator)
+    version = services.reward_model_fit(project=project)
+    assert version.metrics["held_out/pearson"] > 0.9
+    assert version.metrics["held_out/pairwise_accuracy"] > 0.9
+
+
+def test_fit_writes_scores_and_uncertainties_on_rated_and_pool_completions(project, annotator, many_prompts):
+    _rate_learnable(project, many_prompts, annotator)
+    good, bad = _completion(project, many_prompts[0], GOOD), _completion(project, many_prompts[0], BAD)  # unrated pool
+    services.reward_model_fit(project=project)
+    assert not Completion.objects.filter(rm_score__isnull=True).exists()
+    good.refresh_from_db(), bad.refresh_from_db()
+    assert good.rm_score > bad.rm_score
+    assert good.rm_uncertainty >= 0 and bad.rm_uncertainty >= 0
+
+
+def test_a_second_fit_on_the_same_ratings_is_version_two_with_the_same_scores(project, annotator, many_prompts):
+    _rate_learnable(project, many_prompts, annotator)
+    first = services.reward_model_fit(project=project)
+    scores = dict(Completion.objects.values_list("id", "rm_score"))
+    second = services.reward_model_fit(project=project)
+    assert second.number == 2 and second.rating_ids_sha256 == first.rating_ids_sha256
+    assert dict(Completion.objects.values_list("id", "rm_score")) == pytest.approx(scores)
+
+
+def test_held_out_prompts_ratings_are_never_fitted_on(project, annotator, many_prompts):
+    made = _rate_learnable(project, many_prompts, annotator)
+    held = project.prompts.get(held_out=True)
+    c = _completion(project, held, GOOD)
+    Rating.objects.create(completion=c, annotator=annotator, score=1)
+    version = services.reward_model_fit(project=project)
+    assert len(version.rating_ids) == len(made)
+    assert Rating.objects.get(completion=c).pk not in version.rating_ids
+
+
+def test_ratings_are_normalised_per_annotator_like_training(project, make_user, many_prompts):
+    """A lenient annotator's 3/5 is a harsh one's 2/4 (shrinkage 0: exact)."""
+    from webapp.rewards import selectors
+
+    project.pg_config = {**project.pg_config, "annotator_shrinkage": 0.0}
+    project.save()
+    harsh, lenient = make_user("harsh"), make_user("lenient")
+    for i, prompt in enumerate(many_prompts[:10]):
+        Rating.objects.create(completion=_completion(project, prompt, GOOD), annotator=harsh, score=2 + 2 * (i % 2))
+        Rating.objects.create(completion=_completion(project, prompt, BAD), annotator=lenient, score=3 + 2 * (i % 2))
+    data = services.judgments_build(project=project, rows=selectors.rating_rows(project=project))
+    by_completion = dict(zip(data["all"].rating_index.tolist(), data["all"].rating_target.tolist()))
+    targets = {
+        (r.annotator_id, r.score): by_completion[data["completion_ids"].index(r.completion_id)]
+        for r in Rating.objects.all()
+    }
+    assert targets[(harsh.pk, 2)] == pytest.approx(targets[(lenient.pk, 3)])
+    assert targets[(harsh.pk, 4)] == pytest.approx(targets[(lenient.pk, 5)])
+
+
+def test_pairwise_comparisons_are_bradley_terry_judgments(tiny_model_dir, models_dir, make_user, settings):
+    settings.REWARDLOOP_RM_MIN_JUDGMENTS = 8
+    pw = make_project(tiny_model_dir, slug="pw", mode="pairwise", n_prompts=30)
+    people = [make_user(f"p{i}") for i in range(2)]
+    for i, prompt in enumerate(pw.prompts.filter(held_out=False)):
+        good_first = i % 2 == 0
+        a = _completion(pw, prompt, GOOD if good_first else BAD)
+        b = _completion(pw, prompt, BAD if good_first else GOOD)
+        pair = Pair.objects.create(project=pw, completion_a=a, completion_b=b)
+        for person in people:
+            choice = "a" if good_first else "b"
+            if i % 7 == 3:
+                choice = "tie"
+            comparison = Comparison.objects.create(pair=pair, annotator=person, choice=choice, a_on_left=True)
+            for c in (a, b):
+                Rating.objects.create(completion=c, annotator=person, comparison=comparison)
+    version = services.reward_model_fit(project=pw)
+    assert version.n_judgments == Comparison.objects.filter(pair__project=pw).count()
+    assert version.metrics["fit/n_pairs"] == version.n_judgments and version.metrics["fit/n_ratings"] == 0
+    assert version.metrics["held_out/comparison_accuracy"] > 0.9
+    scored = list(Completion.objects.filter(project=pw))
+    mean_good = torch.tensor([c.rm_score for c in scored if c.token_ids[0] == GOOD]).mean()
+    mean_bad = torch.tensor([c.rm_score for c in scored if c.token_ids[0] == BAD]).mean()
+    assert mean_good > mean_bad
+
+
+def test_a_corrupt_artefact_is_a_clear_error(project, annotator, many_prompts):
+    from pathlib import Path
+
+    _rate_learnable(project, many_prompts, annotator)
+    version = services.reward_model_fit(project=project)
+    weights = Path(version.artefact_path) / "reward_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"garbage!")
+    with pytest.raises(ApplicationError, match=f"RM{version.number} cannot be loaded"):
+        services.reward_model_load(version=version)
+
+
+def test_the_task_fits_and_says_none_when_there_are_too_few_ratings(project, annotator, many_prompts):
+    assert tasks.reward_model_fit(project.pk) is None
+    _rate_learnable(project, many_prompts, annotator)
+    assert tasks.reward_model_fit(project.pk) == 1
+    assert tasks.reward_model_fit(10**6) is None
+
+
+def test_the_task_runs_on_the_training_queue():
+    from webapp.celery import app
+
+    route = app.amqp.router.route({}, "webapp.rewards.tasks.reward_model_fit")
+    assert route["queue"].name == "training"
+
+
+def test_the_feature_cache_is_reused_and_a_damaged_one_recomputed(project, annotator, many_prompts, monkeypatch):
+    from pgcore import reward_model
+
+    _rate_learnable(project, many_prompts, annotator)
+    services.reward_model_fit(project=project)
+    calls = []
+    real = reward_model.completion_features
+    monkeypatch.setattr(reward_model, "completion_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    services.reward_model_fit(project=project)
+    assert calls == []
+    for cache in (services._rm_dir(project)).glob("features-*.pt"):
+        cache.write_bytes(b"not a torch file")
+    services.reward_model_fit(project=project)
+    assert calls == [1]
+
+
+def test_the_default_config_pools_four_layers_through_the_depth(tmp_path):
+    from webapp.policies.models import Project
+
+    (tmp_path / "config.json").write_text('{"num_hidden_layers": 30}')
+    config = services.reward_model_config_for(project=Project(base_model_path=str(tmp_path)))
+    assert config.layers == (8, 16, 24, 30)
+    assert (config.pooling, config.pca_dim, config.head) == ("mean_last", 256, "linear")
+    with pytest.raises(ApplicationError, match="n_members"):
+        services.reward_model_config_for(project=Project(base_model_path=str(tmp_path)), overrides={"n_members": 0})

@@ -1,0 +1,64 @@
+"""Reads for reward models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db.models import QuerySet
+
+from webapp.annotation.models import Rating
+from webapp.policies.models import Project
+
+from .models import RewardModelVersion
+
+
+def reward_model_versions(*, project: Project) -> QuerySet[RewardModelVersion]:
+    """The project's reward-model versions, newest first."""
+    return RewardModelVersion.objects.filter(project=project).order_by("-number")
+
+
+def reward_model_latest(*, project: Project) -> RewardModelVersion | None:
+    return reward_model_versions(project=project).first()
+
+
+@dataclass(frozen=True)
+class RatingRow:
+    """One stored judgment, as the reward model reads it."""
+
+    rating_id: int
+    completion_id: int
+    prompt_id: int
+    annotator_id: int
+    score: int | None
+    thumbs_up: bool | None
+    choice: str | None  # pairwise only: the comparison's choice
+    comparison_id: int | None
+    anchor_id: int | None  # pairwise only: the pair's completion a
+
+
+def rating_rows(*, project: Project) -> list[RatingRow]:
+    """Every rating of the project's training prompts (held-out prompts judge versions only), by id."""
+    rows = (
+        Rating.objects.filter(completion__project=project, completion__prompt__held_out=False)
+        .order_by("id")
+        .values_list(
+            "id",
+            "completion_id",
+            "completion__prompt_id",
+            "annotator_id",
+            "score",
+            "thumbs_up",
+            "comparison__choice",
+            "comparison_id",
+            "comparison__pair__completion_a_id",
+        )
+    )
+    return [RatingRow(*row) for row in rows]
+
+
+def judgment_count(*, project: Project) -> int:
+    """Rated completions (Likert/thumbs) plus comparisons: what the reward model counts as judgments."""
+    rows = rating_rows(project=project)
+    rated = {r.completion_id for r in rows if r.comparison_id is None}
+    comparisons = {r.comparison_id for r in rows if r.comparison_id is not None}
+    return len(rated) + len(comparisons)

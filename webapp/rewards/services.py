@@ -1,0 +1,361 @@
+"""Writes for reward models: fit a version on a project's ratings, score completions with it.
+
+A fit reads every rating of the project's training prompts, turns them into judgments
+with the mapping and per-annotator normalisation training uses (``pgcore.rewards``),
+holds out a fixed share of prompts to measure the model, fits again on everything, stores
+the artefact atomically and writes the ensemble's mean and spread onto the completions
+(``Completion.rm_score`` / ``rm_uncertainty``). Nothing is written unless the whole fit
+succeeds; too few judgments is an :class:`ApplicationError` and no fit.
+
+Features of the frozen base model are computed once per completion and cached under the
+models folder, keyed by the backbone's checksum and the feature settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+
+from webapp.annotation.models import Completion
+from webapp.errors import ApplicationError
+from webapp.policies.models import Project
+
+from . import selectors
+from .models import RewardModelVersion
+
+log = logging.getLogger(__name__)
+
+# Below this many judgments a fit is refused: the held-out share would say nothing.
+MIN_JUDGMENTS = 32
+# Share of prompts (by a hash of the prompt id, so it is fixed) whose judgments measure the model.
+HELD_OUT_SHARE = 0.2
+# Pooled layers as fractions of the backbone's depth (SmolLM2-135M, 30 layers: 8, 16, 24, 30).
+LAYER_FRACTIONS = (0.27, 0.53, 0.8, 1.0)
+# The best head measured (bench/reward_model.py, README "Reward models"): mean and last-token states
+# of those layers, standardised, projected on 256 principal components, K=5 linear heads. (A ridge
+# probe on the same features did better still; the ensemble is here for its uncertainty.)
+DEFAULT_CONFIG = {
+    "pooling": "mean_last",
+    "pca_dim": 256,
+    "head": "linear",
+    "max_prompt_tokens": 32,
+    "max_completion_tokens": 128,
+}
+
+
+def min_judgments() -> int:
+    return int(getattr(settings, "REWARDLOOP_RM_MIN_JUDGMENTS", MIN_JUDGMENTS))
+
+
+def reward_model_config_for(*, project: Project, overrides: dict | None = None):
+    """The :class:`pgcore.reward_model.RewardModelConfig` for the project's backbone.
+
+    Layers default to ``LAYER_FRACTIONS`` of the backbone's depth, the rest to
+    ``DEFAULT_CONFIG``; ``overrides`` replace any field. Raises ApplicationError for an
+    unknown field or a value out of range.
+    """
+    from pgcore.reward_model import RewardModelConfig
+
+    config_path = Path(project.base_model_path) / "config.json"
+    try:
+        depth = int(json.loads(config_path.read_text())["num_hidden_layers"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ApplicationError(f"Cannot read the backbone's depth from {config_path}: {exc}") from exc
+    layers = sorted({max(1, round(depth * f)) for f in LAYER_FRACTIONS})
+    try:
+        return RewardModelConfig.from_dict({"layers": layers, **DEFAULT_CONFIG, **(overrides or {})})
+    except (TypeError, ValueError) as exc:
+        raise ApplicationError(str(exc)) from exc
+
+
+def _held_out(project_id: int, prompt_id: int) -> bool:
+    digest = hashlib.sha256(f"rm-split:{project_id}:{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 < HELD_OUT_SHARE
+
+
+def _ids_sha256(ids: list[int]) -> str:
+    return hashlib.sha256(",".join(str(i) for i in sorted(ids)).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- judgments
+
+
+def judgments_build(*, project: Project, rows: list) -> dict:
+    """Judgments over the rated completions, split into fit and held-out parts.
+
+    Likert and thumbs ratings become regression targets: each rating is scored by
+    ``pgcore.rewards.judgment_to_score`` and normalised per annotator by
+    ``ratings_to_rewards`` (the project's ``annotator_norm`` and ``annotator_shrinkage``),
+    then averaged per completion. Each pairwise decision becomes one comparison whose
+    Bradley–Terry target comes from the same scores (``pair_target_from_scores``).
+
+    Returns:
+        ``{"completion_ids": [...], "all": Judgments, "fit": Judgments, "held_out": Judgments,
+        "n_judgments": int}``, indices into ``completion_ids``.
+    """
+    import torch
+
+    from pgcore.config import PGConfig
+    from pgcore.reward_model import Judgments, pair_target_from_scores
+    from pgcore.rewards import RatingRecord, judgment_to_score, ratings_to_rewards
+
+    try:
+        pg = PGConfig.from_dict(project.pg_config or {})
+    except (TypeError, ValueError) as exc:
+        raise ApplicationError(str(exc)) from exc
+    completion_ids = sorted({r.completion_id for r in rows})
+    index = {cid: i for i, cid in enumerate(completion_ids)}
+    prompt_of = {r.completion_id: r.prompt_id for r in rows}
+
+    rated = [r for r in rows if r.comparison_id is None]
+    rated_ids = sorted({r.completion_id for r in rated})
+    rated_index = {cid: i for i, cid in enumerate(rated_ids)}
+    records = [
+        RatingRecord(
+            completion_index=rated_index[r.completion_id],
+            annotator=r.annotator_id,
+            score=judgment_to_score(score=r.score, thumbs_up=r.thumbs_up, choice=None, is_a=True),
+        )
+        for r in rated
+    ]
+    targets = ratings_to_rewards(
+        records, len(rated_ids), annotator_norm=pg.annotator_norm, shrinkage=pg.annotator_shrinkage
+    ).tolist()
+
+    comparisons: dict[int, dict] = {}
+    for r in rows:
+        if r.comparison_id is not None:
+            side = comparisons.setdefault(r.comparison_id, {"choice": r.choice, "anchor": r.anchor_id})
+            side["a" if r.completion_id == r.anchor_id else "b"] = r.completion_id
+    pairs = [c for c in comparisons.values() if "a" in c and "b" in c]
+
+    def part(keep) -> Judgments:
+        reg = [(index[cid], y) for cid, y in zip(rated_ids, targets) if keep(prompt_of[cid])]
+        prs = [
+            (index[c["a"]], index[c["b"]], pair_target_from_scores(*_pair_scores(c["choice"], judgment_to_score)))
+            for c in pairs
+            if keep(prompt_of[c["a"]])
+        ]
+        return Judgments(
+            torch.tensor([i for i, _ in reg], dtype=torch.long),
+            torch.tensor([y for _, y in reg], dtype=torch.float32),
+            torch.tensor([a for a, _, _ in prs], dtype=torch.long),
+            torch.tensor([b for _, b, _ in prs], dtype=torch.long),
+            torch.tensor([t for _, _, t in prs], dtype=torch.float32),
+        )
+
+    return {
+        "completion_ids": completion_ids,
+        "all": part(lambda prompt_id: True),
+        "fit": part(lambda prompt_id: not _held_out(project.pk, prompt_id)),
+        "held_out": part(lambda prompt_id: _held_out(project.pk, prompt_id)),
+        "n_judgments": len(rated_ids) + len(pairs),
+    }
+
+
+def _pair_scores(choice: str, judgment_to_score) -> tuple[float, float]:
+    return (
+        judgment_to_score(score=None, thumbs_up=None, choice=choice, is_a=True),
+        judgment_to_score(score=None, thumbs_up=None, choice=choice, is_a=False),
+    )
+
+
+# ---------------------------------------------------------------- features
+
+
+def _backbone_key(base_path: Path) -> str:
+    from pgcore.policy import CHECKSUM_FILE
+
+    try:
+        return json.loads((base_path / CHECKSUM_FILE).read_text())["sha256"][:16]
+    except (OSError, ValueError, KeyError):
+        return hashlib.sha256(str(base_path.resolve()).encode()).hexdigest()[:16]
+
+
+def features_ensure(*, project: Project, completions: list[Completion], config):
+    """``(N, F)`` features of ``completions`` (in order), computing only those not cached yet.
+
+    The cache (``<models>/<project>/reward-models/features-<backbone>-<spec>.pt``, a dict
+    completion id -> ``(F,)`` tensor) is replaced atomically after new rows are added.
+    """
+    import torch
+
+    from pgcore.policy import load_policy
+    from pgcore.reward_model import completion_features
+
+    base_path = Path(project.base_model_path)
+    spec = hashlib.sha256(json.dumps(config.feature_spec(), sort_keys=True).encode()).hexdigest()[:12]
+    cache_path = _rm_dir(project) / f"features-{_backbone_key(base_path)}-{spec}.pt"
+    cache: dict[int, torch.Tensor] = {}
+    if cache_path.exists():
+        try:
+            cache = torch.load(cache_path, weights_only=True)
+        except Exception:  # noqa: BLE001 - a damaged cache is recomputed, never trusted
+            log.warning("reward-model feature cache %s unreadable; recomputing", cache_path)
+            cache = {}
+    missing = [c for c in completions if c.pk not in cache]
+    if missing:
+        policy = load_policy(base_path)
+        pad_id = policy.tokenizer.pad_token_id or 0
+        feats = completion_features(
+            policy.model,
+            [list(c.prompt_token_ids) for c in missing],
+            [list(c.token_ids) for c in missing],
+            config,
+            pad_id=pad_id,
+        )
+        del policy
+        cache.update({c.pk: f.clone() for c, f in zip(missing, feats)})
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{cache_path.name}.", dir=cache_path.parent)
+        os.close(fd)
+        try:
+            torch.save(cache, tmp)
+            os.replace(tmp, cache_path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return torch.stack([cache[c.pk] for c in completions])
+
+
+def _rm_dir(project: Project) -> Path:
+    return Path(settings.REWARDLOOP_MODELS_DIR) / project.slug / "reward-models"
+
+
+# ---------------------------------------------------------------- the fit
+
+
+def _held_out_metrics(model, features, judgments) -> dict:
+    """Pearson/Spearman/pairwise accuracy on held-out ratings, accuracy on held-out comparisons,
+    and a five-bin calibration table (mean predicted vs mean rated, by predicted quintile)."""
+    import torch
+
+    from pgcore.reward_model import pairwise_accuracy, pearson, spearman
+
+    mean, std = model.score(features)
+    out: dict = {"held_out/n_ratings": judgments.n_ratings, "held_out/n_pairs": judgments.n_pairs}
+    if judgments.n_ratings:
+        pred, target = mean[judgments.rating_index], judgments.rating_target
+        out["held_out/pearson"] = pearson(pred, target)
+        out["held_out/spearman"] = spearman(pred, target)
+        out["held_out/pairwise_accuracy"] = pairwise_accuracy(pred, target)
+        out["held_out/rmse"] = float(((pred - target) ** 2).mean().sqrt())
+        out["held_out/mean_uncertainty"] = float(std[judgments.rating_index].mean())
+        order = torch.argsort(pred)
+        out["held_out/calibration"] = [
+            {"predicted": float(pred[b].mean()), "rated": float(target[b].mean()), "n": int(b.numel())}
+            for b in torch.tensor_split(order, min(5, len(order)))
+            if b.numel()
+        ]
+    decided = judgments.pair_target != 0.5
+    if decided.any():
+        diff = mean[judgments.pair_a[decided]] - mean[judgments.pair_b[decided]]
+        right = (diff > 0) == (judgments.pair_target[decided] > 0.5)
+        out["held_out/comparison_accuracy"] = float(right.float().mean())
+    return out
+
+
+def reward_model_fit(*, project: Project, config_overrides: dict | None = None) -> RewardModelVersion:
+    """Fit a new reward-model version on all of the project's ratings and score its completions.
+
+    1. Judgments from every rating of training prompts (:func:`judgments_build`).
+    2. Held-out metrics: the ensemble is fitted without the held-out prompts' judgments
+       (``HELD_OUT_SHARE`` of prompts, chosen by a hash of the prompt id) and measured on
+       them (``held_out/*``: Pearson, Spearman and pairwise accuracy against the
+       normalised ratings, accuracy on decided comparisons, a calibration table).
+    3. The stored model is fitted on every judgment (same config, same seed), written
+       atomically with its checksum, and registered as the next version.
+    4. Every completion with features (the rated ones) and every completion of the served
+       version gets ``rm_score`` (ensemble mean, reward units) and ``rm_uncertainty``
+       (ensemble standard deviation).
+
+    Raises:
+        ApplicationError: fewer than ``REWARDLOOP_RM_MIN_JUDGMENTS`` judgments (nothing is
+            fitted; human-only training is unaffected), or a bad config.
+    """
+    from pgcore.reward_model import fit, save_reward_model
+
+    rows = selectors.rating_rows(project=project)
+    config = reward_model_config_for(project=project, overrides=config_overrides)
+    data = judgments_build(project=project, rows=rows)
+    needed = min_judgments()
+    if data["n_judgments"] < needed:
+        raise ApplicationError(
+            f"Too few ratings to fit a reward model: {data['n_judgments']} judgments, at least {needed} are needed. "
+            "Training goes on from human ratings alone."
+        )
+    rated = Completion.objects.in_bulk(data["completion_ids"])
+    judged = [rated[cid] for cid in data["completion_ids"]]
+    features = features_ensure(project=project, completions=judged, config=config)
+
+    metrics: dict = {}
+    if len(data["fit"]) and len(data["held_out"]):
+        probe, _ = fit(features, data["fit"], config)
+        metrics.update(_held_out_metrics(probe, features, data["held_out"]))
+    else:
+        metrics["held_out/note"] = "no held-out share (all judgments fell on one side of the split)"
+    model, fit_metrics = fit(features, data["all"], config)
+    metrics.update(fit_metrics)
+
+    rating_ids = sorted(r.rating_id for r in rows)
+    out_dir = _rm_dir(project) / f"rm-{uuid.uuid4().hex[:12]}"
+    sha256 = save_reward_model(
+        model, out_dir, metadata={"project": project.slug, "rating_ids_sha256": _ids_sha256(rating_ids)}
+    )
+
+    to_score = list(
+        Completion.objects.filter(project=project, model_version_id=project.served_version_id).exclude(
+            pk__in=data["completion_ids"]
+        )
+    )
+    extra = features_ensure(project=project, completions=to_score, config=config) if to_score else None
+    scored = judged + to_score
+    import torch
+
+    mean, std = model.score(torch.cat([features, extra]) if extra is not None else features)
+    for completion, m, s in zip(scored, mean.tolist(), std.tolist()):
+        completion.rm_score, completion.rm_uncertainty = m, s
+
+    with transaction.atomic():
+        Project.objects.select_for_update().get(pk=project.pk)
+        last = RewardModelVersion.objects.filter(project=project).order_by("-number").first()
+        version = RewardModelVersion.objects.create(
+            project=project,
+            number=(last.number + 1) if last else 1,
+            n_ratings=len(rating_ids),
+            n_judgments=data["n_judgments"],
+            rating_ids=rating_ids,
+            rating_ids_sha256=_ids_sha256(rating_ids),
+            config=config.to_dict(),
+            metrics=metrics,
+            backbone_path=str(project.base_model_path),
+            artefact_path=str(out_dir),
+            sha256=sha256,
+        )
+        Completion.objects.bulk_update(scored, ["rm_score", "rm_uncertainty"], batch_size=500)
+    log.info("project %s: reward model RM%s fitted on %s judgments", project.slug, version.number, data["n_judgments"])
+    return version
+
+
+def reward_model_load(*, version: RewardModelVersion):
+    """The stored ensemble of ``version`` (:class:`pgcore.reward_model.RewardModel`).
+
+    Raises:
+        ApplicationError: the artefact is missing or corrupt (checksum mismatch).
+    """
+    from pgcore.policy import ChecksumError
+    from pgcore.reward_model import load_reward_model
+
+    try:
+        model, _metadata = load_reward_model(version.artefact_path, expected_sha256=version.sha256)
+    except (ChecksumError, FileNotFoundError) as exc:
+        raise ApplicationError(f"Reward model RM{version.number} cannot be loaded: {exc}") from exc
+    return model
