@@ -5,7 +5,7 @@ configured broker (the filesystem queue, or Redis). Steps are run here the way a
 worker's task runs them (``training_step_run`` with a worker name), one at a
 time, so a crash between two steps is simply the next step never being run by
 the first worker. The same with real worker processes killed between steps is in
-tests/e2e/test_run_pipeline.py.
+tests/e2e/test_run_pipeline_workers.py.
 """
 
 from __future__ import annotations
