@@ -14,7 +14,6 @@ import pytest
 from django.utils import timezone
 
 from webapp.annotation import services as annotation_services
-from webapp.annotation import views as annotation_views
 from webapp.annotation.models import Completion, Rating
 from webapp.celery import app
 from webapp.policies.models import ModelVersion
@@ -83,7 +82,7 @@ def rated(project, annotator, make_completion):
 @pytest.fixture
 def annotator_client(client, annotator):
     client.force_login(annotator)
-    annotation_views._last_nudge.clear()
+    annotation_services._last_nudge.clear()
     return client
 
 
@@ -150,7 +149,7 @@ def test_a_rating_with_the_broker_down_is_stored_and_the_next_card_is_served(
 def test_the_waiting_cards_poll_with_the_broker_down_answers_the_waiting_card(annotator_client, project, broker_down):
     assert not Completion.objects.filter(project=project).exists()
     page = annotator_client.get(f"/p/{project.slug}/annotate/")
-    annotation_views._last_nudge.clear()
+    annotation_services._last_nudge.clear()
     poll = annotator_client.post(f"/p/{project.slug}/annotate/next/", **HTMX)  # the waiting card polls by POST
     assert page.status_code == poll.status_code == 200
     assert "The model is writing new outputs" in poll.content.decode()

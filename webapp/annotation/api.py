@@ -136,12 +136,6 @@ def _item_out(project, lease) -> dict | None:
     }
 
 
-def _nudge(project, *, queue_empty: bool) -> None:
-    from .views import _nudge_pool_refill  # the page's rate-limited refill request, reused as it is
-
-    _nudge_pool_refill(project, queue_empty=queue_empty)
-
-
 @router.post("/projects/{slug}/queue/next", response={200: NextOut, **ERRORS}, summary="Lease the next item")
 def queue_next(request, slug: str = Slug):
     """Lease the next item to rate, or return the one you hold (the same call as the page's next item).
@@ -150,7 +144,7 @@ def queue_next(request, slug: str = Slug):
     """
     project, _ = api_project(request, slug)
     lease = services.lease_next(project=project, annotator=request.user)
-    _nudge(project, queue_empty=lease is None)
+    services.pool_refill_nudge(project=project, queue_empty=lease is None)
     progress = selectors.annotator_progress(project=project, annotator=request.user)
     return {"item": _item_out(project, lease), "progress": progress}
 

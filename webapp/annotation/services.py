@@ -16,6 +16,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F
 from django.utils import timezone
 
+from webapp import broker
 from webapp.errors import ApplicationError
 from webapp.policies.models import Project, RatingMode
 from webapp.text import storable_text, without_nul
@@ -36,6 +37,35 @@ from .models import (
 )
 
 log = logging.getLogger(__name__)
+
+POOL_REFILL_TASK_NAME = "webapp.annotation.tasks.pool_refill"
+REFILL_NUDGE_EVERY_S = 10
+_last_nudge: dict[int, float] = {}
+
+
+def pool_refill_send(*, project_id: int) -> bool:
+    """Queue a pool refill of the project on the ``generation`` queue; True if the broker took it.
+
+    Never raises for a broker problem (:func:`webapp.broker.task_send` logs it); the beat
+    refill catches up once the broker is back.
+    """
+    return broker.task_send(POOL_REFILL_TASK_NAME, args=[project_id], queue="generation")
+
+
+def pool_refill_nudge(*, project: Project, queue_empty: bool) -> None:
+    """Ask the generation worker to top up the pool when it falls below the project's
+    low-water mark (``Project.pool_low_water``, at most the pool size) or the queue is empty.
+
+    Called by the annotator's requests (pages and API). Checked at most every few seconds
+    per process and project, so the pool's size is not counted on every request. A down
+    broker fails neither the page nor a rating that already committed.
+    """
+    now = time.monotonic()
+    if now - _last_nudge.get(project.pk, -1e9) < REFILL_NUDGE_EVERY_S:
+        return
+    _last_nudge[project.pk] = now
+    if queue_empty or selectors.pool_needs_refill(project=project):
+        pool_refill_send(project_id=project.pk)
 
 LEASE_MINUTES = 10
 GENERATION_BATCH = 8

@@ -1,13 +1,10 @@
 """The annotator's page and the staff figures page. Thin: permissions, a service call, a template."""
 
-import time
-
 from django.contrib import messages
 from django.db import transaction
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from webapp import broker
 from webapp.errors import ApplicationError
 from webapp.permissions import member_required, staff_required
 from webapp.policies.models import RatingMode
@@ -17,29 +14,9 @@ from .markdown import guidelines_html
 from .models import Choice, Completion
 
 TEMPLATE = "annotation/annotate.html"
-REFILL_NUDGE_EVERY_S = 10
-POOL_REFILL_TASK_NAME = "webapp.annotation.tasks.pool_refill"
 COMMENT_MAX_CHARS = 2000
-_last_nudge: dict[int, float] = {}
 
 LIKERT_LABELS = {1: "bad", 2: "poor", 3: "ok", 4: "good", 5: "great"}
-
-
-def _nudge_pool_refill(project, *, queue_empty: bool) -> None:
-    """Ask the generation worker to top up the pool when it falls below the project's
-    low-water mark (``Project.pool_low_water``, at most the pool size) or the queue is empty.
-
-    Checked at most every few seconds per process and project, so the pool's
-    size is not counted on every request.
-    """
-    now = time.monotonic()
-    if now - _last_nudge.get(project.pk, -1e9) < REFILL_NUDGE_EVERY_S:
-        return
-    _last_nudge[project.pk] = now
-    if queue_empty or selectors.pool_needs_refill(project=project):
-        # A down broker must not fail the page (or a rating that already committed): the beat
-        # refill catches up once it is back.
-        broker.task_send(POOL_REFILL_TASK_NAME, args=[project.pk])
 
 
 def _sides(project, lease):
@@ -68,7 +45,7 @@ def _context(request, project, *, error="", undone=None, lease=_READ_ONLY):
     if read_only:
         lease = selectors.lease_held(project=project, annotator=request.user)
     else:
-        _nudge_pool_refill(project, queue_empty=lease is None)
+        services.pool_refill_nudge(project=project, queue_empty=lease is None)
     pair, left, right = _sides(project, lease)
     progress = selectors.annotator_progress(project=project, annotator=request.user)
     return {

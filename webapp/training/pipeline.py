@@ -44,7 +44,6 @@ from pathlib import Path
 from django.db import transaction
 from django.utils import timezone
 
-from webapp import broker
 from webapp.errors import ApplicationError
 from webapp.policies import services as policy_services
 from webapp.policies.models import ModelVersion
@@ -52,7 +51,6 @@ from webapp.policies.models import ModelVersion
 from . import evaluation, liveness
 from .models import TrainingRun, TrainingStep
 
-POOL_REFILL_TASK_NAME = "webapp.annotation.tasks.pool_refill"
 BATCH_FILE = "batch.json"
 TRAINED_DIR = "policy"
 
@@ -233,9 +231,9 @@ def step_promote(*, run: TrainingRun, config) -> None:
         if reasons:
             evaluation.version_hold_back(version=version, reasons=reasons)
         else:
-            policy_services.version_promote(version=version, user=None, refill_pool=False, promoting_run_id=run.pk)
-            # Not sent: the beat refill catches up; the run has succeeded either way.
-            transaction.on_commit(lambda: broker.task_send(POOL_REFILL_TASK_NAME, args=[project.pk]))
+            # After commit, promotion asks annotation for a pool refill from the new version (a down
+            # broker is logged, not raised: the beat refill catches up; the run has succeeded either way).
+            policy_services.version_promote(version=version, user=None, refill_pool=True, promoting_run_id=run.pk)
         now = timezone.now()
         TrainingRun.objects.filter(pk=run.pk).update(
             status=TrainingRun.Status.SUCCEEDED,
