@@ -87,6 +87,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.simulated_annotators import compound, default_team, ideal_rating  # noqa: E402
+from pgcore.atomic import atomic_file, atomic_write  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     "naive": {"baseline": "none", "annotator_norm": False, "importance_correction": False, "kl_coef": 0.0},
@@ -567,17 +568,14 @@ def write_plot(result: dict, path: Path) -> None:
         fontsize=10,
     )
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_file(path) as f:
+        fig.savefig(f, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_outputs(result: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "learning.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out_dir / "learning.json")
+    atomic_write(out_dir / "learning.json", json.dumps(result, indent=2) + "\n")
     if result.get("base") and result["variants"]:
         write_plot(result, out_dir / "learning.png")
 

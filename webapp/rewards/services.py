@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -188,6 +186,7 @@ def features_ensure(*, project: Project, completions: list[Completion], config):
     """
     import torch
 
+    from pgcore.atomic import atomic_file
     from pgcore.policy import load_policy
     from pgcore.reward_model import completion_features
 
@@ -214,15 +213,8 @@ def features_ensure(*, project: Project, completions: list[Completion], config):
         )
         del policy
         cache.update({c.pk: f.clone() for c, f in zip(missing, feats)})
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{cache_path.name}.", dir=cache_path.parent)
-        os.close(fd)
-        try:
-            torch.save(cache, tmp)
-            os.replace(tmp, cache_path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_file(cache_path) as f:
+            torch.save(cache, f)
     return torch.stack([cache[c.pk] for c in completions])
 
 

@@ -44,6 +44,7 @@ from pathlib import Path
 from django.db import transaction
 from django.utils import timezone
 
+from pgcore.atomic import atomic_write, fsync_dir
 from webapp.errors import ApplicationError
 from webapp.policies import services as policy_services
 from webapp.policies.models import ModelVersion
@@ -69,16 +70,7 @@ def _raise_if_cancelled(run: TrainingRun, where: str) -> None:
 
 def batch_write(*, run: TrainingRun, batch) -> Path:
     """Store the run's :class:`pgcore.trainer.TrainBatch` as ``batch.json`` in its working folder (atomically)."""
-    work = liveness.run_work_dir(run)
-    work.mkdir(parents=True, exist_ok=True)
-    path = work / BATCH_FILE
-    tmp = work / f".{BATCH_FILE}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(dataclasses.asdict(batch), f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(liveness.run_work_dir(run) / BATCH_FILE, json.dumps(dataclasses.asdict(batch)))
 
 
 def batch_read(*, run: TrainingRun):
@@ -162,11 +154,7 @@ def step_save(*, run: TrainingRun, config) -> None:
         if out_dir.exists():  # renamed by an attempt that died before registering it: never registered
             shutil.rmtree(out_dir)
         os.replace(trained, out_dir)
-        fd = os.open(out_dir.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(out_dir.parent)
     elif not out_dir.exists():
         raise ApplicationError(f"The trained weights of run {run.pk} are missing; start a new run.")
     sha256 = json.loads((out_dir / CHECKSUM_FILE).read_text())["sha256"]  # recorded by pgcore as it wrote them
