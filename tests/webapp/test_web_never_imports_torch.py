@@ -30,5 +30,6 @@ def test_serving_the_web_app_never_imports_torch(tmp_path):
     assert [name for name, _ in report["steps"]] == [
         "setup and migrate", "URLconf, views and API", "GET the main pages", "annotate: next item and rate",
         "Train now", "Fit reward model now", "REST API",
+        "OpenAI-compatible routes",
     ]
     assert report["steps"] == [[name, False] for name, _ in report["steps"]], "".join(report["first_import"])

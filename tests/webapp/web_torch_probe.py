@@ -99,6 +99,15 @@ def main(model_dir: str) -> None:
         assert response.status_code < 500, (url, response.status_code)
     step("REST API")
 
+    from django.conf import settings
+
+    settings.REWARDLOOP_INFERENCE_URL = "http://127.0.0.1:9"  # down: the route answers 503 without a model
+    chat = {"model": "t", "messages": [{"role": "user", "content": "hi"}]}
+    assert staff.get("/v1/models", headers=bearer).status_code == 200
+    response = staff.post("/v1/chat/completions", chat, content_type="application/json", headers=bearer)
+    assert response.status_code == 503, response.content
+    step("OpenAI-compatible routes")
+
 
 if __name__ == "__main__":
     main(sys.argv[1])
