@@ -1,7 +1,14 @@
 """pgcore: policy-gradient updates of a causal LM from human ratings, in pure PyTorch.
 
 Never imports Django; the web app hands it plain lists and tensors. See DESIGN.md, "pgcore".
+
+The names below load on first use (PEP 562), so ``import pgcore`` or ``from pgcore.config
+import PGConfig`` costs no torch import: web processes validate settings without loading torch.
 """
+
+from __future__ import annotations
+
+import importlib
 
 _LAZY = {
     "ChecksumError": "pgcore.policy",
@@ -74,11 +81,13 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    """Import on first use: ``import pgcore.atomic`` (the web process) must not pull in torch."""
-    if name in _LAZY:
-        import importlib
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pgcore' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'pgcore' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

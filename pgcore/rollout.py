@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -163,6 +164,9 @@ def _draw(logp: torch.Tensor, generator: torch.Generator, greedy: bool) -> torch
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=logp.shape[-1] - 1)
 
 
+draw_tokens = _draw  # the public name, for ``draw`` hooks of :func:`sample_batch_fast` that reuse it
+
+
 # ---------------------------------------------------------------- the fast path (Llama family)
 
 
@@ -251,6 +255,8 @@ def sample_batch_fast(
     generator: torch.Generator,
     greedy: bool = False,
     compact_fraction: float = 0.25,
+    draw: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    on_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
 ) -> tuple[list[list[int]], list[list[float]], list[bool]]:
     """Sample one batch of a Llama-family model with a preallocated key/value cache.
 
@@ -270,6 +276,14 @@ def sample_batch_fast(
         eos_ids, pad_id, max_new_tokens, generator, greedy: as :func:`sample_batch_generic`.
         compact_fraction: share of running rows that must have ended before the batch is
             compacted, in (0, 1].
+        draw: replaces temperature-1 ancestral sampling (serving's temperature, top-p and
+            per-request seeds): ``draw(logp (b, V) fp32 log-softmax, rows (b,) original row
+            indices) -> (tokens (b,) long, logprobs (b,) fp32)``, where ``logprobs`` are those
+            of the distribution it actually sampled from; they are what is recorded.
+        on_step: called after each step with ``(rows (b,), tokens (b,), emitted (b,) bool)``,
+            ``emitted`` marking the rows whose token this step belongs to their completion
+            (streaming reads them here). It may return a ``(b,)`` bool tensor of rows to stop
+            now, unfinished (a stop sequence, a per-request length cap, a client gone), or None.
 
     Returns:
         ``(completion ids, behaviour logprobs, finished)``, one entry per prompt, in order.
@@ -309,15 +323,24 @@ def sample_batch_fast(
         logits = _forward_fast(inner, lm_head, ids, positions, mask[:, None], keys, values, col)  # (b, V)
         col += ids.shape[1]
         logp = torch.log_softmax(logits, dim=-1)
-        nxt = _draw(logp, generator, greedy)  # (b,)
+        if draw is None:
+            nxt = _draw(logp, generator, greedy)  # (b,)
+            nxt_logp = logp.gather(1, nxt[:, None]).squeeze(1)
+        else:
+            nxt, nxt_logp = draw(logp, rows)
         # Rows that ended but were not compacted away yet still run; their draws are past
         # their recorded length and so never read.
         out_tokens[rows, step] = nxt
-        out_logprobs[rows, step] = logp.gather(1, nxt[:, None]).squeeze(1)
+        out_logprobs[rows, step] = nxt_logp
         n_tokens[rows] = torch.where(alive, step + 1, n_tokens[rows])
         is_eos = torch.isin(nxt, eos) & alive
         finished[rows] |= is_eos
+        emitted = alive
         alive = alive & ~is_eos & (stop_at > step + 1)
+        if on_step is not None:
+            stop = on_step(rows, nxt, emitted)
+            if stop is not None:
+                alive = alive & ~stop.to(device)
         n_alive = int(alive.sum())
         if n_alive == 0 or step + 1 == steps:
             break
