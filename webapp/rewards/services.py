@@ -219,15 +219,27 @@ def features_ensure(*, project: Project, completions: list[Completion], config):
     return torch.stack([cache[c.pk] for c in completions])
 
 
-def features_compute(*, project: Project, prompt_ids: list[list[int]], completion_ids: list[list[int]], config):
-    """``(N, F)`` features of token sequences that are not stored completions (fresh samples), uncached.
+def features_compute(
+    *,
+    project: Project,
+    completion_ids: list[list[int]],
+    config,
+    prompt_ids: list[list[int]] | None = None,
+    prompt_texts: list[str] | None = None,
+):
+    """``(N, F)`` features of token sequences that are not stored completions (fresh or held-out
+    samples), uncached. Prompts come as token ids, or as texts rendered the way the sampler
+    renders them (``pgcore.rollout.render_prompt``).
 
     Loads the project's frozen base model (the reward model's backbone) for the call.
     """
     from pgcore.policy import load_policy
     from pgcore.reward_model import completion_features
+    from pgcore.rollout import render_prompt
 
     policy = load_policy(Path(project.base_model_path))
+    if prompt_ids is None:
+        prompt_ids = [render_prompt(policy.tokenizer, text) for text in prompt_texts or []]
     try:
         return completion_features(
             policy.model, prompt_ids, completion_ids, config, pad_id=policy.tokenizer.pad_token_id or 0
