@@ -101,7 +101,7 @@ def _check_int(cfg: PGConfig, name: str, minimum: int) -> None:
 # The reward model's settings live here, beside PGConfig, so a web process can validate them
 # without importing torch (pgcore.reward_model re-exports them).
 POOLINGS = ("mean", "last", "mean_last")
-HEADS = ("linear", "mlp")
+HEADS = ("linear", "mlp", "ridge")
 
 
 @dataclass
@@ -113,7 +113,8 @@ class RewardModelConfig:
     max_prompt_tokens: int = 64  # prompt tokens kept as context (the last ones), >= 0
     max_completion_tokens: int = 192  # completion tokens read (the first ones), >= 1
     pca_dim: int = 0  # > 0: project standardised features on their top principal components (fit rows)
-    head: str = "mlp"  # "linear" or "mlp" (one hidden layer, GELU)
+    head: str = "mlp"  # "linear", "mlp" (one hidden layer, GELU) or "ridge" (linear, fitted in closed form)
+    ridge_alpha: float = 0.0  # ridge head: L2 penalty on the weights; 0 = chosen by 5-fold CV from RIDGE_ALPHAS
     hidden: int = 64  # MLP width
     n_members: int = 5  # K, ensemble size, >= 1
     bootstrap: bool = True  # each member trains on a resample (with replacement) of the judgments
@@ -142,7 +143,7 @@ class RewardModelConfig:
         for name in ("lr", "bt_scale"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
-        for name in ("weight_decay", "pairwise_weight"):
+        for name in ("weight_decay", "pairwise_weight", "ridge_alpha"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.input_dropout < 1:

@@ -49,7 +49,7 @@ from webapp.errors import ApplicationError
 from webapp.policies import services as policy_services
 from webapp.policies.models import ModelVersion
 
-from . import evaluation, liveness
+from . import evaluation, liveness, overoptimisation
 from .models import TrainingRun, TrainingStep
 
 BATCH_FILE = "batch.json"
@@ -199,6 +199,20 @@ def step_promote(*, run: TrainingRun, config) -> None:
     parent = ModelVersion.objects.get(pk=run.parent_version_id)
     liveness.stage_enter(run, TrainingRun.Stage.PROMOTING)
     reasons = evaluation.guard_reasons(version=version, parent=parent)
+    check = overoptimisation.rm_gain_check(run=run, version=version, parent=parent)
+    reasons += check.reasons
+    if run.reward_model_id:
+        run.refresh_from_db(fields=["metrics"])
+        TrainingRun.objects.filter(pk=run.pk).update(metrics={**run.metrics, **check.metrics()})
+        ModelVersion.objects.filter(pk=version.pk).update(metrics={**(version.metrics or {}), **check.metrics()})
+        predicted = "none (no held-out samples)" if check.predicted_gain is None else f"{check.predicted_gain:+.3f}"
+        human = (
+            f"{check.human_gain:+.3f}"
+            if check.human_gain is not None
+            else f"not yet measured ({check.n_human[0]} rated completions of v{version.number}, "
+            f"{overoptimisation.min_human()} needed)"
+        )
+        liveness.run_log(run, f"reward-model gain check: predicted {predicted}, people {human}")
     if version.evaluated_at:
         liveness.run_log(
             run,
