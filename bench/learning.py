@@ -35,7 +35,9 @@ Variants (same prompts, seeds and annotators; each is its own project):
   per-annotator normalisation, no importance correction, ``kl_coef`` 0;
 - ``default``: pgcore's ``PGConfig()`` as is;
 - ``no_annotator_norm``: default with ``annotator_norm=False``;
-- ``no_offpolicy``: default with ``importance_correction=False``.
+- ``no_offpolicy``: default with ``importance_correction=False``;
+- ``critic``: default with ``baseline="critic"``, the learned value baseline of
+  ``pgcore.critic`` (ridge value head over the base model's prompt features).
 
 The promotion guard runs but, by default, with thresholds that never trigger,
 so the curves measure pgcore rather than the guard; ``--guard`` keeps the
@@ -93,9 +95,10 @@ VARIANTS: dict[str, dict] = {
     "default": {},
     "no_annotator_norm": {"annotator_norm": False},
     "no_offpolicy": {"importance_correction": False},
+    "critic": {"baseline": "critic"},
 }
 # Run order: the two the goal compares first, so a cut-short run still answers it.
-VARIANT_ORDER = ("default", "naive", "no_annotator_norm", "no_offpolicy")
+VARIANT_ORDER = ("default", "naive", "critic", "no_annotator_norm", "no_offpolicy")
 
 # The sizes.
 FULL = {
