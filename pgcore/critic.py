@@ -24,8 +24,8 @@ so far, with older updates discounted by ``decay`` because the policy, and so th
 a prompt, moves: ``A <- decay * A + Phi^T Phi``, ``b <- decay * b + Phi^T r``,
 ``w = (A + ridge * I)^-1 b`` (:meth:`Critic.fit`). A batch's advantages use the critic
 as it was *before* that batch was folded in, so a completion's baseline never depends on
-its own reward (the baseline stays unbiased). With no data yet ``w = 0``: ``V = 0``, the
-neutral rating, and the advantage is the reward.
+its own reward (the baseline stays unbiased). With no data yet ``w = 0`` (``V = 0``, the
+neutral rating); the trainer then uses the leave-one-out baseline for that first update.
 
 The critic's state is saved next to the policy's weights (``critic.safetensors``, inside
 the checksum) by :func:`pgcore.policy.save_policy_atomic` and loaded back by

@@ -105,7 +105,8 @@ def compute_advantages(
     """``(N,)`` rewards to ``(N,)`` advantages by ``config.baseline``, then optional whitening.
 
     ``values``: ``(N,)`` the critic's values of each completion's prompt; required (and
-    only used) with ``baseline="critic"``, where ``advantages = rewards - values``.
+    only used) with ``baseline="critic"``, where ``advantages = rewards - values``; ``None``
+    there means the critic has seen no data yet and the leave-one-out baseline stands in.
 
     Raises:
         ValueError: ``baseline="critic"`` without ``values`` of shape ``(N,)``.
@@ -114,9 +115,11 @@ def compute_advantages(
         advantages = leave_one_out(rewards, group_ids)
     elif config.baseline == "mean":
         advantages = batch_mean_baseline(rewards)
+    elif config.baseline == "critic" and values is None:
+        advantages = leave_one_out(rewards, group_ids)
     elif config.baseline == "critic":
-        if values is None or values.shape != rewards.shape:
-            raise ValueError(f"baseline 'critic' needs values of shape {tuple(rewards.shape)}, got {values if values is None else tuple(values.shape)}")
+        if values.shape != rewards.shape:
+            raise ValueError(f"baseline 'critic' needs values of shape {tuple(rewards.shape)}, got {tuple(values.shape)}")
         advantages = rewards - values
     else:
         advantages = rewards.clone()
@@ -256,8 +259,9 @@ def update(
     (truncated importance sampling, Yao et al. 2025): a sampler whose logprobs differ from
     the trainer's (bf16, merged LoRA) or stale samples then still give the trainer's
     policy gradient. With ``config.baseline == "critic"`` the advantages are
-    ``reward - V(prompt)`` from ``policy.critic`` as fitted on earlier updates (a new
-    critic, ``V = 0``, when the policy has none); after the last step this batch is folded
+    ``reward - V(prompt)`` from ``policy.critic`` as fitted on earlier updates; a policy
+    without a critic (or with one that has seen nothing) uses the leave-one-out baseline
+    for this update, since ``V = 0`` would be no baseline at all. After the last step this batch is folded
     into the critic (:class:`pgcore.critic.Critic`) and ``policy.critic`` is set, so
     :func:`pgcore.policy.save_policy_atomic` stores it with the weights.
 
@@ -284,8 +288,9 @@ def update(
         time split ``train/seconds_reference``, ``train/seconds_proximal``, ``train/seconds_forward``,
         ``train/seconds_backward``, ``train/seconds_optimizer``, ``train/seconds_critic``; with
         the critic also ``critic/value_mean``, ``critic/mse`` and
-        ``critic/explained_variance`` (of this batch's rewards by the values used as its
-        baseline, before it was fitted) and ``critic/n_seen`` (discounted ratings fitted).
+        ``critic/explained_variance`` (of this batch's rewards by the critic's values before
+        it was fitted), ``critic/n_seen`` (discounted ratings fitted) and
+        ``critic/leave_one_out_instead`` (1.0 when the critic had no data yet).
 
     Raises:
         ValueError: an invalid batch, or a policy without trainable parameters.
@@ -309,7 +314,10 @@ def update(
         critic = policy.critic if policy.critic is not None else Critic(features.shape[1])
         values = critic.values(features)  # (N,), fitted on earlier updates only
     seconds_critic = time.perf_counter() - t
-    advantages = compute_advantages(rewards, torch.tensor(batch.group_ids), config, values)  # (N,)
+    untrained_critic = features is not None and critic.n_seen == 0  # V = 0 would be no baseline at all
+    advantages = compute_advantages(
+        rewards, torch.tensor(batch.group_ids), config, None if untrained_critic else values
+    )  # (N,)
     _check_finite("advantages", advantages, "the start of the update")
     pad_id = policy.tokenizer.pad_token_id
 
@@ -411,6 +419,7 @@ def update(
         t = time.perf_counter()
         residual = rewards - values
         metrics["critic/value_mean"] = float(values.mean())
+        metrics["critic/leave_one_out_instead"] = float(untrained_critic)
         metrics["critic/mse"] = float(residual.pow(2).mean())  # before this batch was fitted
         var = float(rewards.var(unbiased=False)) if N > 1 else 0.0
         metrics["critic/explained_variance"] = 1.0 - float(residual.var(unbiased=False)) / var if var > 0 else 0.0

@@ -77,8 +77,18 @@ def test_config_accepts_the_critic_baseline_and_checks_its_settings():
         PGConfig(critic_ridge=0.0)
     with pytest.raises(ValueError, match=r"critic_decay must be in \(0, 1\]"):
         PGConfig(critic_decay=1.5)
-    with pytest.raises(ValueError, match="needs values"):
-        compute_advantages(torch.zeros(2), torch.tensor([0, 1]), PGConfig(baseline="critic"))
+    with pytest.raises(ValueError, match="needs values of shape"):
+        compute_advantages(torch.zeros(2), torch.tensor([0, 1]), PGConfig(baseline="critic"), torch.zeros(3))
+    # A critic with no data yet: the leave-one-out baseline stands in.
+    rewards = torch.tensor([1.0, -1.0, 0.5])
+    assert_close(
+        compute_advantages(rewards, torch.tensor([0, 1, 2]), PGConfig(baseline="critic")),
+        torch.tensor([1.0 - (-0.25), -1.0 - 0.75, 0.5 - 0.0]),
+    )
+    assert_close(
+        compute_advantages(rewards, torch.tensor([0, 1, 2]), PGConfig(baseline="critic"), torch.tensor([0.5, 0.5, 0.5])),
+        torch.tensor([0.5, -1.5, 0.0]),
+    )
 
 
 def _batch(policy, rewards, prompts):
@@ -109,8 +119,8 @@ def test_the_critic_baseline_uses_values_fitted_on_earlier_updates_only(lora_pol
     first = _batch(lora_policy, [1.0, -1.0, 0.5, 0.0], prompts)
     assert lora_policy.critic is None
     metrics = update(lora_policy, first, config)
-    # No critic yet: every value is 0, so the advantages were the rewards themselves.
-    assert metrics["critic/value_mean"] == 0.0
+    # No critic yet: every value is 0, and leave-one-out stood in as the baseline.
+    assert metrics["critic/value_mean"] == 0.0 and metrics["critic/leave_one_out_instead"] == 1.0
     assert metrics["critic/mse"] == pytest.approx((1 + 1 + 0.25 + 0) / 4)
     critic = lora_policy.critic
     assert critic is not None and critic.n_seen == 4
@@ -123,6 +133,7 @@ def test_the_critic_baseline_uses_values_fitted_on_earlier_updates_only(lora_pol
     values = critic.values(critic_features(lora_policy, second, config))
     metrics = update(lora_policy, second, config)
     assert metrics["critic/value_mean"] == pytest.approx(float(values.mean()), abs=1e-6)
+    assert metrics["critic/leave_one_out_instead"] == 0.0
     assert lora_policy.critic.n_seen == 8
     for key in ("critic/mse", "critic/explained_variance", "train/seconds_critic"):
         assert key in metrics
