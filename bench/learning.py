@@ -815,8 +815,8 @@ def write_plot(result: dict, path: Path) -> None:
     axes[4].axhline(target, color="black", lw=0.8, ls="--", label=target_label)
     axes[4].set(xlabel="wall minutes (this machine, this load)", ylabel="mean held-out rating", title="Learning against wall time")
     axes[5].set(
-        xlabel="ratings the reward model was fitted on", ylabel="held-out metric", title="Reward model on held-out human ratings"
-        + ("" if rm_drawn else " (no reward model in these variants)"),
+        xlabel="ratings the reward model was fitted on", ylabel="held-out metric", title="Reward model, held-out ratings"
+        + ("" if rm_drawn else " (none fitted here)"),
     )
     for ax in axes:
         ax.grid(alpha=0.3)

@@ -5,6 +5,7 @@ Never imports Django; the web app hands it plain lists and tensors. See DESIGN.m
 
 from pgcore.advantages import EMABaseline, batch_mean_baseline, leave_one_out, whiten
 from pgcore.config import PGConfig
+from pgcore.critic import Critic, gae_advantages
 from pgcore.logprobs import pack_sequences, score_completions, sequence_logprobs
 from pgcore.losses import kl_k3, pg_loss
 from pgcore.packaging import convert_gguf_to_hf, smollm2_gguf_path
@@ -16,6 +17,7 @@ from pgcore.trainer import NonFiniteError, TrainBatch, TrainingCancelled, miniba
 
 __all__ = [
     "ChecksumError",
+    "Critic",
     "EMABaseline",
     "NonFiniteError",
     "PGConfig",
@@ -26,6 +28,7 @@ __all__ = [
     "TrainingCancelled",
     "batch_mean_baseline",
     "convert_gguf_to_hf",
+    "gae_advantages",
     "generate",
     "kl_k3",
     "leave_one_out",
