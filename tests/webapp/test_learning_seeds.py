@@ -120,3 +120,28 @@ def test_the_rm_variants_stop_with_a_clear_message_when_the_project_lacks_their_
     else:
         with pytest.raises(SystemExit, match="variant 'rm' needs the project setting"):
             check_project_fields(["default", "rm"])
+
+
+def test_the_plot_draws_every_seeds_frontier_and_the_reward_models_held_out_metrics(tmp_path):
+    from bench.learning import write_outputs
+
+    def with_rm(point, n, spearman):
+        point["rm_metrics"] = {"rm_version": 1, "n_ratings": n, "held_out/spearman": spearman, "held_out/pairwise_accuracy": 0.6}
+        return point
+
+    runs = {
+        "rm_active": {
+            "0": _seed([with_rm(_point(64, [3.5, 3.5], 1.0), 64, 0.3), with_rm(_point(128, [4.0, 4.5], 2.0), 128, 0.5)]),
+            "1": _seed([with_rm(_point(64, [3.2, 3.6], 1.5), 64, 0.2), with_rm(_point(128, [4.1, 4.1], 2.5), 128, 0.4)]),
+        },
+        "default": {"0": _seed([_point(64, [3.2, 3.2], 1.0)]), "1": _seed([_point(64, [3.4, 3.0], 1.0)])},
+    }
+    variants = {name: aggregate(r) for name, r in runs.items()}
+    assert variants["rm_active"]["curve"][-1]["rm_metrics"]["held_out/spearman"] == pytest.approx(0.45)
+    result = {
+        "complete": True, "base": BASE, "variants": variants, "runs": runs,
+        "config": {"model": "m", "rater": "vader", "ratings": 128, "train_every": 64, "heldout": 2, "max_new_tokens": 8,
+                   "target_gain": 1.0, "seeds": [0, 1]},
+    }
+    write_outputs(result, tmp_path)
+    assert (tmp_path / "learning.png").stat().st_size > 10_000
