@@ -13,15 +13,23 @@ database under a temporary ``REWARDLOOP_DATA_DIR``:
 
 Time is simulated (virtual seconds), so a run is deterministic for a seed and
 does not depend on how fast this machine is; only the wall-clock total does.
-The simulated annotators (``bench/simulated_annotators.py``) rate from VADER
-sentiment with personal bias, noise, clipping and delays.
+What the simulated annotators want is a *rater* (``--rater``, ``bench/raters.py``):
+``callable(prompt, completion) -> Likert in [1, 5]``, bias- and noise-free; built in
+``vader`` (the default: warm, upbeat replies), ``critical`` (its mirror, on which the
+base model scores low) and ``concise`` (short finished replies, not about sentiment),
+or any ``package.module:callable``. The annotators (``bench/simulated_annotators.py``)
+add personal bias, noise, clipping and delays.
+
+Each variant runs ``--seeds`` times (seeds ``--seed`` .. ``--seed + N - 1``; a seed
+sets the annotators, their delays, the pool's sampling and PGConfig's seed), seed by
+seed so that a cut-short run still compares every variant.
 
 Held-out evaluation is the app's own (``webapp.training.evaluation``): every
 version completes the project's first ``guard_eval_prompts`` held-out prompts
 with one fixed seed, storing text, tokens, logprobs and base-model logprobs.
 From those samples the benchmark computes, per version:
 
-- ``mean_rating``: mean bias- and noise-free simulated rating (1-5);
+- ``mean_rating``: mean of the rater's bias- and noise-free score (1-5);
 - ``kl_per_completion``: KL(version || base) per completion, in nats: the mean
   over completions of the summed per-token k3 estimate (``r - 1 - log r``,
   ``r = pi_base / pi``; Schulman 2020), never negative; the plain log-ratio
@@ -35,7 +43,24 @@ Variants (same prompts, seeds and annotators; each is its own project):
   per-annotator normalisation, no importance correction, ``kl_coef`` 0;
 - ``default``: pgcore's ``PGConfig()`` as is;
 - ``no_annotator_norm``: default with ``annotator_norm=False``;
-- ``no_offpolicy``: default with ``importance_correction=False``.
+- ``no_offpolicy``: default with ``importance_correction=False``;
+- ``critic``: default with ``baseline="critic"``, the learned value baseline of
+  ``pgcore.critic`` (ridge value head over the base model's prompt features);
+- ``rm``: the project trains on reward-model-scored fresh samples
+  (``Project.reward_source = "reward_model"``);
+- ``rm_active``: ``rm`` plus the active annotation queue (``Project.active_queue``).
+
+The ``rm`` variants need those project settings (the reward-model branch); without
+them the benchmark stops before running anything and says so.
+
+Summaries per variant (``variants.<name>``): ``final_gain``, ``final_kl``,
+``final_distinct2_ratio`` as means over seeds with their sample SD (``*_sd``) and
+per-seed values (``per_seed``); ``ratings_to_target`` and ``wall_minutes_to_target``,
+the most any seed needed (None unless every seed reached the target); the curve is the
+mean over seeds. Each seed's own summary is under ``runs.<name>.<seed>``. Points of
+runs that fit a reward model carry its newest version's held-out metrics
+(``rm_metrics``: ``held_out/*`` of ``webapp.rewards``' RewardModelVersion, and the ratings
+it was fitted on), drawn against the ratings seen.
 
 The promotion guard runs but, by default, with thresholds that never trigger,
 so the curves measure pgcore rather than the guard; ``--guard`` keeps the
@@ -51,6 +76,9 @@ Usage::
 
     .venv/bin/python bench/learning.py --tiny            # plumbing check, tiny random model, ~1-2 min
     .venv/bin/python bench/learning.py --quick           # SmolLM2, small sizes (see QUICK)
+    .venv/bin/python bench/learning.py --quick --variants default,critic --seeds 1 --rater critical
+    .venv/bin/python bench/learning.py --quick --variants default --tis-cap 0 --out R/tis-off
+    .venv/bin/python bench/learning.py --base-only --rater concise   # the base model's score, nothing trained
     .venv/bin/python bench/learning.py                   # the full run (~3 h on 2 CPU cores; 90 min per pair of variants below)
 
     # The same, variants side by side, one process and one thread each (on 2 cores about
@@ -86,7 +114,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.simulated_annotators import compound, default_team, ideal_rating  # noqa: E402
+from bench.raters import BUILTIN as BUILTIN_RATERS  # noqa: E402
+from bench.raters import RaterError, load_rater  # noqa: E402
+from bench.simulated_annotators import compound, default_team  # noqa: E402
 from pgcore.atomic import atomic_file, atomic_write  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
@@ -94,9 +124,19 @@ VARIANTS: dict[str, dict] = {
     "default": {},
     "no_annotator_norm": {"annotator_norm": False},
     "no_offpolicy": {"importance_correction": False},
+    "critic": {"baseline": "critic"},
+    "rm": {},
+    "rm_active": {},
+}
+# Project settings of a variant (beside its PGConfig); the reward-model branch's fields.
+PROJECT_FIELDS: dict[str, dict] = {
+    "rm": {"reward_source": "reward_model"},
+    "rm_active": {"reward_source": "reward_model", "active_queue": True},
 }
 # Run order: the two the goal compares first, so a cut-short run still answers it.
-VARIANT_ORDER = ("default", "naive", "no_annotator_norm", "no_offpolicy")
+VARIANT_ORDER = ("default", "naive", "rm", "rm_active", "critic", "no_annotator_norm", "no_offpolicy")
+# What runs when --variants is not given: the issue's five.
+DEFAULT_VARIANTS = "default,naive,rm,rm_active,critic"
 
 # The issue's sizes.
 FULL = {
@@ -105,7 +145,7 @@ FULL = {
     "heldout": 64,  # held-out prompts per evaluation
     "max_new_tokens": 96,  # completion length cap, training and evaluation
     "pool_target": 16,  # unrated completions the generation worker keeps ready
-    "variants": ",".join(VARIANT_ORDER),
+    "variants": DEFAULT_VARIANTS,
 }
 # --quick: a smoke check sized to finish within 15 minutes on this 2-core machine: 2
 # training runs per variant (measured with two threads: 96 ratings every 32 took 22.6 min
@@ -116,7 +156,7 @@ QUICK = {
     "heldout": 16,
     "max_new_tokens": 32,
     "pool_target": 8,
-    "variants": ",".join(VARIANT_ORDER),
+    "variants": DEFAULT_VARIANTS,
 }
 # --tiny: the tiny random model; checks the plumbing in a minute or two.
 TINY = {
@@ -125,7 +165,7 @@ TINY = {
     "heldout": 8,
     "max_new_tokens": 12,
     "pool_target": 8,
-    "variants": ",".join(VARIANT_ORDER),
+    "variants": DEFAULT_VARIANTS,
 }
 
 GENERATION_TICK_S = 10.0  # virtual seconds the generation worker takes per batch of 8
@@ -154,6 +194,23 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--pg",
         default="{}",
         help='JSON of PGConfig fields for every variant, under each variant\'s own switches (e.g. \'{"lr": 2e-4}\')',
+    )
+    p.add_argument(
+        "--tis-cap",
+        help="PGConfig.tis_cap for every variant: a number > 0, or 0 / none / off for no truncated "
+        "importance sampling (default: PGConfig's own)",
+    )
+    p.add_argument(
+        "--rater",
+        default="vader",
+        help=f"what the simulated annotators want: a built-in ({', '.join(BUILTIN_RATERS)}) or "
+        "package.module:callable(prompt, completion) -> Likert in [1, 5] (default vader)",
+    )
+    p.add_argument("--seeds", type=int, default=3, help="seeds per variant, --seed, --seed + 1, ... (default 3)")
+    p.add_argument(
+        "--base-only",
+        action="store_true",
+        help="evaluate the base model only and print its held-out score under every built-in rater (and --rater)",
     )
     p.add_argument("--annotators", type=int, default=4, help="number of simulated annotators (default 4)")
     p.add_argument("--target-gain", type=float, default=1.0, help="gain in mean held-out rating to reach (default 1.0)")
@@ -192,21 +249,67 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    if args.seeds < 1:
+        p.error("--seeds must be at least 1")
     try:
         args.pg = json.loads(args.pg)
+        if args.tis_cap is not None:
+            args.pg["tis_cap"] = parse_tis_cap(args.tis_cap)
         from pgcore.config import PGConfig
 
         PGConfig.from_dict(args.pg)
     except ValueError as exc:
-        p.error(f"--pg: {exc}")
+        p.error(f"--pg/--tis-cap: {exc}")
+    try:
+        args.rater_fn = load_rater(args.rater)
+    except RaterError as exc:
+        p.error(str(exc))
     if args.ratings < args.train_every or args.ratings % args.train_every:
         p.error("--ratings must be a positive multiple of --train-every")
     return args
 
 
-def variant_config(name: str, base: dict) -> dict:
-    """PGConfig overrides of variant ``name``: ``base`` (``--pg``) under the variant's own switches."""
-    return {**base, **VARIANTS[name]}
+def parse_tis_cap(text: str) -> float:
+    """``--tis-cap`` to ``PGConfig.tis_cap``: ``0``, ``none`` or ``off`` give 0.0 (off), a number > 0 itself.
+
+    Raises:
+        ValueError: anything else (a negative number, a word).
+    """
+    if text.strip().lower() in ("0", "0.0", "none", "off"):
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"tis_cap must be a number > 0, or 0 / none / off, got {text!r}") from None
+    if not value > 0 or not math.isfinite(value):
+        raise ValueError(f"tis_cap must be a number > 0, or 0 / none / off, got {text!r}")
+    return value
+
+
+def variant_config(name: str, base: dict, seed: int | None = None) -> dict:
+    """PGConfig overrides of variant ``name``: ``base`` (``--pg``) under the variant's own switches;
+    with ``seed`` (and no seed in ``base``) PGConfig's seed too."""
+    seeded = {} if seed is None or "seed" in base else {"seed": seed}
+    return {**seeded, **base, **VARIANTS[name]}
+
+
+def check_project_fields(variants: list[str]) -> None:
+    """Stop with a clear message when a variant needs project settings this checkout lacks.
+
+    Raises:
+        SystemExit: e.g. ``rm`` without ``Project.reward_source`` (the reward-model branch).
+    """
+    from webapp.policies.models import Project
+
+    have = {f.name for f in Project._meta.get_fields()}
+    for name in variants:
+        missing = sorted(set(PROJECT_FIELDS.get(name, {})) - have)
+        if missing:
+            raise SystemExit(
+                f"variant {name!r} needs the project setting(s) {', '.join(missing)} (Project.reward_source / "
+                f"active_queue of the reward-model work), which this checkout does not have; run without it "
+                f"(e.g. --variants default,naive,critic) or on a branch that has them"
+            )
 
 
 def django_setup(data_dir: Path) -> None:
@@ -230,16 +333,18 @@ def django_setup(data_dir: Path) -> None:
 # --- metrics from the app's stored held-out samples ----------------------------------
 
 
-def version_metrics(version) -> dict:
-    """The benchmark's held-out figures for ``version``, from its stored evaluation samples."""
+def version_metrics(version, rater) -> dict:
+    """The benchmark's held-out figures for ``version``, from its stored evaluation samples, scored by ``rater``."""
     from webapp.training.evaluation import eval_prompts
     from webapp.training.models import VersionSample
 
     prompt_ids = [p.pk for p in eval_prompts(project=version.project)]
-    samples = sorted(VersionSample.objects.filter(version=version, prompt_id__in=prompt_ids), key=lambda s: s.prompt_id)
+    samples = sorted(
+        VersionSample.objects.filter(version=version, prompt_id__in=prompt_ids).select_related("prompt"), key=lambda s: s.prompt_id
+    )
     if not samples:
         raise RuntimeError(f"{version} has no held-out samples; is guard_eval_prompts > 0?")
-    ratings = [ideal_rating(s.text) for s in samples]
+    ratings = [rater(s.prompt.text, s.text) for s in samples]
     compounds = [compound(s.text) for s in samples]
     spread = statistics.stdev(ratings) if len(ratings) > 1 else 0.0
     # Per completion, summed over its tokens: k3 = r - 1 - log r with r = pi_base / pi
@@ -265,36 +370,56 @@ def version_metrics(version) -> dict:
     }
 
 
+def reward_model_metrics(project) -> dict:
+    """The project's newest reward-model version's held-out metrics (``held_out/*`` numbers),
+    its number and the ratings it was fitted on (``n_ratings``); {} when none was fitted."""
+    try:
+        from webapp.rewards.models import RewardModelVersion
+    except ImportError:  # a checkout without the rewards app
+        return {}
+    version = RewardModelVersion.objects.filter(project=project).order_by("-number").first()
+    if version is None:
+        return {}
+    numbers = {
+        k: float(v) for k, v in (version.metrics or {}).items()
+        if k.startswith("held_out/") and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    return {"rm_version": version.number, "n_ratings": version.n_ratings, **numbers}
+
+
 # --- one variant ---------------------------------------------------------------------
 
 
 class Loop:
     """One variant's project, annotators and event queue (virtual time)."""
 
-    def __init__(self, *, name: str, args, base_model_path: Path, rows, users, team):
+    def __init__(self, *, name: str, seed: int, args, base_model_path: Path, rows, users, team):
         from webapp.annotation.services import prompts_create
         from webapp.policies.services import project_create
 
         guard = {} if args.guard else OPEN_GUARD
         self.name = name
+        self.seed = seed
+        self.rater = args.rater_fn
         self.args = args
         self.users = users
         self.team = team
         self.project = project_create(
-            slug=f"learn-{name.replace('_', '-')}",
-            title=f"Learning benchmark: {name}",
+            slug=f"learn-{name.replace('_', '-')}-s{seed}",
+            title=f"Learning benchmark: {name}, seed {seed}",
             base_model_path=base_model_path,
             ratings_per_item=1,
             pool_target=args.pool_target,
             min_new_ratings=args.train_every,
             max_new_tokens=args.max_new_tokens,
             guard_eval_prompts=args.heldout,
-            pg_config=variant_config(name, args.pg),
+            pg_config=variant_config(name, args.pg, seed),
+            **PROJECT_FIELDS.get(name, {}),
             **guard,
             **({} if args.completions_per_prompt is None else {"completions_per_prompt": args.completions_per_prompt}),
         )
         prompts_create(project=self.project, rows=rows)
-        self.rng = random.Random(args.seed)
+        self.rng = random.Random(seed)
         self.events: list[tuple[float, int, str, int]] = []
         self.seq = 0
         self.gen_tick = 0
@@ -302,6 +427,7 @@ class Loop:
         self.in_flight: dict[int, int] = {}  # annotator index -> leased completion id
         self.timing = {"generation_s": 0.0, "training_s": 0.0, "evaluation_s": 0.0}
         self.clock = 0.0
+        self.started = time.perf_counter()
 
     def sampling_counts(self) -> dict:
         """How much was sampled for annotators, how much of it got rated, and the training steps taken."""
@@ -327,8 +453,8 @@ class Loop:
         t = time.perf_counter()
         version = version_evaluate(version=self.project.served_version)
         self.timing["evaluation_s"] += time.perf_counter() - t
-        point = version_metrics(version)
-        point.update({"ratings": 0, "promoted": True, "stale_fraction": None, "train_metrics": {}})
+        point = version_metrics(version, self.rater)
+        point.update({"ratings": 0, "promoted": True, "stale_fraction": None, "train_metrics": {}, "wall_s": 0.0})
         return point
 
     def run(self, on_point) -> None:
@@ -360,7 +486,7 @@ class Loop:
         deficit = self.project.pool_target - pool_size(project=self.project)
         if deficit >= GENERATION_BATCH or (deficit > 0 and not open_completions(project=self.project).exists()):
             t = time.perf_counter()
-            seed = self.args.seed * 1_000_003 + self.gen_tick
+            seed = self.seed * 1_000_003 + self.gen_tick
             created = completion_pool_refill(project=self.project, max_new=GENERATION_BATCH, seed=seed)
             self.gen_tick += 1
             if created:
@@ -381,8 +507,8 @@ class Loop:
         from webapp.annotation.models import Completion
         from webapp.annotation.services import rating_create
 
-        completion = Completion.objects.select_related("project").get(pk=self.in_flight.pop(k))
-        score = self.team[k].rate(completion.text, self.rng)
+        completion = Completion.objects.select_related("project", "prompt").get(pk=self.in_flight.pop(k))
+        score = self.team[k].rate_ideal(self.rater(completion.prompt.text, completion.text), self.rng)
         rating_create(annotator=self.users[k], completion=completion, score=score)
         self.ratings += 1
         self.push(self.clock, "lease", k)
@@ -400,7 +526,7 @@ class Loop:
         ratings = list(run.ratings.select_related("completion"))
         stale = [r for r in ratings if r.completion.model_version_id != run.parent_version_id]
         version = run.result_version
-        point = version_metrics(version)
+        point = version_metrics(version, self.rater)
         train_s = float(run.metrics.get("train/seconds", 0.0))
         self.timing["training_s"] += train_s
         self.timing["evaluation_s"] += wall - train_s
@@ -413,9 +539,14 @@ class Loop:
                 "ratings_in_run": len(ratings),
                 "stale_fraction": len(stale) / len(ratings),
                 "virtual_time_s": round(self.clock, 1),
+                "wall_s": round(time.perf_counter() - self.started, 1),
+                "rm_metrics": reward_model_metrics(self.project),
                 "train_metrics": {
                     k: run.metrics[k]
-                    for k in ("objective/kl", "objective/mean_reward", "losses/pg_loss", "policy/clipfrac", "policy/ratio_mean", "train/seconds")
+                    for k in (
+                        "objective/kl", "objective/mean_reward", "losses/pg_loss", "policy/clipfrac", "policy/ratio_mean",
+                        "train/seconds", "critic/explained_variance", "critic/mse",
+                    )
                     if k in run.metrics
                 },
             }
@@ -427,11 +558,13 @@ class Loop:
 
 
 def summarise(curve: list[dict], base: dict, target_gain: float) -> dict:
-    """``ratings_to_target`` (None if never reached), final gain / KL / distinct-2 ratio, and the curve."""
-    reached = next((p["ratings"] for p in curve if p["mean_rating"] - base["mean_rating"] >= target_gain - 1e-9), None)
+    """One seed's run: ``ratings_to_target`` and ``wall_minutes_to_target`` (None if never reached),
+    final gain / KL / distinct-2 ratio, and the curve."""
+    hit = next((p for p in curve if p["mean_rating"] - base["mean_rating"] >= target_gain - 1e-9), None)
     last = curve[-1]
     return {
-        "ratings_to_target": reached,
+        "ratings_to_target": None if hit is None else hit["ratings"],
+        "wall_minutes_to_target": None if hit is None or hit.get("wall_s") is None else round(hit["wall_s"] / 60, 2),
         "final_gain": last["mean_rating"] - base["mean_rating"],
         "final_kl": last["kl_per_completion"],
         "final_distinct2_ratio": (last["distinct2"] / base["distinct2"]) if base["distinct2"] else None,
@@ -444,6 +577,79 @@ def summarise(curve: list[dict], base: dict, target_gain: float) -> dict:
 
 def _mean(values):
     return sum(values) / len(values) if values else None
+
+
+def _sd(values):
+    """Sample standard deviation; None for fewer than two values."""
+    values = [v for v in values if v is not None]
+    return statistics.stdev(values) if len(values) > 1 else None
+
+
+PER_SEED_KEYS = (
+    "final_gain", "final_kl", "final_distinct2_ratio", "ratings_to_target", "wall_minutes_to_target", "ratings_used"
+)
+
+
+def _mean_curve(curves: list[list[dict]]) -> list[dict]:
+    """The seeds' curves averaged at each number of ratings that every seed evaluated.
+
+    ``mean_rating`` is the mean over held-out prompts of each prompt's rating averaged over
+    the seeds (so ``mean_rating_se`` is the standard error over prompts of those averages);
+    KL, distinct-2, length, stale fraction and wall time are means over the seeds.
+    """
+    by_seed = [{p["ratings"]: p for p in curve} for curve in curves]
+    common = sorted(set.intersection(*(set(d) for d in by_seed)))
+    out = []
+    for r in common:
+        points = [d[r] for d in by_seed]
+        point = {"ratings": r, "n_seeds": len(points)}
+        heldout = [p.get("ratings_heldout") for p in points]
+        if all(heldout):
+            per_prompt = [sum(col) / len(col) for col in zip(*heldout, strict=True)]
+            point["ratings_heldout"] = per_prompt
+            point["mean_rating"] = sum(per_prompt) / len(per_prompt)
+            point["mean_rating_se"] = (statistics.stdev(per_prompt) / math.sqrt(len(per_prompt))) if len(per_prompt) > 1 else 0.0
+        else:
+            point["mean_rating"] = _mean([p["mean_rating"] for p in points])
+            point["mean_rating_se"] = _mean([p.get("mean_rating_se", 0.0) for p in points])
+        for key in ("kl_per_completion", "distinct2", "mean_length", "stale_fraction", "wall_s"):
+            values = [p.get(key) for p in points]
+            point[key] = _mean(values) if all(v is not None for v in values) else None
+        point["mean_rating_by_seed"] = [p["mean_rating"] for p in points]
+        point["kl_by_seed"] = [p["kl_per_completion"] for p in points]
+        rm = [p.get("rm_metrics") or {} for p in points]
+        keys = set.intersection(*(set(m) for m in rm)) if rm else set()
+        point["rm_metrics"] = {k: _mean([m[k] for m in rm]) for k in sorted(keys)}
+        out.append(point)
+    return out
+
+
+def aggregate(per_seed: dict[str, dict]) -> dict:
+    """A variant's summary over seeds from each seed's :func:`summarise` (keyed by seed).
+
+    ``final_gain``, ``final_kl``, ``final_distinct2_ratio``: means over seeds, their sample
+    SDs as ``*_sd`` (None with one seed). ``ratings_to_target`` and
+    ``wall_minutes_to_target``: the most any seed needed, None unless every seed reached
+    the target (``seeds_reaching_target`` counts those that did). ``per_seed``: every
+    per-seed value, in seed order. ``curve``: :func:`_mean_curve`.
+    """
+    seeds = sorted(per_seed, key=int)
+    runs = [per_seed[s] for s in seeds]
+    out: dict = {"seeds": [int(s) for s in seeds]}
+    for key in ("final_gain", "final_kl", "final_distinct2_ratio"):
+        values = [r[key] for r in runs]
+        out[key] = _mean(values) if all(v is not None for v in values) else None
+        out[f"{key}_sd"] = _sd(values)
+    for key in ("ratings_to_target", "wall_minutes_to_target"):
+        values = [r.get(key) for r in runs]
+        out[key] = max(values) if all(v is not None for v in values) else None
+    out["seeds_reaching_target"] = sum(r["ratings_to_target"] is not None for r in runs)
+    out["final_mean_length"] = _mean([r["final_mean_length"] for r in runs])
+    out["ratings_used"] = min(r["ratings_used"] for r in runs)
+    out["mean_stale_fraction"] = _mean([r["mean_stale_fraction"] for r in runs if r["mean_stale_fraction"] is not None])
+    out["per_seed"] = {key: [r.get(key) for r in runs] for key in PER_SEED_KEYS}
+    out["curve"] = _mean_curve([r["curve"] for r in runs])
+    return out
 
 
 def _paired(a: list[float], b: list[float]) -> dict:
@@ -513,7 +719,37 @@ def goal_check(variants: dict, args) -> dict:
         "ran_full_length": full_length,
     }
     met = all(v is True for k, v in checks.items() if k != "ran_full_length")
-    return {"met": met, **checks}
+    return {"met": met, **checks, "rm_active_vs_default": rm_goal_check(variants)}
+
+
+def rm_goal_check(variants: dict) -> dict:
+    """Issue 16's goal on what was run: ``rm_active`` reaches the target with at most half the
+    ratings ``default`` needs, at KL < 5 nats and distinct-2 >= 0.8 of base in every seed, in no
+    more wall time than ``default`` (None where it cannot be told yet)."""
+    default, active = variants.get("default"), variants.get("rm_active")
+    if default is None or active is None:
+        return {"met": None, "why": "needs the default and rm_active variants"}
+    per = active.get("per_seed") or {
+        "ratings_to_target": [active["ratings_to_target"]],
+        "final_kl": [active["final_kl"]],
+        "final_distinct2_ratio": [active["final_distinct2_ratio"]],
+    }
+    mine, theirs = active["ratings_to_target"], default["ratings_to_target"]
+    if mine is None:
+        half = False
+    elif theirs is None:
+        half = True if default["ratings_used"] >= active["ratings_used"] and default["ratings_used"] >= 2 * mine else None
+    else:
+        half = mine <= theirs / 2
+    wall_mine, wall_theirs = active.get("wall_minutes_to_target"), default.get("wall_minutes_to_target")
+    checks = {
+        "rm_active_reaches_target_every_seed": all(r is not None for r in per["ratings_to_target"]),
+        "rm_active_at_most_half_of_default": half,
+        "final_kl_below_5_nats_every_seed": all(k is not None and k < 5.0 for k in per["final_kl"]),
+        "distinct2_at_least_80pct_every_seed": all((d or 0) >= 0.8 for d in per["final_distinct2_ratio"]),
+        "wall_no_more_than_default": None if wall_mine is None or wall_theirs is None else wall_mine <= wall_theirs,
+    }
+    return {"met": all(v is True for v in checks.values()), **checks}
 
 
 def write_plot(result: dict, path: Path) -> None:
@@ -522,19 +758,39 @@ def write_plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, grid = plt.subplots(2, 2, figsize=(13, 9))
+    fig, grid = plt.subplots(3, 2, figsize=(13, 13))
     axes = grid.ravel()
     base = result["base"]
-    for name, variant in result["variants"].items():
+    rm_drawn = False
+    for i, (name, variant) in enumerate(result["variants"].items()):
+        color = f"C{i % 10}"
         xs = [p["ratings"] for p in variant["curve"]]
         ratings = [p["mean_rating"] for p in variant["curve"]]
         kls = [p["kl_per_completion"] for p in variant["curve"]]
         axes[0].errorbar(
-            xs, ratings, yerr=[p.get("mean_rating_se", 0.0) for p in variant["curve"]], marker="o", capsize=3, label=name
+            xs, ratings, yerr=[p.get("mean_rating_se", 0.0) for p in variant["curve"]], marker="o", capsize=3,
+            color=color, label=name,
         )
-        axes[1].plot(xs, kls, marker="o", label=name)
-        axes[2].plot(xs, [p["distinct2"] / base["distinct2"] for p in variant["curve"]], marker="o", label=name)
-        axes[3].plot(kls, ratings, marker="o", ms=4, label=name)
+        axes[1].plot(xs, kls, marker="o", color=color, label=name)
+        axes[2].plot(xs, [p["distinct2"] / base["distinct2"] for p in variant["curve"]], marker="o", color=color, label=name)
+        axes[3].plot(kls, ratings, marker="o", ms=4, color=color, label=f"{name} (mean of seeds)")
+        # The frontier per seed: every evaluated version of every seed, faint.
+        for run in (result.get("runs", {}).get(name) or {}).values():
+            axes[3].scatter(
+                [p["kl_per_completion"] for p in run["curve"]], [p["mean_rating"] for p in run["curve"]],
+                s=10, color=color, alpha=0.35,
+            )
+        walls = [p.get("wall_s") for p in variant["curve"]]
+        if all(w is not None for w in walls):
+            axes[4].plot([w / 60 for w in walls], ratings, marker="o", color=color, label=name)
+        for key, style in (("held_out/spearman", "-"), ("held_out/pairwise_accuracy", "--")):
+            pts = [
+                (p["rm_metrics"].get("n_ratings", p["ratings"]), p["rm_metrics"][key])
+                for p in variant["curve"] if key in (p.get("rm_metrics") or {})
+            ]
+            if pts:
+                rm_drawn = True
+                axes[5].plot(*zip(*pts), ls=style, marker="o", color=color, label=f"{name}: {key.split('/')[1]}")
     target = base["mean_rating"] + result["config"]["target_gain"]
     target_label = f"target (+{result['config']['target_gain']:g})"
     axes[0].axhline(base["mean_rating"], color="grey", lw=0.8, ls=":", label="base")
@@ -557,13 +813,20 @@ def write_plot(result: dict, path: Path) -> None:
     axes[3].set_ylim(min(3.0, base["mean_rating"] - 0.3), 5.1)
     axes[3].set_xscale("symlog", linthresh=1.0)
     axes[3].set_xlim(left=0)
+    axes[4].axhline(target, color="black", lw=0.8, ls="--", label=target_label)
+    axes[4].set(xlabel="wall minutes (this machine, this load)", ylabel="mean held-out rating", title="Learning against wall time")
+    axes[5].set(
+        xlabel="ratings the reward model was fitted on", ylabel="held-out metric", title="Reward model, held-out ratings"
+        + ("" if rm_drawn else " (none fitted here)"),
+    )
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     cfg = result["config"]
     fig.suptitle(
-        f"{cfg['model']}: {cfg['ratings']} ratings, training every {cfg['train_every']}, "
-        f"{cfg['heldout']} held-out prompts, {cfg['max_new_tokens']} tokens"
+        f"{cfg['model']}: rater {cfg.get('rater', 'vader')}, {cfg['ratings']} ratings, training every {cfg['train_every']}, "
+        f"{cfg['heldout']} held-out prompts, {cfg['max_new_tokens']} tokens, seeds {cfg.get('seeds', [cfg.get('seed', 0)])}"
         + ("" if result["complete"] else "  (PARTIAL)"),
         fontsize=10,
     )
@@ -618,7 +881,7 @@ def combine(dirs: list[str], out_dir: Path) -> dict:
                 raise ValueError(f"{d}: no variant {only!r} there (it has {', '.join(r['variants'])})")
             r["variants"] = {only: r["variants"][only]}
     first = results[0]
-    merged = {**first, "variants": {}, "timing": {}, "config": {**first["config"], "variants": {}}, "probes": {}}
+    merged = {**first, "variants": {}, "runs": {}, "timing": {}, "config": {**first["config"], "variants": {}}, "probes": {}}
     for (d, _, rename), r in zip(specs, results):
         probe = rename is not None
         if _run_settings(r, probe=probe) != _run_settings(first, probe=probe) or r["base"]["mean_rating"] != first["base"]["mean_rating"]:
@@ -630,6 +893,8 @@ def combine(dirs: list[str], out_dir: Path) -> dict:
             if key in merged["variants"]:
                 raise ValueError(f"{d}: variant {key!r} appears in two runs")
             merged["variants"][key] = variant
+            if name in r.get("runs", {}):
+                merged["runs"][key] = r["runs"][name]
             merged["config"]["variants"][key] = r["config"]["variants"][name]
             merged["timing"][key] = r["timing"].get(name)
             if probe:
@@ -648,6 +913,39 @@ def combine(dirs: list[str], out_dir: Path) -> dict:
     merged["paired_vs_default"] = paired_vs_default(merged["variants"], first["config"]["ratings"] // 2)
     write_outputs(merged, out_dir)
     return merged
+
+
+def base_only(args, *, base_model_path, rows, users, team, model_name) -> dict:
+    """``--base-only``: the base model's held-out score under every built-in rater (and ``--rater``)."""
+    from webapp.training.evaluation import eval_prompts
+    from webapp.training.models import VersionSample
+
+    loop = Loop(name="default", seed=args.seed, args=args, base_model_path=base_model_path, rows=rows, users=users, team=team)
+    point = loop.evaluate_base()
+    version = loop.project.served_version
+    prompt_ids = [p.pk for p in eval_prompts(project=loop.project)]
+    samples = list(VersionSample.objects.filter(version=version, prompt_id__in=prompt_ids).select_related("prompt"))
+    raters = {name: load_rater(name) for name in BUILTIN_RATERS} | {args.rater: args.rater_fn}
+    scores = {}
+    for name, rater in raters.items():
+        values = [rater(s.prompt.text, s.text) for s in samples]
+        scores[name] = {
+            "mean": statistics.fmean(values),
+            "se": statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0,
+            "headroom_for_plus_1": statistics.fmean(values) + 1.0 <= 5.0,
+        }
+    return {
+        "benchmark": "learning-base",
+        "model": model_name,
+        "heldout": len(samples),
+        "max_new_tokens": args.max_new_tokens,
+        "mean_length": point["mean_length"],
+        "finished_fraction": point["finished_fraction"],
+        "raters": scores,
+        "texts_sample": point["texts_sample"],
+        "wall_s": round(time.perf_counter() - loop.started, 1),
+        "load_avg": list(os.getloadavg()),
+    }
 
 
 def main(argv=None) -> dict:
@@ -691,6 +989,14 @@ def main(argv=None) -> dict:
         from pgcore.config import PGConfig
         from webapp.policies.models import Project
 
+        if args.base_only:
+            result = base_only(args, base_model_path=base_model_path, rows=rows, users=users, team=team, model_name=model_name)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "learning-base.json").write_text(json.dumps(result, indent=2) + "\n")
+            print(json.dumps(result))
+            return result
+        check_project_fields(args.variants)
+        seeds = list(range(args.seed, args.seed + args.seeds))
         result = {
             "benchmark": "learning",
             "complete": False,
@@ -698,11 +1004,16 @@ def main(argv=None) -> dict:
                 "model": model_name,
                 "mode": "tiny" if args.tiny else "quick" if args.quick else "full",
                 **{k: getattr(args, k) for k in ("ratings", "train_every", "heldout", "max_new_tokens", "pool_target", "target_gain", "seed", "guard")},
-                "variants": {v: PGConfig.from_dict(variant_config(v, args.pg)).to_dict() for v in args.variants},
+                "seeds": seeds,
+                "rater": args.rater,
+                # PGConfig per variant; its seed is each run's seed (shown here for the first).
+                "variants": {v: PGConfig.from_dict(variant_config(v, args.pg, seeds[0])).to_dict() for v in args.variants},
+                "project_settings": {v: PROJECT_FIELDS[v] for v in args.variants if v in PROJECT_FIELDS},
                 "completions_per_prompt": args.completions_per_prompt
                 or Project._meta.get_field("completions_per_prompt").default,
                 "annotators": [dataclasses.asdict(a) for a in team],
-                "rating_scale": "ideal = clip(round_half_up(3 + 2 * VADER compound), 1, 5); annotator = clip(ideal + bias + noise, 1, 5)",
+                "rating_scale": f"ideal = rater {args.rater}(prompt, completion) in [1, 5]; "
+                "annotator = clip(round_half_up(ideal) + bias + noise, 1, 5)",
                 "prompts": f"{len(rows)} demo prompts (vaderSentiment movie-review openings), {sum(r.held_out for r in rows)} held out",
                 "generation_tick_s": GENERATION_TICK_S,
                 "torch_threads": torch.get_num_threads(),
@@ -710,44 +1021,53 @@ def main(argv=None) -> dict:
             "host": {"cpus": os.cpu_count(), "load_avg_at_start": list(os.getloadavg()), "python": platform.python_version()},
             "base": None,
             "variants": {},
+            "runs": {},
             "timing": {},
         }
 
-        for name in args.variants:
-            t_variant = time.perf_counter()
-            loop = Loop(name=name, args=args, base_model_path=base_model_path, rows=rows, users=users, team=team)
-            base_point = loop.evaluate_base()
-            if result["base"] is None:
-                result["base"] = {
-                    k: base_point[k]
-                    for k in ("mean_rating", "mean_rating_se", "mean_compound", "kl_per_completion", "distinct2", "mean_length", "finished_fraction", "n_heldout", "texts_sample")
-                }
-            curve = [base_point]
+        def refresh() -> None:
+            result["variants"] = {
+                v: aggregate(result["runs"][v]) for v in args.variants if v in result["runs"]
+            }
+            result["timing"]["total_wall_s"] = round(time.perf_counter() - started, 1)
+            result["goal"] = goal_check(result["variants"], args)
+            result["paired_vs_default"] = paired_vs_default(result["variants"], args.ratings // 2)
+            result["host"]["load_avg_now"] = list(os.getloadavg())
 
-            def on_point(point, name=name, curve=curve):
-                curve.append(point)
-                result["variants"][name] = summarise(curve, result["base"], args.target_gain)
-                result["timing"][name] = {k: round(v, 1) for k, v in loop.timing.items()} | {
-                    "wall_s": round(time.perf_counter() - t_variant, 1)
-                }
-                result["variants"][name]["sampling"] = loop.sampling_counts()
-                result["timing"]["total_wall_s"] = round(time.perf_counter() - started, 1)
-                result["goal"] = goal_check(result["variants"], args)
-                result["paired_vs_default"] = paired_vs_default(result["variants"], args.ratings // 2)
-                write_outputs(result, out_dir)
-                print(
-                    f"[learning] {name}: {point['ratings']} ratings, v{point['version']}: rating {point['mean_rating']:.3f}, "
-                    f"KL {point['kl_per_completion']:.2f} nats, distinct-2 {point['distinct2']:.3f}, "
-                    f"stale {point['stale_fraction']:.0%}, {time.perf_counter() - started:.0f}s",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        for seed in seeds:
+            for name in args.variants:
+                t_variant = time.perf_counter()
+                loop = Loop(name=name, seed=seed, args=args, base_model_path=base_model_path, rows=rows, users=users, team=team)
+                base_point = loop.evaluate_base()
+                if result["base"] is None:
+                    result["base"] = {
+                        k: base_point[k]
+                        for k in ("mean_rating", "mean_rating_se", "mean_compound", "kl_per_completion", "distinct2", "mean_length", "finished_fraction", "n_heldout", "texts_sample")
+                    }
+                curve = [base_point]
 
-            loop.run(on_point)
+                def on_point(point, name=name, seed=seed, curve=curve, loop=loop, t_variant=t_variant):
+                    curve.append(point)
+                    run = summarise(curve, result["base"], args.target_gain)
+                    run["sampling"] = loop.sampling_counts()
+                    result["runs"].setdefault(name, {})[str(seed)] = run
+                    timing = result["timing"].setdefault(name, {})
+                    timing[str(seed)] = {k: round(v, 1) for k, v in loop.timing.items()} | {
+                        "wall_s": round(time.perf_counter() - t_variant, 1)
+                    }
+                    refresh()
+                    write_outputs(result, out_dir)
+                    print(
+                        f"[learning] {name} seed {seed}: {point['ratings']} ratings, v{point['version']}: rating {point['mean_rating']:.3f}, "
+                        f"KL {point['kl_per_completion']:.2f} nats, distinct-2 {point['distinct2']:.3f}, "
+                        f"stale {point['stale_fraction']:.0%}, {time.perf_counter() - started:.0f}s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+
+                loop.run(on_point)
         result["complete"] = True
-        result["goal"] = goal_check(result["variants"], args)
-        result["paired_vs_default"] = paired_vs_default(result["variants"], args.ratings // 2)
-        result["timing"]["total_wall_s"] = round(time.perf_counter() - started, 1)
+        refresh()
         write_outputs(result, out_dir)
     finally:
         if not args.keep_data:

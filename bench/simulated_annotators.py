@@ -1,9 +1,11 @@
 """Simulated annotators for the learning benchmark (``bench/learning.py``).
 
-They stand in for people who want "warm, upbeat replies": the rating of a
-completion comes from the VADER compound sentiment of its text (Hutto & Gilbert,
-ICWSM 2014; the ``vaderSentiment`` wheel ships its lexicon, so this is offline
-and fast).
+What they want is a *rater* (``bench/raters.py``, chosen with ``--rater``): the
+bias- and noise-free score in [1, 5] of a completion. The annotators here add what
+people add: bias, noise, clipping and delay. The default rater stands in for people
+who want "warm, upbeat replies": the rating of a completion comes from the VADER
+compound sentiment of its text (Hutto & Gilbert, ICWSM 2014; the ``vaderSentiment``
+wheel ships its lexicon, so this is offline and fast).
 
 The scale, fixed before any learning run and not tuned afterwards:
 
@@ -11,7 +13,8 @@ The scale, fixed before any learning run and not tuned afterwards:
   [-1, 1] is mapped linearly onto the Likert range [1, 5] and rounded to the
   nearest whole point (halves round up). This is the bias- and noise-free
   rating the benchmark evaluates with.
-- Annotator ``k`` rates ``clip(ideal + bias_k + noise, 1, 5)``, where ``noise``
+- Annotator ``k`` rates ``clip(round_half_up(ideal) + bias_k + noise, 1, 5)``
+  (a rater may return a fraction; people give whole points), where ``noise``
   is ``+1`` or ``-1`` (equally likely) with probability ``noise_prob_k`` and 0
   otherwise. Clipping means a lenient annotator cannot tell a 4 from a 5, as
   with people.
@@ -82,10 +85,11 @@ class SimulatedAnnotator:
         if not self.mean_delay_s > 0:
             raise ValueError(f"mean_delay_s must be > 0, got {self.mean_delay_s}")
 
-    def rate_ideal(self, ideal: int, rng: random.Random) -> int:
-        """This annotator's rating of an item whose ideal rating is ``ideal`` (bias, noise, clip)."""
+    def rate_ideal(self, ideal: float, rng: random.Random) -> int:
+        """This annotator's whole-point rating of an item whose ideal rating is ``ideal`` in [1, 5]
+        (rounded half up, then bias, noise, clip); draws one or two numbers from ``rng``."""
         noise = rng.choice((-1, 1)) if rng.random() < self.noise_prob else 0
-        return clip_likert(ideal + self.bias + noise)
+        return clip_likert(math.floor(ideal + 0.5) + self.bias + noise)
 
     def rate(self, text: str, rng: random.Random) -> int:
         """This annotator's Likert rating of ``text``; draws from ``rng`` (one or two numbers)."""

@@ -12,6 +12,7 @@ import importlib
 
 _LAZY = {
     "ChecksumError": "pgcore.policy",
+    "Critic": "pgcore.critic",
     "EMABaseline": "pgcore.advantages",
     "NonFiniteError": "pgcore.trainer",
     "PGConfig": "pgcore.config",
@@ -22,6 +23,7 @@ _LAZY = {
     "TrainingCancelled": "pgcore.trainer",
     "batch_mean_baseline": "pgcore.advantages",
     "convert_gguf_to_hf": "pgcore.packaging",
+    "gae_advantages": "pgcore.critic",
     "generate": "pgcore.rollout",
     "kl_k3": "pgcore.losses",
     "leave_one_out": "pgcore.advantages",
@@ -47,6 +49,7 @@ _LAZY = {
 
 __all__ = [
     "ChecksumError",
+    "Critic",
     "EMABaseline",
     "NonFiniteError",
     "PGConfig",
@@ -57,6 +60,7 @@ __all__ = [
     "TrainingCancelled",
     "batch_mean_baseline",
     "convert_gguf_to_hf",
+    "gae_advantages",
     "generate",
     "kl_k3",
     "leave_one_out",

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-BASELINES = ("loo", "mean", "none")
+BASELINES = ("loo", "mean", "none", "critic")
 TIS_CAP_DEFAULT = 2.0
 
 
@@ -28,7 +28,9 @@ class PGConfig:
     epochs: int = 2  # passes over the batch per update, >= 1
     minibatch_size: int = 8  # sequences per optimiser step, >= 1
     max_grad_norm: float = 1.0  # global gradient-norm clip, > 0
-    baseline: str = "loo"  # "loo" (leave-one-out within a prompt), "mean" (batch mean) or "none"
+    baseline: str = "loo"  # "loo" (leave-one-out within a prompt), "mean" (batch mean), "none" or "critic" (pgcore.critic)
+    critic_ridge: float = 10.0  # baseline "critic": ridge penalty of the value head's fit, in samples, > 0
+    critic_decay: float = 0.9  # baseline "critic": weight kept by earlier updates' data at each update, in (0, 1]
     whiten_advantages: bool = False  # scale advantages to unit variance (no-op for N < 2 or zero variance)
     importance_correction: bool = True  # False: ratio treated as 1, plain REINFORCE (ablation)
     annotator_norm: bool = True  # per-annotator z-score of ratings (ablation switch)
@@ -58,6 +60,8 @@ class PGConfig:
         for name in flags:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool (True or False), got {getattr(self, name)!r}")
+        _check_float(self, "critic_ridge", lambda v: v > 0, "(0, inf)")
+        _check_float(self, "critic_decay", lambda v: 0 < v <= 1, "(0, 1]")
         _check_float(self, "annotator_shrinkage", lambda v: v >= 0, "[0, inf)")
         _check_int(self, "lora_r", 1)
         _check_int(self, "lora_alpha", 1)

@@ -26,6 +26,7 @@ from torch import nn
 
 from pgcore.atomic import atomic_directory as _atomic_directory
 from pgcore.config import PGConfig
+from pgcore.critic import CRITIC_FILE, Critic
 
 CHECKSUM_FILE = "pgcore_checksum.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -46,6 +47,8 @@ class Policy:
         adapter_path: folder the LoRA adapter (or full fine-tuned weights) came from, if any.
         ref_model: frozen copy used as the reference under full fine-tuning; ``None`` for
             LoRA, whose reference is the adapter disabled.
+        critic: the value baseline (:class:`pgcore.critic.Critic`) trained with this policy,
+            or ``None``; saved beside the weights and loaded with them.
     """
 
     model: nn.Module
@@ -53,6 +56,7 @@ class Policy:
     base_path: Path
     adapter_path: Path | None = None
     ref_model: nn.Module | None = None
+    critic: Critic | None = None
 
     @property
     def is_lora(self) -> bool:
@@ -207,7 +211,12 @@ def load_policy(
     if not trainable:
         model.requires_grad_(False)
     model.eval()
-    return Policy(model=model, tokenizer=tokenizer, base_path=base_path, adapter_path=adapter_path, ref_model=ref_model)
+    critic = None
+    if adapter_path is not None and (adapter_path / CRITIC_FILE).exists():
+        critic = Critic.load(adapter_path / CRITIC_FILE)
+    return Policy(
+        model=model, tokenizer=tokenizer, base_path=base_path, adapter_path=adapter_path, ref_model=ref_model, critic=critic
+    )
 
 
 # ---------------------------------------------------------------- checksums
@@ -285,7 +294,8 @@ def save_policy_atomic(policy: Policy, out_dir: str | os.PathLike) -> str:
     """Write the policy's trainable state to ``out_dir`` atomically; return its SHA-256.
 
     LoRA: only the adapter (``adapter_model.safetensors`` + ``adapter_config.json``).
-    Full fine-tuning: the whole model as safetensors plus the tokenizer. ``out_dir`` is
+    Full fine-tuning: the whole model as safetensors plus the tokenizer. A policy with a
+    critic also writes ``critic.safetensors`` (covered by the checksum). ``out_dir`` is
     either the complete new folder or untouched: see :func:`atomic_directory`.
 
     Returns:
@@ -295,6 +305,8 @@ def save_policy_atomic(policy: Policy, out_dir: str | os.PathLike) -> str:
         policy.model.save_pretrained(tmp, safe_serialization=True)
         if not policy.is_lora:
             policy.tokenizer.save_pretrained(tmp)
+        if policy.critic is not None:
+            policy.critic.save(tmp / CRITIC_FILE)
     return _recorded_sha256(Path(out_dir))
 
 

@@ -18,6 +18,7 @@ import torch
 
 from pgcore.advantages import batch_mean_baseline, leave_one_out, whiten
 from pgcore.config import PGConfig
+from pgcore.critic import Critic, prompt_features
 from pgcore.logprobs import score_completions
 from pgcore.losses import kl_k3, masked_mean, pg_loss
 from pgcore.policy import Policy, reference_model
@@ -98,15 +99,47 @@ def validate_batch(batch: TrainBatch, vocab_size: int | None = None) -> None:
                 raise ValueError(f"completion {i} holds a token id outside [0, {vocab_size})")
 
 
-def compute_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, config: PGConfig) -> torch.Tensor:
-    """``(N,)`` rewards to ``(N,)`` advantages by ``config.baseline``, then optional whitening."""
+def compute_advantages(
+    rewards: torch.Tensor, group_ids: torch.Tensor, config: PGConfig, values: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(N,)`` rewards to ``(N,)`` advantages by ``config.baseline``, then optional whitening.
+
+    ``values``: ``(N,)`` the critic's values of each completion's prompt; required (and
+    only used) with ``baseline="critic"``, where ``advantages = rewards - values``; ``None``
+    there means the critic has seen no data yet and the leave-one-out baseline stands in.
+
+    Raises:
+        ValueError: ``baseline="critic"`` without ``values`` of shape ``(N,)``.
+    """
     if config.baseline == "loo":
         advantages = leave_one_out(rewards, group_ids)
     elif config.baseline == "mean":
         advantages = batch_mean_baseline(rewards)
+    elif config.baseline == "critic" and values is None:
+        advantages = leave_one_out(rewards, group_ids)
+    elif config.baseline == "critic":
+        if values.shape != rewards.shape:
+            raise ValueError(f"baseline 'critic' needs values of shape {tuple(rewards.shape)}, got {tuple(values.shape)}")
+        advantages = rewards - values
     else:
         advantages = rewards.clone()
     return whiten(advantages) if config.whiten_advantages else advantages
+
+
+@torch.no_grad()
+def critic_features(policy: Policy, batch: TrainBatch, config: PGConfig) -> torch.Tensor:
+    """``(N, H)`` features of each completion's prompt for the critic (:func:`pgcore.critic.prompt_features`).
+
+    Taken from the reference policy (the base weights), which training never changes, so a
+    critic fitted in earlier updates reads the same features now. Each distinct prompt is
+    run once.
+    """
+    distinct: dict[tuple[int, ...], int] = {}
+    for prompt in batch.prompt_ids:
+        distinct.setdefault(tuple(prompt), len(distinct))
+    with reference_model(policy) as ref:
+        features = prompt_features(ref, [list(p) for p in distinct], policy.tokenizer.pad_token_id, config.minibatch_size)
+    return features[[distinct[tuple(p)] for p in batch.prompt_ids]]
 
 
 def _check_finite(name: str, value: torch.Tensor, where: str) -> None:
@@ -237,7 +270,12 @@ def update(
     weighted by ``min(pi_old / mu, tis_cap)``, ``mu`` the stored behaviour logprobs
     (truncated importance sampling, Yao et al. 2025): a sampler whose logprobs differ from
     the trainer's (bf16, merged LoRA) or stale samples then still give the trainer's
-    policy gradient.
+    policy gradient. With ``config.baseline == "critic"`` the advantages are
+    ``reward - V(prompt)`` from ``policy.critic`` as fitted on earlier updates; a policy
+    without a critic (or with one that has seen nothing) uses the leave-one-out baseline
+    for this update, since ``V = 0`` would be no baseline at all. After the last step this batch is folded
+    into the critic (:class:`pgcore.critic.Critic`) and ``policy.critic`` is set, so
+    :func:`pgcore.policy.save_policy_atomic` stores it with the weights.
 
     Args:
         policy: loaded with ``trainable=True`` (LoRA or full fine-tuning).
@@ -260,7 +298,11 @@ def update(
         ``train/grad_norm`` (before clipping), ``train/steps``, ``train/bf16_autocast``
         (1.0 if the update ran under bf16 autocast, else 0.0), ``train/seconds`` and a
         time split ``train/seconds_reference``, ``train/seconds_proximal``, ``train/seconds_forward``,
-        ``train/seconds_backward``, ``train/seconds_optimizer``.
+        ``train/seconds_backward``, ``train/seconds_optimizer``, ``train/seconds_critic``; with
+        the critic also ``critic/value_mean``, ``critic/mse`` and
+        ``critic/explained_variance`` (of this batch's rewards by the critic's values before
+        it was fitted), ``critic/n_seen`` (discounted ratings fitted) and
+        ``critic/leave_one_out_instead`` (1.0 when the critic had no data yet).
 
     Raises:
         ValueError: an invalid batch, or a policy without trainable parameters.
@@ -277,7 +319,17 @@ def update(
     validate_batch(batch, vocab_size=policy.model.get_input_embeddings().num_embeddings)
     N = len(batch)
     rewards = torch.tensor(batch.rewards, dtype=torch.float32)  # (N,)
-    advantages = compute_advantages(rewards, torch.tensor(batch.group_ids), config)  # (N,)
+    values = features = None
+    t = time.perf_counter()
+    if config.baseline == "critic":
+        features = critic_features(policy, batch, config)  # (N, H)
+        critic = policy.critic if policy.critic is not None else Critic(features.shape[1])
+        values = critic.values(features)  # (N,), fitted on earlier updates only
+    seconds_critic = time.perf_counter() - t
+    untrained_critic = features is not None and critic.n_seen == 0  # V = 0 would be no baseline at all
+    advantages = compute_advantages(
+        rewards, torch.tensor(batch.group_ids), config, None if untrained_critic else values
+    )  # (N,)
     _check_finite("advantages", advantages, "the start of the update")
     pad_id = policy.tokenizer.pad_token_id
 
@@ -377,9 +429,22 @@ def update(
         model.train(was_training)
 
     metrics = {key: value / max(tokens_seen, 1) for key, value in sums.items()}
+    if features is not None:
+        t = time.perf_counter()
+        residual = rewards - values
+        metrics["critic/value_mean"] = float(values.mean())
+        metrics["critic/leave_one_out_instead"] = float(untrained_critic)
+        metrics["critic/mse"] = float(residual.pow(2).mean())  # before this batch was fitted
+        var = float(rewards.var(unbiased=False)) if N > 1 else 0.0
+        metrics["critic/explained_variance"] = 1.0 - float(residual.var(unbiased=False)) / var if var > 0 else 0.0
+        critic.fit(features, rewards, ridge=config.critic_ridge, decay=config.critic_decay)
+        policy.critic = critic
+        metrics["critic/n_seen"] = critic.n_seen
+        seconds_critic += time.perf_counter() - t
     metrics["objective/mean_reward"] = float(rewards.mean())
     metrics["train/steps"] = float(step)
     metrics["train/bf16_autocast"] = float(bf16)
     metrics["train/seconds"] = time.perf_counter() - started
     metrics.update({f"train/seconds_{k}": v for k, v in timings.items()})
+    metrics["train/seconds_critic"] = seconds_critic
     return metrics

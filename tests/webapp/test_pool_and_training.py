@@ -249,3 +249,28 @@ def test_beat_schedule_entries_are_created_once_and_keep_admin_changes(db, setti
     assert PeriodicTask.objects.get(task=training_services.TRAIN_TASK_NAME).interval.every == 42
     training_services.schedule_ensure(train_interval_s=7)
     assert PeriodicTask.objects.get(task=training_services.TRAIN_TASK_NAME).interval.every == 7
+
+
+def test_a_project_with_the_critic_baseline_trains_it_across_runs(project, make_user):
+    """PGConfig(baseline="critic") from the project's settings: each version carries its critic, the next run starts from it."""
+    from pgcore.critic import CRITIC_FILE, Critic
+
+    project.pg_config = {**project.pg_config, "baseline": "critic"}
+    project.save(update_fields=["pg_config"])
+    user = make_user("a")
+    seen = []
+    for seed in (7, 8):
+        project.refresh_from_db()
+        annotation_services.completion_pool_refill(project=project, seed=seed)
+        for completion in Completion.objects.filter(project=project, ratings__isnull=True):
+            Rating.objects.create(completion=completion, annotator=user, score=5 if completion.pk % 2 else 2)
+        run = training_services.training_run_create(project=project, trigger="manual")
+        run = training_services.training_run_execute(run_id=run.pk)
+        assert run.status == "succeeded", run.error
+        critic_file = Path(run.result_version.weights_path) / CRITIC_FILE
+        assert critic_file.exists()
+        seen.append((run.metrics, Critic.load(critic_file).n_seen))
+    (first, n_first), (second, n_second) = seen
+    assert first["critic/value_mean"] == 0.0  # the base version has no critic: V = 0
+    assert second["critic/value_mean"] != 0.0  # the second run's baseline is the first run's critic
+    assert n_second > n_first  # 0.9 * (first run's ratings) + the second run's
