@@ -87,6 +87,7 @@ INSTALLED_APPS = [
     "webapp.annotation",
     "webapp.training",
     "webapp.rewards",
+    "webapp.arena",
 ]
 
 MIDDLEWARE = [

@@ -147,6 +147,8 @@ def test_training_settings_form_changes_min_new_ratings_and_refuses_bad_values(s
         "guard_min_distinct2_ratio": 0.6,
         "guard_max_identical_fraction": 0.4,
         "guard_eval_prompts": 8,
+        "arena_voters": "staff",
+        "arena_min_votes": 20,
     }
     assert staff_client.post(url, good).status_code == 302
     project.refresh_from_db()

@@ -203,7 +203,12 @@ def step_evaluate(*, run: TrainingRun, config) -> None:
 
 
 def step_promote(*, run: TrainingRun, config) -> None:
-    """The promotion guard: serve the new version, or keep it unserved with the reasons; end the run succeeded."""
+    """The promotion guard: serve the new version, or keep it unserved with the reasons; end the run succeeded.
+
+    Where the project requires the arena (``Project.arena_required``), a version that passes
+    the guard is not held back but waits unserved until it beats the served version there;
+    staff then serve it.
+    """
     from pgcore.trainer import TrainingCancelled
 
     project = run.project
@@ -228,8 +233,16 @@ def step_promote(*, run: TrainingRun, config) -> None:
             raise ApplicationError("The run was ended by another process before the promotion guard finished.")
         if current.cancel_requested_at is not None:
             raise TrainingCancelled(f"cancel requested; stopped before serving v{version.number}")
+        project.refresh_from_db(fields=["served_version"])
+        waiting = (
+            []
+            if reasons
+            else policy_services.version_promotion_blockers(version=version, served=project.served_version)
+        )
         if reasons:
             evaluation.version_hold_back(version=version, reasons=reasons)
+        elif waiting:
+            pass  # passed the guard, not held back: served by staff once it wins the arena
         else:
             # After commit, promotion asks annotation for a pool refill from the new version (a down
             # broker is logged, not raised: the beat refill catches up; the run has succeeded either way).
@@ -237,8 +250,8 @@ def step_promote(*, run: TrainingRun, config) -> None:
         now = timezone.now()
         TrainingRun.objects.filter(pk=run.pk).update(
             status=TrainingRun.Status.SUCCEEDED,
-            promoted=not reasons,
-            held_back_reason=" ".join(reasons),
+            promoted=not (reasons or waiting),
+            held_back_reason=" ".join(reasons or waiting),
             finished_at=now,
         )
         TrainingStep.objects.filter(run_id=run.pk, name=TrainingStep.Name.PROMOTE).update(
@@ -246,5 +259,9 @@ def step_promote(*, run: TrainingRun, config) -> None:
         )
     if reasons:
         liveness.run_log(run, f"v{version.number} kept but NOT served: {' '.join(reasons)}")
+    elif waiting:
+        liveness.run_log(
+            run, f"v{version.number} passed the promotion guard; it is served once it wins the arena: {' '.join(waiting)}"
+        )
     else:
         liveness.run_log(run, f"v{version.number} passed the promotion guard and is served")
