@@ -181,7 +181,7 @@ def test_versions_page_shows_lineage_run_rating_interval_and_promotes_in_one_pos
         png = staff_client.get(f"/staff/p/{project.slug}/versions/plots/{plot}")
         assert png.status_code == 200 and png.content.startswith(PNG_MAGIC)
 
-    response = staff_client.post(f"/staff/p/{project.slug}/versions/0/promote/")
+    response = staff_client.post(f"/staff/p/{project.slug}/versions/0/promote/", {"confirm": "1", "reason": "v1 rambles"})
     assert response.status_code == 302
     project.refresh_from_db()
     assert project.served_version.number == 0

@@ -143,6 +143,7 @@ def version_promote(
     refill_pool: bool = True,
     override_guard: bool = False,
     promoting_run_id: int | None = None,
+    reason: str = "",
 ) -> ModelVersion:
     """Make ``version`` the one its project serves (also how staff roll back), in one step.
 
@@ -152,7 +153,7 @@ def version_promote(
     guard held back is refused unless ``override_guard`` (staff's explicit
     "Serve anyway", recorded in the audit log with the guard's reason).
 
-    Records who did it in the audit log, sends
+    Records who did it (and ``reason``, staff's words for why, when given) in the audit log, sends
     :data:`webapp.policies.signals.version_served` inside the switch's transaction
     (annotation retires older versions' open items) and, after commit,
     :data:`webapp.policies.signals.version_served_committed` (annotation answers it
@@ -174,7 +175,7 @@ def version_promote(
             f"v{version.number} cannot be served yet: run {evaluating.pk} is still evaluating it, "
             "and the promotion guard decides first."
         )
-    detail = {}
+    detail = {"reason": reason.strip()} if reason.strip() else {}
     if version.held_back_reason:
         if not override_guard:
             raise ApplicationError(
