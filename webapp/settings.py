@@ -92,6 +92,7 @@ INSTALLED_APPS = [
     "webapp.training",
     "webapp.rewards",
     "webapp.serving",
+    "webapp.arena",
 ]
 
 MIDDLEWARE = [

@@ -84,7 +84,9 @@ def test_staff_train_watch_promote_previous_and_annotators_get_that_version(
     # Roll back: serve the previous version in one click.
     page.goto(f"{live_server.url}/staff/p/{project.slug}/versions/")
     assert "served" in page.locator("#version-1").inner_text()
-    page.click('button[data-promote="0"]')
+    page.click('[data-promote="0"]')  # opens the confirmation: a reason, then the confirm button
+    page.fill("#reason-0", "rolling back to compare")
+    page.click('[data-confirm-promote="0"]')
     page.locator("#flash").get_by_text("Version 0 is now served").wait_for()
     assert "served" in page.locator("#version-0").inner_text()
     assert all(image_loaded(plot) for plot in page.locator(".plots img").all())
@@ -101,7 +103,7 @@ def test_staff_train_watch_promote_previous_and_annotators_get_that_version(
     assert [h.split()[0] for h in headers] == ["Prompt", "v0", "v1"] and "distinct-2" in headers[2]
     assert page.locator("table.compare tbody tr").count() == project.prompts.filter(held_out=True).count()
     screenshot(page, "staff-compare")
-    assert AuditEvent.objects.filter(action="promote", actor=staff_user, target="v0").exists()
+    assert AuditEvent.objects.get(action="promote", actor=staff_user, target="v0").detail["reason"] == "rolling back to compare"
 
     # The pool refills from v0 (queued by the promotion), and the annotator is served v0's writing.
     celery_processes.wait_until(

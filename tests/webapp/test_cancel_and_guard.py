@@ -14,6 +14,8 @@ from webapp.training import evaluation
 from webapp.training import services as training_services
 from webapp.training.models import TrainingRun
 
+SERVE = {"confirm": "1", "reason": "checked by hand"}  # the versions page's confirmed Serve form
+
 
 def rate_pool(project, user):
     annotation_services.completion_pool_refill(project=project, seed=1)
@@ -82,7 +84,7 @@ def test_a_version_under_evaluation_cannot_be_served_and_its_row_says_why(projec
 
     def staff_tries_to_serve_v1():
         page = staff_client.get(url).content.decode()
-        answer = staff_client.post(f"{url}1/promote/", follow=True).content.decode()
+        answer = staff_client.post(f"{url}1/promote/", SERVE, follow=True).content.decode()
         project.refresh_from_db()
         return page, answer, project.served_version.number
 
@@ -109,13 +111,13 @@ def test_a_held_back_version_is_served_only_with_serve_anyway_and_that_is_audite
     )
     assert run.status == "succeeded" and not run.promoted and "KL to the base" in run.held_back_reason
     url = f"/staff/p/{project.slug}/versions/"
-    assert "Serve anyway" in staff_client.get(url).content.decode()
+    assert "Serve anyway…" in staff_client.get(url).content.decode()
 
-    refused = staff_client.post(f"{url}1/promote/", follow=True).content.decode()
+    refused = staff_client.post(f"{url}1/promote/", SERVE, follow=True).content.decode()
     project.refresh_from_db()
     assert project.served_version.number == 0 and "v1 was held back: KL to the base" in refused
 
-    staff_client.post(f"{url}1/promote/", {"override_guard": "1"})
+    staff_client.post(f"{url}1/promote/", {**SERVE, "override_guard": "1"})
     project.refresh_from_db()
     assert project.served_version.number == 1
     event = AuditEvent.objects.filter(action="promote").latest("created_at")

@@ -293,9 +293,9 @@ def test_serving_a_version_never_evaluated_queues_its_evaluation_and_the_run_fin
     seen = []
     real = evaluation.version_evaluate
 
-    def recorded(*, version, policy=None):
+    def recorded(*, version, policy=None, **kwargs):
         seen.append(version.number)
-        return real(version=version, policy=policy)
+        return real(version=version, policy=policy, **kwargs)
 
     monkeypatch.setattr(evaluation, "version_evaluate", recorded)
     run_steps(rated_run, STEP_ORDER, WORKER_A)

@@ -147,6 +147,8 @@ def test_training_settings_form_changes_min_new_ratings_and_refuses_bad_values(s
         "guard_min_distinct2_ratio": 0.6,
         "guard_max_identical_fraction": 0.4,
         "guard_eval_prompts": 8,
+        "arena_voters": "staff",
+        "arena_min_votes": 20,
     }
     assert staff_client.post(url, good).status_code == 302
     project.refresh_from_db()
@@ -179,7 +181,7 @@ def test_versions_page_shows_lineage_run_rating_interval_and_promotes_in_one_pos
         png = staff_client.get(f"/staff/p/{project.slug}/versions/plots/{plot}")
         assert png.status_code == 200 and png.content.startswith(PNG_MAGIC)
 
-    response = staff_client.post(f"/staff/p/{project.slug}/versions/0/promote/")
+    response = staff_client.post(f"/staff/p/{project.slug}/versions/0/promote/", {"confirm": "1", "reason": "v1 rambles"})
     assert response.status_code == 302
     project.refresh_from_db()
     assert project.served_version.number == 0

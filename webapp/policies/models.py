@@ -22,6 +22,11 @@ class RewardSource(models.TextChoices):
     REWARD_MODEL = "reward_model", "Reward model (fresh samples, scored)"
 
 
+class ArenaVoters(models.TextChoices):
+    STAFF = "staff", "Staff only"
+    MEMBERS = "members", "Staff and annotators"
+
+
 class Project(models.Model):
     slug = models.SlugField("slug", unique=True, help_text="Short name used in URLs and commands.")
     title = models.CharField("title", max_length=200)
@@ -146,6 +151,28 @@ class Project(models.Model):
         default=4,
         validators=[MinValueValidator(2), MaxValueValidator(16)],
         help_text="Fresh completions sampled per prompt for a reward-model update (leave-one-out baseline in each group).",
+    )
+    arena_voters = models.CharField(
+        "who votes in the arena",
+        max_length=8,
+        choices=ArenaVoters.choices,
+        default=ArenaVoters.STAFF,
+        help_text="Who may vote in the blind version arena: the project's staff, or its annotators too.",
+    )
+    arena_required = models.BooleanField(
+        "promotion guard: must win the arena",
+        default=False,
+        help_text=(
+            "On: a version newer than the served one is served only once it beats the served version in the "
+            "blind arena (a run's new version waits unserved for the votes); rolling back to an older version "
+            "is never held up. “Serve anyway” overrides it, audited."
+        ),
+    )
+    arena_min_votes = models.PositiveIntegerField(
+        "promotion guard: arena votes needed",
+        default=20,
+        validators=[MinValueValidator(1), MaxValueValidator(10000)],
+        help_text="Votes comparing the candidate with the served version directly before the arena can say it won.",
     )
     served_version = models.ForeignKey(
         "ModelVersion",

@@ -103,3 +103,28 @@ def curves_png(*, steps: list[int], series: dict[str, list[float]], title: str, 
         axes[-1].set_xlabel("optimiser step (dotted: new epoch)")
     axes[0].set_title(title, fontsize=10)
     return _png(fig)
+
+
+def intervals_png(*, labels: list[str], values: list[float], low: list[float], high: list[float], title: str, xlabel: str) -> bytes:
+    """One horizontal row per label: a point at its value and a bar from ``low`` to ``high`` (e.g. a 95% interval).
+
+    Rows are drawn bottom to top in the given order, so pass the best last to have it on top.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(WIDTH_IN, max(HEIGHT_IN, 0.45 * len(labels) + 1.0)), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    if not labels:
+        _empty(ax, "no votes yet")
+    else:
+        ys = list(range(len(labels)))
+        ax.errorbar(
+            values, ys, xerr=[[v - lo for v, lo in zip(values, low)], [hi - v for v, hi in zip(values, high)]],
+            fmt="o", color="#2b6cb0", capsize=4,
+        )
+        ax.set_yticks(ys, labels, fontsize=9)
+        ax.set_ylim(-0.6, len(labels) - 0.4)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3, axis="x")
+    ax.set_title(title, fontsize=10)
+    return _png(fig)

@@ -143,6 +143,7 @@ def version_promote(
     refill_pool: bool = True,
     override_guard: bool = False,
     promoting_run_id: int | None = None,
+    reason: str = "",
 ) -> ModelVersion:
     """Make ``version`` the one its project serves (also how staff roll back), in one step.
 
@@ -152,14 +153,18 @@ def version_promote(
     guard held back is refused unless ``override_guard`` (staff's explicit
     "Serve anyway", recorded in the audit log with the guard's reason).
 
-    Records who did it in the audit log, sends
+    Records who did it (and ``reason``, staff's words for why, when given) in the audit log, sends
     :data:`webapp.policies.signals.version_served` inside the switch's transaction
     (annotation retires older versions' open items) and, after commit,
     :data:`webapp.policies.signals.version_served_committed` (annotation answers it
     with a pool refill from the newly served version; this app never names its tasks).
 
+    A version newer than the served one must also pass :func:`version_promotion_blockers`
+    (the arena, where the project requires it) unless ``override_guard``.
+
     Raises:
-        ApplicationError: the version is under evaluation, or held back without ``override_guard``.
+        ApplicationError: the version is under evaluation, held back, or not yet past the arena,
+            without ``override_guard``.
     """
     project = Project.objects.select_for_update().get(pk=version.project_id)
     version = ModelVersion.objects.get(pk=version.pk)  # the guard's latest word, not the caller's copy
@@ -170,7 +175,7 @@ def version_promote(
             f"v{version.number} cannot be served yet: run {evaluating.pk} is still evaluating it, "
             "and the promotion guard decides first."
         )
-    detail = {}
+    detail = {"reason": reason.strip()} if reason.strip() else {}
     if version.held_back_reason:
         if not override_guard:
             raise ApplicationError(
@@ -178,7 +183,28 @@ def version_promote(
                 "Use “Serve anyway” to override the promotion guard."
             )
         detail["override_guard"] = version.held_back_reason
+    blockers = version_promotion_blockers(version=version, served=project.served_version)
+    if blockers:
+        if not override_guard:
+            raise ApplicationError(
+                f"v{version.number} cannot be served yet: {' '.join(blockers)} "
+                "Use “Serve anyway” to override."
+            )
+        detail["override_arena"] = " ".join(blockers)
     return _version_serve(project=project, version=version, user=user, refill_pool=refill_pool, detail=detail)
+
+
+def version_promotion_blockers(*, version: ModelVersion, served: ModelVersion | None) -> list[str]:
+    """Why ``version`` may not replace ``served`` yet, from the apps above (the arena); [] when nothing objects.
+
+    Asked only for a version newer than the served one (rolling back to an older
+    version is never held up); sends :data:`webapp.policies.signals.promotion_check`.
+    """
+    from .signals import promotion_check
+
+    if served is None or version.pk == served.pk or version.number < served.number:
+        return []
+    return [reason for _, reason in promotion_check.send(sender=Project, version=version, served=served) if reason]
 
 
 def _version_serve(*, project: Project, version: ModelVersion, user, refill_pool: bool, detail: dict) -> ModelVersion:
@@ -233,6 +259,9 @@ PROJECT_TRAINING_FIELDS = (
     "guard_min_distinct2_ratio",
     "guard_max_identical_fraction",
     "guard_eval_prompts",
+    "arena_required",
+    "arena_min_votes",
+    "arena_voters",
 )
 
 

@@ -10,9 +10,16 @@ roll back with the switch (annotation retires older versions' open items).
 ``project_id`` (int): the pool of unrated completions should be refilled from the
 new version. Receivers must not raise for a broker problem: promotion has already
 happened. Annotation connects the pool refill in its ``AppConfig.ready``.
+
+``promotion_check``: sent before a version newer than the served one is served
+(by staff or by a run), inside the promotion's transaction; kwargs ``version``
+(the candidate ``ModelVersion``) and ``served`` (the served one). A receiver
+returns a sentence saying why the candidate may not be served yet, or ``""``.
+The arena connects its "must beat the served version" rule here.
 """
 
 from django.dispatch import Signal
 
 version_served = Signal()
 version_served_committed = Signal()
+promotion_check = Signal()

@@ -11,9 +11,12 @@ from django.views.decorators.http import require_GET, require_POST
 
 from webapp.errors import ApplicationError
 from webapp.permissions import staff_required
+from webapp.text import without_nul
 
 from . import plotfiles, selectors, services
 from .models import ModelVersion, Project, VersionExport
+
+REASON_MAX_CHARS = 500
 
 
 @staff_required
@@ -85,17 +88,33 @@ def _plots_context(project, version_list) -> dict:
 @staff_required
 @require_POST
 def promote(request, slug, number):
-    """Serve this version from now on (also how staff roll back), in one POST; audited.
+    """Serve this version from now on (also how staff roll back), in one confirmed POST; audited with the reason.
 
-    Refused with a message while the version's run is still evaluating it, and for a
-    version the promotion guard held back unless the form says ``override_guard=1``
-    ("Serve anyway").
+    The form must carry ``confirm=1`` and a ``reason`` (kept in the audit log); without
+    either nothing changes and a message says what is missing. Refused with a message while
+    the version's run is still evaluating it, for a version the promotion guard held back
+    and for a newer version that has not won the arena (where the project requires it),
+    unless the form says ``override_guard=1`` ("Serve anyway").
     """
     project = get_object_or_404(Project, slug=slug)
     version = get_object_or_404(ModelVersion, project=project, number=number)
+    reason = without_nul(request.POST.get("reason", "")).strip()
+    if request.POST.get("confirm") != "1" or not reason:
+        messages.error(
+            request,
+            f"Nothing changed: to serve v{number}, open “Serve this version…”, say why in a few words "
+            "and press the confirm button.",
+        )
+        return redirect(f"{reverse('policies:versions', args=[slug])}#version-{number}")
+    if len(reason) > REASON_MAX_CHARS:
+        messages.error(request, f"Nothing changed: keep the reason under {REASON_MAX_CHARS} characters.")
+        return redirect(f"{reverse('policies:versions', args=[slug])}#version-{number}")
     try:
         services.version_promote(
-            version=version, user=request.user, override_guard=request.POST.get("override_guard") == "1"
+            version=version,
+            user=request.user,
+            override_guard=request.POST.get("override_guard") == "1",
+            reason=reason,
         )
     except ApplicationError as exc:
         messages.error(request, exc.message)

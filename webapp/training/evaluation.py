@@ -110,28 +110,43 @@ def _reference_logprobs(policy, version: ModelVersion, prompt_ids, completion_id
     return _token_logprobs(base.model, pad_id, prompt_ids, completion_ids)
 
 
-def version_samples_ensure(*, version: ModelVersion, policy=None) -> int:
+def samples_missing(*, version: ModelVersion) -> list[Prompt]:
+    """The evaluation prompts ``version`` has not completed yet (oldest first)."""
+    done = set(VersionSample.objects.filter(version=version).values_list("prompt_id", flat=True))
+    return [p for p in eval_prompts(project=version.project) if p.pk not in done]
+
+
+def version_samples_ensure(*, version: ModelVersion, policy=None, on_progress=None) -> int:
     """Write ``version``'s completions of the evaluation prompts it has not completed yet.
 
-    Idempotent: prompts already completed by this version are skipped, and a
-    racing duplicate is ignored by the (version, prompt) unique constraint.
-    ``policy`` may be the already-loaded policy of ``version`` (a training
-    run passes its freshly trained one); otherwise it is loaded here.
-    Returns how many samples were written.
+    Works through them :data:`EVAL_BATCH` prompts at a time, each batch sampled with
+    :data:`EVAL_SEED` and stored before the next starts, so a crash part-way keeps what
+    was done and ``on_progress(n)`` (if given) hears after every batch how many of the
+    missing prompts are done. Idempotent: prompts already completed by this version are
+    skipped, and a racing duplicate is ignored by the (version, prompt) unique constraint.
+    ``policy`` may be the already-loaded policy of ``version`` (a training run passes its
+    freshly trained one); otherwise it is loaded here. Returns how many samples were written.
     """
-    import torch
-
-    from pgcore.rollout import default_device, generate, sampling_dtype
-
-    prompts = eval_prompts(project=version.project)
-    done = set(VersionSample.objects.filter(version=version).values_list("prompt_id", flat=True))
-    todo = [p for p in prompts if p.pk not in done]
+    todo = samples_missing(version=version)
     if not todo:
         return 0
     if policy is None:
         from webapp.policies.runtime import policy_load
 
         policy = policy_load(version, trainable=False)
+    for start in range(0, len(todo), EVAL_BATCH):
+        _samples_write(version=version, policy=policy, todo=todo[start : start + EVAL_BATCH])
+        if on_progress is not None:
+            on_progress(min(start + EVAL_BATCH, len(todo)))
+    return len(todo)
+
+
+def _samples_write(*, version: ModelVersion, policy, todo: list[Prompt]) -> None:
+    """Complete ``todo`` (at most one batch) with ``policy`` and store the samples with their logprobs."""
+    import torch
+
+    from pgcore.rollout import default_device, generate, sampling_dtype
+
     # Same seed for every version: differences come from the weights, not the dice.
     rollouts = generate(
         policy,
@@ -172,12 +187,14 @@ def version_samples_ensure(*, version: ModelVersion, policy=None) -> int:
         ],
         ignore_conflicts=True,
     )
-    return len(todo)
 
 
-def version_evaluate(*, version: ModelVersion, policy=None) -> ModelVersion:
-    """Complete the evaluation prompts (if needed) and store KL to the base, distinct-2 and identical share."""
-    version_samples_ensure(version=version, policy=policy)
+def version_evaluate(*, version: ModelVersion, policy=None, on_progress=None) -> ModelVersion:
+    """Complete the evaluation prompts (if needed) and store KL to the base, distinct-2 and identical share.
+
+    ``on_progress``: as in :func:`version_samples_ensure`.
+    """
+    version_samples_ensure(version=version, policy=policy, on_progress=on_progress)
     prompt_ids = [p.pk for p in eval_prompts(project=version.project)]
     samples = list(VersionSample.objects.filter(version=version, prompt_id__in=prompt_ids))
     if not samples:

@@ -161,6 +161,13 @@ class TrainingStep(models.Model):
     started_at = models.DateTimeField("started", null=True, blank=True)
     finished_at = models.DateTimeField("finished", null=True, blank=True)
     error = models.TextField("error", blank=True)
+    progress_done = models.PositiveIntegerField(
+        "progress: done", null=True, blank=True, help_text="Units done so far, where the step reports them."
+    )
+    progress_total = models.PositiveIntegerField(
+        "progress: total", null=True, blank=True, help_text="Units the step will do (the evaluation: held-out prompts)."
+    )
+    progress_label = models.CharField("progress: what", max_length=200, blank=True, help_text="What is being counted.")
 
     class Meta:
         ordering = ["run", "position"]

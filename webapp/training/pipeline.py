@@ -174,24 +174,60 @@ def step_save(*, run: TrainingRun, config) -> None:
     liveness.run_log(run, f"v{version.number} written ({sha256[:12]}); completing held-out prompts for the promotion guard")
 
 
+def evaluation_progress(*, run: TrainingRun, done: int, total: int, label: str) -> None:
+    """Record the evaluate step's progress (``done`` of ``total`` held-out completions) with a heartbeat."""
+    TrainingStep.objects.filter(run_id=run.pk, name=TrainingStep.Name.EVALUATE).update(
+        progress_done=done, progress_total=total, progress_label=label[:200]
+    )
+    TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
+
+
 def step_evaluate(*, run: TrainingRun, config) -> None:
-    """Complete the held-out prompts with the new version (and its parent, if never measured)."""
+    """Complete the held-out prompts with the new version (and its parent, if never measured).
+
+    Reports its progress on the step's row after every batch of prompts (see
+    :func:`evaluation_progress`): completions written out of all the step has to write,
+    counting those an earlier attempt already wrote as done.
+    """
     from webapp.policies.runtime import policy_load
 
     version = run.result_version
+    parent = run.parent_version
     _raise_if_cancelled(run, f"before evaluating v{version.number}")
     liveness.stage_enter(run, TrainingRun.Stage.EVALUATING)
+    n_prompts = len(evaluation.eval_prompts(project=run.project))
+    todo_version = len(evaluation.samples_missing(version=version))
+    todo_parent = len(evaluation.samples_missing(version=parent)) if parent.evaluated_at is None else 0
+    total = n_prompts * (2 if parent.evaluated_at is None else 1)
+    already = total - todo_version - todo_parent
+    evaluation_progress(run=run, done=already, total=total, label=f"held-out completions by v{version.number}")
     policy = policy_load(version, trainable=False)
-    evaluation.version_evaluate(version=version, policy=policy)
+    evaluation.version_evaluate(
+        version=version,
+        policy=policy,
+        on_progress=lambda n: evaluation_progress(
+            run=run, done=already + n, total=total, label=f"held-out completions by v{version.number}"
+        ),
+    )
     del policy
     _raise_if_cancelled(run, f"after evaluating v{version.number}")
-    parent = run.parent_version
     if parent.evaluated_at is None:
-        evaluation.version_evaluate(version=parent)
+        label = f"held-out completions by v{version.number} and its parent v{parent.number}"
+        evaluation_progress(run=run, done=already + todo_version, total=total, label=label)
+        evaluation.version_evaluate(
+            version=parent,
+            on_progress=lambda n: evaluation_progress(run=run, done=already + todo_version + n, total=total, label=label),
+        )
+    evaluation_progress(run=run, done=total, total=total, label=f"held-out completions, v{version.number} measured")
 
 
 def step_promote(*, run: TrainingRun, config) -> None:
-    """The promotion guard: serve the new version, or keep it unserved with the reasons; end the run succeeded."""
+    """The promotion guard: serve the new version, or keep it unserved with the reasons; end the run succeeded.
+
+    Where the project requires the arena (``Project.arena_required``), a version that passes
+    the guard is not held back but waits unserved until it beats the served version there;
+    staff then serve it.
+    """
     from pgcore.trainer import TrainingCancelled
 
     project = run.project
@@ -230,8 +266,16 @@ def step_promote(*, run: TrainingRun, config) -> None:
             raise ApplicationError("The run was ended by another process before the promotion guard finished.")
         if current.cancel_requested_at is not None:
             raise TrainingCancelled(f"cancel requested; stopped before serving v{version.number}")
+        project.refresh_from_db(fields=["served_version"])
+        waiting = (
+            []
+            if reasons
+            else policy_services.version_promotion_blockers(version=version, served=project.served_version)
+        )
         if reasons:
             evaluation.version_hold_back(version=version, reasons=reasons)
+        elif waiting:
+            pass  # passed the guard, not held back: served by staff once it wins the arena
         else:
             # After commit, promotion asks annotation for a pool refill from the new version (a down
             # broker is logged, not raised: the beat refill catches up; the run has succeeded either way).
@@ -239,8 +283,8 @@ def step_promote(*, run: TrainingRun, config) -> None:
         now = timezone.now()
         TrainingRun.objects.filter(pk=run.pk).update(
             status=TrainingRun.Status.SUCCEEDED,
-            promoted=not reasons,
-            held_back_reason=" ".join(reasons),
+            promoted=not (reasons or waiting),
+            held_back_reason=" ".join(reasons or waiting),
             finished_at=now,
         )
         TrainingStep.objects.filter(run_id=run.pk, name=TrainingStep.Name.PROMOTE).update(
@@ -248,5 +292,9 @@ def step_promote(*, run: TrainingRun, config) -> None:
         )
     if reasons:
         liveness.run_log(run, f"v{version.number} kept but NOT served: {' '.join(reasons)}")
+    elif waiting:
+        liveness.run_log(
+            run, f"v{version.number} passed the promotion guard; it is served once it wins the arena: {' '.join(waiting)}"
+        )
     else:
         liveness.run_log(run, f"v{version.number} passed the promotion guard and is served")

@@ -6,6 +6,7 @@ from webapp.annotation import selectors as annotation_selectors
 from webapp.policies.models import ModelVersion, Project
 
 from .models import ACTIVE_STATUSES, TrainingRun, TrainingStep, VersionSample
+from .textdiff import word_diff
 
 
 def runs_for_project(*, project: Project, limit: int = 50) -> QuerySet[TrainingRun]:
@@ -48,7 +49,12 @@ def samples_complete(*, version: ModelVersion) -> bool:
 
 
 def comparison(*, a: ModelVersion, b: ModelVersion) -> dict:
-    """Rows ``{"prompt", "a", "b"}`` (samples or None) over the evaluation prompts, and whether both are complete."""
+    """Rows ``{"prompt", "a", "b"}`` (samples or None) over the evaluation prompts, and whether both are complete.
+
+    A row with both samples also has ``diff_a`` and ``diff_b`` (each text as
+    :class:`.textdiff.Segment` runs, words only on that side marked) and ``similarity``
+    (share of words in common, 0–1).
+    """
     from .evaluation import eval_prompts
 
     prompts = eval_prompts(project=a.project)
@@ -57,6 +63,9 @@ def comparison(*, a: ModelVersion, b: ModelVersion) -> dict:
         for s in VersionSample.objects.filter(version__in=[a, b], prompt__in=prompts)
     }
     rows = [{"prompt": p, "a": samples.get((a.pk, p.pk)), "b": samples.get((b.pk, p.pk))} for p in prompts]
+    for row in rows:
+        if row["a"] and row["b"]:
+            row["diff_a"], row["diff_b"], row["similarity"] = word_diff(row["a"].text, row["b"].text)
     return {
         "rows": rows,
         "complete": all(r["a"] and r["b"] for r in rows),

@@ -1,0 +1,253 @@
+"""Reads of the arena: the matchups on offer, the Bradley–Terry leaderboard and the promotion verdict.
+
+The fit: each version ``i`` has a strength ``s_i`` and ``P(i beats j) = 1 / (1 + exp(s_j - s_i))``
+(Bradley & Terry 1952). It is fitted by expectation propagation with a Gaussian
+prior ``N(0, 1/PRIOR_PRECISION)`` on every strength (``choix.ep_pairwise``,
+Maystre & Grossglauser), which gives a mean and a covariance, hence intervals,
+and stays finite when a version has only won or only lost. As in Chatbot Arena,
+a tie and "both bad" count as one win each way. Scores are shown on the Elo
+scale: ``1000 + 400 / ln(10) · s`` (a 100-point gap ≈ 64% expected wins).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from django.db.models import Q
+from django.utils import timezone
+
+from webapp.annotation.selectors import UNDO_WINDOW
+from webapp.policies.models import ArenaVoters, Membership, ModelVersion, Project
+from webapp.training.models import VersionSample
+
+from .models import ArenaChoice, ArenaVote
+
+PRIOR_PRECISION = 0.1  # prior N(0, 10) on each strength: wide, but keeps a one-sided record finite
+ELO_SCALE = 400 / math.log(10)
+ELO_BASE = 1000.0
+Z95 = 1.959964
+BEAT_PROBABILITY = 0.9  # posterior P(candidate stronger than served) needed to "beat" it
+MAX_VERSIONS = 8  # matchups are drawn among the newest evaluated versions (and the served one)
+
+
+@dataclass
+class ArenaRow:
+    version: ModelVersion
+    score: float  # Elo scale
+    low: float  # 95% interval, Elo scale
+    high: float
+    votes: int
+    wins: int
+    losses: int
+    ties: int  # ties and "both bad"
+    served: bool
+
+
+@dataclass
+class Leaderboard:
+    rows: list[ArenaRow]  # best first
+    n_votes: int
+    empty_reason: str = ""  # set when the arena has fewer than two versions to compare
+    strengths: dict[int, float] = field(default_factory=dict)  # version id -> BT strength (logit scale)
+    covariance: dict[tuple[int, int], float] = field(default_factory=dict)
+
+
+@dataclass
+class Verdict:
+    beats: bool
+    head_to_head: int  # votes that compared the two directly
+    probability: float | None  # posterior P(candidate stronger), None without votes
+    reason: str  # a sentence for staff
+
+
+def arena_may_vote(*, project: Project, role: str | None) -> bool:
+    """Whether a member with ``role`` may vote in ``project``'s arena (staff always; annotators if the project says)."""
+    if role == Membership.Role.STAFF:
+        return True
+    return role == Membership.Role.ANNOTATOR and project.arena_voters == ArenaVoters.MEMBERS
+
+
+def prompts_answered(*, version_ids) -> dict[int, set[int]]:
+    """Version id -> ids of the held-out prompts it has completed (versions without any are left out)."""
+    by_version: dict[int, set[int]] = defaultdict(set)
+    for version_id, prompt_id in VersionSample.objects.filter(version_id__in=version_ids).values_list("version_id", "prompt_id"):
+        by_version[version_id].add(prompt_id)
+    return dict(by_version)
+
+
+def arena_versions(*, project: Project) -> dict[int, set[int]]:
+    """Version id -> ids of the held-out prompts it has completed, for the versions matchups are drawn from:
+    the newest :data:`MAX_VERSIONS` with completions, plus the served version."""
+    by_version: dict[int, set[int]] = defaultdict(set)
+    for version_id, prompt_id in VersionSample.objects.filter(version__project=project).values_list("version_id", "prompt_id"):
+        by_version[version_id].add(prompt_id)
+    numbers = dict(ModelVersion.objects.filter(pk__in=by_version).values_list("pk", "number"))
+    keep = set(sorted(by_version, key=lambda pk: -numbers[pk])[:MAX_VERSIONS])
+    if project.served_version_id in by_version:
+        keep.add(project.served_version_id)
+    return {pk: by_version[pk] for pk in keep}
+
+
+def arena_empty_reason(*, project: Project, versions: dict[int, set[int]] | None = None) -> str:
+    """Why no matchup can be drawn ("" when one can): fewer than two versions with completions of a same prompt."""
+    versions = arena_versions(project=project) if versions is None else versions
+    ids = list(versions)
+    if any(versions[i] & versions[j] for n, i in enumerate(ids) for j in ids[n + 1 :]):
+        return ""
+    if len(ids) < 2:
+        return (
+            f"The arena needs two model versions that answered the same held-out prompts; this project has "
+            f"{'one' if ids else 'none yet'}. A training run's evaluation adds its new version."
+        )
+    return "No two versions have answered the same held-out prompt yet; compare them once to fill their samples."
+
+
+def counted_votes(*, project: Project):
+    """The votes the fit reads: cast and not undone."""
+    return ArenaVote.objects.filter(project=project, voted_at__isnull=False, undone_at__isnull=True).exclude(choice="")
+
+
+def _comparisons(votes) -> list[tuple[int, int]]:
+    """(winner id, loser id) pairs; a tie or "both bad" gives one each way."""
+    pairs = []
+    for a, b, choice in votes:
+        if choice == ArenaChoice.A:
+            pairs.append((a, b))
+        elif choice == ArenaChoice.B:
+            pairs.append((b, a))
+        else:
+            pairs += [(a, b), (b, a)]
+    return pairs
+
+
+def bradley_terry_fit(*, comparisons: list[tuple[int, int]], items: list[int]) -> tuple[dict[int, float], dict[tuple[int, int], float]]:
+    """Posterior mean strength per item and the covariance of any two, from ``(winner, loser)`` pairs.
+
+    Args:
+        comparisons: ``(winner, loser)`` item keys; may be empty (the prior comes back).
+        items: every item key to score (those without comparisons get the prior).
+
+    Returns:
+        ``(mean, cov)``: ``mean[item]`` on the logit scale, centred to mean zero over ``items``, and
+        ``cov[(i, j)]`` of the centred strengths for every pair of items (differences of strengths,
+        and so every win probability, are unchanged by the centring).
+    """
+    import choix
+    import numpy as np
+
+    index = {item: n for n, item in enumerate(items)}
+    if comparisons:
+        data = [(index[w], index[l]) for w, l in comparisons]
+        mean, cov = choix.ep_pairwise(len(items), data, PRIOR_PRECISION, model="logit")
+    else:
+        mean, cov = np.zeros(len(items)), np.eye(len(items)) / PRIOR_PRECISION
+    # Strengths are defined up to a common shift, which the prior alone pins down; centre them
+    # (mean zero) so an interval shows how well a version is placed among the others, not the shift.
+    centre = np.eye(len(items)) - 1.0 / len(items)
+    mean, cov = centre @ mean, centre @ cov @ centre.T
+    return (
+        {item: float(mean[n]) for item, n in index.items()},
+        {(i, j): float(cov[index[i], index[j]]) for i in items for j in items},
+    )
+
+
+def arena_leaderboard(*, project: Project) -> Leaderboard:
+    """Every version that has votes or can be drawn, with its Bradley–Terry score and 95% interval, best first."""
+    versions = arena_versions(project=project)
+    votes = list(counted_votes(project=project).values_list("version_a_id", "version_b_id", "choice"))
+    ids = sorted(set(versions) | {a for a, _, _ in votes} | {b for _, b, _ in votes})
+    empty = arena_empty_reason(project=project, versions=versions) if not votes else ""
+    if len(ids) < 2:
+        return Leaderboard(rows=[], n_votes=len(votes), empty_reason=empty or arena_empty_reason(project=project, versions=versions))
+    mean, cov = bradley_terry_fit(comparisons=_comparisons(votes), items=ids)
+    tally = {pk: {"votes": 0, "wins": 0, "losses": 0, "ties": 0} for pk in ids}
+    for a, b, choice in votes:
+        for pk in (a, b):
+            tally[pk]["votes"] += 1
+        if choice in (ArenaChoice.A, ArenaChoice.B):
+            winner, loser = (a, b) if choice == ArenaChoice.A else (b, a)
+            tally[winner]["wins"] += 1
+            tally[loser]["losses"] += 1
+        else:
+            tally[a]["ties"] += 1
+            tally[b]["ties"] += 1
+    objects = ModelVersion.objects.in_bulk(ids)
+    rows = []
+    for pk in ids:
+        half = Z95 * ELO_SCALE * math.sqrt(max(cov[(pk, pk)], 0.0))
+        score = ELO_BASE + ELO_SCALE * mean[pk]
+        rows.append(
+            ArenaRow(version=objects[pk], score=score, low=score - half, high=score + half,
+                     served=pk == project.served_version_id, **tally[pk])
+        )
+    rows.sort(key=lambda r: (-r.score, -r.version.number))
+    return Leaderboard(rows=rows, n_votes=len(votes), empty_reason=empty, strengths=mean, covariance=cov)
+
+
+def arena_verdict(*, candidate: ModelVersion, served: ModelVersion, board: Leaderboard | None = None) -> Verdict:
+    """Whether ``candidate`` beats ``served`` in the arena.
+
+    It does when at least ``project.arena_min_votes`` votes compared the two directly and the
+    posterior probability that the candidate is the stronger is at least :data:`BEAT_PROBABILITY`
+    (from the fit over all votes: the difference of strengths is Gaussian under the EP posterior).
+    """
+    project = candidate.project
+    board = board or arena_leaderboard(project=project)
+    pair = Q(version_a=candidate, version_b=served) | Q(version_a=served, version_b=candidate)
+    head_to_head = counted_votes(project=project).filter(pair).count()
+    if candidate.pk not in board.strengths or served.pk not in board.strengths:
+        probability = None
+    else:
+        diff = board.strengths[candidate.pk] - board.strengths[served.pk]
+        var = (
+            board.covariance[(candidate.pk, candidate.pk)]
+            + board.covariance[(served.pk, served.pk)]
+            - 2 * board.covariance[(candidate.pk, served.pk)]
+        )
+        probability = 0.5 * (1 + math.erf(diff / math.sqrt(2 * max(var, 1e-12))))
+    names = f"v{candidate.number} against v{served.number}"
+    if head_to_head < project.arena_min_votes:
+        return Verdict(False, head_to_head, probability,
+                       f"the arena has {head_to_head} of the {project.arena_min_votes} votes it needs on {names}.")
+    if probability is None or probability < BEAT_PROBABILITY:
+        shown = "?" if probability is None else f"{probability:.0%}"
+        return Verdict(False, head_to_head, probability,
+                       f"v{candidate.number} has not beaten v{served.number} in the arena "
+                       f"(P(stronger) {shown} after {head_to_head} direct votes; {BEAT_PROBABILITY:.0%} needed).")
+    return Verdict(True, head_to_head, probability,
+                   f"v{candidate.number} beat v{served.number} in the arena "
+                   f"(P(stronger) {probability:.0%} after {head_to_head} direct votes).")
+
+
+def promotion_check_arena(sender, *, version: ModelVersion, served: ModelVersion, **kwargs) -> str:
+    """Receiver of ``policies.signals.promotion_check``: "" unless the project requires the arena and it is not won."""
+    project = Project.objects.get(pk=version.project_id)
+    if not project.arena_required:
+        return ""
+    verdict = arena_verdict(candidate=version, served=served)
+    return "" if verdict.beats else verdict.reason
+
+
+def arena_leaderboard_plot_spec(*, board: Leaderboard) -> tuple[str, dict]:
+    """The leaderboard as an ``intervals`` plot: each version's score with its 95% interval."""
+    rows = list(reversed(board.rows))  # best at the top of a horizontal plot
+    return "intervals", {
+        "labels": [f"v{r.version.number}{' (served)' if r.served else ''}" for r in rows],
+        "values": [round(r.score, 2) for r in rows],
+        "low": [round(r.low, 2) for r in rows],
+        "high": [round(r.high, 2) for r in rows],
+        "title": f"Arena: Bradley–Terry score per version ({board.n_votes} votes)",
+        "xlabel": "score (Elo scale), 95% interval",
+    }
+
+
+def arena_can_undo(*, project: Project, voter, now=None) -> bool:
+    """Whether the voter has a vote recent enough to undo."""
+    now = now or timezone.now()
+    return (
+        ArenaVote.objects.filter(project=project, voter=voter, undone_at__isnull=True, voted_at__gte=now - UNDO_WINDOW)
+        .exclude(choice="")
+        .exists()
+    )
