@@ -1,7 +1,8 @@
 """Human ratings to scalar rewards.
 
 Scores live in [-1, 1]: Likert 1-5 maps to ``(s - 3) / 2``, thumbs to +-1, a pairwise
-choice gives the winner +1 and the loser -1. People rate on different scales, so each
+choice gives the winner +1 and the loser -1, a ranking of k gives each completion the mean of
+the k-1 pairwise outcomes it implies. People rate on different scales, so each
 annotator's scores are mapped onto the global distribution of scores (a z-score whose
 mean and standard deviation are shrunk toward the global ones for annotators with few
 ratings), and several ratings of one completion are averaged afterwards.
@@ -57,12 +58,41 @@ def pairwise_to_scores(choice: str) -> tuple[float, float]:
         raise ValueError(f"a pairwise choice must be one of {sorted(PAIRWISE_CHOICES)}, got {choice!r}") from None
 
 
-def judgment_to_score(*, score: int | None, thumbs_up: bool | None, choice: str | None, is_a: bool) -> float:
+def rank_to_score(rank: int, k: int) -> float:
+    """A completion's place in a ranking of ``k`` (``rank`` 0 = best) to a score in [-1, 1].
+
+    A ranking implies k(k-1)/2 pairwise comparisons; the completion at ``rank`` wins
+    ``k - 1 - rank`` of its ``k - 1`` and loses ``rank``. Its score is the mean of those
+    pairwise outcomes (+1 a win, -1 a loss, as :func:`pairwise_to_scores`):
+    ``(k - 1 - 2 * rank) / (k - 1)``. With ``k = 2`` this is the pairwise choice exactly;
+    the scores of one ranking sum to zero, so the leave-one-out advantage within the group
+    is unchanged by them (the Plackett-Luce order broken into pairs, as in RLHF reward
+    modelling from rankings: Ouyang et al. 2022, section 3.5).
+
+    Raises:
+        ValueError: ``k`` < 2, or ``rank`` not a whole number in ``[0, k)``.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ValueError(f"a ranking orders at least 2 completions, got k={k!r}")
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < k:
+        raise ValueError(f"a rank must be a whole number in [0, {k}), got {rank!r}")
+    return (k - 1 - 2 * rank) / (k - 1)
+
+
+def judgment_to_score(
+    *,
+    score: int | None,
+    thumbs_up: bool | None,
+    choice: str | None,
+    is_a: bool,
+    rank: int | None = None,
+    n_ranked: int | None = None,
+) -> float:
     """One stored judgment to a score in [-1, 1], whatever its kind.
 
-    A Likert ``score`` (1-5) if given, else a ``thumbs_up``, else this completion's side
-    (``is_a``: it is the pair's completion a) of a pairwise ``choice``; see the three
-    functions above.
+    A Likert ``score`` (1-5) if given, else a ``thumbs_up``, else a ``rank`` in a ranking
+    of ``n_ranked`` completions, else this completion's side (``is_a``: it is the pair's
+    completion a) of a pairwise ``choice``; see the functions above.
 
     Raises:
         ValueError: the value is not valid for its kind.
@@ -71,6 +101,8 @@ def judgment_to_score(*, score: int | None, thumbs_up: bool | None, choice: str 
         return likert_to_score(score)
     if thumbs_up is not None:
         return thumbs_to_score(thumbs_up)
+    if rank is not None:
+        return rank_to_score(rank, n_ranked)
     score_a, score_b = pairwise_to_scores(choice)
     return score_a if is_a else score_b
 

@@ -12,7 +12,69 @@
     box.hidden = show === undefined ? !box.hidden : !show;
   }
 
+  // Ranking cards: each output's "next place" button (keys 1..k) gives it the next free place;
+  // when one output is left it takes the last place; Backspace takes back the highest place given.
+  // The places live in the form's <select>s, which also work by mouse and without script.
+  function rankSelects(card) { return Array.prototype.slice.call(card.querySelectorAll("select.rank-place")); }
+
+  function rankRefresh(card) {
+    var selects = rankSelects(card);
+    var byPlace = [];
+    selects.forEach(function (select) {
+      var item = select.closest(".ranked-output");
+      if (item) item.classList.toggle("placed", select.value !== "");
+      if (select.value) byPlace[Number(select.value) - 1] = item.querySelector(".rank-pick kbd").textContent;
+    });
+    var summary = card.querySelector("#rank-summary");
+    if (!summary) return;
+    var given = byPlace.filter(function (x) { return x; });
+    summary.textContent = given.length
+      ? "Best to worst: " + given.join(" › ") + (given.length === selects.length ? " — Enter submits." : "")
+      : "Press the numbers of the outputs from best to worst.";
+  }
+
+  function rankPick(card, completionId) {
+    var selects = rankSelects(card);
+    var select = card.querySelector('select.rank-place[data-completion-id="' + CSS.escape(completionId) + '"]');
+    if (!select || select.value) return;
+    var used = selects.filter(function (s) { return s.value; }).length;
+    select.value = String(used + 1);
+    var left = selects.filter(function (s) { return !s.value; });
+    if (left.length === 1) left[0].value = String(selects.length);
+    rankRefresh(card);
+  }
+
+  function rankBack(card) {
+    var selects = rankSelects(card);
+    var used = selects.filter(function (s) { return s.value; });
+    if (!used.length) return;
+    var last = used.reduce(function (a, b) { return Number(a.value) > Number(b.value) ? a : b; });
+    last.value = "";
+    // A place that filled itself (the last output) goes with the one before it.
+    if (used.length === selects.length) {
+      used = selects.filter(function (s) { return s.value; });
+      last = used.reduce(function (a, b) { return Number(a.value) > Number(b.value) ? a : b; });
+      last.value = "";
+    }
+    rankRefresh(card);
+  }
+
+  document.addEventListener("change", function (event) {
+    if (event.target.matches && event.target.matches("select.rank-place")) rankRefresh(document.getElementById("card"));
+  });
+
   document.addEventListener("click", function (event) {
+    var pick = event.target.closest && event.target.closest("[data-rank-pick]");
+    if (pick) {
+      event.preventDefault();
+      rankPick(document.getElementById("card"), pick.getAttribute("data-rank-pick"));
+      return;
+    }
+    if (event.target.closest && event.target.closest("[data-rank-back]")) {
+      event.preventDefault();
+      rankBack(document.getElementById("card"));
+      return;
+    }
     var toggle = event.target.closest && event.target.closest("[data-help-toggle]");
     if (toggle) {
       event.preventDefault();
@@ -32,6 +94,8 @@
       return;
     }
     if (typing) return;
+    if (event.key === "Enter" && target && target.tagName === "BUTTON") return; // Enter on a focused button presses it
+    if (target && target.tagName === "SELECT" && (event.key === "Backspace" || /^[0-9]$/.test(event.key))) target.blur();
     var key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
     if (key === "?") {
       event.preventDefault();

@@ -132,3 +132,22 @@ def test_judgment_to_score_dispatches_on_the_kind_of_judgment():
     assert judgment_to_score(score=None, thumbs_up=None, choice="b", is_a=False) == 1.0
     with pytest.raises(ValueError, match="pairwise choice"):
         judgment_to_score(score=None, thumbs_up=None, choice=None, is_a=True)
+
+
+def test_a_rank_scores_the_mean_of_its_implied_pairwise_outcomes_and_two_is_a_pairwise_choice():
+    from pgcore.rewards import pairwise_to_scores, rank_to_score
+
+    for k in range(2, 7):
+        for rank in range(k):
+            outcomes = [1.0] * (k - 1 - rank) + [-1.0] * rank  # a win over each below, a loss to each above
+            assert rank_to_score(rank, k) == pytest.approx(sum(outcomes) / (k - 1))
+        assert sum(rank_to_score(r, k) for r in range(k)) == pytest.approx(0.0)
+    assert (rank_to_score(0, 2), rank_to_score(1, 2)) == pairwise_to_scores("a")
+
+
+@pytest.mark.parametrize("rank,k", [(3, 3), (-1, 3), (0, 1), (True, 3), (0.5, 3)])
+def test_a_rank_outside_its_ranking_is_refused(rank, k):
+    from pgcore.rewards import rank_to_score
+
+    with pytest.raises(ValueError):
+        rank_to_score(rank, k)

@@ -29,3 +29,13 @@ def make_pair(project, make_completion, *, prompt=None, texts=("left-ish text", 
     a = make_completion(project, prompt=prompt, text=texts[0])
     b = make_completion(project, prompt=prompt, text=texts[1])
     return pair_create(completion_a=a, completion_b=b)
+
+
+def make_rank_group(project, make_completion, *, prompt=None, k=None, texts=None):
+    """A rank group of ``k`` (default: the project's ``rank_k``) completions of one prompt; the first anchors it."""
+    from webapp.annotation.services import rank_group_create
+
+    k = k or project.rank_k
+    texts = texts or [f"output {i} of {k}" for i in range(k)]
+    prompt = prompt or project.prompts.filter(held_out=False).order_by("id").first()
+    return rank_group_create(completions=[make_completion(project, prompt=prompt, text=t) for t in texts])

@@ -28,6 +28,7 @@ ROUTES = {
     ("POST", "/api/v1/projects/{slug}/queue/next"),
     ("POST", "/api/v1/projects/{slug}/queue/{completion_id}/rate"),
     ("POST", "/api/v1/projects/{slug}/queue/{completion_id}/compare"),
+    ("POST", "/api/v1/projects/{slug}/queue/{completion_id}/rank"),
     ("POST", "/api/v1/projects/{slug}/queue/{completion_id}/skip"),
     ("POST", "/api/v1/projects/{slug}/queue/undo"),
     ("GET", "/api/v1/projects/{slug}/ratings/export"),

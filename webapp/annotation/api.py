@@ -1,7 +1,7 @@
 """REST API for prompts and the annotation queue (router mounted by ``webapp/api.py``).
 
 The same services as the annotator's page: an item is leased with
-``lease_next``, judged with ``rating_create`` / ``comparison_create``,
+``lease_next``, judged with ``rating_create`` / ``comparison_create`` / ``ranking_create``,
 skipped with ``item_skip``, and the last judgment undone with
 ``judgment_undo``, so an API rating and a page rating are the same row under
 the same rules (one per annotator and item, only for an item the annotator
@@ -93,11 +93,14 @@ class PairOut(Schema):
 
 class ItemOut(Schema):
     completion_id: int = Field(description="What to rate, compare or skip (a pair's completion A).")
-    mode: str = Field(description="likert, thumbs or pairwise: which call judges it.")
+    mode: str = Field(description="likert, thumbs, pairwise or ranking: which call judges it.")
     prompt: str
     version: int = Field(description="The model version that wrote the completion.")
     completion: CompletionOut
     pair: PairOut | None = Field(description="Pairwise mode: the two completions to compare.")
+    ranked: list[CompletionOut] | None = Field(
+        None, description="Ranking mode: the completions to put in order, in the order to show them (drawn per lease)."
+    )
     lease_expires_at: datetime = Field(description="Until then the item is held for you; then it may go to others.")
 
 
@@ -132,6 +135,9 @@ def _item_out(project, lease) -> dict | None:
             "b": {"id": pair.completion_b.pk, "text": pair.completion_b.text, "finished": pair.completion_b.finished},
             "a_on_left": lease.a_on_left,
         },
+        "ranked": None
+        if getattr(completion, "ranked_members", None) is None
+        else [{"id": m.pk, "text": m.text, "finished": m.finished} for m in completion.ranked_members],
         "lease_expires_at": lease.expires_at,
     }
 
@@ -238,6 +244,45 @@ def compare(request, body: CompareIn, slug: str = Slug, completion_id: int = Com
     return Status(201, comparison)
 
 
+class RankIn(Schema):
+    model_config = {"extra": "forbid"}
+
+    order: list[int] = Field(description="Every completion of the item's ``ranked`` list, by id, best first.")
+    comment: str = Field("", max_length=COMMENT_MAX_CHARS, pattern=NO_NUL_PATTERN)
+    seconds_spent: float | None = Field(None, ge=0, le=SECONDS_MAX)
+
+
+class RankingOut(Schema):
+    id: int
+    group_id: int
+    order: list[int]
+    comment: str
+    created_at: datetime
+
+
+@router.post(
+    "/projects/{slug}/queue/{completion_id}/rank",
+    response={201: RankingOut, **ERRORS},
+    summary="Rank an item's completions (ranking projects)",
+)
+def rank(request, body: RankIn, slug: str = Slug, completion_id: int = CompletionId):
+    """Store your order of the completions of the item whose anchor is ``completion_id``
+    (``services.ranking_create``, as the page): stored with the pairwise comparisons it implies."""
+    project, _ = api_project(request, slug)
+    group = selectors.rank_group_of(_completion(project, completion_id))
+    if group is None:
+        raise HttpError(404, "No ranking item has this completion as its anchor.")
+    group.project = project
+    ranking = services.ranking_create(
+        annotator=request.user,
+        group=group,
+        order=body.order,
+        comment=body.comment.strip(),
+        seconds_spent=body.seconds_spent,
+    )
+    return Status(201, ranking)
+
+
 @router.post(
     "/projects/{slug}/queue/{completion_id}/skip", response={204: None, **ERRORS}, summary="Skip an item"
 )
@@ -253,6 +298,7 @@ class UndoneOut(Schema):
     score: int | None
     thumbs_up: bool | None
     choice: str
+    order: list[int] | None = Field(None, description="Ranking mode: the undone order, best first.")
     rated_at: datetime
 
 
@@ -274,6 +320,7 @@ def undo(request, slug: str = Slug):
             "score": revision.score,
             "thumbs_up": revision.thumbs_up,
             "choice": revision.choice,
+            "order": revision.order,
             "rated_at": revision.rated_at,
         },
         "item": _item_out(project, result.lease),

@@ -3,7 +3,8 @@
 Agreement is Krippendorff's alpha from the maintained ``krippendorff``
 package (Castro 2017, https://github.com/pln-fing-udelar/fast-krippendorff),
 computed on the items that at least two people judged: ordinal for Likert,
-nominal for thumbs and for pairwise choices.
+nominal for thumbs and for pairwise choices, ordinal for the place each
+ranked output got (1 = best; the unit is the output).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from webapp.policies.models import Project
 
 from . import judgments
 from .judgments import CHOICE_CODES
-from .models import Comparison, Rating, RatingRevision, Skip
+from .models import Comparison, Ranking, Rating, RatingRevision, Skip
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,14 @@ class Agreement:
 
 
 def annotator_figures(*, project: Project) -> list[AnnotatorFigures]:
-    """Per annotator: judgments (a pairwise decision counts once), today, median seconds per item, skips, undos."""
+    """Per annotator: judgments (a pairwise decision or a ranking counts once), today, median seconds per
+    item, skips, undos."""
     today = timezone.localdate()
     rows: dict[int, dict] = defaultdict(lambda: {"n": 0, "today": 0, "seconds": [], "skips": 0, "undos": 0})
-    single = Rating.objects.filter(completion__project=project, comparison__isnull=True)
+    single = Rating.objects.filter(completion__project=project, comparison__isnull=True, ranking__isnull=True)
     pairwise = Comparison.objects.filter(pair__project=project)
-    for qs in (single, pairwise):
+    rankings = Ranking.objects.filter(group__project=project)
+    for qs in (single, pairwise, rankings):
         for annotator_id, created_at, seconds in qs.values_list("annotator_id", "created_at", "seconds_spent"):
             row = rows[annotator_id]
             row["n"] += 1
@@ -101,8 +104,14 @@ def _alpha(kind: str, level: str, triples: list[tuple[int, int, float]], value_d
 
 
 def agreement(*, project: Project) -> list[Agreement]:
-    """Krippendorff's alpha per kind of judgment the project holds (Likert, thumbs, pairwise)."""
-    ratings = Rating.objects.filter(completion__project=project, comparison__isnull=True)
+    """Krippendorff's alpha per kind of judgment the project holds (Likert, thumbs, pairwise, ranking)."""
+    ratings = Rating.objects.filter(completion__project=project, comparison__isnull=True, ranking__isnull=True)
+    ranked = [
+        (completion_id, annotator_id, judgments.rank_level(rank=rank))
+        for completion_id, annotator_id, rank in Rating.objects.filter(
+            completion__project=project, ranking__isnull=False
+        ).values_list("completion_id", "annotator_id", "rank")
+    ]
     likert = list(ratings.filter(score__isnull=False).values_list("completion_id", "annotator_id", "score"))
     thumbs = list(ratings.filter(thumbs_up__isnull=False).values_list("completion_id", "annotator_id", "thumbs_up"))
     pairwise = [
@@ -119,6 +128,9 @@ def agreement(*, project: Project) -> list[Agreement]:
         result.append(_alpha("Thumbs", "nominal", values, [0.0, 1.0]))
     if pairwise or project.rating_mode == "pairwise":
         result.append(_alpha("Pairwise", "nominal", pairwise, list(CHOICE_CODES.values())))
+    if ranked or project.rating_mode == "ranking":
+        k = max([project.rank_k, *(int(v) for _, _, v in ranked)])
+        result.append(_alpha("Ranking (place of each output)", "ordinal", ranked, [float(p) for p in range(1, k + 1)]))
     return result
 
 
@@ -126,7 +138,7 @@ def recent_comments(*, project: Project, limit: int = 50) -> list[dict]:
     """The latest free-text comments, newest first (shown to staff as plain text)."""
     rows = [
         {"at": r.created_at, "annotator": r.annotator.username, "item": r.completion_id, "comment": r.comment}
-        for r in Rating.objects.filter(completion__project=project, comparison__isnull=True)
+        for r in Rating.objects.filter(completion__project=project, comparison__isnull=True, ranking__isnull=True)
         .exclude(comment="")
         .select_related("annotator")
         .order_by("-created_at")[:limit]
@@ -136,6 +148,13 @@ def recent_comments(*, project: Project, limit: int = 50) -> list[dict]:
         for c in Comparison.objects.filter(pair__project=project)
         .exclude(comment="")
         .select_related("annotator", "pair")
+        .order_by("-created_at")[:limit]
+    ]
+    rows += [
+        {"at": r.created_at, "annotator": r.annotator.username, "item": r.group.anchor_id, "comment": r.comment}
+        for r in Ranking.objects.filter(group__project=project)
+        .exclude(comment="")
+        .select_related("annotator", "group")
         .order_by("-created_at")[:limit]
     ]
     return sorted(rows, key=lambda r: r["at"], reverse=True)[:limit]

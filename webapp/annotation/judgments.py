@@ -22,7 +22,15 @@ pair: a / b   winner +1, loser -1 winner true, loser     (none: says nothing
 pair: tie     0 / 0               none                   —
 pair: both    -1 / -1             false / false          —
 bad
+rank r of k   ``(k-1-2r)/(k-1)``  above the middle true, (none; its implied
+(0 = best)    (mean of its k-1    below false, middle    pairs are preference
+              implied pairs)      none                   pairs)
 ============  ==================  =====================  ====================
+
+A ranking of k is stored as the k(k-1)/2 pairwise comparisons it implies
+(:func:`ranking_implied_pairs`, one :class:`~webapp.annotation.models.RankedPair`
+each), so exports and the reward model read them as preference pairs; its
+reward per completion is the mean of the pairwise rewards it implies.
 """
 
 from __future__ import annotations
@@ -34,7 +42,15 @@ NEUTRAL_LIKERT = 3
 CHOICE_CODES: dict[str, int] = {c: i for i, c in enumerate(Choice.values)}
 
 
-def reward_score(*, score: int | None, thumbs_up: bool | None, choice: str | None, is_completion_a: bool) -> float:
+def reward_score(
+    *,
+    score: int | None,
+    thumbs_up: bool | None,
+    choice: str | None,
+    is_completion_a: bool,
+    rank: int | None = None,
+    n_ranked: int | None = None,
+) -> float:
     """One stored rating's score in [-1, 1], before per-annotator normalisation.
 
     Args:
@@ -42,13 +58,35 @@ def reward_score(*, score: int | None, thumbs_up: bool | None, choice: str | Non
         thumbs_up: thumbs, or None.
         choice: the pairwise decision (a :class:`Choice` value) this rating belongs to, or None.
         is_completion_a: for a pairwise rating, whether it rates the pair's completion A.
+        rank: for a ranking's rating, the completion's place (0 = best), else None.
+        n_ranked: for a ranking's rating, how many completions the ranking orders (k).
 
     Raises:
-        ValueError: none of the three is set, or a value is out of range (``pgcore.rewards``).
+        ValueError: none is set, or a value is out of range (``pgcore.rewards``).
     """
     from pgcore.rewards import judgment_to_score  # the one mapping; imports torch: workers only
 
-    return judgment_to_score(score=score, thumbs_up=thumbs_up, choice=choice, is_a=is_completion_a)
+    return judgment_to_score(
+        score=score, thumbs_up=thumbs_up, choice=choice, is_a=is_completion_a, rank=rank, n_ranked=n_ranked
+    )
+
+
+def ranking_implied_pairs(order: list[int]) -> list[tuple[int, int]]:
+    """The pairwise comparisons a ranking implies: ``(winner, loser)`` for every two of ``order``
+    (completion ids, best first), the better-ranked one winning; k(k-1)/2 of them."""
+    return [(order[i], order[j]) for i in range(len(order)) for j in range(i + 1, len(order))]
+
+
+def rank_kto_label(*, rank: int, n_ranked: int) -> bool | None:
+    """A ranked completion as an unpaired (KTO) label: the upper half true, the lower half
+    false, the middle one of an odd k none (the sign of its reward)."""
+    twice_from_middle = (n_ranked - 1) - 2 * rank
+    return None if twice_from_middle == 0 else twice_from_middle > 0
+
+
+def rank_level(*, rank: int) -> float:
+    """A ranked completion's place as a level for agreement statistics: 1 = best ... k = worst."""
+    return float(rank + 1)
 
 
 def kto_label(*, score: int | None, thumbs_up: bool | None) -> bool | None:

@@ -18,6 +18,13 @@ Pairwise items are leased, skipped and counted through the pair's
 rating mode. A comparison writes one ``Rating`` row for each of its two
 completions (``Rating.comparison``), so training, the pool and the queue see
 pairwise work through the same table as Likert and thumbs ratings.
+
+Ranking items are a :class:`RankGroup` of k completions of one prompt and
+version, leased through the group's ``anchor`` the same way. A
+:class:`Ranking` (one annotator's order, best first) writes one ``Rating``
+per completion (``Rating.ranking`` and its ``rank``) and one
+:class:`RankedPair` per pairwise comparison the order implies (k(k-1)/2 of
+them), which the exports and the reward model read as preference pairs.
 """
 
 import hashlib
@@ -118,6 +125,14 @@ class Completion(models.Model):
             "does not drain older versions): kept with any ratings it has, never offered again. Cleared if its "
             "version is served again."
         ),
+    )
+    rank_group = models.ForeignKey(
+        "RankGroup",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="members",
+        help_text="Ranking mode: the group of completions of one prompt ranked together.",
     )
     rm_score = models.FloatField(
         "reward-model score", null=True, blank=True, help_text="Written by the rewards app: the ensemble's mean reward."
@@ -280,11 +295,69 @@ class Comparison(models.Model):
         return f"{self.annotator} on pair {self.pair_id}: {self.choice}"
 
 
+class RankGroup(models.Model):
+    """k completions of the same prompt by the same version, ranked together (ranking mode).
+
+    ``anchor`` (one of the members) is what leases, skips and the queue go
+    through; the members are the completions whose ``rank_group`` is this group.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="rank_groups")
+    anchor = models.OneToOneField(Completion, on_delete=models.CASCADE, related_name="rank_group_as_anchor")
+    created_at = models.DateTimeField("created", auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self):
+        return f"rank group {self.pk} (anchor {self.anchor_id})"
+
+
+class Ranking(models.Model):
+    """One annotator's order of a rank group's completions, best first.
+
+    ``order`` lists completion ids from best to worst; ``shown_order`` the order
+    they were shown in (top to bottom), so a position bias can be measured.
+    """
+
+    group = models.ForeignKey(RankGroup, on_delete=models.CASCADE, related_name="rankings")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="rankings")
+    order = models.JSONField("order", help_text="Completion ids, best first.")
+    shown_order = models.JSONField("shown order", default=list, blank=True, help_text="Completion ids as shown, top first.")
+    comment = models.TextField("comment", blank=True, max_length=2000)
+    seconds_spent = models.FloatField("seconds spent", null=True, blank=True)
+    created_at = models.DateTimeField("created", auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["annotator", "created_at"], name="ranking_annotator_time")]
+        constraints = [models.UniqueConstraint(fields=["group", "annotator"], name="ranking_once_per_annotator")]
+
+    def __str__(self):
+        return f"{self.annotator} ranked group {self.group_id}: {self.order}"
+
+
+class RankedPair(models.Model):
+    """One pairwise comparison a ranking implies: ``winner`` was ranked above ``loser``."""
+
+    ranking = models.ForeignKey(Ranking, on_delete=models.CASCADE, related_name="pairs")
+    winner = models.ForeignKey(Completion, on_delete=models.CASCADE, related_name="ranked_wins")
+    loser = models.ForeignKey(Completion, on_delete=models.CASCADE, related_name="ranked_losses")
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["ranking", "winner", "loser"], name="ranked_pair_once"),
+            models.CheckConstraint(condition=~models.Q(winner=models.F("loser")), name="ranked_pair_two_completions"),
+        ]
+
+
 class Rating(models.Model):
     """One annotator's judgment of one completion.
 
-    Exactly one of ``score`` (Likert 1–5), ``thumbs_up`` or ``comparison``
-    (this completion's side of a pairwise decision) is set.
+    Exactly one of ``score`` (Likert 1–5), ``thumbs_up``, ``comparison``
+    (this completion's side of a pairwise decision) or ``ranking`` (with this
+    completion's ``rank`` in it, 0 = best) is set.
     """
 
     completion = models.ForeignKey(Completion, on_delete=models.CASCADE, related_name="ratings")
@@ -298,6 +371,17 @@ class Rating(models.Model):
         on_delete=models.CASCADE,
         related_name="ratings",
         help_text="Pairwise mode: the decision this rating is one side of.",
+    )
+    ranking = models.ForeignKey(
+        Ranking,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="ratings",
+        help_text="Ranking mode: the ranking this rating is one place of.",
+    )
+    rank = models.PositiveSmallIntegerField(
+        "rank", null=True, blank=True, help_text="Ranking mode: this completion's place, 0 = best."
     )
     comment = models.TextField("comment", blank=True, max_length=2000)
     seconds_spent = models.FloatField("seconds spent", null=True, blank=True)
@@ -315,11 +399,17 @@ class Rating(models.Model):
             ),
             models.CheckConstraint(
                 condition=(
-                    models.Q(score__isnull=False, thumbs_up__isnull=True, comparison__isnull=True)
-                    | models.Q(score__isnull=True, thumbs_up__isnull=False, comparison__isnull=True)
-                    | models.Q(score__isnull=True, thumbs_up__isnull=True, comparison__isnull=False)
+                    models.Q(score__isnull=False, thumbs_up__isnull=True, comparison__isnull=True, ranking__isnull=True)
+                    | models.Q(score__isnull=True, thumbs_up__isnull=False, comparison__isnull=True, ranking__isnull=True)
+                    | models.Q(score__isnull=True, thumbs_up__isnull=True, comparison__isnull=False, ranking__isnull=True)
+                    | models.Q(score__isnull=True, thumbs_up__isnull=True, comparison__isnull=True, ranking__isnull=False)
                 ),
-                name="rating_exactly_one_kind",
+                name="rating_exactly_one_of_four_kinds",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(ranking__isnull=True, rank__isnull=True)
+                | models.Q(ranking__isnull=False, rank__isnull=False),
+                name="rating_rank_with_ranking",
             ),
         ]
 
@@ -332,6 +422,8 @@ class Rating(models.Model):
             return str(self.score)
         if self.thumbs_up is not None:
             return "thumbs up" if self.thumbs_up else "thumbs down"
+        if self.rank is not None:
+            return f"ranked {self.rank + 1}"
         return "pairwise"
 
 
@@ -353,6 +445,7 @@ class RatingRevision(models.Model):
     thumbs_up = models.BooleanField("thumbs up", null=True, blank=True)
     choice = models.CharField("choice", max_length=8, blank=True, choices=Choice.choices)
     a_on_left = models.BooleanField("A shown left", null=True, blank=True)
+    order = models.JSONField("ranking order", null=True, blank=True, help_text="Ranking mode: completion ids, best first.")
     comment = models.TextField("comment", blank=True)
     seconds_spent = models.FloatField("seconds spent", null=True, blank=True)
     rated_at = models.DateTimeField("rated")

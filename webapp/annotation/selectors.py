@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, timedelta
 
 from django.db import connection
@@ -11,7 +12,7 @@ from django.utils.dateparse import parse_datetime
 
 from webapp.policies.models import ModelVersion, Project, RatingMode
 
-from .models import Comparison, Completion, Lease, Pair, Prompt, Rating, Skip
+from .models import Comparison, Completion, Lease, Pair, Prompt, RankGroup, Ranking, Rating, Skip
 
 UNDO_WINDOW = timedelta(minutes=10)
 
@@ -19,12 +20,14 @@ UNDO_WINDOW = timedelta(minutes=10)
 def rateable_completions(*, project: Project) -> QuerySet[Completion]:
     """The completions that are items in this project's rating mode.
 
-    Pairwise: the anchors (``completion_a``) of pairs; otherwise every
-    completion. Held-out prompts are never items.
+    Pairwise: the anchors (``completion_a``) of pairs; ranking: the anchors of
+    rank groups; otherwise every completion. Held-out prompts are never items.
     """
     qs = Completion.objects.filter(project=project, prompt__held_out=False)
     if project.rating_mode == RatingMode.PAIRWISE:
         qs = qs.filter(pair_as_a__isnull=False)
+    elif project.rating_mode == RatingMode.RANKING:
+        qs = qs.filter(rank_group_as_anchor__isnull=False)
     return qs
 
 
@@ -41,10 +44,14 @@ def open_completions(*, project: Project) -> QuerySet[Completion]:
 def pool_size(*, project: Project) -> int:
     """Open completions sampled from the served version: what the pool refill keeps full.
 
-    Pairwise items count as the two completions they are.
+    Pairwise items count as the two completions they are, ranking items as their k.
     """
     n = open_completions(project=project).filter(model_version_id=project.served_version_id).count()
-    return 2 * n if project.rating_mode == RatingMode.PAIRWISE else n
+    if project.rating_mode == RatingMode.PAIRWISE:
+        return 2 * n
+    if project.rating_mode == RatingMode.RANKING:
+        return project.rank_k * n
+    return n
 
 
 def pool_needs_refill(*, project: Project) -> bool:
@@ -73,6 +80,8 @@ _T = {
     "skip": Skip._meta.db_table,
     "pair": Pair._meta.db_table,
     "comparison": Comparison._meta.db_table,
+    "rankgroup": RankGroup._meta.db_table,
+    "ranking": Ranking._meta.db_table,
 }
 
 # An item of the project in its mode, that still needs ratings (by the counter the
@@ -86,10 +95,12 @@ _OPEN_ITEM_FOR_ANNOTATOR = """
     AND NOT EXISTS (SELECT 1 FROM {skip} s WHERE s.completion_id = c.id AND s.annotator_id = %(annotator)s)
 """
 _PAIRWISE_ONLY = "AND EXISTS (SELECT 1 FROM {pair} pr WHERE pr.completion_a_id = c.id)"
+_RANKING_ONLY = "AND EXISTS (SELECT 1 FROM {rankgroup} g WHERE g.anchor_id = c.id)"
+_ITEMS_OF_MODE = {RatingMode.PAIRWISE: _PAIRWISE_ONLY, RatingMode.RANKING: _RANKING_ONLY}
 
 
 def _open_item_sql(project: Project) -> str:
-    pairwise = _PAIRWISE_ONLY if project.rating_mode == RatingMode.PAIRWISE else ""
+    pairwise = _ITEMS_OF_MODE.get(project.rating_mode, "")
     served_only = ""
     if project.served_version_id is not None and not project.drain_old_versions:
         served_only = f"AND c.model_version_id = {int(project.served_version_id):d}"
@@ -205,7 +216,7 @@ FROM {lease} l
 JOIN {completion} c ON c.id = l.completion_id
 JOIN {prompt} p ON p.id = c.prompt_id
 JOIN {version} v ON v.id = c.model_version_id{pair_joins}
-WHERE l.annotator_id = %(annotator)s AND c.project_id = %(project)s AND NOT l.fulfilled AND l.expires_at > %(now)s{pair_only}
+WHERE l.annotator_id = %(annotator)s AND c.project_id = %(project)s AND NOT l.fulfilled AND l.expires_at > %(now)s{pair_only}{rank_only}
 ORDER BY l.id
 LIMIT 1
 """
@@ -230,10 +241,12 @@ def lease_held(*, project: Project, annotator) -> Lease | None:
     (deferred: reading them costs a query).
     """
     pairwise = project.rating_mode == RatingMode.PAIRWISE
+    ranking = project.rating_mode == RatingMode.RANKING
     sql = _LEASE_HELD_SQL.format(
         pair_columns=_LEASE_HELD_PAIR_COLUMNS if pairwise else "",
         pair_joins=_LEASE_HELD_PAIR_JOINS.format(**_T) if pairwise else "",
         pair_only=" AND pr.id IS NOT NULL" if pairwise else "",
+        rank_only=" " + _RANKING_ONLY.format(**_T) if ranking else "",
         **_T,
     )
     params = {"annotator": annotator.pk, "project": project.pk, "now": _db_datetime(timezone.now())}
@@ -267,8 +280,21 @@ def lease_held(*, project: Project, annotator) -> Lease | None:
                 db, _CARD_COMPLETION_FIELDS, [b_id, project_id, b_prompt_id, b_version_id, b_text, b_finished, b_n_ratings]
             )
             completion.pair_as_a = pair
+    if ranking:
+        completion.ranked_members = rank_members_shown(completion=completion, lease_id=lease_id)
     lease.completion = completion
     return lease
+
+
+def rank_members_shown(*, completion: Completion, lease_id: int) -> list[Completion]:
+    """The completions of the rank group ``completion`` anchors, in the order this lease shows
+    them (top first): shuffled once per lease (seeded by its id), so a reload shows the same
+    order and each annotator sees another. Card fields only."""
+    members = list(
+        Completion.objects.filter(rank_group__anchor_id=completion.pk).only(*_CARD_COMPLETION_FIELDS).order_by("id")
+    )
+    random.Random(lease_id).shuffle(members)
+    return members
 
 
 _ITEM_STATE_SQL = """
@@ -299,6 +325,8 @@ def leases_off_mode(*, project: Project, annotator) -> QuerySet[Lease]:
     leases = Lease.objects.filter(annotator=annotator, fulfilled=False, completion__project=project)
     if project.rating_mode == RatingMode.PAIRWISE:
         return leases.filter(completion__pair_as_a__isnull=True)
+    if project.rating_mode == RatingMode.RANKING:
+        return leases.filter(completion__rank_group_as_anchor__isnull=True)
     return leases.none()
 
 
@@ -322,11 +350,24 @@ def new_ratings(*, project: Project) -> QuerySet[Rating]:
     )
 
 
-def judgments_by(*, project: Project, annotator) -> QuerySet[Rating] | QuerySet[Comparison]:
-    """An annotator's judgments in the project's rating mode: pairwise decisions, or single-completion ratings."""
+def rank_group_of(completion: Completion) -> RankGroup | None:
+    """The rank group whose anchor is ``completion``, or None."""
+    try:
+        return completion.rank_group_as_anchor
+    except RankGroup.DoesNotExist:
+        return None
+
+
+def judgments_by(*, project: Project, annotator) -> QuerySet[Rating] | QuerySet[Comparison] | QuerySet[Ranking]:
+    """An annotator's judgments in the project's rating mode: pairwise decisions, rankings, or
+    single-completion ratings."""
     if project.rating_mode == RatingMode.PAIRWISE:
         return Comparison.objects.filter(pair__project=project, annotator=annotator)
-    return Rating.objects.filter(completion__project=project, annotator=annotator, comparison__isnull=True)
+    if project.rating_mode == RatingMode.RANKING:
+        return Ranking.objects.filter(group__project=project, annotator=annotator)
+    return Rating.objects.filter(
+        completion__project=project, annotator=annotator, comparison__isnull=True, ranking__isnull=True
+    )
 
 
 def last_judgment(*, project: Project, annotator, now=None) -> Rating | Comparison | None:
@@ -353,8 +394,11 @@ SELECT
 _JUDGMENTS_SQL = {  # the annotator's judgments in the project, as ``j``
     "pairwise": """{comparison} j JOIN {pair} pr ON pr.id = j.pair_id
         WHERE pr.project_id = %(project)s AND j.annotator_id = %(annotator)s""",
+    "ranking": """{ranking} j JOIN {rankgroup} g ON g.id = j.group_id
+        WHERE g.project_id = %(project)s AND j.annotator_id = %(annotator)s""",
     "single": """{rating} j JOIN {completion} jc ON jc.id = j.completion_id
-        WHERE jc.project_id = %(project)s AND j.annotator_id = %(annotator)s AND j.comparison_id IS NULL""",
+        WHERE jc.project_id = %(project)s AND j.annotator_id = %(annotator)s
+            AND j.comparison_id IS NULL AND j.ranking_id IS NULL""",
 }
 
 
@@ -370,7 +414,7 @@ def annotator_progress(*, project: Project, annotator) -> dict:
     """
     now = timezone.localtime()
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    judgments = _JUDGMENTS_SQL["pairwise" if project.rating_mode == RatingMode.PAIRWISE else "single"]
+    judgments = _JUDGMENTS_SQL.get(project.rating_mode, _JUDGMENTS_SQL["single"])
     sql = _PROGRESS_SQL.format(
         open_item=_open_item_sql(project), judgments=judgments.format(**_T), cap=QUEUE_COUNT_CAP + 1, **_T
     )
@@ -403,7 +447,8 @@ def recent_judgments(*, project: Project, annotator, limit: int = 50) -> list[di
     Each row: ``when`` (datetime), ``judgment`` (text: "4", "thumbs up", "A is better"...),
     ``comment``, ``prompt`` (text), ``outputs`` (list of dicts: ``label`` ("" or "A"/"B"),
     ``text``, ``version`` (number), ``tokens`` (count), ``finished`` (ended at EOS),
-    ``retired`` (bool)). Pairwise decisions are listed in pairwise mode, single ratings otherwise.
+    ``retired`` (bool)). Pairwise decisions are listed in pairwise mode, rankings (outputs
+    best first, labelled #1, #2...) in ranking mode, single ratings otherwise.
     """
 
     def output(completion, label=""):
@@ -439,8 +484,26 @@ def recent_judgments(*, project: Project, annotator, limit: int = 50) -> list[di
                 }
             )
         return rows
+    if project.rating_mode == RatingMode.RANKING:
+        rankings = (
+            Ranking.objects.filter(group__project=project, annotator=annotator)
+            .select_related("group__anchor__prompt")
+            .order_by("-created_at", "-id")[:limit]
+        )
+        for r in rankings:
+            members = Completion.objects.select_related("model_version").in_bulk(r.order)  # k per row, 50 rows at most
+            rows.append(
+                {
+                    "when": r.created_at,
+                    "judgment": "ranked best to worst",
+                    "comment": r.comment,
+                    "prompt": r.group.anchor.prompt.text,
+                    "outputs": [output(members[cid], f"#{place}") for place, cid in enumerate(r.order, 1)],
+                }
+            )
+        return rows
     ratings = (
-        Rating.objects.filter(completion__project=project, annotator=annotator, comparison__isnull=True)
+        Rating.objects.filter(completion__project=project, annotator=annotator, comparison__isnull=True, ranking__isnull=True)
         .select_related("completion__prompt", "completion__model_version")
         .order_by("-created_at", "-id")[:limit]
     )

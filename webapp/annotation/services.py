@@ -32,6 +32,9 @@ from .models import (
     Pair,
     PoolClaim,
     Prompt,
+    RankedPair,
+    RankGroup,
+    Ranking,
     Rating,
     RatingRevision,
     Skip,
@@ -183,6 +186,28 @@ def pair_create(*, completion_a: Completion, completion_b: Completion) -> Pair:
         raise ApplicationError("One of these completions is in a pair already.") from exc
 
 
+@transaction.atomic
+def rank_group_create(*, completions: list[Completion]) -> RankGroup:
+    """Group k ≥ 2 completions of the same prompt and version to be ranked together; the first is the anchor.
+
+    Raises:
+        ApplicationError: fewer than two, a completion twice, different prompts or
+            versions, or a completion in a group already.
+    """
+    if len(completions) < 2 or len({c.pk for c in completions}) != len(completions):
+        raise ApplicationError("A ranking needs two or more different completions.")
+    if len({(c.prompt_id, c.model_version_id) for c in completions}) != 1:
+        raise ApplicationError("The completions of a ranking must come from the same prompt and version.")
+    ids = [c.pk for c in completions]
+    if Completion.objects.filter(pk__in=ids, rank_group__isnull=False).exists():
+        raise ApplicationError("One of these completions is in a ranking group already.")
+    group = RankGroup.objects.create(project_id=completions[0].project_id, anchor=completions[0])
+    Completion.objects.filter(pk__in=ids).update(rank_group=group)
+    for c in completions:
+        c.rank_group = group
+    return group
+
+
 POOL_CLAIM_TTL = timedelta(minutes=10)
 
 
@@ -227,7 +252,9 @@ def _pool_claim_batch(
         )
 
 
-def _pool_store_batch(*, project: Project, version, claims: list[PoolClaim], batch, rollouts, pairwise: bool) -> int:
+def _pool_store_batch(
+    *, project: Project, version, claims: list[PoolClaim], batch, rollouts, pairwise: bool, per_prompt: int = 1, ranking: bool = False
+) -> int:
     """Store a sampled batch and release its claims in one transaction; returns completions stored.
 
     Re-checks under the project lock that the version is still served (else
@@ -251,6 +278,13 @@ def _pool_store_batch(*, project: Project, version, claims: list[PoolClaim], bat
         if pairwise:
             for a, b in zip(completions[0::2], completions[1::2]):
                 pair_create(completion_a=a, completion_b=b)
+        if ranking:
+            by_prompt: dict[int, list[Completion]] = {}
+            for completion in completions:
+                by_prompt.setdefault(completion.prompt_id, []).append(completion)
+            for group in by_prompt.values():
+                if len(group) == per_prompt:
+                    rank_group_create(completions=group)
         ids = [c.pk for c in completions]
         if ids:
             transaction.on_commit(lambda: _completions_stored_send(project_id=project.pk, completion_ids=ids))
@@ -278,7 +312,8 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
     ``pgcore.advantages`` compares), so a refill may overshoot the deficit by
     less than one group. Pairwise projects sample two completions per prompt
     and store them as a :class:`Pair` in the same transaction (never a half
-    pair). Returns how many completions were created.
+    pair); ranking projects sample ``rank_k`` and store them as a
+    :class:`RankGroup` the same way. Returns how many completions were created.
 
     Safe to run concurrently for one project (several generation workers):
     each batch's prompts are claimed first (:class:`PoolClaim`, under a lock
@@ -296,7 +331,8 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
     if version is None:
         return 0
     pairwise = project.rating_mode == RatingMode.PAIRWISE
-    per_prompt = 2 if pairwise else project.completions_per_prompt
+    ranking = project.rating_mode == RatingMode.RANKING
+    per_prompt = 2 if pairwise else project.rank_k if ranking else project.completions_per_prompt
     # One refill fills at most the deficit it found when it started (as before claims), so
     # annotators draining the pool meanwhile do not keep one task running forever.
     budget = project.pool_target - selectors.pool_size(project=project)
@@ -327,7 +363,14 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
                 batch_size=GENERATION_BATCH,
             )
             stored = _pool_store_batch(
-                project=project, version=version, claims=claims, batch=batch, rollouts=rollouts, pairwise=pairwise
+                project=project,
+                version=version,
+                claims=claims,
+                batch=batch,
+                rollouts=rollouts,
+                pairwise=pairwise,
+                per_prompt=per_prompt,
+                ranking=ranking,
             )
         finally:
             # Released already when the batch was stored; this frees them when sampling failed.
@@ -657,6 +700,8 @@ def rating_create(
     project = completion.project
     if project.rating_mode == RatingMode.PAIRWISE:
         raise ApplicationError("This project compares pairs; choose A, B, tie or both bad.")
+    if project.rating_mode == RatingMode.RANKING:
+        raise ApplicationError("This project ranks outputs; put them in order from best to worst.")
     if project.rating_mode == RatingMode.THUMBS:
         if not isinstance(thumbs_up, bool) or score is not None:
             raise ApplicationError("Choose thumbs up or thumbs down.")
@@ -730,6 +775,66 @@ def comparison_create(
     return comparison
 
 
+@transaction.atomic
+def ranking_create(
+    *,
+    annotator,
+    group: RankGroup,
+    order: list[int],
+    shown_order: list[int] | None = None,
+    comment: str = "",
+    seconds_spent=None,
+) -> Ranking:
+    """Store a ranking of a group's completions (``order``: their ids, best first).
+
+    Stored as the order, one :class:`Rating` per completion (its ``rank``, 0 =
+    best: what training reads) and one :class:`RankedPair` per pairwise
+    comparison the order implies (:func:`judgments.ranking_implied_pairs`:
+    what the exports and the reward model read). Leased, like every item,
+    through the group's anchor. NUL characters in ``comment`` are dropped.
+
+    Raises:
+        ApplicationError: the project does not rank; ``order`` is not every
+            completion of the group exactly once; the annotator ranked this group
+            already; or the group has all the rankings it needs and was not leased
+            to this annotator.
+    """
+    from .judgments import ranking_implied_pairs
+
+    project = group.project
+    if project.rating_mode != RatingMode.RANKING:
+        raise ApplicationError("This project does not rank outputs; reload the page.")
+    members = set(Completion.objects.filter(rank_group=group).values_list("pk", flat=True))
+    order = list(order or [])
+    if any(isinstance(cid, bool) or not isinstance(cid, int) for cid in order) or sorted(order) != sorted(members):
+        raise ApplicationError(f"Put all {len(members)} outputs in order, each exactly once.")
+    if shown_order is not None and sorted(shown_order) != sorted(members):
+        shown_order = None
+    lease = _lease_for_judgment(project=project, annotator=annotator, completion=group.anchor)
+    seconds_spent = _seconds_on(lease, seconds_spent)
+    try:
+        with transaction.atomic():
+            ranking = Ranking.objects.create(
+                group=group,
+                annotator=annotator,
+                order=order,
+                shown_order=shown_order or [],
+                comment=without_nul(comment),
+                seconds_spent=seconds_spent,
+            )
+            Rating.objects.bulk_create(
+                Rating(completion_id=cid, annotator=annotator, ranking=ranking, rank=rank, seconds_spent=seconds_spent)
+                for rank, cid in enumerate(order)
+            )
+            RankedPair.objects.bulk_create(
+                RankedPair(ranking=ranking, winner_id=w, loser_id=l) for w, l in ranking_implied_pairs(order)
+            )
+    except IntegrityError as exc:
+        raise ApplicationError("You have ranked these outputs already.") from exc
+    _n_ratings_add(completion_ids=order, delta=1)
+    return ranking
+
+
 @dataclass(frozen=True)
 class UndoResult:
     revision: RatingRevision
@@ -754,12 +859,15 @@ def judgment_undo(*, project: Project, annotator, lease_minutes: int = LEASE_MIN
         last = type(last).objects.select_for_update().filter(pk=last.pk).first()  # a double press undoes once
     if last is None:
         raise ApplicationError("There is nothing to undo: only your last rating of the past 10 minutes can be undone.")
-    ratings = last.ratings.all() if isinstance(last, Comparison) else Rating.objects.filter(pk=last.pk)
+    ratings = last.ratings.all() if isinstance(last, (Comparison, Ranking)) else Rating.objects.filter(pk=last.pk)
     if ratings.filter(training_runs__isnull=False).exists():
         raise ApplicationError("That rating is already being used to train the model; it can no longer be undone.")
     if isinstance(last, Comparison):
         anchor_id, pair_id = last.pair.completion_a_id, last.pair_id
         values = {"choice": last.choice, "a_on_left": last.a_on_left}
+    elif isinstance(last, Ranking):
+        anchor_id, pair_id = last.group.anchor_id, None
+        values = {"order": last.order}
     else:
         anchor_id, pair_id = last.completion_id, None
         values = {"score": last.score, "thumbs_up": last.thumbs_up}
@@ -774,7 +882,7 @@ def judgment_undo(*, project: Project, annotator, lease_minutes: int = LEASE_MIN
         **values,
     )
     rated_ids = list(ratings.values_list("completion_id", flat=True))
-    last.delete()  # a comparison takes its two ratings with it
+    last.delete()  # a comparison takes its two ratings with it, a ranking its ratings and implied pairs
     _n_ratings_add(completion_ids=rated_ids, delta=-1)
     Lease.objects.filter(completion__project=project, annotator=annotator, fulfilled=False).exclude(
         completion_id=anchor_id

@@ -47,6 +47,7 @@ def _context(request, project, *, error="", undone=None, lease=_READ_ONLY):
     else:
         services.pool_refill_nudge(project=project, queue_empty=lease is None)
     pair, left, right = _sides(project, lease)
+    ranked = getattr(lease.completion, "ranked_members", None) if lease is not None else None
     progress = selectors.annotator_progress(project=project, annotator=request.user)
     return {
         "project": project,
@@ -57,6 +58,8 @@ def _context(request, project, *, error="", undone=None, lease=_READ_ONLY):
         "pair": pair,
         "left": left,
         "right": right,
+        "ranked": ranked,
+        "places": list(range(1, len(ranked) + 1)) if ranked else [],
         "progress": progress,
         "can_undo": progress["can_undo"],
         "undone": undone,
@@ -124,6 +127,12 @@ def _submit(request, project, completion) -> None:
             left, right = (Choice.A, Choice.B) if lease.a_on_left else (Choice.B, Choice.A)
         choice = {"left": left, "right": right, "tie": Choice.TIE, "both_bad": Choice.BOTH_BAD}.get(side, "")
         services.comparison_create(pair=pair, choice=choice, a_on_left=a_on_left, **common)
+    elif project.rating_mode == RatingMode.RANKING:
+        group = selectors.rank_group_of(completion)
+        if group is None:
+            raise ApplicationError("This item is not a ranking; reload the page.")
+        order, shown = _ranking_order(request.POST, group)
+        services.ranking_create(group=group, order=order, shown_order=shown, **common)
     elif project.rating_mode == RatingMode.THUMBS:
         thumb = request.POST.get("thumb", "")
         if thumb not in ("up", "down"):
@@ -135,6 +144,29 @@ def _submit(request, project, completion) -> None:
         except ValueError:
             raise ApplicationError("Choose a rating from 1 to 5.") from None
         services.rating_create(completion=completion, score=score, **common)
+
+
+def _ranking_order(post, group) -> tuple[list[int], list[int] | None]:
+    """``(order, shown)`` from a ranking form: a place ``rank_<completion id>`` (1 = best) per output
+    of the group, and ``shown`` (their ids as shown, comma-separated, optional).
+
+    Raises:
+        ApplicationError: an output without a place, or two outputs in one place.
+    """
+    member_ids = sorted(group.members.values_list("pk", flat=True))
+    places = {}
+    for cid in member_ids:
+        try:
+            places[cid] = int(post.get(f"rank_{cid}", ""))
+        except ValueError:
+            raise ApplicationError(f"Give every output a place from 1 to {len(member_ids)} (press their numbers, best first).") from None
+    if sorted(places.values()) != list(range(1, len(member_ids) + 1)):
+        raise ApplicationError(f"Give each output a different place from 1 to {len(member_ids)}.")
+    try:
+        shown = [int(x) for x in post.get("shown", "").split(",") if x]
+    except ValueError:
+        shown = None
+    return sorted(member_ids, key=places.__getitem__), shown
 
 
 def _item(request, completion_id) -> Completion:

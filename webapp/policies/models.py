@@ -15,6 +15,7 @@ class RatingMode(models.TextChoices):
     LIKERT = "likert", "Likert 1–5"
     THUMBS = "thumbs", "Thumbs up/down"
     PAIRWISE = "pairwise", "Pairwise A/B"
+    RANKING = "ranking", "Rank k outputs"
 
 
 class RewardSource(models.TextChoices):
@@ -66,6 +67,15 @@ class Project(models.Model):
             "(kept, never offered). On: they stay in the queue, after the served version's."
         ),
     )
+    rank_k = models.PositiveSmallIntegerField(
+        "outputs per ranking",
+        default=3,
+        validators=[MinValueValidator(2), MaxValueValidator(6)],
+        help_text=(
+            "Ranking mode: how many completions of one prompt an annotator orders from best to worst (2–6). "
+            "A ranking is stored as the k(k-1)/2 pairwise comparisons it implies."
+        ),
+    )
     completions_per_prompt = models.PositiveSmallIntegerField(
         "completions per prompt",
         default=1,
@@ -73,7 +83,7 @@ class Project(models.Model):
         help_text=(
             "Likert and thumbs modes: completions sampled from each prompt at once. With 2 or more the "
             "update's leave-one-out baseline compares completions of the same prompt (Kool et al. 2019); "
-            "with 1 it compares against the rest of the batch. Pairwise mode always samples two."
+            "with 1 it compares against the rest of the batch. Pairwise mode always samples two, ranking mode k (outputs per ranking)."
         ),
     )
     min_new_ratings = models.PositiveIntegerField(
@@ -193,6 +203,7 @@ class Project(models.Model):
                 condition=models.Q(completions_per_prompt__gte=1, completions_per_prompt__lte=8),
                 name="project_completions_per_prompt_1_to_8",
             ),
+            models.CheckConstraint(condition=models.Q(rank_k__gte=2, rank_k__lte=6), name="project_rank_k_2_to_6"),
             models.CheckConstraint(condition=models.Q(guard_max_kl__gte=0), name="project_guard_max_kl_gte_0"),
             models.CheckConstraint(
                 condition=models.Q(active_uniform_share__gte=0, active_uniform_share__lte=1),

@@ -34,6 +34,8 @@ class RatingRow:
     choice: str | None  # pairwise only: the comparison's choice
     comparison_id: int | None
     anchor_id: int | None  # pairwise only: the pair's completion a
+    ranking_id: int | None = None  # ranking only: the ranking this rating is one place of
+    rank: int | None = None  # ranking only: this completion's place, 0 = best
 
 
 def rating_rows(*, project: Project) -> list[RatingRow]:
@@ -51,14 +53,21 @@ def rating_rows(*, project: Project) -> list[RatingRow]:
             "comparison__choice",
             "comparison_id",
             "comparison__pair__completion_a_id",
+            "ranking_id",
+            "rank",
         )
     )
     return [RatingRow(*row) for row in rows]
 
 
 def judgment_count(*, project: Project) -> int:
-    """Rated completions (Likert/thumbs) plus comparisons: what the reward model counts as judgments."""
+    """Rated completions (Likert/thumbs) plus comparisons plus the pairwise comparisons rankings imply:
+    what the reward model counts as judgments."""
     rows = rating_rows(project=project)
-    rated = {r.completion_id for r in rows if r.comparison_id is None}
+    rated = {r.completion_id for r in rows if r.comparison_id is None and r.ranking_id is None}
     comparisons = {r.comparison_id for r in rows if r.comparison_id is not None}
-    return len(rated) + len(comparisons)
+    places: dict[int, int] = {}
+    for r in rows:
+        if r.ranking_id is not None:
+            places[r.ranking_id] = places.get(r.ranking_id, 0) + 1
+    return len(rated) + len(comparisons) + sum(k * (k - 1) // 2 for k in places.values())

@@ -22,6 +22,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
+from webapp.annotation import judgments as annotation_judgments
 from webapp.annotation.models import Completion
 from webapp.errors import ApplicationError
 from webapp.policies.models import Project
@@ -93,7 +94,9 @@ def judgments_build(*, project: Project, rows: list) -> dict:
     ``pgcore.rewards.judgment_to_score`` and normalised per annotator by
     ``ratings_to_rewards`` (the project's ``annotator_norm`` and ``annotator_shrinkage``),
     then averaged per completion. Each pairwise decision becomes one comparison whose
-    Bradley–Terry target comes from the same scores (``pair_target_from_scores``).
+    Bradley–Terry target comes from the same scores (``pair_target_from_scores``); each
+    ranking becomes the k(k-1)/2 comparisons it implies
+    (:func:`webapp.annotation.judgments.ranking_implied_pairs`), the better-ranked one winning.
 
     Returns:
         ``{"completion_ids": [...], "all": Judgments, "fit": Judgments, "held_out": Judgments,
@@ -113,7 +116,7 @@ def judgments_build(*, project: Project, rows: list) -> dict:
     index = {cid: i for i, cid in enumerate(completion_ids)}
     prompt_of = {r.completion_id: r.prompt_id for r in rows}
 
-    rated = [r for r in rows if r.comparison_id is None]
+    rated = [r for r in rows if r.comparison_id is None and r.ranking_id is None]
     rated_ids = sorted({r.completion_id for r in rated})
     rated_index = {cid: i for i, cid in enumerate(rated_ids)}
     records = [
@@ -134,6 +137,13 @@ def judgments_build(*, project: Project, rows: list) -> dict:
             side = comparisons.setdefault(r.comparison_id, {"choice": r.choice, "anchor": r.anchor_id})
             side["a" if r.completion_id == r.anchor_id else "b"] = r.completion_id
     pairs = [c for c in comparisons.values() if "a" in c and "b" in c]
+    places: dict[int, list] = {}
+    for r in rows:
+        if r.ranking_id is not None:
+            places.setdefault(r.ranking_id, []).append(r)
+    for ranked in places.values():
+        order = [r.completion_id for r in sorted(ranked, key=lambda r: r.rank)]
+        pairs += [{"choice": "a", "a": w, "b": l} for w, l in annotation_judgments.ranking_implied_pairs(order)]
 
     def part(keep) -> Judgments:
         reg = [(index[cid], y) for cid, y in zip(rated_ids, targets) if keep(prompt_of[cid])]

@@ -8,10 +8,12 @@ dataset format: the prompt is the prompt's text, not a rendered chat):
   thumbs up → true, thumbs down → false; Likert 4–5 → true, 1–2 → false,
   3 (neutral) is left out. Pairwise decisions give one row per side: the
   winner true, the loser false; "both bad" gives two false rows; a tie gives
-  none.
+  none. A ranking of k gives one row per output: the upper half true, the
+  lower half false, the middle one of an odd k none.
 - ``pairs`` (preference pairs, for ``trl.DPOTrainer`` and
   ``trl.RewardTrainer``): columns ``prompt``, ``chosen``, ``rejected``.
-  From every pairwise decision with a winner, and from every two completions
+  From every pairwise decision with a winner, from every pairwise comparison a
+  ranking implies (k(k-1)/2 per ranking of k), and from every two completions
   of the same prompt whose mean Likert score (or thumbs-up share) differs:
   the higher one is chosen.
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from pgcore.atomic import atomic_write
 from webapp.annotation import judgments
-from webapp.annotation.models import Comparison, Rating
+from webapp.annotation.models import Comparison, RankedPair, Rating
 from webapp.errors import ApplicationError
 from webapp.policies import services as policy_services
 from webapp.policies.models import AuditEvent, Project
@@ -41,11 +43,14 @@ def kto_rows(*, project: Project) -> list[dict]:
     rows = []
     ratings = (
         Rating.objects.filter(completion__project=project, comparison__isnull=True)
-        .select_related("completion__prompt")
+        .select_related("completion__prompt", "ranking")
         .order_by("id")
     )
     for rating in ratings:
-        label = judgments.kto_label(score=rating.score, thumbs_up=rating.thumbs_up)
+        if rating.ranking_id is not None:
+            label = judgments.rank_kto_label(rank=rating.rank, n_ranked=len(rating.ranking.order))
+        else:
+            label = judgments.kto_label(score=rating.score, thumbs_up=rating.thumbs_up)
         if label is None:
             continue
         rows.append({"prompt": rating.completion.prompt.text, "completion": rating.completion.text, "label": label})
@@ -72,11 +77,18 @@ def pair_rows(*, project: Project) -> list[dict]:
             a, b = pair.completion_a.text, pair.completion_b.text
             chosen, rejected = (a, b) if winner == "a" else (b, a)
             rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    ranked_pairs = (
+        RankedPair.objects.filter(ranking__group__project=project)
+        .select_related("winner__prompt", "loser")
+        .order_by("ranking_id", "id")
+    )
+    for ranked in ranked_pairs:
+        rows.append({"prompt": ranked.winner.prompt.text, "chosen": ranked.winner.text, "rejected": ranked.loser.text})
     # Same prompt, different mean scores: the better-rated completion is chosen.
     values: dict[int, list[float]] = defaultdict(list)
     completions = {}
     ratings = (
-        Rating.objects.filter(completion__project=project, comparison__isnull=True)
+        Rating.objects.filter(completion__project=project, comparison__isnull=True, ranking__isnull=True)
         .select_related("completion__prompt")
         .order_by("id")
     )

@@ -196,7 +196,8 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
     leave-one-out baseline, so the two completions of a pair share one.
 
     Scores: :func:`webapp.annotation.judgments.reward_score` (Likert ``(s - 3) / 2``,
-    thumbs ±1, pairwise winner +1 / loser -1, tie 0 / 0, both bad -1 / -1).
+    thumbs ±1, pairwise winner +1 / loser -1, tie 0 / 0, both bad -1 / -1, a ranking's
+    place r of k ``(k-1-2r)/(k-1)``: the mean of the pairwise outcomes it implies).
     """
     from pgcore.rewards import RatingRecord, ratings_to_rewards
     from pgcore.trainer import TrainBatch
@@ -214,7 +215,14 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
         raise ApplicationError("There are no ratings of training prompts to train on.")
     history = list(
         Rating.objects.filter(completion__project=project, completion__prompt__held_out=False).values_list(
-            "completion_id", "annotator_id", "score", "thumbs_up", "comparison__choice", "comparison__pair__completion_a_id"
+            "completion_id",
+            "annotator_id",
+            "score",
+            "thumbs_up",
+            "comparison__choice",
+            "comparison__pair__completion_a_id",
+            "rank",
+            "ranking__order",
         )
     )
     index = {cid: i for i, cid in enumerate(completion_ids)}
@@ -226,9 +234,16 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
         RatingRecord(
             completion_index=index.get(cid, extra.get(cid)),
             annotator=annotator,
-            score=reward_score(score=score, thumbs_up=thumbs_up, choice=choice, is_completion_a=cid == anchor_id),
+            score=reward_score(
+                score=score,
+                thumbs_up=thumbs_up,
+                choice=choice,
+                is_completion_a=cid == anchor_id,
+                rank=rank,
+                n_ranked=len(order) if order is not None else None,
+            ),
         )
-        for cid, annotator, score, thumbs_up, choice, anchor_id in history
+        for cid, annotator, score, thumbs_up, choice, anchor_id, rank, order in history
     ]
     rewards = ratings_to_rewards(
         records,

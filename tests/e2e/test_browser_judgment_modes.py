@@ -1,0 +1,72 @@
+"""The new judgment modes in a real browser (Debian chromium via Playwright), keyboard only.
+
+The database is checked afterwards: it must hold exactly what was pressed.
+Screenshots go to test-artifacts/ (copied to docs/ by hand).
+"""
+
+import pytest
+
+from tests.webapp.annotation_helpers import make_project, make_rank_group
+from webapp.annotation.models import RankedPair, Ranking, RatingRevision
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+CARD = "#card[data-completion]"
+
+
+def current_item(page) -> int:
+    return int(page.get_attribute(CARD, "data-completion"))
+
+
+def shown_ids(page) -> list[int]:
+    return [int(x) for x in page.eval_on_selector_all(".ranked-output", "els => els.map(e => e.dataset.completionId)")]
+
+
+def test_an_annotator_ranks_three_outputs_by_number_keys_takes_one_back_and_undoes(
+    login_page, live_server, tiny_model_dir, models_dir, annotator, make_completion, screenshot
+):
+    project = make_project(tiny_model_dir, slug="rk", mode="ranking", rank_k=3)
+    prompts = list(project.prompts.all())
+    for i in range(3):
+        make_rank_group(
+            project, make_completion, prompt=prompts[i], texts=[f"output {j} of prompt {i}: {'words ' * (4 + 9 * j)}" for j in range(3)]
+        )
+    page = login_page(annotator)
+    page.goto(f"{live_server.url}/p/{project.slug}/annotate/")
+    page.wait_for_selector(CARD)
+    page.evaluate("window.__marker = 'same page'")
+
+    expected = {}
+    # First card: 2 then 3; the last output places itself; Enter submits.
+    anchor, shown = current_item(page), shown_ids(page)
+    page.keyboard.press("2")
+    page.keyboard.press("3")
+    assert page.locator("#rank-summary").inner_text().startswith("Best to worst: 2 › 3 › 1")
+    screenshot(page, "annotate-ranking")
+    expected[anchor] = [shown[1], shown[2], shown[0]]
+    page.keyboard.press("Enter")
+    page.locator(f'{CARD}:not([data-completion="{anchor}"])').wait_for()
+
+    # Second card: 1, take it back with Backspace, then 3, 1 (2 places itself).
+    anchor, shown = current_item(page), shown_ids(page)
+    page.keyboard.press("1")
+    page.keyboard.press("Backspace")
+    assert page.locator("select.rank-place").evaluate_all("els => els.filter(e => e.value).length") == 0
+    page.keyboard.press("3")
+    page.keyboard.press("1")
+    expected[anchor] = [shown[2], shown[0], shown[1]]
+    page.keyboard.press("Enter")
+    page.locator(f'{CARD}:not([data-completion="{anchor}"])').wait_for()
+    assert page.locator("#count-today").inner_text() == "2"
+
+    # Undo the second ranking: the same group comes back to be ranked again.
+    page.keyboard.press("u")
+    page.locator(f'{CARD}[data-completion="{anchor}"]').wait_for()
+    assert "Undone: you had chosen a ranking" in page.locator("#card .flash").inner_text()
+    assert page.evaluate("window.__marker") == "same page"
+
+    stored = {r.group.anchor_id: r.order for r in Ranking.objects.select_related("group")}
+    first_anchor = next(iter(expected))
+    assert stored == {first_anchor: expected[first_anchor]}
+    assert list(RatingRevision.objects.values_list("order", flat=True)) == [expected[anchor]]
+    assert RankedPair.objects.count() == 3
