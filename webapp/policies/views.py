@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET, require_POST
 from webapp.errors import ApplicationError
 from webapp.permissions import staff_required
 
-from . import plotfiles, selectors, services
+from . import artifacts, plotfiles, selectors, services
 from .models import ModelVersion, Project, VersionExport
 
 
@@ -165,7 +165,7 @@ def export_download(request, slug, number, export_id):
         status=VersionExport.Status.READY,
     )
     try:
-        handle = open(export.archive_path, "rb")  # noqa: SIM115 - FileResponse closes it
+        handle = artifacts.ref_open(export.archive_path, "exports")  # FileResponse closes it
     except OSError:
         messages.error(request, f"The download of v{number} is no longer on disk; press Download again to rebuild it.")
         return redirect("policies:versions", slug=slug)

@@ -103,7 +103,9 @@ def _reference_logprobs(policy, version: ModelVersion, prompt_ids, completion_id
             return _token_logprobs(ref, pad_id, prompt_ids, completion_ids)
     if version.kind == ModelVersion.Kind.BASE:
         return _token_logprobs(policy.model, pad_id, prompt_ids, completion_ids)
-    base = load_policy(version.project.base_model_path)
+    from webapp.policies.runtime import base_dir
+
+    base = load_policy(base_dir(version.project))
     return _token_logprobs(base.model, pad_id, prompt_ids, completion_ids)
 
 
