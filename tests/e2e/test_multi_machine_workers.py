@@ -31,7 +31,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
 
-def _require_servers():
+@pytest.fixture
+def postgres_and_redis():
+    """Skip at once (before the bucket and the model are set up) off CI's PostgreSQL + Redis leg."""
     import os
 
     if connection.vendor != "postgresql":
@@ -45,9 +47,8 @@ def _weights_under(folder):
 
 
 def test_two_generation_workers_and_a_training_worker_close_the_loop_through_the_bucket_alone(
-    s3_storages, tiny_model_dir, models_dir, make_user, celery_processes, tmp_path
+    postgres_and_redis, s3_storages, tiny_model_dir, models_dir, make_user, celery_processes, tmp_path
 ):
-    _require_servers()
     # The web machine: the base model is uploaded when the project is created, then its folder is gone.
     base_on_web = tmp_path / "web-only-base"
     shutil.copytree(tiny_model_dir, base_on_web)
