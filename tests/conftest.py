@@ -126,3 +126,64 @@ def make_completion(db):
         )
 
     return make
+
+
+# --- S3-compatible object storage: moto's standalone server, started here (no network) ---
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on a free local port; yields its endpoint URL."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, tmp_path, monkeypatch):
+    """A fresh bucket on the moto server and the environment that points Rewardloop at it."""
+    import uuid
+
+    import boto3
+
+    bucket = f"rl-{uuid.uuid4().hex[:12]}"
+    env = {
+        "REWARDLOOP_S3_BUCKET": bucket,
+        "REWARDLOOP_S3_ENDPOINT_URL": s3_server,
+        "REWARDLOOP_S3_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
+    return env
+
+
+@pytest.fixture
+def s3_storages(s3_env, settings, tmp_path):
+    """Artifacts in the moto bucket (as ``REWARDLOOP_S3_*`` configures them); this process's cache in tmp."""
+    options = {
+        "bucket_name": s3_env["REWARDLOOP_S3_BUCKET"],
+        "endpoint_url": s3_env["REWARDLOOP_S3_ENDPOINT_URL"],
+        "region_name": "us-east-1",
+        "file_overwrite": True,
+        "querystring_auth": False,
+    }
+    settings.STORAGES = {
+        **settings.STORAGES,
+        **{
+            kind: {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {**options, "location": kind}}
+            for kind in ("models", "exports", "plots")
+        },
+    }
+    settings.REWARDLOOP_CACHE_DIR = tmp_path / "cache"
+    return s3_env

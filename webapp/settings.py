@@ -31,6 +31,11 @@ Everything a deployment changes comes from the environment:
   usable cores (affinity, cgroup quota) divided by the worker's concurrency and by
   ``REWARDLOOP_WORKER_POOLS`` (default 2: generation and training), at least 1;
   a larger explicit value is capped at usable cores ÷ concurrency).
+- ``REWARDLOOP_S3_BUCKET`` (unset: local folders): keep model versions, reward models,
+  exports and plots in this S3-compatible bucket (``REWARDLOOP_S3_ENDPOINT_URL``,
+  ``REWARDLOOP_S3_REGION``, ``REWARDLOOP_S3_PREFIX``; credentials as boto3 reads them,
+  e.g. ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``). ``REWARDLOOP_CACHE_DIR``
+  (default ``DATA_DIR/cache``): this machine's copies of fetched versions.
 - ``REWARDLOOP_IMPORT_MAX_BYTES`` (default 256 MiB), ``REWARDLOOP_IMPORT_MAX_LINES``
   (default 1,000,000) and ``REWARDLOOP_IMPORT_MAX_LINE_BYTES`` (default 64 KiB): caps on
   one prompt file (``manage.py import_prompts``).
@@ -274,6 +279,36 @@ CELERY_WORKER_MAX_MEMORY_PER_CHILD = (  # KiB, as Celery counts it
 REWARDLOOP_MODELS_DIR = Path(os.environ.get("REWARDLOOP_MODELS_DIR", DATA_DIR / "models")).resolve()
 # Finished version downloads (zipped Hugging Face folders, one per exported version).
 REWARDLOOP_EXPORTS_DIR = DATA_DIR / "exports"
+# This machine's copies of artifacts fetched from a remote storage (and a training worker's
+# working folder): never shared between machines.
+REWARDLOOP_CACHE_DIR = Path(os.environ.get("REWARDLOOP_CACHE_DIR", DATA_DIR / "cache")).resolve()
+
+# Artifacts (webapp.policies.artifacts): local folders by default, one S3-compatible bucket
+# when REWARDLOOP_S3_BUCKET is set (credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+# or any other source boto3 reads).
+_LOCAL_ARTIFACTS = "webapp.policies.artifacts.LocalArtifactStorage"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "models": {"BACKEND": _LOCAL_ARTIFACTS, "OPTIONS": {"setting": "REWARDLOOP_MODELS_DIR"}},
+    "exports": {"BACKEND": _LOCAL_ARTIFACTS, "OPTIONS": {"setting": "REWARDLOOP_EXPORTS_DIR"}},
+    "plots": {"BACKEND": _LOCAL_ARTIFACTS, "OPTIONS": {"setting": "DATA_DIR", "subdir": "plots"}},
+}
+REWARDLOOP_S3_BUCKET = os.environ.get("REWARDLOOP_S3_BUCKET", "")
+if REWARDLOOP_S3_BUCKET:
+    _s3 = {
+        "bucket_name": REWARDLOOP_S3_BUCKET,
+        "endpoint_url": os.environ.get("REWARDLOOP_S3_ENDPOINT_URL") or None,
+        "region_name": os.environ.get("REWARDLOOP_S3_REGION") or None,
+        "file_overwrite": True,
+        "querystring_auth": False,
+    }
+    _prefix = os.environ.get("REWARDLOOP_S3_PREFIX", "").strip("/")
+    for _kind in ("models", "exports", "plots"):
+        STORAGES[_kind] = {
+            "BACKEND": "storages.backends.s3.S3Storage",
+            "OPTIONS": {**_s3, "location": f"{_prefix}/{_kind}" if _prefix else _kind},
+        }
 
 LOGGING = {
     "version": 1,

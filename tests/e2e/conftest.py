@@ -42,12 +42,13 @@ class Processes:
         )
         return env
 
-    def start(self, name: str, *args: str) -> Path:
+    def start(self, name: str, *args: str, env: dict | None = None) -> Path:
+        """Start ``celery -A webapp <args>`` as ``name``; ``env`` adds to (or overrides) :meth:`env`."""
         log = self.tmp_path / f"{name}.log"
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "webapp", *args],
             cwd=REPO,
-            env=self.env(),
+            env={**self.env(), **(env or {})},
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
             start_new_session=True,

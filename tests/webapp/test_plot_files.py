@@ -147,6 +147,22 @@ def test_a_finished_runs_page_polls_until_its_curves_are_drawn(staff_client, sit
     assert curves["X-Plot"] == "ready" and curves.content.startswith(PNG_MAGIC)
 
 
+def test_a_runs_end_has_its_plots_drawn_so_the_pages_find_them_ready(staff_client, site, plots_dir, sent):
+    from webapp.training import services as training_services
+
+    project, run = site["project"], site["run"]
+    training_services.run_plots_queue(run_id=run.pk)  # what the last step (or a failure, a cancel) calls
+    slots = sorted(args[2] for _name, args, _queue in sent)
+    assert slots == sorted([f"run-{run.pk}-curves", f"project-{project.pk}-ratings", f"project-{project.pk}-kl"])
+    _work_off(sent)
+
+    for url in (f"/staff/p/{project.slug}/runs/{run.pk}/", f"/staff/p/{project.slug}/versions/"):
+        page = staff_client.get(url).content.decode()
+        assert "every 2s" not in page, url  # nothing left to wait for
+        assert all(staff_client.get(src)["X-Plot"] == "ready" for src in _images(page)), url
+    assert sent == []  # the first view drew nothing
+
+
 def test_a_down_broker_still_answers_the_placeholder_and_asks_again_next_time(
     staff_client, site, plots_dir, monkeypatch
 ):

@@ -6,7 +6,13 @@ class AnnotationConfig(AppConfig):
     verbose_name = "Annotation"
 
     def ready(self):
+        from webapp.policies import selectors as policy_selectors
         from webapp.policies.signals import version_served, version_served_committed
+
+        from .selectors import version_levels
+
+        # The versions page's mean rating per version reads levels as judgments.py defines them.
+        policy_selectors.version_levels_reader = version_levels
 
         from .services import on_version_served
 

@@ -518,3 +518,27 @@ def recent_judgments(*, project: Project, annotator, limit: int = 50) -> list[di
             }
         )
     return rows
+
+
+def version_levels(*, project: Project) -> dict[int, list[float]]:
+    """Per model version id: the levels (:func:`.judgments.level`) of its completions' ratings.
+
+    Only ratings of the project's current kind count: thumbs in a thumbs project (up 1,
+    down 0), Likert scores otherwise (1–5), so a project whose mode changed never mixes the
+    scales. Pairwise decisions say nothing about a version's level and are left out.
+    Read by ``webapp.policies.selectors.version_rating_stats`` (plugged in at start).
+    """
+    from collections import defaultdict
+
+    from . import judgments
+
+    thumbs = project.rating_mode == RatingMode.THUMBS
+    rows = Rating.objects.filter(completion__project=project).values_list(
+        "completion__model_version_id", "score", "thumbs_up"
+    )
+    values: dict[int, list[float]] = defaultdict(list)
+    for version_id, score, thumbs_up in rows:
+        value = judgments.level(score=None, thumbs_up=thumbs_up) if thumbs else judgments.level(score=score, thumbs_up=None)
+        if value is not None:
+            values[version_id].append(value)
+    return values

@@ -11,9 +11,10 @@ as "run 7's curves", that remembers the last key drawn for it, so a live run's
 curve never blinks out) or, for a first drawing, a placeholder image
 (``X-Plot: drawing``); pages poll until every plot they show is ready. Files
 not drawn again for :data:`KEEP_S` are pruned by the worker (a plot still
-shown is simply drawn again on its next view). Files live in ``DATA_DIR/plots`` (a Django
-``FileSystemStorage``), written by :func:`pgcore.atomic.atomic_write`, so a reader
-never sees half a PNG.
+shown is simply drawn again on its next view). Files live in the ``plots`` storage
+(:mod:`webapp.policies.artifacts`: ``DATA_DIR/plots`` by default, written atomically; or
+an S3 bucket), so a reader never sees half a PNG and any web process serves any worker's
+drawing.
 """
 
 from __future__ import annotations
@@ -25,12 +26,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from django.conf import settings
-from django.core.files.storage import FileSystemStorage
 from django.http import HttpResponse
 
-from pgcore.atomic import atomic_write
 from webapp import broker
+
+from . import artifacts
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,8 @@ class PlotFile:
     ready: bool  # the file exists
 
 
-def _storage() -> FileSystemStorage:
-    return FileSystemStorage(location=Path(settings.DATA_DIR) / "plots")
+def _storage():
+    return artifacts.storage("plots")
 
 
 def plot_key(kind: str, data: dict) -> str:
@@ -83,25 +83,21 @@ def plot_ensure(kind: str, data: dict, *, slot: str = "") -> PlotFile:
     storage = _storage()
     if storage.exists(f"{key}.png"):
         return PlotFile(key, True)
-    marker = Path(storage.path(f"{key}.queued"))
+    marker = f"{key}.queued"
+    queued_at = _read(storage, marker)
     try:
-        fresh = time.time() - marker.stat().st_mtime < RESEND_AFTER_S
-    except FileNotFoundError:
+        fresh = queued_at is not None and time.time() - float(queued_at) < RESEND_AFTER_S
+    except ValueError:  # an unreadable marker: queue again
         fresh = False
     if not fresh:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
+        artifacts.put_bytes(marker, str(time.time()).encode(), "plots")
         if not broker.task_send(DRAW_TASK_NAME, args=[kind, data, slot], queue="generation"):
-            marker.unlink(missing_ok=True)  # try again on the next request
+            storage.delete(marker)  # try again on the next request
     return PlotFile(key, False)
 
 
 def _read(storage, name: str) -> bytes | None:
-    try:
-        with storage.open(name) as f:
-            return f.read()
-    except FileNotFoundError:  # pruned or not written yet
-        return None
+    return artifacts.get_bytes(name, "plots")  # None: pruned or not written yet
 
 
 def plot_response(kind: str, data: dict, *, slot: str = "", asked_key: str = "") -> HttpResponse:
@@ -145,23 +141,27 @@ def plot_draw(*, kind: str, data: dict, slot: str = "") -> str:
     if not storage.exists(f"{key}.png"):
         from . import plots
 
-        atomic_write(storage.path(f"{key}.png"), getattr(plots, KINDS[kind])(**data))
+        artifacts.put_bytes(f"{key}.png", getattr(plots, KINDS[kind])(**data), "plots")
     if slot:
-        atomic_write(storage.path(_slot_file(slot)), key.encode())
-    Path(storage.path(f"{key}.queued")).unlink(missing_ok=True)
+        artifacts.put_bytes(_slot_file(slot), key.encode(), "plots")
+    storage.delete(f"{key}.queued")
     plots_prune(older_than_s=KEEP_S)
     return key
 
 
 def plots_prune(*, older_than_s: float) -> int:
     """Delete plot files (and stale markers) not written for ``older_than_s`` seconds; returns how many."""
-    folder = Path(_storage().location)
+    storage = _storage()
     cutoff = time.time() - older_than_s
     removed = 0
-    for path in folder.glob("*") if folder.is_dir() else ():
+    try:
+        _dirs, names = storage.listdir("")
+    except FileNotFoundError:  # nothing drawn yet
+        return 0
+    for name in names:
         try:
-            if path.stat().st_mtime < cutoff:
-                path.unlink()
+            if storage.get_modified_time(name).timestamp() < cutoff:
+                storage.delete(name)
                 removed += 1
         except FileNotFoundError:
             pass

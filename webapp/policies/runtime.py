@@ -7,23 +7,47 @@ keeps the last version it loaded; a training run loads its own trainable copy.
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
+from . import artifacts
 from .models import ModelVersion
 
 _lock = threading.Lock()
 _cached: dict[tuple[int, str], object] = {}
 
 
+def version_dir(version: ModelVersion) -> Path:
+    """A local folder holding ``version``'s weights.
+
+    ``weights_path`` is either a local folder (the local default, and base models
+    registered from a folder) or a name in the ``models`` storage, fetched by
+    :func:`webapp.policies.artifacts.folder_fetch` into this machine's cache and checked
+    against its manifest's hashes.
+
+    Raises:
+        webapp.policies.artifacts.ArtifactMissing: a stored version without its manifest.
+    """
+    if os.path.isabs(version.weights_path):
+        return Path(version.weights_path)
+    return artifacts.folder_fetch(name=version.weights_path)
+
+
+def base_dir(project) -> Path:
+    """A local folder holding the project's base model (its version 0, fetched like any version)."""
+    base = ModelVersion.objects.filter(project_id=project.pk, number=0).first() if project.pk else None
+    return version_dir(base) if base is not None else Path(project.base_model_path)
+
+
 def _paths(version: ModelVersion) -> tuple[Path, Path | None, str | None]:
     project = version.project
     if version.kind == ModelVersion.Kind.BASE:
-        return Path(version.weights_path), None, None
+        return version_dir(version), None, None
     if version.kind == ModelVersion.Kind.LORA:
-        return Path(project.base_model_path), Path(version.weights_path), version.sha256 or None
+        return base_dir(project), version_dir(version), version.sha256 or None
     # A full fine-tune is a complete model folder of its own.
-    return Path(version.weights_path), None, None
+    return version_dir(version), None, None
 
 
 def policy_load(version: ModelVersion, *, trainable: bool = False, config=None):

@@ -8,7 +8,6 @@ annotation app that sits above it.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from dataclasses import dataclass
 
 from django.db.models import QuerySet
@@ -59,6 +58,13 @@ def rating_unit(*, project: Project) -> str:
     }.get(project.rating_mode, "mean Likert score (1–5)")
 
 
+# What a rating means as a level (Likert 1–5, thumbs 1/0) is said once, in
+# webapp.annotation.judgments, an app above this one: the annotation app plugs its reader in
+# at start (AnnotationConfig.ready), so this module never imports it.
+# Signature: (*, project) -> {version id: [level, ...]}.
+version_levels_reader = None
+
+
 def version_rating_stats(*, project: Project) -> dict[int, RatingStats]:
     """Per version id: its completions' ratings in the unit of :func:`rating_unit`, with a 95% interval.
 
@@ -69,17 +75,9 @@ def version_rating_stats(*, project: Project) -> dict[int, RatingStats]:
     Pairwise decisions compare two outputs of one version and say nothing
     about the version's level, so they are not counted here.
     """
-    values: dict[int, list[float]] = defaultdict(list)
     thumbs = project.rating_mode == RatingMode.THUMBS
     bounds = (0.0, 1.0) if thumbs else (1.0, 5.0)
-    rows = ModelVersion.objects.filter(project=project).values_list(
-        "pk", "completions__ratings__score", "completions__ratings__thumbs_up"
-    )
-    for version_id, score, thumbs_up in rows:
-        if not thumbs and score is not None:
-            values[version_id].append(float(score))
-        elif thumbs and thumbs_up is not None:
-            values[version_id].append(1.0 if thumbs_up else 0.0)
+    values = version_levels_reader(project=project) if version_levels_reader is not None else {}
     ids = ModelVersion.objects.filter(project=project).values_list("pk", flat=True)
     return {pk: mean_with_ci(values.get(pk, []), bounds=bounds) for pk in ids}
 

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from webapp.errors import ApplicationError
 
+from . import artifacts
 from .models import AuditEvent, Membership, ModelVersion, Project, VersionExport
 from .signals import version_served
 
@@ -50,6 +51,9 @@ def base_model_ensure(*, models_dir: Path | None = None) -> Path:
 def project_create(*, slug: str, title: str, base_model_path: str | Path, **fields) -> Project:
     """Create a project and register its base model as version 0, served.
 
+    With a remote ``models`` storage the base folder is uploaded as ``<slug>/base``
+    (manifest last), so every worker can fetch it.
+
     Raises:
         ApplicationError: the slug is taken or the folder is not a model folder.
     """
@@ -61,8 +65,12 @@ def project_create(*, slug: str, title: str, base_model_path: str | Path, **fiel
     project = Project(slug=slug, title=title, base_model_path=str(base_model_path), **fields)
     project.full_clean(exclude=["served_version"])
     project.save()
+    weights_path = str(base_model_path)
+    if not artifacts.is_local():  # other machines fetch the base model from the bucket, like any version
+        weights_path = f"{slug}/base"
+        artifacts.folder_publish(source=base_model_path, name=weights_path)
     version = ModelVersion.objects.create(
-        project=project, number=0, kind=ModelVersion.Kind.BASE, weights_path=str(base_model_path)
+        project=project, number=0, kind=ModelVersion.Kind.BASE, weights_path=weights_path
     )
     project.served_version = version
     project.save(update_fields=["served_version"])
@@ -333,8 +341,9 @@ def version_export_hf(*, version: ModelVersion, out_dir: str | Path, user=None, 
 
 
 def exports_dir() -> Path:
-    """Where finished version downloads are kept (``REWARDLOOP_EXPORTS_DIR``: ``REWARDLOOP_DATA_DIR/exports``)."""
-    return Path(settings.REWARDLOOP_EXPORTS_DIR)
+    """Where finished version downloads are kept on this machine (``REWARDLOOP_EXPORTS_DIR``:
+    ``REWARDLOOP_DATA_DIR/exports``), or where they are built beside a bucket (the cache)."""
+    return artifacts.local_path("", "exports") or artifacts.cache_dir() / "exports"
 
 
 def version_export_request(*, version: ModelVersion, user=None) -> VersionExport:
@@ -347,7 +356,7 @@ def version_export_request(*, version: ModelVersion, user=None) -> VersionExport
     with transaction.atomic():
         ModelVersion.objects.select_for_update().filter(pk=version.pk).first()  # one request at a time per version
         for export in version.exports.exclude(status=VersionExport.Status.FAILED):
-            if export.status != VersionExport.Status.READY or Path(export.archive_path).is_file():
+            if export.status != VersionExport.Status.READY or artifacts.ref_exists(export.archive_path, "exports"):
                 return export
         export = VersionExport.objects.create(version=version, requested_by=user if getattr(user, "is_authenticated", False) else None)
         transaction.on_commit(lambda: _send_export_build(export.pk))
@@ -371,7 +380,7 @@ def _export_failed(export_id: int, error: str) -> None:
 
 
 def version_export_build(*, export_id: int) -> VersionExport:
-    """Build a requested export: merge, save, zip, then move the zip into :func:`exports_dir`.
+    """Build a requested export: merge, save, zip, then move the zip into the ``exports`` storage.
 
     Safe to deliver twice and after a killed worker: a ready or failed export is left
     as it is, a queued or building one is (re)built from scratch in a fresh temporary
@@ -393,7 +402,8 @@ def version_export_build(*, export_id: int) -> VersionExport:
         export.save(update_fields=["status"])
     version = export.version
     name = f"{version.project.slug}-v{version.number}"
-    final = exports_dir() / f"{name}-export{export.pk}.zip"
+    archive_name = f"{name}-export{export.pk}.zip"
+    final = exports_dir() / archive_name
     final.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{final.stem}-"
     for leftover in final.parent.glob(f"{prefix}*"):  # an earlier attempt at this export whose worker was killed
@@ -401,10 +411,12 @@ def version_export_build(*, export_id: int) -> VersionExport:
     work = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
     try:
         folder = version_export_hf(version=version, out_dir=work / name, audit=False)
-        with atomic_file(final) as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
+        with atomic_file(work / archive_name) as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
             for path in sorted(folder.rglob("*")):
                 if path.is_file():
                     zf.write(path, Path(name) / path.relative_to(folder))
+        size_bytes = (work / archive_name).stat().st_size
+        archive_ref = artifacts.file_publish(source=work / archive_name, name=archive_name, kind="exports")
     except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)
         if not isinstance(exc, Exception):
@@ -416,8 +428,8 @@ def version_export_build(*, export_id: int) -> VersionExport:
     shutil.rmtree(work, ignore_errors=True)
     with transaction.atomic():
         export.status = VersionExport.Status.READY
-        export.archive_path = str(final)
-        export.size_bytes = final.stat().st_size
+        export.archive_path = archive_ref
+        export.size_bytes = size_bytes
         export.finished_at = timezone.now()
         export.save(update_fields=["status", "archive_path", "size_bytes", "finished_at"])
         audit_record(
@@ -431,5 +443,5 @@ def version_export_build(*, export_id: int) -> VersionExport:
 
 
 def version_weights_dir(*, project: Project, name: str) -> Path:
-    """Where a new version's weights folder goes (it must not exist yet)."""
-    return Path(settings.REWARDLOOP_MODELS_DIR) / project.slug / name
+    """This machine's folder for a new version's weights (local storage: where they stay)."""
+    return artifacts.local_path(f"{project.slug}/{name}") or artifacts.cache_dir() / "models" / project.slug / name

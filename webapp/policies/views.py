@@ -13,7 +13,7 @@ from webapp.errors import ApplicationError
 from webapp.permissions import staff_required
 from webapp.text import without_nul
 
-from . import plotfiles, selectors, services
+from . import artifacts, plotfiles, plotspecs, selectors, services
 from .models import ModelVersion, Project, VersionExport
 
 REASON_MAX_CHARS = 500
@@ -52,36 +52,8 @@ def plots_partial(request, slug):
     return render(request, "policies/versions.html#plots", {"project": project, **_plots_context(project, version_list)})
 
 
-def _ratings_plot_spec(project, version_list) -> tuple[str, dict]:
-    """Mean human rating per version, in creation order, with its 95% band (kind ``line_with_band``)."""
-    rated = sorted((v for v in version_list if v.rating.n), key=lambda v: v.number)
-    return "line_with_band", {
-        "x": [v.number for v in rated],
-        "y": [v.rating.mean for v in rated],
-        "low": [v.rating.low if v.rating.low is not None else v.rating.mean for v in rated],
-        "high": [v.rating.high if v.rating.high is not None else v.rating.mean for v in rated],
-        "ticks": [f"v{v.number}\n{v.created_at:%m-%d %H:%M}" for v in rated],
-        "title": "Human rating of each version's outputs, over time",
-        "xlabel": "version (created)",
-        "ylabel": selectors.rating_unit(project=project),
-    }
-
-
-def _kl_plot_spec(project, version_list) -> tuple[str, dict]:
-    """KL to the base per version, with the project's guard limit (kind ``bars``)."""
-    ordered = sorted(version_list, key=lambda v: v.number)
-    return "bars", {
-        "labels": [f"v{v.number}" for v in ordered],
-        "values": [v.kl_to_base for v in ordered],
-        "title": "KL to the base on held-out prompts",
-        "ylabel": "nats per token",
-        "limit": project.guard_max_kl,
-    }
-
-
 def _plots_context(project, version_list) -> dict:
-    ratings = plotfiles.plot_ensure(*_ratings_plot_spec(project, version_list), slot=f"project-{project.pk}-ratings")
-    kl = plotfiles.plot_ensure(*_kl_plot_spec(project, version_list), slot=f"project-{project.pk}-kl")
+    ratings, kl = plotspecs.version_plots_ensure(project=project, version_list=version_list)
     return {"ratings_plot": ratings, "kl_plot": kl, "plots_drawing": not (ratings.ready and kl.ready)}
 
 
@@ -129,8 +101,8 @@ def ratings_plot(request, slug):
     """PNG: mean human rating per version, in creation order, with its 95% band (drawn by a worker;
     a placeholder until then, see :mod:`webapp.policies.plotfiles`)."""
     project = get_object_or_404(Project, slug=slug)
-    spec = _ratings_plot_spec(project, selectors.versions_for_project(project=project))
-    return plotfiles.plot_response(*spec, slot=f"project-{project.pk}-ratings", asked_key=request.GET.get("v", ""))
+    spec = plotspecs.ratings_plot_spec(project, selectors.versions_for_project(project=project))
+    return plotfiles.plot_response(*spec, slot=plotspecs.ratings_slot(project), asked_key=request.GET.get("v", ""))
 
 
 @staff_required
@@ -138,8 +110,8 @@ def ratings_plot(request, slug):
 def kl_plot(request, slug):
     """PNG: KL to the base per version, with the project's guard limit (drawn by a worker)."""
     project = get_object_or_404(Project, slug=slug)
-    spec = _kl_plot_spec(project, selectors.versions_for_project(project=project))
-    return plotfiles.plot_response(*spec, slot=f"project-{project.pk}-kl", asked_key=request.GET.get("v", ""))
+    spec = plotspecs.kl_plot_spec(project, selectors.versions_for_project(project=project))
+    return plotfiles.plot_response(*spec, slot=plotspecs.kl_slot(project), asked_key=request.GET.get("v", ""))
 
 
 @staff_required
@@ -184,7 +156,7 @@ def export_download(request, slug, number, export_id):
         status=VersionExport.Status.READY,
     )
     try:
-        handle = open(export.archive_path, "rb")  # noqa: SIM115 - FileResponse closes it
+        handle = artifacts.ref_open(export.archive_path, "exports")  # FileResponse closes it
     except OSError:
         messages.error(request, f"The download of v{number} is no longer on disk; press Download again to rebuild it.")
         return redirect("policies:versions", slug=slug)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import uuid
 from pathlib import Path
 
@@ -25,7 +26,9 @@ from django.db import transaction
 from webapp.annotation import judgments as annotation_judgments
 from webapp.annotation.models import Completion
 from webapp.errors import ApplicationError
+from webapp.policies import artifacts
 from webapp.policies.models import Project
+from webapp.policies.runtime import base_dir
 
 from . import selectors
 from .models import RewardModelVersion
@@ -65,6 +68,7 @@ def reward_model_config_for(*, project: Project, overrides: dict | None = None):
 
     config_path = Path(project.base_model_path) / "config.json"
     try:
+        config_path = base_dir(project) / "config.json"
         depth = int(json.loads(config_path.read_text())["num_hidden_layers"])
     except (OSError, ValueError, KeyError) as exc:
         raise ApplicationError(f"Cannot read the backbone's depth from {config_path}: {exc}") from exc
@@ -198,7 +202,7 @@ def features_ensure(*, project: Project, completions: list[Completion], config):
 
     from pgcore.atomic import atomic_file
 
-    base_path = Path(project.base_model_path)
+    base_path = base_dir(project)
     spec = hashlib.sha256(json.dumps(config.feature_spec(), sort_keys=True).encode()).hexdigest()[:12]
     cache_path = _rm_dir(project) / f"features-{_backbone_key(base_path)}-{spec}.pt"
     cache: dict[int, torch.Tensor] = {}
@@ -240,7 +244,7 @@ def features_compute(
     from pgcore.reward_model import completion_features
     from pgcore.rollout import render_prompt
 
-    policy = load_policy(Path(project.base_model_path))
+    policy = load_policy(base_dir(project))
     if prompt_ids is None:
         prompt_ids = [render_prompt(policy.tokenizer, text) for text in prompt_texts or []]
     try:
@@ -251,8 +255,13 @@ def features_compute(
         del policy
 
 
+def _rm_name(project: Project) -> str:
+    return f"{project.slug}/reward-models"
+
+
 def _rm_dir(project: Project) -> Path:
-    return Path(settings.REWARDLOOP_MODELS_DIR) / project.slug / "reward-models"
+    """This machine's reward-model folder: in the local ``models`` storage, or the cache beside a bucket."""
+    return artifacts.local_path(_rm_name(project)) or artifacts.cache_dir() / "models" / _rm_name(project)
 
 
 # ---------------------------------------------------------------- the fit
@@ -331,10 +340,15 @@ def reward_model_fit(*, project: Project, config_overrides: dict | None = None) 
     metrics.update(fit_metrics)
 
     rating_ids = sorted(r.rating_id for r in rows)
-    out_dir = _rm_dir(project) / f"rm-{uuid.uuid4().hex[:12]}"
+    rm_name = f"{_rm_name(project)}/rm-{uuid.uuid4().hex[:12]}"
+    out_dir = _rm_dir(project) / rm_name.rsplit("/", 1)[1]
     sha256 = save_reward_model(
         model, out_dir, metadata={"project": project.slug, "rating_ids_sha256": _ids_sha256(rating_ids)}
     )
+    artefact_ref = str(out_dir)
+    if not artifacts.is_local():  # any worker fetches it from the bucket by name
+        artifacts.folder_publish(source=out_dir, name=rm_name)
+        artefact_ref = rm_name
 
     to_score = list(
         Completion.objects.filter(project=project, model_version_id=project.served_version_id).exclude(
@@ -362,7 +376,7 @@ def reward_model_fit(*, project: Project, config_overrides: dict | None = None) 
             config=config.to_dict(),
             metrics=metrics,
             backbone_path=str(project.base_model_path),
-            artefact_path=str(out_dir),
+            artefact_path=artefact_ref,
             sha256=sha256,
         )
         Completion.objects.bulk_update(scored, ["rm_score", "rm_uncertainty"], batch_size=500)
@@ -406,7 +420,9 @@ def reward_model_load(*, version: RewardModelVersion):
     from pgcore.reward_model import load_reward_model
 
     try:
-        model, _metadata = load_reward_model(version.artefact_path, expected_sha256=version.sha256)
+        path = version.artefact_path
+        folder = path if os.path.isabs(path) else artifacts.folder_fetch(name=path)
+        model, _metadata = load_reward_model(folder, expected_sha256=version.sha256)
     except (ChecksumError, FileNotFoundError) as exc:
         raise ApplicationError(f"Reward model RM{version.number} cannot be loaded: {exc}") from exc
     return model

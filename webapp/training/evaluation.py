@@ -106,7 +106,11 @@ def _reference_logprobs(policy, version: ModelVersion, prompt_ids, completion_id
     if policy.is_lora:
         with reference_model(policy) as ref:
             return _token_logprobs(ref, pad_id, prompt_ids, completion_ids)
-    base = load_policy(version.project.base_model_path)
+    if version.kind == ModelVersion.Kind.BASE:
+        return _token_logprobs(policy.model, pad_id, prompt_ids, completion_ids)
+    from webapp.policies.runtime import base_dir
+
+    base = load_policy(base_dir(version.project))
     return _token_logprobs(base.model, pad_id, prompt_ids, completion_ids)
 
 

@@ -47,6 +47,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from webapp import broker
+from webapp.policies import artifacts
 from webapp.policies import services as policy_services
 from webapp.policies.models import ModelVersion
 
@@ -142,19 +143,36 @@ def _chaos_pause_s(stage: str) -> float:
     return 0.0
 
 
+def run_weights_name(run: TrainingRun) -> str:
+    """The name of the run's new version folder in the ``models`` storage: ``<project>/run-N``."""
+    return f"{run.project.slug}/run-{run.pk}"
+
+
+def run_work_name(run: TrainingRun) -> str:
+    """The name of the run's working folder in the ``models`` storage: ``<project>/.run-N.work``."""
+    return f"{run.project.slug}/.run-{run.pk}.work"
+
+
 def run_weights_dir(run: TrainingRun) -> Path:
-    """The folder a run writes its new version's weights to."""
+    """The local folder a run writes its new version's weights to (local storage: where they stay)."""
     return policy_services.version_weights_dir(project=run.project, name=f"run-{run.pk}")
 
 
-def run_work_dir(run: TrainingRun) -> Path:
-    """The run's working folder: what one step leaves for the next (the batch, the trained weights).
+def run_weights_ref(run: TrainingRun) -> str:
+    """What the run's version records as ``weights_path``: the local folder, or the storage name (S3)."""
+    return str(run_weights_dir(run)) if artifacts.is_local() else run_weights_name(run)
 
-    ``.run-N.work`` next to ``run-N``: hidden from version listings, and removed with
-    the other ``.run-N.*`` leftovers when the run ends (:func:`run_leftovers_remove`).
+
+def run_work_dir(run: TrainingRun) -> Path:
+    """The run's local working folder: the trained weights before the save step publishes them.
+
+    Local storage: ``.run-N.work`` next to ``run-N`` (the batch file lies there too), hidden
+    from version listings. Remote storage: the same name under this machine's
+    ``REWARDLOOP_CACHE_DIR/work``. Removed with the other ``.run-N.*`` leftovers when the
+    run ends (:func:`run_leftovers_remove`).
     """
-    out_dir = run_weights_dir(run)
-    return out_dir.parent / f".{out_dir.name}.work"
+    local = artifacts.local_path(run_work_name(run))
+    return local if local is not None else artifacts.cache_dir() / "work" / run_work_name(run)
 
 
 def steps_close(*, run_id: int, running_to: str, error: str = "") -> None:
@@ -226,13 +244,20 @@ def run_leftovers_remove(run: TrainingRun) -> list[Path]:
     """
     out_dir = run_weights_dir(run)
     removed = []
-    if out_dir.parent.is_dir():
-        for leftover in out_dir.parent.glob(f".{out_dir.name}.*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-            removed.append(leftover)
-    if out_dir.exists() and not ModelVersion.objects.filter(weights_path=str(out_dir)).exists():
+    for folder in {out_dir.parent, run_work_dir(run).parent}:
+        if folder.is_dir():
+            for leftover in folder.glob(f".{out_dir.name}.*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+                removed.append(leftover)
+    registered = ModelVersion.objects.filter(weights_path=run_weights_ref(run)).exists()
+    if out_dir.exists() and not registered:
         shutil.rmtree(out_dir, ignore_errors=True)
         removed.append(out_dir)
+    if not artifacts.is_local():  # the batch file and an unregistered upload in the bucket
+        artifacts.storage().delete(f"{run_work_name(run)}/batch.json")
+        if not registered:
+            artifacts.folder_delete(run_weights_name(run))
+        removed.append(Path(run_work_name(run)))
     return removed
 
 
@@ -255,7 +280,7 @@ def training_run_fail_lost(*, run_id: int, reason: str) -> TrainingRun | None:
         if run is None:
             return None
         doing = TrainingRun.Stage(run.stage).label if run.stage else "starting"
-        version = run.result_version or ModelVersion.objects.filter(weights_path=str(run_weights_dir(run))).first()
+        version = run.result_version or ModelVersion.objects.filter(weights_path=run_weights_ref(run)).first()
         if version is not None:
             held = (
                 f"Not served: the worker running run {run.pk} was lost while {doing}, "

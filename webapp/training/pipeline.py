@@ -5,8 +5,9 @@ Celery task from the run's id alone; :func:`.services.training_step_run`
 claims a step, records its state on a :class:`.models.TrainingStep` row, calls
 the function here, and sends the next step when it is done. What one step hands
 to the next lives on disk in the run's working folder
-(:func:`.liveness.run_work_dir`, ``.run-N.work`` beside the version folders)
-or in the database, so the next step may run in another worker process:
+(``.run-N.work`` in the ``models`` storage, :mod:`webapp.policies.artifacts`) or in
+the database, so the next step may run in another worker process, on another machine
+when the storage is a bucket:
 
 ==========  ==========================================  ===============================
 step        reads                                       leaves
@@ -14,9 +15,11 @@ step        reads                                       leaves
 batch       the project's unused ratings                ``batch.json`` (the TrainBatch),
                                                         the run's ratings and parent
 update      ``batch.json``, the parent version          ``policy/`` (trained weights,
-                                                        written atomically), run metrics
-save        ``policy/``                                 ``run-N`` and its registered
-                                                        version (``result_version``)
+                                                        written atomically; with a bucket
+                                                        also uploaded as ``run-N``, manifest
+                                                        last), run metrics
+save        ``policy/`` (or the uploaded ``run-N``)     ``run-N`` with its manifest and its
+                                                        registered version (``result_version``)
 evaluate    the registered version                      its held-out samples and metrics
 promote     the evaluations                             served or held back; run ended
 ==========  ==========================================  ===============================
@@ -44,8 +47,9 @@ from pathlib import Path
 from django.db import transaction
 from django.utils import timezone
 
-from pgcore.atomic import atomic_write, fsync_dir
+from pgcore.atomic import fsync_dir
 from webapp.errors import ApplicationError
+from webapp.policies import artifacts
 from webapp.policies import services as policy_services
 from webapp.policies.models import ModelVersion
 
@@ -69,8 +73,11 @@ def _raise_if_cancelled(run: TrainingRun, where: str) -> None:
 
 
 def batch_write(*, run: TrainingRun, batch) -> Path:
-    """Store the run's :class:`pgcore.trainer.TrainBatch` as ``batch.json`` in its working folder (atomically)."""
-    return atomic_write(liveness.run_work_dir(run) / BATCH_FILE, json.dumps(dataclasses.asdict(batch)))
+    """Store the run's :class:`pgcore.trainer.TrainBatch` as ``batch.json`` in its working folder (atomically),
+    in the ``models`` storage, so the update step may run on another machine."""
+    name = f"{liveness.run_work_name(run)}/{BATCH_FILE}"
+    artifacts.put_bytes(name, json.dumps(dataclasses.asdict(batch)).encode(), "models")
+    return Path(name)
 
 
 def batch_read(*, run: TrainingRun):
@@ -81,10 +88,11 @@ def batch_read(*, run: TrainingRun):
     """
     from pgcore.trainer import TrainBatch
 
-    path = liveness.run_work_dir(run) / BATCH_FILE
-    if not path.exists():
-        raise ApplicationError(f"The batch of run {run.pk} is missing ({path}); start a new run.")
-    return TrainBatch(**json.loads(path.read_text()))
+    name = f"{liveness.run_work_name(run)}/{BATCH_FILE}"
+    data = artifacts.get_bytes(name, "models")
+    if data is None:
+        raise ApplicationError(f"The batch of run {run.pk} is missing ({name}); start a new run.")
+    return TrainBatch(**json.loads(data))
 
 
 def step_update(*, run: TrainingRun, config) -> None:
@@ -133,7 +141,10 @@ def step_update(*, run: TrainingRun, config) -> None:
     liveness.stage_enter(run, TrainingRun.Stage.UPDATING)
     metrics = update(policy, batch, config, on_step=on_step)
     _raise_if_cancelled(run, "before saving")
-    save_policy_atomic(policy, liveness.run_work_dir(run) / TRAINED_DIR)
+    trained = liveness.run_work_dir(run) / TRAINED_DIR
+    save_policy_atomic(policy, trained)
+    if not artifacts.is_local():  # the save step may run elsewhere: upload now, manifest last
+        artifacts.folder_publish(source=trained, name=liveness.run_weights_name(run))
     TrainingRun.objects.filter(pk=run.pk).update(metrics={k: float(v) for k, v in metrics.items()})
 
 
@@ -148,24 +159,34 @@ def step_save(*, run: TrainingRun, config) -> None:
     liveness.stage_enter(run, TrainingRun.Stage.SAVING)
     if run.result_version_id:
         return
-    trained = liveness.run_work_dir(run) / TRAINED_DIR
-    out_dir = liveness.run_weights_dir(run)
-    if trained.exists():
-        if out_dir.exists():  # renamed by an attempt that died before registering it: never registered
-            shutil.rmtree(out_dir)
-        os.replace(trained, out_dir)
-        fsync_dir(out_dir.parent)
-    elif not out_dir.exists():
-        raise ApplicationError(f"The trained weights of run {run.pk} are missing; start a new run.")
-    sha256 = json.loads((out_dir / CHECKSUM_FILE).read_text())["sha256"]  # recorded by pgcore as it wrote them
-    verify_weights(out_dir, sha256)  # another process wrote them: check before registering
+    name = liveness.run_weights_name(run)
+    if artifacts.is_local():
+        trained = liveness.run_work_dir(run) / TRAINED_DIR
+        out_dir = liveness.run_weights_dir(run)
+        if trained.exists():
+            if out_dir.exists():  # renamed by an attempt that died before registering it: never registered
+                shutil.rmtree(out_dir)
+            os.replace(trained, out_dir)
+            fsync_dir(out_dir.parent)
+        elif not out_dir.exists():
+            raise ApplicationError(f"The trained weights of run {run.pk} are missing; start a new run.")
+        artifacts.manifest_write(name)  # last: the folder is complete
+        sha256 = json.loads((out_dir / CHECKSUM_FILE).read_text())["sha256"]  # recorded by pgcore as it wrote them
+        verify_weights(out_dir, sha256)  # another process wrote them: check before registering
+        weights_ref = str(out_dir)
+    else:
+        try:
+            manifest = artifacts.manifest_read(name)  # the update step uploaded the files, then this
+        except artifacts.ArtifactMissing as exc:
+            raise ApplicationError(f"The trained weights of run {run.pk} are missing; start a new run.") from exc
+        sha256, weights_ref = manifest["weights_sha256"], name  # each file's hash is checked when fetched
     run.refresh_from_db(fields=["metrics"])
     with transaction.atomic():  # the version and the run's link to it appear together
         version = policy_services.version_register(
             project=run.project,
             parent=run.parent_version,
             kind=ModelVersion.Kind.LORA if config.use_lora else ModelVersion.Kind.FULL,
-            weights_path=out_dir,
+            weights_path=weights_ref,
             sha256=sha256,
             ratings_used=run.ratings.count(),
             metrics=run.metrics,

@@ -71,3 +71,22 @@ def comparison(*, a: ModelVersion, b: ModelVersion) -> dict:
         "complete": all(r["a"] and r["b"] for r in rows),
         "n_prompts": len(prompts),
     }
+
+
+def run_curves_slot(run) -> str:
+    """The plot slot of the run's curves (see :mod:`webapp.policies.plotfiles`)."""
+    return f"run-{run.pk}-curves"
+
+
+def run_curves_spec(run: TrainingRun) -> tuple[str, dict]:
+    """The run's loss and KL per optimiser step (kind ``curves``, dotted lines at new epochs)."""
+    curve = run.curve or []
+    return "curves", {
+        "steps": [p["step"] for p in curve],
+        "series": {
+            "policy-gradient loss": [p["losses/pg_loss"] for p in curve],
+            "KL to base (nats/token)": [p["objective/kl"] for p in curve],
+        },
+        "title": f"Run #{run.pk}",
+        "epoch_starts": [p["step"] for prev, p in zip(curve, curve[1:]) if p["epoch"] != prev["epoch"]],
+    }

@@ -29,7 +29,7 @@ from webapp.errors import ApplicationError
 from webapp.policies import services as policy_services
 from webapp.policies.models import AuditEvent, ModelVersion, Project
 
-from . import evaluation, liveness, pipeline, reward_batch
+from . import evaluation, liveness, pipeline, reward_batch, selectors
 from .models import STEP_ORDER, TrainingRun, TrainingStep
 
 log = logging.getLogger(__name__)
@@ -335,6 +335,7 @@ def training_step_run(*, run_id: int, step: str, worker: str = "", chain: bool =
         return None
     if next_step is None:
         liveness.run_leftovers_remove(run)  # the run has ended: its working folder goes
+        run_plots_queue(run_id=run_id)
         return None
     liveness.chaos_pause(f"after-{step}")
     if chain:
@@ -418,6 +419,26 @@ STEP_BODIES = {
 }
 
 
+def run_plots_queue(*, run_id: int) -> None:
+    """Queue the drawing of what a run's end changes: its loss/KL curves and the project's version plots.
+
+    The generation worker draws them now, so the run page and the versions page find the
+    files ready instead of drawing on first view. Never fails the run (a down broker is
+    logged; the pages queue the drawing themselves when asked).
+    """
+    from webapp.policies import plotfiles, plotspecs
+
+    run = TrainingRun.objects.select_related("project").filter(pk=run_id).first()
+    if run is None:
+        return
+    try:
+        if run.curve:
+            plotfiles.plot_ensure(*selectors.run_curves_spec(run), slot=selectors.run_curves_slot(run))
+        plotspecs.version_plots_ensure(project=run.project)
+    except Exception:  # noqa: BLE001 - plots are a view of the run, never a reason to fail it
+        log.exception("could not queue the plots of run %s", run_id)
+
+
 def _run_end_cancelled(*, run_id: int, why: str) -> None:
     """End a running run cancelled: steps closed, a version it wrote kept but never served, its files tidied."""
     with transaction.atomic():
@@ -440,6 +461,7 @@ def _run_end_cancelled(*, run_id: int, why: str) -> None:
     else:
         _log(run, f"cancelled: {why}; no version written")
     liveness.run_leftovers_remove(run)
+    run_plots_queue(run_id=run.pk)
 
 
 def _run_end_failed(*, run_id: int, exc: Exception) -> None:
@@ -457,6 +479,7 @@ def _run_end_failed(*, run_id: int, exc: Exception) -> None:
         if written is not None:
             evaluation.version_hold_back(version=written, reasons=[f"Not served: the run failed after writing it ({message})."])
     liveness.run_leftovers_remove(run)
+    run_plots_queue(run_id=run.pk)
 
 
 # Kept here for callers that know it by this name.

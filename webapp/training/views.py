@@ -60,7 +60,7 @@ def _run_context(slug, run_id) -> dict:
         pk=run_id,
         project=project,
     )
-    curves = plotfiles.plot_ensure(*_curves_spec(run), slot=f"run-{run.pk}-curves") if run.curve else None
+    curves = plotfiles.plot_ensure(*selectors.run_curves_spec(run), slot=selectors.run_curves_slot(run)) if run.curve else None
     return {
         "project": project,
         "run": run,
@@ -70,20 +70,6 @@ def _run_context(slug, run_id) -> dict:
         "curves": curves,
         # keep polling a finished run until its curves are drawn
         "poll": run.is_active or (curves is not None and not curves.ready),
-    }
-
-
-def _curves_spec(run: TrainingRun) -> tuple[str, dict]:
-    """The run's loss and KL per optimiser step (kind ``curves``, dotted lines at new epochs)."""
-    curve = run.curve or []
-    return "curves", {
-        "steps": [p["step"] for p in curve],
-        "series": {
-            "policy-gradient loss": [p["losses/pg_loss"] for p in curve],
-            "KL to base (nats/token)": [p["objective/kl"] for p in curve],
-        },
-        "title": f"Run #{run.pk}",
-        "epoch_starts": [p["step"] for prev, p in zip(curve, curve[1:]) if p["epoch"] != prev["epoch"]],
     }
 
 
@@ -111,7 +97,7 @@ def run_status(request, slug, run_id):
 def run_curves(request, slug, run_id):
     """PNG: the run's loss and KL per optimiser step (drawn by a worker; a placeholder until then)."""
     run = get_object_or_404(TrainingRun, pk=run_id, project__slug=slug)
-    return plotfiles.plot_response(*_curves_spec(run), slot=f"run-{run.pk}-curves", asked_key=request.GET.get("v", ""))
+    return plotfiles.plot_response(*selectors.run_curves_spec(run), slot=selectors.run_curves_slot(run), asked_key=request.GET.get("v", ""))
 
 
 def _fix_below(what: str, form) -> str:
