@@ -34,7 +34,7 @@ from webapp import broker
 
 log = logging.getLogger(__name__)
 
-KINDS = {"line_with_band": "line_with_band_png", "bars": "bars_png", "curves": "curves_png"}
+KINDS = {"line_with_band": "line_with_band_png", "bars": "bars_png", "curves": "curves_png", "scatter": "scatter_png"}
 STYLE_VERSION = 1  # bump when plots.py draws differently, so old files are not served again
 DRAW_TASK_NAME = "webapp.policies.tasks.plot_draw"
 RESEND_AFTER_S = 60  # a key asked for again after this long without a file is queued again
