@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 
-from webapp.annotation.models import Rating
+from webapp.annotation.models import ChosenBy, Lease, Rating
 from webapp.policies.models import Project
 
 from .models import RewardModelVersion
@@ -62,3 +62,14 @@ def judgment_count(*, project: Project) -> int:
     rated = {r.completion_id for r in rows if r.comparison_id is None}
     comparisons = {r.comparison_id for r in rows if r.comparison_id is not None}
     return len(rated) + len(comparisons)
+
+
+def served_by_reason(*, project: Project) -> list[tuple[str, int]]:
+    """How many items the queue served for each reason (``Lease.chosen_by``), rated or still leased."""
+    counts = dict(
+        Lease.objects.filter(completion__project=project)
+        .values_list("chosen_by")
+        .annotate(n=Count("id"))
+        .values_list("chosen_by", "n")
+    )
+    return [(label, counts.get(value, 0)) for value, label in ChosenBy.choices]
