@@ -107,10 +107,39 @@ def test_the_promotion_step_keeps_the_version_unserved_with_the_reason(setup):
 
 
 def test_the_scatter_pairs_each_rated_completion_with_its_model_score(setup):
+    setup["run"].ratings.set(Rating.objects.filter(completion__model_version=setup["parent"]))  # the batch step's link
     _rate(setup, setup["candidate"], score=1)
     for c in Completion.objects.filter(model_version=setup["candidate"]):
         Completion.objects.filter(pk=c.pk).update(rm_score=0.5)
     points = overoptimisation.rm_vs_human_points(run=setup["run"])
-    held = points["v1 (held out)"]
-    assert held["x"] == [0.5] * 8 and held["y"] == [-1.0] * 8
-    assert "trained on (fitted)" in points
+    held = points["v1's outputs (held out)"]
+    assert held["x"] == [0.5] * 8 and held["y"] == [1.0] * 8  # Likert 1, the rating's own level
+    fitted = points["ratings trained on (fitted)"]
+    assert len(fitted["x"]) == 72 and set(fitted["y"]) == {1.0, 5.0}
+
+
+def test_the_run_page_shows_the_reward_model_plot_drawn_by_the_worker(setup, staff_client):
+    from webapp.policies import tasks as policy_tasks
+
+    project, run = setup["project"], setup["run"]
+    page = staff_client.get(f"/staff/p/{project.slug}/runs/{run.pk}/").content.decode()
+    assert "Reward model vs people" in page and "rm-vs-human.png" in page
+
+    url = f"/staff/p/{project.slug}/runs/{run.pk}/rm-vs-human.png"
+    first = staff_client.get(url)
+    assert first["Content-Type"] == "image/png" and first["X-Plot"] == "drawing"
+    from webapp.training.views import _rm_vs_human_spec
+
+    run = TrainingRun.objects.select_related("reward_model", "result_version").get(pk=run.pk)
+    kind, data = _rm_vs_human_spec(run)
+    policy_tasks.plot_draw(kind, data, f"run-{run.pk}-rm")  # the worker's task, run here
+    drawn = staff_client.get(url)
+    assert drawn["Content-Type"] == "image/png" and drawn["X-Plot"] == "ready"
+    assert drawn.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_human_only_run_has_no_reward_model_plot(setup, staff_client):
+    project, run = setup["project"], setup["run"]
+    TrainingRun.objects.filter(pk=run.pk).update(reward_model=None)
+    assert "Reward model vs people" not in staff_client.get(f"/staff/p/{project.slug}/runs/{run.pk}/").content.decode()
+    assert staff_client.get(f"/staff/p/{project.slug}/runs/{run.pk}/rm-vs-human.png").status_code == 404

@@ -83,3 +83,62 @@ def test_fit_now_is_post_only(staff_client, project, method):
 def test_the_staff_menu_links_the_page(staff_client, project):
     page = staff_client.get(f"/staff/p/{project.slug}/runs/").content.decode()
     assert f'href="/staff/p/{project.slug}/reward-models/"' in page
+
+
+# ---------------------------------------------------------------- the reward settings form
+
+
+GOOD_SETTINGS = {
+    "reward_source": "reward_model",
+    "rm_samples_per_prompt": 6,
+    "rm_pessimism": 0.5,
+    "active_queue": "on",
+    "active_uniform_share": 0.3,
+}
+
+
+def test_staff_switch_the_reward_source_and_the_active_queue(staff_client, project):
+    from webapp.policies.models import AuditEvent
+
+    page = staff_client.get(f"/staff/p/{project.slug}/reward-models/").content.decode()
+    assert "Learning from ratings" in page and 'value="reward_model"' in page
+
+    response = staff_client.post(f"/staff/p/{project.slug}/reward-models/settings/", GOOD_SETTINGS)
+
+    assert response.status_code == 302
+    project.refresh_from_db()
+    assert (project.reward_source, project.rm_samples_per_prompt, project.rm_pessimism) == ("reward_model", 6, 0.5)
+    assert project.active_queue and project.active_uniform_share == 0.3
+    event = AuditEvent.objects.get(action="settings")
+    assert event.target == "reward settings" and event.detail["reward_source"] == ["human", "reward_model"]
+
+
+def test_bad_reward_settings_save_nothing_and_say_which_field(staff_client, project):
+    bad = {**GOOD_SETTINGS, "active_uniform_share": 1.5, "rm_samples_per_prompt": 1, "reward_source": "oracle"}
+
+    response = staff_client.post(f"/staff/p/{project.slug}/reward-models/settings/", bad)
+
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "Nothing was saved" in page
+    assert "Ensure this value is less than or equal to 1" in page
+    assert "Ensure this value is greater than or equal to 2" in page
+    assert "Select a valid choice" in page
+    project.refresh_from_db()
+    assert project.reward_source == "human" and not project.active_queue
+
+
+def test_annotators_cannot_change_reward_settings(client, annotator, project):
+    client.force_login(annotator)
+    assert client.post(f"/staff/p/{project.slug}/reward-models/settings/", GOOD_SETTINGS).status_code == 403
+    project.refresh_from_db()
+    assert project.reward_source == "human"
+
+
+def test_the_page_counts_served_items_by_why_they_were_chosen(staff_client, project, annotator, make_completion):
+    from webapp.annotation import services as annotation_services
+
+    make_completion(project)
+    annotation_services.lease_next(project=project, annotator=annotator)
+    page = staff_client.get(f"/staff/p/{project.slug}/reward-models/").content.decode()
+    assert "queue order (unfinished items first, then oldest): <strong>1</strong>" in page

@@ -39,6 +39,7 @@ KINDS = {
     "bars": "bars_png",
     "curves": "curves_png",
     "intervals": "intervals_png",
+    "scatter": "scatter_png",
 }
 STYLE_VERSION = 1  # bump when plots.py draws differently, so old files are not served again
 DRAW_TASK_NAME = "webapp.policies.tasks.plot_draw"

@@ -128,3 +128,20 @@ def intervals_png(*, labels: list[str], values: list[float], low: list[float], h
         ax.grid(alpha=0.3, axis="x")
     ax.set_title(title, fontsize=10)
     return _png(fig)
+
+
+def scatter_png(*, series: dict[str, dict], title: str, xlabel: str, ylabel: str) -> bytes:
+    """Points per series (``{"label": {"x": [...], "y": [...]}}``), one colour each, legend with counts."""
+    fig, ax = _figure()
+    if not any(s["x"] for s in series.values()):
+        _empty(ax, "no rated completion with a reward-model score yet")
+    else:
+        for (label, points), colour in zip(series.items(), ("#2b6cb0", "#c05621", "#2f855a", "#6b46c1")):
+            if points["x"]:
+                ax.scatter(points["x"], points["y"], s=14, alpha=0.6, color=colour, label=f"{label} ({len(points['x'])})")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend(loc="best", fontsize=8)
+        ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    return _png(fig)

@@ -273,16 +273,42 @@ PROJECT_TRAINING_FIELDS = (
 )
 
 
-@transaction.atomic
+PROJECT_REWARD_FIELDS = (
+    "reward_source",
+    "rm_samples_per_prompt",
+    "rm_pessimism",
+    "active_queue",
+    "active_uniform_share",
+)
+
+
+def project_reward_settings_update(*, project: Project, user=None, **fields) -> Project:
+    """Change where the project's rewards come from and how its queue chooses items (validated, audited).
+
+    Fields: :data:`PROJECT_REWARD_FIELDS`. Raises ApplicationError for an unknown field or a
+    value out of range (nothing is saved).
+    """
+    return _project_settings_update(
+        project=project, user=user, allowed=PROJECT_REWARD_FIELDS, target="reward settings", fields=fields
+    )
+
+
 def project_training_settings_update(*, project: Project, user=None, **fields) -> Project:
     """Change the project's schedule threshold and promotion-guard settings (validated, audited).
 
     Raises:
         ApplicationError: an unknown field or a value out of range.
     """
+    return _project_settings_update(
+        project=project, user=user, allowed=PROJECT_TRAINING_FIELDS, target="training settings", fields=fields
+    )
+
+
+@transaction.atomic
+def _project_settings_update(*, project: Project, user, allowed: tuple, target: str, fields: dict) -> Project:
     from django.core.exceptions import ValidationError
 
-    unknown = set(fields) - set(PROJECT_TRAINING_FIELDS)
+    unknown = set(fields) - set(allowed)
     if unknown:
         raise ApplicationError(f"Unknown settings: {', '.join(sorted(unknown))}.")
     project = Project.objects.select_for_update().get(pk=project.pk)
@@ -295,8 +321,7 @@ def project_training_settings_update(*, project: Project, user=None, **fields) -
         raise ApplicationError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from exc
     project.save(update_fields=list(fields))
     if changed:
-        audit_record(project=project, actor=user, action=AuditEvent.Action.SETTINGS, target="training settings",
-                     detail=changed)
+        audit_record(project=project, actor=user, action=AuditEvent.Action.SETTINGS, target=target, detail=changed)
     return project
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 
-from webapp.annotation.models import Rating
+from webapp.annotation.models import ChosenBy, Lease, Rating
 from webapp.policies.models import Project
 
 from .models import RewardModelVersion
@@ -71,3 +71,14 @@ def judgment_count(*, project: Project) -> int:
         if r.ranking_id is not None:
             places[r.ranking_id] = places.get(r.ranking_id, 0) + 1
     return len(rated) + len(comparisons) + sum(k * (k - 1) // 2 for k in places.values())
+
+
+def served_by_reason(*, project: Project) -> list[tuple[str, int]]:
+    """How many items the queue served for each reason (``Lease.chosen_by``), rated or still leased."""
+    counts = dict(
+        Lease.objects.filter(completion__project=project)
+        .values_list("chosen_by")
+        .annotate(n=Count("id"))
+        .values_list("chosen_by", "n")
+    )
+    return [(label, counts.get(value, 0)) for value, label in ChosenBy.choices]

@@ -6,4 +6,5 @@ app_name = "rewards"
 urlpatterns = [
     path("", views.reward_models, name="reward_models"),
     path("fit/", views.fit_now, name="fit_now"),
+    path("settings/", views.settings_update, name="settings"),
 ]

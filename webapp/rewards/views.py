@@ -4,9 +4,13 @@ from django.contrib import messages
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from webapp.errors import ApplicationError
 from webapp.permissions import staff_required
+from webapp.policies import services as policy_services
+from webapp.policies.models import Project
 
 from . import selectors, services, tasks
+from .forms import RewardSettingsForm
 
 METRIC_COLUMNS = [
     ("held_out/pearson", "Pearson"),
@@ -22,8 +26,11 @@ METRIC_COLUMNS = [
 @require_GET
 def reward_models(request, slug):
     """The project's reward-model versions (``rewards/reward_models.html``): ratings fitted on,
-    held-out metrics and calibration, and a "Fit now" button."""
-    project = request.project
+    held-out metrics and calibration, a "Fit now" button and the reward settings form."""
+    return render(request, "rewards/reward_models.html", _context(request.project))
+
+
+def _context(project, *, settings_form=None) -> dict:
     versions = list(selectors.reward_model_versions(project=project))
     rows = [
         {
@@ -40,8 +47,31 @@ def reward_models(request, slug):
         "columns": [label for _key, label in METRIC_COLUMNS],
         "judgments": selectors.judgment_count(project=project),
         "min_judgments": services.min_judgments(),
+        "settings_form": settings_form or RewardSettingsForm(instance=project),
+        "served_by_reason": selectors.served_by_reason(project=project),
     }
-    return render(request, "rewards/reward_models.html", context)
+    return context
+
+
+@staff_required
+@require_POST
+def settings_update(request, slug):
+    """Save the reward source, the reward model's sampling and pessimism, and the active queue; audited.
+    An invalid form comes back (400) with each error next to its field and nothing saved."""
+    project = request.project
+    form = RewardSettingsForm(request.POST, instance=Project.objects.get(pk=project.pk))
+    if not form.is_valid():
+        messages.error(request, "Nothing was saved: check the fields marked below.")
+        return render(request, "rewards/reward_models.html", _context(project, settings_form=form), status=400)
+    try:
+        policy_services.project_reward_settings_update(
+            project=project, user=request.user, **{k: form.cleaned_data[k] for k in form.Meta.fields}
+        )
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Reward settings saved.")
+    return redirect("rewards:reward_models", slug=project.slug)
 
 
 @staff_required

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from webapp.annotation.judgments import reward_score
 from webapp.annotation.models import Rating
 from webapp.policies.models import ModelVersion
 
@@ -62,7 +61,9 @@ class GainCheck:
 
 
 def human_rewards(*, version: ModelVersion) -> list[float]:
-    """Mean human reward of each rated completion of ``version`` (reward units), any prompt."""
+    """Mean human reward of each rated completion of ``version`` (reward units), any prompt. Worker only (torch)."""
+    from webapp.annotation.judgments import reward_score
+
     per_completion: dict[int, list[float]] = {}
     rows = Rating.objects.filter(completion__model_version=version).values_list(
         "completion_id", "score", "thumbs_up", "comparison__choice", "comparison__pair__completion_a_id"
@@ -131,28 +132,38 @@ def rm_gain_check(*, run: TrainingRun, version: ModelVersion, parent: ModelVersi
 
 
 def rm_vs_human_points(*, run: TrainingRun) -> dict:
-    """Scatter data for the run page: reward-model score against people's mean reward, per rated completion.
+    """Scatter data for the run page: reward-model score (x) against people's rating (y) per rated completion.
 
-    Two series: the completions whose ratings the run trained on (of the parent; the reward
+    ``y`` is the rating's own level (``annotation.judgments.level``: Likert 1–5, thumbs
+    1/0; pairwise decisions have none and are left out), averaged over the completion's
+    ratings. Two series: the completions whose ratings the run trained on (the reward
     model was fitted on them) and the rated completions of the version it produced (never
-    fitted on: held out from the reward model). Only completions with a stored ``rm_score``.
+    fitted on). Only completions with a stored ``rm_score``. Reads the database only
+    (web processes never import torch).
     """
-    series = {}
-    groups = [("trained on (fitted)", Rating.objects.filter(training_runs=run))]
+    from webapp.annotation.judgments import level
+
+    groups = [("ratings trained on (fitted)", Rating.objects.filter(training_runs=run))]
     if run.result_version_id:
-        groups.append((f"v{run.result_version.number} (held out)", Rating.objects.filter(completion__model_version_id=run.result_version_id)))
+        groups.append(
+            (
+                f"v{run.result_version.number}'s outputs (held out)",
+                Rating.objects.filter(completion__model_version_id=run.result_version_id),
+            )
+        )
+    series = {}
     for label, ratings in groups:
         per_completion: dict[int, list[float]] = {}
         rm_scores: dict[int, float] = {}
         rows = ratings.filter(completion__rm_score__isnull=False).values_list(
-            "completion_id", "completion__rm_score", "score", "thumbs_up", "comparison__choice",
-            "comparison__pair__completion_a_id",
+            "completion_id", "completion__rm_score", "score", "thumbs_up"
         )
-        for cid, rm_score, score, thumbs_up, choice, anchor_id in rows:
+        for cid, rm_score, score, thumbs_up in rows:
+            value = level(score=score, thumbs_up=thumbs_up)
+            if value is None:
+                continue
             rm_scores[cid] = rm_score
-            per_completion.setdefault(cid, []).append(
-                reward_score(score=score, thumbs_up=thumbs_up, choice=choice, is_completion_a=cid == anchor_id)
-            )
+            per_completion.setdefault(cid, []).append(float(value))
         ids = sorted(per_completion)
         series[label] = {
             "x": [round(rm_scores[c], 4) for c in ids],

@@ -9,6 +9,7 @@ urlpatterns = [
     path("runs/<int:run_id>/", views.run_detail, name="run_detail"),
     path("runs/<int:run_id>/status/", views.run_status, name="run_status"),
     path("runs/<int:run_id>/curves.png", views.run_curves, name="run_curves"),
+    path("runs/<int:run_id>/rm-vs-human.png", views.run_rm_vs_human, name="run_rm_vs_human"),
     path("runs/<int:run_id>/cancel/", views.cancel, name="cancel"),
     path("train/", views.train_now, name="train_now"),
     path("settings/", views.settings_update, name="settings"),

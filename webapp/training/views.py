@@ -1,7 +1,7 @@
 """Staff pages for training runs. Every view is staff-only (403 for annotators); changes are POST."""
 
 from django.contrib import messages
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -56,11 +56,14 @@ def runs_table(request, slug):
 def _run_context(slug, run_id) -> dict:
     project = get_object_or_404(Project, slug=slug)
     run = get_object_or_404(
-        TrainingRun.objects.select_related("parent_version", "result_version", "requested_by", "cancel_requested_by"),
+        TrainingRun.objects.select_related(
+            "parent_version", "result_version", "requested_by", "cancel_requested_by", "reward_model"
+        ),
         pk=run_id,
         project=project,
     )
     curves = plotfiles.plot_ensure(*selectors.run_curves_spec(run), slot=selectors.run_curves_slot(run)) if run.curve else None
+    rm_plot = plotfiles.plot_ensure(*_rm_vs_human_spec(run), slot=f"run-{run.pk}-rm") if run.reward_model_id else None
     return {
         "project": project,
         "run": run,
@@ -68,8 +71,21 @@ def _run_context(slug, run_id) -> dict:
         "steps": selectors.run_steps(run=run),
         "log_tail": selectors.log_tail(run=run),
         "curves": curves,
-        # keep polling a finished run until its curves are drawn
-        "poll": run.is_active or (curves is not None and not curves.ready),
+        "rm_plot": rm_plot,
+        # keep polling a finished run until its plots are drawn
+        "poll": run.is_active or any(p is not None and not p.ready for p in (curves, rm_plot)),
+    }
+
+
+def _rm_vs_human_spec(run: TrainingRun) -> tuple[str, dict]:
+    """Reward-model score against people's rating per rated completion (kind ``scatter``)."""
+    from .overoptimisation import rm_vs_human_points
+
+    return "scatter", {
+        "series": rm_vs_human_points(run=run),
+        "title": f"Run #{run.pk}: reward model RM{run.reward_model.number} vs people",
+        "xlabel": "reward-model score (reward units)",
+        "ylabel": "people's rating (Likert 1–5, thumbs 1/0)",
     }
 
 
@@ -90,6 +106,17 @@ def run_status(request, slug, run_id):
     if not _wants_fragment(request):
         return redirect("training:run_detail", slug=slug, run_id=run_id)
     return render(request, "training/run_detail.html#status", _run_context(slug, run_id))
+
+
+@staff_required
+@require_GET
+def run_rm_vs_human(request, slug, run_id):
+    """PNG: reward-model score vs people's rating of the completions the run trained on and of the version
+    it produced (drawn by a worker; a placeholder until then). 404 for a run trained on human ratings only."""
+    run = get_object_or_404(TrainingRun.objects.select_related("reward_model", "result_version"), pk=run_id, project__slug=slug)
+    if run.reward_model_id is None:
+        raise Http404("This run trained on human ratings only.")
+    return plotfiles.plot_response(*_rm_vs_human_spec(run), slot=f"run-{run.pk}-rm", asked_key=request.GET.get("v", ""))
 
 
 @staff_required
