@@ -117,6 +117,7 @@ if str(REPO) not in sys.path:
 from bench.raters import BUILTIN as BUILTIN_RATERS  # noqa: E402
 from bench.raters import RaterError, load_rater  # noqa: E402
 from bench.simulated_annotators import compound, default_team  # noqa: E402
+from pgcore.atomic import atomic_file, atomic_write  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     "naive": {"baseline": "none", "annotator_norm": False, "importance_correction": False, "kl_coef": 0.0},
@@ -832,17 +833,14 @@ def write_plot(result: dict, path: Path) -> None:
         fontsize=10,
     )
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_file(path) as f:
+        fig.savefig(f, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_outputs(result: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "learning.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out_dir / "learning.json")
+    atomic_write(out_dir / "learning.json", json.dumps(result, indent=2) + "\n")
     if result.get("base") and result["variants"]:
         write_plot(result, out_dir / "learning.png")
 
@@ -996,7 +994,7 @@ def main(argv=None) -> dict:
         if args.base_only:
             result = base_only(args, base_model_path=base_model_path, rows=rows, users=users, team=team, model_name=model_name)
             out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "learning-base.json").write_text(json.dumps(result, indent=2) + "\n")
+            atomic_write(out_dir / "learning-base.json", json.dumps(result, indent=2) + "\n")
             print(json.dumps(result))
             return result
         check_project_fields(args.variants)

@@ -23,6 +23,8 @@ Variants:
 - ``rm_<head>_<features>``: pgcore's ensemble (``pgcore.reward_model.fit``), K=5 bootstrap
   members, heads ``linear`` or ``mlp``, features ``last_mean`` or ``multi`` (mean and
   last-token states of several layers, concatenated), optionally ``+text``.
+- ``rm_ridge_multi_pca256`` / ``rm_ridge_multi``: the same ensemble with each bootstrap member
+  fitted in closed form (weighted ridge, penalty by 5-fold CV; ``head="ridge"``).
 - ``rm_mlp_multi_pairs``: the same labels budget spent on comparisons (Bradley-Terry):
   ``n`` random pairs among ``n`` completions, target 1/0 by which has the higher compound,
   0.5 when equal.
@@ -226,6 +228,8 @@ def main(argv=None) -> dict:
         "rm_mlp_multi_pca256": ("rm", "multi", RewardModelConfig(head="mlp", pca_dim=256, **rm)),
         "rm_mlp_multi_pairs": ("pairs", "multi", RewardModelConfig(head="mlp", **rm)),
         "rm_linear_multi_pca256": ("rm", "multi", RewardModelConfig(head="linear", pca_dim=256, **rm)),
+        "rm_ridge_multi_pca256": ("rm", "multi", RewardModelConfig(head="ridge", pca_dim=256, **rm)),
+        "rm_ridge_multi": ("rm", "multi", RewardModelConfig(head="ridge", **rm)),
         "rm_mlp_multi_pca256_pairs": ("pairs", "multi", RewardModelConfig(head="mlp", pca_dim=256, **rm)),
         "rm_mlp_multi_pca256+text": ("rm", "multi+text", RewardModelConfig(head="mlp", pca_dim=256, **rm)),
     }

@@ -1,19 +1,51 @@
 """pgcore: policy-gradient updates of a causal LM from human ratings, in pure PyTorch.
 
 Never imports Django; the web app hands it plain lists and tensors. See DESIGN.md, "pgcore".
+
+The names below load on first use (PEP 562), so ``import pgcore`` or ``from pgcore.config
+import PGConfig`` costs no torch import: web processes validate settings without loading torch.
 """
 
-from pgcore.advantages import EMABaseline, batch_mean_baseline, leave_one_out, whiten
-from pgcore.config import PGConfig
-from pgcore.critic import Critic, gae_advantages
-from pgcore.logprobs import pack_sequences, score_completions, sequence_logprobs
-from pgcore.losses import kl_k3, pg_loss
-from pgcore.packaging import convert_gguf_to_hf, smollm2_gguf_path
-from pgcore.policy import ChecksumError, Policy, load_policy, save_policy_atomic, verify_weights, weights_sha256
-from pgcore.rewards import RatingRecord, likert_to_score, pairwise_to_scores, ratings_to_rewards, thumbs_to_score
-from pgcore.rollout import Rollout, generate, render_prompt
-from pgcore.tiny import write_tiny_model
-from pgcore.trainer import NonFiniteError, TrainBatch, TrainingCancelled, minibatch_order, update
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "ChecksumError": "pgcore.policy",
+    "Critic": "pgcore.critic",
+    "EMABaseline": "pgcore.advantages",
+    "NonFiniteError": "pgcore.trainer",
+    "PGConfig": "pgcore.config",
+    "Policy": "pgcore.policy",
+    "RatingRecord": "pgcore.rewards",
+    "Rollout": "pgcore.rollout",
+    "TrainBatch": "pgcore.trainer",
+    "TrainingCancelled": "pgcore.trainer",
+    "batch_mean_baseline": "pgcore.advantages",
+    "convert_gguf_to_hf": "pgcore.packaging",
+    "gae_advantages": "pgcore.critic",
+    "generate": "pgcore.rollout",
+    "kl_k3": "pgcore.losses",
+    "leave_one_out": "pgcore.advantages",
+    "likert_to_score": "pgcore.rewards",
+    "load_policy": "pgcore.policy",
+    "minibatch_order": "pgcore.trainer",
+    "pack_sequences": "pgcore.logprobs",
+    "pairwise_to_scores": "pgcore.rewards",
+    "pg_loss": "pgcore.losses",
+    "ratings_to_rewards": "pgcore.rewards",
+    "render_prompt": "pgcore.rollout",
+    "save_policy_atomic": "pgcore.policy",
+    "score_completions": "pgcore.logprobs",
+    "sequence_logprobs": "pgcore.logprobs",
+    "smollm2_gguf_path": "pgcore.packaging",
+    "thumbs_to_score": "pgcore.rewards",
+    "update": "pgcore.trainer",
+    "verify_weights": "pgcore.policy",
+    "weights_sha256": "pgcore.policy",
+    "whiten": "pgcore.advantages",
+    "write_tiny_model": "pgcore.tiny",
+}
 
 __all__ = [
     "ChecksumError",
@@ -50,3 +82,16 @@ __all__ = [
     "weights_sha256",
     "whiten",
 ]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pgcore' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

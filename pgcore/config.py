@@ -100,3 +100,69 @@ def _check_int(cfg: PGConfig, name: str, minimum: int) -> None:
     value = getattr(cfg, name)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+# The reward model's settings live here, beside PGConfig, so a web process can validate them
+# without importing torch (pgcore.reward_model re-exports them).
+POOLINGS = ("mean", "last", "mean_last")
+HEADS = ("linear", "mlp", "ridge")
+
+
+@dataclass
+class RewardModelConfig:
+    """How features are pooled and how the head ensemble is trained."""
+
+    layers: tuple[int, ...] = (-1,)  # hidden-state indices to pool (0 = embeddings, -1 = last layer)
+    pooling: str = "mean"  # over completion tokens: "mean", "last" or "mean_last" (both, concatenated)
+    max_prompt_tokens: int = 64  # prompt tokens kept as context (the last ones), >= 0
+    max_completion_tokens: int = 192  # completion tokens read (the first ones), >= 1
+    pca_dim: int = 0  # > 0: project standardised features on their top principal components (fit rows)
+    head: str = "mlp"  # "linear", "mlp" (one hidden layer, GELU) or "ridge" (linear, fitted in closed form)
+    ridge_alpha: float = 0.0  # ridge head: L2 penalty on the weights; 0 = chosen by 5-fold CV from RIDGE_ALPHAS
+    hidden: int = 64  # MLP width
+    n_members: int = 5  # K, ensemble size, >= 1
+    bootstrap: bool = True  # each member trains on a resample (with replacement) of the judgments
+    epochs: int = 300  # full-batch Adam steps per member
+    lr: float = 3e-3  # Adam learning rate
+    weight_decay: float = 1e-2  # AdamW decoupled weight decay
+    input_dropout: float = 0.1  # dropout on the standardised features while training
+    bt_scale: float = 1.0  # beta in sigmoid(beta * (r_a - r_b))
+    pairwise_weight: float = 1.0  # weight of one pairwise judgment relative to one rating
+    seed: int = 0  # initialisation and resampling
+
+    def __post_init__(self):
+        self.layers = tuple(int(i) for i in self.layers)
+        if not self.layers:
+            raise ValueError("layers must name at least one hidden-state index")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        minimums = {
+            "pca_dim": 0, "max_prompt_tokens": 0, "max_completion_tokens": 1, "hidden": 1, "n_members": 1, "epochs": 1
+        }
+        for name, low in minimums.items():
+            if int(getattr(self, name)) < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {getattr(self, name)!r}")
+        for name in ("lr", "bt_scale"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
+        for name in ("weight_decay", "pairwise_weight", "ridge_alpha"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.input_dropout < 1:
+            raise ValueError(f"input_dropout must be in [0, 1), got {self.input_dropout!r}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["layers"] = list(self.layers)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RewardModelConfig:
+        """Raises TypeError on an unknown field and ValueError on a value out of range."""
+        return cls(**d)
+
+    def feature_spec(self) -> dict:
+        """What decides the features (a cache key part): layers, pooling, truncation."""
+        return {k: self.to_dict()[k] for k in ("layers", "pooling", "max_prompt_tokens", "max_completion_tokens")}

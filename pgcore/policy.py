@@ -16,8 +16,6 @@ import copy
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pgcore.atomic import atomic_directory as _atomic_directory
 from pgcore.config import PGConfig
 from pgcore.critic import CRITIC_FILE, Critic
 
@@ -273,53 +272,22 @@ def _recorded_sha256(directory: Path) -> str:
 # ---------------------------------------------------------------- atomic writes
 
 
-def _fsync_tree(directory: Path) -> None:
-    for root, _dirs, files in os.walk(directory):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(Path(root))
+def _write_checksum_record(folder: Path) -> None:
+    if any(p.name.endswith(WEIGHT_SUFFIXES) for p in folder.iterdir()):
+        files = {p.name: _file_sha256(p) for p in _weight_files(folder)}
+        record = {"sha256": weights_sha256(folder), "files": files}
+        (folder / CHECKSUM_FILE).write_text(json.dumps(record, indent=1) + "\n")
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
+def atomic_directory(out_dir: str | os.PathLike):
     """Yield a temporary folder next to ``out_dir``; on success it becomes ``out_dir``.
 
-    The files are fsynced, a checksum record (``pgcore_checksum.json``) is written when the
-    folder holds weight files, and the folder is moved in place with ``os.replace``, then
-    the parent is fsynced. An existing ``out_dir`` is swapped out and deleted only after
-    the new one is in place. On any exception the temporary folder is removed and
-    ``out_dir`` is left as it was.
+    :func:`pgcore.atomic.atomic_directory` (fsync, ``os.replace``, parent fsynced; an
+    existing ``out_dir`` is swapped out and deleted only after the new one is in place;
+    on any exception ``out_dir`` is left as it was), plus a checksum record
+    (``pgcore_checksum.json``) when the folder holds weight files.
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        yield tmp
-        if any(p.name.endswith(WEIGHT_SUFFIXES) for p in tmp.iterdir()):
-            files = {p.name: _file_sha256(p) for p in _weight_files(tmp)}
-            record = {"sha256": weights_sha256(tmp), "files": files}
-            (tmp / CHECKSUM_FILE).write_text(json.dumps(record, indent=1) + "\n")
-        _fsync_tree(tmp)
-        old = None
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, old / out_dir.name)
-        os.replace(tmp, out_dir)
-        _fsync_dir(out_dir.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    return _atomic_directory(out_dir, before_commit=_write_checksum_record)
 
 
 def save_policy_atomic(policy: Policy, out_dir: str | os.PathLike) -> str:

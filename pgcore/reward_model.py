@@ -31,78 +31,22 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from pgcore.config import HEADS, POOLINGS, RewardModelConfig  # noqa: F401 - torch-free, re-exported
 from pgcore.policy import CHECKSUM_FILE, ChecksumError, atomic_directory, verify_weights, weights_sha256
 
 WEIGHTS_FILE = "reward_model.safetensors"
 META_FILE = "reward_model.json"
-POOLINGS = ("mean", "last", "mean_last")
-HEADS = ("linear", "mlp")
+# Ridge penalties tried by cross-validation when ``ridge_alpha`` is 0 (inputs are standardised or
+# PCA-scaled so the first component has unit variance).
+RIDGE_ALPHAS = tuple(10.0**k for k in range(-2, 6))
+RIDGE_FOLDS = 5
 _FORMAT = 1
-
-
-@dataclass
-class RewardModelConfig:
-    """How features are pooled and how the head ensemble is trained."""
-
-    layers: tuple[int, ...] = (-1,)  # hidden-state indices to pool (0 = embeddings, -1 = last layer)
-    pooling: str = "mean"  # over completion tokens: "mean", "last" or "mean_last" (both, concatenated)
-    max_prompt_tokens: int = 64  # prompt tokens kept as context (the last ones), >= 0
-    max_completion_tokens: int = 192  # completion tokens read (the first ones), >= 1
-    pca_dim: int = 0  # > 0: project standardised features on their top principal components (fit rows)
-    head: str = "mlp"  # "linear" or "mlp" (one hidden layer, GELU)
-    hidden: int = 64  # MLP width
-    n_members: int = 5  # K, ensemble size, >= 1
-    bootstrap: bool = True  # each member trains on a resample (with replacement) of the judgments
-    epochs: int = 300  # full-batch Adam steps per member
-    lr: float = 3e-3  # Adam learning rate
-    weight_decay: float = 1e-2  # AdamW decoupled weight decay
-    input_dropout: float = 0.1  # dropout on the standardised features while training
-    bt_scale: float = 1.0  # beta in sigmoid(beta * (r_a - r_b))
-    pairwise_weight: float = 1.0  # weight of one pairwise judgment relative to one rating
-    seed: int = 0  # initialisation and resampling
-
-    def __post_init__(self):
-        self.layers = tuple(int(i) for i in self.layers)
-        if not self.layers:
-            raise ValueError("layers must name at least one hidden-state index")
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if self.head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
-        minimums = {
-            "pca_dim": 0, "max_prompt_tokens": 0, "max_completion_tokens": 1, "hidden": 1, "n_members": 1, "epochs": 1
-        }
-        for name, low in minimums.items():
-            if int(getattr(self, name)) < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {getattr(self, name)!r}")
-        for name in ("lr", "bt_scale"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
-        for name in ("weight_decay", "pairwise_weight"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
-        if not 0 <= self.input_dropout < 1:
-            raise ValueError(f"input_dropout must be in [0, 1), got {self.input_dropout!r}")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["layers"] = list(self.layers)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RewardModelConfig:
-        """Raises TypeError on an unknown field and ValueError on a value out of range."""
-        return cls(**d)
-
-    def feature_spec(self) -> dict:
-        """What decides the features (a cache key part): layers, pooling, truncation."""
-        return {k: self.to_dict()[k] for k in ("layers", "pooling", "max_prompt_tokens", "max_completion_tokens")}
 
 
 @dataclass
@@ -321,7 +265,7 @@ class RewardModel(torch.nn.Module):
         else:
             self.projection = None
         n_features = n_inputs if n_inputs is not None else n_features
-        if config.head == "linear":
+        if config.head in ("linear", "ridge"):
             self.w = torch.nn.Parameter(torch.zeros(K, n_features))
         else:
             self.w1 = torch.nn.Parameter(torch.randn(K, n_features, H) / math.sqrt(n_features))
@@ -345,7 +289,7 @@ class RewardModel(torch.nn.Module):
     def member_rewards(self, features: torch.Tensor, *, standardised: bool = False) -> torch.Tensor:
         """``features (N, F)`` (with ``standardised``: the inputs ``(N, I)``) -> members' rewards ``(K, N)``."""
         x = features if standardised else self.inputs(features)
-        if self.config.head == "linear":
+        if self.config.head in ("linear", "ridge"):
             return torch.einsum("nf,kf->kn", x, self.w) + self.b[:, None]
         hidden = F.gelu(torch.einsum("nf,kfh->knh", x, self.w1) + self.b1[:, None, :])  # (K, N, H)
         return torch.einsum("knh,kh->kn", hidden, self.w) + self.b[:, None]
@@ -386,6 +330,67 @@ def _bootstrap_weights(n: int, K: int, generator: torch.Generator, enabled: bool
     return torch.zeros(K, n).scatter_add_(1, draws, torch.ones(K, n))
 
 
+
+def _ridge_design(x: torch.Tensor, judgments: Judgments, config: RewardModelConfig):
+    """Least-squares rows of every judgment: ``(design (R+P, I+1), target (R+P,), row_scale (R+P,))``.
+
+    A rating is the row ``[x_i, 1]`` with target ``y_i``. A comparison is the row
+    ``[x_a - x_b, 0]`` (the bias cancels) with target ``2 (2 t - 1)``: the score gap a
+    decided pair has in ``pgcore.rewards`` (win +1, loss -1), 0 for a tie; a squared-error
+    surrogate of the Bradley–Terry term, weighted ``pairwise_weight``.
+    """
+    x = x.double()
+    ones = torch.ones(judgments.n_ratings, 1, dtype=torch.float64)
+    rating_rows = torch.cat([x[judgments.rating_index], ones], dim=1)
+    pair_rows = torch.cat(
+        [x[judgments.pair_a] - x[judgments.pair_b], torch.zeros(judgments.n_pairs, 1, dtype=torch.float64)], dim=1
+    )
+    design = torch.cat([rating_rows, pair_rows])
+    target = torch.cat([judgments.rating_target.double(), 2.0 * (2.0 * judgments.pair_target.double() - 1.0)])
+    row_scale = torch.cat(
+        [torch.ones(judgments.n_ratings, dtype=torch.float64),
+         torch.full((judgments.n_pairs,), float(config.pairwise_weight), dtype=torch.float64)]
+    )
+    return design, target, row_scale
+
+
+def _ridge_solve(design: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Weighted ridge: ``argmin_w sum_i weight_i (design_i w - target_i)^2 + alpha |w[:-1]|^2``.
+
+    ``design (M, D)``, ``target (M,)``, ``weight (..., M)`` -> ``w (..., D)`` (float64); the
+    last column (the bias) is not penalised. Solved through the normal equations
+    ``(A^T W A + alpha P) w = A^T W y`` (Hoerl & Kennard 1970), batched over leading dims.
+    """
+    D = design.shape[1]
+    penalty = torch.eye(D, dtype=torch.float64) * alpha
+    penalty[-1, -1] = 1e-9  # the bias is free; a tiny term keeps the system regular without ratings
+    weighted = design * weight[..., None]  # (..., M, D)
+    gram = weighted.transpose(-1, -2) @ design + penalty  # (..., D, D)
+    rhs = (weighted * target[..., None]).sum(-2)  # (..., D)
+    return torch.linalg.solve(gram, rhs.unsqueeze(-1)).squeeze(-1)
+
+
+def _ridge_alpha(design: torch.Tensor, target: torch.Tensor, row_scale: torch.Tensor, config: RewardModelConfig) -> float:
+    """``config.ridge_alpha``, or (when 0) the :data:`RIDGE_ALPHAS` entry with the least
+    weighted squared error over :data:`RIDGE_FOLDS` folds (fold = row index mod 5, so seed-free)."""
+    if config.ridge_alpha > 0:
+        return float(config.ridge_alpha)
+    M = design.shape[0]
+    if M < 2 * RIDGE_FOLDS:
+        return 1.0
+    folds = torch.arange(M) % RIDGE_FOLDS
+    errors = []
+    for alpha in RIDGE_ALPHAS:
+        err = 0.0
+        for f in range(RIDGE_FOLDS):
+            train = (folds != f).double() * row_scale
+            w = _ridge_solve(design, target, train, alpha)
+            held = folds == f
+            err += float((row_scale[held] * (design[held] @ w - target[held]) ** 2).sum())
+        errors.append(err)
+    return RIDGE_ALPHAS[min(range(len(errors)), key=errors.__getitem__)]
+
+
 def fit(
     features: torch.Tensor,
     judgments: Judgments,
@@ -396,7 +401,10 @@ def fit(
     Features are standardised with the training rows' mean and standard deviation (a
     constant column gets std 1). Each member ``k`` draws bootstrap counts over the ratings
     and, separately, over the comparisons, and minimises :func:`judgment_loss` weighted by
-    them with full-batch AdamW for ``config.epochs`` steps. Members are initialised
+    them with full-batch AdamW for ``config.epochs`` steps; a ``ridge`` head instead solves
+    each member's weighted least squares in closed form (:func:`_ridge_solve`; comparisons
+    enter as difference rows, :func:`_ridge_design`; ``epochs``, ``lr`` and ``input_dropout``
+    are unused, and the members differ only through their bootstrap counts). Members are initialised
     differently (seeded by ``config.seed``), so even without bootstrap they disagree away
     from the data. The output bias starts at the mean rating target.
 
@@ -410,7 +418,8 @@ def fit(
         ``(model, metrics)``; metrics (floats): ``loss/initial``, ``loss/final`` (the
         unweighted loss of the ensemble mean on all judgments), ``loss/members_final`` (the
         mean of the members' own bootstrap-weighted losses), ``fit/seconds``,
-        ``fit/n_ratings``, ``fit/n_pairs``, ``fit/n_features``.
+        ``fit/n_ratings``, ``fit/n_pairs``, ``fit/n_features`` (and ``fit/ridge_alpha`` for a
+        ridge head).
 
     Raises:
         ValueError: no judgment, an index out of range, non-finite features or targets.
@@ -483,19 +492,31 @@ def fit(
             return float(member_losses(mean_reward, ones_r, ones_p)[0])
 
     initial = ensemble_loss()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    drop_gen = torch.Generator().manual_seed(config.seed + 1)
-    model.train()
-    for _ in range(config.epochs):
-        if config.input_dropout > 0:
-            keep = (torch.rand(x.shape, generator=drop_gen) >= config.input_dropout).float()
-            inputs = x * keep / (1.0 - config.input_dropout)
-        else:
-            inputs = x
-        losses = member_losses(model.member_rewards(inputs, standardised=True))  # (K,)
-        optimiser.zero_grad(set_to_none=True)
-        losses.sum().backward()
-        optimiser.step()
+    extra: dict = {}
+    if config.head == "ridge":
+        # Closed form per member: the bootstrap counts weight the rows of one shared design.
+        design, target, row_scale = _ridge_design(x, judgments, config)
+        alpha = _ridge_alpha(design, target, row_scale, config)
+        counts = torch.cat([rating_weight, pair_weight], dim=1).double() * row_scale  # (K, R+P)
+        solution = _ridge_solve(design, target, counts, alpha)  # (K, I+1)
+        with torch.no_grad():
+            model.w.copy_(solution[:, :-1].float())
+            model.b.copy_(solution[:, -1].float())
+        extra["fit/ridge_alpha"] = alpha
+    else:
+        optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        drop_gen = torch.Generator().manual_seed(config.seed + 1)
+        model.train()
+        for _ in range(config.epochs):
+            if config.input_dropout > 0:
+                keep = (torch.rand(x.shape, generator=drop_gen) >= config.input_dropout).float()
+                inputs = x * keep / (1.0 - config.input_dropout)
+            else:
+                inputs = x
+            losses = member_losses(model.member_rewards(inputs, standardised=True))  # (K,)
+            optimiser.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            optimiser.step()
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -509,6 +530,7 @@ def fit(
         "fit/n_ratings": float(judgments.n_ratings),
         "fit/n_pairs": float(judgments.n_pairs),
         "fit/n_features": float(features.shape[1]),
+        **extra,
     }
     for name, value in metrics.items():
         if not math.isfinite(value):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -163,6 +164,9 @@ def _draw(logp: torch.Tensor, generator: torch.Generator, greedy: bool) -> torch
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=logp.shape[-1] - 1)
 
 
+draw_tokens = _draw  # the public name, for ``draw`` hooks of :func:`sample_continuous` that reuse it
+
+
 # ---------------------------------------------------------------- the fast path (Llama family)
 
 
@@ -210,15 +214,22 @@ def _decode_attention(q, k, v, mask, scale):
     return torch.matmul(weights, v).reshape(b, 1, n_heads * d)  # (b, kvH, g, D) -> (b, 1, nH * D)
 
 
-def _forward_fast(inner, lm_head, ids, positions, mask, keys, values, col):
-    """Run ``ids (b, s)`` at ``positions (b, s)`` through the decoder, writing keys/values into
-    cache columns ``col : col + s``; ``mask (b, 1, s, col + s)`` bool, True = attend.
-    Returns the fp32 logits of the last column, ``(b, V)``."""
+def _forward_fast(inner, lm_head, ids, positions, mask, keys, values, cols):
+    """Run ``ids (b, s)`` at ``positions (b, s)`` through the decoder and return the fp32
+    logits of the last column, ``(b, V)``.
+
+    Keys and values go into the cache rows ``0 : b``: a prefill (``cols`` an int, ``s``
+    tokens per row) writes columns ``cols : cols + s`` of every row; a decoding step
+    (``cols`` a ``(b,)`` long tensor, ``s == 1``) writes each row's own column ``cols[r]``.
+    ``mask (b, 1, s, T)`` bool, True = attend, covers cache columns ``0 : T``.
+    """
     b, s = ids.shape
+    T = mask.shape[-1]
     h = inner.embed_tokens(ids)  # (b, s, H)
     cos, sin = inner.rotary_emb(h, positions)  # (b, s, D)
     cos, sin = cos[:, None], sin[:, None]  # (b, 1, s, D)
-    end = col + s
+    per_row = isinstance(cols, torch.Tensor)
+    rows = torch.arange(b, device=ids.device) if per_row else None
     for i, layer in enumerate(inner.layers):
         attn = layer.self_attn
         d = attn.head_dim
@@ -227,17 +238,253 @@ def _forward_fast(inner, lm_head, ids, positions, mask, keys, values, col):
         k = attn.k_proj(x).view(b, s, -1, d).transpose(1, 2)  # (b, kvH, s, D)
         v = attn.v_proj(x).view(b, s, -1, d).transpose(1, 2)
         q = q * cos + _rotate_half(q) * sin
-        keys[i][:b, :, col:end] = k * cos + _rotate_half(k) * sin
-        values[i][:b, :, col:end] = v
+        k = k * cos + _rotate_half(k) * sin
+        if per_row:
+            keys[i][rows, :, cols] = k[:, :, 0]  # (b, kvH, D) into each row's column
+            values[i][rows, :, cols] = v[:, :, 0]
+        else:
+            keys[i][:b, :, cols : cols + s] = k
+            values[i][:b, :, cols : cols + s] = v
         if s == 1:
-            o = _decode_attention(q, keys[i][:b, :, :end], values[i][:b, :, :end], mask, attn.scaling)  # (b, 1, nH * D)
+            o = _decode_attention(q, keys[i][:b, :, :T], values[i][:b, :, :T], mask, attn.scaling)  # (b, 1, nH * D)
         else:
             o = torch.nn.functional.scaled_dot_product_attention(
-                q, keys[i][:b, :, :end], values[i][:b, :, :end], attn_mask=mask, scale=attn.scaling, enable_gqa=True
+                q, keys[i][:b, :, :T], values[i][:b, :, :T], attn_mask=mask, scale=attn.scaling, enable_gqa=True
             ).transpose(1, 2).reshape(b, s, -1)  # (b, s, nH * D)
         h = h + attn.o_proj(o)
         h = h + layer.mlp(layer.post_attention_layernorm(h))
     return lm_head(inner.norm(h[:, -1:, :]))[:, 0, :].float()
+
+
+def _kv_shape(inner) -> tuple[int, int]:
+    attn = inner.layers[0].self_attn
+    return attn.k_proj.out_features // attn.head_dim, attn.head_dim
+
+
+def _prefill(inner, lm_head, prompt_ids: list[list[int]], pad_id: int, device, dtype):
+    """Run left-padded ``prompt_ids`` (k rows, width P) through the decoder into fresh caches.
+
+    Causal over each prompt and never onto padding; a padding query sees itself (no NaN).
+    Returns ``(logits (k, V) fp32, keys, values)`` with per-layer caches ``(k, kvH, P, D)``
+    and ``attention_mask (k, P)`` bool.
+    """
+    input_ids, attention_mask = left_pad(prompt_ids, pad_id)  # (k, P)
+    k, P = input_ids.shape
+    n_kv, d = _kv_shape(inner)
+    keys = [torch.empty((k, n_kv, P, d), dtype=dtype, device=device) for _ in inner.layers]
+    values = [torch.empty((k, n_kv, P, d), dtype=dtype, device=device) for _ in inner.layers]
+    valid = attention_mask.bool().to(device)
+    causal = torch.ones((P, P), dtype=torch.bool, device=device).tril()
+    mask = (causal[None] & valid[:, None, :]) | torch.eye(P, dtype=torch.bool, device=device)[None]  # (k, P, P)
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0).to(device)  # (k, P)
+    logits = _forward_fast(inner, lm_head, input_ids.to(device), positions, mask[:, None], keys, values, 0)
+    return logits, keys, values, valid
+
+
+@torch.no_grad()
+def sample_continuous(
+    model: torch.nn.Module,
+    prompt_ids: list[list[int]],
+    *,
+    eos_ids: set[int],
+    pad_id: int,
+    max_new_tokens: int,
+    generator: torch.Generator,
+    greedy: bool = False,
+    batch_size: int = 32,
+    refill_fraction: float = 0.125,
+    compact_fraction: float = 0.25,
+    draw: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    on_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+) -> Iterator[tuple[int, list[int], list[float], bool]]:
+    """Continuous batching: sample every prompt with at most ``batch_size`` rows decoding at once.
+
+    A Llama-family model (:func:`fast_path_supported`) decodes one token per step for up to
+    ``batch_size`` rows with a key/value cache preallocated once (``batch_size`` rows of
+    ``longest prompt + max_new_tokens`` columns). When a row's completion ends (its first
+    EOS, ``max_new_tokens``, or the model's ``max_position_embeddings``) it is yielded at
+    once, and its slot is given to a waiting prompt: waiting prompts are prefilled together
+    (left-padded among themselves) once ``refill_fraction`` of the slots are free, and start
+    decoding beside the running rows, each row at its own cache column and position (Yu et
+    al. 2022, "Orca", iteration-level scheduling). With no prompt waiting, the running rows
+    move to the front of the cache once ``compact_fraction`` of them have ended, so later
+    steps cost less. Same distribution and behaviour logprobs as
+    :func:`sample_batch_generic` (temperature 1, no processing); which uniform draw a row
+    gets depends on the batch it shares, so a seed reproduces a run of the same prompts,
+    ``batch_size`` and fractions.
+
+    Args:
+        model: a plain model passing :func:`fast_path_supported`, in eval mode, any dtype
+            and device; logits are turned into fp32 logprobs.
+        prompt_ids: token id lists, each non-empty and shorter than the context limit.
+        eos_ids, pad_id, max_new_tokens, generator, greedy: as :func:`sample_batch_generic`.
+        batch_size: rows decoding at once, >= 1.
+        refill_fraction: share of slots that must be free before waiting prompts are
+            prefilled into them, in (0, 1] (small: fewer idle rows; large: fewer prefills).
+        compact_fraction: with nothing waiting, share of running rows that must have ended
+            before the cache is compacted, in (0, 1].
+        draw: replaces temperature-1 ancestral sampling (serving's temperature, top-p and
+            per-request seeds): ``draw(logp (k, V) fp32 log-softmax, rows (k,) indices into
+            prompt_ids) -> (tokens (k,) long, logprobs (k,) fp32)``, called for running rows
+            only, where ``logprobs`` are those of the distribution it actually sampled from;
+            they are what is recorded.
+        on_step: called after each draw with ``(rows (k,), tokens (k,), emitted (k,) bool)``
+            for the rows that drew (indices into prompt_ids; ``emitted`` is all True: each
+            drawn token belongs to its completion, streaming reads it here). It may return a
+            ``(k,)`` bool tensor of rows to end now, unfinished unless the token was an EOS
+            (a stop sequence, a per-request length cap, a client gone), or None.
+
+    Yields:
+        ``(index into prompt_ids, completion ids, behaviour logprobs, finished)`` as each
+        completion ends, so in order of ending, not of ``prompt_ids``.
+
+    Raises:
+        ValueError: a bad ``max_new_tokens``/``batch_size``/fraction, an empty prompt, or a
+            prompt with as many tokens as the context limit.
+    """
+    if max_new_tokens < 1 or batch_size < 1 or not 0 < refill_fraction <= 1 or not 0 < compact_fraction <= 1:
+        raise ValueError(
+            "max_new_tokens and batch_size must be >= 1 and the fractions in (0, 1]; got "
+            f"{max_new_tokens}, {batch_size}, {refill_fraction}, {compact_fraction}"
+        )
+    if not prompt_ids:
+        return
+    inner, lm_head = model.model, model.lm_head
+    device = _model_device(model)
+    dtype = inner.embed_tokens.weight.dtype
+    limit = int(getattr(model.config, "max_position_embeddings", 1 << 30))
+    for i, p in enumerate(prompt_ids):
+        if not p:
+            raise ValueError(f"prompt {i} has no tokens; a completion needs at least one token to follow")
+        if len(p) >= limit:
+            raise ValueError(f"prompt {i} has {len(p)} tokens; the context limit is {limit}")
+    M = max(1, max_new_tokens)
+    B = min(batch_size, len(prompt_ids))
+    W = max(len(p) for p in prompt_ids) + M  # columns: a group's padded prompt, then its completions
+    n_kv, d = _kv_shape(inner)
+    keys = [torch.zeros((B, n_kv, W, d), dtype=dtype, device=device) for _ in inner.layers]
+    values = [torch.zeros((B, n_kv, W, d), dtype=dtype, device=device) for _ in inner.layers]
+    valid = torch.zeros((B, W), dtype=torch.bool, device=device)  # cache columns a row attends to
+    cols = torch.zeros(B, dtype=torch.long, device=device)  # column each row writes next
+    pos = torch.zeros(B, dtype=torch.long, device=device)  # position of the token each row feeds next
+    feed = torch.zeros(B, dtype=torch.long, device=device)  # token each row feeds next
+    n_gen = torch.zeros(B, dtype=torch.long, device=device)  # tokens sampled per row
+    stop_at = torch.zeros(B, dtype=torch.long, device=device)  # tokens a row may take
+    alive = torch.zeros(B, dtype=torch.bool, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    owner = [-1] * B  # prompt index each slot holds
+    out_tokens = torch.full((B, M), pad_id, dtype=torch.long, device=device)
+    out_logprobs = torch.zeros((B, M), dtype=torch.float32, device=device)
+    eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
+    waiting = list(range(len(prompt_ids)))
+    waiting.reverse()  # pop() takes the next prompt in order
+    b = 0  # rows 0 : b run each decoding step (some may have ended and wait to be replaced)
+    end = 0  # upper bound on the columns any running row uses
+
+    def sample(logp, rows):
+        """Draw for slots ``rows``: ``(tokens (k,), their recorded logprobs (k,))``."""
+        if draw is None:
+            nxt = _draw(logp, generator, greedy)  # (k,)
+            return nxt, logp.gather(1, nxt[:, None]).squeeze(1)
+        nxt = torch.full((rows.numel(),), pad_id, dtype=torch.long, device=device)
+        nxt_logp = torch.zeros(rows.numel(), dtype=torch.float32, device=device)
+        live = alive[rows].nonzero().squeeze(1)  # hooks see running rows only (seeded draws stay exact)
+        if live.numel():
+            owners = torch.tensor([owner[int(s_)] for s_ in rows[live].tolist()], dtype=torch.long, device=device)
+            t, lp = draw(logp[live], owners)
+            nxt[live], nxt_logp[live] = t.to(device), lp.to(device=device, dtype=torch.float32)
+        return nxt, nxt_logp
+
+    def take(nxt, nxt_logp, rows):
+        """Record the tokens ``nxt`` drawn for ``rows``; returns which of them ended."""
+        out_tokens[rows, n_gen[rows].clamp(max=M - 1)] = nxt
+        out_logprobs[rows, n_gen[rows].clamp(max=M - 1)] = nxt_logp
+        n_gen[rows] += alive[rows].long()
+        is_eos = torch.isin(nxt, eos) & alive[rows]
+        finished[rows] |= is_eos
+        ended = alive[rows] & (is_eos | (n_gen[rows] >= stop_at[rows]))
+        if on_step is not None:
+            live = alive[rows].nonzero().squeeze(1)
+            if live.numel():
+                owners = torch.tensor([owner[int(s_)] for s_ in rows[live].tolist()], dtype=torch.long, device=device)
+                stop = on_step(owners, nxt[live], torch.ones(live.numel(), dtype=torch.bool, device=device))
+                if stop is not None:
+                    ended[live] |= stop.to(device=device, dtype=torch.bool)
+        alive[rows] &= ~ended
+        return ended
+
+    def emit(rows_ended: list[int]):
+        if not rows_ended:
+            return
+        idx = torch.tensor(rows_ended, dtype=torch.long, device=device)
+        toks, lps, counts, done = out_tokens[idx].tolist(), out_logprobs[idx].tolist(), n_gen[idx].tolist(), finished[idx].tolist()
+        for slot, t, lp, n, f in zip(rows_ended, toks, lps, counts, done):
+            yield owner[slot], t[:n], lp[:n], f
+            owner[slot] = -1
+
+    while True:
+        free = [slot for slot in range(B) if owner[slot] < 0]
+        if waiting and free and (len(free) >= refill_fraction * B or b == 0 or not bool(alive[:b].any())):
+            slots = free[: len(waiting)]
+            group = [waiting.pop() for _ in slots]
+            logits, g_keys, g_values, g_valid = _prefill(inner, lm_head, [prompt_ids[i] for i in group], pad_id, device, dtype)
+            P = g_valid.shape[1]
+            sel = torch.tensor(slots, dtype=torch.long, device=device)
+            for cache, fresh in ((keys, g_keys), (values, g_values)):
+                for layer_cache, layer_fresh in zip(cache, fresh):
+                    layer_cache[sel, :, :P] = layer_fresh
+            valid[sel] = False
+            valid[sel, :P] = g_valid
+            lengths = torch.tensor([len(prompt_ids[i]) for i in group], dtype=torch.long, device=device)
+            cols[sel] = P
+            pos[sel] = lengths
+            n_gen[sel] = 0
+            stop_at[sel] = (limit - lengths).clamp(max=M)
+            alive[sel] = True
+            finished[sel] = False
+            for slot, i in zip(slots, group):
+                owner[slot] = i
+            logp = torch.log_softmax(logits, dim=-1)  # (k, V)
+            nxt, nxt_logp = sample(logp, sel)  # (k,)
+            feed[sel] = nxt
+            ended = take(nxt, nxt_logp, sel)
+            yield from emit([s_ for s_, e in zip(slots, ended.tolist()) if e])
+            b = max(b, max(slots) + 1)
+            end = max(end, P + 1)
+            continue
+        running = alive[:b]
+        n_alive = int(running.sum())
+        if n_alive == 0:
+            if not waiting:
+                return
+            continue
+        if not waiting and b - n_alive >= compact_fraction * b:
+            keep = running.nonzero().squeeze(1)
+            for cache in (keys, values):
+                for layer_cache in cache:
+                    layer_cache[:n_alive, :, :end] = layer_cache[keep, :, :end]  # running rows to the front
+            for state in (valid, cols, pos, feed, n_gen, stop_at, alive, finished, out_tokens, out_logprobs):
+                state[:n_alive] = state[keep].clone()
+            kept = keep.tolist()
+            owner[:b] = [owner[s_] for s_ in kept] + [-1] * (b - n_alive)
+            alive[n_alive:b] = False
+            b = n_alive
+        # One decoding step for rows 0 : b; ended rows still run (on a column they do not advance).
+        rows = torch.arange(b, device=device)
+        valid[rows, cols[:b]] = True
+        logits = _forward_fast(
+            inner, lm_head, feed[:b, None], pos[:b, None], valid[:b, None, None, :end], keys, values, cols[:b]
+        )
+        logp = torch.log_softmax(logits, dim=-1)  # (b, V)
+        was_alive = alive[:b].clone()
+        nxt, nxt_logp = sample(logp, rows)  # (b,)
+        ended = take(nxt, nxt_logp, rows)
+        step = was_alive.long()
+        cols[:b] += step
+        pos[:b] += step
+        feed[:b] = torch.where(was_alive, nxt, feed[:b])
+        end = min(W, end + 1)
+        yield from emit(ended.nonzero().squeeze(1).tolist())
 
 
 @torch.no_grad()
@@ -251,100 +498,39 @@ def sample_batch_fast(
     generator: torch.Generator,
     greedy: bool = False,
     compact_fraction: float = 0.25,
+    draw: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    on_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
 ) -> tuple[list[list[int]], list[list[float]], list[bool]]:
     """Sample one batch of a Llama-family model with a preallocated key/value cache.
 
-    Same contract and same distribution as :func:`sample_batch_generic`, without the
-    per-step costs of the generic forward (mask building, cache objects, output
-    dataclasses): one prefill of the left-padded prompts, then one token per step written
-    into a cache allocated once for ``prompt width + max_new_tokens`` columns. Rows whose
-    completion ended leave the batch (their cache rows are dropped) once
-    ``compact_fraction`` of the running rows have ended, so later steps cost less. A row
-    also stops, unfinished, when prompt plus completion reach the model's
-    ``max_position_embeddings``.
+    Same contract and same distribution as :func:`sample_batch_generic`: every prompt of
+    ``prompt_ids`` decodes at once (:func:`sample_continuous` with ``batch_size =
+    len(prompt_ids)``, so nothing waits); rows whose completion ended leave the batch once
+    ``compact_fraction`` of the running rows have ended. A row also stops, unfinished,
+    when prompt plus completion reach the model's ``max_position_embeddings``.
 
     Args:
-        model: a plain model passing :func:`fast_path_supported`, in eval mode, any dtype
-            and device; logits are turned into fp32 logprobs.
-        prompt_ids: non-empty token id lists, each shorter than the context limit.
-        eos_ids, pad_id, max_new_tokens, generator, greedy: as :func:`sample_batch_generic`.
-        compact_fraction: share of running rows that must have ended before the batch is
-            compacted, in (0, 1].
+        draw, on_step: hooks as in :func:`sample_continuous` (``rows`` index ``prompt_ids``).
 
     Returns:
         ``(completion ids, behaviour logprobs, finished)``, one entry per prompt, in order.
     """
-    inner, lm_head = model.model, model.lm_head
-    device = _model_device(model)
-    dtype = inner.embed_tokens.weight.dtype
-    limit = int(getattr(model.config, "max_position_embeddings", 1 << 30))
-    lengths = torch.tensor([len(p) for p in prompt_ids], dtype=torch.long)
-    input_ids, attention_mask = left_pad(prompt_ids, pad_id)  # (B, P)
-    B, P = input_ids.shape
-    steps = max(0, min(max_new_tokens, limit - int(lengths.min())))
-    width = P + steps
-    n_kv = inner.layers[0].self_attn.k_proj.out_features // inner.layers[0].self_attn.head_dim
-    d = inner.layers[0].self_attn.head_dim
-    keys = [torch.zeros((B, n_kv, width, d), dtype=dtype, device=device) for _ in inner.layers]
-    values = [torch.zeros((B, n_kv, width, d), dtype=dtype, device=device) for _ in inner.layers]
-    valid = torch.zeros((B, width), dtype=torch.bool, device=device)  # keys a query may attend to
-    valid[:, :P] = attention_mask.bool()
-    eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
-
-    # Prefill: causal over the prompt, never onto padding; a padding query sees itself (no NaN).
-    causal = torch.ones((P, P), dtype=torch.bool, device=device).tril()
-    mask = (causal[None] & valid[:, None, :P]) | torch.eye(P, dtype=torch.bool, device=device)[None]
-    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0).to(device)  # (B, P)
-    rows = torch.arange(B, device=device)  # original row of each running row
-    next_pos = lengths.to(device)  # (b,) position of the token fed next
-    stop_at = (limit - lengths).clamp(max=steps).to(device)  # tokens each row may still take
-    out_tokens = torch.full((B, max(steps, 1)), pad_id, dtype=torch.long, device=device)
-    out_logprobs = torch.zeros((B, max(steps, 1)), dtype=torch.float32, device=device)
-    n_tokens = torch.zeros(B, dtype=torch.long, device=device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
-    alive = torch.ones(B, dtype=torch.bool, device=device)  # per running row: still sampling
-    ids = input_ids.to(device)
-    col = 0
-    for step in range(steps):
-        logits = _forward_fast(inner, lm_head, ids, positions, mask[:, None], keys, values, col)  # (b, V)
-        col += ids.shape[1]
-        logp = torch.log_softmax(logits, dim=-1)
-        nxt = _draw(logp, generator, greedy)  # (b,)
-        # Rows that ended but were not compacted away yet still run; their draws are past
-        # their recorded length and so never read.
-        out_tokens[rows, step] = nxt
-        out_logprobs[rows, step] = logp.gather(1, nxt[:, None]).squeeze(1)
-        n_tokens[rows] = torch.where(alive, step + 1, n_tokens[rows])
-        is_eos = torch.isin(nxt, eos) & alive
-        finished[rows] |= is_eos
-        alive = alive & ~is_eos & (stop_at > step + 1)
-        n_alive = int(alive.sum())
-        if n_alive == 0 or step + 1 == steps:
-            break
-        valid[:, col] = True
-        b = rows.numel()
-        if b - n_alive >= compact_fraction * b:
-            keep = alive.nonzero().squeeze(1)
-            for cache in (keys, values):
-                for layer_cache in cache:
-                    layer_cache[:n_alive] = layer_cache[keep]  # the running rows move to the front
-            valid[:n_alive] = valid[keep].clone()
-            rows, nxt, next_pos, stop_at, alive = rows[keep], nxt[keep], next_pos[keep], stop_at[keep], alive[keep]
-            b = n_alive
-        ids = nxt[:, None]
-        positions = next_pos[:, None]
-        next_pos = next_pos + 1
-        mask = valid[:b, None, : col + 1]  # (b, 1, col + 1)
-
-    tokens_bt = out_tokens.tolist()
-    logprobs_bt = out_logprobs.tolist()
-    counts = n_tokens.tolist()
-    done = finished.tolist()
-    return (
-        [row[:n] for row, n in zip(tokens_bt, counts)],
-        [row[:n] for row, n in zip(logprobs_bt, counts)],
-        done,
-    )
+    results: list = [None] * len(prompt_ids)
+    for i, completion, logprobs, done in sample_continuous(
+        model,
+        prompt_ids,
+        eos_ids=eos_ids,
+        pad_id=pad_id,
+        max_new_tokens=max_new_tokens,
+        generator=generator,
+        greedy=greedy,
+        batch_size=max(1, len(prompt_ids)),
+        compact_fraction=compact_fraction,
+        draw=draw,
+        on_step=on_step,
+    ):
+        results[i] = (completion, logprobs, done)
+    return [r[0] for r in results], [r[1] for r in results], [r[2] for r in results]
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -419,21 +605,58 @@ def generate(
     fast: bool = True,
     greedy: bool = False,
 ) -> list[Rollout]:
-    """Sample one completion per prompt, ``batch_size`` prompts at a time.
+    """Sample one completion per prompt, at most ``batch_size`` prompts decoding at once.
 
-    The one sampler of the app (pool refill, the guard's evaluation, the benchmarks).
-    Llama-family models (:func:`fast_path_supported`) run :func:`sample_batch_fast` on
-    :func:`sampling_model` (LoRA merged, ``precision``); other models, and ``fast=False``,
-    run :func:`sample_batch_generic` on the policy's own module in its own dtype.
+    The one sampler of the app (pool refill, the guard's evaluation, the benchmarks): all
+    of :func:`generate_stream`'s completions, returned in the order of ``prompts``. Same
+    arguments, returns one :class:`Rollout` per prompt, raises the same errors.
+    """
+    rollouts: list[Rollout | None] = [None] * len(prompts)
+    for i, r in generate_stream(
+        policy,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        batch_size=batch_size,
+        precision=precision,
+        device=device,
+        fast=fast,
+        greedy=greedy,
+    ):
+        rollouts[i] = r
+    return rollouts
+
+
+def generate_stream(
+    policy: Policy,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 96,
+    seed: int | None = None,
+    batch_size: int = 8,
+    precision: str = "auto",
+    device: str | torch.device | None = None,
+    fast: bool = True,
+    greedy: bool = False,
+) -> Iterator[tuple[int, Rollout]]:
+    """Sample one completion per prompt and yield each as soon as it ends.
+
+    Llama-family models (:func:`fast_path_supported`) run :func:`sample_continuous` on
+    :func:`sampling_model` (LoRA merged, ``precision``): ``batch_size`` rows decode at once
+    and a finished row's slot goes to the next waiting prompt, so ``prompts`` may be many
+    more than ``batch_size``. Other models, and ``fast=False``, run
+    :func:`sample_batch_generic` on the policy's own module in its own dtype, ``batch_size``
+    prompts at a time. The policy is in eval mode while the generator runs and goes back to
+    its mode when the generator ends or is closed.
 
     Args:
         policy: the behaviour policy (any mode; sampling runs in eval mode, no grad).
         prompts: user texts, rendered with :func:`render_prompt`.
         max_new_tokens: cap on completion length in tokens, >= 1. A completion also stops
             (unfinished) where prompt plus completion reach the model's context limit.
-        seed: seeds the sampler (same seed, prompts, weights, device and precision give
-            the same rollouts); ``None`` draws from torch's global generator.
-        batch_size: prompts per forward batch, >= 1.
+        seed: seeds the sampler (same seed, prompts, ``batch_size``, weights, device and
+            precision give the same rollouts); ``None`` draws from torch's global generator.
+        batch_size: rows decoding at once, >= 1.
         precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (:func:`sampling_dtype`). bf16
             logprobs differ from the trainer's; the trainer corrects for that with
             truncated importance sampling (``PGConfig.tis_cap``).
@@ -442,13 +665,15 @@ def generate(
         greedy: take the most likely token instead of sampling (tests); behaviour
             logprobs are still those of the temperature-1 distribution.
 
-    Returns:
-        One :class:`Rollout` per prompt, in order. Behaviour logprobs are those of the
-        temperature-1 distribution actually sampled (in ``precision``).
+    Yields:
+        ``(index into prompts, Rollout)`` as each completion ends (fast path: in order of
+        ending; generic path: in order). Behaviour logprobs are those of the temperature-1
+        distribution actually sampled (in ``precision``).
 
     Raises:
         ValueError: ``max_new_tokens`` or ``batch_size`` < 1, an unknown ``precision``, a
-            prompt rendering to no tokens or to as many tokens as the context limit.
+            prompt rendering to no tokens or to as many tokens as the context limit (all
+            checked before anything is sampled).
     """
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens} and {batch_size}")
@@ -463,9 +688,18 @@ def generate(
             raise ValueError(f"prompt {text!r} renders to no tokens")
         if limit is not None and len(ids) >= limit:
             raise ValueError(f"prompt {text[:40]!r}... renders to {len(ids)} tokens; the context limit is {limit}")
+    return _generate_stream(policy, prompt_ids, eos_ids, dtype, device, max_new_tokens, seed, batch_size, fast, greedy)
+
+
+def _generate_stream(policy, prompt_ids, eos_ids, dtype, device, max_new_tokens, seed, batch_size, fast, greedy):
+    tokenizer = policy.tokenizer
+
+    def rollout(i: int, completion: list[int], logprobs: list[float], finished: bool) -> tuple[int, Rollout]:
+        text = tokenizer.decode(completion, skip_special_tokens=True).replace("\x00", "\ufffd")
+        return i, Rollout(prompt_ids[i], completion, logprobs, text, finished)
+
     was_training = policy.model.training
     policy.model.eval()
-    rollouts: list[Rollout] = []
     try:
         if fast:
             model = sampling_model(policy, dtype=dtype, device=device)
@@ -476,21 +710,15 @@ def generate(
                 raise ValueError(f"the generic path samples on the policy's own device, not {device}")
         generator = torch.Generator(device=_model_device(model))
         generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()) if seed is None else seed)
-        sample = sample_batch_fast if fast else sample_batch_generic
+        common = dict(eos_ids=eos_ids, pad_id=tokenizer.pad_token_id, max_new_tokens=max_new_tokens, generator=generator, greedy=greedy)
+        if fast:
+            for i, completion, logprobs, finished in sample_continuous(model, prompt_ids, batch_size=batch_size, **common):
+                yield rollout(i, completion, logprobs, finished)
+            return
         for start in range(0, len(prompt_ids), batch_size):
             chunk = prompt_ids[start : start + batch_size]
-            completions, behaviour, done = sample(
-                model,
-                chunk,
-                eos_ids=eos_ids,
-                pad_id=tokenizer.pad_token_id,
-                max_new_tokens=max_new_tokens,
-                generator=generator,
-                greedy=greedy,
-            )
-            for ids, completion, logprobs, finished in zip(chunk, completions, behaviour, done):
-                text = tokenizer.decode(completion, skip_special_tokens=True).replace("\x00", "\ufffd")
-                rollouts.append(Rollout(ids, completion, logprobs, text, finished))
+            completions, behaviour, done = sample_batch_generic(model, chunk, **common)
+            for j, (completion, logprobs, finished) in enumerate(zip(completions, behaviour, done)):
+                yield rollout(start + j, completion, logprobs, finished)
     finally:
         policy.model.train(was_training)
-    return rollouts

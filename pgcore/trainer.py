@@ -217,6 +217,18 @@ def proximal_logprobs(policy: Policy, batch: TrainBatch, config: PGConfig) -> li
     return _batch_logprobs(policy.model, policy, batch, config)
 
 
+def lora_adapter_is_zero(policy: Policy) -> bool:
+    """True when ``policy`` is a LoRA policy whose every ``lora_B`` matrix is exactly zero.
+
+    Such an adapter (peft's initialisation, Hu et al. 2021) adds ``B @ A @ x = 0`` to every
+    projection, so the policy computes exactly its reference policy.
+    """
+    if not policy.is_lora:
+        return False
+    lora_b = [p for name, p in policy.model.named_parameters() if "lora_B" in name]
+    return bool(lora_b) and all(not bool(p.detach().any()) for p in lora_b)
+
+
 def _batch_logprobs(model, policy: Policy, batch: TrainBatch, config: PGConfig) -> list[torch.Tensor]:
     pad_id = policy.tokenizer.pad_token_id
     out: list[torch.Tensor | None] = [None] * len(batch)
@@ -335,7 +347,9 @@ def update(
         proximal = None
         if config.tis_cap > 0:
             t = time.perf_counter()
-            proximal = proximal_logprobs(policy, batch, config)
+            # A fresh LoRA adapter (B = 0) adds exactly zero: the policy is its reference, and
+            # the reference pass just made is the proximal pass too (a first run from the base).
+            proximal = ref_logprobs if lora_adapter_is_zero(policy) else proximal_logprobs(policy, batch, config)
             timings["proximal"] = time.perf_counter() - t
 
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)

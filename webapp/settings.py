@@ -23,6 +23,10 @@ Everything a deployment changes comes from the environment:
 - ``REWARDLOOP_API_RATE`` (default ``600/m``): requests per API token per second
   (``s``), minute (``m``), hour (``h``) or day (``d``); beyond it a 429. Counted in
   the cache: shared by every web process with ``REWARDLOOP_CACHE_URL``, else per process.
+- ``REWARDLOOP_INFERENCE_URL`` (default ``http://127.0.0.1:8001``): the inference process
+  (``manage.py serve_inference``) that the OpenAI-compatible routes ``/v1/...`` call. Caps on
+  one request there: ``REWARDLOOP_SERVE_MAX_BODY_BYTES`` (1 MiB), ``REWARDLOOP_SERVE_MAX_PROMPT_CHARS``
+  (16,000), ``REWARDLOOP_SERVE_MAX_TOKENS`` (512), ``REWARDLOOP_SERVE_MAX_N`` (8).
 - ``REWARDLOOP_TORCH_THREADS``: torch threads per worker process (default: the
   usable cores (affinity, cgroup quota) divided by the worker's concurrency and by
   ``REWARDLOOP_WORKER_POOLS`` (default 2: generation and training), at least 1;
@@ -87,6 +91,7 @@ INSTALLED_APPS = [
     "webapp.annotation",
     "webapp.training",
     "webapp.rewards",
+    "webapp.serving",
 ]
 
 MIDDLEWARE = [
@@ -249,6 +254,12 @@ CELERY_TIMEZONE = TIME_ZONE
 REWARDLOOP_TRAIN_INTERVAL_S = int(os.environ.get("REWARDLOOP_TRAIN_INTERVAL_S", "300"))
 REWARDLOOP_POOL_INTERVAL_S = int(os.environ.get("REWARDLOOP_POOL_INTERVAL_S", "30"))
 REWARDLOOP_API_RATE = os.environ.get("REWARDLOOP_API_RATE", "600/m")
+# OpenAI-compatible serving (/v1/): where the inference process listens, and the caps on one request.
+REWARDLOOP_INFERENCE_URL = os.environ.get("REWARDLOOP_INFERENCE_URL", "http://127.0.0.1:8001")
+REWARDLOOP_SERVE_MAX_BODY_BYTES = int(os.environ.get("REWARDLOOP_SERVE_MAX_BODY_BYTES", str(1 << 20)))
+REWARDLOOP_SERVE_MAX_PROMPT_CHARS = int(os.environ.get("REWARDLOOP_SERVE_MAX_PROMPT_CHARS", "16000"))
+REWARDLOOP_SERVE_MAX_TOKENS = int(os.environ.get("REWARDLOOP_SERVE_MAX_TOKENS", "512"))
+REWARDLOOP_SERVE_MAX_N = int(os.environ.get("REWARDLOOP_SERVE_MAX_N", "8"))
 REWARDLOOP_TORCH_THREADS = int(os.environ.get("REWARDLOOP_TORCH_THREADS", "0"))
 REWARDLOOP_WORKER_POOLS = int(os.environ.get("REWARDLOOP_WORKER_POOLS", "2"))
 # A worker child is replaced after this many tasks, or after a task that leaves it above

@@ -12,6 +12,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("accounts/", include("webapp.accounts.urls")),
     path("api/v1/", api.urls),
+    path("v1/", include("webapp.serving.urls")),  # OpenAI-compatible inference
     path("p/<slug:slug>/", include("webapp.annotation.urls")),
     path("staff/p/<slug:slug>/", include("webapp.training.urls")),
     path("staff/p/<slug:slug>/versions/", include("webapp.policies.urls")),

@@ -1,4 +1,4 @@
-"""The fast sampling path (pgcore.rollout.sample_batch_fast) against the reference paths.
+"""The fast sampling path (pgcore.rollout.sample_continuous, sample_batch_fast) against the reference paths.
 
 Reference: Hugging Face ``generate`` (greedy) and pgcore's generic path (the model's own
 forward), on the tiny random Llama. fp32 must agree exactly up to float rounding; bf16 is
@@ -106,8 +106,8 @@ def test_completions_stop_at_their_first_eos_and_finished_rows_leave_the_batch(e
 def test_compacting_the_batch_changes_no_greedy_token(eos_prone, monkeypatch):
     prompts = PROMPTS * 4
     compacted = generate(eos_prone, prompts, max_new_tokens=12, greedy=True, precision="fp32", batch_size=20)
-    fast = rollout.sample_batch_fast
-    monkeypatch.setattr(rollout, "sample_batch_fast", lambda *a, **k: fast(*a, **{**k, "compact_fraction": 1.0}))
+    fast = rollout.sample_continuous
+    monkeypatch.setattr(rollout, "sample_continuous", lambda *a, **k: fast(*a, **{**k, "compact_fraction": 1.0}))
     never = generate(eos_prone, prompts, max_new_tokens=12, greedy=True, precision="fp32", batch_size=20)
     generic = generate(eos_prone, prompts, max_new_tokens=12, greedy=True, fast=False, batch_size=20)
     assert [r.completion_ids for r in compacted] == [r.completion_ids for r in never] == [r.completion_ids for r in generic]
@@ -184,3 +184,14 @@ def test_a_sampled_nul_byte_never_reaches_the_text(frozen_policy):
     [r] = generate(frozen_policy, ["hi"], max_new_tokens=3, seed=0, precision="fp32")
     assert r.completion_ids == [nul] * 3
     assert "\x00" not in r.text and r.text == "\ufffd" * 3
+
+
+def test_sample_batch_fast_keeps_its_contract_one_batch_in_prompt_order(frozen_policy):
+    model = sampling_model(frozen_policy, dtype=torch.float32)
+    ids = [render_prompt(frozen_policy.tokenizer, p) for p in PROMPTS]
+    completions, logprobs, done = rollout.sample_batch_fast(
+        model, ids, eos_ids={EOS}, pad_id=EOS, max_new_tokens=7, generator=torch.Generator().manual_seed(0), greedy=True
+    )
+    assert completions == _hf_greedy(frozen_policy, PROMPTS, 7)
+    assert [len(lp) for lp in logprobs] == [len(c) for c in completions]
+    assert done == [bool(c) and c[-1] == EOS for c in completions]

@@ -140,7 +140,7 @@ def test_one_member_has_zero_uncertainty():
     assert (std == 0).all()
 
 
-@pytest.mark.parametrize("head,pca_dim", [("linear", 0), ("mlp", 0), ("mlp", 4)])
+@pytest.mark.parametrize("head,pca_dim", [("linear", 0), ("mlp", 0), ("mlp", 4), ("ridge", 0), ("ridge", 4)])
 def test_a_single_rating_fits_without_nan(head, pca_dim):
     x, _ = _synthetic(n=1)
     model, metrics = fit(x, Judgments([0], [0.5]), RewardModelConfig(**{**SMALL, "head": head, "pca_dim": pca_dim}))
@@ -181,6 +181,61 @@ def test_fit_is_reproducible_with_one_seed():
     m1, _ = fit(x, Judgments(torch.arange(len(y)), y), config)
     m2, _ = fit(x, Judgments(torch.arange(len(y)), y), config)
     assert_close(score(m1, x)[0], score(m2, x)[0])
+
+
+# ---------------------------------------------------------------- the ridge head (closed form)
+
+
+def test_a_ridge_member_without_bootstrap_is_the_normal_equations_solution():
+    x, y = _synthetic(n=30, f=5)
+    alpha = 2.0
+    config = RewardModelConfig(head="ridge", ridge_alpha=alpha, n_members=1, bootstrap=False)
+    model, metrics = fit(x, Judgments(torch.arange(30), y), config)
+    # By hand, on the standardised features: penalise the weights, not the bias.
+    xs = ((x - x.mean(0)) / x.std(0, unbiased=False)).double()
+    design = torch.cat([xs, torch.ones(30, 1, dtype=torch.float64)], dim=1)
+    penalty = torch.diag(torch.tensor([alpha] * 5 + [0.0], dtype=torch.float64))
+    expected = torch.linalg.solve(design.T @ design + penalty, design.T @ y.double())
+    assert_close(model.w[0].double(), expected[:-1], atol=1e-5, rtol=1e-5)
+    assert_close(model.b[0].double(), expected[-1], atol=1e-5, rtol=1e-5)
+    assert metrics["fit/ridge_alpha"] == alpha
+
+
+def test_ridge_bootstrap_counts_weight_rows_like_repeated_rows():
+    from pgcore.reward_model import _ridge_solve
+
+    design = torch.tensor([[1.0, 1.0], [2.0, 1.0], [3.0, 1.0]], dtype=torch.float64)
+    target = torch.tensor([1.0, 0.0, 5.0], dtype=torch.float64)
+    weighted = _ridge_solve(design, target, torch.tensor([2.0, 1.0, 0.0], dtype=torch.float64), 0.5)
+    repeated = _ridge_solve(design[[0, 0, 1]], target[[0, 0, 1]], torch.ones(3, dtype=torch.float64), 0.5)
+    assert_close(weighted, repeated)
+
+
+def test_ridge_ensemble_predicts_and_has_a_spread():
+    x, y = _synthetic(n=80)
+    model, metrics = fit(x, Judgments(torch.arange(60), y[:60]), RewardModelConfig(head="ridge", n_members=5))
+    mean, std = score(model, x[60:])
+    assert pearson(mean, y[60:]) > 0.9
+    assert (std > 0).all()
+    assert metrics["fit/ridge_alpha"] in __import__("pgcore.reward_model", fromlist=["x"]).RIDGE_ALPHAS
+    assert metrics["loss/final"] < 0.5 * metrics["loss/initial"]
+
+
+def test_ridge_learns_from_pairs_alone():
+    x, y = _synthetic(n=30)
+    a, b = torch.arange(0, 30, 2), torch.arange(1, 30, 2)
+    target = (y[a] > y[b]).float()
+    model, _ = fit(x, Judgments(pair_a=a, pair_b=b, pair_target=target), RewardModelConfig(head="ridge", ridge_alpha=1.0))
+    assert pairwise_accuracy(score(model, x)[0], y) > 0.7
+
+
+def test_ridge_ensemble_is_less_certain_far_from_its_training_points():
+    x, y = _synthetic()
+    model, _ = fit(x, Judgments(torch.arange(len(y)), y), RewardModelConfig(head="ridge", ridge_alpha=1.0))
+    _, std_train = score(model, x)
+    far = _synthetic(n=40, seed=1)[0] * 8.0 + 5.0
+    _, std_far = score(model, far)
+    assert std_far.mean() > 3 * std_train.mean()
 
 
 def test_config_rejects_values_out_of_range():

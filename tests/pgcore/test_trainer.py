@@ -356,3 +356,33 @@ def test_frozen_weights_are_restored_when_an_update_fails(lora_policy, native_bf
     with pytest.raises(TrainingCancelled):
         update(lora_policy, batch, config, on_step=stop)
     assert {name: p.dtype for name, p in lora_policy.model.named_parameters()} == dtypes
+
+
+def test_a_fresh_adapter_reuses_the_reference_pass_as_the_proximal_one_with_the_same_update(
+    lora_policy, fp32_config, tiny_path, monkeypatch
+):
+    assert trainer.lora_adapter_is_zero(lora_policy)
+    assert not trainer.lora_adapter_is_zero(load_policy(tiny_path))  # not LoRA at all
+    batch = _batch(lora_policy, [1.0, -1.0, 0.5])
+
+    def run(skip_shortcut):
+        policy = load_policy(tiny_path, config=fp32_config, trainable=True)
+        passes = []
+        real = trainer.proximal_logprobs
+        monkeypatch.setattr(trainer, "proximal_logprobs", lambda *a: passes.append(1) or real(*a))
+        if skip_shortcut:
+            monkeypatch.setattr(trainer, "lora_adapter_is_zero", lambda policy: False)
+        seen = []
+        update(policy, batch, fp32_config, on_step=seen.append)
+        monkeypatch.undo()
+        return len(passes), seen, _weights(policy)
+
+    passes_fast, seen_fast, weights_fast = run(skip_shortcut=False)
+    passes_slow, seen_slow, weights_slow = run(skip_shortcut=True)
+    assert (passes_fast, passes_slow) == (0, 1)
+    assert [s["policy/tis_weight_mean"] for s in seen_fast] == [s["policy/tis_weight_mean"] for s in seen_slow]
+    assert _same(weights_fast, weights_slow)
+
+
+def test_a_trained_adapter_is_not_zero_and_gets_its_own_proximal_pass(drifted_lora_policy):
+    assert not trainer.lora_adapter_is_zero(drifted_lora_policy)

@@ -268,3 +268,41 @@ def test_the_admin_shows_a_runs_steps_read_only(rated_run, client, django_user_m
     page = client.get(f"/admin/training/trainingrun/{rated_run.pk}/change/").content.decode()
     assert "build the batch" in page and "promotion guard" in page
     assert 'name="steps-0-status"' not in page  # shown, not editable
+
+
+def test_serving_a_version_never_evaluated_queues_its_evaluation_and_the_run_finds_its_parent_measured(
+    rated_run, make_user, monkeypatch
+):
+    from webapp.annotation.importers import PromptRow
+    from webapp.policies import services as policy_services
+    from webapp.training import evaluation, tasks
+    from webapp.training.signals import version_evaluate_send
+
+    project = rated_run.project
+    annotation_services.prompts_create(
+        project=project, rows=[PromptRow(line=1, text="Held-out review: the plot", held_out=True)]
+    )
+    v0 = project.served_version
+    queued_messages("training")
+    assert version_evaluate_send(project_id=project.pk)  # what bootstrap_demo and a serve of v0 send
+    assert queued_messages("training") == [("webapp.training.tasks.version_samples_ensure", [v0.pk])]
+    tasks.version_samples_ensure(v0.pk)  # the worker runs it
+    v0.refresh_from_db()
+    assert v0.evaluated_at is not None and v0.kl_to_base == 0.0  # the base is its own reference
+
+    seen = []
+    real = evaluation.version_evaluate
+
+    def recorded(*, version, policy=None):
+        seen.append(version.number)
+        return real(version=version, policy=policy)
+
+    monkeypatch.setattr(evaluation, "version_evaluate", recorded)
+    run_steps(rated_run, STEP_ORDER, WORKER_A)
+    assert seen == [1]  # only the new version: its parent was measured while it was served
+    assert queued_messages("training") == []  # v1 was measured by its run: nothing more to send
+    v1 = ModelVersion.objects.get(project=project, number=1)
+    policy_services.version_promote(version=v0, user=make_user("boss", staff=True))
+    assert queued_messages("training") == []  # v0 is measured already
+    assert not version_evaluate_send(project_id=project.pk)
+    assert v1.evaluated_at is not None

@@ -171,6 +171,14 @@ class PoolClaim(models.Model):
         return f"claim on prompt {self.prompt_id} for {self.model_version}"
 
 
+class ChosenBy(models.TextChoices):
+    """Why the queue served an item (``Lease.chosen_by``)."""
+
+    FIFO = "fifo", "Queue order (unfinished items first, then oldest)"
+    UNIFORM = "uniform", "Drawn uniformly at random (active queue's unbiased share)"
+    ACTIVE = "active", "Largest reward-model uncertainty (active queue)"
+
+
 class Lease(models.Model):
     completion = models.ForeignKey(Completion, on_delete=models.CASCADE, related_name="leases")
     annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="leases")
@@ -183,6 +191,13 @@ class Lease(models.Model):
         help_text="Pairwise only: whether the pair's completion A is shown on the left (drawn at random per lease).",
     )
     fulfilled = models.BooleanField("rated", default=False, help_text="A fulfilled lease keeps its slot for good.")
+    chosen_by = models.CharField(
+        "chosen by",
+        max_length=8,
+        choices=ChosenBy.choices,
+        default=ChosenBy.FIFO,
+        help_text="Why the queue served this item: queue order, a uniform draw, or the active queue's uncertainty.",
+    )
     created_at = models.DateTimeField("created", auto_now_add=True)
 
     class Meta:

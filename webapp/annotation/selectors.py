@@ -99,15 +99,23 @@ def _open_item_sql(project: Project) -> str:
 
 
 _QUEUE_SQL = """
-SELECT c.id FROM {completion} c JOIN {prompt} p ON p.id = c.prompt_id
+SELECT c.id, c.rm_uncertainty FROM {completion} c JOIN {prompt} p ON p.id = c.prompt_id
 WHERE {version_group} AND {open_item}
     AND NOT EXISTS (SELECT 1 FROM {lease} l WHERE l.completion_id = c.id AND l.annotator_id = %(annotator)s)
     AND (SELECT COUNT(*) FROM {lease} l
          WHERE l.completion_id = c.id AND (l.fulfilled OR l.expires_at > %(now)s)) < {per_item:d}
     AND (SELECT COUNT(*) FROM {rating} r WHERE r.completion_id = c.id) < {per_item:d}
-ORDER BY c.n_ratings DESC, c.id
+ORDER BY {order}
 LIMIT {limit:d}
 """
+# Queue orders (``Lease.chosen_by`` values). "active": the largest ensemble spread first, items
+# the reward model has not scored after them in queue order (NULLS LAST written so SQLite and
+# PostgreSQL agree). "uniform": a uniform draw among the open items (RANDOM() exists in both).
+QUEUE_ORDERS = {
+    "fifo": "c.n_ratings DESC, c.id",
+    "active": "CASE WHEN c.rm_uncertainty IS NULL THEN 1 ELSE 0 END, c.rm_uncertainty DESC, c.n_ratings DESC, c.id",
+    "uniform": "RANDOM()",
+}
 # The ratings per item and the LIMIT (integers from the project and the code) are
 # written into the statements, so the planner sees their values.
 
@@ -126,8 +134,23 @@ def aware_datetime(value):
     return value
 
 
-def queue_candidate_ids(*, project: Project, annotator, limit: int = 10) -> list[int]:
+def queue_candidate_ids(*, project: Project, annotator, limit: int = 10, order: str = "fifo") -> list[int]:
     """Ids of the next ``limit`` items this annotator may be offered, in the order they are offered.
+
+    See :func:`queue_candidates`.
+    """
+    return [cid for cid, _ in queue_candidates(project=project, annotator=annotator, limit=limit, order=order)]
+
+
+def queue_candidates(
+    *, project: Project, annotator, limit: int = 10, order: str = "fifo"
+) -> list[tuple[int, float | None]]:
+    """``(id, rm_uncertainty)`` of the next ``limit`` items this annotator may be offered, in order.
+
+    ``order`` (a key of :data:`QUEUE_ORDERS`): ``"fifo"`` is the queue order described
+    below; ``"active"`` puts the largest reward-model uncertainty (``Completion.rm_uncertainty``,
+    written by the rewards app) first and unscored items after them in queue order;
+    ``"uniform"`` draws the items uniformly at random. The version groups apply to all three.
 
     The served version's items; after them, only while the project drains
     older versions (``Project.drain_old_versions``), older versions' items not
@@ -141,6 +164,8 @@ def queue_candidate_ids(*, project: Project, annotator, limit: int = 10) -> list
     subqueries (no GROUP BY, so the LIMIT stops the walk early). Each version
     group is a separate statement so the walk follows the index in order.
     """
+    if order not in QUEUE_ORDERS:
+        raise ValueError(f"order must be one of {sorted(QUEUE_ORDERS)}, got {order!r}")
     params = {
         "project": project.pk,
         "version": project.served_version_id,
@@ -162,10 +187,11 @@ def queue_candidate_ids(*, project: Project, annotator, limit: int = 10) -> list
                 open_item=open_item,
                 per_item=project.ratings_per_item,
                 limit=limit - len(ids),
+                order=QUEUE_ORDERS[order],
                 **_T,
             )
             cursor.execute(sql, params)
-            ids += [row[0] for row in cursor.fetchall()]
+            ids += [(row[0], row[1]) for row in cursor.fetchall()]
             if len(ids) == limit:
                 break
     return ids

@@ -25,6 +25,7 @@ from . import selectors
 from .importers import ImportLimits, PromptRow, iter_prompt_rows, prompt_file_check
 from .models import (
     Choice,
+    ChosenBy,
     Comparison,
     Completion,
     Lease,
@@ -250,7 +251,21 @@ def _pool_store_batch(*, project: Project, version, claims: list[PoolClaim], bat
         if pairwise:
             for a, b in zip(completions[0::2], completions[1::2]):
                 pair_create(completion_a=a, completion_b=b)
+        ids = [c.pk for c in completions]
+        if ids:
+            transaction.on_commit(lambda: _completions_stored_send(project_id=project.pk, completion_ids=ids))
         return len(completions)
+
+
+def _completions_stored_send(*, project_id: int, completion_ids: list[int]) -> None:
+    """Tell the apps above (rewards) about new pool completions; their errors are logged, never raised."""
+    from .signals import completions_stored
+
+    for receiver, result in completions_stored.send_robust(
+        sender=Completion, project_id=project_id, completion_ids=completion_ids
+    ):
+        if isinstance(result, Exception):
+            log.warning("project %s: %s failed on new completions: %s", project_id, receiver, result)
 
 
 def completion_pool_refill(*, project: Project, max_new: int | None = None, seed: int | None = None) -> int:
@@ -419,25 +434,51 @@ def lease_next(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTE
 LEASE_READ_ROUNDS = 3
 
 
+# Draws the active queue's uniform share; a module attribute so a test can seed it.
+queue_rng = random.Random()
+
+
+def queue_order_draw(*, project: Project) -> str:
+    """How the next item is chosen (a ``ChosenBy`` value): queue order unless the project's
+    active queue is on; then uniformly at random with probability ``active_uniform_share``
+    (so ratings of that share are an unbiased sample of the pool), else the item of largest
+    reward-model uncertainty (uncertainty sampling, Lewis & Gale 1994; with an ensemble's
+    spread as the uncertainty, query-by-committee, Seung et al. 1992)."""
+    if not project.active_queue:
+        return ChosenBy.FIFO
+    return ChosenBy.UNIFORM if queue_rng.random() < project.active_uniform_share else ChosenBy.ACTIVE
+
+
 def _lease_first_free(*, project: Project, annotator, lease_minutes: int) -> Lease | None:
     """Take the first candidate still free. Under load every candidate read can be taken
     by others before this annotator gets to it; then the queue is read again (a new
-    statement sees their leases), a few times, rather than answering "nothing"."""
+    statement sees their leases), a few times, rather than answering "nothing".
+
+    The lease records why its item was chosen (``Lease.chosen_by``, :func:`queue_order_draw`);
+    an active pick that found no item scored by the reward model is queue order ("fifo").
+    """
+    order = queue_order_draw(project=project)
     for _ in range(LEASE_READ_ROUNDS):
-        candidate_ids = selectors.queue_candidate_ids(project=project, annotator=annotator)
-        for completion_id in candidate_ids:
+        candidates = selectors.queue_candidates(project=project, annotator=annotator, order=order)
+        for completion_id, uncertainty in candidates:
+            chosen_by = ChosenBy.FIFO if order == ChosenBy.ACTIVE and uncertainty is None else order
             if _lease_take_slot(
-                project=project, annotator=annotator, completion_id=completion_id, lease_minutes=lease_minutes
+                project=project,
+                annotator=annotator,
+                completion_id=completion_id,
+                lease_minutes=lease_minutes,
+                chosen_by=chosen_by,
             ):
                 return selectors.lease_held(project=project, annotator=annotator)  # with what the card shows
-        if not candidate_ids:
+        if not candidates:
             break
     return None
 
 
 _LEASE_INSERT_SQL = f"""
-INSERT INTO {Lease._meta.db_table} (completion_id, annotator_id, slot, expires_at, a_on_left, fulfilled, created_at)
-VALUES (%(completion)s, %(annotator)s, %(slot)s, %(expires_at)s, %(a_on_left)s, %(fulfilled)s, %(now)s)
+INSERT INTO {Lease._meta.db_table}
+    (completion_id, annotator_id, slot, expires_at, a_on_left, fulfilled, chosen_by, created_at)
+VALUES (%(completion)s, %(annotator)s, %(slot)s, %(expires_at)s, %(a_on_left)s, %(fulfilled)s, %(chosen_by)s, %(now)s)
 ON CONFLICT DO NOTHING
 RETURNING id
 """
@@ -449,7 +490,14 @@ _DRAW = object()  # ``a_on_left`` not given: drawn for pairwise projects, None o
 
 
 def _lease_take_slot(
-    *, project: Project, annotator, completion_id: int, lease_minutes: int, fulfilled: bool = False, a_on_left=_DRAW
+    *,
+    project: Project,
+    annotator,
+    completion_id: int,
+    lease_minutes: int,
+    fulfilled: bool = False,
+    a_on_left=_DRAW,
+    chosen_by: str = "fifo",
 ) -> Lease | None:
     """Take a free slot of the completion for ``annotator``; None when every slot is held or rated.
 
@@ -471,6 +519,7 @@ def _lease_take_slot(
         "expires_at": now + timedelta(minutes=lease_minutes),
         "a_on_left": a_on_left,
         "fulfilled": fulfilled,
+        "chosen_by": chosen_by,
         "created_at": now,
     }
     db_time = connection.ops.adapt_datetimefield_value
@@ -485,6 +534,7 @@ def _lease_take_slot(
                     "expires_at": db_time(values["expires_at"]),
                     "a_on_left": values["a_on_left"],
                     "fulfilled": fulfilled,
+                    "chosen_by": chosen_by,
                     "now": db_time(now),
                 },
             )

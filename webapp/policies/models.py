@@ -17,6 +17,11 @@ class RatingMode(models.TextChoices):
     PAIRWISE = "pairwise", "Pairwise A/B"
 
 
+class RewardSource(models.TextChoices):
+    HUMAN = "human", "Human ratings only"
+    REWARD_MODEL = "reward_model", "Reward model (fresh samples, scored)"
+
+
 class Project(models.Model):
     slug = models.SlugField("slug", unique=True, help_text="Short name used in URLs and commands.")
     title = models.CharField("title", max_length=200)
@@ -105,6 +110,43 @@ class Project(models.Model):
         validators=[MinValueValidator(1), MaxValueValidator(256)],
         help_text="How many held-out prompts each new version completes for the guard and comparisons.",
     )
+    reward_source = models.CharField(
+        "reward source",
+        max_length=16,
+        choices=RewardSource.choices,
+        default=RewardSource.HUMAN,
+        help_text=(
+            "Human ratings only: each run trains on the completions people rated. Reward model: each run also "
+            "samples fresh completions and scores them with the latest reward model fitted on every rating "
+            "(falls back to human ratings alone while too few ratings exist to fit one)."
+        ),
+    )
+    active_queue = models.BooleanField(
+        "active queue",
+        default=False,
+        help_text=(
+            "Offer first the completions the reward model is least sure about (largest ensemble spread), "
+            "keeping a share drawn at random so the ratings still measure the model without bias."
+        ),
+    )
+    active_uniform_share = models.FloatField(
+        "active queue: share drawn at random",
+        default=0.25,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Share of served items drawn uniformly at random while the active queue is on.",
+    )
+    rm_pessimism = models.FloatField(
+        "reward model: pessimism",
+        default=1.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(10.0)],
+        help_text="c in the reward mean − c·std of the ensemble: how much its uncertainty lowers a score.",
+    )
+    rm_samples_per_prompt = models.PositiveSmallIntegerField(
+        "reward model: samples per prompt",
+        default=4,
+        validators=[MinValueValidator(2), MaxValueValidator(16)],
+        help_text="Fresh completions sampled per prompt for a reward-model update (leave-one-out baseline in each group).",
+    )
     served_version = models.ForeignKey(
         "ModelVersion",
         verbose_name="served version",
@@ -125,6 +167,11 @@ class Project(models.Model):
                 name="project_completions_per_prompt_1_to_8",
             ),
             models.CheckConstraint(condition=models.Q(guard_max_kl__gte=0), name="project_guard_max_kl_gte_0"),
+            models.CheckConstraint(
+                condition=models.Q(active_uniform_share__gte=0, active_uniform_share__lte=1),
+                name="project_active_uniform_share_0_to_1",
+            ),
+            models.CheckConstraint(condition=models.Q(rm_pessimism__gte=0), name="project_rm_pessimism_gte_0"),
             models.CheckConstraint(
                 condition=models.Q(guard_min_distinct2_ratio__gte=0, guard_min_distinct2_ratio__lte=1),
                 name="project_guard_distinct2_ratio_0_to_1",

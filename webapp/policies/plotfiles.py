@@ -12,7 +12,7 @@ curve never blinks out) or, for a first drawing, a placeholder image
 (``X-Plot: drawing``); pages poll until every plot they show is ready. Files
 not drawn again for :data:`KEEP_S` are pruned by the worker (a plot still
 shown is simply drawn again on its next view). Files live in ``DATA_DIR/plots`` (a Django
-``FileSystemStorage``), written to a temporary name and renamed, so a reader
+``FileSystemStorage``), written by :func:`pgcore.atomic.atomic_write`, so a reader
 never sees half a PNG.
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from django.conf import settings
 from django.core.files.storage import FileSystemStorage
 from django.http import HttpResponse
 
+from pgcore.atomic import atomic_write
 from webapp import broker
 
 log = logging.getLogger(__name__)
@@ -127,13 +127,6 @@ def plot_response(kind: str, data: dict, *, slot: str = "", asked_key: str = "")
     return response
 
 
-def _write_atomic(target: Path, content: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(content)
-    os.replace(tmp, target)
-
-
 def plot_draw(*, kind: str, data: dict, slot: str = "") -> str:
     """Draw the spec's PNG (worker side: imports matplotlib) unless its file exists; returns the key.
 
@@ -147,9 +140,9 @@ def plot_draw(*, kind: str, data: dict, slot: str = "") -> str:
     if not storage.exists(f"{key}.png"):
         from . import plots
 
-        _write_atomic(Path(storage.path(f"{key}.png")), getattr(plots, KINDS[kind])(**data))
+        atomic_write(storage.path(f"{key}.png"), getattr(plots, KINDS[kind])(**data))
     if slot:
-        _write_atomic(Path(storage.path(_slot_file(slot))), key.encode())
+        atomic_write(storage.path(_slot_file(slot)), key.encode())
     Path(storage.path(f"{key}.queued")).unlink(missing_ok=True)
     plots_prune(older_than_s=KEEP_S)
     return key

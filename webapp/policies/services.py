@@ -268,7 +268,7 @@ def version_export_hf(*, version: ModelVersion, out_dir: str | Path, user=None, 
 
     The folder holds ``config.json``, safetensors weights, the tokenizer and
     its chat template, so ``AutoModelForCausalLM.from_pretrained(out_dir)``
-    loads it without peft. Written to a temporary sibling and renamed, so a
+    loads it without peft. Written by :func:`pgcore.atomic.atomic_directory`, so a
     crash never leaves a half-written ``out_dir``. Loads the model: call it from
     a worker or a command, never a web request (:func:`version_export_request`).
     ``audit`` False leaves the audit line to the caller.
@@ -276,9 +276,7 @@ def version_export_hf(*, version: ModelVersion, out_dir: str | Path, user=None, 
     Raises:
         ApplicationError: ``out_dir`` exists already.
     """
-    import os
-    import shutil
-    import tempfile
+    from pgcore.atomic import atomic_directory
 
     from .runtime import policy_load
 
@@ -290,14 +288,9 @@ def version_export_hf(*, version: ModelVersion, out_dir: str | Path, user=None, 
     model = policy.model
     if policy.is_lora:
         model = model.merge_and_unload()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         policy.tokenizer.save_pretrained(tmp)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if not audit:
         return out_dir
     audit_record(
@@ -353,14 +346,15 @@ def version_export_build(*, export_id: int) -> VersionExport:
 
     Safe to deliver twice and after a killed worker: a ready or failed export is left
     as it is, a queued or building one is (re)built from scratch in a fresh temporary
-    folder, and the archive appears under its final name only whole (``os.replace``).
+    folder, and the archive appears under its final name only whole (:func:`pgcore.atomic.atomic_file`).
     Any error marks the export failed with the reason and leaves no files behind.
     Records the export in the audit log, as the person who asked for it.
     """
-    import os
     import shutil
     import tempfile
     import zipfile
+
+    from pgcore.atomic import atomic_file
 
     with transaction.atomic():
         export = VersionExport.objects.select_for_update().select_related("version__project").filter(pk=export_id).first()
@@ -378,12 +372,10 @@ def version_export_build(*, export_id: int) -> VersionExport:
     work = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
     try:
         folder = version_export_hf(version=version, out_dir=work / name, audit=False)
-        archive = work / final.name
-        with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
+        with atomic_file(final) as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
             for path in sorted(folder.rglob("*")):
                 if path.is_file():
                     zf.write(path, Path(name) / path.relative_to(folder))
-        os.replace(archive, final)
     except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)
         if not isinstance(exc, Exception):

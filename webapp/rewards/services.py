@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -188,8 +186,7 @@ def features_ensure(*, project: Project, completions: list[Completion], config):
     """
     import torch
 
-    from pgcore.policy import load_policy
-    from pgcore.reward_model import completion_features
+    from pgcore.atomic import atomic_file
 
     base_path = Path(project.base_model_path)
     spec = hashlib.sha256(json.dumps(config.feature_spec(), sort_keys=True).encode()).hexdigest()[:12]
@@ -203,27 +200,45 @@ def features_ensure(*, project: Project, completions: list[Completion], config):
             cache = {}
     missing = [c for c in completions if c.pk not in cache]
     if missing:
-        policy = load_policy(base_path)
-        pad_id = policy.tokenizer.pad_token_id or 0
-        feats = completion_features(
-            policy.model,
-            [list(c.prompt_token_ids) for c in missing],
-            [list(c.token_ids) for c in missing],
-            config,
-            pad_id=pad_id,
+        feats = features_compute(
+            project=project,
+            prompt_ids=[list(c.prompt_token_ids) for c in missing],
+            completion_ids=[list(c.token_ids) for c in missing],
+            config=config,
         )
-        del policy
         cache.update({c.pk: f.clone() for c, f in zip(missing, feats)})
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{cache_path.name}.", dir=cache_path.parent)
-        os.close(fd)
-        try:
-            torch.save(cache, tmp)
-            os.replace(tmp, cache_path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_file(cache_path) as f:
+            torch.save(cache, f)
     return torch.stack([cache[c.pk] for c in completions])
+
+
+def features_compute(
+    *,
+    project: Project,
+    completion_ids: list[list[int]],
+    config,
+    prompt_ids: list[list[int]] | None = None,
+    prompt_texts: list[str] | None = None,
+):
+    """``(N, F)`` features of token sequences that are not stored completions (fresh or held-out
+    samples), uncached. Prompts come as token ids, or as texts rendered the way the sampler
+    renders them (``pgcore.rollout.render_prompt``).
+
+    Loads the project's frozen base model (the reward model's backbone) for the call.
+    """
+    from pgcore.policy import load_policy
+    from pgcore.reward_model import completion_features
+    from pgcore.rollout import render_prompt
+
+    policy = load_policy(Path(project.base_model_path))
+    if prompt_ids is None:
+        prompt_ids = [render_prompt(policy.tokenizer, text) for text in prompt_texts or []]
+    try:
+        return completion_features(
+            policy.model, prompt_ids, completion_ids, config, pad_id=policy.tokenizer.pad_token_id or 0
+        )
+    finally:
+        del policy
 
 
 def _rm_dir(project: Project) -> Path:
@@ -343,6 +358,32 @@ def reward_model_fit(*, project: Project, config_overrides: dict | None = None) 
         Completion.objects.bulk_update(scored, ["rm_score", "rm_uncertainty"], batch_size=500)
     log.info("project %s: reward model RM%s fitted on %s judgments", project.slug, version.number, data["n_judgments"])
     return version
+
+
+def completions_score(*, project: Project, completion_ids: list[int], version: RewardModelVersion | None = None) -> int:
+    """Write ``version``'s (default: the latest) mean and spread onto the given completions.
+
+    Features come from :func:`features_ensure` (cached). Completions of another project
+    are ignored. Returns how many were scored; 0 when the project has no reward model.
+
+    Raises:
+        ApplicationError: the artefact is missing or corrupt.
+    """
+    version = version or selectors.reward_model_latest(project=project)
+    if version is None:
+        return 0
+    completions = list(Completion.objects.filter(project=project, pk__in=completion_ids).order_by("pk"))
+    if not completions:
+        return 0
+    model = reward_model_load(version=version)
+    from pgcore.reward_model import RewardModelConfig
+
+    features = features_ensure(project=project, completions=completions, config=RewardModelConfig.from_dict(version.config))
+    mean, std = model.score(features)
+    for completion, m, s in zip(completions, mean.tolist(), std.tolist()):
+        completion.rm_score, completion.rm_uncertainty = m, s
+    Completion.objects.bulk_update(completions, ["rm_score", "rm_uncertainty"], batch_size=500)
+    return len(completions)
 
 
 def reward_model_load(*, version: RewardModelVersion):

@@ -8,7 +8,11 @@ versions later reads the database and never regenerates. From them:
 - **KL to the base**: k3 estimate of KL(version || base), nats per token,
   averaged over all completion tokens (Schulman 2020, "Approximating KL
   divergence"). The base is the same weights with the LoRA adapter disabled,
-  or the base folder for a full fine-tune.
+  or the base folder for a full fine-tune. The version's own logprobs are the
+  sampler's behaviour logprobs when it samples in fp32 (exact), else a scoring
+  pass in fp32; the base's own KL is 0 without any pass. The base version is
+  evaluated as soon as it is served (:mod:`.signals`), so a first training run
+  finds its parent measured already.
 - **distinct-2**: distinct token bigrams / all token bigrams over all the
   completions (Li et al. 2016); 0 when there is no bigram.
 - **identical fraction**: the share of completions in the largest group of
@@ -37,6 +41,7 @@ log = logging.getLogger(__name__)
 
 EVAL_SEED = 1234
 EVAL_BATCH = 16
+EVAL_PRECISION = "auto"  # pgcore.rollout.sampling_dtype: bf16 where native, else fp32
 
 
 def eval_prompts(*, project: Project) -> list[Prompt]:
@@ -94,15 +99,13 @@ def _token_logprobs(model, pad_id: int, prompt_ids: list[list[int]], completion_
 
 
 def _reference_logprobs(policy, version: ModelVersion, prompt_ids, completion_ids) -> list[list[float]]:
-    """Logprobs of the completions under the project's base model."""
+    """Logprobs of the completions under the project's base model (never called for the base itself)."""
     from pgcore.policy import load_policy, reference_model
 
     pad_id = policy.tokenizer.pad_token_id
     if policy.is_lora:
         with reference_model(policy) as ref:
             return _token_logprobs(ref, pad_id, prompt_ids, completion_ids)
-    if version.kind == ModelVersion.Kind.BASE:
-        return _token_logprobs(policy.model, pad_id, prompt_ids, completion_ids)
     base = load_policy(version.project.base_model_path)
     return _token_logprobs(base.model, pad_id, prompt_ids, completion_ids)
 
@@ -116,7 +119,9 @@ def version_samples_ensure(*, version: ModelVersion, policy=None) -> int:
     run passes its freshly trained one); otherwise it is loaded here.
     Returns how many samples were written.
     """
-    from pgcore.rollout import generate
+    import torch
+
+    from pgcore.rollout import default_device, generate, sampling_dtype
 
     prompts = eval_prompts(project=version.project)
     done = set(VersionSample.objects.filter(version=version).values_list("prompt_id", flat=True))
@@ -134,14 +139,24 @@ def version_samples_ensure(*, version: ModelVersion, policy=None) -> int:
         max_new_tokens=version.project.max_new_tokens,
         seed=EVAL_SEED,
         batch_size=EVAL_BATCH,
+        precision=EVAL_PRECISION,
     )
     prompt_ids = [r.prompt_ids for r in rollouts]
     completion_ids = [r.completion_ids for r in rollouts]
-    # The sampler may run in bf16 (pgcore.rollout.generate's default where bf16 is native), so
-    # the version's logprobs are scored by the same exact path as the base's: the KL to the
-    # base then measures the weights, not the sampler's rounding (the base against itself is 0).
-    own_logprobs = _token_logprobs(policy.model, policy.tokenizer.pad_token_id, prompt_ids, completion_ids)
-    ref_logprobs = _reference_logprobs(policy, version, prompt_ids, completion_ids)
+    if sampling_dtype(EVAL_PRECISION, default_device()) == torch.float32:
+        # An fp32 sampler's behaviour logprobs are the exact ones (bench/generate.py measures
+        # its mismatch with the trainer's scoring at a mean per-token KL of ~1e-11): no
+        # second pass over the completions is needed to know them.
+        own_logprobs = [list(r.behaviour_logprobs) for r in rollouts]
+    else:
+        # A bf16 sampler rounds (mean per-token KL ~3e-3 from the exact logprobs), so the
+        # version's logprobs are scored by the same exact path as the base's: the KL to the
+        # base then measures the weights, not the sampler's rounding.
+        own_logprobs = _token_logprobs(policy.model, policy.tokenizer.pad_token_id, prompt_ids, completion_ids)
+    if version.kind == ModelVersion.Kind.BASE:
+        ref_logprobs = own_logprobs  # the base is its own reference: KL 0 by definition, no pass
+    else:
+        ref_logprobs = _reference_logprobs(policy, version, prompt_ids, completion_ids)
     VersionSample.objects.bulk_create(
         [
             VersionSample(

@@ -24,6 +24,7 @@ from collections import defaultdict
 from itertools import combinations
 from pathlib import Path
 
+from pgcore.atomic import atomic_write
 from webapp.annotation import judgments
 from webapp.annotation.models import Comparison, Rating
 from webapp.errors import ApplicationError
@@ -139,7 +140,7 @@ def ratings_export(
 ) -> tuple[str, int]:
     """Export the project's judgments (``fmt`` is ``kto`` or ``pairs``); audited.
 
-    Writes ``out_file`` when given (via a temporary file and a rename).
+    Writes ``out_file`` when given (:func:`pgcore.atomic.atomic_write`: two exports never share a temporary file).
     Returns the JSONL text and the number of rows.
 
     Raises:
@@ -150,11 +151,7 @@ def ratings_export(
     if n == 0 and refuse_empty:
         raise ApplicationError(EMPTY_EXPORT[fmt])
     if out_file is not None:
-        out_file = Path(out_file)
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_file.with_name(f".{out_file.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out_file)
+        out_file = atomic_write(out_file, text)
     policy_services.audit_record(
         project=project,
         actor=user,

@@ -51,6 +51,15 @@ class TrainingRun(models.Model):
         related_name="produced_by",
         verbose_name="produced",
     )
+    reward_model = models.ForeignKey(
+        "rewards.RewardModelVersion",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="training_runs",
+        verbose_name="reward model",
+        help_text="The reward-model version that scored this run's fresh samples (empty: human ratings only).",
+    )
     config = models.JSONField("settings", default=dict, blank=True, help_text="The PGConfig the run used.")
     ratings = models.ManyToManyField(Rating, blank=True, related_name="training_runs", verbose_name="ratings used")
     metrics = models.JSONField("metrics", default=dict, blank=True)

@@ -44,11 +44,12 @@ from pathlib import Path
 from django.db import transaction
 from django.utils import timezone
 
+from pgcore.atomic import atomic_write, fsync_dir
 from webapp.errors import ApplicationError
 from webapp.policies import services as policy_services
 from webapp.policies.models import ModelVersion
 
-from . import evaluation, liveness
+from . import evaluation, liveness, overoptimisation
 from .models import TrainingRun, TrainingStep
 
 BATCH_FILE = "batch.json"
@@ -69,16 +70,7 @@ def _raise_if_cancelled(run: TrainingRun, where: str) -> None:
 
 def batch_write(*, run: TrainingRun, batch) -> Path:
     """Store the run's :class:`pgcore.trainer.TrainBatch` as ``batch.json`` in its working folder (atomically)."""
-    work = liveness.run_work_dir(run)
-    work.mkdir(parents=True, exist_ok=True)
-    path = work / BATCH_FILE
-    tmp = work / f".{BATCH_FILE}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(dataclasses.asdict(batch), f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(liveness.run_work_dir(run) / BATCH_FILE, json.dumps(dataclasses.asdict(batch)))
 
 
 def batch_read(*, run: TrainingRun):
@@ -162,11 +154,7 @@ def step_save(*, run: TrainingRun, config) -> None:
         if out_dir.exists():  # renamed by an attempt that died before registering it: never registered
             shutil.rmtree(out_dir)
         os.replace(trained, out_dir)
-        fd = os.open(out_dir.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(out_dir.parent)
     elif not out_dir.exists():
         raise ApplicationError(f"The trained weights of run {run.pk} are missing; start a new run.")
     sha256 = json.loads((out_dir / CHECKSUM_FILE).read_text())["sha256"]  # recorded by pgcore as it wrote them
@@ -211,6 +199,20 @@ def step_promote(*, run: TrainingRun, config) -> None:
     parent = ModelVersion.objects.get(pk=run.parent_version_id)
     liveness.stage_enter(run, TrainingRun.Stage.PROMOTING)
     reasons = evaluation.guard_reasons(version=version, parent=parent)
+    check = overoptimisation.rm_gain_check(run=run, version=version, parent=parent)
+    reasons += check.reasons
+    if run.reward_model_id:
+        run.refresh_from_db(fields=["metrics"])
+        TrainingRun.objects.filter(pk=run.pk).update(metrics={**run.metrics, **check.metrics()})
+        ModelVersion.objects.filter(pk=version.pk).update(metrics={**(version.metrics or {}), **check.metrics()})
+        predicted = "none (no held-out samples)" if check.predicted_gain is None else f"{check.predicted_gain:+.3f}"
+        human = (
+            f"{check.human_gain:+.3f}"
+            if check.human_gain is not None
+            else f"not yet measured ({check.n_human[0]} rated completions of v{version.number}, "
+            f"{overoptimisation.min_human()} needed)"
+        )
+        liveness.run_log(run, f"reward-model gain check: predicted {predicted}, people {human}")
     if version.evaluated_at:
         liveness.run_log(
             run,

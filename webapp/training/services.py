@@ -29,7 +29,7 @@ from webapp.errors import ApplicationError
 from webapp.policies import services as policy_services
 from webapp.policies.models import AuditEvent, ModelVersion, Project
 
-from . import evaluation, liveness, pipeline
+from . import evaluation, liveness, pipeline, reward_batch
 from .models import STEP_ORDER, TrainingRun, TrainingStep
 
 log = logging.getLogger(__name__)
@@ -389,7 +389,9 @@ def _step_batch(*, run: TrainingRun, config) -> None:
         _log(run, "this CPU has no native bf16 matrix multiply: training in fp32 (faster here, same update)")
     if not config.use_lora and parent.kind == ModelVersion.Kind.LORA:
         raise ApplicationError("Full fine-tuning cannot continue from a LoRA version; promote a full or base version.")
-    pipeline.batch_write(run=run, batch=training_batch_build(project=project, ratings=ratings, config=config))
+    batch = training_batch_build(project=project, ratings=ratings, config=config)
+    batch = reward_batch.batch_with_reward_model(run=run, project=project, parent=parent, human_batch=batch)
+    pipeline.batch_write(run=run, batch=batch)
 
 
 STEP_BODIES = {

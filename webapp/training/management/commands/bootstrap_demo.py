@@ -88,4 +88,9 @@ class Command(BaseCommand):
         from webapp.annotation.tasks import pool_refill
 
         pool_refill.delay(project.pk)
+        # Version 0's held-out evaluation runs on the training worker meanwhile, so the first
+        # training run finds its parent measured (webapp.training.signals).
+        from webapp.training.signals import version_evaluate_send
+
+        version_evaluate_send(project_id=project.pk)
         self.stdout.write(self.style.SUCCESS("Demo ready."))

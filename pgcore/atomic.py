@@ -1,0 +1,115 @@
+"""Atomic writes: the one helper every artifact writer uses (standard library only, no torch).
+
+A file is written to a uniquely named temporary sibling, flushed and fsynced, moved over
+its final name with ``os.replace`` (atomic on POSIX within one filesystem) and its folder
+fsynced, so a reader sees the old file or the whole new one, never half of it, and a
+crash leaves at most a ``.<name>.<random>.tmp`` sibling behind. Two writers of the same
+name never share a temporary file; the last rename wins.
+
+A folder is written the same way by :func:`atomic_directory`: a temporary sibling folder
+is filled, fsynced (files, then folders) and renamed into place.
+
+Source: the POSIX ``rename(2)`` guarantee; the fsync-the-directory rule from
+``fsync(2)`` ("an explicit fsync() on a file descriptor for the directory is also needed").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+__all__ = ["atomic_directory", "atomic_file", "atomic_write", "fsync_dir", "fsync_tree"]
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """fsync a folder, so a rename or a new entry in it survives a power cut."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(directory: str | os.PathLike) -> None:
+    """fsync every file under ``directory``, then every folder (deepest first is not needed: each is synced)."""
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(root)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb", *, encoding: str | None = None) -> Iterator[IO]:
+    """Yield an open temporary file next to ``path``; when the block ends without error it becomes ``path``.
+
+    Args:
+        path: the final file name; its parent folder is created if missing.
+        mode: ``"wb"`` (default) or ``"w"`` (text; ``encoding`` defaults to UTF-8).
+
+    On an exception the temporary file is removed and ``path`` is left as it was.
+
+    Raises:
+        ValueError: a mode other than ``"wb"`` or ``"w"``.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_file writes with mode 'wb' or 'w', not {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=(encoding or "utf-8") if mode == "w" else None) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` (bytes, or text as UTF-8) to ``path`` atomically (see :func:`atomic_file`); returns ``path``."""
+    with atomic_file(path, "w" if isinstance(data, str) else "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_directory(
+    out_dir: str | os.PathLike, *, before_commit: Callable[[Path], None] | None = None
+) -> Iterator[Path]:
+    """Yield a temporary folder next to ``out_dir``; when the block ends without error it becomes ``out_dir``.
+
+    ``before_commit(tmp)`` runs after the block and before anything is synced (to add a
+    checksum record, say). The files are fsynced, the folder is moved in place with
+    ``os.replace``, then the parent is fsynced. An existing ``out_dir`` is swapped out and
+    deleted only after the new one is in place. On any exception the temporary folder is
+    removed and ``out_dir`` is left as it was.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        yield tmp
+        if before_commit is not None:
+            before_commit(tmp)
+        fsync_tree(tmp)
+        old = None
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.replace(out_dir, old / out_dir.name)
+        os.replace(tmp, out_dir)
+        fsync_dir(out_dir.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,73 @@
+"""A real inference process (``manage.py serve_inference``) on the test database, for the serving tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2
+import pytest
+from django.conf import settings
+
+from tests.e2e.conftest import database_url
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class InferenceProcess:
+    def __init__(self, tmp_path: Path, *args: str):
+        self.log = tmp_path / "inference.log"
+        env = dict(os.environ)
+        env.update(DATABASE_URL=database_url(), REWARDLOOP_DATA_DIR=str(settings.DATA_DIR),
+                   REWARDLOOP_MODELS_DIR=str(settings.REWARDLOOP_MODELS_DIR), PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", "serve_inference", "--port", "0", "--threads", "1", *args],
+            cwd=REPO, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            found = re.search(r"listening on (http://\S+)", self.log.read_text(errors="replace"))
+            if found:
+                self.url = found.group(1)
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the inference process exited:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        raise AssertionError(f"the inference process did not start:\n{self.log.read_text()[-3000:]}")
+
+    def generate(self, body: dict) -> list[dict]:
+        """POST /generate; the NDJSON events, in order."""
+        with httpx2.Client(timeout=120) as client, client.stream("POST", self.url + "/generate", json=body) as r:
+            return [json.loads(line) for line in r.iter_lines() if line.strip()]
+
+    def health(self) -> dict:
+        return httpx2.get(self.url + "/healthz", timeout=30).json()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def inference_process(tmp_path):
+    """``inference_process(*args)`` -> a started :class:`InferenceProcess`; stopped after the test."""
+    started = []
+
+    def start(*args: str) -> InferenceProcess:
+        process = InferenceProcess(tmp_path, *args)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

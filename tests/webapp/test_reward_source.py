@@ -1,0 +1,153 @@
+"""Runs of a project whose reward source is the reward model (issue 16, item 3), and its fallbacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from webapp.errors import ApplicationError
+from webapp.policies.models import RewardSource
+from webapp.rewards import services as reward_services
+from webapp.rewards.models import RewardModelVersion
+from webapp.training import reward_batch
+from webapp.training import services as training_services
+from webapp.training.models import TrainingRun
+
+from tests.webapp.rewards_helpers import _rate_learnable, many_prompts  # noqa: F401
+
+
+@pytest.fixture
+def rm_project(project, settings):
+    settings.REWARDLOOP_RM_FRESH_PROMPTS = 3
+    project.reward_source = RewardSource.REWARD_MODEL
+    project.rm_samples_per_prompt = 2
+    project.save()
+    return project
+
+
+def _run(project):
+    return training_services.training_run_create(project=project, trigger="manual")
+
+
+def _human_batch(project, run):
+    from pgcore.config import PGConfig
+
+    return training_services.training_batch_build(
+        project=project, ratings=list(project_ratings(project)), config=PGConfig.from_dict(project.pg_config)
+    )
+
+
+def project_ratings(project):
+    from webapp.annotation.models import Rating
+
+    return Rating.objects.filter(completion__project=project).select_related("completion")
+
+
+def test_fresh_samples_join_the_human_batch_in_groups_of_k(rm_project, annotator, many_prompts):
+    _rate_learnable(rm_project, many_prompts, annotator)
+    run = _run(rm_project)
+    human = _human_batch(rm_project, run)
+
+    batch = reward_batch.batch_with_reward_model(
+        run=run, project=rm_project, parent=rm_project.served_version, human_batch=human
+    )
+
+    assert len(batch) == len(human) + 3 * 2
+    assert batch.rewards[: len(human)] == human.rewards  # human ratings kept as they were
+    fresh_groups = batch.group_ids[len(human) :]
+    assert fresh_groups == [-1, -1, -2, -2, -3, -3]
+    assert not set(fresh_groups) & set(human.group_ids)
+    run.refresh_from_db()
+    assert run.reward_model == RewardModelVersion.objects.get()
+    assert "scored 6 fresh samples with RM1" in run.log
+
+
+def test_the_pessimism_lowers_each_fresh_reward_by_c_times_the_ensemble_spread(rm_project, annotator, many_prompts):
+    _rate_learnable(rm_project, many_prompts, annotator)
+    run = _run(rm_project)
+    version = reward_services.reward_model_fit(project=rm_project)
+    parent = rm_project.served_version
+    rm_project.rm_pessimism = 0.0
+    neutral = reward_batch.fresh_batch_build(run=run, project=rm_project, rm_version=version, parent=parent, seed=7)
+    rm_project.rm_pessimism = 2.0
+    cautious = reward_batch.fresh_batch_build(run=run, project=rm_project, rm_version=version, parent=parent, seed=7)
+
+    assert neutral.completion_ids == cautious.completion_ids  # same seed, same samples
+    gaps = [n - c for n, c in zip(neutral.rewards, cautious.rewards)]
+    assert all(g >= 0 for g in gaps) and max(gaps) > 0
+    # The gap is exactly 2 * std of the ensemble on those samples.
+    from pgcore.reward_model import RewardModelConfig
+
+    features = reward_services.features_compute(
+        project=rm_project,
+        prompt_ids=neutral.prompt_ids,
+        completion_ids=neutral.completion_ids,
+        config=RewardModelConfig.from_dict(version.config),
+    )
+    _mean, std = reward_services.reward_model_load(version=version).score(features)
+    assert gaps == pytest.approx((2.0 * std).tolist(), abs=1e-5)
+
+
+def test_too_few_ratings_trains_on_human_ratings_with_a_message(rm_project, annotator, many_prompts):
+    _rate_learnable(rm_project, many_prompts[:4], annotator)
+    run = _run(rm_project)
+    human = _human_batch(rm_project, run)
+
+    batch = reward_batch.batch_with_reward_model(
+        run=run, project=rm_project, parent=rm_project.served_version, human_batch=human
+    )
+
+    assert batch is human
+    run.refresh_from_db()
+    assert "Too few ratings to fit a reward model" in run.log and "human ratings only" in run.log
+    assert run.reward_model is None
+
+
+def test_a_failed_fit_never_blocks_human_only_training(rm_project, annotator, many_prompts, monkeypatch):
+    _rate_learnable(rm_project, many_prompts, annotator)
+
+    def broken(**kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(reward_services, "reward_model_fit", broken)
+    run = training_services.training_run_execute(run_id=_run(rm_project).pk)
+
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    assert "the fit failed (RuntimeError: disk full). Training on human ratings only." in run.log
+    assert run.reward_model is None
+
+
+def test_a_corrupt_reward_model_is_a_clear_error_and_nothing_is_served(rm_project, annotator, many_prompts, monkeypatch):
+    _rate_learnable(rm_project, many_prompts, annotator)
+    version = reward_services.reward_model_fit(project=rm_project)
+    weights = Path(version.artefact_path) / "reward_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"garbage!")
+    monkeypatch.setattr(reward_services, "reward_model_fit", lambda **kwargs: version)
+    served = rm_project.served_version_id
+
+    run = training_services.training_run_execute(run_id=_run(rm_project).pk)
+
+    assert run.status == TrainingRun.Status.FAILED
+    assert f"Reward model RM{version.number} cannot be loaded" in run.error
+    rm_project.refresh_from_db()
+    assert rm_project.served_version_id == served
+
+
+def test_a_human_only_project_never_fits_or_samples(project, annotator, many_prompts, monkeypatch):
+    _rate_learnable(project, many_prompts, annotator)
+    monkeypatch.setattr(reward_services, "reward_model_fit", lambda **kwargs: pytest.fail("fitted"))
+    run = _run(project)
+    human = _human_batch(project, run)
+    assert reward_batch.batch_with_reward_model(run=run, project=project, parent=project.served_version, human_batch=human) is human
+
+
+def test_a_reward_model_run_trains_and_records_its_reward_model(rm_project, annotator, many_prompts):
+    _rate_learnable(rm_project, many_prompts, annotator)
+
+    run = training_services.training_run_execute(run_id=_run(rm_project).pk)
+
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    assert run.reward_model is not None and run.reward_model.number == 1
+    assert "sampling 2 completions for each of 3 prompts" in run.log
+    assert run.result_version is not None

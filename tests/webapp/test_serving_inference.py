@@ -1,0 +1,104 @@
+"""The inference process: batches concurrent requests, streams tokens, switches versions without drops."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tests.webapp.serving_helpers import inference_process  # noqa: F401 - fixture
+from webapp.policies.models import ModelVersion
+from webapp.policies.services import version_promote, version_register
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def _events(events, kind):
+    return [e for e in events if e["event"] == kind]
+
+
+def test_concurrent_requests_share_one_forward_batch_and_each_gets_its_own_answer(project, inference_process):
+    server = inference_process("--window-ms", "300")
+    server.generate({"model": project.slug, "prompt": "warm up", "max_tokens": 2})  # loads the model
+    results = [None] * 4
+    threads = [
+        threading.Thread(target=lambda i=i: results.__setitem__(
+            i, server.generate({"model": project.slug, "prompt": f"request {i}", "max_tokens": 3 + i})))
+        for i in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    health = server.health()
+    assert (health["batches"], health["rows"]) == (2, 5)  # the warm-up, then the four together
+    for i, events in enumerate(results):
+        assert events[0]["event"] == "start" and events[-1] == {"event": "done"}
+        (end,) = _events(events, "end")
+        assert 1 <= len(end["token_ids"]) <= 3 + i  # each request's own max_tokens
+        assert end["finish_reason"] == ("stop" if end["finished"] else "length")
+        assert len(end["logprobs"]) == len(end["token_ids"])
+        assert "".join(e["text"] for e in _events(events, "delta")) == end["text"]
+
+
+def test_n_choices_seed_temperature_top_p_and_stop_sequences(project, inference_process):
+    server = inference_process()
+    body = {"model": project.slug, "prompt": "same seed", "max_tokens": 12, "n": 3, "seed": 7, "temperature": 0.8,
+            "top_p": 0.9}
+    first, second = server.generate(body), server.generate(body)
+    assert [e["index"] for e in _events(first, "end")] == [0, 1, 2]
+    assert [e["token_ids"] for e in _events(first, "end")] == [e["token_ids"] for e in _events(second, "end")]
+    assert all(lp <= 0 for e in _events(first, "end") for lp in e["logprobs"])
+    greedy = server.generate({"model": project.slug, "prompt": "greedy", "max_tokens": 6, "temperature": 0, "n": 2})
+    a, b = _events(greedy, "end")
+    assert a["token_ids"] == b["token_ids"] and set(a["logprobs"]) <= {0.0}
+    text = a["text"]
+    if len(text) >= 3:  # cut at a stop sequence taken from the greedy text itself
+        stop = text[1:3]
+        cut = server.generate({"model": project.slug, "prompt": "greedy", "max_tokens": 6, "temperature": 0,
+                               "stop": [stop]})
+        (end,) = _events(cut, "end")
+        assert end["text"] == text[: text.find(stop)] and end["finish_reason"] == "stop"
+        assert stop not in "".join(e["text"] for e in _events(cut, "delta"))
+
+
+def test_unknown_model_and_pinned_version(project, inference_process):
+    server = inference_process()
+    assert server.generate({"model": "nope", "prompt": "x"})[0]["status"] == 404
+    assert server.generate({"model": f"{project.slug}@99", "prompt": "x"})[0]["status"] == 404
+    assert server.generate({"model": f"{project.slug}@0", "prompt": "x", "max_tokens": 2})[0]["version"] == 0
+
+
+def test_a_promoted_version_is_served_without_dropping_requests_in_flight(project, inference_process, tmp_path):
+    from pgcore.tiny import write_tiny_model
+
+    server = inference_process("--poll-s", "0.3")
+    server.generate({"model": project.slug, "prompt": "warm up", "max_tokens": 2})
+    results, stop = [], threading.Event()
+
+    def client(i):
+        while not stop.is_set():
+            events = server.generate({"model": project.slug, "prompt": f"load {i}", "max_tokens": 16})
+            results.append(events)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    weights = write_tiny_model(tmp_path / "v1", seed=1)
+    v1 = version_register(project=project, parent=project.served_version, kind=ModelVersion.Kind.FULL,
+                          weights_path=weights, sha256="", ratings_used=0, metrics={})
+    version_promote(version=v1, refill_pool=False)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(e[0].get("version") == 1 for e in list(results)):
+        time.sleep(0.2)
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join(120)
+    versions = [events[0].get("version") for events in results]
+    assert all(events[-1] == {"event": "done"} for events in results), [e[-1] for e in results]
+    assert 0 in versions and 1 in versions
+    switched = versions.index(1)
+    assert 0 not in versions[switched + 3:]  # after the switch (and the requests already running), only v1

@@ -1,0 +1,43 @@
+"""The web app's side of the inference process: stream its NDJSON events over HTTP (httpx2).
+
+Torch-free: web processes import this, never :mod:`webapp.serving.engine`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx2
+from django.conf import settings
+
+
+class InferenceUnavailable(Exception):
+    """The inference process could not be reached, or broke off."""
+
+
+_client: httpx2.Client | None = None
+
+
+def _http() -> httpx2.Client:
+    global _client
+    if _client is None:  # one pooled client per process (thread-safe)
+        _client = httpx2.Client(timeout=httpx2.Timeout(300.0, connect=3.0), limits=httpx2.Limits(max_connections=64))
+    return _client
+
+
+def generate_events(body: dict) -> Iterator[dict]:
+    """POST ``body`` to the inference process's ``/generate``; yield its events as they come.
+
+    Raises:
+        InferenceUnavailable: not reachable, or the connection broke before ``done``.
+    """
+    url = settings.REWARDLOOP_INFERENCE_URL.rstrip("/") + "/generate"
+    try:
+        with _http().stream("POST", url, json=body) as response:
+            for line in response.iter_lines():
+                if line.strip():
+                    yield json.loads(line)
+    except httpx2.HTTPError as exc:
+        raise InferenceUnavailable(f"the inference process at {settings.REWARDLOOP_INFERENCE_URL} "
+                                   f"did not answer: {exc.__class__.__name__}") from exc

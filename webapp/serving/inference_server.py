@@ -1,0 +1,270 @@
+"""The inference process's HTTP front: ``POST /generate`` streams NDJSON; ``GET /healthz``.
+
+Only the web app's serving views call it (over loopback or a private network; it has no
+authentication of its own: the web app checks tokens and roles first). Built on the standard
+library's :class:`http.server.ThreadingHTTPServer`: one thread per connection reads the
+engine's events, decodes text incrementally and applies stop sequences, while the engine's
+one thread runs the forward passes.
+
+``POST /generate`` takes JSON::
+
+    {"model": "demo" | "demo@3", "prompt": "text"} or {"model": ..., "messages": [{"role", "content"}]},
+    plus "max_tokens", "temperature", "top_p", "n", "seed", "stop": [str] (validated by the web app)
+
+and answers ``200`` with one JSON object per line::
+
+    {"event": "start", "model": "demo@3", "version": 3, "prompt_tokens": 12}
+    {"event": "delta", "index": 0, "text": "Hel"}                 (as tokens arrive)
+    {"event": "end", "index": 0, "text": ..., "finish_reason": "stop" | "length",
+     "token_ids": [...], "logprobs": [...], "prompt_token_ids": [...]}   (one per choice)
+    {"event": "done"}
+
+or ``{"event": "error", "status": 4xx/5xx, "message": ...}`` in place of the rest (an unknown
+model is 404, a prompt longer than the model's context 400).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from django.db import close_old_connections
+
+from webapp.policies.models import ModelVersion, Project
+
+from .engine import Engine, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class UnknownModel(LookupError):
+    pass
+
+
+class Versions:
+    """Which model version each model name means, kept fresh by a poller thread.
+
+    ``slug`` means the project's served version. The poller reads every known project's
+    served version each ``poll_s`` seconds; a new one is loaded into the engine first and only
+    then becomes what ``slug`` means, so requests never wait for a load and none is dropped.
+    """
+
+    def __init__(self, engine: Engine, *, poll_s: float = 1.0):
+        self.engine, self.poll_s = engine, poll_s
+        self.served: dict[str, int] = {}  # slug -> served version id
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="served-version-poller", daemon=True)
+        self._thread.start()
+
+    def resolve(self, model: str) -> int:
+        """The version id ``model`` (``slug`` or ``slug@number``) means now; UnknownModel if none."""
+        slug, _, pin = model.partition("@")
+        if pin:
+            try:
+                number = int(pin)
+            except ValueError:
+                raise UnknownModel(model) from None
+            version = ModelVersion.objects.filter(project__slug=slug, number=number).values_list("pk", flat=True).first()
+            if version is None:
+                raise UnknownModel(model)
+            return version
+        with self._lock:
+            if slug in self.served:
+                return self.served[slug]
+        version = Project.objects.filter(slug=slug).values_list("served_version_id", flat=True).first()
+        if version is None:
+            raise UnknownModel(model)
+        self.engine.loaded(version)
+        with self._lock:
+            self.served[slug] = version
+        return version
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                with self._lock:
+                    slugs = list(self.served)
+                rows = dict(Project.objects.filter(slug__in=slugs).values_list("slug", "served_version_id"))
+                for slug, version in rows.items():
+                    if version is not None and version != self.served.get(slug):
+                        self.engine.loaded(version)  # load before switching: requests never wait on it
+                        with self._lock:
+                            self.served[slug] = version
+                        log.info("project %s: now serving version id %s", slug, version)
+            except Exception:
+                log.exception("served-version poll failed; trying again")
+            finally:
+                close_old_connections()
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+class _Choice:
+    """Incremental text of one choice: decoded from its token ids, cut at the first stop sequence."""
+
+    def __init__(self, tokenizer, stop: list[str]):
+        self.tokenizer, self.stop = tokenizer, stop
+        self.ids: list[int] = []
+        self.sent = 0  # characters already streamed
+        self.text = ""
+        self.stopped_at: int | None = None  # tokens kept when a stop sequence appeared
+
+    def add(self, token: int) -> str:
+        """Append a token; the text that can be streamed now (held back: a possible stop prefix, a split character)."""
+        if self.stopped_at is not None:
+            return ""
+        self.ids.append(token)
+        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True).replace("\x00", "\ufffd")
+        hits = [at for at in (self.text.find(s) for s in self.stop) if at >= 0]
+        if hits:
+            self.text = self.text[: min(hits)]
+            self.stopped_at = len(self.ids)
+        if self.stopped_at is not None:
+            return self.flush()
+        safe = len(self.text) - max((len(s) - 1 for s in self.stop), default=0)
+        while safe > self.sent and self.text[safe - 1] == "\ufffd":
+            safe -= 1  # a character whose bytes are split over tokens
+        if safe <= self.sent:
+            return ""
+        delta, self.sent = self.text[self.sent : safe], safe
+        return delta
+
+    def flush(self) -> str:
+        delta, self.sent = self.text[self.sent :], len(self.text)
+        return delta
+
+
+def make_handler(engine: Engine, versions: Versions):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt, *args):  # the web app logs requests; keep this quiet
+            log.debug(fmt, *args)
+
+        def _json(self, status: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            if self.path != "/healthz":
+                return self._json(404, {"error": "not found"})
+            return self._json(200, {"ok": True, "served": versions.served, "batches": engine.batches_run,
+                                    "rows": engine.rows_run})
+
+        def do_POST(self):
+            if self.path != "/generate":
+                return self._json(404, {"error": "not found"})
+            try:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                model = str(body["model"])
+                params = SamplingParams(
+                    max_tokens=int(body.get("max_tokens", 16)), temperature=float(body.get("temperature", 1.0)),
+                    top_p=float(body.get("top_p", 1.0)), n=int(body.get("n", 1)),
+                    seed=None if body.get("seed") is None else int(body["seed"]),
+                )
+                stop = [str(s) for s in body.get("stop") or [] if s]
+            except (ValueError, KeyError, TypeError) as exc:
+                return self._json(400, {"event": "error", "status": 400, "message": f"malformed request: {exc}"})
+            try:
+                version_id = versions.resolve(model)
+                item = engine.loaded(version_id)
+                tokenizer = item.tokenizer
+                if body.get("messages") is not None:
+                    text = tokenizer.apply_chat_template(body["messages"], tokenize=False, add_generation_prompt=True)
+                    prompt_ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+                else:
+                    prompt_ids = list(tokenizer(str(body.get("prompt", "")))["input_ids"])
+            except UnknownModel:
+                return self._json(404, {"event": "error", "status": 404, "message": f"no model {model!r}"})
+            finally:
+                close_old_connections()
+            if not prompt_ids:
+                return self._json(400, {"event": "error", "status": 400, "message": "the prompt is empty"})
+            request = engine.submit(version_id, prompt_ids, params)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-ndjson")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            choices = [_Choice(tokenizer, stop) for _ in range(params.n)]
+            open_choices = params.n
+            try:
+                while open_choices:
+                    event = request.events.get()
+                    kind = event[0]
+                    if kind == "start":
+                        self._line({"event": "start", "model": model, "version": event[1].version_number,
+                                    "prompt_tokens": len(prompt_ids), "prompt_token_ids": prompt_ids})
+                    elif kind == "token":
+                        choice = choices[event[1]]
+                        delta = choice.add(event[2])
+                        if choice.stopped_at is not None:
+                            request.stop_choices.add(event[1])
+                        if delta:
+                            self._line({"event": "delta", "index": event[1], "text": delta})
+                    elif kind == "end":
+                        index, info, choice = event[1], event[2], choices[event[1]]
+                        if choice.stopped_at is None:
+                            choice.text = tokenizer.decode(info["token_ids"], skip_special_tokens=True).replace(
+                                "\x00", "\ufffd")
+                        delta = choice.flush()
+                        if delta:
+                            self._line({"event": "delta", "index": index, "text": delta})
+                        kept = choice.stopped_at if choice.stopped_at is not None else len(info["token_ids"])
+                        reason = "stop" if info["finished"] or choice.stopped_at is not None else "length"
+                        self._line({"event": "end", "index": index, "text": choice.text, "finish_reason": reason,
+                                    "token_ids": info["token_ids"][:kept], "logprobs": info["logprobs"][:kept],
+                                    "finished": bool(info["finished"] and choice.stopped_at is None)})
+                        open_choices -= 1
+                    elif kind == "error":
+                        status = 400 if "context" in event[1] else 500
+                        self._line({"event": "error", "status": status, "message": event[1]})
+                        break
+                else:
+                    self._line({"event": "done"})
+                self.wfile.write(b"0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                request.cancelled.set()  # the client left: its rows stop at the next step
+
+        def _line(self, obj: dict) -> None:
+            data = json.dumps(obj).encode() + b"\n"
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+    return Handler
+
+
+def serve(*, host: str, port: int, window_s: float, max_batch: int, precision: str, poll_s: float,
+          ready: threading.Event | None = None) -> None:
+    """Run the inference process's server until interrupted."""
+    from webapp.policies.runtime import policy_load
+
+    def load(version_id: int):
+        try:
+            version = ModelVersion.objects.select_related("project").get(pk=version_id)
+            return policy_load(version, trainable=False), version.number
+        finally:
+            close_old_connections()
+
+    engine = Engine(load=load, window_s=window_s, max_batch=max_batch, precision=precision)
+    versions = Versions(engine, poll_s=poll_s)
+    server = ThreadingHTTPServer((host, port), make_handler(engine, versions))
+    server.daemon_threads = True
+    log.info("inference process listening on http://%s:%s", host, server.server_address[1])
+    print(f"inference process listening on http://{host}:{server.server_address[1]}", flush=True)
+    if ready is not None:
+        ready.set()
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        server.server_close()
+        versions.close()
+        engine.close()

@@ -1,0 +1,263 @@
+"""OpenAI-compatible routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``.
+
+The official ``openai`` client works unchanged with ``base_url="<rewardloop>/v1"`` and an API
+token of Rewardloop as its key. The model name is a project's slug (its served version) or
+``slug@N`` (version N; staff only, unless N is the served version). Any member of the project
+may call its model. These views never load a model: they check the token, the role and the
+body, then stream from the inference process (:mod:`webapp.serving.client`), as server-sent
+events when ``stream`` is true.
+
+Every error answers OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``:
+400 ``invalid_request_error`` (``param`` names the field), 401 ``authentication_error``, 403
+``permission_error``, 404 ``invalid_request_error`` with code ``model_not_found`` (no such
+project, or not one of yours: not told apart), 413 (body over the cap), 429
+``rate_limit_error``, 503 ``server_error`` (the inference process is down).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import time
+
+from django.conf import settings
+from django.http import JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from pydantic import ValidationError
+
+from webapp.accounts import selectors as token_selectors
+from webapp.accounts import services as token_services
+from webapp.accounts.auth import TokenRateThrottle
+from webapp.permissions import NotAMember, project_role_check
+from webapp.policies.models import Membership
+from webapp.policies.selectors import projects_for
+
+from .client import InferenceUnavailable, generate_events
+from .schemas import ChatIn, CompletionIn
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+          404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
+          429: "rate_limit_error"}
+
+
+class OpenAIError(Exception):
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def response(self) -> JsonResponse:
+        body = {"error": {"message": self.message, "type": _TYPES.get(self.status, "server_error"),
+                          "param": self.param, "code": self.code}}
+        return JsonResponse(body, status=self.status)
+
+
+def _authenticate(request):
+    """The request's API token (``Authorization: Bearer``), throttled as the REST API's; sets ``request.user``."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, secret = header.partition(" ")
+    token = token_selectors.api_token_for_secret(secret=secret.strip()) if scheme.lower() == "bearer" else None
+    if token is None:
+        raise OpenAIError(401, "Send a valid, unrevoked Rewardloop API token: Authorization: Bearer <token>.",
+                          code="invalid_api_key")
+    token_services.api_token_mark_used(token=token)
+    request.user, request.auth = token.user, token
+    if not TokenRateThrottle().allow_request(request):
+        raise OpenAIError(429, f"Too many requests for this token; retry in "
+                               f"{math.ceil(getattr(request, '_api_throttle_wait', 1))} s.", code="rate_limit_exceeded")
+    return token
+
+
+def _body(request, schema):
+    length = int(request.META.get("CONTENT_LENGTH") or 0)
+    if length > settings.REWARDLOOP_SERVE_MAX_BODY_BYTES:
+        raise OpenAIError(413, f"The body is larger than {settings.REWARDLOOP_SERVE_MAX_BODY_BYTES} bytes.")
+    try:
+        data = json.loads(request.body or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise OpenAIError(400, "The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise OpenAIError(400, "The body must be a JSON object.")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first.get("loc", ())) or None
+        message = first.get("msg", "invalid").removeprefix("Value error, ")
+        if param is None and ":" in message.split(" ")[0]:
+            param = message.split(":")[0]
+        raise OpenAIError(400, f"{param + ': ' if param else ''}{message}", param=param) from None
+
+
+def _project(request, model: str):
+    slug, _, pin = model.partition("@")
+    try:
+        project, role = project_role_check(user=request.user, slug=slug, staff=False)
+    except NotAMember:
+        raise OpenAIError(404, f"The model {model!r} does not exist or you do not have access to it.",
+                          param="model", code="model_not_found") from None
+    served = project.served_version.number if project.served_version_id else None
+    if pin and int(pin) != served and role != Membership.Role.STAFF:
+        raise OpenAIError(403, "Only the project's staff may call a version other than the served one.",
+                          param="model")
+    return project
+
+
+def _openai_view(method: str):
+    def decorate(handler):
+        def view(request, *args, **kwargs):
+            try:
+                if request.method != method:
+                    raise OpenAIError(405, f"Use {method} here.")
+                return handler(request, *args, **kwargs)
+            except OpenAIError as exc:
+                response = exc.response()
+                if exc.status == 405:
+                    response["Allow"] = method
+                return response
+
+        view.__doc__, view.__name__ = handler.__doc__, handler.__name__
+        return csrf_exempt(view)
+
+    return decorate
+
+
+def _start(body: dict):
+    """The inference process's event stream, with its first event read (errors surface before we answer)."""
+    try:
+        events = generate_events(body)
+        first = next(events)
+    except (InferenceUnavailable, StopIteration) as exc:
+        raise OpenAIError(503, f"The model is not available right now: {exc}", code="inference_unavailable") from None
+    if first["event"] == "error":
+        status = first.get("status", 500)
+        raise OpenAIError(status, first.get("message", "generation failed"),
+                          code="model_not_found" if status == 404 else None,
+                          param="model" if status == 404 else ("messages" if status == 400 else None))
+    return first, events
+
+
+class _Answer:
+    """Collects one request's events into OpenAI's objects (non-streaming and streaming)."""
+
+    def __init__(self, *, chat: bool, params, start: dict):
+        self.chat, self.params, self.start = chat, params, start
+        self.id = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
+        self.created = int(time.time())
+        self.ends: dict[int, dict] = {}
+
+    @property
+    def fingerprint(self) -> str:
+        return f"v{self.start['version']}"
+
+    def usage(self) -> dict:
+        completion = sum(len(e["token_ids"]) for e in self.ends.values())
+        prompt = self.start["prompt_tokens"]
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def whole(self) -> dict:
+        ends = [self.ends[i] for i in sorted(self.ends)]
+        if self.chat:
+            choices = [{"index": e["index"], "message": {"role": "assistant", "content": e["text"]},
+                        "finish_reason": e["finish_reason"], "logprobs": None} for e in ends]
+        else:
+            choices = [{"index": e["index"], "text": e["text"], "finish_reason": e["finish_reason"], "logprobs": None}
+                       for e in ends]
+        return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
+                "created": self.created, "model": self.params.model, "system_fingerprint": self.fingerprint,
+                "choices": choices, "usage": self.usage()}
+
+    def chunk(self, index: int, *, text: str | None = None, role: bool = False, finish: str | None = None) -> dict:
+        if self.chat:
+            delta = {}
+            if role:
+                delta["role"] = "assistant"
+            if text is not None:
+                delta["content"] = text
+            choice = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
+        else:
+            choice = {"index": index, "text": text or "", "finish_reason": finish, "logprobs": None}
+        return {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                "created": self.created, "model": self.params.model, "system_fingerprint": self.fingerprint,
+                "choices": [choice]}
+
+
+def _complete(request, schema, *, chat: bool):
+    _authenticate(request)
+    params = _body(request, schema)
+    _project(request, params.model)
+    body = {"model": params.model, **params.sampling()}
+    if chat:
+        body["messages"] = params.chat()
+    else:
+        body["prompt"] = params.prompt
+    start, events = _start(body)
+    answer = _Answer(chat=chat, params=params, start=start)
+    if not params.stream:
+        for event in events:
+            if event["event"] == "end":
+                answer.ends[event["index"]] = event
+            elif event["event"] == "error":
+                raise OpenAIError(event.get("status", 500), event.get("message", "generation failed"))
+        return JsonResponse(answer.whole())
+    response = StreamingHttpResponse(_sse(answer, events), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # a proxy in front must not hold the stream back
+    return response
+
+
+def _sse(answer: _Answer, events):
+    def data(obj) -> bytes:
+        return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+    if answer.chat:
+        for index in range(answer.params.n):
+            yield data(answer.chunk(index, text="", role=True))
+    try:
+        for event in events:
+            if event["event"] == "delta":
+                yield data(answer.chunk(event["index"], text=event["text"]))
+            elif event["event"] == "end":
+                answer.ends[event["index"]] = event
+                yield data(answer.chunk(event["index"], finish=event["finish_reason"]))
+            elif event["event"] == "error":
+                yield data({"error": {"message": event.get("message"), "type": "server_error", "param": None,
+                                      "code": None}})
+                return
+    except InferenceUnavailable as exc:
+        yield data({"error": {"message": str(exc), "type": "server_error", "param": None, "code": None}})
+        return
+    if answer.params.include_usage:
+        yield data({**answer.chunk(0), "choices": [], "usage": answer.usage()})
+    yield b"data: [DONE]\n\n"
+
+
+@_openai_view("POST")
+def chat_completions(request):
+    """``POST /v1/chat/completions``: OpenAI's Chat Completions, JSON or server-sent events."""
+    return _complete(request, ChatIn, chat=True)
+
+
+@_openai_view("POST")
+def completions(request):
+    """``POST /v1/completions``: OpenAI's (legacy) Completions, JSON or server-sent events."""
+    return _complete(request, CompletionIn, chat=False)
+
+
+def _model_out(project) -> dict:
+    return {"id": project.slug, "object": "model", "created": int(project.created_at.timestamp()),
+            "owned_by": "rewardloop"}
+
+
+@_openai_view("GET")
+def models(request):
+    """``GET /v1/models``: the projects the token's user is a member of, one model each."""
+    _authenticate(request)
+    return JsonResponse({"object": "list", "data": [_model_out(p) for p, _ in projects_for(user=request.user)]})
+
+
+@_openai_view("GET")
+def model(request, model: str):
+    """``GET /v1/models/<model>``: one project's model, or 404."""
+    _authenticate(request)
+    return JsonResponse(_model_out(_project(request, model)))

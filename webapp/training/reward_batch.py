@@ -1,0 +1,149 @@
+"""Policy updates on fresh samples scored by the reward model (``Project.reward_source = "reward_model"``).
+
+The batch step of a run on such a project (:func:`.services.training_batch_build` builds
+the human part first):
+
+1. refits the project's reward model on every rating (:func:`webapp.rewards.services.reward_model_fit`);
+   too few ratings, or a fit that fails for any other reason, leaves a line in the run's
+   log and the run trains on the human ratings alone, as a human-only project does;
+2. samples ``rm_samples_per_prompt`` (k) completions for each of ``REWARDLOOP_RM_FRESH_PROMPTS``
+   training prompts, rated or not, from the parent version (the one fast sampler,
+   ``pgcore.rollout.generate``, behaviour logprobs exact);
+3. scores them pessimistically, ``reward = mean - c * std`` over the ensemble with
+   ``c = rm_pessimism`` (reward units, like the human rewards; a lower confidence bound
+   against over-optimising the reward model, as in Coste et al. 2024, "Reward model
+   ensembles help mitigate overoptimization");
+4. appends them to the human batch, each prompt's k samples a group of their own, so the
+   update's leave-one-out baseline (Kool et al. 2019; Ahmadian et al. 2024, RLOO) compares
+   samples of one prompt under one scorer; the human-rated completions keep their groups
+   and their human rewards (Christiano et al. 2017; Ziegler et al. 2019 train the policy
+   on fresh samples scored by a model fitted on every label).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+from django.conf import settings
+
+from webapp.annotation.models import Prompt
+from webapp.errors import ApplicationError
+from webapp.policies.models import Project, RewardSource
+
+from . import liveness
+from .models import TrainingRun
+
+log = logging.getLogger(__name__)
+
+FRESH_PROMPTS = 16
+
+
+def fresh_prompts() -> int:
+    """Training prompts sampled per reward-model update (setting ``REWARDLOOP_RM_FRESH_PROMPTS``)."""
+    return int(getattr(settings, "REWARDLOOP_RM_FRESH_PROMPTS", FRESH_PROMPTS))
+
+
+def reward_model_for_run(*, run: TrainingRun, project: Project):
+    """Refit the reward model for this run; the version, or None (human-only, with the reason logged).
+
+    Never raises for a failed fit: the run then trains on human ratings alone.
+    """
+    from webapp.rewards import services as reward_services
+
+    try:
+        version = reward_services.reward_model_fit(project=project)
+    except ApplicationError as exc:
+        liveness.run_log(run, f"reward model: {exc.message} Training on human ratings only.")
+        return None
+    except Exception as exc:  # noqa: BLE001 - a failed fit never blocks human-only training
+        log.exception("project %s: reward model fit failed", project.slug)
+        liveness.run_log(run, f"reward model: the fit failed ({type(exc).__name__}: {exc}). Training on human ratings only.")
+        return None
+    pearson = version.metrics.get("held_out/pearson")
+    quality = f", held-out Pearson {pearson:.2f}" if isinstance(pearson, float) else ""
+    liveness.run_log(run, f"reward model RM{version.number} fitted on {version.n_judgments} judgments{quality}")
+    return version
+
+
+def fresh_batch_build(*, run: TrainingRun, project: Project, rm_version, parent, seed: int):
+    """Sample and score fresh completions; a :class:`pgcore.trainer.TrainBatch` of ``P * k`` rows.
+
+    Group ids are negative (``-1 - i`` for the i-th prompt) so they never meet a human
+    group (prompt ids are positive).
+
+    Raises:
+        ApplicationError: the reward model's artefact is missing or corrupt (a clear error:
+            the run fails, nothing is served), or the project has no training prompt.
+    """
+    import torch
+
+    from pgcore.reward_model import RewardModelConfig
+    from pgcore.rollout import generate
+    from pgcore.trainer import TrainBatch
+
+    from webapp.policies.runtime import policy_load
+    from webapp.rewards import services as reward_services
+
+    model = reward_services.reward_model_load(version=rm_version)  # ApplicationError when corrupt
+    k = int(project.rm_samples_per_prompt)
+    pool = list(Prompt.objects.filter(project=project, held_out=False).order_by("id").values_list("pk", "text"))
+    if not pool:
+        raise ApplicationError("The project has no training prompts to sample for the reward model.")
+    chosen = random.Random(seed).sample(pool, min(fresh_prompts(), len(pool)))
+    liveness.run_log(run, f"sampling {k} completions for each of {len(chosen)} prompts from v{parent.number}")
+    policy = policy_load(parent, trainable=False)
+    rollouts = generate(
+        policy, [text for _, text in chosen for _ in range(k)], max_new_tokens=project.max_new_tokens, seed=seed
+    )
+    del policy
+    config = RewardModelConfig.from_dict(rm_version.config)
+    features = reward_services.features_compute(
+        project=project,
+        prompt_ids=[r.prompt_ids for r in rollouts],
+        completion_ids=[r.completion_ids for r in rollouts],
+        config=config,
+    )
+    mean, std = model.score(features)  # (P*k,), (P*k,)
+    rewards = mean - float(project.rm_pessimism) * std
+    if not torch.isfinite(rewards).all():
+        raise ApplicationError(f"Reward model RM{rm_version.number} gave a non-finite score to a fresh sample.")
+    liveness.run_log(
+        run,
+        f"scored {len(rollouts)} fresh samples with RM{rm_version.number}: mean {float(mean.mean()):+.3f}, "
+        f"ensemble std {float(std.mean()):.3f}, pessimistic reward (c = {project.rm_pessimism:g}) "
+        f"{float(rewards.mean()):+.3f}",
+    )
+    return TrainBatch(
+        prompt_ids=[r.prompt_ids for r in rollouts],
+        completion_ids=[r.completion_ids for r in rollouts],
+        behaviour_logprobs=[r.behaviour_logprobs for r in rollouts],
+        rewards=[float(x) for x in rewards.tolist()],
+        group_ids=[-1 - i for i in range(len(chosen)) for _ in range(k)],
+    )
+
+
+def batches_join(human, fresh):
+    """One TrainBatch: the human rows, then the fresh rows."""
+    from pgcore.trainer import TrainBatch
+
+    return TrainBatch(
+        prompt_ids=human.prompt_ids + fresh.prompt_ids,
+        completion_ids=human.completion_ids + fresh.completion_ids,
+        behaviour_logprobs=human.behaviour_logprobs + fresh.behaviour_logprobs,
+        rewards=human.rewards + fresh.rewards,
+        group_ids=human.group_ids + fresh.group_ids,
+    )
+
+
+def batch_with_reward_model(*, run: TrainingRun, project: Project, parent, human_batch):
+    """The run's batch: ``human_batch`` alone for a human-only project or when no reward model
+    could be fitted, else the human rows plus fresh reward-model-scored rows."""
+    if project.reward_source != RewardSource.REWARD_MODEL:
+        return human_batch
+    rm_version = reward_model_for_run(run=run, project=project)
+    if rm_version is None:
+        return human_batch
+    fresh = fresh_batch_build(run=run, project=project, rm_version=rm_version, parent=parent, seed=run.pk)
+    TrainingRun.objects.filter(pk=run.pk).update(reward_model=rm_version)
+    return batches_join(human_batch, fresh)
