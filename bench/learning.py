@@ -345,6 +345,7 @@ def version_metrics(version, rater) -> dict:
     if not samples:
         raise RuntimeError(f"{version} has no held-out samples; is guard_eval_prompts > 0?")
     ratings = [rater(s.prompt.text, s.text) for s in samples]
+    by_rater = {name: statistics.fmean(fn(s.prompt.text, s.text) for s in samples) for name, fn in BUILTIN_RATERS.items()}
     compounds = [compound(s.text) for s in samples]
     spread = statistics.stdev(ratings) if len(ratings) > 1 else 0.0
     # Per completion, summed over its tokens: k3 = r - 1 - log r with r = pi_base / pi
@@ -357,6 +358,7 @@ def version_metrics(version, rater) -> dict:
         "mean_rating": sum(ratings) / len(ratings),
         "mean_rating_se": spread / math.sqrt(len(ratings)),  # standard error over held-out prompts
         "mean_compound": sum(compounds) / len(compounds),
+        "mean_by_builtin_rater": by_rater,  # every built-in rater's mean on the same samples
         "ratings_heldout": ratings,  # per held-out prompt, in prompt order
         "kl_per_completion": sum(kl_k3) / len(kl_k3),
         "kl_log_ratio_per_completion": sum(kl_log_ratio) / len(kl_log_ratio),
@@ -992,7 +994,7 @@ def main(argv=None) -> dict:
         if args.base_only:
             result = base_only(args, base_model_path=base_model_path, rows=rows, users=users, team=team, model_name=model_name)
             out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "learning-base.json").write_text(json.dumps(result, indent=2) + "\n")
+            atomic_write(out_dir / "learning-base.json", json.dumps(result, indent=2) + "\n")
             print(json.dumps(result))
             return result
         check_project_fields(args.variants)
@@ -1042,7 +1044,10 @@ def main(argv=None) -> dict:
                 if result["base"] is None:
                     result["base"] = {
                         k: base_point[k]
-                        for k in ("mean_rating", "mean_rating_se", "mean_compound", "kl_per_completion", "distinct2", "mean_length", "finished_fraction", "n_heldout", "texts_sample")
+                        for k in (
+                            "mean_rating", "mean_rating_se", "mean_compound", "mean_by_builtin_rater", "kl_per_completion",
+                            "distinct2", "mean_length", "finished_fraction", "n_heldout", "texts_sample",
+                        )
                     }
                 curve = [base_point]
 

@@ -110,16 +110,13 @@ def test_arguments_set_tis_cap_rater_seeds_and_each_runs_pgconfig_seed():
         parse_args(["--tiny", "--seeds", "0"])
 
 
-def test_the_rm_variants_stop_with_a_clear_message_when_the_project_lacks_their_settings(db):
-    from webapp.policies.models import Project
+def test_the_rm_variants_stop_with_a_clear_message_when_the_project_lacks_their_settings(db, monkeypatch):
+    import bench.learning as learning
 
-    have = {f.name for f in Project._meta.get_fields()}
-    check_project_fields(["default", "naive", "critic"])  # always available
-    if set(PROJECT_FIELDS["rm_active"]) <= have:
-        check_project_fields(["rm", "rm_active"])
-    else:
-        with pytest.raises(SystemExit, match="variant 'rm' needs the project setting"):
-            check_project_fields(["default", "rm"])
+    check_project_fields(["default", "naive", "critic", "rm", "rm_active"])  # this checkout has them
+    monkeypatch.setitem(learning.PROJECT_FIELDS, "rm", {**PROJECT_FIELDS["rm"], "rm_from_the_future": True})
+    with pytest.raises(SystemExit, match="variant 'rm' needs the project setting.*rm_from_the_future"):
+        check_project_fields(["default", "rm"])
 
 
 def test_the_plot_draws_every_seeds_frontier_and_the_reward_models_held_out_metrics(tmp_path):
