@@ -10,6 +10,7 @@ import httpx2
 import pytest
 
 from tests.webapp.api_helpers import ApiClient
+from tests.webapp.serving_helpers import gunicorn  # noqa: F401 - fixture
 from webapp.accounts.services import api_token_create
 from webapp.annotation.models import Comparison, Completion, Feedback, Rating
 from webapp.annotation.production import AnswerChoice, production_answer_store
@@ -137,8 +138,11 @@ def test_ratings_export_filters_by_source(project, user_token, make_completion, 
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_fifty_concurrent_feedback_posts_lose_nothing(project, annotator, live_server, settings):
+def test_fifty_concurrent_feedback_posts_lose_nothing(project, annotator, gunicorn, settings):
+    """50 posts at one instant to the web app as the Procfile runs it (gunicorn: Django's test server's
+    listen backlog of 10 would reset connections before the app sees them)."""
     settings.REWARDLOOP_API_RATE = "100000/m"
+    server = gunicorn()
     token, secret = api_token_create(user=annotator, name="load")
     for i in range(50):
         answer(project, token, f"chatcmpl-{i:04x}", prompt=f"question {i}")
@@ -146,7 +150,7 @@ def test_fifty_concurrent_feedback_posts_lose_nothing(project, annotator, live_s
 
     def post(i):
         barrier.wait()
-        response = httpx2.post(f"{live_server.url}/api/v1/feedback", json={"id": f"chatcmpl-{i:04x}", "score": 1 + i % 5},
+        response = httpx2.post(f"{server.url}/api/v1/feedback", json={"id": f"chatcmpl-{i:04x}", "score": 1 + i % 5},
                                headers={"Authorization": f"Bearer {secret}"}, timeout=120)
         statuses.append(response.status_code)
 
