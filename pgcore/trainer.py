@@ -45,6 +45,9 @@ class TrainBatch:
             same lengths as ``completion_ids``.
         rewards: scalar reward per completion (e.g. from ``ratings_to_rewards``).
         group_ids: prompt id per completion; leave-one-out works within a group.
+        weights: optional weight >= 0 per completion, multiplying its advantage (so its share
+            of the policy gradient; the KL penalty is unweighted). None: all 1. Used for
+            rating sources trusted less or more (production feedback vs annotators).
     """
 
     prompt_ids: list[list[int]]
@@ -52,6 +55,7 @@ class TrainBatch:
     behaviour_logprobs: list[list[float]]
     rewards: list[float]
     group_ids: list[int]
+    weights: list[float] | None = None
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -62,7 +66,8 @@ def validate_batch(batch: TrainBatch, vocab_size: int | None = None) -> None:
 
     Raises:
         ValueError: empty batch, mismatched lengths, an empty prompt or completion, a token
-            id outside the vocabulary, or a positive behaviour logprob.
+            id outside the vocabulary, a positive behaviour logprob, or a negative or
+            non-finite weight.
         NonFiniteError: a reward or behaviour logprob is NaN or infinite (the message
             names the completion).
     """
@@ -76,6 +81,11 @@ def validate_batch(batch: TrainBatch, vocab_size: int | None = None) -> None:
         "rewards": N,
         "group_ids": len(batch.group_ids),
     }
+    if batch.weights is not None:
+        lengths["weights"] = len(batch.weights)
+        bad_weights = [w for w in batch.weights if not (math.isfinite(float(w)) and float(w) >= 0)]
+        if bad_weights:
+            raise ValueError(f"weights must be finite and >= 0, got {bad_weights[0]}")
     if len(set(lengths.values())) != 1:
         raise ValueError(f"batch fields have different lengths: {lengths}")
     for i, reward in enumerate(batch.rewards):
@@ -330,6 +340,8 @@ def update(
     advantages = compute_advantages(
         rewards, torch.tensor(batch.group_ids), config, None if untrained_critic else values
     )  # (N,)
+    if batch.weights is not None:
+        advantages = advantages * torch.tensor(batch.weights, dtype=advantages.dtype)  # (N,)
     _check_finite("advantages", advantages, "the start of the update")
     pad_id = policy.tokenizer.pad_token_id
 

@@ -22,13 +22,15 @@ from webapp.accounts.auth import TokenAuth, TokenRateThrottle
 from webapp.annotation.api import router as annotation_router
 from webapp.errors import ApplicationError
 from webapp.policies.api import router as policies_router
+from webapp.serving.api import router as serving_router
 from webapp.training.api import router as training_router
 
 api = NinjaAPI(
     title="Rewardloop API",
     version="1",
     description=(
-        "Projects, prompt import, the annotation queue, ratings export, training runs and model versions. "
+        "Projects, prompt import, the annotation queue, ratings export, training runs, model versions and "
+        "feedback on the served model's answers (the OpenAI-compatible routes live under `/v1/`). "
         "Authenticate with `Authorization: Bearer <token>` (create tokens under Accounts → API tokens). "
         "Every error is `{code, message, fields}`."
     ),
@@ -39,6 +41,7 @@ api = NinjaAPI(
 api.add_router("", policies_router)
 api.add_router("", annotation_router)
 api.add_router("", training_router)
+api.add_router("", serving_router)
 
 _CODES = {
     400: "invalid", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "rejected", 413: "too_large",

@@ -58,6 +58,56 @@ class InferenceProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
 
+class Gunicorn:
+    """The web app under gunicorn as the Procfile runs it (2 workers x 16 threads), on the test database."""
+
+    def __init__(self, tmp_path: Path):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = tmp_path / "gunicorn.log"
+        env = dict(os.environ)
+        env.update(DATABASE_URL=database_url(), REWARDLOOP_DATA_DIR=str(settings.DATA_DIR),
+                   REWARDLOOP_API_RATE=settings.REWARDLOOP_API_RATE, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("gunicorn")), "webapp.wsgi", "--bind", f"127.0.0.1:{port}",
+             "--workers", "2", "--threads", "16", "--worker-class", "gthread"],
+            cwd=REPO, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx2.get(self.url + "/healthz", timeout=10).status_code < 600:
+                    return
+            except httpx2.HTTPError:
+                pass
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gunicorn exited:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        raise AssertionError(f"gunicorn did not start:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def gunicorn(tmp_path):
+    started = []
+
+    def start() -> Gunicorn:
+        started.append(Gunicorn(tmp_path))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
 @pytest.fixture
 def inference_process(tmp_path):
     """``inference_process(*args)`` -> a started :class:`InferenceProcess`; stopped after the test."""

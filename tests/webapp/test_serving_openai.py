@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 
+import httpx2
 import openai
 import pytest
 from django.test import Client
 
 from tests.webapp.serving_helpers import inference_process  # noqa: F401 - fixture
 from webapp.accounts.services import api_token_create, api_token_revoke
+from webapp.annotation.models import Completion
 from webapp.policies.models import Membership
 
 
@@ -38,6 +40,12 @@ def test_the_official_openai_client_works_unchanged_streaming_and_not(live, proj
     assert all(c.finish_reason in ("stop", "length") for c in chat.choices)
     assert 0 < chat.usage.completion_tokens <= 16 and chat.usage.prompt_tokens > 0
     assert chat.system_fingerprint == "v0"
+    # The answer's id is what feedback names; the same token (the client's key) rates it.
+    feedback = httpx2.post(f"{live.base_url}".replace("/v1/", "/api/v1/feedback"),
+                           json={"id": chat.id, "choice": 1, "better_than": chat.id, "better_than_choice": 0},
+                           headers={"Authorization": f"Bearer {live.api_key}"}, timeout=30)
+    assert feedback.status_code == 201, feedback.content
+    assert Completion.objects.filter(response_id=chat.id, source="production").count() == 2
 
     stream = live.chat.completions.create(
         model=project.slug, messages=[{"role": "user", "content": "Stream it"}], max_tokens=10, stream=True,
@@ -50,6 +58,8 @@ def test_the_official_openai_client_works_unchanged_streaming_and_not(live, proj
     assert finishes in (["stop"], ["length"])
     assert chunks[-1].usage is not None and 0 < chunks[-1].usage.completion_tokens <= 10
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    stored = Completion.objects.get(response_id=chunks[0].id)  # stored before [DONE]
+    assert stored.text == text and stored.source == "production" and len(stored.token_ids) <= 10
 
     greedy = dict(model=project.slug, prompt="Once upon a time", max_tokens=8, temperature=0)
     whole = live.completions.create(**greedy)

@@ -2,7 +2,7 @@ from django.contrib import admin, messages
 from django.db import IntegrityError
 from django.shortcuts import redirect
 
-from .models import Comparison, Completion, Lease, Pair, Prompt, Rating, RatingRevision
+from .models import Comparison, Completion, Feedback, Lease, Pair, Prompt, Rating, RatingRevision
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -40,15 +40,24 @@ class PromptAdmin(admin.ModelAdmin):
 
 @admin.register(Completion)
 class CompletionAdmin(admin.ModelAdmin):
-    list_display = ["id", "project", "model_version", "finished", "created_at"]
-    list_filter = ["project", "finished"]
-    raw_id_fields = ["prompt", "model_version"]
+    list_display = ["id", "project", "model_version", "source", "response_id", "finished", "created_at"]
+    list_filter = ["project", "source", "finished"]
+    search_fields = ["response_id"]
+    raw_id_fields = ["prompt", "model_version", "api_token"]
+
+
+@admin.register(Feedback)
+class FeedbackAdmin(ReadOnlyAdmin):
+    list_display = ["id", "completion", "kind", "score", "thumbs_up", "api_token", "created_at"]
+    list_filter = ["kind"]
+    search_fields = ["comment", "completion__response_id"]
+    raw_id_fields = ["completion", "other", "rating"]
 
 
 @admin.register(Rating)
 class RatingAdmin(ReadOnlyAdmin):
-    list_display = ["id", "completion", "annotator", "score", "thumbs_up", "comparison", "created_at"]
-    list_filter = ["annotator"]
+    list_display = ["id", "completion", "annotator", "source", "score", "thumbs_up", "comparison", "created_at"]
+    list_filter = ["source", "annotator"]
     raw_id_fields = ["completion"]
 
 

@@ -46,6 +46,11 @@ class Prompt(models.Model):
     held_out = models.BooleanField(
         "held out", default=False, help_text="Used only to evaluate versions, never served to annotators."
     )
+    from_production = models.BooleanField(
+        "from production",
+        default=False,
+        help_text="Sent to the served model through the OpenAI-compatible API; never sampled for the annotation pool.",
+    )
     created_at = models.DateTimeField("created", auto_now_add=True)
 
     class Meta:
@@ -140,6 +145,24 @@ class Completion(models.Model):
     rm_uncertainty = models.FloatField(
         "reward-model uncertainty", null=True, blank=True, help_text="Written by the rewards app: the ensemble's spread."
     )
+
+    class Source(models.TextChoices):
+        POOL = "pool", "annotation pool"
+        PRODUCTION = "production", "production (API)"
+
+    source = models.CharField(
+        "source", max_length=12, choices=Source.choices, default=Source.POOL,
+        help_text="Sampled for the annotation pool, or answered to an API request (never offered to annotators).",
+    )
+    response_id = models.CharField(
+        "response id", max_length=40, blank=True, default="",
+        help_text="Production: the id the API answered with (chatcmpl-… or cmpl-…); feedback names it.",
+    )
+    choice_index = models.PositiveSmallIntegerField("choice", default=0, help_text="Production: index among n choices.")
+    api_token = models.ForeignKey(
+        "accounts.ApiToken", null=True, blank=True, on_delete=models.SET_NULL, related_name="completions",
+        help_text="Production: the token that received this answer; only it may rate it.",
+    )
     created_at = models.DateTimeField("created", auto_now_add=True)
 
     class Meta:
@@ -150,6 +173,12 @@ class Completion(models.Model):
             models.Index(fields=["project", "model_version", "-n_ratings", "id"], name="completion_queue_order"),
             # The progress line's count: open items of the project, every version.
             models.Index(fields=["project", "n_ratings"], name="completion_open_items"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["response_id", "choice_index"], condition=~models.Q(response_id=""),
+                name="completion_response_choice_unique",
+            ),
         ]
 
     def __str__(self):
@@ -385,6 +414,15 @@ class Rating(models.Model):
     )
     comment = models.TextField("comment", blank=True, max_length=2000)
     seconds_spent = models.FloatField("seconds spent", null=True, blank=True)
+
+    class Source(models.TextChoices):
+        ANNOTATOR = "annotator", "annotator"
+        PRODUCTION = "production", "production feedback"
+
+    source = models.CharField(
+        "source", max_length=12, choices=Source.choices, default=Source.ANNOTATOR,
+        help_text="An annotator's judgment, or feedback from the user of a production answer (weighted per project).",
+    )
     created_at = models.DateTimeField("created", auto_now_add=True)
     updated_at = models.DateTimeField("updated", auto_now=True)
 
@@ -456,3 +494,37 @@ class RatingRevision(models.Model):
 
     def __str__(self):
         return f"{self.annotator} {self.action} a judgment of {self.completion_id}"
+
+
+class Feedback(models.Model):
+    """One ``POST /api/v1/feedback`` as it was received: the record of production feedback.
+
+    A thumb, a score or a preference also becomes a :class:`Rating` (``source`` production)
+    of the completion; a comment alone lives only here. Nothing a user sent is dropped.
+    """
+
+    class Kind(models.TextChoices):
+        THUMBS = "thumbs", "thumbs"
+        LIKERT = "likert", "Likert score"
+        PAIRWISE = "pairwise", "pairwise preference"
+        COMMENT = "comment", "comment"
+
+    completion = models.ForeignKey(Completion, on_delete=models.CASCADE, related_name="feedback")
+    other = models.ForeignKey(
+        Completion, null=True, blank=True, on_delete=models.CASCADE, related_name="feedback_as_other",
+        help_text="Pairwise: the answer the completion was preferred to.",
+    )
+    api_token = models.ForeignKey("accounts.ApiToken", on_delete=models.PROTECT, related_name="feedback")
+    kind = models.CharField("kind", max_length=10, choices=Kind.choices)
+    score = models.SmallIntegerField("score", null=True, blank=True)
+    thumbs_up = models.BooleanField("thumbs up", null=True, blank=True)
+    comment = models.TextField("comment", blank=True, max_length=2000)
+    rating = models.ForeignKey(Rating, null=True, blank=True, on_delete=models.SET_NULL, related_name="feedback")
+    created_at = models.DateTimeField("received", auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name_plural = "feedback"
+
+    def __str__(self):
+        return f"{self.kind} feedback on {self.completion_id}"

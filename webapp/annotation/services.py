@@ -143,7 +143,7 @@ def _prompts_to_sample(*, project: Project, n: int, rng: random.Random, exclude:
     Prompts whose ids are in ``exclude`` (claimed by another refill) are never chosen.
     """
     prompts = list(
-        Prompt.objects.filter(project=project, held_out=False)
+        Prompt.objects.filter(project=project, held_out=False, from_production=False)
         .exclude(pk__in=exclude)
         .annotate(n_completions=Count("completions", distinct=True))
     )
@@ -402,7 +402,9 @@ def completions_retire_unserved(*, project: Project) -> RetireResult:
     """
     if project.served_version_id is None:
         return RetireResult(retired=0, revived=0)
-    completions = Completion.objects.filter(project=project, n_ratings__lt=project.ratings_per_item)
+    completions = Completion.objects.filter(project=project, n_ratings__lt=project.ratings_per_item).exclude(
+        source=Completion.Source.PRODUCTION  # production answers are never queue items
+    )
     revived = completions.filter(model_version_id=project.served_version_id, retired_at__isnull=False).update(
         retired_at=None
     )

@@ -76,6 +76,16 @@ class Project(models.Model):
             "A ranking is stored as the k(k-1)/2 pairwise comparisons it implies."
         ),
     )
+    production_feedback_weight = models.FloatField(
+        "production feedback weight",
+        default=1.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(10.0)],
+        help_text=(
+            "How much a rating from production feedback (POST /api/v1/feedback) counts in training, against 1 for "
+            "an annotator's: it scales the advantage of each completion by the mean weight of its ratings. "
+            "0: production feedback is stored and exported but never trains."
+        ),
+    )
     completions_per_prompt = models.PositiveSmallIntegerField(
         "completions per prompt",
         default=1,

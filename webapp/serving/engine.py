@@ -104,7 +104,8 @@ class Engine:
         self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = sampling_dtype(precision, self.device)
         self._loaded: dict[int, Loaded] = {}  # version id -> Loaded
-        self._load_lock = threading.Lock()
+        self._load_lock = threading.Lock()  # guards the dict
+        self._loading = threading.Lock()  # one load at a time: two requests never load one version twice
         self._pending: list[Request] = []
         self._cv = threading.Condition()
         self._stopping = False
@@ -120,6 +121,13 @@ class Engine:
         with self._load_lock:
             if version_id in self._loaded:
                 return self._loaded[version_id]
+        with self._loading:
+            with self._load_lock:
+                if version_id in self._loaded:  # loaded while this thread waited
+                    return self._loaded[version_id]
+            return self._load(version_id)
+
+    def _load(self, version_id: int) -> Loaded:
         policy, number = self.load(version_id)
         model = sampling_model(policy, dtype=self.dtype, device=self.device)
         if not fast_path_supported(model):
@@ -184,7 +192,6 @@ class Engine:
     @torch.no_grad()
     def _run(self, batch: list[Request]) -> None:
         item = self.loaded(int(batch[0].key))
-        rows = [(request, i) for request in batch for i in range(request.params.n)]
         live = []
         for request in batch:
             if len(request.prompt_ids) >= item.context_limit:

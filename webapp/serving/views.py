@@ -1,5 +1,8 @@
 """OpenAI-compatible routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``.
 
+Every answer is stored as production completions under its ``id`` (``chatcmpl-…`` /
+``cmpl-…``), linked to the token that received it, for ``POST /api/v1/feedback``.
+
 The official ``openai`` client works unchanged with ``base_url="<rewardloop>/v1"`` and an API
 token of Rewardloop as its key. The model name is a project's slug (its served version) or
 ``slug@N`` (version N; staff only, unless N is the served version). Any member of the project
@@ -32,6 +35,8 @@ from webapp.accounts.auth import TokenRateThrottle
 from webapp.permissions import NotAMember, project_role_check
 from webapp.policies.models import Membership
 from webapp.policies.selectors import projects_for
+
+from webapp.annotation.production import AnswerChoice, production_answer_store
 
 from .client import InferenceUnavailable, generate_events
 from .schemas import ChatIn, CompletionIn
@@ -140,8 +145,9 @@ def _start(body: dict):
 class _Answer:
     """Collects one request's events into OpenAI's objects (non-streaming and streaming)."""
 
-    def __init__(self, *, chat: bool, params, start: dict):
+    def __init__(self, *, chat: bool, params, start: dict, project, token, prompt_text: str):
         self.chat, self.params, self.start = chat, params, start
+        self.project, self.token, self.prompt_text = project, token, prompt_text
         self.id = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         self.created = int(time.time())
         self.ends: dict[int, dict] = {}
@@ -149,6 +155,15 @@ class _Answer:
     @property
     def fingerprint(self) -> str:
         return f"v{self.start['version']}"
+
+    def store(self) -> None:
+        """Store the answer as production completions under its id, so feedback can name it."""
+        production_answer_store(
+            project=self.project, version_number=self.start["version"], api_token=self.token,
+            response_id=self.id, prompt_text=self.prompt_text, prompt_token_ids=self.start["prompt_token_ids"],
+            choices=[AnswerChoice(index=e["index"], text=e["text"], token_ids=e["token_ids"], logprobs=e["logprobs"],
+                                  finished=e["finished"]) for _, e in sorted(self.ends.items())],
+        )
 
     def usage(self) -> dict:
         completion = sum(len(e["token_ids"]) for e in self.ends.values())
@@ -182,23 +197,30 @@ class _Answer:
                 "choices": [choice]}
 
 
+def _prompt_text(messages: list[dict]) -> str:
+    """A chat as one prompt text (what staff read beside the answer): ``role: content`` blocks."""
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
 def _complete(request, schema, *, chat: bool):
-    _authenticate(request)
+    token = _authenticate(request)
     params = _body(request, schema)
-    _project(request, params.model)
+    project = _project(request, params.model)
     body = {"model": params.model, **params.sampling()}
     if chat:
         body["messages"] = params.chat()
+        prompt_text = _prompt_text(body["messages"])
     else:
-        body["prompt"] = params.prompt
+        body["prompt"] = prompt_text = params.prompt
     start, events = _start(body)
-    answer = _Answer(chat=chat, params=params, start=start)
+    answer = _Answer(chat=chat, params=params, start=start, project=project, token=token, prompt_text=prompt_text)
     if not params.stream:
         for event in events:
             if event["event"] == "end":
                 answer.ends[event["index"]] = event
             elif event["event"] == "error":
                 raise OpenAIError(event.get("status", 500), event.get("message", "generation failed"))
+        answer.store()
         return JsonResponse(answer.whole())
     response = StreamingHttpResponse(_sse(answer, events), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
@@ -227,6 +249,7 @@ def _sse(answer: _Answer, events):
     except InferenceUnavailable as exc:
         yield data({"error": {"message": str(exc), "type": "server_error", "param": None, "code": None}})
         return
+    answer.store()  # before [DONE]: once the client has read the whole stream, feedback on its id works
     if answer.params.include_usage:
         yield data({**answer.chunk(0), "choices": [], "usage": answer.usage()})
     yield b"data: [DONE]\n\n"

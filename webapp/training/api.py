@@ -146,6 +146,9 @@ def run_cancel(request, slug: str = Slug, run_id: int = RunId):
 
 class ExportQuery(Schema):
     format: Literal[tuple(exports.FORMATS)] = Field(description="kto (unpaired labels) or pairs (chosen/rejected).")
+    source: Literal["annotator", "production"] | None = Field(
+        default=None, description="Only annotators' judgments, or only production feedback; all when omitted."
+    )
 
 
 @router.get(
@@ -166,7 +169,7 @@ def ratings_export(request, slug: str = Slug, query: Query[ExportQuery] = None):
     """The project's judgments in the page's export formats (``exports.ratings_export``); audited.
     An empty export is an empty file (200)."""
     project, _ = api_project(request, slug, staff=True)
-    text, rows = exports.ratings_export(project=project, fmt=query.format, user=request.user)
+    text, rows = exports.ratings_export(project=project, fmt=query.format, user=request.user, source=query.source)
     response = HttpResponse(text, content_type="application/jsonl; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{project.slug}-{query.format}.jsonl"'
     response["X-Rewardloop-Rows"] = str(rows)

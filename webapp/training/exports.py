@@ -38,11 +38,11 @@ KTO_COLUMNS = ("prompt", "completion", "label")
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 
 
-def kto_rows(*, project: Project) -> list[dict]:
+def kto_rows(*, project: Project, source: str | None = None) -> list[dict]:
     """Unpaired rows ``{"prompt", "completion", "label"}`` (see the module docstring)."""
     rows = []
     ratings = (
-        Rating.objects.filter(completion__project=project, comparison__isnull=True)
+        _by_source(Rating.objects.filter(completion__project=project, comparison__isnull=True), source)
         .select_related("completion__prompt", "ranking")
         .order_by("id")
     )
@@ -54,7 +54,7 @@ def kto_rows(*, project: Project) -> list[dict]:
         if label is None:
             continue
         rows.append({"prompt": rating.completion.prompt.text, "completion": rating.completion.text, "label": label})
-    for comparison in _comparisons(project):
+    for comparison in _comparisons(project, source):
         pair = comparison.pair
         prompt = pair.completion_a.prompt.text
         labels = judgments.pairwise_kto_labels(comparison.choice)
@@ -66,10 +66,10 @@ def kto_rows(*, project: Project) -> list[dict]:
     return rows
 
 
-def pair_rows(*, project: Project) -> list[dict]:
+def pair_rows(*, project: Project, source: str | None = None) -> list[dict]:
     """Preference rows ``{"prompt", "chosen", "rejected"}`` (see the module docstring)."""
     rows = []
-    for comparison in _comparisons(project):
+    for comparison in _comparisons(project, source):
         pair = comparison.pair
         prompt = pair.completion_a.prompt.text
         winner = judgments.pairwise_winner(comparison.choice)
@@ -88,7 +88,9 @@ def pair_rows(*, project: Project) -> list[dict]:
     values: dict[int, list[float]] = defaultdict(list)
     completions = {}
     ratings = (
-        Rating.objects.filter(completion__project=project, comparison__isnull=True, ranking__isnull=True)
+        _by_source(
+            Rating.objects.filter(completion__project=project, comparison__isnull=True, ranking__isnull=True), source
+        )
         .select_related("completion__prompt")
         .order_by("id")
     )
@@ -115,23 +117,33 @@ def pair_rows(*, project: Project) -> list[dict]:
     return rows
 
 
-def _comparisons(project: Project):
+def _by_source(ratings, source: str | None):
+    """Only ``source``'s ratings (``annotator`` or ``production``), or all for None."""
+    return ratings if source is None else ratings.filter(source=source)
+
+
+def _comparisons(project: Project, source: str | None = None):
+    comparisons = Comparison.objects.filter(pair__project=project)
+    if source is not None:
+        comparisons = comparisons.filter(pk__in=Rating.objects.filter(source=source).values("comparison_id"))
     return (
-        Comparison.objects.filter(pair__project=project)
+        comparisons
         .select_related("pair__completion_a__prompt", "pair__completion_b")
         .order_by("id")
     )
 
 
-def ratings_jsonl(*, project: Project, fmt: str) -> tuple[str, int]:
-    """The export as JSONL text and its number of rows.
+def ratings_jsonl(*, project: Project, fmt: str, source: str | None = None) -> tuple[str, int]:
+    """The export as JSONL text and its number of rows; ``source`` keeps one source's judgments only.
 
     Raises:
         ApplicationError: an unknown format.
     """
     if fmt not in FORMATS:
         raise ApplicationError(f"Unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
-    rows = kto_rows(project=project) if fmt == "kto" else pair_rows(project=project)
+    if source is not None and source not in Rating.Source.values:
+        raise ApplicationError(f"Unknown source {source!r}; choose one of {', '.join(Rating.Source.values)}.")
+    rows = kto_rows(project=project, source=source) if fmt == "kto" else pair_rows(project=project, source=source)
     out = io.StringIO()
     for row in rows:
         out.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -148,7 +160,8 @@ EMPTY_EXPORT = {
 
 
 def ratings_export(
-    *, project: Project, fmt: str, user=None, out_file: str | Path | None = None, refuse_empty: bool = False
+    *, project: Project, fmt: str, user=None, out_file: str | Path | None = None, refuse_empty: bool = False,
+    source: str | None = None,
 ) -> tuple[str, int]:
     """Export the project's judgments (``fmt`` is ``kto`` or ``pairs``); audited.
 
@@ -159,7 +172,7 @@ def ratings_export(
         ApplicationError: an unknown format, or no rows while ``refuse_empty`` (nothing
             is written or audited then).
     """
-    text, n = ratings_jsonl(project=project, fmt=fmt)
+    text, n = ratings_jsonl(project=project, fmt=fmt, source=source)
     if n == 0 and refuse_empty:
         raise ApplicationError(EMPTY_EXPORT[fmt])
     if out_file is not None:

@@ -204,19 +204,23 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
 
     from webapp.annotation.judgments import reward_score
 
-    # Held-out prompts judge versions; their ratings (if any were stored) never train one.
-    held_out = set(
-        Completion.objects.filter(pk__in={r.completion_id for r in ratings}, prompt__held_out=True).values_list(
-            "pk", flat=True
+    # Held-out prompts judge versions; their ratings (if any were stored) never train one. A production
+    # answer that ended at once has no token to train on.
+    skipped = {
+        pk
+        for pk, held_out, token_ids in Completion.objects.filter(pk__in={r.completion_id for r in ratings}).values_list(
+            "pk", "prompt__held_out", "token_ids"
         )
-    )
-    completion_ids = sorted({r.completion_id for r in ratings} - held_out)
+        if held_out or not token_ids
+    }
+    completion_ids = sorted({r.completion_id for r in ratings} - skipped)
     if not completion_ids:
         raise ApplicationError("There are no ratings of training prompts to train on.")
     history = list(
         Rating.objects.filter(completion__project=project, completion__prompt__held_out=False).values_list(
             "completion_id",
             "annotator_id",
+            "source",
             "score",
             "thumbs_up",
             "comparison__choice",
@@ -230,10 +234,12 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
     for cid, *_ in history:
         if cid not in index and cid not in extra:
             extra[cid] = len(index) + len(extra)
+    production = Rating.Source.PRODUCTION
     records = [
         RatingRecord(
             completion_index=index.get(cid, extra.get(cid)),
-            annotator=annotator,
+            # A person's production feedback is normalised apart from their annotation: another scale.
+            annotator=f"{annotator}:production" if source == production else annotator,
             score=reward_score(
                 score=score,
                 thumbs_up=thumbs_up,
@@ -243,7 +249,7 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
                 n_ranked=len(order) if order is not None else None,
             ),
         )
-        for cid, annotator, score, thumbs_up, choice, anchor_id, rank, order in history
+        for cid, annotator, source, score, thumbs_up, choice, anchor_id, rank, order in history
     ]
     rewards = ratings_to_rewards(
         records,
@@ -251,6 +257,13 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
         annotator_norm=config.annotator_norm,
         shrinkage=config.annotator_shrinkage,
     )[: len(index)]
+    # Each completion's weight: the mean over its ratings of 1 (annotator) or the project's production weight.
+    weight_sums, weight_counts = [0.0] * len(index), [0] * len(index)
+    for cid, _, source, *_ in history:
+        if cid in index:
+            weight_sums[index[cid]] += project.production_feedback_weight if source == production else 1.0
+            weight_counts[index[cid]] += 1
+    weights = [total / max(count, 1) for total, count in zip(weight_sums, weight_counts)]
     completions = Completion.objects.in_bulk(completion_ids)
     ordered = [completions[cid] for cid in completion_ids]
     return TrainBatch(
@@ -259,6 +272,7 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
         behaviour_logprobs=[list(c.behaviour_logprobs) for c in ordered],
         rewards=[float(x) for x in rewards.tolist()],
         group_ids=[c.prompt_id for c in ordered],
+        weights=None if all(w == 1.0 for w in weights) else weights,
     )
 
 

@@ -1,0 +1,226 @@
+"""Serving throughput: streaming clients through the web app and the inference process vs pgcore offline.
+
+Starts, on a fresh SQLite database under a temporary data directory, the inference process
+(``manage.py serve_inference``) and gunicorn (the web app), creates a project on the model and
+an API token, then for 1, 4 and 16 concurrent clients: each client sends ``--requests``
+streaming ``POST /v1/chat/completions`` in a row (closed loop, ``max_tokens=--new-tokens``,
+temperature 1, ``stream_options.include_usage`` for the exact token count). Reported per level:
+
+- ``tok_s``: completion tokens of every request over the level's wall time (aggregate);
+- ``ttft_ms_p50`` / ``ttft_ms_p95``: time from sending a request to its first content chunk;
+- ``offline_tok_s``: ``pgcore.rollout.generate`` in this process (same model, same precision,
+  same torch threads, same prompts rendered with the chat template) at batch = the number of
+  clients, the same new-token cap, repeated to about the same number of tokens;
+- ``ratio``: ``tok_s / offline_tok_s`` (the issue's goal: >= 0.7 at 16 clients, p95 TTFT < 1 s).
+
+The served and the offline figures are measured one after the other in the same run (never
+at once). Prints ONE JSON object on stdout; progress goes to stderr. Not a test.
+
+Usage: python bench/serve.py [--model-dir var/models/smollm2-135m-instruct] [--clients 1,4,16]
+       [--requests 3] [--new-tokens 32] [--threads 2] [--window-ms 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+PROMPTS = [
+    f"Continue this movie review in two sentences: {opening}"
+    for opening in (
+        "The gorgeously elaborate continuation of the trilogy is so huge that",
+        "A quiet, patient film about grief that", "I walked out of this comedy after", "The cast does what it can, but",
+        "Its final act is a masterclass in", "Nothing about this remake", "The cinematography alone makes",
+        "For a debut, the director shows", "The script wastes a premise that", "Two hours felt like",
+        "The soundtrack carries scenes that", "As a family film it", "The villain is the only character who",
+        "Half thriller, half satire, it", "The dialogue sparkles when", "By the end I no longer cared",
+    )
+]
+
+
+def log(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def stream_once(httpx2, url: str, secret: str, prompt: str, new_tokens: int) -> tuple[float, int]:
+    """One streaming chat completion: (seconds to the first content chunk, completion tokens)."""
+    body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": new_tokens,
+            "stream": True, "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    ttft, tokens = None, 0
+    with httpx2.stream("POST", url, json=body, headers={"Authorization": f"Bearer {secret}"}, timeout=600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if ttft is None and any((c.get("delta") or {}).get("content") for c in chunk.get("choices", [])):
+                ttft = time.perf_counter() - start
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    return (ttft if ttft is not None else time.perf_counter() - start), tokens
+
+
+def served_level(httpx2, url, secret, clients: int, requests: int, new_tokens: int) -> dict:
+    ttfts, tokens, errors = [], [], []
+    barrier = threading.Barrier(clients)
+
+    def client(i):
+        barrier.wait()
+        for r in range(requests):
+            try:
+                t, n = stream_once(httpx2, url, secret, PROMPTS[(i * requests + r) % len(PROMPTS)], new_tokens)
+                ttfts.append(t)
+                tokens.append(n)
+            except Exception as exc:  # counted, not fatal: the JSON says how many failed
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    return {"clients": clients, "requests": len(tokens), "errors": len(errors), "tokens": sum(tokens),
+            "wall_s": round(wall, 2), "tok_s": round(sum(tokens) / wall, 2),
+            "ttft_ms_p50": round(1000 * percentile(ttfts, 0.5), 1), "ttft_ms_p95": round(1000 * percentile(ttfts, 0.95), 1)}
+
+
+def offline_level(policy, clients: int, requests: int, new_tokens: int) -> dict:
+    from pgcore.rollout import generate
+
+    generate(policy, PROMPTS[:clients], max_new_tokens=2, batch_size=clients)  # warm (sampling copy built)
+    tokens, start = 0, time.perf_counter()
+    for r in range(requests):
+        prompts = [PROMPTS[(i * requests + r) % len(PROMPTS)] for i in range(clients)]
+        rollouts = generate(policy, prompts, max_new_tokens=new_tokens, batch_size=clients)
+        tokens += sum(len(x.completion_ids) for x in rollouts)
+    wall = time.perf_counter() - start
+    return {"tokens": tokens, "wall_s": round(wall, 2), "tok_s": round(tokens / wall, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", default=str(REPO / "var" / "models" / "smollm2-135m-instruct"))
+    parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--requests", type=int, default=3, help="requests per client per level")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads, inference process and offline alike")
+    parser.add_argument("--window-ms", type=float, default=5.0)
+    args = parser.parse_args()
+    levels = [int(c) for c in args.clients.split(",")]
+    load_start = os.getloadavg()
+
+    data = Path(tempfile.mkdtemp(prefix="rl-bench-serve-"))
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
+    env.update(REWARDLOOP_DATA_DIR=str(data), DJANGO_SETTINGS_MODULE="webapp.settings", PYTHONUNBUFFERED="1",
+               REWARDLOOP_API_RATE="1000000/m", OMP_WAIT_POLICY=env.get("OMP_WAIT_POLICY", "PASSIVE"))
+    os.environ.update(env)
+    for name in ("DATABASE_URL", "CELERY_BROKER_URL"):
+        os.environ.pop(name, None)
+    import django
+
+    django.setup()
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+
+    from webapp.accounts.services import api_token_create
+    from webapp.policies.services import project_create
+
+    call_command("migrate", verbosity=0)
+    project_create(slug="bench", title="bench", base_model_path=args.model_dir)
+    _, secret = api_token_create(user=User.objects.create_user("bench", is_staff=True), name="bench")
+
+    inference_port, web_port = free_port(), free_port()
+    env["REWARDLOOP_INFERENCE_URL"] = f"http://127.0.0.1:{inference_port}"
+    python = sys.executable
+    logs = {name: (data / f"{name}.log").open("w") for name in ("inference", "web")}
+    procs = [
+        subprocess.Popen([python, "manage.py", "serve_inference", "--port", str(inference_port), "--threads",
+                          str(args.threads), "--window-ms", str(args.window_ms)], cwd=REPO, env=env,
+                         stdout=logs["inference"], stderr=subprocess.STDOUT, start_new_session=True),
+        subprocess.Popen([str(Path(python).with_name("gunicorn")), "webapp.wsgi", "--bind", f"127.0.0.1:{web_port}",
+                          "--workers", "1", "--threads", "32", "--worker-class", "gthread"], cwd=REPO, env=env,
+                         stdout=logs["web"], stderr=subprocess.STDOUT, start_new_session=True),
+    ]
+    import httpx2
+
+    url = f"http://127.0.0.1:{web_port}/v1/chat/completions"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if "listening" in (data / "inference.log").read_text() and stream_once(httpx2, url, secret, PROMPTS[0], 4):
+                    break
+            except Exception:
+                pass
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise SystemExit(f"servers did not start; logs in {data}")
+            time.sleep(1)
+        log("servers up; warming the batch sizes")
+        for clients in levels:
+            served_level(httpx2, url, secret, clients, 1, 4)
+        served = []
+        for clients in levels:
+            served.append(served_level(httpx2, url, secret, clients, args.requests, args.new_tokens))
+            log("served", served[-1])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            p.wait(timeout=30)
+
+    import torch
+
+    from pgcore.policy import load_policy
+
+    torch.set_num_threads(args.threads)
+    policy = load_policy(args.model_dir)
+    for row in served:
+        offline = offline_level(policy, row["clients"], args.requests, args.new_tokens)
+        log("offline", row["clients"], offline)
+        row["offline_tok_s"] = offline["tok_s"]
+        row["offline_tokens"] = offline["tokens"]
+        row["ratio"] = round(row["tok_s"] / offline["tok_s"], 3) if offline["tok_s"] else None
+    print(json.dumps({
+        "bench": "serve", "model": Path(args.model_dir).name, "new_tokens": args.new_tokens,
+        "requests_per_client": args.requests, "threads": args.threads, "window_ms": args.window_ms,
+        "cpu": platform.processor() or platform.machine(), "loadavg_start_end": [list(load_start), list(os.getloadavg())], "levels": served,
+        "goal": "ratio >= 0.7 and ttft_ms_p95 < 1000 at 16 clients",
+    }))
+
+
+if __name__ == "__main__":
+    main()
