@@ -63,6 +63,7 @@ def site(project, staff_user, annotator, make_completion, tmp_path, django_user_
         "content_type_id": 1,
         "id": str(staff_user.pk),
         "token_id": 999_999,  # nobody's token: the page answers 404, never 500
+        "vote_id": 999_999,  # nobody's arena matchup: refused with a message, never 500
     }
     return {"project": project, "values": values, "superuser": superuser, "annotator": annotator, "staff": staff_user}
 
