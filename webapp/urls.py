@@ -18,5 +18,6 @@ urlpatterns = [
     path("staff/p/<slug:slug>/versions/", include("webapp.policies.urls")),
     path("staff/p/<slug:slug>/reward-models/", include("webapp.rewards.urls")),
     path("", include("webapp.arena.urls")),
+    path("", include("webapp.annotation.setup_urls")),
     path("admin/", admin.site.urls),
 ]

@@ -5,13 +5,16 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import re
 import secrets
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F
 from django.utils import timezone
@@ -22,7 +25,7 @@ from webapp.policies.models import Project, RatingMode
 from webapp.text import storable_text, without_nul
 
 from . import selectors
-from .importers import ImportLimits, PromptRow, iter_prompt_rows, prompt_file_check
+from .importers import SUFFIXES, ImportLimits, PromptFileError, PromptRow, iter_prompt_rows, prompt_file_check
 from .models import (
     Choice,
     ChosenBy,
@@ -132,6 +135,87 @@ def prompts_import(*, project: Project, path: str | Path, limits: ImportLimits |
     """
     prompt_file_check(path, limits=limits)
     return prompts_create(project=project, rows=iter_prompt_rows(path, limits=limits))
+
+
+UPLOAD_NAME = re.compile(r"^[0-9a-f]{32}\.(jsonl|json|ndjson|csv)$")
+PREVIEW_ROWS = 10
+
+
+def _uploads_dir() -> Path:
+    return Path(settings.DATA_DIR) / "uploads"
+
+
+def prompt_upload_store(*, upload) -> str:
+    """Keep an uploaded prompt file on the server until staff confirm its import; returns its name
+    (a random token and the file's extension, the only handle the browser gets back).
+
+    Raises:
+        ApplicationError: an extension other than .jsonl/.json/.ndjson/.csv.
+    """
+    suffix = Path(upload.name).suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ApplicationError("Upload a .jsonl or .csv file.")
+    folder = _uploads_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{uuid.uuid4().hex}{suffix}"
+    with open(folder / name, "wb") as out:
+        for chunk in upload.chunks():
+            out.write(chunk)
+    return name
+
+
+def prompt_upload_path(*, name: str) -> Path:
+    """The stored upload called ``name``.
+
+    Raises:
+        ApplicationError: not a name :func:`prompt_upload_store` gives, or the file is gone.
+    """
+    path = _uploads_dir() / name
+    if not UPLOAD_NAME.match(name) or not path.exists():
+        raise ApplicationError("That upload is gone; choose the file again.")
+    return path
+
+
+def prompt_file_preview(*, path: Path) -> dict:
+    """Read a prompt file whole without storing it: its first rows, counts and errors.
+
+    Returns ``{"rows": [PromptRow] (first PREVIEW_ROWS), "n_rows", "n_held_out", "errors":
+    [(line, reason)] (first MAX_REPORTED_ERRORS), "n_errors"}``; a file with errors lists the
+    valid rows read before the first bad line.
+    """
+    rows, n_rows, n_held_out = [], 0, 0
+    errors, n_errors = [], 0
+    try:
+        for row in iter_prompt_rows(path):
+            n_rows += 1
+            n_held_out += row.held_out
+            if len(rows) < PREVIEW_ROWS:
+                rows.append(row)
+    except PromptFileError as exc:
+        errors, n_errors = exc.errors, exc.total
+    except ApplicationError as exc:
+        errors, n_errors = [(0, exc.message)], 1
+    return {"rows": rows, "n_rows": n_rows, "n_held_out": n_held_out, "errors": errors, "n_errors": n_errors}
+
+
+@transaction.atomic
+def prompt_upload_import(*, project: Project, name: str, user=None) -> ImportResult:
+    """Import a stored upload into ``project`` (whole or not at all, :func:`prompts_import`), audited; the
+    upload is removed once imported.
+
+    Raises:
+        ApplicationError / PromptFileError: as :func:`prompt_upload_path` and :func:`prompts_import`.
+    """
+    from webapp.policies.services import audit_record
+
+    path = prompt_upload_path(name=name)
+    result = prompts_import(project=project, path=path)
+    audit_record(
+        project=project, actor=user, action="settings", target="prompts imported",
+        detail={"created": result.created, "duplicates": result.duplicates},
+    )
+    transaction.on_commit(lambda: path.unlink(missing_ok=True))
+    return result
 
 
 # --- The completion pool --------------------------------------------------------

@@ -1,0 +1,103 @@
+"""Setting a project up in the browser's forms: create, settings and guidelines, prompt import with a
+preview, members; permissions and audit."""
+
+import json
+
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from webapp.annotation.models import Prompt
+from webapp.policies.models import AuditEvent, Membership, Project
+
+
+def jsonl(rows) -> bytes:
+    return "\n".join(json.dumps(r) for r in rows).encode()
+
+
+def test_global_staff_create_a_project_and_become_its_staff(client, make_user, tiny_model_dir):
+    boss = make_user("boss", staff=True, member=False)
+    client.force_login(boss)
+    assert client.get("/projects/new/").status_code == 200
+    bad = client.post("/projects/new/", {"slug": "reviews", "title": "Reviews", "base_model_path": "/no/such/folder",
+                                         "rating_mode": "likert", "ratings_per_item": 1, "completions_per_prompt": 1,
+                                         "pool_target": 32})
+    assert bad.status_code == 400 and "is not a Hugging Face model folder" in bad.content.decode()
+    assert not Project.objects.exists()
+    answer = client.post("/projects/new/", {"slug": "reviews", "title": "Reviews", "base_model_path": str(tiny_model_dir),
+                                            "rating_mode": "thumbs", "guidelines": "# Be kind", "ratings_per_item": 2,
+                                            "completions_per_prompt": 1, "pool_target": 16})
+    assert answer.status_code == 302 and answer["Location"] == "/staff/p/reviews/setup/"
+    project = Project.objects.get(slug="reviews")
+    assert project.rating_mode == "thumbs" and project.ratings_per_item == 2 and project.served_version.number == 0
+    assert Membership.objects.get(project=project, user=boss).role == "staff"
+    assert AuditEvent.objects.filter(project=project, action="member_add", actor=boss).exists()
+
+
+def test_only_global_staff_create_projects_and_only_a_projects_staff_set_it_up(client, project, annotator, make_user):
+    client.force_login(annotator)
+    assert client.get("/projects/new/").status_code == 403
+    assert client.get(f"/staff/p/{project.slug}/setup/").status_code == 403
+    assert client.post(f"/staff/p/{project.slug}/setup/settings/", {"title": "x"}).status_code == 403
+    assert client.post(f"/staff/p/{project.slug}/setup/members/add/", {"username": "ann", "role": "staff"}).status_code == 403
+    assert Membership.objects.get(project=project, user=annotator).role == "annotator"
+
+
+def test_settings_and_markdown_guidelines_are_saved_audited_and_shown_rendered(staff_client, project):
+    url = f"/staff/p/{project.slug}/setup/"
+    form = {"title": "Film reviews", "rating_mode": "pairwise", "guidelines": "## Rules\n\n- be *fair*\n\n<script>x</script>",
+            "ratings_per_item": 1, "completions_per_prompt": 1, "pool_target": 8}
+    assert staff_client.post(f"{url}settings/", form).status_code == 302
+    project.refresh_from_db()
+    assert (project.title, project.rating_mode, project.pool_target) == ("Film reviews", "pairwise", 8)
+    page = staff_client.get(url).content.decode()
+    assert "<h2>Rules</h2>" in page and "<em>fair</em>" in page and "&lt;script&gt;x&lt;/script&gt;" in page
+    event = AuditEvent.objects.get(action="settings", target="project setup")
+    assert event.detail["rating_mode"] == ["likert", "pairwise"] and event.detail["pool_target"] == [4, 8]
+    bad = staff_client.post(f"{url}settings/", {**form, "pool_target": 0})
+    assert bad.status_code == 400 and "Nothing was saved" in bad.content.decode()
+
+
+def test_an_import_is_previewed_first_then_stored_whole(staff_client, project, settings, tmp_path, django_capture_on_commit_callbacks):
+    settings.DATA_DIR = tmp_path
+    url = f"/staff/p/{project.slug}/setup/prompts/"
+    before = Prompt.objects.filter(project=project).count()
+    rows = [{"text": f"New prompt {i}", "held_out": i == 0} for i in range(12)]
+    preview = staff_client.post(f"{url}preview/", {"file": SimpleUploadedFile("p.jsonl", jsonl(rows))})
+    page = preview.content.decode()
+    assert preview.status_code == 200 and "12 prompts, 1 held out" in page and "New prompt 9" in page
+    assert "New prompt 10" not in page  # the first ten only
+    assert Prompt.objects.filter(project=project).count() == before  # nothing stored by a preview
+    upload = page.split('name="upload" value="')[1].split('"')[0]
+    assert (tmp_path / "uploads" / upload).exists()
+    with django_capture_on_commit_callbacks(execute=True):  # the upload is removed once the import commits
+        done = staff_client.post(f"{url}import/", {"upload": upload}, follow=True).content.decode()
+    assert "Imported 12 prompts" in done
+    assert Prompt.objects.filter(project=project).count() == before + 12
+    assert AuditEvent.objects.get(target="prompts imported").detail == {"created": 12, "duplicates": 0}
+    again = staff_client.post(f"{url}import/", {"upload": upload}, follow=True).content.decode()
+    assert "That upload is gone" in again
+    assert "That upload is gone" in staff_client.post(f"{url}import/", {"upload": "../../etc/passwd"}, follow=True).content.decode()
+
+
+def test_a_file_with_bad_lines_shows_its_errors_and_offers_no_import(staff_client, project, settings, tmp_path):
+    settings.DATA_DIR = tmp_path
+    body = b'{"text": "fine"}\n{"text": ""}\nnot json\n'
+    answer = staff_client.post(f"/staff/p/{project.slug}/setup/prompts/preview/", {"file": SimpleUploadedFile("p.jsonl", body)})
+    page = answer.content.decode()
+    assert answer.status_code == 400 and "Not imported: 2 bad lines" in page
+    assert "<td>2</td>" in page and "<td>3</td>" in page and 'id="import-confirm"' not in page
+    wrong = staff_client.post(f"/staff/p/{project.slug}/setup/prompts/preview/", {"file": SimpleUploadedFile("p.txt", b"x")})
+    assert wrong.status_code == 400 and "Upload a .jsonl or .csv file" in wrong.content.decode()
+
+
+def test_members_are_added_by_username_and_removed(staff_client, staff_user, project, make_user):
+    newcomer = make_user("newcomer", member=False)
+    url = f"/staff/p/{project.slug}/setup/members/"
+    missing = staff_client.post(f"{url}add/", {"username": "ghost", "role": "annotator"})
+    assert missing.status_code == 400 and "No active user is called" in missing.content.decode()
+    staff_client.post(f"{url}add/", {"username": "newcomer", "role": "annotator"})
+    assert Membership.objects.get(project=project, user=newcomer).role == "annotator"
+    staff_client.post(f"{url}remove/", {"username": "newcomer"})
+    assert not Membership.objects.filter(project=project, user=newcomer).exists()
+    refused = staff_client.post(f"{url}remove/", {"username": staff_user.username}, follow=True).content.decode()
+    assert "cannot remove yourself" in refused
+    assert [e.action for e in AuditEvent.objects.filter(target="newcomer").order_by("id")] == ["member_add", "member_remove"]

@@ -1,0 +1,150 @@
+"""Setting a project up in the browser: create it (global staff), then its settings, guidelines,
+prompts (upload, preview, import) and members (the project's staff). Every change is a POST, audited."""
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from webapp.errors import ApplicationError
+from webapp.permissions import staff_required
+from webapp.policies import services as policy_services
+from webapp.policies.models import Membership
+
+from . import services
+from .forms import SETUP_FIELDS, MemberAddForm, ProjectCreateForm, ProjectSettingsForm, PromptFileForm
+from .markdown import guidelines_html
+
+TEMPLATE = "annotation/setup.html"
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_new(request):
+    """A new project (``annotation/project_new.html``), for global staff: slug, title, base model folder,
+    rating mode, guidelines. The creator becomes its staff; then its setup page."""
+    if not request.user.is_staff:
+        raise PermissionDenied("Only global staff create projects.")
+    form = ProjectCreateForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            project = policy_services.project_create(
+                slug=data["slug"], title=data["title"], base_model_path=data["base_model_path"],
+                **{k: data[k] for k in SETUP_FIELDS[1:]},
+            )
+        except ApplicationError as exc:
+            messages.error(request, exc.message)
+        else:
+            policy_services.membership_add(project=project, user=request.user, role=Membership.Role.STAFF, actor=request.user)
+            messages.success(request, f"Project {project.slug} created with its base model as v0. Now add prompts and members.")
+            return redirect("setup:setup", slug=project.slug)
+    status = 400 if request.method == "POST" else 200
+    return render(request, "annotation/project_new.html", {"form": form}, status=status)
+
+
+def _setup_context(request, **forms) -> dict:
+    project = request.project
+    return {
+        "project": project,
+        "settings_form": forms.get("settings_form") or ProjectSettingsForm(instance=project),
+        "file_form": forms.get("file_form") or PromptFileForm(),
+        "member_form": forms.get("member_form") or MemberAddForm(),
+        "guidelines_preview": guidelines_html(project.guidelines),
+        "members": Membership.objects.filter(project=project).select_related("user").order_by("role", "user__username"),
+        "n_prompts": project.prompts.count(),
+        "n_held_out": project.prompts.filter(held_out=True).count(),
+        "preview": forms.get("preview"),
+        "upload_name": forms.get("upload_name", ""),
+    }
+
+
+@staff_required
+@require_GET
+def setup(request, slug):
+    """The project's setup page (``annotation/setup.html``): settings and guidelines (with the
+    guidelines rendered as annotators see them), prompt import, members."""
+    return render(request, TEMPLATE, _setup_context(request))
+
+
+@staff_required
+@require_POST
+def settings_update(request, slug):
+    """Save title, rating mode, guidelines (Markdown), ratings per item, completions per prompt, pool size."""
+    form = ProjectSettingsForm(request.POST, instance=type(request.project).objects.get(pk=request.project.pk))
+    if not form.is_valid():
+        messages.error(request, "Nothing was saved: check the fields marked below.")
+        return render(request, TEMPLATE, _setup_context(request, settings_form=form), status=400)
+    try:
+        policy_services.project_setup_update(
+            project=request.project, user=request.user, **{k: form.cleaned_data[k] for k in SETUP_FIELDS}
+        )
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Project settings saved.")
+    return redirect("setup:setup", slug=slug)
+
+
+@staff_required
+@require_POST
+def prompts_preview(request, slug):
+    """Keep the uploaded file and show its first rows, counts and errors; nothing is imported yet."""
+    form = PromptFileForm(request.POST, request.FILES)
+    if not form.is_valid():
+        messages.error(request, "Choose a .jsonl or .csv file to preview.")
+        return render(request, TEMPLATE, _setup_context(request, file_form=form), status=400)
+    name = services.prompt_upload_store(upload=form.cleaned_data["file"])
+    preview = services.prompt_file_preview(path=services.prompt_upload_path(name=name))
+    preview["filename"] = form.cleaned_data["file"].name
+    return render(
+        request, TEMPLATE, _setup_context(request, preview=preview, upload_name="" if preview["errors"] else name),
+        status=400 if preview["errors"] else 200,
+    )
+
+
+@staff_required
+@require_POST
+def prompts_import(request, slug):
+    """Import the previewed upload (whole or not at all); audited."""
+    try:
+        result = services.prompt_upload_import(project=request.project, name=request.POST.get("upload", ""), user=request.user)
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(
+            request, f"Imported {result.created} prompts"
+            + (f" ({result.duplicates} already in the project, skipped)." if result.duplicates else ".")
+        )
+    return redirect("setup:setup", slug=slug)
+
+
+@staff_required
+@require_POST
+def member_add(request, slug):
+    """Add a member by username (or change their role); audited."""
+    form = MemberAddForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Nobody was added: check the fields marked below.")
+        return render(request, TEMPLATE, _setup_context(request, member_form=form), status=400)
+    policy_services.membership_add(
+        project=request.project, user=form.user, role=form.cleaned_data["role"], actor=request.user
+    )
+    messages.success(request, f"{form.user.username} is now {form.cleaned_data['role']} of {request.project.slug}.")
+    return redirect("setup:setup", slug=slug)
+
+
+@staff_required
+@require_POST
+def member_remove(request, slug):
+    """Take a member off the project (their ratings stay; their leases go back to the queue); audited."""
+    membership = Membership.objects.filter(project=request.project, user__username=request.POST.get("username", "")).first()
+    if membership is None:
+        messages.error(request, "That person is not a member.")
+    elif membership.user == request.user:
+        messages.error(request, "You cannot remove yourself; ask another staff member.")
+    else:
+        policy_services.membership_remove(project=request.project, user=membership.user, actor=request.user)
+        messages.success(request, f"{membership.user.username} was removed from {request.project.slug}.")
+    return redirect("setup:setup", slug=slug)
