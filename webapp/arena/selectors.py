@@ -1,12 +1,13 @@
 """Reads of the arena: the matchups on offer, the Bradley–Terry leaderboard and the promotion verdict.
 
 The fit: each version ``i`` has a strength ``s_i`` and ``P(i beats j) = 1 / (1 + exp(s_j - s_i))``
-(Bradley & Terry 1952). It is fitted by expectation propagation with a Gaussian
-prior ``N(0, 1/PRIOR_PRECISION)`` on every strength (``choix.ep_pairwise``,
-Maystre & Grossglauser), which gives a mean and a covariance, hence intervals,
-and stays finite when a version has only won or only lost. As in Chatbot Arena,
-a tie and "both bad" count as one win each way. Scores are shown on the Elo
-scale: ``1000 + 400 / ln(10) · s`` (a 100-point gap ≈ 64% expected wins).
+(Bradley & Terry 1952), a logistic regression on the differences. It is fitted as the
+maximum a posteriori under a wide Gaussian prior ``N(0, 1/PRIOR_PRECISION)`` on every
+strength (scipy's trust-region Newton on the win counts), with the Laplace
+approximation (inverse Hessian) for the covariance, hence intervals; the prior keeps a
+version that has only won or only lost finite. A tie and "both bad" count as half a
+win each way. Scores are shown on the Elo scale: ``1000 + 400 / ln(10) · s`` (a
+100-point gap ≈ 64% expected wins).
 """
 
 from __future__ import annotations
@@ -109,24 +110,33 @@ def counted_votes(*, project: Project):
     return ArenaVote.objects.filter(project=project, voted_at__isnull=False, undone_at__isnull=True).exclude(choice="")
 
 
-def _comparisons(votes) -> list[tuple[int, int]]:
-    """(winner id, loser id) pairs; a tie or "both bad" gives one each way."""
+def _comparisons(votes) -> list[tuple[int, int, float]]:
+    """(winner id, loser id, weight) triples; a tie or "both bad" is half a win each way."""
     pairs = []
     for a, b, choice in votes:
         if choice == ArenaChoice.A:
-            pairs.append((a, b))
+            pairs.append((a, b, 1.0))
         elif choice == ArenaChoice.B:
-            pairs.append((b, a))
+            pairs.append((b, a, 1.0))
         else:
-            pairs += [(a, b), (b, a)]
+            pairs += [(a, b, 0.5), (b, a, 0.5)]
     return pairs
 
 
-def bradley_terry_fit(*, comparisons: list[tuple[int, int]], items: list[int]) -> tuple[dict[int, float], dict[tuple[int, int], float]]:
-    """Posterior mean strength per item and the covariance of any two, from ``(winner, loser)`` pairs.
+def bradley_terry_fit(
+    *, comparisons: list[tuple[int, int, float]], items: list[int]
+) -> tuple[dict[int, float], dict[tuple[int, int], float]]:
+    """Posterior mean strength per item and the covariance of any two, from weighted ``(winner, loser)`` pairs.
+
+    The maximum a posteriori strengths under ``P(i beats j) = σ(s_i − s_j)`` and the prior
+    ``N(0, 1/PRIOR_PRECISION)`` on each strength, found by ``scipy.optimize.minimize``
+    (trust-region Newton, exact gradient and Hessian) on the win counts; the covariance is
+    the inverse Hessian there (Laplace approximation). Costs O(K²) per iteration in the
+    number of items K, whatever the number of votes.
 
     Args:
-        comparisons: ``(winner, loser)`` item keys; may be empty (the prior comes back).
+        comparisons: ``(winner, loser, weight)``; weight 1 for a win, 0.5 each way for a tie.
+            May be empty (the prior comes back).
         items: every item key to score (those without comparisons get the prior).
 
     Returns:
@@ -134,18 +144,32 @@ def bradley_terry_fit(*, comparisons: list[tuple[int, int]], items: list[int]) -
         ``cov[(i, j)]`` of the centred strengths for every pair of items (differences of strengths,
         and so every win probability, are unchanged by the centring).
     """
-    import choix
     import numpy as np
+    from scipy.optimize import minimize
 
     index = {item: n for n, item in enumerate(items)}
-    if comparisons:
-        data = [(index[w], index[l]) for w, l in comparisons]
-        mean, cov = choix.ep_pairwise(len(items), data, PRIOR_PRECISION, model="logit")
-    else:
-        mean, cov = np.zeros(len(items)), np.eye(len(items)) / PRIOR_PRECISION
+    k = len(items)
+    wins = np.zeros((k, k))  # wins[i, j]: (weighted) times i beat j
+    for winner, loser, weight in comparisons:
+        wins[index[winner], index[loser]] += weight
+    games = wins + wins.T
+
+    def objective(s):
+        diff = s[:, None] - s[None, :]  # (K, K): s_i - s_j
+        nll = float(np.sum(wins * np.logaddexp(0.0, -diff))) + 0.5 * PRIOR_PRECISION * float(s @ s)
+        surprise = wins * (1.0 - 1.0 / (1.0 + np.exp(-diff)))  # wins[i, j] · (1 − σ(s_i − s_j))
+        return nll, surprise.sum(axis=0) - surprise.sum(axis=1) + PRIOR_PRECISION * s
+
+    def hessian(s):
+        p = 1.0 / (1.0 + np.exp(-(s[:, None] - s[None, :])))
+        info = games * p * (1.0 - p)  # (K, K), symmetric
+        return np.diag(info.sum(axis=1) + PRIOR_PRECISION) - info
+
+    mean = minimize(objective, np.zeros(k), jac=True, hess=hessian, method="trust-exact").x
+    cov = np.linalg.inv(hessian(mean))
     # Strengths are defined up to a common shift, which the prior alone pins down; centre them
     # (mean zero) so an interval shows how well a version is placed among the others, not the shift.
-    centre = np.eye(len(items)) - 1.0 / len(items)
+    centre = np.eye(k) - 1.0 / k
     mean, cov = centre @ mean, centre @ cov @ centre.T
     return (
         {item: float(mean[n]) for item, n in index.items()},
@@ -191,7 +215,7 @@ def arena_verdict(*, candidate: ModelVersion, served: ModelVersion, board: Leade
 
     It does when at least ``project.arena_min_votes`` votes compared the two directly and the
     posterior probability that the candidate is the stronger is at least :data:`BEAT_PROBABILITY`
-    (from the fit over all votes: the difference of strengths is Gaussian under the EP posterior).
+    (from the fit over all votes: the difference of strengths is Gaussian under the Laplace approximation).
     """
     project = candidate.project
     board = board or arena_leaderboard(project=project)
