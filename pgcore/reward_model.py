@@ -359,15 +359,26 @@ def _ridge_solve(design: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
 
     ``design (M, D)``, ``target (M,)``, ``weight (..., M)`` -> ``w (..., D)`` (float64); the
     last column (the bias) is not penalised. Solved through the normal equations
-    ``(A^T W A + alpha P) w = A^T W y`` (Hoerl & Kennard 1970), batched over leading dims.
+    ``(A^T W A + alpha P) w = A^T W y`` (Hoerl & Kennard 1970) by a Cholesky factorisation
+    (the matrix is symmetric positive definite), one leading index at a time: batched LU
+    solves of this size failed inside MKL (``DLASWP``) on the project's CPU build of torch.
     """
     D = design.shape[1]
     penalty = torch.eye(D, dtype=torch.float64) * alpha
     penalty[-1, -1] = 1e-9  # the bias is free; a tiny term keeps the system regular without ratings
-    weighted = design * weight[..., None]  # (..., M, D)
-    gram = weighted.transpose(-1, -2) @ design + penalty  # (..., D, D)
-    rhs = (weighted * target[..., None]).sum(-2)  # (..., D)
-    return torch.linalg.solve(gram, rhs.unsqueeze(-1)).squeeze(-1)
+    lead = weight.shape[:-1]
+    weights = weight.reshape(-1, weight.shape[-1])  # (B, M)
+    out = torch.empty(weights.shape[0], D, dtype=torch.float64)
+    for i, w in enumerate(weights):
+        weighted = design * w[:, None]  # (M, D)
+        gram = weighted.T @ design + penalty  # (D, D)
+        rhs = weighted.T @ target  # (D,)
+        factor, info = torch.linalg.cholesky_ex(gram)
+        if int(info) == 0:
+            out[i] = torch.cholesky_solve(rhs[:, None], factor)[:, 0]
+        else:  # not positive definite in floating point (alpha ~ 0, collinear rows): least squares
+            out[i] = torch.linalg.lstsq(gram, rhs[:, None]).solution[:, 0]
+    return out.reshape(*lead, D)
 
 
 def _ridge_alpha(design: torch.Tensor, target: torch.Tensor, row_scale: torch.Tensor, config: RewardModelConfig) -> float:

@@ -221,6 +221,17 @@ def test_ridge_ensemble_predicts_and_has_a_spread():
     assert metrics["loss/final"] < 0.5 * metrics["loss/initial"]
 
 
+def test_ridge_fits_a_wide_design_for_every_member():
+    # 300 inputs, 5 members: a batched LU solve of this size failed inside MKL (DLASWP) on this CPU build.
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(400, 300, generator=g)
+    y = torch.tanh(x[:, :5].sum(1) / 5)
+    model, metrics = fit(x, Judgments(torch.arange(400), y), RewardModelConfig(head="ridge", ridge_alpha=10.0))
+    mean, std = score(model, x)
+    assert torch.isfinite(mean).all() and (std > 0).all()
+    assert pearson(mean, y) > 0.5
+
+
 def test_ridge_learns_from_pairs_alone():
     x, y = _synthetic(n=30)
     a, b = torch.arange(0, 30, 2), torch.arange(1, 30, 2)

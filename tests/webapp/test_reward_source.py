@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from webapp.errors import ApplicationError
 from webapp.policies.models import RewardSource
 from webapp.rewards import services as reward_services
 from webapp.rewards.models import RewardModelVersion

@@ -9,7 +9,7 @@ from webapp.annotation import services as annotation_services
 from webapp.annotation.models import Completion
 from webapp.rewards import services
 
-from tests.webapp.rewards_helpers import _completion, _rate_learnable, many_prompts  # noqa: F401
+from tests.webapp.rewards_helpers import _rate_learnable, many_prompts  # noqa: F401
 
 
 def _refill(project, django_capture_on_commit_callbacks) -> list[Completion]:
@@ -30,7 +30,6 @@ def test_new_pool_completions_get_the_latest_models_score(
 
     assert all(c.rm_score is not None and c.rm_uncertainty >= 0 for c in new)
     # The same numbers the version gives when asked directly.
-    expected = {}
     for c in new:
         Completion.objects.filter(pk=c.pk).update(rm_score=None, rm_uncertainty=None)
     services.completions_score(project=project, completion_ids=[c.pk for c in new], version=version)
