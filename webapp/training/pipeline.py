@@ -54,6 +54,23 @@ from .models import TrainingRun, TrainingStep
 BATCH_FILE = "batch.json"
 TRAINED_DIR = "policy"
 
+# The policy the last update step of this process trained, keyed by its weights' sha256: the
+# evaluate step that usually follows in the same worker process takes it instead of loading
+# the base model and the adapter from disk again. One slot; a step in another process loads.
+_trained: dict[str, object] = {}
+
+
+def _trained_keep(policy, sha256: str) -> None:
+    _trained.clear()
+    _trained[sha256] = policy
+
+
+def _trained_take(sha256: str):
+    """The policy kept by :func:`_trained_keep` for weights ``sha256``, or None; the slot is emptied."""
+    policy = _trained.pop(sha256, None)
+    _trained.clear()
+    return policy
+
 
 def cancel_requested(run_id: int) -> bool:
     """Whether staff asked run ``run_id`` to stop."""
@@ -141,8 +158,13 @@ def step_update(*, run: TrainingRun, config) -> None:
     liveness.stage_enter(run, TrainingRun.Stage.UPDATING)
     metrics = update(policy, batch, config, on_step=on_step)
     _raise_if_cancelled(run, "before saving")
-    save_policy_atomic(policy, liveness.run_work_dir(run) / TRAINED_DIR)
+    trained = liveness.run_work_dir(run) / TRAINED_DIR
+    save_policy_atomic(policy, trained)
     TrainingRun.objects.filter(pk=run.pk).update(metrics={k: float(v) for k, v in metrics.items()})
+    from pgcore.policy import CHECKSUM_FILE
+
+    policy.model.eval()  # evaluated as a loaded one would be: no dropout
+    _trained_keep(policy, json.loads((trained / CHECKSUM_FILE).read_text())["sha256"])
 
 
 def step_save(*, run: TrainingRun, config) -> None:
@@ -193,7 +215,8 @@ def step_evaluate(*, run: TrainingRun, config) -> None:
     version = run.result_version
     _raise_if_cancelled(run, f"before evaluating v{version.number}")
     liveness.stage_enter(run, TrainingRun.Stage.EVALUATING)
-    policy = policy_load(version, trainable=False)
+    # The weights this process just trained and saved (same sha256), else loaded from disk.
+    policy = (version.sha256 and _trained_take(version.sha256)) or policy_load(version, trainable=False)
     evaluation.version_evaluate(version=version, policy=policy)
     del policy
     _raise_if_cancelled(run, f"after evaluating v{version.number}")
