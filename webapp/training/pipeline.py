@@ -213,10 +213,12 @@ def step_evaluate(*, run: TrainingRun, config) -> None:
     from webapp.policies.runtime import policy_load
 
     version = run.result_version
+    # The weights this process just trained and saved (same sha256), else loaded from disk below;
+    # taken before the cancel check so that a cancelled run leaves nothing held.
+    policy = version.sha256 and _trained_take(version.sha256)
     _raise_if_cancelled(run, f"before evaluating v{version.number}")
     liveness.stage_enter(run, TrainingRun.Stage.EVALUATING)
-    # The weights this process just trained and saved (same sha256), else loaded from disk.
-    policy = (version.sha256 and _trained_take(version.sha256)) or policy_load(version, trainable=False)
+    policy = policy or policy_load(version, trainable=False)
     evaluation.version_evaluate(version=version, policy=policy)
     del policy
     _raise_if_cancelled(run, f"after evaluating v{version.number}")
