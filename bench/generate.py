@@ -11,7 +11,14 @@ first token of
   ``DynamicCache`` per step (pgcore's sampler before issue 17), on the policy's module (bf16:
   under autocast);
 - ``hf``: ``model.generate`` of transformers (temperature 1, no top-k/top-p) on the same
-  module and prompts as ``pgcore_generic``.
+  module and prompts as ``pgcore_generic``;
+- ``pgcore_compiled`` (``--compile``): ``pgcore`` with the decoder step
+  (``pgcore.rollout._forward_fast``) wrapped in ``torch.compile(dynamic=True)``; the first
+  call (the compilation) is timed apart as ``compile_s``;
+- ``pgcore_chunked`` and ``pgcore_continuous`` (``--stream-factor F``): ``F x batch``
+  prompts, sampled ``batch`` at a time one chunk after another (each chunk waits for its
+  longest completion) or with continuous batching (``generate(..., batch_size=batch)``:
+  a finished row's slot goes to a waiting prompt).
 
 Tokens/s counts generated tokens up to and including each row's first EOS (the work a
 caller gets), over the wall time of one batch; time to first token is one batch with
@@ -28,6 +35,7 @@ one at the end (the rows printed during the run use the first).
 
 Usage: python bench/generate.py [--batches 1,8,32,64] [--new-tokens 64] [--precisions fp32,bf16]
        [--lora both|yes|no] [--engines pgcore,pgcore_generic,hf] [--threads N] [--model-dir DIR]
+       [--compile] [--stream-factor F]
 """
 
 from __future__ import annotations
@@ -127,9 +135,42 @@ def hf_generate(policy, texts: list[str], max_new_tokens: int, seed: int, bf16: 
     return out[:, ids.shape[1] :].tolist()
 
 
-def run_engine(engine, policy, texts, max_new_tokens, seed, precision):
-    """Completion token lists (and pgcore rollouts, else None) of one batch."""
+@contextlib.contextmanager
+def compiled_decoder():
+    """``pgcore.rollout._forward_fast`` under ``torch.compile(dynamic=True)`` while inside."""
+    from pgcore import rollout
+
+    eager = rollout._forward_fast
+    if not hasattr(compiled_decoder, "fn"):
+        compiled_decoder.fn = torch.compile(eager, dynamic=True)
+    rollout._forward_fast = compiled_decoder.fn
+    try:
+        yield
+    finally:
+        rollout._forward_fast = eager
+
+
+def run_engine(engine, policy, texts, max_new_tokens, seed, precision, batch=None):
+    """Completion token lists (and pgcore rollouts, else None) of one batch (``texts``), or of
+    ``texts`` sampled ``batch`` at a time (chunked / continuous)."""
     bf16 = precision == "bf16"
+    if engine == "pgcore_compiled":
+        with compiled_decoder():
+            return run_engine("pgcore", policy, texts, max_new_tokens, seed, precision)
+    if engine == "pgcore_continuous":
+        rollouts = generate(
+            policy, texts, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch or len(texts), precision=precision
+        )
+        return [r.completion_ids for r in rollouts], rollouts
+    if engine == "pgcore_chunked":
+        rollouts = []
+        step = batch or len(texts)
+        for start in range(0, len(texts), step):
+            rollouts += generate(
+                policy, texts[start : start + step], max_new_tokens=max_new_tokens, seed=seed + start,
+                batch_size=step, precision=precision,
+            )
+        return [r.completion_ids for r in rollouts], rollouts
     if engine == "hf":
         return hf_generate(policy, texts, max_new_tokens, seed, bf16), None
     if engine == "pgcore_generic":
@@ -199,6 +240,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="add the pgcore_compiled engine (torch.compile)")
+    p.add_argument("--stream-factor", type=int, default=0, help="F > 0: add pgcore_chunked and pgcore_continuous on F x batch prompts")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = default_device()
@@ -207,6 +250,10 @@ def main() -> None:
     precisions = [x for x in args.precisions.split(",") if x == "fp32" or native]
     batches = [int(x) for x in args.batches.split(",")]
     engines = args.engines.split(",")
+    if args.compile:
+        engines.append("pgcore_compiled")
+    if args.stream_factor > 0:
+        engines += ["pgcore_chunked", "pgcore_continuous"]
     model_dir = convert_gguf_to_hf(smollm2_gguf_path(), args.model_dir)
 
     result: dict = {
@@ -232,38 +279,55 @@ def main() -> None:
     if args.lora in ("both", "yes"):
         policies["lora"] = lora_policy(model_dir)
     eos = eos_token_ids(base)
-    texts_all = prompts(max(batches))
+    texts_all = prompts(max(batches) * max(1, args.stream_factor))
     settings = []
     for lora_name, policy in policies.items():
         if device.type == "cuda":
             policy.model.to(device)
         for precision in precisions:
-            # warm-up: builds the merged copy, first-call allocations
+            # warm-up: builds the merged copy, first-call allocations (and, compiled, the first compilation)
+            compile_s = None
             for engine in engines:
+                t = time.perf_counter()
                 run_engine(engine, policy, texts_all[:2], 2, args.seed, precision)
+                if engine == "pgcore_compiled":
+                    compile_s = round(time.perf_counter() - t, 1)
             for batch in batches:
-                texts = texts_all[:batch]
                 row = {"lora": lora_name == "lora", "precision": precision, "batch": batch}
                 for engine in engines:
-                    sync(device)
+                    streamed = engine in ("pgcore_chunked", "pgcore_continuous")
+                    texts = texts_all[: batch * args.stream_factor] if streamed else texts_all[:batch]
+                    ttft = None
+                    if not streamed:
+                        sync(device)
+                        t = time.perf_counter()
+                        run_engine(engine, policy, texts, 1, args.seed, precision)
+                        sync(device)
+                        ttft = time.perf_counter() - t
                     t = time.perf_counter()
-                    run_engine(engine, policy, texts, 1, args.seed, precision)
-                    sync(device)
-                    ttft = time.perf_counter() - t
-                    t = time.perf_counter()
-                    completions, rollouts = run_engine(engine, policy, texts, args.new_tokens, args.seed, precision)
+                    completions, rollouts = run_engine(engine, policy, texts, args.new_tokens, args.seed, precision, batch)
                     sync(device)
                     seconds = time.perf_counter() - t
                     tokens = count_tokens(completions, eos)
-                    row[engine] = {"tok_s": round(tokens / seconds, 1), "ttft_s": round(ttft, 3), "tokens": tokens}
-                    if rollouts is not None and engine == "pgcore" and device.type == "cpu":
+                    row[engine] = {"tok_s": round(tokens / seconds, 1), "tokens": tokens}
+                    if ttft is not None:
+                        row[engine]["ttft_s"] = round(ttft, 3)
+                    if streamed:
+                        row[engine]["prompts"] = len(texts)
+                    if engine == "pgcore_compiled":
+                        row[engine]["compile_s"] = compile_s
+                    if rollouts is not None and engine in ("pgcore", "pgcore_continuous") and device.type == "cpu":
                         row[engine]["mismatch"] = mismatch(policy, rollouts)
                 limit = result["limit_tok_s"][precision]
                 if "pgcore" in row:
                     row["ratio_to_limit"] = round(row["pgcore"]["tok_s"] / limit, 3)
-                    for ref in ("hf", "pgcore_generic"):
+                    for ref in ("hf", "pgcore_generic", "pgcore_compiled"):
                         if ref in row:
                             row[f"ratio_to_{ref}"] = round(row["pgcore"]["tok_s"] / row[ref]["tok_s"], 2)
+                if "pgcore_continuous" in row:
+                    row["continuous_to_chunked"] = round(
+                        row["pgcore_continuous"]["tok_s"] / row["pgcore_chunked"]["tok_s"], 2
+                    )
                 log(json.dumps(row))
                 settings.append(row)
     # Other jobs share the machine: the peak is measured again at the end and the best kept.

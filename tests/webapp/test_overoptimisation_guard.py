@@ -118,8 +118,10 @@ def test_the_scatter_pairs_each_rated_completion_with_its_model_score(setup):
     assert len(fitted["x"]) == 72 and set(fitted["y"]) == {1.0, 5.0}
 
 
-def test_the_run_page_shows_the_reward_model_plot_drawn_by_the_worker(setup, staff_client):
+def test_the_run_page_shows_the_reward_model_plot_drawn_by_the_worker(setup, staff_client, settings, tmp_path):
     from webapp.policies import tasks as policy_tasks
+
+    settings.DATA_DIR = tmp_path  # a plots folder of its own: no other test's drawing of the same data
 
     project, run = setup["project"], setup["run"]
     page = staff_client.get(f"/staff/p/{project.slug}/runs/{run.pk}/").content.decode()

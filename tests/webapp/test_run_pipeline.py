@@ -306,3 +306,21 @@ def test_serving_a_version_never_evaluated_queues_its_evaluation_and_the_run_fin
     assert queued_messages("training") == []  # v0 is measured already
     assert not version_evaluate_send(project_id=project.pk)
     assert v1.evaluated_at is not None
+
+
+def test_the_evaluate_step_in_the_trainers_process_takes_the_trained_policy_instead_of_loading_it(
+    rated_run, monkeypatch
+):
+    from webapp.policies import runtime
+
+    loaded = []
+    real = runtime.policy_load
+    monkeypatch.setattr(runtime, "policy_load", lambda version, **kw: loaded.append(version.number) or real(version, **kw))
+    run_steps(rated_run, ["batch", "update", "save", "evaluate"], WORKER_A)
+    assert 1 not in loaded and loaded[0] == 0  # the parent (to train, and to measure it); v1 came from memory
+    loaded.clear()
+    other = TrainingRun.objects.get(pk=rated_run.pk)
+    assert training_services.training_step_run(run_id=other.pk, step="promote", worker=WORKER_A, chain=False) is None
+    from webapp.training import pipeline
+
+    assert pipeline._trained == {}  # the slot is emptied once taken

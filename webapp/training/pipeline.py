@@ -59,6 +59,23 @@ from .models import TrainingRun, TrainingStep
 BATCH_FILE = "batch.json"
 TRAINED_DIR = "policy"
 
+# The policy the last update step of this process trained, keyed by its weights' sha256: the
+# evaluate step that usually follows in the same worker process takes it instead of loading
+# the base model and the adapter from disk again. One slot; a step in another process loads.
+_trained: dict[str, object] = {}
+
+
+def _trained_keep(policy, sha256: str) -> None:
+    _trained.clear()
+    _trained[sha256] = policy
+
+
+def _trained_take(sha256: str):
+    """The policy kept by :func:`_trained_keep` for weights ``sha256``, or None; the slot is emptied."""
+    policy = _trained.pop(sha256, None)
+    _trained.clear()
+    return policy
+
 
 def cancel_requested(run_id: int) -> bool:
     """Whether staff asked run ``run_id`` to stop."""
@@ -146,6 +163,10 @@ def step_update(*, run: TrainingRun, config) -> None:
     if not artifacts.is_local():  # the save step may run elsewhere: upload now, manifest last
         artifacts.folder_publish(source=trained, name=liveness.run_weights_name(run))
     TrainingRun.objects.filter(pk=run.pk).update(metrics={k: float(v) for k, v in metrics.items()})
+    from pgcore.policy import CHECKSUM_FILE
+
+    policy.model.eval()  # evaluated as a loaded one would be: no dropout
+    _trained_keep(policy, json.loads((trained / CHECKSUM_FILE).read_text())["sha256"])
 
 
 def step_save(*, run: TrainingRun, config) -> None:
@@ -214,6 +235,9 @@ def step_evaluate(*, run: TrainingRun, config) -> None:
 
     version = run.result_version
     parent = run.parent_version
+    # The weights this process just trained and saved (same sha256), else loaded below; taken
+    # before the cancel check so that a cancelled run leaves nothing held.
+    policy = version.sha256 and _trained_take(version.sha256)
     _raise_if_cancelled(run, f"before evaluating v{version.number}")
     liveness.stage_enter(run, TrainingRun.Stage.EVALUATING)
     n_prompts = len(evaluation.eval_prompts(project=run.project))
@@ -222,7 +246,7 @@ def step_evaluate(*, run: TrainingRun, config) -> None:
     total = n_prompts * (2 if parent.evaluated_at is None else 1)
     already = total - todo_version - todo_parent
     evaluation_progress(run=run, done=already, total=total, label=f"held-out completions by v{version.number}")
-    policy = policy_load(version, trainable=False)
+    policy = policy or policy_load(version, trainable=False)
     evaluation.version_evaluate(
         version=version,
         policy=policy,
