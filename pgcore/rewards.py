@@ -115,11 +115,14 @@ class RatingRecord:
         completion_index: index of the rated completion in the batch, in ``[0, n)``.
         annotator: who rated (any hashable id).
         score: the rating already mapped to [-1, 1] (see the ``*_to_score`` functions).
+        weight: how much the rating counts in its completion's mean, >= 0 (default 1; e.g.
+            lower for an annotator who failed gold checks).
     """
 
     completion_index: int
     annotator: str | int
     score: float
+    weight: float = 1.0
 
 
 def ratings_to_rewards(
@@ -139,7 +142,8 @@ def ratings_to_rewards(
     a lenient one's 4, a lone annotator's scores are unchanged, and an annotator with one
     rating moves only a little. When ``s_a`` is ~0 (all scores equal) only the mean shift is
     applied, so no division by zero can occur. Then the normalised scores of each
-    completion are averaged.
+    completion are averaged, each weighted by its ``weight`` (a completion whose ratings
+    all weigh 0 takes their plain mean). The normalisation statistics are unweighted.
 
     Args:
         ratings: one record per rating.
@@ -164,6 +168,8 @@ def ratings_to_rewards(
             )
         if not 0 <= r.completion_index < n_completions:
             raise ValueError(f"rating {i} has completion_index {r.completion_index}, outside [0, {n_completions})")
+        if not (math.isfinite(float(r.weight)) and r.weight >= 0):
+            raise ValueError(f"rating {i} has weight {r.weight}; weights are finite and >= 0")
     unrated = sorted(set(range(n_completions)) - {r.completion_index for r in ratings})
     if unrated:
         raise ValueError(f"completions {unrated} have no rating; every completion needs at least one")
@@ -186,7 +192,10 @@ def ratings_to_rewards(
         shrunk_std = ((count * var_a + k * var) / (count + k)).sqrt()
         scale = torch.where(shrunk_std > _MIN_STD, var.sqrt() / shrunk_std.clamp(min=_MIN_STD), 1.0)  # (A,)
         scores = mean + scale[who] * (scores - shrunk_mean[who])
-    sums = torch.zeros(n_completions, dtype=torch.float64).index_add_(0, index, scores)
+    weights = torch.tensor([float(r.weight) for r in ratings], dtype=torch.float64)  # (R,)
+    sums = torch.zeros(n_completions, dtype=torch.float64).index_add_(0, index, weights * scores)
+    totals = torch.zeros(n_completions, dtype=torch.float64).index_add_(0, index, weights)  # (N,)
+    plain = torch.zeros(n_completions, dtype=torch.float64).index_add_(0, index, scores)
     counts = torch.zeros(n_completions, dtype=torch.float64).index_add_(0, index, torch.ones_like(scores))
-    return (sums / counts).float()
+    return torch.where(totals > 0, sums / totals.clamp(min=1e-300), plain / counts).float()
 

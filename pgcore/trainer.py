@@ -44,6 +44,9 @@ class TrainBatch:
             same lengths as ``completion_ids``.
         rewards: scalar reward per completion (e.g. from ``ratings_to_rewards``).
         group_ids: prompt id per completion; leave-one-out works within a group.
+        weights: optional trust in each completion's reward, in [0, 1] (default all 1): its
+            advantage is multiplied by it after the baseline, so a reward that rests on
+            ratings of annotators who failed their gold checks pushes the policy less.
     """
 
     prompt_ids: list[list[int]]
@@ -51,6 +54,7 @@ class TrainBatch:
     behaviour_logprobs: list[list[float]]
     rewards: list[float]
     group_ids: list[int]
+    weights: list[float] | None = None
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -80,6 +84,12 @@ def validate_batch(batch: TrainBatch, vocab_size: int | None = None) -> None:
     for i, reward in enumerate(batch.rewards):
         if not math.isfinite(float(reward)):
             raise NonFiniteError(f"reward of completion {i} is {reward}; rewards must be finite (no step was taken)")
+    if batch.weights is not None:
+        if len(batch.weights) != N:
+            raise ValueError(f"batch has {len(batch.weights)} weights for {N} completions")
+        bad = [i for i, w in enumerate(batch.weights) if not (math.isfinite(float(w)) and 0.0 <= float(w) <= 1.0)]
+        if bad:
+            raise ValueError(f"weight of completion {bad[0]} is {batch.weights[bad[0]]}; weights lie in [0, 1]")
     for i, (prompt, completion, behaviour) in enumerate(
         zip(batch.prompt_ids, batch.completion_ids, batch.behaviour_logprobs)
     ):
@@ -266,6 +276,8 @@ def update(
     N = len(batch)
     rewards = torch.tensor(batch.rewards, dtype=torch.float32)  # (N,)
     advantages = compute_advantages(rewards, torch.tensor(batch.group_ids), config)  # (N,)
+    if batch.weights is not None:
+        advantages = advantages * torch.tensor(batch.weights, dtype=torch.float32)  # (N,)
     _check_finite("advantages", advantages, "the start of the update")
     pad_id = policy.tokenizer.pad_token_id
 

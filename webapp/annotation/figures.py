@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from webapp.policies.models import Project
 
-from . import judgments
+from . import judgments, selectors
 from .judgments import CHOICE_CODES
 from .models import Comparison, Ranking, Rating, RatingRevision, Skip
 
@@ -32,6 +32,13 @@ class AnnotatorFigures:
     median_seconds: float | None
     skips: int
     undos: int
+    gold_answered: int = 0  # gold items judged
+    gold_correct: int = 0  # of those, judged right
+    weight: float = 1.0  # of their ratings in training (below 1: gold accuracy under the project's bar)
+
+    @property
+    def gold_accuracy(self) -> float | None:
+        return self.gold_correct / self.gold_answered if self.gold_answered else None
 
 
 @dataclass(frozen=True)
@@ -45,8 +52,9 @@ class Agreement:
 
 
 def annotator_figures(*, project: Project) -> list[AnnotatorFigures]:
-    """Per annotator: judgments (a pairwise decision or a ranking counts once), today, median seconds per
-    item, skips, undos."""
+    """Per annotator: judgments (a pairwise decision or a ranking counts once; gold items included), today,
+    median seconds per item, skips, undos, gold items answered and right, and the weight of their ratings
+    in training (``selectors.annotator_weights``)."""
     today = timezone.localdate()
     rows: dict[int, dict] = defaultdict(lambda: {"n": 0, "today": 0, "seconds": [], "skips": 0, "undos": 0})
     single = Rating.objects.filter(completion__project=project, comparison__isnull=True, ranking__isnull=True)
@@ -63,6 +71,10 @@ def annotator_figures(*, project: Project) -> list[AnnotatorFigures]:
         rows[annotator_id]["skips"] += 1
     for annotator_id in RatingRevision.objects.filter(completion__project=project).values_list("annotator_id", flat=True):
         rows[annotator_id]["undos"] += 1
+    gold = selectors.gold_accuracy(project=project)
+    weights = selectors.annotator_weights(project=project)
+    for annotator_id in gold:
+        rows[annotator_id]  # noqa: B018 - someone who answered only gold items is listed too
     names = dict(get_user_model().objects.filter(pk__in=rows).values_list("pk", "username"))
     return sorted(
         (
@@ -73,6 +85,9 @@ def annotator_figures(*, project: Project) -> list[AnnotatorFigures]:
                 median_seconds=statistics.median(row["seconds"]) if row["seconds"] else None,
                 skips=row["skips"],
                 undos=row["undos"],
+                gold_answered=gold[pk].answered if pk in gold else 0,
+                gold_correct=gold[pk].correct if pk in gold else 0,
+                weight=weights.get(pk, 1.0),
             )
             for pk, row in rows.items()
         ),

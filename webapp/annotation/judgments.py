@@ -115,3 +115,68 @@ def level(*, score: int | None, thumbs_up: bool | None) -> float | None:
     if thumbs_up is not None:
         return 1.0 if thumbs_up else 0.0
     return None
+
+
+# --- Gold items: known answers --------------------------------------------------------
+#
+# What a gold item's ``answer`` holds, by the kind of item, and what counts as right:
+#
+# ============  ==========================================  ===============================
+# item          answer                                      a judgment is right when
+# ============  ==========================================  ===============================
+# Likert        ``{"score": s, "tolerance": t}`` (t 0–4,    ``|score - s| <= t``
+#               default 0)
+# thumbs        ``{"thumbs_up": true}``                     the same thumb
+# pair          ``{"choice": "a"}`` (a, b, tie, both_bad)   the same choice
+# rank group    ``{"best": completion id}``                 that output is ranked first
+# ============  ==========================================  ===============================
+
+
+def gold_answer_clean(answer, *, kind: str, members: list[int] | None = None) -> dict:
+    """A gold answer checked and normalised for an item of ``kind`` (``likert``, ``thumbs``,
+    ``pairwise``, ``ranking``; ``members``: a rank group's completion ids).
+
+    Raises:
+        ValueError: the answer does not fit the kind (the message says what would).
+    """
+    if not isinstance(answer, dict):
+        raise ValueError("A gold answer is an object, e.g. {\"score\": 4}.")
+    if kind == "pairwise":
+        if answer.get("choice") not in Choice.values or set(answer) != {"choice"}:
+            raise ValueError(f"A pair's gold answer is {{\"choice\": one of {', '.join(Choice.values)}}}.")
+        return {"choice": answer["choice"]}
+    if kind == "ranking":
+        best = answer.get("best")
+        if set(answer) != {"best"} or isinstance(best, bool) or best not in (members or []):
+            raise ValueError("A ranking's gold answer is {\"best\": the id of one of its outputs}.")
+        return {"best": best}
+    if kind == "thumbs":
+        if set(answer) != {"thumbs_up"} or not isinstance(answer["thumbs_up"], bool):
+            raise ValueError("A thumbs gold answer is {\"thumbs_up\": true} or {\"thumbs_up\": false}.")
+        return {"thumbs_up": answer["thumbs_up"]}
+    score, tolerance = answer.get("score"), answer.get("tolerance", 0)
+    ok = set(answer) <= {"score", "tolerance"}
+    for value, low, high in ((score, 1, 5), (tolerance, 0, 4)):
+        ok = ok and not isinstance(value, bool) and isinstance(value, int) and low <= value <= high
+    if not ok:
+        raise ValueError("A Likert gold answer is {\"score\": 1–5, \"tolerance\": 0–4 (optional, default 0)}.")
+    return {"score": score, "tolerance": tolerance}
+
+
+def gold_correct(
+    answer: dict,
+    *,
+    score: int | None = None,
+    thumbs_up: bool | None = None,
+    choice: str | None = None,
+    order: list[int] | None = None,
+) -> bool:
+    """Whether one judgment of a gold item matches its ``answer`` (see the table above); a
+    judgment of another kind than the answer (the project's mode changed) is wrong."""
+    if "choice" in answer:
+        return choice == answer["choice"]
+    if "best" in answer:
+        return bool(order) and order[0] == answer["best"]
+    if "thumbs_up" in answer:
+        return thumbs_up is answer["thumbs_up"]
+    return score is not None and abs(score - answer["score"]) <= answer.get("tolerance", 0)

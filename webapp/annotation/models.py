@@ -412,6 +412,32 @@ class Rating(models.Model):
         return "pairwise"
 
 
+class GoldItem(models.Model):
+    """An item with a known answer, mixed into annotators' queues to measure their accuracy.
+
+    ``completion`` is the item as the queue knows it: a completion (Likert,
+    thumbs), a pair's completion A (pairwise) or a rank group's anchor
+    (ranking). ``answer`` is what counts as right, by kind (see
+    :func:`webapp.annotation.judgments.gold_answer_clean`). Gold items are never
+    offered by the ordinary queue and never trained on; their judgments are
+    stored as ordinary ratings. Changing an answer goes through
+    ``services.gold_item_set``, which records the change in the audit log.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="gold_items")
+    completion = models.OneToOneField(Completion, on_delete=models.CASCADE, related_name="gold")
+    answer = models.JSONField("known answer")
+    note = models.TextField("note", blank=True, help_text="Why this is the answer (for staff).")
+    created_at = models.DateTimeField("created", auto_now_add=True)
+    updated_at = models.DateTimeField("updated", auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self):
+        return f"gold item {self.completion_id}: {self.answer}"
+
+
 class RatingRevision(models.Model):
     """What a judgment was before it was undone: history, so nothing is ever lost.
 

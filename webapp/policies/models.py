@@ -66,6 +66,33 @@ class Project(models.Model):
             "A ranking is stored as the k(k-1)/2 pairwise comparisons it implies."
         ),
     )
+    gold_rate = models.FloatField(
+        "gold item rate",
+        default=0.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text=(
+            "Share of the cards an annotator is shown that are gold items (known answers), drawn at random "
+            "while one they have not answered is left. 0 turns gold checks off."
+        ),
+    )
+    gold_min_accuracy = models.FloatField(
+        "gold: lowest accuracy trusted in full",
+        default=0.7,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Annotators whose gold accuracy is below this have their ratings down-weighted in training.",
+    )
+    gold_min_answers = models.PositiveSmallIntegerField(
+        "gold: answers before accuracy counts",
+        default=5,
+        validators=[MinValueValidator(1)],
+        help_text="An annotator's gold accuracy decides their weight only once they answered this many gold items.",
+    )
+    gold_low_weight = models.FloatField(
+        "gold: weight of a low-accuracy annotator",
+        default=0.25,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Weight (0–1) of the ratings of annotators below the accuracy; 1 ignores gold accuracy in training.",
+    )
     completions_per_prompt = models.PositiveSmallIntegerField(
         "completions per prompt",
         default=1,
@@ -135,6 +162,11 @@ class Project(models.Model):
                 name="project_completions_per_prompt_1_to_8",
             ),
             models.CheckConstraint(condition=models.Q(rank_k__gte=2, rank_k__lte=6), name="project_rank_k_2_to_6"),
+            models.CheckConstraint(
+                condition=models.Q(gold_rate__gte=0, gold_rate__lte=1, gold_min_accuracy__gte=0, gold_min_accuracy__lte=1)
+                & models.Q(gold_low_weight__gte=0, gold_low_weight__lte=1),
+                name="project_gold_settings_0_to_1",
+            ),
             models.CheckConstraint(condition=models.Q(guard_max_kl__gte=0), name="project_guard_max_kl_gte_0"),
             models.CheckConstraint(
                 condition=models.Q(guard_min_distinct2_ratio__gte=0, guard_min_distinct2_ratio__lte=1),
@@ -243,6 +275,7 @@ class AuditEvent(models.Model):
         SETTINGS = "settings", "Changed project settings"
         MEMBER_ADD = "member_add", "Added a member"
         MEMBER_REMOVE = "member_remove", "Removed a member"
+        GOLD_SET = "gold_set", "Set a gold item's answer"
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="audit_events")
     actor = models.ForeignKey(

@@ -198,6 +198,11 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
     Scores: :func:`webapp.annotation.judgments.reward_score` (Likert ``(s - 3) / 2``,
     thumbs ±1, pairwise winner +1 / loser -1, tie 0 / 0, both bad -1 / -1, a ranking's
     place r of k ``(k-1-2r)/(k-1)``: the mean of the pairwise outcomes it implies).
+
+    Gold checks: each rating weighs ``selectors.annotator_weights`` (``gold_low_weight`` for an
+    annotator below ``gold_min_accuracy`` after ``gold_min_answers`` gold answers, else 1) in its
+    completion's mean, and the batch's ``weights`` (per completion, the largest weight among its
+    ratings) scale the completion's advantage in the update.
     """
     from pgcore.rewards import RatingRecord, ratings_to_rewards
     from pgcore.trainer import TrainBatch
@@ -230,10 +235,13 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
     for cid, *_ in history:
         if cid not in index and cid not in extra:
             extra[cid] = len(index) + len(extra)
+    # Annotators whose gold accuracy is below the project's bar count less (``gold_low_weight``).
+    weight_of = annotation_selectors.annotator_weights(project=project)
     records = [
         RatingRecord(
             completion_index=index.get(cid, extra.get(cid)),
             annotator=annotator,
+            weight=weight_of.get(annotator, 1.0),
             score=reward_score(
                 score=score,
                 thumbs_up=thumbs_up,
@@ -245,6 +253,10 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
         )
         for cid, annotator, score, thumbs_up, choice, anchor_id, rank, order in history
     ]
+    weight_sums: dict[int, list[float]] = {}
+    for record in records:
+        if record.completion_index < len(index):
+            weight_sums.setdefault(record.completion_index, []).append(record.weight)
     rewards = ratings_to_rewards(
         records,
         len(index) + len(extra),
@@ -259,6 +271,8 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
         behaviour_logprobs=[list(c.behaviour_logprobs) for c in ordered],
         rewards=[float(x) for x in rewards.tolist()],
         group_ids=[c.prompt_id for c in ordered],
+        # A completion's trust: the largest weight among its ratings (1 unless only down-weighted people rated it).
+        weights=[max(weight_sums[i]) for i in range(len(ordered))] if weight_of else None,
     )
 
 
