@@ -79,6 +79,23 @@ def rank_to_score(rank: int, k: int) -> float:
     return (k - 1 - 2 * rank) / (k - 1)
 
 
+def rubric_to_score(scores: list[float], weights: list[float]) -> float:
+    """Rubric scores (each criterion 1-5) to one score in [-1, 1]: the weighted mean of the
+    criteria's Likert scores, ``sum_i w_i (s_i - 3) / 2 / sum_i w_i`` (the weighted sum with
+    the weights normalised to 1).
+
+    Raises:
+        ValueError: no criteria, lists of different lengths, a score outside [1, 5] or a
+            weight that is not a finite number > 0.
+    """
+    if not scores or len(scores) != len(weights):
+        raise ValueError(f"a rubric rating needs one weight per score, got {len(scores)} scores and {len(weights)} weights")
+    for w in weights:
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
+            raise ValueError(f"a rubric weight must be a finite number > 0, got {w!r}")
+    return sum(w * likert_to_score(s) for s, w in zip(scores, weights)) / sum(weights)
+
+
 def judgment_to_score(
     *,
     score: int | None,
@@ -87,11 +104,12 @@ def judgment_to_score(
     is_a: bool,
     rank: int | None = None,
     n_ranked: int | None = None,
+    criteria: list[tuple[float, float]] | None = None,
 ) -> float:
     """One stored judgment to a score in [-1, 1], whatever its kind.
 
     A Likert ``score`` (1-5) if given, else a ``thumbs_up``, else a ``rank`` in a ranking
-    of ``n_ranked`` completions, else this completion's side (``is_a``: it is the pair's
+    of ``n_ranked`` completions, else rubric ``criteria`` (``(score, weight)`` pairs), else this completion's side (``is_a``: it is the pair's
     completion a) of a pairwise ``choice``; see the functions above.
 
     Raises:
@@ -103,6 +121,8 @@ def judgment_to_score(
         return thumbs_to_score(thumbs_up)
     if rank is not None:
         return rank_to_score(rank, n_ranked)
+    if criteria is not None:
+        return rubric_to_score([s for s, _ in criteria], [w for _, w in criteria])
     score_a, score_b = pairwise_to_scores(choice)
     return score_a if is_a else score_b
 

@@ -4,7 +4,8 @@ Agreement is Krippendorff's alpha from the maintained ``krippendorff``
 package (Castro 2017, https://github.com/pln-fing-udelar/fast-krippendorff),
 computed on the items that at least two people judged: ordinal for Likert,
 nominal for thumbs and for pairwise choices, ordinal for the place each
-ranked output got (1 = best; the unit is the output).
+ranked output got (1 = best; the unit is the output), ordinal per rubric
+criterion (every criterion ever scored in the project, by name).
 """
 
 from __future__ import annotations
@@ -120,7 +121,15 @@ def _alpha(kind: str, level: str, triples: list[tuple[int, int, float]], value_d
 
 def agreement(*, project: Project) -> list[Agreement]:
     """Krippendorff's alpha per kind of judgment the project holds (Likert, thumbs, pairwise, ranking)."""
-    ratings = Rating.objects.filter(completion__project=project, comparison__isnull=True, ranking__isnull=True)
+    ratings = Rating.objects.filter(
+        completion__project=project, comparison__isnull=True, ranking__isnull=True, criteria__isnull=True
+    )
+    by_criterion: dict[str, list] = defaultdict(list)
+    for completion_id, annotator_id, criteria in Rating.objects.filter(
+        completion__project=project, criteria__isnull=False
+    ).values_list("completion_id", "annotator_id", "criteria"):
+        for c in criteria:
+            by_criterion[c["name"]].append((completion_id, annotator_id, c["score"]))
     ranked = [
         (completion_id, annotator_id, judgments.rank_level(rank=rank))
         for completion_id, annotator_id, rank in Rating.objects.filter(
@@ -146,6 +155,9 @@ def agreement(*, project: Project) -> list[Agreement]:
     if ranked or project.rating_mode == "ranking":
         k = max([project.rank_k, *(int(v) for _, _, v in ranked)])
         result.append(_alpha("Ranking (place of each output)", "ordinal", ranked, [float(p) for p in range(1, k + 1)]))
+    names = list(by_criterion) or ([c["name"] for c in project.rubric or []] if project.rating_mode == "rubric" else [])
+    for name in names:
+        result.append(_alpha(f"Rubric: {name}", "ordinal", by_criterion.get(name, []), [1, 2, 3, 4, 5]))
     return result
 
 

@@ -25,7 +25,14 @@ bad
 rank r of k   ``(k-1-2r)/(k-1)``  above the middle true, (none; its implied
 (0 = best)    (mean of its k-1    below false, middle    pairs are preference
               implied pairs)      none                   pairs)
+rubric        weighted mean of    overall level > 3      weighted mean score
+(criteria     ``(s_i - 3) / 2``   true, < 3 false,       in [1, 5]
+s_i, w_i)     by ``w_i``          3 none
 ============  ==================  =====================  ====================
+
+A rubric rating stores each criterion's name, weight and score as they were when
+it was given, so a later change of the rubric (or of the project's mode) leaves
+its reward and export row as they were.
 
 A ranking of k is stored as the k(k-1)/2 pairwise comparisons it implies
 (:func:`ranking_implied_pairs`, one :class:`~webapp.annotation.models.RankedPair`
@@ -50,6 +57,7 @@ def reward_score(
     is_completion_a: bool,
     rank: int | None = None,
     n_ranked: int | None = None,
+    criteria: list[dict] | None = None,
 ) -> float:
     """One stored rating's score in [-1, 1], before per-annotator normalisation.
 
@@ -60,6 +68,7 @@ def reward_score(
         is_completion_a: for a pairwise rating, whether it rates the pair's completion A.
         rank: for a ranking's rating, the completion's place (0 = best), else None.
         n_ranked: for a ranking's rating, how many completions the ranking orders (k).
+        criteria: for a rubric rating, its stored ``[{"name", "weight", "score"}]``.
 
     Raises:
         ValueError: none is set, or a value is out of range (``pgcore.rewards``).
@@ -67,8 +76,19 @@ def reward_score(
     from pgcore.rewards import judgment_to_score  # the one mapping; imports torch: workers only
 
     return judgment_to_score(
-        score=score, thumbs_up=thumbs_up, choice=choice, is_a=is_completion_a, rank=rank, n_ranked=n_ranked
+        score=score,
+        thumbs_up=thumbs_up,
+        choice=choice,
+        is_a=is_completion_a,
+        rank=rank,
+        n_ranked=n_ranked,
+        criteria=None if criteria is None else [(c["score"], c["weight"]) for c in criteria],
     )
+
+
+def rubric_level(criteria: list[dict]) -> float:
+    """A rubric rating's overall level: the weighted mean of its criteria's scores, in [1, 5]."""
+    return sum(c["weight"] * c["score"] for c in criteria) / sum(c["weight"] for c in criteria)
 
 
 def ranking_implied_pairs(order: list[int]) -> list[tuple[int, int]]:
@@ -89,10 +109,14 @@ def rank_level(*, rank: int) -> float:
     return float(rank + 1)
 
 
-def kto_label(*, score: int | None, thumbs_up: bool | None) -> bool | None:
-    """A Likert or thumbs rating as an unpaired (KTO) label; None for a neutral Likert 3 or no value."""
+def kto_label(*, score: int | None, thumbs_up: bool | None, criteria: list[dict] | None = None) -> bool | None:
+    """A Likert, thumbs or rubric rating as an unpaired (KTO) label; None for a neutral Likert 3
+    (a rubric's overall level of exactly 3) or no value."""
     if thumbs_up is not None:
         return thumbs_up
+    if score is None and criteria is not None:
+        overall = rubric_level(criteria)
+        return None if overall == NEUTRAL_LIKERT else overall > NEUTRAL_LIKERT
     if score is not None and score != NEUTRAL_LIKERT:
         return score > NEUTRAL_LIKERT
     return None
@@ -108,10 +132,13 @@ def pairwise_winner(choice: str) -> str | None:
     return {Choice.A: "a", Choice.B: "b"}.get(choice)
 
 
-def level(*, score: int | None, thumbs_up: bool | None) -> float | None:
-    """A single rating's level: the Likert score (1–5), thumbs up 1.0 / down 0.0; None for neither."""
+def level(*, score: int | None, thumbs_up: bool | None, criteria: list[dict] | None = None) -> float | None:
+    """A single rating's level: the Likert score (1–5), a rubric's weighted mean score (1–5),
+    thumbs up 1.0 / down 0.0; None for none of them."""
     if score is not None:
         return float(score)
+    if criteria is not None:
+        return rubric_level(criteria)
     if thumbs_up is not None:
         return 1.0 if thumbs_up else 0.0
     return None

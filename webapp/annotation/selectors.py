@@ -547,7 +547,11 @@ def gold_verdicts(*, project: Project, answers: dict[int, dict] | None = None) -
     gold.update(answers or {})
     verdicts = []
     singles = Rating.objects.filter(completion_id__in=gold, comparison__isnull=True, ranking__isnull=True)
-    for cid, annotator_id, score, thumbs_up in singles.values_list("completion_id", "annotator_id", "score", "thumbs_up"):
+    for cid, annotator_id, score, thumbs_up, criteria in singles.values_list(
+        "completion_id", "annotator_id", "score", "thumbs_up", "criteria"
+    ):
+        if score is None and criteria is not None:  # a rubric rating answers a Likert gold item by its overall level
+            score = round(judgments.rubric_level(criteria))
         verdicts.append((cid, annotator_id, judgments.gold_correct(gold[cid], score=score, thumbs_up=thumbs_up)))
     for cid, annotator_id, choice in Comparison.objects.filter(pair__completion_a_id__in=gold).values_list(
         "pair__completion_a_id", "annotator_id", "choice"

@@ -666,10 +666,15 @@ def rating_create(
     completion: Completion,
     score: int | None = None,
     thumbs_up: bool | None = None,
+    criteria: dict[str, int] | None = None,
     comment: str = "",
     seconds_spent=None,
 ) -> Rating:
-    """Store one Likert (``score``) or thumbs (``thumbs_up``) rating and fulfil the annotator's lease.
+    """Store one Likert (``score``), thumbs (``thumbs_up``) or rubric (``criteria``: a score 1–5 per
+    criterion name of the project's rubric) rating and fulfil the annotator's lease.
+
+    A rubric rating is stored with each criterion's name, weight and score as the rubric
+    stands now, so a later change of the rubric leaves it as it was given.
 
     ``seconds_spent`` defaults to the time since the item was leased to them.
     NUL characters in ``comment`` are dropped (PostgreSQL cannot store them).
@@ -682,11 +687,18 @@ def rating_create(
             leased to this annotator.
     """
     project = completion.project
+    stored_criteria = None
     if project.rating_mode == RatingMode.PAIRWISE:
         raise ApplicationError("This project compares pairs; choose A, B, tie or both bad.")
     if project.rating_mode == RatingMode.RANKING:
         raise ApplicationError("This project ranks outputs; put them in order from best to worst.")
-    if project.rating_mode == RatingMode.THUMBS:
+    if project.rating_mode == RatingMode.RUBRIC:
+        if score is not None or thumbs_up is not None:
+            raise ApplicationError("This project rates by its rubric: score each criterion from 1 to 5.")
+        stored_criteria = _rubric_scores(project=project, criteria=criteria)
+    elif criteria is not None:
+        raise ApplicationError("This project has no rubric; reload the page.")
+    elif project.rating_mode == RatingMode.THUMBS:
         if not isinstance(thumbs_up, bool) or score is not None:
             raise ApplicationError("Choose thumbs up or thumbs down.")
     elif isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 5 or thumbs_up is not None:
@@ -699,6 +711,7 @@ def rating_create(
             annotator=annotator,
             score=score,
             thumbs_up=thumbs_up,
+            criteria=stored_criteria,
             comment=without_nul(comment),
             seconds_spent=seconds_spent,
         )
@@ -706,6 +719,30 @@ def rating_create(
         raise ApplicationError("You have rated this item already.") from exc
     _n_ratings_add(completion_ids=[completion.pk], delta=1)
     return rating
+
+
+def _rubric_scores(*, project: Project, criteria) -> list[dict]:
+    """``criteria`` (criterion name → score) as stored: the project's rubric, in its order, each
+    criterion with its weight and score.
+
+    Raises:
+        ApplicationError: a criterion of the rubric without a whole-number score from 1 to 5, or a
+            name the rubric does not have.
+    """
+    rubric = project.rubric or []
+    criteria = criteria if isinstance(criteria, dict) else {}
+    unknown = sorted(set(criteria) - {c["name"] for c in rubric})
+    if unknown:
+        raise ApplicationError(f"The rubric has no criterion {unknown[0]!r}; reload the page.")
+    stored = []
+    for c in rubric:
+        value = criteria.get(c["name"])
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 5:
+            raise ApplicationError(f"Score every criterion from 1 to 5 ({c['name']} is missing).")
+        stored.append({"name": c["name"], "weight": c["weight"], "score": value})
+    if not stored:
+        raise ApplicationError("This project's rubric has no criteria; ask staff to set it up.")
+    return stored
 
 
 @transaction.atomic
@@ -917,7 +954,7 @@ def judgment_undo(*, project: Project, annotator, lease_minutes: int = LEASE_MIN
         values = {"order": last.order}
     else:
         anchor_id, pair_id = last.completion_id, None
-        values = {"score": last.score, "thumbs_up": last.thumbs_up}
+        values = {"score": last.score, "thumbs_up": last.thumbs_up, "criteria": last.criteria}
     revision = RatingRevision.objects.create(
         completion_id=anchor_id,
         pair_id=pair_id,

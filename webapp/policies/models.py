@@ -16,6 +16,35 @@ class RatingMode(models.TextChoices):
     THUMBS = "thumbs", "Thumbs up/down"
     PAIRWISE = "pairwise", "Pairwise A/B"
     RANKING = "ranking", "Rank k outputs"
+    RUBRIC = "rubric", "Rubric: named criteria 1–5"
+
+RUBRIC_MAX_CRITERIA = 8
+
+
+def rubric_check(rubric) -> list[dict]:
+    """A rubric checked and normalised: 1 to ``RUBRIC_MAX_CRITERIA`` criteria, each
+    ``{"name": text (1–60 characters, unique), "weight": number > 0, "description": text}``.
+
+    Raises:
+        ValidationError: what is wrong, on ``rubric``.
+    """
+    from django.core.exceptions import ValidationError
+
+    if not isinstance(rubric, list) or not 1 <= len(rubric) <= RUBRIC_MAX_CRITERIA:
+        raise ValidationError({"rubric": f"A rubric is a list of 1 to {RUBRIC_MAX_CRITERIA} criteria."})
+    out, names = [], set()
+    for i, criterion in enumerate(rubric, 1):
+        if not isinstance(criterion, dict) or not set(criterion) <= {"name", "weight", "description"}:
+            raise ValidationError({"rubric": f"Criterion {i} must be {{\"name\", \"weight\", \"description\"}}."})
+        name = str(criterion.get("name", "")).strip()
+        weight = criterion.get("weight", 1)
+        if not 1 <= len(name) <= 60 or name in names:
+            raise ValidationError({"rubric": f"Criterion {i} needs a name of 1 to 60 characters, unlike the others."})
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1000:
+            raise ValidationError({"rubric": f"Criterion {i} ({name}) needs a weight above 0 (at most 1000)."})
+        names.add(name)
+        out.append({"name": name, "weight": float(weight), "description": str(criterion.get("description", ""))})
+    return out
 
 
 class Project(models.Model):
@@ -64,6 +93,16 @@ class Project(models.Model):
         help_text=(
             "Ranking mode: how many completions of one prompt an annotator orders from best to worst (2–6). "
             "A ranking is stored as the k(k-1)/2 pairwise comparisons it implies."
+        ),
+    )
+    rubric = models.JSONField(
+        "rubric",
+        default=list,
+        blank=True,
+        help_text=(
+            'Rubric mode: the criteria, each scored 1–5, e.g. [{"name": "helpful", "weight": 2, "description": "..."}, '
+            '{"name": "fluent", "weight": 1}]. Reward = weighted mean of (score - 3) / 2. Changing it keeps earlier '
+            "ratings with the rubric they were given under."
         ),
     )
     gold_rate = models.FloatField(
@@ -180,6 +219,11 @@ class Project(models.Model):
 
     def __str__(self):
         return self.slug
+
+    def clean(self):
+        """A rubric-mode project needs a valid rubric (:func:`rubric_check`); a given rubric is normalised."""
+        if self.rubric or self.rating_mode == RatingMode.RUBRIC:
+            self.rubric = rubric_check(self.rubric)
 
 
 class ModelVersion(models.Model):

@@ -197,7 +197,9 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
 
     Scores: :func:`webapp.annotation.judgments.reward_score` (Likert ``(s - 3) / 2``,
     thumbs ±1, pairwise winner +1 / loser -1, tie 0 / 0, both bad -1 / -1, a ranking's
-    place r of k ``(k-1-2r)/(k-1)``: the mean of the pairwise outcomes it implies).
+    place r of k ``(k-1-2r)/(k-1)``: the mean of the pairwise outcomes it implies; a rubric
+    rating the weighted mean of its criteria's ``(s - 3) / 2``, with the weights it was given under).
+    Each rating is scored in its own kind, so a project whose mode changed trains on all of them.
 
     Gold checks: each rating weighs ``selectors.annotator_weights`` (``gold_low_weight`` for an
     annotator below ``gold_min_accuracy`` after ``gold_min_answers`` gold answers, else 1) in its
@@ -228,6 +230,7 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
             "comparison__pair__completion_a_id",
             "rank",
             "ranking__order",
+            "criteria",
         )
     )
     index = {cid: i for i, cid in enumerate(completion_ids)}
@@ -249,9 +252,10 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
                 is_completion_a=cid == anchor_id,
                 rank=rank,
                 n_ranked=len(order) if order is not None else None,
+                criteria=criteria,
             ),
         )
-        for cid, annotator, score, thumbs_up, choice, anchor_id, rank, order in history
+        for cid, annotator, score, thumbs_up, choice, anchor_id, rank, order, criteria in history
     ]
     weight_sums: dict[int, list[float]] = {}
     for record in records:
