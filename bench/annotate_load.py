@@ -20,10 +20,22 @@ What it does, all on 127.0.0.1:
 4. runs ``--annotators`` simulated annotators for ``--seconds``, each in its
    own thread with its own ``requests.Session``, logged in through the real
    login form (its own session and CSRF cookie). Each loop: *next item*
-   (``GET /p/<slug>/annotate/card/`` as htmx) → think for ``--think-s``
+   (``POST /p/<slug>/annotate/next/`` as htmx, what the card sends as it
+   loads: it leases an item, or answers the one held; ``GET .../card/`` only
+   reads since a page load writes nothing) → think for ``--think-s``
    (uniform in [0.5, 1.5] × think) → *submit* (``POST .../rate/`` as htmx,
    which answers with the next card);
 5. counts from the database what was stored.
+
+Server CPU per request, beside the latencies: gunicorn serves the app through
+``bench/server_cpu_wsgi.py``, which adds to each response the CPU time its
+worker thread spent on it (``X-Server-CPU-ms``): ``p50/p95_cpu_ms_next`` and
+``..._submit``. Over the whole window it also reads the CPU time (``/proc``) of
+the gunicorn processes and of the PostgreSQL backends serving the bench
+database: ``server_cpu_ms_per_request`` (the web workers, everything included)
+and ``db_cpu_ms_per_request`` (PostgreSQL), each divided by the requests
+answered. Latency on a shared machine includes waiting for a core; CPU time
+does not, so it is the figure that compares across runs.
 
 Client: ``requests`` sessions in threads rather than locust: locust needs
 gevent's monkey-patching (which would also patch the Django ORM used here to
@@ -32,7 +44,7 @@ sessions in threads are exactly "50 people with a browser each" and keep the
 client's share of the 2 cores small.
 
 Output: one JSON object on stdout with ``annotators``, ``requests_per_s``,
-``p50/p95/p99_ms_next``, ``p50/p95/p99_ms_submit``, ``submitted`` (answered
+``p50/p95/p99_ms_next``, ``p50/p95/p99_ms_submit``, the CPU figures above, ``submitted`` (answered
 200 without an error message), ``stored`` (ratings in the database),
 ``duplicates`` (items rated by more people than ``ratings_per_item``, plus
 items handed to two annotators at once), ``errors`` (non-200 answers,
@@ -68,6 +80,45 @@ sys.path.insert(0, str(REPO))
 PASSWORD = "bench-password-123"
 SLUG = "load"
 ITEM_RE = re.compile(r'data-completion="(\d+)"')
+CPU_HEADER = "X-Server-CPU-ms"  # set by bench/server_cpu_wsgi.py
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and its descendants (gunicorn's master and workers), from /proc."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children[ppid].append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def cpu_seconds(pids) -> dict[int, float]:
+    """User + system CPU seconds of each process still alive (``/proc/<pid>/stat``, fields 14-15)."""
+    out = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return out
+
+
+def db_backend_pids(pg: str, db: str) -> list[int]:
+    import psycopg
+
+    with psycopg.connect(f"{pg}/postgres", autocommit=True) as conn:
+        return [row[0] for row in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (db,))]
 
 
 def parse_args():
@@ -163,6 +214,8 @@ class Annotator(threading.Thread):
         self.rng = random.Random(seed)
         self.next_ms: list[float] = []
         self.submit_ms: list[float] = []
+        self.next_cpu_ms: list[float] = []
+        self.submit_cpu_ms: list[float] = []
         self.submitted = 0
         self.errors: list[str] = []
         self.seen: list[tuple[float, int]] = []  # (time, completion id) of each item handed out
@@ -196,8 +249,9 @@ class Annotator(threading.Thread):
 
     def cycle(self):
         t0 = time.perf_counter()
-        card = self.session.get(f"{self.base}/p/{SLUG}/annotate/card/", headers=self.headers, timeout=30)
+        card = self.session.post(f"{self.base}/p/{SLUG}/annotate/next/", headers=self.headers, timeout=30)
         self.next_ms.append((time.perf_counter() - t0) * 1000)
+        self.next_cpu_ms.append(float(card.headers.get(CPU_HEADER, "nan")))
         if card.status_code != 200:
             self.errors.append(f"next: HTTP {card.status_code}")
             return
@@ -219,6 +273,7 @@ class Annotator(threading.Thread):
             timeout=30,
         )
         self.submit_ms.append((time.perf_counter() - t0) * 1000)
+        self.submit_cpu_ms.append(float(answer.headers.get(CPU_HEADER, "nan")))
         if answer.status_code != 200 or 'class="flash error"' in answer.text:
             self.errors.append(f"submit: HTTP {answer.status_code} {answer.text[:200] if answer.status_code == 200 else ''}")
         else:
@@ -286,7 +341,8 @@ def main() -> int:
         server = subprocess.Popen(
             [
                 str(Path(sys.executable).parent / "gunicorn"),
-                "webapp.wsgi",
+                "server_cpu_wsgi:application",
+                "--pythonpath", str(REPO / "bench"),
                 "--bind", f"127.0.0.1:{port}",
                 "--workers", str(args.workers),
                 "--worker-class", "sync" if args.threads == 1 else "gthread",
@@ -312,9 +368,19 @@ def main() -> int:
         for a in annotators:
             a.start_at, a.stop_at = start, stop
             a.start()
+        while time.monotonic() < start:
+            time.sleep(0.01)
+        # Persistent connections: each worker's PostgreSQL backend exists after its first request
+        # (the logins), so the backends read now serve the whole window.
+        web_before = cpu_seconds(process_tree(server.pid))
+        db_before = cpu_seconds(db_backend_pids(args.pg, args.db))
         for a in annotators:
             a.join(timeout=args.seconds + 60)
         elapsed = time.monotonic() - start
+        web_after = cpu_seconds(web_before)
+        db_after = cpu_seconds(db_backend_pids(args.pg, args.db))
+        web_cpu_s = sum(web_after[p] - web_before[p] for p in web_after)
+        db_cpu_s = sum(db_after[p] - db_before.get(p, 0.0) for p in db_after)
 
         from django.db.models import Count
 
@@ -337,6 +403,8 @@ def main() -> int:
         shared = sum(1 for people in holders.values() if len(people) > project.ratings_per_item)
         next_ms = [x for a in annotators for x in a.next_ms]
         submit_ms = [x for a in annotators for x in a.submit_ms]
+        next_cpu = [x for a in annotators for x in a.next_cpu_ms if x == x]  # NaN: the header was missing
+        submit_cpu = [x for a in annotators for x in a.submit_cpu_ms if x == x]
         errors = [e for a in annotators for e in a.errors]
         result = {
             "annotators": args.annotators,
@@ -356,6 +424,17 @@ def main() -> int:
             "p50_ms_submit": percentile(submit_ms, 50),
             "p95_ms_submit": percentile(submit_ms, 95),
             "p99_ms_submit": percentile(submit_ms, 99),
+            "p50_cpu_ms_next": percentile(next_cpu, 50),
+            "p95_cpu_ms_next": percentile(next_cpu, 95),
+            "p50_cpu_ms_submit": percentile(submit_cpu, 50),
+            "p95_cpu_ms_submit": percentile(submit_cpu, 95),
+            "server_cpu_ms_per_request": round(web_cpu_s * 1000 / max(len(next_ms) + len(submit_ms), 1), 2),
+            "db_cpu_ms_per_request": round(db_cpu_s * 1000 / max(len(next_ms) + len(submit_ms), 1), 2),
+            "cpu_note": (
+                "p50/p95_cpu_ms_*: CPU of the worker thread per request (X-Server-CPU-ms); "
+                "server/db_cpu_ms_per_request: CPU of all gunicorn processes / the database's backends "
+                "over the window, per request answered"
+            ),
             "submitted": sum(a.submitted for a in annotators),
             "stored": stored,
             "duplicates": over_rated + shared,

@@ -79,6 +79,23 @@ def rank_to_score(rank: int, k: int) -> float:
     return (k - 1 - 2 * rank) / (k - 1)
 
 
+def rubric_to_score(scores: list[float], weights: list[float]) -> float:
+    """Rubric scores (each criterion 1-5) to one score in [-1, 1]: the weighted mean of the
+    criteria's Likert scores, ``sum_i w_i (s_i - 3) / 2 / sum_i w_i`` (the weighted sum with
+    the weights normalised to 1).
+
+    Raises:
+        ValueError: no criteria, lists of different lengths, a score outside [1, 5] or a
+            weight that is not a finite number > 0.
+    """
+    if not scores or len(scores) != len(weights):
+        raise ValueError(f"a rubric rating needs one weight per score, got {len(scores)} scores and {len(weights)} weights")
+    for w in weights:
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
+            raise ValueError(f"a rubric weight must be a finite number > 0, got {w!r}")
+    return sum(w * likert_to_score(s) for s, w in zip(scores, weights)) / sum(weights)
+
+
 def judgment_to_score(
     *,
     score: int | None,
@@ -87,11 +104,12 @@ def judgment_to_score(
     is_a: bool,
     rank: int | None = None,
     n_ranked: int | None = None,
+    criteria: list[tuple[float, float]] | None = None,
 ) -> float:
     """One stored judgment to a score in [-1, 1], whatever its kind.
 
     A Likert ``score`` (1-5) if given, else a ``thumbs_up``, else a ``rank`` in a ranking
-    of ``n_ranked`` completions, else this completion's side (``is_a``: it is the pair's
+    of ``n_ranked`` completions, else rubric ``criteria`` (``(score, weight)`` pairs), else this completion's side (``is_a``: it is the pair's
     completion a) of a pairwise ``choice``; see the functions above.
 
     Raises:
@@ -103,6 +121,8 @@ def judgment_to_score(
         return thumbs_to_score(thumbs_up)
     if rank is not None:
         return rank_to_score(rank, n_ranked)
+    if criteria is not None:
+        return rubric_to_score([s for s, _ in criteria], [w for _, w in criteria])
     score_a, score_b = pairwise_to_scores(choice)
     return score_a if is_a else score_b
 
@@ -115,11 +135,14 @@ class RatingRecord:
         completion_index: index of the rated completion in the batch, in ``[0, n)``.
         annotator: who rated (any hashable id).
         score: the rating already mapped to [-1, 1] (see the ``*_to_score`` functions).
+        weight: how much the rating counts in its completion's mean, >= 0 (default 1; e.g.
+            lower for an annotator who failed gold checks).
     """
 
     completion_index: int
     annotator: str | int
     score: float
+    weight: float = 1.0
 
 
 def ratings_to_rewards(
@@ -139,7 +162,8 @@ def ratings_to_rewards(
     a lenient one's 4, a lone annotator's scores are unchanged, and an annotator with one
     rating moves only a little. When ``s_a`` is ~0 (all scores equal) only the mean shift is
     applied, so no division by zero can occur. Then the normalised scores of each
-    completion are averaged.
+    completion are averaged, each weighted by its ``weight`` (a completion whose ratings
+    all weigh 0 takes their plain mean). The normalisation statistics are unweighted.
 
     Args:
         ratings: one record per rating.
@@ -164,6 +188,8 @@ def ratings_to_rewards(
             )
         if not 0 <= r.completion_index < n_completions:
             raise ValueError(f"rating {i} has completion_index {r.completion_index}, outside [0, {n_completions})")
+        if not (math.isfinite(float(r.weight)) and r.weight >= 0):
+            raise ValueError(f"rating {i} has weight {r.weight}; weights are finite and >= 0")
     unrated = sorted(set(range(n_completions)) - {r.completion_index for r in ratings})
     if unrated:
         raise ValueError(f"completions {unrated} have no rating; every completion needs at least one")
@@ -186,7 +212,10 @@ def ratings_to_rewards(
         shrunk_std = ((count * var_a + k * var) / (count + k)).sqrt()
         scale = torch.where(shrunk_std > _MIN_STD, var.sqrt() / shrunk_std.clamp(min=_MIN_STD), 1.0)  # (A,)
         scores = mean + scale[who] * (scores - shrunk_mean[who])
-    sums = torch.zeros(n_completions, dtype=torch.float64).index_add_(0, index, scores)
+    weights = torch.tensor([float(r.weight) for r in ratings], dtype=torch.float64)  # (R,)
+    sums = torch.zeros(n_completions, dtype=torch.float64).index_add_(0, index, weights * scores)
+    totals = torch.zeros(n_completions, dtype=torch.float64).index_add_(0, index, weights)  # (N,)
+    plain = torch.zeros(n_completions, dtype=torch.float64).index_add_(0, index, scores)
     counts = torch.zeros(n_completions, dtype=torch.float64).index_add_(0, index, torch.ones_like(scores))
-    return (sums / counts).float()
+    return torch.where(totals > 0, sums / totals.clamp(min=1e-300), plain / counts).float()
 

@@ -45,9 +45,10 @@ class TrainBatch:
             same lengths as ``completion_ids``.
         rewards: scalar reward per completion (e.g. from ``ratings_to_rewards``).
         group_ids: prompt id per completion; leave-one-out works within a group.
-        weights: optional weight >= 0 per completion, multiplying its advantage (so its share
-            of the policy gradient; the KL penalty is unweighted). None: all 1. Used for
-            rating sources trusted less or more (production feedback vs annotators).
+        weights: optional weight >= 0 per completion, multiplying its advantage after the
+            baseline (so its share of the policy gradient; the KL penalty is unweighted). None:
+            all 1. Used for rating sources trusted less or more (production feedback against
+            annotators) and for ratings of annotators who failed their gold checks.
     """
 
     prompt_ids: list[list[int]]

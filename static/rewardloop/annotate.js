@@ -59,6 +59,45 @@
     rankRefresh(card);
   }
 
+  // Rubric cards: 1-5 scores the highlighted criterion and highlights the next; Backspace goes back
+  // one criterion. The scores are the form's radio buttons, which also work by mouse.
+  function rubricItems(card) { return Array.prototype.slice.call(card.querySelectorAll(".criterion")); }
+
+  function rubricHighlight(card, index) {
+    rubricItems(card).forEach(function (item, i) { item.classList.toggle("current", i === index); });
+  }
+
+  function rubricCurrent(card) {
+    var items = rubricItems(card);
+    for (var i = 0; i < items.length; i++) if (items[i].classList.contains("current")) return i;
+    return items.length;
+  }
+
+  function rubricScore(card, value) {
+    var items = rubricItems(card);
+    var index = rubricCurrent(card);
+    if (index >= items.length) index = items.length - 1;
+    var radio = items[index].querySelector('input[type=radio][value="' + value + '"]');
+    if (radio) radio.checked = true;
+    rubricHighlight(card, index + 1);
+  }
+
+  function rubricBack(card) {
+    var index = Math.max(0, rubricCurrent(card) - 1);
+    var items = rubricItems(card);
+    if (!items.length) return;
+    items[index].querySelectorAll("input[type=radio]").forEach(function (r) { r.checked = false; });
+    rubricHighlight(card, index);
+  }
+
+  document.addEventListener("change", function (event) {
+    if (event.target.matches && event.target.matches(".criterion input[type=radio]")) {
+      var card = document.getElementById("card");
+      var item = event.target.closest(".criterion");
+      rubricHighlight(card, rubricItems(card).indexOf(item) + 1);
+    }
+  });
+
   document.addEventListener("change", function (event) {
     if (event.target.matches && event.target.matches("select.rank-place")) rankRefresh(document.getElementById("card"));
   });
@@ -68,6 +107,11 @@
     if (pick) {
       event.preventDefault();
       rankPick(document.getElementById("card"), pick.getAttribute("data-rank-pick"));
+      return;
+    }
+    if (event.target.closest && event.target.closest("[data-rubric-back]")) {
+      event.preventDefault();
+      rubricBack(document.getElementById("card"));
       return;
     }
     if (event.target.closest && event.target.closest("[data-rank-back]")) {
@@ -87,7 +131,8 @@
   document.addEventListener("keydown", function (event) {
     if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
     var target = event.target;
-    var typing = target && (target.tagName === "INPUT" || target.tagName === "TEXTAREA" || target.isContentEditable);
+    var choosing = target && target.tagName === "INPUT" && (target.type === "radio" || target.type === "checkbox");
+    var typing = target && ((target.tagName === "INPUT" && !choosing) || target.tagName === "TEXTAREA" || target.isContentEditable);
     if (event.key === "Escape") {
       if (typing) target.blur();
       toggleHelp(false);
@@ -95,7 +140,7 @@
     }
     if (typing) return;
     if (event.key === "Enter" && target && target.tagName === "BUTTON") return; // Enter on a focused button presses it
-    if (target && target.tagName === "SELECT" && (event.key === "Backspace" || /^[0-9]$/.test(event.key))) target.blur();
+    if (target && (target.tagName === "SELECT" || choosing) && (event.key === "Backspace" || /^[0-9]$/.test(event.key))) target.blur();
     var key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
     if (key === "?") {
       event.preventDefault();
@@ -118,6 +163,11 @@
         event.preventDefault();
         comment.focus();
       }
+      return;
+    }
+    if (/^[1-5]$/.test(key) && card.querySelector(".rubric")) {
+      event.preventDefault();
+      rubricScore(card, key);
       return;
     }
     var button = card.querySelector('button[data-key="' + CSS.escape(key) + '"]');

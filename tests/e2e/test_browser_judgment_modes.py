@@ -70,3 +70,45 @@ def test_an_annotator_ranks_three_outputs_by_number_keys_takes_one_back_and_undo
     assert stored == {first_anchor: expected[first_anchor]}
     assert list(RatingRevision.objects.values_list("order", flat=True)) == [expected[anchor]]
     assert RankedPair.objects.count() == 3
+
+
+def test_an_annotator_scores_a_rubric_by_keyboard_goes_back_one_criterion_and_undoes(
+    login_page, live_server, tiny_model_dir, models_dir, annotator, make_completion, screenshot
+):
+    from webapp.annotation.models import Rating
+
+    rubric = [
+        {"name": "helpful", "weight": 2, "description": "does what the prompt asks"},
+        {"name": "fluent", "weight": 1, "description": "reads well"},
+        {"name": "on topic", "weight": 1},
+    ]
+    project = make_project(tiny_model_dir, slug="rb", mode="rubric", rubric=rubric)
+    for i in range(3):
+        make_completion(project, text=f"completion {i}: {'a sentence that goes on ' * (2 + 5 * i)}")
+    page = login_page(annotator)
+    page.goto(f"{live_server.url}/p/{project.slug}/annotate/")
+    page.wait_for_selector(CARD)
+
+    first = current_item(page)
+    for key in ("4", "1", "Backspace", "2", "5"):  # helpful 4, fluent 1 taken back, fluent 2, on topic 5
+        page.keyboard.press(key)
+    assert page.locator(".criterion.current").count() == 0  # every criterion scored
+    screenshot(page, "annotate-rubric")
+    page.keyboard.press("Enter")
+    page.locator(f'{CARD}:not([data-completion="{first}"])').wait_for()
+
+    second = current_item(page)
+    page.keyboard.press("Enter")  # nothing scored: a clear error, the card stays, nothing stored
+    page.locator("#card .flash.error").wait_for()
+    assert "helpful is missing" in page.locator("#card .flash.error").inner_text() and current_item(page) == second
+    for key in ("3", "3", "3", "Enter"):
+        page.keyboard.press(key)
+    page.locator(f'{CARD}:not([data-completion="{second}"])').wait_for()
+
+    page.keyboard.press("u")
+    page.locator(f'{CARD}[data-completion="{second}"]').wait_for()
+    assert "helpful 3, fluent 3, on topic 3" in page.locator("#card .flash").inner_text()
+
+    stored = {r.completion_id: [c["score"] for c in r.criteria] for r in Rating.objects.all()}
+    assert stored == {first: [4, 2, 5]}
+    assert list(RatingRevision.objects.values_list("criteria", flat=True))[0][0] == {"name": "helpful", "weight": 2.0, "score": 3}

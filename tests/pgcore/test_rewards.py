@@ -151,3 +151,16 @@ def test_a_rank_outside_its_ranking_is_refused(rank, k):
 
     with pytest.raises(ValueError):
         rank_to_score(rank, k)
+
+
+def test_rating_weights_make_a_weighted_mean_per_completion_and_all_zero_falls_back_to_the_plain_mean():
+    ratings = [
+        RatingRecord(0, "good", 1.0, weight=1.0),
+        RatingRecord(0, "careless", -1.0, weight=0.25),
+        RatingRecord(1, "careless", -1.0, weight=0.0),
+        RatingRecord(1, "other", 0.0, weight=0.0),
+    ]
+    rewards = ratings_to_rewards(ratings, 2, annotator_norm=False)
+    assert_close(rewards, torch.tensor([(1.0 - 0.25) / 1.25, -0.5]))
+    with pytest.raises(ValueError, match="weight"):
+        ratings_to_rewards([RatingRecord(0, "a", 1.0, weight=-1.0)], 1, annotator_norm=False)

@@ -386,3 +386,33 @@ def test_a_fresh_adapter_reuses_the_reference_pass_as_the_proximal_one_with_the_
 
 def test_a_trained_adapter_is_not_zero_and_gets_its_own_proximal_pass(drifted_lora_policy):
     assert not trainer.lora_adapter_is_zero(drifted_lora_policy)
+
+
+def test_a_completion_weight_scales_its_advantage_and_zero_weights_leave_the_policy_alone(lora_policy):
+    import dataclasses
+
+    config = PGConfig(bf16_autocast=False, epochs=1)
+    batch = _batch(lora_policy, [1.0, -1.0], groups=[0, 0])
+    before = _weights(lora_policy)
+    metrics = update(lora_policy, dataclasses.replace(batch, weights=[0.0, 0.0]), config)
+    assert metrics["losses/pg_loss"] == 0.0 and _same(before, _weights(lora_policy))
+    start = _sequence_logprob(lora_policy, batch, 0)
+    moved = {}
+    for weights in ([1.0, 1.0], [0.0, 1.0]):
+        update(lora_policy, dataclasses.replace(batch, weights=weights), config)
+        moved[tuple(weights)] = _sequence_logprob(lora_policy, batch, 0) - start
+        with torch.no_grad():
+            for p, saved in zip(lora_policy.trainable_parameters, before):
+                p.copy_(saved)
+    # Completion 0 (the preferred one) rises when it counts, far less when only completion 1's push counts.
+    assert moved[(1.0, 1.0)] > 1e-3 and abs(moved[(0.0, 1.0)]) < moved[(1.0, 1.0)]
+
+
+@pytest.mark.parametrize("weights", [[1.0], [1.0, -0.1], [1.0, float("nan")], [1.0, float("inf")]])
+def test_weights_of_the_wrong_length_negative_or_not_finite_are_refused(lora_policy, fp32_config, no_steps, weights):
+    import dataclasses
+
+    batch = _batch(lora_policy, [1.0, -1.0], groups=[0, 0])
+    with pytest.raises(ValueError, match="weight"):
+        update(lora_policy, dataclasses.replace(batch, weights=weights), fp32_config)
+    assert not no_steps

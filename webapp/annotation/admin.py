@@ -1,8 +1,13 @@
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError
 from django.shortcuts import redirect
 
-from .models import Comparison, Completion, Feedback, Lease, Pair, Prompt, Rating, RatingRevision
+from webapp.errors import ApplicationError
+
+from . import services
+from .models import Comparison, Completion, Feedback, GoldItem, Lease, Pair, Prompt, Rating, RatingRevision
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -85,3 +90,29 @@ class RatingRevisionAdmin(ReadOnlyAdmin):
     list_display = ["id", "completion", "pair", "annotator", "action", "score", "thumbs_up", "choice", "revised_at"]
     list_filter = ["action", "annotator"]
     raw_id_fields = ["completion", "pair"]
+
+
+@admin.register(GoldItem)
+class GoldItemAdmin(admin.ModelAdmin):
+    """Gold items are added and their answers changed through ``services.gold_item_set``, which
+    checks the answer against the item and writes the change to the project's audit log."""
+
+    class Form(forms.ModelForm):
+        def clean(self):
+            data = super().clean()
+            if data.get("completion") is not None and "answer" in data:
+                try:
+                    data["answer"] = services.gold_answer_check(completion=data["completion"], answer=data["answer"])
+                except ApplicationError as exc:
+                    raise ValidationError({"answer": exc.message}) from exc
+            return data
+
+    form = Form
+    list_display = ["id", "project", "completion", "answer", "updated_at"]
+    list_filter = ["project"]
+    raw_id_fields = ["completion"]
+    fields = ["completion", "answer", "note"]
+
+    def save_model(self, request, obj, form, change):
+        saved = services.gold_item_set(completion=obj.completion, answer=obj.answer, note=obj.note, actor=request.user)
+        obj.pk, obj.project_id = saved.pk, saved.project_id

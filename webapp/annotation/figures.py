@@ -4,7 +4,8 @@ Agreement is Krippendorff's alpha from the maintained ``krippendorff``
 package (Castro 2017, https://github.com/pln-fing-udelar/fast-krippendorff),
 computed on the items that at least two people judged: ordinal for Likert,
 nominal for thumbs and for pairwise choices, ordinal for the place each
-ranked output got (1 = best; the unit is the output).
+ranked output got (1 = best; the unit is the output), ordinal per rubric
+criterion (every criterion ever scored in the project, by name).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from django.utils import timezone
 
 from webapp.policies.models import Project
 
-from . import judgments
+from . import judgments, selectors
 from .judgments import CHOICE_CODES
 from .models import Comparison, Ranking, Rating, RatingRevision, Skip
 
@@ -32,6 +33,13 @@ class AnnotatorFigures:
     median_seconds: float | None
     skips: int
     undos: int
+    gold_answered: int = 0  # gold items judged
+    gold_correct: int = 0  # of those, judged right
+    weight: float = 1.0  # of their ratings in training (below 1: gold accuracy under the project's bar)
+
+    @property
+    def gold_accuracy(self) -> float | None:
+        return self.gold_correct / self.gold_answered if self.gold_answered else None
 
 
 @dataclass(frozen=True)
@@ -45,8 +53,9 @@ class Agreement:
 
 
 def annotator_figures(*, project: Project) -> list[AnnotatorFigures]:
-    """Per annotator: judgments (a pairwise decision or a ranking counts once), today, median seconds per
-    item, skips, undos."""
+    """Per annotator: judgments (a pairwise decision or a ranking counts once; gold items included), today,
+    median seconds per item, skips, undos, gold items answered and right, and the weight of their ratings
+    in training (``selectors.annotator_weights``)."""
     today = timezone.localdate()
     rows: dict[int, dict] = defaultdict(lambda: {"n": 0, "today": 0, "seconds": [], "skips": 0, "undos": 0})
     single = Rating.objects.filter(completion__project=project, comparison__isnull=True, ranking__isnull=True)
@@ -63,6 +72,10 @@ def annotator_figures(*, project: Project) -> list[AnnotatorFigures]:
         rows[annotator_id]["skips"] += 1
     for annotator_id in RatingRevision.objects.filter(completion__project=project).values_list("annotator_id", flat=True):
         rows[annotator_id]["undos"] += 1
+    gold = selectors.gold_accuracy(project=project)
+    weights = selectors.annotator_weights(project=project)
+    for annotator_id in gold:
+        rows[annotator_id]  # noqa: B018 - someone who answered only gold items is listed too
     names = dict(get_user_model().objects.filter(pk__in=rows).values_list("pk", "username"))
     return sorted(
         (
@@ -73,6 +86,9 @@ def annotator_figures(*, project: Project) -> list[AnnotatorFigures]:
                 median_seconds=statistics.median(row["seconds"]) if row["seconds"] else None,
                 skips=row["skips"],
                 undos=row["undos"],
+                gold_answered=gold[pk].answered if pk in gold else 0,
+                gold_correct=gold[pk].correct if pk in gold else 0,
+                weight=weights.get(pk, 1.0),
             )
             for pk, row in rows.items()
         ),
@@ -105,7 +121,15 @@ def _alpha(kind: str, level: str, triples: list[tuple[int, int, float]], value_d
 
 def agreement(*, project: Project) -> list[Agreement]:
     """Krippendorff's alpha per kind of judgment the project holds (Likert, thumbs, pairwise, ranking)."""
-    ratings = Rating.objects.filter(completion__project=project, comparison__isnull=True, ranking__isnull=True)
+    ratings = Rating.objects.filter(
+        completion__project=project, comparison__isnull=True, ranking__isnull=True, criteria__isnull=True
+    )
+    by_criterion: dict[str, list] = defaultdict(list)
+    for completion_id, annotator_id, criteria in Rating.objects.filter(
+        completion__project=project, criteria__isnull=False
+    ).values_list("completion_id", "annotator_id", "criteria"):
+        for c in criteria:
+            by_criterion[c["name"]].append((completion_id, annotator_id, c["score"]))
     ranked = [
         (completion_id, annotator_id, judgments.rank_level(rank=rank))
         for completion_id, annotator_id, rank in Rating.objects.filter(
@@ -131,6 +155,9 @@ def agreement(*, project: Project) -> list[Agreement]:
     if ranked or project.rating_mode == "ranking":
         k = max([project.rank_k, *(int(v) for _, _, v in ranked)])
         result.append(_alpha("Ranking (place of each output)", "ordinal", ranked, [float(p) for p in range(1, k + 1)]))
+    names = list(by_criterion) or ([c["name"] for c in project.rubric or []] if project.rating_mode == "rubric" else [])
+    for name in names:
+        result.append(_alpha(f"Rubric: {name}", "ordinal", by_criterion.get(name, []), [1, 2, 3, 4, 5]))
     return result
 
 

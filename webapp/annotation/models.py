@@ -385,8 +385,10 @@ class Rating(models.Model):
     """One annotator's judgment of one completion.
 
     Exactly one of ``score`` (Likert 1–5), ``thumbs_up``, ``comparison``
-    (this completion's side of a pairwise decision) or ``ranking`` (with this
-    completion's ``rank`` in it, 0 = best) is set.
+    (this completion's side of a pairwise decision), ``ranking`` (with this
+    completion's ``rank`` in it, 0 = best) or ``criteria`` (rubric scores, with
+    the weights of the rubric they were given under) is set. So a rating keeps
+    its own kind when the project's mode or rubric changes later.
     """
 
     completion = models.ForeignKey(Completion, on_delete=models.CASCADE, related_name="ratings")
@@ -411,6 +413,12 @@ class Rating(models.Model):
     )
     rank = models.PositiveSmallIntegerField(
         "rank", null=True, blank=True, help_text="Ranking mode: this completion's place, 0 = best."
+    )
+    criteria = models.JSONField(
+        "rubric scores",
+        null=True,
+        blank=True,
+        help_text='Rubric mode: [{"name", "weight", "score" 1–5}] per criterion, with the weights it was given under.',
     )
     comment = models.TextField("comment", blank=True, max_length=2000)
     seconds_spent = models.FloatField("seconds spent", null=True, blank=True)
@@ -437,12 +445,13 @@ class Rating(models.Model):
             ),
             models.CheckConstraint(
                 condition=(
-                    models.Q(score__isnull=False, thumbs_up__isnull=True, comparison__isnull=True, ranking__isnull=True)
-                    | models.Q(score__isnull=True, thumbs_up__isnull=False, comparison__isnull=True, ranking__isnull=True)
-                    | models.Q(score__isnull=True, thumbs_up__isnull=True, comparison__isnull=False, ranking__isnull=True)
-                    | models.Q(score__isnull=True, thumbs_up__isnull=True, comparison__isnull=True, ranking__isnull=False)
+                    models.Q(score__isnull=False, thumbs_up__isnull=True, comparison__isnull=True, ranking__isnull=True, criteria__isnull=True)
+                    | models.Q(score__isnull=True, thumbs_up__isnull=False, comparison__isnull=True, ranking__isnull=True, criteria__isnull=True)
+                    | models.Q(score__isnull=True, thumbs_up__isnull=True, comparison__isnull=False, ranking__isnull=True, criteria__isnull=True)
+                    | models.Q(score__isnull=True, thumbs_up__isnull=True, comparison__isnull=True, ranking__isnull=False, criteria__isnull=True)
+                    | models.Q(score__isnull=True, thumbs_up__isnull=True, comparison__isnull=True, ranking__isnull=True, criteria__isnull=False)
                 ),
-                name="rating_exactly_one_of_four_kinds",
+                name="rating_exactly_one_of_five_kinds",
             ),
             models.CheckConstraint(
                 condition=models.Q(ranking__isnull=True, rank__isnull=True)
@@ -462,7 +471,35 @@ class Rating(models.Model):
             return "thumbs up" if self.thumbs_up else "thumbs down"
         if self.rank is not None:
             return f"ranked {self.rank + 1}"
+        if self.criteria is not None:
+            return ", ".join(f"{c['name']} {c['score']}" for c in self.criteria)
         return "pairwise"
+
+
+class GoldItem(models.Model):
+    """An item with a known answer, mixed into annotators' queues to measure their accuracy.
+
+    ``completion`` is the item as the queue knows it: a completion (Likert,
+    thumbs), a pair's completion A (pairwise) or a rank group's anchor
+    (ranking). ``answer`` is what counts as right, by kind (see
+    :func:`webapp.annotation.judgments.gold_answer_clean`). Gold items are never
+    offered by the ordinary queue and never trained on; their judgments are
+    stored as ordinary ratings. Changing an answer goes through
+    ``services.gold_item_set``, which records the change in the audit log.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="gold_items")
+    completion = models.OneToOneField(Completion, on_delete=models.CASCADE, related_name="gold")
+    answer = models.JSONField("known answer")
+    note = models.TextField("note", blank=True, help_text="Why this is the answer (for staff).")
+    created_at = models.DateTimeField("created", auto_now_add=True)
+    updated_at = models.DateTimeField("updated", auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self):
+        return f"gold item {self.completion_id}: {self.answer}"
 
 
 class RatingRevision(models.Model):
@@ -484,6 +521,7 @@ class RatingRevision(models.Model):
     choice = models.CharField("choice", max_length=8, blank=True, choices=Choice.choices)
     a_on_left = models.BooleanField("A shown left", null=True, blank=True)
     order = models.JSONField("ranking order", null=True, blank=True, help_text="Ranking mode: completion ids, best first.")
+    criteria = models.JSONField("rubric scores", null=True, blank=True, help_text="Rubric mode: as on the rating.")
     comment = models.TextField("comment", blank=True)
     seconds_spent = models.FloatField("seconds spent", null=True, blank=True)
     rated_at = models.DateTimeField("rated")

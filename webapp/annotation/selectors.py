@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from datetime import UTC, timedelta
 
 from django.db import connection
@@ -12,7 +13,7 @@ from django.utils.dateparse import parse_datetime
 
 from webapp.policies.models import ModelVersion, Project, RatingMode
 
-from .models import Comparison, Completion, Lease, Pair, Prompt, RankGroup, Ranking, Rating, Skip
+from .models import Comparison, Completion, GoldItem, Lease, Pair, Prompt, RankGroup, Ranking, Rating, Skip
 
 UNDO_WINDOW = timedelta(minutes=10)
 
@@ -32,10 +33,10 @@ def rateable_completions(*, project: Project) -> QuerySet[Completion]:
 
 
 def open_completions(*, project: Project) -> QuerySet[Completion]:
-    """Items that still need ratings (fewer than ``ratings_per_item`` so far) and are not retired."""
+    """Items that still need ratings (fewer than ``ratings_per_item`` so far), not retired, not gold items."""
     return (
         rateable_completions(project=project)
-        .filter(retired_at__isnull=True)
+        .filter(retired_at__isnull=True, gold__isnull=True)
         .annotate(rating_count=Count("ratings", distinct=True))
         .filter(rating_count__lt=project.ratings_per_item)
     )
@@ -81,6 +82,7 @@ _T = {
     "pair": Pair._meta.db_table,
     "comparison": Comparison._meta.db_table,
     "rankgroup": RankGroup._meta.db_table,
+    "gold": GoldItem._meta.db_table,
     "ranking": Ranking._meta.db_table,
 }
 
@@ -91,6 +93,7 @@ _T = {
 _OPEN_ITEM_FOR_ANNOTATOR = """
     c.project_id = %(project)s AND NOT p.held_out AND c.n_ratings < {per_item:d} {pairwise}
     AND c.retired_at IS NULL {served_only}
+    AND NOT EXISTS (SELECT 1 FROM {gold} gi WHERE gi.completion_id = c.id)
     AND NOT EXISTS (SELECT 1 FROM {rating} r WHERE r.completion_id = c.id AND r.annotator_id = %(annotator)s)
     AND NOT EXISTS (SELECT 1 FROM {skip} s WHERE s.completion_id = c.id AND s.annotator_id = %(annotator)s)
 """
@@ -343,10 +346,15 @@ def new_ratings(*, project: Project) -> QuerySet[Rating]:
 
     Held-out prompts judge versions (the promotion guard); a rating of one
     (stored before judgments were checked, or by hand) is never trained on.
+    Nor is a judgment of a gold item (it checks the annotator, and every
+    annotator answers it).
     """
     return (
         Rating.objects.filter(completion__project=project, completion__prompt__held_out=False)
         .exclude(training_runs__status="succeeded")
+        .exclude(completion__gold__isnull=False)
+        .exclude(comparison__pair__completion_a__gold__isnull=False)
+        .exclude(ranking__group__anchor__gold__isnull=False)
     )
 
 
@@ -542,3 +550,86 @@ def version_levels(*, project: Project) -> dict[int, list[float]]:
         if value is not None:
             values[version_id].append(value)
     return values
+
+
+# --- Gold items ---------------------------------------------------------------------------
+
+_GOLD_CANDIDATES_SQL = """
+SELECT c.id FROM {gold} gi
+JOIN {completion} c ON c.id = gi.completion_id
+JOIN {prompt} p ON p.id = c.prompt_id
+WHERE gi.project_id = %(project)s AND NOT p.held_out {items_of_mode}
+    AND NOT EXISTS (SELECT 1 FROM {rating} r WHERE r.completion_id = c.id AND r.annotator_id = %(annotator)s)
+    AND NOT EXISTS (SELECT 1 FROM {skip} s WHERE s.completion_id = c.id AND s.annotator_id = %(annotator)s)
+    AND NOT EXISTS (SELECT 1 FROM {lease} l WHERE l.completion_id = c.id AND l.annotator_id = %(annotator)s)
+ORDER BY c.id
+LIMIT {limit:d}
+"""
+
+
+def gold_candidate_ids(*, project: Project, annotator, limit: int = 5) -> list[int]:
+    """Gold items of the project's rating mode this annotator has not judged, skipped or been
+    leased yet, oldest first. Any number of annotators may answer one gold item."""
+    sql = _GOLD_CANDIDATES_SQL.format(
+        items_of_mode=_ITEMS_OF_MODE.get(project.rating_mode, "").format(**_T), limit=limit, **_T
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {"project": project.pk, "annotator": annotator.pk})
+        return [row[0] for row in cursor.fetchall()]
+
+
+@dataclass(frozen=True)
+class GoldScore:
+    answered: int  # gold items this annotator judged
+    correct: int  # of those, judged as the known answer says
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.answered if self.answered else None
+
+
+def gold_verdicts(*, project: Project, answers: dict[int, dict] | None = None) -> list[tuple[int, int, bool]]:
+    """``(gold completion id, annotator id, correct)`` for every judgment of the project's gold items,
+    each scored against the item's answer now (or the one ``answers`` gives for that completion id)."""
+    from . import judgments
+
+    gold = {cid: answer for cid, answer in GoldItem.objects.filter(project=project).values_list("completion_id", "answer")}
+    gold.update(answers or {})
+    verdicts = []
+    singles = Rating.objects.filter(completion_id__in=gold, comparison__isnull=True, ranking__isnull=True)
+    for cid, annotator_id, score, thumbs_up, criteria in singles.values_list(
+        "completion_id", "annotator_id", "score", "thumbs_up", "criteria"
+    ):
+        if score is None and criteria is not None:  # a rubric rating answers a Likert gold item by its overall level
+            score = round(judgments.rubric_level(criteria))
+        verdicts.append((cid, annotator_id, judgments.gold_correct(gold[cid], score=score, thumbs_up=thumbs_up)))
+    for cid, annotator_id, choice in Comparison.objects.filter(pair__completion_a_id__in=gold).values_list(
+        "pair__completion_a_id", "annotator_id", "choice"
+    ):
+        verdicts.append((cid, annotator_id, judgments.gold_correct(gold[cid], choice=choice)))
+    for cid, annotator_id, order in Ranking.objects.filter(group__anchor_id__in=gold).values_list(
+        "group__anchor_id", "annotator_id", "order"
+    ):
+        verdicts.append((cid, annotator_id, judgments.gold_correct(gold[cid], order=order)))
+    return verdicts
+
+
+def gold_accuracy(*, project: Project) -> dict[int, GoldScore]:
+    """Per annotator id: how many gold items they judged and how many right (against today's answers)."""
+    tally: dict[int, list[int]] = {}
+    for _, annotator_id, correct in gold_verdicts(project=project):
+        counts = tally.setdefault(annotator_id, [0, 0])
+        counts[0] += 1
+        counts[1] += correct
+    return {a: GoldScore(answered=n, correct=c) for a, (n, c) in tally.items()}
+
+
+def annotator_weights(*, project: Project) -> dict[int, float]:
+    """Per annotator id, the weight of their ratings in training: ``project.gold_low_weight`` for
+    those who answered at least ``gold_min_answers`` gold items with an accuracy below
+    ``gold_min_accuracy``; 1.0 for everyone else (annotators not listed count 1.0)."""
+    return {
+        annotator_id: project.gold_low_weight
+        for annotator_id, score in gold_accuracy(project=project).items()
+        if score.answered >= project.gold_min_answers and score.accuracy < project.gold_min_accuracy
+    }

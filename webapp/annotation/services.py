@@ -31,6 +31,7 @@ from .models import (
     ChosenBy,
     Comparison,
     Completion,
+    GoldItem,
     Lease,
     Pair,
     PoolClaim,
@@ -542,7 +543,9 @@ def lease_next(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTE
     slot or candidate is tried. Expired, unrated leases are reclaimed
     (see :func:`leases_reclaim_expired`; always before answering "nothing"),
     so their items go back to the queue. Pairwise leases draw which side
-    shows completion A. A lease on an item of an earlier rating mode (a single
+    shows completion A. With ``project.gold_rate`` > 0, that share of the
+    items handed out are gold items (:func:`_lease_gold`), at random, while the
+    annotator has one left to answer; the card does not say so. A lease on an item of an earlier rating mode (a single
     completion, after the project switched to pairwise) is given back and a
     new item leased.
     """
@@ -553,6 +556,10 @@ def lease_next(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTE
     # give it back, so the annotator is not stuck on it and its slot is free when the mode returns.
     selectors.leases_off_mode(project=project, annotator=annotator).delete()
     leases_reclaim_expired(project=project)
+    if project.gold_rate > 0 and _gold_rng.random() < project.gold_rate:
+        lease = _lease_gold(project=project, annotator=annotator, lease_minutes=lease_minutes)
+        if lease is not None:
+            return lease
     lease = _lease_first_free(project=project, annotator=annotator, lease_minutes=lease_minutes)
     if lease is None and leases_reclaim_expired(project=project, force=True):
         # Before answering "nothing", free the slots expired leases still hold and look again.
@@ -561,6 +568,24 @@ def lease_next(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTE
 
 
 LEASE_READ_ROUNDS = 3
+_gold_rng = random.SystemRandom()
+
+
+def _lease_gold(*, project: Project, annotator, lease_minutes: int) -> Lease | None:
+    """Lease a gold item this annotator has not answered; None when none is left.
+
+    Every annotator may answer a gold item, so its lease takes the first slot
+    no lease of it holds (slots beyond ``ratings_per_item``), through the same
+    insert as any lease.
+    """
+    for completion_id in selectors.gold_candidate_ids(project=project, annotator=annotator):
+        taken = set(Lease.objects.filter(completion_id=completion_id).values_list("slot", flat=True))
+        free = [slot for slot in range(len(taken) + 3) if slot not in taken]
+        if _lease_take_slot(
+            project=project, annotator=annotator, completion_id=completion_id, lease_minutes=lease_minutes, slots=free
+        ):
+            return selectors.lease_held(project=project, annotator=annotator)
+    return None
 
 
 # Draws the active queue's uniform share; a module attribute so a test can seed it.
@@ -627,21 +652,24 @@ def _lease_take_slot(
     fulfilled: bool = False,
     a_on_left=_DRAW,
     chosen_by: str = "fifo",
+    slots: list[int] | None = None,
 ) -> Lease | None:
     """Take a free slot of the completion for ``annotator``; None when every slot is held or rated.
 
-    The one way a lease slot is taken (next item, a judgment without a lease,
-    an undone item leased back). ``a_on_left``: the side to show (undo keeps
+    The one way a lease slot is taken (next item, a gold item, a judgment
+    without a lease, an undone item leased back); ``slots``: the slots to try
+    (default: the free ones below ``ratings_per_item``). ``a_on_left``: the side to show (undo keeps
     the one the annotator saw); left out, it is drawn in pairwise projects.
     The returned lease carries what was inserted, not the completion.
     """
     if a_on_left is _DRAW:
         a_on_left = bool(secrets.randbits(1)) if project.rating_mode == RatingMode.PAIRWISE else None
     now = timezone.now()
-    slots = range(project.ratings_per_item)
-    if project.ratings_per_item > 1:  # with one slot, trying it is cheaper than reading it
-        taken = set(Lease.objects.filter(completion_id=completion_id).values_list("slot", flat=True))
-        slots = [s for s in slots if s not in taken]
+    if slots is None:  # given only for a gold item, which any number of annotators may hold
+        slots = range(project.ratings_per_item)
+        if project.ratings_per_item > 1:  # with one slot, trying it is cheaper than reading it
+            taken = set(Lease.objects.filter(completion_id=completion_id).values_list("slot", flat=True))
+            slots = [s for s in slots if s not in taken]
     values = {
         "completion_id": completion_id,
         "annotator_id": annotator.pk,
@@ -768,10 +796,15 @@ def rating_create(
     completion: Completion,
     score: int | None = None,
     thumbs_up: bool | None = None,
+    criteria: dict[str, int] | None = None,
     comment: str = "",
     seconds_spent=None,
 ) -> Rating:
-    """Store one Likert (``score``) or thumbs (``thumbs_up``) rating and fulfil the annotator's lease.
+    """Store one Likert (``score``), thumbs (``thumbs_up``) or rubric (``criteria``: a score 1–5 per
+    criterion name of the project's rubric) rating and fulfil the annotator's lease.
+
+    A rubric rating is stored with each criterion's name, weight and score as the rubric
+    stands now, so a later change of the rubric leaves it as it was given.
 
     ``seconds_spent`` defaults to the time since the item was leased to them.
     NUL characters in ``comment`` are dropped (PostgreSQL cannot store them).
@@ -784,11 +817,18 @@ def rating_create(
             leased to this annotator.
     """
     project = completion.project
+    stored_criteria = None
     if project.rating_mode == RatingMode.PAIRWISE:
         raise ApplicationError("This project compares pairs; choose A, B, tie or both bad.")
     if project.rating_mode == RatingMode.RANKING:
         raise ApplicationError("This project ranks outputs; put them in order from best to worst.")
-    if project.rating_mode == RatingMode.THUMBS:
+    if project.rating_mode == RatingMode.RUBRIC:
+        if score is not None or thumbs_up is not None:
+            raise ApplicationError("This project rates by its rubric: score each criterion from 1 to 5.")
+        stored_criteria = _rubric_scores(project=project, criteria=criteria)
+    elif criteria is not None:
+        raise ApplicationError("This project has no rubric; reload the page.")
+    elif project.rating_mode == RatingMode.THUMBS:
         if not isinstance(thumbs_up, bool) or score is not None:
             raise ApplicationError("Choose thumbs up or thumbs down.")
     elif isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 5 or thumbs_up is not None:
@@ -801,6 +841,7 @@ def rating_create(
             annotator=annotator,
             score=score,
             thumbs_up=thumbs_up,
+            criteria=stored_criteria,
             comment=without_nul(comment),
             seconds_spent=seconds_spent,
         )
@@ -808,6 +849,30 @@ def rating_create(
         raise ApplicationError("You have rated this item already.") from exc
     _n_ratings_add(completion_ids=[completion.pk], delta=1)
     return rating
+
+
+def _rubric_scores(*, project: Project, criteria) -> list[dict]:
+    """``criteria`` (criterion name → score) as stored: the project's rubric, in its order, each
+    criterion with its weight and score.
+
+    Raises:
+        ApplicationError: a criterion of the rubric without a whole-number score from 1 to 5, or a
+            name the rubric does not have.
+    """
+    rubric = project.rubric or []
+    criteria = criteria if isinstance(criteria, dict) else {}
+    unknown = sorted(set(criteria) - {c["name"] for c in rubric})
+    if unknown:
+        raise ApplicationError(f"The rubric has no criterion {unknown[0]!r}; reload the page.")
+    stored = []
+    for c in rubric:
+        value = criteria.get(c["name"])
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 5:
+            raise ApplicationError(f"Score every criterion from 1 to 5 ({c['name']} is missing).")
+        stored.append({"name": c["name"], "weight": c["weight"], "score": value})
+    if not stored:
+        raise ApplicationError("This project's rubric has no criteria; ask staff to set it up.")
+    return stored
 
 
 @transaction.atomic
@@ -921,6 +986,69 @@ def ranking_create(
     return ranking
 
 
+def gold_answer_check(*, completion: Completion, answer) -> dict:
+    """``answer`` checked against the kind of item ``completion`` is (a pair's A, a rank group's
+    anchor, else a single completion of the project's Likert or thumbs mode), normalised.
+
+    Raises:
+        ApplicationError: it does not fit (the message says what would), or the prompt is held out.
+    """
+    from . import judgments
+
+    project = completion.project
+    if completion.prompt.held_out:
+        raise ApplicationError("A held-out prompt judges versions; it cannot be a gold item.")
+    group = selectors.rank_group_of(completion)
+    if selectors.pair_of(completion) is not None:
+        kind, members = "pairwise", None
+    elif group is not None:
+        kind, members = "ranking", list(group.members.values_list("pk", flat=True))
+    else:
+        kind, members = (RatingMode.THUMBS if project.rating_mode == RatingMode.THUMBS else RatingMode.LIKERT), None
+    try:
+        return judgments.gold_answer_clean(answer, kind=kind, members=members)
+    except ValueError as exc:
+        raise ApplicationError(str(exc)) from exc
+
+
+@transaction.atomic
+def gold_item_set(*, completion: Completion, answer: dict, note: str = "", actor=None) -> GoldItem:
+    """Make ``completion`` (an item of the project's mode: a completion, a pair's A, a rank group's
+    anchor) a gold item with ``answer``, or change the answer of one; recorded in the audit log.
+
+    Gold accuracy is always scored against the current answer, so a changed answer re-scores every
+    judgment of the item; the audit event says how many and how many verdicts it turned
+    (``detail``: ``before``, ``after``, ``judgments``, ``verdicts_changed``), so nothing is re-scored
+    silently.
+
+    Raises:
+        ApplicationError: the answer does not fit the item (the message says what would), or the
+            item is held out.
+    """
+    from webapp.policies import services as policy_services
+
+    project = completion.project
+    answer = gold_answer_check(completion=completion, answer=answer)
+    gold = GoldItem.objects.select_for_update().filter(completion=completion).first()
+    before = gold.answer if gold else None
+    verdicts_before = {(c, a): ok for c, a, ok in selectors.gold_verdicts(project=project) if c == completion.pk}
+    if gold is None:
+        gold = GoldItem.objects.create(project=project, completion=completion, answer=answer, note=without_nul(note))
+    else:
+        gold.answer, gold.note = answer, without_nul(note) or gold.note
+        gold.save(update_fields=["answer", "note", "updated_at"])
+    verdicts_after = {(c, a): ok for c, a, ok in selectors.gold_verdicts(project=project) if c == completion.pk}
+    changed = sum(verdicts_before.get(key) != ok for key, ok in verdicts_after.items()) if before else 0
+    policy_services.audit_record(
+        project=project,
+        actor=actor,
+        action="gold_set",
+        target=f"gold item {completion.pk}",
+        detail={"before": before, "after": answer, "judgments": len(verdicts_after), "verdicts_changed": changed},
+    )
+    return gold
+
+
 @dataclass(frozen=True)
 class UndoResult:
     revision: RatingRevision
@@ -956,7 +1084,7 @@ def judgment_undo(*, project: Project, annotator, lease_minutes: int = LEASE_MIN
         values = {"order": last.order}
     else:
         anchor_id, pair_id = last.completion_id, None
-        values = {"score": last.score, "thumbs_up": last.thumbs_up}
+        values = {"score": last.score, "thumbs_up": last.thumbs_up, "criteria": last.criteria}
     revision = RatingRevision.objects.create(
         completion_id=anchor_id,
         pair_id=pair_id,

@@ -65,6 +65,7 @@ def _context(request, project, *, error="", undone=None, lease=_READ_ONLY):
         "undone": undone,
         "error": error,
         "scores": [(s, LIKERT_LABELS[s]) for s in range(1, 6)],
+        "rubric": project.rubric if project.rating_mode == RatingMode.RUBRIC else None,
     }
 
 
@@ -133,6 +134,14 @@ def _submit(request, project, completion) -> None:
             raise ApplicationError("This item is not a ranking; reload the page.")
         order, shown = _ranking_order(request.POST, group)
         services.ranking_create(group=group, order=order, shown_order=shown, **common)
+    elif project.rating_mode == RatingMode.RUBRIC:
+        criteria = {}
+        for i, criterion in enumerate(project.rubric or []):
+            try:
+                criteria[criterion["name"]] = int(request.POST.get(f"crit_{i}", ""))
+            except ValueError:
+                raise ApplicationError(f"Score every criterion from 1 to 5 ({criterion['name']} is missing).") from None
+        services.rating_create(completion=completion, criteria=criteria, **common)
     elif project.rating_mode == RatingMode.THUMBS:
         thumb = request.POST.get("thumb", "")
         if thumb not in ("up", "down"):

@@ -16,6 +16,35 @@ class RatingMode(models.TextChoices):
     THUMBS = "thumbs", "Thumbs up/down"
     PAIRWISE = "pairwise", "Pairwise A/B"
     RANKING = "ranking", "Rank k outputs"
+    RUBRIC = "rubric", "Rubric: named criteria 1–5"
+
+RUBRIC_MAX_CRITERIA = 8
+
+
+def rubric_check(rubric) -> list[dict]:
+    """A rubric checked and normalised: 1 to ``RUBRIC_MAX_CRITERIA`` criteria, each
+    ``{"name": text (1–60 characters, unique), "weight": number > 0, "description": text}``.
+
+    Raises:
+        ValidationError: what is wrong, on ``rubric``.
+    """
+    from django.core.exceptions import ValidationError
+
+    if not isinstance(rubric, list) or not 1 <= len(rubric) <= RUBRIC_MAX_CRITERIA:
+        raise ValidationError({"rubric": f"A rubric is a list of 1 to {RUBRIC_MAX_CRITERIA} criteria."})
+    out, names = [], set()
+    for i, criterion in enumerate(rubric, 1):
+        if not isinstance(criterion, dict) or not set(criterion) <= {"name", "weight", "description"}:
+            raise ValidationError({"rubric": f"Criterion {i} must be {{\"name\", \"weight\", \"description\"}}."})
+        name = str(criterion.get("name", "")).strip()
+        weight = criterion.get("weight", 1)
+        if not 1 <= len(name) <= 60 or name in names:
+            raise ValidationError({"rubric": f"Criterion {i} needs a name of 1 to 60 characters, unlike the others."})
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1000:
+            raise ValidationError({"rubric": f"Criterion {i} ({name}) needs a weight above 0 (at most 1000)."})
+        names.add(name)
+        out.append({"name": name, "weight": float(weight), "description": str(criterion.get("description", ""))})
+    return out
 
 
 class RewardSource(models.TextChoices):
@@ -85,6 +114,43 @@ class Project(models.Model):
             "an annotator's: it scales the advantage of each completion by the mean weight of its ratings. "
             "0: production feedback is stored and exported but never trains."
         ),
+    )
+    rubric = models.JSONField(
+        "rubric",
+        default=list,
+        blank=True,
+        help_text=(
+            'Rubric mode: the criteria, each scored 1–5, e.g. [{"name": "helpful", "weight": 2, "description": "..."}, '
+            '{"name": "fluent", "weight": 1}]. Reward = weighted mean of (score - 3) / 2. Changing it keeps earlier '
+            "ratings with the rubric they were given under."
+        ),
+    )
+    gold_rate = models.FloatField(
+        "gold item rate",
+        default=0.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text=(
+            "Share of the cards an annotator is shown that are gold items (known answers), drawn at random "
+            "while one they have not answered is left. 0 turns gold checks off."
+        ),
+    )
+    gold_min_accuracy = models.FloatField(
+        "gold: lowest accuracy trusted in full",
+        default=0.7,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Annotators whose gold accuracy is below this have their ratings down-weighted in training.",
+    )
+    gold_min_answers = models.PositiveSmallIntegerField(
+        "gold: answers before accuracy counts",
+        default=5,
+        validators=[MinValueValidator(1)],
+        help_text="An annotator's gold accuracy decides their weight only once they answered this many gold items.",
+    )
+    gold_low_weight = models.FloatField(
+        "gold: weight of a low-accuracy annotator",
+        default=0.25,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Weight (0–1) of the ratings of annotators below the accuracy; 1 ignores gold accuracy in training.",
     )
     completions_per_prompt = models.PositiveSmallIntegerField(
         "completions per prompt",
@@ -214,6 +280,11 @@ class Project(models.Model):
                 name="project_completions_per_prompt_1_to_8",
             ),
             models.CheckConstraint(condition=models.Q(rank_k__gte=2, rank_k__lte=6), name="project_rank_k_2_to_6"),
+            models.CheckConstraint(
+                condition=models.Q(gold_rate__gte=0, gold_rate__lte=1, gold_min_accuracy__gte=0, gold_min_accuracy__lte=1)
+                & models.Q(gold_low_weight__gte=0, gold_low_weight__lte=1),
+                name="project_gold_settings_0_to_1",
+            ),
             models.CheckConstraint(condition=models.Q(guard_max_kl__gte=0), name="project_guard_max_kl_gte_0"),
             models.CheckConstraint(
                 condition=models.Q(active_uniform_share__gte=0, active_uniform_share__lte=1),
@@ -232,6 +303,11 @@ class Project(models.Model):
 
     def __str__(self):
         return self.slug
+
+    def clean(self):
+        """A rubric-mode project needs a valid rubric (:func:`rubric_check`); a given rubric is normalised."""
+        if self.rubric or self.rating_mode == RatingMode.RUBRIC:
+            self.rubric = rubric_check(self.rubric)
 
 
 class ModelVersion(models.Model):
@@ -327,6 +403,7 @@ class AuditEvent(models.Model):
         SETTINGS = "settings", "Changed project settings"
         MEMBER_ADD = "member_add", "Added a member"
         MEMBER_REMOVE = "member_remove", "Removed a member"
+        GOLD_SET = "gold_set", "Set a gold item's answer"
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="audit_events")
     actor = models.ForeignKey(

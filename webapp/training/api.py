@@ -145,7 +145,9 @@ def run_cancel(request, slug: str = Slug, run_id: int = RunId):
 
 
 class ExportQuery(Schema):
-    format: Literal[tuple(exports.FORMATS)] = Field(description="kto (unpaired labels) or pairs (chosen/rejected).")
+    format: Literal[tuple(exports.FORMATS)] = Field(
+        description="kto (unpaired labels), pairs (chosen/rejected) or judgments (every judgment in its own mode)."
+    )
     source: Literal["annotator", "production"] | None = Field(
         default=None, description="Only annotators' judgments, or only production feedback; all when omitted."
     )

@@ -16,6 +16,13 @@ dataset format: the prompt is the prompt's text, not a rendered chat):
   ranking implies (k(k-1)/2 per ranking of k), and from every two completions
   of the same prompt whose mean Likert score (or thumbs-up share) differs:
   the higher one is chosen.
+- ``judgments`` (every judgment as it was given, for analysis): one row per
+  judgment with ``mode`` (the kind it was given in, whatever the project's mode
+  is now), ``annotator``, ``prompt``, ``created_at`` and by kind:
+  ``completion`` and ``score`` / ``thumbs_up`` / ``criteria`` (each
+  criterion's ``name``, ``weight`` and ``score`` as given, with ``overall``,
+  the weighted mean score 1–5, whose ``(overall - 3) / 2`` is the reward);
+  ``a``, ``b``, ``choice``; ``order`` (the outputs' texts, best first).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from webapp.errors import ApplicationError
 from webapp.policies import services as policy_services
 from webapp.policies.models import AuditEvent, Project
 
-FORMATS = ("kto", "pairs")
+FORMATS = ("kto", "pairs", "judgments")
 KTO_COLUMNS = ("prompt", "completion", "label")
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -50,7 +57,7 @@ def kto_rows(*, project: Project, source: str | None = None) -> list[dict]:
         if rating.ranking_id is not None:
             label = judgments.rank_kto_label(rank=rating.rank, n_ranked=len(rating.ranking.order))
         else:
-            label = judgments.kto_label(score=rating.score, thumbs_up=rating.thumbs_up)
+            label = judgments.kto_label(score=rating.score, thumbs_up=rating.thumbs_up, criteria=rating.criteria)
         if label is None:
             continue
         rows.append({"prompt": rating.completion.prompt.text, "completion": rating.completion.text, "label": label})
@@ -95,7 +102,9 @@ def pair_rows(*, project: Project, source: str | None = None) -> list[dict]:
         .order_by("id")
     )
     for rating in ratings:
-        values[rating.completion_id].append(judgments.level(score=rating.score, thumbs_up=rating.thumbs_up))
+        values[rating.completion_id].append(
+            judgments.level(score=rating.score, thumbs_up=rating.thumbs_up, criteria=rating.criteria)
+        )
         completions[rating.completion_id] = rating.completion
     by_prompt: dict[int, list[int]] = defaultdict(list)
     for completion_id in sorted(values):
@@ -115,6 +124,57 @@ def pair_rows(*, project: Project, source: str | None = None) -> list[dict]:
                 }
             )
     return rows
+
+
+def judgment_rows(*, project: Project, source: str | None = None) -> list[dict]:
+    """One row per judgment, each in its own mode (see the module docstring)."""
+    from webapp.annotation.models import Ranking
+
+    rows = []
+    singles = (
+        _by_source(Rating.objects.filter(completion__project=project, comparison__isnull=True, ranking__isnull=True), source)
+        .select_related("completion__prompt", "annotator")
+        .order_by("id")
+    )
+    for r in singles:
+        row = {"prompt": r.completion.prompt.text, "completion": r.completion.text}
+        if r.criteria is not None:
+            mode = "rubric"
+            row["criteria"] = [{"name": c["name"], "weight": c["weight"], "score": c["score"]} for c in r.criteria]
+            row["overall"] = round(judgments.rubric_level(r.criteria), 4)
+        elif r.thumbs_up is not None:
+            mode, row["thumbs_up"] = "thumbs", r.thumbs_up
+        else:
+            mode, row["score"] = "likert", r.score
+        rows.append({"mode": mode, "annotator": r.annotator.username, "created_at": r.created_at.isoformat(), **row})
+    for c in _comparisons(project, source).select_related("annotator"):
+        pair = c.pair
+        rows.append(
+            {
+                "mode": "pairwise",
+                "annotator": c.annotator.username,
+                "created_at": c.created_at.isoformat(),
+                "prompt": pair.completion_a.prompt.text,
+                "a": pair.completion_a.text,
+                "b": pair.completion_b.text,
+                "choice": c.choice,
+            }
+        )
+    rankings = Ranking.objects.filter(group__project=project).select_related("group__anchor__prompt", "annotator")
+    if source is not None:
+        rankings = rankings.filter(pk__in=Rating.objects.filter(source=source).values("ranking_id"))
+    for r in rankings.order_by("id"):
+        texts = dict(Rating.objects.filter(ranking=r).values_list("completion_id", "completion__text"))
+        rows.append(
+            {
+                "mode": "ranking",
+                "annotator": r.annotator.username,
+                "created_at": r.created_at.isoformat(),
+                "prompt": r.group.anchor.prompt.text,
+                "order": [texts[cid] for cid in r.order],
+            }
+        )
+    return sorted(rows, key=lambda row: row["created_at"])
 
 
 def _by_source(ratings, source: str | None):
@@ -143,7 +203,7 @@ def ratings_jsonl(*, project: Project, fmt: str, source: str | None = None) -> t
         raise ApplicationError(f"Unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
     if source is not None and source not in Rating.Source.values:
         raise ApplicationError(f"Unknown source {source!r}; choose one of {', '.join(Rating.Source.values)}.")
-    rows = kto_rows(project=project, source=source) if fmt == "kto" else pair_rows(project=project, source=source)
+    rows = {"kto": kto_rows, "pairs": pair_rows, "judgments": judgment_rows}[fmt](project=project, source=source)
     out = io.StringIO()
     for row in rows:
         out.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -156,6 +216,7 @@ EMPTY_EXPORT = {
         "Nothing to export yet: a pair needs a pairwise choice of A or B, or two completions of one prompt "
         "rated differently."
     ),
+    "judgments": "Nothing to export yet: no judgment has been given in this project.",
 }
 
 

@@ -197,7 +197,14 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
 
     Scores: :func:`webapp.annotation.judgments.reward_score` (Likert ``(s - 3) / 2``,
     thumbs ±1, pairwise winner +1 / loser -1, tie 0 / 0, both bad -1 / -1, a ranking's
-    place r of k ``(k-1-2r)/(k-1)``: the mean of the pairwise outcomes it implies).
+    place r of k ``(k-1-2r)/(k-1)``: the mean of the pairwise outcomes it implies; a rubric
+    rating the weighted mean of its criteria's ``(s - 3) / 2``, with the weights it was given under).
+    Each rating is scored in its own kind, so a project whose mode changed trains on all of them.
+
+    Gold checks: each rating weighs ``selectors.annotator_weights`` (``gold_low_weight`` for an
+    annotator below ``gold_min_accuracy`` after ``gold_min_answers`` gold answers, else 1) in its
+    completion's mean, and the batch's ``weights`` (per completion, the largest weight among its
+    ratings) scale the completion's advantage in the update.
     """
     from pgcore.rewards import RatingRecord, ratings_to_rewards
     from pgcore.trainer import TrainBatch
@@ -227,6 +234,7 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
             "comparison__pair__completion_a_id",
             "rank",
             "ranking__order",
+            "criteria",
         )
     )
     index = {cid: i for i, cid in enumerate(completion_ids)}
@@ -235,11 +243,14 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
         if cid not in index and cid not in extra:
             extra[cid] = len(index) + len(extra)
     production = Rating.Source.PRODUCTION
+    # Annotators whose gold accuracy is below the project's bar count less (``gold_low_weight``).
+    weight_of = annotation_selectors.annotator_weights(project=project)
     records = [
         RatingRecord(
             completion_index=index.get(cid, extra.get(cid)),
             # A person's production feedback is normalised apart from their annotation: another scale.
             annotator=f"{annotator}:production" if source == production else annotator,
+            weight=weight_of.get(annotator, 1.0),
             score=reward_score(
                 score=score,
                 thumbs_up=thumbs_up,
@@ -247,9 +258,10 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
                 is_completion_a=cid == anchor_id,
                 rank=rank,
                 n_ranked=len(order) if order is not None else None,
+                criteria=criteria,
             ),
         )
-        for cid, annotator, source, score, thumbs_up, choice, anchor_id, rank, order in history
+        for cid, annotator, source, score, thumbs_up, choice, anchor_id, rank, order, criteria in history
     ]
     rewards = ratings_to_rewards(
         records,
@@ -257,13 +269,17 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
         annotator_norm=config.annotator_norm,
         shrinkage=config.annotator_shrinkage,
     )[: len(index)]
-    # Each completion's weight: the mean over its ratings of 1 (annotator) or the project's production weight.
-    weight_sums, weight_counts = [0.0] * len(index), [0] * len(index)
-    for cid, _, source, *_ in history:
+    # Each completion's weight: (the mean over its ratings of 1 for an annotator's, the project's
+    # production weight for production feedback) times its trust (the largest gold weight among
+    # the people who rated it: 1 unless only down-weighted annotators did).
+    source_sums, counts, trust = [0.0] * len(index), [0] * len(index), [0.0] * len(index)
+    for (cid, annotator, source, *_), record in zip(history, records):
         if cid in index:
-            weight_sums[index[cid]] += project.production_feedback_weight if source == production else 1.0
-            weight_counts[index[cid]] += 1
-    weights = [total / max(count, 1) for total, count in zip(weight_sums, weight_counts)]
+            i = index[cid]
+            source_sums[i] += project.production_feedback_weight if source == production else 1.0
+            counts[i] += 1
+            trust[i] = max(trust[i], record.weight)
+    weights = [total / max(n, 1) * (t if n else 1.0) for total, n, t in zip(source_sums, counts, trust)]
     completions = Completion.objects.in_bulk(completion_ids)
     ordered = [completions[cid] for cid in completion_ids]
     return TrainBatch(
