@@ -427,7 +427,10 @@ class Loop:
         self.gen_tick = 0
         self.ratings = 0
         self.in_flight: dict[int, int] = {}  # annotator index -> leased completion id
-        self.timing = {"generation_s": 0.0, "training_s": 0.0, "evaluation_s": 0.0}
+        # generation_s: pool refills; training_s: pgcore updates; evaluation_s: the base's
+        # evaluation; run_other_s: the rest of each run (batch, save, evaluate, promote),
+        # split per step in step_<name>_s.
+        self.timing = {"generation_s": 0.0, "training_s": 0.0, "evaluation_s": 0.0, "run_other_s": 0.0}
         self.clock = 0.0
         self.started = time.perf_counter()
 
@@ -531,7 +534,17 @@ class Loop:
         point = version_metrics(version, self.rater)
         train_s = float(run.metrics.get("train/seconds", 0.0))
         self.timing["training_s"] += train_s
-        self.timing["evaluation_s"] += wall - train_s
+        # Wall seconds per pipeline step (batch: with rm variants the reward-model fit and
+        # the fresh, scored samples; update; save; evaluate; promote), from the step rows.
+        steps = {
+            st.name: (st.finished_at - st.started_at).total_seconds()
+            for st in run.steps.all()
+            if st.started_at and st.finished_at
+        }
+        for step_name, seconds in steps.items():
+            key = f"step_{step_name}_s"
+            self.timing[key] = self.timing.get(key, 0.0) + seconds
+        self.timing["run_other_s"] += wall - train_s
         self.project.refresh_from_db()
         point.update(
             {
