@@ -29,27 +29,36 @@ def models_dir(tmp_path, settings) -> Path:
 
 
 @pytest.fixture
-def project(db, tiny_model_dir, models_dir):
-    """A Likert project on the tiny model with a handful of prompts; v0 served."""
+def project_factory(db, models_dir):
+    """``project_factory(slug, base_model_path, **fields)``: a Likert project on a tiny model with
+    six prompts and one held-out prompt; v0 served."""
     from webapp.annotation.importers import PromptRow
     from webapp.annotation.services import prompts_create
     from webapp.policies.services import project_create
 
-    project = project_create(
-        slug="t",
-        title="Test project",
-        base_model_path=tiny_model_dir,
-        pool_target=4,
-        min_new_ratings=4,
-        max_new_tokens=8,
-        pg_config={"epochs": 1, "minibatch_size": 4, "lr": 1e-3, "lora_r": 4, "lora_alpha": 8},
-    )
-    prompts_create(
-        project=project,
-        rows=[PromptRow(line=i + 1, text=f"Continue this review: film number {i} was") for i in range(6)]
-        + [PromptRow(line=7, text="Held-out prompt", held_out=True)],
-    )
-    return project
+    def make(slug: str, base_model_path, *, title: str = "Test project", **fields):
+        settings = {
+            "pool_target": 4,
+            "min_new_ratings": 4,
+            "max_new_tokens": 8,
+            "pg_config": {"epochs": 1, "minibatch_size": 4, "lr": 1e-3, "lora_r": 4, "lora_alpha": 8},
+            **fields,
+        }
+        project = project_create(slug=slug, title=title, base_model_path=base_model_path, **settings)
+        prompts_create(
+            project=project,
+            rows=[PromptRow(line=i + 1, text=f"Continue this review: film number {i} was") for i in range(6)]
+            + [PromptRow(line=7, text="Held-out prompt", held_out=True)],
+        )
+        return project
+
+    return make
+
+
+@pytest.fixture
+def project(project_factory, tiny_model_dir):
+    """A Likert project on the tiny model with a handful of prompts; v0 served."""
+    return project_factory("t", tiny_model_dir)
 
 
 @pytest.fixture

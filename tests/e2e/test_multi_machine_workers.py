@@ -18,11 +18,9 @@ import pytest
 from django.db import connection
 
 from webapp.annotation import services as annotation_services
-from webapp.annotation.importers import PromptRow
 from webapp.annotation.models import Completion
 from webapp.policies import artifacts
 from webapp.policies.models import ModelVersion
-from webapp.policies.services import project_create
 from webapp.training import services as training_services
 from webapp.training.models import STEP_ORDER, TrainingRun, TrainingStep
 
@@ -47,28 +45,12 @@ def _weights_under(folder):
 
 
 def test_two_generation_workers_and_a_training_worker_close_the_loop_through_the_bucket_alone(
-    postgres_and_redis, s3_storages, tiny_model_dir, models_dir, make_user, celery_processes, tmp_path
+    postgres_and_redis, s3_storages, tiny_model_dir, project_factory, make_user, celery_processes, tmp_path
 ):
     # The web machine: the base model is uploaded when the project is created, then its folder is gone.
     base_on_web = tmp_path / "web-only-base"
     shutil.copytree(tiny_model_dir, base_on_web)
-    project = project_create(
-        slug="mm",
-        title="Multi-machine",
-        base_model_path=base_on_web,
-        pool_target=4,
-        pool_low_water=4,
-        min_new_ratings=4,
-        max_new_tokens=8,
-        pg_config={"epochs": 1, "minibatch_size": 4, "lr": 1e-3, "lora_r": 4, "lora_alpha": 8},
-    )
-    from webapp.annotation.services import prompts_create
-
-    prompts_create(
-        project=project,
-        rows=[PromptRow(line=i + 1, text=f"Continue this review: film number {i} was") for i in range(6)]
-        + [PromptRow(line=7, text="Held-out prompt", held_out=True)],
-    )
+    project = project_factory("mm", base_on_web, title="Multi-machine", pool_low_water=4)
     shutil.rmtree(base_on_web)
     assert ModelVersion.objects.get(project=project, number=0).weights_path == "mm/base"
 

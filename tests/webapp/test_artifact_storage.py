@@ -51,6 +51,28 @@ def test_a_published_folder_is_fetched_into_the_cache_and_checked_by_hash(s3_sto
     assert artifacts.folder_fetch(name="p/run-1") == got  # the second time: from the cache
 
 
+def test_two_processes_fetching_one_version_at_once_share_one_complete_folder(s3_storages, tmp_path):
+    import threading
+
+    artifacts.folder_publish(source=_folder(tmp_path), name="p/run-9")
+    got, errors = [], []
+
+    def fetch():
+        try:
+            got.append(artifacts.folder_fetch(name="p/run-9"))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fetch) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(set(got)) == 1
+    assert (got[0] / "a.bin").stat().st_size == 3000
+    assert [p.name for p in got[0].parent.iterdir()] == [got[0].name]  # no temporary folder left
+
+
 def test_a_folder_without_its_manifest_is_invisible(s3_storages, tmp_path):
     src = _folder(tmp_path)
     st = artifacts.storage("models")

@@ -11,7 +11,7 @@ A *folder* artifact (a model version, a reward model) is published file by file 
 manifest is incomplete and no reader uses it (:class:`ArtifactMissing`). A worker that needs
 one fetches it with :func:`folder_fetch` into its own cache (``REWARDLOOP_CACHE_DIR``),
 checks every file against the manifest's hashes, and moves the folder into place whole
-(:func:`pgcore.atomic.atomic_directory`). With a local storage the folder is read where it
+with one rename (the first of two concurrent fetches wins; the other uses its folder). With a local storage the folder is read where it
 lies (the local default behaves as it always did: the atomic rename makes it visible).
 """
 
@@ -21,13 +21,15 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from django.conf import settings
 from django.core.files.base import ContentFile, File
 from django.core.files.storage import FileSystemStorage, Storage, storages
 
-from pgcore.atomic import atomic_directory, atomic_file
+from pgcore.atomic import atomic_file, fsync_dir, fsync_tree
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +146,6 @@ def get_bytes(name: str, kind: str) -> bytes | None:
 def file_publish(*, source: Path, name: str, kind: str) -> str:
     """Move the local file ``source`` into ``kind``'s storage as ``name`` (whole or not at all); returns
     what to record: the local path (local storage: one rename, then the folder fsynced) or ``name``."""
-    from pgcore.atomic import fsync_dir
-
     target = local_path(name, kind)
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -233,8 +233,9 @@ def folder_fetch(*, name: str, kind: str = "models") -> Path:
     """A local folder holding artifact ``name``: where it lies (local storage) or this machine's cached copy.
 
     A remote folder is downloaded into ``cache_dir()/<kind>/<name>@<manifest sha256[:16]>``,
-    each file checked against the manifest's SHA-256, and moved into place whole; a later
-    call finds it there (files and sizes checked against the manifest).
+    each file checked against the manifest's SHA-256, fsynced and moved into place whole with
+    one rename (two processes fetching at once: the first folder stays, the second is
+    dropped); a later call finds it there (files and sizes checked against the manifest).
 
     Raises:
         ArtifactMissing: no manifest, or a downloaded file whose hash differs.
@@ -248,7 +249,9 @@ def folder_fetch(*, name: str, kind: str = "models") -> Path:
     if _cached_ok(target, manifest):
         return target
     st = storage(kind)
-    with atomic_directory(target) as tmp:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
         for rel, meta in manifest["files"].items():
             out = tmp / rel
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -260,6 +263,17 @@ def folder_fetch(*, name: str, kind: str = "models") -> Path:
             if h.hexdigest() != meta["sha256"]:
                 raise ArtifactMissing(f"{kind}/{name}/{rel} has sha256 {h.hexdigest()}, manifest says {meta['sha256']}")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        fsync_tree(tmp)
+        try:
+            os.rename(tmp, target)  # refused when another process put the same folder there first: keep theirs
+        except OSError:
+            if not _cached_ok(target, manifest):
+                raise
+            return target
+        fsync_dir(target.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     log.info("fetched %s/%s into %s", kind, name, target)
     return target
 
@@ -275,8 +289,6 @@ def _cached_ok(folder: Path, manifest: dict) -> bool:
 
 def folder_delete(name: str, kind: str = "models") -> None:
     """Delete folder ``name`` from its storage (manifest first, so it is never half-visible)."""
-    import shutil
-
     local = local_path(name, kind)
     if local is not None:
         shutil.rmtree(local, ignore_errors=True)
