@@ -296,6 +296,7 @@ def sample_continuous(
     compact_fraction: float = 0.25,
     draw: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     on_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+    incoming: Callable[[], list[tuple[list[int], int]]] | None = None,
 ) -> Iterator[tuple[int, list[int], list[float], bool]]:
     """Continuous batching: sample every prompt with at most ``batch_size`` rows decoding at once.
 
@@ -333,6 +334,16 @@ def sample_continuous(
             drawn token belongs to its completion, streaming reads it here). It may return a
             ``(k,)`` bool tensor of rows to end now, unfinished unless the token was an EOS
             (a stop sequence, a per-request length cap, a client gone), or None.
+        incoming: prompts that arrive while sampling runs (an inference server's new
+            requests): polled before every decoding step, it returns ``[(prompt ids, max new
+            tokens), ...]`` (possibly empty). Each new prompt gets the next index after those
+            already given (``len(prompt_ids)`` first), waits behind the prompts already
+            waiting and is prefilled into a free slot like them; the key/value cache grows
+            when it needs more columns. A new prompt's completion is the same as if it had
+            been sampled from the start (greedy tokens, the distribution, its logprobs).
+            With ``incoming``, ``prompt_ids`` may be empty and ``batch_size`` slots are
+            allocated; the generator returns once nothing runs or waits after a poll, so
+            a caller serving requests starts a new call when the next one arrives.
 
     Yields:
         ``(index into prompt_ids, completion ids, behaviour logprobs, finished)`` as each
@@ -340,27 +351,48 @@ def sample_continuous(
 
     Raises:
         ValueError: a bad ``max_new_tokens``/``batch_size``/fraction, an empty prompt, or a
-            prompt with as many tokens as the context limit.
+            prompt with as many tokens as the context limit (an incoming one included, raised
+            at the poll that returned it), or an incoming ``max new tokens`` below 1.
     """
     if max_new_tokens < 1 or batch_size < 1 or not 0 < refill_fraction <= 1 or not 0 < compact_fraction <= 1:
         raise ValueError(
             "max_new_tokens and batch_size must be >= 1 and the fractions in (0, 1]; got "
             f"{max_new_tokens}, {batch_size}, {refill_fraction}, {compact_fraction}"
         )
-    if not prompt_ids:
-        return
     inner, lm_head = model.model, model.lm_head
     device = _model_device(model)
     dtype = inner.embed_tokens.weight.dtype
     limit = int(getattr(model.config, "max_position_embeddings", 1 << 30))
-    for i, p in enumerate(prompt_ids):
+
+    def check(i, p, cap):
         if not p:
             raise ValueError(f"prompt {i} has no tokens; a completion needs at least one token to follow")
         if len(p) >= limit:
             raise ValueError(f"prompt {i} has {len(p)} tokens; the context limit is {limit}")
-    M = max(1, max_new_tokens)
-    B = min(batch_size, len(prompt_ids))
-    W = max(len(p) for p in prompt_ids) + M  # columns: a group's padded prompt, then its completions
+        if cap < 1:
+            raise ValueError(f"prompt {i} asks for {cap} new tokens; at least 1")
+
+    prompts = list(prompt_ids)  # grows with incoming prompts; owner[slot] indexes it
+    caps = [max_new_tokens] * len(prompts)  # tokens each prompt may take
+    for i, p in enumerate(prompts):
+        check(i, p, max_new_tokens)
+    waiting = list(range(len(prompts)))
+    waiting.reverse()  # pop() takes the next prompt in order
+
+    def poll() -> None:
+        for p, cap in incoming() or ():
+            check(len(prompts), p, int(cap))
+            waiting.insert(0, len(prompts))
+            prompts.append(list(p))
+            caps.append(int(cap))
+
+    if incoming is not None:
+        poll()
+    if not prompts:
+        return
+    M = max(caps)
+    B = batch_size if incoming is not None else min(batch_size, len(prompts))
+    W = max(len(p) for p in prompts) + M  # columns: a group's padded prompt, then its completions
     n_kv, d = _kv_shape(inner)
     keys = [torch.zeros((B, n_kv, W, d), dtype=dtype, device=device) for _ in inner.layers]
     values = [torch.zeros((B, n_kv, W, d), dtype=dtype, device=device) for _ in inner.layers]
@@ -376,8 +408,6 @@ def sample_continuous(
     out_tokens = torch.full((B, M), pad_id, dtype=torch.long, device=device)
     out_logprobs = torch.zeros((B, M), dtype=torch.float32, device=device)
     eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
-    waiting = list(range(len(prompt_ids)))
-    waiting.reverse()  # pop() takes the next prompt in order
     b = 0  # rows 0 : b run each decoding step (some may have ended and wait to be replaced)
     end = 0  # upper bound on the columns any running row uses
 
@@ -423,23 +453,38 @@ def sample_continuous(
             owner[slot] = -1
 
     while True:
+        if incoming is not None:
+            poll()
         free = [slot for slot in range(B) if owner[slot] < 0]
         if waiting and free and (len(free) >= refill_fraction * B or b == 0 or not bool(alive[:b].any())):
             slots = free[: len(waiting)]
             group = [waiting.pop() for _ in slots]
-            logits, g_keys, g_values, g_valid = _prefill(inner, lm_head, [prompt_ids[i] for i in group], pad_id, device, dtype)
+            logits, g_keys, g_values, g_valid = _prefill(inner, lm_head, [prompts[i] for i in group], pad_id, device, dtype)
             P = g_valid.shape[1]
+            group_cap = max(caps[i] for i in group)
+            if P + group_cap > W:  # an incoming prompt or cap wider than the cache: grow it
+                extra = P + group_cap - W
+                for cache in (keys, values):
+                    for li, layer_cache in enumerate(cache):
+                        cache[li] = torch.cat([layer_cache, layer_cache.new_zeros((B, n_kv, extra, d))], dim=2)
+                valid = torch.cat([valid, valid.new_zeros((B, extra))], dim=1)
+                W += extra
+            if group_cap > M:
+                extra = group_cap - M
+                out_tokens = torch.cat([out_tokens, out_tokens.new_full((B, extra), pad_id)], dim=1)
+                out_logprobs = torch.cat([out_logprobs, out_logprobs.new_zeros((B, extra))], dim=1)
+                M = group_cap
             sel = torch.tensor(slots, dtype=torch.long, device=device)
             for cache, fresh in ((keys, g_keys), (values, g_values)):
                 for layer_cache, layer_fresh in zip(cache, fresh):
                     layer_cache[sel, :, :P] = layer_fresh
             valid[sel] = False
             valid[sel, :P] = g_valid
-            lengths = torch.tensor([len(prompt_ids[i]) for i in group], dtype=torch.long, device=device)
+            lengths = torch.tensor([len(prompts[i]) for i in group], dtype=torch.long, device=device)
             cols[sel] = P
             pos[sel] = lengths
             n_gen[sel] = 0
-            stop_at[sel] = (limit - lengths).clamp(max=M)
+            stop_at[sel] = torch.minimum(limit - lengths, torch.tensor([caps[i] for i in group], device=device))
             alive[sel] = True
             finished[sel] = False
             for slot, i in zip(slots, group):

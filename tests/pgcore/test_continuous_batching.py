@@ -151,3 +151,64 @@ def test_closing_the_stream_early_puts_the_policy_back_in_its_mode(frozen_policy
     assert not frozen_policy.model.training
     stream.close()
     assert frozen_policy.model.training
+
+
+def _arriving(model, policy, first, later, *, after_steps, cap, greedy, seed=0, batch_size=3):
+    """Samples ``first`` and feeds ``later`` through ``incoming`` once ``after_steps`` polls have passed."""
+    polls, arrived = [0], []
+
+    def incoming():
+        polls[0] += 1
+        if polls[0] == after_steps and not arrived:
+            arrived.append(polls[0])
+            return [(render_prompt(policy.tokenizer, t), cap) for t in later]
+        return []
+
+    generator = torch.Generator().manual_seed(seed)
+    out = list(sample_continuous(
+        model, [render_prompt(policy.tokenizer, t) for t in first], eos_ids=eos_token_ids(policy), pad_id=EOS,
+        max_new_tokens=12, generator=generator, greedy=greedy, batch_size=batch_size, refill_fraction=0.3,
+        incoming=incoming))
+    assert arrived, "the run ended before the later prompts arrived"
+    return {i: (ids, lps, done) for i, ids, lps, done in out}
+
+
+def test_a_prompt_arriving_mid_run_gets_the_same_greedy_tokens_as_alone_even_wider_than_the_cache(frozen_policy):
+    model = sampling_model(frozen_policy, dtype=torch.float32)
+    first, later = ["hi", "ok"], ["x" * 30, "a much longer prompt than the first one", "mid length"]
+    out = _arriving(model, frozen_policy, first, later, after_steps=4, cap=20, greedy=True)
+    assert sorted(out) == list(range(5))  # later prompts take the next indices
+    alone_first = generate(frozen_policy, first, max_new_tokens=12, greedy=True, fast=False, batch_size=1)
+    alone_later = generate(frozen_policy, later, max_new_tokens=20, greedy=True, fast=False, batch_size=1)
+    for i, r in enumerate(alone_first + alone_later):
+        ids, lps, done = out[i]
+        assert ids == r.completion_ids and done == r.finished  # each prompt's own cap (12, then 20)
+        assert_close(torch.tensor(lps), torch.tensor(r.behaviour_logprobs), atol=1e-5, rtol=1e-5)
+    assert max(len(out[i][0]) for i in range(2, 5)) > 12  # the cache grew for the wider prompt and cap
+
+
+def test_sampled_prompts_arriving_mid_run_record_exact_behaviour_logprobs(eos_prone):
+    model = sampling_model(eos_prone, dtype=torch.float32)
+    out = _arriving(model, eos_prone, PROMPTS[:3], PROMPTS[4:] * 2, after_steps=3, cap=10, greedy=False, seed=4)
+    texts = PROMPTS[:3] + PROMPTS[4:] * 2
+    from types import SimpleNamespace
+
+    rollouts = [SimpleNamespace(prompt_ids=render_prompt(eos_prone.tokenizer, t), completion_ids=out[i][0],
+                        behaviour_logprobs=out[i][1], finished=out[i][2]) for i, t in enumerate(texts)]
+    for r, trainer in zip(rollouts, _trainer_logprobs(eos_prone, rollouts)):
+        assert_close(torch.tensor(r.behaviour_logprobs), trainer, atol=1e-5, rtol=1e-5)
+    assert all(len(r.completion_ids) <= 10 for r in rollouts[3:])
+
+
+def test_incoming_alone_starts_from_nothing_returns_when_idle_and_refuses_bad_prompts(frozen_policy):
+    model = sampling_model(frozen_policy, dtype=torch.float32)
+    common = dict(eos_ids=eos_token_ids(frozen_policy), pad_id=EOS, max_new_tokens=4, generator=torch.Generator(),
+                  greedy=True)
+    feed = [[([5, 6, 7], 3)], [], [([8, 9], 2)]]
+    out = list(sample_continuous(model, [], **common, incoming=lambda: feed.pop(0) if feed else []))
+    assert sorted((i, len(ids)) for i, ids, _, _ in out) == [(0, 3), (1, 2)] and not feed
+    assert list(sample_continuous(model, [], **common, incoming=lambda: [])) == []
+    with pytest.raises(ValueError, match="prompt 1 has no tokens"):
+        list(sample_continuous(model, [[1, 2]], **common, incoming=lambda: [([], 3)]))
+    with pytest.raises(ValueError, match="at least 1"):
+        list(sample_continuous(model, [], **common, incoming=lambda: [([1, 2], 0)]))

@@ -42,6 +42,42 @@ def test_concurrent_requests_share_one_forward_batch_and_each_gets_its_own_answe
         assert "".join(e["text"] for e in _events(events, "delta")) == end["text"]
 
 
+def test_a_request_arriving_mid_generation_joins_the_running_batch_and_finishes_first(project, inference_process):
+    import json
+
+    import httpx2
+
+    server = inference_process()
+    long_body = {"model": project.slug, "prompt": "tell a long story", "max_tokens": 900, "temperature": 0}
+    short_body = {"model": project.slug, "prompt": "a short one", "max_tokens": 8, "temperature": 0}
+    long_alone = _events(server.generate(long_body), "end")[0]
+    assert not long_alone["finished"]  # greedy runs to its 900-token cap: long enough to join
+    short_alone = _events(server.generate(short_body), "end")[0]
+    runs_before = server.health()["batches"]
+    seen, started = [], threading.Event()
+
+    def stream_long():
+        with httpx2.Client(timeout=120) as client, client.stream("POST", server.url + "/generate", json=long_body) as r:
+            for line in r.iter_lines():
+                if line.strip():
+                    event = json.loads(line)
+                    seen.append((time.monotonic(), event))
+                    if event["event"] == "delta":
+                        started.set()
+
+    thread = threading.Thread(target=stream_long)
+    thread.start()
+    assert started.wait(60)
+    short = server.generate(short_body)
+    short_done = time.monotonic()
+    thread.join(120)
+    (long_end,) = [(t, e) for t, e in seen if e["event"] == "end"]
+    assert long_end[0] > short_done  # the short request did not wait for the long one to finish
+    assert server.health()["batches"] == runs_before + 1  # it joined the long one's run
+    assert _events(short, "end")[0]["token_ids"] == short_alone["token_ids"]
+    assert long_end[1]["token_ids"] == long_alone["token_ids"]
+
+
 def test_n_choices_seed_temperature_top_p_and_stop_sequences(project, inference_process):
     server = inference_process()
     body = {"model": project.slug, "prompt": "same seed", "max_tokens": 12, "n": 3, "seed": 7, "temperature": 0.8,

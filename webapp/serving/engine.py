@@ -1,17 +1,20 @@
-"""The inference process's batching engine: one model per project, one forward pass per step for
-every request that arrived together.
+"""The inference process's batching engine: one model per project, continuous batching per version.
 
 Imports torch; only the inference process (``manage.py serve_inference``) imports this module,
-never a web process. Requests arriving within ``window_s`` of each other (a few milliseconds)
-for the same model version are sampled as one left-padded batch by pgcore's sampler
-(:func:`pgcore.rollout.sample_batch_fast`), whose ``draw`` hook applies each request's
-temperature, top-p and seed and whose ``on_step`` hook streams each token to its request and
-stops rows early (a stop sequence, a request's own ``max_tokens``, a client gone).
+never a web process. Requests are sampled by pgcore's continuous batching
+(:func:`pgcore.rollout.sample_continuous`): the first request of a run waits ``window_s`` (a
+few milliseconds) for others sent at the same moment, then the run decodes one token per
+step for up to ``max_batch`` rows, and a request arriving while it runs joins at the next
+step (it is prefilled into a free slot, or waits for one) instead of waiting for the batch
+to finish (Yu et al. 2022, "Orca"). Its ``draw`` hook applies each request's temperature,
+top-p and seed; its ``on_step`` hook streams each token to its request and stops rows early
+(a stop sequence, a client gone); each row ends at its request's own ``max_tokens``.
 
 Version switch: a poller reads each project's served version from the database every
-``poll_s`` seconds; a newly promoted version is loaded beside the old one and swapped in
-between batches. A batch already running keeps the model it started with, so no request in
-flight is dropped or changes version half-way; requests queued after the swap get the new one.
+``poll_s`` seconds; a newly promoted version is loaded beside the old one. A run samples one
+model version: it admits new requests for its own version only, and stops admitting once a
+request for another version waits, so it drains (no request in flight is dropped or changes
+version half-way) and the next run starts with the new version.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pgcore.rollout import draw_tokens, eos_token_ids, fast_path_supported, sample_batch_fast, sampling_dtype, sampling_model
+from pgcore.rollout import draw_tokens, eos_token_ids, fast_path_supported, sample_continuous, sampling_dtype, sampling_model
 
 log = logging.getLogger(__name__)
 
@@ -165,16 +168,18 @@ class Engine:
             first = self._pending[0]
         delay = first.submitted_at + self.window_s - time.monotonic()
         if delay > 0:
-            time.sleep(delay)  # let the requests sent at the same moment join this batch
+            time.sleep(delay)  # let the requests sent at the same moment share the first prefill
+        return self._admit(first.key)
+
+    def _admit(self, key: str) -> list[Request]:
+        """Pending requests for version ``key``, in order, up to the first for another version."""
         with self._cv:
-            batch, rows, rest = [], 0, []
-            for request in self._pending:
-                if request.key == first.key and (rows + request.params.n <= self.max_batch or not batch):
-                    batch.append(request)
-                    rows += request.params.n
-                else:
-                    rest.append(request)
-            self._pending = rest
+            if self._stopping:
+                return []
+            taken = 0
+            while taken < len(self._pending) and self._pending[taken].key == key:
+                taken += 1
+            batch, self._pending = self._pending[:taken], self._pending[taken:]
         return batch
 
     def _loop(self) -> None:
@@ -182,79 +187,104 @@ class Engine:
             batch = self._take_batch()
             if not batch:
                 return
+            joined = list(batch)
             try:
-                self._run(batch)
-            except Exception as exc:  # a bad batch fails its requests, never the process
+                self._run(batch, joined)
+            except Exception as exc:  # a bad run fails its requests, never the process
                 log.exception("inference batch failed")
-                for request in batch:
+                for request in joined:
                     request.events.put(("error", f"generation failed: {exc}"))
 
     @torch.no_grad()
-    def _run(self, batch: list[Request]) -> None:
-        item = self.loaded(int(batch[0].key))
-        live = []
-        for request in batch:
-            if len(request.prompt_ids) >= item.context_limit:
-                request.events.put(("error", f"the prompt has {len(request.prompt_ids)} tokens; "
-                                             f"this model's context is {item.context_limit}"))
-            else:
-                live.append(request)
-        rows = [(request, i) for request in live for i in range(request.params.n)]
-        if not rows:
-            return
-        for request in live:
-            request.events.put(("start", item))
-        caps = torch.tensor([r.params.max_tokens for r, _ in rows])
-        counts = torch.zeros(len(rows), dtype=torch.long)
-        plain = all(r.params.plain for r, _ in rows)
-        draw = None if plain else _row_draw([r.params for r, _ in rows], [i for _, i in rows], self.device)
+    def _run(self, batch: list[Request], joined: list[Request]) -> None:
+        """Samples ``batch`` and every request for its version that arrives while it runs.
+
+        ``joined`` collects the requests admitted (so a failure reaches each of them).
+        """
+        key = batch[0].key
+        item = self.loaded(int(key))
+        rows: list[tuple[Request, int]] = []  # prompt index in the run -> (request, choice index)
+        shared = torch.Generator(device=self.device)
+        shared.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+        draw = _RowDraw(self.device, shared)
+        first = [batch]
+
+        def incoming():
+            requests = first.pop() if first else self._admit(key)
+            if requests is not batch:
+                joined.extend(requests)
+            new = []
+            for request in requests:
+                if len(request.prompt_ids) >= item.context_limit:
+                    request.events.put(("error", f"the prompt has {len(request.prompt_ids)} tokens; "
+                                                 f"this model's context is {item.context_limit}"))
+                    continue
+                request.events.put(("start", item))
+                for index in range(request.params.n):
+                    rows.append((request, index))
+                    draw.add(request.params, index)
+                    new.append((request.prompt_ids, request.params.max_tokens))
+            self.rows_run += len(new)
+            return new
 
         def on_step(row_ids, tokens, emitted):
-            row_list, token_list, emitted_list = row_ids.tolist(), tokens.tolist(), emitted.tolist()
             stop = []
-            for r, token, was_emitted in zip(row_list, token_list, emitted_list):
+            for r, token, was_emitted in zip(row_ids.tolist(), tokens.tolist(), emitted.tolist()):
                 request, index = rows[r]
                 if was_emitted:
-                    counts[r] += 1
                     request.events.put(("token", index, token))
-                stop.append(bool(counts[r] >= caps[r]) or request.cancelled.is_set() or index in request.stop_choices)
+                stop.append(request.cancelled.is_set() or index in request.stop_choices)
             return torch.tensor(stop, dtype=torch.bool)
 
+        self.batches_run += 1
         generator = torch.Generator(device=self.device)
         generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
-        completions, logprobs, finished = sample_batch_fast(
-            item.model, [r.prompt_ids for r, _ in rows], eos_ids=item.eos_ids,
-            pad_id=item.tokenizer.pad_token_id, max_new_tokens=int(caps.max()), generator=generator,
-            draw=draw, on_step=on_step,
-        )
-        self.batches_run += 1
-        self.rows_run += len(rows)
-        for (request, index), ids, lps, done in zip(rows, completions, logprobs, finished):
+        for r, ids, lps, done in sample_continuous(
+            item.model, [], eos_ids=item.eos_ids, pad_id=item.tokenizer.pad_token_id, max_new_tokens=1,
+            generator=generator, batch_size=self.max_batch, refill_fraction=1.0 / self.max_batch,
+            draw=draw, on_step=on_step, incoming=incoming,
+        ):
+            request, index = rows[r]
             request.events.put(("end", index, {"token_ids": ids, "logprobs": lps, "finished": bool(done)}))
 
 
-def _row_draw(params: list[SamplingParams], choice_index: list[int], device):
-    """A ``draw`` hook for :func:`pgcore.rollout.sample_batch_fast` with per-row temperature, top-p, seed.
+class _RowDraw:
+    """A ``draw`` hook for :func:`pgcore.rollout.sample_continuous` with per-row temperature, top-p, seed.
 
-    Each row's distribution is ``softmax(logits / T)`` restricted to its top-p nucleus and
-    renormalised; the recorded logprob is that of the token under this processed distribution
-    (0 for greedy rows), so a production completion's behaviour logprobs are those it was
-    sampled with (DESIGN.md, "Behaviour logprobs must match what was sampled").
+    Rows are added as requests join the run (:meth:`add`, in prompt-index order). Each row's
+    distribution is ``softmax(logits / T)`` restricted to its top-p nucleus and renormalised;
+    the recorded logprob is that of the token under this processed distribution (0 for greedy
+    rows), so a production completion's behaviour logprobs are those it was sampled with
+    (DESIGN.md, "Behaviour logprobs must match what was sampled"). Plain rows (temperature 1,
+    no nucleus, no seed) draw from the model's own log-softmax, as pgcore's default draw does.
     """
-    temperature = torch.tensor([p.temperature for p in params], device=device)
-    top_p = torch.tensor([p.top_p for p in params], device=device)
-    greedy = temperature == 0
-    shared = torch.Generator(device=device)
-    shared.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
-    seeded = {}
-    for r, (p, i) in enumerate(zip(params, choice_index)):
-        if p.seed is not None:
-            g = torch.Generator(device=device)
-            g.manual_seed(int(p.seed) + i)
-            seeded[r] = g
 
-    def draw(logp, rows):  # logp (b, V) fp32 log-softmax at temperature 1; rows (b,)
-        t, p, g = temperature[rows], top_p[rows], greedy[rows]
+    def __init__(self, device, shared: torch.Generator):
+        self.device, self.shared = device, shared
+        self.temperature: list[float] = []
+        self.top_p: list[float] = []
+        self.plain: list[bool] = []
+        self.seeded: dict[int, torch.Generator] = {}
+
+    def add(self, params: SamplingParams, choice_index: int) -> None:
+        r = len(self.temperature)
+        self.temperature.append(params.temperature)
+        self.top_p.append(params.top_p)
+        self.plain.append(params.plain)
+        if params.seed is not None:
+            g = torch.Generator(device=self.device)
+            g.manual_seed(int(params.seed) + choice_index)
+            self.seeded[r] = g
+
+    def __call__(self, logp, rows):  # logp (b, V) fp32 log-softmax at temperature 1; rows (b,)
+        row_list = rows.tolist()
+        if all(self.plain[r] for r in row_list):
+            tokens = draw_tokens(logp, self.shared, False)
+            return tokens, logp.gather(1, tokens[:, None]).squeeze(1)
+        t = torch.tensor([self.temperature[r] for r in row_list], device=logp.device)
+        p = torch.tensor([self.top_p[r] for r in row_list], device=logp.device)
+        plain = torch.tensor([self.plain[r] for r in row_list], device=logp.device)
+        g = t == 0
         scaled = torch.log_softmax(logp / t.clamp(min=1e-4)[:, None], dim=-1)  # (b, V)
         if bool((p < 1).any()):
             sorted_lp, order = scaled.sort(dim=-1, descending=True)
@@ -263,12 +293,11 @@ def _row_draw(params: list[SamplingParams], choice_index: list[int], device):
             sorted_lp = sorted_lp.masked_fill(outside, float("-inf"))
             scaled = torch.full_like(scaled, float("-inf")).scatter(1, order, sorted_lp)
             scaled = torch.log_softmax(scaled, dim=-1)
-        tokens = draw_tokens(scaled, shared, False)  # (b,)
-        for position, r in enumerate(rows.tolist()):
-            if r in seeded:
-                tokens[position] = draw_tokens(scaled[position : position + 1], seeded[r], False)[0]
+        scaled = torch.where(plain[:, None], logp, scaled)
+        tokens = draw_tokens(scaled, self.shared, False)  # (b,)
+        for position, r in enumerate(row_list):
+            if r in self.seeded:
+                tokens[position] = draw_tokens(scaled[position : position + 1], self.seeded[r], False)[0]
         tokens = torch.where(g, logp.argmax(dim=-1), tokens)
         token_logp = scaled.gather(1, tokens[:, None]).squeeze(1).masked_fill(g, 0.0)
         return tokens, token_logp
-
-    return draw

@@ -12,8 +12,8 @@ class Command(BaseCommand):
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=int(os.environ.get("REWARDLOOP_INFERENCE_PORT", "8001")))
         parser.add_argument("--window-ms", type=float, default=5.0,
-                            help="how long a batch's first request waits for others (default 5 ms)")
-        parser.add_argument("--max-batch", type=int, default=32, help="rows per forward batch (default 32)")
+                            help="how long the first request of an idle engine waits for others to share its prefill (default 5 ms)")
+        parser.add_argument("--max-batch", type=int, default=32, help="rows decoding at once; later requests wait for a free row (default 32)")
         parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
         parser.add_argument("--poll-s", type=float, default=1.0, help="how often the served version is checked")
         parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
