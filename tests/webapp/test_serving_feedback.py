@@ -163,3 +163,74 @@ def test_fifty_concurrent_feedback_posts_lose_nothing(project, annotator, gunico
     assert Feedback.objects.count() == 50
     assert sorted(Rating.objects.filter(source="production").values_list("score", flat=True)) == sorted(
         1 + i % 5 for i in range(50))
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_fifty_feedback_posts_during_a_running_training_run_lose_nothing(project, annotator, gunicorn, settings,
+                                                                         make_completion, make_user):
+    """A run snapshots its ratings in its batch step; feedback posted while its update, save and
+    later steps run is all stored, stays out of that run, and reaches the next run's batch."""
+    settings.REWARDLOOP_API_RATE = "100000/m"
+    server = gunicorn()
+    token, secret = api_token_create(user=annotator, name="load")
+    for i in range(50):
+        answer(project, token, f"chatcmpl-{i:04x}", prompt=f"question {i}")
+    Rating.objects.create(completion=make_completion(project), annotator=make_user("rater"), score=5)
+    run = training_services.training_run_create(project=project, trigger="manual")
+    step = training_services.training_step_run(run_id=run.pk, step="batch", chain=False)
+    assert step == "update"
+    steps_run, statuses, barrier = [], [], threading.Barrier(51)
+
+    def train():
+        from django.db import connection
+
+        barrier.wait()
+        next_step = step
+        try:
+            while next_step:
+                steps_run.append(next_step)
+                next_step = training_services.training_step_run(run_id=run.pk, step=next_step, chain=False)
+        finally:
+            connection.close()  # this thread's own connection, so the test database can be dropped
+
+    def post(i):
+        barrier.wait()
+        response = httpx2.post(f"{server.url}/api/v1/feedback", json={"id": f"chatcmpl-{i:04x}", "score": 1 + i % 5},
+                               headers={"Authorization": f"Bearer {secret}"}, timeout=120)
+        statuses.append(response.status_code)
+
+    threads = [threading.Thread(target=train)] + [threading.Thread(target=post, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    run.refresh_from_db()
+    assert run.status == "succeeded", (run.status, steps_run)
+    assert sorted(statuses) == [201] * 50
+    assert Feedback.objects.count() == 50
+    assert sorted(Rating.objects.filter(source="production").values_list("score", flat=True)) == sorted(
+        1 + i % 5 for i in range(50))
+    assert set(run.ratings.values_list("source", flat=True)) == {"annotator"}  # its batch came before them
+    following = training_services.training_run_create(project=project, trigger="manual")
+    assert training_services.training_step_run(run_id=following.pk, step="batch", chain=False) == "update"
+    assert following.ratings.filter(source="production").count() == 50
+
+
+@pytest.mark.django_db
+def test_reward_model_fits_read_production_ratings_beside_annotators(project, user_token, make_completion, make_user):
+    """The reward model is fitted on every rating of the project's training prompts, production ones
+    included (unweighted: ``production_feedback_weight`` weighs policy updates only)."""
+    from webapp.rewards import selectors as reward_selectors
+    from webapp.rewards.services import judgments_build
+
+    token, api = user_token
+    produced = answer(project, token, "chatcmpl-5e")[0]
+    assert api.post("/feedback", {"id": "chatcmpl-5e", "score": 2}).status_code == 201
+    pooled = make_completion(project)
+    Rating.objects.create(completion=pooled, annotator=make_user("rater"), score=5)
+    rows = reward_selectors.rating_rows(project=project)
+    assert {r.completion_id for r in rows} == {produced.pk, pooled.pk}
+    data = judgments_build(project=project, rows=rows)
+    assert data["completion_ids"] == sorted([produced.pk, pooled.pk])
+    assert reward_selectors.judgment_count(project=project) == 2
