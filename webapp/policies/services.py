@@ -264,7 +264,6 @@ def _send_pool_refill(project_id: int) -> None:
 PROJECT_SETUP_FIELDS = ("title", "rating_mode", "guidelines", "ratings_per_item", "completions_per_prompt", "pool_target")
 
 
-@transaction.atomic
 def project_setup_update(*, project: Project, user=None, **fields) -> Project:
     """Change what annotators see and how items are rated (title, rating mode, guidelines, ratings per
     item, completions per prompt, pool size); validated, and audited with the old and new values.
@@ -274,26 +273,9 @@ def project_setup_update(*, project: Project, user=None, **fields) -> Project:
     Raises:
         ApplicationError: an unknown field or a value out of range.
     """
-    from django.core.exceptions import ValidationError
-
-    unknown = set(fields) - set(PROJECT_SETUP_FIELDS)
-    if unknown:
-        raise ApplicationError(f"Unknown settings: {', '.join(sorted(unknown))}.")
-    project = Project.objects.select_for_update().get(pk=project.pk)
-    changed = {k: [getattr(project, k), v] for k, v in fields.items() if getattr(project, k) != v}
-    for key, value in fields.items():
-        setattr(project, key, value)
-    try:
-        project.full_clean()
-    except ValidationError as exc:
-        raise ApplicationError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from exc
-    project.save(update_fields=list(fields))
-    if changed:
-        if "guidelines" in changed:  # the texts can be long: say that they changed, and how long they are
-            old, new = changed["guidelines"]
-            changed["guidelines"] = [f"{len(old)} characters", f"{len(new)} characters"]
-        audit_record(project=project, actor=user, action=AuditEvent.Action.SETTINGS, target="project setup", detail=changed)
-    return project
+    return _project_settings_update(
+        project=project, user=user, allowed=PROJECT_SETUP_FIELDS, target="project setup", fields=fields
+    )
 
 
 PROJECT_TRAINING_FIELDS = (
@@ -356,6 +338,9 @@ def _project_settings_update(*, project: Project, user, allowed: tuple, target: 
         raise ApplicationError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from exc
     project.save(update_fields=list(fields))
     if changed:
+        if "guidelines" in changed:  # the texts can be long: say that they changed, and how long they are
+            old, new = changed["guidelines"]
+            changed["guidelines"] = [f"{len(old)} characters", f"{len(new)} characters"]
         audit_record(project=project, actor=user, action=AuditEvent.Action.SETTINGS, target=target, detail=changed)
     return project
 
