@@ -130,10 +130,10 @@ def test_the_run_page_shows_the_reward_model_plot_drawn_by_the_worker(setup, sta
     url = f"/staff/p/{project.slug}/runs/{run.pk}/rm-vs-human.png"
     first = staff_client.get(url)
     assert first["Content-Type"] == "image/png" and first["X-Plot"] == "drawing"
-    from webapp.training.views import _rm_vs_human_spec
+    from webapp.training.selectors import run_rm_vs_human_spec
 
     run = TrainingRun.objects.select_related("reward_model", "result_version").get(pk=run.pk)
-    kind, data = _rm_vs_human_spec(run)
+    kind, data = run_rm_vs_human_spec(run)
     policy_tasks.plot_draw(kind, data, f"run-{run.pk}-rm")  # the worker's task, run here
     drawn = staff_client.get(url)
     assert drawn["Content-Type"] == "image/png" and drawn["X-Plot"] == "ready"

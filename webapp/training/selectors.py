@@ -78,6 +78,24 @@ def run_curves_slot(run) -> str:
     return f"run-{run.pk}-curves"
 
 
+def run_rm_vs_human_slot(run) -> str:
+    """The plot slot of a reward-model run's score-vs-people scatter."""
+    return f"run-{run.pk}-rm"
+
+
+def run_rm_vs_human_spec(run: TrainingRun) -> tuple[str, dict]:
+    """Reward-model score against people's rating per rated completion (kind ``scatter``); for a
+    run that trained with a reward model (``run.reward_model`` set)."""
+    from .overoptimisation import rm_vs_human_points
+
+    return "scatter", {
+        "series": rm_vs_human_points(run=run),
+        "title": f"Run #{run.pk}: reward model RM{run.reward_model.number} vs people",
+        "xlabel": "reward-model score (reward units)",
+        "ylabel": "people's rating (Likert 1–5, thumbs 1/0)",
+    }
+
+
 def run_curves_spec(run: TrainingRun) -> tuple[str, dict]:
     """The run's loss and KL per optimiser step (kind ``curves``, dotted lines at new epochs)."""
     curve = run.curve or []

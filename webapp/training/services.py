@@ -450,7 +450,8 @@ STEP_BODIES = {
 
 
 def run_plots_queue(*, run_id: int) -> None:
-    """Queue the drawing of what a run's end changes: its loss/KL curves and the project's version plots.
+    """Queue the drawing of what a run's end changes: its loss/KL curves, its reward-model scatter
+    (reward-model runs) and the project's version plots.
 
     The generation worker draws them now, so the run page and the versions page find the
     files ready instead of drawing on first view. Never fails the run (a down broker is
@@ -458,12 +459,14 @@ def run_plots_queue(*, run_id: int) -> None:
     """
     from webapp.policies import plotfiles, plotspecs
 
-    run = TrainingRun.objects.select_related("project").filter(pk=run_id).first()
+    run = TrainingRun.objects.select_related("project", "reward_model").filter(pk=run_id).first()
     if run is None:
         return
     try:
         if run.curve:
             plotfiles.plot_ensure(*selectors.run_curves_spec(run), slot=selectors.run_curves_slot(run))
+        if run.reward_model_id:
+            plotfiles.plot_ensure(*selectors.run_rm_vs_human_spec(run), slot=selectors.run_rm_vs_human_slot(run))
         plotspecs.version_plots_ensure(project=run.project)
     except Exception:  # noqa: BLE001 - plots are a view of the run, never a reason to fail it
         log.exception("could not queue the plots of run %s", run_id)

@@ -63,7 +63,11 @@ def _run_context(slug, run_id) -> dict:
         project=project,
     )
     curves = plotfiles.plot_ensure(*selectors.run_curves_spec(run), slot=selectors.run_curves_slot(run)) if run.curve else None
-    rm_plot = plotfiles.plot_ensure(*_rm_vs_human_spec(run), slot=f"run-{run.pk}-rm") if run.reward_model_id else None
+    rm_plot = (
+        plotfiles.plot_ensure(*selectors.run_rm_vs_human_spec(run), slot=selectors.run_rm_vs_human_slot(run))
+        if run.reward_model_id
+        else None
+    )
     return {
         "project": project,
         "run": run,
@@ -74,18 +78,6 @@ def _run_context(slug, run_id) -> dict:
         "rm_plot": rm_plot,
         # keep polling a finished run until its plots are drawn
         "poll": run.is_active or any(p is not None and not p.ready for p in (curves, rm_plot)),
-    }
-
-
-def _rm_vs_human_spec(run: TrainingRun) -> tuple[str, dict]:
-    """Reward-model score against people's rating per rated completion (kind ``scatter``)."""
-    from .overoptimisation import rm_vs_human_points
-
-    return "scatter", {
-        "series": rm_vs_human_points(run=run),
-        "title": f"Run #{run.pk}: reward model RM{run.reward_model.number} vs people",
-        "xlabel": "reward-model score (reward units)",
-        "ylabel": "people's rating (Likert 1–5, thumbs 1/0)",
     }
 
 
@@ -116,7 +108,8 @@ def run_rm_vs_human(request, slug, run_id):
     run = get_object_or_404(TrainingRun.objects.select_related("reward_model", "result_version"), pk=run_id, project__slug=slug)
     if run.reward_model_id is None:
         raise Http404("This run trained on human ratings only.")
-    return plotfiles.plot_response(*_rm_vs_human_spec(run), slot=f"run-{run.pk}-rm", asked_key=request.GET.get("v", ""))
+    return plotfiles.plot_response(
+        *selectors.run_rm_vs_human_spec(run), slot=selectors.run_rm_vs_human_slot(run), asked_key=request.GET.get("v", ""))
 
 
 @staff_required
