@@ -13,6 +13,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from tests.webapp.broker_helpers import queued_messages
 from webapp.annotation import services as annotation_services
 from webapp.annotation.models import Completion, Rating
 from webapp.celery import app
@@ -53,23 +54,6 @@ def broker_down():
 
     yield restore
     restore()
-
-
-def queued_messages(queue: str) -> list[tuple[str, list]]:
-    """Take every message off ``queue`` on the configured broker: (task name, args) each."""
-    taken = []
-    with app.connection_for_read() as conn:
-        simple = conn.SimpleQueue(queue)
-        try:
-            while True:
-                message = simple.get(timeout=0.5)
-                taken.append((message.headers.get("task"), list(message.decode()[0])))
-                message.ack()
-        except simple.Empty:
-            pass
-        finally:
-            simple.close()
-    return taken
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
+from tests.webapp.broker_helpers import queued_messages
 from webapp.annotation import services as annotation_services
 from webapp.annotation.models import Completion, Rating
-from webapp.celery import app
 from webapp.policies.models import ModelVersion
 from webapp.training import liveness
 from webapp.training import services as training_services
@@ -32,23 +32,6 @@ def rate_pool(project, user):
     annotation_services.completion_pool_refill(project=project, seed=1)
     for completion in Completion.objects.filter(project=project, ratings__isnull=True):
         Rating.objects.create(completion=completion, annotator=user, score=5 if completion.pk % 2 else 2)
-
-
-def queued_messages(queue: str) -> list[tuple[str, list]]:
-    """Take every message off ``queue`` on the configured broker: (task name, args) each."""
-    taken = []
-    with app.connection_for_read() as conn:
-        simple = conn.SimpleQueue(queue)
-        try:
-            while True:
-                message = simple.get(timeout=0.5)
-                taken.append((message.headers.get("task"), list(message.decode()[0])))
-                message.ack()
-        except simple.Empty:
-            pass
-        finally:
-            simple.close()
-    return taken
 
 
 def steps_of(run) -> dict[str, TrainingStep]:
