@@ -22,7 +22,7 @@ from webapp.policies.models import Project
 
 from . import judgments, selectors
 from .judgments import CHOICE_CODES
-from .models import Comparison, Ranking, Rating, RatingRevision, Skip
+from .models import Choice, Comparison, GoldItem, Ranking, Rating, RatingRevision, Skip
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,69 @@ def annotator_figures(*, project: Project) -> list[AnnotatorFigures]:
         ),
         key=lambda f: (-f.judgments, f.username),
     )
+
+
+@dataclass(frozen=True)
+class GoldItemRow:
+    completion_id: int  # the item as the queue knows it (a pair's A, a rank group's anchor)
+    prompt: str
+    text: str  # the completion's text
+    kind: str  # "likert", "thumbs", "pairwise" or "ranking": which fields its answer has
+    answer: dict
+    answer_text: str  # the answer in words, e.g. "4 (± 1)", "thumbs up", "B is better", "output #12 first"
+    note: str
+    judged: int  # judgments of it so far
+    right: int  # of those, right against today's answer
+    updated_at: object
+
+
+def gold_answer_kind(answer: dict) -> str:
+    """Which kind of item a (clean) gold answer is for (see ``judgments.gold_answer_clean``)."""
+    if "choice" in answer:
+        return "pairwise"
+    if "best" in answer:
+        return "ranking"
+    return "thumbs" if "thumbs_up" in answer else "likert"
+
+
+def gold_answer_text(answer: dict) -> str:
+    """A gold answer in words, as the staff page shows it."""
+    kind = gold_answer_kind(answer)
+    if kind == "pairwise":
+        return Choice(answer["choice"]).label
+    if kind == "ranking":
+        return f"output #{answer['best']} first"
+    if kind == "thumbs":
+        return "thumbs up" if answer["thumbs_up"] else "thumbs down"
+    tolerance = answer.get("tolerance", 0)
+    return f"{answer['score']}" + (f" (± {tolerance})" if tolerance else "")
+
+
+def gold_items(*, project: Project) -> list[GoldItemRow]:
+    """The project's gold items, newest change first, each with its answer and how many of its
+    judgments are right against that answer now (``selectors.gold_verdicts``)."""
+    tally: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    for cid, _, correct in selectors.gold_verdicts(project=project):
+        tally[cid][0] += 1
+        tally[cid][1] += correct
+    rows = []
+    for gold in GoldItem.objects.filter(project=project).select_related("completion__prompt").order_by("-updated_at", "-id"):
+        judged, right = tally.get(gold.completion_id, (0, 0))
+        rows.append(
+            GoldItemRow(
+                completion_id=gold.completion_id,
+                prompt=gold.completion.prompt.text,
+                text=gold.completion.text,
+                kind=gold_answer_kind(gold.answer),
+                answer=gold.answer,
+                answer_text=gold_answer_text(gold.answer),
+                note=gold.note,
+                judged=judged,
+                right=right,
+                updated_at=gold.updated_at,
+            )
+        )
+    return rows
 
 
 def _alpha(kind: str, level: str, triples: list[tuple[int, int, float]], value_domain) -> Agreement:

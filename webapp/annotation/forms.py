@@ -1,4 +1,4 @@
-"""Forms for setting a project up in the browser: validate what staff type before a service sees it."""
+"""Forms for setting a project up in the browser (and its gold items): validate what staff type before a service sees it."""
 
 from pathlib import Path
 
@@ -6,6 +6,8 @@ from django import forms
 from django.conf import settings
 
 from webapp.policies.models import Membership, Project
+
+from .models import Choice
 
 SETUP_FIELDS = ("title", "rating_mode", "guidelines", "ratings_per_item", "completions_per_prompt", "pool_target")
 
@@ -79,3 +81,46 @@ class MemberAddForm(forms.Form):
             raise forms.ValidationError(f"No active user is called {name!r}; create the account first (Admin → Users).")
         self.user = user
         return name
+
+
+class GoldItemForm(forms.Form):
+    """Add a gold item or change its answer (``services.gold_item_set`` checks the answer against
+    the kind of item). Only the fields of the item's kind are shown and filled:
+
+    Likert (and rubric) items ``score`` and ``tolerance``; thumbs ``thumbs``; pairs ``choice`` (the
+    pair is named by its completion A); rank groups ``best`` (named by their anchor).
+    """
+
+    completion = forms.IntegerField(label="Item #", min_value=1, help_text="The item's number, as in the history and comments (a pair's A, a ranking's first output).")
+    score = forms.TypedChoiceField(label="Score", choices=[("", "–")] + [(s, s) for s in range(1, 6)], coerce=int, required=False, empty_value=None)
+    tolerance = forms.TypedChoiceField(label="Tolerance (±)", choices=[(t, t) for t in range(0, 5)], coerce=int, required=False, empty_value=None)
+    thumbs = forms.ChoiceField(label="Thumb", choices=[("", "–"), ("up", "thumbs up"), ("down", "thumbs down")], required=False)
+    choice = forms.ChoiceField(label="Choice", choices=[("", "–")] + [(c.value, c.label) for c in Choice], required=False)
+    best = forms.IntegerField(label="Best output #", min_value=1, required=False)
+    note = forms.CharField(label="Note", required=False, max_length=2000, help_text="Why this is the answer (staff only).")
+
+    KIND_FIELDS = {"likert": ("score", "tolerance"), "thumbs": ("thumbs",), "pairwise": ("choice",), "ranking": ("best",)}
+
+    def __init__(self, *args, kind: str = "likert", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kind = kind
+
+    def answer_fields(self):
+        """The bound fields of this form's kind (what the template shows)."""
+        return [self[name] for name in self.KIND_FIELDS[self.kind]]
+
+    def answer(self) -> dict:
+        """The answer typed, as ``gold_answer_clean`` reads it (fields left blank are left out)."""
+        data = self.cleaned_data
+        answer = {}
+        if data.get("score") is not None:
+            answer["score"] = data["score"]
+            if data.get("tolerance") is not None:
+                answer["tolerance"] = data["tolerance"]
+        if data.get("thumbs"):
+            answer["thumbs_up"] = data["thumbs"] == "up"
+        if data.get("choice"):
+            answer["choice"] = data["choice"]
+        if data.get("best") is not None:
+            answer["best"] = data["best"]
+        return answer

@@ -12,4 +12,5 @@ urlpatterns = [
     path("annotate/<int:completion_id>/rate/", views.rate, name="rate"),
     path("annotate/<int:completion_id>/skip/", views.skip, name="skip"),
     path("figures/", views.figures_page, name="figures"),
+    path("figures/gold/", views.gold_set, name="gold_set"),
 ]

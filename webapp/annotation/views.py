@@ -11,7 +11,8 @@ from webapp.policies.models import RatingMode
 
 from . import figures, selectors, services
 from .markdown import guidelines_html
-from .models import Choice, Completion
+from .forms import GoldItemForm
+from .models import Choice, Completion, GoldItem
 
 TEMPLATE = "annotation/annotate.html"
 COMMENT_MAX_CHARS = 2000
@@ -264,10 +265,27 @@ def history(request, slug):
     )
 
 
-@staff_required
-@require_GET
-def figures_page(request, slug):
-    """Staff only: per-annotator counts, median seconds per item, Krippendorff's alpha (``annotation/figures.html``)."""
+_GOLD_KIND_OF_MODE = {RatingMode.THUMBS: "thumbs", RatingMode.PAIRWISE: "pairwise", RatingMode.RANKING: "ranking"}
+
+
+def _gold_form_for(project, *, edit: int | None, data=None) -> GoldItemForm:
+    """The gold form: prefilled with gold item ``edit``'s answer, else empty for the project's mode."""
+    kind = _GOLD_KIND_OF_MODE.get(project.rating_mode, "likert")
+    initial = {}
+    gold = GoldItem.objects.filter(project=project, completion_id=edit).first() if edit else None
+    if gold is not None:
+        kind = figures.gold_answer_kind(gold.answer)
+        answer = gold.answer
+        initial = {"completion": gold.completion_id, "note": gold.note, **{k: answer[k] for k in ("score", "tolerance", "choice", "best") if k in answer}}
+        if "thumbs_up" in answer:
+            initial["thumbs"] = "up" if answer["thumbs_up"] else "down"
+    if data is not None:
+        kind = data.get("kind") if data.get("kind") in GoldItemForm.KIND_FIELDS else kind
+        return GoldItemForm(data, kind=kind)
+    return GoldItemForm(initial=initial, kind=kind)
+
+
+def _figures_render(request, *, gold_form: GoldItemForm, editing: int | None = None, status: int = 200):
     project = request.project
     return render(
         request,
@@ -277,5 +295,48 @@ def figures_page(request, slug):
             "annotators": figures.annotator_figures(project=project),
             "agreement": figures.agreement(project=project),
             "recent_comments": figures.recent_comments(project=project),
+            "gold_items": figures.gold_items(project=project),
+            "gold_form": gold_form,
+            "gold_editing": editing,
         },
+        status=status,
     )
+
+
+@staff_required
+@require_GET
+def figures_page(request, slug):
+    """Staff only (``annotation/figures.html``): per-annotator counts, median seconds per item, gold
+    accuracy and training weight, Krippendorff's alpha; the gold items with a form to add one or,
+    with ``?gold=<item #>``, to change its answer."""
+    try:
+        edit = int(request.GET.get("gold", ""))
+    except ValueError:
+        edit = None
+    editing = edit if edit and GoldItem.objects.filter(project=request.project, completion_id=edit).exists() else None
+    return _figures_render(request, gold_form=_gold_form_for(request.project, edit=editing), editing=editing)
+
+
+@staff_required
+@require_POST
+def gold_set(request, slug):
+    """Add a gold item or change its answer (``services.gold_item_set``: validated, audit-logged with
+    the verdicts the change turned). A bad item number or answer re-shows the page with the reason (400)."""
+    project = request.project
+    form = _gold_form_for(project, edit=None, data=request.POST)
+    if form.is_valid():
+        completion = Completion.objects.filter(pk=form.cleaned_data["completion"], project=project).select_related("prompt").first()
+        if completion is None:
+            form.add_error("completion", f"This project has no item #{form.cleaned_data['completion']}.")
+        else:
+            existed = GoldItem.objects.filter(completion=completion).exists()
+            try:
+                services.gold_item_set(completion=completion, answer=form.answer(), note=form.cleaned_data["note"], actor=request.user)
+            except ApplicationError as exc:
+                form.add_error(None, exc.message)
+            else:
+                verb = "changed" if existed else "added"
+                messages.success(request, f"Gold item #{completion.pk} {verb}; accuracy is scored against the new answer (see the audit log).")
+                return redirect("annotation:figures", slug=slug)
+    messages.error(request, "Nothing was saved: check the gold item form below.")
+    return _figures_render(request, gold_form=form, status=400)
