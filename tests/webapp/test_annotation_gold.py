@@ -153,3 +153,30 @@ def test_ratings_of_an_annotator_below_the_gold_bar_weigh_less_in_the_training_b
     weight = dict(zip(order, batch.weights))
     assert reward[shared.pk] == pytest.approx((1.0 - 0.25) / 1.25)
     assert weight == {shared.pk: 1.0, sloppy_only.pk: 0.25}
+
+
+def test_a_gold_lease_records_that_it_was_chosen_as_gold_and_staff_see_it_counted(gold_project, make_user, make_completion, staff_client):
+    from webapp.rewards import selectors as reward_selectors
+
+    gold = make_completion(gold_project, text="known")
+    services.gold_item_set(completion=gold, answer={"score": 3})
+    ordinary = make_completion(gold_project)
+    person = make_user("chooser")
+    assert _rate_next(gold_project, person, 3) == gold.pk
+    assert _rate_next(gold_project, person, 3) == ordinary.pk
+    assert dict(Lease.objects.values_list("completion_id", "chosen_by")) == {gold.pk: "gold", ordinary.pk: "fifo"}
+    counts = dict(reward_selectors.served_by_reason(project=gold_project))
+    assert counts["Gold item (known answer, at the project's gold rate)"] == 1 and counts["Queue order (unfinished items first, then oldest)"] == 1
+
+
+def test_an_undone_gold_judgment_whose_lease_is_gone_is_leased_back_as_gold(gold_project, make_user, make_completion):
+    gold = make_completion(gold_project)
+    services.gold_item_set(completion=gold, answer={"score": 3})
+    people = [make_user(f"u{i}") for i in range(2)]
+    for person in people:  # two gold leases: slots 0 and 1, past ratings_per_item (1)
+        _rate_next(gold_project, person, 3)
+    Lease.objects.filter(annotator=people[1]).delete()  # e.g. cleared by staff: the undo takes a new slot
+    result = services.judgment_undo(project=gold_project, annotator=people[1])
+    assert result.lease is not None and result.lease.completion_id == gold.pk
+    lease = Lease.objects.get(annotator=people[1])
+    assert (lease.chosen_by, lease.slot) == ("gold", 1)

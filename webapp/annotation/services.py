@@ -576,16 +576,26 @@ def _lease_gold(*, project: Project, annotator, lease_minutes: int) -> Lease | N
 
     Every annotator may answer a gold item, so its lease takes the first slot
     no lease of it holds (slots beyond ``ratings_per_item``), through the same
-    insert as any lease.
+    insert as any lease; the lease records ``chosen_by`` "gold".
     """
     for completion_id in selectors.gold_candidate_ids(project=project, annotator=annotator):
-        taken = set(Lease.objects.filter(completion_id=completion_id).values_list("slot", flat=True))
-        free = [slot for slot in range(len(taken) + 3) if slot not in taken]
         if _lease_take_slot(
-            project=project, annotator=annotator, completion_id=completion_id, lease_minutes=lease_minutes, slots=free
+            project=project,
+            annotator=annotator,
+            completion_id=completion_id,
+            lease_minutes=lease_minutes,
+            chosen_by=ChosenBy.GOLD,
+            slots=_gold_free_slots(completion_id),
         ):
             return selectors.lease_held(project=project, annotator=annotator)
     return None
+
+
+def _gold_free_slots(completion_id: int) -> list[int]:
+    """Slots a new lease of gold item ``completion_id`` may try: the free ones, and a few past the
+    last taken (a gold item has no ``ratings_per_item`` bound)."""
+    taken = set(Lease.objects.filter(completion_id=completion_id).values_list("slot", flat=True))
+    return [slot for slot in range(len(taken) + 3) if slot not in taken]
 
 
 # Draws the active queue's uniform share; a module attribute so a test can seed it.
@@ -1107,12 +1117,15 @@ def judgment_undo(*, project: Project, annotator, lease_minutes: int = LEASE_MIN
     if lease is not None:
         Lease.objects.filter(pk=lease.pk).update(fulfilled=False, expires_at=expires, created_at=now)
     else:
+        gold = GoldItem.objects.filter(completion_id=anchor_id).exists()
         _lease_take_slot(
             project=project,
             annotator=annotator,
             completion_id=anchor_id,
             lease_minutes=lease_minutes,
             a_on_left=values.get("a_on_left"),
+            chosen_by=ChosenBy.GOLD if gold else ChosenBy.FIFO,
+            slots=_gold_free_slots(anchor_id) if gold else None,
         )
     return UndoResult(revision=revision, lease=selectors.lease_held(project=project, annotator=annotator))
 
