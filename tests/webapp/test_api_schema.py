@@ -22,6 +22,7 @@ from webapp.accounts.services import api_token_create
 ROUTES = {
     ("GET", "/api/v1/projects"),
     ("GET", "/api/v1/projects/{slug}"),
+    ("PUT", "/api/v1/projects/{slug}/rubric"),
     ("GET", "/api/v1/projects/{slug}/versions"),
     ("POST", "/api/v1/projects/{slug}/versions/{number}/serve"),
     ("POST", "/api/v1/projects/{slug}/prompts/import"),

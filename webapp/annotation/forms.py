@@ -5,7 +5,7 @@ from pathlib import Path
 from django import forms
 from django.conf import settings
 
-from webapp.policies.models import Membership, Project
+from webapp.policies.models import RUBRIC_MAX_CRITERIA, Membership, Project
 
 from .models import Choice
 
@@ -124,3 +124,48 @@ class GoldItemForm(forms.Form):
         if data.get("best") is not None:
             answer["best"] = data["best"]
         return answer
+
+
+class RubricForm(forms.Form):
+    """The rubric editor: up to ``RUBRIC_MAX_CRITERIA`` rows of name, weight and description. Rows
+    with no name are left out; ``policies.services.project_rubric_update`` checks the rest (unique
+    names, weights above 0)."""
+
+    def __init__(self, *args, rubric: list[dict] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        rubric = rubric or []
+        self.n_rows = min(RUBRIC_MAX_CRITERIA, max(len(rubric) + 2, 3))
+        for i in range(RUBRIC_MAX_CRITERIA):
+            criterion = rubric[i] if i < len(rubric) else {}
+            n = i + 1
+            self.fields[f"name_{i}"] = forms.CharField(
+                label=f"Criterion {n}", max_length=60, required=False, initial=criterion.get("name", ""),
+                widget=forms.TextInput(attrs={"aria-label": f"Criterion {n} name"}),
+            )
+            self.fields[f"weight_{i}"] = forms.FloatField(
+                label=f"Criterion {n} weight", required=False, initial=criterion.get("weight", 1.0),
+                widget=forms.NumberInput(attrs={"aria-label": f"Criterion {n} weight", "step": "any"}),
+            )
+            self.fields[f"description_{i}"] = forms.CharField(
+                label=f"Criterion {n} description", max_length=500, required=False, initial=criterion.get("description", ""),
+                widget=forms.TextInput(attrs={"aria-label": f"Criterion {n} description"}),
+            )
+
+    def rows(self):
+        """``(name, weight, description)`` bound fields of the rows to show (the filled ones and a few blank)."""
+        shown = self.n_rows
+        if self.is_bound:  # re-shown after an error: every row that was filled in, and one more
+            filled = [i for i in range(RUBRIC_MAX_CRITERIA) if self.data.get(f"name_{i}", "").strip()]
+            shown = min(RUBRIC_MAX_CRITERIA, max(shown, (filled[-1] + 2) if filled else 0))
+        return [(self[f"name_{i}"], self[f"weight_{i}"], self[f"description_{i}"]) for i in range(shown)]
+
+    def rubric(self) -> list[dict]:
+        """The criteria typed, in order (a row without a name is left out; a missing weight is 1)."""
+        data = self.cleaned_data
+        out = []
+        for i in range(RUBRIC_MAX_CRITERIA):
+            name = (data.get(f"name_{i}") or "").strip()
+            if name:
+                weight = data.get(f"weight_{i}")
+                out.append({"name": name, "weight": 1.0 if weight is None else weight, "description": data.get(f"description_{i}") or ""})
+        return out

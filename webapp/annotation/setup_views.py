@@ -13,7 +13,7 @@ from webapp.policies import services as policy_services
 from webapp.policies.models import Membership
 
 from . import services
-from .forms import SETUP_FIELDS, MemberAddForm, ProjectCreateForm, ProjectSettingsForm, PromptFileForm
+from .forms import SETUP_FIELDS, MemberAddForm, ProjectCreateForm, ProjectSettingsForm, PromptFileForm, RubricForm
 from .markdown import guidelines_html
 
 TEMPLATE = "annotation/setup.html"
@@ -51,6 +51,7 @@ def _setup_context(request, **forms) -> dict:
         "settings_form": forms.get("settings_form") or ProjectSettingsForm(instance=project),
         "file_form": forms.get("file_form") or PromptFileForm(),
         "member_form": forms.get("member_form") or MemberAddForm(),
+        "rubric_form": forms.get("rubric_form") or RubricForm(rubric=project.rubric),
         "guidelines_preview": guidelines_html(project.guidelines),
         "members": Membership.objects.filter(project=project).select_related("user").order_by("role", "user__username"),
         "n_prompts": project.prompts.count(),
@@ -64,7 +65,7 @@ def _setup_context(request, **forms) -> dict:
 @require_GET
 def setup(request, slug):
     """The project's setup page (``annotation/setup.html``): settings and guidelines (with the
-    guidelines rendered as annotators see them), prompt import, members."""
+    guidelines rendered as annotators see them), the rubric, prompt import, members."""
     return render(request, TEMPLATE, _setup_context(request))
 
 
@@ -84,6 +85,26 @@ def settings_update(request, slug):
         messages.error(request, exc.message)
     else:
         messages.success(request, "Project settings saved.")
+    return redirect("setup:setup", slug=slug)
+
+
+@staff_required
+@require_POST
+def rubric_update(request, slug):
+    """Save the rubric (``policies.services.project_rubric_update``: unique names, weights above 0;
+    audited). Ratings already given keep the rubric they were given under. A refused rubric is
+    shown again as typed, with the reason (400)."""
+    form = RubricForm(request.POST, rubric=request.project.rubric)
+    error = "Nothing was saved: check the fields marked below." if not form.is_valid() else ""
+    if not error:
+        try:
+            policy_services.project_rubric_update(project=request.project, rubric=form.rubric(), user=request.user)
+        except ApplicationError as exc:
+            error = f"The rubric was not saved: {exc.message}"
+    if error:
+        messages.error(request, error)
+        return render(request, TEMPLATE, _setup_context(request, rubric_form=form), status=400)
+    messages.success(request, "Rubric saved. Ratings given before keep the rubric they were given under.")
     return redirect("setup:setup", slug=slug)
 
 

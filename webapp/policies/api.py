@@ -9,17 +9,27 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.shortcuts import get_object_or_404
-from ninja import Path, Router, Schema
+from ninja import Field, Path, Router, Schema
+from ninja.errors import HttpError
 
-from webapp.apikit import ERRORS, MAX_NUMBER, SLUG_PATTERN, api_project
+from webapp.apikit import ERRORS, MAX_NUMBER, NO_NUL_PATTERN, SLUG_PATTERN, api_project
+from webapp.errors import ApplicationError
 
 from . import selectors, services
-from .models import ModelVersion
+from .models import RUBRIC_MAX_CRITERIA, ModelVersion
 
 router = Router(tags=["projects"])
 
 Slug = Path(..., pattern=SLUG_PATTERN)
 VersionNumber = Path(..., ge=0, le=MAX_NUMBER)
+
+
+class Criterion(Schema):
+    model_config = {"extra": "forbid"}
+
+    name: str = Field(..., max_length=60, pattern=NO_NUL_PATTERN)
+    weight: float = 1.0
+    description: str = Field("", max_length=500, pattern=NO_NUL_PATTERN)
 
 
 class ProjectOut(Schema):
@@ -30,6 +40,13 @@ class ProjectOut(Schema):
     served_version: int | None
     ratings_per_item: int
     guidelines: str
+    rubric: list[Criterion]
+
+
+class RubricIn(Schema):
+    model_config = {"extra": "forbid"}
+
+    rubric: list[Criterion] = Field(..., max_length=RUBRIC_MAX_CRITERIA)
 
 
 def _project_out(project, role) -> dict:
@@ -41,6 +58,7 @@ def _project_out(project, role) -> dict:
         "served_version": project.served_version.number if project.served_version else None,
         "ratings_per_item": project.ratings_per_item,
         "guidelines": project.guidelines,
+        "rubric": project.rubric or [],
     }
 
 
@@ -52,7 +70,24 @@ def projects(request):
 
 @router.get("/projects/{slug}", response={200: ProjectOut, **ERRORS}, summary="One project")
 def project(request, slug: str = Slug):
+    """The project as its members see it, with its rubric (the criteria rubric mode scores)."""
     project, role = api_project(request, slug)
+    return _project_out(project, role)
+
+
+@router.put("/projects/{slug}/rubric", response={200: ProjectOut, **ERRORS}, summary="Replace the rubric (staff)")
+def rubric_put(request, body: RubricIn, slug: str = Slug):
+    """Replace the project's rubric: 1 to 8 criteria ``{name, weight, description}`` with unique names
+    and weights above 0 (an empty list clears it, unless the project is in rubric mode); audited, as on
+    the setup page. Ratings already given keep the rubric they were given under. A rubric that breaks
+    a rule is a 400 naming the criterion; nothing is saved."""
+    project, role = api_project(request, slug, staff=True)
+    try:
+        project = services.project_rubric_update(
+            project=project, rubric=[c.dict() for c in body.rubric], user=request.user
+        )
+    except ApplicationError as exc:
+        raise HttpError(400, exc.message) from None
     return _project_out(project, role)
 
 

@@ -38,8 +38,10 @@ def rubric_check(rubric) -> list[dict]:
             raise ValidationError({"rubric": f"Criterion {i} must be {{\"name\", \"weight\", \"description\"}}."})
         name = str(criterion.get("name", "")).strip()
         weight = criterion.get("weight", 1)
-        if not 1 <= len(name) <= 60 or name in names:
-            raise ValidationError({"rubric": f"Criterion {i} needs a name of 1 to 60 characters, unlike the others."})
+        if not 1 <= len(name) <= 60:
+            raise ValidationError({"rubric": f"Criterion {i} needs a name of 1 to 60 characters."})
+        if name in names:
+            raise ValidationError({"rubric": f"Criterion {i}'s name ({name}) is taken by another criterion; names must be unique."})
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1000:
             raise ValidationError({"rubric": f"Criterion {i} ({name}) needs a weight above 0 (at most 1000)."})
         names.add(name)

@@ -278,6 +278,32 @@ def project_setup_update(*, project: Project, user=None, **fields) -> Project:
     )
 
 
+def project_rubric_update(*, project: Project, rubric: list[dict], user=None) -> Project:
+    """Replace the project's rubric (rubric mode's criteria): ``[{"name", "weight", "description"}]``,
+    1 to ``RUBRIC_MAX_CRITERIA`` criteria with unique names and weights above 0 (normalised by
+    :func:`~webapp.policies.models.rubric_check`); audited with the old and new rubric. The one way
+    the setup page and the API change a rubric.
+
+    Ratings already given keep the criteria and weights they were given under (each rating stores
+    them), so their reward, agreement and export rows do not change. An empty list clears the
+    rubric of a project that is not in rubric mode.
+
+    Raises:
+        ApplicationError: the rubric is malformed (the message names the criterion and the rule), or
+            empty while the project is in rubric mode.
+    """
+    from django.core.exceptions import ValidationError
+
+    from .models import rubric_check
+
+    if rubric:
+        try:
+            rubric = rubric_check(rubric)
+        except ValidationError as exc:
+            raise ApplicationError(" ".join(exc.message_dict["rubric"])) from exc
+    return _project_settings_update(project=project, user=user, allowed=("rubric",), target="rubric", fields={"rubric": rubric or []})
+
+
 PROJECT_TRAINING_FIELDS = (
     "min_new_ratings",
     "guard_max_kl",
