@@ -254,6 +254,23 @@ def promotion_check_arena(sender, *, version: ModelVersion, served: ModelVersion
     return "" if verdict.beats else verdict.reason
 
 
+def promotion_wait_arena(sender, *, version: ModelVersion, served: ModelVersion, **kwargs) -> dict | None:
+    """Receiver of ``policies.signals.promotion_wait``: where the project requires the arena, the
+    direct votes ``version`` has against ``served`` so far, the ``arena_min_votes`` needed, whether
+    it has beaten it (:func:`arena_verdict`) and the verdict's sentence; None otherwise."""
+    project = Project.objects.get(pk=version.project_id)
+    if not project.arena_required:
+        return None
+    verdict = arena_verdict(candidate=version, served=served)
+    return {
+        "gate": "arena",
+        "votes": verdict.head_to_head,
+        "needed": project.arena_min_votes,
+        "won": verdict.beats,
+        "reason": verdict.reason,
+    }
+
+
 def arena_leaderboard_plot_spec(*, board: Leaderboard) -> tuple[str, dict]:
     """The leaderboard as an ``intervals`` plot: each version's score with its 95% interval."""
     rows = list(reversed(board.rows))  # best at the top of a horizontal plot

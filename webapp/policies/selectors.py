@@ -103,6 +103,47 @@ def versions_for_project(*, project: Project) -> list[ModelVersion]:
     return versions
 
 
+@dataclass(frozen=True)
+class PromotionWait:
+    """A version that passed the promotion guard and waits, unserved, for a gate of an app above
+    (the arena): ``votes`` so far of the ``needed``; ``won``: the gate is passed, staff may serve it."""
+
+    version: int  # its number
+    served: int  # the served version's number
+    gate: str  # e.g. "arena"
+    votes: int
+    needed: int
+    won: bool
+    reason: str  # one sentence
+
+    @property
+    def votes_missing(self) -> int:
+        return max(self.needed - self.votes, 0)
+
+
+def promotion_waits(*, project: Project, versions: list[ModelVersion] | None = None) -> list[PromotionWait]:
+    """What each unserved version newer than the served one waits for before it may be served
+    (``policies.signals.promotion_wait``; the arena answers where ``arena_required``), newest first.
+    Versions held back by the guard, or whose run is still evaluating them, are left out: they
+    wait for nothing yet. ``versions``: from :func:`versions_for_project`, to save its queries."""
+    from .signals import promotion_wait
+
+    served = project.served_version
+    if served is None:
+        return []
+    if versions is None:
+        versions = versions_for_project(project=project)
+    waits = []
+    for version in versions:
+        run = getattr(version, "run", None)
+        if version.number <= served.number or version.held_back_reason or (run is not None and run.is_active):
+            continue
+        for _, answer in promotion_wait.send(sender=Project, version=version, served=served):
+            if answer:
+                waits.append(PromotionWait(version=version.number, served=served.number, **answer))
+    return waits
+
+
 def latest_export(*, version: ModelVersion) -> VersionExport | None:
     """The version's most recent download request (:class:`VersionExport`), or None."""
     return version.exports.order_by("-created_at", "-id").first()

@@ -16,6 +16,13 @@ happened. Annotation connects the pool refill in its ``AppConfig.ready``.
 (the candidate ``ModelVersion``) and ``served`` (the served one). A receiver
 returns a sentence saying why the candidate may not be served yet, or ``""``.
 The arena connects its "must beat the served version" rule here.
+
+``promotion_wait``: asked (outside any promotion) for each version newer than the served one that
+passed the promotion guard and is not served, to say on the run and versions pages what it waits
+for; kwargs ``version`` and ``served``. A receiver returns None (nothing to wait for) or a dict
+``{"gate": str, "votes": int, "needed": int, "won": bool, "reason": str}``: a gate
+that counts votes (``votes`` so far of the ``needed``), whether the candidate has passed it
+(``won``), and a sentence. The arena connects its vote count here.
 """
 
 from django.dispatch import Signal
@@ -23,3 +30,4 @@ from django.dispatch import Signal
 version_served = Signal()
 version_served_committed = Signal()
 promotion_check = Signal()
+promotion_wait = Signal()

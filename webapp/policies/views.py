@@ -24,7 +24,8 @@ REASON_MAX_CHARS = 500
 def versions(request, slug):
     """Version history (``policies/versions.html``): lineage, the run that made each, ratings used,
     mean human rating with a 95% interval, KL to the base, distinct-2, why the guard held one back,
-    which one is served; promote, export and compare forms; the version plots."""
+    which one is served, what a newer one waits for (the arena's votes so far / needed); promote,
+    export and compare forms; the version plots."""
     project = get_object_or_404(Project.objects.select_related("served_version"), slug=slug)
     version_list = selectors.versions_for_project(project=project)
     return render(
@@ -35,6 +36,7 @@ def versions(request, slug):
             "versions": version_list,
             "rating_unit": selectors.rating_unit(project=project),
             "compare_default": [v.number for v in version_list[:2]],
+            "promotion_waits": selectors.promotion_waits(project=project, versions=version_list),
             **_plots_context(project, version_list),
         },
     )

@@ -10,6 +10,7 @@ from webapp import broker
 from webapp.errors import ApplicationError
 from webapp.permissions import staff_required
 from webapp.policies import plotfiles
+from webapp.policies import selectors as policy_selectors
 from webapp.policies import services as policy_services
 from webapp.policies.models import ModelVersion, Project
 
@@ -68,9 +69,15 @@ def _run_context(slug, run_id) -> dict:
         if run.reward_model_id
         else None
     )
+    waits = (
+        [w for w in policy_selectors.promotion_waits(project=project) if w.version == run.result_version.number]
+        if run.result_version_id and not run.is_active
+        else []
+    )
     return {
         "project": project,
         "run": run,
+        "promotion_waits": waits,  # the arena's votes so far / needed, where its version waits for them
         "metrics": sorted(run.metrics.items()),
         "steps": selectors.run_steps(run=run),
         "log_tail": selectors.log_tail(run=run),

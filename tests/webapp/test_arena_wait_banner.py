@@ -1,0 +1,92 @@
+"""The "waiting for the arena" banner: where a project requires the arena, a newer version that passed
+the guard waits unserved until it beats the served one; the run and versions pages say so, with the
+direct votes so far and the votes needed."""
+
+import re
+
+import pytest
+from arena_helpers import add_version, sample_for
+
+from webapp.arena import services as arena_services
+from webapp.policies import selectors as policy_selectors
+from webapp.policies.models import ModelVersion
+from webapp.training.models import TrainingRun
+
+
+@pytest.fixture
+def arena_project(project):
+    from webapp.annotation.models import Prompt
+
+    project.arena_required = True
+    project.arena_min_votes = 4
+    project.save(update_fields=["arena_required", "arena_min_votes"])
+    for i in range(7):
+        Prompt.objects.create(project=project, text=f"Held-out prompt {i}", held_out=True)
+    for prompt in project.prompts.filter(held_out=True):
+        sample_for(project.served_version, prompt, "answer of version 0")
+    return project
+
+
+def _vote(project, voter, winner):
+    match = arena_services.arena_match_next(project=project, voter=voter)
+    arena_services.arena_vote_cast(project=project, voter=voter, vote_id=match.pk, choice="a" if match.version_a_id == winner.pk else "b")
+
+
+def _banner(html: str, number: int) -> str:
+    found = re.search(rf'<div class="flash [a-z]+ promotion-wait"[^>]*id="arena-wait-{number}".*?</div>', html, re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", found.group(0))).strip() if found else ""
+
+
+def test_the_versions_page_counts_the_votes_a_waiting_version_has_and_needs(arena_project, make_user, staff_client):
+    project = arena_project
+    v0, v1 = project.served_version, add_version(project, 1)
+    url = f"/staff/p/{project.slug}/versions/"
+    assert "v1 is waiting for the arena: 0 of 4 votes against v0 so far (4 more needed)" in _banner(staff_client.get(url).content.decode(), 1)
+    voter = make_user("judge", staff=True)
+    _vote(project, voter, v0)
+    _vote(project, voter, v1)
+    assert "2 of 4 votes against v0 so far (2 more needed)" in _banner(staff_client.get(url).content.decode(), 1)
+    for _ in range(2):  # enough votes, but v1 has not beaten v0
+        _vote(project, voter, v0)
+    banner = _banner(staff_client.get(url).content.decode(), 1)
+    assert "4 of 4 votes against v0, but it has not beaten it yet" in banner and "has not beaten v0 in the arena" in banner
+    for i in range(3):
+        other = make_user(f"fan{i}", staff=True)
+        for _ in range(7):
+            _vote(project, other, v1)
+    banner = _banner(staff_client.get(url).content.decode(), 1)
+    assert banner.startswith("v1 won the arena against v0 (25 votes, 4 needed)") and "staff may serve it" in banner
+
+
+def test_no_banner_without_the_setting_for_a_held_back_version_or_an_older_one(arena_project, staff_client, staff_user):
+    project = arena_project
+    v1 = add_version(project, 1)
+    held = add_version(project, 2)
+    ModelVersion.objects.filter(pk=held.pk).update(held_back_reason="KL to base 9.1 > 5")
+    assert [w.version for w in policy_selectors.promotion_waits(project=project)] == [1]
+    project.served_version = v1  # an older version than the served one waits for nothing (a roll-back)
+    project.save(update_fields=["served_version"])
+    assert policy_selectors.promotion_waits(project=project) == []
+    project.arena_required = False
+    project.served_version = ModelVersion.objects.get(project=project, number=0)
+    project.save(update_fields=["arena_required", "served_version"])
+    assert policy_selectors.promotion_waits(project=project) == []
+    assert "promotion-wait" not in staff_client.get(f"/staff/p/{project.slug}/versions/").content.decode()
+
+
+def test_the_run_page_shows_the_live_vote_count_instead_of_the_reason_it_ended_with(arena_project, make_user, staff_client):
+    project = arena_project
+    v0, v1 = project.served_version, add_version(project, 1)
+    reason = "the arena has 0 of the 4 votes it needs on v1 against v0."
+    run = TrainingRun.objects.create(
+        project=project, trigger="manual", parent_version=v0, result_version=v1, status="running", held_back_reason=reason
+    )
+    url = f"/staff/p/{project.slug}/runs/{run.pk}/"
+    assert "promotion-wait" not in staff_client.get(url).content.decode()  # still evaluating: nothing to wait for yet
+    TrainingRun.objects.filter(pk=run.pk).update(status="succeeded")
+    voter = make_user("judge", staff=True)
+    _vote(project, voter, v1)
+    page = staff_client.get(url).content.decode()
+    assert "v1 is waiting for the arena: 1 of 4 votes against v0 so far (3 more needed)" in _banner(page, 1)
+    assert 'id="held-back"' not in page
+    assert "1 of 4 votes" in _banner(staff_client.get(f"/staff/p/{project.slug}/runs/{run.pk}/status/", headers={"HX-Request": "true"}).content.decode(), 1)
