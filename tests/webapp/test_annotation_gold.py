@@ -180,3 +180,23 @@ def test_an_undone_gold_judgment_whose_lease_is_gone_is_leased_back_as_gold(gold
     assert result.lease is not None and result.lease.completion_id == gold.pk
     lease = Lease.objects.get(annotator=people[1])
     assert (lease.chosen_by, lease.slot) == ("gold", 1)
+
+
+def test_migration_0012_relabels_the_leases_a_gold_item_got_after_it_became_gold(project, make_user, make_completion):
+    import importlib
+    from datetime import timedelta
+
+    from django.apps import apps
+    from django.utils import timezone
+
+    migration = importlib.import_module("webapp.annotation.migrations.0012_lease_chosen_by_gold")
+    item, ordinary = make_completion(project), make_completion(project)
+    before, after, other = (
+        Lease.objects.create(completion=c, annotator=make_user(name), slot=slot, expires_at=timezone.now(), chosen_by="fifo")
+        for c, name, slot in ((item, "early", 0), (item, "late", 1), (ordinary, "plain", 0))
+    )
+    gold = services.gold_item_set(completion=item, answer={"score": 3})
+    Lease.objects.filter(pk=before.pk).update(created_at=gold.created_at - timedelta(minutes=5))  # leased before it was gold
+    Lease.objects.filter(pk=after.pk).update(created_at=gold.created_at + timedelta(minutes=5))
+    migration.gold_leases_relabel(apps, None)
+    assert dict(Lease.objects.values_list("annotator__username", "chosen_by")) == {"early": "fifo", "late": "gold", "plain": "fifo"}
