@@ -57,7 +57,6 @@ def test_thumbs_likert_comment_and_preference_become_production_ratings(project,
     rating = Rating.objects.get(pk=response.json()["rating_id"])
     assert (rating.source, rating.thumbs_up, rating.annotator, rating.comment) == ("production", True, annotator,
                                                                                    "spot on")
-    assert api.post("/feedback", {"id": "chatcmpl-1a", "score": 4}).status_code == 409  # judged already
     comment = api.post("/feedback", {"id": "chatcmpl-1a", "comment": "and quick"})
     assert comment.status_code == 201 and comment.json()["kind"] == "comment" and comment.json()["rating_id"] is None
     pref = api.post("/feedback", {"id": "chatcmpl-2b", "choice": 1, "better_than": "chatcmpl-2b",
@@ -234,3 +233,50 @@ def test_reward_model_fits_read_production_ratings_beside_annotators(project, us
     data = judgments_build(project=project, rows=rows)
     assert data["completion_ids"] == sorted([produced.pk, pooled.pk])
     assert reward_selectors.judgment_count(project=project) == 2
+
+
+def test_a_new_judgment_replaces_the_last_and_delete_withdraws_it(project, user_token, annotator):
+    token, api = user_token
+    answer(project, token, "chatcmpl-5e", n=2)
+    first = api.post("/feedback", {"id": "chatcmpl-5e", "thumbs": "down"}).json()
+    note = api.post("/feedback", {"id": "chatcmpl-5e", "comment": "too long"}).json()  # a comment replaces nothing
+    assert note["replaced"] == []
+    changed = api.post("/feedback", {"id": "chatcmpl-5e", "score": 4})
+    assert changed.status_code == 201, changed.content
+    assert changed.json()["replaced"] == [first["id"]]
+    def live():
+        return Rating.objects.filter(annotator=annotator, source="production")
+
+    assert [(r.score, r.thumbs_up) for r in live()] == [(4, None)]  # the newest word only
+    old = Feedback.objects.get(pk=first["id"])
+    assert old.withdrawn_at is not None and old.rating is None and old.thumbs_up is False  # the record stays
+    # A preference touching choice 0 replaces its score; a thumb on choice 1 then replaces the preference (both sides).
+    pref = api.post("/feedback", {"id": "chatcmpl-5e", "choice": 1, "better_than": "chatcmpl-5e"}).json()
+    assert pref["replaced"] == [changed.json()["id"]] and live().count() == 2 and Comparison.objects.count() == 1
+    thumb = api.post("/feedback", {"id": "chatcmpl-5e", "choice": 1, "thumbs": "up"}).json()
+    assert thumb["replaced"] == [pref["id"]] and Comparison.objects.count() == 0
+    assert [(r.completion.choice_index, r.thumbs_up) for r in live()] == [(1, True)]
+    # DELETE withdraws: the rating goes, the record stays; twice is a 409; another token's is a 404.
+    gone = api.delete(f"/feedback/{thumb['id']}")
+    assert gone.status_code == 200, gone.content
+    assert gone.json()["withdrawn_at"] is not None and gone.json()["rating_id"] is None
+    assert not live().exists() and Feedback.objects.get(pk=thumb["id"]).thumbs_up is True
+    again = api.delete(f"/feedback/{thumb['id']}")
+    assert again.status_code == 409 and again.json()["code"] == "rejected"
+    _, other_secret = api_token_create(user=annotator, name="other app")
+    assert ApiClient(other_secret).delete(f"/feedback/{note['id']}").status_code == 404
+    assert api.delete("/feedback/999999").status_code == 404
+    assert api.delete(f"/feedback/{note['id']}").status_code == 200  # a comment can be withdrawn too
+
+
+def test_feedback_a_training_run_used_can_no_longer_change(project, user_token):
+    token, api = user_token
+    answer(project, token, "chatcmpl-6a")
+    sent = api.post("/feedback", {"id": "chatcmpl-6a", "thumbs": "up"}).json()
+    run = training_services.training_run_create(project=project, trigger="manual")
+    run.ratings.add(sent["rating_id"])
+    refused = api.post("/feedback", {"id": "chatcmpl-6a", "thumbs": "down"})
+    assert refused.status_code == 409 and "training run" in refused.json()["message"]
+    assert api.delete(f"/feedback/{sent['id']}").status_code == 409
+    assert Rating.objects.get(pk=sent["rating_id"]).thumbs_up is True  # nothing changed
+    assert Feedback.objects.get(pk=sent["id"]).withdrawn_at is None
