@@ -135,6 +135,42 @@ def test_ratings_export_filters_by_source(project, user_token, make_completion, 
     assert json.loads(ratings_jsonl(project=project, fmt="kto", source="annotator")[0])["completion"] == "pool text"
 
 
+def test_staff_pages_filter_ratings_by_source_and_show_the_weight(project, user_token, make_completion, make_user,
+                                                                  staff_client, annotator):
+    token, api = user_token
+    answer(project, token, "chatcmpl-7b")
+    api.post("/feedback", {"id": "chatcmpl-7b", "thumbs": "up", "comment": "from the app"})
+    Rating.objects.create(completion=make_completion(project, text="pool text"), annotator=make_user("rater"), score=5,
+                          comment="from the queue")
+    project.production_feedback_weight = 0.3
+    project.save()
+    figures = f"/p/{project.slug}/figures/"
+
+    def table(source):
+        page = staff_client.get(figures, {"source": source} if source else {}).content.decode()
+        annotators = page.split('id="annotators"')[1].split("</table>")[0]
+        comments = page.split('id="comments"')[1].split("</table>")[0]
+        return page, annotators, comments
+
+    page, annotators, comments = table(None)
+    assert "rater" in annotators and annotator.username in annotators
+    assert "from the app" in comments and "from the queue" in comments
+    assert "counts 0.30 in training" in page
+    _, annotators, comments = table("production")
+    assert "rater" not in annotators and annotator.username in annotators
+    assert "from the app" in comments and "from the queue" not in comments
+    _, annotators, comments = table("annotator")
+    assert "rater" in annotators and annotator.username not in annotators and "from the app" not in comments
+    # The export on the versions page takes the same filter.
+    url = f"/staff/p/{project.slug}/export/ratings/"
+    assert 'name="source"' in staff_client.get(f"/staff/p/{project.slug}/versions/").content.decode()
+    only = staff_client.post(url, {"format": "kto", "source": "production"})
+    assert only.status_code == 200 and "production" in only["Content-Disposition"]
+    assert [json.loads(line)["completion"] for line in only.content.decode().splitlines()] == ["answer 0"]
+    both = staff_client.post(url, {"format": "kto", "source": ""}).content.decode().splitlines()
+    assert len(both) == 2
+
+
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_fifty_concurrent_feedback_posts_lose_nothing(project, annotator, gunicorn, settings):

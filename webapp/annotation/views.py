@@ -11,7 +11,7 @@ from webapp.policies.models import RatingMode
 
 from . import figures, selectors, services
 from .markdown import guidelines_html
-from .models import Choice, Completion
+from .models import Choice, Completion, Rating
 
 TEMPLATE = "annotation/annotate.html"
 COMMENT_MAX_CHARS = 2000
@@ -267,15 +267,21 @@ def history(request, slug):
 @staff_required
 @require_GET
 def figures_page(request, slug):
-    """Staff only: per-annotator counts, median seconds per item, Krippendorff's alpha (``annotation/figures.html``)."""
+    """Staff only: per-annotator counts, median seconds per item, Krippendorff's alpha (``annotation/figures.html``);
+    ``?source=annotator|production`` keeps one source's judgments in the annotator table and the comments."""
     project = request.project
+    source = request.GET.get("source") or None
+    if source not in (None, *figures.SOURCES):
+        source = None  # an unknown filter shows everything, as no filter does
     return render(
         request,
         "annotation/figures.html",
         {
             "project": project,
-            "annotators": figures.annotator_figures(project=project),
+            "source": source,
+            "sources": Rating.Source.choices,
+            "annotators": figures.annotator_figures(project=project, source=source),
             "agreement": figures.agreement(project=project),
-            "recent_comments": figures.recent_comments(project=project),
+            "recent_comments": figures.recent_comments(project=project, source=source),
         },
     )
