@@ -255,7 +255,7 @@ def test_fifty_feedback_posts_during_a_running_training_run_lose_nothing(project
 @pytest.mark.django_db
 def test_reward_model_fits_read_production_ratings_beside_annotators(project, user_token, make_completion, make_user):
     """The reward model is fitted on every rating of the project's training prompts, production ones
-    included (unweighted: ``production_feedback_weight`` weighs policy updates only)."""
+    included (weighted by ``production_feedback_weight``: test_rewards_services.py)."""
     from webapp.rewards import selectors as reward_selectors
     from webapp.rewards.services import judgments_build
 

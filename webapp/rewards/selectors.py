@@ -36,6 +36,7 @@ class RatingRow:
     anchor_id: int | None  # pairwise only: the pair's completion a
     ranking_id: int | None = None  # ranking only: the ranking this rating is one place of
     rank: int | None = None  # ranking only: this completion's place, 0 = best
+    source: str = "annotator"  # Rating.Source: annotator, or production (feedback on an API answer)
 
 
 def rating_rows(*, project: Project) -> list[RatingRow]:
@@ -55,6 +56,7 @@ def rating_rows(*, project: Project) -> list[RatingRow]:
             "comparison__pair__completion_a_id",
             "ranking_id",
             "rank",
+            "source",
         )
     )
     return [RatingRow(*row) for row in rows]
