@@ -170,7 +170,7 @@ def _withdraw_judgments_of(*, api_token, completions: list[Completion | None]) -
     """Withdraw the token's live judgments that touch any of ``completions``; their feedback ids."""
     ids = [c.pk for c in completions if c is not None]
     live = (
-        Feedback.objects.select_for_update()
+        Feedback.objects.select_for_update(of=("self",))
         .select_related("rating__comparison")
         .filter(api_token=api_token, withdrawn_at__isnull=True)
         .exclude(kind=Feedback.Kind.COMMENT)
@@ -198,7 +198,7 @@ def feedback_withdraw(*, api_token, feedback_id: int, check_access=None) -> Feed
         ApplicationError: it was withdrawn already, or a training run has used its rating.
     """
     feedback = (
-        Feedback.objects.select_for_update()
+        Feedback.objects.select_for_update(of=("self",))
         .select_related("completion__project", "rating__comparison")
         .filter(pk=feedback_id, api_token=api_token)
         .first()
