@@ -7,7 +7,7 @@ import torch
 
 from webapp.annotation.models import Comparison, Completion, Pair, Rating
 from webapp.errors import ApplicationError
-from webapp.rewards import services, tasks
+from webapp.rewards import selectors, services, tasks
 from webapp.rewards.models import RewardModelVersion
 
 from tests.webapp.annotation_helpers import make_project
@@ -73,8 +73,6 @@ def test_held_out_prompts_ratings_are_never_fitted_on(project, annotator, many_p
 
 def test_ratings_are_normalised_per_annotator_like_training(project, make_user, many_prompts):
     """A lenient annotator's 3/5 is a harsh one's 2/4 (shrinkage 0: exact)."""
-    from webapp.rewards import selectors
-
     project.pg_config = {**project.pg_config, "annotator_shrinkage": 0.0}
     project.save()
     harsh, lenient = make_user("harsh"), make_user("lenient")
@@ -192,6 +190,7 @@ def test_the_production_feedback_weight_weighs_production_ratings_in_the_fit(pro
 
     zero, zero_scores, zero_gap = fit_at(0.0)
     assert not production_ids & set(zero.rating_ids)  # "fitted on" says what was used
+    assert selectors.judgment_count(project=project) == len(made)  # and they count for nothing
     one, _, one_gap = fit_at(1.0)
     assert production_ids <= set(one.rating_ids)
     _, _, heavy_gap = fit_at(4.0)

@@ -40,9 +40,14 @@ class RatingRow:
 
 
 def rating_rows(*, project: Project) -> list[RatingRow]:
-    """Every rating of the project's training prompts (held-out prompts judge versions only), by id."""
+    """Every rating the reward model may fit on, by id: those of the project's training prompts (held-out
+    prompts judge versions only), without production feedback while the project's
+    ``production_feedback_weight`` is 0 (then it trains nothing)."""
+    ratings = Rating.objects.filter(completion__project=project, completion__prompt__held_out=False)
+    if project.production_feedback_weight == 0:
+        ratings = ratings.exclude(source=Rating.Source.PRODUCTION)
     rows = (
-        Rating.objects.filter(completion__project=project, completion__prompt__held_out=False)
+        ratings
         .order_by("id")
         .values_list(
             "id",

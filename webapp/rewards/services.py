@@ -106,9 +106,10 @@ def judgments_build(*, project: Project, rows: list) -> dict:
     Production feedback counts with the project's ``production_feedback_weight`` against 1
     for an annotator's judgment, as in policy updates: a rated completion's weight is the
     mean over its ratings, a comparison's that of its source (``Judgments.rating_weight`` /
-    ``pair_weight``, which the fit's loss multiplies in). At weight 0 production ratings are
-    left out altogether (not even their completions' features shape the fit), so the fit is
-    the one without them.
+    ``pair_weight``, which the fit's loss multiplies in). At weight 0 :func:`selectors.rating_rows`
+    leaves production ratings out altogether (not even their completions' features shape the
+    fit, and they do not count towards the judgments a fit needs), so the fit is the one
+    without them.
 
     Returns:
         ``{"completion_ids": [...], "all": Judgments, "fit": Judgments, "held_out": Judgments,
@@ -127,8 +128,6 @@ def judgments_build(*, project: Project, rows: list) -> dict:
         raise ApplicationError(str(exc)) from exc
     production = "production"
     production_weight = float(project.production_feedback_weight)
-    if production_weight == 0:
-        rows = [r for r in rows if r.source != production]
 
     def weight_of(row) -> float:
         return production_weight if row.source == production else 1.0
