@@ -109,9 +109,10 @@ def test_unknown_model_and_pinned_version(project, inference_process):
     assert server.generate({"model": f"{project.slug}@0", "prompt": "x", "max_tokens": 2})[0]["version"] == 0
 
 
-def test_the_inference_process_checks_the_token_and_the_role_itself(project, inference_process, make_user):
+def test_the_inference_process_checks_the_token_and_the_role_itself(project, inference_process, make_user, settings):
     """Called directly, bypassing the web app: the same hashed API tokens and project roles, OpenAI's error shape."""
     from webapp.accounts.services import api_token_create, api_token_revoke
+    from webapp.serving.client import generate_events
 
     server = inference_process()
     body = {"model": project.slug, "prompt": "x", "max_tokens": 2}
@@ -139,6 +140,10 @@ def test_the_inference_process_checks_the_token_and_the_role_itself(project, inf
     assert (error["code"], error["param"]) == ("model_not_found", "model")
     api_token_revoke(token=token)
     refused(server.post(body, member), 401, "authentication_error")
+    # The web app's client reads such a refusal as one error event, with OpenAI's fields kept.
+    settings.REWARDLOOP_INFERENCE_URL = server.url
+    (event,) = list(generate_events(body, authorization=member["Authorization"]))
+    assert (event["event"], event["status"], event["code"]) == ("error", 401, "invalid_api_key")
 
 
 def test_a_promoted_version_is_served_without_dropping_requests_in_flight(project, inference_process, tmp_path):
