@@ -5,6 +5,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
+# The inference process (Procfile role "inference") listens on the next port unless told otherwise;
+# the web app finds it there (webapp/settings.py reads REWARDLOOP_INFERENCE_PORT).
+export REWARDLOOP_INFERENCE_PORT ?= $(shell expr $(PORT) + 1)
 export REWARDLOOP_DATA_DIR ?= $(CURDIR)/var
 # Recursive (=) so a REWARDLOOP_DATA_DIR given on the command line or in the environment counts.
 DOWNLOADS = $(REWARDLOOP_DATA_DIR)/downloads
@@ -35,9 +38,10 @@ $(CHROMIUM):
 	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 
 run: install
+	$(if $(filter $(PORT),$(REWARDLOOP_INFERENCE_PORT)),$(error PORT and REWARDLOOP_INFERENCE_PORT are both $(PORT): the web app and the inference process need a port each))
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py bootstrap_demo
-	@echo "Rewardloop: open http://127.0.0.1:$(PORT)/ (Ctrl-C stops web, workers and beat)"
+	@echo "Rewardloop: open http://127.0.0.1:$(PORT)/ (the inference process listens on 127.0.0.1:$(REWARDLOOP_INFERENCE_PORT); Ctrl-C stops web, workers and beat)"
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start -f Procfile -p $(PORT)
 
 test: export REWARDLOOP_DATA_DIR := $(CURDIR)/var/test

@@ -59,6 +59,9 @@ class Judgments:
         pair_a, pair_b: ``(P,)`` long, rows of the two completions of each comparison.
         pair_target: ``(P,)`` float in [0, 1], probability that ``a`` is preferred: 1 a won,
             0 b won, 0.5 a tie.
+        rating_weight, pair_weight: ``(R,)`` / ``(P,)`` float, finite and >= 0, how much each
+            judgment counts in the loss (:func:`judgment_loss`; a weight of 2 counts as the
+            judgment twice); ones when not given.
     """
 
     rating_index: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
@@ -66,6 +69,8 @@ class Judgments:
     pair_a: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     pair_b: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     pair_target: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    rating_weight: torch.Tensor | None = None
+    pair_weight: torch.Tensor | None = None
 
     def __post_init__(self):
         self.rating_index = torch.as_tensor(self.rating_index, dtype=torch.long).reshape(-1)
@@ -82,6 +87,14 @@ class Judgments:
             raise ValueError("judgment targets must be finite")
         if ((self.pair_target < 0) | (self.pair_target > 1)).any():
             raise ValueError("pair_target must lie in [0, 1]")
+        for name, like in (("rating_weight", self.rating_index), ("pair_weight", self.pair_a)):
+            weight = getattr(self, name)
+            weight = torch.ones(like.shape) if weight is None else torch.as_tensor(weight, dtype=torch.float32).reshape(-1)
+            if weight.shape != like.shape:
+                raise ValueError(f"{name} needs one entry per judgment: {tuple(weight.shape)} for {tuple(like.shape)}")
+            if not torch.isfinite(weight).all() or (weight < 0).any():
+                raise ValueError(f"{name} must be finite and >= 0")
+            setattr(self, name, weight)
 
     @property
     def n_ratings(self) -> int:
@@ -412,12 +425,13 @@ def fit(
     Features are standardised with the training rows' mean and standard deviation (a
     constant column gets std 1). Each member ``k`` draws bootstrap counts over the ratings
     and, separately, over the comparisons, and minimises :func:`judgment_loss` weighted by
-    them with full-batch AdamW for ``config.epochs`` steps; a ``ridge`` head instead solves
+    them (times the judgments' own ``rating_weight`` / ``pair_weight``) with full-batch AdamW for
+    ``config.epochs`` steps; a ``ridge`` head instead solves
     each member's weighted least squares in closed form (:func:`_ridge_solve`; comparisons
     enter as difference rows, :func:`_ridge_design`; ``epochs``, ``lr`` and ``input_dropout``
     are unused, and the members differ only through their bootstrap counts). Members are initialised
     differently (seeded by ``config.seed``), so even without bootstrap they disagree away
-    from the data. The output bias starts at the mean rating target.
+    from the data. The output bias starts at the (weighted) mean rating target.
 
     Args:
         features: ``(N, F)`` float, finite; rows no judgment refers to are ignored (also in
@@ -426,8 +440,8 @@ def fit(
         config: defaults to ``RewardModelConfig()``.
 
     Returns:
-        ``(model, metrics)``; metrics (floats): ``loss/initial``, ``loss/final`` (the
-        unweighted loss of the ensemble mean on all judgments), ``loss/members_final`` (the
+        ``(model, metrics)``; metrics (floats): ``loss/initial``, ``loss/final`` (the loss of
+        the ensemble mean on all judgments, weighted by their own weights, no bootstrap), ``loss/members_final`` (the
         mean of the members' own bootstrap-weighted losses), ``fit/seconds``,
         ``fit/n_ratings``, ``fit/n_pairs``, ``fit/n_features`` (and ``fit/ridge_alpha`` for a
         ridge head).
@@ -453,7 +467,8 @@ def fit(
     used, inverse = torch.unique(rows, return_inverse=True)
     R, P = judgments.n_ratings, judgments.n_pairs
     judgments = Judgments(
-        inverse[:R], judgments.rating_target, inverse[R : R + P], inverse[R + P :], judgments.pair_target
+        inverse[:R], judgments.rating_target, inverse[R : R + P], inverse[R + P :], judgments.pair_target,
+        judgments.rating_weight, judgments.pair_weight,
     )
     features = features[used]  # (U, F)
     mean = features.mean(0)
@@ -476,11 +491,17 @@ def fit(
     if projection is not None:
         model.projection.copy_(projection)
     if judgments.n_ratings:
+        total = float(judgments.rating_weight.sum())
+        start = (
+            float((judgments.rating_weight * judgments.rating_target).sum()) / total
+            if total > 0 else float(judgments.rating_target.mean())
+        )
         with torch.no_grad():
-            model.b.fill_(float(judgments.rating_target.mean()))
+            model.b.fill_(start)
 
-    rating_weight = _bootstrap_weights(judgments.n_ratings, K, generator, config.bootstrap)  # (K, R)
-    pair_weight = _bootstrap_weights(judgments.n_pairs, K, generator, config.bootstrap)  # (K, P)
+    # Each member's weights: its bootstrap counts times the judgments' own weights.
+    rating_weight = _bootstrap_weights(judgments.n_ratings, K, generator, config.bootstrap) * judgments.rating_weight
+    pair_weight = _bootstrap_weights(judgments.n_pairs, K, generator, config.bootstrap) * judgments.pair_weight
     rating_target = judgments.rating_target.expand(K, -1)
     pair_target = judgments.pair_target.expand(K, -1)
 
@@ -499,16 +520,17 @@ def fit(
     def ensemble_loss() -> float:
         with torch.no_grad():
             mean_reward = model.member_rewards(x, standardised=True).mean(0, keepdim=True)  # (1, N)
-            ones_r, ones_p = torch.ones(1, judgments.n_ratings), torch.ones(1, judgments.n_pairs)
-            return float(member_losses(mean_reward, ones_r, ones_p)[0])
+            own_r, own_p = judgments.rating_weight[None], judgments.pair_weight[None]
+            return float(member_losses(mean_reward, own_r, own_p)[0])
 
     initial = ensemble_loss()
     extra: dict = {}
     if config.head == "ridge":
         # Closed form per member: the bootstrap counts weight the rows of one shared design.
         design, target, row_scale = _ridge_design(x, judgments, config)
-        alpha = _ridge_alpha(design, target, row_scale, config)
-        counts = torch.cat([rating_weight, pair_weight], dim=1).double() * row_scale  # (K, R+P)
+        own = torch.cat([judgments.rating_weight, judgments.pair_weight]).double()
+        alpha = _ridge_alpha(design, target, row_scale * own, config)
+        counts = torch.cat([rating_weight, pair_weight], dim=1).double() * row_scale  # (K, R+P), own weights in
         solution = _ridge_solve(design, target, counts, alpha)  # (K, I+1)
         with torch.no_grad():
             model.w.copy_(solution[:, :-1].float())

@@ -23,7 +23,8 @@ Everything a deployment changes comes from the environment:
 - ``REWARDLOOP_API_RATE`` (default ``600/m``): requests per API token per second
   (``s``), minute (``m``), hour (``h``) or day (``d``); beyond it a 429. Counted in
   the cache: shared by every web process with ``REWARDLOOP_CACHE_URL``, else per process.
-- ``REWARDLOOP_INFERENCE_URL`` (default ``http://127.0.0.1:8001``): the inference process
+- ``REWARDLOOP_INFERENCE_URL`` (default ``http://127.0.0.1:$REWARDLOOP_INFERENCE_PORT``, that
+  port 8001 unless set; ``make run`` sets it to the web port + 1): the inference process
   (``manage.py serve_inference``) that the OpenAI-compatible routes ``/v1/...`` call. Caps on
   one request there: ``REWARDLOOP_SERVE_MAX_BODY_BYTES`` (1 MiB), ``REWARDLOOP_SERVE_MAX_PROMPT_CHARS``
   (16,000), ``REWARDLOOP_SERVE_MAX_TOKENS`` (512), ``REWARDLOOP_SERVE_MAX_N`` (8).
@@ -261,7 +262,8 @@ REWARDLOOP_TRAIN_INTERVAL_S = int(os.environ.get("REWARDLOOP_TRAIN_INTERVAL_S", 
 REWARDLOOP_POOL_INTERVAL_S = int(os.environ.get("REWARDLOOP_POOL_INTERVAL_S", "30"))
 REWARDLOOP_API_RATE = os.environ.get("REWARDLOOP_API_RATE", "600/m")
 # OpenAI-compatible serving (/v1/): where the inference process listens, and the caps on one request.
-REWARDLOOP_INFERENCE_URL = os.environ.get("REWARDLOOP_INFERENCE_URL", "http://127.0.0.1:8001")
+REWARDLOOP_INFERENCE_PORT = int(os.environ.get("REWARDLOOP_INFERENCE_PORT") or "8001")
+REWARDLOOP_INFERENCE_URL = os.environ.get("REWARDLOOP_INFERENCE_URL") or f"http://127.0.0.1:{REWARDLOOP_INFERENCE_PORT}"
 REWARDLOOP_SERVE_MAX_BODY_BYTES = int(os.environ.get("REWARDLOOP_SERVE_MAX_BODY_BYTES", str(1 << 20)))
 REWARDLOOP_SERVE_MAX_PROMPT_CHARS = int(os.environ.get("REWARDLOOP_SERVE_MAX_PROMPT_CHARS", "16000"))
 REWARDLOOP_SERVE_MAX_TOKENS = int(os.environ.get("REWARDLOOP_SERVE_MAX_TOKENS", "512"))

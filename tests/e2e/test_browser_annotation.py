@@ -150,6 +150,15 @@ def test_script_and_markup_in_every_text_field_show_as_text_and_no_dialog_fires(
     staff.goto(f"{live_server.url}/p/{project.slug}/figures/")
     assert f"Comment {XSS}" in staff.locator("#comments").inner_text()
     screenshot(staff, "xss-figures")
+    # The source filter: production feedback only (there is none), then annotators' again.
+    staff.select_option("#source-filter select[name=source]", "production")
+    staff.click("#source-filter button[type=submit]")
+    staff.wait_for_url("**source=production")
+    assert "No comments yet." in staff.locator("#comments").inner_text()
+    staff.select_option("#source-filter select[name=source]", "annotator")
+    staff.click("#source-filter button[type=submit]")
+    staff.wait_for_url("**source=annotator")
+    assert f"Comment {XSS}" in staff.locator("#comments").inner_text()
     assert not dialogs
 
 

@@ -342,3 +342,32 @@ def test_a_wrong_expected_checksum_is_refused(tmp_path):
 def test_a_missing_artefact_is_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_reward_model(tmp_path / "nothing")
+
+
+# ---------------------------------------------------------------- judgment weights
+
+
+@pytest.mark.parametrize("head", ["linear", "ridge"])
+def test_a_judgment_of_weight_two_counts_as_the_same_judgment_twice(head):
+    x, y = _synthetic(n=30, f=5)
+    a, b = torch.arange(0, 10), torch.arange(10, 20)
+    target = (y[a] > y[b]).float()
+    config = RewardModelConfig(**{**SMALL, "head": head, "ridge_alpha": 1.0, "bootstrap": False, "pca_dim": 0})
+    weighted = Judgments(torch.arange(30), y, a, b, target, rating_weight=[2.0] + [1.0] * 29,
+                         pair_weight=[1.0] * 9 + [3.0])
+    doubled = Judgments(torch.cat([torch.arange(30), torch.tensor([0])]), torch.cat([y, y[:1]]),
+                        torch.cat([a, a[-1:].repeat(2)]), torch.cat([b, b[-1:].repeat(2)]),
+                        torch.cat([target, target[-1:].repeat(2)]))
+    m1, metrics1 = fit(x, weighted, config)
+    m2, metrics2 = fit(x, doubled, config)
+    assert_close(score(m1, x)[0], score(m2, x)[0], atol=1e-4, rtol=1e-4)
+    assert metrics1["loss/final"] == pytest.approx(metrics2["loss/final"], rel=1e-4)
+    # And a judgment of weight 0 is as if it were not there.
+    outlier = Judgments(torch.cat([torch.arange(30), torch.tensor([3])]), torch.cat([y, torch.tensor([50.0])]),
+                        rating_weight=[1.0] * 30 + [0.0])
+    plain = Judgments(torch.arange(30), y)
+    assert_close(score(fit(x, outlier, config)[0], x)[0], score(fit(x, plain, config)[0], x)[0], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="rating_weight"):
+        Judgments([0, 1], [0.0, 1.0], rating_weight=[1.0, -1.0])
+    with pytest.raises(ValueError, match="pair_weight"):
+        Judgments(pair_a=[0], pair_b=[1], pair_target=[1.0], pair_weight=[1.0, 1.0])

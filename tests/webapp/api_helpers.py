@@ -25,6 +25,9 @@ class ApiClient:
     def get(self, path, **params):
         return self.client.get(API + path, params, headers=self._headers())
 
+    def delete(self, path):
+        return self.client.delete(API + path, headers=self._headers())
+
     def post(self, path, body=None, *, raw: str | None = None, **kwargs):
         if "files" in kwargs:
             return self.client.post(API + path, kwargs["files"], headers=self._headers())

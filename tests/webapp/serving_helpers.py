@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class InferenceProcess:
-    def __init__(self, tmp_path: Path, *args: str):
+    def __init__(self, tmp_path: Path, *args: str, secret: str | None = None):
+        self.secret = secret  # the API token generate() sends unless told otherwise
         self.log = tmp_path / "inference.log"
         env = dict(os.environ)
         env.update(DATABASE_URL=database_url(), REWARDLOOP_DATA_DIR=str(settings.DATA_DIR),
@@ -41,10 +42,17 @@ class InferenceProcess:
             time.sleep(0.2)
         raise AssertionError(f"the inference process did not start:\n{self.log.read_text()[-3000:]}")
 
-    def generate(self, body: dict) -> list[dict]:
-        """POST /generate; the NDJSON events, in order."""
-        with httpx2.Client(timeout=120) as client, client.stream("POST", self.url + "/generate", json=body) as r:
+    def generate(self, body: dict, *, secret: str | None = None) -> list[dict]:
+        """POST /generate with ``Authorization: Bearer <secret or self.secret>``; the NDJSON events, in order
+        (a refusal's one JSON object is the one item)."""
+        headers = {"Authorization": f"Bearer {secret or self.secret}"} if (secret or self.secret) else {}
+        with httpx2.Client(timeout=120) as client, client.stream("POST", self.url + "/generate", json=body,
+                                                                 headers=headers) as r:
             return [json.loads(line) for line in r.iter_lines() if line.strip()]
+
+    def post(self, body: dict, headers: dict) -> httpx2.Response:
+        """POST /generate with exactly these headers (no token unless given)."""
+        return httpx2.post(self.url + "/generate", json=body, headers=headers, timeout=120)
 
     def health(self) -> dict:
         return httpx2.get(self.url + "/healthz", timeout=30).json()
@@ -109,12 +117,19 @@ def gunicorn(tmp_path):
 
 
 @pytest.fixture
-def inference_process(tmp_path):
-    """``inference_process(*args)`` -> a started :class:`InferenceProcess`; stopped after the test."""
+def inference_process(tmp_path, make_user):
+    """``inference_process(*args)`` -> a started :class:`InferenceProcess`; stopped after the test.
+
+    Its ``generate`` sends the API token of a staff member of every project of the test (the
+    inference process checks tokens and roles as the web app does)."""
+    from webapp.accounts.services import api_token_create
+
     started = []
+    caller = make_user("inference-caller", staff=True)
+    _, secret = api_token_create(user=caller, name="inference tests")
 
     def start(*args: str) -> InferenceProcess:
-        process = InferenceProcess(tmp_path, *args)
+        process = InferenceProcess(tmp_path, *args, secret=secret)
         started.append(process)
         return process
 

@@ -39,6 +39,7 @@ ROUTES = {
     ("GET", "/api/v1/projects/{slug}/runs/{run_id}/log"),
     ("POST", "/api/v1/projects/{slug}/runs/{run_id}/cancel"),
     ("POST", "/api/v1/feedback"),
+    ("DELETE", "/api/v1/feedback/{feedback_id}"),
 }
 
 

@@ -7,7 +7,7 @@ import torch
 
 from webapp.annotation.models import Comparison, Completion, Pair, Rating
 from webapp.errors import ApplicationError
-from webapp.rewards import services, tasks
+from webapp.rewards import selectors, services, tasks
 from webapp.rewards.models import RewardModelVersion
 
 from tests.webapp.annotation_helpers import make_project
@@ -73,8 +73,6 @@ def test_held_out_prompts_ratings_are_never_fitted_on(project, annotator, many_p
 
 def test_ratings_are_normalised_per_annotator_like_training(project, make_user, many_prompts):
     """A lenient annotator's 3/5 is a harsh one's 2/4 (shrinkage 0: exact)."""
-    from webapp.rewards import selectors
-
     project.pg_config = {**project.pg_config, "annotator_shrinkage": 0.0}
     project.save()
     harsh, lenient = make_user("harsh"), make_user("lenient")
@@ -167,3 +165,37 @@ def test_the_default_config_pools_four_layers_through_the_depth(tmp_path):
     assert (config.pooling, config.pca_dim, config.head) == ("mean_last", 256, "linear")
     with pytest.raises(ApplicationError, match="n_members"):
         services.reward_model_config_for(project=Project(base_model_path=str(tmp_path)), overrides={"n_members": 0})
+
+
+def test_the_production_feedback_weight_weighs_production_ratings_in_the_fit(project, annotator, make_user,
+                                                                             many_prompts):
+    """Production feedback that contradicts the annotators: at weight 0 the fit is the one without it, and
+    the more it weighs, the less the model separates what annotators call good from bad."""
+    made = _rate_learnable(project, many_prompts, annotator)
+    app_user = make_user("app-user")
+    for i, prompt in enumerate(many_prompts):  # the opposite view, on other completions of the same prompts
+        good = i % 2 == 0
+        c = _completion(project, prompt, GOOD if good else BAD, n=5 + (i % 2))
+        Rating.objects.create(completion=c, annotator=app_user, score=1 if good else 5, source="production")
+    production_ids = set(Rating.objects.filter(source="production").values_list("id", flat=True))
+
+    def fit_at(weight):
+        project.production_feedback_weight = weight
+        project.save(update_fields=["production_feedback_weight"])
+        version = services.reward_model_fit(project=project)
+        scores = dict(Completion.objects.values_list("id", "rm_score"))
+        good = [scores[c.pk] for c in made if c.token_ids[0] == GOOD]
+        bad = [scores[c.pk] for c in made if c.token_ids[0] == BAD]
+        return version, scores, sum(good) / len(good) - sum(bad) / len(bad)
+
+    zero, zero_scores, zero_gap = fit_at(0.0)
+    assert not production_ids & set(zero.rating_ids)  # "fitted on" says what was used
+    assert selectors.judgment_count(project=project) == len(made)  # and they count for nothing
+    one, _, one_gap = fit_at(1.0)
+    assert production_ids <= set(one.rating_ids)
+    _, _, heavy_gap = fit_at(4.0)
+    assert zero_gap > one_gap > heavy_gap
+    Rating.objects.filter(source="production").delete()
+    _, without_scores, without_gap = fit_at(1.0)
+    assert without_gap == pytest.approx(zero_gap, rel=1e-4)
+    assert without_scores == pytest.approx(zero_scores, rel=1e-4, abs=1e-5)

@@ -57,7 +57,6 @@ def test_thumbs_likert_comment_and_preference_become_production_ratings(project,
     rating = Rating.objects.get(pk=response.json()["rating_id"])
     assert (rating.source, rating.thumbs_up, rating.annotator, rating.comment) == ("production", True, annotator,
                                                                                    "spot on")
-    assert api.post("/feedback", {"id": "chatcmpl-1a", "score": 4}).status_code == 409  # judged already
     comment = api.post("/feedback", {"id": "chatcmpl-1a", "comment": "and quick"})
     assert comment.status_code == 201 and comment.json()["kind"] == "comment" and comment.json()["rating_id"] is None
     pref = api.post("/feedback", {"id": "chatcmpl-2b", "choice": 1, "better_than": "chatcmpl-2b",
@@ -134,6 +133,42 @@ def test_ratings_export_filters_by_source(project, user_token, make_completion, 
         "answer 0", "pool text"]
     assert ratings_jsonl(project=project, fmt="kto", source="production")[1] == 1
     assert json.loads(ratings_jsonl(project=project, fmt="kto", source="annotator")[0])["completion"] == "pool text"
+
+
+def test_staff_pages_filter_ratings_by_source_and_show_the_weight(project, user_token, make_completion, make_user,
+                                                                  staff_client, annotator):
+    token, api = user_token
+    answer(project, token, "chatcmpl-7b")
+    api.post("/feedback", {"id": "chatcmpl-7b", "thumbs": "up", "comment": "from the app"})
+    Rating.objects.create(completion=make_completion(project, text="pool text"), annotator=make_user("rater"), score=5,
+                          comment="from the queue")
+    project.production_feedback_weight = 0.3
+    project.save()
+    figures = f"/p/{project.slug}/figures/"
+
+    def table(source):
+        page = staff_client.get(figures, {"source": source} if source else {}).content.decode()
+        annotators = page.split('id="annotators"')[1].split("</table>")[0]
+        comments = page.split('id="comments"')[1].split("</table>")[0]
+        return page, annotators, comments
+
+    page, annotators, comments = table(None)
+    assert "rater" in annotators and annotator.username in annotators
+    assert "from the app" in comments and "from the queue" in comments
+    assert "counts 0.30 in training" in page
+    _, annotators, comments = table("production")
+    assert "rater" not in annotators and annotator.username in annotators
+    assert "from the app" in comments and "from the queue" not in comments
+    _, annotators, comments = table("annotator")
+    assert "rater" in annotators and annotator.username not in annotators and "from the app" not in comments
+    # The export on the versions page takes the same filter.
+    url = f"/staff/p/{project.slug}/export/ratings/"
+    assert 'name="source"' in staff_client.get(f"/staff/p/{project.slug}/versions/").content.decode()
+    only = staff_client.post(url, {"format": "kto", "source": "production"})
+    assert only.status_code == 200 and "production" in only["Content-Disposition"]
+    assert [json.loads(line)["completion"] for line in only.content.decode().splitlines()] == ["answer 0"]
+    both = staff_client.post(url, {"format": "kto", "source": ""}).content.decode().splitlines()
+    assert len(both) == 2
 
 
 @pytest.mark.slow
@@ -220,7 +255,7 @@ def test_fifty_feedback_posts_during_a_running_training_run_lose_nothing(project
 @pytest.mark.django_db
 def test_reward_model_fits_read_production_ratings_beside_annotators(project, user_token, make_completion, make_user):
     """The reward model is fitted on every rating of the project's training prompts, production ones
-    included (unweighted: ``production_feedback_weight`` weighs policy updates only)."""
+    included (weighted by ``production_feedback_weight``: test_rewards_services.py)."""
     from webapp.rewards import selectors as reward_selectors
     from webapp.rewards.services import judgments_build
 
@@ -234,3 +269,50 @@ def test_reward_model_fits_read_production_ratings_beside_annotators(project, us
     data = judgments_build(project=project, rows=rows)
     assert data["completion_ids"] == sorted([produced.pk, pooled.pk])
     assert reward_selectors.judgment_count(project=project) == 2
+
+
+def test_a_new_judgment_replaces_the_last_and_delete_withdraws_it(project, user_token, annotator):
+    token, api = user_token
+    answer(project, token, "chatcmpl-5e", n=2)
+    first = api.post("/feedback", {"id": "chatcmpl-5e", "thumbs": "down"}).json()
+    note = api.post("/feedback", {"id": "chatcmpl-5e", "comment": "too long"}).json()  # a comment replaces nothing
+    assert note["replaced"] == []
+    changed = api.post("/feedback", {"id": "chatcmpl-5e", "score": 4})
+    assert changed.status_code == 201, changed.content
+    assert changed.json()["replaced"] == [first["id"]]
+    def live():
+        return Rating.objects.filter(annotator=annotator, source="production")
+
+    assert [(r.score, r.thumbs_up) for r in live()] == [(4, None)]  # the newest word only
+    old = Feedback.objects.get(pk=first["id"])
+    assert old.withdrawn_at is not None and old.rating is None and old.thumbs_up is False  # the record stays
+    # A preference touching choice 0 replaces its score; a thumb on choice 1 then replaces the preference (both sides).
+    pref = api.post("/feedback", {"id": "chatcmpl-5e", "choice": 1, "better_than": "chatcmpl-5e"}).json()
+    assert pref["replaced"] == [changed.json()["id"]] and live().count() == 2 and Comparison.objects.count() == 1
+    thumb = api.post("/feedback", {"id": "chatcmpl-5e", "choice": 1, "thumbs": "up"}).json()
+    assert thumb["replaced"] == [pref["id"]] and Comparison.objects.count() == 0
+    assert [(r.completion.choice_index, r.thumbs_up) for r in live()] == [(1, True)]
+    # DELETE withdraws: the rating goes, the record stays; twice is a 409; another token's is a 404.
+    gone = api.delete(f"/feedback/{thumb['id']}")
+    assert gone.status_code == 200, gone.content
+    assert gone.json()["withdrawn_at"] is not None and gone.json()["rating_id"] is None
+    assert not live().exists() and Feedback.objects.get(pk=thumb["id"]).thumbs_up is True
+    again = api.delete(f"/feedback/{thumb['id']}")
+    assert again.status_code == 409 and again.json()["code"] == "rejected"
+    _, other_secret = api_token_create(user=annotator, name="other app")
+    assert ApiClient(other_secret).delete(f"/feedback/{note['id']}").status_code == 404
+    assert api.delete("/feedback/999999").status_code == 404
+    assert api.delete(f"/feedback/{note['id']}").status_code == 200  # a comment can be withdrawn too
+
+
+def test_feedback_a_training_run_used_can_no_longer_change(project, user_token):
+    token, api = user_token
+    answer(project, token, "chatcmpl-6a")
+    sent = api.post("/feedback", {"id": "chatcmpl-6a", "thumbs": "up"}).json()
+    run = training_services.training_run_create(project=project, trigger="manual")
+    run.ratings.add(sent["rating_id"])
+    refused = api.post("/feedback", {"id": "chatcmpl-6a", "thumbs": "down"})
+    assert refused.status_code == 409 and "training run" in refused.json()["message"]
+    assert api.delete(f"/feedback/{sent['id']}").status_code == 409
+    assert Rating.objects.get(pk=sent["rating_id"]).thumbs_up is True  # nothing changed
+    assert Feedback.objects.get(pk=sent["id"]).withdrawn_at is None

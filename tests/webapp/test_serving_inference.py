@@ -57,7 +57,10 @@ def test_a_request_arriving_mid_generation_joins_the_running_batch_and_finishes_
     seen, started = [], threading.Event()
 
     def stream_long():
-        with httpx2.Client(timeout=120) as client, client.stream("POST", server.url + "/generate", json=long_body) as r:
+        headers = {"Authorization": f"Bearer {server.secret}"}
+        with httpx2.Client(timeout=120) as client, client.stream(
+            "POST", server.url + "/generate", json=long_body, headers=headers
+        ) as r:
             for line in r.iter_lines():
                 if line.strip():
                     event = json.loads(line)
@@ -101,9 +104,46 @@ def test_n_choices_seed_temperature_top_p_and_stop_sequences(project, inference_
 
 def test_unknown_model_and_pinned_version(project, inference_process):
     server = inference_process()
-    assert server.generate({"model": "nope", "prompt": "x"})[0]["status"] == 404
+    assert server.generate({"model": "nope", "prompt": "x"})[0]["error"]["code"] == "model_not_found"
     assert server.generate({"model": f"{project.slug}@99", "prompt": "x"})[0]["status"] == 404
     assert server.generate({"model": f"{project.slug}@0", "prompt": "x", "max_tokens": 2})[0]["version"] == 0
+
+
+def test_the_inference_process_checks_the_token_and_the_role_itself(project, inference_process, make_user, settings):
+    """Called directly, bypassing the web app: the same hashed API tokens and project roles, OpenAI's error shape."""
+    from webapp.accounts.services import api_token_create, api_token_revoke
+    from webapp.serving.client import generate_events
+
+    server = inference_process()
+    body = {"model": project.slug, "prompt": "x", "max_tokens": 2}
+
+    def refused(response, status, kind):
+        assert response.status_code == status, response.text
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["type"] == kind, error
+        return error
+
+    assert refused(server.post(body, {}), 401, "authentication_error")["code"] == "invalid_api_key"
+    assert server.post(body, {}).headers["WWW-Authenticate"].startswith("Bearer")
+    refused(server.post(body, {"Authorization": "Bearer rl_not-a-token"}), 401, "authentication_error")
+    refused(server.post(body, {"Authorization": "Basic abc"}), 401, "authentication_error")
+    annotator = make_user("direct-annotator")
+    token, secret = api_token_create(user=annotator, name="direct")
+    member = {"Authorization": f"Bearer {secret}"}
+    assert server.post(body, member).status_code == 200  # a member calls the served version
+    assert server.post({**body, "model": f"{project.slug}@0"}, member).status_code == 200  # the served one, pinned
+    pinned = refused(server.post({**body, "model": f"{project.slug}@5"}, member), 403, "permission_error")
+    assert pinned["param"] == "model"  # another version is staff only
+    outsider = make_user("outsider", member=False)
+    _, outsider_secret = api_token_create(user=outsider, name="outsider")
+    error = refused(server.post(body, {"Authorization": f"Bearer {outsider_secret}"}), 404, "invalid_request_error")
+    assert (error["code"], error["param"]) == ("model_not_found", "model")
+    api_token_revoke(token=token)
+    refused(server.post(body, member), 401, "authentication_error")
+    # The web app's client reads such a refusal as one error event, with OpenAI's fields kept.
+    settings.REWARDLOOP_INFERENCE_URL = server.url
+    (event,) = list(generate_events(body, authorization=member["Authorization"]))
+    assert (event["event"], event["status"], event["code"]) == ("error", 401, "invalid_api_key")
 
 
 def test_a_promoted_version_is_served_without_dropping_requests_in_flight(project, inference_process, tmp_path):

@@ -149,19 +149,26 @@ def test_training_settings_form_changes_min_new_ratings_and_refuses_bad_values(s
         "guard_eval_prompts": 8,
         "arena_voters": "staff",
         "arena_min_votes": 20,
+        "production_feedback_weight": 0.25,
     }
+    runs_page = staff_client.get(f"/staff/p/{project.slug}/runs/").content.decode()
+    assert 'name="production_feedback_weight"' in runs_page and 'value="1.0"' in runs_page
     assert staff_client.post(url, good).status_code == 302
     project.refresh_from_db()
     assert (project.min_new_ratings, project.guard_max_kl, project.guard_eval_prompts) == (7, 0.3, 8)
-    assert AuditEvent.objects.get(action="settings").detail["min_new_ratings"] == [4, 7]
-    response = staff_client.post(url, {**good, "min_new_ratings": 0, "guard_max_identical_fraction": 2})
+    assert project.production_feedback_weight == 0.25
+    detail = AuditEvent.objects.get(action="settings").detail
+    assert detail["min_new_ratings"] == [4, 7] and detail["production_feedback_weight"] == [1.0, 0.25]
+    response = staff_client.post(url, {**good, "min_new_ratings": 0, "guard_max_identical_fraction": 2,
+                                       "production_feedback_weight": 11})
     assert response.status_code == 400
     page = response.content.decode()
     assert "Nothing was saved: check" in page
     assert page.count("Ensure this value is greater than or equal to 1") == 1
-    assert page.count("Ensure this value is less than or equal to 1") == 1
+    assert page.count("Ensure this value is less than or equal to 1.") == 1
+    assert page.count("Ensure this value is less than or equal to 10.") == 1
     project.refresh_from_db()
-    assert project.min_new_ratings == 7
+    assert (project.min_new_ratings, project.production_feedback_weight) == (7, 0.25)
 
 
 def test_versions_page_shows_lineage_run_rating_interval_and_promotes_in_one_post(staff_client, staff_user, project, make_user):

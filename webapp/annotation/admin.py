@@ -53,8 +53,8 @@ class CompletionAdmin(admin.ModelAdmin):
 
 @admin.register(Feedback)
 class FeedbackAdmin(ReadOnlyAdmin):
-    list_display = ["id", "completion", "kind", "score", "thumbs_up", "api_token", "created_at"]
-    list_filter = ["kind"]
+    list_display = ["id", "completion", "kind", "score", "thumbs_up", "api_token", "created_at", "withdrawn_at"]
+    list_filter = ["kind", ("withdrawn_at", admin.EmptyFieldListFilter)]
     search_fields = ["comment", "completion__response_id"]
     raw_id_fields = ["completion", "other", "rating"]
 

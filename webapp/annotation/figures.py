@@ -52,15 +52,34 @@ class Agreement:
     note: str
 
 
-def annotator_figures(*, project: Project) -> list[AnnotatorFigures]:
-    """Per annotator: judgments (a pairwise decision or a ranking counts once; gold items included), today,
-    median seconds per item, skips, undos, gold items answered and right, and the weight of their ratings
-    in training (``selectors.annotator_weights``)."""
-    today = timezone.localdate()
-    rows: dict[int, dict] = defaultdict(lambda: {"n": 0, "today": 0, "seconds": [], "skips": 0, "undos": 0})
+SOURCES = tuple(Rating.Source.values)
+
+
+def _judgments(project: Project, source: str | None):
+    """The project's judgments as three querysets (single ratings, pairwise decisions, rankings), of one
+    ``source`` (``annotator`` or ``production``) or of both for None."""
     single = Rating.objects.filter(completion__project=project, comparison__isnull=True, ranking__isnull=True)
     pairwise = Comparison.objects.filter(pair__project=project)
     rankings = Ranking.objects.filter(group__project=project)
+    if source is not None:
+        single = single.filter(source=source)
+        pairwise = pairwise.filter(pk__in=Rating.objects.filter(source=source).values("comparison_id"))
+        rankings = rankings.filter(pk__in=Rating.objects.filter(source=source).values("ranking_id"))
+    return single, pairwise, rankings
+
+
+def annotator_figures(*, project: Project, source: str | None = None) -> list[AnnotatorFigures]:
+    """Per annotator: judgments (a pairwise decision or a ranking counts once; gold items included), today,
+    median seconds per item, skips, undos, gold items answered and right, and the weight of their ratings
+    in training (``selectors.annotator_weights``).
+
+    ``source`` (``annotator`` or ``production``) counts only that source's judgments and lists only the
+    people who gave one; skips, undos and gold answers belong to the annotation queue and are counted
+    for ``annotator`` and for None (both sources).
+    """
+    today = timezone.localdate()
+    rows: dict[int, dict] = defaultdict(lambda: {"n": 0, "today": 0, "seconds": [], "skips": 0, "undos": 0})
+    single, pairwise, rankings = _judgments(project, source)
     for qs in (single, pairwise, rankings):
         for annotator_id, created_at, seconds in qs.values_list("annotator_id", "created_at", "seconds_spent"):
             row = rows[annotator_id]
@@ -68,11 +87,14 @@ def annotator_figures(*, project: Project) -> list[AnnotatorFigures]:
             row["today"] += timezone.localdate(created_at) == today
             if seconds is not None:
                 row["seconds"].append(seconds)
+    queue = source != Rating.Source.PRODUCTION
     for annotator_id in Skip.objects.filter(completion__project=project).values_list("annotator_id", flat=True):
-        rows[annotator_id]["skips"] += 1
+        if queue and (source is None or annotator_id in rows):
+            rows[annotator_id]["skips"] += 1
     for annotator_id in RatingRevision.objects.filter(completion__project=project).values_list("annotator_id", flat=True):
-        rows[annotator_id]["undos"] += 1
-    gold = selectors.gold_accuracy(project=project)
+        if queue and (source is None or annotator_id in rows):
+            rows[annotator_id]["undos"] += 1
+    gold = selectors.gold_accuracy(project=project) if queue else {}
     weights = selectors.annotator_weights(project=project)
     for annotator_id in gold:
         rows[annotator_id]  # noqa: B018 - someone who answered only gold items is listed too
@@ -224,25 +246,30 @@ def agreement(*, project: Project) -> list[Agreement]:
     return result
 
 
-def recent_comments(*, project: Project, limit: int = 50) -> list[dict]:
-    """The latest free-text comments, newest first (shown to staff as plain text)."""
+def recent_comments(*, project: Project, limit: int = 50, source: str | None = None) -> list[dict]:
+    """The latest free-text comments, newest first (shown to staff as plain text); ``source`` as in
+    :func:`annotator_figures`. Each row says its source."""
+    single, pairwise, rankings = _judgments(project, source)
     rows = [
-        {"at": r.created_at, "annotator": r.annotator.username, "item": r.completion_id, "comment": r.comment}
-        for r in Rating.objects.filter(completion__project=project, comparison__isnull=True, ranking__isnull=True)
+        {"at": r.created_at, "annotator": r.annotator.username, "item": r.completion_id, "comment": r.comment,
+         "source": r.source}
+        for r in single
         .exclude(comment="")
         .select_related("annotator")
         .order_by("-created_at")[:limit]
     ]
     rows += [
-        {"at": c.created_at, "annotator": c.annotator.username, "item": c.pair.completion_a_id, "comment": c.comment}
-        for c in Comparison.objects.filter(pair__project=project)
+        {"at": c.created_at, "annotator": c.annotator.username, "item": c.pair.completion_a_id, "comment": c.comment,
+         "source": c.ratings.all()[0].source if c.ratings.all() else Rating.Source.ANNOTATOR}
+        for c in pairwise.prefetch_related("ratings")
         .exclude(comment="")
         .select_related("annotator", "pair")
         .order_by("-created_at")[:limit]
     ]
     rows += [
-        {"at": r.created_at, "annotator": r.annotator.username, "item": r.group.anchor_id, "comment": r.comment}
-        for r in Ranking.objects.filter(group__project=project)
+        {"at": r.created_at, "annotator": r.annotator.username, "item": r.group.anchor_id, "comment": r.comment,
+         "source": Rating.Source.ANNOTATOR}
+        for r in rankings
         .exclude(comment="")
         .select_related("annotator", "group")
         .order_by("-created_at")[:limit]

@@ -539,7 +539,9 @@ class Feedback(models.Model):
     """One ``POST /api/v1/feedback`` as it was received: the record of production feedback.
 
     A thumb, a score or a preference also becomes a :class:`Rating` (``source`` production)
-    of the completion; a comment alone lives only here. Nothing a user sent is dropped.
+    of the completion; a comment alone lives only here. Nothing a user sent is dropped: a
+    judgment the sender replaced or deleted keeps its row, with ``withdrawn_at`` set and no
+    rating.
     """
 
     class Kind(models.TextChoices):
@@ -560,6 +562,10 @@ class Feedback(models.Model):
     comment = models.TextField("comment", blank=True, max_length=2000)
     rating = models.ForeignKey(Rating, null=True, blank=True, on_delete=models.SET_NULL, related_name="feedback")
     created_at = models.DateTimeField("received", auto_now_add=True)
+    withdrawn_at = models.DateTimeField(
+        "withdrawn", null=True, blank=True,
+        help_text="When the sender replaced or deleted this judgment; its rating is gone, this record stays.",
+    )
 
     class Meta:
         ordering = ["id"]

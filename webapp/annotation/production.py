@@ -9,14 +9,16 @@ stored retired and their prompts (``Prompt.from_production``) are never sampled 
 Feedback (:func:`feedback_create`) is recorded as a :class:`Feedback` row and, for a thumb,
 a score or a preference, a :class:`Rating` with ``source`` production whose annotator is the
 token's user. Only the token that received an answer may rate it; for anyone else the
-answer does not exist (:class:`FeedbackNotFound`, a 404).
+answer does not exist (:class:`FeedbackNotFound`, a 404). A new judgment of the same answer
+replaces the earlier one, and :func:`feedback_withdraw` undoes one; either keeps the
+feedback row (``withdrawn_at``) and deletes its rating.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from webapp.errors import ApplicationError
@@ -97,6 +99,10 @@ def feedback_create(
     ``comment`` alone. A comment may come with a judgment. Everything is stored in one
     transaction, or nothing.
 
+    A judgment replaces the token's earlier judgments of the same answers (this one, and
+    ``better_than``'s): they are withdrawn as by :func:`feedback_withdraw`, so the newest word
+    of the user is the one training uses. A comment alone replaces nothing.
+
     ``check_access(project)``, when given, is called before anything is stored (the API's
     membership check: a token whose user left the project may no longer rate its answers).
 
@@ -104,7 +110,7 @@ def feedback_create(
         FeedbackNotFound: either answer is unknown or was given to another token.
         ApplicationError: not exactly one judgment (or a comment), a score outside 1-5, a
             preference between answers to different prompts or from different versions, or
-            this token already judged this answer (or this pair).
+            a judgment it would replace has been used by a training run already.
     """
     judgments = [v is not None for v in (thumbs_up, score, better_than)]
     comment = without_nul(comment or "").strip()
@@ -117,6 +123,13 @@ def feedback_create(
         check_access(completion.project)
     user = api_token.user
     feedback = Feedback(completion=completion, api_token=api_token, comment=comment, thumbs_up=thumbs_up, score=score)
+    other = None
+    if better_than is not None:
+        other = _answer(api_token=api_token, response_id=better_than, choice=better_than_choice)
+    if any(judgments):
+        feedback.replaced = _withdraw_judgments_of(api_token=api_token, completions=[completion, other])
+    else:
+        feedback.replaced = []
     try:
         with transaction.atomic():
             if thumbs_up is not None or score is not None:
@@ -125,15 +138,78 @@ def feedback_create(
                     completion=completion, annotator=user, score=score, thumbs_up=thumbs_up, comment=comment,
                     source=Rating.Source.PRODUCTION,
                 )
-            elif better_than is not None:
-                other = _answer(api_token=api_token, response_id=better_than, choice=better_than_choice)
+            elif other is not None:
                 feedback.kind, feedback.other = Feedback.Kind.PAIRWISE, other
                 feedback.rating = _preference(winner=completion, loser=other, user=user, comment=comment)
             else:
                 feedback.kind = Feedback.Kind.COMMENT
             feedback.save()
-    except IntegrityError as exc:
-        raise ApplicationError("This token has judged this answer (or one answer of this pair) already.") from exc
+    except IntegrityError as exc:  # a concurrent judgment of the same answer by the same token came first
+        raise ApplicationError("This answer was judged by a concurrent request; send the change again.") from exc
+    return feedback
+
+
+def _withdraw(feedback: Feedback, *, now) -> None:
+    """Delete a judgment's rating (a preference's comparison, with both sides) and mark the feedback withdrawn."""
+    rating = feedback.rating
+    if rating is not None:
+        ratings = rating.comparison.ratings.all() if rating.comparison_id else Rating.objects.filter(pk=rating.pk)
+        if ratings.filter(training_runs__isnull=False).exists():
+            raise ApplicationError(
+                f"Feedback {feedback.pk} has been used by a training run already; it can no longer be changed."
+            )
+        if rating.comparison_id:
+            rating.comparison.delete()  # both ratings of the preference go with it
+        else:
+            rating.delete()
+    Feedback.objects.filter(pk=feedback.pk).update(withdrawn_at=now, rating=None)
+    feedback.withdrawn_at, feedback.rating = now, None
+
+
+def _withdraw_judgments_of(*, api_token, completions: list[Completion | None]) -> list[int]:
+    """Withdraw the token's live judgments that touch any of ``completions``; their feedback ids."""
+    ids = [c.pk for c in completions if c is not None]
+    live = (
+        Feedback.objects.select_for_update(of=("self",))
+        .select_related("rating__comparison")
+        .filter(api_token=api_token, withdrawn_at__isnull=True)
+        .exclude(kind=Feedback.Kind.COMMENT)
+        .filter(models.Q(completion_id__in=ids) | models.Q(other_id__in=ids))
+        .order_by("pk")
+    )
+    now = timezone.now()
+    withdrawn = []
+    for feedback in live:
+        _withdraw(feedback, now=now)
+        withdrawn.append(feedback.pk)
+    return withdrawn
+
+
+@transaction.atomic
+def feedback_withdraw(*, api_token, feedback_id: int, check_access=None) -> Feedback:
+    """Undo one feedback of this token: its rating (both sides of a preference) is deleted, the record stays.
+
+    The :class:`Feedback` row keeps what was sent, with ``withdrawn_at`` set and no rating, so
+    training, exports and the reward model no longer see the judgment. A comment is withdrawn
+    the same way (it had no rating). ``check_access(project)`` as in :func:`feedback_create`.
+
+    Raises:
+        FeedbackNotFound: no feedback with that id was sent with this token.
+        ApplicationError: it was withdrawn already, or a training run has used its rating.
+    """
+    feedback = (
+        Feedback.objects.select_for_update(of=("self",))
+        .select_related("completion__project", "rating__comparison")
+        .filter(pk=feedback_id, api_token=api_token)
+        .first()
+    )
+    if feedback is None:
+        raise FeedbackNotFound(f"No feedback {feedback_id} was sent with this token.")
+    if check_access is not None:
+        check_access(feedback.completion.project)
+    if feedback.withdrawn_at is not None:
+        raise ApplicationError(f"Feedback {feedback_id} was withdrawn already.")
+    _withdraw(feedback, now=timezone.now())
     return feedback
 
 

@@ -12,7 +12,7 @@ from webapp.policies.models import RatingMode
 from . import figures, selectors, services
 from .markdown import guidelines_html
 from .forms import GoldItemForm
-from .models import Choice, Completion, GoldItem
+from .models import Choice, Completion, GoldItem, Rating
 
 TEMPLATE = "annotation/annotate.html"
 COMMENT_MAX_CHARS = 2000
@@ -287,14 +287,19 @@ def _gold_form_for(project, *, edit: int | None, data=None) -> GoldItemForm:
 
 def _figures_render(request, *, gold_form: GoldItemForm, editing: int | None = None, status: int = 200):
     project = request.project
+    source = request.GET.get("source") or None
+    if source not in (None, *figures.SOURCES):
+        source = None  # an unknown filter shows everything, as no filter does
     return render(
         request,
         "annotation/figures.html",
         {
             "project": project,
-            "annotators": figures.annotator_figures(project=project),
+            "source": source,
+            "sources": Rating.Source.choices,
+            "annotators": figures.annotator_figures(project=project, source=source),
             "agreement": figures.agreement(project=project),
-            "recent_comments": figures.recent_comments(project=project),
+            "recent_comments": figures.recent_comments(project=project, source=source),
             "gold_items": figures.gold_items(project=project),
             "gold_form": gold_form,
             "gold_editing": editing,
@@ -308,7 +313,8 @@ def _figures_render(request, *, gold_form: GoldItemForm, editing: int | None = N
 def figures_page(request, slug):
     """Staff only (``annotation/figures.html``): per-annotator counts, median seconds per item, gold
     accuracy and training weight, Krippendorff's alpha; the gold items with a form to add one or,
-    with ``?gold=<item #>``, to change its answer."""
+    with ``?gold=<item #>``, to change its answer; ``?source=annotator|production`` keeps one
+    source's judgments in the annotator table and the comments."""
     try:
         edit = int(request.GET.get("gold", ""))
     except ValueError:

@@ -113,8 +113,9 @@ class Project(models.Model):
         validators=[MinValueValidator(0.0), MaxValueValidator(10.0)],
         help_text=(
             "How much a rating from production feedback (POST /api/v1/feedback) counts in training, against 1 for "
-            "an annotator's: it scales the advantage of each completion by the mean weight of its ratings. "
-            "0: production feedback is stored and exported but never trains."
+            "an annotator's: it scales the advantage of each completion by the mean weight of its ratings, and "
+            "each judgment's term in the reward model's loss. "
+            "0: production feedback is stored and exported but trains neither the policy nor the reward model."
         ),
     )
     rubric = models.JSONField(

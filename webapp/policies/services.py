@@ -313,6 +313,7 @@ PROJECT_TRAINING_FIELDS = (
     "arena_required",
     "arena_min_votes",
     "arena_voters",
+    "production_feedback_weight",
 )
 
 
@@ -337,7 +338,8 @@ def project_reward_settings_update(*, project: Project, user=None, **fields) -> 
 
 
 def project_training_settings_update(*, project: Project, user=None, **fields) -> Project:
-    """Change the project's schedule threshold and promotion-guard settings (validated, audited).
+    """Change the project's schedule threshold, promotion-guard and arena settings, and the weight of production
+    feedback in training (validated, audited).
 
     Raises:
         ApplicationError: an unknown field or a value out of range.

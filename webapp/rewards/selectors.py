@@ -36,12 +36,18 @@ class RatingRow:
     anchor_id: int | None  # pairwise only: the pair's completion a
     ranking_id: int | None = None  # ranking only: the ranking this rating is one place of
     rank: int | None = None  # ranking only: this completion's place, 0 = best
+    source: str = "annotator"  # Rating.Source: annotator, or production (feedback on an API answer)
 
 
 def rating_rows(*, project: Project) -> list[RatingRow]:
-    """Every rating of the project's training prompts (held-out prompts judge versions only), by id."""
+    """Every rating the reward model may fit on, by id: those of the project's training prompts (held-out
+    prompts judge versions only), without production feedback while the project's
+    ``production_feedback_weight`` is 0 (then it trains nothing)."""
+    ratings = Rating.objects.filter(completion__project=project, completion__prompt__held_out=False)
+    if project.production_feedback_weight == 0:
+        ratings = ratings.exclude(source=Rating.Source.PRODUCTION)
     rows = (
-        Rating.objects.filter(completion__project=project, completion__prompt__held_out=False)
+        ratings
         .order_by("id")
         .values_list(
             "id",
@@ -55,6 +61,7 @@ def rating_rows(*, project: Project) -> list[RatingRow]:
             "comparison__pair__completion_a_id",
             "ranking_id",
             "rank",
+            "source",
         )
     )
     return [RatingRow(*row) for row in rows]

@@ -96,15 +96,25 @@ def judgments_build(*, project: Project, rows: list) -> dict:
 
     Likert and thumbs ratings become regression targets: each rating is scored by
     ``pgcore.rewards.judgment_to_score`` and normalised per annotator by
-    ``ratings_to_rewards`` (the project's ``annotator_norm`` and ``annotator_shrinkage``),
-    then averaged per completion. Each pairwise decision becomes one comparison whose
+    ``ratings_to_rewards`` (the project's ``annotator_norm`` and ``annotator_shrinkage``;
+    a person's production feedback is normalised apart from their annotation, as training
+    does), then averaged per completion. Each pairwise decision becomes one comparison whose
     Bradley–Terry target comes from the same scores (``pair_target_from_scores``); each
     ranking becomes the k(k-1)/2 comparisons it implies
     (:func:`webapp.annotation.judgments.ranking_implied_pairs`), the better-ranked one winning.
 
+    Production feedback counts with the project's ``production_feedback_weight`` against 1
+    for an annotator's judgment, as in policy updates: a rated completion's weight is the
+    mean over its ratings, a comparison's that of its source (``Judgments.rating_weight`` /
+    ``pair_weight``, which the fit's loss multiplies in). At weight 0 :func:`selectors.rating_rows`
+    leaves production ratings out altogether (not even their completions' features shape the
+    fit, and they do not count towards the judgments a fit needs), so the fit is the one
+    without them.
+
     Returns:
         ``{"completion_ids": [...], "all": Judgments, "fit": Judgments, "held_out": Judgments,
-        "n_judgments": int}``, indices into ``completion_ids``.
+        "n_judgments": int, "rating_ids": [...]}``, indices into ``completion_ids``; ``rating_ids``
+        are the ratings used (sorted).
     """
     import torch
 
@@ -116,6 +126,12 @@ def judgments_build(*, project: Project, rows: list) -> dict:
         pg = PGConfig.from_dict(project.pg_config or {})
     except (TypeError, ValueError) as exc:
         raise ApplicationError(str(exc)) from exc
+    production = "production"
+    production_weight = float(project.production_feedback_weight)
+
+    def weight_of(row) -> float:
+        return production_weight if row.source == production else 1.0
+
     completion_ids = sorted({r.completion_id for r in rows})
     index = {cid: i for i, cid in enumerate(completion_ids)}
     prompt_of = {r.completion_id: r.prompt_id for r in rows}
@@ -126,11 +142,16 @@ def judgments_build(*, project: Project, rows: list) -> dict:
     records = [
         RatingRecord(
             completion_index=rated_index[r.completion_id],
-            annotator=r.annotator_id,
+            annotator=f"{r.annotator_id}:production" if r.source == production else r.annotator_id,
             score=judgment_to_score(score=r.score, thumbs_up=r.thumbs_up, choice=None, is_a=True),
         )
         for r in rated
     ]
+    weight_sums, weight_counts = [0.0] * len(rated_ids), [0] * len(rated_ids)
+    for r in rated:
+        weight_sums[rated_index[r.completion_id]] += weight_of(r)
+        weight_counts[rated_index[r.completion_id]] += 1
+    rated_weights = [total / n for total, n in zip(weight_sums, weight_counts)]
     targets = ratings_to_rewards(
         records, len(rated_ids), annotator_norm=pg.annotator_norm, shrinkage=pg.annotator_shrinkage
     ).tolist()
@@ -138,7 +159,9 @@ def judgments_build(*, project: Project, rows: list) -> dict:
     comparisons: dict[int, dict] = {}
     for r in rows:
         if r.comparison_id is not None:
-            side = comparisons.setdefault(r.comparison_id, {"choice": r.choice, "anchor": r.anchor_id})
+            side = comparisons.setdefault(
+                r.comparison_id, {"choice": r.choice, "anchor": r.anchor_id, "weight": weight_of(r)}
+            )
             side["a" if r.completion_id == r.anchor_id else "b"] = r.completion_id
     pairs = [c for c in comparisons.values() if "a" in c and "b" in c]
     places: dict[int, list] = {}
@@ -147,21 +170,26 @@ def judgments_build(*, project: Project, rows: list) -> dict:
             places.setdefault(r.ranking_id, []).append(r)
     for ranked in places.values():
         order = [r.completion_id for r in sorted(ranked, key=lambda r: r.rank)]
-        pairs += [{"choice": "a", "a": w, "b": l} for w, l in annotation_judgments.ranking_implied_pairs(order)]
+        weight = weight_of(ranked[0])
+        pairs += [{"choice": "a", "a": w, "b": l, "weight": weight}
+                  for w, l in annotation_judgments.ranking_implied_pairs(order)]
 
     def part(keep) -> Judgments:
-        reg = [(index[cid], y) for cid, y in zip(rated_ids, targets) if keep(prompt_of[cid])]
+        reg = [(index[cid], y, w) for cid, y, w in zip(rated_ids, targets, rated_weights) if keep(prompt_of[cid])]
         prs = [
-            (index[c["a"]], index[c["b"]], pair_target_from_scores(*_pair_scores(c["choice"], judgment_to_score)))
+            (index[c["a"]], index[c["b"]], pair_target_from_scores(*_pair_scores(c["choice"], judgment_to_score)),
+             c["weight"])
             for c in pairs
             if keep(prompt_of[c["a"]])
         ]
         return Judgments(
-            torch.tensor([i for i, _ in reg], dtype=torch.long),
-            torch.tensor([y for _, y in reg], dtype=torch.float32),
-            torch.tensor([a for a, _, _ in prs], dtype=torch.long),
-            torch.tensor([b for _, b, _ in prs], dtype=torch.long),
-            torch.tensor([t for _, _, t in prs], dtype=torch.float32),
+            torch.tensor([i for i, _, _ in reg], dtype=torch.long),
+            torch.tensor([y for _, y, _ in reg], dtype=torch.float32),
+            torch.tensor([a for a, _, _, _ in prs], dtype=torch.long),
+            torch.tensor([b for _, b, _, _ in prs], dtype=torch.long),
+            torch.tensor([t for _, _, t, _ in prs], dtype=torch.float32),
+            rating_weight=torch.tensor([w for _, _, w in reg], dtype=torch.float32),
+            pair_weight=torch.tensor([w for _, _, _, w in prs], dtype=torch.float32),
         )
 
     return {
@@ -170,6 +198,7 @@ def judgments_build(*, project: Project, rows: list) -> dict:
         "fit": part(lambda prompt_id: not _held_out(project.pk, prompt_id)),
         "held_out": part(lambda prompt_id: _held_out(project.pk, prompt_id)),
         "n_judgments": len(rated_ids) + len(pairs),
+        "rating_ids": sorted(r.rating_id for r in rows),
     }
 
 
@@ -339,7 +368,7 @@ def reward_model_fit(*, project: Project, config_overrides: dict | None = None) 
     model, fit_metrics = fit(features, data["all"], config)
     metrics.update(fit_metrics)
 
-    rating_ids = sorted(r.rating_id for r in rows)
+    rating_ids = data["rating_ids"]
     rm_name = f"{_rm_name(project)}/rm-{uuid.uuid4().hex[:12]}"
     out_dir = _rm_dir(project) / rm_name.rsplit("/", 1)[1]
     sha256 = save_reward_model(

@@ -1,10 +1,18 @@
-"""REST API for production feedback (router mounted by ``webapp/api.py``): ``POST /api/v1/feedback``.
+"""REST API for production feedback (router mounted by ``webapp/api.py``): ``POST /api/v1/feedback``,
+``DELETE /api/v1/feedback/{feedback_id}``.
 
 Feedback names an answer of the OpenAI-compatible routes by its ``id`` (``chatcmpl-…`` or
 ``cmpl-…``) and ``choice``. Only the API token that received the answer may send feedback
 on it; for any other token the answer does not exist (404). A thumb, a score or a preference
 becomes a rating with source ``production`` that training uses (weighted by the project's
 *production feedback weight*); a comment alone is kept with the feedback.
+
+Feedback can be changed and undone: a new thumb, score or preference on the same answer
+replaces the token's earlier judgment of it (the answer's ``replaced`` lists the feedback
+ids it withdrew), and ``DELETE /api/v1/feedback/{feedback_id}`` withdraws one. A withdrawn
+judgment's rating is deleted (training, exports and reward-model fits no longer see it);
+the feedback record stays, with ``withdrawn_at`` set. Once a training run has used a
+rating, its feedback can no longer be changed (409).
 """
 
 from __future__ import annotations
@@ -12,12 +20,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from ninja import Field, Router, Schema, Status
+from ninja import Field, Path, Router, Schema, Status
 from pydantic import model_validator
 from ninja.errors import HttpError
 
-from webapp.annotation.production import FeedbackNotFound, feedback_create
-from webapp.apikit import ERRORS, NO_NUL_PATTERN, api_project
+from webapp.annotation.production import FeedbackNotFound, feedback_create, feedback_withdraw
+from webapp.apikit import ERRORS, MAX_ID, NO_NUL_PATTERN, api_project
 
 router = Router(tags=["feedback"])
 
@@ -50,16 +58,28 @@ class FeedbackOut(Schema):
     kind: Literal["thumbs", "likert", "pairwise", "comment"]
     response_id: str
     choice: int
-    rating_id: int | None = Field(description="The rating it became (None for a comment alone).")
+    rating_id: int | None = Field(description="The rating it became (None for a comment alone, or once withdrawn).")
     created_at: datetime
+    withdrawn_at: datetime | None = Field(
+        default=None, description="When it was replaced or deleted (then it has no rating; the record stays).")
+    replaced: list[int] = Field(
+        default=[], description="Ids of this token's earlier feedback on the same answers that this judgment replaced.")
+
+
+def _out(item, *, replaced=()) -> dict:
+    return {"id": item.pk, "kind": item.kind, "response_id": item.completion.response_id,
+            "choice": item.completion.choice_index, "rating_id": item.rating_id, "created_at": item.created_at,
+            "withdrawn_at": item.withdrawn_at, "replaced": list(replaced)}
 
 
 @router.post("/feedback", response={201: FeedbackOut, **ERRORS}, summary="Rate an answer of the served model")
 def feedback(request, body: FeedbackIn):
     """Thumbs, a Likert score, a preference between two answers, or a comment, on an answer this token received.
 
-    404: no such answer for this token (or its project is no longer yours); 409: this token judged it already,
-    or the two answers of a preference differ in prompt or version; 400: not exactly one judgment or comment."""
+    A judgment replaces this token's earlier judgment of the same answer(s) (listed in ``replaced``); a comment
+    alone is added. 404: no such answer for this token (or its project is no longer yours); 409: the two answers
+    of a preference differ in prompt or version, or the judgment it would replace has trained a model already;
+    400: not exactly one judgment or comment."""
     try:
         item = feedback_create(
             api_token=request.auth, response_id=body.id, choice=body.choice,
@@ -69,5 +89,17 @@ def feedback(request, body: FeedbackIn):
         )
     except FeedbackNotFound as exc:
         raise HttpError(404, str(exc)) from None
-    return Status(201, {"id": item.pk, "kind": item.kind, "response_id": body.id, "choice": body.choice,
-                        "rating_id": item.rating_id, "created_at": item.created_at})
+    return Status(201, _out(item, replaced=item.replaced))
+
+
+@router.delete("/feedback/{feedback_id}", response={200: FeedbackOut, **ERRORS}, summary="Withdraw feedback")
+def feedback_delete(request, feedback_id: int = Path(..., ge=1, le=MAX_ID)):
+    """Undo one feedback this token sent: its rating is deleted, the record stays with ``withdrawn_at`` set.
+
+    404: no such feedback from this token; 409: withdrawn already, or a training run has used its rating."""
+    try:
+        item = feedback_withdraw(api_token=request.auth, feedback_id=feedback_id,
+                                 check_access=lambda project: api_project(request, project.slug))
+    except FeedbackNotFound as exc:
+        raise HttpError(404, str(exc)) from None
+    return _out(item)

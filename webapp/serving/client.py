@@ -26,15 +26,33 @@ def _http() -> httpx2.Client:
     return _client
 
 
-def generate_events(body: dict) -> Iterator[dict]:
-    """POST ``body`` to the inference process's ``/generate``; yield its events as they come.
+def generate_events(body: dict, *, authorization: str) -> Iterator[dict]:
+    """POST ``body`` to the inference process's ``/generate`` with the caller's ``Authorization``
+    header; yield its events as they come.
+
+    A refusal of the inference process itself (401/403/404 in OpenAI's error shape) comes back
+    as one ``{"event": "error", "status", "message", "param", "code"}`` event.
 
     Raises:
         InferenceUnavailable: not reachable, or the connection broke before ``done``.
     """
     url = settings.REWARDLOOP_INFERENCE_URL.rstrip("/") + "/generate"
     try:
-        with _http().stream("POST", url, json=body) as response:
+        with _http().stream("POST", url, json=body, headers={"Authorization": authorization}) as response:
+            if response.status_code != 200:
+                response.read()
+                try:
+                    error = response.json().get("error") or {}
+                except ValueError:
+                    error = {}
+                if isinstance(error, dict) and error.get("message"):
+                    yield {"event": "error", "status": response.status_code, "message": error["message"],
+                           "param": error.get("param"), "code": error.get("code")}
+                    return
+                for line in response.text.splitlines():  # an NDJSON error event with its status
+                    if line.strip():
+                        yield json.loads(line)
+                return
             for line in response.iter_lines():
                 if line.strip():
                     yield json.loads(line)

@@ -1,7 +1,12 @@
 """The inference process's HTTP front: ``POST /generate`` streams NDJSON; ``GET /healthz``.
 
-Only the web app's serving views call it (over loopback or a private network; it has no
-authentication of its own: the web app checks tokens and roles first). Built on the standard
+The web app's serving views call it with their caller's ``Authorization`` header, and it checks
+that header itself with the web app's rule (:mod:`webapp.serving.access`: a hashed, unrevoked
+API token, and a member of the model's project; a pinned version other than the served one is
+staff only), so calling it directly gains nothing: a missing or bad token is a 401, a pinned
+version for an annotator a 403, a project that is not the caller's a 404, each in OpenAI's
+error shape ``{"error": {"message", "type", "param", "code"}}``. ``GET /healthz`` is open (it
+says which version ids are loaded, nothing else). Built on the standard
 library's :class:`http.server.ThreadingHTTPServer`: one thread per connection reads the
 engine's events, decodes text incrementally and applies stop sequences, while the engine's
 one thread runs the forward passes.
@@ -19,8 +24,8 @@ and answers ``200`` with one JSON object per line::
      "token_ids": [...], "logprobs": [...], "prompt_token_ids": [...]}   (one per choice)
     {"event": "done"}
 
-or ``{"event": "error", "status": 4xx/5xx, "message": ...}`` in place of the rest (an unknown
-model is 404, a prompt longer than the model's context 400).
+or ``{"event": "error", "status": 4xx/5xx, "message": ...}`` in place of the rest (a malformed
+body is 400, a pinned version that does not exist 404, a prompt longer than the model's context 400).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from django.db import close_old_connections
 
 from webapp.policies.models import ModelVersion, Project
 
+from . import access
 from .engine import Engine, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -146,11 +152,13 @@ def make_handler(engine: Engine, versions: Versions):
         def log_message(self, fmt, *args):  # the web app logs requests; keep this quiet
             log.debug(fmt, *args)
 
-        def _json(self, status: int, body: dict) -> None:
+        def _json(self, status: int, body: dict, headers: dict | None = None) -> None:
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
 
@@ -163,8 +171,15 @@ def make_handler(engine: Engine, versions: Versions):
         def do_POST(self):
             if self.path != "/generate":
                 return self._json(404, {"error": "not found"})
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             try:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                token = access.token_for_header(self.headers.get("Authorization"))
+            except access.AccessRefused as exc:
+                return self._json(exc.status, exc.body(), headers={"WWW-Authenticate": 'Bearer realm="rewardloop"'})
+            finally:
+                close_old_connections()
+            try:
+                body = json.loads(raw)
                 model = str(body["model"])
                 params = SamplingParams(
                     max_tokens=int(body.get("max_tokens", 16)), temperature=float(body.get("temperature", 1.0)),
@@ -174,6 +189,12 @@ def make_handler(engine: Engine, versions: Versions):
                 stop = [str(s) for s in body.get("stop") or [] if s]
             except (ValueError, KeyError, TypeError) as exc:
                 return self._json(400, {"event": "error", "status": 400, "message": f"malformed request: {exc}"})
+            try:
+                access.model_project(user=token.user, model=model)
+            except access.AccessRefused as exc:
+                return self._json(exc.status, exc.body())
+            finally:
+                close_old_connections()
             try:
                 version_id = versions.resolve(model)
                 item = engine.loaded(version_id)

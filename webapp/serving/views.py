@@ -29,22 +29,14 @@ from django.http import JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from pydantic import ValidationError
 
-from webapp.accounts import selectors as token_selectors
 from webapp.accounts import services as token_services
 from webapp.accounts.auth import TokenRateThrottle
-from webapp.permissions import NotAMember, project_role_check
-from webapp.policies.models import Membership
+from webapp.annotation.production import AnswerChoice, production_answer_store
 from webapp.policies.selectors import projects_for
 
-from webapp.annotation.production import AnswerChoice, production_answer_store
-
+from . import access
 from .client import InferenceUnavailable, generate_events
 from .schemas import ChatIn, CompletionIn
-
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
-          429: "rate_limit_error"}
-
 
 class OpenAIError(Exception):
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
@@ -52,19 +44,16 @@ class OpenAIError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
     def response(self) -> JsonResponse:
-        body = {"error": {"message": self.message, "type": _TYPES.get(self.status, "server_error"),
-                          "param": self.param, "code": self.code}}
+        body = access.openai_error_body(self.status, self.message, param=self.param, code=self.code)
         return JsonResponse(body, status=self.status)
 
 
 def _authenticate(request):
     """The request's API token (``Authorization: Bearer``), throttled as the REST API's; sets ``request.user``."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, secret = header.partition(" ")
-    token = token_selectors.api_token_for_secret(secret=secret.strip()) if scheme.lower() == "bearer" else None
-    if token is None:
-        raise OpenAIError(401, "Send a valid, unrevoked Rewardloop API token: Authorization: Bearer <token>.",
-                          code="invalid_api_key")
+    try:
+        token = access.token_for_header(request.headers.get("Authorization"))
+    except access.AccessRefused as exc:
+        raise OpenAIError(exc.status, exc.message, param=exc.param, code=exc.code) from None
     token_services.api_token_mark_used(token=token)
     request.user, request.auth = token.user, token
     if not TokenRateThrottle().allow_request(request):
@@ -95,17 +84,10 @@ def _body(request, schema):
 
 
 def _project(request, model: str):
-    slug, _, pin = model.partition("@")
     try:
-        project, role = project_role_check(user=request.user, slug=slug, staff=False)
-    except NotAMember:
-        raise OpenAIError(404, f"The model {model!r} does not exist or you do not have access to it.",
-                          param="model", code="model_not_found") from None
-    served = project.served_version.number if project.served_version_id else None
-    if pin and int(pin) != served and role != Membership.Role.STAFF:
-        raise OpenAIError(403, "Only the project's staff may call a version other than the served one.",
-                          param="model")
-    return project
+        return access.model_project(user=request.user, model=model)
+    except access.AccessRefused as exc:
+        raise OpenAIError(exc.status, exc.message, param=exc.param, code=exc.code) from None
 
 
 def _openai_view(method: str):
@@ -127,18 +109,22 @@ def _openai_view(method: str):
     return decorate
 
 
-def _start(body: dict):
-    """The inference process's event stream, with its first event read (errors surface before we answer)."""
+def _start(body: dict, *, authorization: str):
+    """The inference process's event stream, with its first event read (errors surface before we answer).
+
+    The caller's ``Authorization`` header goes along: the inference process checks the token
+    and the role again (:mod:`webapp.serving.access`)."""
     try:
-        events = generate_events(body)
+        events = generate_events(body, authorization=authorization)
         first = next(events)
     except (InferenceUnavailable, StopIteration) as exc:
         raise OpenAIError(503, f"The model is not available right now: {exc}", code="inference_unavailable") from None
     if first["event"] == "error":
         status = first.get("status", 500)
+        default_param = "model" if status in (403, 404) else ("messages" if status == 400 else None)
         raise OpenAIError(status, first.get("message", "generation failed"),
-                          code="model_not_found" if status == 404 else None,
-                          param="model" if status == 404 else ("messages" if status == 400 else None))
+                          code=first.get("code") or ("model_not_found" if status == 404 else None),
+                          param=first.get("param", default_param))
     return first, events
 
 
@@ -212,7 +198,7 @@ def _complete(request, schema, *, chat: bool):
         prompt_text = _prompt_text(body["messages"])
     else:
         body["prompt"] = prompt_text = params.prompt
-    start, events = _start(body)
+    start, events = _start(body, authorization=request.headers.get("Authorization", ""))
     answer = _Answer(chat=chat, params=params, start=start, project=project, token=token, prompt_text=prompt_text)
     if not params.stream:
         for event in events:

@@ -270,14 +270,17 @@ def compare_table(request, slug):
 @staff_required
 @require_POST
 def export_ratings(request, slug):
-    """Download the project's ratings as TRL-ready JSONL (``format`` = kto or pairs); audited."""
+    """Download the project's ratings as TRL-ready JSONL (``format`` = kto, pairs or judgments; ``source`` =
+    annotator, production or empty for both); audited."""
     project = get_object_or_404(Project, slug=slug)
     fmt = request.POST.get("format", "")
+    source = request.POST.get("source") or None
     try:
-        text, _ = exports.ratings_export(project=project, fmt=fmt, user=request.user, refuse_empty=True)
+        text, _ = exports.ratings_export(project=project, fmt=fmt, user=request.user, refuse_empty=True,
+                                         source=source)
     except ApplicationError as exc:
         messages.error(request, exc.message)
         return redirect("policies:versions", slug=slug)
     response = HttpResponse(text, content_type="application/jsonl; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="{project.slug}-{fmt}.jsonl"'
+    response["Content-Disposition"] = f'attachment; filename="{project.slug}-{fmt}{"-" + source if source else ""}.jsonl"'
     return response
