@@ -51,17 +51,25 @@ def _paths(version: ModelVersion) -> tuple[Path, Path | None, str | None]:
 
 
 def policy_load(version: ModelVersion, *, trainable: bool = False, config=None):
-    """Load ``version`` as a :class:`pgcore.policy.Policy`.
+    """Load ``version`` as a :class:`pgcore.policy.Policy` on this machine's device.
 
     LoRA versions load the project's base model plus the version's adapter,
-    whose sha256 is checked first (``pgcore.policy.ChecksumError`` on mismatch).
+    whose sha256 is checked first (``pgcore.policy.ChecksumError`` on mismatch). The
+    device is :func:`pgcore.precision.select_device`: a CUDA GPU when PyTorch sees one,
+    else the CPU; ``REWARDLOOP_DEVICE`` (``cpu``, ``cuda``, ``cuda:1``, ``auto``) forces it.
+
+    Raises:
+        ValueError: ``REWARDLOOP_DEVICE`` names a device this machine lacks.
     """
     from pgcore.policy import load_policy, verify_weights
+    from pgcore.precision import select_device
 
     base_path, adapter_path, sha = _paths(version)
     if version.kind == ModelVersion.Kind.FULL and version.sha256:
         verify_weights(base_path, version.sha256)
-    return load_policy(base_path, adapter_path, config=config, trainable=trainable, expected_sha256=sha)
+    return load_policy(
+        base_path, adapter_path, config=config, trainable=trainable, expected_sha256=sha, device=select_device()
+    )
 
 
 def policy_for_generation(version: ModelVersion):
