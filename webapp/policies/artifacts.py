@@ -96,6 +96,27 @@ def local_path(name: str, kind: str = "models") -> Path | None:
     return Path(st.path(name)) if isinstance(st, FileSystemStorage) else None
 
 
+def models_name(folder: str | Path) -> str:
+    """How to record the local model folder ``folder`` so that every machine finds its own copy.
+
+    A folder under ``REWARDLOOP_MODELS_DIR`` is recorded by its path there (``"smollm2-135m-instruct"``,
+    POSIX separators), which :func:`models_folder` resolves under each machine's own models folder;
+    any other folder by its absolute path, found only where that path exists (with a remote
+    ``models`` storage the base model is uploaded anyway, so no worker needs it).
+    """
+    folder = Path(folder).expanduser().resolve()
+    try:
+        return folder.relative_to(Path(settings.REWARDLOOP_MODELS_DIR).expanduser().resolve()).as_posix()
+    except ValueError:
+        return str(folder)
+
+
+def models_folder(ref: str) -> Path:
+    """This machine's folder for a reference recorded by :func:`models_name`: an absolute path as it
+    is, a name under this machine's ``REWARDLOOP_MODELS_DIR``."""
+    return Path(ref) if os.path.isabs(ref) else Path(settings.REWARDLOOP_MODELS_DIR) / ref
+
+
 def cache_dir() -> Path:
     """This machine's artifact cache (``REWARDLOOP_CACHE_DIR``; default ``DATA_DIR/cache``)."""
     return Path(getattr(settings, "REWARDLOOP_CACHE_DIR", Path(settings.DATA_DIR) / "cache"))
