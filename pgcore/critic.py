@@ -201,7 +201,8 @@ def prompt_features(model, prompt_ids: list[list[int]], pad_id: int, chunk_size:
         chunk_size: prompts per forward pass.
 
     Returns:
-        ``(N, H)`` float32, each row with root-mean-square 1 (H = the model's hidden size).
+        ``(N, H)`` float32 on the model's device, each row with root-mean-square 1 (H = the
+        model's hidden size).
     """
     was_training = model.training
     model.eval()
@@ -215,6 +216,8 @@ def prompt_features(model, prompt_ids: list[list[int]], pad_id: int, chunk_size:
             for i, p in enumerate(chunk):
                 input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
                 attention_mask[i, width - len(p) :] = 1
+            device = next(model.parameters()).device  # a no-op on the CPU
+            input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
             out = model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,

@@ -135,6 +135,10 @@ def _masked_scores(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tens
     return logprobs, entropy
 
 
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def sequence_logprobs(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -148,7 +152,8 @@ def sequence_logprobs(
     Args:
         model: a Hugging Face causal LM (or peft wrapper) whose forward accepts
             ``logits_to_keep``.
-        input_ids: ``(B, T)`` long token ids.
+        input_ids: ``(B, T)`` long token ids (on any device: the three inputs are moved
+            to the model's device, and the outputs are there).
         attention_mask: ``(B, T)``, 1 on real tokens, 0 on padding.
         completion_mask: ``(B, T)`` bool, True where ``input_ids[b, t]`` is scored; column 0
             can never be scored (it has no context).
@@ -174,8 +179,10 @@ def sequence_logprobs(
         )
     completion_mask = completion_mask.bool()
     B, T = input_ids.shape
-    scored_columns = completion_mask.any(dim=0).nonzero()
-    zeros = torch.zeros((B, T), dtype=torch.float32, device=input_ids.device)
+    scored_columns = completion_mask.any(dim=0).nonzero()  # read where the mask was built (no GPU sync)
+    device = _model_device(model)  # inputs follow the model (a no-op on the CPU)
+    input_ids, attention_mask, completion_mask = input_ids.to(device), attention_mask.to(device), completion_mask.to(device)
+    zeros = torch.zeros((B, T), dtype=torch.float32, device=device)
     if scored_columns.numel() == 0:
         return zeros, zeros.clone()
     t0 = int(scored_columns[0])  # first scored column; logits are needed from t0 - 1 on
@@ -229,7 +236,7 @@ def score_completions(
         ``logprobs (B, C)`` in nats, differentiable, exactly 0 off the mask;
         ``entropy (B, C)`` in nats, detached, 0 off the mask; ``mask (B, C)`` bool, True
         on each completion's tokens; ``C`` is the longest completion. Column ``j`` is
-        completion token ``j`` (right padding).
+        completion token ``j`` (right padding). All three lie on the model's device.
 
     Raises:
         ValueError: the lists differ in length or a prompt is empty.
@@ -248,7 +255,7 @@ def score_completions(
             model, packed.input_ids, packed.attention_mask, packed.completion_mask, with_entropy=with_entropy
         )
         P = packed.input_ids.shape[1] - C
-        return logprobs[:, P:], entropy[:, P:], packed.completion_mask[:, P:]
+        return logprobs[:, P:], entropy[:, P:], packed.completion_mask[:, P:].to(logprobs.device)
     return _shared_prompt_logprobs(model, list(distinct), index, completion_ids, pad_id, C, with_entropy)
 
 
@@ -267,6 +274,9 @@ def _shared_prompt_logprobs(model, prompts, index, completion_ids, pad_id, C, wi
             completion_input[i, : len(completion)] = torch.tensor(completion, dtype=torch.long)
             mask[i, : len(completion)] = True
     rows = torch.tensor(index, dtype=torch.long)  # (B,) prompt row of each completion
+    device = _model_device(model)  # built on the CPU, moved once (a no-op there)
+    prompt_input, prompt_attention = prompt_input.to(device), prompt_attention.to(device)
+    completion_input, mask, rows = completion_input.to(device), mask.to(device), rows.to(device)
 
     prefix = model(
         input_ids=prompt_input,
@@ -281,7 +291,7 @@ def _shared_prompt_logprobs(model, prompts, index, completion_ids, pad_id, C, wi
         cache.reorder_cache(rows)  # (U, ...) -> (B, ...); autograd sums the copies' gradients
         # The last completion token predicts nothing we score, so it is not fed.
         attention = torch.cat([prompt_attention[rows], mask[:, :-1].long()], dim=1)  # (B, P + C - 1)
-        positions = prompt_attention.sum(dim=1)[rows, None] + torch.arange(C - 1)  # (B, C - 1)
+        positions = prompt_attention.sum(dim=1)[rows, None] + torch.arange(C - 1, device=device)  # (B, C - 1)
         out = model(
             input_ids=completion_input[:, :-1],
             attention_mask=attention,

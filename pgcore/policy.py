@@ -129,6 +129,7 @@ def load_policy(
     expected_sha256: str | None = None,
     reference_path: str | os.PathLike | None = None,
     attn_implementation: str = "eager",
+    device: str | torch.device | None = None,
 ) -> Policy:
     """Load a local Hugging Face causal LM as a :class:`Policy`, in float32, in eval mode.
 
@@ -152,6 +153,10 @@ def load_policy(
         attn_implementation: transformers attention kernel. "eager" (plain matmuls) by
             default: at RLHF lengths on CPU its backward is ~1.8x faster than the SDPA flash
             kernel's (profiled in ``bench/train_step.py``), and fp32 results are identical.
+        device: where the model (and a full fine-tune's reference) is put, e.g.
+            :func:`pgcore.precision.select_device`; None: the CPU. Weights are read on the
+            CPU and a fresh adapter is initialised there first, so a folder saved from any
+            device loads anywhere and one seed gives one adapter on every device.
 
     Raises:
         ChecksumError: ``adapter_path``'s weights do not match (checked before loading).
@@ -210,6 +215,9 @@ def load_policy(
 
     if not trainable:
         model.requires_grad_(False)
+    if device is not None and torch.device(device) != torch.device("cpu"):
+        model = model.to(device)
+        ref_model = ref_model.to(device) if ref_model is not None else None
     model.eval()
     critic = None
     if adapter_path is not None and (adapter_path / CRITIC_FILE).exists():

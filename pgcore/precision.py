@@ -25,13 +25,13 @@ DEVICE_ENV = "REWARDLOOP_DEVICE"
 
 def select_device(prefer: str | None = None) -> torch.device:
     """The device to train and sample on: ``prefer`` (or ``$REWARDLOOP_DEVICE``) when given, else CUDA
-    when available, else CPU.
+    when available, else CPU. ``"auto"`` (like nothing given) picks CUDA when available.
 
     Raises:
         ValueError: ``prefer`` names CUDA but PyTorch sees no GPU, or is no device name.
     """
     prefer = prefer or os.environ.get(DEVICE_ENV) or None
-    if prefer is None:
+    if prefer is None or prefer == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(prefer)

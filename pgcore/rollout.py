@@ -584,8 +584,15 @@ _sampling_copies: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, torch
 
 
 def default_device() -> torch.device:
-    """The device sampling runs on by default: the first CUDA GPU when there is one, else the CPU."""
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    """The device sampling runs on by default: :func:`pgcore.precision.select_device` (``$REWARDLOOP_DEVICE``
+    when set, else the first CUDA GPU when there is one, else the CPU).
+
+    Raises:
+        ValueError: ``$REWARDLOOP_DEVICE`` names CUDA where PyTorch sees no GPU, or no device.
+    """
+    from pgcore.precision import select_device
+
+    return select_device()
 
 
 def sampling_dtype(precision: str, device: torch.device) -> torch.dtype:

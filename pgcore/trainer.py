@@ -143,14 +143,18 @@ def critic_features(policy: Policy, batch: TrainBatch, config: PGConfig) -> torc
 
     Taken from the reference policy (the base weights), which training never changes, so a
     critic fitted in earlier updates reads the same features now. Each distinct prompt is
-    run once.
+    run once. Returned on the CPU, where the critic's ridge lives, whatever the model's device.
     """
     distinct: dict[tuple[int, ...], int] = {}
     for prompt in batch.prompt_ids:
         distinct.setdefault(tuple(prompt), len(distinct))
     with reference_model(policy) as ref:
         features = prompt_features(ref, [list(p) for p in distinct], policy.tokenizer.pad_token_id, config.minibatch_size)
-    return features[[distinct[tuple(p)] for p in batch.prompt_ids]]
+    return features[[distinct[tuple(p)] for p in batch.prompt_ids]].cpu()  # the critic is a CPU ridge
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def _check_finite(name: str, value: torch.Tensor, where: str) -> None:
@@ -183,18 +187,18 @@ def minibatch_order(prompt_ids: list[list[int]], generator: torch.Generator | No
     return order
 
 
-def _right_padded(rows: list, width: int) -> torch.Tensor:
-    """``b`` 1-D float rows (lists or tensors) of length <= ``width`` -> ``(b, width)``, zeros after each row."""
-    out = torch.zeros((len(rows), width), dtype=torch.float32)
+def _right_padded(rows: list, width: int, device: torch.device) -> torch.Tensor:
+    """``b`` 1-D float rows (lists or tensors) of length <= ``width`` -> ``(b, width)`` on ``device``, zeros after each row."""
+    out = torch.zeros((len(rows), width), dtype=torch.float32, device=device)
     for i, row in enumerate(rows):
-        row = torch.as_tensor(row, dtype=torch.float32)
+        row = torch.as_tensor(row, dtype=torch.float32, device=device)
         out[i, : row.numel()] = row
     return out
 
 
 def _score_minibatch(model, batch: TrainBatch, idx: list[int], pad_id: int, config: PGConfig, *, with_entropy: bool):
     """:func:`score_completions` of completions ``idx`` under ``config``'s autocast: ``(b, C)`` each."""
-    with _autocast(config):
+    with _autocast(config, _device(model)):
         return score_completions(
             model,
             [batch.prompt_ids[i] for i in idx],
@@ -272,8 +276,10 @@ def update(
     Ahmadian et al. 2024). The reference logprobs are computed once per update.
     Minibatches hold whole prompt groups (:func:`minibatch_order`) and each distinct prompt
     is run once per forward, its key/value cache shared by its completions
-    (``config.share_prompts``, :func:`pgcore.logprobs.score_completions`). bf16 autocast
-    (``config.bf16_autocast``) is used only where the CPU multiplies bf16 natively
+    (``config.share_prompts``, :func:`pgcore.logprobs.score_completions`). The update runs
+    on the device the policy's weights lie on (load it with ``device=`` from
+    :func:`pgcore.precision.select_device`); the critic stays on the CPU. bf16 autocast
+    (``config.bf16_autocast``) is used only where the device multiplies bf16 natively
     (:func:`bf16_autocast_active`); under it a LoRA policy's frozen weights are cast to
     bf16 once per update rather than in every forward (:func:`frozen_weights_in_bf16`).
     With ``config.tis_cap > 0`` the ratio is taken against the policy's own logprobs at the
@@ -348,9 +354,11 @@ def update(
 
     snapshot = [p.detach().clone() for p in params]
     model = policy.model
+    device = _device(model)  # the update runs where the policy lies (pgcore.precision.select_device)
+    advantages = advantages.to(device)
     was_training = model.training
     timings = dict.fromkeys(("reference", "proximal", "forward", "backward", "optimizer"), 0.0)
-    bf16 = bf16_autocast_active(config)
+    bf16 = bf16_autocast_active(config, device)
     bf16_weights = frozen_weights_in_bf16(policy) if bf16 else contextlib.nullcontext()
     bf16_weights.__enter__()
     try:
@@ -383,8 +391,8 @@ def update(
                     model, batch, idx, pad_id, config, with_entropy=last_epoch
                 )
                 width = mask.shape[1]
-                behaviour = _right_padded([batch.behaviour_logprobs[i] for i in idx], width)  # (b, C)
-                ref = _right_padded([ref_logprobs[i] for i in idx], width)  # (b, C)
+                behaviour = _right_padded([batch.behaviour_logprobs[i] for i in idx], width, device)  # (b, C)
+                ref = _right_padded([ref_logprobs[i] for i in idx], width, device)  # (b, C)
                 loss_pg, stats = pg_loss(
                     logprobs,
                     behaviour,
@@ -392,7 +400,7 @@ def update(
                     mask,
                     config.clip_eps,
                     config.importance_correction,
-                    proximal_logprobs=None if proximal is None else _right_padded([proximal[i] for i in idx], width),
+                    proximal_logprobs=None if proximal is None else _right_padded([proximal[i] for i in idx], width, device),
                     tis_cap=config.tis_cap or None,
                 )
                 kl = masked_mean(kl_k3(logprobs, ref, mask), mask)

@@ -51,6 +51,38 @@ def test_a_published_folder_is_fetched_into_the_cache_and_checked_by_hash(s3_sto
     assert artifacts.folder_fetch(name="p/run-1") == got  # the second time: from the cache
 
 
+def test_a_cached_file_corrupted_in_place_is_noticed_by_its_hash_and_fetched_again(s3_storages, tmp_path):
+    artifacts.folder_publish(source=_folder(tmp_path), name="p/run-5")
+    got = artifacts.folder_fetch(name="p/run-5")
+    with open(got / "a.bin", "r+b") as f:  # same size: a check by size alone would miss it
+        f.write(b"\x01")
+    again = artifacts.folder_fetch(name="p/run-5")
+    assert again == got and (again / "a.bin").read_bytes() == b"\x00" * 3000
+    assert [p.name for p in got.parent.iterdir()] == [got.name]  # the bad copy is gone, no temporary left
+
+
+def test_a_cached_file_touched_but_intact_is_rehashed_and_kept(s3_storages, tmp_path):
+    import os
+
+    artifacts.folder_publish(source=_folder(tmp_path), name="p/run-6")
+    got = artifacts.folder_fetch(name="p/run-6")
+    inode = (got / "a.bin").stat().st_ino
+    stamp = (got / artifacts.STAMP).read_text()
+    os.utime(got / "a.bin", ns=(0, 10**9))  # new mtime, same bytes
+    assert artifacts.folder_fetch(name="p/run-6") == got
+    assert (got / "a.bin").stat().st_ino == inode  # not downloaded again
+    assert (got / artifacts.STAMP).read_text() != stamp  # the stamp now records the new mtime
+
+
+def test_a_cached_entry_without_a_stamp_is_checked_by_hash(s3_storages, tmp_path):
+    artifacts.folder_publish(source=_folder(tmp_path), name="p/run-7")
+    got = artifacts.folder_fetch(name="p/run-7")
+    (got / artifacts.STAMP).unlink()  # an entry cached before stamps existed
+    (got / "sub" / "b.json").write_text('{"k": 2}')  # same size, other content
+    assert artifacts.folder_fetch(name="p/run-7") == got
+    assert (got / "sub" / "b.json").read_text() == '{"k": 1}' and (got / artifacts.STAMP).is_file()
+
+
 def test_two_processes_fetching_one_version_at_once_share_one_complete_folder(s3_storages, tmp_path):
     import threading
 

@@ -34,6 +34,7 @@ from pgcore.atomic import atomic_file, fsync_dir, fsync_tree
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+STAMP = ".stamp.json"  # in a cache entry: each file's size and mtime when its hash was last checked
 KINDS = ("models", "exports", "plots")
 _CHUNK = 1 << 20
 
@@ -94,6 +95,27 @@ def local_path(name: str, kind: str = "models") -> Path | None:
     """Where ``name`` lies on this machine, or None for a remote storage."""
     st = storage(kind)
     return Path(st.path(name)) if isinstance(st, FileSystemStorage) else None
+
+
+def models_name(folder: str | Path) -> str:
+    """How to record the local model folder ``folder`` so that every machine finds its own copy.
+
+    A folder under ``REWARDLOOP_MODELS_DIR`` is recorded by its path there (``"smollm2-135m-instruct"``,
+    POSIX separators), which :func:`models_folder` resolves under each machine's own models folder;
+    any other folder by its absolute path, found only where that path exists (with a remote
+    ``models`` storage the base model is uploaded anyway, so no worker needs it).
+    """
+    folder = Path(folder).expanduser().resolve()
+    try:
+        return folder.relative_to(Path(settings.REWARDLOOP_MODELS_DIR).expanduser().resolve()).as_posix()
+    except ValueError:
+        return str(folder)
+
+
+def models_folder(ref: str) -> Path:
+    """This machine's folder for a reference recorded by :func:`models_name`: an absolute path as it
+    is, a name under this machine's ``REWARDLOOP_MODELS_DIR``."""
+    return Path(ref) if os.path.isabs(ref) else Path(settings.REWARDLOOP_MODELS_DIR) / ref
 
 
 def cache_dir() -> Path:
@@ -235,7 +257,9 @@ def folder_fetch(*, name: str, kind: str = "models") -> Path:
     A remote folder is downloaded into ``cache_dir()/<kind>/<name>@<manifest sha256[:16]>``,
     each file checked against the manifest's SHA-256, fsynced and moved into place whole with
     one rename (two processes fetching at once: the first folder stays, the second is
-    dropped); a later call finds it there (files and sizes checked against the manifest).
+    dropped); a later call finds it there. There each file's size and mtime are compared with
+    those recorded when its hash was checked; a file that changed is hashed again, and an
+    entry with a file that no longer matches the manifest is discarded and fetched again.
 
     Raises:
         ArtifactMissing: no manifest, or a downloaded file whose hash differs.
@@ -248,6 +272,9 @@ def folder_fetch(*, name: str, kind: str = "models") -> Path:
     target = cache_dir() / kind / f"{safe}@{manifest['sha256'][:16]}"
     if _cached_ok(target, manifest):
         return target
+    if target.exists():  # a cached file changed and no longer matches its hash: fetch the folder again
+        log.warning("cached %s/%s in %s no longer matches its manifest; fetching it again", kind, name, target)
+        _discard(target)
     st = storage(kind)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
@@ -263,6 +290,7 @@ def folder_fetch(*, name: str, kind: str = "models") -> Path:
             if h.hexdigest() != meta["sha256"]:
                 raise ArtifactMissing(f"{kind}/{name}/{rel} has sha256 {h.hexdigest()}, manifest says {meta['sha256']}")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        _stamp_write(tmp, _stamps(tmp, manifest))  # what each file looked like when its hash was checked
         fsync_tree(tmp)
         try:
             os.rename(tmp, target)  # refused when another process put the same folder there first: keep theirs
@@ -278,13 +306,61 @@ def folder_fetch(*, name: str, kind: str = "models") -> Path:
     return target
 
 
+def _stamps(folder: Path, manifest: dict) -> dict[str, list[int]]:
+    """``{relative name: [size in bytes, mtime in ns]}`` of each manifest file in ``folder`` now."""
+    out = {}
+    for rel in manifest["files"]:
+        st = (folder / rel).stat()
+        out[rel] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def _stamp_write(folder: Path, stamps: dict[str, list[int]]) -> None:
+    with atomic_file(folder / STAMP) as f:
+        f.write(json.dumps(stamps, sort_keys=True).encode())
+
+
 def _cached_ok(folder: Path, manifest: dict) -> bool:
+    """Whether the cache entry ``folder`` holds every file of ``manifest`` with its content.
+
+    A file whose size and mtime are those recorded in the entry's stamp when its hash was
+    last checked is trusted without reading it; any other (touched, rewritten, truncated,
+    or an entry without a stamp) is hashed again and compared with the manifest. The stamp
+    is updated for files that still match. Cost: one ``stat`` per file when nothing changed.
+    """
     if not (folder / MANIFEST).is_file():
         return False
     try:
-        return all((folder / rel).stat().st_size == meta["size"] for rel, meta in manifest["files"].items())
+        recorded = json.loads((folder / STAMP).read_text())
+    except (OSError, ValueError):
+        recorded = {}
+    try:
+        now = _stamps(folder, manifest)
     except FileNotFoundError:
         return False
+    rechecked = False
+    for rel, meta in manifest["files"].items():
+        if recorded.get(rel) == now[rel]:
+            continue
+        if now[rel][0] != meta["size"] or file_sha256(folder / rel) != meta["sha256"]:
+            return False
+        rechecked = True
+    if rechecked:
+        try:
+            _stamp_write(folder, now)
+        except OSError:  # a read-only cache still serves; the next check hashes again
+            pass
+    return True
+
+
+def _discard(folder: Path) -> None:
+    """Remove a cache entry: renamed aside first (one step), so no reader finds it half deleted."""
+    aside = folder.parent / f".{folder.name}.stale-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        os.rename(folder, aside)
+    except FileNotFoundError:  # another process discarded it first
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def folder_delete(name: str, kind: str = "models") -> None:

@@ -65,7 +65,10 @@ class Project(models.Model):
     base_model_path = models.CharField(
         "base model folder",
         max_length=500,
-        help_text="Local Hugging Face causal-LM folder the lineage starts from.",
+        help_text=(
+            "Hugging Face causal-LM folder the lineage starts from: its name under REWARDLOOP_MODELS_DIR, "
+            "which each machine resolves under its own models folder, or an absolute path outside it."
+        ),
     )
     rating_mode = models.CharField("rating mode", max_length=16, choices=RatingMode.choices, default=RatingMode.LIKERT)
     guidelines = models.TextField("guidelines", blank=True, help_text="Shown to annotators (Markdown).")

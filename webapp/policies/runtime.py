@@ -21,23 +21,44 @@ _cached: dict[tuple[int, str], object] = {}
 def version_dir(version: ModelVersion) -> Path:
     """A local folder holding ``version``'s weights.
 
-    ``weights_path`` is either a local folder (the local default, and base models
-    registered from a folder) or a name in the ``models`` storage, fetched by
+    ``weights_path`` is an absolute local folder (versions recorded before names were
+    portable, and base models registered from a folder outside ``REWARDLOOP_MODELS_DIR``) or a
+    name in the ``models`` storage: a trained version's is fetched by
     :func:`webapp.policies.artifacts.folder_fetch` into this machine's cache and checked
-    against its manifest's hashes.
+    against its manifest's hashes. A base version's name is the base model's folder under
+    each machine's own ``REWARDLOOP_MODELS_DIR`` with the local storage (no manifest: the
+    app did not write it), and its uploaded copy (``<slug>/base``) with a remote one, where
+    this machine's models folder is the fallback.
 
     Raises:
         webapp.policies.artifacts.ArtifactMissing: a stored version without its manifest.
     """
     if os.path.isabs(version.weights_path):
         return Path(version.weights_path)
+    if version.kind == ModelVersion.Kind.BASE:
+        return _base_version_dir(version.weights_path)
     return artifacts.folder_fetch(name=version.weights_path)
+
+
+def _base_version_dir(name: str) -> Path:
+    # A base the app uploaded (a remote storage: "<slug>/base") is fetched and checked like any
+    # version; one named under the models folder (local storage) is this machine's own copy,
+    # which the app did not write and so has no manifest.
+    own = artifacts.models_folder(name)
+    if artifacts.is_local():
+        return own
+    try:
+        return artifacts.folder_fetch(name=name)
+    except artifacts.ArtifactMissing:
+        if (own / "config.json").is_file():
+            return own
+        raise
 
 
 def base_dir(project) -> Path:
     """A local folder holding the project's base model (its version 0, fetched like any version)."""
     base = ModelVersion.objects.filter(project_id=project.pk, number=0).first() if project.pk else None
-    return version_dir(base) if base is not None else Path(project.base_model_path)
+    return version_dir(base) if base is not None else artifacts.models_folder(project.base_model_path)
 
 
 def _paths(version: ModelVersion) -> tuple[Path, Path | None, str | None]:
@@ -51,17 +72,25 @@ def _paths(version: ModelVersion) -> tuple[Path, Path | None, str | None]:
 
 
 def policy_load(version: ModelVersion, *, trainable: bool = False, config=None):
-    """Load ``version`` as a :class:`pgcore.policy.Policy`.
+    """Load ``version`` as a :class:`pgcore.policy.Policy` on this machine's device.
 
     LoRA versions load the project's base model plus the version's adapter,
-    whose sha256 is checked first (``pgcore.policy.ChecksumError`` on mismatch).
+    whose sha256 is checked first (``pgcore.policy.ChecksumError`` on mismatch). The
+    device is :func:`pgcore.precision.select_device`: a CUDA GPU when PyTorch sees one,
+    else the CPU; ``REWARDLOOP_DEVICE`` (``cpu``, ``cuda``, ``cuda:1``, ``auto``) forces it.
+
+    Raises:
+        ValueError: ``REWARDLOOP_DEVICE`` names a device this machine lacks.
     """
     from pgcore.policy import load_policy, verify_weights
+    from pgcore.precision import select_device
 
     base_path, adapter_path, sha = _paths(version)
     if version.kind == ModelVersion.Kind.FULL and version.sha256:
         verify_weights(base_path, version.sha256)
-    return load_policy(base_path, adapter_path, config=config, trainable=trainable, expected_sha256=sha)
+    return load_policy(
+        base_path, adapter_path, config=config, trainable=trainable, expected_sha256=sha, device=select_device()
+    )
 
 
 def policy_for_generation(version: ModelVersion):

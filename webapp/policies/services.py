@@ -51,8 +51,11 @@ def base_model_ensure(*, models_dir: Path | None = None) -> Path:
 def project_create(*, slug: str, title: str, base_model_path: str | Path, **fields) -> Project:
     """Create a project and register its base model as version 0, served.
 
-    With a remote ``models`` storage the base folder is uploaded as ``<slug>/base``
-    (manifest last), so every worker can fetch it.
+    A base folder under ``REWARDLOOP_MODELS_DIR`` is recorded by its name there
+    (:func:`webapp.policies.artifacts.models_name`), so each machine loads its own copy
+    under its own models folder; a folder elsewhere by its absolute path. With a remote
+    ``models`` storage the base folder is uploaded as ``<slug>/base`` (manifest last), so
+    every worker can fetch it.
 
     Raises:
         ApplicationError: the slug is taken or the folder is not a model folder.
@@ -62,10 +65,11 @@ def project_create(*, slug: str, title: str, base_model_path: str | Path, **fiel
         raise ApplicationError(f"{base_model_path} is not a Hugging Face model folder (no config.json).")
     if Project.objects.filter(slug=slug).exists():
         raise ApplicationError(f"A project named {slug!r} exists already.")
-    project = Project(slug=slug, title=title, base_model_path=str(base_model_path), **fields)
+    base_ref = artifacts.models_name(base_model_path)  # a name under the models folder travels between machines
+    project = Project(slug=slug, title=title, base_model_path=base_ref, **fields)
     project.full_clean(exclude=["served_version"])
     project.save()
-    weights_path = str(base_model_path)
+    weights_path = base_ref
     if not artifacts.is_local():  # other machines fetch the base model from the bucket, like any version
         weights_path = f"{slug}/base"
         artifacts.folder_publish(source=base_model_path, name=weights_path)

@@ -28,7 +28,10 @@ class RewardModelVersion(models.Model):
         "metrics", default=dict, help_text="Held-out metrics (fitted without the held-out share) and fit metrics."
     )
     backbone_path = models.CharField(
-        "backbone folder", max_length=500, help_text="Frozen model the features come from."
+        "backbone folder",
+        max_length=500,
+        help_text="Frozen model the features come from, as the project records its base model (a name under "
+        "REWARDLOOP_MODELS_DIR, or an absolute path).",
     )
     artefact_path = models.CharField("artefact folder", max_length=500)
     sha256 = models.CharField("sha256", max_length=64, help_text="Checksum of the artefact's weights.")

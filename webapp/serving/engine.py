@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pgcore.precision import select_device
 from pgcore.rollout import draw_tokens, eos_token_ids, fast_path_supported, sample_continuous, sampling_dtype, sampling_model
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class Engine:
                  precision: str = "auto", device: str | None = None, max_loaded: int = 3):
         self.load = load
         self.window_s, self.max_batch, self.max_loaded = window_s, max_batch, max_loaded
-        self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = select_device(device)
         self.dtype = sampling_dtype(precision, self.device)
         self._loaded: dict[int, Loaded] = {}  # version id -> Loaded
         self._load_lock = threading.Lock()  # guards the dict

@@ -93,7 +93,7 @@ def _token_logprobs(model, pad_id: int, prompt_ids: list[list[int]], completion_
         packed = pack_sequences(prompt_ids[start : start + EVAL_BATCH], completion_ids[start : start + EVAL_BATCH], pad_id)
         with torch.no_grad():
             logprobs, _ = sequence_logprobs(model, packed.input_ids, packed.attention_mask, packed.completion_mask)
-        for row, mask in zip(logprobs, packed.completion_mask):
+        for row, mask in zip(logprobs.cpu(), packed.completion_mask):
             out.append(row[mask].tolist())
     return out
 
@@ -110,7 +110,7 @@ def _reference_logprobs(policy, version: ModelVersion, prompt_ids, completion_id
         return _token_logprobs(policy.model, pad_id, prompt_ids, completion_ids)
     from webapp.policies.runtime import base_dir
 
-    base = load_policy(base_dir(version.project))
+    base = load_policy(base_dir(version.project), device=next(policy.model.parameters()).device)
     return _token_logprobs(base.model, pad_id, prompt_ids, completion_ids)
 
 

@@ -59,22 +59,41 @@ from .models import TrainingRun, TrainingStep
 BATCH_FILE = "batch.json"
 TRAINED_DIR = "policy"
 
-# The policy the last update step of this process trained, keyed by its weights' sha256: the
-# evaluate step that usually follows in the same worker process takes it instead of loading
-# the base model and the adapter from disk again. One slot; a step in another process loads.
-_trained: dict[str, object] = {}
+# The policy the last update step of this process trained, with its run's id and its weights'
+# sha256: the evaluate step that usually follows in the same worker process takes it instead
+# of loading the base model and the adapter from disk again. One slot, bounded: emptied by
+# that evaluate step, by any step of another run starting in this process (so a worker
+# whose run was evaluated elsewhere holds it only until its next run), by the run ending
+# here, and by any other task this process takes (:func:`trained_release`).
+_trained: dict[tuple[int, str], object] = {}
 
 
-def _trained_keep(policy, sha256: str) -> None:
+def _trained_keep(policy, *, run_id: int, sha256: str) -> None:
     _trained.clear()
-    _trained[sha256] = policy
+    _trained[(run_id, sha256)] = policy
 
 
-def _trained_take(sha256: str):
-    """The policy kept by :func:`_trained_keep` for weights ``sha256``, or None; the slot is emptied."""
-    policy = _trained.pop(sha256, None)
+def _trained_take(*, run_id: int, sha256: str):
+    """The policy kept by :func:`_trained_keep` for run ``run_id``'s weights ``sha256``, or None; the slot is emptied."""
+    policy = _trained.pop((run_id, sha256), None)
     _trained.clear()
     return policy
+
+
+def trained_held() -> tuple[int, object] | None:
+    """``(run id, policy)`` of the trained policy this process holds for an evaluate step, or None."""
+    for (run_id, _sha256), policy in _trained.items():
+        return run_id, policy
+    return None
+
+
+def trained_release(*, except_run_id: int | None = None) -> bool:
+    """Drop the trained policy this process holds, unless it is run ``except_run_id``'s; returns whether one was dropped."""
+    held = trained_held()
+    if held is None or held[0] == except_run_id:
+        return False
+    _trained.clear()
+    return True
 
 
 def cancel_requested(run_id: int) -> bool:
@@ -166,7 +185,7 @@ def step_update(*, run: TrainingRun, config) -> None:
     from pgcore.policy import CHECKSUM_FILE
 
     policy.model.eval()  # evaluated as a loaded one would be: no dropout
-    _trained_keep(policy, json.loads((trained / CHECKSUM_FILE).read_text())["sha256"])
+    _trained_keep(policy, run_id=run.pk, sha256=json.loads((trained / CHECKSUM_FILE).read_text())["sha256"])
 
 
 def step_save(*, run: TrainingRun, config) -> None:
@@ -237,7 +256,7 @@ def step_evaluate(*, run: TrainingRun, config) -> None:
     parent = run.parent_version
     # The weights this process just trained and saved (same sha256), else loaded below; taken
     # before the cancel check so that a cancelled run leaves nothing held.
-    policy = version.sha256 and _trained_take(version.sha256)
+    policy = version.sha256 and _trained_take(run_id=run.pk, sha256=version.sha256)
     _raise_if_cancelled(run, f"before evaluating v{version.number}")
     liveness.stage_enter(run, TrainingRun.Stage.EVALUATING)
     n_prompts = len(evaluation.eval_prompts(project=run.project))

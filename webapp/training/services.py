@@ -328,12 +328,15 @@ def training_step_run(*, run_id: int, step: str, worker: str = "", chain: bool =
     """
     claimed = _step_claim(run_id=run_id, step=step, worker=worker)
     if claimed is None:
+        if not TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.RUNNING).exists():
+            pipeline.trained_release()  # the run ended (cancelled before this step): nothing will take it
         return None
     if isinstance(claimed, str):  # done already: move on
         if chain:
             liveness.step_send(run_id=run_id, step=claimed)
         return claimed
     row = claimed
+    pipeline.trained_release(except_run_id=run_id)  # a policy trained for another run is not coming back
     from pgcore.trainer import TrainingCancelled
 
     run = TrainingRun.objects.select_related("project__served_version", "parent_version", "result_version").get(pk=run_id)
@@ -342,9 +345,11 @@ def training_step_run(*, run_id: int, step: str, worker: str = "", chain: bool =
             config = pg_config_for(project=run.project, overrides=run.config)
             STEP_BODIES[step](run=run, config=config)
     except TrainingCancelled as exc:
+        pipeline.trained_release()
         _run_end_cancelled(run_id=run.pk, why=str(exc))
         return None
     except Exception as exc:  # noqa: BLE001 - every failure must end the run cleanly
+        pipeline.trained_release()
         log.exception("training run %s failed in step %s", run.pk, step)
         _run_end_failed(run_id=run.pk, exc=exc)
         return None
@@ -359,6 +364,8 @@ def training_step_run(*, run_id: int, step: str, worker: str = "", chain: bool =
         if current.status == TrainingRun.Status.RUNNING and not cancelled:
             TrainingRun.objects.filter(pk=run_id).update(heartbeat_at=now)
             next_step = STEP_ORDER[STEP_ORDER.index(step) + 1] if step != STEP_ORDER[-1] else None
+    if cancelled or next_step is None:
+        pipeline.trained_release()  # the run has ended here: no evaluate step will take it
     if cancelled:
         following = STEP_ORDER[STEP_ORDER.index(step) + 1]
         _run_end_cancelled(run_id=run_id, why=f"cancel requested; stopped after the {step} step, before {following}")

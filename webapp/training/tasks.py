@@ -15,9 +15,9 @@ import os
 
 from billiard.exceptions import WorkerLostError
 from celery import shared_task
-from celery.signals import task_failure, worker_ready
+from celery.signals import task_failure, task_prerun, worker_ready
 
-from . import liveness, services
+from . import liveness, pipeline, services
 from .models import STEP_ORDER
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,17 @@ def version_samples_ensure(version_id: int) -> int:
     written = evaluation.version_samples_ensure(version=version)
     evaluation.version_evaluate(version=version)
     return written
+
+
+@task_prerun.connect
+def _release_trained_policy(sender=None, **_):
+    """Any task but a run's step drops the trained policy this process kept for an evaluate step.
+
+    Exports, reward-model fits and evaluations need the memory; a step checks the run itself
+    (:func:`webapp.training.services.training_step_run`).
+    """
+    if sender not in (training_run_execute, training_step):
+        pipeline.trained_release()
 
 
 @task_failure.connect(sender=training_run_execute)
