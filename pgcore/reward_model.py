@@ -202,7 +202,9 @@ def completion_features(
         batch_size: sequences per forward pass.
 
     Returns:
-        ``features (N, F)`` float32 with ``F = len(layers) * d_model * (2 if mean_last else 1)``.
+        ``features (N, F)`` float32 with ``F = len(layers) * d_model * (2 if mean_last else 1)``,
+        on the model's device (the inputs are sent there, as ``pgcore.logprobs.score_completions``
+        does).
 
     Raises:
         ValueError: the two lists differ in length, or a layer index is out of range.
@@ -214,6 +216,7 @@ def completion_features(
     for layer in config.layers:
         if not -(n_layers + 1) <= layer <= n_layers:
             raise ValueError(f"layer {layer} outside the model's hidden states [-{n_layers + 1}, {n_layers}]")
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     out = []
@@ -237,6 +240,8 @@ def completion_features(
                 attention_mask[i, : len(r)] = 1
                 pool_mask[i, f : len(r)] = 1.0
                 last_index[i] = len(r) - 1
+            input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+            pool_mask, last_index = pool_mask.to(device), last_index.to(device)
             hidden = body(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
             pieces = []
             for layer in config.layers:
@@ -244,13 +249,13 @@ def completion_features(
                 if config.pooling in ("mean", "mean_last"):
                     pieces.append((h * pool_mask[..., None]).sum(1) / pool_mask.sum(1, keepdim=True))
                 if config.pooling in ("last", "mean_last"):
-                    pieces.append(h[torch.arange(len(rows)), last_index])
+                    pieces.append(h[torch.arange(len(rows), device=device), last_index])
             out.append(torch.cat(pieces, dim=-1))
     finally:
         model.train(was_training)
     if not out:
         d = int(model.config.hidden_size) * len(config.layers) * (2 if config.pooling == "mean_last" else 1)
-        return torch.zeros(0, d)
+        return torch.zeros(0, d, device=device)
     return torch.cat(out)
 
 

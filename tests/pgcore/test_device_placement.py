@@ -100,3 +100,25 @@ def test_on_a_gpu_an_update_runs_there_and_its_checkpoint_loads_on_the_cpu(tiny_
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         assert_close(on_cpu.model(input_ids=ids).logits, policy.model(input_ids=ids.to(cuda)).logits.cpu(), atol=1e-4, rtol=1e-4)
+
+
+def test_reward_model_features_are_computed_on_the_backbones_device(tiny_path):
+    from pgcore.reward_model import RewardModelConfig, completion_features
+
+    model = load_policy(tiny_path, device=META).model
+    config = RewardModelConfig(layers=(1, -1), pooling="mean_last")
+    features = completion_features(model, PROMPTS, COMPLETIONS, config, batch_size=2)
+    assert features.device == META
+    assert features.shape == (3, 2 * 2 * model.config.hidden_size)
+    assert completion_features(model, [], [], config).device == META
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_reward_model_features_match_the_cpus(tiny_path):
+    from pgcore.reward_model import RewardModelConfig, completion_features
+
+    config = RewardModelConfig(layers=(1, -1), pooling="mean_last")
+    on_cpu = completion_features(load_policy(tiny_path).model, PROMPTS, COMPLETIONS, config)
+    on_gpu = completion_features(load_policy(tiny_path, device="cuda").model, PROMPTS, COMPLETIONS, config)
+    assert on_gpu.device.type == "cuda"
+    assert_close(on_gpu.cpu(), on_cpu, atol=1e-4, rtol=1e-4)
