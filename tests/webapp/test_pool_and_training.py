@@ -1,7 +1,6 @@
 """Generation and training services on the tiny random model (real pgcore, real weights on disk)."""
 
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ from webapp.annotation import services as annotation_services
 from webapp.annotation.models import Completion, Rating
 from webapp.errors import ApplicationError
 from webapp.policies.models import ModelVersion
+from webapp.policies.runtime import version_dir
 from webapp.training import services as training_services
 from webapp.training.models import TrainingRun
 
@@ -137,7 +137,7 @@ def test_a_run_trains_writes_a_checked_version_and_serves_it(project, make_user)
     version = project.served_version
     assert version == run.result_version and version.number == 1 and version.parent.number == 0
     assert version.kind == ModelVersion.Kind.LORA and len(version.sha256) == 64
-    assert Path(version.weights_path).is_dir()
+    assert version_dir(version).is_dir()
     assert version.ratings_used == 8 == run.ratings.count()
     for key in ("objective/mean_reward", "objective/kl", "losses/pg_loss"):
         assert key in run.metrics
@@ -205,7 +205,7 @@ def test_a_tampered_version_is_refused_on_load(project, make_user):
         run_id=training_services.training_run_create(project=project, trigger="manual").pk
     )
     version = run.result_version
-    weights = next(Path(version.weights_path).glob("*.safetensors"))
+    weights = next(version_dir(version).glob("*.safetensors"))
     blob = bytearray(weights.read_bytes())
     blob[-1] ^= 0xFF  # one flipped byte
     weights.write_bytes(bytes(blob))
@@ -267,7 +267,7 @@ def test_a_project_with_the_critic_baseline_trains_it_across_runs(project, make_
         run = training_services.training_run_create(project=project, trigger="manual")
         run = training_services.training_run_execute(run_id=run.pk)
         assert run.status == "succeeded", run.error
-        critic_file = Path(run.result_version.weights_path) / CRITIC_FILE
+        critic_file = version_dir(run.result_version) / CRITIC_FILE
         assert critic_file.exists()
         seen.append((run.metrics, Critic.load(critic_file).n_seen))
     (first, n_first), (second, n_second) = seen

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
 from webapp.policies.models import RewardSource
+from webapp.policies import artifacts
 from webapp.rewards import services as reward_services
 from webapp.rewards.models import RewardModelVersion
 from webapp.training import reward_batch
@@ -120,7 +120,7 @@ def test_a_failed_fit_never_blocks_human_only_training(rm_project, annotator, ma
 def test_a_corrupt_reward_model_is_a_clear_error_and_nothing_is_served(rm_project, annotator, many_prompts, monkeypatch):
     _rate_learnable(rm_project, many_prompts, annotator)
     version = reward_services.reward_model_fit(project=rm_project)
-    weights = Path(version.artefact_path) / "reward_model.safetensors"
+    weights = artifacts.models_folder(version.artefact_path, published=True) / "reward_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8] + b"garbage!")
     monkeypatch.setattr(reward_services, "reward_model_fit", lambda **kwargs: version)
     served = rm_project.served_version_id

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from webapp.annotation import services as annotation_services
 from webapp.annotation.models import Completion
+from webapp.policies import artifacts
 from webapp.rewards import services
 
 from tests.webapp.rewards_helpers import _rate_learnable, many_prompts  # noqa: F401
@@ -47,7 +47,7 @@ def test_a_corrupt_model_leaves_them_unscored_and_the_pool_still_fills(
 ):
     _rate_learnable(project, many_prompts, annotator)
     version = services.reward_model_fit(project=project)
-    weights = Path(version.artefact_path) / "reward_model.safetensors"
+    weights = artifacts.models_folder(version.artefact_path, published=True) / "reward_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8] + b"garbage!")
 
     with caplog.at_level(logging.WARNING):

@@ -7,6 +7,7 @@ import torch
 
 from webapp.annotation.models import Comparison, Completion, Pair, Rating
 from webapp.errors import ApplicationError
+from webapp.policies import artifacts
 from webapp.rewards import selectors, services, tasks
 from webapp.rewards.models import RewardModelVersion
 
@@ -116,11 +117,9 @@ def test_pairwise_comparisons_are_bradley_terry_judgments(tiny_model_dir, models
 
 
 def test_a_corrupt_artefact_is_a_clear_error(project, annotator, many_prompts):
-    from pathlib import Path
-
     _rate_learnable(project, many_prompts, annotator)
     version = services.reward_model_fit(project=project)
-    weights = Path(version.artefact_path) / "reward_model.safetensors"
+    weights = artifacts.models_folder(version.artefact_path, published=True) / "reward_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8] + b"garbage!")
     with pytest.raises(ApplicationError, match=f"RM{version.number} cannot be loaded"):
         services.reward_model_load(version=version)

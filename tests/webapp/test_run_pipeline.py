@@ -20,6 +20,7 @@ from tests.webapp.broker_helpers import queued_messages
 from webapp.annotation import services as annotation_services
 from webapp.annotation.models import Completion, Rating
 from webapp.policies.models import ModelVersion
+from webapp.policies.runtime import version_dir
 from webapp.training import liveness
 from webapp.training import services as training_services
 from webapp.training.models import STEP_ORDER, TrainingRun, TrainingStep
@@ -67,7 +68,7 @@ def test_a_run_records_each_step_done_with_its_worker_and_times(rated_run):
         assert (step.status, step.attempts, step.worker) == ("done", 1, WORKER_A), step.name
         assert step.started_at <= step.finished_at
     assert not liveness.run_work_dir(rated_run).exists()  # the working folder goes when the run ends
-    assert Path(rated_run.result_version.weights_path).is_dir()
+    assert version_dir(rated_run.result_version).is_dir()
 
 
 def test_a_step_delivered_again_after_it_finished_is_a_no_op_that_moves_on(rated_run):
@@ -191,7 +192,7 @@ def test_a_cancel_after_the_save_keeps_the_version_unserved(rated_run, staff_use
     assert run.status == "cancelled" and run.result_version is not None
     version = ModelVersion.objects.get(pk=run.result_version_id)
     assert version.held_back_reason == f"Not served: run {run.pk} was cancelled by boss before promotion."
-    assert Path(version.weights_path).is_dir()  # a registered version keeps its weights
+    assert version_dir(version).is_dir()  # a registered version keeps its weights
 
 
 def test_a_cancel_asked_during_a_step_is_honoured_when_it_ends(rated_run, staff_user, monkeypatch):

@@ -112,10 +112,28 @@ def models_name(folder: str | Path) -> str:
         return str(folder)
 
 
-def models_folder(ref: str) -> Path:
-    """This machine's folder for a reference recorded by :func:`models_name`: an absolute path as it
-    is, a name under this machine's ``REWARDLOOP_MODELS_DIR``."""
-    return Path(ref) if os.path.isabs(ref) else Path(settings.REWARDLOOP_MODELS_DIR) / ref
+def models_folder(ref: str, *, published: bool = False) -> Path:
+    """This machine's folder for a recorded model folder reference.
+
+    An absolute path is used as it is (folders outside the models folder, and folders the app
+    wrote before it recorded names). A name is resolved on this machine:
+
+    - ``published=False``: a folder recorded by :func:`models_name` (a base model, which the
+      app did not write and so has no manifest), under this machine's ``REWARDLOOP_MODELS_DIR``;
+    - ``published=True``: a folder the app published in the ``models`` storage with its
+      manifest (a trained version ``<slug>/run-N``, a reward model
+      ``<slug>/reward-models/rm-…``), through :func:`folder_fetch`: with the local storage
+      where it lies under this machine's models folder, with a remote one this machine's
+      cached copy, checked by hash.
+
+    Raises:
+        ArtifactMissing: ``published`` and the folder has no manifest (absent or incomplete).
+    """
+    if os.path.isabs(ref):
+        return Path(ref)
+    if published:
+        return folder_fetch(name=ref)
+    return Path(settings.REWARDLOOP_MODELS_DIR) / ref
 
 
 def cache_dir() -> Path:

@@ -331,7 +331,11 @@ class ModelVersion(models.Model):
     weights_path = models.CharField(
         "weights folder",
         max_length=500,
-        help_text="The base model folder for version 0, otherwise this version's own folder.",
+        help_text=(
+            "Version 0: the base model folder (its name under REWARDLOOP_MODELS_DIR, or an absolute path). "
+            "Otherwise this version's own folder: its name in the models storage (<project>/run-N), which each "
+            "machine resolves in its own models folder or cache, or an absolute path recorded before names were portable."
+        ),
     )
     sha256 = models.CharField("weights sha256", max_length=64, blank=True)
     ratings_used = models.PositiveIntegerField("ratings used", default=0)

@@ -23,21 +23,20 @@ def version_dir(version: ModelVersion) -> Path:
 
     ``weights_path`` is an absolute local folder (versions recorded before names were
     portable, and base models registered from a folder outside ``REWARDLOOP_MODELS_DIR``) or a
-    name in the ``models`` storage: a trained version's is fetched by
-    :func:`webapp.policies.artifacts.folder_fetch` into this machine's cache and checked
-    against its manifest's hashes. A base version's name is the base model's folder under
-    each machine's own ``REWARDLOOP_MODELS_DIR`` with the local storage (no manifest: the
-    app did not write it), and its uploaded copy (``<slug>/base``) with a remote one, where
-    this machine's models folder is the fallback.
+    name in the ``models`` storage (:func:`webapp.policies.artifacts.models_folder`): a trained
+    version's (``<slug>/run-N``) lies under this machine's models folder with the local
+    storage and is fetched into this machine's cache, checked against its manifest's hashes,
+    with a remote one. A base version's name is the base model's folder under each machine's
+    own ``REWARDLOOP_MODELS_DIR`` with the local storage (no manifest: the app did not write
+    it), and its uploaded copy (``<slug>/base``) with a remote one, where this machine's
+    models folder is the fallback.
 
     Raises:
         webapp.policies.artifacts.ArtifactMissing: a stored version without its manifest.
     """
-    if os.path.isabs(version.weights_path):
-        return Path(version.weights_path)
-    if version.kind == ModelVersion.Kind.BASE:
+    if version.kind == ModelVersion.Kind.BASE and not os.path.isabs(version.weights_path):
         return _base_version_dir(version.weights_path)
-    return artifacts.folder_fetch(name=version.weights_path)
+    return artifacts.models_folder(version.weights_path, published=True)
 
 
 def _base_version_dir(name: str) -> Path:

@@ -33,7 +33,12 @@ class RewardModelVersion(models.Model):
         help_text="Frozen model the features come from, as the project records its base model (a name under "
         "REWARDLOOP_MODELS_DIR, or an absolute path).",
     )
-    artefact_path = models.CharField("artefact folder", max_length=500)
+    artefact_path = models.CharField(
+        "artefact folder",
+        max_length=500,
+        help_text="Its name in the models storage (<project>/reward-models/rm-…), which each machine resolves in its "
+        "own models folder or cache, or an absolute path recorded before names were portable.",
+    )
     sha256 = models.CharField("sha256", max_length=64, help_text="Checksum of the artefact's weights.")
     created_at = models.DateTimeField("created", auto_now_add=True)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import uuid
 from pathlib import Path
 
@@ -381,10 +380,10 @@ def reward_model_fit(*, project: Project, config_overrides: dict | None = None) 
     sha256 = save_reward_model(
         model, out_dir, metadata={"project": project.slug, "rating_ids_sha256": _ids_sha256(rating_ids)}
     )
-    artefact_ref = str(out_dir)
-    if not artifacts.is_local():  # any worker fetches it from the bucket by name
-        artifacts.folder_publish(source=out_dir, name=rm_name)
-        artefact_ref = rm_name
+    # Local storage: out_dir is rm_name's folder and gets its manifest; a remote one: uploaded, manifest
+    # last. Either way the name is recorded, which each machine resolves in its own models folder or cache.
+    artifacts.folder_publish(source=out_dir, name=rm_name)
+    artefact_ref = rm_name
 
     to_score = list(
         Completion.objects.filter(project=project, model_version_id=project.served_version_id).exclude(
@@ -456,8 +455,7 @@ def reward_model_load(*, version: RewardModelVersion):
     from pgcore.reward_model import load_reward_model
 
     try:
-        path = version.artefact_path
-        folder = path if os.path.isabs(path) else artifacts.folder_fetch(name=path)
+        folder = artifacts.models_folder(version.artefact_path, published=True)
         model, _metadata = load_reward_model(folder, expected_sha256=version.sha256)
     except (ChecksumError, FileNotFoundError) as exc:
         raise ApplicationError(f"Reward model RM{version.number} cannot be loaded: {exc}") from exc

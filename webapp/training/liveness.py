@@ -159,8 +159,18 @@ def run_weights_dir(run: TrainingRun) -> Path:
 
 
 def run_weights_ref(run: TrainingRun) -> str:
-    """What the run's version records as ``weights_path``: the local folder, or the storage name (S3)."""
-    return str(run_weights_dir(run)) if artifacts.is_local() else run_weights_name(run)
+    """What the run's version records as ``weights_path``: its name in the ``models`` storage
+    (:func:`run_weights_name`, ``<slug>/run-N``), which each machine resolves in its own models
+    folder or cache (:func:`webapp.policies.artifacts.models_folder`), with either storage."""
+    return run_weights_name(run)
+
+
+def run_version(run: TrainingRun) -> ModelVersion | None:
+    """The version registered with the run's weights, if any: recorded by name, or by this machine's
+    absolute folder as versions were before names were portable (migration 0014 left those whose
+    folder has no manifest)."""
+    refs = [run_weights_ref(run), str(run_weights_dir(run))]
+    return ModelVersion.objects.filter(project_id=run.project_id, weights_path__in=refs).first()
 
 
 def run_work_dir(run: TrainingRun) -> Path:
@@ -249,7 +259,7 @@ def run_leftovers_remove(run: TrainingRun) -> list[Path]:
             for leftover in folder.glob(f".{out_dir.name}.*"):
                 shutil.rmtree(leftover, ignore_errors=True)
                 removed.append(leftover)
-    registered = ModelVersion.objects.filter(weights_path=run_weights_ref(run)).exists()
+    registered = run_version(run) is not None
     if out_dir.exists() and not registered:
         shutil.rmtree(out_dir, ignore_errors=True)
         removed.append(out_dir)
@@ -280,7 +290,7 @@ def training_run_fail_lost(*, run_id: int, reason: str) -> TrainingRun | None:
         if run is None:
             return None
         doing = TrainingRun.Stage(run.stage).label if run.stage else "starting"
-        version = run.result_version or ModelVersion.objects.filter(weights_path=run_weights_ref(run)).first()
+        version = run.result_version or run_version(run)
         if version is not None:
             held = (
                 f"Not served: the worker running run {run.pk} was lost while {doing}, "

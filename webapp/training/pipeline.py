@@ -213,13 +213,13 @@ def step_save(*, run: TrainingRun, config) -> None:
         artifacts.manifest_write(name)  # last: the folder is complete
         sha256 = json.loads((out_dir / CHECKSUM_FILE).read_text())["sha256"]  # recorded by pgcore as it wrote them
         verify_weights(out_dir, sha256)  # another process wrote them: check before registering
-        weights_ref = str(out_dir)
     else:
         try:
             manifest = artifacts.manifest_read(name)  # the update step uploaded the files, then this
         except artifacts.ArtifactMissing as exc:
             raise ApplicationError(f"The trained weights of run {run.pk} are missing; start a new run.") from exc
-        sha256, weights_ref = manifest["weights_sha256"], name  # each file's hash is checked when fetched
+        sha256 = manifest["weights_sha256"]  # each file's hash is checked when fetched
+    weights_ref = liveness.run_weights_ref(run)  # the name: each machine resolves it in its own models folder
     run.refresh_from_db(fields=["metrics"])
     with transaction.atomic():  # the version and the run's link to it appear together
         version = policy_services.version_register(
