@@ -690,6 +690,7 @@ def generate_stream(
     device: str | torch.device | None = None,
     fast: bool = True,
     greedy: bool = False,
+    incoming: Callable[[], list[str]] | None = None,
 ) -> Iterator[tuple[int, Rollout]]:
     """Sample one completion per prompt and yield each as soon as it ends.
 
@@ -716,6 +717,12 @@ def generate_stream(
         fast: False forces the generic path (the reference; benchmarks).
         greedy: take the most likely token instead of sampling (tests); behaviour
             logprobs are still those of the temperature-1 distribution.
+        incoming: more prompts while sampling runs (the pool refill claims the next prompts
+            as rows free up, so the batch stays full): called before each decoding step on
+            the fast path (before each chunk on the generic one), it returns user texts,
+            possibly none. They get the next indices after those already given, in order,
+            with ``max_new_tokens`` each; the stream ends once nothing runs or waits after
+            a call. Keep it cheap when it has nothing to add.
 
     Yields:
         ``(index into prompts, Rollout)`` as each completion ends (fast path: in order of
@@ -725,7 +732,8 @@ def generate_stream(
     Raises:
         ValueError: ``max_new_tokens`` or ``batch_size`` < 1, an unknown ``precision``, a
             prompt rendering to no tokens or to as many tokens as the context limit (all
-            checked before anything is sampled).
+            checked before anything is sampled; an incoming prompt's at the call that
+            returned it).
     """
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens} and {batch_size}")
@@ -733,17 +741,30 @@ def generate_stream(
     device = torch.device(device) if device is not None else default_device()
     dtype = sampling_dtype(precision, device)
     eos_ids = eos_token_ids(policy)
-    prompt_ids = [render_prompt(tokenizer, p) for p in prompts]
     limit = getattr(getattr(policy.model, "config", None), "max_position_embeddings", None)
-    for text, ids in zip(prompts, prompt_ids):
-        if not ids:
-            raise ValueError(f"prompt {text!r} renders to no tokens")
-        if limit is not None and len(ids) >= limit:
-            raise ValueError(f"prompt {text[:40]!r}... renders to {len(ids)} tokens; the context limit is {limit}")
-    return _generate_stream(policy, prompt_ids, eos_ids, dtype, device, max_new_tokens, seed, batch_size, fast, greedy)
+
+    def rendered(texts: list[str]) -> list[list[int]]:
+        ids_of = [render_prompt(tokenizer, p) for p in texts]
+        for text, ids in zip(texts, ids_of):
+            if not ids:
+                raise ValueError(f"prompt {text!r} renders to no tokens")
+            if limit is not None and len(ids) >= limit:
+                raise ValueError(f"prompt {text[:40]!r}... renders to {len(ids)} tokens; the context limit is {limit}")
+        return ids_of
+
+    prompt_ids = rendered(prompts)
+    more = None
+    if incoming is not None:
+
+        def more() -> list[list[int]]:
+            added = rendered(list(incoming()))
+            prompt_ids.extend(added)  # so rollout() finds each new index's prompt
+            return added
+
+    return _generate_stream(policy, prompt_ids, eos_ids, dtype, device, max_new_tokens, seed, batch_size, fast, greedy, more)
 
 
-def _generate_stream(policy, prompt_ids, eos_ids, dtype, device, max_new_tokens, seed, batch_size, fast, greedy):
+def _generate_stream(policy, prompt_ids, eos_ids, dtype, device, max_new_tokens, seed, batch_size, fast, greedy, more=None):
     tokenizer = policy.tokenizer
 
     def rollout(i: int, completion: list[int], logprobs: list[float], finished: bool) -> tuple[int, Rollout]:
@@ -764,13 +785,28 @@ def _generate_stream(policy, prompt_ids, eos_ids, dtype, device, max_new_tokens,
         generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()) if seed is None else seed)
         common = dict(eos_ids=eos_ids, pad_id=tokenizer.pad_token_id, max_new_tokens=max_new_tokens, generator=generator, greedy=greedy)
         if fast:
-            for i, completion, logprobs, finished in sample_continuous(model, prompt_ids, batch_size=batch_size, **common):
+            arriving = None
+            if more is not None:
+
+                def arriving() -> list[tuple[list[int], int]]:
+                    return [(ids, max_new_tokens) for ids in more()]
+
+            # A copy: sample_continuous counts new indices from the prompts it was given.
+            for i, completion, logprobs, finished in sample_continuous(
+                model, list(prompt_ids), batch_size=batch_size, incoming=arriving, **common
+            ):
                 yield rollout(i, completion, logprobs, finished)
             return
-        for start in range(0, len(prompt_ids), batch_size):
+        start = 0
+        while True:
+            if more is not None and len(prompt_ids) - start < batch_size:
+                more()
             chunk = prompt_ids[start : start + batch_size]
+            if not chunk:
+                return
             completions, behaviour, done = sample_batch_generic(model, chunk, **common)
             for j, (completion, logprobs, finished) in enumerate(zip(completions, behaviour, done)):
                 yield rollout(start + j, completion, logprobs, finished)
+            start += len(chunk)
     finally:
         policy.model.train(was_training)

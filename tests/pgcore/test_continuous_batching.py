@@ -212,3 +212,25 @@ def test_incoming_alone_starts_from_nothing_returns_when_idle_and_refuses_bad_pr
         list(sample_continuous(model, [[1, 2]], **common, incoming=lambda: [([], 3)]))
     with pytest.raises(ValueError, match="at least 1"):
         list(sample_continuous(model, [], **common, incoming=lambda: [([1, 2], 0)]))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_generate_stream_takes_prompts_that_arrive_while_it_runs_as_if_given_at_the_start(eos_prone, fast):
+    """The pool refill's use: more prompts handed in as rows free up, same greedy completions."""
+    first, later = PROMPTS[:3], ["late one", "another late prompt"]
+    calls = [0]
+
+    def incoming():
+        calls[0] += 1
+        return later if calls[0] == 2 else []
+
+    seen = dict(generate_stream(
+        eos_prone, first, max_new_tokens=12, precision="fp32", batch_size=2, greedy=True, fast=fast, incoming=incoming
+    ))
+    alone = generate(eos_prone, first + later, max_new_tokens=12, precision="fp32", batch_size=1, greedy=True, fast=fast)
+    assert sorted(seen) == list(range(5))  # the late prompts got the next indices
+    assert [seen[i].completion_ids for i in range(5)] == [r.completion_ids for r in alone]
+    assert [seen[i].prompt_ids for i in range(5)] == [r.prompt_ids for r in alone]
+    with pytest.raises(ValueError, match="context limit"):
+        limit = eos_prone.model.config.max_position_embeddings
+        list(generate_stream(eos_prone, ["hi"], max_new_tokens=2, fast=fast, incoming=lambda: ["x" * (limit + 5)]))

@@ -23,26 +23,23 @@ def sampler_emitting_nul(monkeypatch):
 
     Returns the list of rollouts it produced, so a test can compare what was stored.
     """
-    real = pgcore.rollout.generate
+    real = pgcore.rollout.generate_stream
     produced = []
 
-    def generate(policy, prompts, **kwargs):
+    def generate_stream(policy, prompts, **kwargs):
         (nul_id,) = [i for i in range(len(policy.tokenizer)) if policy.tokenizer.decode([i]) == "\x00"]
-        rollouts = []
-        for r in real(policy, prompts, **kwargs):
+        for i, r in real(policy, prompts, **kwargs):
             ids = [nul_id, *r.completion_ids]
-            rollouts.append(
-                dataclasses.replace(
-                    r,
-                    completion_ids=ids,
-                    behaviour_logprobs=[-3.0, *r.behaviour_logprobs],
-                    text=policy.tokenizer.decode(ids, skip_special_tokens=True),
-                )
+            rollout = dataclasses.replace(
+                r,
+                completion_ids=ids,
+                behaviour_logprobs=[-3.0, *r.behaviour_logprobs],
+                text=policy.tokenizer.decode(ids, skip_special_tokens=True),
             )
-        produced.extend(rollouts)
-        return rollouts
+            produced.append(rollout)
+            yield i, rollout
 
-    monkeypatch.setattr(pgcore.rollout, "generate", generate)
+    monkeypatch.setattr(pgcore.rollout, "generate_stream", generate_stream)
     return produced
 
 

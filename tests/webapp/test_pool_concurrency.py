@@ -25,13 +25,13 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def slow_sampler(monkeypatch):
-    real = pgcore.rollout.generate
+    real = pgcore.rollout.generate_stream
 
-    def generate(*args, **kwargs):
+    def generate_stream(*args, **kwargs):
         time.sleep(0.5)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pgcore.rollout, "generate", generate)
+    monkeypatch.setattr(pgcore.rollout, "generate_stream", generate_stream)
 
 
 def refill_concurrently(project, n_workers=2):
@@ -122,8 +122,44 @@ def test_a_refill_whose_sampling_fails_releases_its_claims(project, monkeypatch)
     def broken(*args, **kwargs):
         raise RuntimeError("sampler crashed")
 
-    monkeypatch.setattr(pgcore.rollout, "generate", broken)
+    monkeypatch.setattr(pgcore.rollout, "generate_stream", broken)
     with pytest.raises(RuntimeError, match="sampler crashed"):
         services.completion_pool_refill(project=project, seed=0)
     assert not PoolClaim.objects.exists()
     assert not Completion.objects.exists()
+
+
+def test_a_refill_whose_sampler_crashes_midway_keeps_the_groups_that_ended_and_releases_the_rest(project, monkeypatch):
+    real = pgcore.rollout.generate_stream
+
+    def crashes_after_three(*args, **kwargs):
+        for n, item in enumerate(real(*args, **kwargs)):
+            if n == 3:
+                raise RuntimeError("sampler crashed")
+            yield item
+
+    monkeypatch.setattr(pgcore.rollout, "generate_stream", crashes_after_three)
+    with pytest.raises(RuntimeError, match="sampler crashed"):
+        services.completion_pool_refill(project=project, seed=0)
+    assert not PoolClaim.objects.exists()
+    assert Completion.objects.count() == 3  # each ended group was stored as it ended: no work lost
+
+
+def test_a_refill_samples_its_whole_deficit_in_one_stream_storing_each_completion_as_it_ends(project, monkeypatch):
+    """Prompts join the running batch as rows free up; items are rateable while the rest is sampled."""
+    project.pool_target = 3 * services.GENERATION_BATCH + 1
+    project.save(update_fields=["pool_target"])
+    real = pgcore.rollout.generate_stream
+    streams, stored_when_yielded = [], []
+
+    def watched(*args, **kwargs):
+        streams.append(len(args[1]))  # prompts the stream started with
+        for n, item in enumerate(real(*args, **kwargs)):
+            stored_when_yielded.append((n, Completion.objects.count()))
+            yield item
+
+    monkeypatch.setattr(pgcore.rollout, "generate_stream", watched)
+    assert services.completion_pool_refill(project=project, seed=0) == project.pool_target
+    assert streams == [6]  # one stream, started with every prompt (6 < one batch); the rest came in as rows freed
+    assert stored_when_yielded == [(n, n) for n in range(project.pool_target)]  # the n before it, stored already
+    assert not PoolClaim.objects.exists()

@@ -227,14 +227,19 @@ def _prompts_to_sample(*, project: Project, n: int, rng: random.Random, exclude:
 
     Prompts whose ids are in ``exclude`` (claimed by another refill) are never chosen.
     """
-    prompts = list(
+    # Ids and counts only (one row of two ints per prompt), then the n chosen prompts.
+    counted = list(
         Prompt.objects.filter(project=project, held_out=False, from_production=False)
         .exclude(pk__in=exclude)
         .annotate(n_completions=Count("completions", distinct=True))
+        .order_by("pk")
+        .values_list("pk", "n_completions")
     )
-    rng.shuffle(prompts)
-    prompts.sort(key=lambda p: p.n_completions)
-    return prompts[:n]
+    rng.shuffle(counted)
+    counted.sort(key=lambda row: row[1])
+    chosen = [pk for pk, _ in counted[:n]]
+    by_pk = Prompt.objects.in_bulk(chosen)
+    return [by_pk[pk] for pk in chosen]
 
 
 def _rollout_completion(*, project: Project, prompt: Prompt, version, rollout) -> Completion:
@@ -339,18 +344,20 @@ def _pool_claim_batch(
 
 def _pool_store_batch(
     *, project: Project, version, claims: list[PoolClaim], batch, rollouts, pairwise: bool, per_prompt: int = 1, ranking: bool = False
-) -> int:
-    """Store a sampled batch and release its claims in one transaction; returns completions stored.
+) -> list[int]:
+    """Store a sampled batch and release its claims in one transaction; returns the stored completions' ids.
 
     Re-checks under the project lock that the version is still served (else
     stores nothing) and that each claim is still held (a claim that expired
     and was taken over by another refill drops its prompt's completions).
+    The caller announces the ids (:func:`_completions_stored_send`), a refill's
+    groups together, so the reward model scores them in one batch.
     """
     with transaction.atomic():
         locked = Project.objects.select_for_update().get(pk=project.pk)
         if locked.served_version_id != version.pk:
             log.info("served version changed during sampling; stopping this refill")
-            return 0
+            return []
         held = set(PoolClaim.objects.filter(pk__in=[c.pk for c in claims]).values_list("prompt_id", flat=True))
         PoolClaim.objects.filter(pk__in=[c.pk for c in claims]).delete()
         completions = [
@@ -370,10 +377,7 @@ def _pool_store_batch(
             for group in by_prompt.values():
                 if len(group) == per_prompt:
                     rank_group_create(completions=group)
-        ids = [c.pk for c in completions]
-        if ids:
-            transaction.on_commit(lambda: _completions_stored_send(project_id=project.pk, completion_ids=ids))
-        return len(completions)
+        return [c.pk for c in completions]
 
 
 def _completions_stored_send(*, project_id: int, completion_ids: list[int]) -> None:
@@ -390,24 +394,29 @@ def _completions_stored_send(*, project_id: int, completion_ids: list[int]) -> N
 def completion_pool_refill(*, project: Project, max_new: int | None = None, seed: int | None = None) -> int:
     """Sample completions from the served version until the pool holds ``pool_target``.
 
-    Runs in a Celery worker, never in a web request. Completions are written a
-    batch at a time, so the first ones are rateable before the whole deficit is
-    sampled. Each chosen prompt gets ``project.completions_per_prompt``
-    completions in the same batch (the group the leave-one-out baseline of
-    ``pgcore.advantages`` compares), so a refill may overshoot the deficit by
-    less than one group. Pairwise projects sample two completions per prompt
-    and store them as a :class:`Pair` in the same transaction (never a half
-    pair); ranking projects sample ``rank_k`` and store them as a
-    :class:`RankGroup` the same way. Returns how many completions were created.
+    Runs in a Celery worker, never in a web request. One continuous-batching stream
+    (``pgcore.rollout.generate_stream``) samples the whole deficit with
+    ``GENERATION_BATCH`` rows decoding at once: whenever a prompt group's rows have all
+    ended their slots are free, and the next prompts are claimed and join the running
+    batch, so the batch stays full however the completion lengths differ. Each prompt
+    group is stored as soon as its last completion ends, so the first items are
+    rateable after one group's sampling, not the whole deficit's. Each chosen prompt
+    gets ``project.completions_per_prompt`` completions (the group the leave-one-out
+    baseline of ``pgcore.advantages`` compares), so a refill may overshoot the deficit
+    by less than one group. Pairwise projects sample two completions per prompt and
+    store them as a :class:`Pair` in the same transaction (never a half pair); ranking
+    projects sample ``rank_k`` and store them as a :class:`RankGroup` the same way.
+    Returns how many completions were created.
 
-    Safe to run concurrently for one project (several generation workers):
-    each batch's prompts are claimed first (:class:`PoolClaim`, under a lock
-    on the project row), sampled outside any transaction, and stored in the
-    transaction that releases the claims. Claimed prompts count toward the
-    pool, so concurrent refills together stay within one prompt group of
-    the target and never sample one prompt for one version at the same time.
+    Safe to run concurrently for one project (several generation workers): prompts
+    are claimed first (:class:`PoolClaim`, under a lock on the project row), sampled
+    outside any transaction, and each group is stored in the transaction that
+    releases its claim. Claimed prompts count toward the pool, so concurrent refills
+    together stay within one prompt group of the target and never sample one prompt
+    for one version at the same time. Once the served version changes, nothing more
+    is claimed or stored.
     """
-    from pgcore.rollout import generate
+    from pgcore.rollout import generate_stream
 
     from webapp.policies.runtime import policy_for_generation
 
@@ -424,48 +433,100 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
     if max_new is not None:
         budget = min(budget, max_new)
     rng = random.Random(seed)
-    step = max(1, GENERATION_BATCH // per_prompt)
-    policy = None
-    created = 0
-    batch_index = 0
-    while budget > 0:
+    state = {"budget": budget, "stopped": False, "wait": False, "rows": 0}
+    stored_ids: list[int] = []
+    unannounced: list[int] = []
+
+    def announce() -> None:
+        """Tell the reward model (and any other receiver) about stored completions, a batch at a time."""
+        ids = list(unannounced)
+        unannounced.clear()
+        if ids:
+            transaction.on_commit(lambda: _completions_stored_send(project_id=project.pk, completion_ids=ids))
+
+    slot_of: list[tuple[PoolClaim, Prompt]] = []  # stream index -> its claim and prompt
+    ended: dict[int, dict[int, object]] = {}  # claim pk -> {stream index: rollout}
+    open_claims: dict[int, PoolClaim] = {}
+
+    def claim(free_rows: int) -> list[str]:
+        """Claim prompts for ``free_rows`` rows (whole groups); their texts, per_prompt times each."""
+        max_prompts = free_rows // per_prompt
+        if state["stopped"] or state["wait"] or state["budget"] <= 0 or max_prompts < 1:
+            return []
         claims = _pool_claim_batch(
-            project=project, version=version, per_prompt=per_prompt, max_prompts=step, budget=budget, rng=rng
+            project=project, version=version, per_prompt=per_prompt, max_prompts=max_prompts,
+            budget=state["budget"], rng=rng,
         )
         if not claims:
-            if created == 0 and not Prompt.objects.filter(project=project, held_out=False).exists():
-                log.warning("project %s has no training prompts to sample", project.slug)
-            break
-        try:
-            prompts = {p.pk: p for p in Prompt.objects.filter(pk__in=[c.prompt_id for c in claims])}
-            batch = [prompts[c.prompt_id] for c in claims for _ in range(per_prompt)]
-            policy = policy or policy_for_generation(version)
-            rollouts = generate(
-                policy,
-                [p.text for p in batch],
-                max_new_tokens=project.max_new_tokens,
-                seed=None if seed is None else seed + batch_index * step,
-                batch_size=GENERATION_BATCH,
-            )
+            # The pool is full (counting other refills' claims), the version changed, or every
+            # prompt is in flight: ask again only once another group has ended.
+            state["wait"] = True
+            return []
+        prompts = {p.pk: p for p in Prompt.objects.filter(pk__in=[c.prompt_id for c in claims])}
+        texts = []
+        for c in claims:
+            open_claims[c.pk] = c
+            ended[c.pk] = {}
+            for _ in range(per_prompt):
+                slot_of.append((c, prompts[c.prompt_id]))
+                texts.append(prompts[c.prompt_id].text)
+        state["budget"] -= len(texts)
+        state["rows"] += len(texts)
+        return texts
+
+    def incoming() -> list[str]:
+        free = GENERATION_BATCH - state["rows"]
+        return claim(free) if free >= per_prompt else []
+
+    first = claim(max(GENERATION_BATCH, per_prompt))
+    if not first:
+        if not Prompt.objects.filter(project=project, held_out=False).exists():
+            log.warning("project %s has no training prompts to sample", project.slug)
+        return 0
+    try:
+        policy = policy_for_generation(version)
+        stream = generate_stream(
+            policy,
+            first,
+            max_new_tokens=project.max_new_tokens,
+            seed=seed,
+            batch_size=max(GENERATION_BATCH, per_prompt),
+            incoming=incoming,
+        )
+        for index, rollout in stream:
+            state["rows"] -= 1
+            c, _ = slot_of[index]
+            ended[c.pk][index] = rollout
+            if len(ended[c.pk]) < per_prompt:
+                continue
+            group = sorted(ended.pop(c.pk).items())
+            del open_claims[c.pk]
+            state["wait"] = False
             stored = _pool_store_batch(
                 project=project,
                 version=version,
-                claims=claims,
-                batch=batch,
-                rollouts=rollouts,
+                claims=[c],
+                batch=[slot_of[i][1] for i, _ in group],
+                rollouts=[r for _, r in group],
                 pairwise=pairwise,
                 per_prompt=per_prompt,
                 ranking=ranking,
             )
-        finally:
-            # Released already when the batch was stored; this frees them when sampling failed.
-            PoolClaim.objects.filter(pk__in=[c.pk for c in claims]).delete()
-        if stored == 0 and len(batch):
-            break
-        created += stored
-        budget -= len(batch)
-        batch_index += 1
-    return created
+            if not stored:
+                project.refresh_from_db(fields=["served_version"])
+                if project.served_version_id != version.pk:
+                    state["stopped"] = True  # a new version is served: what runs is wasted, stop
+                    stream.close()
+                    break
+            stored_ids.extend(stored)
+            unannounced.extend(stored)
+            if len(unannounced) >= GENERATION_BATCH:
+                announce()
+    finally:
+        # Released already when each group was stored; this frees the rest when sampling failed or stopped.
+        PoolClaim.objects.filter(pk__in=list(open_claims)).delete()
+        announce()
+    return len(stored_ids)
 
 
 @dataclass(frozen=True)
