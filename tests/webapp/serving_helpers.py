@@ -55,7 +55,13 @@ class InferenceProcess:
         return httpx2.post(self.url + "/generate", json=body, headers=headers, timeout=120)
 
     def health(self) -> dict:
-        return httpx2.get(self.url + "/healthz", timeout=30).json()
+        """``GET /healthz`` with this process's (global staff) token: the counters and loaded versions."""
+        return self.healthz(f"Bearer {self.secret}").json()
+
+    def healthz(self, authorization: str | None = None) -> httpx2.Response:
+        """``GET /healthz`` with this ``Authorization`` header, or none."""
+        headers = {"Authorization": authorization} if authorization else {}
+        return httpx2.get(self.url + "/healthz", headers=headers, timeout=30)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

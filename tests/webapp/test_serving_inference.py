@@ -146,6 +146,34 @@ def test_the_inference_process_checks_the_token_and_the_role_itself(project, inf
     assert (event["event"], event["status"], event["code"]) == ("error", 401, "invalid_api_key")
 
 
+def test_healthz_is_open_for_liveness_and_shows_loaded_versions_only_to_their_projects_staff(
+        project, project_factory, tiny_model_dir, inference_process, make_user):
+    from webapp.accounts.services import api_token_create
+    from webapp.policies.models import Membership
+
+    other = project_factory("other", tiny_model_dir)
+    server = inference_process()
+    for p in (project, other):
+        server.generate({"model": p.slug, "prompt": "load", "max_tokens": 1})
+    assert server.health()["served"] == {project.slug: project.served_version_id, other.slug: other.served_version_id}
+    assert server.health()["batches"] == 2  # the fixture's token is global staff: it sees the counters too
+
+    open_answer = server.healthz()
+    assert open_answer.status_code == 200 and open_answer.json() == {"ok": True}
+
+    def bearer(user):
+        return f"Bearer {api_token_create(user=user, name='health')[1]}"
+
+    lead = make_user("lead-of-one", member=False)  # staff of one project, not global staff
+    Membership.objects.create(project=project, user=lead, role=Membership.Role.STAFF)
+    Membership.objects.create(project=other, user=lead, role=Membership.Role.ANNOTATOR)
+    assert server.healthz(bearer(lead)).json() == {"ok": True, "served": {project.slug: project.served_version_id}}
+    assert server.healthz(bearer(make_user("rater"))).json() == {"ok": True, "served": {}}  # annotates both
+    refused = server.healthz("Bearer rl_not-a-token")
+    assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
+    assert "served" not in refused.text
+
+
 def test_a_promoted_version_is_served_without_dropping_requests_in_flight(project, inference_process, tmp_path):
     from pgcore.tiny import write_tiny_model
 

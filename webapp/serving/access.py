@@ -13,6 +13,7 @@ from __future__ import annotations
 from webapp.accounts import selectors as token_selectors
 from webapp.permissions import NotAMember, project_role_check
 from webapp.policies.models import Membership, Project
+from webapp.policies.selectors import projects_for
 
 
 OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -75,3 +76,11 @@ def model_project(*, user, model: str) -> Project:
         raise AccessRefused(403, "Only the project's staff may call a version other than the served one.",
                             param="model")
     return project
+
+
+def staff_slugs(*, user, slugs) -> set[str]:
+    """The slugs among ``slugs`` of the projects ``user`` is staff of (global staff: all that exist);
+    the inference process's ``/healthz`` shows those projects' loaded versions only."""
+    wanted = set(slugs)
+    return {project.slug for project, role in projects_for(user=user)
+            if role == Membership.Role.STAFF and project.slug in wanted}
