@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from tests.webapp.serving_helpers import assert_throttled, fresh_hour_window
 from tests.webapp.serving_helpers import inference_process  # noqa: F401 - fixture
 from webapp.policies.models import ModelVersion
 from webapp.policies.services import version_promote, version_register
@@ -172,6 +173,25 @@ def test_healthz_is_open_for_liveness_and_shows_loaded_versions_only_to_their_pr
     refused = server.healthz("Bearer rl_not-a-token")
     assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
     assert "served" not in refused.text
+
+
+def test_direct_calls_are_throttled_per_token_at_the_api_rate(project, inference_process, make_user, settings):
+    from webapp.accounts.services import api_token_create
+    from webapp.serving.access import COUNTED_HEADER, counted_mark
+
+    fresh_hour_window()
+    settings.REWARDLOOP_API_RATE = "3/h"  # the inference process takes the web app's rate
+    server = inference_process()
+    body = {"model": project.slug, "prompt": "x", "max_tokens": 1}
+    token, secret = api_token_create(user=make_user("direct"), name="direct")
+    caller = {"Authorization": f"Bearer {secret}"}
+    assert [server.post(body, caller).status_code for _ in range(3)] == [200, 200, 200]
+    assert_throttled(server.post(body, caller))
+    assert_throttled(server.post(body, {**caller, COUNTED_HEADER: "forged:mark"}))  # only the web app can sign one
+    other_token, other_secret = api_token_create(user=make_user("other"), name="other")
+    assert_throttled(server.post(body, {**caller, COUNTED_HEADER: counted_mark(token=other_token)}))  # another's mark
+    assert server.post(body, {"Authorization": f"Bearer {other_secret}"}).status_code == 200  # its own count
+    assert server.post(body, {**caller, COUNTED_HEADER: counted_mark(token=token)}).status_code == 200  # forwarded
 
 
 def test_a_promoted_version_is_served_without_dropping_requests_in_flight(project, inference_process, tmp_path):
