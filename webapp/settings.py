@@ -21,8 +21,10 @@ Everything a deployment changes comes from the environment:
 - ``REWARDLOOP_LOGIN_FAILURE_LIMIT`` (default 10), ``REWARDLOOP_LOGIN_LOCKOUT_MINUTES``
   (default 15): login throttling per username and per IP address (django-axes).
 - ``REWARDLOOP_API_RATE`` (default ``600/m``): requests per API token per second
-  (``s``), minute (``m``), hour (``h``) or day (``d``); beyond it a 429. Counted in
-  the cache: shared by every web process with ``REWARDLOOP_CACHE_URL``, else per process.
+  (``s``), minute (``m``), hour (``h``) or day (``d``), on the REST API, ``/v1/`` and
+  direct calls to the inference process alike; beyond it a 429. Counted in the cache:
+  shared by every web process and the inference process with ``REWARDLOOP_CACHE_URL``,
+  else per process.
 - ``REWARDLOOP_INFERENCE_URL`` (default ``http://127.0.0.1:$REWARDLOOP_INFERENCE_PORT``, that
   port 8001 unless set; ``make run`` sets it to the web port + 1): the inference process
   (``manage.py serve_inference``) that the OpenAI-compatible routes ``/v1/...`` call. Caps on

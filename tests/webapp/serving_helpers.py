@@ -21,15 +21,18 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class InferenceProcess:
-    def __init__(self, tmp_path: Path, *args: str, secret: str | None = None):
+    def __init__(self, tmp_path: Path, *args: str, secret: str | None = None, env: dict | None = None):
         self.secret = secret  # the API token generate() sends unless told otherwise
         self.log = tmp_path / "inference.log"
-        env = dict(os.environ)
-        env.update(DATABASE_URL=database_url(), REWARDLOOP_DATA_DIR=str(settings.DATA_DIR),
-                   REWARDLOOP_MODELS_DIR=str(settings.REWARDLOOP_MODELS_DIR), PYTHONUNBUFFERED="1")
+        environ = dict(os.environ)
+        # The web app's SECRET_KEY, as in a deployment: it checks the web app's signed "counted" mark.
+        environ.update(DATABASE_URL=database_url(), REWARDLOOP_DATA_DIR=str(settings.DATA_DIR),
+                       REWARDLOOP_MODELS_DIR=str(settings.REWARDLOOP_MODELS_DIR), PYTHONUNBUFFERED="1",
+                       DJANGO_SECRET_KEY=settings.SECRET_KEY, REWARDLOOP_API_RATE=settings.REWARDLOOP_API_RATE,
+                       **(env or {}))
         self.proc = subprocess.Popen(
             [sys.executable, "manage.py", "serve_inference", "--port", "0", "--threads", "1", *args],
-            cwd=REPO, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=REPO, env=environ, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -55,7 +58,13 @@ class InferenceProcess:
         return httpx2.post(self.url + "/generate", json=body, headers=headers, timeout=120)
 
     def health(self) -> dict:
-        return httpx2.get(self.url + "/healthz", timeout=30).json()
+        """``GET /healthz`` with this process's (global staff) token: the counters and loaded versions."""
+        return self.healthz(f"Bearer {self.secret}").json()
+
+    def healthz(self, authorization: str | None = None) -> httpx2.Response:
+        """``GET /healthz`` with this ``Authorization`` header, or none."""
+        headers = {"Authorization": authorization} if authorization else {}
+        return httpx2.get(self.url + "/healthz", headers=headers, timeout=30)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -118,7 +127,8 @@ def gunicorn(tmp_path):
 
 @pytest.fixture
 def inference_process(tmp_path, make_user):
-    """``inference_process(*args)`` -> a started :class:`InferenceProcess`; stopped after the test.
+    """``inference_process(*args, env=None)`` -> a started :class:`InferenceProcess` (with ``env`` added to its
+    environment; it inherits the test's ``SECRET_KEY`` and ``REWARDLOOP_API_RATE``); stopped after the test.
 
     Its ``generate`` sends the API token of a staff member of every project of the test (the
     inference process checks tokens and roles as the web app does)."""
@@ -128,11 +138,35 @@ def inference_process(tmp_path, make_user):
     caller = make_user("inference-caller", staff=True)
     _, secret = api_token_create(user=caller, name="inference tests")
 
-    def start(*args: str) -> InferenceProcess:
-        process = InferenceProcess(tmp_path, *args, secret=secret)
+    def start(*args: str, env: dict | None = None) -> InferenceProcess:
+        process = InferenceProcess(tmp_path, *args, secret=secret, env=env)
         started.append(process)
         return process
 
     yield start
     for process in started:
         process.stop()
+
+
+def fresh_hour_window() -> None:
+    """Sleep past the top of the hour when it is under a minute away (for tests of per-hour rates)."""
+    left = 3600 - time.time() % 3600
+    if left < 60:
+        time.sleep(left + 0.5)
+
+
+def assert_throttled(response) -> dict:
+    """A 429 in OpenAI's error shape (``rate_limit_error``) with a ``Retry-After`` in seconds; its error object."""
+    assert response.status_code == 429, response.content
+    error = json.loads(response.content)["error"]
+    assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limit_exceeded"), error
+    assert 1 <= int(response.headers["Retry-After"]) <= 3600
+    return error
+
+
+def redis_url() -> str | None:
+    """A Redis to share a cache through: ``REWARDLOOP_CACHE_URL``, else a ``redis://`` ``CELERY_BROKER_URL``."""
+    for name in ("REWARDLOOP_CACHE_URL", "CELERY_BROKER_URL"):
+        if os.environ.get(name, "").startswith("redis://"):
+            return os.environ[name]
+    return None

@@ -198,3 +198,55 @@ def test_the_production_feedback_weight_weighs_production_ratings_in_the_fit(pro
     _, without_scores, without_gap = fit_at(1.0)
     assert without_gap == pytest.approx(zero_gap, rel=1e-4)
     assert without_scores == pytest.approx(zero_scores, rel=1e-4, abs=1e-5)
+
+
+def test_an_annotator_below_the_gold_accuracy_moves_the_fit_less(project, annotator, make_user, many_prompts):
+    """A sloppy annotator who contradicts the careful one and fails the gold checks: the lower the
+    project's ``gold_low_weight``, the better the fit separates what the careful one calls good from bad,
+    and each judgment weighs in the fit what its completion weighs in a policy update (one rule)."""
+    from pgcore.config import PGConfig
+
+    from webapp.annotation import selectors as annotation_selectors
+    from webapp.annotation.services import gold_item_set
+    from webapp.training.services import training_batch_build
+
+    made = _rate_learnable(project, many_prompts, annotator)
+    sloppy = make_user("sloppy")
+    for i, prompt in enumerate(many_prompts):  # the opposite view, on other completions of the same prompts
+        good = i % 2 == 0
+        c = _completion(project, prompt, GOOD if good else BAD, n=5 + (i % 2))
+        Rating.objects.create(completion=c, annotator=sloppy, score=1 if good else 5)
+    for token, answer in ((GOOD, 5), (BAD, 1)):  # two gold items: the careful one right, the sloppy one wrong
+        gold = _completion(project, many_prompts[0], token, n=3)
+        gold_item_set(completion=gold, answer={"score": answer})
+        Rating.objects.create(completion=gold, annotator=annotator, score=answer)
+        Rating.objects.create(completion=gold, annotator=sloppy, score=6 - answer)
+    project.gold_min_answers, project.gold_min_accuracy = 2, 0.7
+    shared = _completion(project, many_prompts[1], GOOD, n=7)  # rated by both: weighs its best rater's trust
+    for person, score in ((annotator, 5), (sloppy, 1)):
+        Rating.objects.create(completion=shared, annotator=person, score=score)
+
+    def fit_at(low_weight):
+        project.gold_low_weight = low_weight
+        project.save()
+        assert annotation_selectors.annotator_weights(project=project) == {sloppy.pk: low_weight}
+        services.reward_model_fit(project=project)
+        scores = dict(Completion.objects.values_list("id", "rm_score"))
+        good = [scores[c.pk] for c in made if c.token_ids[0] == GOOD]
+        bad = [scores[c.pk] for c in made if c.token_ids[0] == BAD]
+        return sum(good) / len(good) - sum(bad) / len(bad)
+
+    full_gap, low_gap, zero_gap = fit_at(1.0), fit_at(0.25), fit_at(0.0)
+    assert zero_gap > low_gap > full_gap
+
+    # One rule: a rated completion weighs the same in the fit's judgments as in a policy update's batch.
+    data = services.judgments_build(project=project, rows=selectors.rating_rows(project=project))
+    judged = data["all"]
+    fit_weight = {data["completion_ids"][i]: w for i, w in zip(judged.rating_index.tolist(),
+                                                               judged.rating_weight.tolist())}
+    ratings = list(Rating.objects.filter(completion__gold__isnull=True))
+    batch = training_batch_build(project=project, ratings=ratings, config=PGConfig.from_dict(project.pg_config))
+    trained = sorted({r.completion_id for r in ratings})
+    assert dict(zip(trained, batch.weights)) == pytest.approx({cid: fit_weight[cid] for cid in trained})
+    assert fit_weight[shared.pk] == 1.0 and fit_weight[made[0].pk] == 1.0
+    assert sorted(set(fit_weight.values())) == [0.0, 1.0]  # the sloppy one's own completions weigh nothing

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from tests.webapp.serving_helpers import assert_throttled, fresh_hour_window
 from tests.webapp.serving_helpers import inference_process  # noqa: F401 - fixture
 from webapp.policies.models import ModelVersion
 from webapp.policies.services import version_promote, version_register
@@ -144,6 +145,53 @@ def test_the_inference_process_checks_the_token_and_the_role_itself(project, inf
     settings.REWARDLOOP_INFERENCE_URL = server.url
     (event,) = list(generate_events(body, authorization=member["Authorization"]))
     assert (event["event"], event["status"], event["code"]) == ("error", 401, "invalid_api_key")
+
+
+def test_healthz_is_open_for_liveness_and_shows_loaded_versions_only_to_their_projects_staff(
+        project, project_factory, tiny_model_dir, inference_process, make_user):
+    from webapp.accounts.services import api_token_create
+    from webapp.policies.models import Membership
+
+    other = project_factory("other", tiny_model_dir)
+    server = inference_process()
+    for p in (project, other):
+        server.generate({"model": p.slug, "prompt": "load", "max_tokens": 1})
+    assert server.health()["served"] == {project.slug: project.served_version_id, other.slug: other.served_version_id}
+    assert server.health()["batches"] == 2  # the fixture's token is global staff: it sees the counters too
+
+    open_answer = server.healthz()
+    assert open_answer.status_code == 200 and open_answer.json() == {"ok": True}
+
+    def bearer(user):
+        return f"Bearer {api_token_create(user=user, name='health')[1]}"
+
+    lead = make_user("lead-of-one", member=False)  # staff of one project, not global staff
+    Membership.objects.create(project=project, user=lead, role=Membership.Role.STAFF)
+    Membership.objects.create(project=other, user=lead, role=Membership.Role.ANNOTATOR)
+    assert server.healthz(bearer(lead)).json() == {"ok": True, "served": {project.slug: project.served_version_id}}
+    assert server.healthz(bearer(make_user("rater"))).json() == {"ok": True, "served": {}}  # annotates both
+    refused = server.healthz("Bearer rl_not-a-token")
+    assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
+    assert "served" not in refused.text
+
+
+def test_direct_calls_are_throttled_per_token_at_the_api_rate(project, inference_process, make_user, settings):
+    from webapp.accounts.services import api_token_create
+    from webapp.serving.access import COUNTED_HEADER, counted_mark
+
+    fresh_hour_window()
+    settings.REWARDLOOP_API_RATE = "3/h"  # the inference process takes the web app's rate
+    server = inference_process()
+    body = {"model": project.slug, "prompt": "x", "max_tokens": 1}
+    token, secret = api_token_create(user=make_user("direct"), name="direct")
+    caller = {"Authorization": f"Bearer {secret}"}
+    assert [server.post(body, caller).status_code for _ in range(3)] == [200, 200, 200]
+    assert_throttled(server.post(body, caller))
+    assert_throttled(server.post(body, {**caller, COUNTED_HEADER: "forged:mark"}))  # only the web app can sign one
+    other_token, other_secret = api_token_create(user=make_user("other"), name="other")
+    assert_throttled(server.post(body, {**caller, COUNTED_HEADER: counted_mark(token=other_token)}))  # another's mark
+    assert server.post(body, {"Authorization": f"Bearer {other_secret}"}).status_code == 200  # its own count
+    assert server.post(body, {**caller, COUNTED_HEADER: counted_mark(token=token)}).status_code == 200  # forwarded
 
 
 def test_a_promoted_version_is_served_without_dropping_requests_in_flight(project, inference_process, tmp_path):

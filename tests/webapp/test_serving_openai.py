@@ -10,6 +10,7 @@ import openai
 import pytest
 from django.test import Client
 
+from tests.webapp.serving_helpers import assert_throttled, fresh_hour_window, redis_url
 from tests.webapp.serving_helpers import inference_process  # noqa: F401 - fixture
 from webapp.accounts.services import api_token_create, api_token_revoke
 from webapp.annotation.models import Completion
@@ -136,3 +137,30 @@ def test_models_lists_only_the_projects_of_the_tokens_user(project, make_user):
     assert Client().get(f"/v1/models/{project.slug}", headers=headers).status_code == 404
     Membership.objects.create(project=project, user=outsider, role=Membership.Role.ANNOTATOR)
     assert [m["id"] for m in Client().get("/v1/models", headers=headers).json()["data"]] == [project.slug]
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_the_web_app_and_direct_calls_share_one_count_per_token_through_redis(project, annotator, inference_process,
+                                                                              settings):
+    """With REWARDLOOP_CACHE_URL the web app and the inference process count one token together; a request
+    the web app forwards is counted once, not again by the inference process."""
+    url = redis_url()
+    if url is None:
+        pytest.skip("needs Redis (REWARDLOOP_CACHE_URL or CELERY_BROKER_URL=redis://…) for a shared count")
+    fresh_hour_window()
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url}}
+    settings.REWARDLOOP_API_RATE = "4/h"
+    server = inference_process(env={"REWARDLOOP_CACHE_URL": url})
+    settings.REWARDLOOP_INFERENCE_URL = server.url
+    _, secret = api_token_create(user=annotator, name="shared count")
+    bearer = {"Authorization": f"Bearer {secret}"}
+    body = {"model": project.slug, "prompt": "x", "max_tokens": 1}
+
+    def through_web():
+        return Client().post("/v1/completions", json.dumps(body), content_type="application/json", headers=bearer)
+
+    assert [through_web().status_code for _ in range(2)] == [200, 200]  # 2 counted, not 4
+    assert [server.post(body, bearer).status_code for _ in range(2)] == [200, 200]
+    assert_throttled(server.post(body, bearer))
+    assert_throttled(through_web())

@@ -44,30 +44,42 @@ def parse_rate(rate: str) -> tuple[int, int]:
     return int(count), _PERIODS[period.strip()[0]]
 
 
-class TokenRateThrottle(BaseThrottle):
-    """At most ``REWARDLOOP_API_RATE`` requests per token (e.g. ``600/m``), in fixed windows.
+def token_throttle_count(*, token) -> float | None:
+    """Count one request of ``token`` against ``REWARDLOOP_API_RATE`` (e.g. ``600/m``, fixed windows).
 
-    Counted in Django's cache with ``add`` + ``incr`` (atomic in Redis), so with
-    ``REWARDLOOP_CACHE_URL`` every web process shares one count per token; with
-    the default per-process memory cache each process counts on its own. Keeps
-    no state on the instance, so one instance serves concurrent requests.
+    The one per-token throttle: the REST API (:class:`TokenRateThrottle`), the web app's ``/v1/``
+    views and the inference process all count here. Counted in Django's cache with ``add`` +
+    ``incr`` (atomic in Redis), so with ``REWARDLOOP_CACHE_URL`` every process that shares that
+    Redis (web processes and the inference process) shares one count per token; with the default
+    per-process memory cache each process counts on its own.
+
+    Returns:
+        None when the request is within the rate, else the seconds until the window ends (> 0).
     """
+    limit, period = parse_rate(settings.REWARDLOOP_API_RATE)
+    now = time.time()
+    window = int(now // period)
+    key = f"api-throttle:{token.key_sha256[:32]}:{period}:{window}"  # not the id: ids can repeat
+    cache.add(key, 0, timeout=period + 1)
+    try:
+        count = cache.incr(key)
+    except ValueError:  # evicted between add and incr: count this request as the first
+        cache.set(key, 1, timeout=period + 1)
+        count = 1
+    return None if count <= limit else period - (now % period)
+
+
+class TokenRateThrottle(BaseThrottle):
+    """django-ninja's throttle over :func:`token_throttle_count`; keeps no state on the instance,
+    so one instance serves concurrent requests."""
 
     def allow_request(self, request) -> bool:
         token = getattr(request, "auth", None)
         if token is None:
             return True
-        limit, period = parse_rate(settings.REWARDLOOP_API_RATE)
-        window = int(time.time() // period)
-        key = f"api-throttle:{token.key_sha256[:32]}:{period}:{window}"  # not the id: ids can repeat
-        cache.add(key, 0, timeout=period + 1)
-        try:
-            count = cache.incr(key)
-        except ValueError:  # evicted between add and incr: count this request as the first
-            cache.set(key, 1, timeout=period + 1)
-            count = 1
-        request._api_throttle_wait = period - (time.time() % period)
-        return count <= limit
+        wait = token_throttle_count(token=token)
+        request._api_throttle_wait = wait
+        return wait is None
 
     def wait(self):
         return None  # Retry-After is set by the API's handler from the request (no instance state)

@@ -24,6 +24,7 @@ from django.db import transaction
 
 from webapp.annotation import judgments as annotation_judgments
 from webapp.annotation.models import Completion
+from webapp.annotation.weights import rating_weights
 from webapp.errors import ApplicationError
 from webapp.policies import artifacts
 from webapp.policies.models import Project
@@ -102,10 +103,12 @@ def judgments_build(*, project: Project, rows: list) -> dict:
     ranking becomes the k(k-1)/2 comparisons it implies
     (:func:`webapp.annotation.judgments.ranking_implied_pairs`), the better-ranked one winning.
 
-    Production feedback counts with the project's ``production_feedback_weight`` against 1
-    for an annotator's judgment, as in policy updates: a rated completion's weight is the
-    mean over its ratings, a comparison's that of its source (``Judgments.rating_weight`` /
-    ``pair_weight``, which the fit's loss multiplies in). At weight 0 :func:`selectors.rating_rows`
+    Weights follow policy updates' rule (:mod:`webapp.annotation.weights`): each rating counts
+    with its rater's gold weight in its completion's normalised mean, and a judgment's weight
+    (``Judgments.rating_weight`` / ``pair_weight``, which the fit's loss multiplies in) is the
+    mean source weight of its ratings (``production_feedback_weight`` for production feedback,
+    1 for an annotator's) times the largest gold weight among its raters (``gold_low_weight``
+    for an annotator below the project's gold accuracy, else 1). At production weight 0 :func:`selectors.rating_rows`
     leaves production ratings out altogether (not even their completions' features shape the
     fit, and they do not count towards the judgments a fit needs), so the fit is the one
     without them.
@@ -126,10 +129,10 @@ def judgments_build(*, project: Project, rows: list) -> dict:
     except (TypeError, ValueError) as exc:
         raise ApplicationError(str(exc)) from exc
     production = "production"
-    production_weight = float(project.production_feedback_weight)
+    weights = rating_weights(project=project)
 
-    def weight_of(row) -> float:
-        return production_weight if row.source == production else 1.0
+    def weight_of(row) -> float:  # a comparison's or a ranking's one rater
+        return weights.judgment([(row.annotator_id, row.source)])
 
     completion_ids = sorted({r.completion_id for r in rows})
     index = {cid: i for i, cid in enumerate(completion_ids)}
@@ -143,14 +146,14 @@ def judgments_build(*, project: Project, rows: list) -> dict:
             completion_index=rated_index[r.completion_id],
             annotator=f"{r.annotator_id}:production" if r.source == production else r.annotator_id,
             score=judgment_to_score(score=r.score, thumbs_up=r.thumbs_up, choice=None, is_a=True),
+            weight=weights.in_mean(r.annotator_id),
         )
         for r in rated
     ]
-    weight_sums, weight_counts = [0.0] * len(rated_ids), [0] * len(rated_ids)
+    raters: list[list[tuple[int, str]]] = [[] for _ in rated_ids]
     for r in rated:
-        weight_sums[rated_index[r.completion_id]] += weight_of(r)
-        weight_counts[rated_index[r.completion_id]] += 1
-    rated_weights = [total / n for total, n in zip(weight_sums, weight_counts)]
+        raters[rated_index[r.completion_id]].append((r.annotator_id, r.source))
+    rated_weights = [weights.judgment(who) for who in raters]
     targets = ratings_to_rewards(
         records, len(rated_ids), annotator_norm=pg.annotator_norm, shrinkage=pg.annotator_shrinkage
     ).tolist()

@@ -3,16 +3,23 @@ process both run (torch-free).
 
 A caller names a Rewardloop API token (``Authorization: Bearer rl_…``, verified by
 :func:`webapp.accounts.selectors.api_token_for_secret`: stored hashed, unrevoked, active user)
-and a model (``slug`` or ``slug@N``). Any member of the project may call its served version;
+and a model (``slug`` or ``slug@N``), and is throttled per token like the REST API
+(:func:`throttle_check`). Any member of the project may call its served version;
 pinning another version is staff only (:func:`webapp.permissions.project_role_check`, the rule
 of the pages and the REST API).
 """
 
 from __future__ import annotations
 
+import math
+
+from django.core import signing
+
 from webapp.accounts import selectors as token_selectors
+from webapp.accounts.auth import token_throttle_count
 from webapp.permissions import NotAMember, project_role_check
 from webapp.policies.models import Membership, Project
+from webapp.policies.selectors import projects_for
 
 
 OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -32,12 +39,15 @@ class AccessRefused(Exception):
 
     ``status``: 401 (no, unknown or revoked token; ``code`` ``invalid_api_key``), 404 (no such
     project, or not the caller's; ``code`` ``model_not_found``, ``param`` ``model``), 403 (an
-    annotator pinned a version other than the served one; ``param`` ``model``).
+    annotator pinned a version other than the served one; ``param`` ``model``), 429 (over the
+    token's rate; ``code`` ``rate_limit_exceeded``, ``retry_after`` in seconds).
     """
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 retry_after: int | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.retry_after = retry_after  # seconds, for a 429's Retry-After header
 
     def body(self) -> dict:
         return openai_error_body(self.status, self.message, param=self.param, code=self.code)
@@ -55,6 +65,42 @@ def token_for_header(header: str | None):
         raise AccessRefused(401, "Send a valid, unrevoked Rewardloop API token: Authorization: Bearer <token>.",
                             code="invalid_api_key")
     return token
+
+
+# The web app forwards requests it has already counted against the caller's rate; this header,
+# signed with SECRET_KEY (which the inference process shares), says so, so that the inference
+# process does not count them a second time in the shared count.
+COUNTED_HEADER = "X-Rewardloop-Counted"
+_COUNTED_SALT = "webapp.serving.access.counted"
+_COUNTED_MAX_AGE_S = 60
+
+
+def counted_mark(*, token) -> str:
+    """The :data:`COUNTED_HEADER` value by which the web app tells the inference process that this
+    request of ``token`` was already counted by :func:`throttle_check` (valid for a minute)."""
+    return signing.TimestampSigner(salt=_COUNTED_SALT).sign(token.key_sha256[:32])
+
+
+def throttle_check(*, token, counted: str | None = None) -> None:
+    """Count a request of ``token`` against ``REWARDLOOP_API_RATE``, the REST API's per-token rate
+    and count (:func:`webapp.accounts.auth.token_throttle_count`). A request carrying a valid
+    :func:`counted_mark` of this token is not counted again.
+
+    Raises:
+        AccessRefused: 429 over the rate, with ``retry_after`` (whole seconds, at least 1).
+    """
+    if counted:
+        try:
+            if signing.TimestampSigner(salt=_COUNTED_SALT).unsign(
+                    counted, max_age=_COUNTED_MAX_AGE_S) == token.key_sha256[:32]:
+                return
+        except signing.BadSignature:  # forged, expired or another token's: count it
+            pass
+    wait = token_throttle_count(token=token)
+    if wait is not None:
+        seconds = max(1, math.ceil(wait))
+        raise AccessRefused(429, f"Too many requests for this token; retry in {seconds} s.",
+                            code="rate_limit_exceeded", retry_after=seconds)
 
 
 def model_project(*, user, model: str) -> Project:
@@ -75,3 +121,11 @@ def model_project(*, user, model: str) -> Project:
         raise AccessRefused(403, "Only the project's staff may call a version other than the served one.",
                             param="model")
     return project
+
+
+def staff_slugs(*, user, slugs) -> set[str]:
+    """The slugs among ``slugs`` of the projects ``user`` is staff of (global staff: all that exist);
+    the inference process's ``/healthz`` shows those projects' loaded versions only."""
+    wanted = set(slugs)
+    return {project.slug for project, role in projects_for(user=user)
+            if role == Membership.Role.STAFF and project.slug in wanted}

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import httpx2
 from django.conf import settings
 
+from .access import COUNTED_HEADER
+
 
 class InferenceUnavailable(Exception):
     """The inference process could not be reached, or broke off."""
@@ -26,9 +28,10 @@ def _http() -> httpx2.Client:
     return _client
 
 
-def generate_events(body: dict, *, authorization: str) -> Iterator[dict]:
+def generate_events(body: dict, *, authorization: str, counted: str | None = None) -> Iterator[dict]:
     """POST ``body`` to the inference process's ``/generate`` with the caller's ``Authorization``
-    header; yield its events as they come.
+    header (and ``counted``, :func:`webapp.serving.access.counted_mark`, when the web app has
+    already counted the request against the token's rate); yield its events as they come.
 
     A refusal of the inference process itself (401/403/404 in OpenAI's error shape) comes back
     as one ``{"event": "error", "status", "message", "param", "code"}`` event.
@@ -37,8 +40,11 @@ def generate_events(body: dict, *, authorization: str) -> Iterator[dict]:
         InferenceUnavailable: not reachable, or the connection broke before ``done``.
     """
     url = settings.REWARDLOOP_INFERENCE_URL.rstrip("/") + "/generate"
+    headers = {"Authorization": authorization}
+    if counted:
+        headers[COUNTED_HEADER] = counted
     try:
-        with _http().stream("POST", url, json=body, headers={"Authorization": authorization}) as response:
+        with _http().stream("POST", url, json=body, headers=headers) as response:
             if response.status_code != 200:
                 response.read()
                 try:

@@ -3,10 +3,18 @@
 The web app's serving views call it with their caller's ``Authorization`` header, and it checks
 that header itself with the web app's rule (:mod:`webapp.serving.access`: a hashed, unrevoked
 API token, and a member of the model's project; a pinned version other than the served one is
-staff only), so calling it directly gains nothing: a missing or bad token is a 401, a pinned
-version for an annotator a 403, a project that is not the caller's a 404, each in OpenAI's
-error shape ``{"error": {"message", "type", "param", "code"}}``. ``GET /healthz`` is open (it
-says which version ids are loaded, nothing else). Built on the standard
+staff only), and counts it against the token's rate like the REST API and the web app
+(``REWARDLOOP_API_RATE``, one count per token shared through Redis with ``REWARDLOOP_CACHE_URL``;
+a request the web app forwards carries its signed mark that it was counted already), so calling
+it directly gains nothing: a missing or bad token is a 401, a pinned version for an annotator a
+403, a project that is not the caller's a 404, too many requests a 429 with ``Retry-After``, each
+in OpenAI's error shape ``{"error": {"message", "type", "param", "code"}}``.
+
+``GET /healthz`` without a token is the open liveness answer, ``{"ok": true}``. With a valid API
+token it adds ``"served"``: ``{slug: served version id}`` for the loaded projects the token's user
+is staff of (empty for an annotator), and for global staff (``is_staff``) the engine's counters
+``"batches"`` and ``"rows"`` (forward runs and rows generated, all projects); a bad or revoked
+token is a 401 in OpenAI's error shape. Built on the standard
 library's :class:`http.server.ThreadingHTTPServer`: one thread per connection reads the
 engine's events, decodes text incrementally and applies stop sequences, while the engine's
 one thread runs the forward passes.
@@ -61,7 +69,7 @@ class Versions:
     def __init__(self, engine: Engine, *, poll_s: float = 1.0):
         self.engine, self.poll_s = engine, poll_s
         self.served: dict[str, int] = {}  # slug -> served version id
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # guards ``served``
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="served-version-poller", daemon=True)
         self._thread.start()
@@ -78,27 +86,27 @@ class Versions:
             if version is None:
                 raise UnknownModel(model)
             return version
-        with self._lock:
+        with self.lock:
             if slug in self.served:
                 return self.served[slug]
         version = Project.objects.filter(slug=slug).values_list("served_version_id", flat=True).first()
         if version is None:
             raise UnknownModel(model)
         self.engine.loaded(version)
-        with self._lock:
+        with self.lock:
             self.served[slug] = version
         return version
 
     def _poll(self) -> None:
         while not self._stop.wait(self.poll_s):
             try:
-                with self._lock:
+                with self.lock:
                     slugs = list(self.served)
                 rows = dict(Project.objects.filter(slug__in=slugs).values_list("slug", "served_version_id"))
                 for slug, version in rows.items():
                     if version is not None and version != self.served.get(slug):
                         self.engine.loaded(version)  # load before switching: requests never wait on it
-                        with self._lock:
+                        with self.lock:
                             self.served[slug] = version
                         log.info("project %s: now serving version id %s", slug, version)
             except Exception:
@@ -165,8 +173,22 @@ def make_handler(engine: Engine, versions: Versions):
         def do_GET(self):
             if self.path != "/healthz":
                 return self._json(404, {"error": "not found"})
-            return self._json(200, {"ok": True, "served": versions.served, "batches": engine.batches_run,
-                                    "rows": engine.rows_run})
+            header = self.headers.get("Authorization")
+            if not header:  # the orchestrator's liveness probe: no token, nothing about projects
+                return self._json(200, {"ok": True})
+            try:
+                token = access.token_for_header(header)
+                with versions.lock:
+                    served = dict(versions.served)
+                staffed = access.staff_slugs(user=token.user, slugs=served)
+            except access.AccessRefused as exc:
+                return self._json(exc.status, exc.body(), headers={"WWW-Authenticate": 'Bearer realm="rewardloop"'})
+            finally:
+                close_old_connections()
+            body = {"ok": True, "served": {slug: served[slug] for slug in sorted(staffed)}}
+            if token.user.is_staff:  # the engine's counters sum every project's traffic
+                body.update(batches=engine.batches_run, rows=engine.rows_run)
+            return self._json(200, body)
 
         def do_POST(self):
             if self.path != "/generate":
@@ -178,6 +200,10 @@ def make_handler(engine: Engine, versions: Versions):
                 return self._json(exc.status, exc.body(), headers={"WWW-Authenticate": 'Bearer realm="rewardloop"'})
             finally:
                 close_old_connections()
+            try:  # the REST API's per-token rate; what the web app forwards it has counted already
+                access.throttle_check(token=token, counted=self.headers.get(access.COUNTED_HEADER))
+            except access.AccessRefused as exc:
+                return self._json(exc.status, exc.body(), headers={"Retry-After": str(exc.retry_after)})
             try:
                 body = json.loads(raw)
                 model = str(body["model"])

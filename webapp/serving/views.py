@@ -20,7 +20,6 @@ project, or not one of yours: not told apart), 413 (body over the cap), 429
 from __future__ import annotations
 
 import json
-import math
 import secrets
 import time
 
@@ -30,7 +29,6 @@ from django.views.decorators.csrf import csrf_exempt
 from pydantic import ValidationError
 
 from webapp.accounts import services as token_services
-from webapp.accounts.auth import TokenRateThrottle
 from webapp.annotation.production import AnswerChoice, production_answer_store
 from webapp.policies.selectors import projects_for
 
@@ -39,26 +37,34 @@ from .client import InferenceUnavailable, generate_events
 from .schemas import ChatIn, CompletionIn
 
 class OpenAIError(Exception):
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 retry_after: int | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.retry_after = retry_after
+
+    @classmethod
+    def refused(cls, exc: access.AccessRefused) -> OpenAIError:
+        return cls(exc.status, exc.message, param=exc.param, code=exc.code, retry_after=exc.retry_after)
 
     def response(self) -> JsonResponse:
         body = access.openai_error_body(self.status, self.message, param=self.param, code=self.code)
-        return JsonResponse(body, status=self.status)
+        response = JsonResponse(body, status=self.status)
+        if self.retry_after is not None:
+            response["Retry-After"] = str(self.retry_after)
+        return response
 
 
 def _authenticate(request):
-    """The request's API token (``Authorization: Bearer``), throttled as the REST API's; sets ``request.user``."""
+    """The request's API token (``Authorization: Bearer``), throttled as the REST API's
+    (:func:`webapp.serving.access.throttle_check`); sets ``request.user`` and ``request.auth``."""
     try:
         token = access.token_for_header(request.headers.get("Authorization"))
+        token_services.api_token_mark_used(token=token)
+        request.user, request.auth = token.user, token
+        access.throttle_check(token=token)
     except access.AccessRefused as exc:
-        raise OpenAIError(exc.status, exc.message, param=exc.param, code=exc.code) from None
-    token_services.api_token_mark_used(token=token)
-    request.user, request.auth = token.user, token
-    if not TokenRateThrottle().allow_request(request):
-        raise OpenAIError(429, f"Too many requests for this token; retry in "
-                               f"{math.ceil(getattr(request, '_api_throttle_wait', 1))} s.", code="rate_limit_exceeded")
+        raise OpenAIError.refused(exc) from None
     return token
 
 
@@ -87,7 +93,7 @@ def _project(request, model: str):
     try:
         return access.model_project(user=request.user, model=model)
     except access.AccessRefused as exc:
-        raise OpenAIError(exc.status, exc.message, param=exc.param, code=exc.code) from None
+        raise OpenAIError.refused(exc) from None
 
 
 def _openai_view(method: str):
@@ -109,13 +115,14 @@ def _openai_view(method: str):
     return decorate
 
 
-def _start(body: dict, *, authorization: str):
+def _start(body: dict, *, authorization: str, token):
     """The inference process's event stream, with its first event read (errors surface before we answer).
 
     The caller's ``Authorization`` header goes along: the inference process checks the token
-    and the role again (:mod:`webapp.serving.access`)."""
+    and the role again (:mod:`webapp.serving.access`); so does the mark that this request was
+    already counted against the token's rate, so that it is not counted twice."""
     try:
-        events = generate_events(body, authorization=authorization)
+        events = generate_events(body, authorization=authorization, counted=access.counted_mark(token=token))
         first = next(events)
     except (InferenceUnavailable, StopIteration) as exc:
         raise OpenAIError(503, f"The model is not available right now: {exc}", code="inference_unavailable") from None
@@ -198,7 +205,7 @@ def _complete(request, schema, *, chat: bool):
         prompt_text = _prompt_text(body["messages"])
     else:
         body["prompt"] = prompt_text = params.prompt
-    start, events = _start(body, authorization=request.headers.get("Authorization", ""))
+    start, events = _start(body, authorization=request.headers.get("Authorization", ""), token=token)
     answer = _Answer(chat=chat, params=params, start=start, project=project, token=token, prompt_text=prompt_text)
     if not params.stream:
         for event in events:

@@ -25,6 +25,7 @@ from django.utils import timezone
 from webapp import broker
 from webapp.annotation import selectors as annotation_selectors
 from webapp.annotation.models import Completion, Rating
+from webapp.annotation.weights import rating_weights
 from webapp.errors import ApplicationError
 from webapp.policies import services as policy_services
 from webapp.policies.models import AuditEvent, ModelVersion, Project
@@ -201,10 +202,11 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
     rating the weighted mean of its criteria's ``(s - 3) / 2``, with the weights it was given under).
     Each rating is scored in its own kind, so a project whose mode changed trains on all of them.
 
-    Gold checks: each rating weighs ``selectors.annotator_weights`` (``gold_low_weight`` for an
-    annotator below ``gold_min_accuracy`` after ``gold_min_answers`` gold answers, else 1) in its
-    completion's mean, and the batch's ``weights`` (per completion, the largest weight among its
-    ratings) scale the completion's advantage in the update.
+    Weights (:mod:`webapp.annotation.weights`, the rule reward-model fits apply too): each rating
+    weighs its rater's gold weight (``gold_low_weight`` for an annotator below
+    ``gold_min_accuracy`` after ``gold_min_answers`` gold answers, else 1) in its completion's
+    mean, and the batch's ``weights`` (per completion, the mean source weight of its ratings
+    times the largest gold weight among its raters) scale the completion's advantage.
     """
     from pgcore.rewards import RatingRecord, ratings_to_rewards
     from pgcore.trainer import TrainBatch
@@ -243,14 +245,13 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
         if cid not in index and cid not in extra:
             extra[cid] = len(index) + len(extra)
     production = Rating.Source.PRODUCTION
-    # Annotators whose gold accuracy is below the project's bar count less (``gold_low_weight``).
-    weight_of = annotation_selectors.annotator_weights(project=project)
+    weights_rule = rating_weights(project=project)  # gold and production weights: the one rule
     records = [
         RatingRecord(
             completion_index=index.get(cid, extra.get(cid)),
             # A person's production feedback is normalised apart from their annotation: another scale.
             annotator=f"{annotator}:production" if source == production else annotator,
-            weight=weight_of.get(annotator, 1.0),
+            weight=weights_rule.in_mean(annotator),
             score=reward_score(
                 score=score,
                 thumbs_up=thumbs_up,
@@ -269,17 +270,11 @@ def training_batch_build(*, project: Project, ratings: list[Rating], config):
         annotator_norm=config.annotator_norm,
         shrinkage=config.annotator_shrinkage,
     )[: len(index)]
-    # Each completion's weight: (the mean over its ratings of 1 for an annotator's, the project's
-    # production weight for production feedback) times its trust (the largest gold weight among
-    # the people who rated it: 1 unless only down-weighted annotators did).
-    source_sums, counts, trust = [0.0] * len(index), [0] * len(index), [0.0] * len(index)
-    for (cid, annotator, source, *_), record in zip(history, records):
+    raters: list[list[tuple[int, str]]] = [[] for _ in index]
+    for cid, annotator, source, *_ in history:
         if cid in index:
-            i = index[cid]
-            source_sums[i] += project.production_feedback_weight if source == production else 1.0
-            counts[i] += 1
-            trust[i] = max(trust[i], record.weight)
-    weights = [total / max(n, 1) * (t if n else 1.0) for total, n, t in zip(source_sums, counts, trust)]
+            raters[index[cid]].append((annotator, source))
+    weights = [weights_rule.judgment(r) for r in raters]
     completions = Completion.objects.in_bulk(completion_ids)
     ordered = [completions[cid] for cid in completion_ids]
     return TrainBatch(
