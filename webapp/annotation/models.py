@@ -221,6 +221,7 @@ class ChosenBy(models.TextChoices):
     FIFO = "fifo", "Queue order (unfinished items first, then oldest)"
     UNIFORM = "uniform", "Drawn uniformly at random (active queue's unbiased share)"
     ACTIVE = "active", "Largest reward-model uncertainty (active queue)"
+    SHADOW = "shadow", "A waiting candidate version's completion (shadow queue)"
 
 
 class Lease(models.Model):
@@ -240,7 +241,10 @@ class Lease(models.Model):
         max_length=8,
         choices=ChosenBy.choices,
         default=ChosenBy.FIFO,
-        help_text="Why the queue served this item: queue order, a uniform draw, or the active queue's uncertainty.",
+        help_text=(
+            "Why the queue served this item: queue order, a uniform draw, the active queue's uncertainty, or "
+            "the shadow queue (a waiting candidate's completion)."
+        ),
     )
     created_at = models.DateTimeField("created", auto_now_add=True)
 
