@@ -65,7 +65,9 @@ it was fitted on), drawn against the ratings seen.
 The promotion guard runs but, by default, with thresholds that never trigger,
 so the curves measure pgcore rather than the guard; ``--guard`` keeps the
 app's default thresholds (a held-back version is not served and the next run
-trains from the served one again).
+trains from the served one again; a reward-model version waits in the shadow queue
+for the simulated annotators' ratings and is decided before the next run, as the
+training schedule's tick does).
 
 Output: one JSON object on stdout; the same JSON (``learning.json``) and the
 learning-curve plot (``learning.png``) in ``--out``. Both are rewritten after
@@ -171,7 +173,13 @@ TINY = {
 GENERATION_TICK_S = 10.0  # virtual seconds the generation worker takes per batch of 8
 IDLE_RETRY_S = 5.0  # an annotator with nothing to rate looks again after this long
 LEASE_MINUTES = 7 * 24 * 60  # leases never expire in virtual time (they are on the wall clock)
-OPEN_GUARD = {"guard_max_kl": 1e9, "guard_min_distinct2_ratio": 0.0, "guard_max_identical_fraction": 1.0}
+# The open guard also serves a reward-model version at once (no shadow queue wait for people's ratings).
+OPEN_GUARD = {
+    "guard_max_kl": 1e9,
+    "guard_min_distinct2_ratio": 0.0,
+    "guard_max_identical_fraction": 1.0,
+    "shadow_share": 0.0,
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -523,6 +531,10 @@ class Loop:
         from webapp.training.services import training_run_create, training_run_execute
 
         t = time.perf_counter()
+        if self.args.guard:  # the training schedule's tick: decide on a shadow candidate people rated enough
+            from webapp.training.overoptimisation import shadow_candidates_recheck
+
+            shadow_candidates_recheck()
         run = training_run_create(project=self.project, trigger=TrainingRun.Trigger.SCHEDULE)
         run = training_run_execute(run_id=run.pk)
         wall = time.perf_counter() - t

@@ -94,6 +94,7 @@ GOOD_SETTINGS = {
     "rm_pessimism": 0.5,
     "active_queue": "on",
     "active_uniform_share": 0.3,
+    "shadow_share": 0.2,
 }
 
 
@@ -108,7 +109,7 @@ def test_staff_switch_the_reward_source_and_the_active_queue(staff_client, proje
     assert response.status_code == 302
     project.refresh_from_db()
     assert (project.reward_source, project.rm_samples_per_prompt, project.rm_pessimism) == ("reward_model", 6, 0.5)
-    assert project.active_queue and project.active_uniform_share == 0.3
+    assert project.active_queue and project.active_uniform_share == 0.3 and project.shadow_share == 0.2
     event = AuditEvent.objects.get(action="settings")
     assert event.target == "reward settings" and event.detail["reward_source"] == ["human", "reward_model"]
 

@@ -222,6 +222,7 @@ class ChosenBy(models.TextChoices):
     UNIFORM = "uniform", "Drawn uniformly at random (active queue's unbiased share)"
     ACTIVE = "active", "Largest reward-model uncertainty (active queue)"
     GOLD = "gold", "Gold item (known answer, at the project's gold rate)"
+    SHADOW = "shadow", "A waiting candidate version's completion (shadow queue)"
 
 
 class Lease(models.Model):
@@ -241,7 +242,10 @@ class Lease(models.Model):
         max_length=8,
         choices=ChosenBy.choices,
         default=ChosenBy.FIFO,
-        help_text="Why the queue served this item: queue order, a uniform draw, the active queue's uncertainty, or a gold check.",
+        help_text=(
+            "Why the queue served this item: queue order, a uniform draw, the active queue's uncertainty, "
+            "a gold check, or the shadow queue (a waiting candidate's completion)."
+        ),
     )
     created_at = models.DateTimeField("created", auto_now_add=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from datetime import UTC, timedelta
@@ -42,12 +43,14 @@ def open_completions(*, project: Project) -> QuerySet[Completion]:
     )
 
 
-def pool_size(*, project: Project) -> int:
-    """Open completions sampled from the served version: what the pool refill keeps full.
+def pool_size(*, project: Project, version_id: int | None = None) -> int:
+    """Open completions sampled from the served version (or from ``version_id``): what the pool
+    refill keeps full.
 
     Pairwise items count as the two completions they are, ranking items as their k.
     """
-    n = open_completions(project=project).filter(model_version_id=project.served_version_id).count()
+    version_id = project.served_version_id if version_id is None else version_id
+    n = open_completions(project=project).filter(model_version_id=version_id).count()
     if project.rating_mode == RatingMode.PAIRWISE:
         return 2 * n
     if project.rating_mode == RatingMode.RANKING:
@@ -55,11 +58,26 @@ def pool_size(*, project: Project) -> int:
     return n
 
 
+def pool_target_for(*, project: Project, version_id: int | None) -> int:
+    """Completions the pool refill keeps open for ``version_id``: ``pool_target`` for the served
+    version; for the shadow candidate (``Project.shadow_version``) ``shadow_share`` of it,
+    rounded up (0 with a share of 0); 0 for any other version."""
+    if version_id is not None and version_id == project.served_version_id:
+        return project.pool_target
+    if version_id is not None and version_id == project.shadow_version_id:
+        return math.ceil(project.shadow_share * project.pool_target)
+    return 0
+
+
 def pool_needs_refill(*, project: Project) -> bool:
     """Whether the served version's open items fell below the low-water mark
     (``Project.pool_low_water``, at most ``pool_target``): the moment to ask for a refill,
-    early enough that the next generation batch lands before the pool runs dry."""
-    return pool_size(project=project) < min(project.pool_low_water, project.pool_target)
+    early enough that the next generation batch lands before the pool runs dry. Also when
+    the shadow candidate's open items fell to half their target or fewer."""
+    if pool_size(project=project) < min(project.pool_low_water, project.pool_target):
+        return True
+    shadow_target = pool_target_for(project=project, version_id=project.shadow_version_id)
+    return shadow_target > 0 and 2 * pool_size(project=project, version_id=project.shadow_version_id) <= shadow_target
 
 
 # --- The annotator's hot path ---------------------------------------------------------
@@ -102,11 +120,15 @@ _RANKING_ONLY = "AND EXISTS (SELECT 1 FROM {rankgroup} g WHERE g.anchor_id = c.i
 _ITEMS_OF_MODE = {RatingMode.PAIRWISE: _PAIRWISE_ONLY, RatingMode.RANKING: _RANKING_ONLY}
 
 
-def _open_item_sql(project: Project) -> str:
+def _open_item_sql(project: Project, *, with_shadow: bool = False) -> str:
+    """``with_shadow``: items of the shadow candidate (``Project.shadow_version``) count as offered too."""
     pairwise = _ITEMS_OF_MODE.get(project.rating_mode, "")
     served_only = ""
     if project.served_version_id is not None and not project.drain_old_versions:
-        served_only = f"AND c.model_version_id = {int(project.served_version_id):d}"
+        offered = [project.served_version_id]
+        if with_shadow and project.shadow_version_id is not None:
+            offered.append(project.shadow_version_id)
+        served_only = f"AND c.model_version_id IN ({', '.join(str(int(v)) for v in offered)})"
     return _OPEN_ITEM_FOR_ANNOTATOR.format(
         pairwise=pairwise.format(**_T), per_item=project.ratings_per_item, served_only=served_only, **_T
     )
@@ -125,10 +147,12 @@ LIMIT {limit:d}
 # Queue orders (``Lease.chosen_by`` values). "active": the largest ensemble spread first, items
 # the reward model has not scored after them in queue order (NULLS LAST written so SQLite and
 # PostgreSQL agree). "uniform": a uniform draw among the open items (RANDOM() exists in both).
+# "shadow": the shadow candidate's items (``Project.shadow_version``) in queue order.
 QUEUE_ORDERS = {
     "fifo": "c.n_ratings DESC, c.id",
     "active": "CASE WHEN c.rm_uncertainty IS NULL THEN 1 ELSE 0 END, c.rm_uncertainty DESC, c.n_ratings DESC, c.id",
     "uniform": "RANDOM()",
+    "shadow": "c.n_ratings DESC, c.id",
 }
 # The ratings per item and the LIMIT (integers from the project and the code) are
 # written into the statements, so the planner sees their values.
@@ -164,7 +188,9 @@ def queue_candidates(
     ``order`` (a key of :data:`QUEUE_ORDERS`): ``"fifo"`` is the queue order described
     below; ``"active"`` puts the largest reward-model uncertainty (``Completion.rm_uncertainty``,
     written by the rewards app) first and unscored items after them in queue order;
-    ``"uniform"`` draws the items uniformly at random. The version groups apply to all three.
+    ``"uniform"`` draws the items uniformly at random. The version groups apply to these three.
+    ``"shadow"`` offers only items of the project's shadow candidate (``Project.shadow_version``,
+    a version not served yet), in queue order; none when the project has none.
 
     The served version's items; after them, only while the project drains
     older versions (``Project.drain_old_versions``), older versions' items not
@@ -186,8 +212,13 @@ def queue_candidates(
         "annotator": annotator.pk,
         "now": _db_datetime(timezone.now()),
     }
-    open_item = _open_item_sql(project)
-    if project.served_version_id is not None and not project.drain_old_versions:
+    open_item = _open_item_sql(project, with_shadow=order == "shadow")
+    if order == "shadow":
+        if project.shadow_version_id is None:
+            return []
+        params["version"] = project.shadow_version_id
+        version_groups = ("c.model_version_id = %(version)s",)
+    elif project.served_version_id is not None and not project.drain_old_versions:
         version_groups = ("c.model_version_id = %(version)s",)
     elif project.served_version_id is not None:
         version_groups = ("c.model_version_id = %(version)s", "c.model_version_id <> %(version)s")
@@ -310,10 +341,11 @@ WHERE c.id = %(completion)s
 def item_state_for(*, project: Project, annotator, completion_id: int) -> tuple[bool, bool]:
     """``(held_out, open)`` for one item: whether its prompt is held out, and whether this
     annotator's queue may offer it (the queue's own condition: the project's item in
-    its mode, still needing ratings, neither rated nor skipped by them; held-out
-    prompts never are). Whether a slot is free is left to the lease insert. One statement.
+    its mode, still needing ratings, neither rated nor skipped by them, of the served
+    version or the shadow candidate; held-out prompts never are). Whether a slot is free
+    is left to the lease insert. One statement.
     """
-    sql = _ITEM_STATE_SQL.format(open_item=_open_item_sql(project), **_T)
+    sql = _ITEM_STATE_SQL.format(open_item=_open_item_sql(project, with_shadow=True), **_T)
     with connection.cursor() as cursor:
         cursor.execute(sql, {"project": project.pk, "annotator": annotator.pk, "completion": completion_id})
         row = cursor.fetchone()

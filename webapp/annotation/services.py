@@ -314,13 +314,17 @@ def _pool_claim_batch(
     """
     with transaction.atomic():
         locked = Project.objects.select_for_update().get(pk=project.pk)
-        if locked.served_version_id != version.pk:
+        if version.pk not in (locked.served_version_id, locked.shadow_version_id):
             return []
         now = timezone.now()
         PoolClaim.objects.filter(project=project, expires_at__lte=now).delete()
         claims = PoolClaim.objects.filter(project=project)
         in_flight = sum(c.n_completions for c in claims if c.model_version_id == version.pk)
-        deficit = locked.pool_target - selectors.pool_size(project=locked) - in_flight
+        deficit = (
+            selectors.pool_target_for(project=locked, version_id=version.pk)
+            - selectors.pool_size(project=locked, version_id=version.pk)
+            - in_flight
+        )
         if budget is not None:
             deficit = min(deficit, budget)
         if deficit <= 0:
@@ -347,15 +351,15 @@ def _pool_store_batch(
 ) -> list[int]:
     """Store a sampled batch and release its claims in one transaction; returns the stored completions' ids.
 
-    Re-checks under the project lock that the version is still served (else
-    stores nothing) and that each claim is still held (a claim that expired
-    and was taken over by another refill drops its prompt's completions).
+    Re-checks under the project lock that the version is still served (or still the
+    shadow candidate; else stores nothing) and that each claim is still held (a claim
+    that expired and was taken over by another refill drops its prompt's completions).
     The caller announces the ids (:func:`_completions_stored_send`), a refill's
     groups together, so the reward model scores them in one batch.
     """
     with transaction.atomic():
         locked = Project.objects.select_for_update().get(pk=project.pk)
-        if locked.served_version_id != version.pk:
+        if version.pk not in (locked.served_version_id, locked.shadow_version_id):
             log.info("served version changed during sampling; stopping this refill")
             return []
         held = set(PoolClaim.objects.filter(pk__in=[c.pk for c in claims]).values_list("prompt_id", flat=True))
@@ -392,7 +396,9 @@ def _completions_stored_send(*, project_id: int, completion_ids: list[int]) -> N
 
 
 def completion_pool_refill(*, project: Project, max_new: int | None = None, seed: int | None = None) -> int:
-    """Sample completions from the served version until the pool holds ``pool_target``.
+    """Sample completions from the served version until the pool holds ``pool_target``; then,
+    while the project has a shadow candidate (``Project.shadow_version``), from it until it
+    has :func:`selectors.pool_target_for` open completions (``shadow_share`` of the target).
 
     Runs in a Celery worker, never in a web request. One continuous-batching stream
     (``pgcore.rollout.generate_stream``) samples the whole deficit with
@@ -413,25 +419,45 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
     outside any transaction, and each group is stored in the transaction that
     releases its claim. Claimed prompts count toward the pool, so concurrent refills
     together stay within one prompt group of the target and never sample one prompt
-    for one version at the same time. Once the served version changes, nothing more
-    is claimed or stored.
+    for one version at the same time. Once the version sampled is neither served nor
+    the shadow candidate, nothing more is claimed or stored.
     """
-    from pgcore.rollout import generate_stream
-
-    from webapp.policies.runtime import policy_for_generation
-
     project.refresh_from_db()
     version = project.served_version
     if version is None:
         return 0
-    pairwise = project.rating_mode == RatingMode.PAIRWISE
-    ranking = project.rating_mode == RatingMode.RANKING
-    per_prompt = 2 if pairwise else project.rank_k if ranking else project.completions_per_prompt
     # One refill fills at most the deficit it found when it started (as before claims), so
     # annotators draining the pool meanwhile do not keep one task running forever.
     budget = project.pool_target - selectors.pool_size(project=project)
     if max_new is not None:
         budget = min(budget, max_new)
+    created = _pool_fill(project=project, version=version, budget=budget, seed=seed)
+    shadow = project.shadow_version
+    if shadow is not None and shadow.pk != version.pk:
+        budget = selectors.pool_target_for(project=project, version_id=shadow.pk) - selectors.pool_size(
+            project=project, version_id=shadow.pk
+        )
+        if max_new is not None:
+            budget = min(budget, max_new - created)
+        if budget > 0:
+            created += _pool_fill(project=project, version=shadow, budget=budget, seed=seed, cached=False)
+    return created
+
+
+def _pool_fill(*, project: Project, version, budget: int, seed: int | None, cached: bool = True) -> int:
+    """Sample up to ``budget`` completions (plus less than one prompt group) of ``version`` into the
+    pool in one continuous-batching stream; how many were stored (see :func:`completion_pool_refill`).
+    ``cached``: sample with the process's cached policy of the served version
+    (:func:`webapp.policies.runtime.policy_for_generation`); else load ``version`` for this call
+    only, so a shadow candidate never evicts the served one."""
+
+    from pgcore.rollout import generate_stream
+
+    from webapp.policies.runtime import policy_for_generation, policy_load
+
+    pairwise = project.rating_mode == RatingMode.PAIRWISE
+    ranking = project.rating_mode == RatingMode.RANKING
+    per_prompt = 2 if pairwise else project.rank_k if ranking else project.completions_per_prompt
     rng = random.Random(seed)
     state = {"budget": budget, "stopped": False, "wait": False, "rows": 0}
     stored_ids: list[int] = []
@@ -475,8 +501,10 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
         return texts
 
     def incoming() -> list[str]:
+        # Claim once half the rows are free (whole groups): half as many claim transactions,
+        # and the new prompts are prefilled together.
         free = GENERATION_BATCH - state["rows"]
-        return claim(free) if free >= per_prompt else []
+        return claim(free) if free >= max(per_prompt, GENERATION_BATCH // 2) else []
 
     first = claim(max(GENERATION_BATCH, per_prompt))
     if not first:
@@ -484,7 +512,7 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
             log.warning("project %s has no training prompts to sample", project.slug)
         return 0
     try:
-        policy = policy_for_generation(version)
+        policy = policy_for_generation(version) if cached else policy_load(version, trainable=False)
         stream = generate_stream(
             policy,
             first,
@@ -513,9 +541,9 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
                 ranking=ranking,
             )
             if not stored:
-                project.refresh_from_db(fields=["served_version"])
-                if project.served_version_id != version.pk:
-                    state["stopped"] = True  # a new version is served: what runs is wasted, stop
+                project.refresh_from_db(fields=["served_version", "shadow_version"])
+                if version.pk not in (project.served_version_id, project.shadow_version_id):
+                    state["stopped"] = True  # neither served nor the candidate now: what runs is wasted, stop
                     stream.close()
                     break
             stored_ids.extend(stored)
@@ -659,16 +687,28 @@ def _gold_free_slots(completion_id: int) -> list[int]:
     return [slot for slot in range(len(taken) + 3) if slot not in taken]
 
 
-# Draws the active queue's uniform share; a module attribute so a test can seed it.
+# Draws the active queue's uniform share and the shadow share; a module attribute so a test can seed it.
 queue_rng = random.Random()
 
 
 def queue_order_draw(*, project: Project) -> str:
-    """How the next item is chosen (a ``ChosenBy`` value): queue order unless the project's
-    active queue is on; then uniformly at random with probability ``active_uniform_share``
-    (so ratings of that share are an unbiased sample of the pool), else the item of largest
-    reward-model uncertainty (uncertainty sampling, Lewis & Gale 1994; with an ensemble's
-    spread as the uncertainty, query-by-committee, Seung et al. 1992)."""
+    """How the next item is chosen (a ``ChosenBy`` value).
+
+    While the project has a shadow candidate (``Project.shadow_version``, a version
+    trained with the reward model waiting for people's ratings), with probability
+    ``shadow_share`` one of its completions (``"shadow"``), so the over-optimisation guard
+    has people's ratings of it to compare with the reward model's prediction. Otherwise
+    queue order unless the project's active queue is on; then uniformly at random with
+    probability ``active_uniform_share`` (so ratings of that share are an unbiased sample
+    of the pool), else the item of largest reward-model uncertainty (uncertainty sampling,
+    Lewis & Gale 1994; with an ensemble's spread as the uncertainty, query-by-committee,
+    Seung et al. 1992)."""
+    if project.shadow_version_id is not None and queue_rng.random() < project.shadow_share:
+        return ChosenBy.SHADOW
+    return _served_order_draw(project=project)
+
+
+def _served_order_draw(*, project: Project) -> str:
     if not project.active_queue:
         return ChosenBy.FIFO
     return ChosenBy.UNIFORM if queue_rng.random() < project.active_uniform_share else ChosenBy.ACTIVE
@@ -680,11 +720,16 @@ def _lease_first_free(*, project: Project, annotator, lease_minutes: int) -> Lea
     statement sees their leases), a few times, rather than answering "nothing".
 
     The lease records why its item was chosen (``Lease.chosen_by``, :func:`queue_order_draw`);
-    an active pick that found no item scored by the reward model is queue order ("fifo").
+    an active pick that found no item scored by the reward model is queue order ("fifo"); a
+    shadow pick that found no candidate's item left for this annotator takes the served
+    version's queue instead.
     """
     order = queue_order_draw(project=project)
     for _ in range(LEASE_READ_ROUNDS):
         candidates = selectors.queue_candidates(project=project, annotator=annotator, order=order)
+        if not candidates and order == ChosenBy.SHADOW:
+            order = _served_order_draw(project=project)
+            candidates = selectors.queue_candidates(project=project, annotator=annotator, order=order)
         for completion_id, uncertainty in candidates:
             chosen_by = ChosenBy.FIFO if order == ChosenBy.ACTIVE and uncertainty is None else order
             if _lease_take_slot(

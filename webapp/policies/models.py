@@ -232,6 +232,17 @@ class Project(models.Model):
         validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
         help_text="Share of served items drawn uniformly at random while the active queue is on.",
     )
+    shadow_share = models.FloatField(
+        "shadow queue: share of a candidate's items",
+        default=0.1,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text=(
+            "While a version trained with the reward model waits for people's ratings (the over-optimisation "
+            "guard compares them with what the reward model predicts), this share of the items served are its "
+            "completions, blind: the card does not say so. 0 disables the shadow queue, and such a version is "
+            "then served without people's ratings of it."
+        ),
+    )
     rm_pessimism = models.FloatField(
         "reward model: pessimism",
         default=1.0,
@@ -275,6 +286,18 @@ class Project(models.Model):
         related_name="+",
         help_text="The version whose completions annotators rate.",
     )
+    shadow_version = models.ForeignKey(
+        "ModelVersion",
+        verbose_name="shadow candidate",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text=(
+            "A candidate version waiting for people's ratings: the shadow queue mixes its completions into the "
+            "queue (Project.shadow_share). Set and cleared by the training worker's promotion guard."
+        ),
+    )
     created_at = models.DateTimeField("created", auto_now_add=True)
 
     class Meta:
@@ -297,6 +320,9 @@ class Project(models.Model):
                 name="project_active_uniform_share_0_to_1",
             ),
             models.CheckConstraint(condition=models.Q(rm_pessimism__gte=0), name="project_rm_pessimism_gte_0"),
+            models.CheckConstraint(
+                condition=models.Q(shadow_share__gte=0, shadow_share__lte=1), name="project_shadow_share_0_to_1"
+            ),
             models.CheckConstraint(
                 condition=models.Q(guard_min_distinct2_ratio__gte=0, guard_min_distinct2_ratio__lte=1),
                 name="project_guard_distinct2_ratio_0_to_1",

@@ -2,7 +2,9 @@
 
 Only Celery worker processes call this (never a web request), and only after
 the prefork fork, so torch's thread pool is never forked. A generation worker
-keeps the last version it loaded; a training run loads its own trainable copy.
+keeps the last version it loaded; a training run loads its own trainable copy; a
+process that scores completions with a reward model keeps the last frozen backbone it
+loaded (:func:`frozen_policy`), until that folder's files change.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from .models import ModelVersion
 
 _lock = threading.Lock()
 _cached: dict[tuple[int, str], object] = {}
+_frozen_lock = threading.Lock()  # apart from _lock: loading a backbone never holds up generation
+_frozen: dict[tuple, object] = {}
 
 
 def version_dir(version: ModelVersion) -> Path:
@@ -102,3 +106,52 @@ def policy_for_generation(version: ModelVersion):
             policy.model.eval()
             _cached[key] = policy
         return _cached[key]
+
+
+def folder_stamp(path: Path) -> tuple:
+    """What identifies a model folder's contents on this machine without reading them.
+
+    ``(resolved path, folder inode, ((name, size, mtime_ns, inode), ...))`` over the
+    folder's top-level files, sorted by name. A model folder written again (pgcore writes
+    them atomically: a new folder renamed into place, so new inodes), or any file in it
+    replaced or touched, gives another stamp.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+    """
+    path = Path(path).resolve()
+    files = []
+    for entry in sorted(os.scandir(path), key=lambda e: e.name):
+        if entry.is_file():
+            st = entry.stat()
+            files.append((entry.name, st.st_size, st.st_mtime_ns, st.st_ino))
+    return (str(path), path.stat().st_ino, tuple(files))
+
+
+def frozen_policy(path: Path):
+    """The process-wide cached, frozen :class:`pgcore.policy.Policy` of the model folder ``path``.
+
+    Keyed by :func:`folder_stamp`, so repeated reward-model scoring (features of stored
+    completions, of fresh samples, of held-out samples) reuses one loaded backbone, and a
+    changed folder is loaded again. One folder is kept at a time (a second project's base
+    replaces the first). Callers must not train or modify it.
+
+    Loaded on the device :func:`pgcore.precision.select_device` chooses, as
+    :func:`policy_load` does.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``REWARDLOOP_DEVICE`` names a device this machine lacks.
+    """
+    from pgcore.policy import load_policy
+    from pgcore.precision import select_device
+
+    device = select_device()
+    key = (folder_stamp(path), str(device))
+    with _frozen_lock:
+        if key not in _frozen:
+            _frozen.clear()
+            policy = load_policy(path, trainable=False, device=device)
+            policy.model.eval()
+            _frozen[key] = policy
+        return _frozen[key]

@@ -220,10 +220,16 @@ def version_promotion_blockers(*, version: ModelVersion, served: ModelVersion | 
 
 
 def _version_serve(*, project: Project, version: ModelVersion, user, refill_pool: bool, detail: dict) -> ModelVersion:
-    """Switch ``project`` (locked by the caller) to serve ``version``; audited."""
+    """Switch ``project`` (locked by the caller) to serve ``version``; audited. A shadow candidate
+    (``Project.shadow_version``) no newer than ``version`` leaves the shadow queue."""
     previous = project.served_version
     project.served_version = version
-    project.save(update_fields=["served_version"])
+    fields = ["served_version"]
+    shadow = project.shadow_version
+    if shadow is not None and shadow.number <= version.number:  # served, or superseded: no candidate any more
+        project.shadow_version = None
+        fields.append("shadow_version")
+    project.save(update_fields=fields)
     version_served.send(sender=Project, project=project, version=version, previous=previous)
     audit_record(
         project=project,
@@ -327,6 +333,7 @@ PROJECT_REWARD_FIELDS = (
     "rm_pessimism",
     "active_queue",
     "active_uniform_share",
+    "shadow_share",
 )
 
 

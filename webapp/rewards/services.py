@@ -8,7 +8,8 @@ the artefact atomically and writes the ensemble's mean and spread onto the compl
 succeeds; too few judgments is an :class:`ApplicationError` and no fit.
 
 Features of the frozen base model are computed once per completion and cached under the
-models folder, keyed by the backbone's checksum and the feature settings.
+models folder, keyed by the backbone's checksum and the feature settings; the backbone itself
+stays loaded in the process between calls (:func:`webapp.policies.runtime.frozen_policy`).
 """
 
 from __future__ import annotations
@@ -269,28 +270,26 @@ def features_compute(
     samples), uncached. Prompts come as token ids, or as texts rendered the way the sampler
     renders them (``pgcore.rollout.render_prompt``).
 
-    Loads the project's frozen base model (the reward model's backbone) for the call, on the
-    device a policy is loaded on (:func:`pgcore.precision.select_device`, as
-    :func:`webapp.policies.runtime.policy_load`: CUDA when present, ``REWARDLOOP_DEVICE``
-    forces one); the features come back on the CPU.
+    The project's frozen base model (the reward model's backbone) is the process's cached
+    one (:func:`webapp.policies.runtime.frozen_policy`): loaded on the first call, and again
+    only when the base folder's files change, on the device a policy is loaded on
+    (:func:`pgcore.precision.select_device`: CUDA when present, ``REWARDLOOP_DEVICE`` forces
+    one); the features come back on the CPU.
 
     Raises:
         ValueError: ``REWARDLOOP_DEVICE`` names a device this machine lacks.
     """
-    from pgcore.policy import load_policy
-    from pgcore.precision import select_device
     from pgcore.reward_model import completion_features
     from pgcore.rollout import render_prompt
 
-    policy = load_policy(base_dir(project), device=select_device())
+    from webapp.policies.runtime import frozen_policy
+
+    policy = frozen_policy(base_dir(project))
     if prompt_ids is None:
         prompt_ids = [render_prompt(policy.tokenizer, text) for text in prompt_texts or []]
-    try:
-        return completion_features(
-            policy.model, prompt_ids, completion_ids, config, pad_id=policy.tokenizer.pad_token_id or 0
-        ).cpu()
-    finally:
-        del policy
+    return completion_features(
+        policy.model, prompt_ids, completion_ids, config, pad_id=policy.tokenizer.pad_token_id or 0
+    ).cpu()
 
 
 def _rm_name(project: Project) -> str:

@@ -16,6 +16,14 @@ is served:
 
 When both exist and the predicted gain exceeds the human gain by more than
 ``REWARDLOOP_GUARD_RM_GAP`` (reward units), the version is held back with the reason.
+
+People rarely rate a new version's outputs while it is not served, so the guard
+would seldom have the human gain when the run ends. With ``Project.shadow_share`` > 0
+such a version waits instead (:func:`shadow_wait_reason`): it becomes the project's
+shadow candidate (``Project.shadow_version``), whose completions the annotation queue
+mixes in blind at that share, and :func:`shadow_candidates_recheck` (each training
+schedule tick) decides once people have rated enough of them: held back when the two
+gains part, else served.
 """
 
 from __future__ import annotations
@@ -25,8 +33,11 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from django.db import transaction
+
 from webapp.annotation.models import Rating
-from webapp.policies.models import ModelVersion
+from webapp.errors import ApplicationError
+from webapp.policies.models import ModelVersion, Project
 
 from .models import TrainingRun, VersionSample
 
@@ -170,3 +181,89 @@ def rm_vs_human_points(*, run: TrainingRun) -> dict:
             "y": [round(sum(per_completion[c]) / len(per_completion[c]), 4) for c in ids],
         }
     return series
+
+
+def shadow_wait_reason(*, run: TrainingRun, project: Project, version: ModelVersion, check: GainCheck) -> str:
+    """Why ``version`` should wait unserved for people's ratings through the shadow queue; "" when not.
+
+    It waits when the run trained with a reward model, the reward model predicted a gain
+    (there were held-out samples), people have not rated enough of the version's outputs
+    for a human gain yet, and the project's ``shadow_share`` is above 0.
+    """
+    if run.reward_model_id is None or check.predicted_gain is None or check.human_gain is not None:
+        return ""
+    if project.shadow_share <= 0:
+        return ""
+    return (
+        f"Waiting for people's ratings of v{version.number}'s outputs to check the reward model's predicted gain "
+        f"({check.n_human[0]} of {min_human()} rated so far; the shadow queue mixes them into "
+        f"{project.shadow_share:.0%} of the items served, blind)."
+    )
+
+
+def shadow_candidates_recheck() -> list[tuple[str, int, str]]:
+    """Decide on every project's shadow candidate that people have now rated enough.
+
+    For each project with ``shadow_version`` set: a candidate that is no longer newer than
+    the served version, was held back meanwhile, or has no reward-model run is simply
+    dropped from the shadow queue. Otherwise, once it has :func:`min_human` rated
+    completions, :func:`rm_gain_check` runs again with those ratings (the shadow queue's
+    and any other); the gains recorded on the version and its run, and then the version
+    is held back with the reason, or served (``version_promote``; a version that still
+    has to win the arena stays unserved). Leaves the shadow queue either way. Worker only
+    (torch). Returns ``(project slug, version number, "held back" | "served" | "waiting for
+    the arena" | "dropped")`` for each decision taken.
+    """
+    from webapp.policies import services as policy_services
+
+    from . import evaluation, liveness
+
+    decided = []
+    for project in Project.objects.filter(shadow_version__isnull=False).select_related("shadow_version", "served_version"):
+        version, served = project.shadow_version, project.served_version
+        run = (
+            TrainingRun.objects.filter(result_version=version, reward_model__isnull=False)
+            .select_related("reward_model", "parent_version")
+            .order_by("-pk")
+            .first()
+        )
+        if run is None or version.held_back_reason or served is None or version.number <= served.number:
+            _shadow_clear(project=project, version=version)
+            decided.append((project.slug, version.number, "dropped"))
+            continue
+        if len(human_rewards(version=version)) < min_human():
+            continue
+        check = rm_gain_check(run=run, version=version, parent=run.parent_version)
+        if check.human_gain is None:  # the parent has too few rated completions yet
+            continue
+        TrainingRun.objects.filter(pk=run.pk).update(metrics={**run.metrics, **check.metrics()})
+        ModelVersion.objects.filter(pk=version.pk).update(metrics={**(version.metrics or {}), **check.metrics()})
+        liveness.run_log(
+            run,
+            f"reward-model gain check with the shadow queue's ratings: predicted {check.predicted_gain:+.3f}, "
+            f"people {check.human_gain:+.3f} ({check.n_human[0]} rated completions of v{version.number})",
+        )
+        _shadow_clear(project=project, version=version)
+        if check.reasons:
+            evaluation.version_hold_back(version=version, reasons=check.reasons)
+            TrainingRun.objects.filter(pk=run.pk).update(held_back_reason=" ".join(check.reasons))
+            liveness.run_log(run, f"v{version.number} kept but NOT served: {' '.join(check.reasons)}")
+            decided.append((project.slug, version.number, "held back"))
+            continue
+        try:
+            with transaction.atomic():
+                policy_services.version_promote(version=version, user=None, refill_pool=True)
+                TrainingRun.objects.filter(pk=run.pk).update(promoted=True, held_back_reason="")
+        except ApplicationError as exc:  # e.g. it must still win the arena: staff serve it then
+            TrainingRun.objects.filter(pk=run.pk).update(held_back_reason=exc.message)
+            liveness.run_log(run, f"v{version.number} passed the reward-model gain check but waits: {exc.message}")
+            decided.append((project.slug, version.number, "waiting for the arena"))
+            continue
+        liveness.run_log(run, f"v{version.number} passed the reward-model gain check with people's ratings and is served")
+        decided.append((project.slug, version.number, "served"))
+    return decided
+
+
+def _shadow_clear(*, project: Project, version: ModelVersion) -> None:
+    """Take ``version`` out of the shadow queue (only if it is still the project's shadow candidate)."""
+    Project.objects.filter(pk=project.pk, shadow_version=version).update(shadow_version=None)

@@ -48,10 +48,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from pgcore.atomic import fsync_dir
+from webapp.annotation import services as annotation_services
 from webapp.errors import ApplicationError
 from webapp.policies import artifacts
 from webapp.policies import services as policy_services
-from webapp.policies.models import ModelVersion
+from webapp.policies.models import ModelVersion, Project
 
 from . import evaluation, liveness, overoptimisation
 from .models import TrainingRun, TrainingStep
@@ -290,7 +291,10 @@ def step_promote(*, run: TrainingRun, config) -> None:
 
     Where the project requires the arena (``Project.arena_required``), a version that passes
     the guard is not held back but waits unserved until it beats the served version there;
-    staff then serve it.
+    staff then serve it. A version trained with the reward model that people have not rated
+    enough yet waits likewise as the project's shadow candidate (``Project.shadow_version``,
+    :func:`.overoptimisation.shadow_wait_reason`) while ``shadow_share`` > 0; the training
+    schedule decides on it later (:func:`.overoptimisation.shadow_candidates_recheck`).
     """
     from pgcore.trainer import TrainingCancelled
 
@@ -330,14 +334,23 @@ def step_promote(*, run: TrainingRun, config) -> None:
             raise ApplicationError("The run was ended by another process before the promotion guard finished.")
         if current.cancel_requested_at is not None:
             raise TrainingCancelled(f"cancel requested; stopped before serving v{version.number}")
-        project.refresh_from_db(fields=["served_version"])
+        project.refresh_from_db(fields=["served_version", "shadow_share"])
+        shadow_wait = "" if reasons else overoptimisation.shadow_wait_reason(
+            run=run, project=project, version=version, check=check
+        )
         waiting = (
             []
             if reasons
-            else policy_services.version_promotion_blockers(version=version, served=project.served_version)
+            else ([shadow_wait] if shadow_wait else [])
+            + policy_services.version_promotion_blockers(version=version, served=project.served_version)
         )
         if reasons:
             evaluation.version_hold_back(version=version, reasons=reasons)
+        elif shadow_wait:
+            # The shadow queue mixes its completions in until people have rated enough of them; the
+            # training schedule's tick then decides (overoptimisation.shadow_candidates_recheck).
+            Project.objects.filter(pk=project.pk).update(shadow_version=version)
+            transaction.on_commit(lambda: annotation_services.pool_refill_send(project_id=project.pk))
         elif waiting:
             pass  # passed the guard, not held back: served by staff once it wins the arena
         else:
@@ -356,6 +369,8 @@ def step_promote(*, run: TrainingRun, config) -> None:
         )
     if reasons:
         liveness.run_log(run, f"v{version.number} kept but NOT served: {' '.join(reasons)}")
+    elif shadow_wait:
+        liveness.run_log(run, f"v{version.number} passed the promotion guard so far and waits unserved: {' '.join(waiting)}")
     elif waiting:
         liveness.run_log(
             run, f"v{version.number} passed the promotion guard; it is served once it wins the arena: {' '.join(waiting)}"

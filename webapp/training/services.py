@@ -30,7 +30,7 @@ from webapp.errors import ApplicationError
 from webapp.policies import services as policy_services
 from webapp.policies.models import AuditEvent, ModelVersion, Project
 
-from . import evaluation, liveness, pipeline, reward_batch, selectors
+from . import evaluation, liveness, overoptimisation, pipeline, reward_batch, selectors
 from .models import STEP_ORDER, TrainingRun, TrainingStep
 
 log = logging.getLogger(__name__)
@@ -523,10 +523,15 @@ STALE_RUN_AFTER = liveness.LOST_AFTER
 
 
 def training_schedule_tick() -> list[TrainingRun]:
-    """Re-send queued runs the broker never got, fail lost ones, then start a run for every project
-    with at least ``min_new_ratings`` unused ratings and no active run."""
+    """Re-send queued runs the broker never got, fail lost ones, decide on shadow candidates people
+    have rated enough (:func:`.overoptimisation.shadow_candidates_recheck`), then start a run for
+    every project with at least ``min_new_ratings`` unused ratings and no active run."""
     training_runs_redispatch()
     training_runs_reap_stale()
+    try:
+        overoptimisation.shadow_candidates_recheck()
+    except Exception:  # noqa: BLE001 - a failed check (e.g. a corrupt reward model) never stops scheduling
+        log.exception("the shadow candidates' gain check failed; trying again at the next tick")
     started = []
     for project in Project.objects.select_related("served_version"):
         if TrainingRun.objects.filter(project=project, status__in=["queued", "running"]).exists():
