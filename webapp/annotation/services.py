@@ -475,8 +475,10 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
         return texts
 
     def incoming() -> list[str]:
+        # Claim once half the rows are free (whole groups): half as many claim transactions,
+        # and the new prompts are prefilled together.
         free = GENERATION_BATCH - state["rows"]
-        return claim(free) if free >= per_prompt else []
+        return claim(free) if free >= max(per_prompt, GENERATION_BATCH // 2) else []
 
     first = claim(max(GENERATION_BATCH, per_prompt))
     if not first:
