@@ -21,9 +21,8 @@ from django.shortcuts import get_object_or_404
 from ninja import Field, File, Path, Router, Schema, Status
 from ninja.errors import HttpError, ValidationError
 from ninja.files import UploadedFile
-from pydantic import StrictInt
 
-from webapp.apikit import ERRORS, MAX_ID, NO_NUL_PATTERN, SLUG_PATTERN, api_project
+from webapp.apikit import ERRORS, MAX_ID, NO_NUL_PATTERN, LikertScore, SLUG_PATTERN, api_project
 from webapp.errors import ApplicationError
 from webapp.policies.models import RatingMode
 
@@ -159,7 +158,7 @@ def queue_next(request, slug: str = Slug):
 class RateIn(Schema):
     model_config = {"extra": "forbid"}
 
-    score: StrictInt | None = Field(None, ge=1, le=5, description="Likert projects: 1 to 5 (a JSON integer; true or \"4\" is refused).")
+    score: LikertScore | None = Field(None, description="Likert projects: 1 to 5 (a number; true is refused).")
     thumbs_up: bool | None = Field(None, description="Thumbs projects: true (up) or false (down).")
     comment: str = Field("", max_length=COMMENT_MAX_CHARS, pattern=NO_NUL_PATTERN)
     seconds_spent: float | None = Field(None, ge=0, le=SECONDS_MAX, description="Default: since the item was leased.")
