@@ -19,9 +19,12 @@ object, or a project the token's user is not a member of), ``too_large``
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from django.core.exceptions import PermissionDenied
-from ninja import Schema
+from ninja import Field, Schema
 from ninja.errors import HttpError
+from pydantic import BeforeValidator
 
 from webapp.permissions import NotAMember, project_role_check
 from webapp.policies.models import Project
@@ -63,3 +66,15 @@ SLUG_PATTERN = r"^[-a-zA-Z0-9_]{1,50}$"
 MAX_ID = 2**63 - 1
 MAX_NUMBER = 2**31 - 1
 NO_NUL_PATTERN = r"^[^\x00]*$"
+
+
+def _not_a_bool(value):
+    """Refuse JSON ``true``/``false`` where a number is meant (pydantic would read ``true`` as 1)."""
+    if isinstance(value, bool):
+        raise ValueError("Input should be a whole number, not true or false")
+    return value
+
+
+# A Likert score, 1 to 5: 4 and 4.0 are 4 (JSON Schema's "integer"), true is refused. The
+# validator comes after the bounds so the schema keeps them as minimum and maximum.
+LikertScore = Annotated[int, Field(ge=1, le=5), BeforeValidator(_not_a_bool)]

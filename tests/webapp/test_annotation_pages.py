@@ -112,6 +112,25 @@ def test_undo_over_htmx_brings_the_item_back_with_its_comment_as_text(annotator_
     assert not Rating.objects.exists() and RatingRevision.objects.get().comment == XSS
 
 
+@pytest.mark.parametrize("a_on_left,pressed,said", [
+    (True, "left", "A is better"), (False, "left", "A is better"), (False, "right", "B is better"), (True, "right", "B is better"),
+])
+def test_undoing_a_pairwise_choice_names_the_side_as_the_screen_labelled_it(
+    client, make_user, tiny_model_dir, models_dir, make_completion, a_on_left, pressed, said
+):
+    """The card labels the left output A and the right one B whichever completion is where; the undo
+    message says what the person pressed in those terms, not the completions' internal A/B."""
+    project = make_project(tiny_model_dir, slug="pw", mode="pairwise")
+    pair = make_pair(project, make_completion, texts=("text of A", "text of B"))
+    user = make_user("pairy")
+    client.force_login(user)
+    client.post(url("next", project), follow=True)
+    Lease.objects.filter(annotator=user).update(a_on_left=a_on_left)
+    client.post(url("rate", project, pair.completion_a_id), {"choice": pressed, "a_on_left": "1"}, **HTMX)
+    body = client.post(url("undo", project), **HTMX).content.decode()
+    assert f"Undone: you had chosen <strong>{said}</strong>" in body
+
+
 def test_undo_with_nothing_to_undo_says_so(annotator_client, project, make_completion):
     make_completion(project)
     body = annotator_client.post(url("undo", project), **HTMX).content.decode()

@@ -84,6 +84,7 @@ def test_the_api_refuses_what_the_page_refuses_a_second_rating_and_a_held_out_pr
     [
         ({"score": "five"}, "score"),
         ({"score": 7}, "score"),
+        ({"score": True}, "score"),  # JSON true is not the score 1
         ({"score": 3, "mood": "happy"}, "mood"),
         ({"score": 3, "comment": "x" * 2001}, "comment"),
         ({"score": 3, "comment": "nul\x00inside"}, "comment"),
@@ -236,3 +237,24 @@ def test_a_json_body_over_djangos_limit_is_a_413_in_the_error_shape(
     response = api_for(annotator).post(f"/projects/t/queue/{completion.pk}/rate", {"score": 3, "comment": "x" * 1500})
     assert response.status_code == 413 and response.json()["code"] == "too_large"
     assert not Rating.objects.exists()
+
+
+def test_a_rubric_project_takes_each_criterion_through_the_api(
+    db, tiny_model_dir, models_dir, annotator, make_completion, api_for
+):
+    """The page's rubric rating, through the API: ``criteria`` maps each criterion's name to 1–5."""
+    rubric = [{"name": "helpful", "weight": 3, "description": "answers the prompt"}, {"name": "fluent", "weight": 1}]
+    project = make_project(tiny_model_dir, slug="rb", mode="rubric", rubric=rubric)
+    completion = make_completion(project)
+    client = api_for(annotator)
+    assert client.post("/projects/rb/queue/next").json()["item"]["completion_id"] == completion.pk
+    missing = client.post(f"/projects/rb/queue/{completion.pk}/rate", {"criteria": {"helpful": 5}})
+    assert missing.status_code == 409 and "fluent is missing" in missing.json()["message"]
+    bad = client.post(f"/projects/rb/queue/{completion.pk}/rate", {"criteria": {"helpful": True, "fluent": 1}})
+    assert bad.status_code == 400 and bad.json()["fields"][0]["field"].startswith("criteria")
+    response = client.post(f"/projects/rb/queue/{completion.pk}/rate", {"criteria": {"helpful": 5, "fluent": 1}})
+    assert response.status_code == 201, response.content
+    assert response.json()["criteria"] == [
+        {"name": "helpful", "weight": 3.0, "score": 5}, {"name": "fluent", "weight": 1.0, "score": 1}
+    ]
+    assert Rating.objects.get().criteria == response.json()["criteria"]

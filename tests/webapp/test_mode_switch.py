@@ -143,3 +143,25 @@ def test_the_rating_plot_draws_an_interval_given_on_the_wrong_side_of_its_mean()
 
     png = line_with_band_png(x=[0, 1], y=[4.6, 0.5], low=[3.5, None], high=[1.0, 0.9], title="t", xlabel="x", ylabel="y")
     assert png.startswith(b"\x89PNG")
+
+
+def test_rated_today_counts_judgments_given_in_the_earlier_mode_too(project, annotator, make_completion):
+    """The card's "Rated today" is the person's day, not the current mode's: a switch does not reset it."""
+    from webapp.annotation.selectors import annotator_progress
+
+    single = make_completion(project, text="a single completion")
+    services.lease_next(project=project, annotator=annotator)
+    services.rating_create(annotator=annotator, completion=single, score=4)
+    assert annotator_progress(project=project, annotator=annotator)["today"] == 1
+
+    project.rating_mode = "pairwise"
+    project.save()
+    assert annotator_progress(project=project, annotator=annotator)["today"] == 1
+    pair = make_pair(project, make_completion, texts=("pair side A", "pair side B"))
+    services.lease_next(project=project, annotator=annotator)
+    services.comparison_create(annotator=annotator, pair=pair, choice="a")
+    assert annotator_progress(project=project, annotator=annotator)["today"] == 2
+
+    project.rating_mode = "likert"
+    project.save()
+    assert annotator_progress(project=project, annotator=annotator)["today"] == 2

@@ -56,6 +56,19 @@ def test_settings_and_markdown_guidelines_are_saved_audited_and_shown_rendered(s
     assert bad.status_code == 400 and "Nothing was saved" in bad.content.decode()
 
 
+def test_saving_the_settings_form_as_a_browser_does_leaves_untouched_guidelines_unchanged(staff_client, project):
+    """A browser sends a textarea's line breaks as CRLF: saving only a new mode must not rewrite the
+    guidelines nor audit them as changed."""
+    project.guidelines = "Rate the continuation:\n5 = great; 1 = broken."
+    project.save()
+    form = {"title": project.title, "rating_mode": "pairwise", "guidelines": project.guidelines.replace("\n", "\r\n"),
+            "ratings_per_item": 1, "completions_per_prompt": 1, "pool_target": project.pool_target}
+    assert staff_client.post(f"/staff/p/{project.slug}/setup/settings/", form).status_code == 302
+    project.refresh_from_db()
+    assert project.rating_mode == "pairwise" and project.guidelines == "Rate the continuation:\n5 = great; 1 = broken."
+    assert list(AuditEvent.objects.get(action="settings", target="project setup").detail) == ["rating_mode"]
+
+
 def test_an_import_is_previewed_first_then_stored_whole(staff_client, project, settings, tmp_path, django_capture_on_commit_callbacks):
     settings.DATA_DIR = tmp_path
     url = f"/staff/p/{project.slug}/setup/prompts/"

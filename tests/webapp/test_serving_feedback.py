@@ -93,6 +93,7 @@ def test_only_the_token_that_received_an_answer_may_rate_it(project, user_token,
     ({"id": "chatcmpl-5e"}, None),  # no judgment, no comment
     ({"id": "chatcmpl-5e", "thumbs": "up", "score": 3}, None),  # two judgments
     ({"id": "chatcmpl-5e", "score": 6}, "score"),
+    ({"id": "chatcmpl-5e", "score": True}, "score"),  # JSON true is not the score 1
     ({"id": "chatcmpl-5e", "thumbs": "sideways"}, "thumbs"),
     ({"id": "not an id", "thumbs": "up"}, "id"),
     ({"id": "chatcmpl-5e", "comment": "x" * 2001}, "comment"),

@@ -22,7 +22,7 @@ from ninja import Field, File, Path, Router, Schema, Status
 from ninja.errors import HttpError, ValidationError
 from ninja.files import UploadedFile
 
-from webapp.apikit import ERRORS, MAX_ID, NO_NUL_PATTERN, SLUG_PATTERN, api_project
+from webapp.apikit import ERRORS, MAX_ID, NO_NUL_PATTERN, LikertScore, SLUG_PATTERN, api_project
 from webapp.errors import ApplicationError
 from webapp.policies.models import ModelVersion, RatingMode
 
@@ -171,10 +171,20 @@ def queue_next(request, slug: str = Slug):
 class RateIn(Schema):
     model_config = {"extra": "forbid"}
 
-    score: int | None = Field(None, ge=1, le=5, description="Likert projects: 1 to 5.")
+    score: LikertScore | None = Field(None, description="Likert projects: 1 to 5 (a number; true is refused).")
     thumbs_up: bool | None = Field(None, description="Thumbs projects: true (up) or false (down).")
+    criteria: dict[str, LikertScore] | None = Field(
+        None, max_length=8,
+        description='Rubric projects: every criterion of the project\'s rubric by name, each 1 to 5, e.g. {"helpful": 4, "fluent": 5}.',
+    )
     comment: str = Field("", max_length=COMMENT_MAX_CHARS, pattern=NO_NUL_PATTERN)
     seconds_spent: float | None = Field(None, ge=0, le=SECONDS_MAX, description="Default: since the item was leased.")
+
+
+class CriterionOut(Schema):
+    name: str
+    weight: float
+    score: int
 
 
 class RatingOut(Schema):
@@ -182,6 +192,7 @@ class RatingOut(Schema):
     completion_id: int
     score: int | None
     thumbs_up: bool | None
+    criteria: list[CriterionOut] | None = Field(None, description="Rubric ratings: each criterion's name, weight and score as given.")
     comment: str
     seconds_spent: float | None
     created_at: datetime
@@ -196,7 +207,7 @@ def _completion(project, completion_id) -> Completion:
 @router.post(
     "/projects/{slug}/queue/{completion_id}/rate",
     response={201: RatingOut, **ERRORS},
-    summary="Rate an item (Likert or thumbs)",
+    summary="Rate an item (Likert, thumbs or rubric)",
 )
 def rate(request, body: RateIn, slug: str = Slug, completion_id: int = CompletionId):
     """Store your rating of the item (``services.rating_create``, as the page): one per item,
@@ -207,6 +218,7 @@ def rate(request, body: RateIn, slug: str = Slug, completion_id: int = Completio
         completion=_completion(project, completion_id),
         score=body.score,
         thumbs_up=body.thumbs_up,
+        criteria=body.criteria,
         comment=body.comment.strip(),
         seconds_spent=body.seconds_spent,
     )

@@ -12,6 +12,11 @@ from .models import Choice
 SETUP_FIELDS = ("title", "rating_mode", "guidelines", "ratings_per_item", "completions_per_prompt", "pool_target")
 
 
+def _lf(text: str) -> str:
+    """A textarea's text with the CRLF (or CR) line breaks browsers send turned into LF, as stored."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def local_model_folders() -> list[Path]:
     """Hugging Face model folders (with a ``config.json``) directly under the models folder, by name."""
     root = Path(settings.REWARDLOOP_MODELS_DIR)
@@ -45,6 +50,9 @@ class ProjectCreateForm(forms.ModelForm):
             raise forms.ValidationError(f"{path} is not a Hugging Face model folder on the server (no config.json).")
         return str(path.resolve())
 
+    def clean_guidelines(self):
+        return _lf(self.cleaned_data["guidelines"])
+
 
 class ProjectSettingsForm(forms.ModelForm):
     """What annotators see and how items are rated."""
@@ -53,6 +61,10 @@ class ProjectSettingsForm(forms.ModelForm):
         model = Project
         fields = list(SETUP_FIELDS)
         widgets = {"guidelines": forms.Textarea(attrs={"rows": 10})}
+
+    def clean_guidelines(self):
+        """Guidelines as stored (LF), so saving the form unchanged changes (and audits) nothing."""
+        return _lf(self.cleaned_data["guidelines"])
 
 
 class PromptFileForm(forms.Form):

@@ -428,7 +428,9 @@ SELECT
     (SELECT COUNT(*) FROM (
         SELECT 1 FROM {completion} c JOIN {prompt} p ON p.id = c.prompt_id WHERE {open_item} LIMIT {cap:d}
     ) waiting),
-    (SELECT COUNT(*) FROM {judgments} AND j.created_at >= %(midnight)s),
+    (SELECT COUNT(*) FROM {judged_single} AND j.created_at >= %(midnight)s)
+        + (SELECT COUNT(*) FROM {judged_pairwise} AND j.created_at >= %(midnight)s)
+        + (SELECT COUNT(*) FROM {judged_ranking} AND j.created_at >= %(midnight)s),
     (SELECT COUNT(*) FROM (SELECT 1 FROM {judgments} AND j.created_at > %(undo_since)s LIMIT 1) undoable)
 """
 _JUDGMENTS_SQL = {  # the annotator's judgments in the project, as ``j``
@@ -449,14 +451,16 @@ def annotator_progress(*, project: Project, annotator) -> dict:
     neither rated nor skipped (including the one they hold); it is exact up
     to ``QUEUE_COUNT_CAP`` (``queue_capped`` says when more wait), so a long
     queue costs a bounded read. ``today``: their judgments since local
-    midnight; ``can_undo``: they have a judgment younger than the undo
-    window. One statement.
+    midnight in every mode (a mode switch does not reset the day); ``can_undo``:
+    they have a judgment in the current mode younger than the undo window.
+    One statement.
     """
     now = timezone.localtime()
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     judgments = _JUDGMENTS_SQL.get(project.rating_mode, _JUDGMENTS_SQL["single"])
     sql = _PROGRESS_SQL.format(
-        open_item=_open_item_sql(project), judgments=judgments.format(**_T), cap=QUEUE_COUNT_CAP + 1, **_T
+        open_item=_open_item_sql(project), judgments=judgments.format(**_T), cap=QUEUE_COUNT_CAP + 1,
+        **{f"judged_{kind}": sql.format(**_T) for kind, sql in _JUDGMENTS_SQL.items()}, **_T
     )
     params = {
         "project": project.pk,

@@ -25,7 +25,7 @@ from pydantic import model_validator
 from ninja.errors import HttpError
 
 from webapp.annotation.production import FeedbackNotFound, feedback_create, feedback_withdraw
-from webapp.apikit import ERRORS, MAX_ID, NO_NUL_PATTERN, api_project
+from webapp.apikit import ERRORS, MAX_ID, NO_NUL_PATTERN, LikertScore, api_project
 
 router = Router(tags=["feedback"])
 
@@ -36,7 +36,7 @@ class FeedbackIn(Schema):
     id: str = Field(pattern=RESPONSE_ID_PATTERN, description="The answer's id, as /v1/chat/completions or /v1/completions returned it.")
     choice: int = Field(default=0, ge=0, le=63, description="Which of the answer's n choices.")
     thumbs: Literal["up", "down"] | None = Field(default=None, description="Thumbs up or down.")
-    score: int | None = Field(default=None, ge=1, le=5, description="A Likert score, 1 (worst) to 5 (best).")
+    score: LikertScore | None = Field(default=None, description="A Likert score, 1 (worst) to 5 (best); true is refused.")
     better_than: str | None = Field(
         default=None, pattern=RESPONSE_ID_PATTERN,
         description="Pairwise: this answer is preferred to that one (same prompt and model version, e.g. the "
