@@ -113,18 +113,71 @@ def test_staff_list_versions_and_serve_an_older_one_to_roll_back(project, staff_
     listed = staff_api.get("/projects/t/versions").json()
     assert [(v["number"], v["served"], v["parent"]) for v in listed] == [(1, True, 0), (0, False, None)]
     assert listed[0]["metrics"] == {"objective/kl": 0.01} and listed[0]["rating"]["n"] == 0
-    response = staff_api.post("/projects/t/versions/0/serve")
+    response = staff_api.post("/projects/t/versions/0/serve", {"reason": " v1 drifts "})
     assert response.status_code == 200 and response.json()["number"] == 0 and response.json()["served"]
     project.refresh_from_db()
     assert project.served_version.number == 0
-    assert AuditEvent.objects.filter(action="promote", actor=staff_user, target="v0").exists()
+    event = AuditEvent.objects.get(action="promote", actor=staff_user, target="v0")
+    assert event.detail == {"previous": 1, "reason": "v1 drifts"}
     assert staff_api.get("/projects/t").json()["served_version"] == 0
 
 
 def test_serving_an_unknown_or_impossible_version_is_a_404_or_a_400_and_changes_nothing(project, staff_api):
-    assert staff_api.post("/projects/t/versions/7/serve").status_code == 404
+    assert staff_api.post("/projects/t/versions/7/serve", {"reason": "r"}).status_code == 404
     for number in (2**31, 2**70, -1):
-        response = staff_api.post(f"/projects/t/versions/{number}/serve")
+        response = staff_api.post(f"/projects/t/versions/{number}/serve", {"reason": "r"})
         assert response.status_code == 400 and response.json()["fields"][0]["field"] == "number"
     project.refresh_from_db()
     assert project.served_version.number == 0
+
+
+def _held_back_v1(project):
+    v1 = version_register(
+        project=project, parent=project.served_version, kind="lora", weights_path="/nowhere", sha256="0" * 64,
+        ratings_used=4, metrics={},
+    )
+    v1.held_back_reason = "KL to the base 0.9 is over the limit 0.5."
+    v1.save(update_fields=["held_back_reason"])
+    return v1
+
+
+def test_a_held_back_version_is_served_through_the_api_only_with_override_guard_and_that_is_audited(
+    project, staff_api, staff_user
+):
+    _held_back_v1(project)
+    refused = staff_api.post("/projects/t/versions/1/serve", {"reason": "try it"})
+    assert refused.status_code == 409 and refused.json()["code"] == "rejected"
+    message = refused.json()["message"]
+    assert "KL to the base" in message and '"override_guard": true' in message and "Serve anyway" not in message
+    project.refresh_from_db()
+    assert project.served_version.number == 0 and not AuditEvent.objects.filter(action="promote").exists()
+
+    response = staff_api.post("/projects/t/versions/1/serve", {"reason": "KL is fine here", "override_guard": True})
+    assert response.status_code == 200 and response.json()["served"]
+    project.refresh_from_db()
+    assert project.served_version.number == 1
+    event = AuditEvent.objects.get(action="promote")
+    assert event.actor == staff_user and event.target == "v1"
+    assert event.detail == {
+        "previous": 0, "reason": "KL is fine here", "override_guard": "KL to the base 0.9 is over the limit 0.5."
+    }
+
+
+@pytest.mark.parametrize(
+    "body", [{}, {"override_guard": True}, {"reason": ""}, {"reason": "  \n "}, {"reason": "x" * 501}]
+)
+def test_serving_without_a_reason_is_a_400_naming_reason_and_changes_nothing(project, staff_api, body):
+    _held_back_v1(project)
+    response = staff_api.post("/projects/t/versions/1/serve", body)
+    assert response.status_code == 400 and response.json()["code"] == "invalid"
+    assert [f["field"] for f in response.json()["fields"]] == ["reason"]
+    project.refresh_from_db()
+    assert project.served_version.number == 0 and not AuditEvent.objects.filter(action="promote").exists()
+
+
+def test_an_annotator_cannot_serve_even_with_a_reason_and_override(project, annotator, api_for):
+    _held_back_v1(project)
+    response = api_for(annotator).post("/projects/t/versions/1/serve", {"reason": "me", "override_guard": True})
+    assert response.status_code == 403 and response.json()["code"] == "forbidden"
+    project.refresh_from_db()
+    assert project.served_version.number == 0 and not AuditEvent.objects.filter(action="promote").exists()

@@ -142,18 +142,49 @@ def versions(request, slug: str = Slug):
     return [_version_out(v, served_id=served_id) for v in selectors.versions_for_project(project=project)]
 
 
+class ServeIn(Schema):
+    model_config = {"extra": "forbid"}
+
+    reason: str = Field(
+        ...,
+        min_length=1,
+        max_length=services.SERVE_REASON_MAX_CHARS,
+        pattern=services.SERVE_REASON_PATTERN,
+        description="Why, in a few words; kept in the audit log (required, as on the versions page).",
+    )
+    override_guard: bool = Field(
+        False,
+        description="Serve a version the promotion guard held back, or one not yet past the arena "
+        "(the page's “Serve anyway”); audited with the guard's reason.",
+    )
+
+
 @router.post(
     "/projects/{slug}/versions/{number}/serve",
     response={200: VersionOut, **ERRORS},
     summary="Serve a version (also how to roll back; staff)",
 )
-def serve(request, slug: str = Slug, number: int = VersionNumber):
-    """Make version ``number`` the one annotators rate next (an older one: a roll-back); audited.
+def serve(request, body: ServeIn, slug: str = Slug, number: int = VersionNumber):
+    """Make version ``number`` the one annotators rate next (an older one: a roll-back); audited with ``reason``.
 
-    The pool refills from it after commit, as after "Serve" on the versions page.
+    As "Serve this version…" on the versions page: a ``reason`` is required (400 naming it when
+    missing, blank or over 500 characters); a version the promotion guard held back, or a newer one
+    that has not won the arena where the project requires it, is a 409 unless ``override_guard`` is
+    true; a version its run is still evaluating is a 409 whatever the body says. The pool refills
+    from it after commit.
     """
     project, _ = api_project(request, slug, staff=True)
     version = get_object_or_404(ModelVersion, project=project, number=number)
-    services.version_promote(version=version, user=request.user)
+    try:
+        reason = services.serve_reason_clean(body.reason)
+    except ApplicationError as exc:
+        raise HttpError(400, f"reason: {exc.message}") from None
+    services.version_promote(
+        version=version,
+        user=request.user,
+        override_guard=body.override_guard,
+        reason=reason,
+        override_hint='"override_guard": true in the request body',
+    )
     served = next(v for v in selectors.versions_for_project(project=project) if v.pk == version.pk)
     return _version_out(served, served_id=version.pk)

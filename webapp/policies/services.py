@@ -11,6 +11,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from webapp.errors import ApplicationError
+from webapp.text import without_nul
 
 from . import artifacts
 from .models import AuditEvent, Membership, ModelVersion, Project, VersionExport
@@ -146,6 +147,25 @@ def audit_record(*, project: Project, actor, action: str, target: str, detail: d
 
 ACTIVE_RUN_STATUSES = ("queued", "running")
 
+SERVE_REASON_MAX_CHARS = 500
+# The same rule for the API's schema: not blank (whitespace as str.strip() sees it), no NUL.
+SERVE_REASON_PATTERN = r"^[^\x00]*[^\s\x00\x1c-\x1f][^\x00]*$"
+
+
+def serve_reason_clean(reason: str) -> str:
+    """Staff's reason for serving a version, which the versions page and the API both require:
+    NUL removed, stripped, 1 to ``SERVE_REASON_MAX_CHARS`` characters.
+
+    Raises:
+        ApplicationError: the reason is blank or too long (the message starts in lower case).
+    """
+    reason = without_nul(reason).strip()
+    if not reason:
+        raise ApplicationError("say why in a few words (the reason is kept in the audit log).")
+    if len(reason) > SERVE_REASON_MAX_CHARS:
+        raise ApplicationError(f"keep the reason under {SERVE_REASON_MAX_CHARS} characters.")
+    return reason
+
 
 @transaction.atomic
 def version_promote(
@@ -156,6 +176,7 @@ def version_promote(
     override_guard: bool = False,
     promoting_run_id: int | None = None,
     reason: str = "",
+    override_hint: str = "“Serve anyway”",
 ) -> ModelVersion:
     """Make ``version`` the one its project serves (also how staff roll back), in one step.
 
@@ -172,7 +193,8 @@ def version_promote(
     with a pool refill from the newly served version; this app never names its tasks).
 
     A version newer than the served one must also pass :func:`version_promotion_blockers`
-    (the arena, where the project requires it) unless ``override_guard``.
+    (the arena, where the project requires it) unless ``override_guard``. ``override_hint`` names
+    the way to override in the refusal (the page's button, or the API's body field).
 
     Raises:
         ApplicationError: the version is under evaluation, held back, or not yet past the arena,
@@ -192,7 +214,7 @@ def version_promote(
         if not override_guard:
             raise ApplicationError(
                 f"v{version.number} was held back: {version.held_back_reason} "
-                "Use “Serve anyway” to override the promotion guard."
+                f"Use {override_hint} to override the promotion guard."
             )
         detail["override_guard"] = version.held_back_reason
     blockers = version_promotion_blockers(version=version, served=project.served_version)
@@ -200,7 +222,7 @@ def version_promote(
         if not override_guard:
             raise ApplicationError(
                 f"v{version.number} cannot be served yet: {' '.join(blockers)} "
-                "Use “Serve anyway” to override."
+                f"Use {override_hint} to override."
             )
         detail["override_arena"] = " ".join(blockers)
     return _version_serve(project=project, version=version, user=user, refill_pool=refill_pool, detail=detail)

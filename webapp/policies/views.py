@@ -11,12 +11,9 @@ from django.views.decorators.http import require_GET, require_POST
 
 from webapp.errors import ApplicationError
 from webapp.permissions import staff_required
-from webapp.text import without_nul
 
 from . import artifacts, plotfiles, plotspecs, selectors, services
 from .models import ModelVersion, Project, VersionExport
-
-REASON_MAX_CHARS = 500
 
 
 @staff_required
@@ -72,16 +69,17 @@ def promote(request, slug, number):
     """
     project = get_object_or_404(Project, slug=slug)
     version = get_object_or_404(ModelVersion, project=project, number=number)
-    reason = without_nul(request.POST.get("reason", "")).strip()
-    if request.POST.get("confirm") != "1" or not reason:
+    if request.POST.get("confirm") != "1":
         messages.error(
             request,
             f"Nothing changed: to serve v{number}, open “Serve this version…”, say why in a few words "
             "and press the confirm button.",
         )
         return redirect(f"{reverse('policies:versions', args=[slug])}#version-{number}")
-    if len(reason) > REASON_MAX_CHARS:
-        messages.error(request, f"Nothing changed: keep the reason under {REASON_MAX_CHARS} characters.")
+    try:
+        reason = services.serve_reason_clean(request.POST.get("reason", ""))
+    except ApplicationError as exc:
+        messages.error(request, f"Nothing changed: to serve v{number}, {exc.message}")
         return redirect(f"{reverse('policies:versions', args=[slug])}#version-{number}")
     try:
         services.version_promote(
