@@ -90,3 +90,27 @@ def test_the_run_page_shows_the_live_vote_count_instead_of_the_reason_it_ended_w
     assert "v1 is waiting for the arena: 1 of 4 votes against v0 so far (3 more needed)" in _banner(page, 1)
     assert 'id="held-back"' not in page
     assert "1 of 4 votes" in _banner(staff_client.get(f"/staff/p/{project.slug}/runs/{run.pk}/status/", headers={"HX-Request": "true"}).content.decode(), 1)
+
+
+def test_once_the_held_back_version_is_served_the_run_page_says_so_instead_of_the_stale_alert(project, staff_client, staff_user):
+    from django.utils import timezone
+
+    from webapp.policies import services as policy_services
+
+    v0, v1 = project.served_version, add_version(project, 1)
+    ModelVersion.objects.filter(pk=v1.pk).update(held_back_reason="KL to the base 0.9 is over the limit 0.5.")
+    run = TrainingRun.objects.create(
+        project=project, trigger="manual", parent_version=v0, result_version=v1, status="succeeded",
+        held_back_reason="KL to the base 0.9 is over the limit 0.5.", finished_at=timezone.now(),
+    )
+    url = f"/staff/p/{project.slug}/runs/{run.pk}/"
+    page = staff_client.get(url).content.decode()
+    assert 'class="flash error" role="alert" id="held-back"' in page and "v1 was kept but not served:" in page
+
+    v1.refresh_from_db()
+    policy_services.version_promote(version=v1, user=staff_user, override_guard=True, reason="checked the outputs by hand")
+    page = re.sub(r"\s+", " ", staff_client.get(url).content.decode())
+    assert 'role="alert" id="held-back"' not in page
+    note = re.search(r'<p class="flash info" role="status" id="held-back">(.*?)</p>', page).group(1)
+    assert "v1 was kept but not served when this run ended (KL to the base 0.9 is over the limit 0.5.)" in note
+    assert "it was served" in note and f"by {staff_user}" in note

@@ -149,6 +149,23 @@ def latest_export(*, version: ModelVersion) -> VersionExport | None:
     return version.exports.order_by("-created_at", "-id").first()
 
 
+def version_served_since(*, version: ModelVersion, since) -> AuditEvent | None:
+    """The first time ``version`` was served (its ``promote`` audit event) after ``since``, or None.
+
+    A run's page says its version was held back when the run ended; this tells it the
+    version was served later (staff overrode the guard, or the arena's votes came in)."""
+    if since is None:
+        return None
+    return (
+        AuditEvent.objects.filter(
+            project_id=version.project_id, action=AuditEvent.Action.PROMOTE, target=f"v{version.number}", created_at__gte=since
+        )
+        .select_related("actor")
+        .order_by("created_at", "id")
+        .first()
+    )
+
+
 def audit_events(*, project: Project, limit: int = 200) -> QuerySet[AuditEvent]:
     """The project's audit log, newest first."""
     return AuditEvent.objects.filter(project=project).select_related("actor")[:limit]

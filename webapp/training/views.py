@@ -74,9 +74,15 @@ def _run_context(slug, run_id) -> dict:
         if run.result_version_id and not run.is_active
         else []
     )
+    served_later = (
+        policy_selectors.version_served_since(version=run.result_version, since=run.finished_at)
+        if run.held_back_reason and run.result_version_id
+        else None
+    )
     return {
         "project": project,
         "run": run,
+        "served_later": served_later,  # the version this run held back was served since (its audit event)
         "promotion_waits": waits,  # the arena's votes so far / needed, where its version waits for them
         "metrics": sorted(run.metrics.items()),
         "steps": selectors.run_steps(run=run),
