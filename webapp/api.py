@@ -74,8 +74,8 @@ def _validation(request, exc: ValidationError):
 @api.exception_handler(ApplicationError)
 def _rejected(request, exc: ApplicationError):
     """A rule of the app refused a well-formed request (409, the service's own message, e.g. "You have
-    rated this item already"); nothing was stored."""
-    return _error(request, 409, exc.message, code="rejected")
+    rated this item already", with the API's advice where the state changed); nothing was stored."""
+    return _error(request, 409, exc.api_message, code="rejected")
 
 
 @api.exception_handler(AuthenticationError)

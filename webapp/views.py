@@ -4,6 +4,7 @@ from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.templatetags.static import static
 from django.views.decorators.http import require_safe
 
 from webapp.annotation import selectors as annotation_selectors
@@ -32,6 +33,13 @@ def _broker_ok() -> tuple[bool, str]:
         return True, ""
     except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
         return False, f"{type(exc).__name__}: {exc}"
+
+
+@require_safe
+def favicon(request):
+    """``/favicon.ico``, which browsers ask for on their own: a redirect to our SVG icon (static
+    ``rewardloop/favicon.svg``, also linked from ``base.html``), instead of a 404 in every console."""
+    return redirect(static("rewardloop/favicon.svg"), permanent=True)
 
 
 @require_safe

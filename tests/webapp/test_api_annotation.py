@@ -163,6 +163,9 @@ def test_skip_gives_the_item_back_and_it_is_not_offered_again(project, annotator
     assert response.status_code == 204
     assert Skip.objects.filter(annotator=annotator, completion=completion).exists()
     assert client.post("/projects/t/queue/next").json()["item"] is None
+    late = client.post(f"/projects/t/queue/{completion.pk}/rate", {"score": 3})
+    assert late.status_code == 409 and "not in your queue" in late.json()["message"]
+    assert "page" not in late.json()["message"] and "retry" in late.json()["message"]  # an API caller has no page
 
 
 def test_undo_withdraws_the_last_rating_and_leases_its_item_back(project, annotator, make_completion, api_for):

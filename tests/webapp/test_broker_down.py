@@ -13,6 +13,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from tests.webapp.arena_helpers import add_version
 from tests.webapp.broker_helpers import queued_messages
 from webapp.annotation import services as annotation_services
 from webapp.annotation.models import Completion, Rating
@@ -141,7 +142,8 @@ def test_the_waiting_cards_poll_with_the_broker_down_answers_the_waiting_card(an
 
 @pytest.mark.django_db(transaction=True)
 def test_compare_with_the_broker_down_says_nothing_was_queued(staff_client, project, broker_down):
-    response = staff_client.post(f"/staff/p/{project.slug}/compare/start/", {"a": "0", "b": "0"}, follow=True)
+    add_version(project, 1, prompts=[])
+    response = staff_client.post(f"/staff/p/{project.slug}/compare/start/", {"a": "0", "b": "1"}, follow=True)
     assert response.status_code == 200
     assert "the task queue (broker) is unreachable" in response.content.decode()
     assert "Nothing was queued; press Compare again" in response.content.decode()

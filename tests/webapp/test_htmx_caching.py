@@ -18,6 +18,7 @@ from webapp.policies.models import VersionExport
 from webapp.training.models import TrainingRun
 
 from tests.webapp.annotation_helpers import make_pair, make_project
+from tests.webapp.arena_helpers import add_version
 
 PLAIN = {}
 HTMX = {"HTTP_HX_REQUEST": "true"}
@@ -143,12 +144,13 @@ def test_pages_poll_dedicated_partial_urls_that_redirect_a_plain_visit_to_the_pa
     project = site["project"]
     run_id = site["values"]["run_id"]
     VersionExport.objects.create(version=project.served_version, status=VersionExport.Status.QUEUED)
+    add_version(project, 1, prompts=[])  # its held-out completions are missing: the compare page polls
     client.force_login(site["staff"])
     pages = [
         reverse("training:runs", args=[project.slug]),
         reverse("training:run_detail", args=[project.slug, run_id]),
         reverse("policies:versions", args=[project.slug]),
-        reverse("training:compare", args=[project.slug]) + "?a=0&b=0",
+        reverse("training:compare", args=[project.slug]) + "?a=0&b=1",
     ]
     polled_somewhere = 0
     for page in pages:

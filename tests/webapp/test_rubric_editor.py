@@ -48,8 +48,9 @@ def test_the_setup_page_shows_the_rubric_and_saves_a_new_one_audited(rubric_proj
     "data, message",
     [
         (_rows(helpful=("1", ""), **{"helpful ": ("2", "")}), "names must be unique"),
-        (_rows(helpful=("0", "")), "needs a weight above 0"),
-        (_rows(helpful=("-1", "")), "needs a weight above 0"),
+        (_rows(helpful=("0", "")), "needs a weight from 0.01 to 1000"),
+        (_rows(helpful=("-1", "")), "needs a weight from 0.01 to 1000"),
+        (_rows(helpful=("1e-300", "")), "needs a weight from 0.01 to 1000"),  # would vanish from the reward
         (_rows(helpful=("heavy", "")), "Enter a number"),
         ({}, "1 to 8 criteria"),  # a rubric-mode project cannot lose its rubric
     ],
@@ -82,7 +83,8 @@ def test_the_api_reads_the_rubric_for_members_and_lets_staff_replace_it(rubric_p
     "body, status, text",
     [
         ({"rubric": [{"name": "a", "weight": 1}, {"name": "a", "weight": 2}]}, 400, "names must be unique"),
-        ({"rubric": [{"name": "a", "weight": 0}]}, 400, "needs a weight above 0"),
+        ({"rubric": [{"name": "a", "weight": 0}]}, 400, "needs a weight from 0.01 to 1000"),
+        ({"rubric": [{"name": "a", "weight": 1e-300}]}, 400, "needs a weight from 0.01 to 1000"),
         ({"rubric": []}, 400, "1 to 8 criteria"),
         ({"rubric": [{"name": f"c{i}", "weight": 1} for i in range(9)]}, 400, "rubric"),
         ({"rubric": [{"name": "a", "weight": 1, "colour": "red"}]}, 400, "colour"),

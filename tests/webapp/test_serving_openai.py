@@ -122,6 +122,9 @@ def test_refusals_are_in_openai_error_shape_and_name_the_field(project, annotato
         if param:
             assert error["param"] == param, error
     assert "max_tokens" in cases[2][0].json()["error"]["message"]
+    for case, name in ((cases[2], "max_tokens"), (cases[3], "n"), (cases[4], "temperature")):
+        message = case[0].json()["error"]["message"]
+        assert message.startswith(f"{name}: ") and message.count(f"{name}:") == 1, message
     settings.REWARDLOOP_SERVE_MAX_BODY_BYTES = 100
     assert post({**chat, "messages": [{"role": "user", "content": "x" * 200}]}).status_code == 413
     api_token_revoke(token=token)

@@ -6,6 +6,7 @@ import pytest
 from webapp.annotation import services as annotation_services
 from webapp.annotation.models import Rating
 from webapp.policies.models import AuditEvent, ModelVersion
+from tests.webapp.arena_helpers import add_version
 from webapp.training import evaluation
 from webapp.training import services as training_services
 from webapp.training.models import TrainingRun
@@ -199,11 +200,22 @@ def test_versions_page_shows_lineage_run_rating_interval_and_promotes_in_one_pos
 def test_compare_page_shows_both_versions_on_the_same_held_out_prompts(staff_client, project):
     v0 = project.served_version
     evaluation.version_samples_ensure(version=v0)
-    url = f"/staff/p/{project.slug}/compare/?a=0&b=0"
+    add_version(project, 1, text="the answer of v1")
+    url = f"/staff/p/{project.slug}/compare/?a=0&b=1"
     page = staff_client.get(url).content.decode()
     sample = v0.samples.get()
-    assert "Held-out prompt" in page and page.count(sample.text or "(empty)") >= 2
+    assert "Held-out prompt" in page and (sample.text or "(empty)") in page and "the answer of v1" in page
     assert "hx-trigger" not in page  # complete: no polling
+
+
+def test_comparing_a_version_with_itself_says_so_instead_of_a_self_diff(staff_client, project):
+    evaluation.version_samples_ensure(version=project.served_version)
+    page = staff_client.get(f"/staff/p/{project.slug}/compare/?a=0&b=0", follow=True)
+    assert page.redirect_chain and "v0 against itself has nothing to compare" in page.content.decode()
+    table = staff_client.get(f"/staff/p/{project.slug}/compare/table/?a=0&b=0", HTTP_HX_REQUEST="true")
+    assert table.status_code == 400 and "against itself" in table.content.decode()
+    start = staff_client.post(f"/staff/p/{project.slug}/compare/start/", {"a": "0", "b": "0"}, follow=True)
+    assert "v0 against itself has nothing to compare" in start.content.decode()
 
 
 def test_compare_start_queues_missing_samples_and_the_page_polls_until_done(staff_client, project, monkeypatch):
@@ -211,9 +223,11 @@ def test_compare_start_queues_missing_samples_and_the_page_polls_until_done(staf
 
     queued = []
     monkeypatch.setattr(app, "send_task", lambda name, args=None, **kw: queued.append((name, args)))
-    response = staff_client.post(f"/staff/p/{project.slug}/compare/start/", {"a": "0", "b": "0"})
-    assert response.status_code == 302 and response.url.endswith("compare/?a=0&b=0")
-    assert queued == [("webapp.training.tasks.version_samples_ensure", [project.served_version_id])]
+    v1 = add_version(project, 1, prompts=[])
+    response = staff_client.post(f"/staff/p/{project.slug}/compare/start/", {"a": "0", "b": "1"})
+    assert response.status_code == 302 and response.url.endswith("compare/?a=0&b=1")
+    assert sorted(args[0] for _, args in queued) == [project.served_version_id, v1.pk]
+    assert {name for name, _ in queued} == {"webapp.training.tasks.version_samples_ensure"}
     page = staff_client.get(response.url).content.decode()
     assert 'hx-trigger="every 2s"' in page and "Generating the missing completions" in page
 

@@ -143,6 +143,17 @@ def test_pages_send_a_content_security_policy_without_inline_script(annotator_cl
     assert "script-src 'self'" in policy and "unsafe-inline" not in policy
 
 
+def test_the_favicon_is_ours_linked_from_every_page_and_at_favicon_ico(client, annotator_client, project):
+    from django.contrib.staticfiles import finders
+    from django.templatetags.static import static
+
+    icon = static("rewardloop/favicon.svg")
+    assert f'<link rel="icon" type="image/svg+xml" href="{icon}">' in annotator_client.get(annotate_url(project)).content.decode()
+    response = client.get("/favicon.ico")  # browsers ask for it without a link; no login needed
+    assert response.status_code == 301 and response["Location"] == icon
+    assert open(finders.find("rewardloop/favicon.svg")).read().startswith("<svg ")
+
+
 @pytest.mark.parametrize(
     "name,args,method",
     [

@@ -141,7 +141,7 @@ class GoldItemForm(forms.Form):
 class RubricForm(forms.Form):
     """The rubric editor: up to ``RUBRIC_MAX_CRITERIA`` rows of name, weight and description. Rows
     with no name are left out; ``policies.services.project_rubric_update`` checks the rest (unique
-    names, weights above 0)."""
+    names, weights from 0.01 to 1000)."""
 
     def __init__(self, *args, rubric: list[dict] | None = None, **kwargs):
         super().__init__(*args, **kwargs)

@@ -841,7 +841,7 @@ def _item_check_open(*, project: Project, annotator, completion: Completion) -> 
     if held_out:
         raise ApplicationError("This prompt is held out to evaluate versions; it cannot be rated.")
     if not open_:
-        raise ApplicationError("This item is not in your queue (rated, skipped or finished); reload the page.")
+        raise ApplicationError("This item is not in your queue (rated, skipped or finished)", stale=True)
 
 
 def _lease_for_judgment(*, project: Project, annotator, completion: Completion) -> Lease:
@@ -943,7 +943,7 @@ def rating_create(
             raise ApplicationError("This project rates by its rubric: score each criterion from 1 to 5.")
         stored_criteria = _rubric_scores(project=project, criteria=criteria)
     elif criteria is not None:
-        raise ApplicationError("This project has no rubric; reload the page.")
+        raise ApplicationError("This project has no rubric", stale=True)
     elif project.rating_mode == RatingMode.THUMBS:
         if not isinstance(thumbs_up, bool) or score is not None:
             raise ApplicationError("Choose thumbs up or thumbs down.")
@@ -979,7 +979,7 @@ def _rubric_scores(*, project: Project, criteria) -> list[dict]:
     criteria = criteria if isinstance(criteria, dict) else {}
     unknown = sorted(set(criteria) - {c["name"] for c in rubric})
     if unknown:
-        raise ApplicationError(f"The rubric has no criterion {unknown[0]!r}; reload the page.")
+        raise ApplicationError(f"The rubric has no criterion {unknown[0]!r}", stale=True)
     stored = []
     for c in rubric:
         value = criteria.get(c["name"])
@@ -1020,7 +1020,7 @@ def comparison_create(
     if lease is not None and lease.a_on_left is not None:
         a_on_left = lease.a_on_left
     if a_on_left is None:
-        raise ApplicationError("Which side you were shown is unknown; reload the page.")
+        raise ApplicationError("Which side you were shown is unknown", stale=True)
     seconds_spent = _seconds_on(lease, seconds_spent)
     try:
         with transaction.atomic():
@@ -1070,7 +1070,7 @@ def ranking_create(
 
     project = group.project
     if project.rating_mode != RatingMode.RANKING:
-        raise ApplicationError("This project does not rank outputs; reload the page.")
+        raise ApplicationError("This project does not rank outputs", stale=True)
     members = set(Completion.objects.filter(rank_group=group).values_list("pk", flat=True))
     order = list(order or [])
     if any(isinstance(cid, bool) or not isinstance(cid, int) for cid in order) or sorted(order) != sorted(members):

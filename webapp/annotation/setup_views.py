@@ -91,7 +91,7 @@ def settings_update(request, slug):
 @staff_required
 @require_POST
 def rubric_update(request, slug):
-    """Save the rubric (``policies.services.project_rubric_update``: unique names, weights above 0;
+    """Save the rubric (``policies.services.project_rubric_update``: unique names, weights from 0.01 to 1000;
     audited). Ratings already given keep the rubric they were given under. A refused rubric is
     shown again as typed, with the reason (400)."""
     form = RubricForm(request.POST, rubric=request.project.rubric)

@@ -119,7 +119,7 @@ def _submit(request, project, completion) -> None:
     if project.rating_mode == RatingMode.PAIRWISE:
         pair = selectors.pair_of(completion)
         if pair is None:
-            raise ApplicationError("This item is not a pair; reload the page.")
+            raise ApplicationError("This item is not a pair", stale=True)
         side = request.POST.get("choice", "")
         shown_a_left = request.POST.get("a_on_left")
         a_on_left = {"1": True, "0": False}.get(shown_a_left)
@@ -132,7 +132,7 @@ def _submit(request, project, completion) -> None:
     elif project.rating_mode == RatingMode.RANKING:
         group = selectors.rank_group_of(completion)
         if group is None:
-            raise ApplicationError("This item is not a ranking; reload the page.")
+            raise ApplicationError("This item is not a ranking", stale=True)
         order, shown = _ranking_order(request.POST, group)
         services.ranking_create(group=group, order=order, shown_order=shown, **common)
     elif project.rating_mode == RatingMode.RUBRIC:

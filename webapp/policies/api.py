@@ -78,7 +78,7 @@ def project(request, slug: str = Slug):
 @router.put("/projects/{slug}/rubric", response={200: ProjectOut, **ERRORS}, summary="Replace the rubric (staff)")
 def rubric_put(request, body: RubricIn, slug: str = Slug):
     """Replace the project's rubric: 1 to 8 criteria ``{name, weight, description}`` with unique names
-    and weights above 0 (an empty list clears it, unless the project is in rubric mode); audited, as on
+    and weights from 0.01 to 1000 (an empty list clears it, unless the project is in rubric mode); audited, as on
     the setup page. Ratings already given keep the rubric they were given under. A rubric that breaks
     a rule is a 400 naming the criterion; nothing is saved."""
     project, role = api_project(request, slug, staff=True)

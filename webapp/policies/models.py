@@ -21,9 +21,13 @@ class RatingMode(models.TextChoices):
 RUBRIC_MAX_CRITERIA = 8
 
 
+RUBRIC_MIN_WEIGHT = 0.01
+
+
 def rubric_check(rubric) -> list[dict]:
     """A rubric checked and normalised: 1 to ``RUBRIC_MAX_CRITERIA`` criteria, each
-    ``{"name": text (1–60 characters, unique), "weight": number > 0, "description": text}``.
+    ``{"name": text (1–60 characters, unique), "weight": number from ``RUBRIC_MIN_WEIGHT`` (0.01: smaller would make the criterion
+    vanish from the reward) to 1000, "description": text}``.
 
     Raises:
         ValidationError: what is wrong, on ``rubric``.
@@ -42,8 +46,8 @@ def rubric_check(rubric) -> list[dict]:
             raise ValidationError({"rubric": f"Criterion {i} needs a name of 1 to 60 characters."})
         if name in names:
             raise ValidationError({"rubric": f"Criterion {i}'s name ({name}) is taken by another criterion; names must be unique."})
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1000:
-            raise ValidationError({"rubric": f"Criterion {i} ({name}) needs a weight above 0 (at most 1000)."})
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not RUBRIC_MIN_WEIGHT <= weight <= 1000:
+            raise ValidationError({"rubric": f"Criterion {i} ({name}) needs a weight from {RUBRIC_MIN_WEIGHT} to 1000."})
         names.add(name)
         out.append({"name": name, "weight": float(weight), "description": str(criterion.get("description", ""))})
     return out

@@ -312,7 +312,7 @@ def project_setup_update(*, project: Project, user=None, **fields) -> Project:
 
 def project_rubric_update(*, project: Project, rubric: list[dict], user=None) -> Project:
     """Replace the project's rubric (rubric mode's criteria): ``[{"name", "weight", "description"}]``,
-    1 to ``RUBRIC_MAX_CRITERIA`` criteria with unique names and weights above 0 (normalised by
+    1 to ``RUBRIC_MAX_CRITERIA`` criteria with unique names and weights from 0.01 to 1000 (normalised by
     :func:`~webapp.policies.models.rubric_check`); audited with the old and new rubric. The one way
     the setup page and the API change a rubric.
 

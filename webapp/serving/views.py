@@ -85,7 +85,8 @@ def _body(request, schema):
         param = ".".join(str(p) for p in first.get("loc", ())) or None
         message = first.get("msg", "invalid").removeprefix("Value error, ")
         if param is None and ":" in message.split(" ")[0]:
-            param = message.split(":")[0]
+            # A whole-body check names its field itself ("max_tokens: at most 512"): keep it as is.
+            raise OpenAIError(400, message, param=message.split(":")[0]) from None
         raise OpenAIError(400, f"{param + ': ' if param else ''}{message}", param=param) from None
 
 

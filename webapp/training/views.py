@@ -219,6 +219,9 @@ def compare_start(request, slug):
     if {str(v.number) for v in versions} != set(numbers):
         messages.error(request, "Choose two versions of this project to compare.")
         return redirect("policies:versions", slug=slug)
+    if numbers[0] == numbers[1]:
+        messages.error(request, SAME_VERSION.format(n=numbers[0]))
+        return redirect("policies:versions", slug=slug)
     unsent = [
         version
         for version in versions
@@ -236,13 +239,19 @@ def compare_start(request, slug):
     return redirect(f"{reverse('training:compare', args=[slug])}?a={numbers[0]}&b={numbers[1]}")
 
 
-def _compare_context(request, slug) -> dict | None:
+SAME_VERSION = "v{n} against itself has nothing to compare; choose two different versions."
+
+
+def _compare_context(request, slug) -> dict | str:
+    """The comparison's context, or why there is none (a message for the person)."""
     project = get_object_or_404(Project, slug=slug)
     try:
         a = get_object_or_404(ModelVersion, project=project, number=int(request.GET.get("a", "")))
         b = get_object_or_404(ModelVersion, project=project, number=int(request.GET.get("b", "")))
     except ValueError:
-        return None
+        return "Choose two versions to compare."
+    if a.pk == b.pk:
+        return SAME_VERSION.format(n=a.number)
     return {"project": project, "a": a, "b": b, "versions": [a, b], **selectors.comparison(a=a, b=b)}
 
 
@@ -253,8 +262,8 @@ def compare(request, slug):
     cached samples; htmx polls :func:`compare_table` until both versions have completed every
     prompt. Always the full page."""
     context = _compare_context(request, slug)
-    if context is None:
-        messages.error(request, "Choose two versions to compare.")
+    if isinstance(context, str):
+        messages.error(request, context)
         return redirect("policies:versions", slug=slug)
     return render(request, "training/compare.html", context)
 
@@ -268,8 +277,8 @@ def compare_table(request, slug):
         query = request.GET.urlencode()
         return redirect(f"{reverse('training:compare', args=[slug])}{'?' + query if query else ''}")
     context = _compare_context(request, slug)
-    if context is None:
-        return HttpResponse("Choose two versions to compare.", status=400)
+    if isinstance(context, str):
+        return HttpResponse(context, status=400)
     return render(request, "training/compare.html#table", context)
 
 
