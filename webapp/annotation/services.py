@@ -459,7 +459,7 @@ def _pool_fill(*, project: Project, version, budget: int, seed: int | None, cach
     ranking = project.rating_mode == RatingMode.RANKING
     per_prompt = 2 if pairwise else project.rank_k if ranking else project.completions_per_prompt
     rng = random.Random(seed)
-    state = {"budget": budget, "stopped": False, "wait": False, "rows": 0}
+    state = {"budget": budget, "wait": False, "rows": 0}
     stored_ids: list[int] = []
     unannounced: list[int] = []
 
@@ -477,7 +477,7 @@ def _pool_fill(*, project: Project, version, budget: int, seed: int | None, cach
     def claim(free_rows: int) -> list[str]:
         """Claim prompts for ``free_rows`` rows (whole groups); their texts, per_prompt times each."""
         max_prompts = free_rows // per_prompt
-        if state["stopped"] or state["wait"] or state["budget"] <= 0 or max_prompts < 1:
+        if state["wait"] or state["budget"] <= 0 or max_prompts < 1:
             return []
         claims = _pool_claim_batch(
             project=project, version=version, per_prompt=per_prompt, max_prompts=max_prompts,
@@ -543,8 +543,7 @@ def _pool_fill(*, project: Project, version, budget: int, seed: int | None, cach
             if not stored:
                 project.refresh_from_db(fields=["served_version", "shadow_version"])
                 if version.pk not in (project.served_version_id, project.shadow_version_id):
-                    state["stopped"] = True  # neither served nor the candidate now: what runs is wasted, stop
-                    stream.close()
+                    stream.close()  # neither served nor the candidate now: what runs is wasted, stop
                     break
             stored_ids.extend(stored)
             unannounced.extend(stored)

@@ -96,16 +96,21 @@ def policy_load(version: ModelVersion, *, trainable: bool = False, config=None):
     )
 
 
+def _keep_one(slot: dict, lock: threading.Lock, key, load):
+    """The frozen policy ``slot`` keeps under ``key``, loaded by ``load()`` (in eval mode) when the
+    slot holds another key or none: one policy per slot, so a new key frees the old one."""
+    with lock:
+        if key not in slot:
+            slot.clear()
+            policy = load()
+            policy.model.eval()
+            slot[key] = policy
+        return slot[key]
+
+
 def policy_for_generation(version: ModelVersion):
     """The process-wide cached, frozen policy of ``version`` (one kept at a time)."""
-    key = (version.pk, version.sha256)
-    with _lock:
-        if key not in _cached:
-            _cached.clear()
-            policy = policy_load(version, trainable=False)
-            policy.model.eval()
-            _cached[key] = policy
-        return _cached[key]
+    return _keep_one(_cached, _lock, (version.pk, version.sha256), lambda: policy_load(version, trainable=False))
 
 
 def folder_stamp(path: Path) -> tuple:
@@ -148,10 +153,4 @@ def frozen_policy(path: Path):
 
     device = select_device()
     key = (folder_stamp(path), str(device))
-    with _frozen_lock:
-        if key not in _frozen:
-            _frozen.clear()
-            policy = load_policy(path, trainable=False, device=device)
-            policy.model.eval()
-            _frozen[key] = policy
-        return _frozen[key]
+    return _keep_one(_frozen, _frozen_lock, key, lambda: load_policy(path, trainable=False, device=device))
