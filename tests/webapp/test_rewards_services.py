@@ -72,6 +72,23 @@ def test_held_out_prompts_ratings_are_never_fitted_on(project, annotator, many_p
     assert Rating.objects.get(completion=c).pk not in version.rating_ids
 
 
+def test_gold_items_judgments_are_never_fitted_on_as_training_never_uses_them(project, annotator, many_prompts):
+    """A gold item checks the annotator; its judgment is no reward signal for the fit or a policy update."""
+    from webapp.annotation import selectors as annotation_selectors
+    from webapp.annotation.services import gold_item_set
+
+    made = _rate_learnable(project, many_prompts, annotator)
+    gold = _completion(project, many_prompts[0], GOOD, n=3)
+    gold_item_set(completion=gold, answer={"score": 5})
+    gold_rating = Rating.objects.create(completion=gold, annotator=annotator, score=5)
+    version = services.reward_model_fit(project=project)
+    assert len(version.rating_ids) == len(made)
+    assert gold_rating.pk not in version.rating_ids
+    assert gold_rating.pk not in {r.rating_id for r in selectors.rating_rows(project=project)}
+    assert not annotation_selectors.new_ratings(project=project).filter(pk=gold_rating.pk).exists()
+    assert set(version.rating_ids) == set(annotation_selectors.new_ratings(project=project).values_list("id", flat=True))
+
+
 def test_ratings_are_normalised_per_annotator_like_training(project, make_user, many_prompts):
     """A lenient annotator's 3/5 is a harsh one's 2/4 (shrinkage 0: exact)."""
     project.pg_config = {**project.pg_config, "annotator_shrinkage": 0.0}

@@ -373,21 +373,26 @@ def pair_of(completion: Completion) -> Pair | None:
         return None
 
 
-def new_ratings(*, project: Project) -> QuerySet[Rating]:
-    """Ratings not yet used by a succeeded training run; never ratings of held-out prompts.
+def trainable_ratings(*, project: Project) -> QuerySet[Rating]:
+    """The ratings anything may learn from: training runs and reward-model fits alike.
 
-    Held-out prompts judge versions (the promotion guard); a rating of one
-    (stored before judgments were checked, or by hand) is never trained on.
-    Nor is a judgment of a gold item (it checks the annotator, and every
-    annotator answers it).
+    Never ratings of held-out prompts: they judge versions (the promotion guard); a
+    rating of one (stored before judgments were checked, or by hand) is never trained
+    on. Nor a judgment of a gold item (it checks the annotator, and every annotator
+    answers it), whatever the mode: a gold completion (Likert, thumbs, rubric), a pair
+    whose completion A is gold (pairwise), a rank group whose anchor is gold (ranking).
     """
     return (
         Rating.objects.filter(completion__project=project, completion__prompt__held_out=False)
-        .exclude(training_runs__status="succeeded")
         .exclude(completion__gold__isnull=False)
         .exclude(comparison__pair__completion_a__gold__isnull=False)
         .exclude(ranking__group__anchor__gold__isnull=False)
     )
+
+
+def new_ratings(*, project: Project) -> QuerySet[Rating]:
+    """:func:`trainable_ratings` not yet used by a succeeded training run."""
+    return trainable_ratings(project=project).exclude(training_runs__status="succeeded")
 
 
 def rank_group_of(completion: Completion) -> RankGroup | None:

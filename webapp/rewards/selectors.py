@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from django.db.models import Count, QuerySet
 
 from webapp.annotation.models import ChosenBy, Lease, Rating
+from webapp.annotation.selectors import trainable_ratings
 from webapp.policies.models import Project
 
 from .models import RewardModelVersion
@@ -40,10 +41,11 @@ class RatingRow:
 
 
 def rating_rows(*, project: Project) -> list[RatingRow]:
-    """Every rating the reward model may fit on, by id: those of the project's training prompts (held-out
-    prompts judge versions only), without production feedback while the project's
-    ``production_feedback_weight`` is 0 (then it trains nothing)."""
-    ratings = Rating.objects.filter(completion__project=project, completion__prompt__held_out=False)
+    """Every rating the reward model may fit on, by id: the same ratings training may use
+    (:func:`webapp.annotation.selectors.trainable_ratings`: no held-out prompt, no gold item),
+    without production feedback while the project's ``production_feedback_weight`` is 0
+    (then it trains nothing)."""
+    ratings = trainable_ratings(project=project)
     if project.production_feedback_weight == 0:
         ratings = ratings.exclude(source=Rating.Source.PRODUCTION)
     rows = (
