@@ -296,3 +296,37 @@ def test_a_run_that_fails_after_writing_its_version_leaves_it_unserved_with_the_
     project.refresh_from_db()
     assert project.served_version_id == served_before
     assert "the run failed after writing it" in run.result_version.held_back_reason
+
+
+def test_a_full_versions_reference_logprobs_come_from_the_base_loaded_once(project, tmp_path, monkeypatch):
+    """The KL-to-base of a full (non-LoRA) version scores its samples under the base model: the same
+    logprobs as a fresh load of the base, with the base loaded once per process, not once per batch."""
+    import pgcore.policy
+    from webapp.policies import runtime
+
+    collapsed = collapsed_copy(Path(project.base_model_path), tmp_path / "collapsed")
+    v1 = policy_services.version_register(
+        project=project, parent=project.served_version, kind=ModelVersion.Kind.FULL,
+        weights_path=collapsed, sha256="", ratings_used=0, metrics={},
+    )
+    policy = runtime.policy_load(v1)
+    tok = policy.tokenizer
+    prompt_ids = [tok.encode("The film was"), tok.encode("A slow start, then")]
+    completion_ids = [tok.encode(" a delight to watch."), tok.encode(" it soars.")]
+
+    loads = []
+    real_load = pgcore.policy.load_policy
+    monkeypatch.setattr(pgcore.policy, "load_policy", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    runtime._frozen.clear()
+    first = evaluation._reference_logprobs(policy, v1, prompt_ids, completion_ids)
+    second = evaluation._reference_logprobs(policy, v1, prompt_ids, completion_ids)
+    assert len(loads) == 1 and first == second
+
+    base = real_load(Path(project.base_model_path), trainable=False)
+    base.model.eval()
+    expected = evaluation._token_logprobs(base.model, tok.pad_token_id, prompt_ids, completion_ids)
+    own = evaluation._token_logprobs(policy.model, tok.pad_token_id, prompt_ids, completion_ids)
+    assert [len(r) for r in first] == [len(c) for c in completion_ids]
+    for got, want, mine in zip(first, expected, own):
+        assert got == pytest.approx(want, abs=1e-5)
+        assert got != pytest.approx(mine, abs=1e-3)  # the collapsed version's own logprobs differ

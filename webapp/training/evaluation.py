@@ -100,7 +100,7 @@ def _token_logprobs(model, pad_id: int, prompt_ids: list[list[int]], completion_
 
 def _reference_logprobs(policy, version: ModelVersion, prompt_ids, completion_ids) -> list[list[float]]:
     """Logprobs of the completions under the project's base model (never called for the base itself)."""
-    from pgcore.policy import load_policy, reference_model
+    from pgcore.policy import reference_model
 
     pad_id = policy.tokenizer.pad_token_id
     if policy.is_lora:
@@ -108,9 +108,10 @@ def _reference_logprobs(policy, version: ModelVersion, prompt_ids, completion_id
             return _token_logprobs(ref, pad_id, prompt_ids, completion_ids)
     if version.kind == ModelVersion.Kind.BASE:
         return _token_logprobs(policy.model, pad_id, prompt_ids, completion_ids)
-    from webapp.policies.runtime import base_dir
+    from webapp.policies.runtime import base_dir, frozen_policy
 
-    base = load_policy(base_dir(version.project), device=next(policy.model.parameters()).device)
+    # The process-wide frozen base (the reward model's backbone too): loaded once, not per batch.
+    base = frozen_policy(base_dir(version.project))
     return _token_logprobs(base.model, pad_id, prompt_ids, completion_ids)
 
 
