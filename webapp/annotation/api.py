@@ -213,6 +213,16 @@ def _completion(project, completion_id) -> Completion:
     return completion
 
 
+def _item_led_by(project, completion_id, *, find, missing: str):
+    """The pair or ranking group that ``find`` (a selector) gives for the project's completion
+    ``completion_id`` (its A, or its anchor), with ``project`` set; 404 ``missing`` when there is none."""
+    item = find(_completion(project, completion_id))
+    if item is None:
+        raise HttpError(404, missing)
+    item.project = project
+    return item
+
+
 @router.post(
     "/projects/{slug}/queue/{completion_id}/rate",
     response={201: RatingOut, **ERRORS},
@@ -258,10 +268,7 @@ def compare(request, body: CompareIn, slug: str = Slug, completion_id: int = Com
     """Store your decision on the pair whose completion A is ``completion_id``
     (``services.comparison_create``, as the page)."""
     project, _ = api_project(request, slug)
-    pair = selectors.pair_of(_completion(project, completion_id))
-    if pair is None:
-        raise HttpError(404, "No pair has this completion as its A.")
-    pair.project = project
+    pair = _item_led_by(project, completion_id, find=selectors.pair_of, missing="No pair has this completion as its A.")
     comparison = services.comparison_create(
         annotator=request.user,
         pair=pair,
@@ -293,10 +300,9 @@ def rank(request, body: RankIn, slug: str = Slug, completion_id: int = Completio
     """Store your order of the completions of the item whose anchor is ``completion_id``
     (``services.ranking_create``, as the page): stored with the pairwise comparisons it implies."""
     project, _ = api_project(request, slug)
-    group = selectors.rank_group_of(_completion(project, completion_id))
-    if group is None:
-        raise HttpError(404, "No ranking item has this completion as its anchor.")
-    group.project = project
+    group = _item_led_by(
+        project, completion_id, find=selectors.rank_group_of, missing="No ranking item has this completion as its anchor."
+    )
     ranking = services.ranking_create(
         annotator=request.user,
         group=group,
