@@ -36,6 +36,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from django_env import throwaway_env  # noqa: E402
+
 HERE = Path(__file__).resolve().parent.parent
 
 
@@ -90,13 +93,9 @@ def main() -> None:
             file = Path(tmp) / f"prompts-{megabytes:g}mb.jsonl"
             lines = write_file(file, megabytes)
             data_dir = Path(tmp) / f"data-{megabytes:g}"
-            env = {
-                **os.environ,
-                "REWARDLOOP_DATA_DIR": str(data_dir),
-                "REWARDLOOP_IMPORT_MAX_BYTES": str(10**12),
-                "REWARDLOOP_IMPORT_MAX_LINES": str(10**9),
-            }
-            env.pop("DATABASE_URL", None)  # its own SQLite database, never a shared one
+            env = throwaway_env(  # its own SQLite database, never a shared one
+                data_dir, REWARDLOOP_IMPORT_MAX_BYTES=str(10**12), REWARDLOOP_IMPORT_MAX_LINES=str(10**9)
+            )
             out = subprocess.run(
                 [sys.executable, __file__, "--repo", str(args.repo), "--child", str(file)],
                 env=env, capture_output=True, text=True, check=False,

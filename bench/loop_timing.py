@@ -21,7 +21,6 @@ import http.cookiejar
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,9 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from django_env import stop_group  # noqa: E402
 
 PASSWORD = "bench-pass-1234"
 
@@ -144,11 +146,7 @@ def main() -> None:
         wait(lambda: (h := served(1)) and h["projects"]["demo"]["pool_size"] > 0, 900, "a completion from v1", poll=1)
         result["seconds_last_rating_to_first_v1_completion"] = round(time.monotonic() - t16, 1)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)
     print(json.dumps(result))
 
 

@@ -36,15 +36,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
 
-    data = tempfile.mkdtemp(prefix="pool-refill-")
-    os.environ["REWARDLOOP_DATA_DIR"] = data
-    os.environ["REWARDLOOP_MODELS_DIR"] = str(Path(args.models_dir).resolve())
-    os.environ.pop("DATABASE_URL", None)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
     sys.path.insert(0, str(REPO))
-    import django
+    from bench.django_env import django_start
 
-    django.setup()
+    data = tempfile.mkdtemp(prefix="pool-refill-")
+    django_start(data, models_dir=Path(args.models_dir).resolve(), migrate=False)
     import torch
     from django.core.management import call_command
 

@@ -28,7 +28,6 @@ import json
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from django_env import stop_group, throwaway_env  # noqa: E402
 from loop_timing import PASSWORD, Session, healthz, wait  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,9 +65,7 @@ def main() -> None:
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="rl-queue-wait-"))
-    env = dict(os.environ, PORT=str(args.port), DEMO_PASSWORD=PASSWORD, REWARDLOOP_DATA_DIR=str(data_dir))
-    env.pop("DATABASE_URL", None)
-    env.pop("CELERY_BROKER_URL", None)
+    env = throwaway_env(data_dir, broker=None, PORT=str(args.port), DEMO_PASSWORD=PASSWORD)
     if args.models_dir:
         env["REWARDLOOP_MODELS_DIR"] = args.models_dir
     python = sys.executable
@@ -153,11 +151,7 @@ def main() -> None:
         generated = re.findall(r"GENERATED (\d+)", (data_dir / "servers.log").read_text())
         result["completions_generated"] = int(generated[-1]) if generated else None
     finally:
-        os.killpg(servers.pid, signal.SIGTERM)
-        try:
-            servers.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(servers.pid, signal.SIGKILL)
+        stop_group(servers, timeout=30)
     result["data_dir"] = str(data_dir)
     print(json.dumps(result))
 

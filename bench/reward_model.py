@@ -39,13 +39,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
 import random
-import re
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -64,9 +61,9 @@ from pgcore.reward_model import (  # noqa: E402
     pearson,
     spearman,
 )
+from webapp.annotation.vader import movie_review_snippets  # noqa: E402
 
 DEMO_INSTRUCTION = "Continue this movie review in two or three sentences:\n\n{start}"  # as webapp.annotation.importers
-VADER_MEMBER = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
 SIZES = (64, 256, 800)
 BASELINE_QUOTED = {"64": 0.30, "256": 0.45, "800": 0.47}
 
@@ -89,18 +86,7 @@ def parse_args(argv=None):
 
 
 def load_snippets(sdist: Path) -> list[list[str]]:
-    with tarfile.open(sdist) as outer:
-        inner_name = next(n for n in outer.getnames() if n.endswith("hutto_ICWSM_2014.tar.gz"))
-        inner = io.BytesIO(outer.extractfile(inner_name).read())
-    with tarfile.open(fileobj=inner) as data:
-        text = data.extractfile(VADER_MEMBER).read().decode("utf-8")
-    snippets = []
-    for line in text.splitlines():
-        parts = line.split("\t")
-        if len(parts) == 3:
-            words = re.sub(r"\s+", " ", parts[2].replace("''", '"')).strip().split(" ")
-            if 12 <= len(words) <= 60:
-                snippets.append(words)
+    snippets = [words for _, words in movie_review_snippets(sdist)]
     random.Random(1234).shuffle(snippets)
     return snippets
 

@@ -37,6 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from django_env import throwaway_env  # noqa: E402
+
 HERE = Path(__file__).resolve().parent.parent
 
 
@@ -166,13 +169,7 @@ def main() -> None:
         print(json.dumps(child(args)))
         return
     with tempfile.TemporaryDirectory() as data_dir:
-        env = {
-            **os.environ,
-            "REWARDLOOP_DATA_DIR": data_dir,
-            "REWARDLOOP_MODELS_DIR": str(Path(data_dir) / "models"),
-            "CELERY_BROKER_URL": "filesystem://",
-        }
-        env.pop("DATABASE_URL", None)
+        env = throwaway_env(data_dir, models_dir=Path(data_dir) / "models", broker="filesystem://")
         out = subprocess.run(
             [sys.executable, __file__, "--child", "--repo", str(args.repo), "--n", str(args.n),
              "--versions", str(args.versions), "--ratings", str(args.ratings), "--steps", str(args.steps)],

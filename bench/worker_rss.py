@@ -24,7 +24,6 @@ import argparse
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -104,24 +103,13 @@ def write_model(out_dir: Path, *, hidden: int, layers: int) -> Path:
 
 def setup(data_dir: Path, args) -> int:
     """Migrate a fresh SQLite database in ``data_dir`` and create the project; returns its id."""
-    os.environ["REWARDLOOP_DATA_DIR"] = str(data_dir)
-    os.environ["REWARDLOOP_MODELS_DIR"] = str(data_dir / "models")
-    os.environ.pop("DATABASE_URL", None)
-    if args.broker:
-        os.environ["CELERY_BROKER_URL"] = args.broker
-    else:
-        os.environ.pop("CELERY_BROKER_URL", None)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
-    import django
+    from bench.django_env import django_start
 
-    django.setup()
-    from django.core.management import call_command
-
+    django_start(data_dir, models_dir=data_dir / "models", broker=args.broker or None)
     from webapp.annotation.importers import PromptRow
     from webapp.annotation.services import prompts_create
     from webapp.policies.services import project_create
 
-    call_command("migrate", verbosity=0)
     model_dir = write_model(data_dir / "base", hidden=args.hidden, layers=args.layers)
     project = project_create(
         slug="rss",
@@ -178,11 +166,9 @@ def run_variant(name: str, project_id: int, data_dir: Path, args) -> dict:
         else:
             raise RuntimeError(f"timed out after {len(rows)} tasks:\n{log.read_text()[-3000:]}")
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
+        from bench.django_env import stop_group
+
+        stop_group(worker, timeout=30)
     seconds = time.monotonic() - started
     by_index = {r["i"]: r for r in rows}
     final = by_index[-1]

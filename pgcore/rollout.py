@@ -171,7 +171,7 @@ draw_tokens = _draw  # the public name, for ``draw`` hooks of :func:`sample_cont
 
 
 def fast_path_supported(model: torch.nn.Module) -> bool:
-    """Whether :func:`sample_batch_fast` can run ``model``: a plain (not peft) Llama-family causal LM.
+    """Whether :func:`sample_continuous` can run ``model``: a plain (not peft) Llama-family causal LM.
 
     That is ``LlamaForCausalLM`` and its look-alikes (SmolLM2, the tiny test model): decoder
     layers with ``q/k/v/o_proj``, RMS norms, a gated MLP and rotary embeddings, no sliding
@@ -530,52 +530,6 @@ def sample_continuous(
         feed[:b] = torch.where(was_alive, nxt, feed[:b])
         end = min(W, end + 1)
         yield from emit(ended.nonzero().squeeze(1).tolist())
-
-
-@torch.no_grad()
-def sample_batch_fast(
-    model: torch.nn.Module,
-    prompt_ids: list[list[int]],
-    *,
-    eos_ids: set[int],
-    pad_id: int,
-    max_new_tokens: int,
-    generator: torch.Generator,
-    greedy: bool = False,
-    compact_fraction: float = 0.25,
-    draw: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
-    on_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
-) -> tuple[list[list[int]], list[list[float]], list[bool]]:
-    """Sample one batch of a Llama-family model with a preallocated key/value cache.
-
-    Same contract and same distribution as :func:`sample_batch_generic`: every prompt of
-    ``prompt_ids`` decodes at once (:func:`sample_continuous` with ``batch_size =
-    len(prompt_ids)``, so nothing waits); rows whose completion ended leave the batch once
-    ``compact_fraction`` of the running rows have ended. A row also stops, unfinished,
-    when prompt plus completion reach the model's ``max_position_embeddings``.
-
-    Args:
-        draw, on_step: hooks as in :func:`sample_continuous` (``rows`` index ``prompt_ids``).
-
-    Returns:
-        ``(completion ids, behaviour logprobs, finished)``, one entry per prompt, in order.
-    """
-    results: list = [None] * len(prompt_ids)
-    for i, completion, logprobs, done in sample_continuous(
-        model,
-        prompt_ids,
-        eos_ids=eos_ids,
-        pad_id=pad_id,
-        max_new_tokens=max_new_tokens,
-        generator=generator,
-        greedy=greedy,
-        batch_size=max(1, len(prompt_ids)),
-        compact_fraction=compact_fraction,
-        draw=draw,
-        on_step=on_step,
-    ):
-        results[i] = (completion, logprobs, done)
-    return [r[0] for r in results], [r[1] for r in results], [r[2] for r in results]
 
 
 PRECISIONS = ("auto", "fp32", "bf16")

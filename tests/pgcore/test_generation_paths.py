@@ -1,4 +1,4 @@
-"""The fast sampling path (pgcore.rollout.sample_continuous, sample_batch_fast) against the reference paths.
+"""The fast sampling path (pgcore.rollout.sample_continuous) against the reference paths.
 
 Reference: Hugging Face ``generate`` (greedy) and pgcore's generic path (the model's own
 forward), on the tiny random Llama. fp32 must agree exactly up to float rounding; bf16 is
@@ -184,14 +184,3 @@ def test_a_sampled_nul_byte_never_reaches_the_text(frozen_policy):
     [r] = generate(frozen_policy, ["hi"], max_new_tokens=3, seed=0, precision="fp32")
     assert r.completion_ids == [nul] * 3
     assert "\x00" not in r.text and r.text == "\ufffd" * 3
-
-
-def test_sample_batch_fast_keeps_its_contract_one_batch_in_prompt_order(frozen_policy):
-    model = sampling_model(frozen_policy, dtype=torch.float32)
-    ids = [render_prompt(frozen_policy.tokenizer, p) for p in PROMPTS]
-    completions, logprobs, done = rollout.sample_batch_fast(
-        model, ids, eos_ids={EOS}, pad_id=EOS, max_new_tokens=7, generator=torch.Generator().manual_seed(0), greedy=True
-    )
-    assert completions == _hf_greedy(frozen_policy, PROMPTS, 7)
-    assert [len(lp) for lp in logprobs] == [len(c) for c in completions]
-    assert done == [bool(c) and c[-1] == EOS for c in completions]

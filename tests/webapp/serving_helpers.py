@@ -25,7 +25,7 @@ class InferenceProcess:
         self.secret = secret  # the API token generate() sends unless told otherwise
         self.log = tmp_path / "inference.log"
         environ = dict(os.environ)
-        # The web app's SECRET_KEY, as in a deployment: it checks the web app's signed "counted" mark.
+        # The web app's SECRET_KEY and API rate, as in a deployment.
         environ.update(DATABASE_URL=database_url(), REWARDLOOP_DATA_DIR=str(settings.DATA_DIR),
                        REWARDLOOP_MODELS_DIR=str(settings.REWARDLOOP_MODELS_DIR), PYTHONUNBUFFERED="1",
                        DJANGO_SECRET_KEY=settings.SECRET_KEY, REWARDLOOP_API_RATE=settings.REWARDLOOP_API_RATE,

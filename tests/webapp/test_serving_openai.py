@@ -142,6 +142,46 @@ def test_models_lists_only_the_projects_of_the_tokens_user(project, make_user):
     assert [m["id"] for m in Client().get("/v1/models", headers=headers).json()["data"]] == [project.slug]
 
 
+def _one_token_at_a_rate(project, annotator, inference_process, settings, *, rate: str, cache: dict, env=None):
+    """The web app on ``cache`` and ``rate``, a started inference process (with ``env``) it forwards to, and
+    one API token: ``(server, bearer header, completion body, through_web)``, ``through_web()`` posting the
+    body to ``/v1/completions``."""
+    fresh_hour_window()
+    settings.CACHES = {"default": cache}
+    settings.REWARDLOOP_API_RATE = rate
+    server = inference_process(env=env)
+    settings.REWARDLOOP_INFERENCE_URL = server.url
+    _, secret = api_token_create(user=annotator, name="counted")
+    bearer = {"Authorization": f"Bearer {secret}"}
+    body = {"model": project.slug, "prompt": "x", "max_tokens": 1}
+
+    def through_web():
+        return Client().post("/v1/completions", json.dumps(body), content_type="application/json", headers=bearer)
+
+    return server, bearer, body, through_web
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_generation_through_the_web_app_is_counted_once_by_the_inference_process(project, annotator,
+                                                                                 inference_process, settings):
+    """One throttle rule across processes: each request is counted once, by the process that answers it.
+    Generation is counted by the inference process only (forwarded by ``/v1/`` or called directly); the web
+    app counts what it answers itself (``/v1/models``, the REST API) and passes the inference 429 on, with its
+    ``Retry-After``. Here each process keeps its own memory cache, so the two counts are told apart."""
+    server, bearer, body, through_web = _one_token_at_a_rate(
+        project, annotator, inference_process, settings, rate="2/h",
+        cache={"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "one-count"},
+    )
+    assert [through_web().status_code for _ in range(2)] == [200, 200]
+    error = assert_throttled(through_web())  # the inference process's 429, passed on with its Retry-After
+    assert "Too many requests" in error["message"]
+    assert_throttled(server.post(body, bearer))  # a direct call spends the same count
+    # The web app counted none of the generation: its own answers still have the whole rate.
+    assert [Client().get("/v1/models", headers=bearer).status_code for _ in range(2)] == [200, 200]
+    assert_throttled(Client().get("/v1/models", headers=bearer))
+
+
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_the_web_app_and_direct_calls_share_one_count_per_token_through_redis(project, annotator, inference_process,
@@ -151,18 +191,10 @@ def test_the_web_app_and_direct_calls_share_one_count_per_token_through_redis(pr
     url = redis_url()
     if url is None:
         pytest.skip("needs Redis (REWARDLOOP_CACHE_URL or CELERY_BROKER_URL=redis://…) for a shared count")
-    fresh_hour_window()
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url}}
-    settings.REWARDLOOP_API_RATE = "4/h"
-    server = inference_process(env={"REWARDLOOP_CACHE_URL": url})
-    settings.REWARDLOOP_INFERENCE_URL = server.url
-    _, secret = api_token_create(user=annotator, name="shared count")
-    bearer = {"Authorization": f"Bearer {secret}"}
-    body = {"model": project.slug, "prompt": "x", "max_tokens": 1}
-
-    def through_web():
-        return Client().post("/v1/completions", json.dumps(body), content_type="application/json", headers=bearer)
-
+    server, bearer, body, through_web = _one_token_at_a_rate(
+        project, annotator, inference_process, settings, rate="4/h", env={"REWARDLOOP_CACHE_URL": url},
+        cache={"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url},
+    )
     assert [through_web().status_code for _ in range(2)] == [200, 200]  # 2 counted, not 4
     assert [server.post(body, bearer).status_code for _ in range(2)] == [200, 200]
     assert_throttled(server.post(body, bearer))

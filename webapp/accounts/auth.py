@@ -47,8 +47,9 @@ def parse_rate(rate: str) -> tuple[int, int]:
 def token_throttle_count(*, token) -> float | None:
     """Count one request of ``token`` against ``REWARDLOOP_API_RATE`` (e.g. ``600/m``, fixed windows).
 
-    The one per-token throttle: the REST API (:class:`TokenRateThrottle`), the web app's ``/v1/``
-    views and the inference process all count here. Counted in Django's cache with ``add`` +
+    The one per-token throttle: the REST API (:class:`TokenRateThrottle`), the web app's
+    ``/v1/models`` and the inference process (every generation request, direct or forwarded by
+    ``/v1/``) all count here, each request once (:func:`webapp.serving.access.throttle_check`). Counted in Django's cache with ``add`` +
     ``incr`` (atomic in Redis), so with ``REWARDLOOP_CACHE_URL`` every process that shares that
     Redis (web processes and the inference process) shares one count per token; with the default
     per-process memory cache each process counts on its own.

@@ -168,17 +168,26 @@ def queue_next(request, slug: str = Slug):
     return {"item": _item_out(project, lease), "progress": progress}
 
 
-class RateIn(Schema):
+class _JudgmentIn(Schema):
+    """What every judgment (rating, comparison, ranking) carries besides its answer."""
+
     model_config = {"extra": "forbid"}
 
+    comment: str = Field("", max_length=COMMENT_MAX_CHARS, pattern=NO_NUL_PATTERN)
+    seconds_spent: float | None = Field(None, ge=0, le=SECONDS_MAX, description="Default: since the item was leased.")
+
+    def extras(self) -> dict:
+        """The keyword arguments every judgment service takes for them (the comment stripped)."""
+        return {"comment": self.comment.strip(), "seconds_spent": self.seconds_spent}
+
+
+class RateIn(_JudgmentIn):
     score: LikertScore | None = Field(None, description="Likert projects: 1 to 5 (a number; true is refused).")
     thumbs_up: bool | None = Field(None, description="Thumbs projects: true (up) or false (down).")
     criteria: dict[str, LikertScore] | None = Field(
         None, max_length=8,
         description='Rubric projects: every criterion of the project\'s rubric by name, each 1 to 5, e.g. {"helpful": 4, "fluent": 5}.',
     )
-    comment: str = Field("", max_length=COMMENT_MAX_CHARS, pattern=NO_NUL_PATTERN)
-    seconds_spent: float | None = Field(None, ge=0, le=SECONDS_MAX, description="Default: since the item was leased.")
 
 
 class CriterionOut(Schema):
@@ -204,6 +213,16 @@ def _completion(project, completion_id) -> Completion:
     return completion
 
 
+def _item_led_by(project, completion_id, *, find, missing: str):
+    """The pair or ranking group that ``find`` (a selector) gives for the project's completion
+    ``completion_id`` (its A, or its anchor), with ``project`` set; 404 ``missing`` when there is none."""
+    item = find(_completion(project, completion_id))
+    if item is None:
+        raise HttpError(404, missing)
+    item.project = project
+    return item
+
+
 @router.post(
     "/projects/{slug}/queue/{completion_id}/rate",
     response={201: RatingOut, **ERRORS},
@@ -219,21 +238,16 @@ def rate(request, body: RateIn, slug: str = Slug, completion_id: int = Completio
         score=body.score,
         thumbs_up=body.thumbs_up,
         criteria=body.criteria,
-        comment=body.comment.strip(),
-        seconds_spent=body.seconds_spent,
+        **body.extras(),
     )
     return Status(201, rating)
 
 
-class CompareIn(Schema):
-    model_config = {"extra": "forbid"}
-
+class CompareIn(_JudgmentIn):
     choice: Literal[tuple(Choice.values)] = Field(description="a, b, tie or both_bad (names the pair's completions).")
     a_on_left: bool | None = Field(
         None, description="Which side you showed A on; only used when your lease is gone (the lease's side wins)."
     )
-    comment: str = Field("", max_length=COMMENT_MAX_CHARS, pattern=NO_NUL_PATTERN)
-    seconds_spent: float | None = Field(None, ge=0, le=SECONDS_MAX)
 
 
 class ComparisonOut(Schema):
@@ -254,27 +268,19 @@ def compare(request, body: CompareIn, slug: str = Slug, completion_id: int = Com
     """Store your decision on the pair whose completion A is ``completion_id``
     (``services.comparison_create``, as the page)."""
     project, _ = api_project(request, slug)
-    pair = selectors.pair_of(_completion(project, completion_id))
-    if pair is None:
-        raise HttpError(404, "No pair has this completion as its A.")
-    pair.project = project
+    pair = _item_led_by(project, completion_id, find=selectors.pair_of, missing="No pair has this completion as its A.")
     comparison = services.comparison_create(
         annotator=request.user,
         pair=pair,
         choice=body.choice,
         a_on_left=body.a_on_left,
-        comment=body.comment.strip(),
-        seconds_spent=body.seconds_spent,
+        **body.extras(),
     )
     return Status(201, comparison)
 
 
-class RankIn(Schema):
-    model_config = {"extra": "forbid"}
-
+class RankIn(_JudgmentIn):
     order: list[int] = Field(description="Every completion of the item's ``ranked`` list, by id, best first.")
-    comment: str = Field("", max_length=COMMENT_MAX_CHARS, pattern=NO_NUL_PATTERN)
-    seconds_spent: float | None = Field(None, ge=0, le=SECONDS_MAX)
 
 
 class RankingOut(Schema):
@@ -294,16 +300,14 @@ def rank(request, body: RankIn, slug: str = Slug, completion_id: int = Completio
     """Store your order of the completions of the item whose anchor is ``completion_id``
     (``services.ranking_create``, as the page): stored with the pairwise comparisons it implies."""
     project, _ = api_project(request, slug)
-    group = selectors.rank_group_of(_completion(project, completion_id))
-    if group is None:
-        raise HttpError(404, "No ranking item has this completion as its anchor.")
-    group.project = project
+    group = _item_led_by(
+        project, completion_id, find=selectors.rank_group_of, missing="No ranking item has this completion as its anchor."
+    )
     ranking = services.ranking_create(
         annotator=request.user,
         group=group,
         order=body.order,
-        comment=body.comment.strip(),
-        seconds_spent=body.seconds_spent,
+        **body.extras(),
     )
     return Status(201, ranking)
 

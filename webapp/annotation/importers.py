@@ -25,12 +25,9 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
 import json
 import os
 import random
-import re
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +35,7 @@ from pathlib import Path
 from webapp.errors import ApplicationError
 
 from .models import PROMPT_MAX_CHARS
+from .vader import movie_review_snippets
 
 MAX_REPORTED_ERRORS = 20
 SUFFIXES = {".jsonl", ".json", ".ndjson", ".csv"}
@@ -295,7 +293,6 @@ def parse_prompt_file(path: str | Path, *, limits: ImportLimits | None = None) -
 # --- The demo set -------------------------------------------------------------
 
 DEMO_INSTRUCTION = "Continue this movie review in two or three sentences:\n\n{start}"
-VADER_MEMBER = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
 
 
 def demo_prompts_from_vader_sdist(sdist_path: str | Path, *, count: int = 400, held_out: int = 64, seed: int = 0):
@@ -315,23 +312,7 @@ def demo_prompts_from_vader_sdist(sdist_path: str | Path, *, count: int = 400, h
     sdist_path = Path(sdist_path)
     if not sdist_path.exists():
         raise ApplicationError(f"{sdist_path} not found; run: pip download --no-deps --no-binary :all: vaderSentiment==3.3.2")
-    with tarfile.open(sdist_path) as sdist:
-        inner_name = next((n for n in sdist.getnames() if n.endswith("hutto_ICWSM_2014.tar.gz")), None)
-        if inner_name is None:
-            raise ApplicationError(f"{sdist_path.name} does not contain hutto_ICWSM_2014.tar.gz")
-        inner = io.BytesIO(sdist.extractfile(inner_name).read())
-    with tarfile.open(fileobj=inner) as data:
-        text = data.extractfile(VADER_MEMBER).read().decode("utf-8")
-    snippets = []
-    for line in text.splitlines():
-        parts = line.split("\t")
-        if len(parts) != 3:
-            continue
-        snippet_id, _sentiment, snippet = parts
-        snippet = re.sub(r"\s+", " ", snippet.replace("''", '"')).strip()
-        words = snippet.split(" ")
-        if 12 <= len(words) <= 60:
-            snippets.append((snippet_id, words))
+    snippets = movie_review_snippets(sdist_path)
     rng = random.Random(seed)
     rng.shuffle(snippets)
     rows = []

@@ -11,6 +11,7 @@ from webapp.errors import ApplicationError
 from webapp.permissions import staff_required
 from webapp.policies import services as policy_services
 from webapp.policies.models import Membership
+from webapp.policies.views import project_settings_form_save
 
 from . import services
 from .forms import SETUP_FIELDS, MemberAddForm, ProjectCreateForm, ProjectSettingsForm, PromptFileForm, RubricForm
@@ -74,18 +75,12 @@ def setup(request, slug):
 def settings_update(request, slug):
     """Save title, rating mode, guidelines (Markdown), ratings per item, completions per prompt, pool size."""
     form = ProjectSettingsForm(request.POST, instance=type(request.project).objects.get(pk=request.project.pk))
-    if not form.is_valid():
-        messages.error(request, "Nothing was saved: check the fields marked below.")
-        return render(request, TEMPLATE, _setup_context(request, settings_form=form), status=400)
-    try:
-        policy_services.project_setup_update(
-            project=request.project, user=request.user, **{k: form.cleaned_data[k] for k in SETUP_FIELDS}
-        )
-    except ApplicationError as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, "Project settings saved.")
-    return redirect("setup:setup", slug=slug)
+    refused = project_settings_form_save(
+        request, form, project=request.project, update=policy_services.project_setup_update, fields=SETUP_FIELDS,
+        saved="Project settings saved.",
+        invalid_page=lambda form: render(request, TEMPLATE, _setup_context(request, settings_form=form), status=400),
+    )
+    return refused or redirect("setup:setup", slug=slug)
 
 
 @staff_required

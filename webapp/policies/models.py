@@ -456,6 +456,16 @@ class AuditEvent(models.Model):
     )
     action = models.CharField("action", max_length=32, choices=Action.choices)
     target = models.CharField("target", max_length=200, help_text="What was acted on, e.g. 'run 12' or 'v3'.")
+    version = models.ForeignKey(
+        ModelVersion,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="audit_events",
+        verbose_name="model version",
+        help_text="The version the event concerns (serving, exporting), else empty; the target text still names it "
+        "if the version is deleted.",
+    )
     detail = models.JSONField("detail", default=dict, blank=True)
     created_at = models.DateTimeField("when", auto_now_add=True, db_index=True)
 

@@ -31,6 +31,14 @@ def _empty(ax, message: str) -> None:
     ax.set_yticks([])
 
 
+def _label_xy(ax, *, xlabel: str, ylabel: str) -> None:
+    """The axis labels, legend and grid of an x-y plot with data."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+
+
 def line_with_band_png(
     *, x: list, y: list, low: list, high: list, title: str, xlabel: str, ylabel: str, ticks: list[str] | None = None
 ) -> bytes:
@@ -60,10 +68,7 @@ def line_with_band_png(
             ax.set_xticks(list(xs), list(labels), fontsize=8)
         if len(xs) == 1:
             ax.set_xlim(xs[0] - 1, xs[0] + 1)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.legend(loc="best", fontsize=8)
-        ax.grid(alpha=0.3)
+        _label_xy(ax, xlabel=xlabel, ylabel=ylabel)
     ax.set_title(title, fontsize=10)
     return _png(fig)
 
@@ -139,9 +144,6 @@ def scatter_png(*, series: dict[str, dict], title: str, xlabel: str, ylabel: str
         for (label, points), colour in zip(series.items(), ("#2b6cb0", "#c05621", "#2f855a", "#6b46c1")):
             if points["x"]:
                 ax.scatter(points["x"], points["y"], s=14, alpha=0.6, color=colour, label=f"{label} ({len(points['x'])})")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.legend(loc="best", fontsize=8)
-        ax.grid(alpha=0.3)
+        _label_xy(ax, xlabel=xlabel, ylabel=ylabel)
     ax.set_title(title, fontsize=10)
     return _png(fig)

@@ -153,13 +153,12 @@ def version_served_since(*, version: ModelVersion, since) -> AuditEvent | None:
     """The first time ``version`` was served (its ``promote`` audit event) after ``since``, or None.
 
     A run's page says its version was held back when the run ended; this tells it the
-    version was served later (staff overrode the guard, or the arena's votes came in)."""
+    version was served later (staff overrode the guard, or the arena's votes came in). Matched by the
+    event's ``version`` key, never by its ``target`` text."""
     if since is None:
         return None
     return (
-        AuditEvent.objects.filter(
-            project_id=version.project_id, action=AuditEvent.Action.PROMOTE, target=f"v{version.number}", created_at__gte=since
-        )
+        AuditEvent.objects.filter(version=version, action=AuditEvent.Action.PROMOTE, created_at__gte=since)
         .select_related("actor")
         .order_by("created_at", "id")
         .first()

@@ -139,10 +139,23 @@ def version_register(
 EXPORT_BUILD_TASK_NAME = "webapp.policies.tasks.version_export_build"
 
 
-def audit_record(*, project: Project, actor, action: str, target: str, detail: dict | None = None) -> AuditEvent:
-    """Append one line to the project's audit log (``actor`` None: the system acted)."""
+def audit_record(
+    *, project: Project, actor, action: str, target: str, detail: dict | None = None, version: ModelVersion | None = None
+) -> AuditEvent:
+    """Append one line to the project's audit log (``actor`` None: the system acted).
+
+    ``version``: the model version the event concerns (serving, exporting), linked by key so
+    readers never match the ``target`` text.
+
+    Raises:
+        ValueError: ``version`` belongs to another project.
+    """
+    if version is not None and version.project_id != project.pk:
+        raise ValueError(f"{version} is not a version of project {project.pk}")
     actor = actor if getattr(actor, "is_authenticated", False) else None
-    return AuditEvent.objects.create(project=project, actor=actor, action=action, target=target, detail=detail or {})
+    return AuditEvent.objects.create(
+        project=project, actor=actor, action=action, target=target, version=version, detail=detail or {}
+    )
 
 
 ACTIVE_RUN_STATUSES = ("queued", "running")
@@ -258,6 +271,7 @@ def _version_serve(*, project: Project, version: ModelVersion, user, refill_pool
         actor=user,
         action=AuditEvent.Action.PROMOTE,
         target=f"v{version.number}",
+        version=version,
         detail={"previous": previous.number if previous else None, **detail},
     )
     if refill_pool:
@@ -441,6 +455,7 @@ def version_export_hf(*, version: ModelVersion, out_dir: str | Path, user=None, 
         actor=user,
         action=AuditEvent.Action.EXPORT_VERSION,
         target=f"v{version.number}",
+        version=version,
         detail={"folder": str(out_dir), "merged_lora": version.kind == ModelVersion.Kind.LORA},
     )
     return out_dir
@@ -543,6 +558,7 @@ def version_export_build(*, export_id: int) -> VersionExport:
             actor=export.requested_by,
             action=AuditEvent.Action.EXPORT_VERSION,
             target=f"v{version.number}",
+        version=version,
             detail={"archive": final.name, "size_bytes": export.size_bytes, "merged_lora": version.kind == ModelVersion.Kind.LORA},
         )
     return export

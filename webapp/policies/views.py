@@ -15,6 +15,32 @@ from webapp.permissions import staff_required
 from . import artifacts, plotfiles, plotspecs, selectors, services
 from .models import ModelVersion, Project, VersionExport
 
+FIX_FIELDS_BELOW = "Nothing was saved: check the fields marked below."
+
+
+def project_settings_form_save(
+    request, form, *, project: Project, update, fields, saved: str, invalid_page, invalid: str = FIX_FIELDS_BELOW
+) -> HttpResponse | None:
+    """Save a bound settings ``form`` of ``project`` through ``update`` (one of the
+    ``services.project_*_settings_update`` / ``project_setup_update`` services, audited), called with
+    ``project``, the request's user and the form's cleaned ``fields``.
+
+    Returns:
+        ``invalid_page(form)`` (the page with each error next to its field, status 400) for an invalid
+        form, with ``invalid`` as the message; else None, after a flash message (``saved``, or the
+        service's refusal): the caller redirects.
+    """
+    if not form.is_valid():
+        messages.error(request, invalid)
+        return invalid_page(form)
+    try:
+        update(project=project, user=request.user, **{k: form.cleaned_data[k] for k in fields})
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, saved)
+    return None
+
 
 @staff_required
 @require_GET

@@ -4,10 +4,10 @@ from django.contrib import messages
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from webapp.errors import ApplicationError
 from webapp.permissions import staff_required
 from webapp.policies import services as policy_services
 from webapp.policies.models import Project
+from webapp.policies.views import project_settings_form_save
 
 from . import selectors, services, tasks
 from .forms import RewardSettingsForm
@@ -60,18 +60,13 @@ def settings_update(request, slug):
     An invalid form comes back (400) with each error next to its field and nothing saved."""
     project = request.project
     form = RewardSettingsForm(request.POST, instance=Project.objects.get(pk=project.pk))
-    if not form.is_valid():
-        messages.error(request, "Nothing was saved: check the fields marked below.")
-        return render(request, "rewards/reward_models.html", _context(project, settings_form=form), status=400)
-    try:
-        policy_services.project_reward_settings_update(
-            project=project, user=request.user, **{k: form.cleaned_data[k] for k in form.Meta.fields}
-        )
-    except ApplicationError as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, "Reward settings saved.")
-    return redirect("rewards:reward_models", slug=project.slug)
+    refused = project_settings_form_save(
+        request, form, project=project, update=policy_services.project_reward_settings_update,
+        fields=form.Meta.fields, saved="Reward settings saved.",
+        invalid_page=lambda form: render(request, "rewards/reward_models.html", _context(project, settings_form=form),
+                                         status=400),
+    )
+    return refused or redirect("rewards:reward_models", slug=project.slug)
 
 
 @staff_required

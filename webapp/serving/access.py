@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import math
 
-from django.core import signing
-
 from webapp.accounts import selectors as token_selectors
 from webapp.accounts.auth import token_throttle_count
 from webapp.permissions import NotAMember, project_role_check
@@ -67,35 +65,18 @@ def token_for_header(header: str | None):
     return token
 
 
-# The web app forwards requests it has already counted against the caller's rate; this header,
-# signed with SECRET_KEY (which the inference process shares), says so, so that the inference
-# process does not count them a second time in the shared count.
-COUNTED_HEADER = "X-Rewardloop-Counted"
-_COUNTED_SALT = "webapp.serving.access.counted"
-_COUNTED_MAX_AGE_S = 60
-
-
-def counted_mark(*, token) -> str:
-    """The :data:`COUNTED_HEADER` value by which the web app tells the inference process that this
-    request of ``token`` was already counted by :func:`throttle_check` (valid for a minute)."""
-    return signing.TimestampSigner(salt=_COUNTED_SALT).sign(token.key_sha256[:32])
-
-
-def throttle_check(*, token, counted: str | None = None) -> None:
+def throttle_check(*, token) -> None:
     """Count a request of ``token`` against ``REWARDLOOP_API_RATE``, the REST API's per-token rate
-    and count (:func:`webapp.accounts.auth.token_throttle_count`). A request carrying a valid
-    :func:`counted_mark` of this token is not counted again.
+    and count (:func:`webapp.accounts.auth.token_throttle_count`).
+
+    One rule for every process: a request is counted once, by the process that answers it. The
+    web app counts the REST API and ``/v1/models``; generation (``/v1/completions``,
+    ``/v1/chat/completions``, or a direct call) is counted by the inference process, the one place
+    every generation request reaches, so the web app forwards those uncounted and relays the 429.
 
     Raises:
         AccessRefused: 429 over the rate, with ``retry_after`` (whole seconds, at least 1).
     """
-    if counted:
-        try:
-            if signing.TimestampSigner(salt=_COUNTED_SALT).unsign(
-                    counted, max_age=_COUNTED_MAX_AGE_S) == token.key_sha256[:32]:
-                return
-        except signing.BadSignature:  # forged, expired or another token's: count it
-            pass
     wait = token_throttle_count(token=token)
     if wait is not None:
         seconds = max(1, math.ceil(wait))

@@ -11,8 +11,6 @@ from collections.abc import Iterator
 import httpx2
 from django.conf import settings
 
-from .access import COUNTED_HEADER
-
 
 class InferenceUnavailable(Exception):
     """The inference process could not be reached, or broke off."""
@@ -28,21 +26,19 @@ def _http() -> httpx2.Client:
     return _client
 
 
-def generate_events(body: dict, *, authorization: str, counted: str | None = None) -> Iterator[dict]:
+def generate_events(body: dict, *, authorization: str) -> Iterator[dict]:
     """POST ``body`` to the inference process's ``/generate`` with the caller's ``Authorization``
-    header (and ``counted``, :func:`webapp.serving.access.counted_mark`, when the web app has
-    already counted the request against the token's rate); yield its events as they come.
+    header; yield its events as they come.
 
-    A refusal of the inference process itself (401/403/404 in OpenAI's error shape) comes back
-    as one ``{"event": "error", "status", "message", "param", "code"}`` event.
+    A refusal of the inference process itself (401/403/404, or 429 over the token's rate, in
+    OpenAI's error shape) comes back as one ``{"event": "error", "status", "message", "param",
+    "code", "retry_after"}`` event (``retry_after``: the seconds of its ``Retry-After``, else None).
 
     Raises:
         InferenceUnavailable: not reachable, or the connection broke before ``done``.
     """
     url = settings.REWARDLOOP_INFERENCE_URL.rstrip("/") + "/generate"
     headers = {"Authorization": authorization}
-    if counted:
-        headers[COUNTED_HEADER] = counted
     try:
         with _http().stream("POST", url, json=body, headers=headers) as response:
             if response.status_code != 200:
@@ -52,8 +48,10 @@ def generate_events(body: dict, *, authorization: str, counted: str | None = Non
                 except ValueError:
                     error = {}
                 if isinstance(error, dict) and error.get("message"):
+                    retry_after = response.headers.get("Retry-After", "")
                     yield {"event": "error", "status": response.status_code, "message": error["message"],
-                           "param": error.get("param"), "code": error.get("code")}
+                           "param": error.get("param"), "code": error.get("code"),
+                           "retry_after": int(retry_after) if retry_after.isdigit() else None}
                     return
                 for line in response.text.splitlines():  # an NDJSON error event with its status
                     if line.strip():

@@ -5,7 +5,8 @@ that header itself with the web app's rule (:mod:`webapp.serving.access`: a hash
 API token, and a member of the model's project; a pinned version other than the served one is
 staff only), and counts it against the token's rate like the REST API and the web app
 (``REWARDLOOP_API_RATE``, one count per token shared through Redis with ``REWARDLOOP_CACHE_URL``;
-a request the web app forwards carries its signed mark that it was counted already), so calling
+every generation request is counted here, and only here: the web app forwards its ``/v1/`` ones
+uncounted, :func:`webapp.serving.access.throttle_check`), so calling
 it directly gains nothing: a missing or bad token is a 401, a pinned version for an annotator a
 403, a project that is not the caller's a 404, too many requests a 429 with ``Retry-After``, each
 in OpenAI's error shape ``{"error": {"message", "type", "param", "code"}}``.
@@ -200,8 +201,8 @@ def make_handler(engine: Engine, versions: Versions):
                 return self._json(exc.status, exc.body(), headers={"WWW-Authenticate": 'Bearer realm="rewardloop"'})
             finally:
                 close_old_connections()
-            try:  # the REST API's per-token rate; what the web app forwards it has counted already
-                access.throttle_check(token=token, counted=self.headers.get(access.COUNTED_HEADER))
+            try:  # the REST API's per-token rate; counted here only, forwarded by the web app or not
+                access.throttle_check(token=token)
             except access.AccessRefused as exc:
                 return self._json(exc.status, exc.body(), headers={"Retry-After": str(exc.retry_after)})
             try:

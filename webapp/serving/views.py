@@ -55,14 +55,16 @@ class OpenAIError(Exception):
         return response
 
 
-def _authenticate(request):
-    """The request's API token (``Authorization: Bearer``), throttled as the REST API's
-    (:func:`webapp.serving.access.throttle_check`); sets ``request.user`` and ``request.auth``."""
+def _authenticate(request, *, count: bool = True):
+    """The request's API token (``Authorization: Bearer``); sets ``request.user`` and ``request.auth``.
+    ``count``: count it against the token's rate here (:func:`webapp.serving.access.throttle_check`);
+    False for generation, which the inference process counts."""
     try:
         token = access.token_for_header(request.headers.get("Authorization"))
         token_services.api_token_mark_used(token=token)
         request.user, request.auth = token.user, token
-        access.throttle_check(token=token)
+        if count:
+            access.throttle_check(token=token)
     except access.AccessRefused as exc:
         raise OpenAIError.refused(exc) from None
     return token
@@ -116,14 +118,14 @@ def _openai_view(method: str):
     return decorate
 
 
-def _start(body: dict, *, authorization: str, token):
+def _start(body: dict, *, authorization: str):
     """The inference process's event stream, with its first event read (errors surface before we answer).
 
     The caller's ``Authorization`` header goes along: the inference process checks the token
-    and the role again (:mod:`webapp.serving.access`); so does the mark that this request was
-    already counted against the token's rate, so that it is not counted twice."""
+    and the role again and counts the request against the token's rate (:mod:`webapp.serving.access`);
+    its 429 comes back here with its ``Retry-After``."""
     try:
-        events = generate_events(body, authorization=authorization, counted=access.counted_mark(token=token))
+        events = generate_events(body, authorization=authorization)
         first = next(events)
     except (InferenceUnavailable, StopIteration) as exc:
         raise OpenAIError(503, f"The model is not available right now: {exc}", code="inference_unavailable") from None
@@ -132,7 +134,7 @@ def _start(body: dict, *, authorization: str, token):
         default_param = "model" if status in (403, 404) else ("messages" if status == 400 else None)
         raise OpenAIError(status, first.get("message", "generation failed"),
                           code=first.get("code") or ("model_not_found" if status == 404 else None),
-                          param=first.get("param", default_param))
+                          param=first.get("param", default_param), retry_after=first.get("retry_after"))
     return first, events
 
 
@@ -197,7 +199,7 @@ def _prompt_text(messages: list[dict]) -> str:
 
 
 def _complete(request, schema, *, chat: bool):
-    token = _authenticate(request)
+    token = _authenticate(request, count=False)  # the inference process counts it
     params = _body(request, schema)
     project = _project(request, params.model)
     body = {"model": params.model, **params.sampling()}
@@ -206,7 +208,7 @@ def _complete(request, schema, *, chat: bool):
         prompt_text = _prompt_text(body["messages"])
     else:
         body["prompt"] = prompt_text = params.prompt
-    start, events = _start(body, authorization=request.headers.get("Authorization", ""), token=token)
+    start, events = _start(body, authorization=request.headers.get("Authorization", ""))
     answer = _Answer(chat=chat, params=params, start=start, project=project, token=token, prompt_text=prompt_text)
     if not params.stream:
         for event in events:

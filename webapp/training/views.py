@@ -13,6 +13,7 @@ from webapp.policies import plotfiles
 from webapp.policies import selectors as policy_selectors
 from webapp.policies import services as policy_services
 from webapp.policies.models import ModelVersion, Project
+from webapp.policies.views import project_settings_form_save
 
 from . import exports, selectors, services
 from .forms import TrainingSettingsForm, TrainNowForm
@@ -195,18 +196,13 @@ def settings_update(request, slug):
     """Change the minimum of new ratings per scheduled run and the promotion-guard thresholds; audited."""
     project = get_object_or_404(Project.objects.select_related("served_version"), slug=slug)
     form = TrainingSettingsForm(request.POST, instance=Project.objects.get(pk=project.pk))
-    if not form.is_valid():
-        messages.error(request, _fix_below("Nothing was saved", form))
-        return render(request, "training/runs.html", _runs_context(project, settings_form=form), status=400)
-    try:
-        policy_services.project_training_settings_update(
-            project=project, user=request.user, **{k: form.cleaned_data[k] for k in form.Meta.fields}
-        )
-    except ApplicationError as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, "Training settings saved.")
-    return redirect("training:runs", slug=slug)
+    refused = project_settings_form_save(
+        request, form, project=project, update=policy_services.project_training_settings_update,
+        fields=form.Meta.fields, saved="Training settings saved.", invalid=_fix_below("Nothing was saved", form),
+        invalid_page=lambda form: render(request, "training/runs.html", _runs_context(project, settings_form=form),
+                                         status=400),
+    )
+    return refused or redirect("training:runs", slug=slug)
 
 
 @staff_required
