@@ -25,7 +25,7 @@ from webapp.policies.models import Project, RatingMode
 from webapp.text import storable_text, without_nul
 
 from . import selectors
-from .importers import SUFFIXES, ImportLimits, PromptFileError, PromptRow, iter_prompt_rows, prompt_file_check
+from .importers import SUFFIXES, TEXT_FIELD_RULE, ImportLimits, PromptFileError, PromptRow, iter_prompt_rows, prompt_file_check
 from .models import (
     Choice,
     ChosenBy,
@@ -181,22 +181,30 @@ def prompt_file_preview(*, path: Path) -> dict:
     """Read a prompt file whole without storing it: its first rows, counts and errors.
 
     Returns ``{"rows": [PromptRow] (first PREVIEW_ROWS), "n_rows", "n_held_out", "errors":
-    [(line, reason)] (first MAX_REPORTED_ERRORS), "n_errors"}``; a file with errors lists the
-    valid rows read before the first bad line.
+    [(line, reason)] (first MAX_REPORTED_ERRORS), "n_errors", "text_fields": {field: rows whose
+    text it gave}, "unread_fields": [names no row's import reads], "text_field_rule": str}``; a
+    file with errors lists the valid rows read before the first bad line.
     """
     rows, n_rows, n_held_out = [], 0, 0
     errors, n_errors = [], 0
+    text_fields: dict[str, int] = {}
+    unread: set[str] = set()
     try:
         for row in iter_prompt_rows(path):
             n_rows += 1
             n_held_out += row.held_out
+            text_fields[row.text_field] = text_fields.get(row.text_field, 0) + 1
+            unread.update(row.unread_fields)
             if len(rows) < PREVIEW_ROWS:
                 rows.append(row)
     except PromptFileError as exc:
         errors, n_errors = exc.errors, exc.total
     except ApplicationError as exc:
         errors, n_errors = [(0, exc.message)], 1
-    return {"rows": rows, "n_rows": n_rows, "n_held_out": n_held_out, "errors": errors, "n_errors": n_errors}
+    return {
+        "rows": rows, "n_rows": n_rows, "n_held_out": n_held_out, "errors": errors, "n_errors": n_errors,
+        "text_fields": text_fields, "unread_fields": sorted(unread), "text_field_rule": TEXT_FIELD_RULE,
+    }
 
 
 @transaction.atomic
