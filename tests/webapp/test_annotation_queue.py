@@ -225,3 +225,20 @@ def test_the_history_lists_judgments_of_every_mode_newest_first_after_mode_switc
     assert "B is better" in page and "thumbs down" in page and "ranked best to worst" in page
     assert page.count("gold item") == 1
     assert page.count("version 0 ·") == 1 + 2 + 3 + 1 + 1 + 1
+
+
+def test_a_version_sampled_ahead_has_cards_the_moment_it_is_served_and_none_before(project, annotator, make_user):
+    v1 = _new_version(project)
+
+    n = services.completions_sample_ahead(project=project, version=v1, seed=0)
+
+    ahead = Completion.objects.filter(model_version=v1)
+    assert n == min(services.GENERATION_BATCH, project.pool_target) == ahead.count()
+    assert all(c.retired_at is not None for c in ahead), "not offered while another version is served"
+    assert services.lease_next(project=project, annotator=annotator) is None
+    policy_services.version_promote(version=v1, refill_pool=False)
+    project.refresh_from_db()
+    assert selectors.pool_size(project=project) == n
+    lease = services.lease_next(project=project, annotator=make_user("next-in-line"))
+    assert lease is not None and lease.completion.model_version_id == v1.pk
+    assert services.completions_sample_ahead(project=project, version=v1) == 0  # served already: the refill's job
