@@ -328,14 +328,14 @@ def test_a_csv_header_with_both_text_and_prompt_is_rejected_whole_at_the_header(
     assert line == 1 and "both a 'text' and a 'prompt' column" in reason and "ambiguous" in reason
 
 
-def test_a_csv_header_naming_a_column_twice_is_rejected(tmp_path):
-    with pytest.raises(PromptFileError, match="names column\\(s\\) 'text' twice"):
-        parse_prompt_file(write(tmp_path, "p.csv", "text,source,text\na,b,c\n"))
-
-
-def test_a_capitalised_text_column_is_missing_with_a_hint(tmp_path):
-    with pytest.raises(PromptFileError, match="case-sensitive, found 'Text'"):
-        parse_prompt_file(write(tmp_path, "p.csv", "Text\nhello\n"))
+@pytest.mark.parametrize(
+    "header, reason",
+    [("text,source,text", "line 1: the header names column(s) 'text' twice"), ("Text", "names are case-sensitive, found 'Text'")],
+)
+def test_a_csv_header_naming_a_column_twice_or_a_capitalised_text_is_rejected_with_the_reason(tmp_path, header, reason):
+    with pytest.raises(PromptFileError) as excinfo:
+        parse_prompt_file(write(tmp_path, "p.csv", f"{header}\na,b,c\n"))
+    assert reason in str(excinfo.value)
 
 
 def test_a_jsonl_object_with_both_text_and_prompt_is_a_bad_line(tmp_path):
