@@ -517,7 +517,6 @@ def queue_aggregate(per_seed: list[dict]) -> dict:
     return out
 
 
-
 class Loop:
     """One variant's project, annotators and event queue (virtual time)."""
 
