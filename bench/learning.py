@@ -4,15 +4,36 @@ Drives the real loop in one process ("eager mode"): the same services the
 Celery tasks call, in the order the app calls them, against a throwaway SQLite
 database under a temporary ``REWARDLOOP_DATA_DIR``:
 
-- the generation worker: ``completion_pool_refill`` (one batch of 8 per tick; with
-  ``--completions-per-prompt 4``, two prompts' leave-one-out groups of 4);
+- the generation worker (one, as Celery's ``generation`` queue with ``-c 1``):
+  ``completion_pool_refill``, asked for as the app asks (see *The queue* below), one
+  batch of 8 at a time (with ``--completions-per-prompt 4``, two prompts' groups of 4);
 - each annotator: ``lease_next`` then, after their delay, ``rating_create``;
 - the scheduler: every ``--train-every`` new ratings, ``training_run_create``
   then ``training_run_execute`` (train, write the version atomically, complete
   the held-out prompts, promotion guard, promote).
 
-Time is simulated (virtual seconds), so a run is deterministic for a seed and
-does not depend on how fast this machine is; only the wall-clock total does.
+Time is simulated (virtual seconds); only the generation batches' durations come from
+this machine (measured in the run, see below), so a run is not exactly reproducible
+from its seed.
+
+The queue (``queue`` of each seed's summary): does an annotator ever wait for a card?
+The pool is filled to ``pool_target`` before the annotators start (not measured, as in
+``bench/queue_wait.py``). From then on refills happen as in the app: every annotator
+request (a lease, a rating's next card) nudges the worker as
+``annotation.services.pool_refill_nudge`` does (at most every ``REFILL_NUDGE_EVERY_S``,
+when the pool is below ``Project.pool_low_water`` capped at the pool size, or the
+annotator met an empty queue); serving a new version retires the older items and queues
+a refill at once (the ``version_served`` receivers). A refill samples the deficit it
+found in batches of ``GENERATION_BATCH``; a batch lands (its items become rateable)
+one batch duration after the previous one, that duration being the previous batch's
+measured cost: its process CPU seconds divided by the torch threads (what it takes on
+an idle machine with those threads; ``--refill-clock wall`` takes the wall seconds
+instead). Annotators rate at their own speed (``mean_delay_s``, exponential). An
+annotator who meets an empty queue waits until the next batch lands (the time an item
+became available; the browser would see it within its 3-second poll). Reported per seed:
+``waits``, ``total_wait_s``, ``max_wait_s`` (virtual seconds), those that began while a
+newly served version had no item yet (``waits_after_serve``, ``wait_s_after_serve``),
+and the batch durations; per variant, summed (maxed) over seeds in ``queue``.
 What the simulated annotators want is a *rater* (``--rater``, ``bench/raters.py``):
 ``callable(prompt, completion) -> Likert in [1, 5]``, bias- and noise-free; built in
 ``vader`` (the default: warm, upbeat replies), ``critical`` (its mirror, on which the
@@ -170,8 +191,7 @@ TINY = {
     "variants": DEFAULT_VARIANTS,
 }
 
-GENERATION_TICK_S = 10.0  # virtual seconds the generation worker takes per batch of 8
-IDLE_RETRY_S = 5.0  # an annotator with nothing to rate looks again after this long
+IDLE_RETRY_S = 3.0  # an annotator with nothing to rate looks again after this long (the waiting card's poll)
 LEASE_MINUTES = 7 * 24 * 60  # leases never expire in virtual time (they are on the wall clock)
 # The open guard also serves a reward-model version at once (no shadow queue wait for people's ratings).
 OPEN_GUARD = {
@@ -224,6 +244,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--target-gain", type=float, default=1.0, help="gain in mean held-out rating to reach (default 1.0)")
     p.add_argument("--seed", type=int, default=0, help="seeds annotators, delays and pool sampling (default 0)")
     p.add_argument("--guard", action="store_true", help="keep the app's default promotion-guard thresholds")
+    p.add_argument(
+        "--low-water",
+        type=int,
+        help="Project.pool_low_water of every variant's project (default: the app's default)",
+    )
+    p.add_argument(
+        "--refill-clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="a generation batch's duration in the simulated queue: its CPU seconds / torch threads (cpu, the default: "
+        "an idle machine's) or its wall seconds on this machine (wall)",
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -400,6 +432,91 @@ def reward_model_metrics(project) -> dict:
 # --- one variant ---------------------------------------------------------------------
 
 
+class QueueModel:
+    """The simulated queue's generation-worker state and the annotators' waits (virtual seconds).
+
+    Args:
+        clock: ``"cpu"``: a batch lasts its process CPU seconds / ``threads``; ``"wall"``: its wall seconds.
+        threads: torch threads the batch ran with (>= 1).
+    """
+
+    def __init__(self, *, clock: str = "cpu", threads: int = 1):
+        if clock not in ("cpu", "wall"):
+            raise ValueError(f"clock must be 'cpu' or 'wall', got {clock!r}")
+        self.clock = clock
+        self.threads = max(1, threads)
+        self.batch_s = 0.0  # the last measured batch's duration: the next batch's
+        self.batches_s: list[float] = []
+        self.batches_wall_s: list[float] = []
+        self.stream: tuple[int, int] | None = None  # (stream id, batches left) while the worker samples
+        self.stream_seq = 0
+        self.refill_queued = False
+        self.last_nudge = -1e9
+        self.waiting_since: dict[int, float] = {}  # annotator -> when they met the empty queue
+        self.poll_at: dict[int, float] = {}  # annotator -> when their waiting card asks next
+        self.waits: list[tuple[float, bool]] = []  # (seconds, began while a new version had no item)
+        self.new_version_empty = False
+        self._after_serve: dict[int, bool] = {}
+
+    def batch_measured(self, *, cpu_s: float, wall_s: float) -> None:
+        """A batch's cost on this machine; the next batch lasts this long."""
+        self.batch_s = cpu_s / self.threads if self.clock == "cpu" else wall_s
+        self.batches_s.append(self.batch_s)
+        self.batches_wall_s.append(wall_s)
+
+    def version_served(self) -> None:
+        self.new_version_empty = True
+
+    def batch_landed(self) -> None:
+        self.new_version_empty = False
+
+    def wait_begins(self, who: int, t: float) -> None:
+        self.waiting_since[who] = t
+        self._after_serve[who] = self.new_version_empty
+
+    def wait_ends(self, who: int, t: float) -> None:
+        if who in self.waiting_since:
+            self.waits.append((t - self.waiting_since.pop(who), self._after_serve.pop(who)))
+
+    def close(self, t: float) -> None:
+        """End of the run: a wait still open counts up to ``t``."""
+        for who in list(self.waiting_since):
+            self.wait_ends(who, t)
+
+    def summary(self, *, pool_target: int, low_water: int, mean_delays_s: list[float]) -> dict:
+        """The seed's ``queue`` figures: settings, waits (count, total and longest, in virtual seconds;
+        those after a serve apart) and the measured batch durations."""
+        seconds = [w for w, _ in self.waits]
+        after = [w for w, a in self.waits if a]
+        return {
+            "pool_target": pool_target,
+            "low_water": min(low_water, pool_target),
+            "annotator_mean_delay_s": mean_delays_s,
+            "refill_clock": self.clock,
+            "refill_batches": len(self.batches_s),
+            "refill_batch_s_mean": round(_mean(self.batches_s), 2) if self.batches_s else None,
+            "refill_batch_s_max": round(max(self.batches_s), 2) if self.batches_s else None,
+            "refill_batch_wall_s_mean": round(_mean(self.batches_wall_s), 2) if self.batches_wall_s else None,
+            "waits": len(seconds),
+            "total_wait_s": round(sum(seconds), 1),
+            "max_wait_s": round(max(seconds, default=0.0), 1),
+            "waits_after_serve": len(after),
+            "wait_s_after_serve": round(sum(after), 1),
+        }
+
+
+def queue_aggregate(per_seed: list[dict]) -> dict:
+    """A variant's ``queue`` over its seeds: waits and seconds summed, the longest wait and batch maxed."""
+    out = {k: sum(q[k] for q in per_seed) for k in ("waits", "total_wait_s", "waits_after_serve", "wait_s_after_serve")}
+    out["total_wait_s"] = round(out["total_wait_s"], 1)
+    out["wait_s_after_serve"] = round(out["wait_s_after_serve"], 1)
+    out["max_wait_s"] = max(q["max_wait_s"] for q in per_seed)
+    batch_max = [q["refill_batch_s_max"] for q in per_seed if q["refill_batch_s_max"] is not None]
+    out["refill_batch_s_max"] = max(batch_max) if batch_max else None
+    out["per_seed"] = {k: [q[k] for q in per_seed] for k in ("waits", "total_wait_s", "max_wait_s", "refill_batch_s_mean")}
+    return out
+
+
 class Loop:
     """One variant's project, annotators and event queue (virtual time)."""
 
@@ -427,6 +544,7 @@ class Loop:
             **PROJECT_FIELDS.get(name, {}),
             **guard,
             **({} if args.completions_per_prompt is None else {"completions_per_prompt": args.completions_per_prompt}),
+            **({} if args.low_water is None else {"pool_low_water": args.low_water}),
         )
         prompts_create(project=self.project, rows=rows)
         self.rng = random.Random(seed)
@@ -435,6 +553,7 @@ class Loop:
         self.gen_tick = 0
         self.ratings = 0
         self.in_flight: dict[int, int] = {}  # annotator index -> leased completion id
+        self.queue = QueueModel(clock=args.refill_clock, threads=args.threads)
         # generation_s: pool refills; training_s: pgcore updates; evaluation_s: the base's
         # evaluation; run_other_s: the rest of each run (batch, save, evaluate, promote),
         # split per step in step_<name>_s.
@@ -456,6 +575,14 @@ class Loop:
             "train_steps": int(sum(r.metrics.get("train/steps", 0) for r in runs)),
         }
 
+    def queue_summary(self) -> dict:
+        """:meth:`QueueModel.summary` of this run (waits so far; one still open is not counted yet)."""
+        return self.queue.summary(
+            pool_target=self.project.pool_target,
+            low_water=self.project.pool_low_water,
+            mean_delays_s=[a.mean_delay_s for a in self.team],
+        )
+
     def push(self, t: float, kind: str, who: int = -1) -> None:
         self.seq += 1
         heapq.heappush(self.events, (t, self.seq, kind, who))
@@ -472,47 +599,110 @@ class Loop:
 
     def run(self, on_point) -> None:
         """Collect ``args.ratings`` ratings, training every ``args.train_every``; ``on_point(point)`` per version."""
+        self._initial_fill()
         for k in range(len(self.team)):
             self.push(self.rng.uniform(0, IDLE_RETRY_S), "lease", k)
-        self.push(0.0, "generate")
         while self.ratings < self.args.ratings:
             self.clock, _, kind, k = heapq.heappop(self.events)
-            if kind == "generate":
-                self._generate()
+            if kind == "batch":
+                self._batch(stream=k)
             elif kind == "lease":
                 self._lease(k)
+            elif kind == "poll":  # the waiting card asks again
+                if self.queue.poll_at.get(k) == self.clock:
+                    self._lease(k)
             elif kind == "rate":
                 self._rate(k)
                 if self.ratings % self.args.train_every == 0:
+                    if self.ratings >= self.args.ratings:
+                        self.queue.close(self.clock)
                     on_point(self._train())
 
-    def _generate(self) -> None:
+    # The generation worker: one refill stream at a time, batch by batch (see the module's docstring).
+
+    def _sample_batch(self) -> int:
+        """One ``completion_pool_refill`` of at most ``GENERATION_BATCH``, its cost recorded; how many it stored."""
         from webapp.annotation.services import GENERATION_BATCH, completion_pool_refill
 
-        from webapp.annotation.selectors import open_completions, pool_size
+        wall, cpu = time.perf_counter(), time.process_time()
+        created = completion_pool_refill(project=self.project, max_new=GENERATION_BATCH, seed=self.seed * 1_000_003 + self.gen_tick)
+        self.gen_tick += 1
+        if created:
+            wall_s = time.perf_counter() - wall
+            self.timing["generation_s"] += wall_s
+            self.queue.batch_measured(cpu_s=time.process_time() - cpu, wall_s=wall_s)
+        return created
 
-        # Sample only when a whole batch is missing (or nothing is left to rate): a decoding
-        # step reads every weight whatever the batch, so on a CPU a batch of 8 costs about
-        # twice a batch of 1 (bench/README.md). The app's web requests likewise ask for a
-        # refill only when the pool is below half its target (annotation.views).
+    def _initial_fill(self) -> None:
+        from webapp.annotation.selectors import pool_size
+
+        while pool_size(project=self.project) < self.project.pool_target and self._sample_batch():
+            pass
+
+    def _refill_start(self) -> None:
+        """The worker takes a refill task: sample the deficit it finds, a batch at a time."""
+        from webapp.annotation.services import GENERATION_BATCH
+        from webapp.annotation.selectors import pool_size
+
         self.project.refresh_from_db(fields=["served_version"])
         deficit = self.project.pool_target - pool_size(project=self.project)
-        if deficit >= GENERATION_BATCH or (deficit > 0 and not open_completions(project=self.project).exists()):
-            t = time.perf_counter()
-            seed = self.seed * 1_000_003 + self.gen_tick
-            created = completion_pool_refill(project=self.project, max_new=GENERATION_BATCH, seed=seed)
-            self.gen_tick += 1
-            if created:
-                self.timing["generation_s"] += time.perf_counter() - t
-        self.push(self.clock + GENERATION_TICK_S, "generate")
+        if deficit <= 0:
+            self.queue.stream = None
+            return
+        self.queue.stream = (self.queue.stream_seq + 1, math.ceil(deficit / GENERATION_BATCH))
+        self.queue.stream_seq += 1
+        self.push(self.clock + self.queue.batch_s, "batch", self.queue.stream_seq)
+
+    def _batch(self, *, stream: int) -> None:
+        if self.queue.stream is None or self.queue.stream[0] != stream:
+            return  # a stream the worker dropped (its version is no longer served)
+        self._sample_batch()
+        self.queue.batch_landed()
+        for k in list(self.queue.waiting_since):  # the waiting cards see the new items
+            self.push(self.clock, "lease", k)
+        left = self.queue.stream[1] - 1
+        if left > 0:
+            self.queue.stream = (stream, left)
+            self.push(self.clock + self.queue.batch_s, "batch", stream)
+        elif self.queue.refill_queued:  # the next refill task in the worker's queue
+            self.queue.refill_queued = False
+            self._refill_start()
+        else:
+            self.queue.stream = None
+
+    def _refill_send(self) -> None:
+        """``pool_refill_send``: the worker starts the task now, or after the one it is running."""
+        if self.queue.stream is None:
+            self._refill_start()
+        else:
+            self.queue.refill_queued = True
+
+    def _nudge(self, *, queue_empty: bool) -> None:
+        """``annotation.services.pool_refill_nudge``, in virtual time."""
+        from webapp.annotation.selectors import pool_needs_refill
+        from webapp.annotation.services import REFILL_NUDGE_EVERY_S
+
+        if self.clock - self.queue.last_nudge < REFILL_NUDGE_EVERY_S:
+            return
+        self.queue.last_nudge = self.clock
+        if queue_empty or pool_needs_refill(project=self.project):
+            self._refill_send()
 
     def _lease(self, k: int) -> None:
         from webapp.annotation.services import lease_next
 
+        if k in self.in_flight:
+            return  # a wake-up for someone who already got a card
         lease = lease_next(project=self.project, annotator=self.users[k], lease_minutes=LEASE_MINUTES)
+        self._nudge(queue_empty=lease is None)
         if lease is None:
-            self.push(self.clock + IDLE_RETRY_S, "lease", k)
+            if k not in self.queue.waiting_since:
+                self.queue.wait_begins(k, self.clock)
+            if self.queue.poll_at.get(k, -1.0) <= self.clock:
+                self.queue.poll_at[k] = self.clock + IDLE_RETRY_S
+                self.push(self.queue.poll_at[k], "poll", k)
             return
+        self.queue.wait_ends(k, self.clock)
         self.in_flight[k] = lease.completion_id
         self.push(self.clock + self.team[k].delay(self.rng), "rate", k)
 
@@ -525,6 +715,14 @@ class Loop:
         rating_create(annotator=self.users[k], completion=completion, score=score)
         self.ratings += 1
         self.push(self.clock, "lease", k)
+
+    def _served(self) -> None:
+        """A new version is served: older items are retired (the app's receiver did that) and a refill
+        is queued at once; the worker drops a stream of the old version."""
+        self.queue.stream = None
+        self.queue.refill_queued = False
+        self.queue.version_served()
+        self._refill_start()
 
     def _train(self) -> dict:
         from webapp.training.models import TrainingRun
@@ -558,6 +756,8 @@ class Loop:
             self.timing[key] = self.timing.get(key, 0.0) + seconds
         self.timing["run_other_s"] += wall - train_s
         self.project.refresh_from_db()
+        if run.promoted:
+            self._served()
         point.update(
             {
                 "ratings": self.ratings,
@@ -676,6 +876,8 @@ def aggregate(per_seed: dict[str, dict]) -> dict:
     out["mean_stale_fraction"] = _mean([r["mean_stale_fraction"] for r in runs if r["mean_stale_fraction"] is not None])
     out["per_seed"] = {key: [r.get(key) for r in runs] for key in PER_SEED_KEYS}
     out["curve"] = _mean_curve([r["curve"] for r in runs])
+    if all("queue" in r for r in runs):
+        out["queue"] = queue_aggregate([r["queue"] for r in runs])
     return out
 
 
@@ -1042,7 +1244,8 @@ def main(argv=None) -> dict:
                 "rating_scale": f"ideal = rater {args.rater}(prompt, completion) in [1, 5]; "
                 "annotator = clip(round_half_up(ideal) + bias + noise, 1, 5)",
                 "prompts": f"{len(rows)} demo prompts (vaderSentiment movie-review openings), {sum(r.held_out for r in rows)} held out",
-                "generation_tick_s": GENERATION_TICK_S,
+                "low_water": args.low_water if args.low_water is not None else Project._meta.get_field("pool_low_water").default,
+                "refill_clock": args.refill_clock,
                 "torch_threads": torch.get_num_threads(),
             },
             "host": {"cpus": os.cpu_count(), "load_avg_at_start": list(os.getloadavg()), "python": platform.python_version()},
@@ -1080,6 +1283,7 @@ def main(argv=None) -> dict:
                     curve.append(point)
                     run = summarise(curve, result["base"], args.target_gain)
                     run["sampling"] = loop.sampling_counts()
+                    run["queue"] = loop.queue_summary()
                     result["runs"].setdefault(name, {})[str(seed)] = run
                     timing = result["timing"].setdefault(name, {})
                     timing[str(seed)] = {k: round(v, 1) for k, v in loop.timing.items()} | {

@@ -112,3 +112,16 @@ def test_an_annotator_scores_a_rubric_by_keyboard_goes_back_one_criterion_and_un
     stored = {r.completion_id: [c["score"] for c in r.criteria] for r in Rating.objects.all()}
     assert stored == {first: [4, 2, 5]}
     assert list(RatingRevision.objects.values_list("criteria", flat=True))[0][0] == {"name": "helpful", "weight": 2.0, "score": 3}
+
+    # The project switches to Likert: the history keeps the rubric judgment beside the new one.
+    from webapp.policies.models import Project
+
+    Project.objects.filter(pk=project.pk).update(rating_mode="likert")
+    page.goto(f"{live_server.url}/p/{project.slug}/annotate/")
+    page.wait_for_selector(CARD)
+    item = current_item(page)
+    page.keyboard.press("4")
+    page.locator(f'{CARD}:not([data-completion="{item}"])').wait_for()
+    page.goto(f"{live_server.url}/p/{project.slug}/annotate/history/")
+    assert page.locator("#history td.mode").all_inner_texts() == ["Likert 1–5", "Rubric: named criteria 1–5"]
+    assert "helpful: 4" in page.locator("#history").inner_text()

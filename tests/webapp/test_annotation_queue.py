@@ -176,3 +176,69 @@ def test_a_low_water_mark_above_the_pool_size_refills_whenever_anything_is_missi
     assert selectors.pool_needs_refill(project=project)
     make_completion(project)
     assert not selectors.pool_needs_refill(project=project)
+
+
+def _switch_mode(project, mode):
+    from webapp.policies.models import Project
+
+    Project.objects.filter(pk=project.pk).update(rating_mode=mode)
+    project.refresh_from_db()
+
+
+def test_the_history_lists_judgments_of_every_mode_newest_first_after_mode_switches(
+    tiny_model_dir, models_dir, annotator, make_completion, client
+):
+    from tests.webapp.annotation_helpers import make_pair, make_project, make_rank_group
+
+    project = make_project(
+        tiny_model_dir, slug="modes-hist", mode="likert", gold_rate=1.0,
+        rubric=[{"name": "helpful", "weight": 2}, {"name": "fluent", "weight": 1}],
+    )
+    gold = make_completion(project, text="a gold likert item")
+    services.gold_item_set(completion=gold, answer={"score": 4})
+    assert services.lease_next(project=project, annotator=annotator).completion_id == gold.pk  # gold comes leased
+    services.rating_create(annotator=annotator, completion=gold, score=4)
+    services.rating_create(annotator=annotator, completion=make_completion(project, text="likert item"), score=2)
+    _switch_mode(project, "thumbs")
+    services.rating_create(annotator=annotator, completion=make_completion(project, text="thumbs item"), thumbs_up=False)
+    _switch_mode(project, "pairwise")
+    pair = make_pair(project, make_completion, texts=("pair left", "pair right"))
+    services.comparison_create(annotator=annotator, pair=pair, choice="b")
+    _switch_mode(project, "ranking")
+    group = make_rank_group(project, make_completion, texts=["rank x", "rank y", "rank z"])
+    order = list(Completion.objects.filter(rank_group=group).order_by("-id").values_list("pk", flat=True))
+    services.ranking_create(annotator=annotator, group=group, order=order)
+    _switch_mode(project, "rubric")
+    services.rating_create(
+        annotator=annotator, completion=make_completion(project, text="rubric item"), criteria={"helpful": 5, "fluent": 3}
+    )
+    client.force_login(annotator)
+
+    page = client.get(f"/p/{project.slug}/annotate/history/").content.decode()
+
+    texts = ["rubric item", "rank ", "pair left", "thumbs item", "likert item", "a gold likert item"]
+    positions = [page.index(t) for t in texts]
+    assert positions == sorted(positions), "newest first, every mode"
+    for shown in ("Rubric: named criteria 1–5", "Rank k outputs", "Pairwise A/B", "Thumbs up/down", "Likert 1–5"):
+        assert shown in page
+    assert "helpful: <strong>5</strong>" in page and "(weight 2" in page
+    assert "B is better" in page and "thumbs down" in page and "ranked best to worst" in page
+    assert page.count("gold item") == 1
+    assert page.count("version 0 ·") == 1 + 2 + 3 + 1 + 1 + 1
+
+
+def test_a_version_sampled_ahead_has_cards_the_moment_it_is_served_and_none_before(project, annotator, make_user):
+    v1 = _new_version(project)
+
+    n = services.completions_sample_ahead(project=project, version=v1, seed=0)
+
+    ahead = Completion.objects.filter(model_version=v1)
+    assert n == min(services.GENERATION_BATCH, project.pool_target) == ahead.count()
+    assert all(c.retired_at is not None for c in ahead), "not offered while another version is served"
+    assert services.lease_next(project=project, annotator=annotator) is None
+    policy_services.version_promote(version=v1, refill_pool=False)
+    project.refresh_from_db()
+    assert selectors.pool_size(project=project) == n
+    lease = services.lease_next(project=project, annotator=make_user("next-in-line"))
+    assert lease is not None and lease.completion.model_version_id == v1.pk
+    assert services.completions_sample_ahead(project=project, version=v1) == 0  # served already: the refill's job

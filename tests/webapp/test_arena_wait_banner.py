@@ -1,12 +1,14 @@
 """The "waiting for the arena" banner: where a project requires the arena, a newer version that passed
 the guard waits unserved until it beats the served one; the run and versions pages say so, with the
-direct votes so far and the votes needed."""
+direct votes so far and the votes needed. Polled on every page load, it refits the arena's
+Bradley–Terry model only after a vote is cast or undone (the fit is cached by the votes' state)."""
 
 import re
 
 import pytest
 from arena_helpers import add_version, sample_for
 
+from webapp.arena import selectors
 from webapp.arena import services as arena_services
 from webapp.policies import selectors as policy_selectors
 from webapp.policies.models import ModelVersion
@@ -114,3 +116,59 @@ def test_once_the_held_back_version_is_served_the_run_page_says_so_instead_of_th
     note = re.search(r'<p class="flash info" role="status" id="held-back">(.*?)</p>', page).group(1)
     assert "v1 was kept but not served when this run ended (KL to the base 0.9 is over the limit 0.5.)" in note
     assert "it was served" in note and f"by {staff_user}" in note
+
+
+@pytest.fixture
+def fits(monkeypatch):
+    """Counts the real fits run."""
+    calls = []
+    real = selectors.bradley_terry_fit
+
+    def counted(**kwargs):
+        calls.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(selectors, "bradley_terry_fit", counted)
+    return calls
+
+
+def _wait(project):
+    project.refresh_from_db()
+    (wait,) = policy_selectors.promotion_waits(project=project)
+    return wait
+
+
+def test_polling_the_banner_fits_once_until_a_vote_is_cast_or_undone(arena_project, make_user, fits):
+    project = arena_project
+    v0, v1 = project.served_version, add_version(project, 1)
+    voter = make_user("judge", staff=True)
+    for _ in range(4):
+        _vote(project, voter, v1)
+    first = _wait(project)
+    assert first.won and len(fits) == 1
+    for _ in range(5):
+        assert _wait(project) == first
+    assert len(fits) == 1, "a poll with no new vote reads the cached fit"
+
+    _vote(project, make_user("other", staff=True), v0)
+    after_vote = _wait(project)
+    assert len(fits) == 2 and after_vote.votes == 5
+    assert after_vote.reason != first.reason  # the new vote moved the posterior
+
+    arena_services.arena_vote_undo(project=project, voter=voter)
+    after_undo = _wait(project)
+    assert len(fits) == 3 and after_undo.votes == 4
+
+
+def test_the_cached_verdict_equals_the_leaderboards(arena_project, make_user):
+    project = arena_project
+    v0, v1 = project.served_version, add_version(project, 1)
+    for i, winner in enumerate([v1, v1, v0, v1]):
+        _vote(project, make_user(f"judge{i}", staff=True), winner)
+    add_version(project, 2)  # a version without votes: in the leaderboard's fit, not in the banner's
+    board = selectors.arena_leaderboard(project=project)
+    from_board = selectors.arena_verdict(candidate=v1, served=v0, board=board)
+    cached = selectors.arena_verdict(candidate=v1, served=v0)
+    assert cached.head_to_head == from_board.head_to_head == 4
+    assert cached.probability is not None
+    assert cached.probability == pytest.approx(from_board.probability, abs=1e-6)

@@ -313,3 +313,42 @@ def test_importing_a_large_file_keeps_memory_far_below_its_size(project, tmp_pat
         tracemalloc.stop()
     assert result.created == n
     assert peak < 1_000_000, f"peak {peak} bytes for a 2 MB file"
+
+
+def test_a_csv_with_a_prompt_column_and_no_text_column_takes_prompt_and_says_so(tmp_path):
+    rows = parse_prompt_file(write(tmp_path, "p.csv", "id,prompt,completion\n1,Say hi,Hi!\n"))
+    assert [(r.text, r.text_field, r.unread_fields) for r in rows] == [("Say hi", "prompt", ("completion", "id"))]
+
+
+def test_a_csv_header_with_both_text_and_prompt_is_rejected_whole_at_the_header(tmp_path):
+    with pytest.raises(PromptFileError) as excinfo:
+        parse_prompt_file(write(tmp_path, "p.csv", "prompt,text\nthe instruction,the reply\nsecond,row\n"))
+    assert excinfo.value.total == 1
+    line, reason = excinfo.value.errors[0]
+    assert line == 1 and "both a 'text' and a 'prompt' column" in reason and "ambiguous" in reason
+
+
+@pytest.mark.parametrize(
+    "header, reason",
+    [("text,source,text", "line 1: the header names column(s) 'text' twice"), ("Text", "names are case-sensitive, found 'Text'")],
+)
+def test_a_csv_header_naming_a_column_twice_or_a_capitalised_text_is_rejected_with_the_reason(tmp_path, header, reason):
+    with pytest.raises(PromptFileError) as excinfo:
+        parse_prompt_file(write(tmp_path, "p.csv", f"{header}\na,b,c\n"))
+    assert reason in str(excinfo.value)
+
+
+def test_a_jsonl_object_with_both_text_and_prompt_is_a_bad_line(tmp_path):
+    content = '{"text": "one"}\n{"prompt": "q", "text": "a"}\n'
+    with pytest.raises(PromptFileError) as excinfo:
+        parse_prompt_file(write(tmp_path, "p.jsonl", content))
+    assert [line for line, _ in excinfo.value.errors] == [2] and "ambiguous" in excinfo.value.errors[0][1]
+
+
+def test_the_import_preview_says_which_column_gave_the_text_and_which_it_left_unread(tmp_path):
+    from webapp.annotation.services import prompt_file_preview
+
+    preview = prompt_file_preview(path=write(tmp_path, "p.csv", "prompt,notes\nfirst,x\nsecond,y\n"))
+    assert (preview["text_fields"], preview["unread_fields"]) == ({"prompt": 2}, ["notes"])
+    mixed = prompt_file_preview(path=write(tmp_path, "p.jsonl", '{"text": "a"}\n{"prompt": "b"}\n'))
+    assert mixed["text_fields"] == {"text": 1, "prompt": 1}

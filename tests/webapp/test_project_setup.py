@@ -114,3 +114,16 @@ def test_members_are_added_by_username_and_removed(staff_client, staff_user, pro
     refused = staff_client.post(f"{url}remove/", {"username": staff_user.username}, follow=True).content.decode()
     assert "cannot remove yourself" in refused
     assert [e.action for e in AuditEvent.objects.filter(target="newcomer").order_by("id")] == ["member_add", "member_remove"]
+
+
+def test_the_preview_names_the_column_the_prompts_were_read_from(staff_client, project, settings, tmp_path):
+    settings.DATA_DIR = tmp_path
+    body = b"prompt,reference\nSay hi,Hi!\n"
+    page = staff_client.post(
+        f"/staff/p/{project.slug}/setup/prompts/preview/", {"file": SimpleUploadedFile("p.csv", body)}
+    ).content.decode()
+    assert "Prompt text read from <code>prompt</code>; not read: <code>reference</code>" in page
+    both = staff_client.post(
+        f"/staff/p/{project.slug}/setup/prompts/preview/", {"file": SimpleUploadedFile("q.csv", b"text,prompt\na,b\n")}
+    )
+    assert both.status_code == 400 and "ambiguous" in both.content.decode() and 'id="import-confirm"' not in both.content.decode()

@@ -15,9 +15,17 @@ Caps (settings, see ``webapp/settings.py``): the file's size
 cap's name.
 
 JSONL: one JSON object per line, ``{"text": "...", "source": "...", "held_out": false}``
-(``prompt`` is accepted for ``text``; blank lines are ignored).
-CSV: a header row with a ``text`` (or ``prompt``) column, optional ``source``
-and ``held_out`` columns; a quoted field may span lines.
+(blank lines are ignored).
+CSV: a header row with a ``text`` column, optional ``source`` and ``held_out``
+columns; a quoted field may span lines.
+
+Which field holds the prompt (``TEXT_FIELD_RULE``): ``text``; ``prompt`` is taken
+instead only where there is no ``text`` (a file exported by a tool that names it so).
+A CSV header with both, or a JSONL object with both, is ambiguous and rejected
+(the header line rejects the whole CSV file), as is a CSV header naming a column
+twice. Other columns are read by no one; each row says which field gave its text
+(``PromptRow.text_field``) and which it left unread (``unread_fields``), so the
+import preview can show both.
 A NUL character (U+0000) in any field or column name rejects the line.
 """
 
@@ -42,6 +50,9 @@ SUFFIXES = {".jsonl", ".json", ".ndjson", ".csv"}
 _TRUE = {"1", "true", "yes", "y"}
 _FALSE = {"0", "false", "no", "n", ""}
 _SKIP_CHUNK = 1 << 16
+TEXT_FIELDS = ("text", "prompt")  # in order of preference; both at once is ambiguous
+KNOWN_FIELDS = frozenset({*TEXT_FIELDS, "source", "held_out"})
+TEXT_FIELD_RULE = "the prompt is read from the 'text' column, or from 'prompt' when there is no 'text'"
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,21 @@ class PromptRow:
     text: str
     source: str = ""
     held_out: bool = False
+    text_field: str = "text"  # the column (CSV) or key (JSONL) the text came from
+    unread_fields: tuple[str, ...] = ()  # the row's other columns or keys, which the import ignores
+
+
+def _text_field(names) -> tuple[str | None, str | None]:
+    """``(field, problem)``: which of ``names`` holds the prompt's text under :data:`TEXT_FIELD_RULE`,
+    or the reason there is none (missing, or both ``text`` and ``prompt``)."""
+    present = [f for f in TEXT_FIELDS if f in names]
+    if len(present) > 1:
+        return None, f"both a 'text' and a 'prompt' field: which holds the prompt is ambiguous; keep one ({TEXT_FIELD_RULE})"
+    if not present:
+        near = [n for n in names if isinstance(n, str) and n.strip().lower() in TEXT_FIELDS]
+        hint = f"; names are case-sensitive, found {', '.join(map(repr, near))}" if near else ""
+        return None, f"missing field 'text'{hint}"
+    return present[0], None
 
 
 @dataclass(frozen=True)
@@ -110,12 +136,13 @@ def _row(line: int, record: dict, errors) -> PromptRow | None:
         if _has_nul(key) or _has_nul(value):
             errors.append((line, f"{key.replace(chr(0), '')} contains a NUL character"))
             return None
-    text = record.get("text", record.get("prompt"))
-    if text is None:
-        errors.append((line, "missing field 'text'"))
+    field, problem = _text_field(record)
+    if problem:
+        errors.append((line, problem))
         return None
+    text = record[field]
     if not isinstance(text, str):
-        errors.append((line, f"'text' must be a string, not {type(text).__name__}"))
+        errors.append((line, f"'{field}' must be a string, not {type(text).__name__}"))
         return None
     text = text.strip()
     if not text:
@@ -134,7 +161,8 @@ def _row(line: int, record: dict, errors) -> PromptRow | None:
         errors.append((line, "held_out must be true or false"))
         return None
     source = str(record.get("source") or "")  # a nested value's text form is its repr: no raw NUL
-    return PromptRow(line=line, text=text, source=source[:200], held_out=held_out)
+    unread = tuple(sorted(k for k in record if k not in KNOWN_FIELDS))
+    return PromptRow(line=line, text=text, source=source[:200], held_out=held_out, text_field=field, unread_fields=unread)
 
 
 class _Lines:
@@ -214,8 +242,14 @@ def _csv_rows(lines, errors) -> Iterator[PromptRow]:
                 if any("\x00" in f for f in fields):
                     errors.append((line_no, "a column name contains a NUL character"))
                     return
-                if "text" not in fields and "prompt" not in fields:
-                    errors.append((line_no, f"missing column 'text' (columns: {', '.join(fields) or 'none'})"))
+                twice = sorted({f for f in fields if fields.count(f) > 1})
+                if twice:
+                    errors.append((line_no, f"the header names column(s) {', '.join(map(repr, twice))} twice"))
+                    return
+                _, problem = _text_field(fields)
+                if problem:
+                    problem = problem.replace("field", "column", 1)
+                    errors.append((line_no, f"{problem} (columns: {', '.join(fields) or 'none'})"))
                     return
                 continue
             if len(record) > len(fields):

@@ -490,14 +490,18 @@ SAMPLING_DESCRIPTION = "temperature 1, full distribution (no top-p, top-k or rep
 
 
 def recent_judgments(*, project: Project, annotator, limit: int = 50) -> list[dict]:
-    """The annotator's last ``limit`` judgments in the project, newest first, with what the
-    card hid while they rated: the version that wrote each completion and how it was sampled.
+    """The annotator's last ``limit`` judgments in the project, of every mode, newest first, with
+    what the card hid while they rated: the version that wrote each completion and how it was sampled.
 
-    Each row: ``when`` (datetime), ``judgment`` (text: "4", "thumbs up", "A is better"...),
-    ``comment``, ``prompt`` (text), ``outputs`` (list of dicts: ``label`` ("" or "A"/"B"),
-    ``text``, ``version`` (number), ``tokens`` (count), ``finished`` (ended at EOS),
-    ``retired`` (bool)). Pairwise decisions are listed in pairwise mode, rankings (outputs
-    best first, labelled #1, #2...) in ranking mode, single ratings otherwise.
+    A project's mode can change mid-way; each judgment is listed in the mode it was given in
+    (its kind of row), not the project's current one.
+
+    Each row: ``when`` (datetime), ``mode`` (the :class:`RatingMode` label it was given in),
+    ``gold`` (it judged a gold item), ``judgment`` (text: "4", "thumbs up", "A is better",
+    "ranked best to worst"...), ``criteria`` (rubric: list of ``name``, ``weight``, ``score``;
+    else empty), ``comment``, ``prompt`` (text), ``outputs`` (list of dicts: ``label`` ("" or
+    "A"/"B", "#1"...), ``text``, ``version`` (number), ``tokens`` (count), ``finished`` (ended at
+    EOS), ``retired`` (bool)). Rankings list their outputs best first.
     """
 
     def output(completion, label=""):
@@ -510,62 +514,52 @@ def recent_judgments(*, project: Project, annotator, limit: int = 50) -> list[di
             "retired": completion.retired_at is not None,
         }
 
+    def row(*, when, mode, judgment, comment, prompt, outputs, item_id, criteria=()):
+        return {
+            "when": when, "mode": RatingMode(mode).label, "item_id": item_id, "judgment": judgment,
+            "criteria": list(criteria), "comment": comment, "prompt": prompt, "outputs": outputs,
+        }
+
     rows = []
-    if project.rating_mode == RatingMode.PAIRWISE:
-        comparisons = (
-            Comparison.objects.filter(pair__project=project, annotator=annotator)
-            .select_related(
-                "pair__completion_a__prompt",
-                "pair__completion_a__model_version",
-                "pair__completion_b__model_version",
-            )
-            .order_by("-created_at", "-id")[:limit]
+    comparisons = (
+        Comparison.objects.filter(pair__project=project, annotator=annotator)
+        .select_related("pair__completion_a__prompt", "pair__completion_a__model_version", "pair__completion_b__model_version")
+        .order_by("-created_at", "-id")[:limit]
+    )
+    for c in comparisons:
+        a, b = c.pair.completion_a, c.pair.completion_b
+        rows.append(
+            row(when=c.created_at, mode=RatingMode.PAIRWISE, judgment=c.get_choice_display(), comment=c.comment,
+                prompt=a.prompt.text, outputs=[output(a, "A"), output(b, "B")], item_id=a.pk)
         )
-        for c in comparisons:
-            a, b = c.pair.completion_a, c.pair.completion_b
-            rows.append(
-                {
-                    "when": c.created_at,
-                    "judgment": c.get_choice_display(),
-                    "comment": c.comment,
-                    "prompt": a.prompt.text,
-                    "outputs": [output(a, "A"), output(b, "B")],
-                }
-            )
-        return rows
-    if project.rating_mode == RatingMode.RANKING:
-        rankings = (
-            Ranking.objects.filter(group__project=project, annotator=annotator)
-            .select_related("group__anchor__prompt")
-            .order_by("-created_at", "-id")[:limit]
+    rankings = (
+        Ranking.objects.filter(group__project=project, annotator=annotator)
+        .select_related("group__anchor__prompt")
+        .order_by("-created_at", "-id")[:limit]
+    )
+    for r in rankings:
+        members = Completion.objects.select_related("model_version").in_bulk(r.order)  # k per row, `limit` rows at most
+        rows.append(
+            row(when=r.created_at, mode=RatingMode.RANKING, judgment="ranked best to worst", comment=r.comment,
+                prompt=r.group.anchor.prompt.text, item_id=r.group.anchor_id,
+                outputs=[output(members[cid], f"#{place}") for place, cid in enumerate(r.order, 1)])
         )
-        for r in rankings:
-            members = Completion.objects.select_related("model_version").in_bulk(r.order)  # k per row, 50 rows at most
-            rows.append(
-                {
-                    "when": r.created_at,
-                    "judgment": "ranked best to worst",
-                    "comment": r.comment,
-                    "prompt": r.group.anchor.prompt.text,
-                    "outputs": [output(members[cid], f"#{place}") for place, cid in enumerate(r.order, 1)],
-                }
-            )
-        return rows
     ratings = (
         Rating.objects.filter(completion__project=project, annotator=annotator, comparison__isnull=True, ranking__isnull=True)
         .select_related("completion__prompt", "completion__model_version")
         .order_by("-created_at", "-id")[:limit]
     )
     for r in ratings:
+        mode = RatingMode.THUMBS if r.thumbs_up is not None else RatingMode.RUBRIC if r.criteria is not None else RatingMode.LIKERT
         rows.append(
-            {
-                "when": r.created_at,
-                "judgment": r.value_label,
-                "comment": r.comment,
-                "prompt": r.completion.prompt.text,
-                "outputs": [output(r.completion)],
-            }
+            row(when=r.created_at, mode=mode, judgment=r.value_label, comment=r.comment, prompt=r.completion.prompt.text,
+                outputs=[output(r.completion)], item_id=r.completion_id, criteria=r.criteria or ())
         )
+    rows.sort(key=lambda r: r["when"], reverse=True)  # stable: within one instant, each kind keeps its newest-first order
+    rows = rows[:limit]
+    gold = set(GoldItem.objects.filter(project=project, completion_id__in=[r["item_id"] for r in rows]).values_list("completion_id", flat=True))
+    for r in rows:
+        r["gold"] = r.pop("item_id") in gold
     return rows
 
 

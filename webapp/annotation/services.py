@@ -25,7 +25,7 @@ from webapp.policies.models import Project, RatingMode
 from webapp.text import storable_text, without_nul
 
 from . import selectors
-from .importers import SUFFIXES, ImportLimits, PromptFileError, PromptRow, iter_prompt_rows, prompt_file_check
+from .importers import SUFFIXES, TEXT_FIELD_RULE, ImportLimits, PromptFileError, PromptRow, iter_prompt_rows, prompt_file_check
 from .models import (
     Choice,
     ChosenBy,
@@ -181,22 +181,30 @@ def prompt_file_preview(*, path: Path) -> dict:
     """Read a prompt file whole without storing it: its first rows, counts and errors.
 
     Returns ``{"rows": [PromptRow] (first PREVIEW_ROWS), "n_rows", "n_held_out", "errors":
-    [(line, reason)] (first MAX_REPORTED_ERRORS), "n_errors"}``; a file with errors lists the
-    valid rows read before the first bad line.
+    [(line, reason)] (first MAX_REPORTED_ERRORS), "n_errors", "text_fields": {field: rows whose
+    text it gave}, "unread_fields": [names no row's import reads], "text_field_rule": str}``; a
+    file with errors lists the valid rows read before the first bad line.
     """
     rows, n_rows, n_held_out = [], 0, 0
     errors, n_errors = [], 0
+    text_fields: dict[str, int] = {}
+    unread: set[str] = set()
     try:
         for row in iter_prompt_rows(path):
             n_rows += 1
             n_held_out += row.held_out
+            text_fields[row.text_field] = text_fields.get(row.text_field, 0) + 1
+            unread.update(row.unread_fields)
             if len(rows) < PREVIEW_ROWS:
                 rows.append(row)
     except PromptFileError as exc:
         errors, n_errors = exc.errors, exc.total
     except ApplicationError as exc:
         errors, n_errors = [(0, exc.message)], 1
-    return {"rows": rows, "n_rows": n_rows, "n_held_out": n_held_out, "errors": errors, "n_errors": n_errors}
+    return {
+        "rows": rows, "n_rows": n_rows, "n_held_out": n_held_out, "errors": errors, "n_errors": n_errors,
+        "text_fields": text_fields, "unread_fields": sorted(unread), "text_field_rule": TEXT_FIELD_RULE,
+    }
 
 
 @transaction.atomic
@@ -302,7 +310,8 @@ POOL_CLAIM_TTL = timedelta(minutes=10)
 
 
 def _pool_claim_batch(
-    *, project: Project, version, per_prompt: int, max_prompts: int, budget: int | None, rng: random.Random
+    *, project: Project, version, per_prompt: int, max_prompts: int, budget: int | None, rng: random.Random,
+    ahead: bool = False,
 ) -> list[PoolClaim]:
     """Claim the prompts of the next generation batch; ``[]`` when the pool is full.
 
@@ -311,18 +320,19 @@ def _pool_claim_batch(
     it), so two refills of one project claim one after the other: the second
     sees the first's claims as part of the pool and never picks its prompts.
     ``budget`` caps the completions claimed (``None``: no cap beyond the target).
+    ``ahead``: for :func:`completions_sample_ahead`: ``version`` need not be served, ``budget`` is the target.
     """
     with transaction.atomic():
         locked = Project.objects.select_for_update().get(pk=project.pk)
-        if version.pk not in (locked.served_version_id, locked.shadow_version_id):
+        if not ahead and version.pk not in (locked.served_version_id, locked.shadow_version_id):
             return []
         now = timezone.now()
         PoolClaim.objects.filter(project=project, expires_at__lte=now).delete()
         claims = PoolClaim.objects.filter(project=project)
         in_flight = sum(c.n_completions for c in claims if c.model_version_id == version.pk)
         deficit = (
-            selectors.pool_target_for(project=locked, version_id=version.pk)
-            - selectors.pool_size(project=locked, version_id=version.pk)
+            (budget if ahead else selectors.pool_target_for(project=locked, version_id=version.pk))
+            - (0 if ahead else selectors.pool_size(project=locked, version_id=version.pk))
             - in_flight
         )
         if budget is not None:
@@ -347,7 +357,8 @@ def _pool_claim_batch(
 
 
 def _pool_store_batch(
-    *, project: Project, version, claims: list[PoolClaim], batch, rollouts, pairwise: bool, per_prompt: int = 1, ranking: bool = False
+    *, project: Project, version, claims: list[PoolClaim], batch, rollouts, pairwise: bool, per_prompt: int = 1, ranking: bool = False,
+    ahead: bool = False,
 ) -> list[int]:
     """Store a sampled batch and release its claims in one transaction; returns the stored completions' ids.
 
@@ -355,11 +366,12 @@ def _pool_store_batch(
     shadow candidate; else stores nothing) and that each claim is still held (a claim
     that expired and was taken over by another refill drops its prompt's completions).
     The caller announces the ids (:func:`_completions_stored_send`), a refill's
-    groups together, so the reward model scores them in one batch.
+    groups together, so the reward model scores them in one batch. ``ahead``: stored
+    retired whatever version is served (:func:`completions_sample_ahead`).
     """
     with transaction.atomic():
         locked = Project.objects.select_for_update().get(pk=project.pk)
-        if version.pk not in (locked.served_version_id, locked.shadow_version_id):
+        if not ahead and version.pk not in (locked.served_version_id, locked.shadow_version_id):
             log.info("served version changed during sampling; stopping this refill")
             return []
         held = set(PoolClaim.objects.filter(pk__in=[c.pk for c in claims]).values_list("prompt_id", flat=True))
@@ -370,6 +382,8 @@ def _pool_store_batch(
             if prompt.pk in held
         ]
         for completion in completions:
+            if ahead and version.pk != locked.served_version_id:
+                completion.retired_at = timezone.now()
             completion.save()
         if pairwise:
             for a, b in zip(completions[0::2], completions[1::2]):
@@ -444,12 +458,15 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
     return created
 
 
-def _pool_fill(*, project: Project, version, budget: int, seed: int | None, cached: bool = True) -> int:
+def _pool_fill(
+    *, project: Project, version, budget: int, seed: int | None, cached: bool = True, ahead: bool = False
+) -> int:
     """Sample up to ``budget`` completions (plus less than one prompt group) of ``version`` into the
     pool in one continuous-batching stream; how many were stored (see :func:`completion_pool_refill`).
     ``cached``: sample with the process's cached policy of the served version
     (:func:`webapp.policies.runtime.policy_for_generation`); else load ``version`` for this call
-    only, so a shadow candidate never evicts the served one."""
+    only, so a shadow candidate never evicts the served one. ``ahead``: see
+    :func:`completions_sample_ahead`."""
 
     from pgcore.rollout import generate_stream
 
@@ -481,7 +498,7 @@ def _pool_fill(*, project: Project, version, budget: int, seed: int | None, cach
             return []
         claims = _pool_claim_batch(
             project=project, version=version, per_prompt=per_prompt, max_prompts=max_prompts,
-            budget=state["budget"], rng=rng,
+            budget=state["budget"], rng=rng, ahead=ahead,
         )
         if not claims:
             # The pool is full (counting other refills' claims), the version changed, or every
@@ -539,8 +556,9 @@ def _pool_fill(*, project: Project, version, budget: int, seed: int | None, cach
                 pairwise=pairwise,
                 per_prompt=per_prompt,
                 ranking=ranking,
+                ahead=ahead,
             )
-            if not stored:
+            if not stored and not ahead:
                 project.refresh_from_db(fields=["served_version", "shadow_version"])
                 if version.pk not in (project.served_version_id, project.shadow_version_id):
                     stream.close()  # neither served nor the candidate now: what runs is wasted, stop
@@ -554,6 +572,23 @@ def _pool_fill(*, project: Project, version, budget: int, seed: int | None, cach
         PoolClaim.objects.filter(pk__in=list(open_claims)).delete()
         announce()
     return len(stored_ids)
+
+
+def completions_sample_ahead(*, project: Project, version, seed: int | None = None) -> int:
+    """Sample the first batch of a version that is about to be served, before it is: up to
+    ``GENERATION_BATCH`` completions (at most the pool size), stored retired, so no queue offers them
+    until serving ``version`` revives them (:func:`completions_retire_unserved`). Serving a version
+    retires the older versions' open items, and the queue offers only the served version's: without
+    this, every annotator who finishes an item after a new version is served waits for its first
+    refill batch (``bench/learning.py``'s ``waits_after_serve``). Called by the training run's
+    promotion step once the version passed the guard; a version never served keeps these rows
+    retired. Returns how many were stored. Runs in a worker, never in a web request.
+    """
+    project.refresh_from_db()
+    budget = min(GENERATION_BATCH, project.pool_target)
+    if project.served_version_id == version.pk or budget <= 0:
+        return 0
+    return _pool_fill(project=project, version=version, budget=budget, seed=seed, cached=False, ahead=True)
 
 
 @dataclass(frozen=True)

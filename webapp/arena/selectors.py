@@ -12,11 +12,13 @@ win each way. Scores are shown on the Elo scale: ``1000 + 400 / ln(10) · s`` (a
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from django.db.models import Q
+from django.core.cache import cache
+from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 from webapp.annotation.selectors import UNDO_WINDOW
@@ -31,6 +33,7 @@ ELO_BASE = 1000.0
 Z95 = 1.959964
 BEAT_PROBABILITY = 0.9  # posterior P(candidate stronger than served) needed to "beat" it
 MAX_VERSIONS = 8  # matchups are drawn among the newest evaluated versions (and the served one)
+FIT_CACHE_SECONDS = 24 * 3600  # a fit is keyed by the votes' state, so it never goes stale; this only frees memory
 
 
 @dataclass
@@ -177,6 +180,45 @@ def bradley_terry_fit(
     )
 
 
+def _votes_state(*, project: Project) -> tuple:
+    """What identifies the set of counted votes, in one aggregate query: how many are counted, the
+    latest cast and the latest undo. A cast raises the first two, an undo changes the first and the
+    last, so any change of the votes the fit reads changes this (a vote's choice is set once)."""
+    state = ArenaVote.objects.filter(project=project).aggregate(
+        n=Count("pk", filter=Q(voted_at__isnull=False, undone_at__isnull=True) & ~Q(choice="")),
+        voted=Max("voted_at"),
+        undone=Max("undone_at"),
+    )
+    return state["n"], state["voted"] and state["voted"].isoformat(), state["undone"] and state["undone"].isoformat()
+
+
+def arena_fit(
+    *, project: Project, include=(), votes: list[tuple[int, int, str]] | None = None
+) -> tuple[dict[int, float], dict[tuple[int, int], float]]:
+    """:func:`bradley_terry_fit` of the project's counted votes over the versions they compare and the
+    version ids in ``include``, cached (Django's cache) under a key of the votes' state
+    (:func:`_votes_state`) and those ids, so polling pages cost one aggregate query until a vote is
+    cast or undone. ``votes``: the counted ``(version_a_id, version_b_id, choice)`` rows when the
+    caller has read them already (read only on a cache miss otherwise).
+
+    Returns ``(mean, cov)`` as :func:`bradley_terry_fit`; empty dicts with fewer than two versions.
+    Adding a version without votes to ``include`` changes the centred strengths but no difference of
+    strengths nor its variance, so a verdict reads the same from any fit that holds both versions.
+    """
+    include = sorted(set(include))
+    digest = hashlib.sha1(repr((_votes_state(project=project), include)).encode()).hexdigest()
+    key = f"arena-fit:{project.pk}:{digest}"
+    fit = cache.get(key)
+    if fit is not None:
+        return fit
+    if votes is None:
+        votes = list(counted_votes(project=project).values_list("version_a_id", "version_b_id", "choice"))
+    ids = sorted(set(include) | {a for a, _, _ in votes} | {b for _, b, _ in votes})
+    fit = bradley_terry_fit(comparisons=_comparisons(votes), items=ids) if len(ids) >= 2 else ({}, {})
+    cache.set(key, fit, FIT_CACHE_SECONDS)
+    return fit
+
+
 def arena_leaderboard(*, project: Project) -> Leaderboard:
     """Every version that has votes or can be drawn, with its Bradley–Terry score and 95% interval, best first."""
     versions = arena_versions(project=project)
@@ -185,7 +227,7 @@ def arena_leaderboard(*, project: Project) -> Leaderboard:
     empty = arena_empty_reason(project=project, versions=versions) if not votes else ""
     if len(ids) < 2:
         return Leaderboard(rows=[], n_votes=len(votes), empty_reason=empty or arena_empty_reason(project=project, versions=versions))
-    mean, cov = bradley_terry_fit(comparisons=_comparisons(votes), items=ids)
+    mean, cov = arena_fit(project=project, include=ids, votes=votes)
     tally = {pk: {"votes": 0, "wins": 0, "losses": 0, "ties": 0} for pk in ids}
     for a, b, choice in votes:
         for pk in (a, b):
@@ -218,17 +260,20 @@ def arena_verdict(*, candidate: ModelVersion, served: ModelVersion, board: Leade
     (from the fit over all votes: the difference of strengths is Gaussian under the Laplace approximation).
     """
     project = candidate.project
-    board = board or arena_leaderboard(project=project)
+    if board is not None:
+        strengths, covariance = board.strengths, board.covariance
+    else:  # a banner polled on every page load: the cached fit, not a leaderboard
+        strengths, covariance = arena_fit(project=project, include=(candidate.pk, served.pk))
     pair = Q(version_a=candidate, version_b=served) | Q(version_a=served, version_b=candidate)
     head_to_head = counted_votes(project=project).filter(pair).count()
-    if candidate.pk not in board.strengths or served.pk not in board.strengths:
+    if candidate.pk not in strengths or served.pk not in strengths:
         probability = None
     else:
-        diff = board.strengths[candidate.pk] - board.strengths[served.pk]
+        diff = strengths[candidate.pk] - strengths[served.pk]
         var = (
-            board.covariance[(candidate.pk, candidate.pk)]
-            + board.covariance[(served.pk, served.pk)]
-            - 2 * board.covariance[(candidate.pk, served.pk)]
+            covariance[(candidate.pk, candidate.pk)]
+            + covariance[(served.pk, served.pk)]
+            - 2 * covariance[(candidate.pk, served.pk)]
         )
         probability = 0.5 * (1 + math.erf(diff / math.sqrt(2 * max(var, 1e-12))))
     names = f"v{candidate.number} against v{served.number}"

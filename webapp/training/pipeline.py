@@ -325,6 +325,11 @@ def step_promote(*, run: TrainingRun, config) -> None:
         )
     else:
         liveness.run_log(run, "no held-out prompts: the promotion guard had nothing to judge")
+    if not reasons:
+        # The version may be served below: its first pool batch is sampled now, so annotators
+        # never meet an empty queue while the refill after serving samples the first one.
+        ahead = annotation_services.completions_sample_ahead(project=project, version=version, seed=run.pk)
+        liveness.run_log(run, f"{ahead} completions of v{version.number} sampled ahead for the queue")
     with transaction.atomic():
         # The run row is locked until the decision commits: a cancel either lands before it (and is
         # honoured here) or after it (and finds the run finished). Only a run still running may

@@ -1,0 +1,64 @@
+"""The learning benchmark's simulated queue: how long annotators wait for a card."""
+
+import pytest
+
+from bench.learning import QueueModel, parse_args, queue_aggregate
+
+
+def summary(queue: QueueModel) -> dict:
+    return queue.summary(pool_target=16, low_water=32, mean_delays_s=[20.0, 30.0])
+
+
+def test_a_wait_lasts_from_the_empty_queue_until_the_card_and_counts_once():
+    queue = QueueModel()
+    queue.wait_begins(0, 10.0)
+    queue.wait_begins(1, 12.0)
+    queue.wait_ends(0, 14.5)
+    queue.wait_ends(0, 20.0)  # no open wait: nothing recorded
+    queue.close(15.0)  # annotator 1 is still waiting when the run ends
+    out = summary(queue)
+    assert out["waits"] == 2
+    assert out["total_wait_s"] == pytest.approx(7.5)
+    assert out["max_wait_s"] == pytest.approx(4.5)
+    assert out["low_water"] == 16  # the app caps the low-water mark at the pool size
+
+
+def test_waits_that_begin_before_a_newly_served_versions_first_batch_are_counted_apart():
+    queue = QueueModel()
+    queue.wait_begins(0, 1.0)
+    queue.wait_ends(0, 2.0)
+    queue.version_served()
+    queue.wait_begins(1, 5.0)
+    queue.batch_landed()
+    queue.wait_ends(1, 9.0)
+    out = summary(queue)
+    assert (out["waits"], out["waits_after_serve"], out["wait_s_after_serve"]) == (2, 1, 4.0)
+
+
+def test_a_batch_lasts_its_cpu_seconds_per_thread_or_its_wall_seconds():
+    cpu = QueueModel(clock="cpu", threads=2)
+    cpu.batch_measured(cpu_s=8.0, wall_s=30.0)
+    wall = QueueModel(clock="wall", threads=2)
+    wall.batch_measured(cpu_s=8.0, wall_s=30.0)
+    assert (cpu.batch_s, wall.batch_s) == (4.0, 30.0)
+    assert summary(cpu)["refill_batch_wall_s_mean"] == 30.0
+    with pytest.raises(ValueError, match="clock"):
+        QueueModel(clock="virtual")
+
+
+def test_a_variants_queue_sums_waits_over_seeds_and_keeps_the_longest():
+    a, b = QueueModel(), QueueModel()
+    a.wait_begins(0, 0.0)
+    a.wait_ends(0, 3.0)
+    b.wait_begins(0, 0.0)
+    b.wait_ends(0, 5.0)
+    b.batch_measured(cpu_s=2.0, wall_s=2.0)
+    out = queue_aggregate([summary(a), summary(b)])
+    assert (out["waits"], out["total_wait_s"], out["max_wait_s"], out["refill_batch_s_max"]) == (2, 8.0, 5.0, 2.0)
+    assert out["per_seed"]["max_wait_s"] == [3.0, 5.0]
+
+
+def test_the_low_water_mark_and_refill_clock_are_arguments():
+    args = parse_args(["--tiny", "--low-water", "4", "--refill-clock", "wall"])
+    assert (args.low_water, args.refill_clock) == (4, "wall")
+    assert parse_args(["--tiny"]).low_water is None
