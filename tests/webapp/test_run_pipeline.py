@@ -308,3 +308,18 @@ def test_the_evaluate_step_in_the_trainers_process_takes_the_trained_policy_inst
     from webapp.training import pipeline
 
     assert pipeline._trained == {}  # the slot is emptied once taken
+
+
+def test_a_version_is_served_even_when_sampling_ahead_for_the_queue_fails(rated_run, monkeypatch):
+    """Sampling the new version's first batch ahead is a courtesy to annotators: if it fails, the
+    version that passed the guard is still served and the run says what happened."""
+
+    def broken(**kwargs):
+        raise RuntimeError("out of memory while sampling ahead")
+
+    monkeypatch.setattr(annotation_services, "completions_sample_ahead", broken)
+    assert run_steps(rated_run, STEP_ORDER, WORKER_A) is None
+    rated_run.refresh_from_db()
+    assert rated_run.status == "succeeded" and rated_run.promoted, rated_run.log
+    assert rated_run.project.served_version_id == rated_run.result_version_id
+    assert "sampling ahead for the queue failed (out of memory while sampling ahead)" in rated_run.log

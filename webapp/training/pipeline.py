@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -56,6 +57,8 @@ from webapp.policies.models import ModelVersion, Project
 
 from . import evaluation, liveness, overoptimisation
 from .models import TrainingRun, TrainingStep
+
+logger = logging.getLogger(__name__)
 
 BATCH_FILE = "batch.json"
 TRAINED_DIR = "policy"
@@ -328,8 +331,15 @@ def step_promote(*, run: TrainingRun, config) -> None:
     if not reasons:
         # The version may be served below: its first pool batch is sampled now, so annotators
         # never meet an empty queue while the refill after serving samples the first one.
-        ahead = annotation_services.completions_sample_ahead(project=project, version=version, seed=run.pk)
-        liveness.run_log(run, f"{ahead} completions of v{version.number} sampled ahead for the queue")
+        # Best effort: a version that passed the guard is served even if this fails (the refill after
+        # serving then samples its first batch, as it did before sampling ahead existed).
+        try:
+            ahead = annotation_services.completions_sample_ahead(project=project, version=version, seed=run.pk)
+        except Exception as exc:  # noqa: BLE001 - logged on the run; promotion must not depend on it
+            logger.exception("sampling ahead for v%s failed", version.number)
+            liveness.run_log(run, f"sampling ahead for the queue failed ({exc}); the pool refills after serving")
+        else:
+            liveness.run_log(run, f"{ahead} completions of v{version.number} sampled ahead for the queue")
     with transaction.atomic():
         # The run row is locked until the decision commits: a cancel either lands before it (and is
         # honoured here) or after it (and finds the run finished). Only a run still running may
