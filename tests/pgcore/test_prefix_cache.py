@@ -9,7 +9,10 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from test_smollm2 import smollm2_dir  # noqa: F401 - fixture
+
 from pgcore import rollout
+from pgcore.policy import load_policy
 from pgcore.prefix_cache import PrefixCache, chat_prefix_ids
 from pgcore.rollout import eos_token_ids, render_prompt, sample_continuous, sampling_model
 
@@ -76,8 +79,6 @@ def test_a_mixed_group_gives_the_logits_of_a_full_prefill_in_the_prompts_order(f
 
 
 def test_the_cached_prefix_is_rebuilt_for_changed_weights_and_for_another_model(frozen_policy, model, prompts, tiny_path):
-    from pgcore.policy import load_policy
-
     cache = PrefixCache(chat_prefix_ids(frozen_policy.tokenizer))
     before = _sample(frozen_policy, model, prompts, cache, 7)
     assert cache.cached_for(model.model) and cache.builds == 1
@@ -98,3 +99,21 @@ def test_the_cached_prefix_is_rebuilt_for_changed_weights_and_for_another_model(
     again = _sample(other, other_model, prompts, cache, 7)
     assert cache.builds == 3 and cache.cached_for(other_model.model) and not cache.cached_for(model.model)
     assert [again[i][0] for i in sorted(again)] == [before[i][0] for i in sorted(before)]
+
+
+@pytest.mark.smollm2
+def test_smollm2s_system_prompt_is_cached_and_its_greedy_answers_are_unchanged(smollm2_dir):
+    policy = load_policy(smollm2_dir)
+    tokenizer = policy.tokenizer
+    prefix = chat_prefix_ids(tokenizer)
+    text = tokenizer.decode(prefix)
+    assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant") and text.endswith("<|im_start|>user\n")
+    prompts = [render_prompt(tokenizer, t) for t in ("Name a film about grief.", "2+2?", "Write a haiku about rain.")]
+    prompts += [list(tokenizer("Once upon a time")["input_ids"]), prefix]
+    model = sampling_model(policy, dtype=torch.float32, device=torch.device("cpu"))
+    cache = PrefixCache(prefix)
+    full, cached = (_sample(policy, model, prompts, p, len(prompts)) for p in (None, cache))
+    assert cache.hits == 3
+    for i in full:
+        assert cached[i][0] == full[i][0], i
+        assert_close(torch.tensor(cached[i][1]), torch.tensor(full[i][1]), atol=1e-4, rtol=1e-4)
