@@ -107,7 +107,7 @@ class PrefixCache:
         if not cached:
             return rollout._prefill(inner, lm_head, prompt_ids, pad_id, device, dtype)
         groups = [(cached, self._prefill_after_prefix(inner, lm_head, [prompt_ids[i] for i in cached], pad_id, device, dtype))]
-        full = [i for i in range(len(prompt_ids)) if i not in set(cached)]
+        full = sorted(set(range(len(prompt_ids))) - set(cached))
         if full:
             groups.append((full, rollout._prefill(inner, lm_head, [prompt_ids[i] for i in full], pad_id, device, dtype)))
         self.hits += len(cached)
