@@ -4,20 +4,27 @@ Starts, on a fresh SQLite database under a temporary data directory, the inferen
 (``manage.py serve_inference``) and gunicorn (the web app), creates a project on the model and
 an API token, then for 1, 4 and 16 concurrent clients: each client sends ``--requests``
 streaming ``POST /v1/chat/completions`` in a row (closed loop, ``max_tokens=--new-tokens``,
-temperature 1, ``stream_options.include_usage`` for the exact token count). Reported per level:
+temperature 1, ``stream_options.include_usage`` for the exact token count), through its own
+HTTP client made before the level starts and kept (keep-alive), as an API client is used. Reported per level:
 
 - ``tok_s``: completion tokens of every request over the level's wall time (aggregate);
 - ``ttft_ms_p50`` / ``ttft_ms_p95``: time from sending a request to its first content chunk;
 - ``offline_tok_s``: ``pgcore.rollout.generate`` in this process (same model, same precision,
   same torch threads, same prompts rendered with the chat template) at batch = the number of
   clients, the same new-token cap, repeated to about the same number of tokens;
-- ``ratio``: ``tok_s / offline_tok_s`` (the issue's goal: >= 0.7 at 16 clients, p95 TTFT < 1 s).
+- ``ratio``: ``tok_s / offline_tok_s`` (the issue's goal: >= 0.7 at 16 clients, p95 TTFT < 1 s);
+- ``cpu_s``: CPU seconds (user + system, all threads) the level took in the inference process,
+  the web app (gunicorn's master and worker) and this process's client threads, so the
+  cost can be read apart from the machine's load.
+
+``--no-prefix-cache`` runs the inference process without its cached chat-template prefix
+(the engine before prefix caching), for comparisons within one run.
 
 The served and the offline figures are measured one after the other in the same run (never
 at once). Prints ONE JSON object on stdout; progress goes to stderr. Not a test.
 
 Usage: python bench/serve.py [--model-dir var/models/smollm2-135m-instruct] [--clients 1,4,16]
-       [--requests 3] [--new-tokens 32] [--threads 2] [--window-ms 5]
+       [--requests 3] [--new-tokens 32] [--threads 2] [--window-ms 5] [--no-prefix-cache]
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from annotate_load import cpu_seconds, process_tree  # noqa: E402
 
 PROMPTS = [
     f"Continue this movie review in two sentences: {opening}"
@@ -72,13 +82,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def stream_once(httpx2, url: str, secret: str, prompt: str, new_tokens: int) -> tuple[float, int]:
-    """One streaming chat completion: (seconds to the first content chunk, completion tokens)."""
+def stream_once(http, url: str, secret: str, prompt: str, new_tokens: int) -> tuple[float, int]:
+    """One streaming chat completion through ``http`` (an ``httpx2.Client``, or the module):
+    (seconds to the first content chunk, completion tokens)."""
     body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": new_tokens,
             "stream": True, "stream_options": {"include_usage": True}}
     start = time.perf_counter()
     ttft, tokens = None, 0
-    with httpx2.stream("POST", url, json=body, headers={"Authorization": f"Bearer {secret}"}, timeout=600) as r:
+    with http.stream("POST", url, json=body, headers={"Authorization": f"Bearer {secret}"}, timeout=600) as r:
         r.raise_for_status()
         for line in r.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -91,28 +102,39 @@ def stream_once(httpx2, url: str, secret: str, prompt: str, new_tokens: int) -> 
     return (ttft if ttft is not None else time.perf_counter() - start), tokens
 
 
-def served_level(httpx2, url, secret, clients: int, requests: int, new_tokens: int) -> dict:
+def tree_cpu(roots: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) so far of each named process and its descendants."""
+    return {name: sum(cpu_seconds(process_tree(pid)).values()) for name, pid in roots.items()}
+
+
+def served_level(httpx2, url, secret, clients: int, requests: int, new_tokens: int, roots: dict[str, int]) -> dict:
     ttfts, tokens, errors = [], [], []
     barrier = threading.Barrier(clients)
 
     def client(i):
+        # Made before the clock starts and kept, as an API client keeps its connection pool: making
+        # an httpx client loads an SSL context (~20 ms of CPU), which is no part of the server's TTFT.
+        http = httpx2.Client(timeout=600)
         barrier.wait()
         for r in range(requests):
             try:
-                t, n = stream_once(httpx2, url, secret, PROMPTS[(i * requests + r) % len(PROMPTS)], new_tokens)
+                t, n = stream_once(http, url, secret, PROMPTS[(i * requests + r) % len(PROMPTS)], new_tokens)
                 ttfts.append(t)
                 tokens.append(n)
             except Exception as exc:  # counted, not fatal: the JSON says how many failed
                 errors.append(repr(exc))
+        http.close()
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    start = time.perf_counter()
+    cpu_before, bench_before, start = tree_cpu(roots), time.process_time(), time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    return {"clients": clients, "requests": len(tokens), "errors": len(errors), "tokens": sum(tokens),
+    cpu = {name: round(used - cpu_before[name], 2) for name, used in tree_cpu(roots).items()}
+    cpu["clients"] = round(time.process_time() - bench_before, 2)
+    return {"cpu_s": cpu,"clients": clients, "requests": len(tokens), "errors": len(errors), "tokens": sum(tokens),
             "wall_s": round(wall, 2), "tok_s": round(sum(tokens) / wall, 2),
             "ttft_ms_p50": round(1000 * percentile(ttfts, 0.5), 1), "ttft_ms_p95": round(1000 * percentile(ttfts, 0.95), 1)}
 
@@ -138,6 +160,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="torch threads, inference process and offline alike")
     parser.add_argument("--window-ms", type=float, default=5.0)
+    parser.add_argument("--no-prefix-cache", action="store_true", help="the inference process prefills every prompt in full")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     load_start = os.getloadavg()
@@ -168,7 +191,7 @@ def main() -> None:
     logs = {name: (data / f"{name}.log").open("w") for name in ("inference", "web")}
     procs = [
         subprocess.Popen([python, "manage.py", "serve_inference", "--port", str(inference_port), "--threads",
-                          str(args.threads), "--window-ms", str(args.window_ms)], cwd=REPO, env=env,
+                          str(args.threads), "--window-ms", str(args.window_ms)] + ["--no-prefix-cache"] * args.no_prefix_cache, cwd=REPO, env=env,
                          stdout=logs["inference"], stderr=subprocess.STDOUT, start_new_session=True),
         subprocess.Popen([str(Path(python).with_name("gunicorn")), "webapp.wsgi", "--bind", f"127.0.0.1:{web_port}",
                           "--workers", "1", "--threads", "32", "--worker-class", "gthread"], cwd=REPO, env=env,
@@ -176,6 +199,7 @@ def main() -> None:
     ]
     import httpx2
 
+    roots = {"inference": procs[0].pid, "web": procs[1].pid}
     url = f"http://127.0.0.1:{web_port}/v1/chat/completions"
     try:
         deadline = time.monotonic() + 180
@@ -190,10 +214,10 @@ def main() -> None:
             time.sleep(1)
         log("servers up; warming the batch sizes")
         for clients in levels:
-            served_level(httpx2, url, secret, clients, 1, 4)
+            served_level(httpx2, url, secret, clients, 1, 4, roots)
         served = []
         for clients in levels:
-            served.append(served_level(httpx2, url, secret, clients, args.requests, args.new_tokens))
+            served.append(served_level(httpx2, url, secret, clients, args.requests, args.new_tokens, roots))
             log("served", served[-1])
     finally:
         for p in procs:
@@ -216,7 +240,7 @@ def main() -> None:
         row["ratio"] = round(row["tok_s"] / offline["tok_s"], 3) if offline["tok_s"] else None
     print(json.dumps({
         "bench": "serve", "model": Path(args.model_dir).name, "new_tokens": args.new_tokens,
-        "requests_per_client": args.requests, "threads": args.threads, "window_ms": args.window_ms,
+        "requests_per_client": args.requests, "threads": args.threads, "window_ms": args.window_ms, "prefix_cache": not args.no_prefix_cache,
         "cpu": platform.processor() or platform.machine(), "loadavg_start_end": [list(load_start), list(os.getloadavg())], "levels": served,
         "goal": "ratio >= 0.7 and ttft_ms_p95 < 1000 at 16 clients",
     }))

@@ -12,10 +12,14 @@ import copy
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from pgcore.policy import Policy
+
+if TYPE_CHECKING:
+    from pgcore.prefix_cache import PrefixCache
 
 
 @dataclass
@@ -297,6 +301,7 @@ def sample_continuous(
     draw: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     on_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
     incoming: Callable[[], list[tuple[list[int], int]]] | None = None,
+    prefix: "PrefixCache | None" = None,
 ) -> Iterator[tuple[int, list[int], list[float], bool]]:
     """Continuous batching: sample every prompt with at most ``batch_size`` rows decoding at once.
 
@@ -344,6 +349,9 @@ def sample_continuous(
             With ``incoming``, ``prompt_ids`` may be empty and ``batch_size`` slots are
             allocated; the generator returns once nothing runs or waits after a poll, so
             a caller serving requests starts a new call when the next one arrives.
+        prefix: a :class:`pgcore.prefix_cache.PrefixCache` whose cached keys and values
+            replace the prefill of the prompts that begin with its prefix (an inference
+            server's chat template); same completions and logprobs up to rounding.
 
     Yields:
         ``(index into prompt_ids, completion ids, behaviour logprobs, finished)`` as each
@@ -459,7 +467,8 @@ def sample_continuous(
         if waiting and free and (len(free) >= refill_fraction * B or b == 0 or not bool(alive[:b].any())):
             slots = free[: len(waiting)]
             group = [waiting.pop() for _ in slots]
-            logits, g_keys, g_values, g_valid = _prefill(inner, lm_head, [prompts[i] for i in group], pad_id, device, dtype)
+            prefill = _prefill if prefix is None else prefix.prefill
+            logits, g_keys, g_values, g_valid = prefill(inner, lm_head, [prompts[i] for i in group], pad_id, device, dtype)
             P = g_valid.shape[1]
             group_cap = max(caps[i] for i in group)
             if P + group_cap > W:  # an incoming prompt or cap wider than the cache: grow it

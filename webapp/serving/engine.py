@@ -15,6 +15,12 @@ Version switch: a poller reads each project's served version from the database e
 model version: it admits new requests for its own version only, and stops admitting once a
 request for another version waits, so it drains (no request in flight is dropped or changes
 version half-way) and the next run starts with the new version.
+
+Prefix caching: every chat request begins with the chat template's tokens (SmolLM2's default
+system prompt and the user header, 24 tokens). Each loaded version keeps their keys and
+values, computed from its own weights when it is loaded (:class:`pgcore.prefix_cache.PrefixCache`),
+and a run prefills only each request's own tokens after them; a newly promoted version brings
+its own, so a switch never reuses the old weights' prefix.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pgcore.precision import select_device
+from pgcore.prefix_cache import PrefixCache, chat_prefix_ids
 from pgcore.rollout import draw_tokens, eos_token_ids, fast_path_supported, sample_continuous, sampling_dtype, sampling_model
 
 log = logging.getLogger(__name__)
@@ -61,7 +68,7 @@ class SamplingParams:
 
 @dataclass
 class Loaded:
-    """A model version ready to sample: its sampling copy, tokenizer and EOS ids."""
+    """A model version ready to sample: its sampling copy, tokenizer, EOS ids and its prefix cache."""
 
     version_id: int
     version_number: int
@@ -69,6 +76,7 @@ class Loaded:
     tokenizer: object
     eos_ids: set[int]
     context_limit: int
+    prefix: PrefixCache | None = None  # the chat template's shared prefix under this version's weights
 
 
 @dataclass
@@ -99,11 +107,15 @@ class Engine:
         window_s: how long the first request of a batch waits for others, seconds.
         max_batch: rows per forward batch.
         precision, device: as :func:`pgcore.rollout.generate`.
+        prefix_cache: keep the keys and values of the chat template's shared prefix per
+            version (:mod:`pgcore.prefix_cache`), so a chat request's prefill runs over its
+            own tokens only.
     """
 
     def __init__(self, *, load: Callable, window_s: float = 0.005, max_batch: int = 32,
-                 precision: str = "auto", device: str | None = None, max_loaded: int = 3):
+                 precision: str = "auto", device: str | None = None, max_loaded: int = 3, prefix_cache: bool = True):
         self.load = load
+        self.prefix_cache = prefix_cache
         self.window_s, self.max_batch, self.max_loaded = window_s, max_batch, max_loaded
         self.device = select_device(device)
         self.dtype = sampling_dtype(precision, self.device)
@@ -138,6 +150,10 @@ class Engine:
             raise ValueError("the inference process samples Llama-family models only (pgcore's fast path)")
         limit = int(getattr(model.config, "max_position_embeddings", 1 << 30))
         item = Loaded(version_id, number, model, policy.tokenizer, eos_token_ids(policy), limit)
+        if self.prefix_cache:
+            item.prefix = PrefixCache(chat_prefix_ids(policy.tokenizer))
+            if item.prefix.prefix_ids:  # computed now, so the first requests do not wait for it
+                item.prefix.keys_values(model.model, model.lm_head, policy.tokenizer.pad_token_id, self.device, self.dtype)
         with self._load_lock:
             self._loaded[version_id] = item
             while len(self._loaded) > self.max_loaded:
@@ -243,7 +259,7 @@ class Engine:
         for r, ids, lps, done in sample_continuous(
             item.model, [], eos_ids=item.eos_ids, pad_id=item.tokenizer.pad_token_id, max_new_tokens=1,
             generator=generator, batch_size=self.max_batch, refill_fraction=1.0 / self.max_batch,
-            draw=draw, on_step=on_step, incoming=incoming,
+            draw=draw, on_step=on_step, incoming=incoming, prefix=item.prefix,
         ):
             request, index = rows[r]
             request.events.put(("end", index, {"token_ids": ids, "logprobs": lps, "finished": bool(done)}))

@@ -291,7 +291,7 @@ def make_handler(engine: Engine, versions: Versions):
 
 
 def serve(*, host: str, port: int, window_s: float, max_batch: int, precision: str, poll_s: float,
-          ready: threading.Event | None = None) -> None:
+          ready: threading.Event | None = None, prefix_cache: bool = True) -> None:
     """Run the inference process's server until interrupted."""
     from webapp.policies.runtime import policy_load
 
@@ -302,7 +302,7 @@ def serve(*, host: str, port: int, window_s: float, max_batch: int, precision: s
         finally:
             close_old_connections()
 
-    engine = Engine(load=load, window_s=window_s, max_batch=max_batch, precision=precision)
+    engine = Engine(load=load, window_s=window_s, max_batch=max_batch, precision=precision, prefix_cache=prefix_cache)
     versions = Versions(engine, poll_s=poll_s)
     server = ThreadingHTTPServer((host, port), make_handler(engine, versions))
     server.daemon_threads = True

@@ -16,6 +16,8 @@ class Command(BaseCommand):
         parser.add_argument("--max-batch", type=int, default=32, help="rows decoding at once; later requests wait for a free row (default 32)")
         parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
         parser.add_argument("--poll-s", type=float, default=1.0, help="how often the served version is checked")
+        parser.add_argument("--no-prefix-cache", action="store_true",
+                            help="prefill every prompt in full instead of reusing the chat template's cached prefix")
         parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
 
     def handle(self, *args, **options):
@@ -26,4 +28,5 @@ class Command(BaseCommand):
         if options["threads"]:
             torch.set_num_threads(options["threads"])
         serve(host=options["host"], port=options["port"], window_s=options["window_ms"] / 1000,
-              max_batch=options["max_batch"], precision=options["precision"], poll_s=options["poll_s"])
+              max_batch=options["max_batch"], precision=options["precision"], poll_s=options["poll_s"],
+              prefix_cache=not options["no_prefix_cache"])
