@@ -472,6 +472,11 @@ class Loop:
 
     def run(self, on_point) -> None:
         """Collect ``args.ratings`` ratings, training every ``args.train_every``; ``on_point(point)`` per version."""
+        from webapp.annotation import services as annotation_services
+
+        # The app's queue draws (the active queue's uniform share and item, the shadow share) repeat for a seed.
+        annotation_services.queue_rng.seed(self.seed)
+        annotation_services.queue_item_rng.seed(self.seed)
         for k in range(len(self.team)):
             self.push(self.rng.uniform(0, IDLE_RETRY_S), "lease", k)
         self.push(0.0, "generate")
