@@ -11,8 +11,11 @@ database under a temporary ``REWARDLOOP_DATA_DIR``:
   then ``training_run_execute`` (train, write the version atomically, complete
   the held-out prompts, promotion guard, promote).
 
-Time is simulated (virtual seconds), so a run is deterministic for a seed and
-does not depend on how fast this machine is; only the wall-clock total does.
+Time is simulated (virtual seconds) and every draw is seeded (the annotators, the pool's
+sampling, the app's queue draws, PGConfig's seed and with it the reward model's fresh
+samples), so a run repeats exactly for a seed and ``--threads``, whatever ran before it in
+the process (``tests/webapp/test_learning_repeats.py``), and does not depend on how fast
+this machine is; only the wall-clock figures do.
 What the simulated annotators want is a *rater* (``--rater``, ``bench/raters.py``):
 ``callable(prompt, completion) -> Likert in [1, 5]``, bias- and noise-free; built in
 ``vader`` (the default: warm, upbeat replies), ``critical`` (its mirror, on which the
