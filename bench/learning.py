@@ -12,9 +12,14 @@ database under a temporary ``REWARDLOOP_DATA_DIR``:
   then ``training_run_execute`` (train, write the version atomically, complete
   the held-out prompts, promotion guard, promote).
 
-Time is simulated (virtual seconds); only the generation batches' durations come from
-this machine (measured in the run, see below), so a run is not exactly reproducible
-from its seed.
+Time is simulated (virtual seconds) and every draw is seeded (the annotators, the pool's
+sampling, the app's queue draws, PGConfig's seed and with it the reward model's fresh
+samples), so with the default ``--refill-clock fixed`` a run repeats exactly for a seed
+and ``--threads``, whatever ran before it in the process
+(``tests/webapp/test_learning_repeats.py``), and does not depend on how fast this machine
+is; only the wall-clock figures do. ``--refill-clock cpu`` or ``wall`` take the generation
+batches' durations from this machine instead (see below); then which annotator meets
+which item depends on the machine's speed and a seed no longer repeats exactly.
 
 The queue (``queue`` of each seed's summary): does an annotator ever wait for a card?
 The pool is filled to ``pool_target`` before the annotators start (not measured, as in
@@ -25,10 +30,11 @@ when the pool is below ``Project.pool_low_water`` capped at the pool size, or th
 annotator met an empty queue); serving a new version retires the older items and queues
 a refill at once (the ``version_served`` receivers). A refill samples the deficit it
 found in batches of ``GENERATION_BATCH``; a batch lands (its items become rateable)
-one batch duration after the previous one, that duration being the previous batch's
-measured cost: its process CPU seconds divided by the torch threads (what it takes on
-an idle machine with those threads; ``--refill-clock wall`` takes the wall seconds
-instead). Annotators rate at their own speed (``mean_delay_s``, exponential). An
+one batch duration after the previous one: ``--batch-seconds`` (default 4.0, the CPU
+seconds a batch of 8 SmolLM2 completions of 96 tokens took at 1 torch thread, measured
+2026-12-07) with ``--refill-clock fixed`` (the default); with ``cpu`` the previous batch's
+measured cost, its process CPU seconds divided by the torch threads (what it takes on an
+idle machine with those threads); with ``wall`` its wall seconds. Annotators rate at their own speed (``mean_delay_s``, exponential). An
 annotator who meets an empty queue waits until the next batch lands (the time an item
 became available; the browser would see it within its 3-second poll). Reported per seed:
 ``waits``, ``total_wait_s``, ``max_wait_s`` (virtual seconds), those that began while a
@@ -251,10 +257,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--refill-clock",
-        choices=("cpu", "wall"),
-        default="cpu",
-        help="a generation batch's duration in the simulated queue: its CPU seconds / torch threads (cpu, the default: "
-        "an idle machine's) or its wall seconds on this machine (wall)",
+        choices=("fixed", "cpu", "wall"),
+        default="fixed",
+        help="a generation batch's duration in the simulated queue: --batch-seconds (fixed, the default: a seed "
+        "repeats its run exactly), its CPU seconds / torch threads (cpu: an idle machine's) or its wall seconds on "
+        "this machine (wall)",
+    )
+    p.add_argument(
+        "--batch-seconds",
+        type=float,
+        default=4.0,
+        help="with --refill-clock fixed: each generation batch's duration in virtual seconds (default 4.0: a batch "
+        "of 8 SmolLM2 completions of 96 tokens at 1 torch thread, CPU seconds measured 2026-12-07)",
     )
     p.add_argument(
         "--threads",
@@ -436,16 +450,24 @@ class QueueModel:
     """The simulated queue's generation-worker state and the annotators' waits (virtual seconds).
 
     Args:
-        clock: ``"cpu"``: a batch lasts its process CPU seconds / ``threads``; ``"wall"``: its wall seconds.
+        clock: ``"fixed"``: every batch lasts ``batch_seconds`` (a seed repeats its run); ``"cpu"``: a batch
+            lasts its process CPU seconds / ``threads``; ``"wall"``: its wall seconds.
         threads: torch threads the batch ran with (>= 1).
+        batch_seconds: the fixed clock's batch duration, virtual seconds (> 0).
+
+    Raises:
+        ValueError: an unknown ``clock``, or ``batch_seconds`` <= 0 with the fixed clock.
     """
 
-    def __init__(self, *, clock: str = "cpu", threads: int = 1):
-        if clock not in ("cpu", "wall"):
-            raise ValueError(f"clock must be 'cpu' or 'wall', got {clock!r}")
+    def __init__(self, *, clock: str = "fixed", threads: int = 1, batch_seconds: float = 4.0):
+        if clock not in ("fixed", "cpu", "wall"):
+            raise ValueError(f"clock must be 'fixed', 'cpu' or 'wall', got {clock!r}")
+        if clock == "fixed" and batch_seconds <= 0:
+            raise ValueError(f"batch_seconds must be positive, got {batch_seconds}")
         self.clock = clock
         self.threads = max(1, threads)
-        self.batch_s = 0.0  # the last measured batch's duration: the next batch's
+        self.fixed_s = batch_seconds
+        self.batch_s = batch_seconds if clock == "fixed" else 0.0  # the last measured batch's duration: the next batch's
         self.batches_s: list[float] = []
         self.batches_wall_s: list[float] = []
         self.stream: tuple[int, int] | None = None  # (stream id, batches left) while the worker samples
@@ -460,7 +482,7 @@ class QueueModel:
 
     def batch_measured(self, *, cpu_s: float, wall_s: float) -> None:
         """A batch's cost on this machine; the next batch lasts this long."""
-        self.batch_s = cpu_s / self.threads if self.clock == "cpu" else wall_s
+        self.batch_s = {"fixed": self.fixed_s, "cpu": cpu_s / self.threads, "wall": wall_s}[self.clock]
         self.batches_s.append(self.batch_s)
         self.batches_wall_s.append(wall_s)
 
@@ -553,7 +575,7 @@ class Loop:
         self.gen_tick = 0
         self.ratings = 0
         self.in_flight: dict[int, int] = {}  # annotator index -> leased completion id
-        self.queue = QueueModel(clock=args.refill_clock, threads=args.threads)
+        self.queue = QueueModel(clock=args.refill_clock, threads=args.threads, batch_seconds=args.batch_seconds)
         # generation_s: pool refills; training_s: pgcore updates; evaluation_s: the base's
         # evaluation; run_other_s: the rest of each run (batch, save, evaluate, promote),
         # split per step in step_<name>_s.
@@ -599,6 +621,11 @@ class Loop:
 
     def run(self, on_point) -> None:
         """Collect ``args.ratings`` ratings, training every ``args.train_every``; ``on_point(point)`` per version."""
+        from webapp.annotation import services as annotation_services
+
+        # The app's queue draws (the active queue's uniform share and item, the shadow share) repeat for a seed.
+        annotation_services.queue_rng.seed(self.seed)
+        annotation_services.queue_item_rng.seed(self.seed)
         self._initial_fill()
         for k in range(len(self.team)):
             self.push(self.rng.uniform(0, IDLE_RETRY_S), "lease", k)
@@ -1246,6 +1273,7 @@ def main(argv=None) -> dict:
                 "prompts": f"{len(rows)} demo prompts (vaderSentiment movie-review openings), {sum(r.held_out for r in rows)} held out",
                 "low_water": args.low_water if args.low_water is not None else Project._meta.get_field("pool_low_water").default,
                 "refill_clock": args.refill_clock,
+                "batch_seconds": args.batch_seconds if args.refill_clock == "fixed" else None,
                 "torch_threads": torch.get_num_threads(),
             },
             "host": {"cpus": os.cpu_count(), "load_avg_at_start": list(os.getloadavg()), "python": platform.python_version()},

@@ -1,6 +1,7 @@
 """The active queue (issue 16, item 5): most uncertain first, a uniform share, why each item was served."""
 
 import math
+import random
 
 import pytest
 
@@ -106,6 +107,18 @@ def test_uniform_draws_reach_every_item(project, annotator, make_completion):
     for _ in range(200):
         seen.add(selectors.queue_candidate_ids(project=project, annotator=annotator, order="uniform", limit=1)[0])
     assert seen == {c.pk for c in items}
+
+
+def test_uniform_draws_repeat_for_a_seeded_generator(project, annotator, make_completion):
+    _scored(project, make_completion, [0.5] * 6)
+
+    def draws(seed):
+        rng = random.Random(seed)
+        return [selectors.queue_candidate_ids(project=project, annotator=annotator, order="uniform", limit=3, rng=rng) for _ in range(5)]
+
+    assert draws(7) == draws(7)
+    assert draws(7) != draws(8)
+    assert all(len(set(d)) == 3 for d in draws(7))
 
 
 def test_an_unknown_order_is_refused(project, annotator):

@@ -47,7 +47,7 @@ def test_a_batch_lasts_its_cpu_seconds_per_thread_or_its_wall_seconds():
 
 
 def test_a_variants_queue_sums_waits_over_seeds_and_keeps_the_longest():
-    a, b = QueueModel(), QueueModel()
+    a, b = QueueModel(clock="cpu"), QueueModel(clock="cpu")
     a.wait_begins(0, 0.0)
     a.wait_ends(0, 3.0)
     b.wait_begins(0, 0.0)
@@ -62,3 +62,12 @@ def test_the_low_water_mark_and_refill_clock_are_arguments():
     args = parse_args(["--tiny", "--low-water", "4", "--refill-clock", "wall"])
     assert (args.low_water, args.refill_clock) == (4, "wall")
     assert parse_args(["--tiny"]).low_water is None
+
+
+def test_the_fixed_clock_gives_every_batch_the_same_duration_whatever_it_cost():
+    fixed = QueueModel(clock="fixed", batch_seconds=2.5)
+    assert fixed.batch_s == 2.5  # the first refill batch too, before any was measured
+    fixed.batch_measured(cpu_s=8.0, wall_s=30.0)
+    assert fixed.batch_s == 2.5
+    with pytest.raises(ValueError, match="batch_seconds"):
+        QueueModel(clock="fixed", batch_seconds=0)

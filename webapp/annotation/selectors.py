@@ -141,17 +141,18 @@ WHERE {version_group} AND {open_item}
     AND (SELECT COUNT(*) FROM {lease} l
          WHERE l.completion_id = c.id AND (l.fulfilled OR l.expires_at > %(now)s)) < {per_item:d}
     AND (SELECT COUNT(*) FROM {rating} r WHERE r.completion_id = c.id) < {per_item:d}
-ORDER BY {order}
-LIMIT {limit:d}
+ORDER BY {order}{limit_clause}
 """
 # Queue orders (``Lease.chosen_by`` values). "active": the largest ensemble spread first, items
 # the reward model has not scored after them in queue order (NULLS LAST written so SQLite and
-# PostgreSQL agree). "uniform": a uniform draw among the open items (RANDOM() exists in both).
+# PostgreSQL agree). "uniform": every open item in queue order, then a uniform draw among them in
+# Python with the caller's generator (SQL's RANDOM() cannot be seeded on SQLite, so a seeded queue,
+# as the learning benchmark's, would not repeat; the statement reads every open item either way).
 # "shadow": the shadow candidate's items (``Project.shadow_version``) in queue order.
 QUEUE_ORDERS = {
     "fifo": "c.n_ratings DESC, c.id",
     "active": "CASE WHEN c.rm_uncertainty IS NULL THEN 1 ELSE 0 END, c.rm_uncertainty DESC, c.n_ratings DESC, c.id",
-    "uniform": "RANDOM()",
+    "uniform": "c.n_ratings DESC, c.id",
     "shadow": "c.n_ratings DESC, c.id",
 }
 # The ratings per item and the LIMIT (integers from the project and the code) are
@@ -172,23 +173,27 @@ def aware_datetime(value):
     return value
 
 
-def queue_candidate_ids(*, project: Project, annotator, limit: int = 10, order: str = "fifo") -> list[int]:
+def queue_candidate_ids(
+    *, project: Project, annotator, limit: int = 10, order: str = "fifo", rng: random.Random | None = None
+) -> list[int]:
     """Ids of the next ``limit`` items this annotator may be offered, in the order they are offered.
 
     See :func:`queue_candidates`.
     """
-    return [cid for cid, _ in queue_candidates(project=project, annotator=annotator, limit=limit, order=order)]
+    return [cid for cid, _ in queue_candidates(project=project, annotator=annotator, limit=limit, order=order, rng=rng)]
 
 
 def queue_candidates(
-    *, project: Project, annotator, limit: int = 10, order: str = "fifo"
+    *, project: Project, annotator, limit: int = 10, order: str = "fifo", rng: random.Random | None = None
 ) -> list[tuple[int, float | None]]:
     """``(id, rm_uncertainty)`` of the next ``limit`` items this annotator may be offered, in order.
 
     ``order`` (a key of :data:`QUEUE_ORDERS`): ``"fifo"`` is the queue order described
     below; ``"active"`` puts the largest reward-model uncertainty (``Completion.rm_uncertainty``,
     written by the rewards app) first and unscored items after them in queue order;
-    ``"uniform"`` draws the items uniformly at random. The version groups apply to these three.
+    ``"uniform"`` draws the items uniformly at random with ``rng`` (default: a fresh, unseeded
+    ``random.Random``; the same seeded generator over the same queue draws the same items).
+    The version groups apply to these three.
     ``"shadow"`` offers only items of the project's shadow candidate (``Project.shadow_version``,
     a version not served yet), in queue order; none when the project has none.
 
@@ -224,6 +229,7 @@ def queue_candidates(
         version_groups = ("c.model_version_id = %(version)s", "c.model_version_id <> %(version)s")
     else:  # a project being set up: every version is "older"
         version_groups = ("1 = 1",)
+    uniform = order == "uniform"
     ids = []
     with connection.cursor() as cursor:
         for version_group in version_groups:
@@ -231,12 +237,15 @@ def queue_candidates(
                 version_group=version_group,
                 open_item=open_item,
                 per_item=project.ratings_per_item,
-                limit=limit - len(ids),
+                limit_clause="" if uniform else f"\nLIMIT {limit - len(ids):d}",
                 order=QUEUE_ORDERS[order],
                 **_T,
             )
             cursor.execute(sql, params)
-            ids += [(row[0], row[1]) for row in cursor.fetchall()]
+            rows = [(row[0], row[1]) for row in cursor.fetchall()]
+            if uniform:
+                rows = (rng or random.Random()).sample(rows, min(limit - len(ids), len(rows)))
+            ids += rows
             if len(ids) == limit:
                 break
     return ids

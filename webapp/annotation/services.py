@@ -721,8 +721,11 @@ def _gold_free_slots(completion_id: int) -> list[int]:
     return [slot for slot in range(len(taken) + 3) if slot not in taken]
 
 
-# Draws the active queue's uniform share and the shadow share; a module attribute so a test can seed it.
+# Draw the active queue's uniform share and the shadow share (queue_rng), and the uniform share's items
+# (queue_item_rng, apart so the shares' draws do not depend on the pool); module attributes so a test or
+# the learning benchmark can seed them (then the queue repeats for a seed).
 queue_rng = random.Random()
+queue_item_rng = random.Random()
 
 
 def queue_order_draw(*, project: Project) -> str:
@@ -760,10 +763,10 @@ def _lease_first_free(*, project: Project, annotator, lease_minutes: int) -> Lea
     """
     order = queue_order_draw(project=project)
     for _ in range(LEASE_READ_ROUNDS):
-        candidates = selectors.queue_candidates(project=project, annotator=annotator, order=order)
+        candidates = selectors.queue_candidates(project=project, annotator=annotator, order=order, rng=queue_item_rng)
         if not candidates and order == ChosenBy.SHADOW:
             order = _served_order_draw(project=project)
-            candidates = selectors.queue_candidates(project=project, annotator=annotator, order=order)
+            candidates = selectors.queue_candidates(project=project, annotator=annotator, order=order, rng=queue_item_rng)
         for completion_id, uncertainty in candidates:
             chosen_by = ChosenBy.FIFO if order == ChosenBy.ACTIVE and uncertainty is None else order
             if _lease_take_slot(

@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import transaction
 
 from webapp.annotation import judgments as annotation_judgments
-from webapp.annotation.models import Completion
+from webapp.annotation.models import Completion, Prompt
 from webapp.annotation.weights import rating_weights
 from webapp.errors import ApplicationError
 from webapp.policies import artifacts
@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 # Below this many judgments a fit is refused: the held-out share would say nothing.
 MIN_JUDGMENTS = 32
-# Share of prompts (by a hash of the prompt id, so it is fixed) whose judgments measure the model.
+# Share of prompts (by a hash of the prompt's text, so it is fixed, and the same in every project and
+# database holding that prompt) whose judgments measure the model.
 HELD_OUT_SHARE = 0.2
 # Pooled layers as fractions of the backbone's depth (SmolLM2-135M, 30 layers: 8, 16, 24, 30).
 LAYER_FRACTIONS = (0.27, 0.53, 0.8, 1.0)
@@ -80,8 +81,8 @@ def reward_model_config_for(*, project: Project, overrides: dict | None = None):
         raise ApplicationError(str(exc)) from exc
 
 
-def _held_out(project_id: int, prompt_id: int) -> bool:
-    digest = hashlib.sha256(f"rm-split:{project_id}:{prompt_id}".encode()).digest()
+def _held_out(prompt_text: str) -> bool:
+    digest = hashlib.sha256(f"rm-split:{prompt_text}".encode()).digest()
     return int.from_bytes(digest[:4], "big") / 2**32 < HELD_OUT_SHARE
 
 
@@ -138,6 +139,9 @@ def judgments_build(*, project: Project, rows: list) -> dict:
     completion_ids = sorted({r.completion_id for r in rows})
     index = {cid: i for i, cid in enumerate(completion_ids)}
     prompt_of = {r.completion_id: r.prompt_id for r in rows}
+    held_out = {
+        pk for pk, text in Prompt.objects.filter(pk__in=set(prompt_of.values())).values_list("pk", "text") if _held_out(text)
+    }
 
     rated = [r for r in rows if r.comparison_id is None and r.ranking_id is None]
     rated_ids = sorted({r.completion_id for r in rated})
@@ -198,8 +202,8 @@ def judgments_build(*, project: Project, rows: list) -> dict:
     return {
         "completion_ids": completion_ids,
         "all": part(lambda prompt_id: True),
-        "fit": part(lambda prompt_id: not _held_out(project.pk, prompt_id)),
-        "held_out": part(lambda prompt_id: _held_out(project.pk, prompt_id)),
+        "fit": part(lambda prompt_id: prompt_id not in held_out),
+        "held_out": part(lambda prompt_id: prompt_id in held_out),
         "n_judgments": len(rated_ids) + len(pairs),
         "rating_ids": sorted(r.rating_id for r in rows),
     }
@@ -339,7 +343,7 @@ def reward_model_fit(*, project: Project, config_overrides: dict | None = None) 
 
     1. Judgments from every rating of training prompts (:func:`judgments_build`).
     2. Held-out metrics: the ensemble is fitted without the held-out prompts' judgments
-       (``HELD_OUT_SHARE`` of prompts, chosen by a hash of the prompt id) and measured on
+       (``HELD_OUT_SHARE`` of prompts, chosen by a hash of the prompt's text) and measured on
        them (``held_out/*``: Pearson, Spearman and pairwise accuracy against the
        normalised ratings, accuracy on decided comparisons, a calibration table).
     3. The stored model is fitted on every judgment (same config, same seed), written

@@ -56,6 +56,7 @@ from webapp.policies import services as policy_services
 from webapp.policies.models import ModelVersion, Project
 
 from . import evaluation, liveness, overoptimisation
+from .reward_batch import fresh_seed
 from .models import TrainingRun, TrainingStep
 
 logger = logging.getLogger(__name__)
@@ -334,7 +335,9 @@ def step_promote(*, run: TrainingRun, config) -> None:
         # Best effort: a version that passed the guard is served even if this fails (the refill after
         # serving then samples its first batch, as it did before sampling ahead existed).
         try:
-            ahead = annotation_services.completions_sample_ahead(project=project, version=version, seed=run.pk)
+            ahead = annotation_services.completions_sample_ahead(
+                project=project, version=version, seed=fresh_seed(run)  # not run.pk: a seed repeats its run
+            )
         except Exception as exc:  # noqa: BLE001 - logged on the run; promotion must not depend on it
             logger.exception("sampling ahead for v%s failed", version.number)
             liveness.run_log(run, f"sampling ahead for the queue failed ({exc}); the pool refills after serving")

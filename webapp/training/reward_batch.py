@@ -123,6 +123,15 @@ def fresh_batch_build(*, run: TrainingRun, project: Project, rm_version, parent,
     )
 
 
+def fresh_seed(run: TrainingRun) -> int:
+    """The seed of ``run``'s fresh samples (which prompts, and their sampling): the run's PGConfig
+    ``seed`` and how many runs of its project came before it. Not the run's database id, so a
+    project's runs repeat for a seed whatever other projects did (the learning benchmark's
+    variants share one database)."""
+    earlier = TrainingRun.objects.filter(project_id=run.project_id, pk__lt=run.pk).count()
+    return int(run.config.get("seed", 0)) * 1_000_003 + earlier
+
+
 def batches_join(human, fresh):
     """One TrainBatch: the human rows, then the fresh rows."""
     from pgcore.trainer import TrainBatch
@@ -144,6 +153,6 @@ def batch_with_reward_model(*, run: TrainingRun, project: Project, parent, human
     rm_version = reward_model_for_run(run=run, project=project)
     if rm_version is None:
         return human_batch
-    fresh = fresh_batch_build(run=run, project=project, rm_version=rm_version, parent=parent, seed=run.pk)
+    fresh = fresh_batch_build(run=run, project=project, rm_version=rm_version, parent=parent, seed=fresh_seed(run))
     TrainingRun.objects.filter(pk=run.pk).update(reward_model=rm_version)
     return batches_join(human_batch, fresh)
