@@ -329,6 +329,29 @@ def lease_held(*, project: Project, annotator) -> Lease | None:
     return lease
 
 
+_COMPLETION_OF_PROJECT_SQL = """
+SELECT id, project_id, prompt_id, model_version_id, text, finished, n_ratings
+FROM {completion} WHERE id = %(completion)s AND project_id = %(project)s
+"""
+
+
+def completion_of_project(*, project: Project, completion_id: int) -> Completion | None:
+    """Completion ``completion_id`` if it belongs to ``project``, else None; the card's fields only
+    (token ids and log-probabilities are deferred, as in :func:`lease_held`). One statement."""
+    with connection.cursor() as cursor:
+        cursor.execute(_COMPLETION_OF_PROJECT_SQL.format(**_T), {"completion": completion_id, "project": project.pk})
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    completion_id, project_id, prompt_id, version_id, text, finished, n_ratings = row
+    completion = Completion.from_db(
+        connection.alias, _CARD_COMPLETION_FIELDS,
+        [completion_id, project_id, prompt_id, version_id, text, bool(finished), n_ratings],
+    )  # fmt: skip
+    completion.project = project
+    return completion
+
+
 def rank_members_shown(*, completion: Completion, lease_id: int) -> list[Completion]:
     """The completions of the rank group ``completion`` anchors, in the order this lease shows
     them (top first): shuffled once per lease (seeded by its id), so a reload shows the same
@@ -361,6 +384,10 @@ def item_state_for(*, project: Project, annotator, completion_id: int) -> tuple[
     if row is None:
         return False, False
     return bool(row[0]), bool(row[1])
+
+
+# Modes whose items are not single completions: only there can a lease hold an item of another mode.
+MODES_WITH_OFF_MODE_ITEMS = (RatingMode.PAIRWISE, RatingMode.RANKING)
 
 
 def leases_off_mode(*, project: Project, annotator) -> QuerySet[Lease]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, F
+from django.db.models import Count
 from django.utils import timezone
 
 from webapp import broker
@@ -677,7 +677,8 @@ def lease_next(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTE
         return held
     # A lease from before the project's rating mode changed holds an item this mode cannot rate:
     # give it back, so the annotator is not stuck on it and its slot is free when the mode returns.
-    selectors.leases_off_mode(project=project, annotator=annotator).delete()
+    if project.rating_mode in selectors.MODES_WITH_OFF_MODE_ITEMS:  # elsewhere every item is one (no statement)
+        selectors.leases_off_mode(project=project, annotator=annotator).delete()
     leases_reclaim_expired(project=project)
     if project.gold_rate > 0 and _gold_rng.random() < project.gold_rate:
         lease = _lease_gold(project=project, annotator=annotator, lease_minutes=lease_minutes)
@@ -929,10 +930,14 @@ def _n_ratings_add(*, completion_ids: list[int], delta: int) -> None:
     the ratings of ``completion_ids``; the row lock of the UPDATE orders
     concurrent judgments of one completion. Never goes below zero.
     """
-    if delta < 0:
-        Completion.objects.filter(pk__in=completion_ids, n_ratings__gte=-delta).update(n_ratings=F("n_ratings") + delta)
-    else:
-        Completion.objects.filter(pk__in=completion_ids).update(n_ratings=F("n_ratings") + delta)
+    # Written out: on every submit, and the ORM's compiling of this UPDATE cost ten times its running.
+    ids = ", ".join(["%s"] * len(completion_ids))
+    floor = " AND n_ratings >= %s" if delta < 0 else ""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {Completion._meta.db_table} SET n_ratings = n_ratings + %s WHERE id IN ({ids}){floor}",
+            [delta, *completion_ids, *([-delta] if delta < 0 else [])],
+        )
 
 
 def _seconds_on(lease: Lease | None, seconds_spent):

@@ -2,7 +2,8 @@
 
 from django.contrib import messages
 from django.db import transaction
-from django.shortcuts import get_object_or_404, redirect, render
+from django.http import Http404
+from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from webapp.errors import ApplicationError
@@ -181,8 +182,9 @@ def _ranking_order(post, group) -> tuple[list[int], list[int] | None]:
 
 def _item(request, completion_id) -> Completion:
     """The completion of the request's project (set by ``member_required``), or 404."""
-    completion = get_object_or_404(Completion, pk=completion_id, project=request.project)
-    completion.project = request.project
+    completion = selectors.completion_of_project(project=request.project, completion_id=completion_id)
+    if completion is None:
+        raise Http404("No such item in this project.")
     return completion
 
 
