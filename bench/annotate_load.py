@@ -24,7 +24,14 @@ What it does, all on 127.0.0.1:
    loads: it leases an item, or answers the one held; ``GET .../card/`` only
    reads since a page load writes nothing) → think for ``--think-s``
    (uniform in [0.5, 1.5] × think) → *submit* (``POST .../rate/`` as htmx,
-   which answers with the next card);
+   which answers with the next card). With ``--mix browser`` (the default
+   since 2026-12-07) each annotator behaves as the page does: *next item*
+   only when it holds no card (as the page loads, or after an empty queue),
+   otherwise the card the submit answered with is the next one to rate, so
+   a keypress is one request. ``--mix every-item`` is the loop before then:
+   *next item* again after every submit (it answers the card already held),
+   twice the requests a browser sends. Annotators open the page at a random
+   moment within ``--ramp-s`` of the start (default 0: all at once);
 5. counts from the database what was stored.
 
 Server CPU per request, beside the latencies: gunicorn serves the app through
@@ -126,6 +133,14 @@ def parse_args():
     p.add_argument("--seconds", type=float, default=60.0, help="length of the measured window (default 60)")
     p.add_argument("--annotators", type=int, default=50)
     p.add_argument("--think-s", type=float, default=1.0, help="mean think time between seeing an item and submitting")
+    p.add_argument(
+        "--mix",
+        choices=("browser", "every-item"),
+        default="browser",
+        help="browser: next item only when no card is held (the submit answers with the next card), as the page "
+        "does; every-item: next item before every item, as the bench did before 2026-12-07",
+    )
+    p.add_argument("--ramp-s", type=float, default=0.0, help="annotators open the page uniformly within this many seconds")
     p.add_argument("--items", type=int, default=0, help="completions to seed (default: enough for the window)")
     p.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
     p.add_argument("--threads", type=int, default=1, help="threads per worker (more than 1: gunicorn's gthread workers)")
@@ -207,8 +222,13 @@ def seed(*, n_items: int, n_annotators: int, model_dir: Path) -> None:
 
 
 class Annotator(threading.Thread):
-    def __init__(self, base: str, username: str, start_at: float, stop_at: float, think_s: float, seed: int):
+    def __init__(
+        self, base: str, username: str, start_at: float, stop_at: float, think_s: float, seed: int,
+        mix: str = "browser", ramp_s: float = 0.0,
+    ):
         super().__init__(daemon=True)
+        self.mix, self.ramp_s = mix, ramp_s
+        self.held: int | None = None  # the item of the card on screen (browser mix)
         self.base, self.username = base, username
         self.start_at, self.stop_at, self.think_s = start_at, stop_at, think_s
         self.rng = random.Random(seed)
@@ -240,7 +260,8 @@ class Annotator(threading.Thread):
 
     def run(self):
         try:
-            while time.monotonic() < self.start_at:
+            opens_at = self.start_at + self.rng.uniform(0, self.ramp_s)
+            while time.monotonic() < opens_at:
                 time.sleep(0.01)
             while time.monotonic() < self.stop_at:
                 self.cycle()
@@ -248,20 +269,23 @@ class Annotator(threading.Thread):
             self.errors.append(f"{type(exc).__name__}: {exc}")
 
     def cycle(self):
-        t0 = time.perf_counter()
-        card = self.session.post(f"{self.base}/p/{SLUG}/annotate/next/", headers=self.headers, timeout=30)
-        self.next_ms.append((time.perf_counter() - t0) * 1000)
-        self.next_cpu_ms.append(float(card.headers.get(CPU_HEADER, "nan")))
-        if card.status_code != 200:
-            self.errors.append(f"next: HTTP {card.status_code}")
-            return
-        match = ITEM_RE.search(card.text)
-        if not match:
-            self.empty += 1
-            time.sleep(0.5)
-            return
-        item = int(match.group(1))
-        self.seen.append((time.monotonic(), item))
+        if self.held is None:
+            t0 = time.perf_counter()
+            card = self.session.post(f"{self.base}/p/{SLUG}/annotate/next/", headers=self.headers, timeout=30)
+            self.next_ms.append((time.perf_counter() - t0) * 1000)
+            self.next_cpu_ms.append(float(card.headers.get(CPU_HEADER, "nan")))
+            if card.status_code != 200:
+                self.errors.append(f"next: HTTP {card.status_code}")
+                return
+            match = ITEM_RE.search(card.text)
+            if not match:
+                self.empty += 1
+                time.sleep(0.5)
+                return
+            item = int(match.group(1))
+            self.seen.append((time.monotonic(), item))
+        else:
+            item, self.held = self.held, None  # the card the last submit answered with
         time.sleep(self.think_s * self.rng.uniform(0.5, 1.5))
         if time.monotonic() >= self.stop_at:
             return  # the window closed while thinking: not submitted, not counted
@@ -278,6 +302,10 @@ class Annotator(threading.Thread):
             self.errors.append(f"submit: HTTP {answer.status_code} {answer.text[:200] if answer.status_code == 200 else ''}")
         else:
             self.submitted += 1
+            following = ITEM_RE.search(answer.text)
+            if self.mix == "browser" and following:
+                self.held = int(following.group(1))
+                self.seen.append((time.monotonic(), self.held))
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -359,7 +387,8 @@ def main() -> int:
         wait_for_server(base, server)
 
         annotators = [
-            Annotator(base, f"ann{i:03d}", 0, 0, args.think_s, seed=i) for i in range(args.annotators)
+            Annotator(base, f"ann{i:03d}", 0, 0, args.think_s, seed=i, mix=args.mix, ramp_s=args.ramp_s)
+            for i in range(args.annotators)
         ]
         for a in annotators:
             a.login()
@@ -410,6 +439,8 @@ def main() -> int:
             "annotators": args.annotators,
             "seconds": round(elapsed, 1),
             "think_s_mean": args.think_s,
+            "mix": args.mix,
+            "ramp_s": args.ramp_s,
             "gunicorn_workers": args.workers,
             "gunicorn_threads": args.threads,
             "cache": args.cache or "none (sessions in the database)",
