@@ -166,6 +166,54 @@ def _draw(logp: torch.Tensor, generator: torch.Generator, greedy: bool) -> torch
 
 draw_tokens = _draw  # the public name, for ``draw`` hooks of :func:`sample_continuous` that reuse it
 
+CDF_BLOCK = 256  # vocabulary entries per block of the two-level inverse-CDF search
+
+
+def _inverse_cdf(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The first index of each row of ``p (b, V)`` (probabilities up to a positive factor, >= 0)
+    whose running sum exceeds ``u (b, 1)`` (``0 <= u < p.sum(-1)``); ``(b,)`` long.
+
+    What ``searchsorted(p.cumsum(-1), u, right=True)`` gives, without the running sum over
+    the whole vocabulary (sequential, so the slowest pass over a ``(b, V)`` row on a CPU):
+    the sums of blocks of ``CDF_BLOCK`` entries, their running sum to find the block, then
+    the running sum inside that block only. Never an index of probability 0.
+    """
+    b, V = p.shape
+    pad = -V % CDF_BLOCK
+    blocks = torch.nn.functional.pad(p, (0, pad)).view(b, -1, CDF_BLOCK) if pad else p.view(b, -1, CDF_BLOCK)
+    block_cdf = blocks.sum(-1).cumsum(-1)  # (b, V / CDF_BLOCK)
+    block = torch.searchsorted(block_cdf, u, right=True).clamp(max=block_cdf.shape[1] - 1)  # (b, 1)
+    before = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp(min=0)), torch.zeros_like(u))
+    inside = blocks.gather(1, block[:, :, None].expand(-1, -1, CDF_BLOCK)).squeeze(1).cumsum(-1)  # (b, CDF_BLOCK)
+    # Rounding may put u - before at or past the block's own total: keep it below, so the
+    # index found is one whose probability moved the running sum (never a zero).
+    rest = torch.minimum(u - before, torch.nextafter(inside[:, -1:], torch.zeros_like(u)))
+    return (block * CDF_BLOCK + torch.searchsorted(inside, rest, right=True)).squeeze(1)
+
+
+def draw_from_logits(
+    logits: torch.Tensor, generator: torch.Generator, greedy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row of ``logits (b, V)`` fp32, drawn from ``softmax(logits)`` (temperature 1),
+    and its logprob: ``(tokens (b,) long, logprobs (b,) fp32 nats)``.
+
+    Same distribution and logprobs as :func:`_draw` on ``log_softmax(logits)``, in fewer
+    passes over the ``(b, V)`` row: ``p = exp(logits - max)``, one uniform per row against
+    its running sum (:func:`_inverse_cdf`), ``logprob = logit - max - log(sum p)``. The
+    full log-softmax is never formed. ``greedy`` takes the argmax (tests); its logprob is
+    still that of the temperature-1 distribution.
+    """
+    top = logits.amax(dim=-1, keepdim=True)  # (b, 1)
+    p = (logits - top).exp_()  # (b, V), unnormalised
+    total = p.sum(dim=-1, keepdim=True)  # (b, 1)
+    if greedy:
+        tokens = logits.argmax(dim=-1)
+    else:
+        u = torch.rand((logits.shape[0], 1), generator=generator, device=logits.device) * total
+        tokens = _inverse_cdf(p, u)
+    return tokens, (logits.gather(1, tokens[:, None]) - top - total.log()).squeeze(1)
+
+
 
 # ---------------------------------------------------------------- the fast path (Llama family)
 
@@ -451,11 +499,11 @@ def sample_continuous(
     b = 0  # rows 0 : b run each decoding step (some may have ended and wait to be replaced)
     end = 0  # upper bound on the columns any running row uses
 
-    def sample(logp, rows):
-        """Draw for slots ``rows``: ``(tokens (k,), their recorded logprobs (k,))``."""
+    def sample(logits, rows):
+        """Draw for slots ``rows`` from ``logits (k, V)`` fp32: ``(tokens (k,), their recorded logprobs (k,))``."""
         if draw is None:
-            nxt = _draw(logp, generator, greedy)  # (k,)
-            return nxt, logp.gather(1, nxt[:, None]).squeeze(1)
+            return draw_from_logits(logits, generator, greedy)
+        logp = torch.log_softmax(logits, dim=-1)  # (k, V)
         nxt = torch.full((rows.numel(),), pad_id, dtype=torch.long, device=device)
         nxt_logp = torch.zeros(rows.numel(), dtype=torch.float32, device=device)
         live = alive[rows].nonzero().squeeze(1)  # hooks see running rows only (seeded draws stay exact)
@@ -529,8 +577,7 @@ def sample_continuous(
             finished[sel] = False
             for slot, i in zip(slots, group):
                 owner[slot] = i
-            logp = torch.log_softmax(logits, dim=-1)  # (k, V)
-            nxt, nxt_logp = sample(logp, sel)  # (k,)
+            nxt, nxt_logp = sample(logits, sel)  # (k,)
             feed[sel] = nxt
             ended = take(nxt, nxt_logp, sel)
             yield from emit([s_ for s_, e in zip(slots, ended.tolist()) if e])
@@ -560,9 +607,8 @@ def sample_continuous(
         logits = _forward_fast(
             inner, lm_head, feed[:b, None], pos[:b, None], valid[:b, None, None, :end], keys, values, cols[:b]
         )
-        logp = torch.log_softmax(logits, dim=-1)  # (b, V)
         was_alive = alive[:b].clone()
-        nxt, nxt_logp = sample(logp, rows)  # (b,)
+        nxt, nxt_logp = sample(logits, rows)  # (b,)
         ended = take(nxt, nxt_logp, rows)
         step = was_alive.long()
         cols[:b] += step
