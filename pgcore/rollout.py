@@ -152,19 +152,17 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 def _draw(logp: torch.Tensor, generator: torch.Generator, greedy: bool) -> torch.Tensor:
     """One token per row of ``logp (b, V)``: a draw from ``exp(logp)`` or the argmax; ``(b,)`` long.
 
-    Inverse-CDF sampling: one uniform per row against the cumulative probabilities. Same
-    distribution as ``torch.multinomial``, whose CPU kernel draws an exponential per
+    Inverse-CDF sampling: one uniform per row against the cumulative probabilities
+    (:func:`_inverse_cdf`, which never forms the running sum over the whole vocabulary).
+    Same distribution as ``torch.multinomial``, whose CPU kernel draws an exponential per
     vocabulary entry (~10% of a decoding step at batch 8 on SmolLM2, profiled).
     """
     if greedy:
         return logp.argmax(dim=-1)
-    cdf = logp.exp().cumsum(dim=-1)  # (b, V)
-    u = torch.rand((logp.shape[0], 1), generator=generator, device=logp.device) * cdf[:, -1:]
-    # The first index whose cumulative mass exceeds u: never a zero-probability token.
-    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=logp.shape[-1] - 1)
+    p = logp.exp()  # (b, V)
+    u = torch.rand((logp.shape[0], 1), generator=generator, device=logp.device) * p.sum(dim=-1, keepdim=True)
+    return _inverse_cdf(p, u)
 
-
-draw_tokens = _draw  # the public name, for ``draw`` hooks of :func:`sample_continuous` that reuse it
 
 CDF_BLOCK = 256  # vocabulary entries per block of the two-level inverse-CDF search
 
@@ -174,7 +172,7 @@ def _inverse_cdf(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     whose running sum exceeds ``u (b, 1)`` (``0 <= u < p.sum(-1)``); ``(b,)`` long.
 
     What ``searchsorted(p.cumsum(-1), u, right=True)`` gives, without the running sum over
-    the whole vocabulary (sequential, so the slowest pass over a ``(b, V)`` row on a CPU):
+    the whole vocabulary (sequential, the slowest pass over a ``(b, V)`` row on a CPU):
     the sums of blocks of ``CDF_BLOCK`` entries, their running sum to find the block, then
     the running sum inside that block only. Never an index of probability 0.
     """
@@ -191,28 +189,7 @@ def _inverse_cdf(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return (block * CDF_BLOCK + torch.searchsorted(inside, rest, right=True)).squeeze(1)
 
 
-def draw_from_logits(
-    logits: torch.Tensor, generator: torch.Generator, greedy: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One token per row of ``logits (b, V)`` fp32, drawn from ``softmax(logits)`` (temperature 1),
-    and its logprob: ``(tokens (b,) long, logprobs (b,) fp32 nats)``.
-
-    Same distribution and logprobs as :func:`_draw` on ``log_softmax(logits)``, in fewer
-    passes over the ``(b, V)`` row: ``p = exp(logits - max)``, one uniform per row against
-    its running sum (:func:`_inverse_cdf`), ``logprob = logit - max - log(sum p)``. The
-    full log-softmax is never formed. ``greedy`` takes the argmax (tests); its logprob is
-    still that of the temperature-1 distribution.
-    """
-    top = logits.amax(dim=-1, keepdim=True)  # (b, 1)
-    p = (logits - top).exp_()  # (b, V), unnormalised
-    total = p.sum(dim=-1, keepdim=True)  # (b, 1)
-    if greedy:
-        tokens = logits.argmax(dim=-1)
-    else:
-        u = torch.rand((logits.shape[0], 1), generator=generator, device=logits.device) * total
-        tokens = _inverse_cdf(p, u)
-    return tokens, (logits.gather(1, tokens[:, None]) - top - total.log()).squeeze(1)
-
+draw_tokens = _draw  # the public name, for ``draw`` hooks of :func:`sample_continuous` that reuse it
 
 
 # ---------------------------------------------------------------- the fast path (Llama family)
@@ -504,11 +481,11 @@ def sample_continuous(
     b = 0  # rows 0 : b run each decoding step (some may have ended and wait to be replaced)
     end = 0  # upper bound on the columns any running row uses
 
-    def sample(logits, rows):
-        """Draw for slots ``rows`` from ``logits (k, V)`` fp32: ``(tokens (k,), their recorded logprobs (k,))``."""
+    def sample(logp, rows):
+        """Draw for slots ``rows``: ``(tokens (k,), their recorded logprobs (k,))``."""
         if draw is None:
-            return draw_from_logits(logits, generator, greedy)
-        logp = torch.log_softmax(logits, dim=-1)  # (k, V)
+            nxt = _draw(logp, generator, greedy)  # (k,)
+            return nxt, logp.gather(1, nxt[:, None]).squeeze(1)
         nxt = torch.full((rows.numel(),), pad_id, dtype=torch.long, device=device)
         nxt_logp = torch.zeros(rows.numel(), dtype=torch.float32, device=device)
         live = alive[rows].nonzero().squeeze(1)  # hooks see running rows only (seeded draws stay exact)
@@ -582,7 +559,8 @@ def sample_continuous(
             finished[sel] = False
             for slot, i in zip(slots, group):
                 owner[slot] = i
-            nxt, nxt_logp = sample(logits, sel)  # (k,)
+            logp = torch.log_softmax(logits, dim=-1)  # (k, V)
+            nxt, nxt_logp = sample(logp, sel)  # (k,)
             feed[sel] = nxt
             ended = take(nxt, nxt_logp, sel)
             yield from emit([s_ for s_, e in zip(slots, ended.tolist()) if e])
@@ -612,8 +590,9 @@ def sample_continuous(
         logits = _forward_fast(
             inner, lm_head, feed[:b, None], pos[:b, None], valid[:b, None, None, :end], keys, values, cols[:b]
         )
+        logp = torch.log_softmax(logits, dim=-1)  # (b, V)
         was_alive = alive[:b].clone()
-        nxt, nxt_logp = sample(logits, rows)  # (b,)
+        nxt, nxt_logp = sample(logp, rows)  # (b,)
         ended = take(nxt, nxt_logp, rows)
         step = was_alive.long()
         cols[:b] += step
