@@ -156,16 +156,41 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 def _draw(logp: torch.Tensor, generator: torch.Generator, greedy: bool) -> torch.Tensor:
     """One token per row of ``logp (b, V)``: a draw from ``exp(logp)`` or the argmax; ``(b,)`` long.
 
-    Inverse-CDF sampling: one uniform per row against the cumulative probabilities. Same
-    distribution as ``torch.multinomial``, whose CPU kernel draws an exponential per
+    Inverse-CDF sampling: one uniform per row against the cumulative probabilities
+    (:func:`_inverse_cdf`, which never forms the running sum over the whole vocabulary).
+    Same distribution as ``torch.multinomial``, whose CPU kernel draws an exponential per
     vocabulary entry (~10% of a decoding step at batch 8 on SmolLM2, profiled).
     """
     if greedy:
         return logp.argmax(dim=-1)
-    cdf = logp.exp().cumsum(dim=-1)  # (b, V)
-    u = torch.rand((logp.shape[0], 1), generator=generator, device=logp.device) * cdf[:, -1:]
-    # The first index whose cumulative mass exceeds u: never a zero-probability token.
-    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=logp.shape[-1] - 1)
+    p = logp.exp()  # (b, V)
+    u = torch.rand((logp.shape[0], 1), generator=generator, device=logp.device) * p.sum(dim=-1, keepdim=True)
+    return _inverse_cdf(p, u)
+
+
+CDF_BLOCK = 256  # vocabulary entries per block of the two-level inverse-CDF search
+
+
+def _inverse_cdf(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The first index of each row of ``p (b, V)`` (probabilities up to a positive factor, >= 0)
+    whose running sum exceeds ``u (b, 1)`` (``0 <= u < p.sum(-1)``); ``(b,)`` long.
+
+    What ``searchsorted(p.cumsum(-1), u, right=True)`` gives, without the running sum over
+    the whole vocabulary (sequential, the slowest pass over a ``(b, V)`` row on a CPU):
+    the sums of blocks of ``CDF_BLOCK`` entries, their running sum to find the block, then
+    the running sum inside that block only. Never an index of probability 0.
+    """
+    b, V = p.shape
+    pad = -V % CDF_BLOCK
+    blocks = torch.nn.functional.pad(p, (0, pad)).view(b, -1, CDF_BLOCK) if pad else p.view(b, -1, CDF_BLOCK)
+    block_cdf = blocks.sum(-1).cumsum(-1)  # (b, V / CDF_BLOCK)
+    block = torch.searchsorted(block_cdf, u, right=True).clamp(max=block_cdf.shape[1] - 1)  # (b, 1)
+    before = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp(min=0)), torch.zeros_like(u))
+    inside = blocks.gather(1, block[:, :, None].expand(-1, -1, CDF_BLOCK)).squeeze(1).cumsum(-1)  # (b, CDF_BLOCK)
+    # Rounding may put u - before at or past the block's own total: keep it below, so the
+    # index found is one whose probability moved the running sum (never a zero).
+    rest = torch.minimum(u - before, torch.nextafter(inside[:, -1:], torch.zeros_like(u)))
+    return (block * CDF_BLOCK + torch.searchsorted(inside, rest, right=True)).squeeze(1)
 
 
 draw_tokens = _draw  # the public name, for ``draw`` hooks of :func:`sample_continuous` that reuse it
@@ -207,10 +232,15 @@ def _decode_attention(q, k, v, mask, scale):
 
     The query heads that share a key/value head are stacked as rows of one matmul, so
     nothing is expanded; the softmax is taken in fp32 like the eager kernel's. Faster at
-    one query than the CPU flash kernel (profiled: ~15% of a step at batch 8).
+    one query than the CPU flash kernel (profiled: ~15% of a step at batch 8). On a CPU,
+    bf16 keys and values (column slices of the cache) are copied to contiguous tensors
+    first: the bf16 batched matmul copies strided operands far more slowly itself (250 ->
+    160 us per layer at batch 32 on SmolLM2); fp32 is faster strided, so left as it is.
     """
     b, n_heads, _, d = q.shape
     n_kv = k.shape[1]
+    if k.dtype == torch.bfloat16 and k.device.type == "cpu":
+        k, v = k.contiguous(), v.contiguous()
     qg = q.reshape(b, n_kv, n_heads // n_kv, d)  # (b, kvH, g, D)
     scores = torch.matmul(qg, k.transpose(-1, -2)).float() * scale  # (b, kvH, g, T)
     scores = scores.masked_fill(~mask.view(b, 1, 1, -1), float("-inf"))
@@ -265,23 +295,63 @@ def _kv_shape(inner) -> tuple[int, int]:
     return attn.k_proj.out_features // attn.head_dim, attn.head_dim
 
 
-def _prefill(inner, lm_head, prompt_ids: list[list[int]], pad_id: int, device, dtype):
-    """Run left-padded ``prompt_ids`` (k rows, width P) through the decoder into fresh caches.
+def shared_prefix_length(prompt_ids: list[list[int]]) -> int:
+    """Tokens every prompt of ``prompt_ids`` starts with, leaving each at least one of its own.
 
-    Causal over each prompt and never onto padding; a padding query sees itself (no NaN).
-    Returns ``(logits (k, V) fp32, keys, values)`` with per-layer caches ``(k, kvH, P, D)``
-    and ``attention_mask (k, P)`` bool.
+    Prompts rendered with one chat template share its head (SmolLM2's system turn is 25 of
+    its ~40 prompt tokens). 0 for fewer than two prompts.
     """
-    input_ids, attention_mask = left_pad(prompt_ids, pad_id)  # (k, P)
-    k, P = input_ids.shape
+    if len(prompt_ids) < 2:
+        return 0
+    first, n = prompt_ids[0], min(len(p) for p in prompt_ids) - 1
+    for p in prompt_ids[1:]:
+        n = next((t for t in range(n) if p[t] != first[t]), n)
+    return max(n, 0)
+
+
+SHARED_PREFIX_MIN_SAVED = 16  # prefill positions a shared prefix must save to be run once apart
+
+
+def _prefill(inner, lm_head, prompt_ids: list[list[int]], pad_id: int, device, dtype):
+    """Run ``prompt_ids`` (k rows) through the decoder into fresh caches of width P.
+
+    The tokens all prompts start with (:func:`shared_prefix_length`, C of them) are run
+    once, as one row, and their keys/values copied into every row's columns ``0 : C``;
+    the rest of each prompt is left-padded after them into columns ``C : P``, and runs
+    causally over the prefix and itself, never onto padding (a padding query sees itself,
+    no NaN). Position ids count real tokens only, so every row sees what it would alone.
+    With no prefix worth sharing (it would save fewer than ``SHARED_PREFIX_MIN_SAVED``
+    positions), C = 0 and this is one left-padded forward. Saves ``(k - 1) * C`` of the
+    prefill's ``k * P`` token positions (e.g. 32 SmolLM2 chat prompts: 1,312 -> 537).
+
+    Returns ``(logits (k, V) fp32, keys, values, valid)``: per-layer caches ``(k, kvH, P,
+    D)`` and ``valid (k, P)`` bool, True where a column holds a prompt token.
+    """
+    shared = shared_prefix_length(prompt_ids)
+    if (len(prompt_ids) - 1) * shared < SHARED_PREFIX_MIN_SAVED:
+        shared = 0
+    input_ids, attention_mask = left_pad([p[shared:] for p in prompt_ids], pad_id)  # (k, S)
+    k, S = input_ids.shape
+    P = shared + S
     n_kv, d = _kv_shape(inner)
     keys = [torch.empty((k, n_kv, P, d), dtype=dtype, device=device) for _ in inner.layers]
     values = [torch.empty((k, n_kv, P, d), dtype=dtype, device=device) for _ in inner.layers]
-    valid = attention_mask.bool().to(device)
-    causal = torch.ones((P, P), dtype=torch.bool, device=device).tril()
-    mask = (causal[None] & valid[:, None, :]) | torch.eye(P, dtype=torch.bool, device=device)[None]  # (k, P, P)
-    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0).to(device)  # (k, P)
-    logits = _forward_fast(inner, lm_head, input_ids.to(device), positions, mask[:, None], keys, values, 0)
+    if shared:
+        prefix_keys = [layer_keys[:1, :, :shared] for layer_keys in keys]  # views: row 0 gets the prefix
+        prefix_values = [layer_values[:1, :, :shared] for layer_values in values]
+        causal = torch.ones((1, 1, shared, shared), dtype=torch.bool, device=device).tril()
+        ids = torch.tensor([prompt_ids[0][:shared]], dtype=torch.long, device=device)  # (1, C)
+        _forward_fast(inner, lm_head, ids, torch.arange(shared, device=device)[None], causal, prefix_keys, prefix_values, 0)
+        for cache in (keys, values):
+            for layer_cache in cache:
+                layer_cache[1:, :, :shared] = layer_cache[:1, :, :shared]
+    suffix_valid = attention_mask.bool().to(device)  # (k, S)
+    valid = torch.cat([torch.ones((k, shared), dtype=torch.bool, device=device), suffix_valid], dim=1)  # (k, P)
+    causal = torch.ones((S, S), dtype=torch.bool, device=device).tril()
+    own = (causal[None] & suffix_valid[:, None, :]) | torch.eye(S, dtype=torch.bool, device=device)[None]  # (k, S, S)
+    mask = torch.cat([torch.ones((k, S, shared), dtype=torch.bool, device=device), own], dim=2)  # (k, S, P)
+    positions = (shared + attention_mask.cumsum(-1) - 1).clamp(min=0).to(device)  # (k, S)
+    logits = _forward_fast(inner, lm_head, input_ids.to(device), positions, mask[:, None], keys, values, shared)
     return logits, keys, values, valid
 
 
