@@ -12,6 +12,7 @@ fetched into its own cache and checked by hash.
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -93,9 +94,13 @@ def test_two_generation_workers_and_a_training_worker_close_the_loop_through_the
     assert v1.number == 1 and v1.weights_path == f"mm/run-{run.pk}"  # a name in the bucket
     assert artifacts.manifest_read(v1.weights_path)["weights_sha256"] == v1.sha256
 
-    # After promotion the pool refills from v1, sampled by generation workers from their own caches.
+    # The promotion step sampled v1's first batch ahead on the training worker (it holds v1); serving
+    # v1 then refills the rest of the pool from v1, sampled by generation workers from their own caches.
+    ahead = int(re.search(r"(\d+) completions of v1 sampled ahead", run.log).group(1))
+    assert ahead > 0
     first = celery_processes.wait_until(
-        lambda: Completion.objects.filter(project=project, model_version=v1).first(), 240, "a completion from v1"
+        lambda: Completion.objects.filter(project=project, model_version=v1).order_by("id")[ahead:].first(),
+        240, "a completion from v1 sampled by a generation worker",
     )
     assert len(first.behaviour_logprobs) == len(first.token_ids) > 0
 

@@ -137,3 +137,31 @@ def test_an_undone_item_whose_lease_is_gone_takes_a_free_slot_the_one_way_leases
     Lease.objects.all().delete()
     result = services.judgment_undo(project=project, annotator=annotator)
     assert (result.lease.completion_id, result.lease.slot, result.lease.fulfilled) == (item.pk, 0, False)
+
+
+def test_after_a_mode_switch_undo_never_reaches_past_the_newest_judgment_of_the_old_mode(
+    db, tiny_model_dir, models_dir, annotator, make_completion
+):
+    """Likert rating, switch to pairwise, a comparison, switch back: the newest judgment is the
+    comparison, so undo in Likert refuses (it does not undo the older Likert rating instead)."""
+    project = make_project(tiny_model_dir, slug="switch", mode="likert")
+    rated = make_completion(project)
+    services.lease_next(project=project, annotator=annotator)
+    services.rating_create(annotator=annotator, completion=rated, score=4)
+    project.rating_mode = "pairwise"
+    project.save(update_fields=["rating_mode"])
+    pair = make_pair(project, make_completion)
+    services.lease_next(project=project, annotator=annotator)
+    services.comparison_create(annotator=annotator, pair=pair, choice="a")
+    project.rating_mode = "likert"
+    project.save(update_fields=["rating_mode"])
+
+    with pytest.raises(ApplicationError, match=r"last judgment \(a comparison\) was made before the project's rating mode"):
+        services.judgment_undo(project=project, annotator=annotator)
+    assert Rating.objects.filter(completion=rated, score=4).exists() and Comparison.objects.count() == 1
+    assert not RatingRevision.objects.exists()
+
+    project.rating_mode = "pairwise"  # back in the comparison's mode, it is the one undone
+    project.save(update_fields=["rating_mode"])
+    services.judgment_undo(project=project, annotator=annotator)
+    assert not Comparison.objects.exists() and Rating.objects.filter(completion=rated, score=4).exists()

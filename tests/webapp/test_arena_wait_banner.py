@@ -108,6 +108,9 @@ def test_once_the_held_back_version_is_served_the_run_page_says_so_instead_of_th
     url = f"/staff/p/{project.slug}/runs/{run.pk}/"
     page = staff_client.get(url).content.decode()
     assert 'class="flash error" role="alert" id="held-back"' in page and "v1 was kept but not served:" in page
+    runs_list = f"/staff/p/{project.slug}/runs/"
+    listed = re.sub(r"\s+", " ", staff_client.get(runs_list).content.decode())
+    assert "not served: KL to the base 0.9" in listed and "served later" not in listed
 
     v1.refresh_from_db()
     policy_services.version_promote(version=v1, user=staff_user, override_guard=True, reason="checked the outputs by hand")
@@ -116,6 +119,9 @@ def test_once_the_held_back_version_is_served_the_run_page_says_so_instead_of_th
     note = re.search(r'<p class="flash info" role="status" id="held-back">(.*?)</p>', page).group(1)
     assert "v1 was kept but not served when this run ended (KL to the base 0.9 is over the limit 0.5.)" in note
     assert "it was served" in note and f"by {staff_user}" in note
+    listed = re.sub(r"\s+", " ", staff_client.get(runs_list).content.decode())  # the list agrees with the run page
+    assert "not served:" not in listed
+    assert "held back when the run ended (KL to the base 0.9 is over the limit 0.5.); served later" in listed
 
 
 @pytest.fixture

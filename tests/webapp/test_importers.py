@@ -352,3 +352,11 @@ def test_the_import_preview_says_which_column_gave_the_text_and_which_it_left_un
     assert (preview["text_fields"], preview["unread_fields"]) == ({"prompt": 2}, ["notes"])
     mixed = prompt_file_preview(path=write(tmp_path, "p.jsonl", '{"text": "a"}\n{"prompt": "b"}\n'))
     assert mixed["text_fields"] == {"text": 1, "prompt": 1}
+
+
+def test_a_csv_column_whose_cells_the_rows_leave_off_is_still_named_unread(tmp_path):
+    """Rows may end before the header's last columns (spreadsheets drop empty trailing cells)."""
+    from webapp.annotation.services import prompt_file_preview
+
+    preview = prompt_file_preview(path=write(tmp_path, "p.csv", "text,notes\nfirst\nsecond\n"))
+    assert (preview["text_fields"], preview["unread_fields"]) == ({"text": 2}, ["notes"])

@@ -69,6 +69,20 @@ def test_saving_the_settings_form_as_a_browser_does_leaves_untouched_guidelines_
     assert list(AuditEvent.objects.get(action="settings", target="project setup").detail) == ["rating_mode"]
 
 
+def test_rubric_mode_before_any_rubric_is_refused_on_the_mode_field_not_a_server_error(staff_client, project, tiny_model_dir):
+    form = {"title": project.title, "rating_mode": "rubric", "guidelines": "", "ratings_per_item": 1,
+            "completions_per_prompt": 1, "pool_target": project.pool_target}
+    answer = staff_client.post(f"/staff/p/{project.slug}/setup/settings/", form)
+    assert answer.status_code == 400 and "needs a rubric" in answer.content.decode()
+    project.refresh_from_db()
+    assert project.rating_mode == "likert" and not AuditEvent.objects.filter(action="settings").exists()
+    new = {"slug": "rb", "title": "Rb", "base_model_path": str(tiny_model_dir), "rating_mode": "rubric",
+           "ratings_per_item": 1, "completions_per_prompt": 1, "pool_target": 8}
+    answer = staff_client.post("/projects/new/", new)
+    assert answer.status_code == 400 and "needs a rubric" in answer.content.decode()
+    assert not Project.objects.filter(slug="rb").exists()
+
+
 def test_an_import_is_previewed_first_then_stored_whole(staff_client, project, settings, tmp_path, django_capture_on_commit_callbacks):
     settings.DATA_DIR = tmp_path
     url = f"/staff/p/{project.slug}/setup/prompts/"

@@ -5,7 +5,7 @@ from pathlib import Path
 from django import forms
 from django.conf import settings
 
-from webapp.policies.models import RUBRIC_MAX_CRITERIA, Membership, Project
+from webapp.policies.models import RUBRIC_MAX_CRITERIA, Membership, Project, RatingMode
 
 from .models import Choice
 
@@ -25,7 +25,18 @@ def local_model_folders() -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "config.json").exists())
 
 
-class ProjectCreateForm(forms.ModelForm):
+class _RubricModeNeedsRubric:
+    """Rubric mode needs the project's rubric, which these forms do not edit: refused on the mode field
+    (the model's own check names the rubric field, which the forms lack: Django would raise ValueError)."""
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("rating_mode") == RatingMode.RUBRIC and not self.instance.rubric:
+            self.add_error("rating_mode", "Rubric mode needs a rubric: pick another mode, save a rubric on the setup page, then switch.")
+        return cleaned
+
+
+class ProjectCreateForm(_RubricModeNeedsRubric, forms.ModelForm):
     """A new project: its name, base model folder, rating mode and guidelines."""
 
     class Meta:
@@ -54,7 +65,7 @@ class ProjectCreateForm(forms.ModelForm):
         return _lf(self.cleaned_data["guidelines"])
 
 
-class ProjectSettingsForm(forms.ModelForm):
+class ProjectSettingsForm(_RubricModeNeedsRubric, forms.ModelForm):
     """What annotators see and how items are rated."""
 
     class Meta:

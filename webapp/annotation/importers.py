@@ -255,6 +255,7 @@ def _csv_rows(lines, errors) -> Iterator[PromptRow]:
             if len(record) > len(fields):
                 errors.append((line_no, "more cells than header columns"))
                 continue
+            record += [""] * (len(fields) - len(record))  # a row may end before the header's last (empty) cells
             row = _row(line_no, dict(zip(fields, record)), errors)
             if row:
                 yield row

@@ -451,15 +451,22 @@ def judgments_by(*, project: Project, annotator) -> QuerySet[Rating] | QuerySet[
     )
 
 
-def last_judgment(*, project: Project, annotator, now=None) -> Rating | Comparison | None:
-    """The annotator's most recent judgment in the project if it is still undoable (younger than 10 minutes)."""
+def last_judgment(*, project: Project, annotator, now=None) -> Rating | Comparison | Ranking | None:
+    """The annotator's most recent judgment in the project if it is still undoable (younger than 10 minutes).
+
+    The most recent of every kind (pairwise decision, ranking, single-completion rating), not
+    only the current rating mode's: after a mode switch the newest judgment may be of the old
+    mode, and undo must not reach past it to an older one of the current mode
+    (:func:`webapp.annotation.services.judgment_undo` refuses it instead).
+    """
     since = (now or timezone.now()) - UNDO_WINDOW
-    return (
-        judgments_by(project=project, annotator=annotator)
-        .filter(created_at__gt=since)
-        .order_by("-created_at", "-id")
-        .first()
+    kinds = (
+        Comparison.objects.filter(pair__project=project, annotator=annotator),
+        Ranking.objects.filter(group__project=project, annotator=annotator),
+        Rating.objects.filter(completion__project=project, annotator=annotator, comparison__isnull=True, ranking__isnull=True),
     )
+    latest = [j for j in (q.filter(created_at__gt=since).order_by("-created_at", "-id").first() for q in kinds) if j]
+    return max(latest, key=lambda j: j.created_at, default=None)
 
 
 QUEUE_COUNT_CAP = 100  # "100+" tells a person as much as "500+", for a fifth of the read

@@ -1231,6 +1231,12 @@ def judgment_undo(*, project: Project, annotator, lease_minutes: int = LEASE_MIN
         last = type(last).objects.select_for_update().filter(pk=last.pk).first()  # a double press undoes once
     if last is None:
         raise ApplicationError("There is nothing to undo: only your last rating of the past 10 minutes can be undone.")
+    if not isinstance(last, selectors.judgments_by(project=project, annotator=annotator).model):
+        kind = "comparison" if isinstance(last, Comparison) else "ranking" if isinstance(last, Ranking) else "rating"
+        raise ApplicationError(
+            f"Your last judgment (a {kind}) was made before the project's rating mode changed; "
+            "it can't be undone in this mode, and older judgments stay as they are."
+        )
     ratings = last.ratings.all() if isinstance(last, (Comparison, Ranking)) else Rating.objects.filter(pk=last.pk)
     if ratings.filter(training_runs__isnull=False).exists():
         raise ApplicationError("That rating is already being used to train the model; it can no longer be undone.")

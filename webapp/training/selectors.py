@@ -1,19 +1,27 @@
 """Reads for the training pages."""
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Exists, OuterRef, QuerySet
 
 from webapp.annotation import selectors as annotation_selectors
-from webapp.policies.models import ModelVersion, Project
+from webapp.policies.models import AuditEvent, ModelVersion, Project
 
 from .models import ACTIVE_STATUSES, TrainingRun, TrainingStep, VersionSample
 from .textdiff import word_diff
 
 
 def runs_for_project(*, project: Project, limit: int = 50) -> QuerySet[TrainingRun]:
+    """The project's runs, newest first, each with ``n_ratings`` and ``served_later``: whether its
+    version, held back when the run ended, was served since (the run page's
+    :func:`webapp.policies.selectors.version_served_since`, as one subquery per list)."""
+    served_later = AuditEvent.objects.filter(
+        version_id=OuterRef("result_version_id"),
+        action=AuditEvent.Action.PROMOTE,
+        created_at__gte=OuterRef("finished_at"),
+    )
     return (
         TrainingRun.objects.filter(project=project)
         .select_related("parent_version", "result_version", "requested_by")
-        .annotate(n_ratings=Count("ratings"))[:limit]
+        .annotate(n_ratings=Count("ratings"), served_later=Exists(served_later))[:limit]
     )
 
 
