@@ -98,11 +98,12 @@ def test_two_generation_workers_and_a_training_worker_close_the_loop_through_the
     # v1 then refills the rest of the pool from v1, sampled by generation workers from their own caches.
     ahead = int(re.search(r"(\d+) completions of v1 sampled ahead", run.log).group(1))
     assert ahead > 0
+    second = make_user("a2")  # a fresh annotator: a1 has judged these prompts under v0 already
     for _ in range(ahead):  # rate them, so the pool needs v1 completions a generation worker must sample
         lease = celery_processes.wait_until(
-            lambda: annotation_services.lease_next(project=project, annotator=annotator), 120, "a v1 item to rate"
+            lambda: annotation_services.lease_next(project=project, annotator=second), 120, "a v1 item to rate"
         )
-        annotation_services.rating_create(annotator=annotator, completion=lease.completion, score=3)
+        annotation_services.rating_create(annotator=second, completion=lease.completion, score=3)
     annotation_services.pool_refill_send(project_id=project.pk)
     first = celery_processes.wait_until(
         lambda: Completion.objects.filter(project=project, model_version=v1).order_by("id")[ahead:].first(),
