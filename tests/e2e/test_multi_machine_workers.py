@@ -98,6 +98,7 @@ def test_two_generation_workers_and_a_training_worker_close_the_loop_through_the
     # v1 then refills the rest of the pool from v1, sampled by generation workers from their own caches.
     ahead = int(re.search(r"(\d+) completions of v1 sampled ahead", run.log).group(1))
     assert ahead > 0
+    project.refresh_from_db()  # v1 is served now: the queue offers its items
     second = make_user("a2")  # a fresh annotator: a1 has judged these prompts under v0 already
     for _ in range(ahead):  # rate them, so the pool needs v1 completions a generation worker must sample
         lease = celery_processes.wait_until(
