@@ -24,13 +24,13 @@ What it does, all on 127.0.0.1:
    loads: it leases an item, or answers the one held; ``GET .../card/`` only
    reads since a page load writes nothing) → think for ``--think-s``
    (uniform in [0.5, 1.5] × think) → *submit* (``POST .../rate/`` as htmx,
-   which answers with the next card). With ``--mix browser`` (the default
-   since 2026-12-07) each annotator behaves as the page does: *next item*
+   which answers with the next card). That is ``--mix every-item``, the
+   default. With ``--mix browser`` each annotator behaves as the page does: *next item*
    only when it holds no card (as the page loads, or after an empty queue),
    otherwise the card the submit answered with is the next one to rate, so
-   a keypress is one request. ``--mix every-item`` is the loop before then:
-   *next item* again after every submit (it answers the card already held),
-   twice the requests a browser sends. Annotators open the page at a random
+   a keypress is one request, while ``every-item`` sends *next item* again
+   after every submit (it answers the card already held): twice the requests
+   a browser sends. Annotators open the page at a random
    moment within ``--ramp-s`` of the start (default 0: all at once);
 5. counts from the database what was stored.
 
@@ -135,10 +135,11 @@ def parse_args():
     p.add_argument("--think-s", type=float, default=1.0, help="mean think time between seeing an item and submitting")
     p.add_argument(
         "--mix",
-        choices=("browser", "every-item"),
-        default="browser",
-        help="browser: next item only when no card is held (the submit answers with the next card), as the page "
-        "does; every-item: next item before every item, as the bench did before 2026-12-07",
+        choices=("every-item", "browser"),
+        default="every-item",
+        help="every-item (the default, the workload of every figure in the README): next item before every item "
+        "(it answers the card already held after a submit); browser: next item only when no card is held (the "
+        "submit answers with the next card), as the page does, so next item is mostly the page opens",
     )
     p.add_argument("--ramp-s", type=float, default=0.0, help="annotators open the page uniformly within this many seconds")
     p.add_argument("--items", type=int, default=0, help="completions to seed (default: enough for the window)")
