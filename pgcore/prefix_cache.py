@@ -116,19 +116,9 @@ class PrefixCache:
         return _merge(groups, len(prompt_ids))
 
     def _prefill_after_prefix(self, inner, lm_head, prompt_ids, pad_id, device, dtype):
-        prefix_keys, prefix_values = self.keys_values(inner, lm_head, pad_id, device, dtype)  # each (1, kvH, L, D)
-        L = len(self.prefix_ids)
-        input_ids, attention_mask = rollout.left_pad([ids[L:] for ids in prompt_ids], pad_id)  # (k, S)
-        k, S = input_ids.shape
-        keys = [torch.cat([p.expand(k, -1, -1, -1), p.new_empty((k, p.shape[1], S, p.shape[3]))], dim=2) for p in prefix_keys]
-        values = [torch.cat([p.expand(k, -1, -1, -1), p.new_empty((k, p.shape[1], S, p.shape[3]))], dim=2) for p in prefix_values]
-        own = attention_mask.bool().to(device)  # (k, S)
-        valid = torch.cat([torch.ones((k, L), dtype=torch.bool, device=device), own], dim=1)  # (k, L + S)
-        causal = torch.ones((S, L + S), dtype=torch.bool, device=device).tril(diagonal=L)  # query j sees columns <= L + j
-        mask = causal[None] & valid[:, None, :]  # (k, S, L + S); a padding query still sees the prefix (no NaN)
-        positions = ((attention_mask.cumsum(-1) - 1).clamp(min=0) + L).to(device)  # (k, S)
-        logits = rollout._forward_fast(inner, lm_head, input_ids.to(device), positions, mask[:, None], keys, values, L)
-        return logits, keys, values, valid
+        """Prompts that all :meth:`matches`: pgcore's prefill, given the cached prefix's keys and values."""
+        prefix_kv = self.keys_values(inner, lm_head, pad_id, device, dtype)  # each (1, kvH, L, D)
+        return rollout._prefill(inner, lm_head, prompt_ids, pad_id, device, dtype, prefix_kv=prefix_kv)
 
 
 def _weights_key(inner: torch.nn.Module) -> tuple:

@@ -312,7 +312,7 @@ def shared_prefix_length(prompt_ids: list[list[int]]) -> int:
 SHARED_PREFIX_MIN_SAVED = 16  # prefill positions a shared prefix must save to be run once apart
 
 
-def _prefill(inner, lm_head, prompt_ids: list[list[int]], pad_id: int, device, dtype):
+def _prefill(inner, lm_head, prompt_ids: list[list[int]], pad_id: int, device, dtype, prefix_kv=None):
     """Run ``prompt_ids`` (k rows) through the decoder into fresh caches of width P.
 
     The tokens all prompts start with (:func:`shared_prefix_length`, C of them) are run
@@ -324,19 +324,30 @@ def _prefill(inner, lm_head, prompt_ids: list[list[int]], pad_id: int, device, d
     positions), C = 0 and this is one left-padded forward. Saves ``(k - 1) * C`` of the
     prefill's ``k * P`` token positions (e.g. 32 SmolLM2 chat prompts: 1,312 -> 537).
 
+    ``prefix_kv``: ``(keys, values)``, per-layer ``(1, kvH, C, D)``, of C tokens every prompt
+    starts with, computed before (:class:`pgcore.prefix_cache.PrefixCache` across calls):
+    copied into columns ``0 : C`` instead of being found and run here.
+
     Returns ``(logits (k, V) fp32, keys, values, valid)``: per-layer caches ``(k, kvH, P,
     D)`` and ``valid (k, P)`` bool, True where a column holds a prompt token.
     """
-    shared = shared_prefix_length(prompt_ids)
-    if (len(prompt_ids) - 1) * shared < SHARED_PREFIX_MIN_SAVED:
-        shared = 0
+    if prefix_kv is not None:
+        shared = prefix_kv[0][0].shape[2]
+    else:
+        shared = shared_prefix_length(prompt_ids)
+        if (len(prompt_ids) - 1) * shared < SHARED_PREFIX_MIN_SAVED:
+            shared = 0
     input_ids, attention_mask = left_pad([p[shared:] for p in prompt_ids], pad_id)  # (k, S)
     k, S = input_ids.shape
     P = shared + S
     n_kv, d = _kv_shape(inner)
     keys = [torch.empty((k, n_kv, P, d), dtype=dtype, device=device) for _ in inner.layers]
     values = [torch.empty((k, n_kv, P, d), dtype=dtype, device=device) for _ in inner.layers]
-    if shared:
+    if prefix_kv is not None:
+        for cache, held in zip((keys, values), prefix_kv):
+            for layer_cache, layer_held in zip(cache, held):
+                layer_cache[:, :, :shared] = layer_held  # (1, kvH, C, D) into every row
+    elif shared:
         prefix_keys = [layer_keys[:1, :, :shared] for layer_keys in keys]  # views: row 0 gets the prefix
         prefix_values = [layer_values[:1, :, :shared] for layer_values in values]
         causal = torch.ones((1, 1, shared, shared), dtype=torch.bool, device=device).tril()
