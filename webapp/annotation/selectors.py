@@ -439,16 +439,24 @@ def rank_group_of(completion: Completion) -> RankGroup | None:
         return None
 
 
+def judgments_of_each_kind(*, project: Project, annotator) -> dict[str, QuerySet]:
+    """An annotator's judgments in the project, one queryset per kind, whatever the current mode:
+    ``"pairwise"`` decisions, ``"ranking"`` rankings, ``"single"`` single-completion ratings
+    (Likert, thumbs, rubric)."""
+    return {
+        "pairwise": Comparison.objects.filter(pair__project=project, annotator=annotator),
+        "ranking": Ranking.objects.filter(group__project=project, annotator=annotator),
+        "single": Rating.objects.filter(
+            completion__project=project, annotator=annotator, comparison__isnull=True, ranking__isnull=True
+        ),
+    }
+
+
 def judgments_by(*, project: Project, annotator) -> QuerySet[Rating] | QuerySet[Comparison] | QuerySet[Ranking]:
     """An annotator's judgments in the project's rating mode: pairwise decisions, rankings, or
     single-completion ratings."""
-    if project.rating_mode == RatingMode.PAIRWISE:
-        return Comparison.objects.filter(pair__project=project, annotator=annotator)
-    if project.rating_mode == RatingMode.RANKING:
-        return Ranking.objects.filter(group__project=project, annotator=annotator)
-    return Rating.objects.filter(
-        completion__project=project, annotator=annotator, comparison__isnull=True, ranking__isnull=True
-    )
+    kind = str(project.rating_mode) if project.rating_mode in MODES_WITH_OFF_MODE_ITEMS else "single"
+    return judgments_of_each_kind(project=project, annotator=annotator)[kind]
 
 
 def last_judgment(*, project: Project, annotator, now=None) -> Rating | Comparison | Ranking | None:
@@ -460,11 +468,7 @@ def last_judgment(*, project: Project, annotator, now=None) -> Rating | Comparis
     (:func:`webapp.annotation.services.judgment_undo` refuses it instead).
     """
     since = (now or timezone.now()) - UNDO_WINDOW
-    kinds = (
-        Comparison.objects.filter(pair__project=project, annotator=annotator),
-        Ranking.objects.filter(group__project=project, annotator=annotator),
-        Rating.objects.filter(completion__project=project, annotator=annotator, comparison__isnull=True, ranking__isnull=True),
-    )
+    kinds = judgments_of_each_kind(project=project, annotator=annotator).values()
     latest = [j for j in (q.filter(created_at__gt=since).order_by("-created_at", "-id").first() for q in kinds) if j]
     return max(latest, key=lambda j: j.created_at, default=None)
 
@@ -564,8 +568,9 @@ def recent_judgments(*, project: Project, annotator, limit: int = 50) -> list[di
         }
 
     rows = []
+    kinds = judgments_of_each_kind(project=project, annotator=annotator)
     comparisons = (
-        Comparison.objects.filter(pair__project=project, annotator=annotator)
+        kinds["pairwise"]
         .select_related("pair__completion_a__prompt", "pair__completion_a__model_version", "pair__completion_b__model_version")
         .order_by("-created_at", "-id")[:limit]
     )
@@ -576,7 +581,7 @@ def recent_judgments(*, project: Project, annotator, limit: int = 50) -> list[di
                 prompt=a.prompt.text, outputs=[output(a, "A"), output(b, "B")], item_id=a.pk)
         )
     rankings = (
-        Ranking.objects.filter(group__project=project, annotator=annotator)
+        kinds["ranking"]
         .select_related("group__anchor__prompt")
         .order_by("-created_at", "-id")[:limit]
     )
@@ -588,7 +593,7 @@ def recent_judgments(*, project: Project, annotator, limit: int = 50) -> list[di
                 outputs=[output(members[cid], f"#{place}") for place, cid in enumerate(r.order, 1)])
         )
     ratings = (
-        Rating.objects.filter(completion__project=project, annotator=annotator, comparison__isnull=True, ranking__isnull=True)
+        kinds["single"]
         .select_related("completion__prompt", "completion__model_version")
         .order_by("-created_at", "-id")[:limit]
     )
