@@ -343,6 +343,9 @@ def step_promote(*, run: TrainingRun, config) -> None:
             liveness.run_log(run, f"sampling ahead for the queue failed ({exc}); the pool refills after serving")
         else:
             liveness.run_log(run, f"{ahead} completions of v{version.number} sampled ahead for the queue")
+    # The working folder goes before the run is marked succeeded, so a finished run never has one
+    # (nothing after the save step reads it; the step runner removes leftovers again, idempotently).
+    liveness.run_leftovers_remove(run)
     with transaction.atomic():
         # The run row is locked until the decision commits: a cancel either lands before it (and is
         # honoured here) or after it (and finds the run finished). Only a run still running may
