@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from tests.webapp.annotation_helpers import make_pair, make_project
 from webapp.annotation import selectors, services
-from webapp.annotation.models import Comparison, Lease, Rating, RatingRevision
+from webapp.annotation.models import Comparison, Completion, Lease, Rating, RatingRevision
 from webapp.errors import ApplicationError
 from webapp.training.models import TrainingRun
 
@@ -165,3 +165,48 @@ def test_after_a_mode_switch_undo_never_reaches_past_the_newest_judgment_of_the_
     project.save(update_fields=["rating_mode"])
     services.judgment_undo(project=project, annotator=annotator)
     assert not Comparison.objects.exists() and Rating.objects.filter(completion=rated, score=4).exists()
+
+
+def test_the_history_page_lists_an_undone_rating_marked_undone_beside_the_rating_that_replaced_it(
+    project, annotator, make_completion, client
+):
+    item = make_completion(project, text="rated twice")
+    services.lease_next(project=project, annotator=annotator)
+    services.rating_create(annotator=annotator, completion=item, score=1, comment="first thought")
+    services.judgment_undo(project=project, annotator=annotator)
+    services.rating_create(annotator=annotator, completion=item, score=5)
+
+    rows = selectors.recent_judgments(project=project, annotator=annotator)
+    assert [(r["judgment"], r["undone"] is not None) for r in rows] == [("5", False), ("1", True)]
+    assert rows[1]["comment"] == "first thought" and rows[1]["outputs"][0]["text"] == "rated twice"
+
+    client.force_login(annotator)
+    page = client.get(f"/p/{project.slug}/annotate/history/").content.decode()
+    assert page.count("rated twice") == 2
+    assert page.count('class="undone-mark"') == 1 and "first thought" in page
+
+
+def test_undone_comparisons_and_rankings_are_listed_in_the_history_in_their_mode(
+    db, tiny_model_dir, models_dir, annotator, make_completion
+):
+    from tests.webapp.annotation_helpers import make_rank_group
+
+    project = make_project(tiny_model_dir, slug="undo-hist", mode="pairwise")
+    pair = make_pair(project, make_completion, texts=("pair left", "pair right"))
+    services.lease_next(project=project, annotator=annotator)
+    services.comparison_create(annotator=annotator, pair=pair, choice="b")
+    services.judgment_undo(project=project, annotator=annotator)
+    project.rating_mode = "ranking"
+    project.save(update_fields=["rating_mode"])
+    group = make_rank_group(project, make_completion, k=2, texts=["rank x", "rank y"])
+    order = list(Completion.objects.filter(rank_group=group).order_by("-id").values_list("pk", flat=True))
+    services.ranking_create(annotator=annotator, group=group, order=order)
+    services.judgment_undo(project=project, annotator=annotator)
+
+    rows = selectors.recent_judgments(project=project, annotator=annotator)
+
+    assert [(r["mode"], r["judgment"], [o["label"] + " " + o["text"] for o in r["outputs"]]) for r in rows] == [
+        ("Rank k outputs", "ranked best to worst", ["#1 rank y", "#2 rank x"]),
+        ("Pairwise A/B", "B is better", ["A pair left", "B pair right"]),
+    ]
+    assert all(r["undone"] is not None for r in rows)

@@ -470,14 +470,20 @@ class Rating(models.Model):
 
     @property
     def value_label(self) -> str:
-        if self.score is not None:
-            return str(self.score)
-        if self.thumbs_up is not None:
-            return "thumbs up" if self.thumbs_up else "thumbs down"
-        if self.rank is not None:
-            return f"ranked {self.rank + 1}"
-        if self.criteria is not None:
-            return ", ".join(f"{c['name']} {c['score']}" for c in self.criteria)
+        return self.label_of(score=self.score, thumbs_up=self.thumbs_up, rank=self.rank, criteria=self.criteria)
+
+    @staticmethod
+    def label_of(*, score=None, thumbs_up=None, rank=None, criteria=None) -> str:
+        """A rating's value as a person reads it ("4", "thumbs down", "ranked 2", "helpful 5, fluent 3");
+        also labels an undone rating's :class:`RatingRevision`, which keeps the same fields."""
+        if score is not None:
+            return str(score)
+        if thumbs_up is not None:
+            return "thumbs up" if thumbs_up else "thumbs down"
+        if rank is not None:
+            return f"ranked {rank + 1}"
+        if criteria is not None:
+            return ", ".join(f"{c['name']} {c['score']}" for c in criteria)
         return "pairwise"
 
 

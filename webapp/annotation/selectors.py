@@ -14,7 +14,7 @@ from django.utils.dateparse import parse_datetime
 
 from webapp.policies.models import ModelVersion, Project, RatingMode
 
-from .models import Comparison, Completion, GoldItem, Lease, Pair, Prompt, RankGroup, Ranking, Rating, Skip
+from .models import Comparison, Completion, GoldItem, Lease, Pair, Prompt, RankGroup, Ranking, Rating, RatingRevision, Skip
 
 UNDO_WINDOW = timedelta(minutes=10)
 
@@ -541,9 +541,11 @@ def recent_judgments(*, project: Project, annotator, limit: int = 50) -> list[di
     what the card hid while they rated: the version that wrote each completion and how it was sampled.
 
     A project's mode can change mid-way; each judgment is listed in the mode it was given in
-    (its kind of row), not the project's current one.
+    (its kind of row), not the project's current one. A judgment the annotator undid is listed
+    too, from its :class:`RatingRevision`, at the time it was given and marked with when it was undone.
 
-    Each row: ``when`` (datetime), ``mode`` (the :class:`RatingMode` label it was given in),
+    Each row: ``when`` (datetime), ``undone`` (datetime it was undone, else None),
+    ``mode`` (the :class:`RatingMode` label it was given in),
     ``gold`` (it judged a gold item), ``judgment`` (text: "4", "thumbs up", "A is better",
     "ranked best to worst"...), ``criteria`` (rubric: list of ``name``, ``weight``, ``score``;
     else empty), ``comment``, ``prompt`` (text), ``outputs`` (list of dicts: ``label`` ("" or
@@ -561,11 +563,18 @@ def recent_judgments(*, project: Project, annotator, limit: int = 50) -> list[di
             "retired": completion.retired_at is not None,
         }
 
-    def row(*, when, mode, judgment, comment, prompt, outputs, item_id, criteria=()):
+    def row(*, when, mode, judgment, comment, prompt, outputs, item_id, criteria=(), undone=None):
         return {
-            "when": when, "mode": RatingMode(mode).label, "item_id": item_id, "judgment": judgment,
+            "when": when, "undone": undone, "mode": RatingMode(mode).label, "item_id": item_id, "judgment": judgment,
             "criteria": list(criteria), "comment": comment, "prompt": prompt, "outputs": outputs,
         }
+
+    def ranked(order):
+        members = Completion.objects.select_related("model_version").in_bulk(order)  # k per row, `limit` rows at most
+        return [output(members[cid], f"#{place}") for place, cid in enumerate(order, 1)]
+
+    def single_mode(judgment):
+        return RatingMode.THUMBS if judgment.thumbs_up is not None else RatingMode.RUBRIC if judgment.criteria is not None else RatingMode.LIKERT
 
     rows = []
     kinds = judgments_of_each_kind(project=project, annotator=annotator)
@@ -586,11 +595,9 @@ def recent_judgments(*, project: Project, annotator, limit: int = 50) -> list[di
         .order_by("-created_at", "-id")[:limit]
     )
     for r in rankings:
-        members = Completion.objects.select_related("model_version").in_bulk(r.order)  # k per row, `limit` rows at most
         rows.append(
             row(when=r.created_at, mode=RatingMode.RANKING, judgment="ranked best to worst", comment=r.comment,
-                prompt=r.group.anchor.prompt.text, item_id=r.group.anchor_id,
-                outputs=[output(members[cid], f"#{place}") for place, cid in enumerate(r.order, 1)])
+                prompt=r.group.anchor.prompt.text, item_id=r.group.anchor_id, outputs=ranked(r.order))
         )
     ratings = (
         kinds["single"]
@@ -598,11 +605,27 @@ def recent_judgments(*, project: Project, annotator, limit: int = 50) -> list[di
         .order_by("-created_at", "-id")[:limit]
     )
     for r in ratings:
-        mode = RatingMode.THUMBS if r.thumbs_up is not None else RatingMode.RUBRIC if r.criteria is not None else RatingMode.LIKERT
         rows.append(
-            row(when=r.created_at, mode=mode, judgment=r.value_label, comment=r.comment, prompt=r.completion.prompt.text,
-                outputs=[output(r.completion)], item_id=r.completion_id, criteria=r.criteria or ())
+            row(when=r.created_at, mode=single_mode(r), judgment=r.value_label, comment=r.comment,
+                prompt=r.completion.prompt.text, outputs=[output(r.completion)], item_id=r.completion_id,
+                criteria=r.criteria or ())
         )
+    revisions = (
+        RatingRevision.objects.filter(completion__project=project, annotator=annotator)
+        .select_related("completion__prompt", "completion__model_version", "pair__completion_b__model_version")
+        .order_by("-rated_at", "-id")[:limit]
+    )
+    for v in revisions:  # the anchor is the pair's completion A, the ranking's anchor, or the rated completion
+        common = {"when": v.rated_at, "undone": v.revised_at, "comment": v.comment, "prompt": v.completion.prompt.text,
+                  "item_id": v.completion_id}
+        if v.pair_id is not None:
+            rows.append(row(mode=RatingMode.PAIRWISE, judgment=v.get_choice_display(),
+                            outputs=[output(v.completion, "A"), output(v.pair.completion_b, "B")], **common))
+        elif v.order is not None:
+            rows.append(row(mode=RatingMode.RANKING, judgment="ranked best to worst", outputs=ranked(v.order), **common))
+        else:
+            rows.append(row(mode=single_mode(v), judgment=Rating.label_of(score=v.score, thumbs_up=v.thumbs_up,
+                            criteria=v.criteria), outputs=[output(v.completion)], criteria=v.criteria or (), **common))
     rows.sort(key=lambda r: r["when"], reverse=True)  # stable: within one instant, each kind keeps its newest-first order
     rows = rows[:limit]
     gold = set(GoldItem.objects.filter(project=project, completion_id__in=[r["item_id"] for r in rows]).values_list("completion_id", flat=True))
