@@ -178,3 +178,34 @@ def test_the_cached_verdict_equals_the_leaderboards(arena_project, make_user):
     assert cached.head_to_head == from_board.head_to_head == 4
     assert cached.probability is not None
     assert cached.probability == pytest.approx(from_board.probability, abs=1e-6)
+
+
+def test_the_arena_draws_the_matchup_a_promotion_waits_for_until_it_has_its_votes_and_keeps_the_others_on_offer(
+    arena_project, make_user
+):
+    """Five versions, v3 served, v4 waiting for the arena (4 direct votes needed): the first four
+    matchups are v4 against v3, not the least voted of the ten pairs; after that, while v4 has
+    not won, the other pairs are drawn too, and v4 against v3 still comes up."""
+    import random
+
+    project = arena_project
+    versions = [project.served_version] + [add_version(project, n) for n in range(1, 5)]
+    project.served_version = versions[3]
+    project.save(update_fields=["served_version"])
+    waiting = {versions[3].pk, versions[4].pk}
+
+    for n in range(4):
+        voter = make_user(f"early{n}", staff=True)
+        match = arena_services.arena_match_next(project=project, voter=voter, rng=random.Random(n))
+        assert {match.version_a_id, match.version_b_id} == waiting, f"draw {n + 1}"
+        arena_services.arena_vote_cast(project=project, voter=voter, vote_id=match.pk, choice="tie")
+    [wait] = policy_selectors.promotion_waits(project=project)
+    assert (wait.version, wait.served, wait.votes, wait.won) == (4, 3, 4, False)
+
+    drawn = []
+    for n in range(16):
+        voter = make_user(f"later{n}", staff=True)
+        match = arena_services.arena_match_next(project=project, voter=voter, rng=random.Random(100 + n))
+        drawn.append(frozenset((match.version_a_id, match.version_b_id)))
+        arena_services.arena_vote_cast(project=project, voter=voter, vote_id=match.pk, choice="tie")
+    assert frozenset(waiting) in drawn and len(set(drawn)) >= 5

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from django.core.cache import cache
@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from webapp.annotation.selectors import UNDO_WINDOW
 from webapp.policies.models import ArenaVoters, Membership, ModelVersion, Project
-from webapp.training.models import VersionSample
+from webapp.training.models import ACTIVE_STATUSES, VersionSample
 
 from .models import ArenaChoice, ArenaVote
 
@@ -288,6 +288,37 @@ def arena_verdict(*, candidate: ModelVersion, served: ModelVersion, board: Leade
     return Verdict(True, head_to_head, probability,
                    f"v{candidate.number} beat v{served.number} in the arena "
                    f"(P(stronger) {probability:.0%} after {head_to_head} direct votes).")
+
+
+def promotion_matchups(*, project: Project, version_ids) -> dict[tuple[int, int], int]:
+    """The matchups a promotion waits for, among ``version_ids``: where the project requires the arena,
+    each version newer than the served one that passed the guard, whose run is over and that has not
+    beaten the served one yet (as the "waiting for the arena" banner counts it, :func:`arena_verdict`).
+
+    Returns ``{(lower id, higher id): direct votes still missing}`` (0: enough votes, not won yet);
+    empty where the project does not require the arena or serves none of ``version_ids``.
+    """
+    served = project.served_version
+    if not project.arena_required or served is None or served.pk not in set(version_ids):
+        return {}
+    candidates = (
+        ModelVersion.objects.filter(pk__in=version_ids, number__gt=served.number, held_back_reason="")
+        .exclude(produced_by__status__in=ACTIVE_STATUSES)
+        .select_related("project")
+    )
+    against_served = Counter(
+        a if b == served.pk else b
+        for a, b in counted_votes(project=project)
+        .filter(Q(version_a=served) | Q(version_b=served))
+        .values_list("version_a_id", "version_b_id")
+    )
+    waiting = {}
+    for candidate in candidates:
+        missing = max(project.arena_min_votes - against_served[candidate.pk], 0)
+        # Only a matchup with its votes can have been won: the (cached) fit is read for those alone.
+        if missing or not arena_verdict(candidate=candidate, served=served).beats:
+            waiting[(min(candidate.pk, served.pk), max(candidate.pk, served.pk))] = missing
+    return waiting
 
 
 def promotion_check_arena(sender, *, version: ModelVersion, served: ModelVersion, **kwargs) -> str:

@@ -1,9 +1,12 @@
 """Writes of the arena: draw a matchup for a voter, record a vote, undo the last one.
 
-A matchup is two versions' completions of one held-out prompt, drawn from the
-pair of versions with the fewest votes so far (ties broken at random), on a
-prompt this voter has not yet judged for that pair; which version is shown on
-the left is a coin flip, stored on the row (the voter never sees a name).
+A matchup is two versions' completions of one held-out prompt, on a prompt this
+voter has not yet judged for that pair; which version is shown on the left is a
+coin flip, stored on the row (the voter never sees a name). The pair is the one
+a promotion waits for (a newer version against the served one, where the project
+requires the arena) while it lacks the direct votes it needs, and every other
+draw while it waits but has its votes (:data:`PROMOTION_SHARE`); otherwise the
+pair with the fewest votes so far, ties broken at random.
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ from . import selectors
 from .models import ArenaChoice, ArenaVote
 
 
+# Once the matchup a promotion waits for has the votes it needs but no verdict, the share of draws
+# that still go to it: its verdict keeps gathering votes, and the other pairs stay on offer.
+PROMOTION_SHARE = 0.5
+
+
 def _pair_key(a: int, b: int) -> tuple[int, int]:
     return (a, b) if a < b else (b, a)
 
@@ -31,7 +39,9 @@ def _pair_key(a: int, b: int) -> tuple[int, int]:
 def _draw(*, project: Project, voter, rng: random.Random, only: tuple[int, int] | None = None) -> tuple[int, int, int] | None:
     """(version id, version id, prompt id) of a matchup this voter has not judged, or None when none is left.
 
-    ``only``: two version ids; draw from that pair alone.
+    ``only``: two version ids; draw from that pair alone. Otherwise a pair a promotion waits for
+    (:func:`selectors.promotion_matchups`) comes first while it lacks direct votes, and with
+    probability :data:`PROMOTION_SHARE` after; then the least voted pairs.
     """
     versions = selectors.arena_versions(project=project)
     if only is not None:
@@ -45,8 +55,11 @@ def _draw(*, project: Project, voter, rng: random.Random, only: tuple[int, int] 
     seen: dict[tuple[int, int], set[int]] = {}
     for a, b, prompt in counted.filter(voter=voter).values_list("version_a_id", "version_b_id", "prompt_id"):
         seen.setdefault(_pair_key(a, b), set()).add(prompt)
+    waiting = selectors.promotion_matchups(project=project, version_ids=ids) if only is None else {}
+    share = bool(waiting) and rng.random() < PROMOTION_SHARE
+    first = {p for p, missing in waiting.items() if missing > 0 or share}
     rng.shuffle(pairs)
-    for pair in sorted(pairs, key=lambda p: per_pair[p]):  # stable: random among equally voted pairs
+    for pair in sorted(pairs, key=lambda p: (p not in first, per_pair[p])):  # stable: random among equals
         left = sorted(versions[pair[0]] & versions[pair[1]] - seen.get(pair, set()))
         if left:
             return pair[0], pair[1], rng.choice(left)
