@@ -190,9 +190,10 @@ def test_staff_import_a_jsonl_file_and_repeats_are_counted_not_stored(project, s
     client = api_for(staff_user)
     lines = [json.dumps({"text": "A brand new prompt"}), json.dumps({"text": "Another one", "held_out": True})]
     response = client.post("/projects/t/prompts/import", files=_upload("new.jsonl", "\n".join(lines)))
-    assert response.status_code == 201 and response.json() == {"created": 2, "duplicates": 0}
+    assert response.status_code == 201
+    assert response.json() == {"created": 2, "duplicates": 0, "text_fields": {"text": 2}, "unread_fields": []}
     again = client.post("/projects/t/prompts/import", files=_upload("new.jsonl", "\n".join(lines)))
-    assert again.json() == {"created": 0, "duplicates": 2}
+    assert again.json() == {"created": 0, "duplicates": 2, "text_fields": {"text": 2}, "unread_fields": []}
     assert project.prompts.get(text="Another one").held_out
 
 
@@ -200,6 +201,15 @@ def test_staff_import_a_csv_file(project, staff_user, api_for):
     upload = _upload("p.csv", "text,source\nFrom CSV,x\n")
     response = api_for(staff_user).post("/projects/t/prompts/import", files=upload)
     assert response.status_code == 201 and project.prompts.get(text="From CSV").source == "x"
+
+
+def test_a_csv_import_answers_which_column_gave_the_prompt_text_and_which_were_not_read(project, staff_user, api_for):
+    """As the page's import preview does: ``text``, else ``prompt`` (TEXT_FIELD_RULE)."""
+    upload = _upload("p.csv", "prompt,source,notes\nFrom the prompt column,x,ignored\nAnother,y,\n")
+    response = api_for(staff_user).post("/projects/t/prompts/import", files=upload)
+    assert response.status_code == 201
+    assert response.json() == {"created": 2, "duplicates": 0, "text_fields": {"prompt": 2}, "unread_fields": ["notes"]}
+    assert project.prompts.filter(text="From the prompt column").exists()
 
 
 def test_a_bad_line_rejects_the_whole_file_with_each_bad_line_named(project, staff_user, api_for):

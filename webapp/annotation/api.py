@@ -40,6 +40,11 @@ SECONDS_MAX = 24 * 3600
 class ImportOut(Schema):
     created: int = Field(description="New prompts stored.")
     duplicates: int = Field(description="Prompts the project had already (or repeated in the file), not stored again.")
+    text_fields: dict[str, int] = Field(
+        description="The column (CSV) or key (JSONL) each prompt's text was read from, with how many rows it gave: "
+        "'text', else 'prompt' where there is no 'text'."
+    )
+    unread_fields: list[str] = Field(description="Columns or keys of the file that the import did not read, sorted.")
 
 
 @router.post(
@@ -52,7 +57,9 @@ def prompts_import(request, slug: str = Slug, file: UploadedFile = File(...)):
     ``manage.py import_prompts`` (``services.prompts_import``).
 
     ``file`` (multipart) is ``.jsonl`` (one ``{"text": ..., "source": ..., "held_out": false}`` per
-    line) or ``.csv`` (a ``text`` column; optional ``source``, ``held_out``), told apart by its name.
+    line) or ``.csv`` (a ``text`` column; optional ``source``, ``held_out``), told apart by its name;
+    ``prompt`` is read where there is no ``text``, and the answer says which was read (``text_fields``)
+    and which columns were not (``unread_fields``), as the page's import preview does.
     A file the importer refuses (unknown format, a cap exceeded, bad lines) is a 400 naming ``file``
     (each bad line in ``fields``); nothing is stored. With ``REWARDLOOP_IMPORT_MAX_BYTES`` set, a
     larger upload is a 413 before it is read.
@@ -73,7 +80,10 @@ def prompts_import(request, slug: str = Slug, file: UploadedFile = File(...)):
         except ApplicationError as exc:  # every refusal of the importer is about the file: a 400 naming it
             reasons = [f"line {line}: {reason}" for line, reason in getattr(exc, "errors", [])] or [exc.message]
             raise ValidationError([{"loc": ("file", "file"), "msg": reason} for reason in reasons]) from exc
-    return Status(201, {"created": result.created, "duplicates": result.duplicates})
+    return Status(201, {
+        "created": result.created, "duplicates": result.duplicates,
+        "text_fields": result.text_fields, "unread_fields": list(result.unread_fields),
+    })
 
 
 # --- The queue ------------------------------------------------------------------

@@ -10,7 +10,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -83,15 +83,31 @@ GENERATION_BATCH = 8
 class ImportResult:
     created: int
     duplicates: int
+    text_fields: dict[str, int] = field(default_factory=dict)  # column/key -> rows whose text it gave
+    unread_fields: tuple[str, ...] = ()  # columns/keys no row's import read, sorted
 
 
 IMPORT_BATCH = 1000
 
 
+class _FieldsRead:
+    """Which field gave each row its text and which fields no row read, tallied row by row."""
+
+    def __init__(self):
+        self.text_fields: dict[str, int] = {}
+        self.unread: set[str] = set()
+
+    def add(self, row: PromptRow) -> None:
+        self.text_fields[row.text_field] = self.text_fields.get(row.text_field, 0) + 1
+        self.unread.update(row.unread_fields)
+
+
 @transaction.atomic
 def prompts_create(*, project: Project, rows: Iterable[PromptRow]) -> ImportResult:
     """Store validated prompt rows, ``IMPORT_BATCH`` at a time; prompts the project has already
-    (same text, by ``Prompt.text_sha256``) are counted, not repeated.
+    (same text, by ``Prompt.text_sha256``) are counted, not repeated. The result also says which
+    field gave the rows their text (``text``, else ``prompt``: ``importers.TEXT_FIELD_RULE``) and
+    which fields no row read, as the import preview (:func:`prompt_file_preview`) shows them.
 
     ``rows`` may be a stream: it is read once and never held whole. An exception
     raised while reading it (a bad line found late) rolls every row back.
@@ -101,9 +117,12 @@ def prompts_create(*, project: Project, rows: Iterable[PromptRow]) -> ImportResu
     Project.objects.select_for_update().filter(pk=project.pk).first()
     before = Prompt.objects.filter(project=project).count()
     seen = 0
+    fields_read = _FieldsRead()
     rows = iter(rows)
     while batch := list(itertools.islice(rows, IMPORT_BATCH)):
         seen += len(batch)
+        for row in batch:
+            fields_read.add(row)
         Prompt.objects.bulk_create(
             [
                 Prompt(
@@ -118,7 +137,10 @@ def prompts_create(*, project: Project, rows: Iterable[PromptRow]) -> ImportResu
             ignore_conflicts=True,  # the (project, text_sha256) constraint drops repeats, in the file or stored
         )
     created = Prompt.objects.filter(project=project).count() - before
-    return ImportResult(created=created, duplicates=seen - created)
+    return ImportResult(
+        created=created, duplicates=seen - created,
+        text_fields=fields_read.text_fields, unread_fields=tuple(sorted(fields_read.unread)),
+    )
 
 
 def prompts_import(*, project: Project, path: str | Path, limits: ImportLimits | None = None) -> ImportResult:
@@ -187,14 +209,12 @@ def prompt_file_preview(*, path: Path) -> dict:
     """
     rows, n_rows, n_held_out = [], 0, 0
     errors, n_errors = [], 0
-    text_fields: dict[str, int] = {}
-    unread: set[str] = set()
+    fields_read = _FieldsRead()
     try:
         for row in iter_prompt_rows(path):
             n_rows += 1
             n_held_out += row.held_out
-            text_fields[row.text_field] = text_fields.get(row.text_field, 0) + 1
-            unread.update(row.unread_fields)
+            fields_read.add(row)
             if len(rows) < PREVIEW_ROWS:
                 rows.append(row)
     except PromptFileError as exc:
@@ -203,7 +223,8 @@ def prompt_file_preview(*, path: Path) -> dict:
         errors, n_errors = [(0, exc.message)], 1
     return {
         "rows": rows, "n_rows": n_rows, "n_held_out": n_held_out, "errors": errors, "n_errors": n_errors,
-        "text_fields": text_fields, "unread_fields": sorted(unread), "text_field_rule": TEXT_FIELD_RULE,
+        "text_fields": fields_read.text_fields, "unread_fields": sorted(fields_read.unread),
+        "text_field_rule": TEXT_FIELD_RULE,
     }
 
 
