@@ -117,11 +117,12 @@ def test_once_the_held_back_version_is_served_the_run_page_says_so_instead_of_th
     page = re.sub(r"\s+", " ", staff_client.get(url).content.decode())
     assert 'role="alert" id="held-back"' not in page
     note = re.search(r'<p class="flash info" role="status" id="held-back">(.*?)</p>', page).group(1)
-    assert "v1 was kept but not served when this run ended (KL to the base 0.9 is over the limit 0.5.)" in note
+    assert "v1 was kept but not served when this run ended (KL to the base 0.9 is over the limit 0.5); it was" in note
     assert "it was served" in note and f"by {staff_user}" in note
     listed = re.sub(r"\s+", " ", staff_client.get(runs_list).content.decode())  # the list agrees with the run page
     assert "not served:" not in listed
-    assert "held back when the run ended (KL to the base 0.9 is over the limit 0.5.); served later" in listed
+    assert "held back when the run ended (KL to the base 0.9 is over the limit 0.5); served later" in listed
+    assert ".)" not in note and ".)" not in listed
 
 
 @pytest.fixture

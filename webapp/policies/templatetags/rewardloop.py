@@ -12,3 +12,11 @@ def get_item(mapping, key):
         return ""
     value = mapping.get(key)
     return "" if value is None else value
+
+
+@register.filter
+def trim_full_stop(text):
+    """``({{ run.held_back_reason|trim_full_stop }});``: a sentence (or several) set inside
+    parentheses or before a semicolon, its last full stop dropped so it does not read ".);"."""
+    text = str(text).rstrip()
+    return text[:-1] if text.endswith(".") and not text.endswith("..") else text
