@@ -61,6 +61,17 @@ def test_csv_rows_keep_their_line_numbers_and_quoted_newlines(tmp_path):
         parse_prompt_file(write(tmp_path, "q.csv", "text\nok\n\"  \"\n"))
 
 
+def test_a_bad_csv_row_spanning_lines_is_reported_by_the_line_it_starts_on(tmp_path):
+    """Rows 2 and 5 are fine; the bad rows start on lines 3 (runs to 4), 6 (to 8) and 10 (never closed)."""
+    content = 'text,held_out\nok,no\n"two\nlines",maybe\nfine,yes\n"   \n\n  ",no\n\n"never\nclosed,no\n'
+    with pytest.raises(PromptFileError) as excinfo:
+        parse_prompt_file(write(tmp_path, "p.csv", content))
+    errors = excinfo.value.errors
+    assert [line for line, _ in errors] == [3, 6, 10]
+    assert "held_out must be true or false" in errors[0][1] and errors[1][1] == "empty text"
+    assert errors[2][1].startswith("bad CSV")
+
+
 def test_non_utf8_file_is_rejected_with_the_line(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
@@ -157,7 +168,7 @@ def test_crlf_line_endings_are_line_breaks_in_jsonl_and_csv(tmp_path):
     assert [(r.line, r.text) for r in parse_prompt_file(jsonl)] == [(1, "one"), (3, "two")]
     csv_file = tmp_path / "p.csv"
     csv_file.write_bytes(b'text,held_out\r\n"multi\r\nline",yes\r\nsecond,no\r\n')
-    assert [(r.line, r.text, r.held_out) for r in parse_prompt_file(csv_file)] == [(3, "multi\r\nline", True), (4, "second", False)]
+    assert [(r.line, r.text, r.held_out) for r in parse_prompt_file(csv_file)] == [(2, "multi\r\nline", True), (4, "second", False)]
 
 
 def test_a_utf8_byte_order_mark_is_not_part_of_the_first_column(tmp_path):

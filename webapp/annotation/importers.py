@@ -17,7 +17,7 @@ cap's name.
 JSONL: one JSON object per line, ``{"text": "...", "source": "...", "held_out": false}``
 (blank lines are ignored).
 CSV: a header row with a ``text`` column, optional ``source`` and ``held_out``
-columns; a quoted field may span lines.
+columns; a quoted field may span lines (the row, and any error in it, is numbered by the line it starts on).
 
 Which field holds the prompt (``TEXT_FIELD_RULE``): ``text``; ``prompt`` is taken
 instead only where there is no ``text`` (a file exported by a tool that names it so).
@@ -232,9 +232,10 @@ def _csv_rows(lines, errors) -> Iterator[PromptRow]:
     # A bad line (already recorded) is fed to the reader as a blank one, so its line numbers stay exact.
     reader = csv.reader((text if text is not None else "\n" for _, text in lines), strict=True)
     fields = None
+    start = 1  # the physical line the next row starts on: a row (or its error) is known by it, not by its last line
     try:
         for record in reader:
-            line_no = reader.line_num
+            line_no, start = start, reader.line_num + 1
             if not record:
                 continue
             if fields is None:
@@ -260,7 +261,7 @@ def _csv_rows(lines, errors) -> Iterator[PromptRow]:
             if row:
                 yield row
     except csv.Error as exc:
-        errors.append((reader.line_num, f"bad CSV ({exc})"))
+        errors.append((start, f"bad CSV ({exc})"))
     if fields is None and not errors:
         errors.append((1, "missing column 'text' (columns: none)"))
 
