@@ -4,7 +4,6 @@ Real pgcore on the tiny model, real weights on disk, the real database.
 """
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,9 @@ from webapp.policies.models import AuditEvent, ModelVersion
 from webapp.training import evaluation
 from webapp.training import services as training_services
 from webapp.training.models import TrainingRun, VersionSample
+
+
+HANG_GUARD_S = 600  # how long a threaded test waits on a condition before it calls the wait a hang
 
 
 def rate_pool(project, users, score_for, seed=1):
@@ -88,8 +90,16 @@ def test_cancelling_a_queued_run_stops_it_at_once_and_is_audited(project, annota
 
 
 @pytest.mark.django_db(transaction=True)
-def test_cancelling_a_running_run_stops_it_writes_no_version_and_the_next_run_works(project, make_user, models_dir):
+def test_cancelling_a_running_run_stops_it_writes_no_version_and_the_next_run_works(
+    project, make_user, models_dir, monkeypatch
+):
+    """Staff cancel while the update is under way (after its first optimiser step): the run stops at
+    the next minibatch boundary. The worker's own cancel check is the real one; it only waits, at its
+    first call after a step, until the test has cancelled, so no timing decides where the run is when
+    the cancel lands (at load 9 a fixed wait once cancelled it before the update had begun)."""
     from django.db import connection
+
+    from webapp.training import pipeline
 
     project.pg_config = {**project.pg_config, "epochs": 20, "minibatch_size": 1}
     project.save(update_fields=["pg_config"])
@@ -97,6 +107,16 @@ def test_cancelling_a_running_run_stops_it_writes_no_version_and_the_next_run_wo
     served_before = project.served_version_id
     run = training_services.training_run_create(project=project, trigger="manual")
     errors = []
+    stepped, cancelled = threading.Event(), threading.Event()
+    real_cancel_requested = pipeline.cancel_requested
+
+    def cancel_requested_after_the_test_cancels(run_id):
+        if not stepped.is_set() and TrainingRun.objects.get(pk=run_id).progress_step >= 1:
+            stepped.set()
+            cancelled.wait(HANG_GUARD_S)
+        return real_cancel_requested(run_id)
+
+    monkeypatch.setattr(pipeline, "cancel_requested", cancel_requested_after_the_test_cancels)
 
     def work():
         try:
@@ -104,20 +124,22 @@ def test_cancelling_a_running_run_stops_it_writes_no_version_and_the_next_run_wo
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
         finally:
+            cancelled.set()  # never leave the worker waiting, whatever happened
             connection.close()
 
     worker = threading.Thread(target=work)
     worker.start()
-    deadline = time.monotonic() + 60
-    while TrainingRun.objects.get(pk=run.pk).status != "running" and time.monotonic() < deadline:
-        time.sleep(0.02)
-    training_services.training_run_cancel(run=TrainingRun.objects.get(pk=run.pk), user=make_user("boss", staff=True))
-    worker.join(60)
+    try:
+        assert stepped.wait(HANG_GUARD_S), f"the update never made a step: {TrainingRun.objects.get(pk=run.pk).log}"
+        training_services.training_run_cancel(run=TrainingRun.objects.get(pk=run.pk), user=make_user("boss", staff=True))
+    finally:
+        cancelled.set()
+    worker.join(HANG_GUARD_S)  # a bound against a hang only: the worker ends once it has seen the cancel
     assert not worker.is_alive() and not errors
 
     run.refresh_from_db()
     assert run.status == "cancelled", run.log
-    assert 1 <= run.progress_step < run.progress_total  # it stopped early, at a minibatch boundary
+    assert run.progress_step == 1 < run.progress_total  # it stopped at the first minibatch boundary after the cancel
     assert "cancelled" in run.log and run.result_version is None
     assert ModelVersion.objects.filter(project=project).count() == 1
     assert not list(Path(models_dir).glob(f"{project.slug}/*"))  # not even a half-written folder
