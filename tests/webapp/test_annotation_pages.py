@@ -108,6 +108,7 @@ def test_undo_over_htmx_brings_the_item_back_with_its_comment_as_text(annotator_
     body = annotator_client.post(url("undo", project), **HTMX).content.decode()
     assert "<html" not in body and f'data-completion="{first.pk}"' in body
     assert "Undone: you had chosen <strong>2</strong>" in body
+    assert f'kept in <a href="/p/{project.slug}/annotate/history/">your history</a>, marked undone' in body
     assert XSS not in body and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in body
     assert not Rating.objects.exists() and RatingRevision.objects.get().comment == XSS
 
