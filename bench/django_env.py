@@ -28,7 +28,8 @@ def throwaway_env(
     ``REWARDLOOP_DATA_DIR`` is ``data_dir`` and ``DATABASE_URL`` is removed (the app's own SQLite
     file there); ``REWARDLOOP_MODELS_DIR`` is ``models_dir`` when given, else as in ``base``;
     ``CELERY_BROKER_URL`` is ``broker`` when a string (``None``: removed, so the app's default
-    broker); ``extra`` is added as is.
+    broker); ``extra`` is added as is, last (so ``DATABASE_URL=...`` gives a benchmark that needs
+    PostgreSQL a database of its own instead of the SQLite file).
     """
     env = dict(os.environ if base is None else base)
     env["REWARDLOOP_DATA_DIR"] = str(data_dir)
