@@ -67,9 +67,10 @@ def django_start(data_dir: str | os.PathLike | None = None, *, migrate: bool = T
 
 def stop_group(proc: subprocess.Popen, *, timeout: float = 20) -> None:
     """Stop a server started with ``start_new_session=True`` and all its children: SIGTERM to its
-    process group, then SIGKILL if it has not ended within ``timeout`` seconds."""
+    process group, then SIGKILL if it has not ended within ``timeout`` seconds (and reaped)."""
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
