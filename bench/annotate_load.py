@@ -70,7 +70,6 @@ import json
 import os
 import random
 import re
-import signal
 import socket
 import statistics
 import subprocess
@@ -83,6 +82,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.django_env import django_start, stop_group  # noqa: E402
 
 PASSWORD = "bench-password-123"
 SLUG = "load"
@@ -172,14 +173,6 @@ def admin_sql(pg: str, sql: str) -> None:
 
     with psycopg.connect(f"{pg}/postgres", autocommit=True) as conn:
         conn.execute(sql)
-
-
-def setup_django(env: dict) -> None:
-    os.environ.update(env)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
-    import django
-
-    django.setup()
 
 
 def seed(*, n_items: int, n_annotators: int, model_dir: Path) -> None:
@@ -338,24 +331,20 @@ def main() -> int:
     args = parse_args()
     n_items = args.items or int(args.annotators * args.seconds / max(args.think_s, 0.05) * 1.5) + 200
     tmp = Path(tempfile.mkdtemp(prefix="rw-bench-load-"))
-    env = {
-        "DATABASE_URL": f"{args.pg}/{args.db}",
-        "REWARDLOOP_DATA_DIR": str(tmp / "data"),
-        "REWARDLOOP_MODELS_DIR": str(tmp / "models"),
-        "CELERY_BROKER_URL": "filesystem://",  # pool nudges land in a folder nobody reads
-        "DJANGO_DEBUG": "0",
-        "DJANGO_CONN_MAX_AGE": "60",  # persistent connections, as a production deployment runs
-        "REWARDLOOP_CACHE_URL": args.cache,
-        "REWARDLOOP_LOG_LEVEL": "WARNING",
-    }
     admin_sql(args.pg, f'DROP DATABASE IF EXISTS "{args.db}" WITH (FORCE)')
     admin_sql(args.pg, f'CREATE DATABASE "{args.db}"')
     server = None
     try:
-        setup_django(env)
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0, interactive=False)
+        django_start(
+            tmp / "data",
+            models_dir=tmp / "models",
+            broker="filesystem://",  # pool nudges land in a folder nobody reads
+            DATABASE_URL=f"{args.pg}/{args.db}",  # its own PostgreSQL database, dropped at the end
+            DJANGO_DEBUG="0",
+            DJANGO_CONN_MAX_AGE="60",  # persistent connections, as a production deployment runs
+            REWARDLOOP_CACHE_URL=args.cache,
+            REWARDLOOP_LOG_LEVEL="WARNING",
+        )
         seed(n_items=n_items, n_annotators=args.annotators, model_dir=tmp / "models" / "tiny")
         from django.db import connection
 
@@ -380,7 +369,7 @@ def main() -> int:
                 "--log-level", "warning",
             ],
             cwd=REPO,
-            env={**os.environ, **env},
+            env=dict(os.environ),  # the same throwaway set-up as this process
             stdout=subprocess.DEVNULL,
             stderr=open(tmp / "gunicorn.log", "w"),
             start_new_session=True,
@@ -478,11 +467,7 @@ def main() -> int:
         return 0
     finally:
         if server is not None and server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+            stop_group(server, timeout=15)
         try:
             from django.contrib.sessions.models import Session
             from django.core.cache import cache

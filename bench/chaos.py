@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from django_env import stop_group, throwaway_env  # noqa: E402
 from loop_timing import PASSWORD, Session, card, wait  # noqa: E402
 
 SLUG = "demo"  # loop_timing.card reads /p/demo/
@@ -90,12 +91,7 @@ class World:
         proc = self.procs.pop(name, None)
         if proc is None or proc.poll() is not None:
             return
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, timeout=15)
 
     def stop_all(self) -> None:
         for name in list(self.procs):
@@ -118,18 +114,17 @@ def main() -> None:
     redis_port, web_port = free_port(), free_port()
     pause = data_dir / "chaos-pause"
     pause.write_text("")
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "REWARDLOOP_CACHE_URL")}
-    env.update(
+    env = throwaway_env(
+        data_dir,
+        models_dir=data_dir / "models",
+        broker=f"redis://127.0.0.1:{redis_port}/0",
         DJANGO_SETTINGS_MODULE="webapp.settings",
-        REWARDLOOP_DATA_DIR=str(data_dir),
-        REWARDLOOP_MODELS_DIR=str(data_dir / "models"),
-        CELERY_BROKER_URL=f"redis://127.0.0.1:{redis_port}/0",
         REWARDLOOP_TORCH_THREADS="1",
         REWARDLOOP_CHAOS_PAUSE=str(pause),
         PYTHONUNBUFFERED="1",
+        **({"DATABASE_URL": args.database_url} if args.database_url else {}),
     )
-    if args.database_url:
-        env["DATABASE_URL"] = args.database_url
+    env.pop("REWARDLOOP_CACHE_URL", None)  # the app's own cache, not a shared one
     os.environ.clear()
     os.environ.update(env)
     world = World(data_dir, env)

@@ -28,7 +28,8 @@ def throwaway_env(
     ``REWARDLOOP_DATA_DIR`` is ``data_dir`` and ``DATABASE_URL`` is removed (the app's own SQLite
     file there); ``REWARDLOOP_MODELS_DIR`` is ``models_dir`` when given, else as in ``base``;
     ``CELERY_BROKER_URL`` is ``broker`` when a string (``None``: removed, so the app's default
-    broker); ``extra`` is added as is.
+    broker); ``extra`` is added as is, last (so ``DATABASE_URL=...`` gives a benchmark that needs
+    PostgreSQL a database of its own instead of the SQLite file).
     """
     env = dict(os.environ if base is None else base)
     env["REWARDLOOP_DATA_DIR"] = str(data_dir)
@@ -66,9 +67,10 @@ def django_start(data_dir: str | os.PathLike | None = None, *, migrate: bool = T
 
 def stop_group(proc: subprocess.Popen, *, timeout: float = 20) -> None:
     """Stop a server started with ``start_new_session=True`` and all its children: SIGTERM to its
-    process group, then SIGKILL if it has not ended within ``timeout`` seconds."""
+    process group, then SIGKILL if it has not ended within ``timeout`` seconds (and reaped)."""
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -143,6 +143,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.django_env import django_start  # noqa: E402
 from bench.raters import BUILTIN as BUILTIN_RATERS  # noqa: E402
 from bench.raters import RaterError, load_rater  # noqa: E402
 from bench.simulated_annotators import compound, default_team  # noqa: E402
@@ -367,21 +368,18 @@ def check_project_fields(variants: list[str]) -> None:
 
 
 def django_setup(data_dir: Path) -> None:
-    """Point the app at a throwaway data folder and database, then migrate."""
-    os.environ["REWARDLOOP_DATA_DIR"] = str(data_dir)
-    os.environ["REWARDLOOP_MODELS_DIR"] = str(data_dir / "models")  # trained versions go here
-    os.environ.pop("DATABASE_URL", None)  # always the throwaway SQLite file
-    # Tasks the services enqueue on commit (pool refills) go to an in-memory
-    # broker nobody consumes: this process plays the workers itself.
-    os.environ["CELERY_BROKER_URL"] = "memory://"
-    os.environ["DJANGO_SETTINGS_MODULE"] = "webapp.settings"
-    os.environ.setdefault("REWARDLOOP_LOG_LEVEL", "WARNING")
-    import django
+    """Point the app at a throwaway data folder and database (:func:`bench.django_env.django_start`),
+    trained versions in ``data_dir / "models"``, then migrate.
 
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0, interactive=False)
+    Tasks the services enqueue on commit (pool refills) go to an in-memory broker nobody
+    consumes: this process plays the workers itself.
+    """
+    django_start(
+        data_dir,
+        models_dir=data_dir / "models",
+        broker="memory://",
+        REWARDLOOP_LOG_LEVEL=os.environ.get("REWARDLOOP_LOG_LEVEL", "WARNING"),
+    )
 
 
 # --- metrics from the app's stored held-out samples ----------------------------------

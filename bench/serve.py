@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import re
-import signal
 import socket
 import statistics
 import subprocess
@@ -49,6 +48,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from annotate_load import cpu_seconds, process_tree  # noqa: E402
+from django_env import django_start, stop_group  # noqa: E402
 
 PROMPTS = [
     f"Continue this movie review in two sentences: {opening}"
@@ -166,22 +166,14 @@ def main() -> None:
     load_start = os.getloadavg()
 
     data = Path(tempfile.mkdtemp(prefix="rl-bench-serve-"))
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
-    env.update(REWARDLOOP_DATA_DIR=str(data), DJANGO_SETTINGS_MODULE="webapp.settings", PYTHONUNBUFFERED="1",
-               REWARDLOOP_API_RATE="1000000/m", OMP_WAIT_POLICY=env.get("OMP_WAIT_POLICY", "PASSIVE"))
-    os.environ.update(env)
-    for name in ("DATABASE_URL", "CELERY_BROKER_URL"):
-        os.environ.pop(name, None)
-    import django
-
-    django.setup()
+    django_start(data, broker=None, PYTHONUNBUFFERED="1", REWARDLOOP_API_RATE="1000000/m",
+                 OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    env = dict(os.environ)  # the servers run on the same throwaway set-up
     from django.contrib.auth.models import User
-    from django.core.management import call_command
 
     from webapp.accounts.services import api_token_create
     from webapp.policies.services import project_create
 
-    call_command("migrate", verbosity=0)
     project_create(slug="bench", title="bench", base_model_path=args.model_dir)
     _, secret = api_token_create(user=User.objects.create_user("bench", is_staff=True), name="bench")
 
@@ -222,9 +214,7 @@ def main() -> None:
     finally:
         for p in procs:
             if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            p.wait(timeout=30)
+                stop_group(p, timeout=30)
 
     import torch
 

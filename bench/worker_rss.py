@@ -75,30 +75,14 @@ def refill(project_id: int, index: int, fail: bool, out: str) -> None:
 
 
 def write_model(out_dir: Path, *, hidden: int, layers: int) -> Path:
-    """A random Llama on the tiny byte tokenizer (pgcore.tiny), ``hidden`` wide and ``layers`` deep."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A random Llama on the tiny byte tokenizer (:func:`pgcore.tiny.write_tiny_model`), ``hidden`` wide and
+    ``layers`` deep, 8 heads (4 KV heads), MLP 3 x ``hidden``, transformers' default initialisation."""
+    from pgcore.tiny import write_tiny_model
 
-    from pgcore.tiny import build_tiny_tokenizer
-
-    tokenizer = build_tiny_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=3 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+    return write_tiny_model(
+        out_dir, seed=0, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
+        num_attention_heads=8, num_key_value_heads=4, initializer_range=0.02,
     )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
 
 
 def setup(data_dir: Path, args) -> int:

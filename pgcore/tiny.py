@@ -48,33 +48,34 @@ def build_tiny_tokenizer():
     )
 
 
-def write_tiny_model(out_dir: str | os.PathLike, *, seed: int = 0) -> Path:
+def write_tiny_model(out_dir: str | os.PathLike, *, seed: int = 0, **overrides) -> Path:
     """Write a tiny random ``LlamaForCausalLM`` and its tokenizer as a Hugging Face folder.
 
     Hidden size 32, 2 layers, 4 heads (2 KV heads), vocabulary 259 (256 bytes + 3 special
     tokens), tied embeddings. The same ``seed`` gives byte-identical weights. Written
     atomically, like every pgcore model folder.
 
+    Args:
+        overrides: ``LlamaConfig`` fields that replace those above (e.g. ``hidden_size=512,
+            num_hidden_layers=8`` for a benchmark's wider random model on the same tokenizer).
+
     Returns:
         ``Path(out_dir)``.
+
+    Raises:
+        TypeError: ``overrides`` names ``vocab_size`` or a special token id (they are the tokenizer's).
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_tiny_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=None,
-        initializer_range=0.3,
-    )
+    fixed = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+             "eos_token_id": tokenizer.eos_token_id, "pad_token_id": None}
+    if set(overrides) & set(fixed):
+        raise TypeError(f"write_tiny_model: {sorted(set(overrides) & set(fixed))} come from the tokenizer")
+    defaults = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "max_position_embeddings": 1024, "tie_word_embeddings": True,
+                "initializer_range": 0.3}
+    config = LlamaConfig(**fixed, **{**defaults, **overrides})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config).float()

@@ -1,7 +1,8 @@
 import ast
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer
+import pytest
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import pgcore
 from pgcore.policy import weights_sha256
@@ -11,6 +12,15 @@ from pgcore.tiny import write_tiny_model
 def test_the_tiny_model_is_deterministic_for_a_seed(tiny_path, tmp_path):
     assert weights_sha256(write_tiny_model(tmp_path / "again", seed=0)) == weights_sha256(tiny_path)
     assert weights_sha256(write_tiny_model(tmp_path / "other", seed=1)) != weights_sha256(tiny_path)
+
+
+def test_a_wider_tiny_model_keeps_the_tokenizers_vocabulary_and_ids(tmp_path):
+    wide = AutoConfig.from_pretrained(write_tiny_model(tmp_path / "wide", hidden_size=64, num_hidden_layers=3))
+    assert (wide.hidden_size, wide.num_hidden_layers, wide.intermediate_size) == (64, 3, 64)
+    assert wide.vocab_size == 259 and wide.eos_token_id == AutoTokenizer.from_pretrained(tmp_path / "wide").eos_token_id
+    with pytest.raises(TypeError, match="vocab_size"):
+        write_tiny_model(tmp_path / "bad", vocab_size=300)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_the_tiny_model_loads_with_plain_transformers_and_has_no_pad_token(tiny_path):

@@ -69,6 +69,18 @@ def test_a_ranking_stores_its_order_one_rating_per_place_and_every_implied_pair(
     assert selectors.lease_held(project=ranking_project, annotator=annotator) is None  # the lease is fulfilled
 
 
+def test_a_second_ranking_of_the_same_outputs_is_refused_and_counted_once(ranking_project, annotator, make_completion):
+    group = make_rank_group(ranking_project, make_completion, k=3)
+    services.lease_next(project=ranking_project, annotator=annotator)
+    a, b, c = sorted(group.members.values_list("pk", flat=True))
+    services.ranking_create(annotator=annotator, group=group, order=[a, b, c])
+    with pytest.raises(ApplicationError, match="ranked these outputs already"):
+        services.ranking_create(annotator=annotator, group=group, order=[c, b, a])
+    assert list(Ranking.objects.values_list("order", flat=True)) == [[a, b, c]]
+    assert Rating.objects.count() == 3 and RankedPair.objects.count() == 3
+    assert list(Completion.objects.filter(pk__in=[a, b, c]).values_list("n_ratings", flat=True)) == [1, 1, 1]
+
+
 @pytest.mark.parametrize("bad", ["missing", "twice", "stranger", "strings"])
 def test_an_order_that_is_not_every_output_once_is_refused_and_nothing_is_stored(
     ranking_project, annotator, make_completion, bad

@@ -10,6 +10,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -968,6 +969,26 @@ def _seconds_on(lease: Lease | None, seconds_spent):
     return max(0.0, (timezone.now() - lease.created_at).total_seconds())
 
 
+@contextmanager
+def _judgment_stored(*, completion_ids: list[int], already: str):
+    """Around the writes of one judgment (its row and the :class:`Rating` of each of ``completion_ids``),
+    inside the judging service's transaction: once they are stored, each completion's ``n_ratings``
+    goes up by one (:func:`_n_ratings_add`).
+
+    No savepoint of its own: the error leaves the service, whose atomic block rolls back (the lease's
+    mark included).
+
+    Raises:
+        ApplicationError: ``already``, when the database refuses a second judgment of the item by the
+            annotator (a unique constraint).
+    """
+    try:
+        yield
+    except IntegrityError as exc:
+        raise ApplicationError(already) from exc
+    _n_ratings_add(completion_ids=completion_ids, delta=1)
+
+
 @transaction.atomic
 def rating_create(
     *,
@@ -1014,7 +1035,7 @@ def rating_create(
         raise ApplicationError("A rating is a whole number from 1 to 5.")
     lease = _lease_for_judgment(project=project, annotator=annotator, completion=completion)
     seconds_spent = _seconds_on(lease, seconds_spent)
-    try:  # no savepoint of its own: the error leaves this function, whose atomic block rolls back
+    with _judgment_stored(completion_ids=[completion.pk], already="You have rated this item already."):
         rating = Rating.objects.create(
             completion=completion,
             annotator=annotator,
@@ -1024,9 +1045,6 @@ def rating_create(
             comment=without_nul(comment),
             seconds_spent=seconds_spent,
         )
-    except IntegrityError as exc:
-        raise ApplicationError("You have rated this item already.") from exc
-    _n_ratings_add(completion_ids=[completion.pk], delta=1)
     return rating
 
 
@@ -1085,23 +1103,20 @@ def comparison_create(
     if a_on_left is None:
         raise ApplicationError("Which side you were shown is unknown", stale=True)
     seconds_spent = _seconds_on(lease, seconds_spent)
-    try:
-        with transaction.atomic():
-            comparison = Comparison.objects.create(
-                pair=pair,
-                annotator=annotator,
-                choice=choice,
-                a_on_left=a_on_left,
-                comment=without_nul(comment),
-                seconds_spent=seconds_spent,
-            )
-            Rating.objects.bulk_create(
-                Rating(completion_id=cid, annotator=annotator, comparison=comparison, seconds_spent=seconds_spent)
-                for cid in (pair.completion_a_id, pair.completion_b_id)
-            )
-    except IntegrityError as exc:
-        raise ApplicationError("You have compared this pair already.") from exc
-    _n_ratings_add(completion_ids=[pair.completion_a_id, pair.completion_b_id], delta=1)
+    completion_ids = [pair.completion_a_id, pair.completion_b_id]
+    with _judgment_stored(completion_ids=completion_ids, already="You have compared this pair already."):
+        comparison = Comparison.objects.create(
+            pair=pair,
+            annotator=annotator,
+            choice=choice,
+            a_on_left=a_on_left,
+            comment=without_nul(comment),
+            seconds_spent=seconds_spent,
+        )
+        Rating.objects.bulk_create(
+            Rating(completion_id=cid, annotator=annotator, comparison=comparison, seconds_spent=seconds_spent)
+            for cid in completion_ids
+        )
     return comparison
 
 
@@ -1142,26 +1157,22 @@ def ranking_create(
         shown_order = None
     lease = _lease_for_judgment(project=project, annotator=annotator, completion=group.anchor)
     seconds_spent = _seconds_on(lease, seconds_spent)
-    try:
-        with transaction.atomic():
-            ranking = Ranking.objects.create(
-                group=group,
-                annotator=annotator,
-                order=order,
-                shown_order=shown_order or [],
-                comment=without_nul(comment),
-                seconds_spent=seconds_spent,
-            )
-            Rating.objects.bulk_create(
-                Rating(completion_id=cid, annotator=annotator, ranking=ranking, rank=rank, seconds_spent=seconds_spent)
-                for rank, cid in enumerate(order)
-            )
-            RankedPair.objects.bulk_create(
-                RankedPair(ranking=ranking, winner_id=w, loser_id=l) for w, l in ranking_implied_pairs(order)
-            )
-    except IntegrityError as exc:
-        raise ApplicationError("You have ranked these outputs already.") from exc
-    _n_ratings_add(completion_ids=order, delta=1)
+    with _judgment_stored(completion_ids=order, already="You have ranked these outputs already."):
+        ranking = Ranking.objects.create(
+            group=group,
+            annotator=annotator,
+            order=order,
+            shown_order=shown_order or [],
+            comment=without_nul(comment),
+            seconds_spent=seconds_spent,
+        )
+        Rating.objects.bulk_create(
+            Rating(completion_id=cid, annotator=annotator, ranking=ranking, rank=rank, seconds_spent=seconds_spent)
+            for rank, cid in enumerate(order)
+        )
+        RankedPair.objects.bulk_create(
+            RankedPair(ranking=ranking, winner_id=w, loser_id=l) for w, l in ranking_implied_pairs(order)
+        )
     return ranking
 
 

@@ -192,14 +192,11 @@ def _votes_state(*, project: Project) -> tuple:
     return state["n"], state["voted"] and state["voted"].isoformat(), state["undone"] and state["undone"].isoformat()
 
 
-def arena_fit(
-    *, project: Project, include=(), votes: list[tuple[int, int, str]] | None = None
-) -> tuple[dict[int, float], dict[tuple[int, int], float]]:
+def arena_fit(*, project: Project, include=()) -> tuple[dict[int, float], dict[tuple[int, int], float]]:
     """:func:`bradley_terry_fit` of the project's counted votes over the versions they compare and the
     version ids in ``include``, cached (Django's cache) under a key of the votes' state
     (:func:`_votes_state`) and those ids, so polling pages cost one aggregate query until a vote is
-    cast or undone. ``votes``: the counted ``(version_a_id, version_b_id, choice)`` rows when the
-    caller has read them already (read only on a cache miss otherwise).
+    cast or undone (the votes are read only on a cache miss).
 
     Returns ``(mean, cov)`` as :func:`bradley_terry_fit`; empty dicts with fewer than two versions.
     Adding a version without votes to ``include`` changes the centred strengths but no difference of
@@ -211,8 +208,7 @@ def arena_fit(
     fit = cache.get(key)
     if fit is not None:
         return fit
-    if votes is None:
-        votes = list(counted_votes(project=project).values_list("version_a_id", "version_b_id", "choice"))
+    votes = list(counted_votes(project=project).values_list("version_a_id", "version_b_id", "choice"))
     ids = sorted(set(include) | {a for a, _, _ in votes} | {b for _, b, _ in votes})
     fit = bradley_terry_fit(comparisons=_comparisons(votes), items=ids) if len(ids) >= 2 else ({}, {})
     cache.set(key, fit, FIT_CACHE_SECONDS)
@@ -223,13 +219,15 @@ def arena_leaderboard(*, project: Project) -> Leaderboard:
     """Every version that has votes or can be drawn, with its Bradley–Terry score and 95% interval, best first."""
     versions = arena_versions(project=project)
     votes = list(counted_votes(project=project).values_list("version_a_id", "version_b_id", "choice"))
-    ids = sorted(set(versions) | {a for a, _, _ in votes} | {b for _, b, _ in votes})
+    mean, cov = arena_fit(project=project, include=versions)
+    ids = sorted(mean)  # the versions and those the votes compare
     empty = arena_empty_reason(project=project, versions=versions) if not votes else ""
     if len(ids) < 2:
         return Leaderboard(rows=[], n_votes=len(votes), empty_reason=empty or arena_empty_reason(project=project, versions=versions))
-    mean, cov = arena_fit(project=project, include=ids, votes=votes)
     tally = {pk: {"votes": 0, "wins": 0, "losses": 0, "ties": 0} for pk in ids}
     for a, b, choice in votes:
+        if a not in tally or b not in tally:  # cast after the fit's read (a race): shown on the next poll
+            continue
         for pk in (a, b):
             tally[pk]["votes"] += 1
         if choice in (ArenaChoice.A, ArenaChoice.B):

@@ -89,11 +89,12 @@ def runs(request, slug: str = Slug):
 
 
 class TrainIn(Schema):
+    # TrainNowForm validates these (run_start); its help texts say the bounds.
     model_config = {"extra": "forbid"}
 
-    lr: float | None = Field(None, description="AdamW step size, 1e-7 to 1.")
-    kl_coef: float | None = Field(None, description="KL penalty coefficient, 0 to 10.")
-    epochs: int | None = Field(None, description="Passes over the new ratings, 1 to 20.")
+    lr: float | None = Field(None, description=TrainNowForm.base_fields["lr"].help_text)
+    kl_coef: float | None = Field(None, description=TrainNowForm.base_fields["kl_coef"].help_text)
+    epochs: int | None = Field(None, description=TrainNowForm.base_fields["epochs"].help_text)
 
 
 @router.post("/projects/{slug}/runs", response={201: RunOut, **ERRORS}, summary="Start a training run (staff)")
