@@ -280,3 +280,13 @@ def model(request, model: str):
     """``GET /v1/models/<model>``: one project's model, or 404."""
     _authenticate(request)
     return JsonResponse(_model_out(_project(request, model)))
+
+
+@csrf_exempt
+def unknown_url(request, rest: str = ""):
+    """Any other path under ``/v1/`` (``/v1/embeddings``, a trailing slash): 404 in OpenAI's shape, as
+    OpenAI answers an unknown URL, naming the routes served here, instead of an HTML page."""
+    return OpenAIError(
+        404, f"Invalid URL ({request.method} {request.path}): this server answers POST /v1/chat/completions, "
+        "POST /v1/completions, GET /v1/models and GET /v1/models/{model}.",
+    ).response()
