@@ -940,7 +940,10 @@ def _lease_for_judgment(*, project: Project, annotator, completion: Completion) 
         project=project, annotator=annotator, completion_id=completion.pk, lease_minutes=LEASE_MINUTES, fulfilled=True
     )
     if lease is None:
-        raise ApplicationError("This item was given to someone else after your lease expired.")
+        # No lease of theirs is left to tell "expired and reclaimed" from "never held": say both.
+        raise ApplicationError(
+            f"Someone else holds this item now (if it was yours, your lease ran out after {LEASE_MINUTES} minutes)."
+        )
     return lease
 
 
