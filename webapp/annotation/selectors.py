@@ -43,7 +43,7 @@ def open_completions(*, project: Project) -> QuerySet[Completion]:
     )
 
 
-def has_training_prompts(*, project: Project) -> bool:
+def training_prompts_exist(*, project: Project) -> bool:
     """Whether the project has a prompt the pool can sample for annotators (not held out, not from
     production); without one nothing will ever be ready to rate."""
     return Prompt.objects.filter(project=project, held_out=False, from_production=False).exists()

@@ -97,7 +97,7 @@ def _context(request, project, *, error="", undone=None, lease=_READ_ONLY, kept_
         "rubric_current": scored.index(None) if None in scored else 0,  # the first criterion left to score
         "kept_comment": kept["comment"] if kept else "",
         # The waiting card: with no prompt to sample, no output is coming until staff import some.
-        "no_prompts": not read_only and lease is None and not selectors.has_training_prompts(project=project),
+        "no_prompts": not read_only and lease is None and not selectors.training_prompts_exist(project=project),
     }
 
 
