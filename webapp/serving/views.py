@@ -34,7 +34,7 @@ from webapp.policies.selectors import projects_for
 
 from . import access
 from .client import InferenceUnavailable, generate_events
-from .schemas import ChatIn, CompletionIn
+from .schemas import MODEL_PATTERN, ChatIn, CompletionIn
 
 class OpenAIError(Exception):
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
@@ -86,6 +86,8 @@ def _body(request, schema):
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first.get("loc", ())) or None
         message = first.get("msg", "invalid").removeprefix("Value error, ")
+        if first.get("type") == "string_pattern_mismatch" and (first.get("ctx") or {}).get("pattern") == MODEL_PATTERN:
+            message = "a project's slug, or slug@N for its version N (e.g. demo or demo@3)"  # not the regex
         if param is None and ":" in message.split(" ")[0]:
             # A whole-body check names its field itself ("max_tokens: at most 512"): keep it as is.
             raise OpenAIError(400, message, param=message.split(":")[0]) from None
