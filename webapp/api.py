@@ -20,8 +20,11 @@ from ninja.errors import AuthenticationError, HttpError, Throttled, ValidationEr
 
 from webapp.accounts.auth import TokenAuth, TokenRateThrottle
 from webapp.annotation.api import router as annotation_router
+from webapp.apikit import NO_NUL_PATTERN, SLUG_PATTERN
 from webapp.errors import ApplicationError
 from webapp.policies.api import router as policies_router
+from webapp.policies.services import SERVE_REASON_PATTERN
+from webapp.serving.api import RESPONSE_ID_PATTERN
 from webapp.serving.api import router as serving_router
 from webapp.training.api import router as training_router
 
@@ -63,10 +66,28 @@ def _field_name(loc) -> str:
     return ".".join(parts) or source
 
 
+# What a field refused by its pattern must be, in words: pydantic's message would show the regular expression.
+PATTERN_MEANINGS = {
+    SLUG_PATTERN: "1 to 50 letters, digits, hyphens or underscores",
+    NO_NUL_PATTERN: "text without NUL characters",
+    SERVE_REASON_PATTERN: "a few words, not only spaces, without NUL characters",
+    RESPONSE_ID_PATTERN: "an answer's id as /v1/ returned it (chatcmpl-… or cmpl-…)",
+}
+
+
+def _error_message(error: dict) -> str:
+    """pydantic's message for one error, or what the field should be when a known pattern refused it."""
+    if error.get("type") == "string_pattern_mismatch":
+        meaning = PATTERN_MEANINGS.get((error.get("ctx") or {}).get("pattern"))
+        if meaning:
+            return f"Should be {meaning}."
+    return error.get("msg", "invalid")
+
+
 @api.exception_handler(ValidationError)
 def _validation(request, exc: ValidationError):
     """A malformed request: 400 naming each field (ninja's default would be a 422)."""
-    fields = [{"field": _field_name(e.get("loc", ())), "message": e.get("msg", "invalid")} for e in exc.errors]
+    fields = [{"field": _field_name(e.get("loc", ())), "message": _error_message(e)} for e in exc.errors]
     message = "; ".join(f"{f['field']}: {f['message']}" for f in fields) or "Malformed request."
     return _error(request, 400, message, fields=fields)
 

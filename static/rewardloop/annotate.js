@@ -102,6 +102,12 @@
     if (event.target.matches && event.target.matches("select.rank-place")) rankRefresh(document.getElementById("card"));
   });
 
+  // A card swapped in with places already given (a refused submit shows them again) says so.
+  document.addEventListener("htmx:afterSwap", function () {
+    var card = document.getElementById("card");
+    if (card && card.querySelector("select.rank-place")) rankRefresh(card);
+  });
+
   document.addEventListener("click", function (event) {
     var pick = event.target.closest && event.target.closest("[data-rank-pick]");
     if (pick) {

@@ -128,8 +128,9 @@ def test_a_rating_without_a_lease_cannot_take_an_item_someone_else_holds(project
     make_completion(project)
     holder, intruder = make_user("holder"), make_user("intruder")
     lease = services.lease_next(project=project, annotator=holder)
-    with pytest.raises(ApplicationError, match="given to someone else"):
+    with pytest.raises(ApplicationError, match="Someone else holds this item now") as refused:
         services.rating_create(annotator=intruder, completion=lease.completion, score=1)
+    assert "after your lease expired" not in refused.value.message  # the intruder never held a lease
     services.rating_create(annotator=holder, completion=lease.completion, score=5)
     assert list(Rating.objects.values_list("annotator__username", "score")) == [("holder", 5)]
 

@@ -43,6 +43,12 @@ def open_completions(*, project: Project) -> QuerySet[Completion]:
     )
 
 
+def training_prompts_exist(*, project: Project) -> bool:
+    """Whether the project has a prompt the pool can sample for annotators (not held out, not from
+    production); without one nothing will ever be ready to rate."""
+    return Prompt.objects.filter(project=project, held_out=False, from_production=False).exists()
+
+
 def pool_size(*, project: Project, version_id: int | None = None) -> int:
     """Open completions sampled from the served version (or from ``version_id``): what the pool
     refill keeps full.

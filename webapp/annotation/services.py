@@ -163,6 +163,8 @@ def prompts_import(*, project: Project, path: str | Path, limits: ImportLimits |
 
 UPLOAD_NAME = re.compile(r"^[0-9a-f]{32}\.(jsonl|json|ndjson|csv)$")
 PREVIEW_ROWS = 10
+# A previewed upload nobody imported (the tab was closed) is removed when a later upload is stored this long after.
+UPLOAD_KEEP = timedelta(days=1)
 
 
 def _uploads_dir() -> Path:
@@ -181,11 +183,30 @@ def prompt_upload_store(*, upload) -> str:
         raise ApplicationError("Upload a .jsonl or .csv file.")
     folder = _uploads_dir()
     folder.mkdir(parents=True, exist_ok=True)
+    _uploads_prune(folder)
     name = f"{uuid.uuid4().hex}{suffix}"
     with open(folder / name, "wb") as out:
         for chunk in upload.chunks():
             out.write(chunk)
     return name
+
+
+def _uploads_prune(folder: Path) -> None:
+    """Remove stored uploads last written more than :data:`UPLOAD_KEEP` ago (previews never imported)."""
+    cutoff = time.time() - UPLOAD_KEEP.total_seconds()
+    for path in folder.iterdir():
+        try:
+            if UPLOAD_NAME.match(path.name) and path.stat().st_mtime < cutoff:
+                path.unlink()
+        except FileNotFoundError:  # another process pruned or imported it first
+            pass
+
+
+def prompt_upload_discard(*, name: str) -> None:
+    """Remove the stored upload called ``name`` (one whose preview found bad lines: it can never be
+    imported). A name :func:`prompt_upload_store` does not give, or a file already gone, is ignored."""
+    if UPLOAD_NAME.match(name):
+        (_uploads_dir() / name).unlink(missing_ok=True)
 
 
 def prompt_upload_path(*, name: str) -> Path:
@@ -941,7 +962,10 @@ def _lease_for_judgment(*, project: Project, annotator, completion: Completion) 
         project=project, annotator=annotator, completion_id=completion.pk, lease_minutes=LEASE_MINUTES, fulfilled=True
     )
     if lease is None:
-        raise ApplicationError("This item was given to someone else after your lease expired.")
+        # No lease of theirs is left to tell "expired and reclaimed" from "never held": say both.
+        raise ApplicationError(
+            f"Someone else holds this item now (if it was yours, your lease ran out after {LEASE_MINUTES} minutes)."
+        )
     return lease
 
 

@@ -106,7 +106,8 @@ def rubric_update(request, slug):
 @staff_required
 @require_POST
 def prompts_preview(request, slug):
-    """Keep the uploaded file and show its first rows, counts and errors; nothing is imported yet."""
+    """Keep the uploaded file and show its first rows, counts and errors; nothing is imported yet.
+    A file with bad lines is not kept (it cannot be imported)."""
     form = PromptFileForm(request.POST, request.FILES)
     if not form.is_valid():
         messages.error(request, "Choose a .jsonl or .csv file to preview.")
@@ -114,6 +115,8 @@ def prompts_preview(request, slug):
     name = services.prompt_upload_store(upload=form.cleaned_data["file"])
     preview = services.prompt_file_preview(path=services.prompt_upload_path(name=name))
     preview["filename"] = form.cleaned_data["file"].name
+    if preview["errors"]:  # no import is offered: the file would only fill the disk
+        services.prompt_upload_discard(name=name)
     return render(
         request, TEMPLATE, _setup_context(request, preview=preview, upload_name="" if preview["errors"] else name),
         status=400 if preview["errors"] else 200,

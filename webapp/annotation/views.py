@@ -35,13 +35,31 @@ def _sides(project, lease):
 _READ_ONLY = object()
 
 
-def _context(request, project, *, error="", undone=None, lease=_READ_ONLY):
+def _kept_input(post, *, n_criteria: int, ranked) -> dict:
+    """What the person had entered on a card whose submit was refused, to show it again on the same
+    item: ``{"comment": str, "criteria": [score or None per criterion], "places": {completion id: place}}``
+    (values outside 1–5, or outside 1–k places, are dropped)."""
+
+    def number(value, top):
+        return int(value) if value.isdigit() and 1 <= int(value) <= top else None
+
+    k = len(ranked or [])
+    return {
+        "comment": post.get("comment", "")[:COMMENT_MAX_CHARS],
+        "criteria": [number(post.get(f"crit_{i}", ""), 5) for i in range(n_criteria)],
+        "places": {m.pk: number(post.get(f"rank_{m.pk}", ""), k) for m in ranked or []},
+    }
+
+
+def _context(request, project, *, error="", undone=None, lease=_READ_ONLY, kept_post=None):
     """What the page and the card show.
 
     After a POST, ``lease`` is the item to show next (None: nothing to rate right now,
     the waiting card, which asks again by POST every few seconds). Left out (a GET):
     the lease the person holds, only read; holding none, the card asks for the next
     item by POST as it loads (``ask_next``), so a page load writes nothing.
+    ``kept_post``: the refused submit's form, when the card shows that same item again: its
+    comment, rubric scores and ranking places are filled in as they were typed.
     """
     read_only = lease is _READ_ONLY
     if read_only:
@@ -51,6 +69,14 @@ def _context(request, project, *, error="", undone=None, lease=_READ_ONLY):
     pair, left, right = _sides(project, lease)
     ranked = getattr(lease.completion, "ranked_members", None) if lease is not None else None
     progress = selectors.annotator_progress(project=project, annotator=request.user)
+    rubric = project.rubric if project.rating_mode == RatingMode.RUBRIC else None
+    kept = None
+    if kept_post is not None and lease is not None:
+        kept = _kept_input(kept_post, n_criteria=len(rubric or []), ranked=ranked)
+        rubric = [{**c, "kept": score} for c, score in zip(rubric or [], kept["criteria"])] or rubric
+        for member in ranked or []:
+            member.kept_place = kept["places"].get(member.pk)
+    scored = [c.get("kept") for c in rubric or []]
     return {
         "project": project,
         "mode": project.rating_mode,
@@ -67,7 +93,11 @@ def _context(request, project, *, error="", undone=None, lease=_READ_ONLY):
         "undone": undone,
         "error": error,
         "scores": [(s, LIKERT_LABELS[s]) for s in range(1, 6)],
-        "rubric": project.rubric if project.rating_mode == RatingMode.RUBRIC else None,
+        "rubric": rubric,
+        "rubric_current": scored.index(None) if None in scored else 0,  # the first criterion left to score
+        "kept_comment": kept["comment"] if kept else "",
+        # The waiting card: with no prompt to sample, no output is coming until staff import some.
+        "no_prompts": not read_only and lease is None and not selectors.training_prompts_exist(project=project),
     }
 
 
@@ -196,7 +226,9 @@ def rate(request, slug, completion_id):
     The rating and the next lease commit together: one transaction per submit.
     """
     completion = _item(request, completion_id)
-    return _then_next(request, slug, completion.project, lambda: _submit(request, completion.project, completion))
+    return _then_next(
+        request, slug, completion.project, lambda: _submit(request, completion.project, completion), item=completion
+    )
 
 
 @member_required
@@ -209,11 +241,12 @@ def skip(request, slug, completion_id):
     )
 
 
-def _then_next(request, slug, project, action):
+def _then_next(request, slug, project, action, *, item=None):
     """Run ``action`` (a judgment or a skip) and, for htmx, lease the next item in the same transaction.
 
     Answers the next card (htmx; ``action``'s :class:`ApplicationError` shown on it) or
-    redirects to the annotate page with the error as a message.
+    redirects to the annotate page with the error as a message. A refused judgment of ``item``
+    whose card comes back for that same item keeps what was typed (comment, scores, places).
     """
     error, lease = "", None
     with transaction.atomic():
@@ -227,7 +260,9 @@ def _then_next(request, slug, project, action):
         if error:
             messages.error(request, error)
         return redirect("annotation:annotate", slug=slug)
-    return _render_card_or_page(request, project, error=error, lease=lease)
+    same_item = bool(error) and item is not None and lease is not None and lease.completion_id == item.pk
+    return _render_card_or_page(request, project, error=error, lease=lease,
+                                kept_post=request.POST if same_item else None)
 
 
 @member_required

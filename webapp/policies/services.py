@@ -59,13 +59,15 @@ def project_create(*, slug: str, title: str, base_model_path: str | Path, **fiel
     every worker can fetch it.
 
     Raises:
-        ApplicationError: the slug is taken or the folder is not a model folder.
+        ApplicationError: the slug is taken (in any letter case) or the folder is not a model folder.
     """
     base_model_path = Path(base_model_path).resolve()
     if not (base_model_path / "config.json").exists():
         raise ApplicationError(f"{base_model_path} is not a Hugging Face model folder (no config.json).")
-    if Project.objects.filter(slug=slug).exists():
-        raise ApplicationError(f"A project named {slug!r} exists already.")
+    taken = Project.objects.filter(slug__iexact=slug).values_list("slug", flat=True).first()
+    if taken is not None:  # "Demo" beside "demo" would share folders (<slug>/run-N) on a case-insensitive disk
+        case_only = "" if taken == slug else "; slugs differing only in case are refused"
+        raise ApplicationError(f"A project named {taken!r} exists already{case_only}.")
     base_ref = artifacts.models_name(base_model_path)  # a name under the models folder travels between machines
     project = Project(slug=slug, title=title, base_model_path=base_ref, **fields)
     project.full_clean(exclude=["served_version"])

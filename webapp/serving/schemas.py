@@ -20,10 +20,13 @@ UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "logprobs",
                "presence_penalty", "frequency_penalty", "best_of", "echo", "suffix")
 
 
+MODEL_PATTERN = r"^[-a-zA-Z0-9_]{1,50}(@[0-9]{1,9})?$"  # a project's slug, or slug@N for its version N
+
+
 class _Params(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(min_length=1, max_length=80, pattern=r"^[-a-zA-Z0-9_]{1,50}(@[0-9]{1,9})?$")
+    model: str = Field(min_length=1, max_length=80, pattern=MODEL_PATTERN)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0, le=2)

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import path, re_path
 
 from . import views
 
@@ -8,4 +8,5 @@ urlpatterns = [
     path("completions", views.completions, name="completions"),
     path("models", views.models, name="models"),
     path("models/<str:model>", views.model, name="model"),
+    re_path(r"^(?P<rest>.*)$", views.unknown_url, name="unknown_url"),  # last: OpenAI's 404 shape for the rest
 ]

@@ -34,7 +34,7 @@ from webapp.policies.selectors import projects_for
 
 from . import access
 from .client import InferenceUnavailable, generate_events
-from .schemas import ChatIn, CompletionIn
+from .schemas import MODEL_PATTERN, ChatIn, CompletionIn
 
 class OpenAIError(Exception):
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
@@ -86,6 +86,8 @@ def _body(request, schema):
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first.get("loc", ())) or None
         message = first.get("msg", "invalid").removeprefix("Value error, ")
+        if first.get("type") == "string_pattern_mismatch" and (first.get("ctx") or {}).get("pattern") == MODEL_PATTERN:
+            message = "a project's slug, or slug@N for its version N (e.g. demo or demo@3)"  # not the regex
         if param is None and ":" in message.split(" ")[0]:
             # A whole-body check names its field itself ("max_tokens: at most 512"): keep it as is.
             raise OpenAIError(400, message, param=message.split(":")[0]) from None
@@ -280,3 +282,13 @@ def model(request, model: str):
     """``GET /v1/models/<model>``: one project's model, or 404."""
     _authenticate(request)
     return JsonResponse(_model_out(_project(request, model)))
+
+
+@csrf_exempt
+def unknown_url(request, rest: str = ""):
+    """Any other path under ``/v1/`` (``/v1/embeddings``, a trailing slash): 404 in OpenAI's shape, as
+    OpenAI answers an unknown URL, naming the routes served here, instead of an HTML page."""
+    return OpenAIError(
+        404, f"Invalid URL ({request.method} {request.path}): this server answers POST /v1/chat/completions, "
+        "POST /v1/completions, GET /v1/models and GET /v1/models/{model}.",
+    ).response()

@@ -1,0 +1,24 @@
+"""Phone-sized screens on the pages with forms: nothing sticks out sideways (a new token's secret,
+the versions page's menus)."""
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+WIDTH = 320
+
+
+def test_a_new_token_and_the_versions_page_fit_a_320_px_screen(login_page, live_server, project, staff_user):
+    page = login_page(staff_user, width=WIDTH, height=740)
+    page.goto(f"{live_server.url}/accounts/tokens/")
+    page.fill("input[name=name]", "phone script")
+    page.click("form[action$='/tokens/new/'] button")
+    page.wait_for_selector("#new-token-secret")
+    assert page.evaluate("document.documentElement.scrollWidth") <= WIDTH
+    secret = page.locator("#new-token-secret")
+    assert secret.evaluate("el => el.getBoundingClientRect().right") <= WIDTH  # the whole secret is on screen
+    assert secret.inner_text().startswith("rl_")
+
+    page.goto(f"{live_server.url}/staff/p/{project.slug}/versions/")
+    page.wait_for_selector("#compare-form")
+    assert page.evaluate("document.documentElement.scrollWidth") <= WIDTH
