@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -57,8 +56,6 @@ from webapp.policies.models import ModelVersion, Project
 
 from . import evaluation, liveness, overoptimisation
 from .models import TrainingRun, TrainingStep
-
-logger = logging.getLogger(__name__)
 
 BATCH_FILE = "batch.json"
 TRAINED_DIR = "policy"
