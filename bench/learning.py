@@ -27,8 +27,11 @@ The pool is filled to ``pool_target`` before the annotators start (not measured,
 request (a lease, a rating's next card) nudges the worker as
 ``annotation.services.pool_refill_nudge`` does (at most every ``REFILL_NUDGE_EVERY_S``,
 when the pool is below ``Project.pool_low_water`` capped at the pool size, or the
-annotator met an empty queue); serving a new version retires the older items and queues
-a refill at once (the ``version_served`` receivers). A refill samples the deficit it
+annotator met an empty queue); serving a new version queues a refill at once (the
+``version_served_committed`` receiver) and the queue keeps offering the older versions'
+unrated items until that refill's first batch of the new version lands and retires them
+(``annotation.services.completions_retire_older``): the training run samples nothing for
+the pool. A refill samples the deficit it
 found in batches of ``GENERATION_BATCH``; a batch lands (its items become rateable)
 one batch duration after the previous one: ``--batch-seconds`` (default 4.0, the CPU
 seconds a batch of 8 SmolLM2 completions of 96 tokens took at 1 torch thread, measured
@@ -39,6 +42,7 @@ annotator who meets an empty queue waits until the next batch lands (the time an
 became available; the browser would see it within its 3-second poll). Reported per seed:
 ``waits``, ``total_wait_s``, ``max_wait_s`` (virtual seconds), those that began while a
 newly served version had no item yet (``waits_after_serve``, ``wait_s_after_serve``),
+the cards of older versions handed out in that window (``older_cards_after_serve``),
 and the batch durations; per variant, summed (maxed) over seeds in ``queue``.
 What the simulated annotators want is a *rater* (``--rater``, ``bench/raters.py``):
 ``callable(prompt, completion) -> Likert in [1, 5]``, bias- and noise-free; built in
@@ -477,6 +481,7 @@ class QueueModel:
         self.waits: list[tuple[float, bool]] = []  # (seconds, began while a new version had no item)
         self.new_version_empty = False
         self._after_serve: dict[int, bool] = {}
+        self.older_cards_after_serve = 0  # cards of older versions given while a new version had no item
 
     def batch_measured(self, *, cpu_s: float, wall_s: float) -> None:
         """A batch's cost on this machine; the next batch lasts this long."""
@@ -489,6 +494,11 @@ class QueueModel:
 
     def batch_landed(self) -> None:
         self.new_version_empty = False
+
+    def card_given(self, *, older: bool) -> None:
+        """An annotator got a card; ``older``: of a version other than the served one."""
+        if older and self.new_version_empty:
+            self.older_cards_after_serve += 1
 
     def wait_begins(self, who: int, t: float) -> None:
         self.waiting_since[who] = t
@@ -522,12 +532,14 @@ class QueueModel:
             "max_wait_s": round(max(seconds, default=0.0), 1),
             "waits_after_serve": len(after),
             "wait_s_after_serve": round(sum(after), 1),
+            "older_cards_after_serve": self.older_cards_after_serve,
         }
 
 
 def queue_aggregate(per_seed: list[dict]) -> dict:
     """A variant's ``queue`` over its seeds: waits and seconds summed, the longest wait and batch maxed."""
-    out = {k: sum(q[k] for q in per_seed) for k in ("waits", "total_wait_s", "waits_after_serve", "wait_s_after_serve")}
+    summed = ("waits", "total_wait_s", "waits_after_serve", "wait_s_after_serve", "older_cards_after_serve")
+    out = {k: sum(q.get(k, 0) for q in per_seed) for k in summed}
     out["total_wait_s"] = round(out["total_wait_s"], 1)
     out["wait_s_after_serve"] = round(out["wait_s_after_serve"], 1)
     out["max_wait_s"] = max(q["max_wait_s"] for q in per_seed)
@@ -728,6 +740,7 @@ class Loop:
                 self.push(self.queue.poll_at[k], "poll", k)
             return
         self.queue.wait_ends(k, self.clock)
+        self.queue.card_given(older=lease.completion.model_version_id != self.project.served_version_id)
         self.in_flight[k] = lease.completion_id
         self.push(self.clock + self.team[k].delay(self.rng), "rate", k)
 
@@ -742,8 +755,9 @@ class Loop:
         self.push(self.clock, "lease", k)
 
     def _served(self) -> None:
-        """A new version is served: older items are retired (the app's receiver did that) and a refill
-        is queued at once; the worker drops a stream of the old version."""
+        """A new version is served: a refill is queued at once (the worker drops a stream of the old
+        version); the older items stay in the queue until its first batch lands (the app's refill
+        retires them then)."""
         self.queue.stream = None
         self.queue.refill_queued = False
         self.queue.version_served()

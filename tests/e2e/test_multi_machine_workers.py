@@ -7,17 +7,18 @@ project is created (its upload to the bucket is all that remains), so any code p
 that still needed a shared or local model folder fails here. The loop runs once:
 completions from v0 -> ratings -> a training run (every step through the broker) ->
 v1 promoted -> new completions by v1, sampled from weights each generation worker
-fetched into its own cache and checked by hash.
+fetched into its own cache and checked by hash (never by the training worker), whose first
+batch retires v0's unrated leftovers.
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 
 import pytest
 from django.db import connection
 
+from webapp.annotation import selectors
 from webapp.annotation import services as annotation_services
 from webapp.annotation.models import Completion
 from webapp.policies import artifacts
@@ -80,6 +81,11 @@ def test_two_generation_workers_and_a_training_worker_close_the_loop_through_the
             lambda: annotation_services.lease_next(project=project, annotator=annotator), 120, "an item to rate"
         )
         annotation_services.rating_create(annotator=annotator, completion=lease.completion, score=5 if i % 2 else 1)
+    # Unrated v0 items are left when v1 is served: the queue offers them until v1's first batch retires them.
+    annotation_services.pool_refill_send(project_id=project.pk)
+    celery_processes.wait_until(
+        lambda: selectors.pool_size(project=project) >= project.pool_target, 240, "the pool to fill again from v0"
+    )
 
     run = training_services.training_run_create(project=project, trigger="manual")
     run = celery_processes.wait_until(
@@ -94,22 +100,15 @@ def test_two_generation_workers_and_a_training_worker_close_the_loop_through_the
     assert v1.number == 1 and v1.weights_path == f"mm/run-{run.pk}"  # a name in the bucket
     assert artifacts.manifest_read(v1.weights_path)["weights_sha256"] == v1.sha256
 
-    # The promotion step sampled v1's first batch ahead on the training worker (it holds v1); serving
-    # v1 then refills the rest of the pool from v1, sampled by generation workers from their own caches.
-    ahead = int(re.search(r"(\d+) completions of v1 sampled ahead", run.log).group(1))
-    assert ahead > 0
-    project.refresh_from_db()  # v1 is served now: the queue offers its items
-    second = make_user("a2")  # a fresh annotator: a1 has judged these prompts under v0 already
-    for _ in range(ahead):  # rate them, so the pool needs v1 completions a generation worker must sample
-        lease = celery_processes.wait_until(
-            lambda: annotation_services.lease_next(project=project, annotator=second), 120, "a v1 item to rate"
-        )
-        annotation_services.rating_create(annotator=second, completion=lease.completion, score=3)
-    annotation_services.pool_refill_send(project_id=project.pk)
+    # The training worker sampled nothing for the pool: after promotion the pool refills from v1, sampled
+    # by generation workers from their own caches; the batch that stores v1's first items retires v0's
+    # unrated leftovers, which the queue offered until then.
+    assert "sampled ahead" not in run.log
     first = celery_processes.wait_until(
-        lambda: Completion.objects.filter(project=project, model_version=v1).order_by("id")[ahead:].first(),
-        240, "a completion from v1 sampled by a generation worker",
+        lambda: Completion.objects.filter(project=project, model_version=v1).first(), 240, "a completion from v1"
     )
+    leftovers = Completion.objects.filter(project=project, model_version__number=0, n_ratings=0, prompt__held_out=False)
+    assert leftovers.exists() and not leftovers.filter(retired_at__isnull=True).exists()
     assert len(first.behaviour_logprobs) == len(first.token_ids) > 0
 
     for name, home in machines.items():

@@ -1,4 +1,5 @@
-"""Blind rating, retiring older versions' leftovers, the low-water mark (issue 20, first slice)."""
+"""Blind rating, handing the queue over to a newly served version (older leftovers offered until its
+first batch lands, then retired), the low-water mark (issues 20 and 18)."""
 
 import pytest
 
@@ -78,29 +79,59 @@ def test_a_pairwise_history_shows_both_outputs_versions(tiny_model_dir, models_d
     assert page.count("version 0 ·") == 2
 
 
-def test_serving_a_new_version_retires_older_unrated_items_and_keeps_them(project, make_user, make_completion):
-    rater = make_user("rater")
-    old_open, old_rated = make_completion(project, text="old open"), make_completion(project, text="old rated")
-    services.rating_create(annotator=rater, completion=old_rated, score=3)
+def test_right_after_a_serve_the_queue_offers_older_leftovers_instead_of_nothing(project, make_user, make_completion):
+    old_open = make_completion(project, text="old open")
     v1 = _new_version(project)
 
     policy_services.version_promote(version=v1, refill_pool=False)
 
     project.refresh_from_db()
+    old_open.refresh_from_db()
+    assert old_open.retired_at is None  # v1 has no item yet: nothing to hand over to
+    lease = services.lease_next(project=project, annotator=make_user("next"))
+    assert lease is not None and lease.completion_id == old_open.pk
+    assert selectors.annotator_progress(project=project, annotator=make_user("counts"))["queue"] == 1
+
+
+def test_the_served_versions_first_batch_retires_older_unrated_items_and_keeps_them(project, make_user, make_completion):
+    rater = make_user("rater")
+    old_open, old_rated = make_completion(project, text="old open"), make_completion(project, text="old rated")
+    services.rating_create(annotator=rater, completion=old_rated, score=3)
+    v1 = _new_version(project)
+    policy_services.version_promote(version=v1, refill_pool=False)
+    project.refresh_from_db()
+    assert selectors.queue_candidate_ids(project=project, annotator=make_user("before")) == [old_open.pk]
+
+    stored = services.completion_pool_refill(project=project, seed=0, max_new=services.GENERATION_BATCH)
 
     old_open.refresh_from_db()
     old_rated.refresh_from_db()
+    assert stored > 0
     assert old_open.retired_at is not None
     assert old_rated.retired_at is None  # finished items are not leftovers
     assert Completion.objects.filter(pk=old_open.pk).exists()
-    assert services.lease_next(project=project, annotator=make_user("next")) is None
-    new_item = make_completion(project, version=v1)
-    assert selectors.queue_candidate_ids(project=project, annotator=make_user("later")) == [new_item.pk]
+    offered = selectors.queue_candidate_ids(project=project, annotator=make_user("later"), limit=100)
+    assert offered and set(Completion.objects.filter(pk__in=offered).values_list("model_version", flat=True)) == {v1.pk}
+
+
+def test_a_version_served_with_items_of_its_own_retires_older_leftovers_at_once(project, make_user, make_completion):
+    old = make_completion(project, text="old")
+    v1 = _new_version(project)
+    new = make_completion(project, version=v1, text="sampled while v1 was the shadow candidate")
+
+    policy_services.version_promote(version=v1, refill_pool=False)
+
+    project.refresh_from_db()
+    old.refresh_from_db()
+    assert old.retired_at is not None
+    assert selectors.queue_candidate_ids(project=project, annotator=make_user("a")) == [new.pk]
 
 
 def test_a_retired_item_cannot_be_rated_without_a_lease(project, make_user, make_completion):
     old = make_completion(project)
-    policy_services.version_promote(version=_new_version(project), refill_pool=False)
+    v1 = _new_version(project)
+    make_completion(project, version=v1)
+    policy_services.version_promote(version=v1, refill_pool=False)
     project.refresh_from_db()
 
     with pytest.raises(services.ApplicationError, match="not in your queue"):
@@ -128,6 +159,7 @@ def test_a_project_that_drains_older_versions_offers_them_after_the_served_ones(
 
     project.refresh_from_db()
     new = make_completion(project, version=v1)
+    assert services.completions_retire_older(project=project) == 0  # what a batch of v1 would do: nothing here
 
     old.refresh_from_db()
     assert old.retired_at is None
@@ -137,24 +169,32 @@ def test_a_project_that_drains_older_versions_offers_them_after_the_served_ones(
 def test_serving_an_older_version_again_brings_back_its_retired_items(project, make_user, make_completion):
     v0 = project.served_version
     old = make_completion(project)
-    policy_services.version_promote(version=_new_version(project), refill_pool=False)
+    v1 = _new_version(project)
+    newer = make_completion(project, version=v1)
+    policy_services.version_promote(version=v1, refill_pool=False)
     project.refresh_from_db()
+    old.refresh_from_db()
+    assert old.retired_at is not None
 
     policy_services.version_promote(version=v0, refill_pool=False)
     project.refresh_from_db()
 
     old.refresh_from_db()
+    newer.refresh_from_db()
     assert old.retired_at is None
+    assert newer.retired_at is not None  # v0 has items again, so v1's leftovers go at once
     assert selectors.queue_candidate_ids(project=project, annotator=make_user("a")) == [old.pk]
 
 
 def test_retired_items_do_not_count_in_the_queue_shown_to_the_annotator(project, annotator, make_completion):
     for i in range(3):
         make_completion(project, text=f"old {i}")
-    policy_services.version_promote(version=_new_version(project), refill_pool=False)
+    v1 = _new_version(project)
+    make_completion(project, version=v1)
+    policy_services.version_promote(version=v1, refill_pool=False)
     project.refresh_from_db()
 
-    assert selectors.annotator_progress(project=project, annotator=annotator)["queue"] == 0
+    assert selectors.annotator_progress(project=project, annotator=annotator)["queue"] == 1
 
 
 def test_the_pool_asks_for_a_refill_below_the_low_water_mark_only(project, make_completion):
@@ -227,18 +267,17 @@ def test_the_history_lists_judgments_of_every_mode_newest_first_after_mode_switc
     assert page.count("version 0 ·") == 1 + 2 + 3 + 1 + 1 + 1
 
 
-def test_a_version_sampled_ahead_has_cards_the_moment_it_is_served_and_none_before(project, annotator, make_user):
+def test_a_batch_of_the_served_version_keeps_the_shadow_candidates_items(project, make_user, make_completion):
+    from webapp.policies.models import Project
+
     v1 = _new_version(project)
-
-    n = services.completions_sample_ahead(project=project, version=v1, seed=0)
-
-    ahead = Completion.objects.filter(model_version=v1)
-    assert n == min(services.GENERATION_BATCH, project.pool_target) == ahead.count()
-    assert all(c.retired_at is not None for c in ahead), "not offered while another version is served"
-    assert services.lease_next(project=project, annotator=annotator) is None
-    policy_services.version_promote(version=v1, refill_pool=False)
+    candidate = make_completion(project, version=v1, text="the shadow queue's")
+    Project.objects.filter(pk=project.pk).update(shadow_version=v1, shadow_share=0.5)
     project.refresh_from_db()
-    assert selectors.pool_size(project=project) == n
-    lease = services.lease_next(project=project, annotator=make_user("next-in-line"))
-    assert lease is not None and lease.completion.model_version_id == v1.pk
-    assert services.completions_sample_ahead(project=project, version=v1) == 0  # served already: the refill's job
+
+    assert services.completion_pool_refill(project=project, seed=0, max_new=services.GENERATION_BATCH) > 0
+
+    candidate.refresh_from_db()
+    assert candidate.retired_at is None
+    assert candidate.pk not in selectors.queue_candidate_ids(project=project, annotator=make_user("a"), limit=100)
+    assert candidate.pk in selectors.queue_candidate_ids(project=project, annotator=make_user("b"), order="shadow")

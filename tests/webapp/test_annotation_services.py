@@ -108,7 +108,7 @@ def test_the_served_versions_items_come_first_and_half_rated_items_before_fresh_
     from webapp.policies.models import ModelVersion
 
     project.ratings_per_item = 2
-    project.drain_old_versions = True  # else older versions' items are not offered at all
+    project.drain_old_versions = True  # else the first batch of v1 would retire the older items
     project.save()
     old_item = make_completion(project, text="from v0")
     v1 = ModelVersion.objects.create(

@@ -35,6 +35,19 @@ def test_waits_that_begin_before_a_newly_served_versions_first_batch_are_counted
     assert (out["waits"], out["waits_after_serve"], out["wait_s_after_serve"]) == (2, 1, 4.0)
 
 
+def test_older_cards_are_counted_only_between_a_serve_and_the_new_versions_first_batch():
+    queue = QueueModel()
+    queue.card_given(older=True)  # a drain project's older item in steady state: not a handover
+    queue.version_served()
+    queue.card_given(older=True)
+    queue.card_given(older=True)
+    queue.card_given(older=False)
+    queue.batch_landed()
+    queue.card_given(older=True)
+    assert summary(queue)["older_cards_after_serve"] == 2
+    assert queue_aggregate([summary(queue), summary(QueueModel())])["older_cards_after_serve"] == 2
+
+
 def test_a_batch_lasts_its_cpu_seconds_per_thread_or_its_wall_seconds():
     cpu = QueueModel(clock="cpu", threads=2)
     cpu.batch_measured(cpu_s=8.0, wall_s=30.0)

@@ -310,16 +310,21 @@ def test_the_evaluate_step_in_the_trainers_process_takes_the_trained_policy_inst
     assert pipeline._trained == {}  # the slot is emptied once taken
 
 
-def test_a_version_is_served_even_when_sampling_ahead_for_the_queue_fails(rated_run, monkeypatch):
-    """Sampling the new version's first batch ahead is a courtesy to annotators: if it fails, the
-    version that passed the guard is still served and the run says what happened."""
+def test_the_promote_step_samples_nothing_and_the_older_leftovers_stay_offered_until_the_refill(
+    rated_run, make_user, make_completion
+):
+    """Serving is not delayed by sampling: the training worker generates nothing for the pool; the
+    refill it asks for runs on the generation queue, and until its first batch lands the queue
+    offers the parent's unrated leftovers instead of nothing."""
+    project = rated_run.project
+    leftover = make_completion(project, text="an unrated item of v0")
 
-    def broken(**kwargs):
-        raise RuntimeError("out of memory while sampling ahead")
-
-    monkeypatch.setattr(annotation_services, "completions_sample_ahead", broken)
     assert run_steps(rated_run, STEP_ORDER, WORKER_A) is None
+
     rated_run.refresh_from_db()
+    project.refresh_from_db()
     assert rated_run.status == "succeeded" and rated_run.promoted, rated_run.log
-    assert rated_run.project.served_version_id == rated_run.result_version_id
-    assert "sampling ahead for the queue failed (out of memory while sampling ahead)" in rated_run.log
+    assert project.served_version_id == rated_run.result_version_id
+    assert not Completion.objects.filter(model_version_id=rated_run.result_version_id).exists()
+    lease = annotation_services.lease_next(project=project, annotator=make_user("b"))
+    assert lease is not None and lease.completion_id == leftover.pk

@@ -64,9 +64,15 @@ def test_the_shadow_share_is_honoured_over_many_leases(project, annotator, make_
 
 def test_without_a_candidate_the_queue_never_serves_an_unserved_version(project, annotator, make_completion):
     candidate = _candidate(project)
-    make_completion(project, text="candidate", version=candidate)
-    Project.objects.filter(pk=project.pk).update(shadow_share=1.0)
+    item = make_completion(project, text="candidate", version=candidate)
+    _shadow(project, candidate, 1.0)
+
+    # No reward-model run made it: the schedule drops it from the shadow queue, unserved.
+    assert overoptimisation.shadow_candidates_recheck() == [(project.slug, candidate.number, "dropped")]
+
     project.refresh_from_db()
+    item.refresh_from_db()
+    assert project.shadow_version is None and item.retired_at is not None
     assert services.lease_next(project=project, annotator=annotator) is None
 
 

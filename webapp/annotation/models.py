@@ -173,6 +173,14 @@ class Completion(models.Model):
             models.Index(fields=["project", "model_version", "-n_ratings", "id"], name="completion_queue_order"),
             # The progress line's count: open items of the project, every version.
             models.Index(fields=["project", "n_ratings"], name="completion_open_items"),
+            # Items not retired: the queue offers older versions' ones too (after a serve, until the served
+            # version's first batch), and the retired leftovers of every serve grow with the project's
+            # history, so the queue, the progress count and the retiring walk only these rows.
+            models.Index(
+                fields=["project", "model_version", "-n_ratings", "id"],
+                condition=models.Q(retired_at__isnull=True),
+                name="completion_unretired",
+            ),
         ]
         constraints = [
             models.UniqueConstraint(

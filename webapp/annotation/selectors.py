@@ -111,12 +111,15 @@ _T = {
 }
 
 # An item of the project in its mode, that still needs ratings (by the counter the
-# services keep), not retired, of a version the queue offers (the served one, or every
-# version while the project drains older ones or serves none), that this annotator has
-# neither rated nor skipped.
+# services keep), not retired, that this annotator has neither rated nor skipped; of any
+# version but the shadow candidate (whose items only the shadow queue offers). Which older
+# versions' items are offered is decided by retiring them (``services.completions_retire_older``):
+# after a serve they stay until the served version's first batch lands, with
+# ``drain_old_versions`` for good. The partial index ``completion_unretired`` holds just
+# these rows, so the statements walk the open items, not every leftover ever retired.
 _OPEN_ITEM_FOR_ANNOTATOR = """
     c.project_id = %(project)s AND NOT p.held_out AND c.n_ratings < {per_item:d} {pairwise}
-    AND c.retired_at IS NULL {served_only}
+    AND c.retired_at IS NULL {not_shadow}
     AND NOT EXISTS (SELECT 1 FROM {gold} gi WHERE gi.completion_id = c.id)
     AND NOT EXISTS (SELECT 1 FROM {rating} r WHERE r.completion_id = c.id AND r.annotator_id = %(annotator)s)
     AND NOT EXISTS (SELECT 1 FROM {skip} s WHERE s.completion_id = c.id AND s.annotator_id = %(annotator)s)
@@ -129,14 +132,11 @@ _ITEMS_OF_MODE = {RatingMode.PAIRWISE: _PAIRWISE_ONLY, RatingMode.RANKING: _RANK
 def _open_item_sql(project: Project, *, with_shadow: bool = False) -> str:
     """``with_shadow``: items of the shadow candidate (``Project.shadow_version``) count as offered too."""
     pairwise = _ITEMS_OF_MODE.get(project.rating_mode, "")
-    served_only = ""
-    if project.served_version_id is not None and not project.drain_old_versions:
-        offered = [project.served_version_id]
-        if with_shadow and project.shadow_version_id is not None:
-            offered.append(project.shadow_version_id)
-        served_only = f"AND c.model_version_id IN ({', '.join(str(int(v)) for v in offered)})"
+    not_shadow = ""
+    if project.shadow_version_id is not None and not with_shadow:
+        not_shadow = f"AND c.model_version_id <> {int(project.shadow_version_id):d}"
     return _OPEN_ITEM_FOR_ANNOTATOR.format(
-        pairwise=pairwise.format(**_T), per_item=project.ratings_per_item, served_only=served_only, **_T
+        pairwise=pairwise.format(**_T), per_item=project.ratings_per_item, not_shadow=not_shadow, **_T
     )
 
 
@@ -203,9 +203,11 @@ def queue_candidates(
     ``"shadow"`` offers only items of the project's shadow candidate (``Project.shadow_version``,
     a version not served yet), in queue order; none when the project has none.
 
-    The served version's items; after them, only while the project drains
-    older versions (``Project.drain_old_versions``), older versions' items not
-    retired (see ``services.completions_retire_unserved``). Within each, items that
+    The served version's items; after them, older versions' items not retired: right
+    after a serve, until the served version's first pool batch lands and retires them,
+    so nobody meets an empty queue in between; for good while the project drains older
+    versions (``Project.drain_old_versions``). See ``services.completions_retire_older``.
+    The shadow candidate's items are offered only by ``"shadow"``. Within each, items that
     already have ratings first (finishing items before starting new ones),
     then oldest first. Excludes held-out prompts, what the annotator rated,
     skipped or holds, and items whose every slot is taken by a live or
@@ -228,8 +230,6 @@ def queue_candidates(
         if project.shadow_version_id is None:
             return []
         params["version"] = project.shadow_version_id
-        version_groups = ("c.model_version_id = %(version)s",)
-    elif project.served_version_id is not None and not project.drain_old_versions:
         version_groups = ("c.model_version_id = %(version)s",)
     elif project.served_version_id is not None:
         version_groups = ("c.model_version_id = %(version)s", "c.model_version_id <> %(version)s")
@@ -379,8 +379,8 @@ WHERE c.id = %(completion)s
 def item_state_for(*, project: Project, annotator, completion_id: int) -> tuple[bool, bool]:
     """``(held_out, open)`` for one item: whether its prompt is held out, and whether this
     annotator's queue may offer it (the queue's own condition: the project's item in
-    its mode, still needing ratings, neither rated nor skipped by them, of the served
-    version or the shadow candidate; held-out prompts never are). Whether a slot is free
+    its mode, still needing ratings, not retired, neither rated nor skipped by them, of
+    any version the queue or the shadow queue offers; held-out prompts never are). Whether a slot is free
     is left to the lease insert. One statement.
     """
     sql = _ITEM_STATE_SQL.format(open_item=_open_item_sql(project, with_shadow=True), **_T)

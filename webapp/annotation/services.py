@@ -353,8 +353,7 @@ POOL_CLAIM_TTL = timedelta(minutes=10)
 
 
 def _pool_claim_batch(
-    *, project: Project, version, per_prompt: int, max_prompts: int, budget: int | None, rng: random.Random,
-    ahead: bool = False,
+    *, project: Project, version, per_prompt: int, max_prompts: int, budget: int | None, rng: random.Random
 ) -> list[PoolClaim]:
     """Claim the prompts of the next generation batch; ``[]`` when the pool is full.
 
@@ -363,19 +362,18 @@ def _pool_claim_batch(
     it), so two refills of one project claim one after the other: the second
     sees the first's claims as part of the pool and never picks its prompts.
     ``budget`` caps the completions claimed (``None``: no cap beyond the target).
-    ``ahead``: for :func:`completions_sample_ahead`: ``version`` need not be served, ``budget`` is the target.
     """
     with transaction.atomic():
         locked = Project.objects.select_for_update().get(pk=project.pk)
-        if not ahead and version.pk not in (locked.served_version_id, locked.shadow_version_id):
+        if version.pk not in (locked.served_version_id, locked.shadow_version_id):
             return []
         now = timezone.now()
         PoolClaim.objects.filter(project=project, expires_at__lte=now).delete()
         claims = PoolClaim.objects.filter(project=project)
         in_flight = sum(c.n_completions for c in claims if c.model_version_id == version.pk)
         deficit = (
-            (budget if ahead else selectors.pool_target_for(project=locked, version_id=version.pk))
-            - (0 if ahead else selectors.pool_size(project=locked, version_id=version.pk))
+            selectors.pool_target_for(project=locked, version_id=version.pk)
+            - selectors.pool_size(project=locked, version_id=version.pk)
             - in_flight
         )
         if budget is not None:
@@ -401,7 +399,6 @@ def _pool_claim_batch(
 
 def _pool_store_batch(
     *, project: Project, version, claims: list[PoolClaim], batch, rollouts, pairwise: bool, per_prompt: int = 1, ranking: bool = False,
-    ahead: bool = False,
 ) -> list[int]:
     """Store a sampled batch and release its claims in one transaction; returns the stored completions' ids.
 
@@ -409,12 +406,13 @@ def _pool_store_batch(
     shadow candidate; else stores nothing) and that each claim is still held (a claim
     that expired and was taken over by another refill drops its prompt's completions).
     The caller announces the ids (:func:`_completions_stored_send`), a refill's
-    groups together, so the reward model scores them in one batch. ``ahead``: stored
-    retired whatever version is served (:func:`completions_sample_ahead`).
+    groups together, so the reward model scores them in one batch. Items of the served
+    version retire the older versions' leftovers in the same transaction
+    (:func:`completions_retire_older`): the first batch after a serve ends the handover.
     """
     with transaction.atomic():
         locked = Project.objects.select_for_update().get(pk=project.pk)
-        if not ahead and version.pk not in (locked.served_version_id, locked.shadow_version_id):
+        if version.pk not in (locked.served_version_id, locked.shadow_version_id):
             log.info("served version changed during sampling; stopping this refill")
             return []
         held = set(PoolClaim.objects.filter(pk__in=[c.pk for c in claims]).values_list("prompt_id", flat=True))
@@ -425,8 +423,6 @@ def _pool_store_batch(
             if prompt.pk in held
         ]
         for completion in completions:
-            if ahead and version.pk != locked.served_version_id:
-                completion.retired_at = timezone.now()
             completion.save()
         if pairwise:
             for a, b in zip(completions[0::2], completions[1::2]):
@@ -438,6 +434,8 @@ def _pool_store_batch(
             for group in by_prompt.values():
                 if len(group) == per_prompt:
                     rank_group_create(completions=group)
+        if completions and version.pk == locked.served_version_id:
+            completions_retire_older(project=locked)
         return [c.pk for c in completions]
 
 
@@ -501,15 +499,12 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
     return created
 
 
-def _pool_fill(
-    *, project: Project, version, budget: int, seed: int | None, cached: bool = True, ahead: bool = False
-) -> int:
+def _pool_fill(*, project: Project, version, budget: int, seed: int | None, cached: bool = True) -> int:
     """Sample up to ``budget`` completions (plus less than one prompt group) of ``version`` into the
     pool in one continuous-batching stream; how many were stored (see :func:`completion_pool_refill`).
     ``cached``: sample with the process's cached policy of the served version
     (:func:`webapp.policies.runtime.policy_for_generation`); else load ``version`` for this call
-    only, so a shadow candidate never evicts the served one. ``ahead``: see
-    :func:`completions_sample_ahead`."""
+    only, so a shadow candidate never evicts the served one."""
 
     from pgcore.rollout import generate_stream
 
@@ -541,7 +536,7 @@ def _pool_fill(
             return []
         claims = _pool_claim_batch(
             project=project, version=version, per_prompt=per_prompt, max_prompts=max_prompts,
-            budget=state["budget"], rng=rng, ahead=ahead,
+            budget=state["budget"], rng=rng,
         )
         if not claims:
             # The pool is full (counting other refills' claims), the version changed, or every
@@ -599,9 +594,8 @@ def _pool_fill(
                 pairwise=pairwise,
                 per_prompt=per_prompt,
                 ranking=ranking,
-                ahead=ahead,
             )
-            if not stored and not ahead:
+            if not stored:
                 project.refresh_from_db(fields=["served_version", "shadow_version"])
                 if version.pk not in (project.served_version_id, project.shadow_version_id):
                     stream.close()  # neither served nor the candidate now: what runs is wasted, stop
@@ -617,57 +611,82 @@ def _pool_fill(
     return len(stored_ids)
 
 
-def completions_sample_ahead(*, project: Project, version, seed: int | None = None) -> int:
-    """Sample the first batch of a version that is about to be served, before it is: up to
-    ``GENERATION_BATCH`` completions (at most the pool size), stored retired, so no queue offers them
-    until serving ``version`` revives them (:func:`completions_retire_unserved`). Serving a version
-    retires the older versions' open items, and the queue offers only the served version's: without
-    this, every annotator who finishes an item after a new version is served waits for its first
-    refill batch (``bench/learning.py``'s ``waits_after_serve``). Called by the training run's
-    promotion step once the version passed the guard; a version never served keeps these rows
-    retired. Returns how many were stored. Runs in a worker, never in a web request.
-    """
-    project.refresh_from_db()
-    budget = min(GENERATION_BATCH, project.pool_target)
-    if project.served_version_id == version.pk or budget <= 0:
-        return 0
-    return _pool_fill(project=project, version=version, budget=budget, seed=seed, cached=False, ahead=True)
-
-
 @dataclass(frozen=True)
 class RetireResult:
-    retired: int  # open items of other versions taken out of the queue
+    retired: int  # open items of older versions taken out of the queue now (0 while they wait for the first batch)
     revived: int  # open items of the newly served version put back
 
 
-def completions_retire_unserved(*, project: Project) -> RetireResult:
-    """Take older versions' open items out of the queue once ``project.served_version`` changed.
+def _leftovers(*, project: Project):
+    """Completions that are queue items still needing ratings (production answers never are)."""
+    return Completion.objects.filter(project=project, n_ratings__lt=project.ratings_per_item).exclude(
+        source=Completion.Source.PRODUCTION
+    )
 
-    An *open* item still needs ratings (``n_ratings < ratings_per_item``). Unless
-    ``project.drain_old_versions``, the open items of every version but the served
-    one get ``retired_at``: kept (with any ratings they have, which training still
-    uses), never offered again. The served version's retired items (a rollback to
-    it) are offered again. Leases already handed out stay valid: whoever holds one
-    may still rate that item. Runs in the caller's transaction (the promotion's,
-    through ``webapp.policies.signals.version_served``).
+
+def completions_retire_older(*, project: Project) -> int:
+    """Take the older versions' leftovers out of the queue; returns how many were retired.
+
+    A *leftover* is an open item (``n_ratings < ratings_per_item``, not retired) of a
+    version that is neither ``project.served_version`` nor its shadow candidate
+    (``Project.shadow_version``, whose items the shadow queue offers). Each gets
+    ``retired_at``: kept with any ratings it has (training still uses them), never
+    offered again. Nothing is retired while ``project.drain_old_versions`` or while
+    the project serves nothing. Leases already handed out stay valid. Idempotent.
+
+    Called once the served version has items in the pool: by the pool refill in the
+    transaction that stores a batch of the served version (the first one after a serve
+    ends the handover; later ones find nothing to retire), and at the serve itself when
+    the version already has open items (:func:`completions_retire_unserved`). Runs in
+    the caller's transaction; ``project`` is the caller's (locked) row.
+    """
+    if project.served_version_id is None or project.drain_old_versions:
+        return 0
+    kept = [project.served_version_id] + ([project.shadow_version_id] if project.shadow_version_id else [])
+    retired = (
+        _leftovers(project=project)
+        .filter(retired_at__isnull=True)
+        .exclude(model_version_id__in=kept)
+        .update(retired_at=timezone.now())
+    )
+    if retired:
+        log.info("project %s: %d older items retired", project.slug, retired)
+    return retired
+
+
+def completions_retire_version(*, project: Project, version) -> int:
+    """Retire the open items of ``version``, a shadow candidate dropped without being served
+    (whatever ``drain_old_versions`` says: it never was an older *served* version); returns how many.
+    Serving it later revives them (:func:`completions_retire_unserved`)."""
+    return (
+        _leftovers(project=project)
+        .filter(model_version_id=version.pk, retired_at__isnull=True)
+        .update(retired_at=timezone.now())
+    )
+
+
+def completions_retire_unserved(*, project: Project) -> RetireResult:
+    """Hand the queue over to ``project.served_version`` once it changed.
+
+    The served version's retired items (a rollback to it) are offered again. The older
+    versions' leftovers stay in the queue, after the served version's items, until the
+    served version has open items of its own: if it has some now (revived, or sampled
+    while it was the shadow candidate) they are retired at once
+    (:func:`completions_retire_older`); otherwise the pool refill that stores its first
+    batch retires them, so an annotator who asks in between gets an older item, not an
+    empty queue. With ``project.drain_old_versions`` they are never retired. Runs in the
+    caller's transaction (the promotion's, through ``webapp.policies.signals.version_served``).
     """
     if project.served_version_id is None:
         return RetireResult(retired=0, revived=0)
-    completions = Completion.objects.filter(project=project, n_ratings__lt=project.ratings_per_item).exclude(
-        source=Completion.Source.PRODUCTION  # production answers are never queue items
+    revived = (
+        _leftovers(project=project)
+        .filter(model_version_id=project.served_version_id, retired_at__isnull=False)
+        .update(retired_at=None)
     )
-    revived = completions.filter(model_version_id=project.served_version_id, retired_at__isnull=False).update(
-        retired_at=None
-    )
-    retired = 0
-    if not project.drain_old_versions:
-        retired = (
-            completions.filter(retired_at__isnull=True)
-            .exclude(model_version_id=project.served_version_id)
-            .update(retired_at=timezone.now())
-        )
-    if retired or revived:
-        log.info("project %s: %d older items retired, %d items revived", project.slug, retired, revived)
+    if revived:
+        log.info("project %s: %d items of the served version revived", project.slug, revived)
+    retired = completions_retire_older(project=project) if selectors.pool_size(project=project) > 0 else 0
     return RetireResult(retired=retired, revived=revived)
 
 

@@ -265,5 +265,11 @@ def shadow_candidates_recheck() -> list[tuple[str, int, str]]:
 
 
 def _shadow_clear(*, project: Project, version: ModelVersion) -> None:
-    """Take ``version`` out of the shadow queue (only if it is still the project's shadow candidate)."""
-    Project.objects.filter(pk=project.pk, shadow_version=version).update(shadow_version=None)
+    """Take ``version`` out of the shadow queue (only if it is still the project's shadow candidate);
+    its unrated items are retired with it, so the annotators' queue, which offers every version's
+    items not retired, never offers a version that is not served (serving it revives them)."""
+    from webapp.annotation.services import completions_retire_version
+
+    with transaction.atomic():
+        if Project.objects.filter(pk=project.pk, shadow_version=version).update(shadow_version=None):
+            completions_retire_version(project=project, version=version)

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -56,10 +55,7 @@ from webapp.policies import services as policy_services
 from webapp.policies.models import ModelVersion, Project
 
 from . import evaluation, liveness, overoptimisation
-from .reward_batch import fresh_seed
 from .models import TrainingRun, TrainingStep
-
-logger = logging.getLogger(__name__)
 
 BATCH_FILE = "batch.json"
 TRAINED_DIR = "policy"
@@ -329,20 +325,6 @@ def step_promote(*, run: TrainingRun, config) -> None:
         )
     else:
         liveness.run_log(run, "no held-out prompts: the promotion guard had nothing to judge")
-    if not reasons:
-        # The version may be served below: its first pool batch is sampled now, so annotators
-        # never meet an empty queue while the refill after serving samples the first one.
-        # Best effort: a version that passed the guard is served even if this fails (the refill after
-        # serving then samples its first batch, as it did before sampling ahead existed).
-        try:
-            ahead = annotation_services.completions_sample_ahead(
-                project=project, version=version, seed=fresh_seed(run)  # not run.pk: a seed repeats its run
-            )
-        except Exception as exc:  # noqa: BLE001 - logged on the run; promotion must not depend on it
-            logger.exception("sampling ahead for v%s failed", version.number)
-            liveness.run_log(run, f"sampling ahead for the queue failed ({exc}); the pool refills after serving")
-        else:
-            liveness.run_log(run, f"{ahead} completions of v{version.number} sampled ahead for the queue")
     # The working folder goes before the run is marked succeeded, so a finished run never has one
     # (nothing after the save step reads it; the step runner removes leftovers again, idempotently).
     liveness.run_leftovers_remove(run)
