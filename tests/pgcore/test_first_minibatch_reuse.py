@@ -73,6 +73,7 @@ def test_with_dropout_every_completion_is_scored_without_grad(tiny_path, monkeyp
     config = PGConfig(bf16_autocast=False, minibatch_size=2, epochs=1, lora_dropout=0.1)
     policy = load_policy(tiny_path, config=config, trainable=True)
     assert not trainer.deterministic_in_training(policy.model)
-    assert trainer.deterministic_in_training(load_policy(tiny_path, config=dataclasses.replace(config, lora_dropout=0.0), trainable=True).model)
+    without = load_policy(tiny_path, config=dataclasses.replace(config, lora_dropout=0.0), trainable=True)
+    assert trainer.deterministic_in_training(without.model)
     scored, _, _ = _update(policy, _batch(policy, 4), config, monkeypatch)
     assert sorted(scored) == list(range(4))  # a training-mode forward is not the policy's logprobs
