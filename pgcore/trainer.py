@@ -210,26 +210,31 @@ def _score_minibatch(model, batch: TrainBatch, idx: list[int], pad_id: int, conf
 
 
 @torch.no_grad()
-def reference_logprobs(policy: Policy, batch: TrainBatch, config: PGConfig) -> list[torch.Tensor]:
+def reference_logprobs(
+    policy: Policy, batch: TrainBatch, config: PGConfig, *, skip: frozenset[int] = frozenset()
+) -> list[torch.Tensor | None]:
     """Logprobs of each completion under the reference policy, one ``(len_i,)`` tensor each.
 
     One no-grad pass in minibatches of whole prompt groups (see :func:`minibatch_order`),
     in eval mode, under the same autocast as training so that the KL at the start of
-    training is ~0 rather than a precision artefact.
+    training is ~0 rather than a precision artefact. Completions whose index is in ``skip``
+    are not scored (None in their place).
     """
     with reference_model(policy) as ref:
-        return _batch_logprobs(ref, policy, batch, config)
+        return _batch_logprobs(ref, policy, batch, config, skip)
 
 
 @torch.no_grad()
-def proximal_logprobs(policy: Policy, batch: TrainBatch, config: PGConfig) -> list[torch.Tensor]:
+def proximal_logprobs(
+    policy: Policy, batch: TrainBatch, config: PGConfig, *, skip: frozenset[int] = frozenset()
+) -> list[torch.Tensor | None]:
     """Logprobs of each completion under the policy as it is now (the trainer's ``pi_old``).
 
     Same pass as :func:`reference_logprobs` with the policy itself; the truncated
     importance weights ``min(pi_old / mu, config.tis_cap)`` compare these with the
     sampler's stored behaviour logprobs.
     """
-    return _batch_logprobs(policy.model, policy, batch, config)
+    return _batch_logprobs(policy.model, policy, batch, config, skip)
 
 
 def lora_adapter_is_zero(policy: Policy) -> bool:
@@ -244,14 +249,23 @@ def lora_adapter_is_zero(policy: Policy) -> bool:
     return bool(lora_b) and all(not bool(p.detach().any()) for p in lora_b)
 
 
-def _batch_logprobs(model, policy: Policy, batch: TrainBatch, config: PGConfig) -> list[torch.Tensor]:
+def deterministic_in_training(model: torch.nn.Module) -> bool:
+    """True when ``model`` computes the same function in training mode as in eval mode: no dropout
+    module with ``p > 0`` (LoRA's ``lora_dropout`` among them) and no attention dropout in its config."""
+    config = getattr(model, "config", None)
+    if float(getattr(config, "attention_dropout", 0.0) or 0.0) > 0:
+        return False
+    return not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+
+
+def _batch_logprobs(model, policy: Policy, batch: TrainBatch, config: PGConfig, skip=frozenset()) -> list:
     pad_id = policy.tokenizer.pad_token_id
     out: list[torch.Tensor | None] = [None] * len(batch)
-    order = minibatch_order(batch.prompt_ids)
+    order = [i for i in minibatch_order(batch.prompt_ids) if i not in skip]
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(batch), config.minibatch_size):
+        for start in range(0, len(order), config.minibatch_size):
             idx = order[start : start + config.minibatch_size]
             logprobs, _, mask = _score_minibatch(model, batch, idx, pad_id, config, with_entropy=False)
             for i, row, row_mask in zip(idx, logprobs, mask):
@@ -273,7 +287,10 @@ def update(
     Loss per minibatch (token means over completion tokens):
     ``pg_loss(rho-clipped, advantages) + kl_coef * mean k3(pi_theta || pi_ref)``; see
     :mod:`pgcore.losses` (PPO, Schulman et al. 2017; k3, Schulman 2020; RLOO baseline,
-    Ahmadian et al. 2024). The reference logprobs are computed once per update.
+    Ahmadian et al. 2024). The reference logprobs are computed once per update, in a no-grad
+    pass that leaves out the first minibatch of the first epoch when the policy is its
+    reference (a fresh LoRA adapter) and has no dropout: that minibatch's first forward
+    gives them (likewise the proximal logprobs below, whenever there is no dropout).
     Minibatches hold whole prompt groups (:func:`minibatch_order`) and each distinct prompt
     is run once per forward, its key/value cache shared by its completions
     (``config.share_prompts``, :func:`pgcore.logprobs.score_completions`). The update runs
@@ -362,19 +379,26 @@ def update(
     bf16_weights = frozen_weights_in_bf16(policy) if bf16 else contextlib.nullcontext()
     bf16_weights.__enter__()
     try:
+        generator = torch.Generator().manual_seed(config.seed)
+        first_order = minibatch_order(batch.prompt_ids, generator)  # epoch 0's order, drawn as the loop would
+        # The first optimiser step's forward runs the policy as it is at the start, so its logprobs
+        # are the proximal ones of that minibatch (and the reference ones too while the policy is its
+        # reference, a fresh LoRA adapter): the no-grad passes skip it and the loop fills them in.
+        # Only where training mode computes what eval mode does (no dropout).
+        reuse = frozenset(first_order[: config.minibatch_size]) if deterministic_in_training(model) else frozenset()
+        is_reference = lora_adapter_is_zero(policy)
         t = time.perf_counter()
-        ref_logprobs = reference_logprobs(policy, batch, config)
+        ref_logprobs = reference_logprobs(policy, batch, config, skip=reuse if is_reference else frozenset())
         timings["reference"] = time.perf_counter() - t
         proximal = None
         if config.tis_cap > 0:
             t = time.perf_counter()
             # A fresh LoRA adapter (B = 0) adds exactly zero: the policy is its reference, and
             # the reference pass just made is the proximal pass too (a first run from the base).
-            proximal = ref_logprobs if lora_adapter_is_zero(policy) else proximal_logprobs(policy, batch, config)
+            proximal = ref_logprobs if is_reference else proximal_logprobs(policy, batch, config, skip=reuse)
             timings["proximal"] = time.perf_counter() - t
 
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-        generator = torch.Generator().manual_seed(config.seed)
         steps_per_epoch = math.ceil(N / config.minibatch_size)
         total_steps = config.epochs * steps_per_epoch
         step = 0
@@ -382,7 +406,7 @@ def update(
         for epoch in range(config.epochs):
             sums: dict[str, float] = {}
             tokens_seen = 0
-            order = minibatch_order(batch.prompt_ids, generator)
+            order = first_order if epoch == 0 else minibatch_order(batch.prompt_ids, generator)
             for start in range(0, N, config.minibatch_size):
                 idx = order[start : start + config.minibatch_size]
                 t = time.perf_counter()
@@ -390,6 +414,12 @@ def update(
                 logprobs, entropy, mask = _score_minibatch(  # each (b, C)
                     model, batch, idx, pad_id, config, with_entropy=last_epoch
                 )
+                if step == 0 and reuse:  # the policy as it was at the start: fill what the passes skipped
+                    for i, row, row_mask in zip(idx, logprobs.detach(), mask):
+                        if ref_logprobs[i] is None:
+                            ref_logprobs[i] = row[row_mask]
+                        if proximal is not None and proximal[i] is None:
+                            proximal[i] = row[row_mask]
                 width = mask.shape[1]
                 behaviour = _right_padded([batch.behaviour_logprobs[i] for i in idx], width, device)  # (b, C)
                 ref = _right_padded([ref_logprobs[i] for i in idx], width, device)  # (b, C)

@@ -369,7 +369,7 @@ def test_a_fresh_adapter_reuses_the_reference_pass_as_the_proximal_one_with_the_
         policy = load_policy(tiny_path, config=fp32_config, trainable=True)
         passes = []
         real = trainer.proximal_logprobs
-        monkeypatch.setattr(trainer, "proximal_logprobs", lambda *a: passes.append(1) or real(*a))
+        monkeypatch.setattr(trainer, "proximal_logprobs", lambda *a, **k: passes.append(1) or real(*a, **k))
         if skip_shortcut:
             monkeypatch.setattr(trainer, "lora_adapter_is_zero", lambda policy: False)
         seen = []

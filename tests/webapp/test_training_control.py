@@ -290,21 +290,6 @@ def test_the_compare_task_writes_samples_and_metrics_once(project):
     assert tasks.version_samples_ensure(10**6) == 0  # a version that is gone
 
 
-def test_a_bf16_sampler_leaves_the_base_at_zero_kl_to_itself(project, monkeypatch):
-    import pgcore.trainer
-
-    # bf16 sampling (the default where bf16 is native) has logprobs that differ from the
-    # exact ones; the evaluation scores the version itself, so the KL measures weights only.
-    monkeypatch.setattr(pgcore.trainer, "native_bf16_matmul", lambda: True)
-    add_held_out(project, 2)
-    v0 = project.served_version
-    evaluation.version_evaluate(version=v0)
-    v0.refresh_from_db()
-    assert v0.kl_to_base == pytest.approx(0.0, abs=1e-6)
-    for sample in VersionSample.objects.filter(version=v0):
-        assert sample.logprobs == pytest.approx(sample.ref_logprobs, abs=1e-5)
-
-
 def test_a_run_that_fails_after_writing_its_version_leaves_it_unserved_with_the_reason(project, make_user):
     add_held_out(project, 1)
     rate_pool(project, [make_user("a")], lambda c: 5 if c.pk % 2 else 1)

@@ -8,9 +8,10 @@ versions later reads the database and never regenerates. From them:
 - **KL to the base**: k3 estimate of KL(version || base), nats per token,
   averaged over all completion tokens (Schulman 2020, "Approximating KL
   divergence"). The base is the same weights with the LoRA adapter disabled,
-  or the base folder for a full fine-tune. The version's own logprobs are the
-  sampler's behaviour logprobs when it samples in fp32 (exact), else a scoring
-  pass in fp32; the base's own KL is 0 without any pass. The base version is
+  or the base folder for a full fine-tune. The held-out prompts are sampled in
+  fp32, so the version's own logprobs are the sampler's behaviour logprobs
+  (exact) and only the base's take a scoring pass; the base's own KL is 0
+  without any pass. The base version is
   evaluated as soon as it is served (:mod:`.signals`), so a first training run
   finds its parent measured already.
 - **distinct-2**: distinct token bigrams / all token bigrams over all the
@@ -41,7 +42,11 @@ log = logging.getLogger(__name__)
 
 EVAL_SEED = 1234
 EVAL_BATCH = 16
-EVAL_PRECISION = "auto"  # pgcore.rollout.sampling_dtype: bf16 where native, else fp32
+# fp32 everywhere: its behaviour logprobs are exact, so the version needs no scoring pass of its
+# own. On the 2-core CPU (bf16 native, 1 thread, SmolLM2-135M, the demo's 16 held-out prompts)
+# fp32 sampling cost 11.8 CPU s against 5.2 s in bf16 plus 8.1 s for the fp32 scoring pass that
+# bf16 sampling needs (2026-12-07, both in one process); the evaluate step: bench/run_steps.py.
+EVAL_PRECISION = "fp32"
 
 
 def eval_prompts(*, project: Project) -> list[Prompt]:
@@ -92,7 +97,9 @@ def _token_logprobs(model, pad_id: int, prompt_ids: list[list[int]], completion_
     for start in range(0, len(prompt_ids), EVAL_BATCH):
         packed = pack_sequences(prompt_ids[start : start + EVAL_BATCH], completion_ids[start : start + EVAL_BATCH], pad_id)
         with torch.no_grad():
-            logprobs, _ = sequence_logprobs(model, packed.input_ids, packed.attention_mask, packed.completion_mask)
+            logprobs, _ = sequence_logprobs(  # (B, T); the entropy is not needed here (a pass over the vocabulary)
+                model, packed.input_ids, packed.attention_mask, packed.completion_mask, with_entropy=False
+            )
         for row, mask in zip(logprobs.cpu(), packed.completion_mask):
             out.append(row[mask].tolist())
     return out
@@ -148,9 +155,7 @@ def version_samples_ensure(*, version: ModelVersion, policy=None, on_progress=No
 
 def _samples_write(*, version: ModelVersion, policy, todo: list[Prompt]) -> None:
     """Complete ``todo`` (at most one batch) with ``policy`` and store the samples with their logprobs."""
-    import torch
-
-    from pgcore.rollout import default_device, generate, sampling_dtype
+    from pgcore.rollout import generate
 
     # Same seed for every version: differences come from the weights, not the dice.
     rollouts = generate(
@@ -163,16 +168,10 @@ def _samples_write(*, version: ModelVersion, policy, todo: list[Prompt]) -> None
     )
     prompt_ids = [r.prompt_ids for r in rollouts]
     completion_ids = [r.completion_ids for r in rollouts]
-    if sampling_dtype(EVAL_PRECISION, default_device()) == torch.float32:
-        # An fp32 sampler's behaviour logprobs are the exact ones (bench/generate.py measures
-        # its mismatch with the trainer's scoring at a mean per-token KL of ~1e-11): no
-        # second pass over the completions is needed to know them.
-        own_logprobs = [list(r.behaviour_logprobs) for r in rollouts]
-    else:
-        # A bf16 sampler rounds (mean per-token KL ~3e-3 from the exact logprobs), so the
-        # version's logprobs are scored by the same exact path as the base's: the KL to the
-        # base then measures the weights, not the sampler's rounding.
-        own_logprobs = _token_logprobs(policy.model, policy.tokenizer.pad_token_id, prompt_ids, completion_ids)
+    # An fp32 sampler's behaviour logprobs are the exact ones (bench/generate.py measures its
+    # mismatch with the trainer's scoring at a mean per-token KL of ~1e-11; a bf16 sampler's is
+    # ~3e-3, larger than a first version's KL to the base): no second pass is needed to know them.
+    own_logprobs = [list(r.behaviour_logprobs) for r in rollouts]
     if version.kind == ModelVersion.Kind.BASE:
         ref_logprobs = own_logprobs  # the base is its own reference: KL 0 by definition, no pass
     else:
