@@ -192,6 +192,7 @@ AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # each on its own: per use
 AXES_RESET_ON_SUCCESS = True
 AXES_HTTP_RESPONSE_CODE = 429
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_LOCKOUT_CALLABLE = "webapp.accounts.views.login_lockout"  # axes' page, plus Retry-After
 AXES_VERBOSE = False
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -235,6 +235,37 @@ def test_the_page_ranks_by_places_and_refuses_two_outputs_in_one_place(client, r
     assert "ranked best to worst" in history and "#1" in history
 
 
+def test_undo_on_the_page_states_the_order_undone_and_fills_its_places_in_again(
+        client, ranking_project, annotator, make_completion):
+    import re
+
+    from webapp.policies.services import membership_add
+
+    membership_add(project=ranking_project, user=annotator)
+    client.force_login(annotator)
+    make_rank_group(ranking_project, make_completion)
+    htmx = {"HTTP_HX_REQUEST": "true"}
+    client.post(f"/p/{ranking_project.slug}/annotate/next/", **htmx)
+    lease = selectors.lease_held(project=ranking_project, annotator=annotator)
+    shown = [m.pk for m in lease.completion.ranked_members]
+    places = dict(zip(shown, [2, 3, 1]))  # output 3 best, then output 1, then output 2
+    client.post(f"/p/{ranking_project.slug}/annotate/{lease.completion_id}/rate/",
+                {**{f"rank_{cid}": p for cid, p in places.items()}, "shown": ",".join(map(str, shown)),
+                 "comment": "three reads best"}, **htmx)
+    assert Ranking.objects.get().order == [shown[2], shown[0], shown[1]]
+
+    page = client.post(f"/p/{ranking_project.slug}/annotate/undo/", **htmx).content.decode()
+
+    assert not Ranking.objects.exists()
+    again = [m.pk for m in selectors.lease_held(project=ranking_project, annotator=annotator).completion.ranked_members]
+    number = {cid: n for n, cid in enumerate(again, 1)}  # the outputs' numbers on the card shown now
+    undone = " &gt; ".join(str(number[cid]) for cid in [shown[2], shown[0], shown[1]])
+    assert f"Undone: you had ranked <strong>{undone}</strong>" in page and "a ranking" not in page
+    selected = re.findall(r'<select name="rank_(\d+)"[^>]*>.*?<option value="(\d)" selected>', page, re.S)
+    assert {int(cid): int(p) for cid, p in selected} == places
+    assert "three reads best</textarea>" in page
+
+
 def test_a_ranking_item_is_leased_ranked_and_undone_through_the_api(ranking_project, annotator, make_completion, api_for):
     group = make_rank_group(ranking_project, make_completion)
     client = api_for(annotator)

@@ -55,6 +55,20 @@ def test_an_evaluation_resumed_after_a_crash_counts_what_was_already_written(pro
     assert VersionSample.objects.get(version=v0, prompt=first).text == "written before the crash"
 
 
+def test_a_batch_reports_each_completion_as_it_ends_and_its_last_once_stored(project):
+    v0 = project.served_version
+    for i in range(2):
+        Prompt.objects.create(project=project, text=f"Another held-out prompt {i}", held_out=True)
+    assert len(evaluation.samples_missing(version=v0)) == 3 < evaluation.EVAL_BATCH  # one batch
+    seen = []
+
+    def heard(n):
+        seen.append((n, VersionSample.objects.filter(version=v0).count()))
+
+    assert evaluation.version_samples_ensure(version=v0, on_progress=heard) == 3
+    assert seen == [(1, 0), (2, 0), (3, 3)]  # 1 and 2 sampled while the batch runs; 3 once written
+
+
 def test_the_run_page_shows_the_evaluation_phase_with_its_progress(project, staff_client):
     from webapp.training.models import STEP_ORDER
 

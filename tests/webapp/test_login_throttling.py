@@ -1,5 +1,7 @@
 """Login throttling (django-axes): per username and per IP address, refused before any password is hashed."""
 
+from datetime import timedelta
+
 import pytest
 from django.urls import reverse
 
@@ -32,8 +34,10 @@ def test_one_username_is_locked_after_the_limit_even_from_many_addresses(client,
     answers = [login(client, "ann", "wrong-password", f"10.0.0.{i}").status_code for i in range(1, 4)]
     assert answers == [200, 200, 429]  # the form again, then locked at the limit
     hashes.clear()
+    throttled.AXES_COOLOFF_TIME = timedelta(minutes=15, seconds=0.5)
     response = login(client, "ann", "pw-12345678", "10.0.0.9")  # the right password, from a fresh address
     assert response.status_code == 429 and "Too many failed logins" in response.content.decode()
+    assert response["Retry-After"] == "901"  # the cool-off, in whole seconds rounded up
     assert hashes == []  # refused before the password was hashed
     assert "_auth_user_id" not in client.session
 
@@ -62,3 +66,10 @@ def test_a_run_of_wrong_passwords_reaches_the_hasher_only_up_to_the_default_limi
     statuses = [login(client, "ann", f"guess-{i}", "10.0.3.1").status_code for i in range(40)]
     assert statuses.count(200) == 9 and statuses.count(429) == 31
     assert len(hashes) == 10
+
+
+def test_without_a_cool_off_the_lockout_names_no_time_to_retry(client, throttled, annotator):
+    throttled.AXES_COOLOFF_TIME = None  # locked until an admin resets it
+    answers = [login(client, "ann", "wrong-password", "10.0.4.1") for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert "Retry-After" not in answers[-1] and "Try again later" in answers[-1].content.decode()

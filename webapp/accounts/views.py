@@ -1,5 +1,7 @@
 """The person's API tokens page: list, create (the secret shown once), revoke."""
 
+import math
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
@@ -51,3 +53,25 @@ def token_revoke(request, token_id):
     services.api_token_revoke(token=token)
     messages.success(request, f"Token {token.prefix}… ({token.name}) is revoked; it opens nothing from now on.")
     return redirect("accounts:tokens")
+
+
+def login_lockout(request, original_response=None, credentials=None):
+    """django-axes' lockout answer (``AXES_LOCKOUT_CALLABLE``): axes' own page and status
+    (``AXES_LOCKOUT_TEMPLATE``, ``AXES_HTTP_RESPONSE_CODE``, the same context as
+    :func:`axes.helpers.get_lockout_response`) plus ``Retry-After``: the whole cool-off
+    (``AXES_COOLOFF_TIME``) in seconds, rounded up, since every attempt during a lockout starts
+    it again (axes' ``AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT``, left at its default True).
+    No ``Retry-After`` when there is no cool-off (locked until an admin resets it).
+    """
+    from axes.conf import settings as axes_settings
+    from axes.helpers import get_client_username, get_cool_off, get_cool_off_iso8601, get_failure_limit
+
+    context = {"failure_limit": get_failure_limit(request, credentials),
+               "username": get_client_username(request, credentials) or ""}
+    cool_off = get_cool_off(request)
+    if cool_off:
+        context.update(cooloff_time=get_cool_off_iso8601(cool_off), cooloff_timedelta=cool_off)
+    response = render(request, axes_settings.AXES_LOCKOUT_TEMPLATE, context, status=axes_settings.AXES_HTTP_RESPONSE_CODE)
+    if cool_off:
+        response["Retry-After"] = str(math.ceil(cool_off.total_seconds()))
+    return response

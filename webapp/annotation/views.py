@@ -51,6 +51,18 @@ def _kept_input(post, *, n_criteria: int, ranked) -> dict:
     }
 
 
+def _undone_places(undone, lease, ranked) -> list[int] | None:
+    """The undone ranking as the outputs' numbers on the card shown now, best first (``[2, 1, 3]``:
+    output 2 was ranked first), when ``undone`` is a ranking of the item ``lease`` shows again;
+    None otherwise (not a ranking, another item, or outputs that no longer match its order)."""
+    if undone is None or not undone.order or lease is None or not ranked or lease.completion_id != undone.completion_id:
+        return None
+    number = {m.pk: n for n, m in enumerate(ranked, 1)}
+    if sorted(undone.order) != sorted(number):
+        return None
+    return [number[cid] for cid in undone.order]
+
+
 def _context(request, project, *, error="", undone=None, lease=_READ_ONLY, kept_post=None):
     """What the page and the card show.
 
@@ -59,7 +71,9 @@ def _context(request, project, *, error="", undone=None, lease=_READ_ONLY, kept_
     the lease the person holds, only read; holding none, the card asks for the next
     item by POST as it loads (``ask_next``), so a page load writes nothing.
     ``kept_post``: the refused submit's form, when the card shows that same item again: its
-    comment, rubric scores and ranking places are filled in as they were typed.
+    comment, rubric scores and ranking places are filled in as they were typed. ``undone``: the
+    :class:`~webapp.annotation.models.RatingRevision` just undone; when it is a ranking of the
+    item shown, its places are filled in the same way (:func:`_undone_places`).
     """
     read_only = lease is _READ_ONLY
     if read_only:
@@ -70,6 +84,9 @@ def _context(request, project, *, error="", undone=None, lease=_READ_ONLY, kept_
     ranked = getattr(lease.completion, "ranked_members", None) if lease is not None else None
     progress = selectors.annotator_progress(project=project, annotator=request.user)
     rubric = project.rubric if project.rating_mode == RatingMode.RUBRIC else None
+    undone_places = _undone_places(undone, lease, ranked)
+    if undone_places is not None:  # the undone ranking's places come back filled in (its comment: the template)
+        kept_post = {f"rank_{m.pk}": str(undone.order.index(m.pk) + 1) for m in ranked}
     kept = None
     if kept_post is not None and lease is not None:
         kept = _kept_input(kept_post, n_criteria=len(rubric or []), ranked=ranked)
@@ -91,6 +108,7 @@ def _context(request, project, *, error="", undone=None, lease=_READ_ONLY, kept_
         "progress": progress,
         "can_undo": progress["can_undo"],
         "undone": undone,
+        "undone_places": undone_places,
         "error": error,
         "scores": [(s, LIKERT_LABELS[s]) for s in range(1, 6)],
         "rubric": rubric,

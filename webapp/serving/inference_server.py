@@ -12,7 +12,8 @@ it directly gains nothing: a missing or bad token is a 401, a pinned version for
 in OpenAI's error shape ``{"error": {"message", "type", "param", "code"}}``.
 
 ``GET /healthz`` without a token is the open liveness answer, ``{"ok": true}``. With a valid API
-token it adds ``"served"``: ``{slug: served version id}`` for the loaded projects the token's user
+token it adds ``"served"``: ``{slug: served version number}`` (the ``N`` of ``vN``, as the web app's
+``/healthz`` reports it) for the loaded projects the token's user
 is staff of (empty for an annotator), and for global staff (``is_staff``) the engine's counters
 ``"batches"`` and ``"rows"`` (forward runs and rows generated, all projects); a bad or revoked
 token is a 401 in OpenAI's error shape. Built on the standard
@@ -181,12 +182,13 @@ def make_handler(engine: Engine, versions: Versions):
                 token = access.token_for_header(header)
                 with versions.lock:
                     served = dict(versions.served)
-                staffed = access.staff_slugs(user=token.user, slugs=served)
+                staffed = sorted(access.staff_slugs(user=token.user, slugs=served))
+                numbers = dict(ModelVersion.objects.filter(pk__in=[served[s] for s in staffed]).values_list("pk", "number"))
             except access.AccessRefused as exc:
                 return self._json(exc.status, exc.body(), headers={"WWW-Authenticate": 'Bearer realm="rewardloop"'})
             finally:
                 close_old_connections()
-            body = {"ok": True, "served": {slug: served[slug] for slug in sorted(staffed)}}
+            body = {"ok": True, "served": {slug: numbers[served[slug]] for slug in staffed}}
             if token.user.is_staff:  # the engine's counters sum every project's traffic
                 body.update(batches=engine.batches_run, rows=engine.rows_run)
             return self._json(200, body)

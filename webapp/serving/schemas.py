@@ -6,7 +6,9 @@ Fields follow OpenAI's API reference (Chat Completions and Completions). Accepte
 fields OpenAI defines are ignored when they only tune a server (``user``, ``store``, ...);
 those that would change the answer and that Rewardloop does not do (tools, logprobs,
 penalties, ``logit_bias``, a JSON ``response_format``) are refused with a 400 naming them,
-rather than silently ignored.
+rather than silently ignored. Booleans (``stream``, ``stream_options.include_usage``) are strict
+JSON ``true``/``false``: ``"yes"``, ``"false"``, ``1`` are refused with a 400 naming the field
+rather than read as a boolean (pydantic's lax mode would take ``"yes"`` as true).
 """
 
 from __future__ import annotations
@@ -14,13 +16,19 @@ from __future__ import annotations
 from typing import Literal
 
 from django.conf import settings
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "logprobs", "top_logprobs", "logit_bias",
                "presence_penalty", "frequency_penalty", "best_of", "echo", "suffix")
 
 
 MODEL_PATTERN = r"^[-a-zA-Z0-9_]{1,50}(@[0-9]{1,9})?$"  # a project's slug, or slug@N for its version N
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: StrictBool = False
 
 
 class _Params(BaseModel):
@@ -34,8 +42,8 @@ class _Params(BaseModel):
     n: int = Field(default=1, ge=1)
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
-    stream: bool = False
-    stream_options: dict | None = None
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
 
     @model_validator(mode="after")
     def _caps(self):
@@ -68,7 +76,7 @@ class _Params(BaseModel):
 
     @property
     def include_usage(self) -> bool:
-        return bool((self.stream_options or {}).get("include_usage"))
+        return self.stream_options is not None and self.stream_options.include_usage
 
     def sampling(self) -> dict:
         return {"max_tokens": self.tokens, "temperature": self.temperature, "top_p": self.top_p, "n": self.n,

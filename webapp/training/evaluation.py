@@ -133,8 +133,10 @@ def version_samples_ensure(*, version: ModelVersion, policy=None, on_progress=No
 
     Works through them :data:`EVAL_BATCH` prompts at a time, each batch sampled with
     :data:`EVAL_SEED` and stored before the next starts, so a crash part-way keeps what
-    was done and ``on_progress(n)`` (if given) hears after every batch how many of the
-    missing prompts are done. Idempotent: prompts already completed by this version are
+    was done. ``on_progress(n)`` (if given) hears how many of the missing prompts are done:
+    within a batch as each of its completions ends (sampled; the batch's scoring passes and
+    its rows are still to come), and its last one only once the batch is stored, so
+    ``n == len(missing)`` means every sample is written. Idempotent: prompts already completed by this version are
     skipped, and a racing duplicate is ignored by the (version, prompt) unique constraint.
     ``policy`` may be the already-loaded policy of ``version`` (a training run passes its
     freshly trained one); otherwise it is loaded here. Returns how many samples were written.
@@ -147,25 +149,40 @@ def version_samples_ensure(*, version: ModelVersion, policy=None, on_progress=No
 
         policy = policy_load(version, trainable=False)
     for start in range(0, len(todo), EVAL_BATCH):
-        _samples_write(version=version, policy=policy, todo=todo[start : start + EVAL_BATCH])
+        batch = todo[start : start + EVAL_BATCH]
+
+        def sampled(k: int, start=start, size=len(batch)) -> None:
+            if on_progress is not None and k < size:  # the batch's last: once stored, below
+                on_progress(start + k)
+
+        _samples_write(version=version, policy=policy, todo=batch, on_sampled=sampled)
         if on_progress is not None:
-            on_progress(min(start + EVAL_BATCH, len(todo)))
+            on_progress(start + len(batch))
     return len(todo)
 
 
-def _samples_write(*, version: ModelVersion, policy, todo: list[Prompt]) -> None:
-    """Complete ``todo`` (at most one batch) with ``policy`` and store the samples with their logprobs."""
-    from pgcore.rollout import generate
+def _samples_write(*, version: ModelVersion, policy, todo: list[Prompt], on_sampled=None) -> None:
+    """Complete ``todo`` (at most one batch) with ``policy`` and store the samples with their logprobs.
+
+    ``on_sampled(k)`` (if given) hears ``k`` = 1, 2, ... as each completion ends, before the
+    scoring pass and the store. The rollouts are :func:`pgcore.rollout.generate`'s (the
+    same stream, same arguments), only read as they end.
+    """
+    from pgcore.rollout import generate_stream
 
     # Same seed for every version: differences come from the weights, not the dice.
-    rollouts = generate(
+    rollouts = [None] * len(todo)
+    for k, (i, rollout) in enumerate(generate_stream(
         policy,
         [p.text for p in todo],
         max_new_tokens=version.project.max_new_tokens,
         seed=EVAL_SEED,
         batch_size=EVAL_BATCH,
         precision=EVAL_PRECISION,
-    )
+    ), 1):
+        rollouts[i] = rollout
+        if on_sampled is not None:
+            on_sampled(k)
     prompt_ids = [r.prompt_ids for r in rollouts]
     completion_ids = [r.completion_ids for r in rollouts]
     # An fp32 sampler's behaviour logprobs are the exact ones (bench/generate.py measures its
