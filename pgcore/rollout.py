@@ -232,19 +232,25 @@ def _decode_attention(q, k, v, mask, scale):
     """Attention of one new token per row: ``q (b, nH, 1, D)``, ``k, v (b, kvH, T, D)``,
     ``mask (b, 1, 1, T)`` bool -> ``(b, 1, nH * D)``.
 
-    The query heads that share a key/value head are stacked as the columns of one matmul
-    with the keys as they lie in the cache (``k @ q^T``, ``(T, D) x (D, g)`` per row and
-    head), so nothing is expanded or copied; the softmax is taken in fp32 like the eager
-    kernel's. Faster at one query than the CPU flash kernel (profiled: ~15% of a step at
-    batch 8), and than ``q @ k^T``, whose batched matmul copies the column slices of the
-    cache first (bf16: made contiguous by hand before, 1.0 -> 0.9 ms a layer at batch 64,
-    T = 110; fp32: 1.6 -> 1.35 ms; 2 threads, CPU time, alternated). bf16 results are the
-    same bit for bit; fp32 ones differ by rounding (~3e-7).
+    The query heads that share a key/value head are stacked as rows of one matmul, so
+    nothing is expanded; the softmax is taken in fp32 like the eager kernel's. Faster at
+    one query than the CPU flash kernel (profiled: ~15% of a step at batch 8). bf16 on a
+    CPU multiplies the keys as they lie in the cache (``k @ q^T``, ``(T, D) x (D, g)`` per
+    row and head): the bf16 batched matmul copies strided operands slowly, and this form
+    needs no copy (1.0 -> 0.9 ms a layer at batch 64, T = 110, 2 threads, CPU time,
+    alternated, against copying the slices to contiguous tensors first; the same results
+    bit for bit on SmolLM2). fp32 keeps ``q @ k^T`` on the strided slices: the key-major
+    form was ~15% faster there too but rounds differently (~3e-7), which changed a few
+    sampled tokens for a seed, so it is not used.
     """
     b, n_heads, _, d = q.shape
     n_kv = k.shape[1]
     qg = q.reshape(b, n_kv, n_heads // n_kv, d)  # (b, kvH, g, D)
-    scores = torch.matmul(k, qg.transpose(-1, -2)).transpose(-1, -2).float() * scale  # (b, kvH, g, T)
+    if k.dtype == torch.bfloat16 and k.device.type == "cpu":
+        scores = torch.matmul(k, qg.transpose(-1, -2)).transpose(-1, -2)  # (b, kvH, g, T)
+    else:
+        scores = torch.matmul(qg, k.transpose(-1, -2))  # (b, kvH, g, T)
+    scores = scores.float() * scale
     scores = scores.masked_fill(~mask.view(b, 1, 1, -1), float("-inf"))
     weights = torch.softmax(scores, dim=-1).to(v.dtype)
     return torch.matmul(weights, v).reshape(b, 1, n_heads * d)  # (b, kvH, g, D) -> (b, 1, nH * D)
