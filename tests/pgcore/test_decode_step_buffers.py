@@ -1,5 +1,5 @@
 """The decoding step's preallocated buffers and vocabulary-chunked lm_head
-(pgcore.rollout._lm_head_into) and its key-major decode attention (_decode_attention)
+(pgcore.rollout._lm_head_into) and its decode attention (_decode_attention; key-major in bf16)
 against the plain computations they replace, on the tiny random Llama."""
 
 import pytest
@@ -57,7 +57,7 @@ def _query_major_attention(q, k, v, mask, scale):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
-def test_key_major_decode_attention_equals_the_query_major_formula_on_cache_slices(dtype, tol):
+def test_decode_attention_on_cache_slices_equals_the_query_major_formula(dtype, tol):
     generator = torch.Generator().manual_seed(0)
     b, n_heads, n_kv, d, width, T = 4, 6, 2, 8, 20, 13
     q = torch.randn(b, n_heads, 1, d, generator=generator).to(dtype)
