@@ -319,13 +319,14 @@ def _lm_head_into(lm_head, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``lm_head(x)`` for ``x (b, H)`` written into the fp32 buffer ``out (b, V)``, which is returned.
 
     The same values as ``lm_head(x).float()`` (each logit is the same dot product; bit for
-    bit on SmolLM2 at batch 64, 1 and 2 threads, fp32 and bf16; the BLAS may round a
-    narrow chunk differently), without a fresh ``(b, V)`` tensor per step: a fresh one of that size is
-    mapped anew by the allocator and page-faulted each step on a CPU (bf16 at batch 64 on
-    SmolLM2: ~6,000-9,000 faults, the lm_head plus sampling 26 -> 13 ms of CPU a step,
-    profiled). An fp32 weight is multiplied ``LM_HEAD_CHUNK`` vocabulary rows at a time,
-    so each chunk's output stays in cache (49152 x 576 at batch 64, 2 threads: 62 -> 52 ms
-    CPU); a bf16 weight in one matmul into a bf16 buffer kept on the module, then cast.
+    bit on SmolLM2 at batch 64, 1 and 2 threads, fp32 and bf16; the BLAS may round a narrow
+    chunk differently), without a fresh ``(b, V)`` tensor per step: a fresh one of that size
+    may be mapped anew by the allocator and page-faulted each step on a CPU (bf16, batch 64,
+    SmolLM2, 2 threads, one step in isolation: ~6,000-9,000 faults, the lm_head plus sampling
+    26 -> 13 ms of CPU; fewer faults inside the whole loop). An fp32 weight is multiplied
+    ``LM_HEAD_CHUNK`` vocabulary rows at a time, so each chunk's output stays in cache
+    (49152 x 576 at batch 64, 2 threads: 62 -> 52 ms CPU); a bf16 weight in one matmul into
+    a bf16 staging buffer kept on the module (``b x V``), then cast into ``out``.
     """
     weight = lm_head.weight  # (V, H)
     if not _plain_linear(lm_head) or lm_head.bias is not None or x.dtype != weight.dtype:
@@ -337,7 +338,13 @@ def _lm_head_into(lm_head, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
             torch.mm(x, weight[c0 : c0 + chunk].t(), out=out[:, c0 : c0 + chunk])
         return out
     staging = getattr(lm_head, "_pgcore_staging", None)
-    if staging is None or staging.dtype != weight.dtype or staging.shape[0] < x.shape[0] or staging.shape[1] < min(chunk, V):
+    if (
+        staging is None
+        or staging.dtype != weight.dtype
+        or staging.device != weight.device
+        or staging.shape[0] < x.shape[0]
+        or staging.shape[1] < min(chunk, V)
+    ):
         staging = torch.empty((x.shape[0], min(chunk, V)), dtype=weight.dtype, device=weight.device)
         lm_head._pgcore_staging = staging
     for c0 in range(0, V, chunk):
