@@ -153,17 +153,19 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _draw(logp: torch.Tensor, generator: torch.Generator, greedy: bool) -> torch.Tensor:
+def _draw(logp: torch.Tensor, generator: torch.Generator, greedy: bool, scratch: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row of ``logp (b, V)``: a draw from ``exp(logp)`` or the argmax; ``(b,)`` long.
 
     Inverse-CDF sampling: one uniform per row against the cumulative probabilities
     (:func:`_inverse_cdf`, which never forms the running sum over the whole vocabulary).
     Same distribution as ``torch.multinomial``, whose CPU kernel draws an exponential per
     vocabulary entry (~10% of a decoding step at batch 8 on SmolLM2, profiled).
+    ``scratch``: an fp32 ``(b, V)`` buffer the probabilities are written into instead of a
+    fresh tensor (same values, so the same draw).
     """
     if greedy:
         return logp.argmax(dim=-1)
-    p = logp.exp()  # (b, V)
+    p = logp.exp() if scratch is None else torch.exp(logp, out=scratch)  # (b, V)
     u = torch.rand((logp.shape[0], 1), generator=generator, device=logp.device) * p.sum(dim=-1, keepdim=True)
     return _inverse_cdf(p, u)
 
@@ -232,25 +234,32 @@ def _decode_attention(q, k, v, mask, scale):
 
     The query heads that share a key/value head are stacked as rows of one matmul, so
     nothing is expanded; the softmax is taken in fp32 like the eager kernel's. Faster at
-    one query than the CPU flash kernel (profiled: ~15% of a step at batch 8). On a CPU,
-    bf16 keys and values (column slices of the cache) are copied to contiguous tensors
-    first: the bf16 batched matmul copies strided operands far more slowly itself (250 ->
-    160 us per layer at batch 32 on SmolLM2); fp32 is faster strided, so left as it is.
+    one query than the CPU flash kernel (profiled: ~15% of a step at batch 8). bf16 on a
+    CPU multiplies the keys as they lie in the cache (``k @ q^T``, ``(T, D) x (D, g)`` per
+    row and head): the bf16 batched matmul copies strided operands slowly, and this form
+    needs no copy (1.0 -> 0.9 ms a layer at batch 64, T = 110, 2 threads, CPU time,
+    alternated, against copying the slices to contiguous tensors first; the same results
+    bit for bit on SmolLM2). fp32 keeps ``q @ k^T`` on the strided slices: the key-major
+    form was ~15% faster there too but rounds differently (~3e-7), which changed a few
+    sampled tokens for a seed, so it is not used.
     """
     b, n_heads, _, d = q.shape
     n_kv = k.shape[1]
-    if k.dtype == torch.bfloat16 and k.device.type == "cpu":
-        k, v = k.contiguous(), v.contiguous()
     qg = q.reshape(b, n_kv, n_heads // n_kv, d)  # (b, kvH, g, D)
-    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * scale  # (b, kvH, g, T)
+    if k.dtype == torch.bfloat16 and k.device.type == "cpu":
+        scores = torch.matmul(k, qg.transpose(-1, -2)).transpose(-1, -2)  # (b, kvH, g, T)
+    else:
+        scores = torch.matmul(qg, k.transpose(-1, -2))  # (b, kvH, g, T)
+    scores = scores.float() * scale
     scores = scores.masked_fill(~mask.view(b, 1, 1, -1), float("-inf"))
     weights = torch.softmax(scores, dim=-1).to(v.dtype)
     return torch.matmul(weights, v).reshape(b, 1, n_heads * d)  # (b, kvH, g, D) -> (b, 1, nH * D)
 
 
-def _forward_fast(inner, lm_head, ids, positions, mask, keys, values, cols):
+def _forward_fast(inner, lm_head, ids, positions, mask, keys, values, cols, out=None):
     """Run ``ids (b, s)`` at ``positions (b, s)`` through the decoder and return the fp32
-    logits of the last column, ``(b, V)``.
+    logits of the last column, ``(b, V)``: written into ``out`` (an fp32 ``(b, V)`` buffer,
+    :func:`_lm_head_into`) when given, else a fresh tensor.
 
     Keys and values go into the cache rows ``0 : b``: a prefill (``cols`` an int, ``s``
     tokens per row) writes columns ``cols : cols + s`` of every row; a decoding step
@@ -287,7 +296,63 @@ def _forward_fast(inner, lm_head, ids, positions, mask, keys, values, cols):
             ).transpose(1, 2).reshape(b, s, -1)  # (b, s, nH * D)
         h = h + attn.o_proj(o)
         h = h + layer.mlp(layer.post_attention_layernorm(h))
-    return lm_head(inner.norm(h[:, -1:, :]))[:, 0, :].float()
+    last = inner.norm(h[:, -1:, :])  # (b, 1, H)
+    if out is None:
+        return lm_head(last)[:, 0, :].float()
+    return _lm_head_into(lm_head, last[:, 0, :], out)
+
+
+LM_HEAD_CHUNK = {torch.float32: 4096}  # vocabulary rows per matmul of the lm_head, by weight dtype (else all)
+
+
+def _plain_linear(module) -> bool:
+    """``module`` is a ``torch.nn.Linear`` whose forward nothing hooks (so a matmul with its
+    weight is what calling it gives)."""
+    from torch.nn.modules import module as module_mod
+
+    hooks = (module._forward_hooks, module._forward_pre_hooks, module_mod._global_forward_hooks, module_mod._global_forward_pre_hooks)
+    return type(module) is torch.nn.Linear and not any(hooks)
+
+
+@torch.no_grad()
+def _lm_head_into(lm_head, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``lm_head(x)`` for ``x (b, H)`` written into the fp32 buffer ``out (b, V)``, which is returned.
+
+    The same values as ``lm_head(x).float()`` (each logit is the same dot product; bit for
+    bit on SmolLM2 at batch 64, 1 and 2 threads, fp32 and bf16; the BLAS may round a narrow
+    chunk differently), without a fresh ``(b, V)`` tensor per step: a fresh one of that size
+    may be mapped anew by the allocator and page-faulted each step on a CPU (bf16, batch 64,
+    SmolLM2, 2 threads, one step in isolation: ~6,000-9,000 faults, the lm_head plus sampling
+    26 -> 13 ms of CPU; fewer faults inside the whole loop). An fp32 weight is multiplied
+    ``LM_HEAD_CHUNK`` vocabulary rows at a time, so each chunk's output stays in cache
+    (49152 x 576 at batch 64, 2 threads: 62 -> 52 ms CPU); a bf16 weight in one matmul into
+    a bf16 staging buffer kept on the module (``b x V``), then cast into ``out``.
+    """
+    weight = lm_head.weight  # (V, H)
+    if not _plain_linear(lm_head) or lm_head.bias is not None or x.dtype != weight.dtype:
+        return out.copy_(lm_head(x))  # hooks, a bias, a subclass: the module's own forward
+    V = weight.shape[0]
+    chunk = LM_HEAD_CHUNK.get(weight.dtype, V)
+    if weight.dtype == out.dtype:
+        for c0 in range(0, V, chunk):
+            torch.mm(x, weight[c0 : c0 + chunk].t(), out=out[:, c0 : c0 + chunk])
+        return out
+    staging = getattr(lm_head, "_pgcore_staging", None)
+    if (
+        staging is None
+        or staging.dtype != weight.dtype
+        or staging.device != weight.device
+        or staging.shape[0] < x.shape[0]
+        or staging.shape[1] < min(chunk, V)
+    ):
+        staging = torch.empty((x.shape[0], min(chunk, V)), dtype=weight.dtype, device=weight.device)
+        lm_head._pgcore_staging = staging
+    for c0 in range(0, V, chunk):
+        n = min(chunk, V - c0)
+        part = staging[: x.shape[0], :n]
+        torch.mm(x, weight[c0 : c0 + n].t(), out=part)
+        out[:, c0 : c0 + n].copy_(part)
+    return out
 
 
 def _kv_shape(inner) -> tuple[int, int]:
@@ -388,7 +453,9 @@ def sample_continuous(
 
     A Llama-family model (:func:`fast_path_supported`) decodes one token per step for up to
     ``batch_size`` rows with a key/value cache preallocated once (``batch_size`` rows of
-    ``longest prompt + max_new_tokens`` columns). When a row's completion ends (its first
+    ``longest prompt + max_new_tokens`` columns), and the step's logits, logprobs and
+    probabilities in three fp32 ``batch_size x vocabulary`` buffers (38 MB at batch 64 on
+    SmolLM2) written in place each step. When a row's completion ends (its first
     EOS, ``max_new_tokens``, or the model's ``max_position_embeddings``) it is yielded at
     once, and its slot is given to a waiting prompt: waiting prompts are prefilled together
     (left-padded among themselves) once ``refill_fraction`` of the slots are free, and start
@@ -497,13 +564,17 @@ def sample_continuous(
     out_tokens = torch.full((B, M), pad_id, dtype=torch.long, device=device)
     out_logprobs = torch.zeros((B, M), dtype=torch.float32, device=device)
     eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
+    # The decoding step's logits, logprobs and probabilities: written in place each step
+    # rather than allocated (see _lm_head_into), 3 x batch x vocabulary fp32.
+    V = lm_head.weight.shape[0]
+    logits_buf, logp_buf, p_buf = (torch.empty((B, V), dtype=torch.float32, device=device) for _ in range(3))
     b = 0  # rows 0 : b run each decoding step (some may have ended and wait to be replaced)
     end = 0  # upper bound on the columns any running row uses
 
     def sample(logp, rows):
         """Draw for slots ``rows``: ``(tokens (k,), their recorded logprobs (k,))``."""
         if draw is None:
-            nxt = _draw(logp, generator, greedy)  # (k,)
+            nxt = _draw(logp, generator, greedy, scratch=p_buf[: logp.shape[0]])  # (k,)
             return nxt, logp.gather(1, nxt[:, None]).squeeze(1)
         nxt = torch.full((rows.numel(),), pad_id, dtype=torch.long, device=device)
         nxt_logp = torch.zeros(rows.numel(), dtype=torch.float32, device=device)
@@ -579,7 +650,7 @@ def sample_continuous(
             finished[sel] = False
             for slot, i in zip(slots, group):
                 owner[slot] = i
-            logp = torch.log_softmax(logits, dim=-1)  # (k, V)
+            logp = torch.log_softmax(logits, dim=-1, out=logp_buf[: len(slots)])  # (k, V)
             nxt, nxt_logp = sample(logp, sel)  # (k,)
             feed[sel] = nxt
             ended = take(nxt, nxt_logp, sel)
@@ -608,9 +679,10 @@ def sample_continuous(
         rows = torch.arange(b, device=device)
         valid[rows, cols[:b]] = True
         logits = _forward_fast(
-            inner, lm_head, feed[:b, None], pos[:b, None], valid[:b, None, None, :end], keys, values, cols[:b]
+            inner, lm_head, feed[:b, None], pos[:b, None], valid[:b, None, None, :end], keys, values, cols[:b],
+            out=logits_buf[:b],
         )
-        logp = torch.log_softmax(logits, dim=-1)  # (b, V)
+        logp = torch.log_softmax(logits, dim=-1, out=logp_buf[:b])  # (b, V)
         was_alive = alive[:b].clone()
         nxt, nxt_logp = sample(logp, rows)  # (b,)
         ended = take(nxt, nxt_logp, rows)
