@@ -1114,7 +1114,7 @@ def write_outputs(result: dict, out_dir: Path) -> None:
 def _run_settings(result: dict, *, probe: bool = False) -> dict:
     """A run's settings, less what may differ between runs that can be combined
     (a probe's run may also have stopped at fewer ratings)."""
-    skip = ("variants", "torch_threads") + (("ratings",) if probe else ())
+    skip = ("variants", "project_settings", "torch_threads") + (("ratings",) if probe else ())
     settings = {k: v for k, v in result["config"].items() if k not in skip}
     settings.setdefault("completions_per_prompt", 1)  # runs from before the setting sampled one per prompt
     return settings
@@ -1134,8 +1134,9 @@ def combine(dirs: list[str], out_dir: Path) -> dict:
 
     Raises:
         ValueError: a variant appears twice or is not in its folder, a probe's folder holds
-            more than one variant, or the runs' settings (other than the variants, thread
-            count and, for probes, the number of ratings) or base-model evaluations differ.
+            more than one variant, or the runs' settings (other than the variants, their
+            project settings, thread count and, for probes, the number of ratings) or
+            base-model evaluations differ.
     """
     specs = []
     for spec in dirs:
@@ -1149,7 +1150,10 @@ def combine(dirs: list[str], out_dir: Path) -> dict:
                 raise ValueError(f"{d}: no variant {only!r} there (it has {', '.join(r['variants'])})")
             r["variants"] = {only: r["variants"][only]}
     first = results[0]
-    merged = {**first, "variants": {}, "runs": {}, "timing": {}, "config": {**first["config"], "variants": {}}, "probes": {}}
+    merged = {
+        **first, "variants": {}, "runs": {}, "timing": {}, "probes": {},
+        "config": {**first["config"], "variants": {}, "project_settings": {}},
+    }
     for (d, _, rename), r in zip(specs, results):
         probe = rename is not None
         if _run_settings(r, probe=probe) != _run_settings(first, probe=probe) or r["base"]["mean_rating"] != first["base"]["mean_rating"]:
@@ -1164,6 +1168,8 @@ def combine(dirs: list[str], out_dir: Path) -> dict:
             if name in r.get("runs", {}):
                 merged["runs"][key] = r["runs"][name]
             merged["config"]["variants"][key] = r["config"]["variants"][name]
+            if name in r["config"].get("project_settings", {}):  # a variant's project fields (rm, rm_active)
+                merged["config"]["project_settings"][key] = r["config"]["project_settings"][name]
             merged["timing"][key] = r["timing"].get(name)
             if probe:
                 merged["probes"][key] = {"from": d, "variant": name, "ratings": r["config"]["ratings"], "complete": r["complete"]}

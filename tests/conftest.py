@@ -22,6 +22,29 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def fake_vader_sdist(tmp_path) -> Path:
+    """A stand-in for the ``vaderSentiment-3.3.2`` sdist: its data archive holds 100 snippets of 20
+    words, snippet ``i`` reading ``"s<i>w0 s<i>w1 ... s<i>w19"`` (id ``i``, sentiment 1.5)."""
+    import io
+    import tarfile
+
+    data = "\n".join(f"{i}\t1.5\t" + " ".join(f"s{i}w{j}" for j in range(20)) for i in range(1, 101))
+    inner = io.BytesIO()
+    with tarfile.open(fileobj=inner, mode="w:gz") as tar:
+        blob = data.encode()
+        info = tarfile.TarInfo("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt")
+        info.size = len(blob)
+        tar.addfile(info, io.BytesIO(blob))
+    sdist = tmp_path / "vaderSentiment-3.3.2.tar.gz"
+    with tarfile.open(sdist, mode="w:gz") as tar:
+        blob = inner.getvalue()
+        info = tarfile.TarInfo("vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz")
+        info.size = len(blob)
+        tar.addfile(info, io.BytesIO(blob))
+    return sdist
+
+
+@pytest.fixture
 def models_dir(tmp_path, settings) -> Path:
     """New versions' weights go to a per-test folder."""
     settings.REWARDLOOP_MODELS_DIR = tmp_path / "models"

@@ -96,28 +96,14 @@ def test_import_command_names_an_unknown_project(db, tmp_path):
         call_command("import_prompts", "nope", str(write(tmp_path, "p.jsonl", '{"text": "x"}')))
 
 
-def test_demo_prompts_come_from_the_vader_movie_review_snippets(tmp_path):
-    import io
-    import tarfile
-
+def test_demo_prompts_come_from_the_vader_movie_review_snippets(fake_vader_sdist):
     from webapp.annotation.importers import demo_prompts_from_vader_sdist
 
-    data = "\n".join(f"{i}\t1.5\t" + " ".join(f"word{j}" for j in range(20)) for i in range(1, 101))
-    inner = io.BytesIO()
-    with tarfile.open(fileobj=inner, mode="w:gz") as tar:
-        blob = data.encode()
-        info = tarfile.TarInfo("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt")
-        info.size = len(blob)
-        tar.addfile(info, io.BytesIO(blob))
-    sdist = tmp_path / "vaderSentiment-3.3.2.tar.gz"
-    with tarfile.open(sdist, mode="w:gz") as tar:
-        blob = inner.getvalue()
-        info = tarfile.TarInfo("vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz")
-        info.size = len(blob)
-        tar.addfile(info, io.BytesIO(blob))
-    rows = demo_prompts_from_vader_sdist(sdist, count=50, held_out=5)
+    rows = demo_prompts_from_vader_sdist(fake_vader_sdist, count=50, held_out=5)
     assert len(rows) == 50 and sum(r.held_out for r in rows) == 5
-    assert all(r.text.startswith("Continue this movie review") and "word9" in r.text and "word10" not in r.text for r in rows)
+    for r in rows:  # cut after half of the snippet's 20 words
+        i = r.source.rsplit(":", 1)[1]
+        assert r.text.startswith("Continue this movie review") and f"s{i}w9" in r.text and f"s{i}w10" not in r.text
     assert all(r.source.startswith("vader:movieReviewSnippets:") for r in rows)
 
 

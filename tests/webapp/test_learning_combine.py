@@ -16,7 +16,7 @@ def _point(ratings, rating, kl=0.5, distinct2=0.8):
     }
 
 
-def _run_dir(tmp_path, name, variant, ratings_curve, *, complete=True, heldout=64, ratings=256, lr=1e-4):
+def _run_dir(tmp_path, name, variant, ratings_curve, *, complete=True, heldout=64, ratings=256, lr=1e-4, project=None):
     folder = tmp_path / name
     folder.mkdir()
     curve = [_point(0, 3.0, kl=0.0)] + [_point(r, m) for r, m in ratings_curve]
@@ -26,6 +26,7 @@ def _run_dir(tmp_path, name, variant, ratings_curve, *, complete=True, heldout=6
         "config": {
             "model": "SmolLM2-135M-Instruct", "ratings": ratings, "train_every": 64, "heldout": heldout,
             "max_new_tokens": 96, "target_gain": 1.0, "variants": {variant: {"lr": lr}}, "torch_threads": 1,
+            "project_settings": {variant: project} if project else {},
         },
         "base": BASE,
         "variants": {variant: summarise(curve, BASE, 1.0)},
@@ -50,6 +51,18 @@ def test_two_single_variant_runs_merge_into_one_result_with_the_goal_checked(tmp
     written = json.loads((tmp_path / "both" / "learning.json").read_text())
     assert written["variants"].keys() == merged["variants"].keys()
     assert (tmp_path / "both" / "learning.png").stat().st_size > 0
+
+
+def test_runs_of_variants_with_their_own_project_settings_combine_and_keep_them(tmp_path):
+    default = _run_dir(tmp_path, "d", "default", [(64, 3.5)])
+    rm_active = _run_dir(
+        tmp_path, "r", "rm_active", [(64, 3.6)], project={"reward_source": "reward_model", "active_queue": True}
+    )
+    merged = combine([str(default), str(rm_active)], tmp_path / "both")
+    assert list(merged["variants"]) == ["default", "rm_active"]
+    assert merged["config"]["project_settings"] == {"rm_active": {"reward_source": "reward_model", "active_queue": True}}
+    with pytest.raises(ValueError, match="settings or base evaluation differ"):  # anything else still has to match
+        combine([str(default), str(_run_dir(tmp_path, "h", "rm", [(64, 3.6)], heldout=16, project={"x": 1}))], tmp_path / "o")
 
 
 def test_a_partial_run_makes_the_combination_partial(tmp_path):

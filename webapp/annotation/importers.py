@@ -35,7 +35,6 @@ import codecs
 import csv
 import json
 import os
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ from pathlib import Path
 from webapp.errors import ApplicationError
 
 from .models import PROMPT_MAX_CHARS
-from .vader import movie_review_snippets
+from .vader import demo_prompt_texts
 
 MAX_REPORTED_ERRORS = 20
 SUFFIXES = {".jsonl", ".json", ".ndjson", ".csv"}
@@ -328,9 +327,6 @@ def parse_prompt_file(path: str | Path, *, limits: ImportLimits | None = None) -
 
 # --- The demo set -------------------------------------------------------------
 
-DEMO_INSTRUCTION = "Continue this movie review in two or three sentences:\n\n{start}"
-
-
 def demo_prompts_from_vader_sdist(sdist_path: str | Path, *, count: int = 400, held_out: int = 64, seed: int = 0):
     """Demo prompts: openings of real movie-review snippets from the VADER data set.
 
@@ -348,18 +344,7 @@ def demo_prompts_from_vader_sdist(sdist_path: str | Path, *, count: int = 400, h
     sdist_path = Path(sdist_path)
     if not sdist_path.exists():
         raise ApplicationError(f"{sdist_path} not found; run: pip download --no-deps --no-binary :all: vaderSentiment==3.3.2")
-    snippets = movie_review_snippets(sdist_path)
-    rng = random.Random(seed)
-    rng.shuffle(snippets)
-    rows = []
-    for i, (snippet_id, words) in enumerate(snippets[:count]):
-        start = " ".join(words[: max(6, len(words) // 2)])
-        rows.append(
-            PromptRow(
-                line=i + 1,
-                text=DEMO_INSTRUCTION.format(start=start),
-                source=f"vader:movieReviewSnippets:{snippet_id}",
-                held_out=i < held_out,
-            )
-        )
-    return rows
+    return [
+        PromptRow(line=i + 1, text=text, source=f"vader:movieReviewSnippets:{snippet_id}", held_out=i < held_out)
+        for i, (snippet_id, text) in enumerate(demo_prompt_texts(sdist_path, count=count, seed=seed))
+    ]

@@ -2,13 +2,15 @@
 
 The sdist carries ``additional_resources/hutto_ICWSM_2014.tar.gz`` (Hutto & Gilbert, ICWSM 2014),
 whose ``movieReviewSnippets_GroundTruth.txt`` holds 10,605 snippets (id, mean human sentiment,
-text). Read here once for the demo prompts (:func:`webapp.annotation.importers.demo_prompts_from_vader_sdist`)
-and ``bench/reward_model.py``; needs no Django.
+text). Read here once for the demo prompts (:func:`demo_prompt_texts`, which
+:func:`webapp.annotation.importers.demo_prompts_from_vader_sdist` imports) and ``bench/reward_model.py``;
+needs no Django.
 """
 
 from __future__ import annotations
 
 import io
+import random
 import re
 import tarfile
 from pathlib import Path
@@ -17,6 +19,7 @@ from webapp.errors import ApplicationError
 
 VADER_ARCHIVE = "hutto_ICWSM_2014.tar.gz"
 VADER_MEMBER = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
+DEMO_INSTRUCTION = "Continue this movie review in two or three sentences:\n\n{start}"
 
 
 def movie_review_snippets(sdist_path: str | Path, *, min_words: int = 12, max_words: int = 60) -> list[tuple[str, list[str]]]:
@@ -46,3 +49,17 @@ def movie_review_snippets(sdist_path: str | Path, *, min_words: int = 12, max_wo
         if min_words <= len(words) <= max_words:
             snippets.append((snippet_id, words))
     return snippets
+
+
+def demo_prompt_texts(sdist_path: str | Path, *, count: int = 400, seed: int = 0) -> list[tuple[str, str]]:
+    """``(snippet id, prompt text)`` of the demo prompts: ``count`` snippets of
+    :func:`movie_review_snippets`, shuffled by ``random.Random(seed)``, each cut after
+    ``max(6, words // 2)`` words and put in ``DEMO_INSTRUCTION`` (the model continues a
+    real review). Raises what :func:`movie_review_snippets` raises.
+    """
+    snippets = movie_review_snippets(sdist_path)
+    random.Random(seed).shuffle(snippets)
+    return [
+        (snippet_id, DEMO_INSTRUCTION.format(start=" ".join(words[: max(6, len(words) // 2)])))
+        for snippet_id, words in snippets[:count]
+    ]
