@@ -67,6 +67,7 @@ def site(project, staff_user, annotator, make_completion, tmp_path, django_user_
         "model": project.slug,  # /v1/models/<model>: without a token, a 401 in OpenAI's shape
         "vote_id": 999_999,  # nobody's arena matchup: refused with a message, never 500
         "feedback_id": 999_999,  # nobody's feedback: without a token a 401, never 500
+        "rest": "embeddings",  # /v1/<rest> not served: a 404 in OpenAI's error shape, never 500
     }
     return {"project": project, "values": values, "superuser": superuser, "annotator": annotator, "staff": staff_user}
 
