@@ -62,7 +62,8 @@ def test_an_annotator_ranks_three_outputs_by_number_keys_takes_one_back_and_undo
     # Undo the second ranking: the same group comes back to be ranked again.
     page.keyboard.press("u")
     page.locator(f'{CARD}[data-completion="{anchor}"]').wait_for()
-    assert "Undone: you had chosen a ranking" in page.locator("#card .flash").inner_text()
+    flash = page.locator("#card .flash").inner_text()
+    assert "Undone: you had ranked " in flash and "places are filled in again" in flash, flash
     assert page.evaluate("window.__marker") == "same page"
 
     stored = {r.group.anchor_id: r.order for r in Ranking.objects.select_related("group")}
@@ -123,5 +124,8 @@ def test_an_annotator_scores_a_rubric_by_keyboard_goes_back_one_criterion_and_un
     page.keyboard.press("4")
     page.locator(f'{CARD}:not([data-completion="{item}"])').wait_for()
     page.goto(f"{live_server.url}/p/{project.slug}/annotate/history/")
-    assert page.locator("#history td.mode").all_inner_texts() == ["Likert 1–5", "Rubric: named criteria 1–5"]
+    # Newest first: the Likert rating, the rubric judgment that was undone (listed, marked), the first one.
+    assert page.locator("#history td.mode").all_inner_texts() == ["Likert 1–5"] + ["Rubric: named criteria 1–5"] * 2
+    assert page.locator("#history tr.undone").count() == 1
+    assert "undone" in page.locator("#history tr.undone").inner_text()
     assert "helpful: 4" in page.locator("#history").inner_text()
