@@ -239,11 +239,6 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_out": str(CELERY_BROKER_FOLDER / "queue"),
         "control_folder": str(CELERY_BROKER_FOLDER / "control"),
         "store_processed": False,
-        # kombu's filesystem transport takes one message per poll: at its default 1 s, each
-        # message queued ahead (a beat tick that came while a step ran) delayed a run's next
-        # step by a second (2-6 s between steps, bench/loop_timing.py). Listing the queue
-        # folder ten times a second costs the idle workers next to nothing.
-        "polling_interval": 0.1,
     }
     # The filesystem transport has no broadcast; workers need no remote control.
     CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
