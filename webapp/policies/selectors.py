@@ -149,6 +149,13 @@ def latest_export(*, version: ModelVersion) -> VersionExport | None:
     return version.exports.order_by("-created_at", "-id").first()
 
 
+def promotions_since(*, version, since) -> QuerySet[AuditEvent]:
+    """``version``'s ``promote`` audit events at or after ``since`` (a datetime). Either may be an
+    ``OuterRef``, so a list can ask it of each of its rows in one subquery
+    (``webapp.training.selectors.runs_for_project``)."""
+    return AuditEvent.objects.filter(version=version, action=AuditEvent.Action.PROMOTE, created_at__gte=since)
+
+
 def version_served_since(*, version: ModelVersion, since) -> AuditEvent | None:
     """The first time ``version`` was served (its ``promote`` audit event) after ``since``, or None.
 
@@ -158,7 +165,7 @@ def version_served_since(*, version: ModelVersion, since) -> AuditEvent | None:
     if since is None:
         return None
     return (
-        AuditEvent.objects.filter(version=version, action=AuditEvent.Action.PROMOTE, created_at__gte=since)
+        promotions_since(version=version, since=since)
         .select_related("actor")
         .order_by("created_at", "id")
         .first()

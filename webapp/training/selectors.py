@@ -3,7 +3,8 @@
 from django.db.models import Count, Exists, OuterRef, QuerySet
 
 from webapp.annotation import selectors as annotation_selectors
-from webapp.policies.models import AuditEvent, ModelVersion, Project
+from webapp.policies import selectors as policy_selectors
+from webapp.policies.models import ModelVersion, Project
 
 from .models import ACTIVE_STATUSES, TrainingRun, TrainingStep, VersionSample
 from .textdiff import word_diff
@@ -13,11 +14,7 @@ def runs_for_project(*, project: Project, limit: int = 50) -> QuerySet[TrainingR
     """The project's runs, newest first, each with ``n_ratings`` and ``served_later``: whether its
     version, held back when the run ended, was served since (the run page's
     :func:`webapp.policies.selectors.version_served_since`, as one subquery per list)."""
-    served_later = AuditEvent.objects.filter(
-        version_id=OuterRef("result_version_id"),
-        action=AuditEvent.Action.PROMOTE,
-        created_at__gte=OuterRef("finished_at"),
-    )
+    served_later = policy_selectors.promotions_since(version=OuterRef("result_version_id"), since=OuterRef("finished_at"))
     return (
         TrainingRun.objects.filter(project=project)
         .select_related("parent_version", "result_version", "requested_by")
