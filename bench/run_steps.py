@@ -206,16 +206,14 @@ def _in_child(data_dir: Path, repo: Path, job: list[str]) -> dict:
     """Run ``job`` in a fresh Python process on Django with its data in ``data_dir`` (one app import per measurement)."""
     import subprocess
 
-    env = dict(
-        os.environ,
-        REWARDLOOP_DATA_DIR=str(data_dir),
-        REWARDLOOP_MODELS_DIR=str(data_dir / "models"),
+    from django_env import throwaway_env  # bench/'s own (this script's folder), whichever --repo runs
+
+    env = throwaway_env(
+        data_dir, models_dir=data_dir / "models", broker=None,
         DJANGO_SETTINGS_MODULE="webapp.settings",
         OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
         PYTHONPATH=str(repo),
     )
-    env.pop("DATABASE_URL", None)
-    env.pop("CELERY_BROKER_URL", None)
     out = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--child", *job], cwd=repo, env=env, check=True,
         stdout=subprocess.PIPE, text=True,
