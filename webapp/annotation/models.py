@@ -126,9 +126,10 @@ class Completion(models.Model):
         null=True,
         blank=True,
         help_text=(
-            "Set when a newer version was served before this completion had all its ratings (and the project "
-            "does not drain older versions): kept with any ratings it has, never offered again. Cleared if its "
-            "version is served again."
+            "Set when a newer version was served before this completion had all its ratings and the served "
+            "version's first completions are ready (unless the project drains older versions), or when its "
+            "version was a shadow candidate dropped unserved: kept with any ratings it has, never offered again. "
+            "Cleared if its version is served again."
         ),
     )
     rank_group = models.ForeignKey(

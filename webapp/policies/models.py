@@ -101,8 +101,9 @@ class Project(models.Model):
         "drain older versions",
         default=False,
         help_text=(
-            "Off (the default): when a new version is served, older versions' unrated completions are retired "
-            "(kept, never offered). On: they stay in the queue, after the served version's."
+            "Off (the default): once a newly served version's first completions are ready, older versions' "
+            "unrated completions are retired (kept, never offered); until then they are offered after the served "
+            "version's. On: they stay in the queue for good, after the served version's."
         ),
     )
     rank_k = models.PositiveSmallIntegerField(
