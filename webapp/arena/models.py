@@ -9,16 +9,9 @@ wrote for the promotion guard (:class:`webapp.training.models.VersionSample`).
 from django.conf import settings
 from django.db import models
 
-from webapp.annotation.models import Prompt
+from webapp.annotation.models import Choice, Prompt
 from webapp.policies.models import ModelVersion, Project
 from webapp.training.models import VersionSample
-
-
-class ArenaChoice(models.TextChoices):
-    A = "a", "A (left) is better"
-    B = "b", "B (right) is better"
-    TIE = "tie", "Tie"
-    BOTH_BAD = "both_bad", "Both bad"
 
 
 class ArenaVote(models.Model):
@@ -42,7 +35,8 @@ class ArenaVote(models.Model):
     sample_a = models.ForeignKey(VersionSample, on_delete=models.CASCADE, related_name="+")
     sample_b = models.ForeignKey(VersionSample, on_delete=models.CASCADE, related_name="+")
     choice = models.CharField(
-        "vote", max_length=8, blank=True, choices=ArenaChoice.choices, help_text="Empty while the matchup waits for a vote."
+        "vote", max_length=8, blank=True, choices=Choice.choices,
+        help_text="Empty while the matchup waits for a vote. A was shown on the left, B on the right.",
     )
     shown_at = models.DateTimeField("shown", auto_now_add=True)
     voted_at = models.DateTimeField("voted", null=True, blank=True)
@@ -59,7 +53,7 @@ class ArenaVote(models.Model):
                 condition=~models.Q(version_a=models.F("version_b")), name="arena_two_different_versions"
             ),
             models.CheckConstraint(
-                condition=models.Q(choice__in=["", "a", "b", "tie", "both_bad"]), name="arena_choice_known"
+                condition=models.Q(choice__in=["", *Choice.values]), name="arena_choice_known"
             ),
         ]
 
@@ -69,4 +63,4 @@ class ArenaVote(models.Model):
     @property
     def winner_id(self) -> int | None:
         """The winning version's id, or None for a tie, both bad or a pending matchup."""
-        return {ArenaChoice.A: self.version_a_id, ArenaChoice.B: self.version_b_id}.get(self.choice)
+        return {Choice.A: self.version_a_id, Choice.B: self.version_b_id}.get(self.choice)

@@ -21,11 +21,12 @@ from django.core.cache import cache
 from django.db.models import Count, Max, Q
 from django.utils import timezone
 
+from webapp.annotation.models import Choice
 from webapp.annotation.selectors import UNDO_WINDOW
 from webapp.policies.models import ArenaVoters, Membership, ModelVersion, Project
 from webapp.training.models import ACTIVE_STATUSES, VersionSample
 
-from .models import ArenaChoice, ArenaVote
+from .models import ArenaVote
 
 PRIOR_PRECISION = 0.1  # prior N(0, 10) on each strength: wide, but keeps a one-sided record finite
 ELO_SCALE = 400 / math.log(10)
@@ -117,9 +118,9 @@ def _comparisons(votes) -> list[tuple[int, int, float]]:
     """(winner id, loser id, weight) triples; a tie or "both bad" is half a win each way."""
     pairs = []
     for a, b, choice in votes:
-        if choice == ArenaChoice.A:
+        if choice == Choice.A:
             pairs.append((a, b, 1.0))
-        elif choice == ArenaChoice.B:
+        elif choice == Choice.B:
             pairs.append((b, a, 1.0))
         else:
             pairs += [(a, b, 0.5), (b, a, 0.5)]
@@ -230,8 +231,8 @@ def arena_leaderboard(*, project: Project) -> Leaderboard:
             continue
         for pk in (a, b):
             tally[pk]["votes"] += 1
-        if choice in (ArenaChoice.A, ArenaChoice.B):
-            winner, loser = (a, b) if choice == ArenaChoice.A else (b, a)
+        if choice in (Choice.A, Choice.B):
+            winner, loser = (a, b) if choice == Choice.A else (b, a)
             tally[winner]["wins"] += 1
             tally[loser]["losses"] += 1
         else:

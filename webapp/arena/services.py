@@ -18,13 +18,14 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from webapp.annotation.models import Choice
 from webapp.annotation.selectors import UNDO_WINDOW
 from webapp.errors import ApplicationError
 from webapp.policies.models import Project
 from webapp.training.models import VersionSample
 
 from . import selectors
-from .models import ArenaChoice, ArenaVote
+from .models import ArenaVote
 
 
 # Once the matchup a promotion waits for has the votes it needs but no verdict, the share of draws
@@ -111,8 +112,8 @@ def arena_vote_cast(*, project: Project, voter, vote_id: int, choice: str) -> Ar
     Raises:
         ApplicationError: an unknown choice, or a matchup that is not this voter's pending one.
     """
-    if choice not in ArenaChoice.values:
-        raise ApplicationError(f"A vote is one of {', '.join(ArenaChoice.values)}, not {choice!r}.")
+    if choice not in Choice.values:
+        raise ApplicationError(f"A vote is one of {', '.join(Choice.values)}, not {choice!r}.")
     vote = ArenaVote.objects.select_for_update().filter(pk=vote_id, project=project, voter=voter).first()
     if vote is None:
         raise ApplicationError("That matchup is not yours to vote on.")
