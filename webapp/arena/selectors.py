@@ -114,6 +114,27 @@ def counted_votes(*, project: Project):
     return ArenaVote.objects.filter(project=project, voted_at__isnull=False, undone_at__isnull=True).exclude(choice="")
 
 
+def direct_votes(*, project: Project, version_id: int, others=None) -> Counter:
+    """Counted votes (:func:`counted_votes`) that compared version ``version_id`` directly with another.
+
+    Args:
+        version_id: the version every vote counted must show (on either side).
+        others: version ids to count against; all other versions when None.
+
+    Returns:
+        ``Counter({other version id: votes})``, from one grouped query (at most two rows per other
+        version, one per side it was shown on).
+    """
+    votes = counted_votes(project=project).filter(Q(version_a_id=version_id) | Q(version_b_id=version_id))
+    if others is not None:
+        others = list(others)
+        votes = votes.filter(Q(version_a_id__in=others) | Q(version_b_id__in=others))
+    counts = Counter()
+    for a, b, n in votes.order_by().values_list("version_a_id", "version_b_id").annotate(n=Count("pk")):
+        counts[a if b == version_id else b] += n
+    return counts
+
+
 def _comparisons(votes) -> list[tuple[int, int, float]]:
     """(winner id, loser id, weight) triples; a tie or "both bad" is half a win each way."""
     pairs = []
@@ -263,8 +284,7 @@ def arena_verdict(*, candidate: ModelVersion, served: ModelVersion, board: Leade
         strengths, covariance = board.strengths, board.covariance
     else:  # a banner polled on every page load: the cached fit, not a leaderboard
         strengths, covariance = arena_fit(project=project, include=(candidate.pk, served.pk))
-    pair = Q(version_a=candidate, version_b=served) | Q(version_a=served, version_b=candidate)
-    head_to_head = counted_votes(project=project).filter(pair).count()
+    head_to_head = direct_votes(project=project, version_id=served.pk, others=[candidate.pk])[candidate.pk]
     if candidate.pk not in strengths or served.pk not in strengths:
         probability = None
     else:
@@ -305,12 +325,7 @@ def promotion_matchups(*, project: Project, version_ids) -> dict[tuple[int, int]
         .exclude(produced_by__status__in=ACTIVE_STATUSES)
         .select_related("project")
     )
-    against_served = Counter(
-        a if b == served.pk else b
-        for a, b in counted_votes(project=project)
-        .filter(Q(version_a=served) | Q(version_b=served))
-        .values_list("version_a_id", "version_b_id")
-    )
+    against_served = direct_votes(project=project, version_id=served.pk)
     waiting = {}
     for candidate in candidates:
         missing = max(project.arena_min_votes - against_served[candidate.pk], 0)
