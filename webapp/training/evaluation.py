@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterator
 
 from django.db import transaction
 from django.utils import timezone
@@ -150,23 +151,19 @@ def version_samples_ensure(*, version: ModelVersion, policy=None, on_progress=No
         policy = policy_load(version, trainable=False)
     for start in range(0, len(todo), EVAL_BATCH):
         batch = todo[start : start + EVAL_BATCH]
-
-        def sampled(k: int, start=start, size=len(batch)) -> None:
-            if on_progress is not None and k < size:  # the batch's last: once stored, below
-                on_progress(start + k)
-
-        _samples_write(version=version, policy=policy, todo=batch, on_sampled=sampled)
-        if on_progress is not None:
-            on_progress(start + len(batch))
+        for done, stored in _samples_write(version=version, policy=policy, todo=batch):
+            if on_progress is not None and (stored or done < len(batch)):  # the last counts once stored
+                on_progress(start + done)
     return len(todo)
 
 
-def _samples_write(*, version: ModelVersion, policy, todo: list[Prompt], on_sampled=None) -> None:
+def _samples_write(*, version: ModelVersion, policy, todo: list[Prompt]) -> Iterator[tuple[int, bool]]:
     """Complete ``todo`` (at most one batch) with ``policy`` and store the samples with their logprobs.
 
-    ``on_sampled(k)`` (if given) hears ``k`` = 1, 2, ... as each completion ends, before the
-    scoring pass and the store. The rollouts are :func:`pgcore.rollout.generate`'s (the
-    same stream, same arguments), only read as they end.
+    A generator: yields ``(done, False)`` with ``done`` = 1, 2, ... as each completion ends
+    (before the scoring pass and the store), then ``(len(todo), True)`` once every sample
+    is stored; the work happens only as it is iterated. The rollouts are
+    :func:`pgcore.rollout.generate`'s (the same stream, same arguments), only read as they end.
     """
     from pgcore.rollout import generate_stream
 
@@ -181,8 +178,7 @@ def _samples_write(*, version: ModelVersion, policy, todo: list[Prompt], on_samp
         precision=EVAL_PRECISION,
     ), 1):
         rollouts[i] = rollout
-        if on_sampled is not None:
-            on_sampled(k)
+        yield k, False
     prompt_ids = [r.prompt_ids for r in rollouts]
     completion_ids = [r.completion_ids for r in rollouts]
     # An fp32 sampler's behaviour logprobs are the exact ones (bench/generate.py measures its
@@ -208,6 +204,7 @@ def _samples_write(*, version: ModelVersion, policy, todo: list[Prompt], on_samp
         ],
         ignore_conflicts=True,
     )
+    yield len(todo), True
 
 
 def version_evaluate(*, version: ModelVersion, policy=None, on_progress=None) -> ModelVersion:
