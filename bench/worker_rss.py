@@ -7,7 +7,7 @@ For each variant it starts ``celery -A webapp worker -c 1`` (its own SQLite data
 temporary data directory; ``--broker``, Redis by default), queues ``--tasks`` real pool refills
 (``webapp.annotation.services.completion_pool_refill`` on an emptied pool, so each one
 samples ``pool_target`` completions), every ``--fail-every``-th of which fails in the
-middle of sampling (a forward hook raises on the model's sixth forward call, with the
+middle of sampling (a forward hook raises on the model's sixth forward pass, with the
 batch's activations alive in the traceback). Each task first records the RSS of the child
 it runs in, i.e. what the previous tasks left behind.
 
@@ -60,14 +60,20 @@ def refill(project_id: int, index: int, fail: bool, out: str) -> None:
     if not fail:
         completion_pool_refill(project=project)
         return
-    policy = policy_for_generation(project.served_version)
+    from pgcore.rollout import default_device, sampling_dtype, sampling_model
+
+    # The module that samples: the policy's own model, or its cached copy in the sampling dtype
+    # (what completion_pool_refill's default precision and device pick), so the hook is on it.
+    sampler = sampling_model(policy_for_generation(project.served_version), dtype=sampling_dtype("auto", default_device()))
     calls = itertools.count()
 
     def explode(module, args, output):
         if next(calls) == 5:
             raise RuntimeError("bench: sampling failed mid-batch")
 
-    handle = policy.model.register_forward_hook(explode)
+    # On the input embedding, which every forward (prefill and each decoding step) calls: the
+    # decoding steps call the layers directly, never the model's own forward.
+    handle = sampler.get_input_embeddings().register_forward_hook(explode)
     try:
         completion_pool_refill(project=project)
     finally:
@@ -161,7 +167,9 @@ def run_variant(name: str, project_id: int, data_dir: Path, args) -> dict:
     return {
         "rss_mib": {**checkpoints, f"after_{args.tasks}": mib(final["rss_kib"])},
         "max_rss_mib": mib(max(r["rss_kib"] for r in rows)),
-        "growth_mib_task_10_to_end": round(mib(final["rss_kib"]) - mib(by_index[10]["rss_kib"]), 1),
+        # null below 11 tasks: task 10 is where the first tasks' one-off allocations are over
+        "growth_mib_task_10_to_end": round(mib(final["rss_kib"]) - mib(by_index[10]["rss_kib"]), 1)
+        if 10 in by_index else None,
         "children": len({r["pid"] for r in rows}),
         "failed_tasks": log.read_text().count("raised unexpected: RuntimeError('bench: sampling failed mid-batch')"),
         "seconds": round(seconds, 1),
