@@ -219,6 +219,30 @@ def test_the_leaderboard_plot_is_drawn_once_per_set_of_votes(project, held_out, 
     assert plotfiles.plot_key(*again) != key
 
 
+def test_direct_votes_count_each_versions_counted_votes_against_one_on_either_side(project, held_out, make_user):
+    from django.utils import timezone
+
+    v0, v1, v2 = project.served_version, add_version(project, 1), add_version(project, 2)
+    voter, prompt, now = make_user("judge", staff=True), held_out[0], timezone.now()
+
+    def vote(a, b, choice, *, undone=False):
+        ArenaVote.objects.create(
+            project=project, voter=voter, prompt=prompt, version_a=a, version_b=b, sample_a=a.samples.get(prompt=prompt),
+            sample_b=b.samples.get(prompt=prompt), choice=choice, voted_at=now if choice else None,
+            undone_at=now if undone else None,
+        )
+
+    vote(v0, v1, "a")
+    vote(v1, v0, "tie")  # v0 shown on the right counts the same
+    vote(v2, v0, "both_bad")
+    vote(v1, v2, "a")  # not v0's
+    vote(v0, v1, "b", undone=True)  # undone: not counted
+    vote(v0, v2, "")  # pending: not counted
+    assert arena_selectors.direct_votes(project=project, version_id=v0.pk) == {v1.pk: 2, v2.pk: 1}
+    assert arena_selectors.direct_votes(project=project, version_id=v0.pk, others=[v1.pk]) == {v1.pk: 2}
+    assert arena_selectors.direct_votes(project=project, version_id=v1.pk) == {v0.pk: 2, v2.pk: 1}
+
+
 # --- Promotion requires the arena where the project says so -----------------------------------------
 
 
