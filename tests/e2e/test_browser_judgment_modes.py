@@ -1,7 +1,7 @@
 """The new judgment modes in a real browser (Debian chromium via Playwright), keyboard only.
 
 The database is checked afterwards: it must hold exactly what was pressed.
-Screenshots go to test-artifacts/ (copied to docs/ by hand).
+Screenshots go to test-artifacts/ (copied to docs/ by `make screenshots`).
 """
 
 import pytest

@@ -103,7 +103,7 @@ class PairOut(Schema):
 
 class ItemOut(Schema):
     completion_id: int = Field(description="What to rate, compare or skip (a pair's completion A).")
-    mode: str = Field(description="likert, thumbs, pairwise or ranking: which call judges it.")
+    mode: str = Field(description="likert, thumbs, rubric, pairwise or ranking: which call judges it.")
     prompt: str
     version: int = Field(
         description=(
