@@ -13,7 +13,7 @@ export REWARDLOOP_DATA_DIR ?= $(CURDIR)/var
 DOWNLOADS = $(REWARDLOOP_DATA_DIR)/downloads
 VADER_SDIST = $(DOWNLOADS)/vaderSentiment-3.3.2.tar.gz
 
-.PHONY: run test install check-venv
+.PHONY: run test install check-venv screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,3 +48,17 @@ test: export REWARDLOOP_DATA_DIR := $(CURDIR)/var/test
 test: export REWARDLOOP_MODELS_DIR := $(CURDIR)/var/models
 test: install $(CHROMIUM)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The pictures in docs/ (and the README) are the browser tests' screenshots: run those tests, then copy
+# test-artifacts/NAME.png to docs/DOC.png for each NAME:DOC below.
+SCREENSHOTS := annotate-likert-desktop:annotate annotate-phone-320:annotate-320 annotate-phone-320:annotate-phone-320 \
+  annotate-thumbs:annotate-thumbs annotate-pairwise-320px:annotate-pairwise-320 annotate-ranking:annotate-ranking \
+  annotate-rubric:annotate-rubric arena:arena arena-leaderboard:arena-leaderboard compare:compare \
+  compare-phone-320:compare-phone-320 figures-gold:figures-gold project-setup:project-setup \
+  project-setup-preview:project-setup-preview project-setup-rubric:project-setup-rubric serve-confirm:serve-confirm \
+  versions-arena-wait:versions-arena-wait staff-run-succeeded:training-run staff-versions-rolled-back:versions
+screenshots: export REWARDLOOP_DATA_DIR := $(CURDIR)/var/test
+screenshots: export REWARDLOOP_MODELS_DIR := $(CURDIR)/var/models
+screenshots: install $(CHROMIUM)
+	$(BIN)/python -m pytest -m browser tests/e2e -q
+	@for pair in $(SCREENSHOTS); do cp test-artifacts/$${pair%%:*}.png docs/$${pair##*:}.png; done

@@ -1,7 +1,7 @@
 """The "waiting for the arena" banner in a real browser: the versions page says a newer version waits
 for votes (so far / needed), staff follow its link to the arena, vote by keyboard, and the count moves.
 
-Screenshot: test-artifacts/versions-arena-wait.png (copied to docs/ by hand).
+Screenshot: test-artifacts/versions-arena-wait.png (copied to docs/ by `make screenshots`).
 """
 
 import pytest

@@ -2,7 +2,7 @@
 page, an annotator rates it by keyboard without being told it is gold, staff see their accuracy,
 then change the answer and see the accuracy and training weight follow (and the audit log say so).
 
-Screenshot: test-artifacts/figures-gold.png (copied to docs/ by hand).
+Screenshot: test-artifacts/figures-gold.png (copied to docs/ by `make screenshots`).
 """
 
 import pytest

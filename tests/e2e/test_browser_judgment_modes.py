@@ -1,7 +1,7 @@
 """The new judgment modes in a real browser (Debian chromium via Playwright), keyboard only.
 
 The database is checked afterwards: it must hold exactly what was pressed.
-Screenshots go to test-artifacts/ (copied to docs/ by hand).
+Screenshots go to test-artifacts/ (copied to docs/ by `make screenshots`).
 """
 
 import pytest
@@ -109,6 +109,8 @@ def test_an_annotator_scores_a_rubric_by_keyboard_goes_back_one_criterion_and_un
     page.keyboard.press("u")
     page.locator(f'{CARD}[data-completion="{second}"]').wait_for()
     assert "helpful 3, fluent 3, on topic 3" in page.locator("#card .flash").inner_text()
+    # The undone scores are filled in again, so Enter alone would give them back.
+    assert page.eval_on_selector_all(".criterion input:checked", "els => els.map(e => e.value)") == ["3", "3", "3"]
 
     stored = {r.completion_id: [c["score"] for c in r.criteria] for r in Rating.objects.all()}
     assert stored == {first: [4, 2, 5]}
@@ -129,3 +131,35 @@ def test_an_annotator_scores_a_rubric_by_keyboard_goes_back_one_criterion_and_un
     assert page.locator("#history tr.undone").count() == 1
     assert "undone" in page.locator("#history tr.undone").inner_text()
     assert "helpful: 4" in page.locator("#history").inner_text()
+
+
+def test_an_annotator_gives_thumbs_by_keyboard_and_undoes_one(
+    login_page, live_server, tiny_model_dir, models_dir, annotator, make_completion, screenshot
+):
+    from webapp.annotation.models import Rating
+
+    project = make_project(tiny_model_dir, slug="th", mode="thumbs")
+    for i in range(4):
+        make_completion(project, text=f"completion {i}: {'a sentence that goes on ' * (2 + 5 * i)}")
+    page = login_page(annotator)
+    page.goto(f"{live_server.url}/p/{project.slug}/annotate/")
+    page.wait_for_selector(CARD)
+    assert "down · " in page.locator("#card").inner_text()  # the keys are on the card
+    screenshot(page, "annotate-thumbs")
+
+    given = {}
+    for key in ("2", "1", "1"):  # up, down, down
+        item = current_item(page)
+        given[item] = key == "2"
+        page.keyboard.press(key)
+        page.locator(f'{CARD}:not([data-completion="{item}"])').wait_for()
+    page.keyboard.press("u")
+    page.locator(f'{CARD}[data-completion="{item}"]').wait_for()
+    assert "you had chosen thumbs down" in page.locator("#card .flash").inner_text()
+    page.keyboard.press("2")  # changed to up
+    page.locator(f'{CARD}:not([data-completion="{item}"])').wait_for()
+    given[item] = True
+
+    assert dict(Rating.objects.values_list("completion_id", "thumbs_up")) == given
+    assert list(RatingRevision.objects.values_list("completion_id", "thumbs_up")) == [(item, False)]
+    assert set(Rating.objects.values_list("score", flat=True)) == {None}

@@ -1,7 +1,7 @@
 """The rubric editor on the setup page in a real browser: a duplicate name is refused with the reason,
 then a valid rubric is saved, the project switched to rubric mode, and an annotator scores it.
 
-Screenshot: test-artifacts/project-setup-rubric.png (copied to docs/ by hand).
+Screenshot: test-artifacts/project-setup-rubric.png (copied to docs/ by `make screenshots`).
 """
 
 import pytest

@@ -155,3 +155,33 @@ def test_the_page_scores_a_rubric_from_its_form(client, rubric_project, annotato
     assert "fluent is missing" in client.post(url, {"crit_0": "4"}, **htmx).content.decode()
     client.post(url, {"crit_0": "4", "crit_1": "2"}, **htmx)
     assert [c["score"] for c in Rating.objects.get().criteria] == [4, 2]
+
+
+def test_undo_on_the_page_fills_the_rubric_scores_in_again_by_criterion_name(
+        client, rubric_project, annotator, make_completion):
+    import re
+
+    from webapp.policies.services import membership_add, project_rubric_update
+
+    membership_add(project=rubric_project, user=annotator)
+    client.force_login(annotator)
+    completion = make_completion(rubric_project)
+    htmx = {"HTTP_HX_REQUEST": "true"}
+    client.post(f"/p/{rubric_project.slug}/annotate/next/", **htmx)
+    client.post(f"/p/{rubric_project.slug}/annotate/{completion.pk}/rate/",
+                {"crit_0": "4", "crit_1": "2", "comment": "fluent enough"}, **htmx)
+
+    page = client.post(f"/p/{rubric_project.slug}/annotate/undo/", **htmx).content.decode()
+
+    assert not Rating.objects.exists()
+    assert "Undone: you had chosen <strong>helpful 4, fluent 2</strong>" in page
+    checked = re.findall(r'<input type="radio" name="(crit_\d)" value="(\d)" checked>', page)
+    assert checked == [("crit_0", "4"), ("crit_1", "2")]
+    assert "fluent enough</textarea>" in page
+
+    # The rubric changed between the rating and its undo: only criteria of the same name come back.
+    client.post(f"/p/{rubric_project.slug}/annotate/{completion.pk}/rate/", {"crit_0": "5", "crit_1": "1"}, **htmx)
+    project_rubric_update(project=rubric_project, rubric=[{"name": "safe", "weight": 1}, {"name": "helpful", "weight": 3}])
+    page = client.post(f"/p/{rubric_project.slug}/annotate/undo/", **htmx).content.decode()
+    assert re.findall(r'<input type="radio" name="(crit_\d)" value="(\d)" checked>', page) == [("crit_1", "5")]
+    assert 'class="criterion current" data-criterion="0"' in page  # the keys start at the one left to score

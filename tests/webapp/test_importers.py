@@ -357,3 +357,11 @@ def test_a_csv_column_whose_cells_the_rows_leave_off_is_still_named_unread(tmp_p
 
     preview = prompt_file_preview(path=write(tmp_path, "p.csv", "text,notes\nfirst\nsecond\n"))
     assert (preview["text_fields"], preview["unread_fields"]) == ({"text": 2}, ["notes"])
+
+
+def test_the_import_command_says_which_column_the_prompts_were_read_from(project, tmp_path):
+    from io import StringIO
+
+    out = StringIO()
+    call_command("import_prompts", "t", str(write(tmp_path, "p.csv", "id,prompt\n1,Say hi\n")), stdout=out)
+    assert "Prompt text read from 'prompt'; not read: 'id'." in out.getvalue()

@@ -141,3 +141,14 @@ def test_the_preview_names_the_column_the_prompts_were_read_from(staff_client, p
         f"/staff/p/{project.slug}/setup/prompts/preview/", {"file": SimpleUploadedFile("q.csv", b"text,prompt\na,b\n")}
     )
     assert both.status_code == 400 and "ambiguous" in both.content.decode() and 'id="import-confirm"' not in both.content.decode()
+
+
+def test_the_import_result_says_which_column_the_prompts_were_read_from(staff_client, project, settings, tmp_path):
+    settings.DATA_DIR = tmp_path
+    url = f"/staff/p/{project.slug}/setup/prompts/"
+    page = staff_client.post(f"{url}preview/", {"file": SimpleUploadedFile("p.csv", b"prompt,reference\nSay hi,Hi!\n")})
+    upload = page.content.decode().split('name="upload" value="')[1].split('"')[0]
+
+    done = staff_client.post(f"{url}import/", {"upload": upload}, follow=True).content.decode()
+
+    assert "Imported 1 prompts. Prompt text read from &#x27;prompt&#x27;; not read: &#x27;reference&#x27;." in done

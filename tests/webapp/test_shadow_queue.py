@@ -128,7 +128,7 @@ def test_nothing_on_the_card_says_it_is_a_candidate(client, annotator, project, 
     assert "the same words" in shadow_html
     assert shadow_html == served_html
     assert {**shadow_api, "lease_expires_at": None} == {**served_api, "lease_expires_at": None}
-    assert shadow_api["version"] == 0  # the served version's number, not the candidate's
+    assert "version" not in shadow_api  # the item names no version at all (blind)
 
 
 # ---------------------------------------------------------------- the pool

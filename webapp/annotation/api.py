@@ -24,7 +24,7 @@ from ninja.files import UploadedFile
 
 from webapp.apikit import ERRORS, MAX_ID, NO_NUL_PATTERN, LikertScore, SLUG_PATTERN, api_project
 from webapp.errors import ApplicationError
-from webapp.policies.models import ModelVersion, RatingMode
+from webapp.policies.models import RatingMode
 
 from . import selectors, services
 from .models import Choice, Completion
@@ -102,15 +102,12 @@ class PairOut(Schema):
 
 
 class ItemOut(Schema):
+    """An item to judge, blind as the page's card: neither the model version that wrote it nor how it
+    was sampled (the history page shows both after rating)."""
+
     completion_id: int = Field(description="What to rate, compare or skip (a pair's completion A).")
-    mode: str = Field(description="likert, thumbs, pairwise or ranking: which call judges it.")
+    mode: str = Field(description="likert, thumbs, rubric, pairwise or ranking: which call judges it.")
     prompt: str
-    version: int = Field(
-        description=(
-            "The model version that wrote the completion; for a waiting candidate's completion mixed in blind "
-            "(the shadow queue), the served version, so the item does not say it is one."
-        )
-    )
     completion: CompletionOut
     pair: PairOut | None = Field(description="Pairwise mode: the two completions to compare.")
     ranked: list[CompletionOut] | None = Field(
@@ -131,14 +128,6 @@ class NextOut(Schema):
     progress: ProgressOut
 
 
-def _version_shown(project, completion) -> int:
-    """The version number an item shows: the served version's for the shadow candidate's items (blind)."""
-    if project.shadow_version_id is not None and completion.model_version_id == project.shadow_version_id:
-        if project.served_version_id is not None:
-            return ModelVersion.objects.only("number").get(pk=project.served_version_id).number
-    return completion.model_version.number
-
-
 def _item_out(project, lease) -> dict | None:
     if lease is None:
         return None
@@ -149,7 +138,6 @@ def _item_out(project, lease) -> dict | None:
         "completion_id": completion.pk,
         "mode": project.rating_mode,
         "prompt": completion.prompt.text,
-        "version": _version_shown(project, completion),
         "completion": one,
         "pair": None
         if pair is None

@@ -205,7 +205,7 @@ def _alpha(kind: str, level: str, triples: list[tuple[int, int, float]], value_d
 
 
 def agreement(*, project: Project) -> list[Agreement]:
-    """Krippendorff's alpha per kind of judgment the project holds (Likert, thumbs, pairwise, ranking)."""
+    """Krippendorff's alpha per kind of judgment the project holds (Likert, thumbs, pairwise, ranking, and each rubric criterion)."""
     ratings = Rating.objects.filter(
         completion__project=project, comparison__isnull=True, ranking__isnull=True, criteria__isnull=True
     )

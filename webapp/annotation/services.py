@@ -87,6 +87,16 @@ class ImportResult:
     text_fields: dict[str, int] = field(default_factory=dict)  # column/key -> rows whose text it gave
     unread_fields: tuple[str, ...] = ()  # columns/keys no row's import read, sorted
 
+    def fields_read_sentence(self) -> str:
+        """Which field gave the prompt text and which were not read, for a person: "Prompt text read
+        from 'prompt'; not read: 'id'." (each field's row count where rows differ); "" when no row was read."""
+        if not self.text_fields:
+            return ""
+        several = len(self.text_fields) > 1
+        read = ", ".join(f"'{f}'" + (f" ({n} row{'s' * (n != 1)})" if several else "") for f, n in self.text_fields.items())
+        unread = "; not read: " + ", ".join(f"'{f}'" for f in self.unread_fields) if self.unread_fields else ""
+        return f"Prompt text read from {read}{unread}."
+
 
 IMPORT_BATCH = 1000
 

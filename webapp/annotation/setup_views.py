@@ -134,7 +134,8 @@ def prompts_import(request, slug):
     else:
         messages.success(
             request, f"Imported {result.created} prompts"
-            + (f" ({result.duplicates} already in the project, skipped)." if result.duplicates else ".")
+            + (f" ({result.duplicates} already in the project, skipped). " if result.duplicates else ". ")
+            + result.fields_read_sentence()
         )
     return redirect("setup:setup", slug=slug)
 

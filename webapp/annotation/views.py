@@ -35,20 +35,47 @@ def _sides(project, lease):
 _READ_ONLY = object()
 
 
-def _kept_input(post, *, n_criteria: int, ranked) -> dict:
-    """What the person had entered on a card whose submit was refused, to show it again on the same
-    item: ``{"comment": str, "criteria": [score or None per criterion], "places": {completion id: place}}``
-    (values outside 1–5, or outside 1–k places, are dropped)."""
+def _kept_input(*, comment: str, criteria, places: dict, ranked) -> dict:
+    """What to fill in again on a card that shows the same item once more: after a refused submit
+    (:func:`_posted_input`) or an undo (:func:`_undone_input`).
+
+    ``criteria``: a score per criterion of the rubric shown, in its order (int, a form's str, or
+    None); ``places``: completion id -> place (1 = best) of the outputs ``ranked`` shows.
+    Returns ``{"comment": str, "criteria": [score or None per criterion], "places": {completion
+    id: place or None per output shown}}``; values outside 1–5, or outside 1–k places, are dropped.
+    """
 
     def number(value, top):
+        value = "" if value is None else str(value)
         return int(value) if value.isdigit() and 1 <= int(value) <= top else None
 
     k = len(ranked or [])
     return {
-        "comment": post.get("comment", "")[:COMMENT_MAX_CHARS],
-        "criteria": [number(post.get(f"crit_{i}", ""), 5) for i in range(n_criteria)],
-        "places": {m.pk: number(post.get(f"rank_{m.pk}", ""), k) for m in ranked or []},
+        "comment": comment[:COMMENT_MAX_CHARS],
+        "criteria": [number(score, 5) for score in criteria],
+        "places": {m.pk: number(places.get(m.pk), k) for m in ranked or []},
     }
+
+
+def _posted_input(post, *, rubric, ranked) -> dict:
+    """:func:`_kept_input` of a refused submit's form: ``comment``, ``crit_<i>``, ``rank_<completion id>``."""
+    return _kept_input(
+        comment=post.get("comment", ""),
+        criteria=[post.get(f"crit_{i}", "") for i in range(len(rubric or []))],
+        places={m.pk: post.get(f"rank_{m.pk}", "") for m in ranked or []},
+        ranked=ranked,
+    )
+
+
+def _undone_input(undone, *, rubric, ranked, undone_places) -> dict:
+    """:func:`_kept_input` of the judgment just undone, shown again on its own item: its comment, its
+    rubric scores by criterion name (a criterion renamed or added since comes back empty), and its
+    ranking's places when ``undone_places`` (:func:`_undone_places`) found them on the card."""
+    scores = {c["name"]: c["score"] for c in undone.criteria or []}
+    places = {cid: place for place, cid in enumerate(undone.order, 1)} if undone_places is not None else {}
+    return _kept_input(
+        comment=undone.comment, criteria=[scores.get(c["name"]) for c in rubric or []], places=places, ranked=ranked
+    )
 
 
 def _undone_places(undone, lease, ranked) -> list[int] | None:
@@ -72,8 +99,9 @@ def _context(request, project, *, error="", undone=None, lease=_READ_ONLY, kept_
     item by POST as it loads (``ask_next``), so a page load writes nothing.
     ``kept_post``: the refused submit's form, when the card shows that same item again: its
     comment, rubric scores and ranking places are filled in as they were typed. ``undone``: the
-    :class:`~webapp.annotation.models.RatingRevision` just undone; when it is a ranking of the
-    item shown, its places are filled in the same way (:func:`_undone_places`).
+    :class:`~webapp.annotation.models.RatingRevision` just undone; when the card shows its item
+    again, its comment, rubric scores and ranking places are filled in the same way
+    (:func:`_undone_input`).
     """
     read_only = lease is _READ_ONLY
     if read_only:
@@ -85,11 +113,12 @@ def _context(request, project, *, error="", undone=None, lease=_READ_ONLY, kept_
     progress = selectors.annotator_progress(project=project, annotator=request.user)
     rubric = project.rubric if project.rating_mode == RatingMode.RUBRIC else None
     undone_places = _undone_places(undone, lease, ranked)
-    if undone_places is not None:  # the undone ranking's places come back filled in (its comment: the template)
-        kept_post = {f"rank_{m.pk}": str(undone.order.index(m.pk) + 1) for m in ranked}
     kept = None
-    if kept_post is not None and lease is not None:
-        kept = _kept_input(kept_post, n_criteria=len(rubric or []), ranked=ranked)
+    if lease is not None and kept_post is not None:
+        kept = _posted_input(kept_post, rubric=rubric, ranked=ranked)
+    elif lease is not None and undone is not None and lease.completion_id == undone.completion_id:
+        kept = _undone_input(undone, rubric=rubric, ranked=ranked, undone_places=undone_places)
+    if kept is not None:
         rubric = [{**c, "kept": score} for c, score in zip(rubric or [], kept["criteria"])] or rubric
         for member in ranked or []:
             member.kept_place = kept["places"].get(member.pk)

@@ -10,7 +10,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("project", help="project slug")
-        parser.add_argument("file", help=".jsonl (one {\"text\": ...} per line) or .csv (a 'text' column)")
+        parser.add_argument("file", help=".jsonl (one {\"text\": ...} per line) or .csv (a 'text' column; 'prompt' where there is no 'text')")
 
     def handle(self, *args, project, file, **options):
         try:
@@ -24,4 +24,5 @@ class Command(BaseCommand):
         self.stdout.write(
             self.style.SUCCESS(f"Imported {result.created} prompts into {project}")
             + (f" ({result.duplicates} already there, skipped)" if result.duplicates else "")
+            + f". {result.fields_read_sentence()}"
         )
