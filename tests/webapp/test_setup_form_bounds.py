@@ -41,3 +41,18 @@ def test_previewing_an_empty_file_says_the_file_is_the_problem_not_that_none_was
     assert answer.status_code == 400
     assert "Choose a .jsonl or .csv file" not in page
     assert "Nothing was previewed" in page and "The submitted file is empty." in page
+
+
+TRAINING = {"min_new_ratings": 7, "guard_max_kl": 0.3, "guard_min_distinct2_ratio": 0.6,
+            "guard_max_identical_fraction": 0.4, "guard_eval_prompts": 8, "arena_voters": "staff",
+            "arena_min_votes": 20, "production_feedback_weight": 0.25}
+
+
+def test_the_runs_page_settings_carry_and_enforce_the_models_bounds(staff_client, project):
+    page = staff_client.get(f"/staff/p/{project.slug}/runs/").content.decode()
+    assert 'min="1"' in page.split('name="min_new_ratings"')[1].split(">")[0]
+    assert 'min="1" max="256"' in page.split('name="guard_eval_prompts"')[1].split(">")[0]
+    answer = staff_client.post(f"/staff/p/{project.slug}/settings/", {**TRAINING, "arena_min_votes": -2})
+    assert answer.status_code == 400
+    body = answer.content.decode()
+    assert "greater than or equal to 1." in body and "greater than or equal to 0." not in body

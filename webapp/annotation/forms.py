@@ -4,8 +4,8 @@ from pathlib import Path
 
 from django import forms
 from django.conf import settings
-from django.core.validators import MaxValueValidator, MinValueValidator
 
+from webapp.policies.forms import formfield_within_model_bounds
 from webapp.policies.models import RUBRIC_MAX_CRITERIA, Membership, Project, RatingMode
 
 from .models import Choice
@@ -26,20 +26,6 @@ def local_model_folders() -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "config.json").exists())
 
 
-def _formfield_within_model_bounds(model_field, **kwargs):
-    """The model field's form field, with the model's own MinValueValidator/MaxValueValidator as its
-    ``min_value``/``max_value``: the number inputs carry the real bounds (``min``/``max``), and a value
-    out of range is refused with the model's bound, not a looser one of the field's type (a
-    PositiveIntegerField's form field says "at least 0" where the model needs at least 1)."""
-    lows = [v.limit_value for v in model_field.validators if isinstance(v, MinValueValidator)]
-    highs = [v.limit_value for v in model_field.validators if isinstance(v, MaxValueValidator)]
-    if lows:
-        kwargs.setdefault("min_value", max(lows))
-    if highs:
-        kwargs.setdefault("max_value", min(highs))
-    return model_field.formfield(**kwargs)
-
-
 class _RubricModeNeedsRubric:
     """Rubric mode needs the project's rubric, which these forms do not edit: refused on the mode field
     (the model's own check names the rubric field, which the forms lack: Django would raise ValueError)."""
@@ -57,7 +43,7 @@ class ProjectCreateForm(_RubricModeNeedsRubric, forms.ModelForm):
     class Meta:
         model = Project
         fields = ["slug", "title", "base_model_path", *SETUP_FIELDS[1:]]
-        formfield_callback = _formfield_within_model_bounds
+        formfield_callback = formfield_within_model_bounds
         widgets = {"guidelines": forms.Textarea(attrs={"rows": 8})}
         help_texts = {
             "base_model_path": "A local Hugging Face causal-LM folder on the server (with config.json); it becomes version 0.",
@@ -87,7 +73,7 @@ class ProjectSettingsForm(_RubricModeNeedsRubric, forms.ModelForm):
     class Meta:
         model = Project
         fields = list(SETUP_FIELDS)
-        formfield_callback = _formfield_within_model_bounds
+        formfield_callback = formfield_within_model_bounds
         widgets = {"guidelines": forms.Textarea(attrs={"rows": 10})}
 
     def clean_guidelines(self):
