@@ -5,6 +5,7 @@ from pathlib import Path
 from django import forms
 from django.conf import settings
 
+from webapp.policies.forms import formfield_within_model_bounds
 from webapp.policies.models import RUBRIC_MAX_CRITERIA, Membership, Project, RatingMode
 
 from .models import Choice
@@ -42,6 +43,7 @@ class ProjectCreateForm(_RubricModeNeedsRubric, forms.ModelForm):
     class Meta:
         model = Project
         fields = ["slug", "title", "base_model_path", *SETUP_FIELDS[1:]]
+        formfield_callback = formfield_within_model_bounds
         widgets = {"guidelines": forms.Textarea(attrs={"rows": 8})}
         help_texts = {
             "base_model_path": "A local Hugging Face causal-LM folder on the server (with config.json); it becomes version 0.",
@@ -71,6 +73,7 @@ class ProjectSettingsForm(_RubricModeNeedsRubric, forms.ModelForm):
     class Meta:
         model = Project
         fields = list(SETUP_FIELDS)
+        formfield_callback = formfield_within_model_bounds
         widgets = {"guidelines": forms.Textarea(attrs={"rows": 10})}
 
     def clean_guidelines(self):

@@ -110,7 +110,7 @@ def prompts_preview(request, slug):
     A file with bad lines is not kept (it cannot be imported)."""
     form = PromptFileForm(request.POST, request.FILES)
     if not form.is_valid():
-        messages.error(request, "Choose a .jsonl or .csv file to preview.")
+        messages.error(request, "Nothing was previewed: check the file marked below.")
         return render(request, TEMPLATE, _setup_context(request, file_form=form), status=400)
     name = services.prompt_upload_store(upload=form.cleaned_data["file"])
     preview = services.prompt_file_preview(path=services.prompt_upload_path(name=name))

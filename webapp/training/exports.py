@@ -220,11 +220,15 @@ EMPTY_EXPORT = {
 }
 
 
+SOURCE_NAMES = {Rating.Source.ANNOTATOR: "annotators", Rating.Source.PRODUCTION: "production feedback"}
+
+
 def ratings_export(
     *, project: Project, fmt: str, user=None, out_file: str | Path | None = None, refuse_empty: bool = False,
     source: str | None = None,
 ) -> tuple[str, int]:
-    """Export the project's judgments (``fmt`` is ``kto`` or ``pairs``); audited.
+    """Export the project's judgments (``fmt`` is ``kto``, ``pairs`` or ``judgments``; ``source`` keeps one
+    source's); audited with the row count and the source.
 
     Writes ``out_file`` when given (:func:`pgcore.atomic.atomic_write`: two exports never share a temporary file).
     Returns the JSONL text and the number of rows.
@@ -235,6 +239,9 @@ def ratings_export(
     """
     text, n = ratings_jsonl(project=project, fmt=fmt, source=source)
     if n == 0 and refuse_empty:
+        if source is not None:  # the whole project may have plenty: say which source had nothing
+            raise ApplicationError(f"Nothing to export yet from {SOURCE_NAMES[source]}: no judgment from that "
+                                   "source gives this format a row. Choose every source to export the rest.")
         raise ApplicationError(EMPTY_EXPORT[fmt])
     if out_file is not None:
         out_file = atomic_write(out_file, text)
@@ -243,6 +250,6 @@ def ratings_export(
         actor=user,
         action=AuditEvent.Action.EXPORT_RATINGS,
         target=f"ratings ({fmt})",
-        detail={"rows": n, **({"file": str(out_file)} if out_file else {})},
+        detail={"rows": n, **({"source": source} if source else {}), **({"file": str(out_file)} if out_file else {})},
     )
     return text, n

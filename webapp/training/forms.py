@@ -2,6 +2,7 @@
 
 from django import forms
 
+from webapp.policies.forms import formfield_within_model_bounds
 from webapp.policies.models import Project
 from webapp.policies.services import PROJECT_TRAINING_FIELDS
 
@@ -45,3 +46,4 @@ class TrainingSettingsForm(forms.ModelForm):
     class Meta:
         model = Project
         fields = list(PROJECT_TRAINING_FIELDS)
+        formfield_callback = formfield_within_model_bounds
