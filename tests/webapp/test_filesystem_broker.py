@@ -102,14 +102,14 @@ def test_a_message_file_that_is_not_json_is_set_aside_and_the_next_one_is_read(t
     with _connection(tmp_path) as conn:
         (tmp_path / "queue").mkdir()
         (tmp_path / "control").mkdir()
-        (tmp_path / "queue" / f"1_broken.{QUEUE}.msg").write_bytes(b'{"body": "tru')  # another program's
+        (tmp_path / "queue" / f"0_broken.{QUEUE}.msg").write_bytes(b'{"body": "tru')  # another program's
         conn.Producer(serializer="json").publish({"i": 7}, routing_key=QUEUE)
         queue = conn.SimpleQueue(QUEUE)
 
         message = queue.get(timeout=2)
 
         assert message.payload == {"i": 7}
-        assert os.listdir(tmp_path / "queue") == [f".1_broken.{QUEUE}.msg.unreadable"]
+        assert os.listdir(tmp_path / "queue") == [f".0_broken.{QUEUE}.msg.unreadable"]
         message.ack()
         queue.close()
 
