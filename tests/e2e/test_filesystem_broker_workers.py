@@ -1,8 +1,10 @@
 """Real Celery workers on the default filesystem broker, polling every 0.1 s, while tasks are published.
 
-Two worker processes read one queue folder while this process writes to it: every task
-runs exactly once and neither worker stops (kombu's own transport can hand a worker a
-message file its writer has not written yet; see tests/webapp/test_filesystem_broker.py).
+Two worker processes read one queue folder while this process writes 300 messages of
+256 KB to it: every task runs exactly once and neither worker stops. With kombu's own
+transport (``CELERY_BROKER_TRANSPORT = "kombu.transport.filesystem:Transport"``) a worker
+stops within seconds (``Unrecoverable error: JSONDecodeError``): it was handed a message
+file its writer had created but not yet written (tests/webapp/test_filesystem_broker.py).
 """
 
 import time
@@ -23,7 +25,7 @@ def test_two_workers_run_every_task_published_while_they_poll_exactly_once(celer
 
     logs = [
         celery_processes.start(
-            name, "worker", "-Q", "fsbroker-probe", "-P", "solo", "-n", f"{name}@%h",
+            name, "worker", "-Q", "fsbroker-probe", "-P", "solo", "--purge", "-n", f"{name}@%h",
             "--include", "tests.e2e.worker_probe", "--loglevel", "INFO",
         )  # fmt: skip
         for name in ("first", "second")
@@ -33,9 +35,16 @@ def test_two_workers_run_every_task_published_while_they_poll_exactly_once(celer
     out = tmp_path / "runs"
     out.mkdir()
 
+    pad = "x" * 256_000  # a big message takes a while to write: a longer window for a reader to see it half-written
     for index in range(TASKS):
-        worker_probe.record_delivery.apply_async(args=[str(out), index], queue="fsbroker-probe")
-    celery_processes.wait_until(lambda: len(list(out.iterdir())) >= TASKS, 60, f"{TASKS} tasks to run")
+        worker_probe.record_delivery.apply_async(args=[str(out), index, pad], queue="fsbroker-probe")
+
+    def all_ran() -> bool:
+        for name, proc, log in celery_processes.procs:  # a worker that stopped fails the test now, not at the timeout
+            assert proc.poll() is None, f"{name} stopped:\n{log.read_text()[-3000:]}"
+        return len(list(out.iterdir())) >= TASKS
+
+    celery_processes.wait_until(all_ran, 60, f"{TASKS} tasks to run")
     succeeded = lambda: sum(log.read_text().count("succeeded") for log in logs)  # noqa: E731
     celery_processes.wait_until(lambda: succeeded() >= TASKS, 30, "the workers to log every task")
     time.sleep(1.0)  # ten polls: a message delivered twice would run by now

@@ -28,6 +28,9 @@ def report_pid(out_dir: str, index: int) -> None:
 
 
 @shared_task
-def record_delivery(out_dir: str, index: int) -> None:
-    """Create an empty ``<out_dir>/<index>-<random>``: one file per time the task runs, so a duplicate shows."""
+def record_delivery(out_dir: str, index: int, pad: str = "") -> None:
+    """Create an empty ``<out_dir>/<index>-<random>``: one file per time the task runs, so a duplicate shows.
+
+    ``pad`` (ignored) makes the message big, so writing it takes a while.
+    """
     Path(out_dir, f"{index}-{uuid.uuid4().hex}").touch(exist_ok=False)
