@@ -175,3 +175,69 @@ def test_no_two_schemas_of_the_api_share_a_name():
         if inspect.isclass(value) and issubclass(value, Schema) and value.__module__ == module.__name__
     ]
     assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+
+
+def test_global_staff_create_a_project_and_become_its_staff(staff_user, api_for, tiny_model_dir):
+    from webapp.policies.models import Membership, Project
+
+    api = api_for(staff_user)
+    response = api.post("/projects", {"slug": "fresh", "title": "Fresh", "base_model_path": str(tiny_model_dir),
+                                      "rating_mode": "thumbs", "guidelines": "Be kind."})
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert (body["slug"], body["role"], body["rating_mode"], body["served_version"]) == ("fresh", "staff", "thumbs", 0)
+    project = Project.objects.get(slug="fresh")
+    assert project.guidelines == "Be kind." and project.served_version.number == 0
+    assert Membership.objects.get(project=project, user=staff_user).role == "staff"
+    assert [p["slug"] for p in api.get("/projects").json()] == ["fresh"]
+    assert AuditEvent.objects.filter(project=project).exists()  # the membership, as the page records it
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"base_model_path": "/nowhere"}, "base_model_path"),
+    ({"base_model_path": "0" * 300}, "base_model_path"),  # a name too long for the system: was a 500
+    ({"slug": "FRESH"}, "slug"),  # taken in another letter case
+    ({"rating_mode": "rubric"}, "rating_mode"),  # rubric mode needs a rubric
+    ({"slug": "no spaces"}, "slug"),
+    ({"pool_target": 0}, "pool_target"),
+    ({"colour": "red"}, "colour"),
+])
+def test_a_project_the_page_would_refuse_is_a_400_naming_the_field_and_nothing_is_stored(
+    staff_user, api_for, tiny_model_dir, change, field
+):
+    from webapp.policies.models import Project
+    from webapp.policies.services import project_create
+
+    project_create(slug="fresh", title="Fresh", base_model_path=tiny_model_dir)
+    api = api_for(staff_user)
+    response = api.post("/projects", {"slug": "other", "title": "Other", "base_model_path": str(tiny_model_dir),
+                                      **change})
+    assert response.status_code == 400, response.content
+    assert field in [f["field"] for f in response.json()["fields"]], response.json()
+    assert list(Project.objects.values_list("slug", flat=True)) == ["fresh"]
+
+
+def test_only_global_staff_create_projects(project, annotator, api_for, tiny_model_dir):
+    from webapp.policies.models import Project, Membership
+
+    Membership.objects.filter(project=project, user=annotator).update(role="staff")  # project staff, not global
+    response = api_for(annotator).post("/projects", {"slug": "mine", "title": "Mine",
+                                                     "base_model_path": str(tiny_model_dir)})
+    assert response.status_code == 403 and response.json()["code"] == "forbidden"
+    assert not Project.objects.filter(slug="mine").exists()
+
+
+def test_every_documented_method_of_a_path_is_routed_not_405(staff_user, api_for):
+    """Two routers declaring one path become two URL patterns, and Django sends every request to the
+    first: the other's methods would answer 405 although the schema lists them."""
+    from django.test import Client
+
+    schema = Client().get("/api/v1/openapi.json").json()
+    secret = api_for(staff_user).secret
+    for path, operations in schema["paths"].items():
+        url = path.replace("{slug}", "nope").replace("{number}", "1").replace("{run_id}", "1") \
+            .replace("{completion_id}", "1").replace("{feedback_id}", "1")
+        for method in operations:
+            response = Client().generic(method.upper(), url, "{}", content_type="application/json",
+                                        headers={"Authorization": f"Bearer {secret}"})
+            assert response.status_code != 405, (method, path)

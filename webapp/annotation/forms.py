@@ -6,6 +6,7 @@ from django import forms
 from django.conf import settings
 
 from webapp.policies.models import RUBRIC_MAX_CRITERIA, Membership, Project, RatingMode
+from webapp.policies.services import model_folder_exists
 
 from .models import Choice
 
@@ -57,7 +58,7 @@ class ProjectCreateForm(_RubricModeNeedsRubric, forms.ModelForm):
 
     def clean_base_model_path(self):
         path = Path(self.cleaned_data["base_model_path"]).expanduser()
-        if not (path / "config.json").exists():
+        if not model_folder_exists(path):
             raise forms.ValidationError(f"{path} is not a Hugging Face model folder on the server (no config.json).")
         return str(path.resolve())
 

@@ -51,7 +51,7 @@ class RubricIn(Schema):
     rubric: list[Criterion] = Field(..., max_length=RUBRIC_MAX_CRITERIA)
 
 
-def _project_out(project, role) -> dict:
+def project_out(project, role) -> dict:
     return {
         "slug": project.slug,
         "title": project.title,
@@ -67,14 +67,14 @@ def _project_out(project, role) -> dict:
 @router.get("/projects", response={200: list[ProjectOut], **ERRORS}, summary="Projects I am a member of")
 def projects(request):
     """The projects the token's user may open, with their role in each (global staff: every project, as staff)."""
-    return [_project_out(p, role) for p, role in selectors.projects_for(user=request.user)]
+    return [project_out(p, role) for p, role in selectors.projects_for(user=request.user)]
 
 
 @router.get("/projects/{slug}", response={200: ProjectOut, **ERRORS}, summary="One project")
 def project(request, slug: str = Slug):
     """The project as its members see it, with its rubric (the criteria rubric mode scores)."""
     project, role = api_project(request, slug)
-    return _project_out(project, role)
+    return project_out(project, role)
 
 
 @router.put("/projects/{slug}/rubric", response={200: ProjectOut, **ERRORS}, summary="Replace the rubric (staff)")
@@ -90,7 +90,7 @@ def rubric_put(request, body: RubricIn, slug: str = Slug):
         )
     except ApplicationError as exc:
         raise HttpError(400, exc.message) from None
-    return _project_out(project, role)
+    return project_out(project, role)
 
 
 class RatingStatsOut(Schema):
