@@ -7,6 +7,7 @@ from django.conf import settings
 
 from webapp.policies.forms import formfield_within_model_bounds
 from webapp.policies.models import RUBRIC_MAX_CRITERIA, Membership, Project, RatingMode
+from webapp.policies.services import model_folder_exists
 
 from .models import Choice
 
@@ -59,7 +60,7 @@ class ProjectCreateForm(_RubricModeNeedsRubric, forms.ModelForm):
 
     def clean_base_model_path(self):
         path = Path(self.cleaned_data["base_model_path"]).expanduser()
-        if not (path / "config.json").exists():
+        if not model_folder_exists(path):
             raise forms.ValidationError(f"{path} is not a Hugging Face model folder on the server (no config.json).")
         return str(path.resolve())
 
