@@ -513,7 +513,7 @@ def sample_continuous(
     SmolLM2) written in place each step. When a row's completion ends (its first
     EOS, ``max_new_tokens``, or the model's ``max_position_embeddings``) it is yielded at
     once, and its slot is given to a waiting prompt: waiting prompts are prefilled together
-    (left-padded among themselves) once ``refill_fraction`` of the slots are free, and start
+    (in length buckets, :func:`length_buckets`) once ``refill_fraction`` of the slots are free, and start
     decoding beside the running rows, each row at its own cache column and position (Yu et
     al. 2022, "Orca", iteration-level scheduling). With no prompt waiting, the running rows
     move to the front of the cache once ``compact_fraction`` of them have ended, so later
