@@ -80,6 +80,8 @@ Variants (same prompts, seeds and annotators; each is its own project):
 - ``rm``: the project trains on reward-model-scored fresh samples
   (``Project.reward_source = "reward_model"``);
 - ``rm_active``: ``rm`` plus the active annotation queue (``Project.active_queue``).
+- ``rm_trust``: ``rm_active`` with the fresh samples weighted by the reward model's
+  cross-validated pairwise accuracy (``Project.rm_trust``; none while it is not above chance).
 
 The ``rm`` variants need those project settings (the reward-model branch); without
 them the benchmark stops before running anything and says so.
@@ -161,14 +163,16 @@ VARIANTS: dict[str, dict] = {
     "critic": {"baseline": "critic"},
     "rm": {},
     "rm_active": {},
+    "rm_trust": {},
 }
 # Project settings of a variant (beside its PGConfig); the reward-model branch's fields.
 PROJECT_FIELDS: dict[str, dict] = {
     "rm": {"reward_source": "reward_model"},
     "rm_active": {"reward_source": "reward_model", "active_queue": True},
+    "rm_trust": {"reward_source": "reward_model", "active_queue": True, "rm_trust": True},
 }
 # Run order: the two the goal compares first, so a cut-short run still answers it.
-VARIANT_ORDER = ("default", "naive", "rm", "rm_active", "critic", "no_annotator_norm", "no_offpolicy")
+VARIANT_ORDER = ("default", "naive", "rm", "rm_active", "rm_trust", "critic", "no_annotator_norm", "no_offpolicy")
 # What runs when --variants is not given: the issue's five.
 DEFAULT_VARIANTS = "default,naive,rm,rm_active,critic"
 
@@ -429,7 +433,8 @@ def version_metrics(version, rater) -> dict:
 
 
 def reward_model_metrics(project) -> dict:
-    """The project's newest reward-model version's held-out metrics (``held_out/*`` numbers),
+    """The project's newest reward-model version's held-out metrics (``held_out/*`` and, with
+    ``Project.rm_trust``, the cross-validated ``cv/*`` numbers),
     its number and the ratings it was fitted on (``n_ratings``); {} when none was fitted."""
     try:
         from webapp.rewards.models import RewardModelVersion
@@ -440,7 +445,7 @@ def reward_model_metrics(project) -> dict:
         return {}
     numbers = {
         k: float(v) for k, v in (version.metrics or {}).items()
-        if k.startswith("held_out/") and isinstance(v, (int, float)) and not isinstance(v, bool)
+        if k.startswith(("held_out/", "cv/")) and isinstance(v, (int, float)) and not isinstance(v, bool)
     }
     return {"rm_version": version.number, "n_ratings": version.n_ratings, **numbers}
 

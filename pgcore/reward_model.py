@@ -625,6 +625,180 @@ def pairwise_accuracy(pred: torch.Tensor, target: torch.Tensor) -> float | None:
     return float(agree[upper].mean())
 
 
+# ---------------------------------------------------------------- trust: how far to follow the reward model
+
+# Pairwise accuracy at which reward-model-scored samples get no weight (chance) and full weight.
+TRUST_CHANCE = 0.5
+TRUST_FULL = 0.8
+TRUST_FOLDS = 5
+TRUST_BOOTSTRAP = 200
+# One-sided lower bound: the 10th percentile of the bootstrap, so "above chance with 90% confidence".
+TRUST_QUANTILE = 0.1
+# Below this many within-prompt pairs (pairs of rated completions of one prompt, and decided
+# comparisons) the weight rests on all pairs of the held-out fold instead.
+TRUST_MIN_WITHIN_PAIRS = 30
+
+
+def trust_weight(accuracy: float | None, *, chance: float = TRUST_CHANCE, full: float = TRUST_FULL) -> float:
+    """Weight in [0, 1] of samples scored by a reward model that orders pairs right ``accuracy`` of the time.
+
+    ``0`` at or below ``chance`` (the model's ranking then carries no signal: a policy update
+    on its scores moves the policy at random), rising linearly to ``1`` at ``full`` and
+    staying there; ``None`` (accuracy unknown, e.g. no pair to measure it on) gives 0. Meant
+    for a lower confidence bound of the accuracy (:func:`cross_validated_accuracy`), so a
+    model measured on few judgments counts little. The samples' advantages are multiplied by
+    it (``pgcore.trainer.TrainBatch.weights``) while human-rated completions keep theirs.
+
+    Source: Christiano et al. 2017 and Ziegler et al. 2019 optimise the policy against a
+    reward model fitted on every label, trusting it fully; Asghari et al. 2026 (arXiv
+    2603.17378) make the reward model's uncertainty decide how much it is followed. The linear
+    ramp between chance and 0.8 (about the accuracy of one annotator's rating,
+    docs/bench/learning/README.md) is this project's choice.
+
+    Raises:
+        ValueError: ``chance >= full``, or ``accuracy`` is not finite.
+    """
+    if not chance < full:
+        raise ValueError(f"chance ({chance}) must be below full ({full})")
+    if accuracy is None:
+        return 0.0
+    if not math.isfinite(float(accuracy)):
+        raise ValueError(f"accuracy must be finite, got {accuracy}")
+    return float(min(1.0, max(0.0, (float(accuracy) - chance) / (full - chance))))
+
+
+def cross_validated_accuracy(
+    features: torch.Tensor,
+    judgments: Judgments,
+    groups: torch.Tensor,
+    config: RewardModelConfig | None = None,
+    *,
+    folds: int = TRUST_FOLDS,
+    n_bootstrap: int = TRUST_BOOTSTRAP,
+    quantile: float = TRUST_QUANTILE,
+    seed: int = 0,
+) -> dict:
+    """How often the reward model orders two judged completions right, on data it was not fitted on.
+
+    K-fold cross-validation by group (prompt): the groups are dealt into ``folds`` folds at
+    random (``seed``); for each fold the ensemble is fitted (:func:`fit`, ``config``) on the
+    judgments of the other folds and its mean predicts the fold's completions. A pair counts
+    when both ratings lie in the same fold and differ in target (ties in prediction count one
+    half), and every decided comparison of the fold counts as one pair; each pair weighs the
+    product of its judgments' weights. So every judgment is held out once, instead of a fixed
+    share (a held-out split of 6–22 ratings at 32–128 judgments says little; Efron & Tibshirani
+    1993 on cross-validation and the bootstrap). The lower bound is the ``quantile`` of the
+    accuracy over ``n_bootstrap`` resamples of the groups with replacement (the pairs' out-of-fold
+    predictions kept: the bootstrap measures the sampling of prompts, not of refits).
+
+    ``trust_*`` is the within-prompt accuracy (what the update's leave-one-out baseline uses)
+    when there are at least :data:`TRUST_MIN_WITHIN_PAIRS` within-prompt pairs, else the
+    accuracy over all pairs of a fold (``cv/trust_basis`` says which).
+
+    Args:
+        features: ``(N, F)`` as for :func:`fit`.
+        judgments: over rows of ``features``.
+        groups: ``(N,)`` int, the prompt of each row.
+        folds: >= 2 (fewer groups than folds: one fold per group).
+
+    Returns:
+        Floats or None: ``cv/pairwise_accuracy``, ``cv/pairwise_accuracy_low``, ``cv/n_pairs``,
+        ``cv/within_prompt_accuracy``, ``cv/within_prompt_accuracy_low``, ``cv/within_prompt_pairs``,
+        ``cv/trust_accuracy``, ``cv/trust_accuracy_low``, ``cv/trust_basis`` (``"within_prompt"`` or
+        ``"all_pairs"``), ``cv/folds`` and ``cv/seconds``. Accuracies are None without a pair.
+
+    Raises:
+        ValueError: ``folds < 2``, ``groups`` of the wrong shape, or what :func:`fit` raises.
+    """
+    started = time.perf_counter()
+    if folds < 2:
+        raise ValueError(f"folds must be >= 2, got {folds}")
+    features = torch.as_tensor(features, dtype=torch.float32)
+    groups = torch.as_tensor(groups, dtype=torch.long).reshape(-1)
+    if groups.shape[0] != features.shape[0]:
+        raise ValueError(f"groups needs one entry per feature row: {groups.shape[0]} for {features.shape[0]}")
+    judgments.check_rows(features.shape[0])
+    names, group_of = torch.unique(groups, return_inverse=True)  # group_of: (N,) in [0, G)
+    G = int(names.numel())
+    generator = torch.Generator().manual_seed(seed)
+    fold_of_group = torch.empty(G, dtype=torch.long)
+    fold_of_group[torch.randperm(G, generator=generator)] = torch.arange(G) % min(folds, max(G, 1))
+    rating_fold = fold_of_group[group_of[judgments.rating_index]]  # (R,)
+    pair_fold = fold_of_group[group_of[judgments.pair_a]]  # (P,)
+    agree_sum = torch.zeros(G, G, dtype=torch.float64)  # [g1, g2]: weighted agreements of rating pairs
+    weight_sum = torch.zeros(G, G, dtype=torch.float64)
+    comp_agree = torch.zeros(G, dtype=torch.float64)  # per group: decided comparisons
+    comp_weight = torch.zeros(G, dtype=torch.float64)
+    used_folds = 0
+    n_pairs = {False: 0, True: 0}  # unweighted counts: all pairs, within-prompt pairs
+    for f in range(min(folds, G)):
+        test_r, test_p = rating_fold == f, pair_fold == f
+        train = Judgments(
+            judgments.rating_index[~test_r], judgments.rating_target[~test_r],
+            judgments.pair_a[~test_p], judgments.pair_b[~test_p], judgments.pair_target[~test_p],
+            rating_weight=judgments.rating_weight[~test_r], pair_weight=judgments.pair_weight[~test_p],
+        )
+        if len(train) == 0 or not (test_r.any() or test_p.any()):
+            continue
+        model, _ = fit(features, train, config)
+        pred = model.score(features)[0].double()  # (N,)
+        used_folds += 1
+        idx = judgments.rating_index[test_r]
+        if idx.numel() >= 2:
+            target = judgments.rating_target[test_r].double()
+            w = judgments.rating_weight[test_r].double()
+            dp, dt = pred[idx][:, None] - pred[idx][None, :], target[:, None] - target[None, :]
+            use = torch.triu(torch.ones_like(dt, dtype=torch.bool), 1) & (dt != 0)
+            agree = torch.where(dp == 0, 0.5, (torch.sign(dp) == torch.sign(dt)).double())
+            g = group_of[idx]
+            pair_w = (w[:, None] * w[None, :])[use]
+            flat = g[:, None].expand_as(dt)[use] * G + g[None, :].expand_as(dt)[use]
+            n_pairs[False] += int(use.sum())
+            n_pairs[True] += int((use & (g[:, None] == g[None, :])).sum())
+            weight_sum.view(-1).index_add_(0, flat, pair_w)
+            agree_sum.view(-1).index_add_(0, flat, pair_w * agree[use])
+        decided = test_p & (judgments.pair_target != 0.5)
+        if decided.any():
+            diff = pred[judgments.pair_a[decided]] - pred[judgments.pair_b[decided]]
+            won = judgments.pair_target[decided] > 0.5
+            agree = torch.where(diff == 0, 0.5, ((diff > 0) == won).double())
+            w = judgments.pair_weight[decided].double()
+            g = group_of[judgments.pair_a[decided]]
+            n_pairs[False] += int(decided.sum())
+            n_pairs[True] += int(decided.sum())
+            comp_weight.index_add_(0, g, w)
+            comp_agree.index_add_(0, g, w * agree)
+
+    def accuracy(counts: torch.Tensor, within: bool) -> torch.Tensor:
+        """``(B, G)`` group counts -> ``(B,)`` accuracy (NaN without a pair)."""
+        a, w = (torch.diag_embed(agree_sum.diagonal()), torch.diag_embed(weight_sum.diagonal())) if within else (
+            agree_sum, weight_sum)
+        num = ((counts @ a) * counts).sum(1) + counts @ comp_agree
+        den = ((counts @ w) * counts).sum(1) + counts @ comp_weight
+        return torch.where(den > 0, num / den.clamp(min=1e-300), torch.full_like(den, float("nan")))
+
+    ones = torch.ones(1, G, dtype=torch.float64)
+    resample = torch.zeros(n_bootstrap, G, dtype=torch.float64).scatter_add_(
+        1, torch.randint(0, G, (n_bootstrap, G), generator=generator), torch.ones(n_bootstrap, G, dtype=torch.float64)
+    ) if G else torch.zeros(0, 0, dtype=torch.float64)
+    out: dict = {"cv/folds": float(used_folds)}
+    for name, within in (("pairwise_accuracy", False), ("within_prompt_accuracy", True)):
+        point = float(accuracy(ones, within)[0]) if G else float("nan")
+        boot = accuracy(resample, within) if G else torch.zeros(0, dtype=torch.float64)
+        boot = boot[~torch.isnan(boot)]
+        out[f"cv/{name}"] = point if math.isfinite(point) else None
+        out[f"cv/{name}_low"] = (
+            float(torch.quantile(boot, quantile)) if out[f"cv/{name}"] is not None and boot.numel() else None
+        )
+    out["cv/n_pairs"], out["cv/within_prompt_pairs"] = float(n_pairs[False]), float(n_pairs[True])
+    basis = "within_prompt" if out["cv/within_prompt_pairs"] >= TRUST_MIN_WITHIN_PAIRS else "all_pairs"
+    key = "within_prompt_accuracy" if basis == "within_prompt" else "pairwise_accuracy"
+    out["cv/trust_basis"] = basis
+    out["cv/trust_accuracy"], out["cv/trust_accuracy_low"] = out[f"cv/{key}"], out[f"cv/{key}_low"]
+    out["cv/seconds"] = time.perf_counter() - started
+    return out
+
+
 # ---------------------------------------------------------------- storage
 
 

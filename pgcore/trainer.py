@@ -62,6 +62,37 @@ class TrainBatch:
         return len(self.rewards)
 
 
+def batch_join(first: TrainBatch, second: TrainBatch, *, second_weight: float = 1.0) -> TrainBatch:
+    """One batch: ``first``'s rows, then ``second``'s with their weights times ``second_weight``.
+
+    Rows keep their own weights (None counts as 1; the result's ``weights`` is None only when
+    every weight is 1). With ``second_weight == 0`` the result is ``first`` itself: a row of
+    weight 0 would still count in the update's token means and its KL penalty, so dropping it
+    is what makes the update exactly the one on ``first`` alone (the human-only fallback of a
+    reward model trusted not at all, :func:`pgcore.reward_model.trust_weight`).
+
+    Raises:
+        ValueError: ``second_weight`` is negative or not finite.
+    """
+    if not (math.isfinite(float(second_weight)) and second_weight >= 0):
+        raise ValueError(f"second_weight must be finite and >= 0, got {second_weight}")
+    if second_weight == 0:
+        return first
+    weights = None
+    if first.weights is not None or second.weights is not None or second_weight != 1:
+        weights = [float(w) for w in (first.weights or [1.0] * len(first))] + [
+            float(w) * float(second_weight) for w in (second.weights or [1.0] * len(second))
+        ]
+    return TrainBatch(
+        prompt_ids=first.prompt_ids + second.prompt_ids,
+        completion_ids=first.completion_ids + second.completion_ids,
+        behaviour_logprobs=first.behaviour_logprobs + second.behaviour_logprobs,
+        rewards=first.rewards + second.rewards,
+        group_ids=first.group_ids + second.group_ids,
+        weights=weights,
+    )
+
+
 def validate_batch(batch: TrainBatch, vocab_size: int | None = None) -> None:
     """Check a batch before any compute.
 

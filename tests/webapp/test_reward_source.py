@@ -150,3 +150,71 @@ def test_a_reward_model_run_trains_and_records_its_reward_model(rm_project, anno
     assert run.reward_model is not None and run.reward_model.number == 1
     assert "sampling 2 completions for each of 3 prompts" in run.log
     assert run.result_version is not None
+
+
+# ---- Project.rm_trust: the fresh samples weigh the reward model's cross-validated accuracy
+
+
+def _rate_noise(project, prompts, annotator):
+    """Four identical completions per prompt rated 5, 1, 5, 1: no reward model can order them."""
+    from webapp.annotation.models import Rating
+
+    from tests.webapp.rewards_helpers import GOOD, _completion
+
+    for prompt in prompts:
+        for score in (5, 1, 5, 1):
+            Rating.objects.create(completion=_completion(project, prompt, GOOD, n=5), annotator=annotator, score=score)
+
+
+def test_a_reward_model_at_chance_is_not_followed_and_nothing_is_sampled(rm_project, annotator, many_prompts, monkeypatch):
+    rm_project.rm_trust = True
+    rm_project.save()
+    _rate_noise(rm_project, many_prompts, annotator)
+    monkeypatch.setattr(reward_batch, "fresh_batch_build", lambda **kwargs: pytest.fail("sampled"))
+    run = _run(rm_project)
+    human = _human_batch(rm_project, run)
+
+    batch = reward_batch.batch_with_reward_model(run=run, project=rm_project, parent=rm_project.served_version, human_batch=human)
+
+    assert batch is human  # the update is the human-only one
+    version = RewardModelVersion.objects.get()
+    assert version.metrics["cv/trust_basis"] == "within_prompt"
+    assert version.metrics["cv/trust_accuracy"] == pytest.approx(0.5)
+    run.refresh_from_db()
+    assert "not above chance: training on human ratings only." in run.log
+    assert run.reward_model is None
+
+
+def test_a_trusted_reward_model_s_samples_weigh_its_accuracy_and_people_s_ratings_keep_theirs(
+    rm_project, annotator, many_prompts
+):
+    from pgcore.reward_model import trust_weight
+
+    rm_project.rm_trust = True
+    rm_project.save()
+    _rate_learnable(rm_project, many_prompts, annotator)
+    run = _run(rm_project)
+    human = _human_batch(rm_project, run)
+
+    batch = reward_batch.batch_with_reward_model(run=run, project=rm_project, parent=rm_project.served_version, human_batch=human)
+
+    metrics = RewardModelVersion.objects.get().metrics
+    weight = trust_weight(metrics["cv/trust_accuracy_low"])
+    assert metrics["cv/trust_accuracy"] > 0.9 and 0 < weight <= 1
+    assert len(batch) == len(human) + 3 * 2
+    weights = batch.weights or [1.0] * len(batch)  # None: every row weighs 1
+    assert weights[: len(human)] == (human.weights or [1.0] * len(human))
+    assert weights[len(human) :] == pytest.approx([weight] * 6)
+    run.refresh_from_db()
+    assert f"its fresh samples weigh {weight:.2f}" in run.log
+
+
+def test_without_rm_trust_the_fit_measures_no_cross_validation_and_samples_weigh_one(rm_project, annotator, many_prompts):
+    _rate_learnable(rm_project, many_prompts, annotator)
+    run = _run(rm_project)
+    human = _human_batch(rm_project, run)
+
+    batch = reward_batch.batch_with_reward_model(run=run, project=rm_project, parent=rm_project.served_version, human_batch=human)
+
+    assert not any(k.startswith("cv/") for k in RewardModelVersion.objects.get().metrics)
+    assert batch.weights is None or batch.weights == [1.0] * len(batch)

@@ -260,6 +260,15 @@ class Project(models.Model):
         validators=[MinValueValidator(2), MaxValueValidator(16)],
         help_text="Fresh completions sampled per prompt for a reward-model update (leave-one-out baseline in each group).",
     )
+    rm_trust = models.BooleanField(
+        "reward model: weigh its samples by its accuracy",
+        default=False,
+        help_text=(
+            "Each update weighs the fresh samples by how often the reward model orders two held-out ratings right "
+            "(cross-validated over every rating, lower confidence bound): nothing at chance (0.5), fully from 0.8. "
+            "While it is not above chance the run trains on human ratings alone and samples nothing."
+        ),
+    )
     arena_voters = models.CharField(
         "who votes in the arena",
         max_length=8,

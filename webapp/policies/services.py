@@ -388,6 +388,7 @@ PROJECT_REWARD_FIELDS = (
     "reward_source",
     "rm_samples_per_prompt",
     "rm_pessimism",
+    "rm_trust",
     "active_queue",
     "active_uniform_share",
     "shadow_share",

@@ -338,6 +338,16 @@ def _held_out_metrics(model, features, judgments) -> dict:
     return out
 
 
+def _cross_validated_metrics(features, judgments, prompt_ids: list[int], config) -> dict:
+    """``cv/*``: :func:`pgcore.reward_model.cross_validated_accuracy` over every judgment, folds by
+    prompt (what ``Project.rm_trust`` weighs the fresh samples by)."""
+    import torch
+
+    from pgcore.reward_model import cross_validated_accuracy
+
+    return cross_validated_accuracy(features, judgments, torch.tensor(prompt_ids), config, seed=config.seed)
+
+
 def reward_model_fit(*, project: Project, config_overrides: dict | None = None) -> RewardModelVersion:
     """Fit a new reward-model version on all of the project's ratings and score its completions.
 
@@ -345,7 +355,9 @@ def reward_model_fit(*, project: Project, config_overrides: dict | None = None) 
     2. Held-out metrics: the ensemble is fitted without the held-out prompts' judgments
        (``HELD_OUT_SHARE`` of prompts, chosen by a hash of the prompt's text) and measured on
        them (``held_out/*``: Pearson, Spearman and pairwise accuracy against the
-       normalised ratings, accuracy on decided comparisons, a calibration table).
+       normalised ratings, accuracy on decided comparisons, a calibration table). With
+       ``Project.rm_trust`` also ``cv/*``: the pairwise accuracy cross-validated over every
+       judgment and its bootstrap lower bound (:func:`_cross_validated_metrics`).
     3. The stored model is fitted on every judgment (same config, same seed), written
        atomically with its checksum, and registered as the next version.
     4. Every completion with features (the rated ones) and every completion of the served
@@ -377,6 +389,9 @@ def reward_model_fit(*, project: Project, config_overrides: dict | None = None) 
         metrics.update(_held_out_metrics(probe, features, data["held_out"]))
     else:
         metrics["held_out/note"] = "no held-out share (all judgments fell on one side of the split)"
+    if project.rm_trust:
+        prompt_ids = [rated[cid].prompt_id for cid in data["completion_ids"]]
+        metrics.update(_cross_validated_metrics(features, data["all"], prompt_ids, config))
     model, fit_metrics = fit(features, data["all"], config)
     metrics.update(fit_metrics)
 

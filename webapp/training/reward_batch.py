@@ -17,7 +17,10 @@ the human part first):
    update's leave-one-out baseline (Kool et al. 2019; Ahmadian et al. 2024, RLOO) compares
    samples of one prompt under one scorer; the human-rated completions keep their groups
    and their human rewards (Christiano et al. 2017; Ziegler et al. 2019 train the policy
-   on fresh samples scored by a model fitted on every label).
+   on fresh samples scored by a model fitted on every label);
+5. with ``Project.rm_trust``, weighs them by how far the reward model can be trusted
+   (:func:`fresh_weight`: its cross-validated pairwise accuracy's lower bound, 0 at chance
+   and then no sampling at all, 1 from 0.8); without it they weigh 1 as the human rows do.
 """
 
 from __future__ import annotations
@@ -132,27 +135,51 @@ def fresh_seed(run: TrainingRun) -> int:
     return int(run.config.get("seed", 0)) * 1_000_003 + earlier
 
 
-def batches_join(human, fresh):
-    """One TrainBatch: the human rows, then the fresh rows."""
-    from pgcore.trainer import TrainBatch
+def fresh_weight(*, run: TrainingRun, project: Project, rm_version) -> float:
+    """Weight of ``rm_version``'s fresh samples in this run's update (their advantages are multiplied by it).
 
-    return TrainBatch(
-        prompt_ids=human.prompt_ids + fresh.prompt_ids,
-        completion_ids=human.completion_ids + fresh.completion_ids,
-        behaviour_logprobs=human.behaviour_logprobs + fresh.behaviour_logprobs,
-        rewards=human.rewards + fresh.rewards,
-        group_ids=human.group_ids + fresh.group_ids,
+    1 unless ``project.rm_trust``; then :func:`pgcore.reward_model.trust_weight` of the lower
+    bound of the reward model's cross-validated pairwise accuracy (``cv/trust_accuracy_low`` of
+    its metrics, :func:`webapp.rewards.services.reward_model_fit`): 0 at chance, 1 from 0.8.
+    The reason goes to the run's log.
+    """
+    from pgcore.reward_model import trust_weight
+
+    if not project.rm_trust:
+        return 1.0
+    metrics = rm_version.metrics or {}
+    low, point = metrics.get("cv/trust_accuracy_low"), metrics.get("cv/trust_accuracy")
+    weight = trust_weight(low)
+    measured = (
+        f"cross-validated pairwise accuracy {point:.2f} (lower bound {low:.2f}, "
+        f"{metrics.get('cv/n_pairs', 0):.0f} pairs, {metrics.get('cv/trust_basis')})"
+        if isinstance(low, float) and isinstance(point, float)
+        else "no cross-validated pairwise accuracy (no pair of differing ratings)"
     )
+    if weight == 0.0:
+        liveness.run_log(
+            run, f"reward model RM{rm_version.number}: {measured}, not above chance: training on human ratings only."
+        )
+    else:
+        liveness.run_log(run, f"reward model RM{rm_version.number}: {measured}: its fresh samples weigh {weight:.2f}.")
+    return weight
 
 
 def batch_with_reward_model(*, run: TrainingRun, project: Project, parent, human_batch):
-    """The run's batch: ``human_batch`` alone for a human-only project or when no reward model
-    could be fitted, else the human rows plus fresh reward-model-scored rows."""
+    """The run's batch: ``human_batch`` alone for a human-only project, when no reward model
+    could be fitted or when it is not trusted at all (:func:`fresh_weight` 0: nothing is
+    sampled), else the human rows plus fresh reward-model-scored rows weighted by
+    :func:`fresh_weight` (:func:`pgcore.trainer.batch_join`; the human rows keep their weights)."""
+    from pgcore.trainer import batch_join
+
     if project.reward_source != RewardSource.REWARD_MODEL:
         return human_batch
     rm_version = reward_model_for_run(run=run, project=project)
     if rm_version is None:
         return human_batch
+    weight = fresh_weight(run=run, project=project, rm_version=rm_version)
+    if weight == 0.0:
+        return human_batch
     fresh = fresh_batch_build(run=run, project=project, rm_version=rm_version, parent=parent, seed=fresh_seed(run))
     TrainingRun.objects.filter(pk=run.pk).update(reward_model=rm_version)
-    return batches_join(human_batch, fresh)
+    return batch_join(human_batch, fresh, second_weight=weight)
