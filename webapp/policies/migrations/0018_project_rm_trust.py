@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('policies', '0016_auditevent_version'),
+        ('policies', '0017_project_drain_old_versions_help'),
     ]
 
     operations = [
