@@ -321,12 +321,15 @@ def skip(request, slug: str = Slug, completion_id: int = CompletionId):
 
 
 class UndoneOut(Schema):
+    action: Literal["judgment", "skip"] = Field(
+        description="What was undone: your last judgment (its values below) or your last skip (no values)."
+    )
     completion_id: int
     score: int | None
     thumbs_up: bool | None
     choice: str
     order: list[int] | None = Field(None, description="Ranking mode: the undone order, best first.")
-    rated_at: datetime
+    rated_at: datetime = Field(description="When the undone judgment (or skip) was made.")
 
 
 class UndoOut(Schema):
@@ -334,21 +337,24 @@ class UndoOut(Schema):
     item: ItemOut | None = Field(description="The undone item, leased back to you to rate again.")
 
 
-@router.post("/projects/{slug}/queue/undo", response={200: UndoOut, **ERRORS}, summary="Undo my last judgment")
+@router.post("/projects/{slug}/queue/undo", response={200: UndoOut, **ERRORS}, summary="Undo my last judgment or skip")
 def undo(request, slug: str = Slug):
-    """Withdraw your last judgment (younger than 10 minutes, not yet trained on) and get its item back
-    (``services.judgment_undo``); the old judgment is kept as a revision."""
+    """Undo your last action (younger than 10 minutes) and get its item back (``services.judgment_undo``):
+    a judgment not yet trained on is withdrawn and kept as a revision; a skip is taken back."""
     project, _ = api_project(request, slug)
     result = services.judgment_undo(project=project, annotator=request.user)
-    revision = result.revision
-    return {
-        "undone": {
+    revision, skip = result.revision, result.skip
+    if skip is not None:
+        undone = {"action": "skip", "completion_id": skip.completion_id, "score": None, "thumbs_up": None,
+                  "choice": "", "order": None, "rated_at": skip.created_at}
+    else:
+        undone = {
+            "action": "judgment",
             "completion_id": revision.completion_id,
             "score": revision.score,
             "thumbs_up": revision.thumbs_up,
             "choice": revision.choice,
             "order": revision.order,
             "rated_at": revision.rated_at,
-        },
-        "item": _item_out(project, result.lease),
-    }
+        }
+    return {"undone": undone, "item": _item_out(project, result.lease)}

@@ -90,7 +90,7 @@ def _undone_places(undone, lease, ranked) -> list[int] | None:
     return [number[cid] for cid in undone.order]
 
 
-def _context(request, project, *, error="", undone=None, lease=_READ_ONLY, kept_post=None):
+def _context(request, project, *, error="", undone=None, unskipped=None, lease=_READ_ONLY, kept_post=None):
     """What the page and the card show.
 
     After a POST, ``lease`` is the item to show next (None: nothing to rate right now,
@@ -101,7 +101,8 @@ def _context(request, project, *, error="", undone=None, lease=_READ_ONLY, kept_
     comment, rubric scores and ranking places are filled in as they were typed. ``undone``: the
     :class:`~webapp.annotation.models.RatingRevision` just undone; when the card shows its item
     again, its comment, rubric scores and ranking places are filled in the same way
-    (:func:`_undone_input`).
+    (:func:`_undone_input`). ``unskipped``: the :class:`~webapp.annotation.models.Skip` just undone
+    (the card says whether its item is the one shown).
     """
     read_only = lease is _READ_ONLY
     if read_only:
@@ -138,6 +139,8 @@ def _context(request, project, *, error="", undone=None, lease=_READ_ONLY, kept_
         "can_undo": progress["can_undo"],
         "undone": undone,
         "undone_places": undone_places,
+        "unskipped": unskipped,
+        "unskipped_shown": unskipped is not None and lease is not None and lease.completion_id == unskipped.completion_id,
         "error": error,
         "scores": [(s, LIKERT_LABELS[s]) for s in range(1, 6)],
         "rubric": rubric,
@@ -315,12 +318,13 @@ def _then_next(request, slug, project, action, *, item=None):
 @member_required
 @require_POST
 def undo(request, slug):
-    """Undo the annotator's last judgment (within 10 minutes): its item comes back to be rated again."""
+    """Undo the annotator's last action (within 10 minutes), a judgment or a skip: its item comes back
+    to be rated again."""
     project = request.project
-    error, undone, lease = "", None, None
+    error, undone, unskipped, lease = "", None, None, None
     try:
         result = services.judgment_undo(project=project, annotator=request.user)
-        undone, lease = result.revision, result.lease
+        undone, unskipped, lease = result.revision, result.skip, result.lease
     except ApplicationError as exc:
         error = exc.message
     if lease is None and request.htmx:
@@ -328,8 +332,10 @@ def undo(request, slug):
     if not request.htmx:
         if error:
             messages.error(request, error)
+        elif unskipped is not None:
+            messages.success(request, "Undone: your skip. The item you skipped is back in your queue.")
         return redirect("annotation:annotate", slug=slug)
-    return _render_card_or_page(request, project, error=error, undone=undone, lease=lease)
+    return _render_card_or_page(request, project, error=error, undone=undone, unskipped=unskipped, lease=lease)
 
 
 @member_required
