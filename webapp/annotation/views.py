@@ -4,6 +4,7 @@ from django.contrib import messages
 from django.db import transaction
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from webapp.errors import ApplicationError
@@ -159,12 +160,15 @@ def _render_card_or_page(request, project, *, status=200, **context_kw):
     return render(request, TEMPLATE, context, status=status)
 
 
+@never_cache
 @member_required
 @require_GET
 def annotate(request, slug):
     """Full annotation page (``annotation/annotate.html``) with the item the person holds.
 
     Read only: holding no item, the card asks for one by POST (:func:`next_item`) as it loads.
+    Never stored (``Cache-Control: no-store``, as every card view here), so Back after rating shows
+    the item held now, not a card already rated.
     """
     project = request.project
     context = _context(request, project)
@@ -172,6 +176,7 @@ def annotate(request, slug):
     return render(request, TEMPLATE, context)
 
 
+@never_cache
 @member_required
 @require_GET
 def card(request, slug):
@@ -179,6 +184,7 @@ def card(request, slug):
     return _render_card_or_page(request, request.project)
 
 
+@never_cache
 @member_required
 @require_POST
 def next_item(request, slug):
@@ -268,6 +274,7 @@ def _item(request, completion_id) -> Completion:
     return completion
 
 
+@never_cache
 @member_required
 @require_POST
 def rate(request, slug, completion_id):
@@ -281,6 +288,7 @@ def rate(request, slug, completion_id):
     )
 
 
+@never_cache
 @member_required
 @require_POST
 def skip(request, slug, completion_id):
@@ -315,6 +323,7 @@ def _then_next(request, slug, project, action, *, item=None):
                                 kept_post=request.POST if same_item else None)
 
 
+@never_cache
 @member_required
 @require_POST
 def undo(request, slug):
