@@ -1233,12 +1233,29 @@ def gold_answer_check(*, completion: Completion, answer) -> dict:
     """``answer`` checked against the kind of item ``completion`` is (a pair's A, a rank group's
     anchor, else a single completion of the project's Likert or thumbs mode), normalised.
 
+    Only an annotation item can be a gold item: a completion sampled for the annotation pool, never a
+    production answer (``Completion.source`` production: a reply to an API request, which the queue
+    never offers), nor in pairwise mode a pair's B (a pair is its A's item).
+
     Raises:
-        ApplicationError: it does not fit (the message says what would), or the prompt is held out.
+        ApplicationError: a production answer or a pair's B (the message says so in words), it does not
+            fit (the message says what would), or the prompt is held out.
     """
     from . import judgments
 
     project = completion.project
+    if completion.source == Completion.Source.PRODUCTION:
+        raise ApplicationError(
+            f"#{completion.pk} is a production answer (a reply to an API request), not an annotation item: "
+            "annotators are never shown it, so it cannot be a gold item. Pick an item from the annotation queue."
+        )
+    pair_as_b = None
+    if project.rating_mode == RatingMode.PAIRWISE:
+        pair_as_b = Pair.objects.filter(completion_b=completion).values_list("completion_a_id", flat=True).first()
+    if pair_as_b is not None:
+        raise ApplicationError(
+            f"#{completion.pk} is the second output (B) of a pair; a pair is named by its first output: use #{pair_as_b}."
+        )
     if completion.prompt.held_out:
         raise ApplicationError("A held-out prompt judges versions; it cannot be a gold item.")
     group = selectors.rank_group_of(completion)
