@@ -7,6 +7,7 @@ from django.conf import settings
 
 from webapp.policies.forms import formfield_within_model_bounds
 from webapp.policies.models import RUBRIC_MAX_CRITERIA, Membership, Project, RatingMode
+from webapp.policies.services import PROJECT_GOLD_FIELDS
 
 from .models import Choice
 
@@ -150,6 +151,15 @@ class GoldItemForm(forms.Form):
         if data.get("best") is not None:
             answer["best"] = data["best"]
         return answer
+
+
+class GoldSettingsForm(forms.ModelForm):
+    """The project's gold checks (figures page): the gold item rate and the accuracy rule of training weights."""
+
+    class Meta:
+        model = Project
+        fields = list(PROJECT_GOLD_FIELDS)
+        formfield_callback = formfield_within_model_bounds
 
 
 class RubricForm(forms.Form):

@@ -4,16 +4,19 @@ from django.contrib import messages
 from django.db import transaction
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from webapp.errors import ApplicationError
 from webapp.permissions import member_required, staff_required
+from webapp.policies import services as policy_services
 from webapp.policies.models import RatingMode
+from webapp.policies.views import project_settings_form_save
 
 from . import figures, selectors, services
 from .markdown import guidelines_html
-from .forms import GoldItemForm
+from .forms import GoldItemForm, GoldSettingsForm
 from .models import Choice, Completion, GoldItem, Rating
 
 TEMPLATE = "annotation/annotate.html"
@@ -384,7 +387,9 @@ def _gold_form_for(project, *, edit: int | None, data=None) -> GoldItemForm:
     return GoldItemForm(initial=initial, kind=kind)
 
 
-def _figures_render(request, *, gold_form: GoldItemForm, editing: int | None = None, status: int = 200):
+def _figures_render(
+    request, *, gold_form: GoldItemForm, editing: int | None = None, status: int = 200, gold_settings_form=None
+):
     project = request.project
     source = request.GET.get("source") or None
     if source not in (None, *figures.SOURCES):
@@ -402,6 +407,7 @@ def _figures_render(request, *, gold_form: GoldItemForm, editing: int | None = N
             "gold_items": figures.gold_items(project=project),
             "gold_form": gold_form,
             "gold_editing": editing,
+            "gold_settings_form": gold_settings_form or GoldSettingsForm(instance=project),
         },
         status=status,
     )
@@ -445,3 +451,21 @@ def gold_set(request, slug):
                 return redirect("annotation:figures", slug=slug)
     messages.error(request, "Nothing was saved: check the gold item form below.")
     return _figures_render(request, gold_form=form, status=400)
+
+
+@staff_required
+@require_POST
+def gold_settings(request, slug):
+    """Save the gold checks (``policies.services.project_gold_settings_update``: validated, audited with the
+    old and new values): the gold item rate, and the accuracy rule that down-weights an annotator in
+    training. A value out of range re-shows the page with the reason next to its field (400)."""
+    project = request.project
+    form = GoldSettingsForm(request.POST, instance=type(project).objects.get(pk=project.pk))
+    refused = project_settings_form_save(
+        request, form, project=project, update=policy_services.project_gold_settings_update,
+        fields=form.Meta.fields, saved="Gold settings saved.",
+        invalid_page=lambda form: _figures_render(
+            request, gold_form=_gold_form_for(project, edit=None), gold_settings_form=form, status=400
+        ),
+    )
+    return refused or redirect(f"{reverse('annotation:figures', args=[slug])}#gold-settings")
