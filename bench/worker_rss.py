@@ -189,7 +189,7 @@ def main() -> None:
     parser.add_argument("--timeout-s", type=float, default=1800)
     parser.add_argument(
         "--broker", default="redis://127.0.0.1:6379/3",
-        help="Celery broker URL ('' for the embedded filesystem broker, which polls once a second)",
+        help="Celery broker URL ('' for the embedded filesystem broker, which polls every 0.1 s)",
     )  # fmt: skip
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))

@@ -45,12 +45,17 @@ def fsync_tree(directory: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "wb", *, encoding: str | None = None) -> Iterator[IO]:
+def atomic_file(
+    path: str | os.PathLike, mode: str = "wb", *, encoding: str | None = None, durable: bool = True
+) -> Iterator[IO]:
     """Yield an open temporary file next to ``path``; when the block ends without error it becomes ``path``.
 
     Args:
         path: the final file name; its parent folder is created if missing.
         mode: ``"wb"`` (default) or ``"w"`` (text; ``encoding`` defaults to UTF-8).
+        durable: False skips both fsyncs (about 20 ms on this machine's disk): a reader
+            still sees the whole file or none, but a power cut may lose it. For short-lived
+            files such as broker messages.
 
     On an exception the temporary file is removed and ``path`` is left as it was.
 
@@ -66,9 +71,11 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", *, encoding: str | No
         with os.fdopen(fd, mode, encoding=(encoding or "utf-8") if mode == "w" else None) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        if durable:
+            fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

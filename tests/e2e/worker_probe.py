@@ -1,7 +1,8 @@
-"""A task the worker-thread test loads into a real worker (``--include tests.e2e.worker_probe``)."""
+"""Tasks the worker tests load into a real worker (``--include tests.e2e.worker_probe``)."""
 
 import os
 import time
+import uuid
 from pathlib import Path
 
 from celery import shared_task
@@ -24,3 +25,12 @@ def report_pid(out_dir: str, index: int) -> None:
     tmp = Path(out_dir, f".{index}.tmp")
     tmp.write_text(str(os.getpid()))
     tmp.replace(Path(out_dir, str(index)))
+
+
+@shared_task
+def record_delivery(out_dir: str, index: int, pad: str = "") -> None:
+    """Create an empty ``<out_dir>/<index>-<random>``: one file per time the task runs, so a duplicate shows.
+
+    ``pad`` (ignored) makes the message big, so writing it takes a while.
+    """
+    Path(out_dir, f"{index}-{uuid.uuid4().hex}").touch(exist_ok=False)

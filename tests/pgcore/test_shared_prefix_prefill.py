@@ -44,6 +44,7 @@ def test_a_shared_prefix_run_once_gives_every_row_the_caches_and_logits_of_a_ful
     real = rollout._forward_fast
     monkeypatch.setattr(rollout, "_forward_fast", lambda *a: calls.append(a[2].shape) or real(*a))
     monkeypatch.setattr(rollout, "SHARED_PREFIX_MIN_SAVED", 10**9)
+    monkeypatch.setattr(rollout, "PREFILL_BUCKET_COST", 10**9)  # and one left-padded group
     ref_logits, ref_keys, ref_values, ref_valid = _prefill(frozen_policy, prompt_ids)
     assert len(calls) == 1 and calls[0] == (len(prompt_ids), max(map(len, prompt_ids)))  # the unshared reference
     assert valid.shape[1] == ref_valid.shape[1]  # same width: the prefix columns are real in every row

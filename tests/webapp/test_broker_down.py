@@ -39,11 +39,18 @@ def _reset_producers() -> None:
 def broker_down():
     """The Celery app publishes to a closed port, failing at once; restored afterwards."""
     # broker_write_url, not broker_url: a CELERY_BROKER_URL in the environment outranks broker_url.
-    keys = ("broker_write_url", "broker_transport_options", "broker_connection_timeout", "task_publish_retry_policy")
+    keys = (
+        "broker_write_url",
+        "broker_transport",
+        "broker_transport_options",
+        "broker_connection_timeout",
+        "task_publish_retry_policy",
+    )
     saved = {key: app.conf[key] for key in keys}
     _reset_producers()
     app.conf.update(
         broker_write_url=CLOSED_PORT,
+        broker_transport=None,  # the filesystem leg names its transport class; Redis has its own
         broker_transport_options={},
         broker_connection_timeout=0.5,
         task_publish_retry_policy={"max_retries": 0},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import httpx2
 import pytest
@@ -216,7 +217,9 @@ def test_fifty_feedback_posts_during_a_running_training_run_lose_nothing(project
     run = training_services.training_run_create(project=project, trigger="manual")
     step = training_services.training_step_run(run_id=run.pk, step="batch", chain=False)
     assert step == "update"
-    steps_run, statuses, barrier = [], [], threading.Barrier(51)
+    run.refresh_from_db()
+    assert run.status == "running"  # the posts below start while it is in progress
+    steps_run, statuses, answered, trained, barrier = [], [], [], [], threading.Barrier(51)
 
     def train():
         from django.db import connection
@@ -228,12 +231,14 @@ def test_fifty_feedback_posts_during_a_running_training_run_lose_nothing(project
                 steps_run.append(next_step)
                 next_step = training_services.training_step_run(run_id=run.pk, step=next_step, chain=False)
         finally:
+            trained.append(time.monotonic())
             connection.close()  # this thread's own connection, so the test database can be dropped
 
     def post(i):
         barrier.wait()
         response = httpx2.post(f"{server.url}/api/v1/feedback", json={"id": f"chatcmpl-{i:04x}", "score": 1 + i % 5},
                                headers={"Authorization": f"Bearer {secret}"}, timeout=120)
+        answered.append(time.monotonic())
         statuses.append(response.status_code)
 
     threads = [threading.Thread(target=train)] + [threading.Thread(target=post, args=(i,)) for i in range(50)]
@@ -243,6 +248,10 @@ def test_fifty_feedback_posts_during_a_running_training_run_lose_nothing(project
         t.join(300)
     run.refresh_from_db()
     assert run.status == "succeeded", (run.status, steps_run)
+    assert steps_run[0] == "update" and len(steps_run) >= 3, steps_run
+    # Sent while the run was running (above) and answered while its later steps were still going:
+    # here at load 10 all 50 were answered before its end, the first 3 s before it.
+    assert min(answered) < trained[0], "the posts did not overlap the run"
     assert sorted(statuses) == [201] * 50
     assert Feedback.objects.count() == 50
     assert sorted(Rating.objects.filter(source="production").values_list("score", flat=True)) == sorted(

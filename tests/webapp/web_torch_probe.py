@@ -94,7 +94,9 @@ def main(model_dir: str) -> None:
     bearer = {"Authorization": f"Bearer {secret}"}
     for method, url in (("get", "/api/v1/projects"), ("get", "/api/v1/projects/t/versions"),
                         ("post", "/api/v1/projects/t/queue/next"), ("get", "/api/v1/projects/t/runs"),
-                        ("post", "/api/v1/projects/t/runs")):
+                        ("post", "/api/v1/projects/t/runs"), ("get", "/api/v1/projects/t/reward-model"),
+                        ("post", "/api/v1/projects/t/versions/0/export"), ("get", "/api/v1/projects/t/versions/0/export"),
+                        ("get", "/api/v1/projects/t/versions/0/download"), ("get", "/api/v1/projects/t/compare?a=0&b=1")):
         response = getattr(staff, method)(url, content_type="application/json", headers=bearer)
         assert response.status_code < 500, (url, response.status_code)
     step("REST API")

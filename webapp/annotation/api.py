@@ -22,11 +22,15 @@ from ninja import Field, File, Path, Router, Schema, Status
 from ninja.errors import HttpError, ValidationError
 from ninja.files import UploadedFile
 
-from webapp.apikit import ERRORS, MAX_ID, NO_NUL_PATTERN, LikertScore, SLUG_PATTERN, api_project
+from webapp.apikit import ERRORS, MAX_ID, MAX_NUMBER, NO_NUL_PATTERN, LikertScore, SLUG_PATTERN, api_project
 from webapp.errors import ApplicationError
-from webapp.policies.models import RatingMode
+from webapp.policies import services as project_services
+from webapp.policies.api import ProjectOut, project_out
+from webapp.policies.api import router as projects_router
+from webapp.policies.models import Membership, ModelVersion, Project, RatingMode
 
 from . import selectors, services
+from .forms import ProjectCreateForm
 from .models import Choice, Completion
 
 router = Router(tags=["annotation"])
@@ -358,3 +362,44 @@ def undo(request, slug: str = Slug):
             "rated_at": revision.rated_at,
         }
     return {"undone": undone, "item": _item_out(project, result.lease)}
+
+
+# --- A new project (the "New project" page, for global staff) ---
+
+
+class ProjectCreateIn(Schema):
+    # ProjectCreateForm validates these (project_new): the page and the API accept the same values.
+    model_config = {"extra": "forbid"}
+
+    slug: str = Field(..., pattern=SLUG_PATTERN, description=ProjectCreateForm.base_fields["slug"].help_text)
+    title: str = Field(..., min_length=1, max_length=200, pattern=NO_NUL_PATTERN)
+    base_model_path: str = Field(..., min_length=1, max_length=500, pattern=NO_NUL_PATTERN,
+                                 description=ProjectCreateForm.base_fields["base_model_path"].help_text)
+    rating_mode: Literal[tuple(RatingMode.values)] = RatingMode.LIKERT
+    guidelines: str = Field("", max_length=20_000, pattern=NO_NUL_PATTERN)
+    ratings_per_item: int | None = Field(None, ge=1, le=MAX_NUMBER)
+    completions_per_prompt: int | None = Field(None, ge=1, le=MAX_NUMBER)
+    pool_target: int | None = Field(None, ge=1, le=MAX_NUMBER)
+
+
+# On the projects router: a second router's "/projects" would be its own URL pattern, and Django would
+# answer this POST with the first one's 405 (GET only).
+@projects_router.post("/projects", response={201: ProjectOut, **ERRORS}, summary="Create a project (global staff)")
+def project_create(request, body: ProjectCreateIn):
+    """A new project on a base model folder on the server (it becomes v0, served), as "New project": the
+    token's user becomes its staff. Global staff only (403 otherwise); a field the form refuses (no
+    config.json in the folder, a slug taken in any letter case, rubric mode without a rubric) is a 400
+    naming it; nothing is stored then."""
+    if not request.user.is_staff:
+        raise HttpError(403, "Only global staff create projects.")
+    defaults = {name: Project._meta.get_field(name).get_default() for name in ProjectCreateForm.base_fields}
+    form = ProjectCreateForm({**defaults, **body.model_dump(exclude_none=True)})
+    if not form.is_valid():
+        raise ValidationError(
+            [{"loc": ("body", name), "msg": " ".join(errors)} for name, errors in form.errors.items()]
+        )
+    try:
+        project = project_services.project_create_for(creator=request.user, **form.cleaned_data)
+    except ApplicationError as exc:
+        raise ValidationError([{"loc": ("body", "slug"), "msg": exc.message}]) from None
+    return Status(201, project_out(project, Membership.Role.STAFF))

@@ -7,7 +7,7 @@ from django.conf import settings
 
 from webapp.policies.forms import formfield_within_model_bounds
 from webapp.policies.models import RUBRIC_MAX_CRITERIA, Membership, Project, RatingMode
-from webapp.policies.services import PROJECT_GOLD_FIELDS
+from webapp.policies.services import PROJECT_GOLD_FIELDS, model_folder_exists
 
 from .models import Choice
 
@@ -44,7 +44,7 @@ class ProjectCreateForm(_RubricModeNeedsRubric, forms.ModelForm):
     """A new project: its name, base model folder, rating mode and guidelines; in rubric mode its rubric,
     typed on the same page (``rubric``: the criteria of the page's :class:`RubricForm`, checked there)."""
 
-    RUBRIC_NEEDED = "Rubric mode needs a rubric: name at least one criterion under Rubric below."
+    RUBRIC_NEEDED = "Rubric mode needs a rubric: name at least one criterion."
 
     class Meta:
         model = Project
@@ -66,7 +66,7 @@ class ProjectCreateForm(_RubricModeNeedsRubric, forms.ModelForm):
 
     def clean_base_model_path(self):
         path = Path(self.cleaned_data["base_model_path"]).expanduser()
-        if not (path / "config.json").exists():
+        if not model_folder_exists(path):
             raise forms.ValidationError(f"{path} is not a Hugging Face model folder on the server (no config.json).")
         return str(path.resolve())
 

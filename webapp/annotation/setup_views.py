@@ -42,14 +42,13 @@ def project_new(request):
     if request.method == "POST" and form.is_valid() and not (wants_rubric and rubric_form.errors):
         data = form.cleaned_data
         try:
-            project = policy_services.project_create(
-                slug=data["slug"], title=data["title"], base_model_path=data["base_model_path"],
+            project = policy_services.project_create_for(
+                creator=request.user, slug=data["slug"], title=data["title"], base_model_path=data["base_model_path"],
                 **{k: data[k] for k in SETUP_FIELDS[1:]}, **({"rubric": rubric} if rubric else {}),
             )
         except ApplicationError as exc:
             messages.error(request, exc.message)
         else:
-            policy_services.membership_add(project=project, user=request.user, role=Membership.Role.STAFF, actor=request.user)
             messages.success(request, f"Project {project.slug} created with its base model as v0. Now add prompts and members.")
             return redirect("setup:setup", slug=project.slug)
     status = 400 if request.method == "POST" else 200

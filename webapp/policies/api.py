@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from django.http import FileResponse
 from django.shortcuts import get_object_or_404
-from ninja import Field, Path, Router, Schema
+from django.urls import reverse
+from ninja import Field, Path, Router, Schema, Status
 from ninja.errors import HttpError
 
 from webapp.apikit import ERRORS, MAX_NUMBER, NO_NUL_PATTERN, SLUG_PATTERN, api_project
 from webapp.errors import ApplicationError
 
-from . import selectors, services
-from .models import RUBRIC_MAX_CRITERIA, ModelVersion
+from . import artifacts, selectors, services
+from .models import RUBRIC_MAX_CRITERIA, ModelVersion, VersionExport
 
 router = Router(tags=["projects"])
 
@@ -49,7 +51,7 @@ class RubricIn(Schema):
     rubric: list[Criterion] = Field(..., max_length=RUBRIC_MAX_CRITERIA)
 
 
-def _project_out(project, role) -> dict:
+def project_out(project, role) -> dict:
     return {
         "slug": project.slug,
         "title": project.title,
@@ -65,14 +67,14 @@ def _project_out(project, role) -> dict:
 @router.get("/projects", response={200: list[ProjectOut], **ERRORS}, summary="Projects I am a member of")
 def projects(request):
     """The projects the token's user may open, with their role in each (global staff: every project, as staff)."""
-    return [_project_out(p, role) for p, role in selectors.projects_for(user=request.user)]
+    return [project_out(p, role) for p, role in selectors.projects_for(user=request.user)]
 
 
 @router.get("/projects/{slug}", response={200: ProjectOut, **ERRORS}, summary="One project")
 def project(request, slug: str = Slug):
     """The project as its members see it, with its rubric (the criteria rubric mode scores)."""
     project, role = api_project(request, slug)
-    return _project_out(project, role)
+    return project_out(project, role)
 
 
 @router.put("/projects/{slug}/rubric", response={200: ProjectOut, **ERRORS}, summary="Replace the rubric (staff)")
@@ -88,7 +90,7 @@ def rubric_put(request, body: RubricIn, slug: str = Slug):
         )
     except ApplicationError as exc:
         raise HttpError(400, exc.message) from None
-    return _project_out(project, role)
+    return project_out(project, role)
 
 
 class RatingStatsOut(Schema):
@@ -188,3 +190,92 @@ def serve(request, body: ServeIn, slug: str = Slug, number: int = VersionNumber)
     )
     served = next(v for v in selectors.versions_for_project(project=project) if v.pk == version.pk)
     return _version_out(served, served_id=version.pk)
+
+
+# --- Downloading a version (the versions page's "Download") ---
+
+
+class VersionExportOut(Schema):
+    id: int
+    version: int
+    status: str = Field(description="queued, building, ready or failed.")
+    error: str
+    size_bytes: int | None
+    created_at: datetime
+    finished_at: datetime | None
+    download: str | None = Field(description="Where to GET the zip once ``status`` is ready, else null.")
+
+
+def _export_out(request, export) -> dict:
+    ready = export.status == VersionExport.Status.READY
+    return {
+        "id": export.pk,
+        "version": export.version.number,
+        "status": export.status,
+        "error": export.error,
+        "size_bytes": export.size_bytes,
+        "created_at": export.created_at,
+        "finished_at": export.finished_at,
+        "download": reverse("api:version_download", args=[export.version.project.slug, export.version.number])
+        if ready else None,
+    }
+
+
+@router.post(
+    "/projects/{slug}/versions/{number}/export",
+    response={200: VersionExportOut, 202: VersionExportOut, **ERRORS},
+    summary="Build a version's download (staff)",
+)
+def export_request(request, slug: str = Slug, number: int = VersionNumber):
+    """Ask the training worker for version ``number`` as a zipped Hugging Face folder (LoRA merged), as
+    "Download" on the versions page: 200 with ``download`` when it is built already (versions never
+    change, so it is built once), else 202 with the queued build; poll ``GET`` on this path."""
+    project, _ = api_project(request, slug, staff=True)
+    version = get_object_or_404(ModelVersion, project=project, number=number)
+    export = services.version_export_request(version=version, user=request.user)
+    return Status(200 if export.status == VersionExport.Status.READY else 202, _export_out(request, export))
+
+
+@router.get(
+    "/projects/{slug}/versions/{number}/export",
+    response={200: VersionExportOut, **ERRORS},
+    summary="A version's download build (staff)",
+)
+def export_status(request, slug: str = Slug, number: int = VersionNumber):
+    """The latest download build of version ``number`` (404 when none was asked for); a failed one has its ``error``."""
+    project, _ = api_project(request, slug, staff=True)
+    version = get_object_or_404(ModelVersion, project=project, number=number)
+    export = selectors.latest_export(version=version)
+    if export is None:
+        raise HttpError(404, f"v{number} has no download build; POST to this path to ask for one.")
+    return _export_out(request, export)
+
+
+@router.get(
+    "/projects/{slug}/versions/{number}/download",
+    response={200: None, **ERRORS},
+    summary="Download a version as a zipped Hugging Face folder (staff)",
+    openapi_extra={
+        "responses": {
+            200: {
+                "description": "The zip of the version's Hugging Face folder (config, tokenizer, safetensors).",
+                "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+            }
+        }
+    },
+)
+def version_download(request, slug: str = Slug, number: int = VersionNumber):
+    """The zip of version ``number`` built by ``POST …/export``; 409 while none is ready (or its file
+    is gone: ask for it again), 404 for an unknown version."""
+    project, _ = api_project(request, slug, staff=True)
+    version = get_object_or_404(ModelVersion, project=project, number=number)
+    export = selectors.ready_export(version=version)
+    handle = None
+    if export is not None:
+        try:
+            handle = artifacts.ref_open(export.archive_path, "exports")  # FileResponse closes it
+        except OSError:
+            handle = None
+    if handle is None:
+        raise ApplicationError(f"v{number} has no built download; POST …/versions/{number}/export and poll it.")
+    return FileResponse(handle, as_attachment=True, filename=f"{slug}-v{number}.zip", content_type="application/zip")

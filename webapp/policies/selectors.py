@@ -149,6 +149,11 @@ def latest_export(*, version: ModelVersion) -> VersionExport | None:
     return version.exports.order_by("-created_at", "-id").first()
 
 
+def ready_export(*, version: ModelVersion) -> VersionExport | None:
+    """The version's most recent finished download (:class:`VersionExport` with status ready), or None."""
+    return version.exports.filter(status=VersionExport.Status.READY).order_by("-created_at", "-id").first()
+
+
 def promotions_since(*, version, since) -> QuerySet[AuditEvent]:
     """``version``'s ``promote`` audit events at or after ``since`` (a datetime). Either may be an
     ``OuterRef``, so a list can ask it of each of its rows in one subquery

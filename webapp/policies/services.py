@@ -49,6 +49,15 @@ def base_model_ensure(*, models_dir: Path | None = None) -> Path:
 
 
 @transaction.atomic
+def model_folder_exists(path: Path) -> bool:
+    """Whether ``path`` is a Hugging Face model folder (has a ``config.json``); False, not an OSError,
+    for a path the system refuses to look at (a name too long, a NUL byte)."""
+    try:
+        return (Path(path) / "config.json").exists()
+    except (OSError, ValueError):
+        return False
+
+
 def project_create(*, slug: str, title: str, base_model_path: str | Path, **fields) -> Project:
     """Create a project and register its base model as version 0, served.
 
@@ -62,7 +71,7 @@ def project_create(*, slug: str, title: str, base_model_path: str | Path, **fiel
         ApplicationError: the slug is taken (in any letter case) or the folder is not a model folder.
     """
     base_model_path = Path(base_model_path).resolve()
-    if not (base_model_path / "config.json").exists():
+    if not model_folder_exists(base_model_path):
         raise ApplicationError(f"{base_model_path} is not a Hugging Face model folder (no config.json).")
     taken = Project.objects.filter(slug__iexact=slug).values_list("slug", flat=True).first()
     if taken is not None:  # "Demo" beside "demo" would share folders (<slug>/run-N) on a case-insensitive disk
@@ -85,6 +94,16 @@ def project_create(*, slug: str, title: str, base_model_path: str | Path, **fiel
 
 
 @transaction.atomic
+def project_create_for(*, creator, slug: str, title: str, base_model_path: str | Path, **fields) -> Project:
+    """:func:`project_create`, with ``creator`` as the new project's staff, in one transaction
+    ("New project" on the page and ``POST /api/v1/projects``). Raises as :func:`project_create`;
+    nothing is stored then."""
+    with transaction.atomic():
+        project = project_create(slug=slug, title=title, base_model_path=base_model_path, **fields)
+        membership_add(project=project, user=creator, role=Membership.Role.STAFF, actor=creator)
+    return project
+
+
 def membership_add(*, project: Project, user, role: str = Membership.Role.ANNOTATOR, actor=None) -> Membership:
     """Make ``user`` a member of ``project`` with ``role`` (annotator or staff); a member's role is updated.
 

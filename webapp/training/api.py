@@ -15,11 +15,15 @@ from django.shortcuts import get_object_or_404
 from ninja import Field, Path, Query, Router, Schema, Status
 from ninja.errors import ValidationError
 
-from webapp.apikit import ERRORS, MAX_ID, SLUG_PATTERN, api_project
+from webapp.apikit import ERRORS, MAX_ID, MAX_NUMBER, SLUG_PATTERN, api_project
+from webapp.policies.models import ModelVersion
+from webapp.rewards import selectors as reward_selectors
+from webapp.rewards import services as reward_services
 
 from . import exports, selectors, services
 from .forms import TrainNowForm
 from .models import TrainingRun
+from .selectors import SAME_VERSION
 
 router = Router(tags=["training"])
 
@@ -177,3 +181,113 @@ def ratings_export(request, slug: str = Slug, query: Query[ExportQuery] = None):
     response["Content-Disposition"] = f'attachment; filename="{project.slug}-{query.format}.jsonl"'
     response["X-Rewardloop-Rows"] = str(rows)
     return response
+
+
+# --- Comparing two versions (the versions page's "Compare") ---
+
+
+class VersionsCompareIn(Schema):
+    model_config = {"extra": "forbid"}
+
+    a: int = Field(..., ge=0, le=MAX_NUMBER, description="One version's number.")
+    b: int = Field(..., ge=0, le=MAX_NUMBER, description="The other version's number (not a).")
+
+
+class VersionsCompareRowOut(Schema):
+    prompt_id: int
+    prompt: str
+    a: str | None = Field(description="Version a's completion of the prompt, or null while it is being generated.")
+    b: str | None
+    similarity: float | None = Field(description="Share of words the two completions have in common (0–1).")
+
+
+class VersionsCompareOut(Schema):
+    a: int
+    b: int
+    complete: bool = Field(description="Whether both versions have completed every held-out prompt.")
+    n_prompts: int
+    rows: list[VersionsCompareRowOut]
+
+
+def _compared(project, a: int, b: int, *, source: str) -> tuple[ModelVersion, ModelVersion]:
+    """The two versions, or a 400 naming ``b`` when it is ``a`` again, 404 for an unknown one."""
+    if a == b:
+        raise ValidationError([{"loc": (source, "b"), "msg": SAME_VERSION.format(n=a)}])
+    return (get_object_or_404(ModelVersion, project=project, number=a),
+            get_object_or_404(ModelVersion, project=project, number=b))
+
+
+def _compare_out(a: ModelVersion, b: ModelVersion) -> dict:
+    found = selectors.comparison(a=a, b=b)
+    rows = [
+        {
+            "prompt_id": row["prompt"].pk,
+            "prompt": row["prompt"].text,
+            "a": row["a"].text if row["a"] else None,
+            "b": row["b"].text if row["b"] else None,
+            "similarity": row.get("similarity"),
+        }
+        for row in found["rows"]
+    ]
+    return {"a": a.number, "b": b.number, "complete": found["complete"], "n_prompts": found["n_prompts"], "rows": rows}
+
+
+@router.post("/projects/{slug}/compare", response={200: VersionsCompareOut, **ERRORS}, summary="Compare two versions (staff)")
+def compare_start(request, body: VersionsCompareIn, slug: str = Slug):
+    """Both versions' completions of the held-out prompts, side by side, as the compare page shows them.
+    Queues the completions either version still lacks on the training worker (rows with a null side
+    until then: poll ``GET`` with the same ``a`` and ``b``). 404 for an unknown version, 400 for a version
+    against itself, 409 when the task queue is unreachable (nothing queued)."""
+    project, _ = api_project(request, slug, staff=True)
+    a, b = _compared(project, body.a, body.b, source="body")
+    services.comparison_samples_request(versions=[a, b], retry="send this request again")
+    return _compare_out(a, b)
+
+
+@router.get("/projects/{slug}/compare", response={200: VersionsCompareOut, **ERRORS}, summary="A comparison so far (staff)")
+def compare_read(request, slug: str = Slug, a: int = Query(..., ge=0, le=MAX_NUMBER),
+                 b: int = Query(..., ge=0, le=MAX_NUMBER)):
+    """The comparison of versions ``a`` and ``b`` from the completions stored so far; queues nothing."""
+    project, _ = api_project(request, slug, staff=True)
+    return _compare_out(*_compared(project, a, b, source="query"))
+
+
+# --- The reward model (the reward models page) ---
+
+
+class RewardModelOut(Schema):
+    number: int
+    n_ratings: int = Field(description="Ratings (rows) it was fitted on.")
+    n_judgments: int
+    created_at: datetime
+    metrics: dict = Field(description="Held-out metrics (held_out/pearson, held_out/pairwise_accuracy, …) "
+                                      "and the fit's own figures, as on the reward models page.")
+
+
+class RewardStatusOut(Schema):
+    reward_source: str = Field(description="What policy training learns from: human ratings only, or the "
+                                           "reward model's scores of fresh samples as well.")
+    judgments: int = Field(description="Judgments a fit would read now.")
+    min_judgments: int = Field(description="Judgments needed before the first fit.")
+    latest: RewardModelOut | None = Field(description="The newest reward-model version, or null before the first fit.")
+    versions: list[RewardModelOut] = Field(description="Every reward-model version, newest first.")
+
+
+@router.get("/projects/{slug}/reward-model", response={200: RewardStatusOut, **ERRORS},
+            summary="The reward model's status (staff)")
+def reward_model_status(request, slug: str = Slug):
+    """The project's reward-model versions with their held-out metrics, how many judgments a fit
+    would read and how many the first fit needs, as the reward models page shows them."""
+    project, _ = api_project(request, slug, staff=True)
+    versions = [
+        {"number": v.number, "n_ratings": v.n_ratings, "n_judgments": v.n_judgments, "created_at": v.created_at,
+         "metrics": v.metrics or {}}
+        for v in reward_selectors.reward_model_versions(project=project)
+    ]
+    return {
+        "reward_source": project.reward_source,
+        "judgments": reward_selectors.judgment_count(project=project),
+        "min_judgments": reward_services.min_judgments(),
+        "latest": versions[0] if versions else None,
+        "versions": versions,
+    }

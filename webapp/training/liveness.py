@@ -303,6 +303,9 @@ def training_run_fail_lost(*, run_id: int, reason: str) -> TrainingRun | None:
         else:
             outcome = "No version was registered; the served version is unchanged."
         error = f"The training worker was lost while {doing}: {reason}. {outcome}"
+        # Clean up before the failure is committed, so nobody sees a failed run with its
+        # temporary folders still on disk (the runner's promote step does the same).
+        removed = run_leftovers_remove(run)
         steps_close(run_id=run.pk, running_to=TrainingStep.Status.FAILED, error=error)
         stamp = now.strftime("%H:%M:%S")
         TrainingRun.objects.filter(pk=run.pk).update(
@@ -312,7 +315,6 @@ def training_run_fail_lost(*, run_id: int, reason: str) -> TrainingRun | None:
             result_version=version,
             log=(run.log + f"[{stamp}] failed: {error}\n")[-20000:],
         )
-    removed = run_leftovers_remove(run)
     if removed:
         log.info("run %s: removed %s", run.pk, ", ".join(map(str, removed)))
     run.refresh_from_db()

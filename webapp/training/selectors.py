@@ -44,6 +44,10 @@ def log_tail(*, run: TrainingRun, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(run.log.rstrip("\n").splitlines()[-lines:])
 
 
+# Why two versions cannot be compared: one version twice (the compare page and the REST API).
+SAME_VERSION = "v{n} against itself has nothing to compare; choose two different versions."
+
+
 def samples_complete(*, version: ModelVersion) -> bool:
     """Whether ``version`` has completed every evaluation prompt of its project."""
     from .evaluation import eval_prompts

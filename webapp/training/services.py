@@ -45,6 +45,30 @@ EXECUTE_TASK_NAME = "webapp.training.tasks.training_run_execute"
 SAMPLES_TASK_NAME = "webapp.training.tasks.version_samples_ensure"
 
 
+def comparison_samples_request(*, versions: list[ModelVersion], retry: str = "press Compare again") -> None:
+    """Ask the training worker for the held-out completions each of ``versions`` still lacks
+    (task :data:`SAMPLES_TASK_NAME`, one per incomplete version), for a side-by-side comparison.
+
+    Nothing is stored here, so asking again is harmless.
+
+    Raises:
+        ApplicationError: the broker refused a task; the message names the versions and ends
+            with ``retry`` (what the person should do once the broker is back).
+    """
+    unsent = [
+        version
+        for version in versions
+        if not selectors.samples_complete(version=version)
+        and not broker.task_send(SAMPLES_TASK_NAME, args=[version.pk])
+    ]
+    if unsent:
+        raise ApplicationError(
+            f"Could not ask the training worker for the held-out completions of "
+            f"{' and '.join(f'v{v.number}' for v in unsent)}: the task queue (broker) is unreachable. "
+            f"Nothing was queued; {retry} once it is back."
+        )
+
+
 def pg_config_for(*, project: Project, overrides: dict | None = None):
     """The project's PGConfig with ``overrides`` applied.
 

@@ -6,7 +6,6 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from webapp import broker
 from webapp.errors import ApplicationError
 from webapp.permissions import staff_required
 from webapp.policies import plotfiles
@@ -18,6 +17,7 @@ from webapp.policies.views import project_settings_form_save
 from . import exports, selectors, services
 from .forms import TrainingSettingsForm, TrainNowForm
 from .models import TrainingRun
+from .selectors import SAME_VERSION
 
 
 def _runs_context(project, *, train_form=None, settings_form=None) -> dict:
@@ -218,24 +218,12 @@ def compare_start(request, slug):
     if numbers[0] == numbers[1]:
         messages.error(request, SAME_VERSION.format(n=numbers[0]))
         return redirect("policies:versions", slug=slug)
-    unsent = [
-        version
-        for version in versions
-        if not selectors.samples_complete(version=version)
-        and not broker.task_send(services.SAMPLES_TASK_NAME, args=[version.pk])
-    ]
-    if unsent:
-        messages.error(
-            request,
-            f"Could not ask the training worker for the held-out completions of "
-            f"{' and '.join(f'v{v.number}' for v in unsent)}: the task queue (broker) is unreachable. "
-            "Nothing was queued; press Compare again once it is back.",
-        )
+    try:
+        services.comparison_samples_request(versions=versions)
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
         return redirect("policies:versions", slug=slug)
     return redirect(f"{reverse('training:compare', args=[slug])}?a={numbers[0]}&b={numbers[1]}")
-
-
-SAME_VERSION = "v{n} against itself has nothing to compare; choose two different versions."
 
 
 def _compare_context(request, slug) -> dict | str:
