@@ -68,13 +68,16 @@ MAX_NUMBER = 2**31 - 1
 NO_NUL_PATTERN = r"^[^\x00]*$"
 
 
-def _not_a_bool(value):
-    """Refuse JSON ``true``/``false`` where a number is meant (pydantic would read ``true`` as 1)."""
+def _a_json_number(value):
+    """Refuse JSON ``true``/``false`` and strings where a number is meant (pydantic's lax mode would
+    read ``true`` as 1 and ``"4"`` as 4): the API's types are JSON's own, as the /v1/ booleans."""
     if isinstance(value, bool):
         raise ValueError("Input should be a whole number, not true or false")
+    if isinstance(value, str):
+        raise ValueError("Input should be a whole number (a JSON number, not a string)")
     return value
 
 
-# A Likert score, 1 to 5: 4 and 4.0 are 4 (JSON Schema's "integer"), true is refused. The
+# A Likert score, 1 to 5: 4 and 4.0 are 4 (JSON Schema's "integer"), true and "4" are refused. The
 # validator comes after the bounds so the schema keeps them as minimum and maximum.
-LikertScore = Annotated[int, Field(ge=1, le=5), BeforeValidator(_not_a_bool)]
+LikertScore = Annotated[int, Field(ge=1, le=5), BeforeValidator(_a_json_number)]

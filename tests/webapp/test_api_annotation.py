@@ -111,14 +111,14 @@ def test_a_body_that_is_not_json_is_a_400(project, annotator, make_completion, a
     assert not Rating.objects.exists()
 
 
-def test_a_rating_that_does_not_fit_the_mode_is_refused_by_the_service_and_stores_nothing(
+def test_a_rating_that_does_not_fit_the_mode_is_a_400_naming_the_fields_and_stores_nothing(
     project, annotator, make_completion, api_for
 ):
     completion = make_completion(project)
     response = api_for(annotator).post(f"/projects/t/queue/{completion.pk}/rate", {"thumbs_up": True})
-    assert response.status_code == 409
-    assert response.json() == {"code": "rejected", "message": "A rating is a whole number from 1 to 5.", "fields": []}
-    assert not Rating.objects.exists() and not Lease.objects.exists()  # the claimed slot rolled back
+    assert response.status_code == 400 and response.json()["code"] == "invalid"
+    assert [f["field"] for f in response.json()["fields"]] == ["score", "thumbs_up"]
+    assert not Rating.objects.exists() and not Lease.objects.exists()
 
 
 def test_an_item_of_another_project_is_a_404(project, thumbs_project, annotator, make_completion, api_for):

@@ -21,6 +21,7 @@ from django.shortcuts import get_object_or_404
 from ninja import Field, File, Path, Router, Schema, Status
 from ninja.errors import HttpError, ValidationError
 from ninja.files import UploadedFile
+from pydantic import StrictBool
 
 from webapp.apikit import ERRORS, MAX_ID, MAX_NUMBER, NO_NUL_PATTERN, LikertScore, SLUG_PATTERN, api_project
 from webapp.errors import ApplicationError
@@ -184,8 +185,8 @@ class _JudgmentIn(Schema):
 
 
 class RateIn(_JudgmentIn):
-    score: LikertScore | None = Field(None, description="Likert projects: 1 to 5 (a number; true is refused).")
-    thumbs_up: bool | None = Field(None, description="Thumbs projects: true (up) or false (down).")
+    score: LikertScore | None = Field(None, description="Likert projects: 1 to 5 (a JSON number; true and \"4\" are refused).")
+    thumbs_up: StrictBool | None = Field(None, description="Thumbs projects: true (up) or false (down), JSON booleans only.")
     criteria: dict[str, LikertScore] | None = Field(
         None, max_length=8,
         description='Rubric projects: every criterion of the project\'s rubric by name, each 1 to 5, e.g. {"helpful": 4, "fluent": 5}.',
@@ -225,6 +226,32 @@ def _item_led_by(project, completion_id, *, find, missing: str):
     return item
 
 
+# The one field a rating of each single-completion mode sends, and what it holds.
+RATE_FIELD_OF_MODE = {
+    RatingMode.LIKERT: ("score", "a whole number from 1 to 5"),
+    RatingMode.THUMBS: ("thumbs_up", "true (up) or false (down)"),
+    RatingMode.RUBRIC: ("criteria", "every criterion of the rubric by name, each 1 to 5"),
+}
+
+
+def _rate_fields_check(project, body: RateIn) -> None:
+    """A malformed rating for the project's mode is a 400 naming the field: the mode's field missing
+    (or null), or another mode's field sent. Pairwise and ranking projects are left to the service (409:
+    this item is judged by compare or rank)."""
+    if project.rating_mode not in RATE_FIELD_OF_MODE:
+        return
+    field, holds = RATE_FIELD_OF_MODE[project.rating_mode]
+    mode = str(project.rating_mode)
+    errors = []
+    if getattr(body, field) is None:
+        errors.append({"loc": ("body", field), "msg": f"Required in a {mode} project: {holds}."})
+    for other, _ in RATE_FIELD_OF_MODE.values():
+        if other != field and getattr(body, other) is not None:
+            errors.append({"loc": ("body", other), "msg": f"Not used in a {mode} project (send {field})."})
+    if errors:
+        raise ValidationError(errors)
+
+
 @router.post(
     "/projects/{slug}/queue/{completion_id}/rate",
     response={201: RatingOut, **ERRORS},
@@ -232,8 +259,11 @@ def _item_led_by(project, completion_id, *, find, missing: str):
 )
 def rate(request, body: RateIn, slug: str = Slug, completion_id: int = CompletionId):
     """Store your rating of the item (``services.rating_create``, as the page): one per item,
-    only for an item you hold or your queue would offer you; fulfils your lease."""
+    only for an item you hold or your queue would offer you; fulfils your lease. The project's mode
+    names the one field to send (Likert ``score``, thumbs ``thumbs_up``, rubric ``criteria``); without
+    it, or with another mode's field, a 400 names the field."""
     project, _ = api_project(request, slug)
+    _rate_fields_check(project, body)
     rating = services.rating_create(
         annotator=request.user,
         completion=_completion(project, completion_id),
@@ -325,12 +355,15 @@ def skip(request, slug: str = Slug, completion_id: int = CompletionId):
 
 
 class UndoneOut(Schema):
+    action: Literal["judgment", "skip"] = Field(
+        description="What was undone: your last judgment (its values below) or your last skip (no values)."
+    )
     completion_id: int
     score: int | None
     thumbs_up: bool | None
     choice: str
     order: list[int] | None = Field(None, description="Ranking mode: the undone order, best first.")
-    rated_at: datetime
+    rated_at: datetime = Field(description="When the undone judgment (or skip) was made.")
 
 
 class UndoOut(Schema):
@@ -338,24 +371,27 @@ class UndoOut(Schema):
     item: ItemOut | None = Field(description="The undone item, leased back to you to rate again.")
 
 
-@router.post("/projects/{slug}/queue/undo", response={200: UndoOut, **ERRORS}, summary="Undo my last judgment")
+@router.post("/projects/{slug}/queue/undo", response={200: UndoOut, **ERRORS}, summary="Undo my last judgment or skip")
 def undo(request, slug: str = Slug):
-    """Withdraw your last judgment (younger than 10 minutes, not yet trained on) and get its item back
-    (``services.judgment_undo``); the old judgment is kept as a revision."""
+    """Undo your last action (younger than 10 minutes) and get its item back (``services.judgment_undo``):
+    a judgment not yet trained on is withdrawn and kept as a revision; a skip is taken back."""
     project, _ = api_project(request, slug)
     result = services.judgment_undo(project=project, annotator=request.user)
-    revision = result.revision
-    return {
-        "undone": {
+    revision, skip = result.revision, result.skip
+    if skip is not None:
+        undone = {"action": "skip", "completion_id": skip.completion_id, "score": None, "thumbs_up": None,
+                  "choice": "", "order": None, "rated_at": skip.created_at}
+    else:
+        undone = {
+            "action": "judgment",
             "completion_id": revision.completion_id,
             "score": revision.score,
             "thumbs_up": revision.thumbs_up,
             "choice": revision.choice,
             "order": revision.order,
             "rated_at": revision.rated_at,
-        },
-        "item": _item_out(project, result.lease),
-    }
+        }
+    return {"undone": undone, "item": _item_out(project, result.lease)}
 
 
 # --- A new project (the "New project" page, for global staff) ---

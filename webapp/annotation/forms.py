@@ -7,7 +7,7 @@ from django.conf import settings
 
 from webapp.policies.forms import formfield_within_model_bounds
 from webapp.policies.models import RUBRIC_MAX_CRITERIA, Membership, Project, RatingMode
-from webapp.policies.services import model_folder_exists
+from webapp.policies.services import PROJECT_GOLD_FIELDS, model_folder_exists
 
 from .models import Choice
 
@@ -31,15 +31,20 @@ class _RubricModeNeedsRubric:
     """Rubric mode needs the project's rubric, which these forms do not edit: refused on the mode field
     (the model's own check names the rubric field, which the forms lack: Django would raise ValueError)."""
 
+    RUBRIC_NEEDED = "Rubric mode needs a rubric: pick another mode, save a rubric on the setup page, then switch."
+
     def clean(self):
         cleaned = super().clean()
         if cleaned.get("rating_mode") == RatingMode.RUBRIC and not self.instance.rubric:
-            self.add_error("rating_mode", "Rubric mode needs a rubric: pick another mode, save a rubric on the setup page, then switch.")
+            self.add_error("rating_mode", self.RUBRIC_NEEDED)
         return cleaned
 
 
 class ProjectCreateForm(_RubricModeNeedsRubric, forms.ModelForm):
-    """A new project: its name, base model folder, rating mode and guidelines."""
+    """A new project: its name, base model folder, rating mode and guidelines; in rubric mode its rubric,
+    typed on the same page (``rubric``: the criteria of the page's :class:`RubricForm`, checked there)."""
+
+    RUBRIC_NEEDED = "Rubric mode needs a rubric: name at least one criterion."
 
     class Meta:
         model = Project
@@ -50,8 +55,9 @@ class ProjectCreateForm(_RubricModeNeedsRubric, forms.ModelForm):
             "base_model_path": "A local Hugging Face causal-LM folder on the server (with config.json); it becomes version 0.",
         }
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, rubric: list[dict] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.instance.rubric = rubric or []
         folders = local_model_folders()
         if folders and not self.initial.get("base_model_path"):
             self.initial["base_model_path"] = str(folders[0])
@@ -151,6 +157,15 @@ class GoldItemForm(forms.Form):
         if data.get("best") is not None:
             answer["best"] = data["best"]
         return answer
+
+
+class GoldSettingsForm(forms.ModelForm):
+    """The project's gold checks (figures page): the gold item rate and the accuracy rule of training weights."""
+
+    class Meta:
+        model = Project
+        fields = list(PROJECT_GOLD_FIELDS)
+        formfield_callback = formfield_within_model_bounds
 
 
 class RubricForm(forms.Form):

@@ -458,6 +458,17 @@ def judgments_of_each_kind(*, project: Project, annotator) -> dict[str, QuerySet
     }
 
 
+def last_skip(*, project: Project, annotator, now=None) -> Skip | None:
+    """The annotator's most recent skip in the project if it is still undoable (younger than
+    ``UNDO_WINDOW``, as a judgment; see :func:`last_judgment`)."""
+    since = (now or timezone.now()) - UNDO_WINDOW
+    return (
+        Skip.objects.filter(completion__project=project, annotator=annotator, created_at__gt=since)
+        .order_by("-created_at", "-id")
+        .first()
+    )
+
+
 def judgments_by(*, project: Project, annotator) -> QuerySet[Rating] | QuerySet[Comparison] | QuerySet[Ranking]:
     """An annotator's judgments in the project's rating mode: pairwise decisions, rankings, or
     single-completion ratings."""
@@ -490,6 +501,10 @@ SELECT
         + (SELECT COUNT(*) FROM {judged_pairwise} AND j.created_at >= %(midnight)s)
         + (SELECT COUNT(*) FROM {judged_ranking} AND j.created_at >= %(midnight)s),
     (SELECT COUNT(*) FROM (SELECT 1 FROM {judgments} AND j.created_at > %(undo_since)s LIMIT 1) undoable)
+        + (SELECT COUNT(*) FROM (
+            SELECT 1 FROM {skip} s JOIN {completion} sc ON sc.id = s.completion_id
+            WHERE sc.project_id = %(project)s AND s.annotator_id = %(annotator)s AND s.created_at > %(undo_since)s LIMIT 1
+        ) undoable_skip)
 """
 _JUDGMENTS_SQL = {  # the annotator's judgments in the project, as ``j``
     "pairwise": """{comparison} j JOIN {pair} pr ON pr.id = j.pair_id
@@ -510,7 +525,7 @@ def annotator_progress(*, project: Project, annotator) -> dict:
     to ``QUEUE_COUNT_CAP`` (``queue_capped`` says when more wait), so a long
     queue costs a bounded read. ``today``: their judgments since local
     midnight in every mode (a mode switch does not reset the day); ``can_undo``:
-    they have a judgment in the current mode younger than the undo window.
+    they have a judgment in the current mode, or a skip, younger than the undo window.
     One statement.
     """
     now = timezone.localtime()

@@ -1233,12 +1233,29 @@ def gold_answer_check(*, completion: Completion, answer) -> dict:
     """``answer`` checked against the kind of item ``completion`` is (a pair's A, a rank group's
     anchor, else a single completion of the project's Likert or thumbs mode), normalised.
 
+    Only an annotation item can be a gold item: a completion sampled for the annotation pool, never a
+    production answer (``Completion.source`` production: a reply to an API request, which the queue
+    never offers), nor in pairwise mode a pair's B (a pair is its A's item).
+
     Raises:
-        ApplicationError: it does not fit (the message says what would), or the prompt is held out.
+        ApplicationError: a production answer or a pair's B (the message says so in words), it does not
+            fit (the message says what would), or the prompt is held out.
     """
     from . import judgments
 
     project = completion.project
+    if completion.source == Completion.Source.PRODUCTION:
+        raise ApplicationError(
+            f"#{completion.pk} is a production answer (a reply to an API request), not an annotation item: "
+            "annotators are never shown it, so it cannot be a gold item. Pick an item from the annotation queue."
+        )
+    pair_as_b = None
+    if project.rating_mode == RatingMode.PAIRWISE:
+        pair_as_b = Pair.objects.filter(completion_b=completion).values_list("completion_a_id", flat=True).first()
+    if pair_as_b is not None:
+        raise ApplicationError(
+            f"#{completion.pk} is the second output (B) of a pair; a pair is named by its first output: use #{pair_as_b}."
+        )
     if completion.prompt.held_out:
         raise ApplicationError("A held-out prompt judges versions; it cannot be a gold item.")
     group = selectors.rank_group_of(completion)
@@ -1294,28 +1311,36 @@ def gold_item_set(*, completion: Completion, answer: dict, note: str = "", actor
 
 @dataclass(frozen=True)
 class UndoResult:
-    revision: RatingRevision
+    revision: RatingRevision | None  # the judgment undone, kept as history; None when a skip was undone
     lease: Lease | None  # the undone item, leased back to the annotator (None if its slot was taken meanwhile)
+    skip: Skip | None = None  # the skip undone (deleted: its item is in the annotator's queue again)
+
+
+NOTHING_TO_UNDO = "There is nothing to undo: only your last rating or skip of the past 10 minutes can be undone."
 
 
 @transaction.atomic
 def judgment_undo(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTES) -> UndoResult:
-    """Withdraw the annotator's last judgment (younger than 10 minutes) and give the item back to them.
+    """Undo the annotator's last action (younger than 10 minutes): a judgment or a skip, whichever
+    came last; the item comes back to them.
 
-    The judgment is copied to a :class:`RatingRevision` first, so nothing is
-    lost; the annotator's current unrated lease goes back to the queue, and the
-    undone item is leased to them again to be rated anew (that new rating is
-    the change).
+    A judgment is copied to a :class:`RatingRevision` first, so nothing is lost, then withdrawn; a skip
+    is deleted (:func:`_skip_undo`), so the next undo reaches the judgment before it. The annotator's
+    current unrated lease goes back to the queue, and the undone item is leased to them again to be
+    rated anew (that new rating is the change).
 
     Raises:
         ApplicationError: nothing undoable (none, or older than 10 minutes), or
             a training run has used it already.
     """
     last = selectors.last_judgment(project=project, annotator=annotator)
+    skip = selectors.last_skip(project=project, annotator=annotator)
+    if skip is not None and (last is None or skip.created_at > last.created_at):
+        return _skip_undo(project=project, annotator=annotator, skip=skip, lease_minutes=lease_minutes)
     if last is not None:
         last = type(last).objects.select_for_update().filter(pk=last.pk).first()  # a double press undoes once
     if last is None:
-        raise ApplicationError("There is nothing to undo: only your last rating of the past 10 minutes can be undone.")
+        raise ApplicationError(NOTHING_TO_UNDO)
     if not isinstance(last, selectors.judgments_by(project=project, annotator=annotator).model):
         kind = "comparison" if isinstance(last, Comparison) else "ranking" if isinstance(last, Ranking) else "rating"
         raise ApplicationError(
@@ -1347,26 +1372,54 @@ def judgment_undo(*, project: Project, annotator, lease_minutes: int = LEASE_MIN
     rated_ids = list(ratings.values_list("completion_id", flat=True))
     last.delete()  # a comparison takes its two ratings with it, a ranking its ratings and implied pairs
     _n_ratings_add(completion_ids=rated_ids, delta=-1)
+    lease = _lease_back(
+        project=project, annotator=annotator, completion_id=anchor_id, lease_minutes=lease_minutes,
+        a_on_left=values.get("a_on_left"),
+    )
+    return UndoResult(revision=revision, lease=lease)
+
+
+def _skip_undo(*, project: Project, annotator, skip: Skip, lease_minutes: int) -> UndoResult:
+    """Delete ``skip`` (the annotator's last action) and lease its item back to them, when it is still
+    an item their queue may offer (or a gold item); else it waits in their queue like any item.
+    Inside :func:`judgment_undo`'s transaction; the skip row is locked first, so a double press undoes once."""
+    skip = Skip.objects.select_for_update().filter(pk=skip.pk).first()
+    if skip is None:
+        raise ApplicationError(NOTHING_TO_UNDO)
+    skip.delete()
+    completion_id = skip.completion_id
+    gold = GoldItem.objects.filter(completion_id=completion_id).exists()
+    lease = None
+    if gold or selectors.item_state_for(project=project, annotator=annotator, completion_id=completion_id)[1]:
+        lease = _lease_back(project=project, annotator=annotator, completion_id=completion_id, lease_minutes=lease_minutes)
+    return UndoResult(revision=None, lease=lease, skip=skip)
+
+
+def _lease_back(*, project: Project, annotator, completion_id: int, lease_minutes: int, a_on_left=_DRAW) -> Lease | None:
+    """Give the annotator's other unrated leases back to the queue and lease ``completion_id`` (an undone
+    item) to them again: their own lease of it renewed and unmarked, else a free slot taken the one way
+    slots are taken (a gold item's beyond ``ratings_per_item``). Returns the lease they hold now (None
+    when the item's slots went to others meanwhile). ``a_on_left``: the side shown before (left out: drawn)."""
     Lease.objects.filter(completion__project=project, annotator=annotator, fulfilled=False).exclude(
-        completion_id=anchor_id
+        completion_id=completion_id
     ).delete()
     now = timezone.now()
     expires = now + timedelta(minutes=lease_minutes)
-    lease = Lease.objects.select_for_update().filter(completion_id=anchor_id, annotator=annotator).first()
+    lease = Lease.objects.select_for_update().filter(completion_id=completion_id, annotator=annotator).first()
     if lease is not None:
         Lease.objects.filter(pk=lease.pk).update(fulfilled=False, expires_at=expires, created_at=now)
     else:
-        gold = GoldItem.objects.filter(completion_id=anchor_id).exists()
+        gold = GoldItem.objects.filter(completion_id=completion_id).exists()
         _lease_take_slot(
             project=project,
             annotator=annotator,
-            completion_id=anchor_id,
+            completion_id=completion_id,
             lease_minutes=lease_minutes,
-            a_on_left=values.get("a_on_left"),
+            a_on_left=a_on_left,
             chosen_by=ChosenBy.GOLD if gold else ChosenBy.FIFO,
-            slots=_gold_free_slots(anchor_id) if gold else None,
+            slots=_gold_free_slots(completion_id) if gold else None,
         )
-    return UndoResult(revision=revision, lease=selectors.lease_held(project=project, annotator=annotator))
+    return selectors.lease_held(project=project, annotator=annotator)
 
 
 @transaction.atomic

@@ -3,14 +3,14 @@ prompts (upload, preview, import) and members (the project's staff). Every chang
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from webapp.errors import ApplicationError
 from webapp.permissions import staff_required
 from webapp.policies import services as policy_services
-from webapp.policies.models import Membership
+from webapp.policies.models import Membership, RatingMode, rubric_check
 from webapp.policies.views import project_settings_form_save
 
 from . import services
@@ -24,16 +24,27 @@ TEMPLATE = "annotation/setup.html"
 @require_http_methods(["GET", "POST"])
 def project_new(request):
     """A new project (``annotation/project_new.html``), for global staff: slug, title, base model folder,
-    rating mode, guidelines. The creator becomes its staff; then its setup page."""
+    rating mode, guidelines, and in rubric mode the rubric (the setup page's rubric rows: a project can be
+    created in rubric mode at once). The creator becomes its staff; then its setup page."""
     if not request.user.is_staff:
         raise PermissionDenied("Only global staff create projects.")
-    form = ProjectCreateForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
+    rubric_form = RubricForm(request.POST or None)
+    rubric = []
+    wants_rubric = request.method == "POST" and request.POST.get("rating_mode") == RatingMode.RUBRIC
+    if wants_rubric and rubric_form.is_valid():
+        try:
+            rubric = rubric_check(rubric_form.rubric() or None)
+        except ValidationError as exc:  # no criterion is the mode field's error (the form's RUBRIC_NEEDED)
+            rubric = []
+            if rubric_form.rubric():
+                rubric_form.add_error(None, " ".join(exc.message_dict["rubric"]))
+    form = ProjectCreateForm(request.POST or None, rubric=rubric)
+    if request.method == "POST" and form.is_valid() and not (wants_rubric and rubric_form.errors):
         data = form.cleaned_data
         try:
             project = policy_services.project_create_for(
                 creator=request.user, slug=data["slug"], title=data["title"], base_model_path=data["base_model_path"],
-                **{k: data[k] for k in SETUP_FIELDS[1:]},
+                **{k: data[k] for k in SETUP_FIELDS[1:]}, **({"rubric": rubric} if rubric else {}),
             )
         except ApplicationError as exc:
             messages.error(request, exc.message)
@@ -41,7 +52,7 @@ def project_new(request):
             messages.success(request, f"Project {project.slug} created with its base model as v0. Now add prompts and members.")
             return redirect("setup:setup", slug=project.slug)
     status = 400 if request.method == "POST" else 200
-    return render(request, "annotation/project_new.html", {"form": form}, status=status)
+    return render(request, "annotation/project_new.html", {"form": form, "rubric_form": rubric_form}, status=status)
 
 
 def _setup_context(request, **forms) -> dict:

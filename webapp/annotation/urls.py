@@ -13,4 +13,5 @@ urlpatterns = [
     path("annotate/<int:completion_id>/skip/", views.skip, name="skip"),
     path("figures/", views.figures_page, name="figures"),
     path("figures/gold/", views.gold_set, name="gold_set"),
+    path("figures/gold/settings/", views.gold_settings, name="gold_settings"),
 ]

@@ -4,15 +4,19 @@ from django.contrib import messages
 from django.db import transaction
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from webapp.errors import ApplicationError
 from webapp.permissions import member_required, staff_required
+from webapp.policies import services as policy_services
 from webapp.policies.models import RatingMode
+from webapp.policies.views import project_settings_form_save
 
 from . import figures, selectors, services
 from .markdown import guidelines_html
-from .forms import GoldItemForm
+from .forms import GoldItemForm, GoldSettingsForm
 from .models import Choice, Completion, GoldItem, Rating
 
 TEMPLATE = "annotation/annotate.html"
@@ -90,7 +94,7 @@ def _undone_places(undone, lease, ranked) -> list[int] | None:
     return [number[cid] for cid in undone.order]
 
 
-def _context(request, project, *, error="", undone=None, lease=_READ_ONLY, kept_post=None):
+def _context(request, project, *, error="", undone=None, unskipped=None, lease=_READ_ONLY, kept_post=None):
     """What the page and the card show.
 
     After a POST, ``lease`` is the item to show next (None: nothing to rate right now,
@@ -101,7 +105,8 @@ def _context(request, project, *, error="", undone=None, lease=_READ_ONLY, kept_
     comment, rubric scores and ranking places are filled in as they were typed. ``undone``: the
     :class:`~webapp.annotation.models.RatingRevision` just undone; when the card shows its item
     again, its comment, rubric scores and ranking places are filled in the same way
-    (:func:`_undone_input`).
+    (:func:`_undone_input`). ``unskipped``: the :class:`~webapp.annotation.models.Skip` just undone
+    (the card says whether its item is the one shown).
     """
     read_only = lease is _READ_ONLY
     if read_only:
@@ -138,6 +143,8 @@ def _context(request, project, *, error="", undone=None, lease=_READ_ONLY, kept_
         "can_undo": progress["can_undo"],
         "undone": undone,
         "undone_places": undone_places,
+        "unskipped": unskipped,
+        "unskipped_shown": unskipped is not None and lease is not None and lease.completion_id == unskipped.completion_id,
         "error": error,
         "scores": [(s, LIKERT_LABELS[s]) for s in range(1, 6)],
         "rubric": rubric,
@@ -156,12 +163,15 @@ def _render_card_or_page(request, project, *, status=200, **context_kw):
     return render(request, TEMPLATE, context, status=status)
 
 
+@never_cache
 @member_required
 @require_GET
 def annotate(request, slug):
     """Full annotation page (``annotation/annotate.html``) with the item the person holds.
 
     Read only: holding no item, the card asks for one by POST (:func:`next_item`) as it loads.
+    Never stored (``Cache-Control: no-store``, as every card view here), so Back after rating shows
+    the item held now, not a card already rated.
     """
     project = request.project
     context = _context(request, project)
@@ -169,6 +179,7 @@ def annotate(request, slug):
     return render(request, TEMPLATE, context)
 
 
+@never_cache
 @member_required
 @require_GET
 def card(request, slug):
@@ -176,6 +187,7 @@ def card(request, slug):
     return _render_card_or_page(request, request.project)
 
 
+@never_cache
 @member_required
 @require_POST
 def next_item(request, slug):
@@ -265,6 +277,7 @@ def _item(request, completion_id) -> Completion:
     return completion
 
 
+@never_cache
 @member_required
 @require_POST
 def rate(request, slug, completion_id):
@@ -278,6 +291,7 @@ def rate(request, slug, completion_id):
     )
 
 
+@never_cache
 @member_required
 @require_POST
 def skip(request, slug, completion_id):
@@ -312,15 +326,17 @@ def _then_next(request, slug, project, action, *, item=None):
                                 kept_post=request.POST if same_item else None)
 
 
+@never_cache
 @member_required
 @require_POST
 def undo(request, slug):
-    """Undo the annotator's last judgment (within 10 minutes): its item comes back to be rated again."""
+    """Undo the annotator's last action (within 10 minutes), a judgment or a skip: its item comes back
+    to be rated again."""
     project = request.project
-    error, undone, lease = "", None, None
+    error, undone, unskipped, lease = "", None, None, None
     try:
         result = services.judgment_undo(project=project, annotator=request.user)
-        undone, lease = result.revision, result.lease
+        undone, unskipped, lease = result.revision, result.skip, result.lease
     except ApplicationError as exc:
         error = exc.message
     if lease is None and request.htmx:
@@ -328,8 +344,10 @@ def undo(request, slug):
     if not request.htmx:
         if error:
             messages.error(request, error)
+        elif unskipped is not None:
+            messages.success(request, "Undone: your skip. The item you skipped is back in your queue.")
         return redirect("annotation:annotate", slug=slug)
-    return _render_card_or_page(request, project, error=error, undone=undone, lease=lease)
+    return _render_card_or_page(request, project, error=error, undone=undone, unskipped=unskipped, lease=lease)
 
 
 @member_required
@@ -369,7 +387,9 @@ def _gold_form_for(project, *, edit: int | None, data=None) -> GoldItemForm:
     return GoldItemForm(initial=initial, kind=kind)
 
 
-def _figures_render(request, *, gold_form: GoldItemForm, editing: int | None = None, status: int = 200):
+def _figures_render(
+    request, *, gold_form: GoldItemForm, editing: int | None = None, status: int = 200, gold_settings_form=None
+):
     project = request.project
     source = request.GET.get("source") or None
     if source not in (None, *figures.SOURCES):
@@ -387,6 +407,7 @@ def _figures_render(request, *, gold_form: GoldItemForm, editing: int | None = N
             "gold_items": figures.gold_items(project=project),
             "gold_form": gold_form,
             "gold_editing": editing,
+            "gold_settings_form": gold_settings_form or GoldSettingsForm(instance=project),
         },
         status=status,
     )
@@ -430,3 +451,21 @@ def gold_set(request, slug):
                 return redirect("annotation:figures", slug=slug)
     messages.error(request, "Nothing was saved: check the gold item form below.")
     return _figures_render(request, gold_form=form, status=400)
+
+
+@staff_required
+@require_POST
+def gold_settings(request, slug):
+    """Save the gold checks (``policies.services.project_gold_settings_update``: validated, audited with the
+    old and new values): the gold item rate, and the accuracy rule that down-weights an annotator in
+    training. A value out of range re-shows the page with the reason next to its field (400)."""
+    project = request.project
+    form = GoldSettingsForm(request.POST, instance=type(project).objects.get(pk=project.pk))
+    refused = project_settings_form_save(
+        request, form, project=project, update=policy_services.project_gold_settings_update,
+        fields=form.Meta.fields, saved="Gold settings saved.",
+        invalid_page=lambda form: _figures_render(
+            request, gold_form=_gold_form_for(project, edit=None), gold_settings_form=form, status=400
+        ),
+    )
+    return refused or redirect(f"{reverse('annotation:figures', args=[slug])}#gold-settings")

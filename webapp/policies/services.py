@@ -395,6 +395,19 @@ PROJECT_REWARD_FIELDS = (
 )
 
 
+PROJECT_GOLD_FIELDS = ("gold_rate", "gold_min_accuracy", "gold_min_answers", "gold_low_weight")
+
+
+def project_gold_settings_update(*, project: Project, user=None, **fields) -> Project:
+    """Change the project's gold checks: the share of cards that are gold items (``gold_rate``, 0–1, 0 is
+    off) and how gold accuracy weighs an annotator's ratings in training (validated, audited).
+
+    Fields: :data:`PROJECT_GOLD_FIELDS`. Raises ApplicationError for an unknown field or a value out of
+    range (nothing is saved).
+    """
+    return _project_settings_update(project=project, user=user, allowed=PROJECT_GOLD_FIELDS, target="gold settings", fields=fields)
+
+
 def project_reward_settings_update(*, project: Project, user=None, **fields) -> Project:
     """Change where the project's rewards come from and how its queue chooses items (validated, audited).
 
