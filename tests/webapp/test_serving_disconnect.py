@@ -49,11 +49,15 @@ def _tokens_when_settled(server, *, quiet_s: float = 1.5, deadline_s: float = 90
 
 
 def _check_generation_stops(server, base_url, secret, slug):
+    from webapp.annotation.models import Completion
+
+    stored = Completion.objects.count()
     before = server.health()["tokens"]
     _stream_then_drop(base_url, secret, slug)
     sampled = _tokens_when_settled(server) - before
     # Kept generating: every row would run to its cap (N * MAX_TOKENS tokens).
     assert 0 < sampled < N * MAX_TOKENS // 2, sampled
+    assert Completion.objects.count() == stored  # an answer the client never read whole is not stored
     # The process serves the next request as before.
     events = server.generate({"model": slug, "prompt": "again", "max_tokens": 4})
     assert events[-1]["event"] == "done"
@@ -69,3 +73,17 @@ def test_a_client_dropping_a_stream_of_the_web_app_stops_its_rows_in_the_inferen
     settings.REWARDLOOP_INFERENCE_URL = server.url
     _, secret = api_token_create(user=annotator, name="dropping client")
     _check_generation_stops(server, live_server.url, secret, project.slug)
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_client_dropping_a_stream_under_gunicorn_stops_its_rows_in_the_inference_process(
+    project, annotator, inference_process, gunicorn, monkeypatch  # noqa: F811
+):
+    """As the Procfile runs the web app (gunicorn, gthread workers)."""
+    server = inference_process()
+    monkeypatch.setenv("REWARDLOOP_INFERENCE_URL", server.url)
+    monkeypatch.setenv("REWARDLOOP_SERVE_MAX_TOKENS", str(MAX_TOKENS))
+    web = gunicorn()
+    _, secret = api_token_create(user=annotator, name="dropping client")
+    _check_generation_stops(server, web.url, secret, project.slug)
