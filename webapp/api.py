@@ -19,6 +19,7 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, Throttled, ValidationError
 
 from webapp.accounts.auth import TokenAuth, TokenRateThrottle
+from webapp.annotation.api import USERNAME_PATTERN
 from webapp.annotation.api import router as annotation_router
 from webapp.apikit import NO_NUL_PATTERN, SLUG_PATTERN
 from webapp.errors import ApplicationError
@@ -69,6 +70,7 @@ def _field_name(loc) -> str:
 # What a field refused by its pattern must be, in words: pydantic's message would show the regular expression.
 PATTERN_MEANINGS = {
     SLUG_PATTERN: "1 to 50 letters, digits, hyphens or underscores",
+    USERNAME_PATTERN: "a username: 1 to 150 letters, digits or @ . + - _",
     NO_NUL_PATTERN: "text without NUL characters",
     SERVE_REASON_PATTERN: "a few words, not only spaces, without NUL characters",
     RESPONSE_ID_PATTERN: "an answer's id as /v1/ returned it (chatcmpl-… or cmpl-…)",

@@ -19,7 +19,7 @@ object, or a project the token's user is not a member of), ``too_large``
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from django.core.exceptions import PermissionDenied
 from ninja import Field, Schema
@@ -72,12 +72,72 @@ def _a_json_number(value):
     """Refuse JSON ``true``/``false`` and strings where a number is meant (pydantic's lax mode would
     read ``true`` as 1 and ``"4"`` as 4): the API's types are JSON's own, as the /v1/ booleans."""
     if isinstance(value, bool):
-        raise ValueError("Input should be a whole number, not true or false")
+        raise ValueError("Input should be a number, not true or false")
     if isinstance(value, str):
-        raise ValueError("Input should be a whole number (a JSON number, not a string)")
+        raise ValueError("Input should be a JSON number, not a string")
     return value
 
 
 # A Likert score, 1 to 5: 4 and 4.0 are 4 (JSON Schema's "integer"), true and "4" are refused. The
 # validator comes after the bounds so the schema keeps them as minimum and maximum.
 LikertScore = Annotated[int, Field(ge=1, le=5), BeforeValidator(_a_json_number)]
+
+
+class _ForbidExtra(Schema):
+    model_config = {"extra": "forbid"}
+
+
+def _form_field_type(field):
+    """The JSON type of one Django form field, with its bounds and choices for the schema (the form still
+    validates: these only document it and keep a value within what the database can hold)."""
+    from django import forms
+    from pydantic import StrictBool
+
+    info = {"description": str(field.help_text or field.label or "")}
+    if isinstance(field, forms.BooleanField):
+        return StrictBool, info
+    if isinstance(field, forms.ChoiceField):
+        return Literal[tuple(str(value) for value, _ in field.choices)], info
+    if isinstance(field, forms.FloatField):  # before IntegerField: Django's FloatField is one
+        bounds = {k: v for k, v in (("ge", field.min_value), ("le", field.max_value)) if v is not None}
+        return Annotated[float, Field(allow_inf_nan=False, **bounds), BeforeValidator(_a_json_number)], info
+    if isinstance(field, forms.IntegerField):
+        low = field.min_value if field.min_value is not None else -MAX_ID
+        high = min(field.max_value, MAX_ID) if field.max_value is not None else MAX_ID
+        return Annotated[int, Field(ge=low, le=high), BeforeValidator(_a_json_number)], info
+    if isinstance(field, forms.CharField):
+        bounds = {"max_length": field.max_length} if field.max_length else {}
+        return Annotated[str, Field(pattern=NO_NUL_PATTERN, **bounds)], info
+    raise TypeError(f"No JSON type for {type(field).__name__}")
+
+
+def form_schemas(name: str, *form_classes) -> tuple[type[Schema], type[Schema]]:
+    """Two schemas from the fields of Django ``form_classes``, named ``{name}Out`` (every field, as read)
+    and ``{name}Patch`` (every field optional, nothing else accepted): the API then takes and gives exactly
+    what the page's forms edit, and the forms stay the one place their rules are written.
+
+    Booleans are JSON booleans only, numbers are never ``true``/``false``; bounds, lengths and choices
+    are copied from the form fields into the OpenAPI schema.
+    """
+    from pydantic import create_model
+
+    out, patch = {}, {}
+    for form_class in form_classes:
+        for field_name, field in form_class.base_fields.items():
+            kind, info = _form_field_type(field)
+            out[field_name] = (kind, Field(..., **info))
+            patch[field_name] = (kind | None, Field(None, **info))
+    return create_model(f"{name}Out", __base__=Schema, **out), create_model(f"{name}Patch", __base__=_ForbidExtra, **patch)
+
+
+def form_errors_raise(*forms, loc: str = "body") -> None:
+    """Raise the invalid ``forms``' errors as ninja's ValidationError: a 400 naming each field, as a
+    malformed body is. Does nothing when every form is valid."""
+    from ninja.errors import ValidationError
+
+    errors = [
+        {"loc": (loc, name), "msg": " ".join(messages)}
+        for form in forms for name, messages in form.errors.items()
+    ]
+    if errors:
+        raise ValidationError(errors)

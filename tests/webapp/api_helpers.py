@@ -34,6 +34,10 @@ class ApiClient:
         data = raw if raw is not None else json.dumps(body if body is not None else {})
         return self.client.post(API + path, data, content_type="application/json", headers=self._headers())
 
+    def patch(self, path, body=None, *, raw: str | None = None):
+        data = raw if raw is not None else json.dumps(body if body is not None else {})
+        return self.client.patch(API + path, data, content_type="application/json", headers=self._headers())
+
     def put(self, path, body):
         return self.client.put(API + path, json.dumps(body), content_type="application/json", headers=self._headers())
 

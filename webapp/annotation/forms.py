@@ -111,7 +111,9 @@ class MemberAddForm(forms.Form):
         name = self.cleaned_data["username"].strip()
         user = get_user_model().objects.filter(username=name, is_active=True).first()
         if user is None:
-            raise forms.ValidationError(f"No active user is called {name!r}; create the account first (Admin → Users).")
+            raise forms.ValidationError(
+                f"No active user is called {name!r}; create the account first (Admin → Users).", code="unknown_user"
+            )
         self.user = user
         return name
 

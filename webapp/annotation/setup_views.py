@@ -172,9 +172,11 @@ def member_remove(request, slug):
     membership = Membership.objects.filter(project=request.project, user__username=request.POST.get("username", "")).first()
     if membership is None:
         messages.error(request, "That person is not a member.")
-    elif membership.user == request.user:
-        messages.error(request, "You cannot remove yourself; ask another staff member.")
     else:
-        policy_services.membership_remove(project=request.project, user=membership.user, actor=request.user)
-        messages.success(request, f"{membership.user.username} was removed from {request.project.slug}.")
+        try:
+            policy_services.membership_remove(project=request.project, user=membership.user, actor=request.user)
+        except ApplicationError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, f"{membership.user.username} was removed from {request.project.slug}.")
     return redirect("setup:setup", slug=slug)

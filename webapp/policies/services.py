@@ -122,8 +122,14 @@ def membership_remove(*, project: Project, user, actor=None) -> bool:
     """Take ``user`` off ``project``; returns whether they were a member.
 
     Their leases on the project's items are released (the items go back to the
-    queue); their ratings stay.
+    queue); their ratings stay. The setup page and the API both remove members here.
+
+    Raises:
+        ApplicationError: ``actor`` is ``user`` (nobody removes themselves, so a project's last staff
+            member stays: another staff member, or global staff, removes them).
     """
+    if actor is not None and actor.pk == user.pk:
+        raise ApplicationError("You cannot remove yourself; ask another staff member.")
     deleted, _ = Membership.objects.filter(project=project, user=user).delete()
     if deleted:
         user.leases.filter(completion__project=project, fulfilled=False).delete()

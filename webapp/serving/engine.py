@@ -127,6 +127,7 @@ class Engine:
         self._stopping = False
         self.batches_run = 0
         self.rows_run = 0
+        self.tokens_run = 0  # tokens sampled, every row of every batch
         self._thread = threading.Thread(target=self._loop, name="inference-engine", daemon=True)
         self._thread.start()
 
@@ -246,6 +247,7 @@ class Engine:
 
         def on_step(row_ids, tokens, emitted):
             stop = []
+            self.tokens_run += len(tokens)
             for r, token, was_emitted in zip(row_ids.tolist(), tokens.tolist(), emitted.tolist()):
                 request, index = rows[r]
                 if was_emitted:

@@ -15,7 +15,8 @@ in OpenAI's error shape ``{"error": {"message", "type", "param", "code"}}``.
 token it adds ``"served"``: ``{slug: served version number}`` (the ``N`` of ``vN``, as the web app's
 ``/healthz`` reports it) for the loaded projects the token's user
 is staff of (empty for an annotator), and for global staff (``is_staff``) the engine's counters
-``"batches"`` and ``"rows"`` (forward runs and rows generated, all projects); a bad or revoked
+``"batches"``, ``"rows"`` and ``"tokens"`` (forward runs, rows generated and tokens sampled, all
+projects; ``tokens`` stops growing once every row has stopped); a bad or revoked
 token is a 401 in OpenAI's error shape. Built on the standard
 library's :class:`http.server.ThreadingHTTPServer`: one thread per connection reads the
 engine's events, decodes text incrementally and applies stop sequences, while the engine's
@@ -190,7 +191,7 @@ def make_handler(engine: Engine, versions: Versions):
                 close_old_connections()
             body = {"ok": True, "served": {slug: numbers[served[slug]] for slug in staffed}}
             if token.user.is_staff:  # the engine's counters sum every project's traffic
-                body.update(batches=engine.batches_run, rows=engine.rows_run)
+                body.update(batches=engine.batches_run, rows=engine.rows_run, tokens=engine.tokens_run)
             return self._json(200, body)
 
         def do_POST(self):

@@ -10,18 +10,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
+from django.db import transaction
+from django.forms.models import model_to_dict
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from ninja import Field, Path, Query, Router, Schema, Status
 from ninja.errors import ValidationError
 
-from webapp.apikit import ERRORS, MAX_ID, MAX_NUMBER, SLUG_PATTERN, api_project
-from webapp.policies.models import ModelVersion
+from webapp.annotation.forms import ProjectSettingsForm
+from webapp.apikit import ERRORS, MAX_ID, MAX_NUMBER, SLUG_PATTERN, api_project, form_errors_raise, form_schemas
+from webapp.errors import ApplicationError
+from webapp.policies import services as project_services
+from webapp.policies.models import ModelVersion, Project
 from webapp.rewards import selectors as reward_selectors
 from webapp.rewards import services as reward_services
 
 from . import exports, selectors, services
-from .forms import TrainNowForm
+from .forms import TrainingSettingsForm, TrainNowForm
 from .models import TrainingRun
 from .selectors import SAME_VERSION
 
@@ -291,3 +296,52 @@ def reward_model_status(request, slug: str = Slug):
         "latest": versions[0] if versions else None,
         "versions": versions,
     }
+
+
+# --- A project's settings (the setup page's settings form and the runs page's training settings) ---
+
+# Each form with the service that saves it, as the pages pair them (each change audited by its service).
+SETTINGS_FORMS = (
+    (ProjectSettingsForm, project_services.project_setup_update),
+    (TrainingSettingsForm, project_services.project_training_settings_update),
+)
+ProjectSettingsOut, ProjectSettingsPatch = form_schemas("ProjectSettings", *(form for form, _ in SETTINGS_FORMS))
+
+
+def _settings_out(project) -> dict:
+    return model_to_dict(project, fields=list(ProjectSettingsOut.model_fields))
+
+
+@router.get("/projects/{slug}/settings", response={200: ProjectSettingsOut, **ERRORS}, summary="Project settings (staff)")
+def settings_read(request, slug: str = Slug):
+    """What the setup page's settings form and the runs page's training settings show: title, rating
+    mode, guidelines, ratings per item, completions per prompt, pool size; the schedule threshold, the
+    promotion guard's and the arena's settings, the weight of production feedback."""
+    project, _ = api_project(request, slug, staff=True)
+    return _settings_out(project)
+
+
+@router.patch("/projects/{slug}/settings", response={200: ProjectSettingsOut, **ERRORS},
+              summary="Change project settings (staff)")
+def settings_update(request, body: ProjectSettingsPatch, slug: str = Slug):
+    """Change any of the settings (fields left out keep their value), validated by the pages' own forms
+    and saved by their services, audited as on the pages (one audit line per form whose values changed).
+    A value a form refuses (out of range, an unknown mode, rubric mode without a rubric) is a 400 naming
+    the field; nothing is saved then."""
+    project, _ = api_project(request, slug, staff=True)
+    changes = body.model_dump(exclude_unset=True)
+    with transaction.atomic():
+        current = Project.objects.select_for_update().get(pk=project.pk)
+        bound = []
+        for form_class, update in SETTINGS_FORMS:
+            fields = list(form_class.base_fields)
+            if set(fields) & set(changes):
+                data = {**model_to_dict(current, fields=fields), **changes}
+                bound.append((form_class(data, instance=Project.objects.get(pk=project.pk)), update, fields))
+        form_errors_raise(*(form for form, _, _ in bound))
+        try:
+            for form, update, fields in bound:
+                update(project=current, user=request.user, **{k: form.cleaned_data[k] for k in fields})
+        except ApplicationError as exc:
+            raise ValidationError([{"loc": ("body", "settings"), "msg": exc.message}]) from None
+    return _settings_out(Project.objects.get(pk=project.pk))

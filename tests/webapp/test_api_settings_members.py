@@ -1,0 +1,123 @@
+"""A project's settings and members through the REST API, as the setup page and the runs page's
+training settings edit them: the same forms validate, the same services save and audit."""
+
+import pytest
+
+from tests.webapp.api_helpers import api_for  # noqa: F401 - fixture
+from webapp.policies.models import AuditEvent, Membership, Project
+
+
+@pytest.fixture
+def lead(make_user, project):
+    """A staff member of the project who is not global staff (the token's role comes from the membership)."""
+    user = make_user("lead", member=False)
+    Membership.objects.create(project=project, user=user, role=Membership.Role.STAFF)
+    return user
+
+
+def test_staff_read_and_change_settings_of_both_pages_and_each_form_is_audited(project, lead, api_for):
+    api = api_for(lead)
+    before = api.get("/projects/t/settings")
+    assert before.status_code == 200, before.content
+    read = before.json()
+    assert read["title"] == project.title and read["rating_mode"] == project.rating_mode
+    assert read["min_new_ratings"] == project.min_new_ratings and read["arena_required"] == project.arena_required
+
+    changed = api.patch("/projects/t/settings", {"title": "Renamed", "guidelines": "Be brief.\r\nBe kind.",
+                                                  "guard_max_kl": 0.75, "arena_required": True})
+    assert changed.status_code == 200, changed.content
+    body = changed.json()
+    assert (body["title"], body["guard_max_kl"], body["arena_required"]) == ("Renamed", 0.75, True)
+    assert body["guidelines"] == "Be brief.\nBe kind."  # stored as the page's form stores it (LF)
+    assert body["pool_target"] == read["pool_target"]  # left out: kept
+    project.refresh_from_db()
+    assert (project.title, project.guard_max_kl, project.arena_required) == ("Renamed", 0.75, True)
+    events = AuditEvent.objects.filter(project=project, action=AuditEvent.Action.SETTINGS).order_by("id")
+    assert [(e.target, e.actor, sorted(e.detail)) for e in events] == [
+        ("project setup", lead, ["guidelines", "title"]),
+        ("training settings", lead, ["arena_required", "guard_max_kl"]),
+    ]
+    assert api.patch("/projects/t/settings", {"title": "Renamed"}).status_code == 200
+    assert events.count() == 2  # nothing changed, nothing audited
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"ratings_per_item": 0}, "ratings_per_item"),
+    ({"pool_target": 1001}, "pool_target"),
+    ({"rating_mode": "rubric"}, "rating_mode"),  # the form's rule: rubric mode needs a rubric
+    ({"rating_mode": "stars"}, "rating_mode"),
+    ({"title": ""}, "title"),
+    ({"title": None}, "title"),
+    ({"guard_min_distinct2_ratio": 1.5}, "guard_min_distinct2_ratio"),
+    ({"arena_voters": "everyone"}, "arena_voters"),
+    ({"arena_required": "yes"}, "arena_required"),
+    ({"min_new_ratings": True}, "min_new_ratings"),
+    ({"colour": "red"}, "colour"),
+    ({"title": "Fine", "guard_eval_prompts": 0}, "guard_eval_prompts"),  # one bad field: nothing saved
+])
+def test_a_setting_a_form_refuses_is_a_400_naming_it_and_nothing_is_saved(project, lead, api_for, change, field):
+    before = Project.objects.filter(pk=project.pk).values().get()
+    response = api_for(lead).patch("/projects/t/settings", change)
+    assert response.status_code == 400, response.content
+    assert response.json()["code"] == "invalid"
+    assert [f["field"] for f in response.json()["fields"]] == [field]
+    assert Project.objects.filter(pk=project.pk).values().get() == before
+    assert not AuditEvent.objects.filter(action=AuditEvent.Action.SETTINGS).exists()
+
+
+def test_members_are_listed_added_by_username_given_a_role_and_removed(project, lead, annotator, make_user, api_for):
+    api = api_for(lead)
+    newcomer = make_user("newcomer", member=False)
+    assert api.get("/projects/t/members").json() == [
+        {"username": "ann", "role": "annotator"}, {"username": "lead", "role": "staff"}
+    ]
+    added = api.post("/projects/t/members", {"username": "newcomer"})
+    assert added.status_code == 201 and added.json() == {"username": "newcomer", "role": "annotator"}
+    again = api.post("/projects/t/members", {"username": "newcomer", "role": "staff"})  # as the page: role set
+    assert again.status_code == 200 and again.json()["role"] == "staff"
+    changed = api.patch("/projects/t/members/newcomer", {"role": "annotator"})
+    assert changed.status_code == 200 and changed.json() == {"username": "newcomer", "role": "annotator"}
+    assert Membership.objects.get(project=project, user=newcomer).role == "annotator"
+    assert api.delete("/projects/t/members/newcomer").status_code == 204
+    assert not Membership.objects.filter(project=project, user=newcomer).exists()
+    events = AuditEvent.objects.filter(project=project, target="newcomer").order_by("id")
+    assert [(e.action, e.actor, e.detail.get("role")) for e in events] == [
+        ("member_add", lead, "annotator"), ("member_add", lead, "staff"), ("member_add", lead, "annotator"),
+        ("member_remove", lead, None),
+    ]
+
+
+def test_unknown_users_and_non_members_are_404_a_bad_role_400_and_nobody_removes_themselves(
+    project, lead, make_user, api_for
+):
+    api = api_for(lead)
+    make_user("outsider", member=False)
+    ghost = api.post("/projects/t/members", {"username": "ghost"})
+    assert ghost.status_code == 404 and "No active user is called 'ghost'" in ghost.json()["message"]
+    for response in (api.patch("/projects/t/members/outsider", {"role": "staff"}),
+                     api.delete("/projects/t/members/outsider"), api.delete("/projects/t/members/ghost")):
+        assert response.status_code == 404, response.content
+    bad = api.post("/projects/t/members", {"username": "outsider", "role": "owner"})
+    assert bad.status_code == 400 and [f["field"] for f in bad.json()["fields"]] == ["role"]
+    themselves = api.delete("/projects/t/members/lead")  # the project's last staff member
+    assert themselves.status_code == 409 and "cannot remove yourself" in themselves.json()["message"]
+    assert Membership.objects.get(project=project, user=lead).role == "staff"
+    assert not AuditEvent.objects.filter(project=project, action__in=["member_add", "member_remove"]).exists()
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("get", "/projects/t/settings", None),
+    ("patch", "/projects/t/settings", {"title": "Mine"}),
+    ("get", "/projects/t/members", None),
+    ("post", "/projects/t/members", {"username": "ann", "role": "staff"}),
+    ("patch", "/projects/t/members/ann", {"role": "staff"}),
+    ("delete", "/projects/t/members/lead", None),
+])
+def test_annotators_get_403_and_strangers_404(project, lead, annotator, make_user, api_for, method, path, body):
+    for user, status in ((annotator, 403), (make_user("stranger", member=False), 404)):
+        api = api_for(user)
+        response = getattr(api, method)(path, body) if body is not None else getattr(api, method)(path)
+        assert response.status_code == status, (user, response.content)
+    assert Membership.objects.get(project=project, user=annotator).role == "annotator"
+    assert Membership.objects.filter(project=project, user=lead).exists()
+    assert Project.objects.get(pk=project.pk).title != "Mine"
