@@ -99,18 +99,23 @@ def test_shadow_ratings_are_stored_like_any_other(project, annotator, make_compl
     assert overoptimisation.human_rewards(version=candidate) == [-0.5]
 
 
-def test_nothing_on_the_card_says_it_is_a_candidate(client, annotator, project, make_completion, api_for):  # noqa: F811
-    """The candidate's card is the served version's card, but for the item's id."""
-    client.force_login(annotator)
+def test_nothing_on_the_card_says_it_is_a_candidate(client, annotator, make_user, project, make_completion, api_for):  # noqa: F811
+    """The candidate's card is the served version's card, but for the item's id.
+
+    Two annotators, each on their first card (a skip would put an undo button on the second card):
+    the first is handed the candidate's item, which it then holds, so the second gets the served one.
+    """
+    second = make_user("ann2")
     candidate = _candidate(project)
     from_candidate = make_completion(project, text="the same words", version=candidate)
     from_served = make_completion(project, text="the same words")
     _shadow(project, candidate, 1.0)
-    api = api_for(annotator)
 
-    def card(expected):
+    def card(expected, who):
+        client.force_login(who)
+        api = api_for(who)
         client.post(f"/p/{project.slug}/annotate/next/", **HTMX)
-        held = selectors.lease_held(project=project, annotator=annotator)
+        held = selectors.lease_held(project=project, annotator=who)
         assert held.completion_id == expected.pk
         html = client.get(f"/p/{project.slug}/annotate/card/", **HTMX).content.decode()
         item = api.post(f"/projects/{project.slug}/queue/next").json()["item"]
@@ -120,10 +125,9 @@ def test_nothing_on_the_card_says_it_is_a_candidate(client, annotator, project, 
             html = html.replace(where, where.replace(str(pk), "ID"))
         return html, {**item, "completion_id": "ID", "completion": None}
 
-    shadow_html, shadow_api = card(from_candidate)
+    shadow_html, shadow_api = card(from_candidate, annotator)
     assert Lease.objects.get(completion=from_candidate).chosen_by == ChosenBy.SHADOW
-    services.item_skip(annotator=annotator, completion=from_candidate)
-    served_html, served_api = card(from_served)
+    served_html, served_api = card(from_served, second)
 
     assert "the same words" in shadow_html
     assert shadow_html == served_html
