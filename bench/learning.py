@@ -684,10 +684,10 @@ class Loop:
     def _refill_start(self) -> None:
         """The worker takes a refill task: sample the deficit it finds, a batch at a time."""
         from webapp.annotation.services import GENERATION_BATCH
-        from webapp.annotation.selectors import pool_size
+        from webapp.annotation.selectors import pool_free
 
         self.project.refresh_from_db(fields=["served_version"])
-        deficit = self.project.pool_target - pool_size(project=self.project)
+        deficit = self.project.pool_target - pool_free(project=self.project)
         if deficit <= 0:
             self.queue.stream = None
             return

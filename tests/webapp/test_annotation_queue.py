@@ -209,6 +209,35 @@ def test_the_pool_asks_for_a_refill_below_the_low_water_mark_only(project, make_
     assert selectors.pool_needs_refill(project=project)
 
 
+def test_items_annotators_hold_are_not_ready_so_the_low_water_mark_counts_only_free_ones(
+    project, make_completion, django_user_model
+):
+    # With as many annotators as the mark, counting held items as ready asked for a refill only
+    # once the free ones were gone: 16 simulated annotators at pool 32 / mark 16 waited 16 times.
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from webapp.annotation.models import Lease
+
+    project.pool_target, project.pool_low_water = 4, 4
+    project.save()
+    for i in range(4):
+        make_completion(project, text=f"ready {i}")
+    assert not selectors.pool_needs_refill(project=project)
+
+    holders = [django_user_model.objects.create_user(f"holder{i}", password="pw-12345678") for i in range(2)]
+    leases = [services.lease_next(project=project, annotator=who) for who in holders]
+    assert all(lease is not None for lease in leases)
+
+    assert selectors.pool_size(project=project) == 4  # still open: nobody rated them
+    assert selectors.pool_free(project=project) == 2
+    assert selectors.pool_needs_refill(project=project)
+
+    Lease.objects.filter(pk=leases[0].pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert selectors.pool_free(project=project) == 3  # an expired lease gives its item back
+
+
 def test_a_low_water_mark_above_the_pool_size_refills_whenever_anything_is_missing(project, make_completion):
     project.pool_target, project.pool_low_water = 2, 16
     project.save()

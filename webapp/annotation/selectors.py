@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, timedelta
 
 from django.db import connection
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -64,6 +64,30 @@ def pool_size(*, project: Project, version_id: int | None = None) -> int:
     return n
 
 
+def pool_free(*, project: Project, version_id: int | None = None) -> int:
+    """The part of :func:`pool_size` nobody holds: open items of the served version (or of
+    ``version_id``) with a rating slot still untaken, in the same units (pairwise items count
+    two, ranking items their k). A slot is taken by a rating or by a lease that is rated or has
+    not expired. This is what the low-water mark and the refill's deficit count: items an
+    annotator holds are not ready for the next one, so with as many annotators as the mark
+    the queue would otherwise run dry before a refill was even asked for.
+    """
+    version_id = project.served_version_id if version_id is None else version_id
+    taken = Count("leases", filter=Q(leases__fulfilled=True) | Q(leases__expires_at__gt=timezone.now()), distinct=True)
+    n = (
+        open_completions(project=project)
+        .filter(model_version_id=version_id)
+        .annotate(slots_taken=taken)
+        .filter(slots_taken__lt=project.ratings_per_item)
+        .count()
+    )
+    if project.rating_mode == RatingMode.PAIRWISE:
+        return 2 * n
+    if project.rating_mode == RatingMode.RANKING:
+        return project.rank_k * n
+    return n
+
+
 def pool_target_for(*, project: Project, version_id: int | None) -> int:
     """Completions the pool refill keeps open for ``version_id``: ``pool_target`` for the served
     version; for the shadow candidate (``Project.shadow_version``) ``shadow_share`` of it,
@@ -76,14 +100,15 @@ def pool_target_for(*, project: Project, version_id: int | None) -> int:
 
 
 def pool_needs_refill(*, project: Project) -> bool:
-    """Whether the served version's open items fell below the low-water mark
-    (``Project.pool_low_water``, at most ``pool_target``): the moment to ask for a refill,
-    early enough that the next generation batch lands before the pool runs dry. Also when
-    the shadow candidate's open items fell to half their target or fewer."""
-    if pool_size(project=project) < min(project.pool_low_water, project.pool_target):
+    """Whether the served version's free items (:func:`pool_free`: open and not held by a
+    lease) fell below the low-water mark (``Project.pool_low_water``, at most ``pool_target``):
+    the moment to ask for a refill, early enough that the next generation batch lands before
+    the pool runs dry. Also when the shadow candidate's free items fell to half their target
+    or fewer."""
+    if pool_free(project=project) < min(project.pool_low_water, project.pool_target):
         return True
     shadow_target = pool_target_for(project=project, version_id=project.shadow_version_id)
-    return shadow_target > 0 and 2 * pool_size(project=project, version_id=project.shadow_version_id) <= shadow_target
+    return shadow_target > 0 and 2 * pool_free(project=project, version_id=project.shadow_version_id) <= shadow_target
 
 
 # --- The annotator's hot path ---------------------------------------------------------

@@ -383,7 +383,7 @@ def _pool_claim_batch(
         in_flight = sum(c.n_completions for c in claims if c.model_version_id == version.pk)
         deficit = (
             selectors.pool_target_for(project=locked, version_id=version.pk)
-            - selectors.pool_size(project=locked, version_id=version.pk)
+            - selectors.pool_free(project=locked, version_id=version.pk)
             - in_flight
         )
         if budget is not None:
@@ -493,13 +493,13 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
         return 0
     # One refill fills at most the deficit it found when it started (as before claims), so
     # annotators draining the pool meanwhile do not keep one task running forever.
-    budget = project.pool_target - selectors.pool_size(project=project)
+    budget = project.pool_target - selectors.pool_free(project=project)
     if max_new is not None:
         budget = min(budget, max_new)
     created = _pool_fill(project=project, version=version, budget=budget, seed=seed)
     shadow = project.shadow_version
     if shadow is not None and shadow.pk != version.pk:
-        budget = selectors.pool_target_for(project=project, version_id=shadow.pk) - selectors.pool_size(
+        budget = selectors.pool_target_for(project=project, version_id=shadow.pk) - selectors.pool_free(
             project=project, version_id=shadow.pk
         )
         if max_new is not None:
