@@ -142,7 +142,11 @@ def test_rate_skip_and_undo_still_work_with_the_active_queue(project, annotator,
     third = services.lease_next(project=project, annotator=annotator)
     assert third.completion_id == items[0].pk
 
+    # u undoes the last action: first the skip (its item comes back), then the rating.
+    undone_skip = services.judgment_undo(project=project, annotator=annotator)
+    assert undone_skip.skip.completion_id == items[2].pk and undone_skip.lease.completion_id == items[2].pk
+    assert not Lease.objects.filter(completion_id=items[0].pk, annotator=annotator).exists()
+
     undone = services.judgment_undo(project=project, annotator=annotator)
     assert undone.lease.completion_id == items[1].pk
     assert Lease.objects.get(completion_id=items[1].pk, annotator=annotator).chosen_by == ChosenBy.ACTIVE
-    assert not Lease.objects.filter(completion_id=items[0].pk, annotator=annotator).exists()

@@ -68,6 +68,7 @@ def site(project, staff_user, annotator, make_completion, tmp_path, django_user_
         "vote_id": 999_999,  # nobody's arena matchup: refused with a message, never 500
         "feedback_id": 999_999,  # nobody's feedback: without a token a 401, never 500
         "rest": "embeddings",  # /v1/<rest> not served: a 404 in OpenAI's error shape, never 500
+        "username": "nobody-here",  # not a member: the members routes answer 404, never 500
     }
     return {"project": project, "values": values, "superuser": superuser, "annotator": annotator, "staff": staff_user}
 
