@@ -48,7 +48,6 @@ def base_model_ensure(*, models_dir: Path | None = None) -> Path:
     return Path(convert_gguf_to_hf(gguf_path, out_dir))
 
 
-@transaction.atomic
 def model_folder_exists(path: Path) -> bool:
     """Whether ``path`` is a Hugging Face model folder (has a ``config.json``); False, not an OSError,
     for a path the system refuses to look at (a name too long, a NUL byte)."""
@@ -58,8 +57,9 @@ def model_folder_exists(path: Path) -> bool:
         return False
 
 
+@transaction.atomic
 def project_create(*, slug: str, title: str, base_model_path: str | Path, **fields) -> Project:
-    """Create a project and register its base model as version 0, served.
+    """Create a project and register its base model as version 0, served, in one transaction.
 
     A base folder under ``REWARDLOOP_MODELS_DIR`` is recorded by its name there
     (:func:`webapp.policies.artifacts.models_name`), so each machine loads its own copy
@@ -98,9 +98,8 @@ def project_create_for(*, creator, slug: str, title: str, base_model_path: str |
     """:func:`project_create`, with ``creator`` as the new project's staff, in one transaction
     ("New project" on the page and ``POST /api/v1/projects``). Raises as :func:`project_create`;
     nothing is stored then."""
-    with transaction.atomic():
-        project = project_create(slug=slug, title=title, base_model_path=base_model_path, **fields)
-        membership_add(project=project, user=creator, role=Membership.Role.STAFF, actor=creator)
+    project = project_create(slug=slug, title=title, base_model_path=base_model_path, **fields)
+    membership_add(project=project, user=creator, role=Membership.Role.STAFF, actor=creator)
     return project
 
 
