@@ -89,7 +89,7 @@ def pool_free(*, project: Project, version_id: int | None = None) -> int:
 
 
 def pool_target_for(*, project: Project, version_id: int | None) -> int:
-    """Completions the pool refill keeps open for ``version_id``: ``pool_target`` for the served
+    """Free completions (:func:`pool_free`) the pool refill keeps for ``version_id``: ``pool_target`` for the served
     version; for the shadow candidate (``Project.shadow_version``) ``shadow_share`` of it,
     rounded up (0 with a share of 0); 0 for any other version."""
     if version_id is not None and version_id == project.served_version_id:

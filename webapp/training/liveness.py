@@ -305,7 +305,11 @@ def training_run_fail_lost(*, run_id: int, reason: str) -> TrainingRun | None:
         error = f"The training worker was lost while {doing}: {reason}. {outcome}"
         # Clean up before the failure is committed, so nobody sees a failed run with its
         # temporary folders still on disk (the runner's promote step does the same).
-        removed = run_leftovers_remove(run)
+        try:
+            removed = run_leftovers_remove(run)
+        except Exception:  # a storage that is down must not keep the run "running": fail it anyway
+            log.exception("run %s: its leftovers could not be removed", run.pk)
+            removed = []
         steps_close(run_id=run.pk, running_to=TrainingStep.Status.FAILED, error=error)
         stamp = now.strftime("%H:%M:%S")
         TrainingRun.objects.filter(pk=run.pk).update(
