@@ -427,9 +427,7 @@ def project_create(request, body: ProjectCreateIn):
     defaults = {name: Project._meta.get_field(name).get_default() for name in ProjectCreateForm.base_fields}
     form = ProjectCreateForm({**defaults, **body.model_dump(exclude_none=True)})
     if not form.is_valid():
-        raise ValidationError(
-            [{"loc": ("body", name), "msg": " ".join(errors)} for name, errors in form.errors.items()]
-        )
+        form_errors_raise(form)
     try:
         project = project_services.project_create_for(creator=request.user, **form.cleaned_data)
     except ApplicationError as exc:

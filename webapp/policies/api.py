@@ -206,7 +206,7 @@ class VersionExportOut(Schema):
     download: str | None = Field(description="Where to GET the zip once ``status`` is ready, else null.")
 
 
-def _export_out(request, export) -> dict:
+def _export_out(export) -> dict:
     ready = export.status == VersionExport.Status.READY
     return {
         "id": export.pk,
@@ -233,7 +233,7 @@ def export_request(request, slug: str = Slug, number: int = VersionNumber):
     project, _ = api_project(request, slug, staff=True)
     version = get_object_or_404(ModelVersion, project=project, number=number)
     export = services.version_export_request(version=version, user=request.user)
-    return Status(200 if export.status == VersionExport.Status.READY else 202, _export_out(request, export))
+    return Status(200 if export.status == VersionExport.Status.READY else 202, _export_out(export))
 
 
 @router.get(
@@ -248,7 +248,7 @@ def export_status(request, slug: str = Slug, number: int = VersionNumber):
     export = selectors.latest_export(version=version)
     if export is None:
         raise HttpError(404, f"v{number} has no download build; POST to this path to ask for one.")
-    return _export_out(request, export)
+    return _export_out(export)
 
 
 @router.get(
