@@ -23,6 +23,8 @@ def test_the_versions_page_says_a_version_waits_for_the_arena_and_counts_the_vot
     screenshot(page, "versions-arena-wait")
 
     banner.get_by_role("link", name="Vote in the arena").click()
+    # Wait for the arena page's load event: the keys script is deferred (see test_browser_compare).
+    page.wait_for_url(f"**/p/{project.slug}/arena/")
     card = page.locator("#card[data-vote]")
     card.wait_for()
     first = card.get_attribute("data-vote")

@@ -32,6 +32,9 @@ def test_staff_read_the_word_diff_and_vote_both_bad_blind_from_the_compare_page(
     screenshot(page, "compare")
 
     page.click("#arena-from-compare button")
+    # The click starts a navigation; the keys script is deferred, so a key pressed before the new
+    # page's load event can reach a document with no key handler yet (seen once in CI).
+    page.wait_for_url(f"**/p/{project.slug}/arena/")  # waits for the load event
     card = page.locator("#card[data-vote]")
     card.wait_for()
     assert "version" not in card.inner_text().lower()  # blind: no names
