@@ -23,11 +23,19 @@ def runs_for_project(*, project: Project, limit: int = 50) -> QuerySet[TrainingR
 
 
 def training_overview(*, project: Project) -> dict:
+    """The runs page's summary line. The pool as the refill sees it: ``pool_free`` (open items of the
+    served version nobody holds, what the refill keeps at ``pool_target``), ``pool_leased`` (open
+    items whose every rating slot is taken by a live lease or a rating) and ``pool_size`` (all open
+    items, free + leased), in :func:`webapp.annotation.selectors.pool_size`'s units."""
+    pool_size = annotation_selectors.pool_size(project=project)
+    pool_free = annotation_selectors.pool_free(project=project)
     return {
         "new_ratings": annotation_selectors.new_ratings(project=project).count(),
         "min_new_ratings": project.min_new_ratings,
         "active": TrainingRun.objects.filter(project=project, status__in=ACTIVE_STATUSES).exists(),
-        "pool_size": annotation_selectors.pool_size(project=project),
+        "pool_size": pool_size,
+        "pool_free": pool_free,
+        "pool_leased": pool_size - pool_free,
     }
 
 
