@@ -9,6 +9,11 @@ name never share a temporary file; the last rename wins.
 A folder is written the same way by :func:`atomic_directory`: a temporary sibling folder
 is filled, fsynced (files, then folders) and renamed into place.
 
+Files and folders get the permissions ``open`` and ``os.mkdir`` give a new one (0o666 and
+0o777 less the process's umask, and a folder's default ACL where there is one), not
+``tempfile``'s owner-only 0o600 and 0o700: a process running as another user of a shared
+folder's group (a Celery worker reading broker messages or model versions) can read them.
+
 Source: the POSIX ``rename(2)`` guarantee; the fsync-the-directory rule from
 ``fsync(2)`` ("an explicit fsync() on a file descriptor for the directory is also needed").
 """
@@ -17,8 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -44,6 +49,22 @@ def fsync_tree(directory: str | os.PathLike) -> None:
         fsync_dir(root)
 
 
+def _new_sibling(folder: Path, prefix: str, suffix: str, create: Callable[[str], int | None]) -> tuple[str, int | None]:
+    """Create ``<prefix><random><suffix>`` in ``folder`` with ``create(name)``, which must raise
+    ``FileExistsError`` for a name in use; returns (name, what ``create`` returned). Named as
+    ``tempfile.mkstemp`` names, but ``create`` chooses the permissions."""
+    for _ in range(100):
+        name = str(folder / f"{prefix}{secrets.token_hex(4)}{suffix}")
+        try:
+            return name, create(name)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no unused temporary name {prefix}*{suffix} in {folder}")
+
+
+_OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
 @contextlib.contextmanager
 def atomic_file(
     path: str | os.PathLike, mode: str = "wb", *, encoding: str | None = None, durable: bool = True
@@ -66,7 +87,7 @@ def atomic_file(
         raise ValueError(f"atomic_file writes with mode 'wb' or 'w', not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp, fd = _new_sibling(path.parent, f".{path.name}.", ".tmp", lambda name: os.open(name, _OPEN_NEW, 0o666))
     try:
         with os.fdopen(fd, mode, encoding=(encoding or "utf-8") if mode == "w" else None) as f:
             yield f
@@ -103,7 +124,7 @@ def atomic_directory(
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = Path(_new_sibling(out_dir.parent, f".{out_dir.name}.tmp-", "", os.mkdir)[0])
     try:
         yield tmp
         if before_commit is not None:
@@ -111,7 +132,7 @@ def atomic_directory(
         fsync_tree(tmp)
         old = None
         if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            old = Path(_new_sibling(out_dir.parent, f".{out_dir.name}.old-", "", os.mkdir)[0])
             os.replace(out_dir, old / out_dir.name)
         os.replace(tmp, out_dir)
         fsync_dir(out_dir.parent)

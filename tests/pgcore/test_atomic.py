@@ -78,3 +78,18 @@ def test_importing_the_helper_does_not_import_torch():
     code = "import sys, pgcore.atomic; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_files_and_folders_get_the_umasks_permissions_like_new_ones(tmp_path):
+    # tempfile's 0600 and 0700 kept a process running as another user of the folder's group out.
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "out.json", "{}")
+        with atomic_directory(tmp_path / "version") as tmp:
+            atomic_write(tmp / "weights", b"w")
+        (tmp_path / "plain").write_text("x")
+        (tmp_path / "plain-folder").mkdir()
+    finally:
+        os.umask(old)
+    modes = {p.name: oct(p.stat().st_mode & 0o7777) for p in [*tmp_path.iterdir(), tmp_path / "version" / "weights"]}
+    assert modes == {"out.json": "0o640", "weights": "0o640", "plain": "0o640", "version": "0o750", "plain-folder": "0o750"}
