@@ -30,6 +30,9 @@ from pgcore.atomic import atomic_file
 
 log = logging.getLogger(__name__)
 
+STALE_TEMPORARY_AGE = 600.0  # seconds: a hidden temporary message file older than this lost its writer
+SWEEP_INTERVAL = 60.0  # seconds between two sweeps of one channel
+
 
 def task_send(name: str, *, args: list, queue: str | None = None) -> bool:
     """Publish task ``name`` with positional ``args``; True when the broker accepted the message.
@@ -67,8 +70,22 @@ class FilesystemChannel(filesystem.Channel):
     loses skips the file, as kombu's code intends. A file that still does not parse
     (written by another program) is logged and left as ``.<name>.unreadable`` instead
     of stopping the worker. Message names, ``store_processed`` and ``processed_folder``
-    are kombu's.
+    are kombu's. Message files get the umask's permissions, as kombu's did, so a worker
+    running as another user of the folder's group can read them.
+
+    A writer killed between creating its hidden file and renaming it leaves the file
+    behind; a reader removes such files from ``data_folder_in`` once they are older than
+    the transport option ``stale_temporary_age`` (seconds, default 600: a message is
+    written in milliseconds), on its first poll and then at most every
+    :data:`SWEEP_INTERVAL` seconds, and logs what it removed and how many ``.unreadable``
+    files it keeps (they are evidence; remove them by hand).
     """
+
+    _next_sweep = 0.0  # time.monotonic() of the next sweep; 0: on the first poll
+
+    @property
+    def stale_temporary_age(self) -> float:
+        return float(self.transport_options.get("stale_temporary_age", STALE_TEMPORARY_AGE))
 
     def _put(self, queue, payload, **kwargs):
         """Put ``payload`` (a kombu message dict) on ``queue`` as one complete file."""
@@ -82,6 +99,9 @@ class FilesystemChannel(filesystem.Channel):
 
     def _get(self, queue):
         """Take the oldest message of ``queue``; :class:`queue.Empty` when there is none."""
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + SWEEP_INTERVAL
+            self.temporary_files_sweep()
         for filename in sorted(os.listdir(self.data_folder_in)):
             if filename.partition(".")[2] != f"{queue}.msg":  # kombu's test: hidden names never match
                 continue
@@ -107,6 +127,49 @@ class FilesystemChannel(filesystem.Channel):
                 os.remove(claimed)
             return message
         raise Empty()
+
+    _unreadable_logged = 0
+
+    def temporary_files_sweep(self) -> list[str]:
+        """Remove ``data_folder_in``'s hidden temporary files (``.<name>.<random>.tmp``) last
+        written more than ``stale_temporary_age`` seconds ago; returns the names removed.
+
+        Logs the removed names (warning), and the number of ``.unreadable`` files kept
+        whenever it differs from the last one logged. Claimed files (``.<name>.claimed``)
+        are left alone: a claim renames without touching the file's times, so their age
+        says nothing about the reader. Never raises for a file another process removed first.
+        """
+        folder = self.data_folder_in
+        cutoff = time.time() - self.stale_temporary_age
+        removed, unreadable = [], 0
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            return removed
+        for entry in entries:
+            if not entry.name.startswith("."):
+                continue
+            if entry.name.endswith(".unreadable"):
+                unreadable += 1
+                continue
+            if not entry.name.endswith(".tmp"):
+                continue
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.remove(entry.path)
+                    removed.append(entry.name)
+            except FileNotFoundError:
+                continue  # renamed into place or removed by another reader meanwhile
+        if removed:
+            log.warning(
+                "removed %d broker temporary file(s) older than %g s from %s (their writers stopped before "
+                "renaming them into place): %s",
+                len(removed), self.stale_temporary_age, folder, ", ".join(sorted(removed)),
+            )  # fmt: skip
+        if unreadable != self._unreadable_logged:
+            log.warning("%d unreadable broker message(s) kept in %s as .<name>.unreadable", unreadable, folder)
+            self._unreadable_logged = unreadable
+        return removed
 
 
 class FilesystemTransport(filesystem.Transport):

@@ -245,6 +245,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         # An idle worker looks at the queue folder this often (kombu's default: 1 s, which
         # added up to about 12 s of waiting between a training run's steps).
         "polling_interval": 0.1,
+        # A worker removes hidden temporary message files older than this (seconds): their
+        # writer was killed before renaming them into place (webapp/broker.py).
+        "stale_temporary_age": 600,
     }
     # The filesystem transport has no broadcast; workers need no remote control.
     CELERY_WORKER_ENABLE_REMOTE_CONTROL = False

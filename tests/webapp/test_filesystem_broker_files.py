@@ -1,0 +1,148 @@
+"""The filesystem broker's files on disk (webapp/broker.py): their permissions, and what a killed writer leaves.
+
+Real folders, real processes: a reader running as another user, a writer killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from kombu import Connection
+
+TRANSPORT = "webapp.broker:FilesystemTransport"
+QUEUE = "files"
+NOBODY = 65534
+
+
+def _connection(folder: Path, **options) -> Connection:
+    queue = str(folder / "queue")
+    options = {"data_folder_in": queue, "data_folder_out": queue, "control_folder": str(folder / "control"), **options}
+    return Connection("filesystem://", transport=TRANSPORT, transport_options=options)
+
+
+def _folders(folder: Path) -> Path:
+    (folder / "queue").mkdir(parents=True)
+    (folder / "control").mkdir()
+    return folder / "queue"
+
+
+
+def test_message_files_get_the_umasks_permissions_like_any_new_file(tmp_path):
+    queue = _folders(tmp_path)
+    old = os.umask(0o027)
+    try:
+        with _connection(tmp_path) as conn:
+            conn.Producer(serializer="json").publish({"i": 1}, routing_key=QUEUE)
+        (plain := tmp_path / "plain").write_text("x")
+    finally:
+        os.umask(old)
+    [message] = [p for p in queue.iterdir() if p.name.endswith(f".{QUEUE}.msg")]
+    assert stat.S_IMODE(message.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o640
+
+
+def _consume_as(uid: int, gid: int, folder: str, results) -> None:
+    """In a forked child: drop to ``uid``/``gid`` and take one message; put (payload, error) on ``results``."""
+    try:
+        os.setgroups([gid])
+        os.setgid(gid)
+        os.setuid(uid)
+        with _connection(Path(folder)) as conn:
+            queue = conn.SimpleQueue(QUEUE)
+            message = queue.get(timeout=2)
+            message.ack()
+            results.put((message.payload, None))
+            queue.close()
+    except Exception as exc:  # noqa: BLE001 - reported to the test, which fails on it
+        results.put((None, repr(exc)))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the reader as another user")
+def test_a_worker_running_as_another_user_of_the_folders_group_reads_the_message():
+    # The shared setup: a setgid folder of a group both users are in, umask 002. With the
+    # message file created 0600 the other user could claim (rename) it, then failed to open it:
+    # PermissionError, the worker's channel error, and the message left behind as .claimed.
+    shared = Path(tempfile.mkdtemp(prefix="rewardloop-shared-broker-", dir="/tmp"))
+    try:
+        os.chmod(shared, 0o2770)  # group root: the reader joins it below
+        old = os.umask(0o002)
+        try:
+            queue = _folders(shared)
+            with _connection(shared) as conn:
+                conn.Producer(serializer="json").publish({"i": 7}, routing_key=QUEUE)
+        finally:
+            os.umask(old)
+        ctx = multiprocessing.get_context("fork")
+        results = ctx.Queue()
+        reader = ctx.Process(target=_consume_as, args=(NOBODY, 0, str(shared), results))
+        reader.start()
+        payload, error = results.get(timeout=30)
+        reader.join(10)
+
+        assert error is None, error
+        assert payload == {"i": 7}
+        assert sorted(os.listdir(queue)) == []  # nothing left claimed
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def _writer_killed_mid_write(path: Path) -> None:
+    """Run a writer in another process that SIGKILLs itself after writing half a message to its hidden file."""
+    code = (
+        "import os, signal\n"
+        "from pgcore.atomic import atomic_file\n"
+        f"with atomic_file({str(path)!r}, 'wb', durable=False) as f:\n"  # as FilesystemChannel._put writes
+        "    f.write(b'{\"body\": \"eyJ'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=os.getcwd(), check=False)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_a_worker_removes_temporary_files_of_killed_writers_once_old_and_keeps_unreadable_ones(tmp_path, caplog):
+    queue = _folders(tmp_path)
+    for name in ("1_old", "2_new"):
+        _writer_killed_mid_write(queue / f"{name}.{QUEUE}.msg")
+    [old_tmp] = queue.glob(f".1_old.{QUEUE}.msg.*.tmp")
+    [new_tmp] = queue.glob(f".2_new.{QUEUE}.msg.*.tmp")
+    eleven_minutes_ago = time.time() - 660
+    os.utime(old_tmp, (eleven_minutes_ago, eleven_minutes_ago))
+    evidence = queue / f".0_broken.{QUEUE}.msg.unreadable"
+    evidence.write_bytes(b'{"body": "tru')
+    os.utime(evidence, (eleven_minutes_ago, eleven_minutes_ago))
+
+    with caplog.at_level(logging.WARNING, logger="webapp.broker"), _connection(tmp_path) as conn:
+        conn.Producer(serializer="json").publish({"i": 7}, routing_key=QUEUE)
+        simple = conn.SimpleQueue(QUEUE)
+        message = simple.get(timeout=2)  # the worker's first poll sweeps
+        message.ack()
+        simple.close()
+
+    assert message.payload == {"i": 7}
+    assert sorted(p.name for p in queue.iterdir()) == sorted([new_tmp.name, evidence.name])
+    assert f"removed 1 broker temporary file(s) older than 600 s from {queue}" in caplog.text
+    assert old_tmp.name in caplog.text and new_tmp.name not in caplog.text
+    assert f"1 unreadable broker message(s) kept in {queue}" in caplog.text
+
+
+def test_the_safe_age_is_a_transport_option(tmp_path):
+    queue = _folders(tmp_path)
+    _writer_killed_mid_write(queue / f"1_x.{QUEUE}.msg")
+    [leftover] = queue.glob(".*.tmp")
+    two_minutes_ago = time.time() - 120
+    os.utime(leftover, (two_minutes_ago, two_minutes_ago))
+
+    with _connection(tmp_path) as conn:
+        assert conn.default_channel.temporary_files_sweep() == []  # 2 minutes: younger than the default 10
+    with _connection(tmp_path, stale_temporary_age=60) as conn:
+        assert conn.default_channel.temporary_files_sweep() == [leftover.name]
+    assert list(queue.iterdir()) == []
