@@ -42,7 +42,8 @@ OPTIONS = ("transport_options", "data_folder_in", "data_folder_out", "store_proc
 def test_installed_kombu_is_the_pinned_one():
     pins = re.findall(r"^kombu==(\S+)", REQUIREMENTS.read_text(), flags=re.MULTILINE)
     assert pins, f"requirements.txt does not pin kombu (celery asks only kombu>=5.7.0). {UPGRADE}"
-    assert kombu.__version__ == pins[0], f"kombu {kombu.__version__} is installed, requirements.txt pins {pins[0]}. {UPGRADE}"
+    installed = kombu.__version__
+    assert installed == pins[0], f"kombu {installed} is installed, requirements.txt pins {pins[0]}. {UPGRADE}"
 
 
 def test_the_kombu_methods_the_broker_overrides_keep_their_signatures():
