@@ -82,9 +82,11 @@ class FilesystemChannel(filesystem.Channel):
     """
 
     _next_sweep = 0.0  # time.monotonic() of the next sweep; 0: on the first poll
+    _unreadable_logged = 0  # the number of .unreadable files the last sweep logged
 
     @property
     def stale_temporary_age(self) -> float:
+        """Seconds after its last write that a hidden temporary message file counts as abandoned."""
         return float(self.transport_options.get("stale_temporary_age", STALE_TEMPORARY_AGE))
 
     def _put(self, queue, payload, **kwargs):
@@ -127,8 +129,6 @@ class FilesystemChannel(filesystem.Channel):
                 os.remove(claimed)
             return message
         raise Empty()
-
-    _unreadable_logged = 0
 
     def temporary_files_sweep(self) -> list[str]:
         """Remove ``data_folder_in``'s hidden temporary files (``.<name>.<random>.tmp``) last
