@@ -228,32 +228,6 @@ def _item_led_by(project, completion_id, *, find, missing: str):
     return item
 
 
-# The one field a rating of each single-completion mode sends, and what it holds.
-RATE_FIELD_OF_MODE = {
-    RatingMode.LIKERT: ("score", "a whole number from 1 to 5"),
-    RatingMode.THUMBS: ("thumbs_up", "true (up) or false (down)"),
-    RatingMode.RUBRIC: ("criteria", "every criterion of the rubric by name, each 1 to 5"),
-}
-
-
-def _rate_fields_check(project, body: RateIn) -> None:
-    """A malformed rating for the project's mode is a 400 naming the field: the mode's field missing
-    (or null), or another mode's field sent. Pairwise and ranking projects are left to the service (409:
-    this item is judged by compare or rank)."""
-    if project.rating_mode not in RATE_FIELD_OF_MODE:
-        return
-    field, holds = RATE_FIELD_OF_MODE[project.rating_mode]
-    mode = str(project.rating_mode)
-    errors = []
-    if getattr(body, field) is None:
-        errors.append({"loc": ("body", field), "msg": f"Required in a {mode} project: {holds}."})
-    for other, _ in RATE_FIELD_OF_MODE.values():
-        if other != field and getattr(body, other) is not None:
-            errors.append({"loc": ("body", other), "msg": f"Not used in a {mode} project (send {field})."})
-    if errors:
-        raise ValidationError(errors)
-
-
 @router.post(
     "/projects/{slug}/queue/{completion_id}/rate",
     response={201: RatingOut, **ERRORS},
@@ -263,9 +237,8 @@ def rate(request, body: RateIn, slug: str = Slug, completion_id: int = Completio
     """Store your rating of the item (``services.rating_create``, as the page): one per item,
     only for an item you hold or your queue would offer you; fulfils your lease. The project's mode
     names the one field to send (Likert ``score``, thumbs ``thumbs_up``, rubric ``criteria``); without
-    it, or with another mode's field, a 400 names the field."""
+    it, or with another mode's field, a 400 names the field (the service's rule, ``InvalidFields``)."""
     project, _ = api_project(request, slug)
-    _rate_fields_check(project, body)
     rating = services.rating_create(
         annotator=request.user,
         completion=_completion(project, completion_id),
