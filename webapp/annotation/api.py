@@ -24,16 +24,14 @@ from ninja.files import UploadedFile
 from pydantic import StrictBool
 
 from webapp.apikit import (
-    ERRORS, MAX_ID, MAX_NUMBER, NO_NUL_PATTERN, LikertScore, SLUG_PATTERN, api_project, form_errors_raise,
+    ERRORS, MAX_ID, NO_NUL_PATTERN, LikertScore, SLUG_PATTERN, api_project, form_errors_raise,
 )
 from webapp.errors import ApplicationError
 from webapp.policies import services as project_services
-from webapp.policies.api import ProjectOut, project_out
-from webapp.policies.api import router as projects_router
-from webapp.policies.models import Membership, ModelVersion, Project, RatingMode
+from webapp.policies.models import Membership, ModelVersion, RatingMode
 
 from . import selectors, services
-from .forms import MemberAddForm, ProjectCreateForm
+from .forms import MemberAddForm
 from .models import Choice, Completion
 
 router = Router(tags=["annotation"])
@@ -367,45 +365,6 @@ def undo(request, slug: str = Slug):
             "rated_at": revision.rated_at,
         }
     return {"undone": undone, "item": _item_out(project, result.lease)}
-
-
-# --- A new project (the "New project" page, for global staff) ---
-
-
-class ProjectCreateIn(Schema):
-    # ProjectCreateForm validates these (project_new): the page and the API accept the same values.
-    model_config = {"extra": "forbid"}
-
-    slug: str = Field(..., pattern=SLUG_PATTERN, description=ProjectCreateForm.base_fields["slug"].help_text)
-    title: str = Field(..., min_length=1, max_length=200, pattern=NO_NUL_PATTERN)
-    base_model_path: str = Field(..., min_length=1, max_length=500, pattern=NO_NUL_PATTERN,
-                                 description=ProjectCreateForm.base_fields["base_model_path"].help_text)
-    rating_mode: Literal[tuple(RatingMode.values)] = RatingMode.LIKERT
-    guidelines: str = Field("", max_length=20_000, pattern=NO_NUL_PATTERN)
-    ratings_per_item: int | None = Field(None, ge=1, le=MAX_NUMBER)
-    completions_per_prompt: int | None = Field(None, ge=1, le=MAX_NUMBER)
-    pool_target: int | None = Field(None, ge=1, le=MAX_NUMBER)
-
-
-# On the projects router: a second router's "/projects" would be its own URL pattern, and Django would
-# answer this POST with the first one's 405 (GET only).
-@projects_router.post("/projects", response={201: ProjectOut, **ERRORS}, summary="Create a project (global staff)")
-def project_create(request, body: ProjectCreateIn):
-    """A new project on a base model folder on the server (it becomes v0, served), as "New project": the
-    token's user becomes its staff. Global staff only (403 otherwise); a field the form refuses (no
-    config.json in the folder, a slug taken in any letter case, rubric mode without a rubric) is a 400
-    naming it; nothing is stored then."""
-    if not request.user.is_staff:
-        raise HttpError(403, "Only global staff create projects.")
-    defaults = {name: Project._meta.get_field(name).get_default() for name in ProjectCreateForm.base_fields}
-    form = ProjectCreateForm({**defaults, **body.model_dump(exclude_none=True)})
-    if not form.is_valid():
-        form_errors_raise(form)
-    try:
-        project = project_services.project_create_for(creator=request.user, **form.cleaned_data)
-    except ApplicationError as exc:
-        raise ValidationError([{"loc": ("body", "slug"), "msg": exc.message}]) from None
-    return Status(201, project_out(project, Membership.Role.STAFF))
 
 
 # --- Members (the setup page's members form) ---

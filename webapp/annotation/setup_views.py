@@ -10,11 +10,12 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from webapp.errors import ApplicationError
 from webapp.permissions import staff_required
 from webapp.policies import services as policy_services
+from webapp.policies.forms import ProjectCreateForm
 from webapp.policies.models import Membership, RatingMode, rubric_check
 from webapp.policies.views import project_settings_form_save
 
 from . import services
-from .forms import SETUP_FIELDS, MemberAddForm, ProjectCreateForm, ProjectSettingsForm, PromptFileForm, RubricForm
+from .forms import SETUP_FIELDS, MemberAddForm, ProjectSettingsForm, PromptFileForm, RubricForm
 from .markdown import guidelines_html
 
 TEMPLATE = "annotation/setup.html"
