@@ -27,6 +27,7 @@ from webapp.apikit import (
     ERRORS, MAX_ID, NO_NUL_PATTERN, LikertScore, SLUG_PATTERN, api_project, form_errors_raise,
 )
 from webapp.errors import ApplicationError
+from webapp.policies import selectors as project_selectors
 from webapp.policies import services as project_services
 from webapp.policies.models import Membership, ModelVersion, RatingMode
 
@@ -393,7 +394,7 @@ class MemberRoleIn(Schema):
 
 
 def _member_form(username: str, role: str) -> MemberAddForm:
-    """The setup page's members form, bound and checked: an unknown (or inactive) user is a 404."""
+    """The setup page's members form, bound and checked: a username nobody has is a 404."""
     form = MemberAddForm({"username": username, "role": role})
     if not form.is_valid() and form.has_error("username", "unknown_user"):
         raise HttpError(404, " ".join(form.errors["username"]))
@@ -407,19 +408,21 @@ def _member_out(membership) -> dict:
 
 @router.get("/projects/{slug}/members", response={200: list[MemberOut], **ERRORS}, summary="Members (staff)")
 def members(request, slug: str = Slug):
-    """The project's members with their role, in the setup page's order (by role, then username)."""
+    """The project's members with their role, in the setup page's order (annotators, then staff, each by
+    username); deactivated accounts included."""
     project, _ = api_project(request, slug, staff=True)
-    return [_member_out(m) for m in Membership.objects.filter(project=project).select_related("user").order_by("role", "user__username")]
+    return [_member_out(m) for m in project_selectors.project_members(project=project)]
 
 
 @router.post("/projects/{slug}/members", response={200: MemberOut, 201: MemberOut, **ERRORS},
              summary="Add a member (staff)")
 def member_add(request, body: MemberIn, slug: str = Slug):
     """Add an existing user by username with a role, as the setup page's members form (201); a member
-    already is given the role (200). Audited. A username no active user has is a 404."""
+    already is given the role (200). Audited. A username nobody has is a 404; an inactive user who is not
+    a member yet, or the project's last staff member made annotator, is a 409 (``membership_add``)."""
     project, _ = api_project(request, slug, staff=True)
     form = _member_form(body.username, body.role)
-    existed = Membership.objects.filter(project=project, user=form.user).exists()
+    existed = project_selectors.project_member(project=project, username=form.user.username) is not None
     membership = project_services.membership_add(
         project=project, user=form.user, role=form.cleaned_data["role"], actor=request.user
     )
@@ -427,7 +430,7 @@ def member_add(request, body: MemberIn, slug: str = Slug):
 
 
 def _membership(project, username: str) -> Membership:
-    membership = Membership.objects.filter(project=project, user__username=username).select_related("user").first()
+    membership = project_selectors.project_member(project=project, username=username)
     if membership is None:
         raise HttpError(404, f"{username!r} is not a member of {project.slug}.")
     return membership
@@ -436,21 +439,21 @@ def _membership(project, username: str) -> Membership:
 @router.patch("/projects/{slug}/members/{username}", response={200: MemberOut, **ERRORS},
               summary="Change a member's role (staff)")
 def member_role(request, body: MemberRoleIn, slug: str = Slug, username: str = Username):
-    """Make a member staff or annotator (as adding them again on the setup page); audited. 404 for someone
-    who is not a member."""
+    """Make a member staff or annotator (as adding them again on the setup page), their account active or
+    not; audited. 404 for someone who is not a member; 409 for the project's last active staff member made
+    annotator (make someone else staff first)."""
     project, _ = api_project(request, slug, staff=True)
     membership = _membership(project, username)
-    form = _member_form(username, body.role)
     return _member_out(project_services.membership_add(
-        project=project, user=membership.user, role=form.cleaned_data["role"], actor=request.user
+        project=project, user=membership.user, role=body.role, actor=request.user
     ))
 
 
 @router.delete("/projects/{slug}/members/{username}", response={204: None, **ERRORS}, summary="Remove a member (staff)")
 def member_remove(request, slug: str = Slug, username: str = Username):
     """Take a member off the project, as the setup page: their ratings stay, their leases go back to the
-    queue; audited. Removing yourself is a 409 (another staff member removes you, so a project keeps its
-    last staff member); 404 for someone who is not a member."""
+    queue; audited. Removing yourself, or the project's last active staff member, is a 409 (so a project
+    keeps someone who can manage it); 404 for someone who is not a member."""
     project, _ = api_project(request, slug, staff=True)
     membership = _membership(project, username)
     project_services.membership_remove(project=project, user=membership.user, actor=request.user)

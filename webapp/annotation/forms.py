@@ -39,6 +39,10 @@ class PromptFileForm(forms.Form):
 
 
 class MemberAddForm(forms.Form):
+    """A username and a role: adds the user, or sets a member's role. The form finds the user (active or
+    not: a deactivated member's role can be changed); ``policies.services.membership_add`` decides the rest
+    (an inactive newcomer, the last staff member demoted) and the view shows its refusal on this form."""
+
     username = forms.CharField(label="Username", max_length=150)
     role = forms.ChoiceField(label="Role", choices=Membership.Role.choices, initial=Membership.Role.ANNOTATOR)
 
@@ -46,7 +50,7 @@ class MemberAddForm(forms.Form):
         from django.contrib.auth import get_user_model
 
         name = self.cleaned_data["username"].strip()
-        user = get_user_model().objects.filter(username=name, is_active=True).first()
+        user = get_user_model().objects.filter(username=name).first()
         if user is None:
             raise forms.ValidationError(
                 f"No active user is called {name!r}; create the account first (Admin → Users).", code="unknown_user"
