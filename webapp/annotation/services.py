@@ -1130,9 +1130,14 @@ def _rating_fields_check(*, project: Project, values: dict) -> None:
         (other, f"Not used in a {mode} project (send {field}).")
         for other, _, _ in RATE_FIELD_OF_MODE.values() if other != field and values.get(other) is not None
     ]
-    if errors:
-        rubric_gone = field != "criteria" and values.get("criteria") is not None
-        raise InvalidFields("This project has no rubric" if rubric_gone else message, fields=errors, stale=rubric_gone)
+    if not errors:
+        return
+    rubric_gone = field != "criteria" and values.get("criteria") is not None
+    if rubric_gone:
+        message = "This project has no rubric"
+    elif len(errors) == 1 and value is None and field == "criteria" and project.rubric:
+        message = f"Score every criterion from 1 to 5 ({project.rubric[0]['name']} is missing)."  # as _rubric_scores
+    raise InvalidFields(message, fields=errors, stale=rubric_gone)
 
 
 def _rubric_scores(*, project: Project, criteria) -> list[dict]:
