@@ -22,7 +22,7 @@ from webapp.accounts.auth import TokenAuth, TokenRateThrottle
 from webapp.annotation.api import USERNAME_PATTERN
 from webapp.annotation.api import router as annotation_router
 from webapp.apikit import NO_NUL_PATTERN, SLUG_PATTERN
-from webapp.errors import ApplicationError
+from webapp.errors import ApplicationError, InvalidFields
 from webapp.policies.api import router as policies_router
 from webapp.policies.services import SERVE_REASON_PATTERN
 from webapp.serving.api import RESPONSE_ID_PATTERN
@@ -91,6 +91,15 @@ def _validation(request, exc: ValidationError):
     """A malformed request: 400 naming each field (ninja's default would be a 422)."""
     fields = [{"field": _field_name(e.get("loc", ())), "message": _error_message(e)} for e in exc.errors]
     message = "; ".join(f"{f['field']}: {f['message']}" for f in fields) or "Malformed request."
+    return _error(request, 400, message, fields=fields)
+
+
+@api.exception_handler(InvalidFields)
+def _invalid_fields(request, exc: InvalidFields):
+    """A service refused fields of the request by a rule of their own (e.g. a rating's field for the
+    project's mode): 400 naming each, as a malformed body is; nothing was stored."""
+    fields = [{"field": field, "message": message} for field, message in exc.fields]
+    message = "; ".join(f"{f['field']}: {f['message']}" for f in fields) or exc.api_message
     return _error(request, 400, message, fields=fields)
 
 

@@ -24,3 +24,14 @@ class ApplicationError(Exception):
         self.message = message
         self.api_message = api_message
         self.extra = extra or {}
+
+
+class InvalidFields(ApplicationError):
+    """A request whose fields do not fit the rule, named one by one: ``fields`` is a list of
+    ``(field, message)`` in the request's own field names. Pages show ``message`` (words for a person
+    at the form); the REST API answers 400 ``invalid`` with one entry per field (webapp/api.py), as for
+    a malformed body, since nothing about the present state refused it."""
+
+    def __init__(self, message: str, *, fields: list[tuple[str, str]], stale: bool = False):
+        super().__init__(message, stale=stale)
+        self.fields = list(fields)

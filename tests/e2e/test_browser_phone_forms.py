@@ -1,7 +1,9 @@
 """Phone-sized screens on the pages with forms: nothing sticks out sideways (a new token's secret,
-the versions page's menus)."""
+the versions page's menus); reloading the page that shows a new token's secret creates no other token."""
 
 import pytest
+
+from webapp.accounts.models import ApiToken
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -18,6 +20,10 @@ def test_a_new_token_and_the_versions_page_fit_a_320_px_screen(login_page, live_
     secret = page.locator("#new-token-secret")
     assert secret.evaluate("el => el.getBoundingClientRect().right") <= WIDTH  # the whole secret is on screen
     assert secret.inner_text().startswith("rl_")
+    page.reload()  # POST/redirect/GET: a reload asks for the page again, it does not create a second token
+    page.wait_for_selector("#tokens")
+    assert page.locator("#new-token-secret").count() == 0  # the secret was shown once
+    assert list(ApiToken.objects.filter(user=staff_user).values_list("name", flat=True)) == ["phone script"]
 
     page.goto(f"{live_server.url}/staff/p/{project.slug}/versions/")
     page.wait_for_selector("#compare-form")

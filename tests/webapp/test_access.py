@@ -1,7 +1,7 @@
 """Who may open what: per-project membership (annotator / staff), global staff."""
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import IntegrityError, transaction
 from django.urls import reverse
 
@@ -109,6 +109,7 @@ def test_one_membership_per_user_and_project_is_enforced_by_the_database(make_us
 def test_adding_a_member_again_changes_their_role_and_removing_them_frees_their_lease(
     make_user, project, make_completion
 ):
+    membership_add(project=project, user=make_user("keeper", member=False), role="staff")  # not the last staff
     user = make_user("mover", member=False)
     membership_add(project=project, user=user)
     assert membership_add(project=project, user=user, role="staff").role == "staff"
@@ -118,7 +119,7 @@ def test_adding_a_member_again_changes_their_role_and_removing_them_frees_their_
     assert membership_remove(project=project, user=user) is True
     assert not Membership.objects.filter(user=user).exists() and not Lease.objects.exists()
     assert membership_remove(project=project, user=user) is False
-    actions = list(project.audit_events.order_by("id").values_list("action", flat=True))
+    actions = list(project.audit_events.filter(target="mover").order_by("id").values_list("action", flat=True))
     assert actions == ["member_add", "member_add", "member_remove"]
 
 
@@ -126,6 +127,10 @@ def test_project_member_command_adds_and_removes(make_user, project):
     user = make_user("cli", member=False)
     call_command("project_member", project.slug, "cli", "--role", "staff")
     assert Membership.objects.get(user=user).role == "staff"
+    with pytest.raises(CommandError, match="last staff member"):  # the same rule as the page and the API
+        call_command("project_member", project.slug, "cli", "--remove")
+    make_user("cli2", member=False)
+    call_command("project_member", project.slug, "cli2", "--role", "staff")
     call_command("project_member", project.slug, "cli", "--remove")
     assert not Membership.objects.filter(user=user).exists()
 

@@ -50,3 +50,20 @@ def test_a_score_as_a_json_number_is_still_accepted(project, annotator, make_com
     completion = make_completion(project)
     assert _rate(api_for(annotator), project.slug, completion, {"score": 4.0}).status_code == 201
     assert Rating.objects.get().score == 4
+
+
+def test_the_service_names_the_fields_a_rating_gets_wrong_for_the_mode_and_the_api_answers_with_them(
+    project, annotator, make_completion, api_for
+):
+    """The rules live in ``rating_create``: the page shows its message, the API the fields it names."""
+    from webapp.annotation.services import rating_create
+    from webapp.errors import InvalidFields
+
+    completion = make_completion(project)
+    with pytest.raises(InvalidFields) as refused:
+        rating_create(annotator=annotator, completion=completion, thumbs_up=True)
+    assert refused.value.message == "A rating is a whole number from 1 to 5."  # as the page has always said
+    assert [field for field, _ in refused.value.fields] == ["score", "thumbs_up"]
+    answer = _rate(api_for(annotator), project.slug, completion, {"thumbs_up": True}).json()
+    assert [(f["field"], f["message"]) for f in answer["fields"]] == [tuple(f) for f in refused.value.fields]
+    assert not Rating.objects.exists()

@@ -65,6 +65,19 @@ def test_the_schema_is_served_as_openapi_3_and_lists_every_route_with_bearer_aut
     assert set(schema["components"]["schemas"]["ErrorOut"]["properties"]) == {"code", "message", "fields"}
 
 
+def test_creating_a_project_is_a_route_of_the_projects_router_with_its_schema_unchanged(client):
+    from webapp.policies.api import router
+
+    operations = router.path_operations["/projects"].operations
+    assert {(method, op.view_func.__module__) for op in operations for method in op.methods} == {
+        ("GET", "webapp.policies.api"), ("POST", "webapp.policies.api"),
+    }
+    create = client.get("/api/v1/openapi.json").json()["paths"]["/api/v1/projects"]["post"]
+    assert create["operationId"] == "webapp_annotation_api_project_create"  # as published: generated clients keep it
+    assert create["tags"] == ["projects"]
+    assert create["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ProjectCreateIn"}
+
+
 def test_the_docs_page_loads_swagger_ui_from_our_static_files_not_a_cdn(client):
     response = client.get("/api/v1/docs")
     assert response.status_code == 200

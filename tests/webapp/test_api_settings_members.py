@@ -121,3 +121,52 @@ def test_annotators_get_403_and_strangers_404(project, lead, annotator, make_use
     assert Membership.objects.get(project=project, user=annotator).role == "annotator"
     assert Membership.objects.filter(project=project, user=lead).exists()
     assert Project.objects.get(pk=project.pk).title != "Mine"
+
+
+def test_the_last_staff_member_can_neither_demote_nor_be_removed_and_the_refusal_is_a_409(
+    project, lead, make_user, api_for
+):
+    api = api_for(lead)
+    demoted = api.patch("/projects/t/members/lead", {"role": "annotator"})
+    assert demoted.status_code == 409, demoted.content
+    assert demoted.json()["code"] == "rejected" and "last staff member" in demoted.json()["message"]
+    again = api.post("/projects/t/members", {"username": "lead", "role": "annotator"})  # the form's way of saying it
+    assert again.status_code == 409 and "last staff member" in again.json()["message"]
+    boss = api_for(make_user("boss", staff=True, member=False))  # global staff: may manage it, is no member of it
+    assert boss.delete("/projects/t/members/lead").status_code == 409
+    assert boss.patch("/projects/t/members/lead", {"role": "annotator"}).status_code == 409
+    assert Membership.objects.get(project=project, user=lead).role == "staff"
+    assert not AuditEvent.objects.filter(project=project, action__in=["member_add", "member_remove"]).exists()
+
+    second = make_user("second", member=False)
+    assert api.post("/projects/t/members", {"username": "second", "role": "staff"}).status_code == 201
+    assert api.patch("/projects/t/members/lead", {"role": "annotator"}).status_code == 200  # another staff member stays
+    assert boss.delete("/projects/t/members/second").status_code == 409  # now the last one
+    assert list(Membership.objects.filter(project=project, role="staff").values_list("user", flat=True)) == [second.pk]
+
+
+def test_an_inactive_staff_member_does_not_count_as_the_staff_that_stays(project, lead, make_user, api_for):
+    gone = make_user("gone", member=False)
+    Membership.objects.create(project=project, user=gone, role=Membership.Role.STAFF)
+    gone.is_active = False
+    gone.save()
+    refused = api_for(lead).patch("/projects/t/members/lead", {"role": "annotator"})
+    assert refused.status_code == 409 and "last staff member" in refused.json()["message"]
+
+
+def test_an_inactive_members_role_is_changed_as_on_the_page_but_an_inactive_user_is_not_added(
+    project, lead, make_user, api_for
+):
+    api = api_for(lead)
+    gone = make_user("gone", member=False)
+    Membership.objects.create(project=project, user=gone, role=Membership.Role.STAFF)
+    idle = make_user("idle", member=False)
+    type(gone).objects.filter(pk__in=[gone.pk, idle.pk]).update(is_active=False)
+    assert [m["username"] for m in api.get("/projects/t/members").json()] == ["gone", "lead"]
+    changed = api.patch("/projects/t/members/gone", {"role": "annotator"})  # a deactivated account, demoted
+    assert changed.status_code == 200 and changed.json() == {"username": "gone", "role": "annotator"}
+    assert Membership.objects.get(project=project, user=gone).role == "annotator"
+    added = api.post("/projects/t/members", {"username": "idle"})
+    assert added.status_code == 409 and "inactive" in added.json()["message"]
+    assert not Membership.objects.filter(user=idle).exists()
+    assert api.post("/projects/t/members", {"username": "gone", "role": "staff"}).status_code == 200  # a member: role set

@@ -128,11 +128,15 @@ def test_requests_beyond_the_rate_are_429_with_retry_after_and_counted_per_token
 def test_the_tokens_page_creates_a_token_shows_it_once_and_revokes_it(client, annotator, project):
     client.force_login(annotator)
     assert client.get(reverse("accounts:tokens")).status_code == 200
-    response = client.post(reverse("accounts:token_create"), {"name": "my script"})
+    created = client.post(reverse("accounts:token_create"), {"name": "my script"})
+    assert created.status_code == 303 and created["Location"] == reverse("accounts:tokens")  # POST/redirect/GET
+    response = client.get(created["Location"])
     assert response.status_code == 200 and "no-store" in response["Cache-Control"]
     secret = response.context["new_secret"]
     assert secret in response.content.decode()
-    assert secret not in client.get(reverse("accounts:tokens")).content.decode()  # shown once
+    reloaded = client.get(reverse("accounts:tokens"))  # a reload repeats the GET: shown once, nothing created
+    assert secret not in reloaded.content.decode() and 'id="new-token"' not in reloaded.content.decode()
+    assert ApiToken.objects.filter(user=annotator).count() == 1
     assert ApiClient(secret).get("/projects").status_code == 200
     token = ApiToken.objects.get(user=annotator)
     client.post(reverse("accounts:token_revoke", args=[token.pk]))

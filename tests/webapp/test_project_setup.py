@@ -5,6 +5,7 @@ import json
 
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from tests.webapp.api_helpers import api_for  # noqa: F401 - fixture
 from webapp.annotation.models import Prompt
 from webapp.policies.models import AuditEvent, Membership, Project
 
@@ -152,3 +153,45 @@ def test_the_import_result_says_which_column_the_prompts_were_read_from(staff_cl
     done = staff_client.post(f"{url}import/", {"upload": upload}, follow=True).content.decode()
 
     assert "Imported 1 prompts. Prompt text read from &#x27;prompt&#x27;; not read: &#x27;reference&#x27;." in done
+
+
+def test_the_last_staff_member_cannot_demote_themselves_or_be_removed_on_the_page(client, project, make_user):
+    lead = make_user("lead", member=False)
+    Membership.objects.create(project=project, user=lead, role=Membership.Role.STAFF)
+    client.force_login(lead)
+    url = f"/staff/p/{project.slug}/setup/members/"
+    demoted = client.post(f"{url}add/", {"username": "lead", "role": "annotator"})
+    assert demoted.status_code == 400 and "last staff member" in demoted.content.decode()
+    assert 'id="member-add-form"' in demoted.content.decode()
+    boss = make_user("boss", staff=True, member=False)
+    client.force_login(boss)
+    removed = client.post(f"{url}remove/", {"username": "lead"})
+    assert removed.status_code == 400 and "last staff member" in removed.content.decode()
+    assert Membership.objects.get(project=project, user=lead).role == "staff"
+    assert not AuditEvent.objects.filter(project=project, action__in=["member_add", "member_remove"]).exists()
+
+
+def test_the_page_changes_an_inactive_members_role_and_refuses_an_inactive_newcomer(staff_client, project, make_user):
+    gone = make_user("gone", member=False)
+    Membership.objects.create(project=project, user=gone, role=Membership.Role.STAFF)
+    idle = make_user("idle", member=False)
+    type(gone).objects.filter(pk__in=[gone.pk, idle.pk]).update(is_active=False)
+    url = f"/staff/p/{project.slug}/setup/members/"
+    assert staff_client.post(f"{url}add/", {"username": "gone", "role": "annotator"}).status_code == 302
+    assert Membership.objects.get(project=project, user=gone).role == "annotator"
+    refused = staff_client.post(f"{url}add/", {"username": "idle", "role": "annotator"})
+    assert refused.status_code == 400 and "inactive" in refused.content.decode()
+    assert not Membership.objects.filter(user=idle).exists()
+
+
+def test_the_page_and_the_api_list_the_members_from_one_selector(staff_client, project, make_user, api_for):
+    from webapp.policies.selectors import project_members
+
+    for name in ("zed", "amy"):
+        make_user(name)
+    expected = [(m.user.username, m.role) for m in project_members(project=project)]
+    assert [name for name, _ in expected] == ["amy", "zed", "boss"]  # annotators first, then staff, by name
+    page = staff_client.get(f"/staff/p/{project.slug}/setup/")
+    assert [(m.user.username, m.role) for m in page.context["members"]] == expected
+    listed = api_for(Membership.objects.get(project=project, role="staff").user).get(f"/projects/{project.slug}/members")
+    assert [(m["username"], m["role"]) for m in listed.json()] == expected

@@ -1,10 +1,13 @@
 """The person's API tokens page: list, create (the secret shown once), revoke."""
 
 import math
+import time
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
@@ -14,6 +17,13 @@ from . import selectors, services
 from .models import ApiToken
 
 TEMPLATE = "accounts/tokens.html"
+
+
+# The new token's secret waits in the creator's session between the POST that created it and the GET
+# that shows it (POST/redirect/GET): shown by that one page, then gone, so a reload creates nothing and
+# shows nothing. Not shown at all after NEW_SECRET_SECONDS (a page never loaded).
+NEW_SECRET_KEY = "accounts.new_token"
+NEW_SECRET_SECONDS = 300
 
 
 def _page(request, *, new_secret: str = "", new_token=None, error: str = "", status: int = 200):
@@ -26,23 +36,38 @@ def _page(request, *, new_secret: str = "", new_token=None, error: str = "", sta
     )
 
 
+def _new_secret_pop(request) -> tuple[str, ApiToken | None]:
+    """The secret of the token this session created last, and the token, once; ``("", None)`` when there
+    is none, it is older than ``NEW_SECRET_SECONDS``, or the token is no longer the user's and active."""
+    waiting = request.session.pop(NEW_SECRET_KEY, None)
+    if not isinstance(waiting, dict) or time.time() - waiting.get("at", 0) > NEW_SECRET_SECONDS:
+        return "", None
+    token = selectors.api_tokens_for(user=request.user).filter(pk=waiting.get("id"), revoked_at__isnull=True).first()
+    return (waiting.get("secret", ""), token) if token is not None else ("", None)
+
+
+@never_cache
 @login_required
 @require_GET
 def tokens(request):
-    """The signed-in person's tokens (``accounts/tokens.html``): name, prefix, created, last used, revoked."""
-    return _page(request)
+    """The signed-in person's tokens (``accounts/tokens.html``): name, prefix, created, last used, revoked;
+    right after :func:`token_create`, once, the new token's secret (never cached)."""
+    new_secret, new_token = _new_secret_pop(request)
+    return _page(request, new_secret=new_secret, new_token=new_token)
 
 
 @never_cache
 @login_required
 @require_POST
 def token_create(request):
-    """Create a token named ``name`` and answer with the page showing its secret, once (never stored, never cached)."""
+    """Create a token named ``name``, then redirect (303) to the tokens page, which shows its secret once:
+    reloading that page repeats the GET, not this POST. A refused name is the page again (400)."""
     try:
         token, secret = services.api_token_create(user=request.user, name=request.POST.get("name", ""))
     except ApplicationError as exc:
         return _page(request, error=exc.message, status=400)
-    return _page(request, new_secret=secret, new_token=token)
+    request.session[NEW_SECRET_KEY] = {"id": token.pk, "secret": secret, "at": time.time()}
+    return HttpResponseRedirect(reverse("accounts:tokens"), status=303)
 
 
 @login_required

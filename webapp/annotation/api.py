@@ -24,16 +24,15 @@ from ninja.files import UploadedFile
 from pydantic import StrictBool
 
 from webapp.apikit import (
-    ERRORS, MAX_ID, MAX_NUMBER, NO_NUL_PATTERN, LikertScore, SLUG_PATTERN, api_project, form_errors_raise,
+    ERRORS, MAX_ID, NO_NUL_PATTERN, LikertScore, SLUG_PATTERN, api_project, form_errors_raise,
 )
 from webapp.errors import ApplicationError
+from webapp.policies import selectors as project_selectors
 from webapp.policies import services as project_services
-from webapp.policies.api import ProjectOut, project_out
-from webapp.policies.api import router as projects_router
-from webapp.policies.models import Membership, ModelVersion, Project, RatingMode
+from webapp.policies.models import Membership, ModelVersion, RatingMode
 
 from . import selectors, services
-from .forms import MemberAddForm, ProjectCreateForm
+from .forms import MemberAddForm
 from .models import Choice, Completion
 
 router = Router(tags=["annotation"])
@@ -228,32 +227,6 @@ def _item_led_by(project, completion_id, *, find, missing: str):
     return item
 
 
-# The one field a rating of each single-completion mode sends, and what it holds.
-RATE_FIELD_OF_MODE = {
-    RatingMode.LIKERT: ("score", "a whole number from 1 to 5"),
-    RatingMode.THUMBS: ("thumbs_up", "true (up) or false (down)"),
-    RatingMode.RUBRIC: ("criteria", "every criterion of the rubric by name, each 1 to 5"),
-}
-
-
-def _rate_fields_check(project, body: RateIn) -> None:
-    """A malformed rating for the project's mode is a 400 naming the field: the mode's field missing
-    (or null), or another mode's field sent. Pairwise and ranking projects are left to the service (409:
-    this item is judged by compare or rank)."""
-    if project.rating_mode not in RATE_FIELD_OF_MODE:
-        return
-    field, holds = RATE_FIELD_OF_MODE[project.rating_mode]
-    mode = str(project.rating_mode)
-    errors = []
-    if getattr(body, field) is None:
-        errors.append({"loc": ("body", field), "msg": f"Required in a {mode} project: {holds}."})
-    for other, _ in RATE_FIELD_OF_MODE.values():
-        if other != field and getattr(body, other) is not None:
-            errors.append({"loc": ("body", other), "msg": f"Not used in a {mode} project (send {field})."})
-    if errors:
-        raise ValidationError(errors)
-
-
 @router.post(
     "/projects/{slug}/queue/{completion_id}/rate",
     response={201: RatingOut, **ERRORS},
@@ -263,9 +236,8 @@ def rate(request, body: RateIn, slug: str = Slug, completion_id: int = Completio
     """Store your rating of the item (``services.rating_create``, as the page): one per item,
     only for an item you hold or your queue would offer you; fulfils your lease. The project's mode
     names the one field to send (Likert ``score``, thumbs ``thumbs_up``, rubric ``criteria``); without
-    it, or with another mode's field, a 400 names the field."""
+    it, or with another mode's field, a 400 names the field (the service's rule, ``InvalidFields``)."""
     project, _ = api_project(request, slug)
-    _rate_fields_check(project, body)
     rating = services.rating_create(
         annotator=request.user,
         completion=_completion(project, completion_id),
@@ -396,45 +368,6 @@ def undo(request, slug: str = Slug):
     return {"undone": undone, "item": _item_out(project, result.lease)}
 
 
-# --- A new project (the "New project" page, for global staff) ---
-
-
-class ProjectCreateIn(Schema):
-    # ProjectCreateForm validates these (project_new): the page and the API accept the same values.
-    model_config = {"extra": "forbid"}
-
-    slug: str = Field(..., pattern=SLUG_PATTERN, description=ProjectCreateForm.base_fields["slug"].help_text)
-    title: str = Field(..., min_length=1, max_length=200, pattern=NO_NUL_PATTERN)
-    base_model_path: str = Field(..., min_length=1, max_length=500, pattern=NO_NUL_PATTERN,
-                                 description=ProjectCreateForm.base_fields["base_model_path"].help_text)
-    rating_mode: Literal[tuple(RatingMode.values)] = RatingMode.LIKERT
-    guidelines: str = Field("", max_length=20_000, pattern=NO_NUL_PATTERN)
-    ratings_per_item: int | None = Field(None, ge=1, le=MAX_NUMBER)
-    completions_per_prompt: int | None = Field(None, ge=1, le=MAX_NUMBER)
-    pool_target: int | None = Field(None, ge=1, le=MAX_NUMBER)
-
-
-# On the projects router: a second router's "/projects" would be its own URL pattern, and Django would
-# answer this POST with the first one's 405 (GET only).
-@projects_router.post("/projects", response={201: ProjectOut, **ERRORS}, summary="Create a project (global staff)")
-def project_create(request, body: ProjectCreateIn):
-    """A new project on a base model folder on the server (it becomes v0, served), as "New project": the
-    token's user becomes its staff. Global staff only (403 otherwise); a field the form refuses (no
-    config.json in the folder, a slug taken in any letter case, rubric mode without a rubric) is a 400
-    naming it; nothing is stored then."""
-    if not request.user.is_staff:
-        raise HttpError(403, "Only global staff create projects.")
-    defaults = {name: Project._meta.get_field(name).get_default() for name in ProjectCreateForm.base_fields}
-    form = ProjectCreateForm({**defaults, **body.model_dump(exclude_none=True)})
-    if not form.is_valid():
-        form_errors_raise(form)
-    try:
-        project = project_services.project_create_for(creator=request.user, **form.cleaned_data)
-    except ApplicationError as exc:
-        raise ValidationError([{"loc": ("body", "slug"), "msg": exc.message}]) from None
-    return Status(201, project_out(project, Membership.Role.STAFF))
-
-
 # --- Members (the setup page's members form) ---
 
 USERNAME_PATTERN = r"^[\w.@+-]{1,150}$"
@@ -461,7 +394,7 @@ class MemberRoleIn(Schema):
 
 
 def _member_form(username: str, role: str) -> MemberAddForm:
-    """The setup page's members form, bound and checked: an unknown (or inactive) user is a 404."""
+    """The setup page's members form, bound and checked: a username nobody has is a 404."""
     form = MemberAddForm({"username": username, "role": role})
     if not form.is_valid() and form.has_error("username", "unknown_user"):
         raise HttpError(404, " ".join(form.errors["username"]))
@@ -475,19 +408,21 @@ def _member_out(membership) -> dict:
 
 @router.get("/projects/{slug}/members", response={200: list[MemberOut], **ERRORS}, summary="Members (staff)")
 def members(request, slug: str = Slug):
-    """The project's members with their role, in the setup page's order (by role, then username)."""
+    """The project's members with their role, in the setup page's order (annotators, then staff, each by
+    username); deactivated accounts included."""
     project, _ = api_project(request, slug, staff=True)
-    return [_member_out(m) for m in Membership.objects.filter(project=project).select_related("user").order_by("role", "user__username")]
+    return [_member_out(m) for m in project_selectors.project_members(project=project)]
 
 
 @router.post("/projects/{slug}/members", response={200: MemberOut, 201: MemberOut, **ERRORS},
              summary="Add a member (staff)")
 def member_add(request, body: MemberIn, slug: str = Slug):
     """Add an existing user by username with a role, as the setup page's members form (201); a member
-    already is given the role (200). Audited. A username no active user has is a 404."""
+    already is given the role (200). Audited. A username nobody has is a 404; an inactive user who is not
+    a member yet, or the project's last staff member made annotator, is a 409 (``membership_add``)."""
     project, _ = api_project(request, slug, staff=True)
     form = _member_form(body.username, body.role)
-    existed = Membership.objects.filter(project=project, user=form.user).exists()
+    existed = project_selectors.project_member(project=project, username=form.user.username) is not None
     membership = project_services.membership_add(
         project=project, user=form.user, role=form.cleaned_data["role"], actor=request.user
     )
@@ -495,7 +430,7 @@ def member_add(request, body: MemberIn, slug: str = Slug):
 
 
 def _membership(project, username: str) -> Membership:
-    membership = Membership.objects.filter(project=project, user__username=username).select_related("user").first()
+    membership = project_selectors.project_member(project=project, username=username)
     if membership is None:
         raise HttpError(404, f"{username!r} is not a member of {project.slug}.")
     return membership
@@ -504,21 +439,21 @@ def _membership(project, username: str) -> Membership:
 @router.patch("/projects/{slug}/members/{username}", response={200: MemberOut, **ERRORS},
               summary="Change a member's role (staff)")
 def member_role(request, body: MemberRoleIn, slug: str = Slug, username: str = Username):
-    """Make a member staff or annotator (as adding them again on the setup page); audited. 404 for someone
-    who is not a member."""
+    """Make a member staff or annotator (as adding them again on the setup page), their account active or
+    not; audited. 404 for someone who is not a member; 409 for the project's last active staff member made
+    annotator (make someone else staff first)."""
     project, _ = api_project(request, slug, staff=True)
     membership = _membership(project, username)
-    form = _member_form(username, body.role)
     return _member_out(project_services.membership_add(
-        project=project, user=membership.user, role=form.cleaned_data["role"], actor=request.user
+        project=project, user=membership.user, role=body.role, actor=request.user
     ))
 
 
 @router.delete("/projects/{slug}/members/{username}", response={204: None, **ERRORS}, summary="Remove a member (staff)")
 def member_remove(request, slug: str = Slug, username: str = Username):
     """Take a member off the project, as the setup page: their ratings stay, their leases go back to the
-    queue; audited. Removing yourself is a 409 (another staff member removes you, so a project keeps its
-    last staff member); 404 for someone who is not a member."""
+    queue; audited. Removing yourself, or the project's last active staff member, is a 409 (so a project
+    keeps someone who can manage it); 404 for someone who is not a member."""
     project, _ = api_project(request, slug, staff=True)
     membership = _membership(project, username)
     project_services.membership_remove(project=project, user=membership.user, actor=request.user)

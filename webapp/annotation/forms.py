@@ -3,78 +3,15 @@
 from pathlib import Path
 
 from django import forms
-from django.conf import settings
 
-from webapp.policies.forms import formfield_within_model_bounds
-from webapp.policies.models import RUBRIC_MAX_CRITERIA, Membership, Project, RatingMode
-from webapp.policies.services import PROJECT_GOLD_FIELDS, model_folder_exists
+from webapp.policies.forms import SETUP_FIELDS, RubricModeNeedsRubric, formfield_within_model_bounds, textarea_lf
+from webapp.policies.models import RUBRIC_MAX_CRITERIA, Membership, Project
+from webapp.policies.services import PROJECT_GOLD_FIELDS
 
 from .models import Choice
 
-SETUP_FIELDS = ("title", "rating_mode", "guidelines", "ratings_per_item", "completions_per_prompt", "pool_target")
 
-
-def _lf(text: str) -> str:
-    """A textarea's text with the CRLF (or CR) line breaks browsers send turned into LF, as stored."""
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-def local_model_folders() -> list[Path]:
-    """Hugging Face model folders (with a ``config.json``) directly under the models folder, by name."""
-    root = Path(settings.REWARDLOOP_MODELS_DIR)
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "config.json").exists())
-
-
-class _RubricModeNeedsRubric:
-    """Rubric mode needs the project's rubric, which these forms do not edit: refused on the mode field
-    (the model's own check names the rubric field, which the forms lack: Django would raise ValueError)."""
-
-    RUBRIC_NEEDED = "Rubric mode needs a rubric: pick another mode, save a rubric on the setup page, then switch."
-
-    def clean(self):
-        cleaned = super().clean()
-        if cleaned.get("rating_mode") == RatingMode.RUBRIC and not self.instance.rubric:
-            self.add_error("rating_mode", self.RUBRIC_NEEDED)
-        return cleaned
-
-
-class ProjectCreateForm(_RubricModeNeedsRubric, forms.ModelForm):
-    """A new project: its name, base model folder, rating mode and guidelines; in rubric mode its rubric,
-    typed on the same page (``rubric``: the criteria of the page's :class:`RubricForm`, checked there)."""
-
-    RUBRIC_NEEDED = "Rubric mode needs a rubric: name at least one criterion."
-
-    class Meta:
-        model = Project
-        fields = ["slug", "title", "base_model_path", *SETUP_FIELDS[1:]]
-        formfield_callback = formfield_within_model_bounds
-        widgets = {"guidelines": forms.Textarea(attrs={"rows": 8})}
-        help_texts = {
-            "base_model_path": "A local Hugging Face causal-LM folder on the server (with config.json); it becomes version 0.",
-        }
-
-    def __init__(self, *args, rubric: list[dict] | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.instance.rubric = rubric or []
-        folders = local_model_folders()
-        if folders and not self.initial.get("base_model_path"):
-            self.initial["base_model_path"] = str(folders[0])
-        self.fields["base_model_path"].widget.attrs["list"] = "model-folders"
-        self.model_folders = folders
-
-    def clean_base_model_path(self):
-        path = Path(self.cleaned_data["base_model_path"]).expanduser()
-        if not model_folder_exists(path):
-            raise forms.ValidationError(f"{path} is not a Hugging Face model folder on the server (no config.json).")
-        return str(path.resolve())
-
-    def clean_guidelines(self):
-        return _lf(self.cleaned_data["guidelines"])
-
-
-class ProjectSettingsForm(_RubricModeNeedsRubric, forms.ModelForm):
+class ProjectSettingsForm(RubricModeNeedsRubric, forms.ModelForm):
     """What annotators see and how items are rated."""
 
     class Meta:
@@ -85,7 +22,7 @@ class ProjectSettingsForm(_RubricModeNeedsRubric, forms.ModelForm):
 
     def clean_guidelines(self):
         """Guidelines as stored (LF), so saving the form unchanged changes (and audits) nothing."""
-        return _lf(self.cleaned_data["guidelines"])
+        return textarea_lf(self.cleaned_data["guidelines"])
 
 
 class PromptFileForm(forms.Form):
@@ -102,6 +39,10 @@ class PromptFileForm(forms.Form):
 
 
 class MemberAddForm(forms.Form):
+    """A username and a role: adds the user, or sets a member's role. The form finds the user (active or
+    not: a deactivated member's role can be changed); ``policies.services.membership_add`` decides the rest
+    (an inactive newcomer, the last staff member demoted) and the view shows its refusal on this form."""
+
     username = forms.CharField(label="Username", max_length=150)
     role = forms.ChoiceField(label="Role", choices=Membership.Role.choices, initial=Membership.Role.ANNOTATOR)
 
@@ -109,7 +50,7 @@ class MemberAddForm(forms.Form):
         from django.contrib.auth import get_user_model
 
         name = self.cleaned_data["username"].strip()
-        user = get_user_model().objects.filter(username=name, is_active=True).first()
+        user = get_user_model().objects.filter(username=name).first()
         if user is None:
             raise forms.ValidationError(
                 f"No active user is called {name!r}; create the account first (Admin → Users).", code="unknown_user"

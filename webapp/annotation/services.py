@@ -21,7 +21,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from webapp import broker
-from webapp.errors import ApplicationError
+from webapp.errors import ApplicationError, InvalidFields
 from webapp.policies.models import Project, RatingMode
 from webapp.text import storable_text, without_nul
 
@@ -1063,29 +1063,20 @@ def rating_create(
     NUL characters in ``comment`` are dropped (PostgreSQL cannot store them).
 
     Raises:
-        ApplicationError: the value does not fit the project's rating mode
-            (Likert: a whole number from 1 to 5; thumbs: up or down; pairwise
-            projects take :func:`comparison_create`), the annotator rated this
-            item already, or the item has all the ratings it needs and was not
-            leased to this annotator.
+        InvalidFields: the fields do not fit the project's rating mode (Likert: ``score``, a whole
+            number from 1 to 5; thumbs: ``thumbs_up``, a bool; rubric: ``criteria``; and no other mode's
+            field), naming each (:func:`_rating_fields_check`; the REST API's 400).
+        ApplicationError: a pairwise or ranking project (they take :func:`comparison_create` and
+            :func:`ranking_create`), a rubric score missing or unknown, the annotator rated this
+            item already, or the item has all the ratings it needs and was not leased to this annotator.
     """
     project = completion.project
-    stored_criteria = None
     if project.rating_mode == RatingMode.PAIRWISE:
         raise ApplicationError("This project compares pairs; choose A, B, tie or both bad.")
     if project.rating_mode == RatingMode.RANKING:
         raise ApplicationError("This project ranks outputs; put them in order from best to worst.")
-    if project.rating_mode == RatingMode.RUBRIC:
-        if score is not None or thumbs_up is not None:
-            raise ApplicationError("This project rates by its rubric: score each criterion from 1 to 5.")
-        stored_criteria = _rubric_scores(project=project, criteria=criteria)
-    elif criteria is not None:
-        raise ApplicationError("This project has no rubric", stale=True)
-    elif project.rating_mode == RatingMode.THUMBS:
-        if not isinstance(thumbs_up, bool) or score is not None:
-            raise ApplicationError("Choose thumbs up or thumbs down.")
-    elif isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 5 or thumbs_up is not None:
-        raise ApplicationError("A rating is a whole number from 1 to 5.")
+    _rating_fields_check(project=project, values={"score": score, "thumbs_up": thumbs_up, "criteria": criteria})
+    stored_criteria = _rubric_scores(project=project, criteria=criteria) if project.rating_mode == RatingMode.RUBRIC else None
     lease = _lease_for_judgment(project=project, annotator=annotator, completion=completion)
     seconds_spent = _seconds_on(lease, seconds_spent)
     with _judgment_stored(completion_ids=[completion.pk], already="You have rated this item already."):
@@ -1099,6 +1090,54 @@ def rating_create(
             seconds_spent=seconds_spent,
         )
     return rating
+
+
+# The one field a rating of each single-completion mode sends, what it holds, and the page's words when
+# it is missing or wrong (or another mode's field is sent).
+RATE_FIELD_OF_MODE = {
+    RatingMode.LIKERT: ("score", "a whole number from 1 to 5", "A rating is a whole number from 1 to 5."),
+    RatingMode.THUMBS: ("thumbs_up", "true (up) or false (down)", "Choose thumbs up or thumbs down."),
+    RatingMode.RUBRIC: ("criteria", "every criterion of the rubric by name, each 1 to 5",
+                        "This project rates by its rubric: score each criterion from 1 to 5."),
+}
+
+
+def _rating_fields_check(*, project: Project, values: dict) -> None:
+    """The rule of :func:`rating_create` on which fields a rating of ``project``'s mode sends: its mode's
+    field (``RATE_FIELD_OF_MODE``), holding a value of its kind, and no other mode's field. ``values``
+    maps each field name to what was sent (None: not sent). The rubric's criteria are checked by name
+    and score in :func:`_rubric_scores`.
+
+    Raises:
+        InvalidFields: naming the mode's field when it is missing or not of its kind, then each other
+            mode's field that was sent; stale when a rubric rating reaches a project that has left
+            rubric mode (the page was read before the switch).
+    """
+    mode = str(project.rating_mode)
+    field, holds, message = RATE_FIELD_OF_MODE[project.rating_mode]
+    value = values.get(field)
+    kind_ok = {
+        "score": lambda v: not isinstance(v, bool) and isinstance(v, int) and 1 <= v <= 5,
+        "thumbs_up": lambda v: isinstance(v, bool),
+        "criteria": lambda v: isinstance(v, dict),
+    }[field]
+    errors = []
+    if value is None:
+        errors.append((field, f"Required in a {mode} project: {holds}."))
+    elif not kind_ok(value):
+        errors.append((field, f"Should be {holds}."))
+    errors += [
+        (other, f"Not used in a {mode} project (send {field}).")
+        for other, _, _ in RATE_FIELD_OF_MODE.values() if other != field and values.get(other) is not None
+    ]
+    if not errors:
+        return
+    rubric_gone = field != "criteria" and values.get("criteria") is not None
+    if rubric_gone:
+        message = "This project has no rubric"
+    elif len(errors) == 1 and value is None and field == "criteria" and project.rubric:
+        message = f"Score every criterion from 1 to 5 ({project.rubric[0]['name']} is missing)."  # as _rubric_scores
+    raise InvalidFields(message, fields=errors, stale=rubric_gone)
 
 
 def _rubric_scores(*, project: Project, criteria) -> list[dict]:

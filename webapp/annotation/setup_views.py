@@ -9,12 +9,14 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from webapp.errors import ApplicationError
 from webapp.permissions import staff_required
+from webapp.policies import selectors as policy_selectors
 from webapp.policies import services as policy_services
-from webapp.policies.models import Membership, RatingMode, rubric_check
+from webapp.policies.forms import ProjectCreateForm
+from webapp.policies.models import RatingMode, rubric_check
 from webapp.policies.views import project_settings_form_save
 
 from . import services
-from .forms import SETUP_FIELDS, MemberAddForm, ProjectCreateForm, ProjectSettingsForm, PromptFileForm, RubricForm
+from .forms import SETUP_FIELDS, MemberAddForm, ProjectSettingsForm, PromptFileForm, RubricForm
 from .markdown import guidelines_html
 
 TEMPLATE = "annotation/setup.html"
@@ -64,7 +66,7 @@ def _setup_context(request, **forms) -> dict:
         "member_form": forms.get("member_form") or MemberAddForm(),
         "rubric_form": forms.get("rubric_form") or RubricForm(rubric=project.rubric),
         "guidelines_preview": guidelines_html(project.guidelines),
-        "members": Membership.objects.filter(project=project).select_related("user").order_by("role", "user__username"),
+        "members": policy_selectors.project_members(project=project),
         "n_prompts": project.prompts.count(),
         "n_held_out": project.prompts.filter(held_out=True).count(),
         "preview": forms.get("preview"),
@@ -153,14 +155,19 @@ def prompts_import(request, slug):
 @staff_required
 @require_POST
 def member_add(request, slug):
-    """Add a member by username (or change their role); audited."""
+    """Add a member by username (or change their role); audited. A refusal of the form or of the
+    service (an inactive newcomer, the project's last staff member demoted) is the form's error (400)."""
     form = MemberAddForm(request.POST)
+    if form.is_valid():
+        try:
+            policy_services.membership_add(
+                project=request.project, user=form.user, role=form.cleaned_data["role"], actor=request.user
+            )
+        except ApplicationError as exc:
+            form.add_error(None, exc.message)
     if not form.is_valid():
-        messages.error(request, "Nobody was added: check the fields marked below.")
+        messages.error(request, "Nobody was added or changed: check the form below.")
         return render(request, TEMPLATE, _setup_context(request, member_form=form), status=400)
-    policy_services.membership_add(
-        project=request.project, user=form.user, role=form.cleaned_data["role"], actor=request.user
-    )
     messages.success(request, f"{form.user.username} is now {form.cleaned_data['role']} of {request.project.slug}.")
     return redirect("setup:setup", slug=slug)
 
@@ -168,15 +175,16 @@ def member_add(request, slug):
 @staff_required
 @require_POST
 def member_remove(request, slug):
-    """Take a member off the project (their ratings stay; their leases go back to the queue); audited."""
-    membership = Membership.objects.filter(project=request.project, user__username=request.POST.get("username", "")).first()
+    """Take a member off the project (their ratings stay; their leases go back to the queue); audited.
+    A refusal (yourself, the project's last staff member) is the page again with the reason (400)."""
+    membership = policy_selectors.project_member(project=request.project, username=request.POST.get("username", ""))
     if membership is None:
         messages.error(request, "That person is not a member.")
-    else:
-        try:
-            policy_services.membership_remove(project=request.project, user=membership.user, actor=request.user)
-        except ApplicationError as exc:
-            messages.error(request, exc.message)
-        else:
-            messages.success(request, f"{membership.user.username} was removed from {request.project.slug}.")
+        return redirect("setup:setup", slug=slug)
+    try:
+        policy_services.membership_remove(project=request.project, user=membership.user, actor=request.user)
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+        return render(request, TEMPLATE, _setup_context(request), status=400)
+    messages.success(request, f"{membership.user.username} was removed from {request.project.slug}.")
     return redirect("setup:setup", slug=slug)

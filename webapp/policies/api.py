@@ -1,24 +1,26 @@
 """REST API for projects and model versions (router mounted by ``webapp/api.py``).
 
 Thin: guard, a selector or service, a schema. Projects are listed for the
-token's user; versions and serving are staff only, as on the pages.
+token's user and created by global staff; versions and serving are staff only, as on the pages.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from django.http import FileResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from ninja import Field, Path, Router, Schema, Status
-from ninja.errors import HttpError
+from ninja.errors import HttpError, ValidationError
 
-from webapp.apikit import ERRORS, MAX_NUMBER, NO_NUL_PATTERN, SLUG_PATTERN, api_project
+from webapp.apikit import ERRORS, MAX_NUMBER, NO_NUL_PATTERN, SLUG_PATTERN, api_project, form_errors_raise
 from webapp.errors import ApplicationError
 
 from . import artifacts, selectors, services
-from .models import RUBRIC_MAX_CRITERIA, ModelVersion, VersionExport
+from .forms import ProjectCreateForm
+from .models import RUBRIC_MAX_CRITERIA, Membership, ModelVersion, Project, RatingMode, VersionExport
 
 router = Router(tags=["projects"])
 
@@ -68,6 +70,45 @@ def project_out(project, role) -> dict:
 def projects(request):
     """The projects the token's user may open, with their role in each (global staff: every project, as staff)."""
     return [project_out(p, role) for p, role in selectors.projects_for(user=request.user)]
+
+
+class ProjectCreateIn(Schema):
+    # ProjectCreateForm validates these (project_new): the page and the API accept the same values.
+    model_config = {"extra": "forbid"}
+
+    slug: str = Field(..., pattern=SLUG_PATTERN, description=ProjectCreateForm.base_fields["slug"].help_text)
+    title: str = Field(..., min_length=1, max_length=200, pattern=NO_NUL_PATTERN)
+    base_model_path: str = Field(..., min_length=1, max_length=500, pattern=NO_NUL_PATTERN,
+                                 description=ProjectCreateForm.base_fields["base_model_path"].help_text)
+    rating_mode: Literal[tuple(RatingMode.values)] = RatingMode.LIKERT
+    guidelines: str = Field("", max_length=20_000, pattern=NO_NUL_PATTERN)
+    ratings_per_item: int | None = Field(None, ge=1, le=MAX_NUMBER)
+    completions_per_prompt: int | None = Field(None, ge=1, le=MAX_NUMBER)
+    pool_target: int | None = Field(None, ge=1, le=MAX_NUMBER)
+
+
+# Beside GET /projects on this router: a second router's "/projects" would be its own URL pattern, and
+# Django would answer this POST with the first one's 405 (GET only). The operationId is the one published
+# before the route moved here from the annotation app, so clients generated from the schema keep it.
+@router.post("/projects", response={201: ProjectOut, **ERRORS}, summary="Create a project (global staff)",
+             operation_id="webapp_annotation_api_project_create")
+def project_create(request, body: ProjectCreateIn):
+    """A new project on a base model folder on the server (it becomes v0, served), as "New project": the
+    token's user becomes its staff. Global staff only (403 otherwise); a field the form refuses (no
+    config.json in the folder, a slug taken in any letter case, rubric mode without a rubric) is a 400
+    naming it; nothing is stored then."""
+    if not request.user.is_staff:
+        raise HttpError(403, "Only global staff create projects.")
+    defaults = {name: Project._meta.get_field(name).get_default() for name in ProjectCreateForm.base_fields}
+    form = ProjectCreateForm({**defaults, **body.model_dump(exclude_none=True)})
+    if not form.is_valid():
+        form_errors_raise(form)
+    try:
+        project = services.project_create_for(creator=request.user, **form.cleaned_data)
+    except ApplicationError as exc:
+        raise ValidationError([{"loc": ("body", "slug"), "msg": exc.message}]) from None
+    return Status(201, project_out(project, Membership.Role.STAFF))
+
 
 
 @router.get("/projects/{slug}", response={200: ProjectOut, **ERRORS}, summary="One project")

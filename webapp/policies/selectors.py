@@ -219,3 +219,16 @@ def projects_for(*, user) -> list[tuple[Project, str]]:
         return [(p, Membership.Role.STAFF) for p in projects]
     roles = dict(Membership.objects.filter(user=user).values_list("project_id", "role"))
     return [(p, roles[p.pk]) for p in projects.filter(pk__in=roles)]
+
+
+def project_members(*, project: Project) -> QuerySet[Membership]:
+    """The project's memberships with their users, annotators first, then staff, each by username: the
+    setup page's members table and ``GET /api/v1/projects/{slug}/members``. Inactive users are listed
+    (they keep their membership; their role can still be changed and they can be removed)."""
+    return Membership.objects.filter(project=project).select_related("user").order_by("role", "user__username")
+
+
+def project_member(*, project: Project, username: str) -> Membership | None:
+    """The membership of the user called ``username`` (active or not) in ``project``, with its user; None
+    when they are not a member."""
+    return project_members(project=project).filter(user__username=username).first()

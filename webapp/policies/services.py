@@ -103,14 +103,24 @@ def project_create_for(*, creator, slug: str, title: str, base_model_path: str |
     return project
 
 
+@transaction.atomic
 def membership_add(*, project: Project, user, role: str = Membership.Role.ANNOTATOR, actor=None) -> Membership:
-    """Make ``user`` a member of ``project`` with ``role`` (annotator or staff); a member's role is updated.
+    """Make ``user`` a member of ``project`` with ``role`` (annotator or staff); a member's role is updated,
+    whether their account is active or not (a deactivated staff account can be demoted). The setup page's
+    members form and the API (``POST`` and ``PATCH …/members``) both add and change roles here.
 
     Recorded in the project's audit log. Raises:
-        ApplicationError: an unknown role.
+        ApplicationError: an unknown role; ``user`` is inactive and not a member yet (they could not
+            sign in: reactivate the account first); or the change would leave the project without an
+            active staff member (:func:`_staff_kept_check`). Nothing is stored then.
     """
     if role not in Membership.Role.values:
         raise ApplicationError(f"A role is one of {', '.join(Membership.Role.values)}, not {role!r}.")
+    current = _staff_kept_check(project=project, user=user, role=role)
+    if current is None and not user.is_active:
+        raise ApplicationError(
+            f"{user.username}'s account is inactive: reactivate it (Admin → Users) before adding them to a project."
+        )
     membership, _ = Membership.objects.update_or_create(project=project, user=user, defaults={"role": role})
     audit_record(project=project, actor=actor, action="member_add", target=str(user), detail={"role": role})
     return membership
@@ -124,16 +134,45 @@ def membership_remove(*, project: Project, user, actor=None) -> bool:
     queue); their ratings stay. The setup page and the API both remove members here.
 
     Raises:
-        ApplicationError: ``actor`` is ``user`` (nobody removes themselves, so a project's last staff
-            member stays: another staff member, or global staff, removes them).
+        ApplicationError: ``actor`` is ``user`` (nobody removes themselves: another staff member, or
+            global staff, removes them), or ``user`` is the project's last active staff member
+            (:func:`_staff_kept_check`). Nothing is changed then.
     """
     if actor is not None and actor.pk == user.pk:
         raise ApplicationError("You cannot remove yourself; ask another staff member.")
+    _staff_kept_check(project=project, user=user, role=None)
     deleted, _ = Membership.objects.filter(project=project, user=user).delete()
     if deleted:
         user.leases.filter(completion__project=project, fulfilled=False).delete()
         audit_record(project=project, actor=actor, action="member_remove", target=str(user))
     return bool(deleted)
+
+
+def _staff_kept_check(*, project: Project, user, role: str | None) -> str | None:
+    """Refuse giving ``user`` the ``role`` in ``project`` (None: removing them) when that would take away
+    its last active staff member, so that a project always has someone among its members who can manage
+    it (global staff aside). Locks the project row first, so two staff members demoting each other at
+    once cannot both pass. Call inside the transaction that makes the change.
+
+    Returns:
+        ``user``'s role in the project now (None: not a member).
+
+    Raises:
+        ApplicationError: ``user`` is an active staff member of the project, no other active user is,
+            and ``role`` is not staff.
+    """
+    Project.objects.select_for_update().filter(pk=project.pk).values_list("pk", flat=True).first()
+    current = Membership.objects.filter(project=project, user=user).values_list("role", flat=True).first()
+    if current != Membership.Role.STAFF or role == Membership.Role.STAFF or not user.is_active:
+        return current
+    others = Membership.objects.filter(project=project, role=Membership.Role.STAFF, user__is_active=True).exclude(user=user)
+    if not others.exists():
+        change = "removed" if role is None else f"made {role}"
+        raise ApplicationError(
+            f"{user.username} is the last staff member of {project.slug} and cannot be {change}: "
+            "make someone else staff first, so that someone can still manage the project."
+        )
+    return current
 
 
 @transaction.atomic

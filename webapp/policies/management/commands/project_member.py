@@ -20,12 +20,12 @@ class Command(BaseCommand):
         user = get_user_model().objects.filter(username=username).first()
         if project is None or user is None:
             raise CommandError(f"No project {slug!r}." if project is None else f"No user {username!r}.")
-        if remove:
-            was = membership_remove(project=project, user=user)
-            self.stdout.write(f"{username} removed from {slug}." if was else f"{username} was not a member of {slug}.")
-            return
         try:
+            if remove:
+                was = membership_remove(project=project, user=user)
+                self.stdout.write(f"{username} removed from {slug}." if was else f"{username} was not a member of {slug}.")
+                return
             membership_add(project=project, user=user, role=role)
-        except ApplicationError as exc:
+        except ApplicationError as exc:  # e.g. the project's last staff member: make someone else staff first
             raise CommandError(exc.message) from exc
         self.stdout.write(self.style.SUCCESS(f"{username} is {role} of {slug}."))
