@@ -163,3 +163,12 @@ def test_a_403_page_says_why_in_the_sites_layout_and_links_home(client, make_use
     assert "Log out only-rates" in staff_page.content.decode()  # the site's top bar
     elsewhere = client.get(reverse("annotation:annotate", args=["nope"]))
     assert elsewhere.status_code == 403 and "You are not a member of this project." in elsewhere.content.decode()
+
+
+def test_a_404_page_is_in_the_sites_layout_and_links_home(client, staff_user, project):
+    client.force_login(staff_user)
+    missing = client.get(reverse("training:run_detail", args=[project.slug, 999]))
+    assert missing.status_code == 404
+    body = missing.content.decode()
+    assert f'href="{reverse("home")}"' in body and "Log out boss" in body
+    assert "/runs/999/" in body  # says which address was not found
