@@ -28,3 +28,16 @@ def test_a_new_token_and_the_versions_page_fit_a_320_px_screen(login_page, live_
     page.goto(f"{live_server.url}/staff/p/{project.slug}/versions/")
     page.wait_for_selector("#compare-form")
     assert page.evaluate("document.documentElement.scrollWidth") <= WIDTH
+
+
+def test_the_new_project_form_fits_a_320_px_screen(login_page, live_server, staff_user):
+    # The rubric rows sit in a <fieldset>, whose default min-width is its content's: the table's
+    # three inputs pushed the whole page sideways (to 759 px at 360 px) instead of scrolling inside
+    # the table as the setup page's rubric table does.
+    page = login_page(staff_user, width=WIDTH, height=740)
+    page.goto(f"{live_server.url}/projects/new/")
+    page.wait_for_selector("#new-rubric")
+    assert page.evaluate("document.documentElement.scrollWidth") <= WIDTH
+    assert page.locator("#new-rubric").evaluate("el => el.getBoundingClientRect().right") <= WIDTH
+    page.fill("#id_name_0", "helpful")  # the rows are still reachable: the table scrolls inside
+    assert page.locator("#id_name_0").is_visible()

@@ -153,3 +153,27 @@ def test_bootstrap_demo_makes_the_demo_users_members_of_the_demo_project(db, tin
     call_command("bootstrap_demo")
     roles = dict(Membership.objects.filter(project=demo).values_list("user__username", "role"))
     assert roles == {"admin": "staff", "annotator1": "annotator", "annotator2": "annotator"}
+
+
+def test_a_403_page_says_why_in_the_sites_layout_and_links_home(client, make_user, project):
+    # The guards' reasons ("Staff only.", "You are not a member of this project.") were raised but never
+    # shown: Django's bare "403 Forbidden" page has no reason, no top bar and no way back.
+    annotator = make_user("only-rates", member=False)
+    membership_add(project=project, user=annotator)
+    client.force_login(annotator)
+    staff_page = client.get(reverse("training:runs", args=[project.slug]))
+    assert staff_page.status_code == 403
+    assert "Staff only." in staff_page.content.decode()
+    assert f'href="{reverse("home")}"' in staff_page.content.decode()
+    assert "Log out only-rates" in staff_page.content.decode()  # the site's top bar
+    elsewhere = client.get(reverse("annotation:annotate", args=["nope"]))
+    assert elsewhere.status_code == 403 and "You are not a member of this project." in elsewhere.content.decode()
+
+
+def test_a_404_page_is_in_the_sites_layout_and_links_home(client, staff_user, project):
+    client.force_login(staff_user)
+    missing = client.get(reverse("training:run_detail", args=[project.slug, 999]))
+    assert missing.status_code == 404
+    body = missing.content.decode()
+    assert f'href="{reverse("home")}"' in body and "Log out boss" in body
+    assert "/runs/999/" in body  # says which address was not found
