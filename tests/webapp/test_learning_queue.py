@@ -84,3 +84,15 @@ def test_the_fixed_clock_gives_every_batch_the_same_duration_whatever_it_cost():
     assert fixed.batch_s == 2.5
     with pytest.raises(ValueError, match="batch_seconds"):
         QueueModel(clock="fixed", batch_seconds=0)
+
+
+def test_faster_raters_divide_every_annotators_mean_delay():
+    from bench.learning import annotator_team
+
+    assert [a.mean_delay_s for a in annotator_team(5, delay_scale=0.25)] == [5.0, 7.5, 11.25, 60.0, 5.0]
+    assert parse_args(["--tiny", "--delay-scale", "0.5"]).delay_scale == 0.5
+    assert parse_args(["--tiny"]).delay_scale == 1.0
+    with pytest.raises(SystemExit):
+        parse_args(["--tiny", "--delay-scale", "0"])
+    with pytest.raises(ValueError, match="delay_scale"):
+        annotator_team(4, delay_scale=-1.0)
