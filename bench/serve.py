@@ -13,6 +13,12 @@ HTTP client made before the level starts and kept (keep-alive), as an API client
   same torch threads, same prompts rendered with the chat template) at batch = the number of
   clients, the same new-token cap, repeated to about the same number of tokens;
 - ``ratio``: ``tok_s / offline_tok_s`` (the issue's goal: >= 0.7 at 16 clients, p95 TTFT < 1 s);
+- at the largest level, ``timeline`` (:func:`timeline_join`: each request's arrival, admission
+  into the running batch, first token and end, the engine's steps with their kind and rows,
+  and the parts of the time to first token) and ``ttft_steps_p50``/``ttft_steps_p95`` (time to
+  first token in engine steps, which the machine's load does not stretch) and
+  ``ttft_cpu_ms_p50``/``ttft_cpu_ms_p95`` (the inference process's CPU milliseconds from a
+  request's arrival there to its first token, which the load stretches far less than wall time);
 - ``cpu_s``: CPU seconds (user + system, all threads) the level took in the inference process,
   the web app (gunicorn's master and worker) and this process's client threads, so the
   cost can be read apart from the machine's load.
@@ -82,13 +88,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def stream_once(http, url: str, secret: str, prompt: str, new_tokens: int) -> tuple[float, int]:
+def stream_once(http, url: str, secret: str, prompt: str, new_tokens: int, times: dict | None = None) -> tuple[float, int]:
     """One streaming chat completion through ``http`` (an ``httpx2.Client``, or the module):
-    (seconds to the first content chunk, completion tokens)."""
+    (seconds to the first content chunk, completion tokens). ``times`` (if given) gets
+    ``sent``, ``first_chunk``, ``end`` (``time.monotonic()`` seconds) and ``prompt_tokens``."""
     body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": new_tokens,
             "stream": True, "stream_options": {"include_usage": True}}
-    start = time.perf_counter()
-    ttft, tokens = None, 0
+    start, sent = time.perf_counter(), time.monotonic()
+    ttft, first, tokens, prompt_tokens = None, None, 0, None
     with http.stream("POST", url, json=body, headers={"Authorization": f"Bearer {secret}"}, timeout=600) as r:
         r.raise_for_status()
         for line in r.iter_lines():
@@ -96,9 +103,12 @@ def stream_once(http, url: str, secret: str, prompt: str, new_tokens: int) -> tu
                 continue
             chunk = json.loads(line[6:])
             if ttft is None and any((c.get("delta") or {}).get("content") for c in chunk.get("choices", [])):
-                ttft = time.perf_counter() - start
+                ttft, first = time.perf_counter() - start, time.monotonic()
             if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
+                tokens, prompt_tokens = chunk["usage"]["completion_tokens"], chunk["usage"]["prompt_tokens"]
+    if times is not None:
+        end = time.monotonic()
+        times.update(sent=sent, first_chunk=first if first is not None else end, end=end, prompt_tokens=prompt_tokens)
     return (ttft if ttft is not None else time.perf_counter() - start), tokens
 
 
@@ -107,8 +117,11 @@ def tree_cpu(roots: dict[str, int]) -> dict[str, float]:
     return {name: sum(cpu_seconds(process_tree(pid)).values()) for name, pid in roots.items()}
 
 
-def served_level(httpx2, url, secret, clients: int, requests: int, new_tokens: int, roots: dict[str, int]) -> dict:
-    ttfts, tokens, errors = [], [], []
+def served_level(httpx2, url, secret, clients: int, requests: int, new_tokens: int, roots: dict[str, int],
+                 timeline_url: str | None = None) -> dict:
+    """One level; with ``timeline_url`` (the inference process's ``/debug/timeline``) the row
+    gets ``"timeline"`` (:func:`timeline_join`) and ``ttft_steps_p50``/``ttft_steps_p95``."""
+    ttfts, tokens, errors, sent = [], [], [], []
     barrier = threading.Barrier(clients)
 
     def client(i):
@@ -118,15 +131,17 @@ def served_level(httpx2, url, secret, clients: int, requests: int, new_tokens: i
         barrier.wait()
         for r in range(requests):
             try:
-                t, n = stream_once(http, url, secret, PROMPTS[(i * requests + r) % len(PROMPTS)], new_tokens)
+                times = {"client": i}
+                t, n = stream_once(http, url, secret, PROMPTS[(i * requests + r) % len(PROMPTS)], new_tokens, times)
                 ttfts.append(t)
                 tokens.append(n)
+                sent.append(times)
             except Exception as exc:  # counted, not fatal: the JSON says how many failed
                 errors.append(repr(exc))
         http.close()
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    cpu_before, bench_before, start = tree_cpu(roots), time.process_time(), time.perf_counter()
+    cpu_before, bench_before, start, level_start = tree_cpu(roots), time.process_time(), time.perf_counter(), time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
@@ -134,9 +149,70 @@ def served_level(httpx2, url, secret, clients: int, requests: int, new_tokens: i
     wall = time.perf_counter() - start
     cpu = {name: round(used - cpu_before[name], 2) for name, used in tree_cpu(roots).items()}
     cpu["clients"] = round(time.process_time() - bench_before, 2)
-    return {"cpu_s": cpu,"clients": clients, "requests": len(tokens), "errors": len(errors), "tokens": sum(tokens),
-            "wall_s": round(wall, 2), "tok_s": round(sum(tokens) / wall, 2),
-            "ttft_ms_p50": round(1000 * percentile(ttfts, 0.5), 1), "ttft_ms_p95": round(1000 * percentile(ttfts, 0.95), 1)}
+    row = {"cpu_s": cpu,"clients": clients, "requests": len(tokens), "errors": len(errors), "tokens": sum(tokens),
+           "wall_s": round(wall, 2), "tok_s": round(sum(tokens) / wall, 2),
+           "ttft_ms_p50": round(1000 * percentile(ttfts, 0.5), 1), "ttft_ms_p95": round(1000 * percentile(ttfts, 0.95), 1)}
+    if timeline_url is not None:
+        engine = httpx2.get(timeline_url, params={"since": level_start}, headers={"Authorization": f"Bearer {secret}"},
+                            timeout=30).json()
+        row["timeline"] = timeline_join(sent, engine, level_start)
+        steps = [r["steps_to_first_token"] for r in row["timeline"]["requests"] if r.get("steps_to_first_token")]
+        row["ttft_steps_p50"], row["ttft_steps_p95"] = percentile(steps, 0.5), percentile(steps, 0.95)
+        cpu = [r["cpu_ms_to_first_token"] for r in row["timeline"]["requests"] if r.get("cpu_ms_to_first_token") is not None]
+        row["ttft_cpu_ms_p50"], row["ttft_cpu_ms_p95"] = round(percentile(cpu, 0.5), 1), round(percentile(cpu, 0.95), 1)
+    return row
+
+
+def timeline_join(sent: list[dict], engine: dict, origin: float) -> dict:
+    """Each client request beside the engine's record of it, and the engine's steps; ms after ``origin``.
+
+    ``sent``: the clients' requests (:func:`stream_once`'s ``times`` plus ``client``);
+    ``engine``: the inference process's ``/debug/timeline``. A client request is paired, in
+    order of sending, with the earliest unpaired engine request of the same prompt length
+    received after it was sent (the web app relays it; nothing carries an id through), so
+    two equal-length prompts sent at the same moment may swap (their times are alike).
+
+    Returns ``{"requests": [...], "steps": [{"start", "end", "kind", "rows"}], "ttft_ms_parts"}``:
+    a request has ``client``, ``sent``, ``received`` (by the inference process), ``submitted``
+    (to its engine, after the token check and tokenizing), ``admitted`` (into the running
+    batch), ``first_token`` (drawn), ``first_chunk`` (read by the client), ``end`` and
+    ``steps_to_first_token`` (engine steps that ended between its submission and its first
+    token, its own prefill included) and ``cpu_ms_to_first_token`` (CPU the inference process
+    spent, all its threads, from the request's arrival there to its first token). ``ttft_ms_parts``: the median and the slowest 5% mean of
+    each part of the time to first token (web in: sent -> received; front: received ->
+    submitted; queue: submitted -> admitted; engine: admitted -> first token; out: first token
+    -> first chunk).
+    """
+    def ms(t):
+        return None if t is None else round(1000 * (t - origin), 1)
+
+    free = sorted(engine["requests"], key=lambda r: r["received"] or r["submitted"])
+    rows = []
+    for c in sorted(sent, key=lambda c: c["sent"]):
+        match = next((e for e in free if e["prompt_tokens"] == c["prompt_tokens"]
+                      and (e["received"] or e["submitted"]) >= c["sent"] - 0.001), None)
+        row = {"client": c["client"], "sent": ms(c["sent"]), "first_chunk": ms(c["first_chunk"]), "end": ms(c["end"]),
+               "prompt_tokens": c["prompt_tokens"]}
+        if match is not None:
+            free.remove(match)
+            row.update(received=ms(match["received"]), submitted=ms(match["submitted"]), admitted=ms(match["admitted"]),
+                       first_token=ms(match["first_token"]), engine_end=ms(match["end"]),
+                       steps_to_first_token=match["steps_to_first_token"],
+                       cpu_ms_to_first_token=None if match.get("cpu_to_first_token") is None
+                       else round(1000 * match["cpu_to_first_token"], 1))
+        rows.append(row)
+    parts = {"web_in": ("sent", "received"), "front": ("received", "submitted"), "queue": ("submitted", "admitted"),
+             "engine": ("admitted", "first_token"), "out": ("first_token", "first_chunk")}
+    slowest = sorted((r for r in rows if "first_token" in r), key=lambda r: r["first_chunk"] - r["sent"])
+    tail = slowest[-max(1, len(slowest) // 20):]
+    summary = {}
+    for name, (a, b) in parts.items():
+        values = [r[b] - r[a] for r in slowest if r.get(a) is not None and r.get(b) is not None]
+        tail_values = [r[b] - r[a] for r in tail if r.get(a) is not None and r.get(b) is not None]
+        summary[name] = {"p50": round(percentile(values, 0.5), 1),
+                         "slowest_5pct_mean": round(statistics.fmean(tail_values), 1) if tail_values else None}
+    steps = [{"start": ms(s["start"]), "end": ms(s["end"]), "kind": s["kind"], "rows": s["rows"]} for s in engine["steps"]]
+    return {"requests": rows, "steps": steps, "ttft_ms_parts": summary}
 
 
 def offline_level(policy, clients: int, requests: int, new_tokens: int) -> dict:
@@ -160,6 +236,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="torch threads, inference process and offline alike")
     parser.add_argument("--window-ms", type=float, default=5.0)
+    parser.add_argument("--hold-ms", type=float, default=None,
+                        help="the inference process's --hold-ms (default: its own default)")
     parser.add_argument("--no-prefix-cache", action="store_true", help="the inference process prefills every prompt in full")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
@@ -183,7 +261,8 @@ def main() -> None:
     logs = {name: (data / f"{name}.log").open("w") for name in ("inference", "web")}
     procs = [
         subprocess.Popen([python, "manage.py", "serve_inference", "--port", str(inference_port), "--threads",
-                          str(args.threads), "--window-ms", str(args.window_ms)] + ["--no-prefix-cache"] * args.no_prefix_cache, cwd=REPO, env=env,
+                          str(args.threads), "--window-ms", str(args.window_ms)] + ["--no-prefix-cache"] * args.no_prefix_cache
+                         + ([] if args.hold_ms is None else ["--hold-ms", str(args.hold_ms)]), cwd=REPO, env=env,
                          stdout=logs["inference"], stderr=subprocess.STDOUT, start_new_session=True),
         subprocess.Popen([str(Path(python).with_name("gunicorn")), "webapp.wsgi", "--bind", f"127.0.0.1:{web_port}",
                           "--workers", "1", "--threads", "32", "--worker-class", "gthread"], cwd=REPO, env=env,
@@ -208,9 +287,11 @@ def main() -> None:
         for clients in levels:
             served_level(httpx2, url, secret, clients, 1, 4, roots)
         served = []
+        timeline_url = f"http://127.0.0.1:{inference_port}/debug/timeline"
         for clients in levels:
-            served.append(served_level(httpx2, url, secret, clients, args.requests, args.new_tokens, roots))
-            log("served", served[-1])
+            served.append(served_level(httpx2, url, secret, clients, args.requests, args.new_tokens, roots,
+                                       timeline_url if clients == max(levels) else None))
+            log("served", {k: v for k, v in served[-1].items() if k != "timeline"})
     finally:
         for p in procs:
             if p.poll() is None:
@@ -230,7 +311,7 @@ def main() -> None:
         row["ratio"] = round(row["tok_s"] / offline["tok_s"], 3) if offline["tok_s"] else None
     print(json.dumps({
         "bench": "serve", "model": Path(args.model_dir).name, "new_tokens": args.new_tokens,
-        "requests_per_client": args.requests, "threads": args.threads, "window_ms": args.window_ms, "prefix_cache": not args.no_prefix_cache,
+        "requests_per_client": args.requests, "threads": args.threads, "window_ms": args.window_ms, "prefix_cache": not args.no_prefix_cache, "hold_ms": args.hold_ms,
         "cpu": platform.processor() or platform.machine(), "loadavg_start_end": [list(load_start), list(os.getloadavg())], "levels": served,
         "goal": "ratio >= 0.7 and ttft_ms_p95 < 1000 at 16 clients",
     }))

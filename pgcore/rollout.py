@@ -9,6 +9,7 @@ sampled"). Prompts are left-padded so every row's next token is in the last colu
 from __future__ import annotations
 
 import copy
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -503,6 +504,7 @@ def sample_continuous(
     on_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
     incoming: Callable[[], list[tuple[list[int], int]]] | None = None,
     prefix: "PrefixCache | None" = None,
+    on_forward: Callable[[str, int, float, float], None] | None = None,
 ) -> Iterator[tuple[int, list[int], list[float], bool]]:
     """Continuous batching: sample every prompt with at most ``batch_size`` rows decoding at once.
 
@@ -555,6 +557,11 @@ def sample_continuous(
         prefix: a :class:`pgcore.prefix_cache.PrefixCache` whose cached keys and values
             replace the prefill of the prompts that begin with its prefix (an inference
             server's chat template); same completions and logprobs up to rounding.
+        on_forward: called after each step with ``(kind, rows, start, end)``: ``kind``
+            ``"prefill"`` (waiting prompts run into free slots, their first tokens drawn) or
+            ``"decode"`` (one token for each running row), ``rows`` the prompts prefilled or
+            the slots decoded, ``start``/``end`` ``time.monotonic()`` seconds around the
+            forward and the draw (an inference server's timeline, not a profiler).
 
     Yields:
         ``(index into prompt_ids, completion ids, behaviour logprobs, finished)`` as each
@@ -672,6 +679,7 @@ def sample_continuous(
             poll()
         free = [slot for slot in range(B) if owner[slot] < 0]
         if waiting and free and (len(free) >= refill_fraction * B or b == 0 or not bool(alive[:b].any())):
+            started = time.monotonic()
             slots = free[: len(waiting)]
             group = [waiting.pop() for _ in slots]
             prefill = _prefill if prefix is None else prefix.prefill
@@ -709,6 +717,8 @@ def sample_continuous(
             nxt, nxt_logp = sample(logp, sel)  # (k,)
             feed[sel] = nxt
             ended = take(nxt, nxt_logp, sel)
+            if on_forward is not None:
+                on_forward("prefill", len(slots), started, time.monotonic())
             yield from emit([s_ for s_, e in zip(slots, ended.tolist()) if e])
             b = max(b, max(slots) + 1)
             end = max(end, P + 1)
@@ -731,6 +741,7 @@ def sample_continuous(
             alive[n_alive:b] = False
             b = n_alive
         # One decoding step for rows 0 : b; ended rows still run (on a column they do not advance).
+        started = time.monotonic()
         rows = torch.arange(b, device=device)
         valid[rows, cols[:b]] = True
         logits = _forward_fast(
@@ -746,6 +757,8 @@ def sample_continuous(
         pos[:b] += step
         feed[:b] = torch.where(was_alive, nxt, feed[:b])
         end = min(W, end + 1)
+        if on_forward is not None:
+            on_forward("decode", b, started, time.monotonic())
         yield from emit(ended.nonzero().squeeze(1).tolist())
 
 

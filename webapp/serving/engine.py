@@ -6,7 +6,12 @@ never a web process. Requests are sampled by pgcore's continuous batching
 few milliseconds) for others sent at the same moment, then the run decodes one token per
 step for up to ``max_batch`` rows, and a request arriving while it runs joins at the next
 step (it is prefilled into a free slot, or waits for one) instead of waiting for the batch
-to finish (Yu et al. 2022, "Orca"). Its ``draw`` hook applies each request's temperature,
+to finish (Yu et al. 2022, "Orca"). Prefills go first, in order of arrival. A request the
+inference process has received but is still checking and tokenizing is announced
+(:meth:`Engine.arrival`), and the next step waits for it (at most ``hold_s``), so requests sent
+together share one prefill: one that missed a prefill by a few milliseconds would otherwise
+wait for all of it and then for its own (the late first tokens of ``bench/serve.py``'s
+timeline at 16 clients). Its ``draw`` hook applies each request's temperature,
 top-p and seed; its ``on_step`` hook streams each token to its request and stops rows early
 (a stop sequence, a client gone); each row ends at its request's own ``max_tokens``.
 
@@ -29,6 +34,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -88,6 +94,14 @@ class Request:
     (``info``: ``token_ids``, ``logprobs``, ``finished`` at EOS), and ``("error", message)``.
     The reader may add a choice's index to ``stop_choices`` (its stop sequence appeared) or
     set ``cancelled`` (the client left); the engine stops those rows at its next step.
+
+    Its timeline (``time.monotonic()`` seconds, None until reached; :meth:`Engine.timeline`):
+    ``received_at`` (set by the caller: when its HTTP request came in), ``submitted_at``,
+    ``admitted_at`` (taken into a run), ``first_token_at`` (its first token drawn, any
+    choice), ``ended_at`` (its last choice ended); ``submit_step`` and ``first_token_step``
+    count the engine's steps (:attr:`Engine.steps_run`) then, so their difference is its time
+    to first token in steps, which the machine's load does not stretch; ``received_cpu`` and
+    ``first_token_cpu`` are the process's CPU time (``time.process_time()``, all threads) then.
     """
 
     key: str
@@ -97,6 +111,33 @@ class Request:
     stop_choices: set[int] = field(default_factory=set)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted_at: float = field(default_factory=time.monotonic)
+    received_at: float | None = None
+    admitted_at: float | None = None
+    first_token_at: float | None = None
+    ended_at: float | None = None
+    submit_step: int = 0
+    first_token_step: int | None = None
+    received_cpu: float | None = None
+    first_token_cpu: float | None = None
+    open_choices: int = 0
+
+
+class Arrival:
+    """A request the caller has received and is still checking and tokenizing (:meth:`Engine.arrival`).
+
+    While it is open, the engine's next prefill waits for it (at most ``hold_s`` after ``at``),
+    so it joins that prefill instead of waiting for it to end and then for one of its own.
+    Closed by :meth:`Engine.submit` (``arrival=``) or on leaving its ``with`` block (a refusal).
+    """
+
+    def __init__(self, engine: Engine):
+        self.engine, self.at, self.at_cpu, self.open = engine, time.monotonic(), time.process_time(), True
+
+    def __enter__(self) -> Arrival:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.engine._arrived(self)
 
 
 class Engine:
@@ -110,13 +151,18 @@ class Engine:
         prefix_cache: keep the keys and values of the chat template's shared prefix per
             version (:mod:`pgcore.prefix_cache`), so a chat request's prefill runs over its
             own tokens only.
+        timeline_len: steps and requests kept for :meth:`timeline` (the latest).
+        hold_s: the longest a prefill waits for a request still being received (an open
+            :meth:`arrival`), counted from that request's arrival, seconds; 0: never waits.
     """
 
     def __init__(self, *, load: Callable, window_s: float = 0.005, max_batch: int = 32,
-                 precision: str = "auto", device: str | None = None, max_loaded: int = 3, prefix_cache: bool = True):
+                 precision: str = "auto", device: str | None = None, max_loaded: int = 3, prefix_cache: bool = True,
+                 timeline_len: int = 4096, hold_s: float = 0.25):
         self.load = load
         self.prefix_cache = prefix_cache
-        self.window_s, self.max_batch, self.max_loaded = window_s, max_batch, max_loaded
+        self.window_s, self.max_batch, self.max_loaded, self.hold_s = window_s, max_batch, max_loaded, hold_s
+        self._arrivals: set[Arrival] = set()  # open ones (guarded by _cv)
         self.device = select_device(device)
         self.dtype = sampling_dtype(precision, self.device)
         self._loaded: dict[int, Loaded] = {}  # version id -> Loaded
@@ -128,6 +174,9 @@ class Engine:
         self.batches_run = 0
         self.rows_run = 0
         self.tokens_run = 0  # tokens sampled, every row of every batch
+        self.steps_run = 0  # forwards (a prefill or a decoding step), every run
+        self._steps: deque = deque(maxlen=timeline_len)  # (start, end, kind, rows) of the latest steps
+        self._requests: deque = deque(maxlen=timeline_len)  # the latest requests admitted
         self._thread = threading.Thread(target=self._loop, name="inference-engine", daemon=True)
         self._thread.start()
 
@@ -163,18 +212,88 @@ class Engine:
 
     # --- requests -------------------------------------------------------------------------
 
-    def submit(self, version_id: int, prompt_ids: list[int], params: SamplingParams) -> Request:
-        """Queue a request for a model version (loaded with :meth:`loaded` first); returns at once."""
-        request = Request(key=str(version_id), prompt_ids=prompt_ids, params=params)
+    def arrival(self) -> Arrival:
+        """Announce a request that is being received (its token checked, its prompt tokenized);
+        use as ``with engine.arrival() as a: ... engine.submit(..., arrival=a)``.
+
+        The engine's next prefill waits for open arrivals, each at most ``hold_s`` after it was
+        announced, so requests sent together share one prefill step; a request that missed a
+        prefill by a few milliseconds would otherwise wait for all of it and then for its own.
+        """
+        arrival = Arrival(self)
+        with self._cv:
+            self._arrivals.add(arrival)
+        return arrival
+
+    def _arrived(self, arrival: Arrival) -> None:
+        with self._cv:
+            if arrival.open:
+                arrival.open = False
+                self._arrivals.discard(arrival)
+                self._cv.notify_all()
+
+    def _hold(self) -> None:
+        """Wait while an open arrival is younger than ``hold_s`` (it is about to be submitted),
+        ``hold_s`` at most in all (arrivals that keep coming never stall a run for longer)."""
+        cap = time.monotonic() + self.hold_s
+        with self._cv:
+            while not self._stopping:
+                now = time.monotonic()
+                until = min(cap, max((a.at + self.hold_s for a in self._arrivals), default=now))
+                if until <= now:
+                    return
+                self._cv.wait(until - now)
+
+    def submit(self, version_id: int, prompt_ids: list[int], params: SamplingParams, *,
+               arrival: Arrival | None = None) -> Request:
+        """Queue a request for a model version (loaded with :meth:`loaded` first); returns at once.
+
+        ``arrival``: its :meth:`arrival`, closed here; its time is the request's ``received_at``.
+        """
+        request = Request(key=str(version_id), prompt_ids=prompt_ids, params=params,
+                          received_at=None if arrival is None else arrival.at, submit_step=self.steps_run,
+                          received_cpu=None if arrival is None else arrival.at_cpu)
         with self._cv:
             self._pending.append(request)
-            self._cv.notify()
+            if arrival is not None and arrival.open:
+                arrival.open = False
+                self._arrivals.discard(arrival)
+            self._cv.notify_all()
         return request
+
+    def timeline(self, since: float = 0.0) -> dict:
+        """The latest steps and requests (at most ``timeline_len`` each) that ended after ``since``.
+
+        Returns ``{"steps": [{"start", "end", "kind", "rows"}], "requests": [{"received",
+        "submitted", "admitted", "first_token", "end", "steps_to_first_token",
+        "cpu_to_first_token", "prompt_tokens", "max_tokens", "n"}]}``: times are ``time.monotonic()`` seconds
+        (one clock for every process of the machine on Linux); ``kind`` is ``"prefill"``
+        (``rows`` prompts prefilled) or ``"decode"`` (``rows`` slots decoded). Requests in
+        order of admission; those not ended yet are left out. ``cpu_to_first_token``: CPU
+        seconds this process spent (every thread: the engine's, the other requests' handlers)
+        from the request's arrival to its first token, a time to first token the machine's
+        load stretches much less than the wall time (None without an arrival).
+        """
+        steps = [{"start": s, "end": e, "kind": k, "rows": r} for s, e, k, r in list(self._steps) if e >= since]
+        requests = [
+            {"received": r.received_at, "submitted": r.submitted_at, "admitted": r.admitted_at,
+             "first_token": r.first_token_at, "end": r.ended_at,
+             "steps_to_first_token": None if r.first_token_step is None else r.first_token_step - r.submit_step,
+             "cpu_to_first_token": None if None in (r.received_cpu, r.first_token_cpu)
+             else r.first_token_cpu - r.received_cpu,
+             "prompt_tokens": len(r.prompt_ids), "max_tokens": r.params.max_tokens, "n": r.params.n}
+            for r in list(self._requests) if r.ended_at is not None and r.ended_at >= since
+        ]
+        return {"steps": steps, "requests": requests}
+
+    def _step_done(self, kind: str, rows: int, start: float, end: float) -> None:
+        self.steps_run += 1
+        self._steps.append((start, end, kind, rows))
 
     def close(self) -> None:
         with self._cv:
             self._stopping = True
-            self._cv.notify()
+            self._cv.notify_all()
         self._thread.join(timeout=30)
 
     def _take_batch(self) -> list[Request]:
@@ -187,10 +306,14 @@ class Engine:
         delay = first.submitted_at + self.window_s - time.monotonic()
         if delay > 0:
             time.sleep(delay)  # let the requests sent at the same moment share the first prefill
+        self._hold()
         return self._admit(first.key)
 
-    def _admit(self, key: str) -> list[Request]:
-        """Pending requests for version ``key``, in order, up to the first for another version."""
+    def _admit(self, key: str, hold: bool = False) -> list[Request]:
+        """Pending requests for version ``key``, in order, up to the first for another version;
+        ``hold``: first wait for the requests being received (:meth:`_hold`)."""
+        if hold:
+            self._hold()
         with self._cv:
             if self._stopping:
                 return []
@@ -228,16 +351,21 @@ class Engine:
         first = [batch]
 
         def incoming():
-            requests = first.pop() if first else self._admit(key)
+            requests = first.pop() if first else self._admit(key, hold=True)
             if requests is not batch:
                 joined.extend(requests)
             new = []
+            now = time.monotonic()
             for request in requests:
+                request.admitted_at = now
+                self._requests.append(request)
                 if len(request.prompt_ids) >= item.context_limit:
+                    request.ended_at = now
                     request.events.put(("error", f"the prompt has {len(request.prompt_ids)} tokens; "
                                                  f"this model's context is {item.context_limit}"))
                     continue
                 request.events.put(("start", item))
+                request.open_choices = request.params.n
                 for index in range(request.params.n):
                     rows.append((request, index))
                     draw.add(request.params, index)
@@ -250,6 +378,9 @@ class Engine:
             self.tokens_run += len(tokens)
             for r, token, was_emitted in zip(row_ids.tolist(), tokens.tolist(), emitted.tolist()):
                 request, index = rows[r]
+                if request.first_token_at is None:
+                    request.first_token_at, request.first_token_step = time.monotonic(), self.steps_run + 1
+                    request.first_token_cpu = time.process_time()
                 if was_emitted:
                     request.events.put(("token", index, token))
                 stop.append(request.cancelled.is_set() or index in request.stop_choices)
@@ -261,9 +392,12 @@ class Engine:
         for r, ids, lps, done in sample_continuous(
             item.model, [], eos_ids=item.eos_ids, pad_id=item.tokenizer.pad_token_id, max_new_tokens=1,
             generator=generator, batch_size=self.max_batch, refill_fraction=1.0 / self.max_batch,
-            draw=draw, on_step=on_step, incoming=incoming, prefix=item.prefix,
+            draw=draw, on_step=on_step, incoming=incoming, prefix=item.prefix, on_forward=self._step_done,
         ):
             request, index = rows[r]
+            request.open_choices -= 1
+            if request.open_choices == 0:
+                request.ended_at = time.monotonic()
             request.events.put(("end", index, {"token_ids": ids, "logprobs": lps, "finished": bool(done)}))
 
 

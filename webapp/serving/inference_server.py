@@ -11,6 +11,10 @@ it directly gains nothing: a missing or bad token is a 401, a pinned version for
 403, a project that is not the caller's a 404, too many requests a 429 with ``Retry-After``, each
 in OpenAI's error shape ``{"error": {"message", "type", "param", "code"}}``.
 
+``GET /debug/timeline?since=<s>`` (global staff only; else 401/403 in OpenAI's error shape) answers
+the engine's latest steps and requests with their times (:meth:`Engine.timeline`, ``"now"``
+added): what ``bench/serve.py`` reads to explain a late first token.
+
 ``GET /healthz`` without a token is the open liveness answer, ``{"ok": true}``. With a valid API
 token it adds ``"served"``: ``{slug: served version number}`` (the ``N`` of ``vN``, as the web app's
 ``/healthz`` reports it) for the loaded projects the token's user
@@ -46,6 +50,7 @@ import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 from django.db import close_old_connections
 
@@ -174,6 +179,8 @@ def make_handler(engine: Engine, versions: Versions):
             self.wfile.write(data)
 
         def do_GET(self):
+            if self.path.startswith("/debug/timeline"):
+                return self._timeline()
             if self.path != "/healthz":
                 return self._json(404, {"error": "not found"})
             header = self.headers.get("Authorization")
@@ -194,20 +201,47 @@ def make_handler(engine: Engine, versions: Versions):
                 body.update(batches=engine.batches_run, rows=engine.rows_run, tokens=engine.tokens_run)
             return self._json(200, body)
 
-        def do_POST(self):
-            if self.path != "/generate":
-                return self._json(404, {"error": "not found"})
-            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        def _timeline(self):
+            """``GET /debug/timeline?since=<monotonic s>``, global staff only: :meth:`Engine.timeline`."""
             try:
                 token = access.token_for_header(self.headers.get("Authorization"))
             except access.AccessRefused as exc:
                 return self._json(exc.status, exc.body(), headers={"WWW-Authenticate": 'Bearer realm="rewardloop"'})
             finally:
                 close_old_connections()
+            if not token.user.is_staff:
+                return self._json(403, access.openai_error_body(403, "The timeline is for staff."))
+            query = parse_qs(urlsplit(self.path).query)
+            try:
+                since = float(query.get("since", ["0"])[0])
+            except ValueError:
+                return self._json(400, access.openai_error_body(400, "since must be a number", param="since"))
+            return self._json(200, {"now": time.monotonic(), **engine.timeline(since)})
+
+        def do_POST(self):
+            if self.path != "/generate":
+                return self._json(404, {"error": "not found"})
+            with engine.arrival() as arrival:  # the engine's next prefill waits for it (bounded)
+                request, prompt_ids, model, params, stop, tokenizer = self._received(arrival)
+            if request is not None:
+                self._stream(request, prompt_ids, model, params, stop, tokenizer)
+
+        def _received(self, arrival):
+            """Check, parse and tokenize; submit. ``(request, ...)``, or ``(None, ...)`` once answered."""
+            none = (None,) * 6
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            try:
+                token = access.token_for_header(self.headers.get("Authorization"))
+            except access.AccessRefused as exc:
+                self._json(exc.status, exc.body(), headers={"WWW-Authenticate": 'Bearer realm="rewardloop"'})
+                return none
+            finally:
+                close_old_connections()
             try:  # the REST API's per-token rate; counted here only, forwarded by the web app or not
                 access.throttle_check(token=token)
             except access.AccessRefused as exc:
-                return self._json(exc.status, exc.body(), headers={"Retry-After": str(exc.retry_after)})
+                self._json(exc.status, exc.body(), headers={"Retry-After": str(exc.retry_after)})
+                return none
             try:
                 body = json.loads(raw)
                 model = str(body["model"])
@@ -218,11 +252,13 @@ def make_handler(engine: Engine, versions: Versions):
                 )
                 stop = [str(s) for s in body.get("stop") or [] if s]
             except (ValueError, KeyError, TypeError) as exc:
-                return self._json(400, {"event": "error", "status": 400, "message": f"malformed request: {exc}"})
+                self._json(400, {"event": "error", "status": 400, "message": f"malformed request: {exc}"})
+                return none
             try:
                 access.model_project(user=token.user, model=model)
             except access.AccessRefused as exc:
-                return self._json(exc.status, exc.body())
+                self._json(exc.status, exc.body())
+                return none
             finally:
                 close_old_connections()
             try:
@@ -235,12 +271,17 @@ def make_handler(engine: Engine, versions: Versions):
                 else:
                     prompt_ids = list(tokenizer(str(body.get("prompt", "")))["input_ids"])
             except UnknownModel:
-                return self._json(404, {"event": "error", "status": 404, "message": f"no model {model!r}"})
+                self._json(404, {"event": "error", "status": 404, "message": f"no model {model!r}"})
+                return none
             finally:
                 close_old_connections()
             if not prompt_ids:
-                return self._json(400, {"event": "error", "status": 400, "message": "the prompt is empty"})
-            request = engine.submit(version_id, prompt_ids, params)
+                self._json(400, {"event": "error", "status": 400, "message": "the prompt is empty"})
+                return none
+            request = engine.submit(version_id, prompt_ids, params, arrival=arrival)
+            return request, prompt_ids, model, params, stop, tokenizer
+
+        def _stream(self, request, prompt_ids, model, params, stop, tokenizer):
             self.send_response(200)
             self.send_header("Content-Type", "application/x-ndjson")
             self.send_header("Transfer-Encoding", "chunked")
@@ -294,7 +335,7 @@ def make_handler(engine: Engine, versions: Versions):
 
 
 def serve(*, host: str, port: int, window_s: float, max_batch: int, precision: str, poll_s: float,
-          ready: threading.Event | None = None, prefix_cache: bool = True) -> None:
+          ready: threading.Event | None = None, prefix_cache: bool = True, hold_s: float = 0.25) -> None:
     """Run the inference process's server until interrupted."""
     from webapp.policies.runtime import policy_load
 
@@ -305,7 +346,8 @@ def serve(*, host: str, port: int, window_s: float, max_batch: int, precision: s
         finally:
             close_old_connections()
 
-    engine = Engine(load=load, window_s=window_s, max_batch=max_batch, precision=precision, prefix_cache=prefix_cache)
+    engine = Engine(load=load, window_s=window_s, max_batch=max_batch, precision=precision, prefix_cache=prefix_cache,
+                    hold_s=hold_s)
     versions = Versions(engine, poll_s=poll_s)
     server = ThreadingHTTPServer((host, port), make_handler(engine, versions))
     server.daemon_threads = True

@@ -13,6 +13,9 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=int(os.environ.get("REWARDLOOP_INFERENCE_PORT", "8001")))
         parser.add_argument("--window-ms", type=float, default=5.0,
                             help="how long the first request of an idle engine waits for others to share its prefill (default 5 ms)")
+        parser.add_argument("--hold-ms", type=float, default=250.0,
+                            help="the longest a step waits for a request still being received, so it joins that step's "
+                                 "prefill (default 250 ms; 0: never waits)")
         parser.add_argument("--max-batch", type=int, default=32, help="rows decoding at once; later requests wait for a free row (default 32)")
         parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
         parser.add_argument("--poll-s", type=float, default=1.0, help="how often the served version is checked")
@@ -29,4 +32,4 @@ class Command(BaseCommand):
             torch.set_num_threads(options["threads"])
         serve(host=options["host"], port=options["port"], window_s=options["window_ms"] / 1000,
               max_batch=options["max_batch"], precision=options["precision"], poll_s=options["poll_s"],
-              prefix_cache=not options["no_prefix_cache"])
+              prefix_cache=not options["no_prefix_cache"], hold_s=options["hold_ms"] / 1000)
