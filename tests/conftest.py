@@ -140,18 +140,6 @@ def staff_client(client, staff_user):
 
 
 @pytest.fixture
-def hashes(monkeypatch):
-    """Counts password hashing and checking done by Django's auth (a spy: the real functions still run)."""
-    from django.contrib.auth import base_user
-
-    calls = []
-    real_check, real_make = base_user.check_password, base_user.make_password
-    monkeypatch.setattr(base_user, "check_password", lambda *a, **k: calls.append("check") or real_check(*a, **k))
-    monkeypatch.setattr(base_user, "make_password", lambda *a, **k: calls.append("make") or real_make(*a, **k))
-    return calls
-
-
-@pytest.fixture
 def make_completion(db):
     """Insert a completion directly (no model call), for tests of leases and ratings."""
     from webapp.annotation.models import Completion

@@ -184,9 +184,6 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # reverse proxy, have the proxy pass the client's address as REMOTE_ADDR.
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
-    # ModelBackend with a cheaper user read per request; a login it refuses stops here.
-    "webapp.accounts.backends.ModelBackend",
-    # Only for sessions signed in before the line above existed (they name this backend).
     "django.contrib.auth.backends.ModelBackend",
 ]
 AXES_FAILURE_LIMIT = int(os.environ.get("REWARDLOOP_LOGIN_FAILURE_LIMIT", "10"))

@@ -1,75 +1,19 @@
 """The written-out reads of every annotator request return what the ORM reads did.
 
-Each request of a signed-in annotator reads their user (``webapp.accounts.backends.ModelBackend``),
-the project with their role (``policies.selectors.project_access``), and the card's lease with
-the progress line (``annotation.selectors.lease_held(with_progress=True)``) by statements written
-out for CPU (``bench/annotate_load.py``); these tests compare them with the plain reads, and check
-that the login backend change keeps logins and older sessions working.
+Each request of a signed-in annotator reads the project with their role
+(``policies.selectors.project_access``) and the card's lease with the progress line
+(``annotation.selectors.lease_held(with_progress=True)``) by statements written out for CPU
+(``bench/annotate_load.py``); these tests compare them with the plain reads.
 """
 
-from django.contrib.auth import get_user_model
-from django.contrib.auth.signals import user_login_failed
-from django.urls import reverse
 from tests.webapp.annotation_helpers import make_pair, make_project
-from webapp.accounts.backends import ModelBackend
 from webapp.annotation import selectors, services
 from webapp.policies.models import Membership, Project, RatingMode
 from webapp.policies.selectors import project_access
 
-LOGIN = "/accounts/login/"
-
 
 def fields_of(instance) -> dict:
     return {f.attname: getattr(instance, f.attname) for f in type(instance)._meta.concrete_fields}
-
-
-# --- The signed-in user ----------------------------------------------------------------
-
-
-def test_the_backend_reads_the_same_user_as_the_orm(annotator, staff_user):
-    for user in (annotator, staff_user):
-        read = ModelBackend().get_user(user.pk)
-        assert fields_of(read) == fields_of(get_user_model().objects.get(pk=user.pk))
-        assert not read._state.adding and read._state.db == "default"
-    assert ModelBackend().get_user(str(annotator.pk)).pk == annotator.pk  # as a session holds it
-    assert ModelBackend().get_user(10**9) is None
-    assert ModelBackend().get_user("not-a-number") is None
-
-
-def test_an_inactive_user_is_nobody(annotator):
-    get_user_model().objects.filter(pk=annotator.pk).update(is_active=False)
-    assert ModelBackend().get_user(annotator.pk) is None
-
-
-def test_a_login_is_recorded_with_the_new_backend_and_opens_the_annotate_page(client, annotator, project):
-    assert client.post(LOGIN, {"username": "ann", "password": "pw-12345678"}).status_code == 302
-    assert client.session["_auth_user_backend"] == "webapp.accounts.backends.ModelBackend"
-    assert client.get(reverse("annotation:annotate", args=[project.slug])).status_code == 200
-
-
-def test_a_session_signed_in_before_the_new_backend_still_opens_the_page(client, annotator, project):
-    client.force_login(annotator, backend="django.contrib.auth.backends.ModelBackend")
-    assert client.session["_auth_user_backend"] == "django.contrib.auth.backends.ModelBackend"
-    assert client.get(reverse("annotation:annotate", args=[project.slug])).status_code == 200
-
-
-def test_a_wrong_password_is_refused_after_one_hash_not_one_per_backend(client, annotator, hashes):
-    failed = []
-
-    def on_failed(sender, **kwargs):
-        failed.append(kwargs["credentials"]["username"])
-
-    user_login_failed.connect(on_failed)
-    try:
-        answer = client.post(LOGIN, {"username": "ann", "password": "wrong-password"})
-        assert answer.status_code == 200 and "_auth_user_id" not in client.session
-        assert hashes == ["check"]
-        hashes.clear()
-        assert client.post(LOGIN, {"username": "nobody", "password": "wrong-password"}).status_code == 200
-        assert hashes == ["make"]  # an unknown name costs one hash too (no timing difference)
-    finally:
-        user_login_failed.disconnect(on_failed)
-    assert failed == ["ann", "nobody"]  # each failure reported once (django-axes counts these)
 
 
 # --- The project and the role ----------------------------------------------------------

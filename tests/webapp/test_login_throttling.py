@@ -14,6 +14,18 @@ def throttled(settings):
     return settings
 
 
+@pytest.fixture
+def hashes(monkeypatch):
+    """Counts password hashing and checking done by Django's auth (a spy: the real functions still run)."""
+    from django.contrib.auth import base_user
+
+    calls = []
+    real_check, real_make = base_user.check_password, base_user.make_password
+    monkeypatch.setattr(base_user, "check_password", lambda *a, **k: calls.append("check") or real_check(*a, **k))
+    monkeypatch.setattr(base_user, "make_password", lambda *a, **k: calls.append("make") or real_make(*a, **k))
+    return calls
+
+
 def login(client, username, password, ip):
     return client.post(LOGIN, {"username": username, "password": password}, REMOTE_ADDR=ip)
 
