@@ -285,7 +285,7 @@ def queue_candidates(
 _LEASE_HELD_SQL = """
 SELECT l.id, l.completion_id, l.annotator_id, l.slot, l.expires_at, l.a_on_left, l.fulfilled, l.created_at,
        c.project_id, c.prompt_id, c.model_version_id, c.text, c.finished, c.n_ratings, c.created_at,
-       p.project_id, p.text, p.held_out, v.project_id, v.number{pair_columns}
+       p.project_id, p.text, p.held_out, v.project_id, v.number{pair_columns}{progress_columns}
 FROM {lease} l
 JOIN {completion} c ON c.id = l.completion_id
 JOIN {prompt} p ON p.id = c.prompt_id
@@ -303,7 +303,7 @@ _LEASE_FIELDS = ["id", "completion_id", "annotator_id", "slot", "expires_at", "a
 _CARD_COMPLETION_FIELDS = ["id", "project_id", "prompt_id", "model_version_id", "text", "finished", "n_ratings"]
 
 
-def lease_held(*, project: Project, annotator) -> Lease | None:
+def lease_held(*, project: Project, annotator, with_progress: bool = False) -> Lease | None:
     """The annotator's live, unrated lease in this project on an item of its current rating mode,
     if any (a reload keeps the same item). After the project switched to pairwise, a lease on a
     single completion is not an item any more and is not returned (``services.lease_next`` frees it).
@@ -312,7 +312,8 @@ def lease_held(*, project: Project, annotator) -> Lease | None:
     with its ``prompt`` and ``model_version`` (only ``number``), and in
     pairwise mode its pair (``completion.pair_as_a`` and the pair's
     ``completion_b``). Token ids and log-probabilities are not loaded
-    (deferred: reading them costs a query).
+    (deferred: reading them costs a query). ``with_progress``: the same statement also reads
+    :func:`annotator_progress` (its dict on ``lease.progress``), which every card shows.
     """
     pairwise = project.rating_mode == RatingMode.PAIRWISE
     ranking = project.rating_mode == RatingMode.RANKING
@@ -321,14 +322,20 @@ def lease_held(*, project: Project, annotator) -> Lease | None:
         pair_joins=_LEASE_HELD_PAIR_JOINS.format(**_T) if pairwise else "",
         pair_only=" AND pr.id IS NOT NULL" if pairwise else "",
         rank_only=" " + _RANKING_ONLY.format(**_T) if ranking else "",
+        progress_columns=",\n       " + _progress_columns_sql(project) if with_progress else "",
         **_T,
     )
     params = {"annotator": annotator.pk, "project": project.pk, "now": _db_datetime(timezone.now())}
+    if with_progress:
+        params.update(_progress_params())
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None:
         return None
+    progress = None
+    if with_progress:
+        progress, row = _progress_of(*row[-3:]), row[:-3]
     db = connection.alias
     (lease_id, completion_id, annotator_id, slot, expires_at, a_on_left, fulfilled, leased_at,
      project_id, prompt_id, version_id, text, finished, n_ratings, created_at,
@@ -357,6 +364,8 @@ def lease_held(*, project: Project, annotator) -> Lease | None:
     if ranking:
         completion.ranked_members = rank_members_shown(completion=completion, lease_id=lease_id)
     lease.completion = completion
+    if progress is not None:
+        lease.progress = progress
     return lease
 
 
@@ -517,9 +526,7 @@ def last_judgment(*, project: Project, annotator, now=None) -> Rating | Comparis
 
 QUEUE_COUNT_CAP = 100  # "100+" tells a person as much as "500+", for a fifth of the read
 
-_PROGRESS_SQL = """
-SELECT
-    (SELECT COUNT(*) FROM (
+_PROGRESS_COLUMNS_SQL = """(SELECT COUNT(*) FROM (
         SELECT 1 FROM {completion} c JOIN {prompt} p ON p.id = c.prompt_id WHERE {open_item} LIMIT {cap:d}
     ) waiting),
     (SELECT COUNT(*) FROM {judged_single} AND j.created_at >= %(midnight)s)
@@ -529,8 +536,7 @@ SELECT
         + (SELECT COUNT(*) FROM (
             SELECT 1 FROM {skip} s JOIN {completion} sc ON sc.id = s.completion_id
             WHERE sc.project_id = %(project)s AND s.annotator_id = %(annotator)s AND s.created_at > %(undo_since)s LIMIT 1
-        ) undoable_skip)
-"""
+        ) undoable_skip)"""
 _JUDGMENTS_SQL = {  # the annotator's judgments in the project, as ``j``
     "pairwise": """{comparison} j JOIN {pair} pr ON pr.id = j.pair_id
         WHERE pr.project_id = %(project)s AND j.annotator_id = %(annotator)s""",
@@ -553,22 +559,30 @@ def annotator_progress(*, project: Project, annotator) -> dict:
     they have a judgment in the current mode, or a skip, younger than the undo window.
     One statement.
     """
-    now = timezone.localtime()
-    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    params = {"project": project.pk, "annotator": annotator.pk, **_progress_params()}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT " + _progress_columns_sql(project), params)
+        return _progress_of(*cursor.fetchone())
+
+
+def _progress_columns_sql(project: Project) -> str:
+    """The three columns of :func:`annotator_progress` (waiting, today, undoable), as select-list
+    expressions over ``%(project)s``, ``%(annotator)s`` and :func:`_progress_params`, so another
+    statement (:func:`lease_held`) can read them too."""
     judgments = _JUDGMENTS_SQL.get(project.rating_mode, _JUDGMENTS_SQL["single"])
-    sql = _PROGRESS_SQL.format(
+    return _PROGRESS_COLUMNS_SQL.format(
         open_item=_open_item_sql(project), judgments=judgments.format(**_T), cap=QUEUE_COUNT_CAP + 1,
         **{f"judged_{kind}": sql.format(**_T) for kind, sql in _JUDGMENTS_SQL.items()}, **_T
     )
-    params = {
-        "project": project.pk,
-        "annotator": annotator.pk,
-        "midnight": _db_datetime(midnight),
-        "undo_since": _db_datetime(now - UNDO_WINDOW),
-    }
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        waiting, today, undoable = cursor.fetchone()
+
+
+def _progress_params() -> dict:
+    now = timezone.localtime()
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return {"midnight": _db_datetime(midnight), "undo_since": _db_datetime(now - UNDO_WINDOW)}
+
+
+def _progress_of(waiting, today, undoable) -> dict:
     return {
         "today": today,
         "queue": min(waiting, QUEUE_COUNT_CAP),

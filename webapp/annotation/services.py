@@ -729,7 +729,9 @@ def leases_reclaim_expired(*, project: Project, force: bool = False) -> int:
     return deleted
 
 
-def lease_next(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTES) -> Lease | None:
+def lease_next(
+    *, project: Project, annotator, lease_minutes: int = LEASE_MINUTES, with_progress: bool = False
+) -> Lease | None:
     """Lease the next item to ``annotator``, or return the lease they hold.
 
     Each lease takes a free slot ``0 ≤ slot < ratings_per_item`` of its
@@ -742,9 +744,11 @@ def lease_next(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTE
     items handed out are gold items (:func:`_lease_gold`), at random, while the
     annotator has one left to answer; the card does not say so. A lease on an item of an earlier rating mode (a single
     completion, after the project switched to pairwise) is given back and a
-    new item leased.
+    new item leased. ``with_progress``: the lease comes with ``lease.progress``
+    (:func:`~webapp.annotation.selectors.annotator_progress`, read by the statement that reads the
+    card: see :func:`~webapp.annotation.selectors.lease_held`).
     """
-    held = selectors.lease_held(project=project, annotator=annotator)
+    held = selectors.lease_held(project=project, annotator=annotator, with_progress=with_progress)
     if held:
         return held
     # A lease from before the project's rating mode changed holds an item this mode cannot rate:
@@ -753,13 +757,15 @@ def lease_next(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTE
         selectors.leases_off_mode(project=project, annotator=annotator).delete()
     leases_reclaim_expired(project=project)
     if project.gold_rate > 0 and _gold_rng.random() < project.gold_rate:
-        lease = _lease_gold(project=project, annotator=annotator, lease_minutes=lease_minutes)
+        lease = _lease_gold(project=project, annotator=annotator, lease_minutes=lease_minutes, with_progress=with_progress)
         if lease is not None:
             return lease
-    lease = _lease_first_free(project=project, annotator=annotator, lease_minutes=lease_minutes)
+    lease = _lease_first_free(project=project, annotator=annotator, lease_minutes=lease_minutes, with_progress=with_progress)
     if lease is None and leases_reclaim_expired(project=project, force=True):
         # Before answering "nothing", free the slots expired leases still hold and look again.
-        lease = _lease_first_free(project=project, annotator=annotator, lease_minutes=lease_minutes)
+        lease = _lease_first_free(
+            project=project, annotator=annotator, lease_minutes=lease_minutes, with_progress=with_progress
+        )
     return lease
 
 
@@ -767,7 +773,7 @@ LEASE_READ_ROUNDS = 3
 _gold_rng = random.SystemRandom()
 
 
-def _lease_gold(*, project: Project, annotator, lease_minutes: int) -> Lease | None:
+def _lease_gold(*, project: Project, annotator, lease_minutes: int, with_progress: bool = False) -> Lease | None:
     """Lease a gold item this annotator has not answered; None when none is left.
 
     Every annotator may answer a gold item, so its lease takes the first slot
@@ -783,7 +789,7 @@ def _lease_gold(*, project: Project, annotator, lease_minutes: int) -> Lease | N
             chosen_by=ChosenBy.GOLD,
             slots=_gold_free_slots(completion_id),
         ):
-            return selectors.lease_held(project=project, annotator=annotator)
+            return selectors.lease_held(project=project, annotator=annotator, with_progress=with_progress)
     return None
 
 
@@ -824,7 +830,7 @@ def _served_order_draw(*, project: Project) -> str:
     return ChosenBy.UNIFORM if queue_rng.random() < project.active_uniform_share else ChosenBy.ACTIVE
 
 
-def _lease_first_free(*, project: Project, annotator, lease_minutes: int) -> Lease | None:
+def _lease_first_free(*, project: Project, annotator, lease_minutes: int, with_progress: bool = False) -> Lease | None:
     """Take the first candidate still free. Under load every candidate read can be taken
     by others before this annotator gets to it; then the queue is read again (a new
     statement sees their leases), a few times, rather than answering "nothing".
@@ -849,7 +855,8 @@ def _lease_first_free(*, project: Project, annotator, lease_minutes: int) -> Lea
                 lease_minutes=lease_minutes,
                 chosen_by=chosen_by,
             ):
-                return selectors.lease_held(project=project, annotator=annotator)  # with what the card shows
+                # with what the card shows
+                return selectors.lease_held(project=project, annotator=annotator, with_progress=with_progress)
         if not candidates:
             break
     return None
@@ -1022,6 +1029,37 @@ def _seconds_on(lease: Lease | None, seconds_spent):
     return max(0.0, (timezone.now() - lease.created_at).total_seconds())
 
 
+_ROW_INSERT_SQL: dict[type, tuple[str, list]] = {}
+
+
+def _row_insert(obj) -> None:
+    """Insert one new model instance (no custom ``save``, no signal receivers: :class:`Rating`), as
+    ``obj.save()`` would: each field's ``pre_save`` (``auto_now_add``) and database value, its new
+    primary key set on ``obj``. The statement is built once per model: the ORM's compiling of the
+    insert on every submit cost several times its running (``bench/annotate_load.py``).
+
+    Raises:
+        IntegrityError: a constraint refused the row (as ``save`` raises it).
+    """
+    model = type(obj)
+    if model not in _ROW_INSERT_SQL:
+        fields = [f for f in model._meta.concrete_fields if f is not model._meta.auto_field]
+        quote = connection.ops.quote_name
+        sql = "INSERT INTO {} ({}) VALUES ({})".format(
+            quote(model._meta.db_table), ", ".join(quote(f.column) for f in fields), ", ".join(["%s"] * len(fields))
+        )
+        if connection.features.can_return_columns_from_insert:
+            sql += f" RETURNING {quote(model._meta.auto_field.column)}"
+        _ROW_INSERT_SQL[model] = sql, fields
+    sql, fields = _ROW_INSERT_SQL[model]
+    values = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        obj.pk = cursor.fetchone()[0] if connection.features.can_return_columns_from_insert else cursor.lastrowid
+    obj._state.adding = False
+    obj._state.db = connection.alias
+
+
 @contextmanager
 def _judgment_stored(*, completion_ids: list[int], already: str):
     """Around the writes of one judgment (its row and the :class:`Rating` of each of ``completion_ids``),
@@ -1080,7 +1118,7 @@ def rating_create(
     lease = _lease_for_judgment(project=project, annotator=annotator, completion=completion)
     seconds_spent = _seconds_on(lease, seconds_spent)
     with _judgment_stored(completion_ids=[completion.pk], already="You have rated this item already."):
-        rating = Rating.objects.create(
+        rating = Rating(
             completion=completion,
             annotator=annotator,
             score=score,
@@ -1089,6 +1127,7 @@ def rating_create(
             comment=without_nul(comment),
             seconds_spent=seconds_spent,
         )
+        _row_insert(rating)
     return rating
 
 
