@@ -39,3 +39,41 @@ def test_a_long_output_grows_the_page_on_a_desktop_and_the_keys_reach_its_cut_ma
         page.keyboard.press("Home")
         screenshot(page, "annotate-pairwise-long-desktop")
 
+
+def test_a_rating_key_pressed_after_signing_out_elsewhere_is_filled_in_again_after_signing_in(
+    login_page, live_server, project, annotator, make_completion, screenshot
+):
+    for i in range(3):
+        make_completion(project, text=f"completion {i}")
+    page = login_page(annotator)
+    page.goto(f"{live_server.url}/p/{project.slug}/annotate/")
+    page.wait_for_selector(CARD)
+    item = int(page.get_attribute(CARD, "data-completion"))
+    page.keyboard.press("c")
+    page.keyboard.type("the ending is rushed")
+    page.keyboard.press("Escape")
+
+    other_tab = page.context.new_page()  # signs out there: this tab's session ends
+    other_tab.goto(f"{live_server.url}/")
+    other_tab.locator("form[action*=logout] button").click()
+    other_tab.wait_for_load_state("networkidle")
+    other_tab.close()
+
+    page.keyboard.press("4")
+    page.wait_for_url("**/accounts/login/**")
+    assert "your last judgment (4 good) was not saved" in page.locator(".flash.warning").inner_text()
+    assert Rating.objects.count() == 0
+    page.fill("input[name=username]", annotator.username)
+    page.fill("input[name=password]", "pw-12345678")
+    page.click("button[type=submit]")
+    page.wait_for_selector(f'{CARD}[data-completion="{item}"]')  # back on the same item, still held
+    notice = page.locator("#card .flash.signed-out").inner_text()
+    assert "your last judgment (4 good) was not saved" in notice and "Press 4 to send it again" in notice
+    assert page.locator("#card textarea[name=comment]").input_value() == "the ending is rushed"
+    screenshot(page, "annotate-signed-out-judgment")
+
+    page.keyboard.press("4")
+    page.locator(f'{CARD}:not([data-completion="{item}"])').wait_for()
+    rating = Rating.objects.get()
+    assert (rating.completion_id, rating.score, rating.comment) == (item, 4, "the ending is rushed")
+    assert page.locator("#card .flash.signed-out").count() == 0

@@ -220,3 +220,34 @@ def test_a_long_queue_shows_its_count_capped_with_a_plus(annotator_client, proje
     body = annotator_client.post(url("next", project), **HTMX).content.decode()
     assert 'id="count-queue">3+<' in body
 
+
+def test_a_rating_sent_after_signing_out_keeps_only_its_form_fields_and_says_when_its_item_went_back(
+    client, annotator, project, make_completion
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from webapp.annotation.views import SIGNED_OUT_KEY
+
+    item = make_completion(project)
+    client.force_login(annotator)
+    client.post(url("next", project), **HTMX)
+    client.logout()  # as another tab does
+
+    post = {"score": "5", "comment": "good <b>ending</b>", "next": "https://evil.example/", "evil": "x" * 5000}
+    page = f"http://testserver/p/{project.slug}/annotate/"
+    response = client.post(url("rate", project, item.pk), post, HTTP_HX_CURRENT_URL=page, **HTMX)
+    assert response["HX-Redirect"] == f"/accounts/login/?next=/p/{project.slug}/annotate/"  # next unchanged
+    assert client.session[SIGNED_OUT_KEY] == {
+        "slug": project.slug, "completion_id": item.pk, "post": {"score": "5", "comment": "good <b>ending</b>"}
+    }
+    login_page = client.get(response["HX-Redirect"]).content.decode()
+    assert "your last judgment (5 great) was not saved" in login_page
+
+    Lease.objects.update(expires_at=timezone.now() - timedelta(seconds=1))  # the item went back meanwhile
+    client.force_login(annotator)  # login keeps the anonymous session's data
+    body = client.get(url("annotate", project)).content.decode()
+    assert "your last judgment (5 great) was not saved, and its item is no longer held for you" in body
+    assert SIGNED_OUT_KEY not in client.session and not Rating.objects.exists()
+    assert "was not saved" not in client.get(url("annotate", project)).content.decode()  # said once
