@@ -244,6 +244,9 @@ def test_a_rating_sent_after_signing_out_keeps_only_its_form_fields_and_says_whe
     }
     login_page = client.get(response["HX-Redirect"]).content.decode()
     assert "your last judgment (5 great) was not saved" in login_page
+    plain = client.post(url("rate", project, item.pk), {"score": "5"})  # the form without script
+    assert plain["Location"] == f"/accounts/login/?next=/p/{project.slug}/annotate/"  # not the POST-only address
+    client.get(plain["Location"])
 
     Lease.objects.update(expires_at=timezone.now() - timedelta(seconds=1))  # the item went back meanwhile
     client.force_login(annotator)  # login keeps the anonymous session's data

@@ -4,6 +4,7 @@ import re
 from functools import wraps
 
 from django.contrib import messages
+from django.contrib.auth.views import redirect_to_login
 from django.db import transaction
 from django.http import Http404
 from django.shortcuts import redirect, render
@@ -114,7 +115,8 @@ def _remember_signed_out_judgment(view):
 
     Only a POST that passed the CSRF check gets here, and only the rating form's own fields are kept
     (``_SIGNED_OUT_FIELDS``, short values, the comment cut at ``COMMENT_MAX_CHARS``): nothing is
-    stored for the person, and nothing is redirected to (the login page's ``next`` is unchanged).
+    stored for the person. The login page's ``next`` is the annotate page (htmx: the page the person
+    was on, ``HtmxLoginRedirectMiddleware``), never this POST-only address.
     Django's ``login`` keeps an anonymous session's data, so it is still there once signed in.
     """
 
@@ -132,6 +134,8 @@ def _remember_signed_out_judgment(view):
                 request, f"You were signed out, so your last judgment ({words}) was not saved. "
                 "Sign in again to send it: its card shows it again while the item is still held for you."
             )
+            # Back to the annotate page after signing in, not to this POST-only address (a 405).
+            return redirect_to_login(reverse("annotation:annotate", args=[slug]))
         return view(request, slug=slug, completion_id=completion_id)
 
     return wrapper
