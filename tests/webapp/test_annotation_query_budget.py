@@ -65,7 +65,7 @@ def test_next_item_leasing_a_new_item_takes_seven_statements(warm_client, projec
         body = warm_client.post(url("next", project), **HTMX).content.decode()
     lease = Lease.objects.get()
     assert int(ITEM.search(body).group(1)) == lease.completion_id
-    assert 'id="count-queue">30<' in body
+    assert 'id="count-queue">29<' in body
 
 
 def test_a_submit_answered_with_the_next_card_takes_fifteen_statements(warm_client, project, django_assert_num_queries):
@@ -76,7 +76,7 @@ def test_a_submit_answered_with_the_next_card_takes_fifteen_statements(warm_clie
     assert Rating.objects.get().completion_id == item and Rating.objects.get().score == 4
     next_item = int(ITEM.search(body).group(1))
     assert next_item != item and Lease.objects.get(fulfilled=False).completion_id == next_item
-    assert 'id="count-today">1<' in body and 'id="count-queue">29<' in body
+    assert 'id="count-today">1<' in body and 'id="count-queue">28<' in body
 
 
 def test_a_submit_of_an_item_of_another_project_is_not_found(warm_client, project, project_factory, tiny_model_dir, make_completion):

@@ -4,7 +4,7 @@ first batch lands, then retired), the low-water mark (issues 20 and 18)."""
 import pytest
 
 from webapp.annotation import selectors, services
-from webapp.annotation.models import Completion, Rating
+from webapp.annotation.models import Completion, Lease, Rating
 from webapp.policies import services as policy_services
 from webapp.policies.models import ModelVersion
 
@@ -310,3 +310,16 @@ def test_a_batch_of_the_served_version_keeps_the_shadow_candidates_items(project
     assert candidate.retired_at is None
     assert candidate.pk not in selectors.queue_candidate_ids(project=project, annotator=make_user("a"), limit=100)
     assert candidate.pk in selectors.queue_candidate_ids(project=project, annotator=make_user("b"), order="shadow")
+
+
+def test_the_queue_count_leaves_out_the_item_on_the_annotators_screen(project, annotator, make_completion):
+    first, second = make_completion(project), make_completion(project)
+    assert selectors.annotator_progress(project=project, annotator=annotator)["queue"] == 2  # nothing held yet
+
+    lease = services.lease_next(project=project, annotator=annotator)
+    assert selectors.annotator_progress(project=project, annotator=annotator)["queue"] == 1  # the other one
+
+    services.rating_create(annotator=annotator, completion=lease.completion, score=4)
+    services.lease_next(project=project, annotator=annotator)  # the last item, now on screen
+    assert selectors.annotator_progress(project=project, annotator=annotator)["queue"] == 0  # nothing after it
+    assert {first.pk, second.pk} == set(Lease.objects.values_list("completion_id", flat=True))

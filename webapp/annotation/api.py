@@ -124,7 +124,7 @@ class ItemOut(Schema):
 
 class ProgressOut(Schema):
     today: int
-    queue: int
+    queue: int = Field(description="Items waiting for you after the one you hold (not counting it), exact up to 100.")
     queue_capped: bool
     can_undo: bool
 

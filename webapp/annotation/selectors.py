@@ -527,7 +527,12 @@ def last_judgment(*, project: Project, annotator, now=None) -> Rating | Comparis
 QUEUE_COUNT_CAP = 100  # "100+" tells a person as much as "500+", for a fifth of the read
 
 _PROGRESS_COLUMNS_SQL = """(SELECT COUNT(*) FROM (
-        SELECT 1 FROM {completion} c JOIN {prompt} p ON p.id = c.prompt_id WHERE {open_item} LIMIT {cap:d}
+        SELECT 1 FROM {completion} c JOIN {prompt} p ON p.id = c.prompt_id WHERE {open_item}
+            AND NOT EXISTS (
+                SELECT 1 FROM {lease} hl WHERE hl.completion_id = c.id AND hl.annotator_id = %(annotator)s
+                    AND NOT hl.fulfilled AND hl.expires_at > %(now)s
+            )
+        LIMIT {cap:d}
     ) waiting),
     (SELECT COUNT(*) FROM {judged_single} AND j.created_at >= %(midnight)s)
         + (SELECT COUNT(*) FROM {judged_pairwise} AND j.created_at >= %(midnight)s)
@@ -552,9 +557,11 @@ def annotator_progress(*, project: Project, annotator) -> dict:
     """What the annotator sees: judgments today and the items still waiting for them.
 
     ``queue`` counts items that need ratings and that this annotator has
-    neither rated nor skipped (including the one they hold); it is exact up
-    to ``QUEUE_COUNT_CAP`` (``queue_capped`` says when more wait), so a long
-    queue costs a bounded read. ``today``: their judgments since local
+    neither rated nor skipped, after the one on their screen: an item they
+    hold (a live lease not yet fulfilled) is not counted, so 0 means nothing
+    more waits once the card shown is rated (the card says "after this one").
+    It is exact up to ``QUEUE_COUNT_CAP`` (``queue_capped`` says when more
+    wait), so a long queue costs a bounded read. ``today``: their judgments since local
     midnight in every mode (a mode switch does not reset the day); ``can_undo``:
     they have a judgment in the current mode, or a skip, younger than the undo window.
     One statement.
@@ -579,7 +586,7 @@ def _progress_columns_sql(project: Project) -> str:
 def _progress_params() -> dict:
     now = timezone.localtime()
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    return {"midnight": _db_datetime(midnight), "undo_since": _db_datetime(now - UNDO_WINDOW)}
+    return {"midnight": _db_datetime(midnight), "undo_since": _db_datetime(now - UNDO_WINDOW), "now": _db_datetime(now)}
 
 
 def _progress_of(waiting, today, undoable) -> dict:

@@ -1,6 +1,10 @@
 """The annotator's page and the staff figures page. Thin: permissions, a service call, a template."""
 
+import re
+from functools import wraps
+
 from django.contrib import messages
+from django.contrib.auth.views import redirect_to_login
 from django.db import transaction
 from django.http import Http404
 from django.shortcuts import redirect, render
@@ -82,6 +86,70 @@ def _undone_input(undone, *, rubric, ranked, undone_places) -> dict:
     )
 
 
+SIGNED_OUT_KEY = "annotation_signed_out_judgment"
+_SIGNED_OUT_FIELDS = re.compile(r"(choice|score|thumb|a_on_left|shown|comment|crit_\d{1,2}|rank_\d{1,12})")
+_CHOICE_WORDS = {"left": ("A is better", "a"), "right": ("B is better", "b"), "tie": ("tie", "t"), "both_bad": ("both bad", "x")}
+
+
+def _judgment_words(post) -> tuple[str, str]:
+    """``(what was chosen, the key that gives it again)`` of a rating form: ``("4 good", "4")``,
+    ``("A is better", "a")``, ``("your ranking", "Enter")``."""
+    score = post.get("score", "")
+    if score.isdigit() and int(score) in LIKERT_LABELS:
+        return f"{score} {LIKERT_LABELS[int(score)]}", score
+    if post.get("thumb") in ("up", "down"):
+        return f"thumbs {post['thumb']}", "2" if post["thumb"] == "up" else "1"
+    if post.get("choice") in _CHOICE_WORDS:
+        return _CHOICE_WORDS[post["choice"]]
+    if any(name.startswith("rank_") for name in post):
+        return "your ranking", "Enter"
+    if any(name.startswith("crit_") for name in post):
+        return "your rubric scores", "Enter"
+    return "your judgment", ""
+
+
+def _remember_signed_out_judgment(view):
+    """A rating sent after the session ended (signed out in another tab, or expired) is kept in the new
+    anonymous session (``SIGNED_OUT_KEY``: the project's slug, the item, the form's rating fields) and
+    the login page says it was not saved; :func:`annotate` fills it in again after signing in.
+
+    Only a POST that passed the CSRF check gets here, and only the rating form's own fields are kept
+    (``_SIGNED_OUT_FIELDS``, short values, the comment cut at ``COMMENT_MAX_CHARS``): nothing is
+    stored for the person. The login page's ``next`` is the annotate page (htmx: the page the person
+    was on, ``HtmxLoginRedirectMiddleware``), never this POST-only address.
+    Django's ``login`` keeps an anonymous session's data, so it is still there once signed in.
+    """
+
+    @wraps(view)
+    def wrapper(request, *, slug, completion_id):
+        if request.method == "POST" and not request.user.is_authenticated:
+            fields = {
+                name: value[:COMMENT_MAX_CHARS] if name == "comment" else value[:200]
+                for name, value in list(request.POST.items())[:64]
+                if _SIGNED_OUT_FIELDS.fullmatch(name)
+            }
+            request.session[SIGNED_OUT_KEY] = {"slug": slug, "completion_id": completion_id, "post": fields}
+            words, _ = _judgment_words(fields)
+            messages.warning(
+                request, f"You were signed out, so your last judgment ({words}) was not saved. "
+                "Sign in again to send it: its card shows it again while the item is still held for you."
+            )
+            # Back to the annotate page after signing in, not to this POST-only address (a 405).
+            return redirect_to_login(reverse("annotation:annotate", args=[slug]))
+        return view(request, slug=slug, completion_id=completion_id)
+
+    return wrapper
+
+
+def _signed_out_judgment(request, slug) -> dict | None:
+    """The judgment :func:`_remember_signed_out_judgment` kept for this project, taken out of the session."""
+    kept = request.session.get(SIGNED_OUT_KEY)
+    if not isinstance(kept, dict) or kept.get("slug") != slug:
+        return None
+    del request.session[SIGNED_OUT_KEY]
+    return kept
+
+
 def _undone_places(undone, lease, ranked) -> list[int] | None:
     """The undone ranking as the outputs' numbers on the card shown now, best first (``[2, 1, 3]``:
     output 2 was ranked first), when ``undone`` is a ranking of the item ``lease`` shows again;
@@ -94,7 +162,7 @@ def _undone_places(undone, lease, ranked) -> list[int] | None:
     return [number[cid] for cid in undone.order]
 
 
-def _context(request, project, *, error="", undone=None, unskipped=None, lease=_READ_ONLY, kept_post=None):
+def _context(request, project, *, error="", undone=None, unskipped=None, lease=_READ_ONLY, kept_post=None, signed_out=None):
     """What the page and the card show.
 
     After a POST, ``lease`` is the item to show next (None: nothing to rate right now,
@@ -106,7 +174,9 @@ def _context(request, project, *, error="", undone=None, unskipped=None, lease=_
     :class:`~webapp.annotation.models.RatingRevision` just undone; when the card shows its item
     again, its comment, rubric scores and ranking places are filled in the same way
     (:func:`_undone_input`). ``unskipped``: the :class:`~webapp.annotation.models.Skip` just undone
-    (the card says whether its item is the one shown).
+    (the card says whether its item is the one shown). ``signed_out``: the judgment refused because
+    the session had ended (:func:`_signed_out_judgment`); on its item, still held, it is filled in
+    again as a refused submit's and the card says so (``signed_out_shown``).
     """
     read_only = lease is _READ_ONLY
     if read_only:
@@ -120,6 +190,9 @@ def _context(request, project, *, error="", undone=None, unskipped=None, lease=_
         progress = selectors.annotator_progress(project=project, annotator=request.user)
     rubric = project.rubric if project.rating_mode == RatingMode.RUBRIC else None
     undone_places = _undone_places(undone, lease, ranked)
+    signed_out_shown = signed_out is not None and lease is not None and lease.completion_id == signed_out["completion_id"]
+    if signed_out_shown:
+        kept_post = signed_out["post"]
     kept = None
     if lease is not None and kept_post is not None:
         kept = _posted_input(kept_post, rubric=rubric, ranked=ranked)
@@ -148,6 +221,8 @@ def _context(request, project, *, error="", undone=None, unskipped=None, lease=_
         "unskipped": unskipped,
         "unskipped_shown": unskipped is not None and lease is not None and lease.completion_id == unskipped.completion_id,
         "error": error,
+        "signed_out": _judgment_words(signed_out["post"]) if signed_out_shown else None,
+        "signed_out_shown": signed_out_shown,
         "scores": [(s, LIKERT_LABELS[s]) for s in range(1, 6)],
         "rubric": rubric,
         "rubric_current": scored.index(None) if None in scored else 0,  # the first criterion left to score
@@ -173,10 +248,19 @@ def annotate(request, slug):
 
     Read only: holding no item, the card asks for one by POST (:func:`next_item`) as it loads.
     Never stored (``Cache-Control: no-store``, as every card view here), so Back after rating shows
-    the item held now, not a card already rated.
+    the item held now, not a card already rated. A judgment refused because the session had ended
+    (:func:`_remember_signed_out_judgment`) is filled in again on its item if it is still held;
+    otherwise the page says it was not saved and the item went back to the queue.
     """
     project = request.project
-    context = _context(request, project)
+    signed_out = _signed_out_judgment(request, slug)
+    context = _context(request, project, signed_out=signed_out)
+    if signed_out is not None and not context["signed_out_shown"]:
+        words, _ = _judgment_words(signed_out["post"])
+        messages.warning(
+            request, f"You were signed out, so your last judgment ({words}) was not saved, and its item "
+            "is no longer held for you: it went back to the queue."
+        )
     context["guidelines"] = guidelines_html(project.guidelines)
     return render(request, TEMPLATE, context)
 
@@ -280,6 +364,7 @@ def _item(request, completion_id) -> Completion:
 
 
 @never_cache
+@_remember_signed_out_judgment
 @member_required
 @require_POST
 def rate(request, slug, completion_id):
