@@ -37,6 +37,15 @@ def _human_batch(project, run):
     )
 
 
+def _run_and_batch(project):
+    """A new run of ``project``, its human batch and the batch it trains on."""
+    run = _run(project)
+    human = _human_batch(project, run)
+    return run, human, reward_batch.batch_with_reward_model(
+        run=run, project=project, parent=project.served_version, human_batch=human
+    )
+
+
 def project_ratings(project):
     from webapp.annotation.models import Rating
 
@@ -207,6 +216,40 @@ def test_a_trusted_reward_model_s_samples_weigh_its_accuracy_and_people_s_rating
     assert weights[len(human) :] == pytest.approx([weight] * 6)
     run.refresh_from_db()
     assert f"its fresh samples weigh {weight:.2f}" in run.log
+
+
+def test_a_weight_below_the_trust_threshold_samples_nothing_and_one_at_it_samples(
+    rm_project, annotator, many_prompts, settings
+):
+    from pgcore.reward_model import trust_weight
+
+    rm_project.rm_trust = True
+    rm_project.save()
+    _rate_learnable(rm_project, many_prompts, annotator)
+    weight = trust_weight(reward_services.reward_model_fit(project=rm_project).metrics["cv/trust_accuracy_low"])
+    assert 0 < weight <= 1  # the refits below measure the same accuracy on the same ratings
+
+    settings.REWARDLOOP_RM_TRUST_MIN_WEIGHT = weight + 1e-6  # the weight is "tiny": just below the threshold
+    skipped, human, batch = _run_and_batch(rm_project)
+
+    assert batch is human
+    skipped.refresh_from_db()
+    assert f"its fresh samples would weigh {weight:.3f}" in skipped.log
+    assert "nothing sampled, training on human ratings only." in skipped.log
+    assert "sampling" not in skipped.log and "fresh samples with RM" not in skipped.log
+    assert skipped.reward_model is None
+
+    TrainingRun.objects.filter(pk=skipped.pk).update(status=TrainingRun.Status.SUCCEEDED)  # one run at a time
+    settings.REWARDLOOP_RM_TRUST_MIN_WEIGHT = weight  # at the threshold: sampled and scored
+    sampled, human, batch = _run_and_batch(rm_project)
+
+    assert len(batch) == len(human) + 3 * 2
+    weights = batch.weights or [1.0] * len(batch)  # None: every row weighs 1
+    assert weights[len(human) :] == pytest.approx([weight] * 6)
+    sampled.refresh_from_db()
+    assert "sampling 2 completions for each of 3 prompts" in sampled.log
+    assert "scored 6 fresh samples with RM" in sampled.log
+    assert sampled.reward_model is not None
 
 
 def test_without_rm_trust_the_fit_measures_no_cross_validation_and_samples_weigh_one(rm_project, annotator, many_prompts):

@@ -19,8 +19,9 @@ the human part first):
    and their human rewards (Christiano et al. 2017; Ziegler et al. 2019 train the policy
    on fresh samples scored by a model fitted on every label);
 5. with ``Project.rm_trust``, weighs them by how far the reward model can be trusted
-   (:func:`fresh_weight`: its cross-validated pairwise accuracy's lower bound, 0 at chance
-   and then no sampling at all, 1 from 0.8); without it they weigh 1 as the human rows do.
+   (:func:`fresh_weight`: its cross-validated pairwise accuracy's lower bound, 0 at chance,
+   1 from 0.8); below ``REWARDLOOP_RM_TRUST_MIN_WEIGHT`` (:func:`trust_min_weight`) nothing
+   is sampled or scored at all; without it they weigh 1 as the human rows do.
 """
 
 from __future__ import annotations
@@ -40,11 +41,24 @@ from .models import TrainingRun
 log = logging.getLogger(__name__)
 
 FRESH_PROMPTS = 16
+# Fresh samples that would weigh less than this are not sampled at all (``Project.rm_trust``).
+TRUST_MIN_WEIGHT = 0.05
 
 
 def fresh_prompts() -> int:
     """Training prompts sampled per reward-model update (setting ``REWARDLOOP_RM_FRESH_PROMPTS``)."""
     return int(getattr(settings, "REWARDLOOP_RM_FRESH_PROMPTS", FRESH_PROMPTS))
+
+
+def trust_min_weight() -> float:
+    """Smallest :func:`fresh_weight` worth sampling for (setting ``REWARDLOOP_RM_TRUST_MIN_WEIGHT``, default 0.05).
+
+    Below it the run samples and scores no fresh completion and trains on the human ratings
+    alone: ``P * k`` generations (16 prompts × 4 by default) cost more CPU than the whole human
+    update, for advantages scaled to under 5% of a human row's. A weight of 0 never samples,
+    whatever the setting.
+    """
+    return float(getattr(settings, "REWARDLOOP_RM_TRUST_MIN_WEIGHT", TRUST_MIN_WEIGHT))
 
 
 def reward_model_for_run(*, run: TrainingRun, project: Project):
@@ -141,7 +155,8 @@ def fresh_weight(*, run: TrainingRun, project: Project, rm_version) -> float:
     1 unless ``project.rm_trust``; then :func:`pgcore.reward_model.trust_weight` of the lower
     bound of the reward model's cross-validated pairwise accuracy (``cv/trust_accuracy_low`` of
     its metrics, :func:`webapp.rewards.services.reward_model_fit`): 0 at chance, 1 from 0.8.
-    The reason goes to the run's log.
+    The reason goes to the run's log, and so does skipping the samples when the weight is
+    below :func:`trust_min_weight`.
     """
     from pgcore.reward_model import trust_weight
 
@@ -160,6 +175,12 @@ def fresh_weight(*, run: TrainingRun, project: Project, rm_version) -> float:
         liveness.run_log(
             run, f"reward model RM{rm_version.number}: {measured}, not above chance: training on human ratings only."
         )
+    elif weight < trust_min_weight():
+        liveness.run_log(
+            run,
+            f"reward model RM{rm_version.number}: {measured}: its fresh samples would weigh {weight:.3f}, "
+            f"below {trust_min_weight():g}: nothing sampled, training on human ratings only.",
+        )
     else:
         liveness.run_log(run, f"reward model RM{rm_version.number}: {measured}: its fresh samples weigh {weight:.2f}.")
     return weight
@@ -167,8 +188,9 @@ def fresh_weight(*, run: TrainingRun, project: Project, rm_version) -> float:
 
 def batch_with_reward_model(*, run: TrainingRun, project: Project, parent, human_batch):
     """The run's batch: ``human_batch`` alone for a human-only project, when no reward model
-    could be fitted or when it is not trusted at all (:func:`fresh_weight` 0: nothing is
-    sampled), else the human rows plus fresh reward-model-scored rows weighted by
+    could be fitted or when it is trusted too little (:func:`fresh_weight` 0 or below
+    :func:`trust_min_weight`: nothing is sampled or scored), else the human rows plus fresh
+    reward-model-scored rows weighted by
     :func:`fresh_weight` (:func:`pgcore.trainer.batch_join`; the human rows keep their weights)."""
     from pgcore.trainer import batch_join
 
@@ -178,7 +200,7 @@ def batch_with_reward_model(*, run: TrainingRun, project: Project, parent, human
     if rm_version is None:
         return human_batch
     weight = fresh_weight(run=run, project=project, rm_version=rm_version)
-    if weight == 0.0:
+    if weight == 0.0 or weight < trust_min_weight():
         return human_batch
     fresh = fresh_batch_build(run=run, project=project, rm_version=rm_version, parent=parent, seed=fresh_seed(run))
     TrainingRun.objects.filter(pk=run.pk).update(reward_model=rm_version)
