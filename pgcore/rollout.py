@@ -818,7 +818,8 @@ def sampling_model(policy: Policy, *, dtype: torch.dtype = torch.float32, device
 
     A LoRA policy's adapter is merged into a copy of the weights (``merge_and_unload`` on a
     deep copy), so a decoding step is one matmul per layer rather than three; a plain
-    fp32 policy on its own device is used as it is; anything else is copied and cast. The
+    fp32 policy on its own device is used as it is; anything else is copied and cast (and a
+    Llama-family copy's projections fused, :func:`fuse_projections`). The
     copy is cached per model and rebuilt only when a parameter was changed in place since
     (an optimiser step, a load), tracked by the tensors' version counters. The copy costs
     the model's size in ``dtype`` (~540 MB fp32, ~270 MB bf16 for SmolLM2-135M).
