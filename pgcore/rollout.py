@@ -229,9 +229,10 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _decode_attention(q, k, v, mask, scale):
+def _decode_attention(q, k, v, mask, scale, masked_out=None):
     """Attention of one new token per row: ``q (b, nH, 1, D)``, ``k, v (b, kvH, T, D)``,
-    ``mask (b, 1, 1, T)`` bool -> ``(b, 1, nH * D)``.
+    ``mask (b, 1, 1, T)`` bool -> ``(b, 1, nH * D)``. ``masked_out``: ``~mask`` viewed as
+    ``(b, 1, 1, T)``, when the caller has it (computed once per step, not once per layer).
 
     The query heads that share a key/value head are stacked as rows of one matmul, so
     nothing is expanded; the softmax is taken in fp32 like the eager kernel's. Faster at
@@ -252,7 +253,7 @@ def _decode_attention(q, k, v, mask, scale):
     else:
         scores = torch.matmul(qg, k.transpose(-1, -2))  # (b, kvH, g, T)
     scores = scores.float() * scale
-    scores = scores.masked_fill(~mask.view(b, 1, 1, -1), float("-inf"))
+    scores = scores.masked_fill(~mask.view(b, 1, 1, -1) if masked_out is None else masked_out, float("-inf"))
     weights = torch.softmax(scores, dim=-1).to(v.dtype)
     return torch.matmul(weights, v).reshape(b, 1, n_heads * d)  # (b, kvH, g, D) -> (b, 1, nH * D)
 
@@ -274,29 +275,53 @@ def _forward_fast(inner, lm_head, ids, positions, mask, keys, values, cols, out=
     cos, sin = cos[:, None], sin[:, None]  # (b, 1, s, D)
     per_row = isinstance(cols, torch.Tensor)
     rows = torch.arange(b, device=ids.device) if per_row else None
+    n_kv, d = _kv_shape(inner)
+    n_q = inner.layers[0].self_attn.q_proj.out_features // d
+    flat = None  # a decoding step's cache rows (b * kvH,) in the (B * kvH * W, D) view of a layer's cache
+    if per_row and all(c.is_contiguous() for c in (*keys, *values)):
+        width = keys[0].shape[2]
+        flat = ((rows[:, None] * n_kv + torch.arange(n_kv, device=ids.device)[None]) * width + cols[:, None]).reshape(-1)
+    masked_out = ~mask.view(b, 1, 1, T) if s == 1 else None  # the columns a decoding query does not see, once per step
     for i, layer in enumerate(inner.layers):
         attn = layer.self_attn
-        d = attn.head_dim
         x = layer.input_layernorm(h)
-        q = attn.q_proj(x).view(b, s, -1, d).transpose(1, 2)  # (b, nH, s, D)
-        k = attn.k_proj(x).view(b, s, -1, d).transpose(1, 2)  # (b, kvH, s, D)
-        v = attn.v_proj(x).view(b, s, -1, d).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        if per_row:
+        qkv_weight = getattr(attn, "_pgcore_qkv", None)
+        if qkv_weight is not None:  # one matmul, one rotary for q and k together (fuse_projections)
+            qkv = torch.nn.functional.linear(x, qkv_weight).view(b, s, -1, d).transpose(1, 2)  # (b, nH + 2 kvH, s, D)
+            qk = qkv[:, : n_q + n_kv]
+            qk = qk * cos + _rotate_half(qk) * sin
+            q, k, v = qk[:, :n_q], qk[:, n_q:], qkv[:, n_q + n_kv :]
+        else:
+            q = attn.q_proj(x).view(b, s, -1, d).transpose(1, 2)  # (b, nH, s, D)
+            k = attn.k_proj(x).view(b, s, -1, d).transpose(1, 2)  # (b, kvH, s, D)
+            v = attn.v_proj(x).view(b, s, -1, d).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+        if flat is not None:
+            keys[i].view(-1, d).index_copy_(0, flat, k[:, :, 0].reshape(-1, d))  # (b * kvH, D) into each row's column
+            values[i].view(-1, d).index_copy_(0, flat, v[:, :, 0].reshape(-1, d))
+        elif per_row:
             keys[i][rows, :, cols] = k[:, :, 0]  # (b, kvH, D) into each row's column
             values[i][rows, :, cols] = v[:, :, 0]
         else:
             keys[i][:b, :, cols : cols + s] = k
             values[i][:b, :, cols : cols + s] = v
         if s == 1:
-            o = _decode_attention(q, keys[i][:b, :, :T], values[i][:b, :, :T], mask, attn.scaling)  # (b, 1, nH * D)
+            o = _decode_attention(
+                q, keys[i][:b, :, :T], values[i][:b, :, :T], mask, attn.scaling, masked_out=masked_out
+            )  # (b, 1, nH * D)
         else:
             o = torch.nn.functional.scaled_dot_product_attention(
                 q, keys[i][:b, :, :T], values[i][:b, :, :T], attn_mask=mask, scale=attn.scaling, enable_gqa=True
             ).transpose(1, 2).reshape(b, s, -1)  # (b, s, nH * D)
         h = h + attn.o_proj(o)
-        h = h + layer.mlp(layer.post_attention_layernorm(h))
+        mlp = layer.mlp
+        gate_up_weight = getattr(mlp, "_pgcore_gate_up", None)
+        if gate_up_weight is not None:  # LlamaMLP's down(act(gate(x)) * up(x)) with gate and up in one matmul
+            gate, up = torch.nn.functional.linear(layer.post_attention_layernorm(h), gate_up_weight).chunk(2, dim=-1)
+            h = h + mlp.down_proj(mlp.act_fn(gate) * up)
+        else:
+            h = h + mlp(layer.post_attention_layernorm(h))
     last = inner.norm(h[:, -1:, :])  # (b, 1, H)
     if out is None:
         return lm_head(last)[:, 0, :].float()
@@ -806,7 +831,8 @@ def sampling_model(policy: Policy, *, dtype: torch.dtype = torch.float32, device
 
     A LoRA policy's adapter is merged into a copy of the weights (``merge_and_unload`` on a
     deep copy), so a decoding step is one matmul per layer rather than three; a plain
-    fp32 policy on its own device is used as it is; anything else is copied and cast. The
+    fp32 policy on its own device is used as it is; anything else is copied and cast (and a
+    Llama-family copy's projections fused, :func:`fuse_projections`). The
     copy is cached per model and rebuilt only when a parameter was changed in place since
     (an optimiser step, a load), tracked by the tensors' version counters. The copy costs
     the model's size in ``dtype`` (~540 MB fp32, ~270 MB bf16 for SmolLM2-135M).
@@ -825,8 +851,42 @@ def sampling_model(policy: Policy, *, dtype: torch.dtype = torch.float32, device
         if policy.is_lora:
             copy_ = copy_.merge_and_unload()
         copy_ = copy_.to(device=device, dtype=dtype).requires_grad_(False).eval()
+        if fast_path_supported(copy_):
+            fuse_projections(copy_)
     _sampling_copies[model] = (key, copy_)
     return copy_
+
+
+def fuse_projections(model: torch.nn.Module) -> None:
+    """Let :func:`_forward_fast` run each layer's q/k/v projections as one matmul and its MLP's
+    gate/up projections as another, on a model only the sampler uses (a sampling copy).
+
+    Per layer, where the projections are plain bias-free ``torch.nn.Linear`` modules (and the
+    MLP is ``LlamaMLP``, ``down(act(gate(x)) * up(x))``): their weights are concatenated into
+    one tensor, ``((nH + 2 kvH) D, H)`` kept as ``self_attn._pgcore_qkv`` and ``(2 I, H)`` as
+    ``mlp._pgcore_gate_up``, and each module's weight becomes a view of its rows, so the
+    model takes no more memory and its own forward is unchanged. The rotary embedding is then
+    applied to q and k in one pass. Each output is the same dot product as before: the same
+    logits bit for bit on SmolLM2 (fp32 and bf16, batch 1-64, 1 and 2 threads; checked by
+    ``tests/pgcore/test_fused_projections.py`` on the tiny model). Do not call it on a model
+    that is trained or saved: its weights then share storage.
+    """
+    with torch.no_grad():
+        for layer in model.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            groups = [(attn, "_pgcore_qkv", (attn.q_proj, attn.k_proj, attn.v_proj))]
+            if type(mlp).__name__ == "LlamaMLP":
+                groups.append((mlp, "_pgcore_gate_up", (mlp.gate_proj, mlp.up_proj)))
+            for owner, name, linears in groups:
+                if not all(_plain_linear(m) and m.bias is None for m in linears):
+                    continue
+                fused = torch.cat([m.weight for m in linears])
+                start = 0
+                for m in linears:
+                    n = m.weight.shape[0]
+                    m.weight.data = fused[start : start + n]
+                    start += n
+                setattr(owner, name, fused)
 
 
 def generate(
