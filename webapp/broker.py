@@ -83,6 +83,7 @@ class FilesystemChannel(filesystem.Channel):
 
     _next_sweep = 0.0  # time.monotonic() of the next sweep; 0: on the first poll
     _unreadable_logged = 0  # the number of .unreadable files the last sweep logged
+    _unremovable_logged: frozenset[str] = frozenset()  # stale temporary names that could not be removed, logged once
 
     @property
     def stale_temporary_age(self) -> float:
@@ -137,7 +138,9 @@ class FilesystemChannel(filesystem.Channel):
         Logs the removed names (warning), and the number of ``.unreadable`` files kept
         whenever it differs from the last one logged. Claimed files (``.<name>.claimed``)
         are left alone: a claim renames without touching the file's times, so their age
-        says nothing about the reader. Never raises for a file another process removed first.
+        says nothing about the reader. Never raises for a file it cannot remove (another process
+        removed it first; a folder of that name, another user's file in a sticky folder: each
+        such name logged once, as a warning, and left in place).
         """
         folder = self.data_folder_in
         cutoff = time.time() - self.stale_temporary_age
@@ -160,6 +163,11 @@ class FilesystemChannel(filesystem.Channel):
                     removed.append(entry.name)
             except FileNotFoundError:
                 continue  # renamed into place or removed by another reader meanwhile
+            except OSError as exc:  # a folder of that name (IsADirectoryError), a sticky folder (PermissionError)
+                if entry.name not in self._unremovable_logged:
+                    self._unremovable_logged = self._unremovable_logged | {entry.name}
+                    log.warning("cannot remove stale broker temporary file %s from %s, left in place: %s",
+                                entry.name, folder, exc)  # fmt: skip
         if removed:
             log.warning(
                 "removed %d broker temporary file(s) older than %g s from %s (their writers stopped before "

@@ -108,6 +108,16 @@ def _writer_killed_mid_write(path: Path) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+def _publish_and_take_one(conn: Connection) -> dict:
+    """Publish ``{"i": 7}`` on the queue and take it back as a worker does (its first poll sweeps); the payload."""
+    conn.Producer(serializer="json").publish({"i": 7}, routing_key=QUEUE)
+    simple = conn.SimpleQueue(QUEUE)
+    message = simple.get(timeout=2)
+    message.ack()
+    simple.close()
+    return message.payload
+
+
 def test_a_worker_removes_temporary_files_of_killed_writers_once_old_and_keeps_unreadable_ones(tmp_path, caplog):
     queue = _folders(tmp_path)
     for name in ("1_old", "2_new"):
@@ -121,13 +131,9 @@ def test_a_worker_removes_temporary_files_of_killed_writers_once_old_and_keeps_u
     os.utime(evidence, (eleven_minutes_ago, eleven_minutes_ago))
 
     with caplog.at_level(logging.WARNING, logger="webapp.broker"), _connection(tmp_path) as conn:
-        conn.Producer(serializer="json").publish({"i": 7}, routing_key=QUEUE)
-        simple = conn.SimpleQueue(QUEUE)
-        message = simple.get(timeout=2)  # the worker's first poll sweeps
-        message.ack()
-        simple.close()
+        payload = _publish_and_take_one(conn)
 
-    assert message.payload == {"i": 7}
+    assert payload == {"i": 7}
     assert sorted(p.name for p in queue.iterdir()) == sorted([new_tmp.name, evidence.name])
     assert f"removed 1 broker temporary file(s) older than 600 s from {queue}" in caplog.text
     assert old_tmp.name in caplog.text and new_tmp.name not in caplog.text
@@ -146,3 +152,21 @@ def test_the_safe_age_is_a_transport_option(tmp_path):
     with _connection(tmp_path, stale_temporary_age=60) as conn:
         assert conn.default_channel.temporary_files_sweep() == [leftover.name]
     assert list(queue.iterdir()) == []
+
+
+def test_a_folder_named_like_a_stale_temporary_file_is_logged_once_and_polls_go_on(tmp_path, caplog):
+    # os.remove on it is IsADirectoryError (a sticky folder gives PermissionError): it escaped the
+    # sweep, so the worker's poll raised about once a minute instead of reading the queue.
+    queue = _folders(tmp_path)
+    folder = queue / f".1_x.{QUEUE}.msg.abc.tmp"
+    folder.mkdir()
+    eleven_minutes_ago = time.time() - 660
+    os.utime(folder, (eleven_minutes_ago, eleven_minutes_ago))
+
+    with caplog.at_level(logging.WARNING, logger="webapp.broker"), _connection(tmp_path) as conn:
+        payload = _publish_and_take_one(conn)
+        assert conn.default_channel.temporary_files_sweep() == []  # the next sweeps too, without a second warning
+
+    assert payload == {"i": 7}
+    assert folder.is_dir()
+    assert caplog.text.count(f"cannot remove stale broker temporary file {folder.name} from {queue}") == 1
