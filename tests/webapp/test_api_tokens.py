@@ -1,8 +1,12 @@
 """API tokens: stored hashed, shown once, revocable, scoped to the user's project roles, throttled."""
 
 import hashlib
+from importlib import import_module
 
 import pytest
+from django.conf import settings
+from django.contrib.sessions.models import Session
+from django.core.cache import caches
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.urls import reverse
@@ -125,22 +129,53 @@ def test_requests_beyond_the_rate_are_429_with_retry_after_and_counted_per_token
     assert second.get("/projects").status_code == 200  # another token has its own count
 
 
+def _form_nonce(client) -> str:
+    """The one-time nonce of the tokens page's create form, as a browser loads it."""
+    page = client.get(reverse("accounts:tokens"))
+    assert page.status_code == 200 and "no-store" in page["Cache-Control"]
+    return page.context.get("nonce", "")
+
+
 def test_the_tokens_page_creates_a_token_shows_it_once_and_revokes_it(client, annotator, project):
     client.force_login(annotator)
-    assert client.get(reverse("accounts:tokens")).status_code == 200
-    created = client.post(reverse("accounts:token_create"), {"name": "my script"})
-    assert created.status_code == 303 and created["Location"] == reverse("accounts:tokens")  # POST/redirect/GET
-    response = client.get(created["Location"])
-    assert response.status_code == 200 and "no-store" in response["Cache-Control"]
+    form = {"name": "my script", "nonce": _form_nonce(client)}
+    response = client.post(reverse("accounts:token_create"), form)
+    assert response.status_code == 200 and "no-store" in response["Cache-Control"]  # the secret, in this answer
     secret = response.context["new_secret"]
     assert secret in response.content.decode()
-    reloaded = client.get(reverse("accounts:tokens"))  # a reload repeats the GET: shown once, nothing created
-    assert secret not in reloaded.content.decode() and 'id="new-token"' not in reloaded.content.decode()
-    assert ApiToken.objects.filter(user=annotator).count() == 1
+    assert secret not in client.get(reverse("accounts:tokens")).content.decode()  # shown once
     assert ApiClient(secret).get("/projects").status_code == 200
     token = ApiToken.objects.get(user=annotator)
     client.post(reverse("accounts:token_revoke", args=[token.pk]))
     assert ApiClient(secret).get("/projects").status_code == 401
+
+
+def test_no_session_holds_a_new_tokens_secret_and_a_replayed_form_creates_nothing(client, annotator):
+    # The secret waited in the session (POST/redirect/GET): signed, not encrypted, in django_session
+    # and Redis, and there until the session expired when the redirect was never followed.
+    client.force_login(annotator)
+    form = {"name": "my script", "nonce": _form_nonce(client)}
+    response = client.post(reverse("accounts:token_create"), form)  # not followed: a page never loaded
+    token = ApiToken.objects.get(user=annotator)
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    kept = []
+    for row in Session.objects.all():
+        kept += [row.session_data, repr(row.get_decoded())]
+        if hasattr(store, "cache_key_prefix"):  # cached_db: the cache's copy too
+            kept.append(repr(caches[settings.SESSION_CACHE_ALIAS].get(store.cache_key_prefix + row.session_key)))
+    assert kept and not any(token.prefix in text for text in kept)  # not the secret, not even its prefix
+    assert response.status_code == 200 and response.context["new_secret"].startswith(token.prefix)
+
+    replayed = client.post(reverse("accounts:token_create"), form)  # a reload posts the same form again
+    page = replayed.content.decode()
+    assert replayed.status_code == 200 and replayed.context["new_secret"] == ""
+    assert 'id="token-already-created"' in page and "cannot be shown again" in page and token.prefix in page
+    assert ApiToken.objects.filter(user=annotator).count() == 1
+
+    stale = client.post(reverse("accounts:token_create"), {"name": "other", "nonce": "from-an-older-page"})
+    assert stale.status_code == 400 and ApiToken.objects.filter(user=annotator).count() == 1
+    again = client.post(reverse("accounts:token_create"), {"name": "other", "nonce": stale.context["nonce"]})
+    assert again.status_code == 200 and ApiToken.objects.filter(user=annotator).count() == 2
 
 
 def test_the_tokens_page_cannot_revoke_someone_elses_token_and_needs_a_login(client, annotator, make_user):
@@ -157,8 +192,9 @@ def test_the_tokens_page_cannot_revoke_someone_elses_token_and_needs_a_login(cli
 
 def test_the_tokens_page_refuses_a_nameless_token_with_a_400(client, annotator):
     client.force_login(annotator)
-    response = client.post(reverse("accounts:token_create"), {"name": ""})
+    response = client.post(reverse("accounts:token_create"), {"name": "", "nonce": _form_nonce(client)})
     assert response.status_code == 400 and not ApiToken.objects.exists()
+    assert "Give the token a name" in response.content.decode()
 
 
 def test_the_api_token_command_creates_lists_and_revokes(project, annotator, capsys):

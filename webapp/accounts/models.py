@@ -1,11 +1,11 @@
 """Per-user API tokens.
 
 A token is ``rl_`` followed by 43 random URL-safe characters (256 bits from
-:mod:`secrets`). Only its sha256 is stored: the secret is shown once, on the
-tokens page right after it is created (it waits in the creator's server-side
-session for that one page, at most 5 minutes), and cannot be read back. A token acts as its user, with that
-user's role in each project (``policies.Membership``), no more; a revoked
-token, or one whose user is inactive, opens nothing.
+:mod:`secrets`). Only its sha256 is stored: the secret is shown once, in the
+answer that creates it (never cached, never kept in the session), and cannot
+be read back. A token acts as its user, with that user's role in each project
+(``policies.Membership``), no more; a revoked token, or one whose user is
+inactive, opens nothing.
 """
 
 from django.conf import settings

@@ -1,13 +1,11 @@
 """The person's API tokens page: list, create (the secret shown once), revoke."""
 
 import math
-import time
+import secrets
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
@@ -18,32 +16,24 @@ from .models import ApiToken
 
 TEMPLATE = "accounts/tokens.html"
 
+# The create form carries a one-time nonce (not a secret) that each render of the page keeps in the
+# session as the pending one: a POST creates a token only with the pending nonce, and consumes it, so a
+# reload of the page that shows a new secret (which re-POSTs the same form) creates nothing. The secret
+# itself is only ever in that POST's answer (never cached), never in the session.
+NONCE_KEY = "accounts.token_form_nonce"
+USED_NONCES_KEY = "accounts.token_form_used"  # [[nonce, token id], ...], the last USED_NONCES_KEPT
+USED_NONCES_KEPT = 10
 
-# The new token's secret waits in the creator's session between the POST that created it and the GET
-# that shows it (POST/redirect/GET): shown by that one page, then gone, so a reload creates nothing and
-# shows nothing. Not shown at all after NEW_SECRET_SECONDS (a page never loaded).
-NEW_SECRET_KEY = "accounts.new_token"
-NEW_SECRET_SECONDS = 300
 
-
-def _page(request, *, new_secret: str = "", new_token=None, error: str = "", status: int = 200):
+def _page(request, *, new_secret: str = "", new_token=None, created_before=None, error: str = "", status: int = 200):
+    nonce = request.session[NONCE_KEY] = secrets.token_urlsafe(16)
     return render(
         request,
         TEMPLATE,
         {"tokens": selectors.api_tokens_for(user=request.user), "new_secret": new_secret, "new_token": new_token,
-         "error": error},
+         "created_before": created_before, "error": error, "nonce": nonce},
         status=status,
     )
-
-
-def _new_secret_pop(request) -> tuple[str, ApiToken | None]:
-    """The secret of the token this session created last, and the token, once; ``("", None)`` when there
-    is none, it is older than ``NEW_SECRET_SECONDS``, or the token is no longer the user's and active."""
-    waiting = request.session.pop(NEW_SECRET_KEY, None)
-    if not isinstance(waiting, dict) or time.time() - waiting.get("at", 0) > NEW_SECRET_SECONDS:
-        return "", None
-    token = selectors.api_tokens_for(user=request.user).filter(pk=waiting.get("id"), revoked_at__isnull=True).first()
-    return (waiting.get("secret", ""), token) if token is not None else ("", None)
 
 
 @never_cache
@@ -51,23 +41,34 @@ def _new_secret_pop(request) -> tuple[str, ApiToken | None]:
 @require_GET
 def tokens(request):
     """The signed-in person's tokens (``accounts/tokens.html``): name, prefix, created, last used, revoked;
-    right after :func:`token_create`, once, the new token's secret (never cached)."""
-    new_secret, new_token = _new_secret_pop(request)
-    return _page(request, new_secret=new_secret, new_token=new_token)
+    the create form with a fresh one-time nonce (never cached)."""
+    return _page(request)
 
 
 @never_cache
 @login_required
 @require_POST
 def token_create(request):
-    """Create a token named ``name``, then redirect (303) to the tokens page, which shows its secret once:
-    reloading that page repeats the GET, not this POST. A refused name is the page again (400)."""
+    """Create a token named ``name`` and answer with the page showing its secret, once (never stored, never cached).
+
+    Only with the form's pending ``nonce``, which it consumes: the same form posted again (a reload)
+    creates nothing and says which token it created before; a form whose nonce is neither (an older
+    page) creates nothing either (400). A refused name is the page again (400).
+    """
+    nonce = request.POST.get("nonce", "")
+    used = request.session.get(USED_NONCES_KEY, [])
+    if not nonce or nonce != request.session.pop(NONCE_KEY, None):
+        created_id = next((pk for used_nonce, pk in used if used_nonce == nonce), None)
+        if created_id is None:
+            return _page(request, error="This form is out of date and created nothing; create the token again.",
+                         status=400)  # fmt: skip
+        return _page(request, created_before=selectors.api_tokens_for(user=request.user).filter(pk=created_id).first())
     try:
         token, secret = services.api_token_create(user=request.user, name=request.POST.get("name", ""))
     except ApplicationError as exc:
         return _page(request, error=exc.message, status=400)
-    request.session[NEW_SECRET_KEY] = {"id": token.pk, "secret": secret, "at": time.time()}
-    return HttpResponseRedirect(reverse("accounts:tokens"), status=303)
+    request.session[USED_NONCES_KEY] = [*used, [nonce, token.pk]][-USED_NONCES_KEPT:]
+    return _page(request, new_secret=secret, new_token=token)
 
 
 @login_required
