@@ -55,7 +55,7 @@ def _kept_input(*, comment: str, criteria, places: dict, ranked) -> dict:
 
     def number(value, top):
         value = "" if value is None else str(value)
-        return int(value) if value.isdigit() and 1 <= int(value) <= top else None
+        return int(value) if value in {str(n) for n in range(1, top + 1)} else None  # not "²": isdigit, not int
 
     k = len(ranked or [])
     return {
@@ -95,7 +95,7 @@ def _judgment_words(post) -> tuple[str, str]:
     """``(what was chosen, the key that gives it again)`` of a rating form: ``("4 good", "4")``,
     ``("A is better", "a")``, ``("your ranking", "Enter")``."""
     score = post.get("score", "")
-    if score.isdigit() and int(score) in LIKERT_LABELS:
+    if score in {str(s) for s in LIKERT_LABELS}:  # not isdigit: "²" is a digit that int() refuses
         return f"{score} {LIKERT_LABELS[int(score)]}", score
     if post.get("thumb") in ("up", "down"):
         return f"thumbs {post['thumb']}", "2" if post["thumb"] == "up" else "1"
