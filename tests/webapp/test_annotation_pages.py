@@ -221,30 +221,46 @@ def test_a_long_queue_shows_its_count_capped_with_a_plus(annotator_client, proje
     assert 'id="count-queue">3+<' in body
 
 
+def rater_of(card: str) -> str:
+    """The rate form's signed annotator id."""
+    return re.search(r'<input type="hidden" name="rater" value="([^"]+)">', card)[1]
+
+
 def test_a_rating_sent_after_signing_out_keeps_only_its_form_fields_and_says_when_its_item_went_back(
     client, annotator, project, make_completion
 ):
     from datetime import timedelta
 
+    from django.contrib.sessions.models import Session
     from django.utils import timezone
 
     from webapp.annotation.views import SIGNED_OUT_KEY
 
     item = make_completion(project)
     client.force_login(annotator)
-    client.post(url("next", project), **HTMX)
+    rater = rater_of(client.post(url("next", project), **HTMX).content.decode())
     client.logout()  # as another tab does
 
+    oversized = {"score": "5", "rater": rater, **{f"rank_{i}": "9" * 200 for i in range(30)}}  # form fields, 6 KB
+    for bad in (oversized, {"score": "5"}, {"score": "5", "rater": rater[:-1]}):  # no rater, a forged one
+        assert client.post(url("rate", project, item.pk), bad).status_code == 302
+        assert not Session.objects.exists()  # nothing kept: no session row for this anonymous POST
+    crafted = client.post(url("rate", project, item.pk), {"score": "²", "rater": rater})  # a digit int() refuses
+    assert crafted.status_code == 302 and client.session[SIGNED_OUT_KEY]["post"] == {"score": "²"}
+    assert "your last judgment (your judgment) was not saved" in client.get(crafted["Location"]).content.decode()
+
     post = {"score": "5", "comment": "good <b>ending</b>", "next": "https://evil.example/", "evil": "x" * 5000}
+    post["rater"] = rater
     page = f"http://testserver/p/{project.slug}/annotate/"
     response = client.post(url("rate", project, item.pk), post, HTTP_HX_CURRENT_URL=page, **HTMX)
     assert response["HX-Redirect"] == f"/accounts/login/?next=/p/{project.slug}/annotate/"  # next unchanged
     assert client.session[SIGNED_OUT_KEY] == {
-        "slug": project.slug, "completion_id": item.pk, "post": {"score": "5", "comment": "good <b>ending</b>"}
+        "slug": project.slug, "completion_id": item.pk, "annotator": annotator.pk,
+        "post": {"score": "5", "comment": "good <b>ending</b>"},
     }
     login_page = client.get(response["HX-Redirect"]).content.decode()
     assert "your last judgment (5 great) was not saved" in login_page
-    plain = client.post(url("rate", project, item.pk), {"score": "5"})  # the form without script
+    plain = client.post(url("rate", project, item.pk), {"score": "5", "rater": rater})  # the form without script
     assert plain["Location"] == f"/accounts/login/?next=/p/{project.slug}/annotate/"  # not the POST-only address
     client.get(plain["Location"])
 
@@ -254,3 +270,42 @@ def test_a_rating_sent_after_signing_out_keeps_only_its_form_fields_and_says_whe
     assert "your last judgment (5 great) was not saved, and its item is no longer held for you" in body
     assert SIGNED_OUT_KEY not in client.session and not Rating.objects.exists()
     assert "was not saved" not in client.get(url("annotate", project)).content.decode()  # said once
+
+
+def test_a_judgment_kept_after_signing_out_is_filled_in_again_for_its_annotator_only(
+    client, annotator, make_user, project, make_completion
+):
+    """A shared workstation: A's session ended, A's rating was kept, B signs in on the same browser."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from webapp.annotation.views import SIGNED_OUT_KEY
+
+    item = make_completion(project)
+    other = make_user("bee")
+    kept = {"score": "4", "comment": "the ending is rushed"}
+
+    def signed_out_rating(person):
+        client.force_login(person)
+        rater = rater_of(client.post(url("next", project), **HTMX).content.decode())
+        client.logout()
+        login_page = client.get(client.post(url("rate", project, item.pk), {**kept, "rater": rater})["Location"])
+        assert "your last judgment (4 good) was not saved" in login_page.content.decode()  # the person at the keys
+
+    signed_out_rating(annotator)
+    Lease.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    services.lease_next(project=project, annotator=other)  # B holds A's item now
+    client.force_login(other)  # login keeps the anonymous session's data
+    body = client.get(url("annotate", project)).content.decode()
+    assert f'data-completion="{item.pk}"' in body
+    assert "the ending is rushed" not in body and "was not saved" not in body  # dropped, nobody named
+    assert SIGNED_OUT_KEY not in client.session
+
+    Lease.objects.filter(annotator=other).delete()
+    signed_out_rating(annotator)
+    client.force_login(annotator)
+    body = client.get(url("annotate", project)).content.decode()
+    assert "the ending is rushed</textarea>" in body  # A's card: filled in again
+    assert "your last judgment (<strong>4 good</strong>) was not saved" in body
+    assert not Rating.objects.exists()

@@ -36,10 +36,10 @@ def test_a_refused_rubric_submit_keeps_the_comment_and_the_scores_given(
     client.post(f"/p/{project.slug}/annotate/next/", **HTMX)
     url = f"/p/{project.slug}/annotate/{completion.pk}/rate/"
 
-    page = client.post(url, {"crit_0": "4", "crit_2": "9", "comment": "the ending <b>drifts</b>"}, **HTMX).content.decode()
+    page = client.post(url, {"crit_0": "4", "crit_1": "²", "crit_2": "9", "comment": "the ending <b>drifts</b>"}, **HTMX).content.decode()
 
     assert "fluent is missing" in page
-    assert checked(page) == [("crit_0", "4")]  # the out-of-range 9 is not shown back
+    assert checked(page) == [("crit_0", "4")]  # the out-of-range 9 and the "²" int() refuses are not shown back
     assert "the ending &lt;b&gt;drifts&lt;/b&gt;</textarea>" in page
     assert 'class="criterion current" data-criterion="1"' in page  # the keys go on with the first one left
     assert not Rating.objects.exists()

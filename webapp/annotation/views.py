@@ -1,10 +1,12 @@
 """The annotator's page and the staff figures page. Thin: permissions, a service call, a template."""
 
+import json
 import re
 from functools import wraps
 
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
+from django.core import signing
 from django.db import transaction
 from django.http import Http404
 from django.shortcuts import redirect, render
@@ -55,7 +57,7 @@ def _kept_input(*, comment: str, criteria, places: dict, ranked) -> dict:
 
     def number(value, top):
         value = "" if value is None else str(value)
-        return int(value) if value.isdigit() and 1 <= int(value) <= top else None
+        return int(value) if value in {str(n) for n in range(1, top + 1)} else None  # not "²": isdigit, not int
 
     k = len(ranked or [])
     return {
@@ -88,6 +90,8 @@ def _undone_input(undone, *, rubric, ranked, undone_places) -> dict:
 
 SIGNED_OUT_KEY = "annotation_signed_out_judgment"
 _SIGNED_OUT_FIELDS = re.compile(r"(choice|score|thumb|a_on_left|shown|comment|crit_\d{1,2}|rank_\d{1,12})")
+_SIGNED_OUT_SALT = "webapp.annotation.signed-out-judgment.rater"
+SIGNED_OUT_MAX_CHARS = 4096  # the kept fields as the session's JSON stores them
 _CHOICE_WORDS = {"left": ("A is better", "a"), "right": ("B is better", "b"), "tie": ("tie", "t"), "both_bad": ("both bad", "x")}
 
 
@@ -95,7 +99,7 @@ def _judgment_words(post) -> tuple[str, str]:
     """``(what was chosen, the key that gives it again)`` of a rating form: ``("4 good", "4")``,
     ``("A is better", "a")``, ``("your ranking", "Enter")``."""
     score = post.get("score", "")
-    if score.isdigit() and int(score) in LIKERT_LABELS:
+    if score in {str(s) for s in LIKERT_LABELS}:  # not isdigit: "²" is a digit that int() refuses
         return f"{score} {LIKERT_LABELS[int(score)]}", score
     if post.get("thumb") in ("up", "down"):
         return f"thumbs {post['thumb']}", "2" if post["thumb"] == "up" else "1"
@@ -108,14 +112,30 @@ def _judgment_words(post) -> tuple[str, str]:
     return "your judgment", ""
 
 
+def _rater_signed(user) -> str:
+    """The rate form's ``rater`` field: the annotator's id signed (:class:`django.core.signing.Signer`,
+    a salt of its own), so that a judgment kept after the session ended is filled in again only for them."""
+    return signing.Signer(salt=_SIGNED_OUT_SALT).sign(str(user.pk))
+
+
+def _rater_of(post) -> int | None:
+    """The annotator id a rate form's ``rater`` field (:func:`_rater_signed`) names; None if missing or forged."""
+    try:
+        return int(signing.Signer(salt=_SIGNED_OUT_SALT).unsign(post.get("rater", "")))
+    except (signing.BadSignature, ValueError):
+        return None
+
+
 def _remember_signed_out_judgment(view):
     """A rating sent after the session ended (signed out in another tab, or expired) is kept in the new
     anonymous session (``SIGNED_OUT_KEY``: the project's slug, the item, the form's rating fields) and
     the login page says it was not saved; :func:`annotate` fills it in again after signing in.
 
     Only a POST that passed the CSRF check gets here, and only the rating form's own fields are kept
-    (``_SIGNED_OUT_FIELDS``, short values, the comment cut at ``COMMENT_MAX_CHARS``): nothing is
-    stored for the person. The login page's ``next`` is the annotate page (htmx: the page the person
+    (``_SIGNED_OUT_FIELDS``, short values, the comment cut at ``COMMENT_MAX_CHARS``), with the
+    annotator its ``rater`` field names: nothing is stored for the person. Nothing is kept (and no
+    session row written) when ``rater`` is missing or forged, or the fields' JSON is over
+    ``SIGNED_OUT_MAX_CHARS``. The login page's ``next`` is the annotate page (htmx: the page the person
     was on, ``HtmxLoginRedirectMiddleware``), never this POST-only address.
     Django's ``login`` keeps an anonymous session's data, so it is still there once signed in.
     """
@@ -128,12 +148,16 @@ def _remember_signed_out_judgment(view):
                 for name, value in list(request.POST.items())[:64]
                 if _SIGNED_OUT_FIELDS.fullmatch(name)
             }
-            request.session[SIGNED_OUT_KEY] = {"slug": slug, "completion_id": completion_id, "post": fields}
+            rater = _rater_of(request.POST)
+            if rater is not None and len(json.dumps(fields, separators=(",", ":"))) <= SIGNED_OUT_MAX_CHARS:
+                kept = {"slug": slug, "completion_id": completion_id, "annotator": rater, "post": fields}
+                request.session[SIGNED_OUT_KEY] = kept
+                then = "Sign in again to send it: its card shows it again while the item is still held for you."
+            else:
+                request.session.pop(SIGNED_OUT_KEY, None)  # an earlier one is not the judgment named here
+                then = "Sign in again and rate it again."
             words, _ = _judgment_words(fields)
-            messages.warning(
-                request, f"You were signed out, so your last judgment ({words}) was not saved. "
-                "Sign in again to send it: its card shows it again while the item is still held for you."
-            )
+            messages.warning(request, f"You were signed out, so your last judgment ({words}) was not saved. {then}")
             # Back to the annotate page after signing in, not to this POST-only address (a 405).
             return redirect_to_login(reverse("annotation:annotate", args=[slug]))
         return view(request, slug=slug, completion_id=completion_id)
@@ -142,12 +166,13 @@ def _remember_signed_out_judgment(view):
 
 
 def _signed_out_judgment(request, slug) -> dict | None:
-    """The judgment :func:`_remember_signed_out_judgment` kept for this project, taken out of the session."""
+    """The judgment :func:`_remember_signed_out_judgment` kept for this project, taken out of the session;
+    None when another person kept it (``login`` keeps an anonymous session's data): dropped unseen."""
     kept = request.session.get(SIGNED_OUT_KEY)
     if not isinstance(kept, dict) or kept.get("slug") != slug:
         return None
     del request.session[SIGNED_OUT_KEY]
-    return kept
+    return kept if kept.get("annotator") == request.user.pk else None
 
 
 def _undone_places(undone, lease, ranked) -> list[int] | None:
@@ -227,6 +252,7 @@ def _context(request, project, *, error="", undone=None, unskipped=None, lease=_
         "rubric": rubric,
         "rubric_current": scored.index(None) if None in scored else 0,  # the first criterion left to score
         "kept_comment": kept["comment"] if kept else "",
+        "rater": _rater_signed(request.user),  # the rate form's signed annotator id (_remember_signed_out_judgment)
         # The waiting card: with no prompt to sample, no output is coming until staff import some.
         "no_prompts": not read_only and lease is None and not selectors.training_prompts_exist(project=project),
     }
