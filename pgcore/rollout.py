@@ -258,6 +258,24 @@ def _decode_attention(q, k, v, mask, scale, masked_out=None):
     return torch.matmul(weights, v).reshape(b, 1, n_heads * d)  # (b, kvH, g, D) -> (b, 1, nH * D)
 
 
+def _fused_weight(owner, name: str, linears: tuple[str, ...]) -> torch.Tensor | None:
+    """``owner``'s fused weight (:func:`fuse_projections`) while the weight of each of its
+    modules named ``linears`` (in order) is still the view of its rows, else None: a later
+    ``.to()`` or ``load_state_dict(assign=True)`` gave one a tensor of its own, so the fused
+    one is stale and the separate modules must be used."""
+    fused = getattr(owner, name, None)
+    if fused is None:
+        return None
+    ptr, row = fused.data_ptr(), fused.stride(0) * fused.element_size()
+    start = 0
+    for linear in linears:
+        m = getattr(owner, linear)
+        if m.weight.data_ptr() != ptr + start * row:
+            return None
+        start += m.weight.shape[0]
+    return fused if start == fused.shape[0] else None
+
+
 def _forward_fast(inner, lm_head, ids, positions, mask, keys, values, cols, out=None):
     """Run ``ids (b, s)`` at ``positions (b, s)`` through the decoder and return the fp32
     logits of the last column, ``(b, V)``: written into ``out`` (an fp32 ``(b, V)`` buffer,
@@ -285,7 +303,7 @@ def _forward_fast(inner, lm_head, ids, positions, mask, keys, values, cols, out=
     for i, layer in enumerate(inner.layers):
         attn = layer.self_attn
         x = layer.input_layernorm(h)
-        qkv_weight = getattr(attn, "_pgcore_qkv", None)
+        qkv_weight = _fused_weight(attn, "_pgcore_qkv", ("q_proj", "k_proj", "v_proj"))
         if qkv_weight is not None:  # one matmul, one rotary for q and k together (fuse_projections)
             qkv = torch.nn.functional.linear(x, qkv_weight).view(b, s, -1, d).transpose(1, 2)  # (b, nH + 2 kvH, s, D)
             qk = qkv[:, : n_q + n_kv]
@@ -316,7 +334,7 @@ def _forward_fast(inner, lm_head, ids, positions, mask, keys, values, cols, out=
             ).transpose(1, 2).reshape(b, s, -1)  # (b, s, nH * D)
         h = h + attn.o_proj(o)
         mlp = layer.mlp
-        gate_up_weight = getattr(mlp, "_pgcore_gate_up", None)
+        gate_up_weight = _fused_weight(mlp, "_pgcore_gate_up", ("gate_proj", "up_proj"))
         if gate_up_weight is not None:  # LlamaMLP's down(act(gate(x)) * up(x)) with gate and up in one matmul
             gate, up = torch.nn.functional.linear(layer.post_attention_layernorm(h), gate_up_weight).chunk(2, dim=-1)
             h = h + mlp.down_proj(mlp.act_fn(gate) * up)
@@ -868,8 +886,10 @@ def fuse_projections(model: torch.nn.Module) -> None:
     model takes no more memory and its own forward is unchanged. The rotary embedding is then
     applied to q and k in one pass. Each output is the same dot product as before: the same
     logits bit for bit on SmolLM2 (fp32 and bf16, batch 1-64, 1 and 2 threads; checked by
-    ``tests/pgcore/test_fused_projections.py`` on the tiny model). Do not call it on a model
-    that is trained or saved: its weights then share storage.
+    ``tests/pgcore/test_fused_projections.py`` on the tiny model). A module whose weight is
+    later replaced (``.to()``, ``load_state_dict(assign=True)``) is no longer a view, and
+    :func:`_forward_fast` then runs that layer's separate projections. Do not call it on a
+    model that is trained or saved: its weights then share storage.
     """
     with torch.no_grad():
         for layer in model.model.layers:

@@ -28,7 +28,17 @@ def test_fused_projections_give_the_same_tokens_and_logprobs_as_the_separate_mod
     assert [r.behaviour_logprobs for r in fused] == [r.behaviour_logprobs for r in separate]  # exactly
 
 
-def test_fused_weights_are_views_so_the_copy_takes_no_more_memory_and_its_forward_is_unchanged(drifted_lora_policy):
+def _unfused_copy(policy, dtype, monkeypatch):
+    rollout._sampling_copies.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(rollout, "fuse_projections", lambda model: None)
+        unfused = sampling_model(policy, dtype=dtype)
+    assert not hasattr(unfused.model.layers[0].self_attn, "_pgcore_qkv")
+    rollout._sampling_copies.clear()
+    return unfused
+
+
+def test_fused_weights_are_views_so_the_copy_takes_no_more_memory_and_its_forward_is_unchanged(drifted_lora_policy, monkeypatch):
     rollout._sampling_copies.clear()
     model = sampling_model(drifted_lora_policy, dtype=torch.bfloat16)
     ids = torch.tensor([[5, 6, 7, 8]])
@@ -39,9 +49,46 @@ def test_fused_weights_are_views_so_the_copy_takes_no_more_memory_and_its_forwar
     assert mlp.up_proj.weight.data_ptr() == gate_up[mlp.gate_proj.out_features :].data_ptr()
     with torch.no_grad():
         own = model(ids).logits
-        rollout._sampling_copies.clear()
-        fresh = sampling_model(drifted_lora_policy, dtype=torch.bfloat16)  # a new copy, fused the same way
-        assert torch.equal(fresh(ids).logits, own)
+        unfused = _unfused_copy(drifted_lora_policy, torch.bfloat16, monkeypatch)  # the same weights, never fused
+        assert torch.equal(unfused(ids).logits, own)
+    rollout._sampling_copies.clear()
+
+
+def _prefill_logits(model, ids):
+    """``_forward_fast``'s last-column logits for ``ids (1, s)`` prefilled into an empty cache."""
+    inner = model.model
+    n_kv, d = rollout._kv_shape(inner)
+    s = ids.shape[1]
+    dtype = inner.embed_tokens.weight.dtype
+    keys = [torch.zeros(1, n_kv, s, d, dtype=dtype) for _ in inner.layers]
+    values = [torch.zeros(1, n_kv, s, d, dtype=dtype) for _ in inner.layers]
+    mask = torch.ones(s, s, dtype=torch.bool).tril()[None, None]  # (1, 1, s, s) causal
+    with torch.no_grad():
+        return rollout._forward_fast(inner, model.lm_head, ids, torch.arange(s)[None], mask, keys, values, 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_projection_replaced_after_fusing_is_used_not_the_stale_fused_weight(drifted_lora_policy, dtype, monkeypatch):
+    rollout._sampling_copies.clear()
+    model = sampling_model(drifted_lora_policy, dtype=dtype)
+    unfused = _unfused_copy(drifted_lora_policy, dtype, monkeypatch)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    before = _prefill_logits(model, ids)
+    assert torch.equal(before, _prefill_logits(unfused, ids))
+    generator = torch.Generator().manual_seed(3)
+    replaced = {}
+    for name in ("model.layers.0.self_attn.k_proj.weight", "model.layers.1.mlp.up_proj.weight"):
+        weight = model.get_parameter(name)
+        replaced[name] = (torch.randn(weight.shape, generator=generator) * 0.2).to(dtype)
+    for copy_ in (model, unfused):  # e.g. a load that swaps tensors in rather than copying into them
+        copy_.load_state_dict({k: v.clone() for k, v in replaced.items()}, strict=False, assign=True)
+    attn = model.model.layers[0].self_attn
+    q_rows = attn.q_proj.out_features
+    assert not torch.equal(attn._pgcore_qkv[q_rows : q_rows + attn.k_proj.out_features], attn.k_proj.weight)  # stale
+    after = _prefill_logits(model, ids)
+    assert torch.equal(after, _prefill_logits(unfused, ids)) and not torch.equal(after, before)
+    untouched = model.model.layers[1].self_attn  # still fused, and still run fused
+    assert rollout._fused_weight(untouched, "_pgcore_qkv", ("q_proj", "k_proj", "v_proj")) is untouched._pgcore_qkv
     rollout._sampling_copies.clear()
 
 

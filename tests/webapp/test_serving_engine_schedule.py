@@ -123,3 +123,22 @@ def test_an_open_arrival_holds_a_step_at_most_hold_s_and_a_closed_one_not_at_all
         assert later.admitted_at - later.submitted_at < 10  # nothing open: no wait (30 s if it waited)
     finally:
         engine.close()
+
+
+def test_a_full_batch_never_holds_a_step_for_an_open_arrival(policy):
+    engine = _engine(policy, window_s=0.0, hold_s=30.0, max_batch=2)
+    long = SamplingParams(max_tokens=600, temperature=0.0)
+    try:
+        running = [engine.submit(1, render_prompt(policy.tokenizer, t), long) for t in TEXTS[:2]]
+        for request in running:
+            _first_event(request)  # both rows stream: no row is free
+        with engine.arrival():  # a request being received, which no step could prefill
+            before, deadline = engine.steps_run, time.monotonic() + 10
+            while engine.steps_run < before + 20 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert engine.steps_run >= before + 20  # the steps went on (each would wait 30 s for it)
+        for request in running:
+            request.cancelled.set()
+            _finish(request)
+    finally:
+        engine.close()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import time
+from urllib.parse import urlsplit
 
 import httpx2
 import pytest
@@ -41,3 +44,22 @@ def test_the_timeline_gives_staff_each_requests_times_in_order_and_the_steps(pro
     bad = httpx2.get(server.url + "/debug/timeline?since=soon", headers={"Authorization": f"Bearer {server.secret}"},
                      timeout=30)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "since"
+
+
+def test_a_caller_refused_by_the_token_check_never_holds_a_step(project, inference_process):
+    server = inference_process("--hold-ms", "20000")
+    body = json.dumps({"model": project.slug, "prompt": "tell me", "max_tokens": 2}).encode()
+    url = urlsplit(server.url)
+    with socket.create_connection((url.hostname, url.port), timeout=60) as slow:  # no valid token, a slow body
+        slow.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer rl_not-a-token\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:5])
+        time.sleep(1.0)  # its handler waits for the rest of the body
+        since = time.monotonic()
+        events = server.generate({"model": project.slug, "prompt": "tell me", "max_tokens": 2, "temperature": 0})
+        assert events[-1] == {"event": "done"}
+        timeline = httpx2.get(server.url + f"/debug/timeline?since={since}",
+                              headers={"Authorization": f"Bearer {server.secret}"}, timeout=30).json()
+        (request,) = timeline["requests"]
+        assert request["admitted"] - request["submitted"] < 10  # not held for the refused caller (20 s if it were)
+        slow.sendall(body[5:])
+        assert slow.recv(65536).startswith(b"HTTP/1.1 401")

@@ -7,8 +7,9 @@ few milliseconds) for others sent at the same moment, then the run decodes one t
 step for up to ``max_batch`` rows, and a request arriving while it runs joins at the next
 step (it is prefilled into a free slot, or waits for one) instead of waiting for the batch
 to finish (Yu et al. 2022, "Orca"). Prefills go first, in order of arrival. A request the
-inference process has received but is still checking and tokenizing is announced
-(:meth:`Engine.arrival`), and the next step waits for it (at most ``hold_s``), so requests sent
+inference process has let in (its body read, its token and rate checked) but is still
+tokenizing is announced (:meth:`Engine.arrival`), and the next step waits for it (at most
+``hold_s``, and only while the run has a free row), so requests sent
 together share one prefill: one that missed a prefill by a few milliseconds would otherwise
 wait for all of it and then for its own (the late first tokens of ``bench/serve.py``'s
 timeline at 16 clients). Its ``draw`` hook applies each request's temperature,
@@ -123,11 +124,11 @@ class Request:
 
 
 class Arrival:
-    """A request the caller has received and is still checking and tokenizing (:meth:`Engine.arrival`).
+    """A request the caller has let in (token and rate checked) and is still tokenizing (:meth:`Engine.arrival`).
 
     While it is open, the engine's next prefill waits for it (at most ``hold_s`` after ``at``),
     so it joins that prefill instead of waiting for it to end and then for one of its own.
-    Closed by :meth:`Engine.submit` (``arrival=``) or on leaving its ``with`` block (a refusal).
+    Closed by :meth:`Engine.submit` (``arrival=``) or on leaving its ``with`` block (a refusal, e.g. an unknown model).
     """
 
     def __init__(self, engine: Engine):
@@ -154,6 +155,7 @@ class Engine:
         timeline_len: steps and requests kept for :meth:`timeline` (the latest).
         hold_s: the longest a prefill waits for a request still being received (an open
             :meth:`arrival`), counted from that request's arrival, seconds; 0: never waits.
+            A running batch with no free row never waits.
     """
 
     def __init__(self, *, load: Callable, window_s: float = 0.005, max_batch: int = 32,
@@ -213,7 +215,7 @@ class Engine:
     # --- requests -------------------------------------------------------------------------
 
     def arrival(self) -> Arrival:
-        """Announce a request that is being received (its token checked, its prompt tokenized);
+        """Announce a request that is being received (its caller let in, its prompt being tokenized);
         use as ``with engine.arrival() as a: ... engine.submit(..., arrival=a)``.
 
         The engine's next prefill waits for open arrivals, each at most ``hold_s`` after it was
@@ -349,9 +351,11 @@ class Engine:
         shared.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
         draw = _RowDraw(self.device, shared)
         first = [batch]
+        ended = [0]  # rows yielded back (their slots are free again)
 
         def incoming():
-            requests = first.pop() if first else self._admit(key, hold=True)
+            # Wait for requests being received only if one could be prefilled at this step: a row is free.
+            requests = first.pop() if first else self._admit(key, hold=len(rows) - ended[0] < self.max_batch)
             if requests is not batch:
                 joined.extend(requests)
             new = []
@@ -394,6 +398,7 @@ class Engine:
             generator=generator, batch_size=self.max_batch, refill_fraction=1.0 / self.max_batch,
             draw=draw, on_step=on_step, incoming=incoming, prefix=item.prefix, on_forward=self._step_done,
         ):
+            ended[0] += 1
             request, index = rows[r]
             request.open_choices -= 1
             if request.open_choices == 0:

@@ -221,27 +221,37 @@ def make_handler(engine: Engine, versions: Versions):
         def do_POST(self):
             if self.path != "/generate":
                 return self._json(404, {"error": "not found"})
-            with engine.arrival() as arrival:  # the engine's next prefill waits for it (bounded)
-                request, prompt_ids, model, params, stop, tokenizer = self._received(arrival)
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            token = self._caller()
+            if token is None:
+                return
+            # Only now (the body read, the caller let in) the engine's next prefill waits for it (bounded):
+            # a slow or refused caller never holds a step.
+            with engine.arrival() as arrival:
+                request, prompt_ids, model, params, stop, tokenizer = self._received(raw, token, arrival)
             if request is not None:
                 self._stream(request, prompt_ids, model, params, stop, tokenizer)
 
-        def _received(self, arrival):
-            """Check, parse and tokenize; submit. ``(request, ...)``, or ``(None, ...)`` once answered."""
-            none = (None,) * 6
-            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        def _caller(self):
+            """The request's API token once it passes the token check and the rate; None once answered (401/429)."""
             try:
                 token = access.token_for_header(self.headers.get("Authorization"))
             except access.AccessRefused as exc:
                 self._json(exc.status, exc.body(), headers={"WWW-Authenticate": 'Bearer realm="rewardloop"'})
-                return none
+                return None
             finally:
                 close_old_connections()
             try:  # the REST API's per-token rate; counted here only, forwarded by the web app or not
                 access.throttle_check(token=token)
             except access.AccessRefused as exc:
                 self._json(exc.status, exc.body(), headers={"Retry-After": str(exc.retry_after)})
-                return none
+                return None
+            return token
+
+        def _received(self, raw, token, arrival):
+            """Parse and tokenize the body ``raw`` of the caller ``token``'s request; submit.
+            ``(request, ...)``, or ``(None, ...)`` once answered."""
+            none = (None,) * 6
             try:
                 body = json.loads(raw)
                 model = str(body["model"])
