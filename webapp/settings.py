@@ -49,6 +49,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 from csp.constants import NONE, SELF
 
 from webapp.secret_key import secret_key
@@ -340,3 +341,21 @@ LOGGING = {
 REWARDLOOP_IMPORT_MAX_BYTES = int(os.environ.get("REWARDLOOP_IMPORT_MAX_BYTES", str(256 * 1024 * 1024)))
 REWARDLOOP_IMPORT_MAX_LINES = int(os.environ.get("REWARDLOOP_IMPORT_MAX_LINES", "1000000"))
 REWARDLOOP_IMPORT_MAX_LINE_BYTES = int(os.environ.get("REWARDLOOP_IMPORT_MAX_LINE_BYTES", "65536"))
+
+# Learning settings whose defaults live beside the code that reads them (rewards/services.py,
+# training/reward_batch.py, training/overoptimisation.py): set here only when the environment
+# names them, so the README's table of variables holds for these too.
+for _name, _type in (
+    ("REWARDLOOP_RM_MIN_JUDGMENTS", int),
+    ("REWARDLOOP_RM_FRESH_PROMPTS", int),
+    ("REWARDLOOP_RM_TRUST_MIN_WEIGHT", float),
+    ("REWARDLOOP_GUARD_MIN_HUMAN", int),
+    ("REWARDLOOP_GUARD_RM_GAP", float),
+):
+    if os.environ.get(_name, "").strip():
+        try:
+            globals()[_name] = _type(os.environ[_name])
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{_name}={os.environ[_name]!r} is not {'an integer' if _type is int else 'a number'}"
+            ) from None
