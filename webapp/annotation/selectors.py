@@ -526,14 +526,17 @@ def last_judgment(*, project: Project, annotator, now=None) -> Rating | Comparis
 
 QUEUE_COUNT_CAP = 100  # "100+" tells a person as much as "500+", for a fifth of the read
 
+# The waiting count leaves out one item when the annotator holds a card (any live lease in the
+# project), not the held item itself: a shadow (candidate) or gold card is never among the counted
+# items, so leaving out only the held item would make such a card's count one higher than a served
+# card's and tell the annotator which card it is (tests/webapp/test_shadow_queue.py).
 _PROGRESS_COLUMNS_SQL = """(SELECT COUNT(*) FROM (
-        SELECT 1 FROM {completion} c JOIN {prompt} p ON p.id = c.prompt_id WHERE {open_item}
-            AND NOT EXISTS (
-                SELECT 1 FROM {lease} hl WHERE hl.completion_id = c.id AND hl.annotator_id = %(annotator)s
-                    AND NOT hl.fulfilled AND hl.expires_at > %(now)s
-            )
-        LIMIT {cap:d}
-    ) waiting),
+        SELECT 1 FROM {completion} c JOIN {prompt} p ON p.id = c.prompt_id WHERE {open_item} LIMIT {cap:d}
+    ) waiting) - (SELECT COUNT(*) FROM (
+        SELECT 1 FROM {lease} hl JOIN {completion} hc ON hc.id = hl.completion_id
+        WHERE hc.project_id = %(project)s AND hl.annotator_id = %(annotator)s
+            AND NOT hl.fulfilled AND hl.expires_at > %(now)s LIMIT 1
+    ) held),
     (SELECT COUNT(*) FROM {judged_single} AND j.created_at >= %(midnight)s)
         + (SELECT COUNT(*) FROM {judged_pairwise} AND j.created_at >= %(midnight)s)
         + (SELECT COUNT(*) FROM {judged_ranking} AND j.created_at >= %(midnight)s),
@@ -557,9 +560,11 @@ def annotator_progress(*, project: Project, annotator) -> dict:
     """What the annotator sees: judgments today and the items still waiting for them.
 
     ``queue`` counts items that need ratings and that this annotator has
-    neither rated nor skipped, after the one on their screen: an item they
-    hold (a live lease not yet fulfilled) is not counted, so 0 means nothing
-    more waits once the card shown is rated (the card says "after this one").
+    neither rated nor skipped, after the one on their screen: while they hold
+    a card (a live lease not yet fulfilled) one item is left out, so 0 means
+    nothing more waits once the card shown is rated (the card says "after this
+    one"); a shadow or gold card, which is not among the counted items, leaves
+    one out too, so the count does not tell such a card from a served one.
     It is exact up to ``QUEUE_COUNT_CAP`` (``queue_capped`` says when more
     wait), so a long queue costs a bounded read. ``today``: their judgments since local
     midnight in every mode (a mode switch does not reset the day); ``can_undo``:
@@ -578,7 +583,7 @@ def _progress_columns_sql(project: Project) -> str:
     statement (:func:`lease_held`) can read them too."""
     judgments = _JUDGMENTS_SQL.get(project.rating_mode, _JUDGMENTS_SQL["single"])
     return _PROGRESS_COLUMNS_SQL.format(
-        open_item=_open_item_sql(project), judgments=judgments.format(**_T), cap=QUEUE_COUNT_CAP + 1,
+        open_item=_open_item_sql(project), judgments=judgments.format(**_T), cap=QUEUE_COUNT_CAP + 2,
         **{f"judged_{kind}": sql.format(**_T) for kind, sql in _JUDGMENTS_SQL.items()}, **_T
     )
 
@@ -592,7 +597,7 @@ def _progress_params() -> dict:
 def _progress_of(waiting, today, undoable) -> dict:
     return {
         "today": today,
-        "queue": min(waiting, QUEUE_COUNT_CAP),
+        "queue": max(0, min(waiting, QUEUE_COUNT_CAP)),
         "queue_capped": waiting > QUEUE_COUNT_CAP,
         "can_undo": undoable > 0,
     }
