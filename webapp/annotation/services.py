@@ -1029,37 +1029,6 @@ def _seconds_on(lease: Lease | None, seconds_spent):
     return max(0.0, (timezone.now() - lease.created_at).total_seconds())
 
 
-_ROW_INSERT_SQL: dict[type, tuple[str, list]] = {}
-
-
-def _row_insert(obj) -> None:
-    """Insert one new model instance (no custom ``save``, no signal receivers: :class:`Rating`), as
-    ``obj.save()`` would: each field's ``pre_save`` (``auto_now_add``) and database value, its new
-    primary key set on ``obj``. The statement is built once per model: the ORM's compiling of the
-    insert on every submit cost several times its running (``bench/annotate_load.py``).
-
-    Raises:
-        IntegrityError: a constraint refused the row (as ``save`` raises it).
-    """
-    model = type(obj)
-    if model not in _ROW_INSERT_SQL:
-        fields = [f for f in model._meta.concrete_fields if f is not model._meta.auto_field]
-        quote = connection.ops.quote_name
-        sql = "INSERT INTO {} ({}) VALUES ({})".format(
-            quote(model._meta.db_table), ", ".join(quote(f.column) for f in fields), ", ".join(["%s"] * len(fields))
-        )
-        if connection.features.can_return_columns_from_insert:
-            sql += f" RETURNING {quote(model._meta.auto_field.column)}"
-        _ROW_INSERT_SQL[model] = sql, fields
-    sql, fields = _ROW_INSERT_SQL[model]
-    values = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, values)
-        obj.pk = cursor.fetchone()[0] if connection.features.can_return_columns_from_insert else cursor.lastrowid
-    obj._state.adding = False
-    obj._state.db = connection.alias
-
-
 @contextmanager
 def _judgment_stored(*, completion_ids: list[int], already: str):
     """Around the writes of one judgment (its row and the :class:`Rating` of each of ``completion_ids``),
@@ -1118,7 +1087,7 @@ def rating_create(
     lease = _lease_for_judgment(project=project, annotator=annotator, completion=completion)
     seconds_spent = _seconds_on(lease, seconds_spent)
     with _judgment_stored(completion_ids=[completion.pk], already="You have rated this item already."):
-        rating = Rating(
+        rating = Rating.objects.create(
             completion=completion,
             annotator=annotator,
             score=score,
@@ -1127,7 +1096,6 @@ def rating_create(
             comment=without_nul(comment),
             seconds_spent=seconds_spent,
         )
-        _row_insert(rating)
     return rating
 
 

@@ -31,6 +31,13 @@ COMMENT_MAX_CHARS = 2000
 LIKERT_LABELS = {1: "bad", 2: "poor", 3: "ok", 4: "good", 5: "great"}
 
 
+def _whole_number(value, top: int) -> int | None:
+    """``value`` (a form field's text) as a whole number from 1 to ``top``, else None; not
+    ``str.isdigit``, which takes "²" that ``int`` refuses."""
+    value = "" if value is None else str(value)
+    return int(value) if value in {str(n) for n in range(1, top + 1)} else None
+
+
 def _sides(project, lease):
     """(pair, left completion, right completion) of a pairwise lease; Nones otherwise."""
     pairwise = lease is not None and project.rating_mode == RatingMode.PAIRWISE
@@ -55,15 +62,11 @@ def _kept_input(*, comment: str, criteria, places: dict, ranked) -> dict:
     id: place or None per output shown}}``; values outside 1–5, or outside 1–k places, are dropped.
     """
 
-    def number(value, top):
-        value = "" if value is None else str(value)
-        return int(value) if value in {str(n) for n in range(1, top + 1)} else None  # not "²": isdigit, not int
-
     k = len(ranked or [])
     return {
         "comment": comment[:COMMENT_MAX_CHARS],
-        "criteria": [number(score, 5) for score in criteria],
-        "places": {m.pk: number(places.get(m.pk), k) for m in ranked or []},
+        "criteria": [_whole_number(score, 5) for score in criteria],
+        "places": {m.pk: _whole_number(places.get(m.pk), k) for m in ranked or []},
     }
 
 
@@ -98,9 +101,9 @@ _CHOICE_WORDS = {"left": ("A is better", "a"), "right": ("B is better", "b"), "t
 def _judgment_words(post) -> tuple[str, str]:
     """``(what was chosen, the key that gives it again)`` of a rating form: ``("4 good", "4")``,
     ``("A is better", "a")``, ``("your ranking", "Enter")``."""
-    score = post.get("score", "")
-    if score in {str(s) for s in LIKERT_LABELS}:  # not isdigit: "²" is a digit that int() refuses
-        return f"{score} {LIKERT_LABELS[int(score)]}", score
+    score = _whole_number(post.get("score"), 5)
+    if score is not None:
+        return f"{score} {LIKERT_LABELS[score]}", str(score)
     if post.get("thumb") in ("up", "down"):
         return f"thumbs {post['thumb']}", "2" if post["thumb"] == "up" else "1"
     if post.get("choice") in _CHOICE_WORDS:
