@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from django.db import connection
 from django.db.models import QuerySet
 
 from .models import AuditEvent, Membership, ModelVersion, Project, RatingMode, VersionExport
@@ -192,49 +191,25 @@ def project_access(*, project_slug: str, user) -> tuple[Project | None, str | No
     """
     if not user.is_authenticated or not user.is_active:
         return None, None
-    # Every page of a project asks this first: written out rather than built by the ORM (whose
-    # compiling of a join over the project's many columns cost more CPU than the rest of the read),
-    # and read by a cursor into ``Project.from_db`` (a raw queryset maps its columns to the model's
-    # fields again on every call).
+    # Every page of a project asks this first: written out rather than built by the ORM, whose
+    # compiling of a join over the project's many columns cost more CPU than the rest of the read.
     if user.is_staff:
-        sql, params = _PROJECT_SQL, [project_slug]
+        sql, params = _PROJECT_SQL.format(**_ACCESS_TABLES), [project_slug]
     else:
-        sql, params = _MEMBER_PROJECT_SQL, [project_slug, user.pk]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None:
+        sql, params = _MEMBER_PROJECT_SQL.format(**_ACCESS_TABLES), [project_slug, user.pk]
+    project = next(iter(Project.objects.raw(sql, params)), None)
+    if project is None:
         return None, None
-    role = row[-1] if not user.is_staff else Membership.Role.STAFF
-    project = Project.from_db(connection.alias, _PROJECT_ATTNAMES, _project_values(row))
+    role = project.__dict__.pop("member_role", Membership.Role.STAFF)
     return project, role
 
 
-_PROJECT_FIELDS = Project._meta.concrete_fields
-_PROJECT_ATTNAMES = [f.attname for f in _PROJECT_FIELDS]
-_PROJECT_COLUMNS = ", ".join(f"p.{connection.ops.quote_name(f.column)}" for f in _PROJECT_FIELDS)
-_PROJECT_SQL = f"SELECT {_PROJECT_COLUMNS} FROM {Project._meta.db_table} p WHERE p.slug = %s"
-_MEMBER_PROJECT_SQL = f"""
-SELECT {_PROJECT_COLUMNS}, m.role FROM {Membership._meta.db_table} m JOIN {Project._meta.db_table} p ON p.id = m.project_id
+_ACCESS_TABLES = {"project": Project._meta.db_table, "membership": Membership._meta.db_table}
+_PROJECT_SQL = "SELECT p.* FROM {project} p WHERE p.slug = %s"
+_MEMBER_PROJECT_SQL = """
+SELECT p.*, m.role AS member_role FROM {membership} m JOIN {project} p ON p.id = m.project_id
 WHERE p.slug = %s AND m.user_id = %s
 """
-# Fields whose database value needs converting on this backend (JSON text on SQLite, decimals...):
-# the converters the ORM would apply, found once.
-_PROJECT_CONVERTERS = [
-    (i, converters)
-    for i, f in enumerate(_PROJECT_FIELDS)
-    if (converters := connection.ops.get_db_converters(f.get_col(Project._meta.db_table)) + f.get_db_converters(connection))
-]
-
-
-def _project_values(row) -> list:
-    """The project's field values from a row of ``_PROJECT_COLUMNS`` (extra trailing columns ignored),
-    through the converters the ORM would apply."""
-    values = list(row[: len(_PROJECT_FIELDS)])
-    for i, converters in _PROJECT_CONVERTERS:
-        for converter in converters:
-            values[i] = converter(values[i], _PROJECT_FIELDS[i].get_col(Project._meta.db_table), connection)
-    return values
 
 
 def projects_for(*, user) -> list[tuple[Project, str]]:
