@@ -1,6 +1,8 @@
 """API tokens: stored hashed, shown once, revocable, scoped to the user's project roles, throttled."""
 
 import hashlib
+import re
+import threading
 from importlib import import_module
 
 import pytest
@@ -9,9 +11,12 @@ from django.contrib.sessions.models import Session
 from django.core.cache import caches
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
+from django.db import connection
+from django.test import Client
 from django.urls import reverse
 
 from tests.webapp.api_helpers import ApiClient, api_for  # noqa: F401 - fixture
+from webapp.accounts import services
 from webapp.accounts.models import ApiToken
 from webapp.accounts.services import api_token_create, api_token_revoke
 from webapp.errors import ApplicationError
@@ -172,10 +177,81 @@ def test_no_session_holds_a_new_tokens_secret_and_a_replayed_form_creates_nothin
     assert 'id="token-already-created"' in page and "cannot be shown again" in page and token.prefix in page
     assert ApiToken.objects.filter(user=annotator).count() == 1
 
-    stale = client.post(reverse("accounts:token_create"), {"name": "other", "nonce": "from-an-older-page"})
-    assert stale.status_code == 400 and ApiToken.objects.filter(user=annotator).count() == 1
-    again = client.post(reverse("accounts:token_create"), {"name": "other", "nonce": stale.context["nonce"]})
+    for bad in ({"name": "other"}, {"name": "other", "nonce": "short"}):
+        refused = client.post(reverse("accounts:token_create"), bad)
+        assert refused.status_code == 400 and ApiToken.objects.filter(user=annotator).count() == 1
+    again = client.post(reverse("accounts:token_create"), {"name": "other", "nonce": refused.context["nonce"]})
     assert again.status_code == 200 and ApiToken.objects.filter(user=annotator).count() == 2
+
+
+def test_a_second_tab_does_not_make_the_first_tabs_form_stale(client, annotator):
+    client.force_login(annotator)
+    first_tab, second_tab = _form_nonce(client), _form_nonce(client)
+    for name, nonce in (("first", first_tab), ("second", second_tab)):
+        response = client.post(reverse("accounts:token_create"), {"name": name, "nonce": nonce})
+        assert response.status_code == 200 and response.context["new_secret"]
+    assert sorted(ApiToken.objects.filter(user=annotator).values_list("name", flat=True)) == ["first", "second"]
+    replayed = client.post(reverse("accounts:token_create"), {"name": "first", "nonce": first_tab})
+    assert replayed.context["created_before"].name == "first" and replayed.context["new_secret"] == ""
+
+
+def test_a_repeated_form_nonce_is_refused_by_the_database_when_the_check_misses_the_first_post(annotator, monkeypatch):
+    # The other post's row is not visible yet when this one checks (two requests in the same instant):
+    # the unique index refuses the second insert, and the answer names the first post's token.
+    token, _ = api_token_create(user=annotator, name="script", form_nonce="n" * 22)
+    real = services.api_token_for_form_nonce
+    calls = []
+
+    def check_missing_the_first_post(**kwargs):
+        calls.append(kwargs)
+        return real(**kwargs) if len(calls) > 1 else None
+
+    monkeypatch.setattr(services, "api_token_for_form_nonce", check_missing_the_first_post)
+    with pytest.raises(services.ApiTokenAlreadyCreated) as refused:
+        api_token_create(user=annotator, name="script", form_nonce="n" * 22)
+    assert refused.value.token == token and len(calls) == 2
+    assert ApiToken.objects.filter(user=annotator).count() == 1
+
+
+def test_a_replayed_form_is_already_created_even_at_the_active_token_limit(annotator):
+    for i in range(19):
+        api_token_create(user=annotator, name=f"t{i}")
+    twentieth, _ = api_token_create(user=annotator, name="last", form_nonce="m" * 22)
+    with pytest.raises(services.ApiTokenAlreadyCreated) as refused:
+        api_token_create(user=annotator, name="last", form_nonce="m" * 22)
+    assert refused.value.token == twentieth and "already created" in refused.value.message
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_double_click_creates_one_token_and_shows_its_secret_once(annotator):
+    first = Client()
+    first.force_login(annotator)
+    second = Client()
+    second.cookies = first.cookies  # the same browser: one session
+    form = {"name": "clicked twice", "nonce": _form_nonce(first)}
+    barrier = threading.Barrier(2, timeout=30)
+    answers, errors = [], []
+
+    def click(browser):
+        try:
+            barrier.wait()
+            answers.append(browser.post(reverse("accounts:token_create"), form))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=click, args=(b,)) for b in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors and [a.status_code for a in answers] == [200, 200]
+    token = ApiToken.objects.get(user=annotator)
+    pages = [a.content.decode() for a in answers]  # not .context: the test client's capture is not per thread
+    shown = [re.search(r'id="new-token-secret">(rl_[^<]+)<', page) for page in pages]
+    assert sum(m is not None for m in shown) == 1 and [m for m in shown if m][0][1].startswith(token.prefix)
+    assert sum('id="token-already-created"' in page for page in pages) == 1
 
 
 def test_the_tokens_page_cannot_revoke_someone_elses_token_and_needs_a_login(client, annotator, make_user):

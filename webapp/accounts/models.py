@@ -22,6 +22,11 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField("created", auto_now_add=True)
     last_used_at = models.DateTimeField("last used", null=True, blank=True, help_text="Updated at most once a minute.")
     revoked_at = models.DateTimeField("revoked", null=True, blank=True, help_text="A revoked token opens nothing.")
+    form_nonce = models.CharField(
+        "form nonce", max_length=64, null=True, blank=True, unique=True, editable=False,
+        help_text="The one-time nonce of the tokens page's form that created it (not secret; empty for the command):"
+        " the same form posted twice creates one token.",
+    )  # fmt: skip
 
     class Meta:
         verbose_name = "API token"

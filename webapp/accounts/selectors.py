@@ -21,6 +21,11 @@ def api_tokens_for(*, user) -> QuerySet[ApiToken]:
     return ApiToken.objects.filter(user=user)
 
 
+def api_token_for_form_nonce(*, user, form_nonce: str) -> ApiToken | None:
+    """The user's token (active or revoked) created by the tokens-page form with this nonce; None otherwise."""
+    return ApiToken.objects.filter(user=user, form_nonce=form_nonce).first()
+
+
 def api_token_for_secret(*, secret: str) -> ApiToken | None:
     """The active token whose secret this is, with its active user; None otherwise.
 

@@ -1,6 +1,7 @@
 """The person's API tokens page: list, create (the secret shown once), revoke."""
 
 import math
+import re
 import secrets
 
 from django.contrib import messages
@@ -16,22 +17,20 @@ from .models import ApiToken
 
 TEMPLATE = "accounts/tokens.html"
 
-# The create form carries a one-time nonce (not a secret) that each render of the page keeps in the
-# session as the pending one: a POST creates a token only with the pending nonce, and consumes it, so a
-# reload of the page that shows a new secret (which re-POSTs the same form) creates nothing. The secret
-# itself is only ever in that POST's answer (never cached), never in the session.
-NONCE_KEY = "accounts.token_form_nonce"
-USED_NONCES_KEY = "accounts.token_form_used"  # [[nonce, token id], ...], the last USED_NONCES_KEPT
-USED_NONCES_KEPT = 10
+# The create form carries a one-time nonce (not a secret), fresh at each render and kept nowhere on the
+# server: the token it creates stores it (ApiToken.form_nonce, unique), so the same form posted again (a
+# reload of the page that shows a new secret, a double click) creates nothing, while a form in another
+# tab keeps working. The secret itself is only ever in the creating POST's answer (never cached), never
+# in the session.
+NONCE_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
 def _page(request, *, new_secret: str = "", new_token=None, created_before=None, error: str = "", status: int = 200):
-    nonce = request.session[NONCE_KEY] = secrets.token_urlsafe(16)
     return render(
         request,
         TEMPLATE,
         {"tokens": selectors.api_tokens_for(user=request.user), "new_secret": new_secret, "new_token": new_token,
-         "created_before": created_before, "error": error, "nonce": nonce},
+         "created_before": created_before, "error": error, "nonce": secrets.token_urlsafe(16)},
         status=status,
     )
 
@@ -51,23 +50,21 @@ def tokens(request):
 def token_create(request):
     """Create a token named ``name`` and answer with the page showing its secret, once (never stored, never cached).
 
-    Only with the form's pending ``nonce``, which it consumes: the same form posted again (a reload)
-    creates nothing and says which token it created before; a form whose nonce is neither (an older
-    page) creates nothing either (400). A refused name is the page again (400).
+    The form's ``nonce`` is stored on the token: the same form posted again (a reload, a second click,
+    even at the same instant) creates nothing and says which token it created before, without its
+    secret. A form without a well-formed nonce, or a refused name, is the page again (400).
     """
     nonce = request.POST.get("nonce", "")
-    used = request.session.get(USED_NONCES_KEY, [])
-    if not nonce or nonce != request.session.pop(NONCE_KEY, None):
-        created_id = next((pk for used_nonce, pk in used if used_nonce == nonce), None)
-        if created_id is None:
-            return _page(request, error="This form is out of date and created nothing; create the token again.",
-                         status=400)  # fmt: skip
-        return _page(request, created_before=selectors.api_tokens_for(user=request.user).filter(pk=created_id).first())
+    if not NONCE_PATTERN.fullmatch(nonce):
+        return _page(request, error="This form is incomplete and created nothing; create the token again.", status=400)
     try:
-        token, secret = services.api_token_create(user=request.user, name=request.POST.get("name", ""))
+        token, secret = services.api_token_create(
+            user=request.user, name=request.POST.get("name", ""), form_nonce=nonce
+        )
+    except services.ApiTokenAlreadyCreated as exc:
+        return _page(request, created_before=exc.token)
     except ApplicationError as exc:
         return _page(request, error=exc.message, status=400)
-    request.session[USED_NONCES_KEY] = [*used, [nonce, token.pk]][-USED_NONCES_KEPT:]
     return _page(request, new_secret=secret, new_token=token)
 
 
