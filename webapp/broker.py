@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
+import socket
 import time
 import uuid
 from queue import Empty
@@ -31,7 +33,28 @@ from pgcore.atomic import atomic_file
 log = logging.getLogger(__name__)
 
 STALE_TEMPORARY_AGE = 600.0  # seconds: a hidden temporary message file older than this lost its writer
+STALE_CLAIM_AGE = 3600.0  # seconds: another machine's claim older than this lost its reader
 SWEEP_INTERVAL = 60.0  # seconds between two sweeps of one channel
+
+# ".<message name>.<pid>@<host>.claimed"; a claim named by kombu's readers or by this module before it
+# named its reader is ".<message name>.claimed" (no owner: given back only once old).
+_CLAIM = re.compile(r"\.(?P<message>.+\.msg)(?:\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9._-]+))?\.claimed")
+
+
+def _host_name() -> str:
+    """This machine's name as a claim carries it: letters, digits, '.', '_' and '-', at most 64."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:64] or "localhost"
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (one of another user's counts: EPERM)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def task_send(name: str, *, args: list, queue: str | None = None) -> bool:
@@ -66,8 +89,9 @@ class FilesystemChannel(filesystem.Channel):
     Here ``_put`` writes under a hidden name (``.<name>.<random>.tmp``, which no reader
     lists as a message) and renames it into place (:func:`pgcore.atomic.atomic_file`,
     without fsync, as kombu). ``_get`` claims a file by renaming it within its own folder
-    to ``.<name>.claimed``, an atomic step that exactly one reader wins; a reader that
-    loses skips the file, as kombu's code intends. A file that still does not parse
+    to ``.<name>.<pid>@<host>.claimed`` (the reader's process id and machine name), an
+    atomic step that exactly one reader wins; a reader that loses skips the file, as
+    kombu's code intends. A file that still does not parse
     (written by another program) is logged and left as ``.<name>.unreadable`` instead
     of stopping the worker. Message names, ``store_processed`` and ``processed_folder``
     are kombu's. Message files get the umask's permissions, as kombu's did, so a worker
@@ -79,16 +103,29 @@ class FilesystemChannel(filesystem.Channel):
     written in milliseconds), on its first poll and then at most every
     :data:`SWEEP_INTERVAL` seconds, and logs what it removed and how many ``.unreadable``
     files it keeps (they are evidence; remove them by hand).
+
+    A reader killed between claiming a message and removing it would strand the message
+    (no reader lists a hidden name): the same sweep renames such claims back to the
+    message's name, where the next poll reads it. A claim of this machine is given back as
+    soon as its process is gone; another machine's (several may share the folder) only once
+    older than the transport option ``stale_claim_age`` (seconds since the claim, default
+    3600: a reader holds a claim for milliseconds), as is one of this machine whose process
+    id was reused, and an owner-less ``.<name>.claimed`` of an earlier version.
     """
 
     _next_sweep = 0.0  # time.monotonic() of the next sweep; 0: on the first poll
     _unreadable_logged = 0  # the number of .unreadable files the last sweep logged
-    _unremovable_logged: frozenset[str] = frozenset()  # stale temporary names that could not be removed, logged once
+    _unremovable_logged: frozenset[str] = frozenset()  # stale names not removed or given back, logged once
 
     @property
     def stale_temporary_age(self) -> float:
         """Seconds after its last write that a hidden temporary message file counts as abandoned."""
         return float(self.transport_options.get("stale_temporary_age", STALE_TEMPORARY_AGE))
+
+    @property
+    def stale_claim_age(self) -> float:
+        """Seconds after its claim that a claimed message of another machine counts as abandoned."""
+        return float(self.transport_options.get("stale_claim_age", STALE_CLAIM_AGE))
 
     def _put(self, queue, payload, **kwargs):
         """Put ``payload`` (a kombu message dict) on ``queue`` as one complete file."""
@@ -105,14 +142,19 @@ class FilesystemChannel(filesystem.Channel):
         if time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + SWEEP_INTERVAL
             self.temporary_files_sweep()
+            self.stale_claims_give_back()
         for filename in sorted(os.listdir(self.data_folder_in)):
             if filename.partition(".")[2] != f"{queue}.msg":  # kombu's test: hidden names never match
                 continue
-            claimed = os.path.join(self.data_folder_in, f".{filename}.claimed")
+            claimed = os.path.join(self.data_folder_in, f".{filename}.{os.getpid()}@{_host_name()}.claimed")
             try:
                 os.rename(os.path.join(self.data_folder_in, filename), claimed)
             except FileNotFoundError:
                 continue  # another reader took it first
+            try:
+                os.utime(claimed)  # the claim's age starts now (a rename keeps the writer's time)
+            except OSError:
+                pass  # another user's file without group write: its age then starts at its writing
             try:
                 with open(claimed, "rb") as f:
                     payload = f.read()
@@ -136,9 +178,8 @@ class FilesystemChannel(filesystem.Channel):
         written more than ``stale_temporary_age`` seconds ago; returns the names removed.
 
         Logs the removed names (warning), and the number of ``.unreadable`` files kept
-        whenever it differs from the last one logged. Claimed files (``.<name>.claimed``)
-        are left alone: a claim renames without touching the file's times, so their age
-        says nothing about the reader. Never raises for a file it cannot remove (another process
+        whenever it differs from the last one logged. Claimed files (``.<name>….claimed``)
+        are :meth:`stale_claims_give_back`'s. Never raises for a file it cannot remove (another process
         removed it first; a folder of that name, another user's file in a sticky folder: each
         such name logged once, as a warning, and left in place).
         """
@@ -178,6 +219,50 @@ class FilesystemChannel(filesystem.Channel):
             log.warning("%d unreadable broker message(s) kept in %s as .<name>.unreadable", unreadable, folder)
             self._unreadable_logged = unreadable
         return removed
+
+    def stale_claims_give_back(self) -> list[str]:
+        """Rename ``data_folder_in``'s abandoned claims (``.<name>.<pid>@<host>.claimed``) back to
+        ``<name>``, so the message is read again; returns the claim names given back.
+
+        Abandoned: this machine's claim whose process ``pid`` is gone (a reader killed between its
+        claim and removing the file, which never handed the message over), or any claim last
+        touched more than ``stale_claim_age`` seconds ago (another machine's, whose processes
+        cannot be seen from here; a reused ``pid``; an owner-less ``.<name>.claimed``). Two
+        sweepers give a claim back once (the rename is atomic). Logs the names given back
+        (warning); never raises for a file it cannot rename (logged once, left in place).
+        """
+        folder, host = self.data_folder_in, _host_name()
+        cutoff = time.time() - self.stale_claim_age
+        given_back = []
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            return given_back
+        for entry in entries:
+            claim = _CLAIM.fullmatch(entry.name)
+            if claim is None:
+                continue
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                reader_gone = claim["host"] == host and not _process_alive(int(claim["pid"]))
+                if not reader_gone and entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                    continue
+                os.rename(entry.path, os.path.join(folder, claim["message"]))
+                given_back.append(entry.name)
+            except FileNotFoundError:
+                continue  # read and removed by its reader, or given back by another sweeper, meanwhile
+            except OSError as exc:  # a sticky folder (PermissionError)
+                if entry.name not in self._unremovable_logged:
+                    self._unremovable_logged = self._unremovable_logged | {entry.name}
+                    log.warning("cannot give back abandoned broker claim %s in %s, left in place: %s",
+                                entry.name, folder, exc)  # fmt: skip
+        if given_back:
+            log.warning(
+                "gave back %d broker message(s) whose reader stopped between claiming and reading them, in %s: %s",
+                len(given_back), folder, ", ".join(sorted(given_back)),
+            )  # fmt: skip
+        return given_back
 
 
 class FilesystemTransport(filesystem.Transport):

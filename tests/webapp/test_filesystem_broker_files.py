@@ -1,6 +1,7 @@
-"""The filesystem broker's files on disk (webapp/broker.py): their permissions, and what a killed writer leaves.
+"""The filesystem broker's files on disk (webapp/broker.py): their permissions, and what a killed writer or
+reader leaves.
 
-Real folders, real processes: a reader running as another user, a writer killed with SIGKILL.
+Real folders, real processes: a reader running as another user, a writer or a reader killed with SIGKILL.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -170,3 +172,82 @@ def test_a_folder_named_like_a_stale_temporary_file_is_logged_once_and_polls_go_
     assert payload == {"i": 7}
     assert folder.is_dir()
     assert caplog.text.count(f"cannot remove stale broker temporary file {folder.name} from {queue}") == 1
+
+
+def _claim_then_hang(folder: str, claimed) -> None:
+    """In a forked child: claim the queue's message as a worker's poll does, then hang before reading it."""
+    import webapp.broker
+
+    def hang(payload):
+        claimed.set()
+        time.sleep(600)
+
+    webapp.broker.loads = hang  # only in this child: the claim is made, the file is never read nor removed
+    with _connection(Path(folder)) as conn:
+        conn.default_channel._get(QUEUE)
+
+
+def test_a_message_whose_reader_was_killed_after_claiming_it_is_read_by_the_next_worker(tmp_path, caplog):
+    queue = _folders(tmp_path)
+    with _connection(tmp_path) as conn:
+        conn.Producer(serializer="json").publish({"i": 7}, routing_key=QUEUE)
+    ctx = multiprocessing.get_context("fork")
+    claimed = ctx.Event()
+    reader = ctx.Process(target=_claim_then_hang, args=(str(tmp_path), claimed))
+    reader.start()
+    try:
+        assert claimed.wait(30)
+        [claim] = os.listdir(queue)
+    finally:
+        reader.kill()  # SIGKILL between the claim and the read
+        reader.join(10)
+    assert reader.exitcode == -signal.SIGKILL
+
+    with caplog.at_level(logging.WARNING, logger="webapp.broker"), _connection(tmp_path) as conn:
+        simple = conn.SimpleQueue(QUEUE)
+        message = simple.get(timeout=2)  # the first poll sweeps
+        message.ack()
+        simple.close()
+
+    assert message.payload == {"i": 7}
+    assert os.listdir(queue) == []
+    assert claim.startswith(".") and claim.endswith(f".{QUEUE}.msg.{reader.pid}@{socket.gethostname()}.claimed")
+    gave_back = f"gave back 1 broker message(s) whose reader stopped between claiming and reading them, in {queue}"
+    assert f"{gave_back}: {claim}" in caplog.text
+
+
+def _sleeping_process() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+
+
+def test_a_live_readers_claim_and_another_machines_young_claim_are_kept_and_old_ones_given_back(tmp_path):
+    queue = _folders(tmp_path)
+    alive = _sleeping_process()
+    try:
+        with _connection(tmp_path) as conn:
+            for i in range(4):
+                conn.Producer(serializer="json").publish({"i": i}, routing_key=QUEUE)
+        names = sorted(os.listdir(queue))
+        claims = [
+            f".{names[0]}.{alive.pid}@{socket.gethostname()}.claimed",  # this machine, its reader still running
+            f".{names[1]}.{alive.pid}@another-machine.example.claimed",  # its pid means nothing here
+            f".{names[2]}.claimed",  # an earlier version's claim: no owner
+            f".{names[3]}.{alive.pid}@another-machine.example.claimed",
+        ]
+        for name, claim in zip(names, claims):
+            os.rename(queue / name, queue / claim)
+        two_hours_ago = time.time() - 7200
+        for claim in claims[2:]:
+            os.utime(queue / claim, (two_hours_ago, two_hours_ago))
+        with _connection(tmp_path) as conn:
+            given_back = conn.default_channel.stale_claims_give_back()
+        assert sorted(given_back) == sorted(claims[2:])
+        assert sorted(os.listdir(queue)) == sorted([*claims[:2], *names[2:]])
+    finally:
+        alive.kill()
+        alive.wait()
+    with _connection(tmp_path) as conn:
+        assert conn.default_channel.stale_claims_give_back() == [claims[0]]  # its reader is gone now: at once
+    with _connection(tmp_path, stale_claim_age=0) as conn:  # the age is a transport option
+        assert conn.default_channel.stale_claims_give_back() == [claims[1]]
+    assert sorted(os.listdir(queue)) == names
