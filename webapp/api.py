@@ -19,11 +19,12 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, Throttled, ValidationError
 
 from webapp.accounts.auth import TokenAuth, TokenRateThrottle
-from webapp.annotation.api import USERNAME_PATTERN
 from webapp.annotation.api import router as annotation_router
 from webapp.apikit import NO_NUL_PATTERN, SLUG_PATTERN
 from webapp.errors import ApplicationError, InvalidFields
 from webapp.policies.api import router as policies_router
+from webapp.policies.members_api import USERNAME_PATTERN
+from webapp.policies.members_api import router as members_router
 from webapp.policies.services import SERVE_REASON_PATTERN
 from webapp.serving.api import RESPONSE_ID_PATTERN
 from webapp.serving.api import router as serving_router
@@ -44,6 +45,7 @@ api = NinjaAPI(
 )
 api.add_router("", policies_router)
 api.add_router("", annotation_router)
+api.add_router("", members_router)
 api.add_router("", training_router)
 api.add_router("", serving_router)
 

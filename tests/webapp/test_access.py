@@ -133,6 +133,8 @@ def test_project_member_command_adds_and_removes(make_user, project):
     call_command("project_member", project.slug, "cli2", "--role", "staff")
     call_command("project_member", project.slug, "cli", "--remove")
     assert not Membership.objects.filter(user=user).exists()
+    with pytest.raises(CommandError, match="No user is called 'ghost'"):
+        call_command("project_member", project.slug, "ghost")
 
 
 def test_create_project_command_adds_the_named_members(db, make_user, tiny_model_dir):

@@ -87,20 +87,20 @@ def test_members_are_listed_added_by_username_given_a_role_and_removed(project, 
     ]
 
 
-def test_unknown_users_and_non_members_are_404_a_bad_role_400_and_nobody_removes_themselves(
+def test_unknown_users_and_non_members_are_404_a_bad_role_400_and_the_last_staff_member_cannot_leave(
     project, lead, make_user, api_for
 ):
     api = api_for(lead)
     make_user("outsider", member=False)
     ghost = api.post("/projects/t/members", {"username": "ghost"})
-    assert ghost.status_code == 404 and "No active user is called 'ghost'" in ghost.json()["message"]
+    assert ghost.status_code == 404 and ghost.json()["message"].startswith("No user is called 'ghost'")
     for response in (api.patch("/projects/t/members/outsider", {"role": "staff"}),
                      api.delete("/projects/t/members/outsider"), api.delete("/projects/t/members/ghost")):
         assert response.status_code == 404, response.content
     bad = api.post("/projects/t/members", {"username": "outsider", "role": "owner"})
     assert bad.status_code == 400 and [f["field"] for f in bad.json()["fields"]] == ["role"]
     themselves = api.delete("/projects/t/members/lead")  # the project's last staff member
-    assert themselves.status_code == 409 and "cannot remove yourself" in themselves.json()["message"]
+    assert themselves.status_code == 409 and "lead is the last staff member of t" in themselves.json()["message"]
     assert Membership.objects.get(project=project, user=lead).role == "staff"
     assert not AuditEvent.objects.filter(project=project, action__in=["member_add", "member_remove"]).exists()
 
@@ -170,3 +170,31 @@ def test_an_inactive_members_role_is_changed_as_on_the_page_but_an_inactive_user
     assert added.status_code == 409 and "inactive" in added.json()["message"]
     assert not Membership.objects.filter(user=idle).exists()
     assert api.post("/projects/t/members", {"username": "gone", "role": "staff"}).status_code == 200  # a member: role set
+
+
+def test_staff_remove_or_demote_themselves_while_another_active_staff_member_remains(
+    project, lead, make_user, api_for
+):
+    other = make_user("other", member=False)
+    Membership.objects.create(project=project, user=other, role=Membership.Role.STAFF)
+    other.is_active = False
+    other.save()  # an inactive staff member manages nothing: lead is still the last
+    api = api_for(lead)
+    assert api.delete("/projects/t/members/lead").status_code == 409
+    assert api.patch("/projects/t/members/lead", {"role": "annotator"}).status_code == 409
+    other.is_active = True
+    other.save()
+
+    demoted = api.patch("/projects/t/members/lead", {"role": "annotator"})
+    assert demoted.status_code == 200 and demoted.json() == {"username": "lead", "role": "annotator"}
+    assert api.get("/projects/t/members").status_code == 403  # an annotator now
+    api_for(other).post("/projects/t/members", {"username": "lead", "role": "staff"})
+    assert api.delete("/projects/t/members/lead").status_code == 204
+    assert not Membership.objects.filter(project=project, user=lead).exists()
+    assert api.get("/projects/t").status_code == 404  # no longer a member
+    events = AuditEvent.objects.filter(project=project, target="lead").order_by("id")
+    assert [(e.action, e.actor.username) for e in events] == [
+        ("member_add", "lead"), ("member_add", "other"), ("member_remove", "lead")
+    ]
+    last = api_for(other).delete("/projects/t/members/other")
+    assert last.status_code == 409 and "other is the last staff member of t" in last.json()["message"]

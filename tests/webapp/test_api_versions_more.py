@@ -164,13 +164,14 @@ def test_no_two_schemas_of_the_api_share_a_name():
 
     from webapp.annotation import api as annotation_api
     from webapp.policies import api as policies_api
+    from webapp.policies import members_api
     from webapp.serving import api as serving_api
     from webapp.training import api as training_api
     from webapp import apikit
 
     names = [
         name
-        for module in (annotation_api, policies_api, serving_api, training_api, apikit)
+        for module in (annotation_api, policies_api, members_api, serving_api, training_api, apikit)
         for name, value in vars(module).items()
         if inspect.isclass(value) and issubclass(value, Schema) and value.__module__ == module.__name__
     ]

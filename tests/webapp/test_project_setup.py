@@ -121,14 +121,31 @@ def test_members_are_added_by_username_and_removed(staff_client, staff_user, pro
     newcomer = make_user("newcomer", member=False)
     url = f"/staff/p/{project.slug}/setup/members/"
     missing = staff_client.post(f"{url}add/", {"username": "ghost", "role": "annotator"})
-    assert missing.status_code == 400 and "No active user is called" in missing.content.decode()
+    assert missing.status_code == 400 and "No user is called &#x27;ghost&#x27;" in missing.content.decode()
     staff_client.post(f"{url}add/", {"username": "newcomer", "role": "annotator"})
     assert Membership.objects.get(project=project, user=newcomer).role == "annotator"
     staff_client.post(f"{url}remove/", {"username": "newcomer"})
     assert not Membership.objects.filter(project=project, user=newcomer).exists()
     refused = staff_client.post(f"{url}remove/", {"username": staff_user.username}, follow=True).content.decode()
-    assert "cannot remove yourself" in refused
+    assert f"{staff_user.username} is the last staff member of {project.slug}" in refused
     assert [e.action for e in AuditEvent.objects.filter(target="newcomer").order_by("id")] == ["member_add", "member_remove"]
+
+
+def test_a_staff_member_who_removes_themselves_goes_home_and_the_last_one_cannot(client, project, make_user):
+    first, second = make_user("first", member=False), make_user("second", member=False)
+    for user in (first, second):
+        Membership.objects.create(project=project, user=user, role=Membership.Role.STAFF)
+    client.force_login(first)
+    url = f"/staff/p/{project.slug}/setup/members/"
+    left = client.post(f"{url}remove/", {"username": "first"})
+    assert left.status_code == 302 and left["Location"] == "/"
+    assert not Membership.objects.filter(project=project, user=first).exists()
+    client.force_login(second)
+    demoted = client.post(f"{url}add/", {"username": "second", "role": "annotator"})
+    assert demoted.status_code == 400 and "second is the last staff member" in demoted.content.decode()
+    refused = client.post(f"{url}remove/", {"username": "second"})
+    assert refused.status_code == 400 and "second is the last staff member" in refused.content.decode()
+    assert Membership.objects.get(project=project, user=second).role == Membership.Role.STAFF
 
 
 def test_the_preview_names_the_column_the_prompts_were_read_from(staff_client, project, settings, tmp_path):

@@ -5,7 +5,7 @@ from pathlib import Path
 from django import forms
 
 from webapp.policies.forms import SETUP_FIELDS, RubricModeNeedsRubric, formfield_within_model_bounds, textarea_lf
-from webapp.policies.models import RUBRIC_MAX_CRITERIA, Membership, Project
+from webapp.policies.models import RUBRIC_MAX_CRITERIA, Project
 from webapp.policies.services import PROJECT_GOLD_FIELDS
 
 from .models import Choice
@@ -36,27 +36,6 @@ class PromptFileForm(forms.Form):
         if Path(upload.name).suffix.lower() not in {".jsonl", ".json", ".ndjson", ".csv"}:
             raise forms.ValidationError("Upload a .jsonl or .csv file.")
         return upload
-
-
-class MemberAddForm(forms.Form):
-    """A username and a role: adds the user, or sets a member's role. The form finds the user (active or
-    not: a deactivated member's role can be changed); ``policies.services.membership_add`` decides the rest
-    (an inactive newcomer, the last staff member demoted) and the view shows its refusal on this form."""
-
-    username = forms.CharField(label="Username", max_length=150)
-    role = forms.ChoiceField(label="Role", choices=Membership.Role.choices, initial=Membership.Role.ANNOTATOR)
-
-    def clean_username(self):
-        from django.contrib.auth import get_user_model
-
-        name = self.cleaned_data["username"].strip()
-        user = get_user_model().objects.filter(username=name).first()
-        if user is None:
-            raise forms.ValidationError(
-                f"No active user is called {name!r}; create the account first (Admin → Users).", code="unknown_user"
-            )
-        self.user = user
-        return name
 
 
 class GoldItemForm(forms.Form):

@@ -11,12 +11,12 @@ from webapp.errors import ApplicationError
 from webapp.permissions import staff_required
 from webapp.policies import selectors as policy_selectors
 from webapp.policies import services as policy_services
-from webapp.policies.forms import ProjectCreateForm
-from webapp.policies.models import RatingMode, rubric_check
+from webapp.policies.forms import MemberAddForm, ProjectCreateForm
+from webapp.policies.models import Membership, RatingMode, rubric_check
 from webapp.policies.views import project_settings_form_save
 
 from . import services
-from .forms import SETUP_FIELDS, MemberAddForm, ProjectSettingsForm, PromptFileForm, RubricForm
+from .forms import SETUP_FIELDS, ProjectSettingsForm, PromptFileForm, RubricForm
 from .markdown import guidelines_html
 
 TEMPLATE = "annotation/setup.html"
@@ -169,14 +169,15 @@ def member_add(request, slug):
         messages.error(request, "Nobody was added or changed: check the form below.")
         return render(request, TEMPLATE, _setup_context(request, member_form=form), status=400)
     messages.success(request, f"{form.user.username} is now {form.cleaned_data['role']} of {request.project.slug}.")
-    return redirect("setup:setup", slug=slug)
+    return _setup_or_home(request, slug)
 
 
 @staff_required
 @require_POST
 def member_remove(request, slug):
     """Take a member off the project (their ratings stay; their leases go back to the queue); audited.
-    A refusal (yourself, the project's last staff member) is the page again with the reason (400)."""
+    Staff may remove themselves while another active staff member remains (then the home page). A refusal
+    (the project's last staff member) is the page again with the reason (400)."""
     membership = policy_selectors.project_member(project=request.project, username=request.POST.get("username", ""))
     if membership is None:
         messages.error(request, "That person is not a member.")
@@ -187,4 +188,13 @@ def member_remove(request, slug):
         messages.error(request, exc.message)
         return render(request, TEMPLATE, _setup_context(request), status=400)
     messages.success(request, f"{membership.user.username} was removed from {request.project.slug}.")
-    return redirect("setup:setup", slug=slug)
+    return _setup_or_home(request, slug)
+
+
+def _setup_or_home(request, slug):
+    """The setup page again, or the home page when the change took the person's own right to manage the
+    project (they demoted or removed themselves and are not global staff)."""
+    _, role = policy_selectors.project_access(project_slug=request.project.slug, user=request.user)
+    if role == Membership.Role.STAFF:
+        return redirect("setup:setup", slug=slug)
+    return redirect("home")

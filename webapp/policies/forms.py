@@ -1,13 +1,15 @@
-"""Forms over the policies models: a new project (the "New project" page and ``POST /api/v1/projects``)
-and the helpers the apps' project settings forms share."""
+"""Forms over the policies models: a new project (the "New project" page and ``POST /api/v1/projects``),
+a member by username (the setup page's members form and ``…/members`` of the API), and the helpers the
+apps' project settings forms share."""
 
 from pathlib import Path
 
 from django import forms
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.validators import MaxValueValidator, MinValueValidator
 
-from .models import Project, RatingMode
+from .models import Membership, Project, RatingMode
 from .services import PROJECT_SETUP_FIELDS, model_folder_exists
 
 
@@ -88,3 +90,22 @@ class ProjectCreateForm(RubricModeNeedsRubric, forms.ModelForm):
 
     def clean_guidelines(self):
         return textarea_lf(self.cleaned_data["guidelines"])
+
+
+class MemberAddForm(forms.Form):
+    """A username and a role: adds the user, or sets a member's role. The form finds the user (active or
+    not: a deactivated member's role can be changed); ``policies.services.membership_add`` decides the rest
+    (an inactive newcomer, the last staff member demoted) and the view shows its refusal on this form."""
+
+    username = forms.CharField(label="Username", max_length=150)
+    role = forms.ChoiceField(label="Role", choices=Membership.Role.choices, initial=Membership.Role.ANNOTATOR)
+
+    def clean_username(self):
+        name = self.cleaned_data["username"].strip()
+        user = get_user_model().objects.filter(username=name).first()
+        if user is None:
+            raise forms.ValidationError(
+                f"No user is called {name!r}; create the account first (Admin → Users).", code="unknown_user"
+            )
+        self.user = user
+        return name

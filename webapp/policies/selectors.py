@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 
 from .models import AuditEvent, Membership, ModelVersion, Project, RatingMode, VersionExport
 
@@ -226,6 +226,21 @@ def project_members(*, project: Project) -> QuerySet[Membership]:
     setup page's members table and ``GET /api/v1/projects/{slug}/members``. Inactive users are listed
     (they keep their membership; their role can still be changed and they can be removed)."""
     return Membership.objects.filter(project=project).select_related("user").order_by("role", "user__username")
+
+
+def projects_only_staffed_by(*, user) -> QuerySet[Project]:
+    """The projects in which ``user`` is staff and no other active user is, by slug: those that would be left
+    without anyone among their members to manage them (global staff aside) if ``user`` stopped being staff
+    there or stopped being active. ``user``'s own ``is_active`` is not looked at. One query when evaluated.
+    """
+    other_staff = Membership.objects.filter(
+        project=OuterRef("pk"), role=Membership.Role.STAFF, user__is_active=True
+    ).exclude(user=user)
+    return (
+        Project.objects.filter(memberships__user=user, memberships__role=Membership.Role.STAFF)
+        .exclude(Exists(other_staff))
+        .order_by("slug")
+    )
 
 
 def project_member(*, project: Project, username: str) -> Membership | None:

@@ -13,7 +13,7 @@ from django.utils import timezone
 from webapp.errors import ApplicationError
 from webapp.text import without_nul
 
-from . import artifacts
+from . import artifacts, selectors
 from .models import AuditEvent, Membership, ModelVersion, Project, VersionExport
 from .signals import version_served
 
@@ -133,13 +133,12 @@ def membership_remove(*, project: Project, user, actor=None) -> bool:
     Their leases on the project's items are released (the items go back to the
     queue); their ratings stay. The setup page and the API both remove members here.
 
+    Staff may remove themselves (``actor`` is ``user``) while another active staff member remains.
+
     Raises:
-        ApplicationError: ``actor`` is ``user`` (nobody removes themselves: another staff member, or
-            global staff, removes them), or ``user`` is the project's last active staff member
-            (:func:`_staff_kept_check`). Nothing is changed then.
+        ApplicationError: ``user`` is the project's last active staff member (:func:`_staff_kept_check`),
+            whoever asks. Nothing is changed then.
     """
-    if actor is not None and actor.pk == user.pk:
-        raise ApplicationError("You cannot remove yourself; ask another staff member.")
     _staff_kept_check(project=project, user=user, role=None)
     deleted, _ = Membership.objects.filter(project=project, user=user).delete()
     if deleted:
@@ -165,8 +164,7 @@ def _staff_kept_check(*, project: Project, user, role: str | None) -> str | None
     current = Membership.objects.filter(project=project, user=user).values_list("role", flat=True).first()
     if current != Membership.Role.STAFF or role == Membership.Role.STAFF or not user.is_active:
         return current
-    others = Membership.objects.filter(project=project, role=Membership.Role.STAFF, user__is_active=True).exclude(user=user)
-    if not others.exists():
+    if selectors.projects_only_staffed_by(user=user).filter(pk=project.pk).exists():
         change = "removed" if role is None else f"made {role}"
         raise ApplicationError(
             f"{user.username} is the last staff member of {project.slug} and cannot be {change}: "

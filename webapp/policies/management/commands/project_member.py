@@ -19,7 +19,7 @@ class Command(BaseCommand):
         project = Project.objects.filter(slug=slug).first()
         user = get_user_model().objects.filter(username=username).first()
         if project is None or user is None:
-            raise CommandError(f"No project {slug!r}." if project is None else f"No user {username!r}.")
+            raise CommandError(f"No project {slug!r}." if project is None else f"No user is called {username!r}.")
         try:
             if remove:
                 was = membership_remove(project=project, user=user)
