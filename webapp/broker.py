@@ -205,10 +205,8 @@ class FilesystemChannel(filesystem.Channel):
             except FileNotFoundError:
                 continue  # renamed into place or removed by another reader meanwhile
             except OSError as exc:  # a folder of that name (IsADirectoryError), a sticky folder (PermissionError)
-                if entry.name not in self._unremovable_logged:
-                    self._unremovable_logged = self._unremovable_logged | {entry.name}
-                    log.warning("cannot remove stale broker temporary file %s from %s, left in place: %s",
-                                entry.name, folder, exc)  # fmt: skip
+                self._warn_once(entry.name, "cannot remove stale broker temporary file %s from %s, left in place: %s",
+                                folder, exc)  # fmt: skip
         if removed:
             log.warning(
                 "removed %d broker temporary file(s) older than %g s from %s (their writers stopped before "
@@ -219,6 +217,12 @@ class FilesystemChannel(filesystem.Channel):
             log.warning("%d unreadable broker message(s) kept in %s as .<name>.unreadable", unreadable, folder)
             self._unreadable_logged = unreadable
         return removed
+
+    def _warn_once(self, name: str, message: str, *args) -> None:
+        """Log ``message % (name, *args)`` as a warning the first time this channel meets ``name``."""
+        if name not in self._unremovable_logged:
+            self._unremovable_logged = self._unremovable_logged | {name}
+            log.warning(message, name, *args)
 
     def stale_claims_give_back(self) -> list[str]:
         """Rename ``data_folder_in``'s abandoned claims (``.<name>.<pid>@<host>.claimed``) back to
@@ -253,10 +257,8 @@ class FilesystemChannel(filesystem.Channel):
             except FileNotFoundError:
                 continue  # read and removed by its reader, or given back by another sweeper, meanwhile
             except OSError as exc:  # a sticky folder (PermissionError)
-                if entry.name not in self._unremovable_logged:
-                    self._unremovable_logged = self._unremovable_logged | {entry.name}
-                    log.warning("cannot give back abandoned broker claim %s in %s, left in place: %s",
-                                entry.name, folder, exc)  # fmt: skip
+                self._warn_once(entry.name, "cannot give back abandoned broker claim %s in %s, left in place: %s",
+                                folder, exc)  # fmt: skip
         if given_back:
             log.warning(
                 "gave back %d broker message(s) whose reader stopped between claiming and reading them, in %s: %s",
