@@ -20,7 +20,7 @@ def test_a_new_token_and_the_versions_page_fit_a_320_px_screen(login_page, live_
     secret = page.locator("#new-token-secret")
     assert secret.evaluate("el => el.getBoundingClientRect().right") <= WIDTH  # the whole secret is on screen
     assert secret.inner_text().startswith("rl_")
-    page.reload()  # posts the same form again: its one-time nonce is spent, so it creates no second token
+    page.reload()  # posts the same form again: its nonce is on the token it created, so it creates no second one
     page.wait_for_selector("#token-already-created")
     assert page.locator("#new-token-secret").count() == 0  # the secret was shown once
     assert list(ApiToken.objects.filter(user=staff_user).values_list("name", flat=True)) == ["phone script"]
