@@ -367,12 +367,15 @@ def test_an_undo_sent_after_signing_out_is_said_on_the_login_page_and_offered_ag
     assert "your undo was not done. Sign in again" in client.get(response["Location"]).content.decode()
     client.force_login(annotator)
     body = client.get(url("annotate", project)).content.decode()
-    assert "your undo was not done: press u to undo your last judgment or skip now" in body
+    assert "your undo was not done: press <kbd>u</kbd> to undo your last judgment or skip now" in body
+    assert 'class="flash warning signed-out"' in body.split('id="card"')[1]  # on the card: gone once it is swapped
     assert SIGNED_OUT_KEY not in client.session and not RatingRevision.objects.exists()
 
     client.logout()
     client.post(url("undo", project), {"rater": rater_of(card)})
     Rating.objects.update(created_at=Rating.objects.get().created_at - timedelta(minutes=11))
+    Lease.objects.all().delete()  # nothing held: the card that asks for the next item says it too
     client.force_login(annotator)
     body = client.get(url("annotate", project)).content.decode()
     assert "your undo was not done: there is nothing left to undo now" in body
+    assert "not done" not in client.get(url("annotate", project)).content.decode()  # said once

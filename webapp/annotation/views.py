@@ -227,10 +227,12 @@ def _context(request, project, *, error="", undone=None, unskipped=None, lease=_
     :class:`~webapp.annotation.models.RatingRevision` just undone; when the card shows its item
     again, its comment, rubric scores and ranking places are filled in the same way
     (:func:`_undone_input`). ``unskipped``: the :class:`~webapp.annotation.models.Skip` just undone
-    (the card says whether its item is the one shown). ``signed_out``: the judgment refused because
-    the session had ended, or a skip (:func:`_signed_out_judgment`); on its item, still held, a
+    (the card says whether its item is the one shown). ``signed_out``: the judgment, skip or undo
+    refused because the session had ended (:func:`_signed_out_judgment`); on its item, still held, a
     judgment is filled in again as a refused submit's, and the card says so (``signed_out_shown``),
-    or that the skip was not saved (``signed_out_skip``).
+    or that the skip was not saved (``signed_out_skip``); an undo is said on the card of the item
+    held (``signed_out_undo``; :func:`annotate` says it when none is), with whether there is still
+    something to undo.
     """
     read_only = lease is _READ_ONLY
     if read_only:
@@ -278,6 +280,8 @@ def _context(request, project, *, error="", undone=None, unskipped=None, lease=_
         "error": error,
         "signed_out": _judgment_words(signed_out["post"]) if signed_out_action == "rate" else None,
         "signed_out_skip": signed_out_action == "skip",
+        # An undo refused because the session had ended: said on the item's card, with whether u still works.
+        "signed_out_undo": signed_out is not None and signed_out.get("action") == "undo",
         "signed_out_shown": signed_out_shown,
         "scores": [(s, LIKERT_LABELS[s]) for s in range(1, 6)],
         "rubric": rubric,
@@ -312,11 +316,11 @@ def annotate(request, slug):
     project = request.project
     signed_out = _signed_out_judgment(request, slug)
     context = _context(request, project, signed_out=signed_out)
-    if signed_out is not None and signed_out.get("action") == "undo":
+    if context["signed_out_undo"] and context["completion"] is None:  # the card that asks for one is swapped at once
         then = ("press u to undo your last judgment or skip now." if context["can_undo"]
                 else "there is nothing left to undo now (an undo reaches back 10 minutes).")
         messages.warning(request, f"You were signed out, so {_signed_out_what(signed_out)}: {then}")
-    elif signed_out is not None and not context["signed_out_shown"]:
+    elif signed_out is not None and not context["signed_out_undo"] and not context["signed_out_shown"]:
         messages.warning(
             request, f"You were signed out, so {_signed_out_what(signed_out)}, and its item "
             "is no longer held for you: it went back to the queue."
