@@ -379,31 +379,3 @@ def test_an_undo_sent_after_signing_out_is_said_on_the_login_page_and_offered_ag
     body = client.get(url("annotate", project)).content.decode()
     assert "your undo was not done: there is nothing left to undo now" in body
     assert "not done" not in client.get(url("annotate", project)).content.decode()  # said once
-
-
-@pytest.mark.parametrize("action", ["rate", "skip", "undo"])
-def test_a_card_shown_to_another_account_does_nothing_for_the_one_signed_in_now(
-    client, annotator, make_user, project, make_completion, action
-):
-    """A shared browser: A's card is open in one tab, B signs in in another; a key pressed on A's card
-    must not rate, skip or undo for B, who never saw it."""
-    from webapp.annotation.models import Skip
-
-    project.ratings_per_item = 2  # B's own queue offers A's item too
-    project.save(update_fields=["ratings_per_item"])
-    item = make_completion(project)
-    other = make_user("bee")
-    services.lease_next(project=project, annotator=other)
-    services.rating_create(annotator=other, completion=make_completion(project), score=1)  # B has something to undo
-    client.force_login(annotator)
-    card = client.post(url("next", project), **HTMX).content.decode()
-    client.force_login(other)
-    args = () if action == "undo" else (item.pk,)
-    response = client.post(url(action, project, *args), {"score": "5", "rater": rater_of(card)}, **HTMX)
-    assert response["HX-Redirect"] == f"/p/{project.slug}/annotate/"
-    page = client.get(response["HX-Redirect"]).content.decode()
-    assert "Nothing was done: that page was opened by another account, and you are signed in as bee now" in page
-    assert list(Rating.objects.values_list("annotator__username", "score")) == [("bee", 1)]
-    assert not Skip.objects.exists() and not RatingRevision.objects.exists()
-    plain = client.post(url(action, project, *args), {"score": "5", "rater": rater_of(card)})  # the form without script
-    assert plain["Location"] == f"/p/{project.slug}/annotate/" and Rating.objects.count() == 1

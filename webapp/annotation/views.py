@@ -13,7 +13,6 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import HttpResponseClientRedirect
 
 from webapp.errors import ApplicationError
 from webapp.permissions import member_required, staff_required
@@ -159,29 +158,14 @@ def _remember_signed_out_judgment(action: str):
     ``SIGNED_OUT_MAX_CHARS``. The login page's ``next`` is the annotate page (htmx: the page the person
     was on, ``HtmxLoginRedirectMiddleware``), never this POST-only address.
     Django's ``login`` keeps an anonymous session's data, so it is still there once signed in.
-
-    A POST whose ``rater`` names another account than the one signed in now (someone else signed in
-    on this browser since the page was shown, in another tab) does nothing: it would store, skip or
-    undo for a person who never saw the card. The annotate page is loaded again (htmx: whole, with
-    ``HX-Redirect``) with a message saying so.
     """
 
     def decorate(view):
         @wraps(view)
         def wrapper(request, *, slug, completion_id=None):
             kwargs = {"slug": slug} if completion_id is None else {"slug": slug, "completion_id": completion_id}
-            if request.method != "POST":
+            if request.method != "POST" or request.user.is_authenticated:
                 return view(request, **kwargs)
-            if request.user.is_authenticated:
-                rater = _rater_of(request.POST)
-                if rater is None or rater == request.user.pk:
-                    return view(request, **kwargs)
-                messages.error(
-                    request, f"Nothing was done: that page was opened by another account, and you are signed in as "
-                    f"{request.user.get_username()} now. This is your own page."
-                )
-                page = reverse("annotation:annotate", args=[slug])
-                return HttpResponseClientRedirect(page) if request.htmx else redirect(page)
             fields = {
                 name: value[:COMMENT_MAX_CHARS] if name == "comment" else value[:200]
                 for name, value in list(request.POST.items())[:64]
