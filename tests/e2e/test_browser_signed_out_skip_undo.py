@@ -18,6 +18,16 @@ def sign_out_in_another_tab(page, live_server):
     other_tab.close()
 
 
+def annotate_page_on_its_first_of_three_items(login_page, live_server, project, annotator, make_completion):
+    """``(page, item id)``: the annotator signed in on the annotate page, holding the first of three items."""
+    for i in range(3):
+        make_completion(project, text=f"completion {i}")
+    page = login_page(annotator)
+    page.goto(f"{live_server.url}/p/{project.slug}/annotate/")
+    page.wait_for_selector(CARD)
+    return page, int(page.get_attribute(CARD, "data-completion"))
+
+
 def sign_in_here(page, user):
     page.fill("input[name=username]", user.username)
     page.fill("input[name=password]", "pw-12345678")
@@ -27,12 +37,7 @@ def sign_in_here(page, user):
 def test_skip_and_undo_keys_pressed_after_signing_out_elsewhere_are_offered_again_after_signing_in(
     login_page, live_server, project, annotator, make_completion
 ):
-    for i in range(3):
-        make_completion(project, text=f"completion {i}")
-    page = login_page(annotator)
-    page.goto(f"{live_server.url}/p/{project.slug}/annotate/")
-    page.wait_for_selector(CARD)
-    item = int(page.get_attribute(CARD, "data-completion"))
+    page, item = annotate_page_on_its_first_of_three_items(login_page, live_server, project, annotator, make_completion)
 
     sign_out_in_another_tab(page, live_server)
     page.keyboard.press("s")
