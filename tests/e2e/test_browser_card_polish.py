@@ -5,6 +5,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.e2e.test_browser_phone import LONG, NESTED_SCROLLERS
+from tests.e2e.test_browser_signed_out_skip_undo import annotate_page_on_its_first_of_three_items, sign_out_in_another_tab
 from tests.webapp.annotation_helpers import make_pair, make_project, make_rank_group
 from webapp.annotation.models import Completion, Rating
 
@@ -43,21 +44,12 @@ def test_a_long_output_grows_the_page_on_a_desktop_and_the_keys_reach_its_cut_ma
 def test_a_rating_key_pressed_after_signing_out_elsewhere_is_filled_in_again_after_signing_in(
     login_page, live_server, project, annotator, make_completion, screenshot
 ):
-    for i in range(3):
-        make_completion(project, text=f"completion {i}")
-    page = login_page(annotator)
-    page.goto(f"{live_server.url}/p/{project.slug}/annotate/")
-    page.wait_for_selector(CARD)
-    item = int(page.get_attribute(CARD, "data-completion"))
+    page, item = annotate_page_on_its_first_of_three_items(login_page, live_server, project, annotator, make_completion)
     page.keyboard.press("c")
     page.keyboard.type("the ending is rushed")
     page.keyboard.press("Escape")
 
-    other_tab = page.context.new_page()  # signs out there: this tab's session ends
-    other_tab.goto(f"{live_server.url}/")
-    other_tab.locator("form[action*=logout] button").click()
-    other_tab.wait_for_load_state("networkidle")
-    other_tab.close()
+    sign_out_in_another_tab(page, live_server)  # this tab's session ends
 
     page.keyboard.press("4")
     page.wait_for_url("**/accounts/login/**")

@@ -255,7 +255,7 @@ def test_a_rating_sent_after_signing_out_keeps_only_its_form_fields_and_says_whe
     response = client.post(url("rate", project, item.pk), post, HTTP_HX_CURRENT_URL=page, **HTMX)
     assert response["HX-Redirect"] == f"/accounts/login/?next=/p/{project.slug}/annotate/"  # next unchanged
     assert client.session[SIGNED_OUT_KEY] == {
-        "slug": project.slug, "completion_id": item.pk, "annotator": annotator.pk,
+        "slug": project.slug, "action": "rate", "completion_id": item.pk, "annotator": annotator.pk,
         "post": {"score": "5", "comment": "good <b>ending</b>"},
     }
     login_page = client.get(response["HX-Redirect"]).content.decode()
@@ -309,3 +309,73 @@ def test_a_judgment_kept_after_signing_out_is_filled_in_again_for_its_annotator_
     assert "the ending is rushed</textarea>" in body  # A's card: filled in again
     assert "your last judgment (<strong>4 good</strong>) was not saved" in body
     assert not Rating.objects.exists()
+
+
+def test_a_skip_sent_after_signing_out_is_said_on_the_login_page_and_offered_again_on_its_card(
+    client, annotator, make_user, project, make_completion
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from webapp.annotation.models import Skip
+    from webapp.annotation.views import SIGNED_OUT_KEY
+
+    item = make_completion(project)
+    client.force_login(annotator)
+    card = client.post(url("next", project), **HTMX).content.decode()
+    assert card.count(f'name="rater" value="{rater_of(card)}"') == 2  # the rate form's and the skip form's
+    client.logout()  # as another tab does
+
+    page = f"http://testserver/p/{project.slug}/annotate/"
+    response = client.post(url("skip", project, item.pk), {"rater": rater_of(card)}, HTTP_HX_CURRENT_URL=page, **HTMX)
+    assert response["HX-Redirect"] == f"/accounts/login/?next=/p/{project.slug}/annotate/"
+    assert "your skip was not saved. Sign in again to skip it" in client.get(response["HX-Redirect"]).content.decode()
+    client.force_login(annotator)  # login keeps the anonymous session's data
+    body = client.get(url("annotate", project)).content.decode()
+    assert f'data-completion="{item.pk}"' in body
+    assert "your skip was not saved. Press <kbd>s</kbd> to skip this item again" in body
+    assert SIGNED_OUT_KEY not in client.session and not Skip.objects.exists()
+    assert "was not saved" not in client.get(url("annotate", project)).content.decode()  # said once
+
+    client.logout()
+    client.post(url("skip", project, item.pk), {"rater": rater_of(card)})
+    Lease.objects.update(expires_at=timezone.now() - timedelta(seconds=1))  # the item went back meanwhile
+    services.lease_next(project=project, annotator=make_user("bee"))
+    client.force_login(annotator)
+    body = client.get(url("annotate", project)).content.decode()
+    assert "your skip was not saved, and its item is no longer held for you" in body
+
+
+def test_an_undo_sent_after_signing_out_is_said_on_the_login_page_and_offered_again(
+    client, annotator, project, make_completion
+):
+    from datetime import timedelta
+
+    from webapp.annotation.views import SIGNED_OUT_KEY
+
+    item = make_completion(project)
+    make_completion(project)
+    client.force_login(annotator)
+    client.post(url("next", project), **HTMX)
+    card = client.post(url("rate", project, item.pk), {"score": "2"}, **HTMX).content.decode()
+    assert card.count(f'name="rater" value="{rater_of(card)}"') == 3  # rate, skip and undo forms
+    client.logout()
+
+    response = client.post(url("undo", project), {"rater": rater_of(card)})
+    assert response["Location"] == f"/accounts/login/?next=/p/{project.slug}/annotate/"
+    assert "your undo was not done. Sign in again" in client.get(response["Location"]).content.decode()
+    client.force_login(annotator)
+    body = client.get(url("annotate", project)).content.decode()
+    assert "your undo was not done: press <kbd>u</kbd> to undo your last judgment or skip now" in body
+    assert 'class="flash warning signed-out"' in body.split('id="card"')[1]  # on the card: gone once it is swapped
+    assert SIGNED_OUT_KEY not in client.session and not RatingRevision.objects.exists()
+
+    client.logout()
+    client.post(url("undo", project), {"rater": rater_of(card)})
+    Rating.objects.update(created_at=Rating.objects.get().created_at - timedelta(minutes=11))
+    Lease.objects.all().delete()  # nothing held: the card that asks for the next item says it too
+    client.force_login(annotator)
+    body = client.get(url("annotate", project)).content.decode()
+    assert "your undo was not done: there is nothing left to undo now" in body
+    assert "not done" not in client.get(url("annotate", project)).content.decode()  # said once

@@ -27,6 +27,18 @@ def test_bad_json_on_line_7_is_reported_with_its_line_number(tmp_path):
     assert "line 7: bad JSON" in str(excinfo.value)
 
 
+@pytest.mark.parametrize("ending", ["\n", "\r\n"])
+def test_bad_json_names_the_column_on_its_own_line_or_the_end_of_the_line(tmp_path, ending):
+    lines = ['{"text": "unclosed"', '{"text": "fine"}', '{"text" "no colon"}', '{"text": "last, unclosed"']
+    with pytest.raises(PromptFileError) as excinfo:
+        parse_prompt_file(write(tmp_path, "p.jsonl", ending.join(lines) + ending))
+    assert excinfo.value.errors == [
+        (1, "bad JSON (Expecting ',' delimiter at the end of the line)"),
+        (3, "bad JSON (Expecting ':' delimiter at column 9)"),
+        (4, "bad JSON (Expecting ',' delimiter at the end of the line)"),
+    ]
+
+
 def test_every_bad_line_is_named_with_its_reason(tmp_path):
     content = "\n".join(
         [

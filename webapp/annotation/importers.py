@@ -213,11 +213,13 @@ def _jsonl_rows(lines, errors) -> Iterator[PromptRow]:
     for line_no, line in lines:
         if line is None or not line.strip():
             continue
+        text = line.rstrip("\r\n")  # the line's end is not JSON: an error there is "at the end of the line"
         try:
             # strict=False: a raw tab or form feed inside a string is text (\n cannot occur: it ends the line).
-            record = json.loads(line, strict=False)
+            record = json.loads(text, strict=False)
         except json.JSONDecodeError as exc:
-            errors.append((line_no, f"bad JSON ({exc.msg} at column {exc.colno})"))
+            where = "at the end of the line" if exc.pos >= len(text) else f"at column {exc.colno}"
+            errors.append((line_no, f"bad JSON ({exc.msg} {where})"))
             continue
         if not isinstance(record, dict):
             errors.append((line_no, f"expected a JSON object, got {type(record).__name__}"))

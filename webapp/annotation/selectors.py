@@ -482,13 +482,16 @@ def rank_group_of(completion: Completion) -> RankGroup | None:
 def judgments_of_each_kind(*, project: Project, annotator) -> dict[str, QuerySet]:
     """An annotator's judgments in the project, one queryset per kind, whatever the current mode:
     ``"pairwise"`` decisions, ``"ranking"`` rankings, ``"single"`` single-completion ratings
-    (Likert, thumbs, rubric)."""
+    (Likert, thumbs, rubric). Only those given as an annotator: feedback the person sent on a
+    production answer with their API token (source production) is changed through the feedback
+    API, never undone or listed here."""
+    production = Rating.Source.PRODUCTION
     return {
-        "pairwise": Comparison.objects.filter(pair__project=project, annotator=annotator),
+        "pairwise": Comparison.objects.filter(pair__project=project, annotator=annotator).exclude(ratings__source=production),
         "ranking": Ranking.objects.filter(group__project=project, annotator=annotator),
         "single": Rating.objects.filter(
             completion__project=project, annotator=annotator, comparison__isnull=True, ranking__isnull=True
-        ),
+        ).exclude(source=production),
     }
 
 

@@ -115,6 +115,20 @@ def _judgment_words(post) -> tuple[str, str]:
     return "your judgment", ""
 
 
+def _signed_out_what(kept: dict) -> str:
+    """What a request refused because the session had ended did not do, for its messages: ``"your last
+    judgment (4 good) was not saved"``, ``"your skip was not saved"`` or ``"your undo was not done"``.
+    ``kept``: ``{"action": "rate" | "skip" | "undo", "post": the form's rating fields}`` (no
+    ``action``: a rating, as kept before skips and undos were)."""
+    action = kept.get("action", "rate")
+    if action == "skip":
+        return "your skip was not saved"
+    if action == "undo":
+        return "your undo was not done"
+    words, _ = _judgment_words(kept.get("post", {}))
+    return f"your last judgment ({words}) was not saved"
+
+
 def _rater_signed(user) -> str:
     """The rate form's ``rater`` field: the annotator's id signed (:class:`django.core.signing.Signer`,
     a salt of its own), so that a judgment kept after the session ended is filled in again only for them."""
@@ -129,10 +143,13 @@ def _rater_of(post) -> int | None:
         return None
 
 
-def _remember_signed_out_judgment(view):
-    """A rating sent after the session ended (signed out in another tab, or expired) is kept in the new
-    anonymous session (``SIGNED_OUT_KEY``: the project's slug, the item, the form's rating fields) and
-    the login page says it was not saved; :func:`annotate` fills it in again after signing in.
+def _remember_signed_out_judgment(action: str):
+    """Decorate the view of ``action`` ("rate", "skip" or "undo"): such a request sent after the session
+    ended (signed out in another tab, or expired) is kept in the new anonymous session
+    (``SIGNED_OUT_KEY``: the project's slug, the action, its item (None for an undo), the form's
+    rating fields) and the login page says it was not done; :func:`annotate` says so again after
+    signing in, on the item's card when it is still held (a rating filled in again, a skip offered
+    again), and for an undo whether there is still something to undo.
 
     Only a POST that passed the CSRF check gets here, and only the rating form's own fields are kept
     (``_SIGNED_OUT_FIELDS``, short values, the comment cut at ``COMMENT_MAX_CHARS``), with the
@@ -143,33 +160,41 @@ def _remember_signed_out_judgment(view):
     Django's ``login`` keeps an anonymous session's data, so it is still there once signed in.
     """
 
-    @wraps(view)
-    def wrapper(request, *, slug, completion_id):
-        if request.method == "POST" and not request.user.is_authenticated:
+    def decorate(view):
+        @wraps(view)
+        def wrapper(request, *, slug, completion_id=None):
+            kwargs = {"slug": slug} if completion_id is None else {"slug": slug, "completion_id": completion_id}
+            if request.method != "POST" or request.user.is_authenticated:
+                return view(request, **kwargs)
             fields = {
                 name: value[:COMMENT_MAX_CHARS] if name == "comment" else value[:200]
                 for name, value in list(request.POST.items())[:64]
                 if _SIGNED_OUT_FIELDS.fullmatch(name)
-            }
+            } if action == "rate" else {}
+            kept = {"slug": slug, "action": action, "completion_id": completion_id, "post": fields}
             rater = _rater_of(request.POST)
             if rater is not None and len(json.dumps(fields, separators=(",", ":"))) <= SIGNED_OUT_MAX_CHARS:
-                kept = {"slug": slug, "completion_id": completion_id, "annotator": rater, "post": fields}
-                request.session[SIGNED_OUT_KEY] = kept
-                then = "Sign in again to send it: its card shows it again while the item is still held for you."
+                request.session[SIGNED_OUT_KEY] = {**kept, "annotator": rater}
+                then = {
+                    "rate": "Sign in again to send it: its card shows it again while the item is still held for you.",
+                    "skip": "Sign in again to skip it: its card offers it again while the item is still held for you.",
+                    "undo": "Sign in again: the page then says whether your last judgment can still be undone.",
+                }[action]
             else:
-                request.session.pop(SIGNED_OUT_KEY, None)  # an earlier one is not the judgment named here
-                then = "Sign in again and rate it again."
-            words, _ = _judgment_words(fields)
-            messages.warning(request, f"You were signed out, so your last judgment ({words}) was not saved. {then}")
+                request.session.pop(SIGNED_OUT_KEY, None)  # an earlier one is not the request named here
+                then = {"rate": "Sign in again and rate it again.", "skip": "Sign in again and skip it again.",
+                        "undo": "Sign in again and undo it again."}[action]
+            messages.warning(request, f"You were signed out, so {_signed_out_what(kept)}. {then}")
             # Back to the annotate page after signing in, not to this POST-only address (a 405).
             return redirect_to_login(reverse("annotation:annotate", args=[slug]))
-        return view(request, slug=slug, completion_id=completion_id)
 
-    return wrapper
+        return wrapper
+
+    return decorate
 
 
 def _signed_out_judgment(request, slug) -> dict | None:
-    """The judgment :func:`_remember_signed_out_judgment` kept for this project, taken out of the session;
+    """The judgment, skip or undo :func:`_remember_signed_out_judgment` kept for this project, taken out of the session;
     None when another person kept it (``login`` keeps an anonymous session's data): dropped unseen."""
     kept = request.session.get(SIGNED_OUT_KEY)
     if not isinstance(kept, dict) or kept.get("slug") != slug:
@@ -202,9 +227,12 @@ def _context(request, project, *, error="", undone=None, unskipped=None, lease=_
     :class:`~webapp.annotation.models.RatingRevision` just undone; when the card shows its item
     again, its comment, rubric scores and ranking places are filled in the same way
     (:func:`_undone_input`). ``unskipped``: the :class:`~webapp.annotation.models.Skip` just undone
-    (the card says whether its item is the one shown). ``signed_out``: the judgment refused because
-    the session had ended (:func:`_signed_out_judgment`); on its item, still held, it is filled in
-    again as a refused submit's and the card says so (``signed_out_shown``).
+    (the card says whether its item is the one shown). ``signed_out``: the judgment, skip or undo
+    refused because the session had ended (:func:`_signed_out_judgment`); on its item, still held, a
+    judgment is filled in again as a refused submit's, and the card says so (``signed_out_shown``),
+    or that the skip was not saved (``signed_out_skip``); an undo is said on the card of the item
+    held (``signed_out_undo``; :func:`annotate` says it when none is), with whether there is still
+    something to undo.
     """
     read_only = lease is _READ_ONLY
     if read_only:
@@ -219,7 +247,8 @@ def _context(request, project, *, error="", undone=None, unskipped=None, lease=_
     rubric = project.rubric if project.rating_mode == RatingMode.RUBRIC else None
     undone_places = _undone_places(undone, lease, ranked)
     signed_out_shown = signed_out is not None and lease is not None and lease.completion_id == signed_out["completion_id"]
-    if signed_out_shown:
+    signed_out_action = signed_out.get("action", "rate") if signed_out_shown else None
+    if signed_out_action == "rate":
         kept_post = signed_out["post"]
     kept = None
     if lease is not None and kept_post is not None:
@@ -249,7 +278,10 @@ def _context(request, project, *, error="", undone=None, unskipped=None, lease=_
         "unskipped": unskipped,
         "unskipped_shown": unskipped is not None and lease is not None and lease.completion_id == unskipped.completion_id,
         "error": error,
-        "signed_out": _judgment_words(signed_out["post"]) if signed_out_shown else None,
+        "signed_out": _judgment_words(signed_out["post"]) if signed_out_action == "rate" else None,
+        "signed_out_skip": signed_out_action == "skip",
+        # An undo refused because the session had ended: said on the item's card, with whether u still works.
+        "signed_out_undo": signed_out is not None and signed_out.get("action") == "undo",
         "signed_out_shown": signed_out_shown,
         "scores": [(s, LIKERT_LABELS[s]) for s in range(1, 6)],
         "rubric": rubric,
@@ -284,10 +316,13 @@ def annotate(request, slug):
     project = request.project
     signed_out = _signed_out_judgment(request, slug)
     context = _context(request, project, signed_out=signed_out)
-    if signed_out is not None and not context["signed_out_shown"]:
-        words, _ = _judgment_words(signed_out["post"])
+    if context["signed_out_undo"] and context["completion"] is None:  # the card that asks for one is swapped at once
+        then = ("press u to undo your last judgment or skip now." if context["can_undo"]
+                else "there is nothing left to undo now (an undo reaches back 10 minutes).")
+        messages.warning(request, f"You were signed out, so {_signed_out_what(signed_out)}: {then}")
+    elif signed_out is not None and not context["signed_out_undo"] and not context["signed_out_shown"]:
         messages.warning(
-            request, f"You were signed out, so your last judgment ({words}) was not saved, and its item "
+            request, f"You were signed out, so {_signed_out_what(signed_out)}, and its item "
             "is no longer held for you: it went back to the queue."
         )
     context["guidelines"] = guidelines_html(project.guidelines)
@@ -393,7 +428,7 @@ def _item(request, completion_id) -> Completion:
 
 
 @never_cache
-@_remember_signed_out_judgment
+@_remember_signed_out_judgment("rate")
 @member_required
 @require_POST
 def rate(request, slug, completion_id):
@@ -408,6 +443,7 @@ def rate(request, slug, completion_id):
 
 
 @never_cache
+@_remember_signed_out_judgment("skip")
 @member_required
 @require_POST
 def skip(request, slug, completion_id):
@@ -443,6 +479,7 @@ def _then_next(request, slug, project, action, *, item=None):
 
 
 @never_cache
+@_remember_signed_out_judgment("undo")
 @member_required
 @require_POST
 def undo(request, slug):
