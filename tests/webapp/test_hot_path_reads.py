@@ -2,7 +2,7 @@
 
 Each request of a signed-in annotator reads the project with their role
 (``policies.selectors.project_access``) and the card's lease with the progress line
-(``annotation.selectors.lease_held(with_progress=True)``) by statements written out for CPU
+(``annotation.selectors.lease_held``) by statements written out for CPU
 (``bench/annotate_load.py``); these tests compare them with the plain reads.
 """
 
@@ -43,15 +43,14 @@ def test_the_progress_read_with_the_lease_is_the_progress_line(project, annotato
     services.rating_create(annotator=annotator, completion=items[0], score=4)
     services.rating_create(annotator=other, completion=items[1], score=2)
     services.item_skip(annotator=annotator, completion=items[2])
-    lease = services.lease_next(project=project, annotator=annotator, with_progress=True)
+    lease = services.lease_next(project=project, annotator=annotator)
     expected = selectors.annotator_progress(project=project, annotator=annotator)
     assert lease.progress == expected
     # six items: one rated by them, one skipped, one with all its ratings (one per item) by another,
     # one on their screen (the lease: not counted, the card says "after this one"), two waiting
     assert expected == {"today": 1, "queue": 2, "queue_capped": False, "can_undo": True}
-    held = selectors.lease_held(project=project, annotator=annotator, with_progress=True)
+    held = selectors.lease_held(project=project, annotator=annotator)
     assert held.pk == lease.pk and held.progress == expected
-    assert not hasattr(selectors.lease_held(project=project, annotator=annotator), "progress")
 
 
 def test_the_progress_read_with_a_pairwise_lease_is_the_progress_line(tiny_model_dir, annotator, make_completion):
@@ -59,7 +58,7 @@ def test_the_progress_read_with_a_pairwise_lease_is_the_progress_line(tiny_model
     Membership.objects.get_or_create(project=project, user=annotator)
     pairs = [make_pair(project, make_completion) for _ in range(3)]
     services.comparison_create(pair=pairs[0], annotator=annotator, choice="a")
-    lease = services.lease_next(project=project, annotator=annotator, with_progress=True)
+    lease = services.lease_next(project=project, annotator=annotator)
     assert lease.completion.pair_as_a.pk in {pairs[1].pk, pairs[2].pk}
     assert lease.progress == selectors.annotator_progress(project=project, annotator=annotator)
     assert lease.progress["today"] == 1 and lease.progress["queue"] == 1  # the other pair (the leased one is on screen)

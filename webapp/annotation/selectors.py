@@ -285,7 +285,8 @@ def queue_candidates(
 _LEASE_HELD_SQL = """
 SELECT l.id, l.completion_id, l.annotator_id, l.slot, l.expires_at, l.a_on_left, l.fulfilled, l.created_at,
        c.project_id, c.prompt_id, c.model_version_id, c.text, c.finished, c.n_ratings, c.created_at,
-       p.project_id, p.text, p.held_out, v.project_id, v.number{pair_columns}{progress_columns}
+       p.project_id, p.text, p.held_out, v.project_id, v.number{pair_columns},
+       {progress_columns}
 FROM {lease} l
 JOIN {completion} c ON c.id = l.completion_id
 JOIN {prompt} p ON p.id = c.prompt_id
@@ -303,7 +304,7 @@ _LEASE_FIELDS = ["id", "completion_id", "annotator_id", "slot", "expires_at", "a
 _CARD_COMPLETION_FIELDS = ["id", "project_id", "prompt_id", "model_version_id", "text", "finished", "n_ratings"]
 
 
-def lease_held(*, project: Project, annotator, with_progress: bool = False) -> Lease | None:
+def lease_held(*, project: Project, annotator) -> Lease | None:
     """The annotator's live, unrated lease in this project on an item of its current rating mode,
     if any (a reload keeps the same item). After the project switched to pairwise, a lease on a
     single completion is not an item any more and is not returned (``services.lease_next`` frees it).
@@ -312,8 +313,9 @@ def lease_held(*, project: Project, annotator, with_progress: bool = False) -> L
     with its ``prompt`` and ``model_version`` (only ``number``), and in
     pairwise mode its pair (``completion.pair_as_a`` and the pair's
     ``completion_b``). Token ids and log-probabilities are not loaded
-    (deferred: reading them costs a query). ``with_progress``: the same statement also reads
-    :func:`annotator_progress` (its dict on ``lease.progress``), which every card shows.
+    (deferred: reading them costs a query). The same statement also reads
+    :func:`annotator_progress` (its dict on ``lease.progress``), which every card shows
+    (its subqueries run only when a lease is found).
     """
     pairwise = project.rating_mode == RatingMode.PAIRWISE
     ranking = project.rating_mode == RatingMode.RANKING
@@ -322,20 +324,16 @@ def lease_held(*, project: Project, annotator, with_progress: bool = False) -> L
         pair_joins=_LEASE_HELD_PAIR_JOINS.format(**_T) if pairwise else "",
         pair_only=" AND pr.id IS NOT NULL" if pairwise else "",
         rank_only=" " + _RANKING_ONLY.format(**_T) if ranking else "",
-        progress_columns=",\n       " + _progress_columns_sql(project) if with_progress else "",
+        progress_columns=_progress_columns_sql(project),
         **_T,
     )
-    params = {"annotator": annotator.pk, "project": project.pk, "now": _db_datetime(timezone.now())}
-    if with_progress:
-        params.update(_progress_params())
+    params = {"annotator": annotator.pk, "project": project.pk, **_progress_params()}
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None:
         return None
-    progress = None
-    if with_progress:
-        progress, row = _progress_of(*row[-3:]), row[:-3]
+    progress, row = _progress_of(*row[-3:]), row[:-3]
     db = connection.alias
     (lease_id, completion_id, annotator_id, slot, expires_at, a_on_left, fulfilled, leased_at,
      project_id, prompt_id, version_id, text, finished, n_ratings, created_at,
@@ -364,8 +362,7 @@ def lease_held(*, project: Project, annotator, with_progress: bool = False) -> L
     if ranking:
         completion.ranked_members = rank_members_shown(completion=completion, lease_id=lease_id)
     lease.completion = completion
-    if progress is not None:
-        lease.progress = progress
+    lease.progress = progress
     return lease
 
 

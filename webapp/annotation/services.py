@@ -729,9 +729,7 @@ def leases_reclaim_expired(*, project: Project, force: bool = False) -> int:
     return deleted
 
 
-def lease_next(
-    *, project: Project, annotator, lease_minutes: int = LEASE_MINUTES, with_progress: bool = False
-) -> Lease | None:
+def lease_next(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTES) -> Lease | None:
     """Lease the next item to ``annotator``, or return the lease they hold.
 
     Each lease takes a free slot ``0 ≤ slot < ratings_per_item`` of its
@@ -744,11 +742,10 @@ def lease_next(
     items handed out are gold items (:func:`_lease_gold`), at random, while the
     annotator has one left to answer; the card does not say so. A lease on an item of an earlier rating mode (a single
     completion, after the project switched to pairwise) is given back and a
-    new item leased. ``with_progress``: the lease comes with ``lease.progress``
-    (:func:`~webapp.annotation.selectors.annotator_progress`, read by the statement that reads the
-    card: see :func:`~webapp.annotation.selectors.lease_held`).
+    new item leased. The lease comes with what the card shows, ``lease.progress`` included
+    (see :func:`~webapp.annotation.selectors.lease_held`).
     """
-    held = selectors.lease_held(project=project, annotator=annotator, with_progress=with_progress)
+    held = selectors.lease_held(project=project, annotator=annotator)
     if held:
         return held
     # A lease from before the project's rating mode changed holds an item this mode cannot rate:
@@ -757,15 +754,13 @@ def lease_next(
         selectors.leases_off_mode(project=project, annotator=annotator).delete()
     leases_reclaim_expired(project=project)
     if project.gold_rate > 0 and _gold_rng.random() < project.gold_rate:
-        lease = _lease_gold(project=project, annotator=annotator, lease_minutes=lease_minutes, with_progress=with_progress)
+        lease = _lease_gold(project=project, annotator=annotator, lease_minutes=lease_minutes)
         if lease is not None:
             return lease
-    lease = _lease_first_free(project=project, annotator=annotator, lease_minutes=lease_minutes, with_progress=with_progress)
+    lease = _lease_first_free(project=project, annotator=annotator, lease_minutes=lease_minutes)
     if lease is None and leases_reclaim_expired(project=project, force=True):
         # Before answering "nothing", free the slots expired leases still hold and look again.
-        lease = _lease_first_free(
-            project=project, annotator=annotator, lease_minutes=lease_minutes, with_progress=with_progress
-        )
+        lease = _lease_first_free(project=project, annotator=annotator, lease_minutes=lease_minutes)
     return lease
 
 
@@ -773,7 +768,7 @@ LEASE_READ_ROUNDS = 3
 _gold_rng = random.SystemRandom()
 
 
-def _lease_gold(*, project: Project, annotator, lease_minutes: int, with_progress: bool = False) -> Lease | None:
+def _lease_gold(*, project: Project, annotator, lease_minutes: int) -> Lease | None:
     """Lease a gold item this annotator has not answered; None when none is left.
 
     Every annotator may answer a gold item, so its lease takes the first slot
@@ -789,7 +784,7 @@ def _lease_gold(*, project: Project, annotator, lease_minutes: int, with_progres
             chosen_by=ChosenBy.GOLD,
             slots=_gold_free_slots(completion_id),
         ):
-            return selectors.lease_held(project=project, annotator=annotator, with_progress=with_progress)
+            return selectors.lease_held(project=project, annotator=annotator)
     return None
 
 
@@ -830,7 +825,7 @@ def _served_order_draw(*, project: Project) -> str:
     return ChosenBy.UNIFORM if queue_rng.random() < project.active_uniform_share else ChosenBy.ACTIVE
 
 
-def _lease_first_free(*, project: Project, annotator, lease_minutes: int, with_progress: bool = False) -> Lease | None:
+def _lease_first_free(*, project: Project, annotator, lease_minutes: int) -> Lease | None:
     """Take the first candidate still free. Under load every candidate read can be taken
     by others before this annotator gets to it; then the queue is read again (a new
     statement sees their leases), a few times, rather than answering "nothing".
@@ -856,7 +851,7 @@ def _lease_first_free(*, project: Project, annotator, lease_minutes: int, with_p
                 chosen_by=chosen_by,
             ):
                 # with what the card shows
-                return selectors.lease_held(project=project, annotator=annotator, with_progress=with_progress)
+                return selectors.lease_held(project=project, annotator=annotator)
         if not candidates:
             break
     return None
