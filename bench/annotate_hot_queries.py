@@ -8,7 +8,7 @@ one) is imported, its Django set up on its own PostgreSQL database ``--db``
 ``every-item`` mix), so the database holds what a bench window leaves. Then,
 over ``--rounds`` more rounds:
 
-- statements per request (Django's query capture) of *next item* (it answers
+- statements per request (a ``connection.execute_wrapper``) of *next item* (it answers
   the card already held) and *submit* (it answers with the next card);
 - CPU per request of this process (``time.process_time``: Django, the ORM,
   the template) and of its PostgreSQL backend (``/proc/<pid>/stat``), each
@@ -89,7 +89,6 @@ def main() -> int:
         from django.contrib.auth import get_user_model
         from django.db import connection, transaction
         from django.test import Client
-        from django.test.utils import CaptureQueriesContext
 
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE")
@@ -107,7 +106,13 @@ def main() -> int:
             caught = {"next": [], "submit": []}
             for client in clients:
                 for kind in ("next", "submit"):
-                    with CaptureQueriesContext(connection) as queries:
+                    statements = []
+
+                    def record(execute, sql, params, many, context):
+                        statements.append((sql, params))
+                        return execute(sql, params, many, context)
+
+                    with connection.execute_wrapper(record):
                         if kind == "next":
                             answer = client.post(next_url)
                             item = ITEM_RE.search(answer.content.decode()).group(1)
@@ -115,7 +120,7 @@ def main() -> int:
                             answer = client.post(rate_url.format(item), {"score": "3"})
                     assert answer.status_code == 200 and b'class="flash error"' not in answer.content, answer.content[:300]
                     if capture:
-                        caught[kind].append([q["sql"] for q in queries.captured_queries])
+                        caught[kind].append(statements)
             return caught
 
         for _ in range(args.warm_rounds):
@@ -139,7 +144,7 @@ def main() -> int:
         explained = {}
         for kind in ("next", "submit"):
             rows = []
-            for sql in caught[kind][-1]:
+            for sql, params in caught[kind][-1]:
                 verb = sql.split(None, 1)[0].upper()
                 if verb in ("INSERT", "UPDATE", "DELETE"):
                     rows.append({"sql": " ".join(sql.split())[:160], "planning_ms": 0.0, "execution_ms": 0.0})
@@ -149,7 +154,7 @@ def main() -> int:
                 for _ in range(args.explain_repeats):
                     with transaction.atomic():
                         with connection.cursor() as cursor:
-                            cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql)
+                            cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, params)
                             plan = cursor.fetchone()[0]
                             plan = plan[0] if isinstance(plan, list) else json.loads(plan)[0]
                         transaction.set_rollback(True)
