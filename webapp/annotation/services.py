@@ -759,8 +759,8 @@ def lease_next(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTE
     items handed out are gold items (:func:`_lease_gold`), at random, while the
     annotator has one left to answer; the card does not say so. A lease on an item of an earlier rating mode (a single
     completion, after the project switched to pairwise) is given back and a
-    new item leased. The lease comes with what the card shows, ``lease.progress`` included
-    (see :func:`~webapp.annotation.selectors.lease_held`).
+    new item leased. The lease comes with what the card shows (see
+    :func:`~webapp.annotation.selectors.lease_held`).
     """
     held = selectors.lease_held(project=project, annotator=annotator)
     if held:

@@ -213,8 +213,7 @@ def _context(request, project, *, error="", undone=None, unskipped=None, lease=_
         services.pool_refill_nudge(project=project, queue_empty=lease is None)
     pair, left, right = _sides(project, lease)
     ranked = getattr(lease.completion, "ranked_members", None) if lease is not None else None
-    # read with the lease (selectors.lease_held); holding none, on its own
-    progress = lease.progress if lease is not None else selectors.annotator_progress(project=project, annotator=request.user)
+    progress = selectors.annotator_progress(project=project, annotator=request.user)
     rubric = project.rubric if project.rating_mode == RatingMode.RUBRIC else None
     undone_places = _undone_places(undone, lease, ranked)
     signed_out_shown = signed_out is not None and lease is not None and lease.completion_id == signed_out["completion_id"]
