@@ -44,11 +44,25 @@ and ``db_cpu_ms_per_request`` (PostgreSQL), each divided by the requests
 answered. Latency on a shared machine includes waiting for a core; CPU time
 does not, so it is the figure that compares across runs.
 
+Where the latency goes: the wrapper also sends the worker's wall time per
+request (``X-Server-ms``: ``p50/p95_server_ms_next`` and ``..._submit``) and
+when it began (``X-Server-Start``, the machine's monotonic clock), so each
+latency the client saw splits into ``backlog_ms`` (waiting in gunicorn's listen
+backlog until the worker that served it had finished its previous request: all
+workers were busy; the pid in ``X-Server-Pid`` says which), the server's own
+time, and ``client_ms``, the rest: the client sending, reading and parsing,
+waiting for a core or its interpreter lock (see ``latency_parts``).
+``client_cpu_ms_per_request``: the client's own CPU over the window, per request.
+
 Client: ``requests`` sessions in threads rather than locust: locust needs
 gevent's monkey-patching (which would also patch the Django ORM used here to
-seed and count) and brings a web UI and its own process model; 50 blocking
-sessions in threads are exactly "50 people with a browser each" and keep the
-client's share of the 2 cores small.
+seed and count) and brings a web UI and its own process model; blocking
+sessions, one thread each, are exactly "50 people with a browser each". They
+all run in this process by default (the client of every figure so far); with
+``--client-procs N`` they are dealt round-robin to N spawned processes, so the
+50 threads do not all queue for one interpreter lock. ``client_ms`` says how
+much of the latency is the client's at all: under load it was a small share,
+and N processes spend as much client CPU per request.
 
 Output: one JSON object on stdout with ``annotators``, ``requests_per_s``,
 ``p50/p95/p99_ms_next``, ``p50/p95/p99_ms_submit``, the CPU figures above, ``submitted`` (answered
@@ -88,7 +102,11 @@ from bench.django_env import django_start, stop_group  # noqa: E402
 PASSWORD = "bench-password-123"
 SLUG = "load"
 ITEM_RE = re.compile(r'data-completion="(\d+)"')
-CPU_HEADER = "X-Server-CPU-ms"  # set by bench/server_cpu_wsgi.py
+CPU_HEADER = "X-Server-CPU-ms"  # set by bench/server_cpu_wsgi.py, as the two below
+WALL_HEADER = "X-Server-ms"
+START_HEADER = "X-Server-Start"
+PID_HEADER = "X-Server-Pid"
+KINDS = ("next", "submit")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -142,6 +160,13 @@ def parse_args():
         "(it answers the card already held after a submit); browser: next item only when no card is held (the "
         "submit answers with the next card), as the page does, so next item is mostly the page opens",
     )
+    p.add_argument(
+        "--client-procs",
+        type=int,
+        default=1,
+        help="client processes the annotators are dealt to round-robin, a thread each (default 1: all in this "
+        "process, the client of every figure so far; e.g. 5: ten annotators a process at 50)",
+    )
     p.add_argument("--ramp-s", type=float, default=0.0, help="annotators open the page uniformly within this many seconds")
     p.add_argument("--items", type=int, default=0, help="completions to seed (default: enough for the window)")
     p.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
@@ -159,6 +184,8 @@ def parse_args():
         p.error("--pg must point at 127.0.0.1")
     if not 1 <= args.annotators <= 200 or not 1 <= args.seconds <= 600:
         p.error("--annotators must be 1-200 and --seconds 1-600")
+    if not 1 <= args.client_procs <= args.annotators:
+        p.error("--client-procs must be 1 to --annotators")
     return args
 
 
@@ -226,10 +253,7 @@ class Annotator(threading.Thread):
         self.base, self.username = base, username
         self.start_at, self.stop_at, self.think_s = start_at, stop_at, think_s
         self.rng = random.Random(seed)
-        self.next_ms: list[float] = []
-        self.submit_ms: list[float] = []
-        self.next_cpu_ms: list[float] = []
-        self.submit_cpu_ms: list[float] = []
+        self.requests: list[tuple] = []  # see post
         self.submitted = 0
         self.errors: list[str] = []
         self.seen: list[tuple[float, int]] = []  # (time, completion id) of each item handed out
@@ -252,6 +276,28 @@ class Annotator(threading.Thread):
             raise RuntimeError(f"login of {self.username} failed: {answer.status_code}")
         self.headers = {"HX-Request": "true", "X-CSRFToken": self.session.cookies["csrftoken"]}
 
+    def post(self, kind: str, url: str, **kwargs):
+        """POST as htmx and record ``(kind, sent, answered, began, server_ms, cpu_ms, pid)``: when the
+        client called and had the answer read, and from ``bench/server_cpu_wsgi.py`` when the worker
+        began, its wall and CPU milliseconds and its pid (NaN / 0 when a header is missing). Times are
+        ``time.monotonic()``, one clock for every process of the machine (see :func:`latency_parts`)."""
+        sent = time.monotonic()
+        answer = self.session.post(url, headers=self.headers, timeout=30, **kwargs)
+        answered = time.monotonic()
+        h = answer.headers
+        self.requests.append((
+            kind, sent, answered, float(h.get(START_HEADER, "nan")), float(h.get(WALL_HEADER, "nan")),
+            float(h.get(CPU_HEADER, "nan")), int(h.get(PID_HEADER, "0")),
+        ))  # fmt: skip
+        return answer
+
+    def result(self) -> dict:
+        """What the parent counts, picklable (a client process sends it back)."""
+        return {
+            "username": self.username, "requests": self.requests, "submitted": self.submitted,
+            "errors": self.errors, "seen": self.seen, "empty": self.empty,
+        }
+
     def run(self):
         try:
             opens_at = self.start_at + self.rng.uniform(0, self.ramp_s)
@@ -264,10 +310,7 @@ class Annotator(threading.Thread):
 
     def cycle(self):
         if self.held is None:
-            t0 = time.perf_counter()
-            card = self.session.post(f"{self.base}/p/{SLUG}/annotate/next/", headers=self.headers, timeout=30)
-            self.next_ms.append((time.perf_counter() - t0) * 1000)
-            self.next_cpu_ms.append(float(card.headers.get(CPU_HEADER, "nan")))
+            card = self.post("next", f"{self.base}/p/{SLUG}/annotate/next/")
             if card.status_code != 200:
                 self.errors.append(f"next: HTTP {card.status_code}")
                 return
@@ -283,15 +326,7 @@ class Annotator(threading.Thread):
         time.sleep(self.think_s * self.rng.uniform(0.5, 1.5))
         if time.monotonic() >= self.stop_at:
             return  # the window closed while thinking: not submitted, not counted
-        t0 = time.perf_counter()
-        answer = self.session.post(
-            f"{self.base}/p/{SLUG}/annotate/{item}/rate/",
-            data={"score": str(self.rng.randint(1, 5))},
-            headers=self.headers,
-            timeout=30,
-        )
-        self.submit_ms.append((time.perf_counter() - t0) * 1000)
-        self.submit_cpu_ms.append(float(answer.headers.get(CPU_HEADER, "nan")))
+        answer = self.post("submit", f"{self.base}/p/{SLUG}/annotate/{item}/rate/", data={"score": str(self.rng.randint(1, 5))})
         if answer.status_code != 200 or 'class="flash error"' in answer.text:
             self.errors.append(f"submit: HTTP {answer.status_code} {answer.text[:200] if answer.status_code == 200 else ''}")
         else:
@@ -300,6 +335,130 @@ class Annotator(threading.Thread):
             if self.mix == "browser" and following:
                 self.held = int(following.group(1))
                 self.seen.append((time.monotonic(), self.held))
+
+
+def client_process(base: str, specs: list[tuple[str, int]], think_s: float, mix: str, ramp_s: float, out_q, start_conn) -> None:
+    """One client process (``--client-procs`` > 1): its share of the annotators, ``specs`` (username,
+    seed), each in its own thread with its own session, as the single-process client runs them all.
+    Logs them in, says ``("ready", None)`` on ``out_q``, waits for ``(start, stop)`` (monotonic
+    seconds, one clock for the machine) on ``start_conn``, runs them, and puts ``("done", {...})``:
+    its CPU seconds over the window and each annotator's :meth:`Annotator.result`."""
+    try:
+        annotators = [Annotator(base, name, 0, 0, think_s, seed=seed, mix=mix, ramp_s=ramp_s) for name, seed in specs]
+        for a in annotators:
+            a.login()
+        out_q.put(("ready", None))
+        start, stop = start_conn.recv()
+        cpu0 = time.process_time()
+        for a in annotators:
+            a.start_at, a.stop_at = start, stop
+            a.start()
+        for a in annotators:
+            a.join(timeout=max(stop - time.monotonic(), 0) + 60)
+        out_q.put(("done", {"cpu_s": time.process_time() - cpu0, "annotators": [a.result() for a in annotators]}))
+    except Exception as exc:  # noqa: BLE001 - the parent reports it
+        out_q.put(("failed", f"{type(exc).__name__}: {exc}"))
+
+
+def run_clients(args, base: str, begin_window) -> tuple[list[dict], float]:
+    """Run the annotators until the window ends; returns each one's :meth:`Annotator.result` and the
+    client's CPU seconds over the window. ``--client-procs 1``: every annotator a thread of this
+    process (the client of every figure before this option); more: the annotators dealt round-robin
+    to that many client processes (spawned: no Django or connection inherited), each a thread per
+    annotator, so no one interpreter lock serialises all 50 annotators' reading and parsing.
+    ``begin_window(start)`` is called once every annotator has logged in (it waits until ``start``
+    and reads the servers' CPU)."""
+    specs = [(f"ann{i:03d}", i) for i in range(args.annotators)]
+    if args.client_procs == 1:
+        annotators = [
+            Annotator(base, name, 0, 0, args.think_s, seed=seed, mix=args.mix, ramp_s=args.ramp_s) for name, seed in specs
+        ]
+        for a in annotators:
+            a.login()
+        start = time.monotonic() + 0.5
+        stop = start + args.seconds
+        cpu0 = time.process_time()
+        for a in annotators:
+            a.start_at, a.stop_at = start, stop
+            a.start()
+        begin_window(start)
+        for a in annotators:
+            a.join(timeout=args.seconds + 60)
+        return [a.result() for a in annotators], time.process_time() - cpu0
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    out_q = ctx.Queue()
+    procs, conns = [], []
+    for k in range(args.client_procs):
+        parent_conn, child_conn = ctx.Pipe()
+        proc = ctx.Process(
+            target=client_process,
+            args=(base, specs[k :: args.client_procs], args.think_s, args.mix, args.ramp_s, out_q, child_conn),
+            daemon=True,
+        )
+        proc.start()
+        procs.append(proc)
+        conns.append(parent_conn)
+    try:
+        for _ in procs:
+            kind, detail = out_q.get(timeout=300)
+            if kind != "ready":
+                raise RuntimeError(f"a client process failed: {detail}")
+        start = time.monotonic() + 0.5
+        stop = start + args.seconds
+        for conn in conns:
+            conn.send((start, stop))
+        begin_window(start)
+        results, cpu_s = [], 0.0
+        for _ in procs:
+            kind, detail = out_q.get(timeout=args.seconds + 120)
+            if kind != "done":
+                raise RuntimeError(f"a client process failed: {detail}")
+            results += detail["annotators"]
+            cpu_s += detail["cpu_s"]
+        return results, cpu_s
+    finally:
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+
+
+def latency_parts(requests: list[tuple]) -> dict[str, dict[str, list[float]]]:
+    """Each kind's latencies split, in ms, from every annotator's :meth:`Annotator.post` records.
+
+    ``ms``: what the client saw. ``server``: the worker's wall time; ``cpu``: its CPU. ``backlog``:
+    from the client's call until the worker that served it had finished its previous request (the
+    request waited in the listen backlog for it: all workers were busy), 0 when that worker was
+    free. ``client``: the rest, the client's own time: sending (and the idle worker waking up) before
+    the worker began, and reading and parsing the answer after it ended, waiting for a core or the
+    client's interpreter lock included. ``ms = backlog + server + client`` per request. A request
+    without the server's headers counts only in ``ms``.
+    """
+    prev_end: dict[tuple, float] = {}
+    by_worker: dict[int, list[tuple]] = defaultdict(list)
+    for r in requests:
+        by_worker[r[6]].append(r)
+    for served in by_worker.values():
+        served.sort(key=lambda r: r[3])
+        end = float("-inf")
+        for r in served:
+            prev_end[r] = end
+            end = r[3] + r[4] / 1000
+    parts = {kind: defaultdict(list) for kind in KINDS}
+    for r in requests:
+        kind, sent, answered, began, server_ms, cpu_ms, pid = r
+        out = parts[kind]
+        out["ms"].append((answered - sent) * 1000)
+        if began != began or pid == 0:  # NaN: no headers
+            continue
+        backlog = min(max(prev_end[r] - sent, 0.0), max(began - sent, 0.0)) * 1000
+        out["server"].append(server_ms)
+        out["cpu"].append(cpu_ms)
+        out["backlog"].append(backlog)
+        out["client"].append((answered - sent) * 1000 - server_ms - backlog)
+    return parts
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -376,25 +535,19 @@ def main() -> int:
         )
         wait_for_server(base, server)
 
-        annotators = [
-            Annotator(base, f"ann{i:03d}", 0, 0, args.think_s, seed=i, mix=args.mix, ramp_s=args.ramp_s)
-            for i in range(args.annotators)
-        ]
-        for a in annotators:
-            a.login()
-        start = time.monotonic() + 0.5
-        stop = start + args.seconds
-        for a in annotators:
-            a.start_at, a.stop_at = start, stop
-            a.start()
-        while time.monotonic() < start:
-            time.sleep(0.01)
-        # Persistent connections: each worker's PostgreSQL backend exists after its first request
-        # (the logins), so the backends read now serve the whole window.
-        web_before = cpu_seconds(process_tree(server.pid))
-        db_before = cpu_seconds(db_backend_pids(args.pg, args.db))
-        for a in annotators:
-            a.join(timeout=args.seconds + 60)
+        window = {}
+
+        def begin_window(start: float) -> None:
+            while time.monotonic() < start:
+                time.sleep(0.01)
+            window["start"] = start
+            # Persistent connections: each worker's PostgreSQL backend exists after its first request
+            # (the logins), so the backends read now serve the whole window.
+            window["web"] = cpu_seconds(process_tree(server.pid))
+            window["db"] = cpu_seconds(db_backend_pids(args.pg, args.db))
+
+        annotators, client_cpu_s = run_clients(args, base, begin_window)
+        start, web_before, db_before = window["start"], window["web"], window["db"]
         elapsed = time.monotonic() - start
         web_after = cpu_seconds(web_before)
         db_after = cpu_seconds(db_backend_pids(args.pg, args.db))
@@ -417,14 +570,13 @@ def main() -> int:
         )
         holders = defaultdict(set)
         for a in annotators:
-            for _, item in a.seen:
-                holders[item].add(a.username)
+            for _, item in a["seen"]:
+                holders[item].add(a["username"])
         shared = sum(1 for people in holders.values() if len(people) > project.ratings_per_item)
-        next_ms = [x for a in annotators for x in a.next_ms]
-        submit_ms = [x for a in annotators for x in a.submit_ms]
-        next_cpu = [x for a in annotators for x in a.next_cpu_ms if x == x]  # NaN: the header was missing
-        submit_cpu = [x for a in annotators for x in a.submit_cpu_ms if x == x]
-        errors = [e for a in annotators for e in a.errors]
+        timing = latency_parts([r for a in annotators for r in a["requests"]])
+        next_ms, submit_ms = timing["next"]["ms"], timing["submit"]["ms"]
+        errors = [e for a in annotators for e in a["errors"]]
+        n_requests = len(next_ms) + len(submit_ms)
         result = {
             "annotators": args.annotators,
             "seconds": round(elapsed, 1),
@@ -436,31 +588,38 @@ def main() -> int:
             "cache": args.cache or "none (sessions in the database)",
             "database": "postgresql",
             "client": "requests.Session per annotator, one thread each",
+            "client_procs": args.client_procs,
             "items_seeded": n_items,
-            "requests": len(next_ms) + len(submit_ms),
-            "requests_per_s": round((len(next_ms) + len(submit_ms)) / elapsed, 1),
+            "requests": n_requests,
+            "requests_per_s": round(n_requests / elapsed, 1),
             "p50_ms_next": percentile(next_ms, 50),
             "p95_ms_next": percentile(next_ms, 95),
             "p99_ms_next": percentile(next_ms, 99),
             "p50_ms_submit": percentile(submit_ms, 50),
             "p95_ms_submit": percentile(submit_ms, 95),
             "p99_ms_submit": percentile(submit_ms, 99),
-            "p50_cpu_ms_next": percentile(next_cpu, 50),
-            "p95_cpu_ms_next": percentile(next_cpu, 95),
-            "p50_cpu_ms_submit": percentile(submit_cpu, 50),
-            "p95_cpu_ms_submit": percentile(submit_cpu, 95),
-            "server_cpu_ms_per_request": round(web_cpu_s * 1000 / max(len(next_ms) + len(submit_ms), 1), 2),
-            "db_cpu_ms_per_request": round(db_cpu_s * 1000 / max(len(next_ms) + len(submit_ms), 1), 2),
+            **{
+                f"p{q}_{label}_{kind}": percentile(timing[kind][m], q)
+                for m, label in (("server", "server_ms"), ("backlog", "backlog_ms"), ("client", "client_ms"), ("cpu", "cpu_ms"))
+                for kind in KINDS
+                for q in (50, 95)
+            },
+            "server_cpu_ms_per_request": round(web_cpu_s * 1000 / max(n_requests, 1), 2),
+            "db_cpu_ms_per_request": round(db_cpu_s * 1000 / max(n_requests, 1), 2),
+            "client_cpu_ms_per_request": round(client_cpu_s * 1000 / max(n_requests, 1), 2),
             "cpu_note": (
                 "p50/p95_cpu_ms_*: CPU of the worker thread per request (X-Server-CPU-ms); "
-                "server/db_cpu_ms_per_request: CPU of all gunicorn processes / the database's backends "
-                "over the window, per request answered"
+                "server/db/client_cpu_ms_per_request: CPU of all gunicorn processes / the database's backends / "
+                "the client process(es) over the window, per request answered; p50/p95_*_ms_*: the latency split "
+                "(p_ms = backlog + server + client per request, not per percentile): server_ms the worker's wall "
+                "time (X-Server-ms), backlog_ms waiting for the serving worker to finish its previous request, "
+                "client_ms the rest (the client sending, reading, parsing; its GIL and a core included)"
             ),
-            "submitted": sum(a.submitted for a in annotators),
+            "submitted": sum(a["submitted"] for a in annotators),
             "stored": stored,
             "duplicates": over_rated + shared,
             "errors": len(errors),
-            "empty_queue_answers": sum(a.empty for a in annotators),
+            "empty_queue_answers": sum(a["empty"] for a in annotators),
             "error_samples": errors[:5],
         }
         print(json.dumps(result))

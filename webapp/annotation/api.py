@@ -161,9 +161,9 @@ def queue_next(request, slug: str = Slug):
     ``item`` is null when nothing is waiting; ask again in a few seconds.
     """
     project, _ = api_project(request, slug)
-    lease = services.lease_next(project=project, annotator=request.user, with_progress=True)
+    lease = services.lease_next(project=project, annotator=request.user)
     services.pool_refill_nudge(project=project, queue_empty=lease is None)
-    progress = lease.progress if lease is not None else selectors.annotator_progress(project=project, annotator=request.user)
+    progress = selectors.annotator_progress(project=project, annotator=request.user)
     return {"item": _item_out(project, lease), "progress": progress}
 
 

@@ -285,7 +285,7 @@ def queue_candidates(
 _LEASE_HELD_SQL = """
 SELECT l.id, l.completion_id, l.annotator_id, l.slot, l.expires_at, l.a_on_left, l.fulfilled, l.created_at,
        c.project_id, c.prompt_id, c.model_version_id, c.text, c.finished, c.n_ratings, c.created_at,
-       p.project_id, p.text, p.held_out, v.project_id, v.number{pair_columns}{progress_columns}
+       p.project_id, p.text, p.held_out, v.project_id, v.number{pair_columns}
 FROM {lease} l
 JOIN {completion} c ON c.id = l.completion_id
 JOIN {prompt} p ON p.id = c.prompt_id
@@ -303,7 +303,7 @@ _LEASE_FIELDS = ["id", "completion_id", "annotator_id", "slot", "expires_at", "a
 _CARD_COMPLETION_FIELDS = ["id", "project_id", "prompt_id", "model_version_id", "text", "finished", "n_ratings"]
 
 
-def lease_held(*, project: Project, annotator, with_progress: bool = False) -> Lease | None:
+def lease_held(*, project: Project, annotator) -> Lease | None:
     """The annotator's live, unrated lease in this project on an item of its current rating mode,
     if any (a reload keeps the same item). After the project switched to pairwise, a lease on a
     single completion is not an item any more and is not returned (``services.lease_next`` frees it).
@@ -312,8 +312,10 @@ def lease_held(*, project: Project, annotator, with_progress: bool = False) -> L
     with its ``prompt`` and ``model_version`` (only ``number``), and in
     pairwise mode its pair (``completion.pair_as_a`` and the pair's
     ``completion_b``). Token ids and log-probabilities are not loaded
-    (deferred: reading them costs a query). ``with_progress``: the same statement also reads
-    :func:`annotator_progress` (its dict on ``lease.progress``), which every card shows.
+    (deferred: reading them costs a query). The card's progress line is read on its own
+    (:func:`annotator_progress`): read with this statement it cost PostgreSQL more planning
+    and execution than the two statements apart, also where no lease is held
+    (``bench/annotate_hot_queries.py``).
     """
     pairwise = project.rating_mode == RatingMode.PAIRWISE
     ranking = project.rating_mode == RatingMode.RANKING
@@ -322,20 +324,14 @@ def lease_held(*, project: Project, annotator, with_progress: bool = False) -> L
         pair_joins=_LEASE_HELD_PAIR_JOINS.format(**_T) if pairwise else "",
         pair_only=" AND pr.id IS NOT NULL" if pairwise else "",
         rank_only=" " + _RANKING_ONLY.format(**_T) if ranking else "",
-        progress_columns=",\n       " + _progress_columns_sql(project) if with_progress else "",
         **_T,
     )
     params = {"annotator": annotator.pk, "project": project.pk, "now": _db_datetime(timezone.now())}
-    if with_progress:
-        params.update(_progress_params())
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None:
         return None
-    progress = None
-    if with_progress:
-        progress, row = _progress_of(*row[-3:]), row[:-3]
     db = connection.alias
     (lease_id, completion_id, annotator_id, slot, expires_at, a_on_left, fulfilled, leased_at,
      project_id, prompt_id, version_id, text, finished, n_ratings, created_at,
@@ -364,8 +360,6 @@ def lease_held(*, project: Project, annotator, with_progress: bool = False) -> L
     if ranking:
         completion.ranked_members = rank_members_shown(completion=completion, lease_id=lease_id)
     lease.completion = completion
-    if progress is not None:
-        lease.progress = progress
     return lease
 
 
@@ -533,7 +527,7 @@ QUEUE_COUNT_CAP = 100  # "100+" tells a person as much as "500+", for a fifth of
 # project), not the held item itself: a shadow (candidate) or gold card is never among the counted
 # items, so leaving out only the held item would make such a card's count one higher than a served
 # card's and tell the annotator which card it is (tests/webapp/test_shadow_queue.py).
-_PROGRESS_COLUMNS_SQL = """(SELECT COUNT(*) FROM (
+_PROGRESS_SQL = """SELECT (SELECT COUNT(*) FROM (
         SELECT 1 FROM {completion} c JOIN {prompt} p ON p.id = c.prompt_id WHERE {open_item} LIMIT {cap:d}
     ) waiting) - (SELECT COUNT(*) FROM (
         SELECT 1 FROM {lease} hl JOIN {completion} hc ON hc.id = hl.completion_id
@@ -574,30 +568,23 @@ def annotator_progress(*, project: Project, annotator) -> dict:
     they have a judgment in the current mode, or a skip, younger than the undo window.
     One statement.
     """
-    params = {"project": project.pk, "annotator": annotator.pk, **_progress_params()}
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT " + _progress_columns_sql(project), params)
-        return _progress_of(*cursor.fetchone())
-
-
-def _progress_columns_sql(project: Project) -> str:
-    """The three columns of :func:`annotator_progress` (waiting, today, undoable), as select-list
-    expressions over ``%(project)s``, ``%(annotator)s`` and :func:`_progress_params`, so another
-    statement (:func:`lease_held`) can read them too."""
-    judgments = _JUDGMENTS_SQL.get(project.rating_mode, _JUDGMENTS_SQL["single"])
-    return _PROGRESS_COLUMNS_SQL.format(
-        open_item=_open_item_sql(project), judgments=judgments.format(**_T), cap=QUEUE_COUNT_CAP + 2,
-        **{f"judged_{kind}": sql.format(**_T) for kind, sql in _JUDGMENTS_SQL.items()}, **_T
-    )
-
-
-def _progress_params() -> dict:
     now = timezone.localtime()
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    return {"midnight": _db_datetime(midnight), "undo_since": _db_datetime(now - UNDO_WINDOW), "now": _db_datetime(now)}
-
-
-def _progress_of(waiting, today, undoable) -> dict:
+    judgments = _JUDGMENTS_SQL.get(project.rating_mode, _JUDGMENTS_SQL["single"])
+    sql = _PROGRESS_SQL.format(
+        open_item=_open_item_sql(project), judgments=judgments.format(**_T), cap=QUEUE_COUNT_CAP + 2,
+        **{f"judged_{kind}": text.format(**_T) for kind, text in _JUDGMENTS_SQL.items()}, **_T
+    )
+    params = {
+        "project": project.pk,
+        "annotator": annotator.pk,
+        "midnight": _db_datetime(midnight),
+        "undo_since": _db_datetime(now - UNDO_WINDOW),
+        "now": _db_datetime(now),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        waiting, today, undoable = cursor.fetchone()
     return {
         "today": today,
         "queue": max(0, min(waiting, QUEUE_COUNT_CAP)),

@@ -363,7 +363,8 @@ POOL_CLAIM_TTL = timedelta(minutes=10)
 
 
 def _pool_claim_batch(
-    *, project: Project, version, per_prompt: int, max_prompts: int, budget: int | None, rng: random.Random
+    *, project: Project, version, per_prompt: int, max_prompts: int, budget: int | None, rng: random.Random,
+    fill_to: int | None = None,
 ) -> list[PoolClaim]:
     """Claim the prompts of the next generation batch; ``[]`` when the pool is full.
 
@@ -371,7 +372,9 @@ def _pool_claim_batch(
     UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already serialises
     it), so two refills of one project claim one after the other: the second
     sees the first's claims as part of the pool and never picks its prompts.
-    ``budget`` caps the completions claimed (``None``: no cap beyond the target).
+    ``budget`` caps the completions claimed (``None``: no cap beyond the target). ``fill_to``: the
+    pool size to claim up to (default :func:`selectors.pool_target_for`; a refill passes
+    :func:`_refill_target`, which may exceed it by less than a generation batch).
     """
     with transaction.atomic():
         locked = Project.objects.select_for_update().get(pk=project.pk)
@@ -381,11 +384,8 @@ def _pool_claim_batch(
         PoolClaim.objects.filter(project=project, expires_at__lte=now).delete()
         claims = PoolClaim.objects.filter(project=project)
         in_flight = sum(c.n_completions for c in claims if c.model_version_id == version.pk)
-        deficit = (
-            selectors.pool_target_for(project=locked, version_id=version.pk)
-            - selectors.pool_free(project=locked, version_id=version.pk)
-            - in_flight
-        )
+        target = selectors.pool_target_for(project=locked, version_id=version.pk) if fill_to is None else fill_to
+        deficit = target - selectors.pool_free(project=locked, version_id=version.pk) - in_flight
         if budget is not None:
             deficit = min(deficit, budget)
         if deficit <= 0:
@@ -464,6 +464,8 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
     """Sample completions from the served version until the pool holds ``pool_target``; then,
     while the project has a shadow candidate (``Project.shadow_version``), from it until it
     has :func:`selectors.pool_target_for` open completions (``shadow_share`` of the target).
+    A refill that samples at all samples at least a full batch (:func:`_refill_target`), so
+    the pool may end above its target by less than a batch.
 
     Runs in a Celery worker, never in a web request. One continuous-batching stream
     (``pgcore.rollout.generate_stream``) samples the whole deficit with
@@ -493,26 +495,41 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
         return 0
     # One refill fills at most the deficit it found when it started (as before claims), so
     # annotators draining the pool meanwhile do not keep one task running forever.
-    budget = project.pool_target - selectors.pool_free(project=project)
+    free = selectors.pool_free(project=project)
+    fill_to = _refill_target(target=project.pool_target, free=free)
+    budget = fill_to - free
     if max_new is not None:
         budget = min(budget, max_new)
-    created = _pool_fill(project=project, version=version, budget=budget, seed=seed)
+    created = _pool_fill(project=project, version=version, budget=budget, seed=seed, fill_to=fill_to)
     shadow = project.shadow_version
     if shadow is not None and shadow.pk != version.pk:
-        budget = selectors.pool_target_for(project=project, version_id=shadow.pk) - selectors.pool_free(
-            project=project, version_id=shadow.pk
-        )
+        free = selectors.pool_free(project=project, version_id=shadow.pk)
+        fill_to = _refill_target(target=selectors.pool_target_for(project=project, version_id=shadow.pk), free=free)
+        budget = fill_to - free
         if max_new is not None:
             budget = min(budget, max_new - created)
         if budget > 0:
-            created += _pool_fill(project=project, version=shadow, budget=budget, seed=seed, cached=False)
+            created += _pool_fill(project=project, version=shadow, budget=budget, seed=seed, cached=False, fill_to=fill_to)
     return created
 
 
-def _pool_fill(*, project: Project, version, budget: int, seed: int | None, cached: bool = True) -> int:
+def _refill_target(*, target: int, free: int) -> int:
+    """The pool size a refill fills to, given the pool's ``target`` and its ``free`` completions now:
+    ``target`` when the pool is full, else at least ``free`` plus a full generation batch
+    (``GENERATION_BATCH``, or ``target`` when the pool is smaller than a batch). A decoding step
+    costs nearly the same CPU at 1 and at 8 rows, so a refill that samples at all samples a whole
+    batch rather than a shortfall of 1-2 cards; the pool then exceeds its target by less than a batch.
+    """
+    return target if free >= target else max(target, free + min(GENERATION_BATCH, target))
+
+
+def _pool_fill(
+    *, project: Project, version, budget: int, seed: int | None, cached: bool = True, fill_to: int | None = None
+) -> int:
     """Sample up to ``budget`` completions (plus less than one prompt group) of ``version`` into the
     pool in one continuous-batching stream; how many were stored (see :func:`completion_pool_refill`).
-    ``cached``: sample with the process's cached policy of the served version
+    ``fill_to``: the pool size claims fill to (default the version's target; see
+    :func:`_refill_target`). ``cached``: sample with the process's cached policy of the served version
     (:func:`webapp.policies.runtime.policy_for_generation`); else load ``version`` for this call
     only, so a shadow candidate never evicts the served one."""
 
@@ -546,7 +563,7 @@ def _pool_fill(*, project: Project, version, budget: int, seed: int | None, cach
             return []
         claims = _pool_claim_batch(
             project=project, version=version, per_prompt=per_prompt, max_prompts=max_prompts,
-            budget=state["budget"], rng=rng,
+            budget=state["budget"], rng=rng, fill_to=fill_to,
         )
         if not claims:
             # The pool is full (counting other refills' claims), the version changed, or every
@@ -729,9 +746,7 @@ def leases_reclaim_expired(*, project: Project, force: bool = False) -> int:
     return deleted
 
 
-def lease_next(
-    *, project: Project, annotator, lease_minutes: int = LEASE_MINUTES, with_progress: bool = False
-) -> Lease | None:
+def lease_next(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTES) -> Lease | None:
     """Lease the next item to ``annotator``, or return the lease they hold.
 
     Each lease takes a free slot ``0 ≤ slot < ratings_per_item`` of its
@@ -744,11 +759,10 @@ def lease_next(
     items handed out are gold items (:func:`_lease_gold`), at random, while the
     annotator has one left to answer; the card does not say so. A lease on an item of an earlier rating mode (a single
     completion, after the project switched to pairwise) is given back and a
-    new item leased. ``with_progress``: the lease comes with ``lease.progress``
-    (:func:`~webapp.annotation.selectors.annotator_progress`, read by the statement that reads the
-    card: see :func:`~webapp.annotation.selectors.lease_held`).
+    new item leased. The lease comes with what the card shows (see
+    :func:`~webapp.annotation.selectors.lease_held`).
     """
-    held = selectors.lease_held(project=project, annotator=annotator, with_progress=with_progress)
+    held = selectors.lease_held(project=project, annotator=annotator)
     if held:
         return held
     # A lease from before the project's rating mode changed holds an item this mode cannot rate:
@@ -757,15 +771,13 @@ def lease_next(
         selectors.leases_off_mode(project=project, annotator=annotator).delete()
     leases_reclaim_expired(project=project)
     if project.gold_rate > 0 and _gold_rng.random() < project.gold_rate:
-        lease = _lease_gold(project=project, annotator=annotator, lease_minutes=lease_minutes, with_progress=with_progress)
+        lease = _lease_gold(project=project, annotator=annotator, lease_minutes=lease_minutes)
         if lease is not None:
             return lease
-    lease = _lease_first_free(project=project, annotator=annotator, lease_minutes=lease_minutes, with_progress=with_progress)
+    lease = _lease_first_free(project=project, annotator=annotator, lease_minutes=lease_minutes)
     if lease is None and leases_reclaim_expired(project=project, force=True):
         # Before answering "nothing", free the slots expired leases still hold and look again.
-        lease = _lease_first_free(
-            project=project, annotator=annotator, lease_minutes=lease_minutes, with_progress=with_progress
-        )
+        lease = _lease_first_free(project=project, annotator=annotator, lease_minutes=lease_minutes)
     return lease
 
 
@@ -773,7 +785,7 @@ LEASE_READ_ROUNDS = 3
 _gold_rng = random.SystemRandom()
 
 
-def _lease_gold(*, project: Project, annotator, lease_minutes: int, with_progress: bool = False) -> Lease | None:
+def _lease_gold(*, project: Project, annotator, lease_minutes: int) -> Lease | None:
     """Lease a gold item this annotator has not answered; None when none is left.
 
     Every annotator may answer a gold item, so its lease takes the first slot
@@ -789,7 +801,7 @@ def _lease_gold(*, project: Project, annotator, lease_minutes: int, with_progres
             chosen_by=ChosenBy.GOLD,
             slots=_gold_free_slots(completion_id),
         ):
-            return selectors.lease_held(project=project, annotator=annotator, with_progress=with_progress)
+            return selectors.lease_held(project=project, annotator=annotator)
     return None
 
 
@@ -830,7 +842,7 @@ def _served_order_draw(*, project: Project) -> str:
     return ChosenBy.UNIFORM if queue_rng.random() < project.active_uniform_share else ChosenBy.ACTIVE
 
 
-def _lease_first_free(*, project: Project, annotator, lease_minutes: int, with_progress: bool = False) -> Lease | None:
+def _lease_first_free(*, project: Project, annotator, lease_minutes: int) -> Lease | None:
     """Take the first candidate still free. Under load every candidate read can be taken
     by others before this annotator gets to it; then the queue is read again (a new
     statement sees their leases), a few times, rather than answering "nothing".
@@ -856,7 +868,7 @@ def _lease_first_free(*, project: Project, annotator, lease_minutes: int, with_p
                 chosen_by=chosen_by,
             ):
                 # with what the card shows
-                return selectors.lease_held(project=project, annotator=annotator, with_progress=with_progress)
+                return selectors.lease_held(project=project, annotator=annotator)
         if not candidates:
             break
     return None

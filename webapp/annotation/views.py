@@ -236,14 +236,12 @@ def _context(request, project, *, error="", undone=None, unskipped=None, lease=_
     """
     read_only = lease is _READ_ONLY
     if read_only:
-        lease = selectors.lease_held(project=project, annotator=request.user, with_progress=True)
+        lease = selectors.lease_held(project=project, annotator=request.user)
     else:
         services.pool_refill_nudge(project=project, queue_empty=lease is None)
     pair, left, right = _sides(project, lease)
     ranked = getattr(lease.completion, "ranked_members", None) if lease is not None else None
-    progress = getattr(lease, "progress", None)  # read with the lease, when it came from lease_next or lease_held
-    if progress is None:
-        progress = selectors.annotator_progress(project=project, annotator=request.user)
+    progress = selectors.annotator_progress(project=project, annotator=request.user)
     rubric = project.rubric if project.rating_mode == RatingMode.RUBRIC else None
     undone_places = _undone_places(undone, lease, ranked)
     signed_out_shown = signed_out is not None and lease is not None and lease.completion_id == signed_out["completion_id"]
@@ -346,7 +344,7 @@ def next_item(request, slug):
     The card of an empty queue is the waiting state, which asks here again every few seconds.
     """
     project = request.project
-    lease = services.lease_next(project=project, annotator=request.user, with_progress=True)
+    lease = services.lease_next(project=project, annotator=request.user)
     if not request.htmx:
         return redirect("annotation:annotate", slug=slug)
     return _render_card_or_page(request, project, lease=lease)
@@ -468,7 +466,7 @@ def _then_next(request, slug, project, action, *, item=None):
         except ApplicationError as exc:
             error = exc.message
         if request.htmx:
-            lease = services.lease_next(project=project, annotator=request.user, with_progress=True)
+            lease = services.lease_next(project=project, annotator=request.user)
     if not request.htmx:
         if error:
             messages.error(request, error)
@@ -493,7 +491,7 @@ def undo(request, slug):
     except ApplicationError as exc:
         error = exc.message
     if lease is None and request.htmx:
-        lease = services.lease_next(project=project, annotator=request.user, with_progress=True)
+        lease = services.lease_next(project=project, annotator=request.user)
     if not request.htmx:
         if error:
             messages.error(request, error)
