@@ -347,17 +347,23 @@ class Engine:
         return batch
 
     def _loop(self) -> None:
-        while True:
-            batch = self._take_batch()
-            if not batch:
-                return
-            joined = list(batch)
-            try:
-                self._run(batch, joined)
-            except Exception as exc:  # a bad run fails its requests, never the process
-                log.exception("inference batch failed")
-                for request in joined:
-                    request.events.put(("error", f"generation failed: {exc}"))
+        while self._run_next():
+            pass
+
+    def _run_next(self) -> bool:
+        """Wait for a batch and sample it with the requests that join it; False once stopping.
+        (Its own frame: the engine keeps no ended request while it waits for the next.)"""
+        batch = self._take_batch()
+        if not batch:
+            return False
+        joined = list(batch)
+        try:
+            self._run(batch, joined)
+        except Exception as exc:  # a bad run fails its requests, never the process
+            log.exception("inference batch failed")
+            for request in joined:
+                request.events.put(("error", f"generation failed: {exc}"))
+        return True
 
     @torch.no_grad()
     def _run(self, batch: list[Request], joined: list[Request]) -> None:
