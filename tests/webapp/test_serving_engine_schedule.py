@@ -47,6 +47,13 @@ def _alone(policy, ids, max_tokens):
     return next(iter(out))[1]
 
 
+def _admission_wait(engine, ids, params) -> float:
+    """Seconds a request for version 1 waited from its submission to its admission into a run."""
+    request = engine.submit(1, ids, params)
+    _finish(request)
+    return request.admitted_at - request.submitted_at
+
+
 def _steps(timeline, kind):
     return [s["rows"] for s in timeline["steps"] if s["kind"] == kind]
 
@@ -110,9 +117,7 @@ def test_an_open_arrival_holds_a_step_at_most_hold_s_and_a_closed_one_not_at_all
     ids = render_prompt(policy.tokenizer, TEXTS[0])
     try:
         stuck = engine.arrival()  # e.g. a handler still reading a slow body
-        request = engine.submit(1, ids, params)
-        _finish(request)
-        assert 0.5 - 0.02 <= request.admitted_at - request.submitted_at < 10  # held, and only for hold_s
+        assert 0.5 - 0.02 <= _admission_wait(engine, ids, params) < 10  # held, and only for hold_s
         with stuck:  # its handler answers (a refusal): closed
             pass
         engine.hold_s = 30.0
@@ -152,15 +157,11 @@ def test_an_open_arrival_for_another_version_never_holds_a_step_and_one_for_its_
     try:
         with engine.arrival() as other:  # a request for version 2, still being tokenized
             other.for_version(2)
-            request = engine.submit(1, ids, params)
-            _finish(request)
-            assert request.admitted_at - request.submitted_at < 10  # not held (30 s if it were)
+            assert _admission_wait(engine, ids, params) < 10  # not held (30 s if it were)
         engine.hold_s = 0.5
         with engine.arrival() as same:
             same.for_version(1)
-            request = engine.submit(1, ids, params)
-            _finish(request)
-            assert 0.5 - 0.02 <= request.admitted_at - request.submitted_at < 10  # held for it
+            assert 0.5 - 0.02 <= _admission_wait(engine, ids, params) < 10  # held for it
     finally:
         engine.close()
 
