@@ -26,11 +26,20 @@ HTTP client made before the level starts and kept (keep-alive), as an API client
 ``--no-prefix-cache`` runs the inference process without its cached chat-template prefix
 (the engine before prefix caching), for comparisons within one run.
 
+A/B series: ``--hold-ms 250,0 --repeat K`` starts fresh servers for each run and alternates the
+inference process's ``--hold-ms`` values (250, 0, 250, 0, ... K times each), each run with its
+own offline figure; it prints one JSON object ``{"bench": "serve-series", "runs": [each run's
+object as above], "by_hold_ms": {value: {"ttft_ms_p95": [...], "ratio": [...]}}}`` (at the
+largest level, in run order). Each run also has ``tcp``: the machine's TCP listen-queue
+overflows and SYN retransmits during its served levels (``/proc/net/netstat``; a late
+handshake costs its client 1 s).
+
 The served and the offline figures are measured one after the other in the same run (never
 at once). Prints ONE JSON object on stdout; progress goes to stderr. Not a test.
 
 Usage: python bench/serve.py [--model-dir var/models/smollm2-135m-instruct] [--clients 1,4,16]
        [--requests 3] [--new-tokens 32] [--threads 2] [--window-ms 5] [--no-prefix-cache]
+       [--hold-ms 250[,0...]] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -91,24 +100,27 @@ def percentile(values: list[float], q: float) -> float:
 def stream_once(http, url: str, secret: str, prompt: str, new_tokens: int, times: dict | None = None) -> tuple[float, int]:
     """One streaming chat completion through ``http`` (an ``httpx2.Client``, or the module):
     (seconds to the first content chunk, completion tokens). ``times`` (if given) gets
-    ``sent``, ``first_chunk``, ``end`` (``time.monotonic()`` seconds) and ``prompt_tokens``."""
+    ``sent``, ``first_chunk``, ``end`` (``time.monotonic()`` seconds), ``prompt_tokens`` and ``id``
+    (the answer's id)."""
     body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": new_tokens,
             "stream": True, "stream_options": {"include_usage": True}}
     start, sent = time.perf_counter(), time.monotonic()
-    ttft, first, tokens, prompt_tokens = None, None, 0, None
+    ttft, first, tokens, prompt_tokens, answer_id = None, None, 0, None, None
     with http.stream("POST", url, json=body, headers={"Authorization": f"Bearer {secret}"}, timeout=600) as r:
         r.raise_for_status()
         for line in r.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
+            answer_id = answer_id or chunk.get("id")
             if ttft is None and any((c.get("delta") or {}).get("content") for c in chunk.get("choices", [])):
                 ttft, first = time.perf_counter() - start, time.monotonic()
             if chunk.get("usage"):
                 tokens, prompt_tokens = chunk["usage"]["completion_tokens"], chunk["usage"]["prompt_tokens"]
     if times is not None:
         end = time.monotonic()
-        times.update(sent=sent, first_chunk=first if first is not None else end, end=end, prompt_tokens=prompt_tokens)
+        times.update(sent=sent, first_chunk=first if first is not None else end, end=end, prompt_tokens=prompt_tokens,
+                     id=answer_id)
     return (ttft if ttft is not None else time.perf_counter() - start), tokens
 
 
@@ -167,10 +179,11 @@ def timeline_join(sent: list[dict], engine: dict, origin: float) -> dict:
     """Each client request beside the engine's record of it, and the engine's steps; ms after ``origin``.
 
     ``sent``: the clients' requests (:func:`stream_once`'s ``times`` plus ``client``);
-    ``engine``: the inference process's ``/debug/timeline``. A client request is paired, in
-    order of sending, with the earliest unpaired engine request of the same prompt length
-    received after it was sent (the web app relays it; nothing carries an id through), so
-    two equal-length prompts sent at the same moment may swap (their times are alike).
+    ``engine``: the inference process's ``/debug/timeline``. A client request is paired with the
+    engine's request under its answer id (the web app sends it along); where the engine has no
+    id (an older inference process), with the earliest unpaired engine request of the same
+    prompt length received after it was sent, in order of sending, so two equal-length prompts
+    sent at the same moment may swap.
 
     Returns ``{"requests": [...], "steps": [{"start", "end", "kind", "rows"}], "ttft_ms_parts"}``:
     a request has ``client``, ``sent``, ``received`` (by the inference process), ``submitted``
@@ -189,8 +202,10 @@ def timeline_join(sent: list[dict], engine: dict, origin: float) -> dict:
     free = sorted(engine["requests"], key=lambda r: r["received"] or r["submitted"])
     rows = []
     for c in sorted(sent, key=lambda c: c["sent"]):
-        match = next((e for e in free if e["prompt_tokens"] == c["prompt_tokens"]
-                      and (e["received"] or e["submitted"]) >= c["sent"] - 0.001), None)
+        match = next((e for e in free if e.get("id") is not None and e["id"] == c.get("id")), None)
+        if match is None:
+            match = next((e for e in free if e.get("id") is None and e["prompt_tokens"] == c["prompt_tokens"]
+                          and (e["received"] or e["submitted"]) >= c["sent"] - 0.001), None)
         row = {"client": c["client"], "sent": ms(c["sent"]), "first_chunk": ms(c["first_chunk"]), "end": ms(c["end"]),
                "prompt_tokens": c["prompt_tokens"]}
         if match is not None:
@@ -228,55 +243,39 @@ def offline_level(policy, clients: int, requests: int, new_tokens: int) -> dict:
     return {"tokens": tokens, "wall_s": round(wall, 2), "tok_s": round(tokens / wall, 2)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", default=str(REPO / "var" / "models" / "smollm2-135m-instruct"))
-    parser.add_argument("--clients", default="1,4,16")
-    parser.add_argument("--requests", type=int, default=3, help="requests per client per level")
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads, inference process and offline alike")
-    parser.add_argument("--window-ms", type=float, default=5.0)
-    parser.add_argument("--hold-ms", type=float, default=None,
-                        help="the inference process's --hold-ms (default: its own default)")
-    parser.add_argument("--no-prefix-cache", action="store_true", help="the inference process prefills every prompt in full")
-    args = parser.parse_args()
-    levels = [int(c) for c in args.clients.split(",")]
-    load_start = os.getloadavg()
+def tcp_counters() -> dict[str, int]:
+    """The machine's (network namespace's) TCP listen-queue overflows and SYN retransmits so far."""
+    lines = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines() if line.startswith("TcpExt:")]
+    values = dict(zip(lines[0][1:], (int(v) for v in lines[1][1:]))) if len(lines) >= 2 else {}
+    return {"listen_overflows": values.get("ListenOverflows", 0), "syn_retrans": values.get("TCPSynRetrans", 0)}
 
-    data = Path(tempfile.mkdtemp(prefix="rl-bench-serve-"))
-    django_start(data, broker=None, PYTHONUNBUFFERED="1", REWARDLOOP_API_RATE="1000000/m",
-                 OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+
+def served_run(args, levels: list[int], hold_ms: float | None, data: Path, secret: str) -> tuple[list[dict], dict]:
+    """Start the inference process (``--hold-ms hold_ms``; None: its default) and gunicorn, warm them,
+    run every level, stop them; the level rows, and the :func:`tcp_counters` the levels added."""
+    import httpx2
+
     env = dict(os.environ)  # the servers run on the same throwaway set-up
-    from django.contrib.auth.models import User
-
-    from webapp.accounts.services import api_token_create
-    from webapp.policies.services import project_create
-
-    project_create(slug="bench", title="bench", base_model_path=args.model_dir)
-    _, secret = api_token_create(user=User.objects.create_user("bench", is_staff=True), name="bench")
-
     inference_port, web_port = free_port(), free_port()
     env["REWARDLOOP_INFERENCE_URL"] = f"http://127.0.0.1:{inference_port}"
     python = sys.executable
-    logs = {name: (data / f"{name}.log").open("w") for name in ("inference", "web")}
+    logs = {name: (data / f"{name}-{inference_port}.log").open("w") for name in ("inference", "web")}
     procs = [
         subprocess.Popen([python, "manage.py", "serve_inference", "--port", str(inference_port), "--threads",
                           str(args.threads), "--window-ms", str(args.window_ms)] + ["--no-prefix-cache"] * args.no_prefix_cache
-                         + ([] if args.hold_ms is None else ["--hold-ms", str(args.hold_ms)]), cwd=REPO, env=env,
+                         + ([] if hold_ms is None else ["--hold-ms", str(hold_ms)]), cwd=REPO, env=env,
                          stdout=logs["inference"], stderr=subprocess.STDOUT, start_new_session=True),
         subprocess.Popen([str(Path(python).with_name("gunicorn")), "webapp.wsgi", "--bind", f"127.0.0.1:{web_port}",
                           "--workers", "1", "--threads", "32", "--worker-class", "gthread"], cwd=REPO, env=env,
                          stdout=logs["web"], stderr=subprocess.STDOUT, start_new_session=True),
     ]
-    import httpx2
-
     roots = {"inference": procs[0].pid, "web": procs[1].pid}
     url = f"http://127.0.0.1:{web_port}/v1/chat/completions"
     try:
         deadline = time.monotonic() + 180
         while True:
             try:
-                if "listening" in (data / "inference.log").read_text() and stream_once(httpx2, url, secret, PROMPTS[0], 4):
+                if "listening" in Path(logs["inference"].name).read_text() and stream_once(httpx2, url, secret, PROMPTS[0], 4):
                     break
             except Exception:
                 pass
@@ -288,33 +287,87 @@ def main() -> None:
             served_level(httpx2, url, secret, clients, 1, 4, roots)
         served = []
         timeline_url = f"http://127.0.0.1:{inference_port}/debug/timeline"
+        tcp_before = tcp_counters()
         for clients in levels:
             served.append(served_level(httpx2, url, secret, clients, args.requests, args.new_tokens, roots,
                                        timeline_url if clients == max(levels) else None))
             log("served", {k: v for k, v in served[-1].items() if k != "timeline"})
+        tcp_after = tcp_counters()
     finally:
         for p in procs:
             if p.poll() is None:
                 stop_group(p, timeout=30)
+    return served, {name: tcp_after[name] - tcp_before[name] for name in tcp_after}
 
-    import torch
 
-    from pgcore.policy import load_policy
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", default=str(REPO / "var" / "models" / "smollm2-135m-instruct"))
+    parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--requests", type=int, default=3, help="requests per client per level")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads, inference process and offline alike")
+    parser.add_argument("--window-ms", type=float, default=5.0)
+    parser.add_argument("--hold-ms", default=None,
+                        help="the inference process's --hold-ms (default: its own default); several, comma-separated "
+                             "(250,0): the runs alternate between them")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per --hold-ms value (fresh servers each run)")
+    parser.add_argument("--no-prefix-cache", action="store_true", help="the inference process prefills every prompt in full")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.clients.split(",")]
+    holds = [None] if args.hold_ms is None else [float(h) for h in args.hold_ms.split(",")]
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
 
-    torch.set_num_threads(args.threads)
-    policy = load_policy(args.model_dir)
-    for row in served:
-        offline = offline_level(policy, row["clients"], args.requests, args.new_tokens)
-        log("offline", row["clients"], offline)
-        row["offline_tok_s"] = offline["tok_s"]
-        row["offline_tokens"] = offline["tokens"]
-        row["ratio"] = round(row["tok_s"] / offline["tok_s"], 3) if offline["tok_s"] else None
-    print(json.dumps({
-        "bench": "serve", "model": Path(args.model_dir).name, "new_tokens": args.new_tokens,
-        "requests_per_client": args.requests, "threads": args.threads, "window_ms": args.window_ms, "prefix_cache": not args.no_prefix_cache, "hold_ms": args.hold_ms,
-        "cpu": platform.processor() or platform.machine(), "loadavg_start_end": [list(load_start), list(os.getloadavg())], "levels": served,
-        "goal": "ratio >= 0.7 and ttft_ms_p95 < 1000 at 16 clients",
-    }))
+    data = Path(tempfile.mkdtemp(prefix="rl-bench-serve-"))
+    django_start(data, broker=None, PYTHONUNBUFFERED="1", REWARDLOOP_API_RATE="1000000/m",
+                 OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    from django.contrib.auth.models import User
+
+    from webapp.accounts.services import api_token_create
+    from webapp.policies.services import project_create
+
+    project_create(slug="bench", title="bench", base_model_path=args.model_dir)
+    _, secret = api_token_create(user=User.objects.create_user("bench", is_staff=True), name="bench")
+
+    runs, policy = [], None
+    for k in range(args.repeat):
+        for hold_ms in holds:
+            log(f"run {len(runs) + 1} of {args.repeat * len(holds)}: hold_ms={hold_ms}")
+            load_start = os.getloadavg()
+            served, tcp = served_run(args, levels, hold_ms, data, secret)
+            if policy is None:  # the offline figure in this process, the servers stopped
+                import torch
+
+                from pgcore.policy import load_policy
+
+                torch.set_num_threads(args.threads)
+                policy = load_policy(args.model_dir)
+            for row in served:
+                offline = offline_level(policy, row["clients"], args.requests, args.new_tokens)
+                log("offline", row["clients"], offline)
+                row["offline_tok_s"] = offline["tok_s"]
+                row["offline_tokens"] = offline["tokens"]
+                row["ratio"] = round(row["tok_s"] / offline["tok_s"], 3) if offline["tok_s"] else None
+            runs.append({
+                "bench": "serve", "model": Path(args.model_dir).name, "new_tokens": args.new_tokens,
+                "requests_per_client": args.requests, "threads": args.threads, "window_ms": args.window_ms,
+                "prefix_cache": not args.no_prefix_cache, "hold_ms": hold_ms,
+                "cpu": platform.processor() or platform.machine(),
+                "loadavg_start_end": [list(load_start), list(os.getloadavg())], "tcp": tcp, "levels": served,
+                "goal": "ratio >= 0.7 and ttft_ms_p95 < 1000 at 16 clients",
+            })
+    if len(runs) == 1:
+        print(json.dumps(runs[0]))
+        return
+    by_hold: dict[str, dict[str, list]] = {}
+    for run in runs:
+        top = max(run["levels"], key=lambda row: row["clients"])
+        entry = by_hold.setdefault(str(run["hold_ms"]), {"ttft_ms_p95": [], "ratio": []})
+        entry["ttft_ms_p95"].append(top["ttft_ms_p95"])
+        entry["ratio"].append(top["ratio"])
+    print(json.dumps({"bench": "serve-series", "clients": max(levels), "repeat": args.repeat,
+                      "hold_ms": holds, "by_hold_ms": by_hold, "runs": runs}))
 
 
 if __name__ == "__main__":

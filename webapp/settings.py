@@ -30,6 +30,8 @@ Everything a deployment changes comes from the environment:
   (``manage.py serve_inference``) that the OpenAI-compatible routes ``/v1/...`` call. Caps on
   one request there: ``REWARDLOOP_SERVE_MAX_BODY_BYTES`` (1 MiB), ``REWARDLOOP_SERVE_MAX_PROMPT_CHARS``
   (16,000), ``REWARDLOOP_SERVE_MAX_TOKENS`` (512), ``REWARDLOOP_SERVE_MAX_N`` (8).
+  ``REWARDLOOP_SERVE_TIMELINE_LEN`` (4096): the inference process's ``/debug/timeline`` keeps the
+  latest this many ended requests and as many engine steps (older ones are dropped).
 - ``REWARDLOOP_TORCH_THREADS``: torch threads per worker process (default: the
   usable cores (affinity, cgroup quota) divided by the worker's concurrency and by
   ``REWARDLOOP_WORKER_POOLS`` (default 2: generation and training), at least 1;
@@ -285,6 +287,7 @@ REWARDLOOP_SERVE_MAX_BODY_BYTES = int(os.environ.get("REWARDLOOP_SERVE_MAX_BODY_
 REWARDLOOP_SERVE_MAX_PROMPT_CHARS = int(os.environ.get("REWARDLOOP_SERVE_MAX_PROMPT_CHARS", "16000"))
 REWARDLOOP_SERVE_MAX_TOKENS = int(os.environ.get("REWARDLOOP_SERVE_MAX_TOKENS", "512"))
 REWARDLOOP_SERVE_MAX_N = int(os.environ.get("REWARDLOOP_SERVE_MAX_N", "8"))
+REWARDLOOP_SERVE_TIMELINE_LEN = int(os.environ.get("REWARDLOOP_SERVE_TIMELINE_LEN", "4096"))
 REWARDLOOP_TORCH_THREADS = int(os.environ.get("REWARDLOOP_TORCH_THREADS", "0"))
 REWARDLOOP_WORKER_POOLS = int(os.environ.get("REWARDLOOP_WORKER_POOLS", "2"))
 # A worker child is replaced after this many tasks, or after a task that leaves it above

@@ -47,6 +47,13 @@ def _alone(policy, ids, max_tokens):
     return next(iter(out))[1]
 
 
+def _admission_wait(engine, ids, params) -> float:
+    """Seconds a request for version 1 waited from its submission to its admission into a run."""
+    request = engine.submit(1, ids, params)
+    _finish(request)
+    return request.admitted_at - request.submitted_at
+
+
 def _steps(timeline, kind):
     return [s["rows"] for s in timeline["steps"] if s["kind"] == kind]
 
@@ -110,9 +117,7 @@ def test_an_open_arrival_holds_a_step_at_most_hold_s_and_a_closed_one_not_at_all
     ids = render_prompt(policy.tokenizer, TEXTS[0])
     try:
         stuck = engine.arrival()  # e.g. a handler still reading a slow body
-        request = engine.submit(1, ids, params)
-        _finish(request)
-        assert 0.5 - 0.02 <= request.admitted_at - request.submitted_at < 10  # held, and only for hold_s
+        assert 0.5 - 0.02 <= _admission_wait(engine, ids, params) < 10  # held, and only for hold_s
         with stuck:  # its handler answers (a refusal): closed
             pass
         engine.hold_s = 30.0
@@ -140,5 +145,51 @@ def test_a_full_batch_never_holds_a_step_for_an_open_arrival(policy):
         for request in running:
             request.cancelled.set()
             _finish(request)
+    finally:
+        engine.close()
+
+
+def test_an_open_arrival_for_another_version_never_holds_a_step_and_one_for_its_version_does(policy):
+    engine = _engine(policy, window_s=0.0, hold_s=30.0)
+    engine.loaded(2)  # a second project's served version
+    params = SamplingParams(max_tokens=2, temperature=0.0)
+    ids = render_prompt(policy.tokenizer, TEXTS[0])
+    try:
+        with engine.arrival() as other:  # a request for version 2, still being tokenized
+            other.for_version(2)
+            assert _admission_wait(engine, ids, params) < 10  # not held (30 s if it were)
+        engine.hold_s = 0.5
+        with engine.arrival() as same:
+            same.for_version(1)
+            assert 0.5 - 0.02 <= _admission_wait(engine, ids, params) < 10  # held for it
+    finally:
+        engine.close()
+
+
+def test_the_timeline_keeps_the_latest_ended_requests_and_steps_and_lets_the_requests_go(policy):
+    import gc
+    import weakref
+
+    engine = _engine(policy, window_s=0.0, hold_s=0.0, timeline_len=3)
+    params = SamplingParams(max_tokens=2, temperature=0.0)
+    try:
+        refs = []
+        for i in range(5):  # one after the other: five runs
+            request = engine.submit(1, render_prompt(policy.tokenizer, TEXTS[i]), params, tag=f"r{i}")
+            _finish(request)
+            while request.ended_at is None:
+                time.sleep(0.01)
+            refs.append(weakref.ref(request))
+            del request
+        timeline = engine.timeline()
+        assert [r["id"] for r in timeline["requests"]] == ["r2", "r3", "r4"]
+        assert len(timeline["steps"]) == 3 and engine.steps_run >= 5
+        # the timeline keeps a summary, not the request (its prompt, its queue): once the engine
+        # waits for the next request, no ended request is kept
+        deadline = time.monotonic() + 10
+        while any(ref() is not None for ref in refs) and time.monotonic() < deadline:
+            gc.collect()
+            time.sleep(0.05)
+        assert [ref() is None for ref in refs] == [True] * 5
     finally:
         engine.close()

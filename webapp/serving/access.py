@@ -97,10 +97,11 @@ def model_project(*, user, model: str) -> Project:
     except NotAMember:
         raise AccessRefused(404, f"The model {model!r} does not exist or you do not have access to it.",
                             param="model", code="model_not_found") from None
-    served = project.served_version.number if project.served_version_id else None
-    if pin and (not pin.isdigit() or int(pin) != served) and role != Membership.Role.STAFF:
-        raise AccessRefused(403, "Only the project's staff may call a version other than the served one.",
-                            param="model")
+    if pin and role != Membership.Role.STAFF:  # the served version is read only for an annotator's pin
+        served = project.served_version.number if project.served_version_id else None
+        if not pin.isdigit() or int(pin) != served:
+            raise AccessRefused(403, "Only the project's staff may call a version other than the served one.",
+                                param="model")
     return project
 
 

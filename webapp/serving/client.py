@@ -18,11 +18,17 @@ class InferenceUnavailable(Exception):
 
 _client: httpx2.Client | None = None
 
+# How long an idle connection to the inference process stays open for the next request: longer
+# than the pauses between bursts of clients (httpx's default, 5 s, is not), so a burst reuses the
+# connections of the last one instead of opening one each (a new thread in the inference process).
+KEEPALIVE_S = 120.0
+
 
 def _http() -> httpx2.Client:
     global _client
     if _client is None:  # one pooled client per process (thread-safe)
-        _client = httpx2.Client(timeout=httpx2.Timeout(300.0, connect=3.0), limits=httpx2.Limits(max_connections=64))
+        _client = httpx2.Client(timeout=httpx2.Timeout(300.0, connect=3.0),
+                                limits=httpx2.Limits(max_connections=64, keepalive_expiry=KEEPALIVE_S))
     return _client
 
 

@@ -103,6 +103,7 @@ class Request:
     count the engine's steps (:attr:`Engine.steps_run`) then, so their difference is its time
     to first token in steps, which the machine's load does not stretch; ``received_cpu`` and
     ``first_token_cpu`` are the process's CPU time (``time.process_time()``, all threads) then.
+    Once it ends, a summary of these (no prompt, no queue) joins the timeline (:meth:`Engine.timeline`).
     """
 
     key: str
@@ -121,18 +122,27 @@ class Request:
     received_cpu: float | None = None
     first_token_cpu: float | None = None
     open_choices: int = 0
+    tag: str | None = None  # the caller's id for it (the web app's answer id), shown in the timeline
 
 
 class Arrival:
     """A request the caller has let in (token and rate checked) and is still tokenizing (:meth:`Engine.arrival`).
 
     While it is open, the engine's next prefill waits for it (at most ``hold_s`` after ``at``),
-    so it joins that prefill instead of waiting for it to end and then for one of its own.
+    so it joins that prefill instead of waiting for it to end and then for one of its own; once
+    its model version is known (:meth:`for_version`), only a prefill for that version waits.
     Closed by :meth:`Engine.submit` (``arrival=``) or on leaving its ``with`` block (a refusal, e.g. an unknown model).
     """
 
     def __init__(self, engine: Engine):
         self.engine, self.at, self.at_cpu, self.open = engine, time.monotonic(), time.process_time(), True
+        self.key: str | None = None  # its model version (as Request.key), None until known
+
+    def for_version(self, version_id: int) -> None:
+        """Its request is for ``version_id``: a run of another version no longer waits for it."""
+        with self.engine._cv:
+            self.key = str(version_id)
+            self.engine._cv.notify_all()
 
     def __enter__(self) -> Arrival:
         return self
@@ -152,7 +162,8 @@ class Engine:
         prefix_cache: keep the keys and values of the chat template's shared prefix per
             version (:mod:`pgcore.prefix_cache`), so a chat request's prefill runs over its
             own tokens only.
-        timeline_len: steps and requests kept for :meth:`timeline` (the latest).
+        timeline_len: steps and ended requests kept for :meth:`timeline` (the latest of each,
+            a ring buffer: the oldest goes as a new one comes), >= 1.
         hold_s: the longest a prefill waits for a request still being received (an open
             :meth:`arrival`), counted from that request's arrival, seconds; 0: never waits.
             A running batch with no free row never waits.
@@ -161,6 +172,8 @@ class Engine:
     def __init__(self, *, load: Callable, window_s: float = 0.005, max_batch: int = 32,
                  precision: str = "auto", device: str | None = None, max_loaded: int = 3, prefix_cache: bool = True,
                  timeline_len: int = 4096, hold_s: float = 0.25):
+        if timeline_len < 1:
+            raise ValueError(f"timeline_len must be >= 1, not {timeline_len}")
         self.load = load
         self.prefix_cache = prefix_cache
         self.window_s, self.max_batch, self.max_loaded, self.hold_s = window_s, max_batch, max_loaded, hold_s
@@ -178,7 +191,7 @@ class Engine:
         self.tokens_run = 0  # tokens sampled, every row of every batch
         self.steps_run = 0  # forwards (a prefill or a decoding step), every run
         self._steps: deque = deque(maxlen=timeline_len)  # (start, end, kind, rows) of the latest steps
-        self._requests: deque = deque(maxlen=timeline_len)  # the latest requests admitted
+        self._requests: deque = deque(maxlen=timeline_len)  # summaries of the latest requests ended (dicts)
         self._thread = threading.Thread(target=self._loop, name="inference-engine", daemon=True)
         self._thread.start()
 
@@ -234,27 +247,29 @@ class Engine:
                 self._arrivals.discard(arrival)
                 self._cv.notify_all()
 
-    def _hold(self) -> None:
-        """Wait while an open arrival is younger than ``hold_s`` (it is about to be submitted),
-        ``hold_s`` at most in all (arrivals that keep coming never stall a run for longer)."""
+    def _hold(self, key: str) -> None:
+        """Wait while an open arrival that may be for version ``key`` (its version ``key`` or not
+        known yet) is younger than ``hold_s`` (it is about to be submitted), ``hold_s`` at most
+        in all (arrivals that keep coming never stall a run for longer)."""
         cap = time.monotonic() + self.hold_s
         with self._cv:
             while not self._stopping:
                 now = time.monotonic()
-                until = min(cap, max((a.at + self.hold_s for a in self._arrivals), default=now))
+                until = min(cap, max((a.at + self.hold_s for a in self._arrivals if a.key in (None, key)), default=now))
                 if until <= now:
                     return
                 self._cv.wait(until - now)
 
     def submit(self, version_id: int, prompt_ids: list[int], params: SamplingParams, *,
-               arrival: Arrival | None = None) -> Request:
+               arrival: Arrival | None = None, tag: str | None = None) -> Request:
         """Queue a request for a model version (loaded with :meth:`loaded` first); returns at once.
 
         ``arrival``: its :meth:`arrival`, closed here; its time is the request's ``received_at``.
+        ``tag``: the caller's id for it, shown as ``id`` in :meth:`timeline`.
         """
         request = Request(key=str(version_id), prompt_ids=prompt_ids, params=params,
                           received_at=None if arrival is None else arrival.at, submit_step=self.steps_run,
-                          received_cpu=None if arrival is None else arrival.at_cpu)
+                          received_cpu=None if arrival is None else arrival.at_cpu, tag=tag)
         with self._cv:
             self._pending.append(request)
             if arrival is not None and arrival.open:
@@ -266,27 +281,33 @@ class Engine:
     def timeline(self, since: float = 0.0) -> dict:
         """The latest steps and requests (at most ``timeline_len`` each) that ended after ``since``.
 
-        Returns ``{"steps": [{"start", "end", "kind", "rows"}], "requests": [{"received",
+        Returns ``{"steps": [{"start", "end", "kind", "rows"}], "requests": [{"id", "received",
         "submitted", "admitted", "first_token", "end", "steps_to_first_token",
         "cpu_to_first_token", "prompt_tokens", "max_tokens", "n"}]}``: times are ``time.monotonic()`` seconds
         (one clock for every process of the machine on Linux); ``kind`` is ``"prefill"``
         (``rows`` prompts prefilled) or ``"decode"`` (``rows`` slots decoded). Requests in
-        order of admission; those not ended yet are left out. ``cpu_to_first_token``: CPU
+        order of admission, ended ones only (a run that failed leaves its requests out);
+        ``id``: the caller's ``tag`` (:meth:`submit`), else None. ``cpu_to_first_token``: CPU
         seconds this process spent (every thread: the engine's, the other requests' handlers)
         from the request's arrival to its first token, a time to first token the machine's
         load stretches much less than the wall time (None without an arrival).
         """
         steps = [{"start": s, "end": e, "kind": k, "rows": r} for s, e, k, r in list(self._steps) if e >= since]
-        requests = [
-            {"received": r.received_at, "submitted": r.submitted_at, "admitted": r.admitted_at,
-             "first_token": r.first_token_at, "end": r.ended_at,
-             "steps_to_first_token": None if r.first_token_step is None else r.first_token_step - r.submit_step,
-             "cpu_to_first_token": None if None in (r.received_cpu, r.first_token_cpu)
-             else r.first_token_cpu - r.received_cpu,
-             "prompt_tokens": len(r.prompt_ids), "max_tokens": r.params.max_tokens, "n": r.params.n}
-            for r in list(self._requests) if r.ended_at is not None and r.ended_at >= since
-        ]
+        requests = sorted((r for r in list(self._requests) if r["end"] >= since), key=lambda r: r["admitted"])
         return {"steps": steps, "requests": requests}
+
+    def _ended(self, request: Request, at: float) -> None:
+        """``request`` ended at ``at``: its summary joins the timeline (the oldest leaves when full)."""
+        request.ended_at = at
+        r = request
+        self._requests.append({
+            "id": r.tag, "received": r.received_at, "submitted": r.submitted_at, "admitted": r.admitted_at,
+            "first_token": r.first_token_at, "end": r.ended_at,
+            "steps_to_first_token": None if r.first_token_step is None else r.first_token_step - r.submit_step,
+            "cpu_to_first_token": None if None in (r.received_cpu, r.first_token_cpu)
+            else r.first_token_cpu - r.received_cpu,
+            "prompt_tokens": len(r.prompt_ids), "max_tokens": r.params.max_tokens, "n": r.params.n,
+        })
 
     def _step_done(self, kind: str, rows: int, start: float, end: float) -> None:
         self.steps_run += 1
@@ -308,14 +329,14 @@ class Engine:
         delay = first.submitted_at + self.window_s - time.monotonic()
         if delay > 0:
             time.sleep(delay)  # let the requests sent at the same moment share the first prefill
-        self._hold()
+        self._hold(first.key)
         return self._admit(first.key)
 
     def _admit(self, key: str, hold: bool = False) -> list[Request]:
         """Pending requests for version ``key``, in order, up to the first for another version;
         ``hold``: first wait for the requests being received (:meth:`_hold`)."""
         if hold:
-            self._hold()
+            self._hold(key)
         with self._cv:
             if self._stopping:
                 return []
@@ -326,17 +347,23 @@ class Engine:
         return batch
 
     def _loop(self) -> None:
-        while True:
-            batch = self._take_batch()
-            if not batch:
-                return
-            joined = list(batch)
-            try:
-                self._run(batch, joined)
-            except Exception as exc:  # a bad run fails its requests, never the process
-                log.exception("inference batch failed")
-                for request in joined:
-                    request.events.put(("error", f"generation failed: {exc}"))
+        while self._run_next():
+            pass
+
+    def _run_next(self) -> bool:
+        """Wait for a batch and sample it with the requests that join it; False once stopping.
+        (Its own frame: the engine keeps no ended request while it waits for the next.)"""
+        batch = self._take_batch()
+        if not batch:
+            return False
+        joined = list(batch)
+        try:
+            self._run(batch, joined)
+        except Exception as exc:  # a bad run fails its requests, never the process
+            log.exception("inference batch failed")
+            for request in joined:
+                request.events.put(("error", f"generation failed: {exc}"))
+        return True
 
     @torch.no_grad()
     def _run(self, batch: list[Request], joined: list[Request]) -> None:
@@ -362,9 +389,8 @@ class Engine:
             now = time.monotonic()
             for request in requests:
                 request.admitted_at = now
-                self._requests.append(request)
                 if len(request.prompt_ids) >= item.context_limit:
-                    request.ended_at = now
+                    self._ended(request, now)
                     request.events.put(("error", f"the prompt has {len(request.prompt_ids)} tokens; "
                                                  f"this model's context is {item.context_limit}"))
                     continue
@@ -402,7 +428,7 @@ class Engine:
             request, index = rows[r]
             request.open_choices -= 1
             if request.open_choices == 0:
-                request.ended_at = time.monotonic()
+                self._ended(request, time.monotonic())
             request.events.put(("end", index, {"token_ids": ids, "logprobs": lps, "finished": bool(done)}))
 
 

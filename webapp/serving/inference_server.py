@@ -30,6 +30,7 @@ one thread runs the forward passes.
 
     {"model": "demo" | "demo@3", "prompt": "text"} or {"model": ..., "messages": [{"role", "content"}]},
     plus "max_tokens", "temperature", "top_p", "n", "seed", "stop": [str] (validated by the web app)
+    and "id" (the web app's answer id, up to 64 characters: the request's ``id`` in the timeline)
 
 and answers ``200`` with one JSON object per line::
 
@@ -161,6 +162,20 @@ class _Choice:
         return delta
 
 
+class InferenceHTTPServer(ThreadingHTTPServer):
+    """The standard library's threading HTTP server with a listen queue for bursts.
+
+    :class:`socketserver.TCPServer` listens with a queue of 5 connections: when more relays
+    connect at once than its thread accepts (16 clients' requests reaching a busy process
+    together), Linux drops the extra handshakes and each such client waits for the 1 s SYN
+    retransmit, so its first token comes a second late (``bench/serve.py``'s timeline at 16
+    clients). 128 is the kernel's default ``somaxconn`` cap before Linux 5.4.
+    """
+
+    request_queue_size = 128
+    daemon_threads = True
+
+
 def make_handler(engine: Engine, versions: Versions):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -222,13 +237,16 @@ def make_handler(engine: Engine, versions: Versions):
             if self.path != "/generate":
                 return self._json(404, {"error": "not found"})
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            token = self._caller()
-            if token is None:
-                return
-            # Only now (the body read, the caller let in) the engine's next prefill waits for it (bounded):
-            # a slow or refused caller never holds a step.
-            with engine.arrival() as arrival:
-                request, prompt_ids, model, params, stop, tokenizer = self._received(raw, token, arrival)
+            try:  # one database connection for the checks, closed before streaming
+                token = self._caller()
+                if token is None:
+                    return
+                # Only now (the body read, the caller let in) the engine's next prefill waits for it (bounded):
+                # a slow or refused caller never holds a step.
+                with engine.arrival() as arrival:
+                    request, prompt_ids, model, params, stop, tokenizer = self._received(raw, token, arrival)
+            finally:
+                close_old_connections()
             if request is not None:
                 self._stream(request, prompt_ids, model, params, stop, tokenizer)
 
@@ -239,8 +257,6 @@ def make_handler(engine: Engine, versions: Versions):
             except access.AccessRefused as exc:
                 self._json(exc.status, exc.body(), headers={"WWW-Authenticate": 'Bearer realm="rewardloop"'})
                 return None
-            finally:
-                close_old_connections()
             try:  # the REST API's per-token rate; counted here only, forwarded by the web app or not
                 access.throttle_check(token=token)
             except access.AccessRefused as exc:
@@ -261,6 +277,7 @@ def make_handler(engine: Engine, versions: Versions):
                     seed=None if body.get("seed") is None else int(body["seed"]),
                 )
                 stop = [str(s) for s in body.get("stop") or [] if s]
+                tag = None if body.get("id") is None else str(body["id"])[:64]
             except (ValueError, KeyError, TypeError) as exc:
                 self._json(400, {"event": "error", "status": 400, "message": f"malformed request: {exc}"})
                 return none
@@ -269,10 +286,9 @@ def make_handler(engine: Engine, versions: Versions):
             except access.AccessRefused as exc:
                 self._json(exc.status, exc.body())
                 return none
-            finally:
-                close_old_connections()
             try:
                 version_id = versions.resolve(model)
+                arrival.for_version(version_id)  # from now on only a run of its version waits for it
                 item = engine.loaded(version_id)
                 tokenizer = item.tokenizer
                 if body.get("messages") is not None:
@@ -283,12 +299,10 @@ def make_handler(engine: Engine, versions: Versions):
             except UnknownModel:
                 self._json(404, {"event": "error", "status": 404, "message": f"no model {model!r}"})
                 return none
-            finally:
-                close_old_connections()
             if not prompt_ids:
                 self._json(400, {"event": "error", "status": 400, "message": "the prompt is empty"})
                 return none
-            request = engine.submit(version_id, prompt_ids, params, arrival=arrival)
+            request = engine.submit(version_id, prompt_ids, params, arrival=arrival, tag=tag)
             return request, prompt_ids, model, params, stop, tokenizer
 
         def _stream(self, request, prompt_ids, model, params, stop, tokenizer):
@@ -345,8 +359,9 @@ def make_handler(engine: Engine, versions: Versions):
 
 
 def serve(*, host: str, port: int, window_s: float, max_batch: int, precision: str, poll_s: float,
-          ready: threading.Event | None = None, prefix_cache: bool = True, hold_s: float = 0.25) -> None:
-    """Run the inference process's server until interrupted."""
+          ready: threading.Event | None = None, prefix_cache: bool = True, hold_s: float = 0.25,
+          timeline_len: int = 4096) -> None:
+    """Run the inference process's server until interrupted (``timeline_len``: :class:`Engine`'s)."""
     from webapp.policies.runtime import policy_load
 
     def load(version_id: int):
@@ -357,10 +372,9 @@ def serve(*, host: str, port: int, window_s: float, max_batch: int, precision: s
             close_old_connections()
 
     engine = Engine(load=load, window_s=window_s, max_batch=max_batch, precision=precision, prefix_cache=prefix_cache,
-                    hold_s=hold_s)
+                    hold_s=hold_s, timeline_len=timeline_len)
     versions = Versions(engine, poll_s=poll_s)
-    server = ThreadingHTTPServer((host, port), make_handler(engine, versions))
-    server.daemon_threads = True
+    server = InferenceHTTPServer((host, port), make_handler(engine, versions))
     log.info("inference process listening on http://%s:%s", host, server.server_address[1])
     print(f"inference process listening on http://{host}:{server.server_address[1]}", flush=True)
     if ready is not None:

@@ -143,10 +143,9 @@ def _start(body: dict, *, authorization: str):
 class _Answer:
     """Collects one request's events into OpenAI's objects (non-streaming and streaming)."""
 
-    def __init__(self, *, chat: bool, params, start: dict, project, token, prompt_text: str):
-        self.chat, self.params, self.start = chat, params, start
+    def __init__(self, *, id: str, chat: bool, params, start: dict, project, token, prompt_text: str):
+        self.id, self.chat, self.params, self.start = id, chat, params, start
         self.project, self.token, self.prompt_text = project, token, prompt_text
-        self.id = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         self.created = int(time.time())
         self.ends: dict[int, dict] = {}
 
@@ -204,14 +203,16 @@ def _complete(request, schema, *, chat: bool):
     token = _authenticate(request, count=False)  # the inference process counts it
     params = _body(request, schema)
     project = _project(request, params.model)
-    body = {"model": params.model, **params.sampling()}
+    answer_id = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
+    body = {"model": params.model, "id": answer_id, **params.sampling()}  # the id names it in the timeline
     if chat:
         body["messages"] = params.chat()
         prompt_text = _prompt_text(body["messages"])
     else:
         body["prompt"] = prompt_text = params.prompt
     start, events = _start(body, authorization=request.headers.get("Authorization", ""))
-    answer = _Answer(chat=chat, params=params, start=start, project=project, token=token, prompt_text=prompt_text)
+    answer = _Answer(id=answer_id, chat=chat, params=params, start=start, project=project, token=token,
+                     prompt_text=prompt_text)
     if not params.stream:
         for event in events:
             if event["event"] == "end":

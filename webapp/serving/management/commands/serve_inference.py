@@ -25,6 +25,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         import torch
+        from django.conf import settings
 
         from webapp.serving.inference_server import serve
 
@@ -32,4 +33,5 @@ class Command(BaseCommand):
             torch.set_num_threads(options["threads"])
         serve(host=options["host"], port=options["port"], window_s=options["window_ms"] / 1000,
               max_batch=options["max_batch"], precision=options["precision"], poll_s=options["poll_s"],
-              prefix_cache=not options["no_prefix_cache"], hold_s=options["hold_ms"] / 1000)
+              prefix_cache=not options["no_prefix_cache"], hold_s=options["hold_ms"] / 1000,
+              timeline_len=settings.REWARDLOOP_SERVE_TIMELINE_LEN)

@@ -1,0 +1,121 @@
+"""The way from a ``/v1/`` request to the engine: the web app's relay to the inference process, the
+inference process's listen queue and checks, and the timeline that shows each request on that way."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx2
+import pytest
+
+from tests.webapp.serving_helpers import inference_process  # noqa: F401 - fixture
+from webapp.accounts.services import api_token_create
+from webapp.serving import access
+from webapp.serving.client import generate_events
+from webapp.serving.inference_server import InferenceHTTPServer
+
+
+def test_a_burst_of_new_connections_to_the_inference_process_all_get_through_at_once():
+    # Nothing accepts while they connect (as when the process is busy): the listen queue alone holds
+    # them. With the standard library's queue of 5, the 7th handshake is dropped and its client
+    # waits for the SYN retransmit (1 s), past this timeout.
+    server = InferenceHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    connections = []
+    try:
+        for _ in range(32):
+            connections.append(socket.create_connection(server.server_address, timeout=0.5))
+    finally:
+        for connection in connections:
+            connection.close()
+        server.server_close()
+    assert len(connections) == 32
+
+
+class _CountingInference(ThreadingHTTPServer):
+    """A stand-in inference process: answers ``POST /generate`` with ``start`` and ``done`` and counts
+    the TCP connections made to it."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        self.connections = 0
+        counter = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                counter.connections += 1
+                super().setup()
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                body = b'{"event": "start"}\n{"event": "done"}\n'
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+@pytest.mark.slow
+def test_the_relay_reuses_its_connection_to_the_inference_process_after_a_pause(settings):
+    inference = _CountingInference()
+    settings.REWARDLOOP_INFERENCE_URL = f"http://127.0.0.1:{inference.server_address[1]}"
+    try:
+        assert [e["event"] for e in generate_events({"model": "m"}, authorization="Bearer x")] == ["start", "done"]
+        time.sleep(6)  # a pause between bursts of clients, longer than httpx's default keep-alive (5 s)
+        assert [e["event"] for e in generate_events({"model": "m"}, authorization="Bearer x")] == ["start", "done"]
+    finally:
+        inference.shutdown()
+        inference.server_close()
+    assert inference.connections == 1
+
+
+def test_calling_the_served_version_reads_the_project_once_and_a_pin_checks_the_served_number(
+        project, annotator, django_assert_num_queries):
+    with django_assert_num_queries(1):  # the project with the caller's role; not its served version
+        assert access.model_project(user=annotator, model=project.slug) == project
+    with django_assert_num_queries(2):
+        assert access.model_project(user=annotator, model=f"{project.slug}@0") == project  # v0 is served
+    with pytest.raises(access.AccessRefused) as refused:
+        access.model_project(user=annotator, model=f"{project.slug}@1")
+    assert refused.value.status == 403
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_the_timeline_keeps_the_latest_requests_up_to_its_setting_under_the_answer_ids(
+        project, annotator, live_server, inference_process, settings):
+    server = inference_process(env={"REWARDLOOP_SERVE_TIMELINE_LEN": "2"})
+    settings.REWARDLOOP_INFERENCE_URL = server.url
+    _, secret = api_token_create(user=annotator, name="relay")
+    since = time.monotonic()
+    ids = []
+    for words in ("one", "two", "three"):
+        answer = httpx2.post(f"{live_server.url}/v1/chat/completions", timeout=120,
+                             headers={"Authorization": f"Bearer {secret}"},
+                             json={"model": project.slug, "messages": [{"role": "user", "content": words}],
+                                   "max_tokens": 3, "temperature": 0})
+        assert answer.status_code == 200, answer.content
+        ids.append(answer.json()["id"])
+
+    timeline = httpx2.get(server.url + f"/debug/timeline?since={since}",
+                          headers={"Authorization": f"Bearer {server.secret}"}, timeout=30).json()
+    assert [r["id"] for r in timeline["requests"]] == ids[1:]  # the oldest dropped; each under its answer's id
+    assert 1 <= len(timeline["steps"]) <= 2
+
+
+def test_a_malformed_timeline_length_is_refused():
+    from webapp.serving.engine import Engine
+
+    with pytest.raises(ValueError, match="timeline_len"):
+        Engine(load=lambda version_id: None, timeline_len=0)
