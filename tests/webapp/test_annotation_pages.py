@@ -198,14 +198,14 @@ def test_the_next_card_and_a_submit_each_take_a_bounded_number_of_queries(
     for _ in range(30):
         make_completion(project)
     annotator_client.post(url("next", project), **HTMX)  # leases an item (and runs the throttled upkeep)
-    # session, user, the membership with its project, the held lease with its card and the progress line
-    with django_assert_max_num_queries(4):
+    # session, user, the membership with its project, the held lease with its card, the progress line
+    with django_assert_max_num_queries(5):
         body = annotator_client.get(url("card", project), **HTMX).content.decode()
     item = int(re.search(r'data-completion="(\d+)"', body).group(1))
     # session, user, the membership with its project, the item, the transaction; the rating:
     # its savepoint, lease locked and fulfilled, insert, counter; the next lease: held?,
-    # candidates, insert, its card with the progress line
-    with django_assert_max_num_queries(15):
+    # candidates, insert, its card; the progress line
+    with django_assert_max_num_queries(16):
         body = annotator_client.post(url("rate", project, item), {"score": "3"}, **HTMX).content.decode()
     assert 'class="flash error"' not in body and Rating.objects.get().completion_id == item
     assert 'id="count-today">1<' in body and 'id="count-queue">28<' in body
