@@ -12,7 +12,7 @@ the largest difference.
 Prints ONE JSON object: median CPU ms per step of each code and their ratio (new / old), and the
 ratio of each alternation's pair (``pair_ratios``: one per rep, their spread is the noise).
 Not a test. Usage: python bench/decode_step_ab.py [--old DIR] [--precision bf16] [--batch 32]
-[--threads 1] [--reps 30] [--cache-cols 100] [--atol 0] [--model-dir DIR]
+[--threads 1] [--reps 30] [--cache-cols 100] [--atol 0] [--same-model] [--model-dir DIR]
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--cache-cols", type=int, default=100)
     p.add_argument("--atol", type=float, default=0.0)
+    p.add_argument("--same-model", action="store_true", help="both codes run this tree's sampling copy (fp32: fused), so only the step's code differs")
     p.add_argument("--model-dir", type=Path, default=Path("var/models/smollm2-135m-instruct"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -57,7 +58,7 @@ def main() -> None:
         new.fuse_projections(fused)
     else:
         fused = new.sampling_model(policy, dtype=dtype)
-    plain = old.sampling_model(policy, dtype=dtype)
+    plain = fused if args.same_model else old.sampling_model(policy, dtype=dtype)
     b, T = args.batch, args.cache_cols
     n_kv, d = new._kv_shape(fused.model)
     n_layers = len(fused.model.layers)
@@ -87,7 +88,7 @@ def main() -> None:
     med = {side: sorted(v)[len(v) // 2] * 1000 for side, v in cpu.items()}
     pairs = sorted(n / o for n, o in zip(cpu["new"], cpu["old"]))
     print(json.dumps({
-        "old": str(args.old), "precision": args.precision, "batch": b, "threads": args.threads, "reps": args.reps,
+        "old": str(args.old), "same_model": args.same_model, "precision": args.precision, "batch": b, "threads": args.threads, "reps": args.reps,
         "cache_cols": T, "load_avg": os.getloadavg()[0], "max_logit_diff": diff,
         "old_cpu_ms_median": round(med["old"], 2), "new_cpu_ms_median": round(med["new"], 2),
         "new_over_old": round(med["new"] / med["old"], 3),
