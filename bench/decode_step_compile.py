@@ -16,7 +16,6 @@ Prints ONE JSON object. Not a test. Usage: python bench/decode_step_compile.py [
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -27,33 +26,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from bench.decode_setup import add_step_arguments, parse_and_load, step_inputs  # noqa: E402
 from pgcore import rollout  # noqa: E402
-from pgcore.policy import load_policy  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--cache-cols", type=int, default=100)
-    p.add_argument("--model-dir", type=Path, default=Path("var/models/smollm2-135m-instruct"))
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-    policy = load_policy(args.model_dir)
-    if dtype == torch.float32:
-        model = copy.deepcopy(policy.model).eval().requires_grad_(False)
-        rollout.fuse_projections(model)
-    else:
-        model = rollout.sampling_model(policy, dtype=dtype)
+    add_step_arguments(p, batch=8)
+    args, dtype, _, model = parse_and_load(p)
     b, T0 = args.batch, args.cache_cols
-    n_kv, d = rollout._kv_shape(model.model)
-    g = torch.Generator().manual_seed(0)
-    W = T0 + args.reps + 10
-    caches = [[torch.randn(b, n_kv, W, d, generator=g).to(dtype) for _ in model.model.layers] for _ in range(2)]
-    ids = torch.randint(0, model.lm_head.weight.shape[0], (b, 1), generator=g)
+    caches, ids, _ = step_inputs(model, dtype, b, T0 + args.reps + 10)
     out = torch.empty(b, model.lm_head.weight.shape[0])
     compiled = torch.compile(rollout._forward_fast, dynamic=True)
 

@@ -1,7 +1,7 @@
 """torch.profiler (CPU, record_shapes) over decoding steps of pgcore's sampler, grouped by op kind.
 
 Builds this tree's sampling copy of SmolLM2-135M in ``--precision`` (as ``bench/decode_step_ab.py``:
-fp32 a fused copy, bf16 :func:`pgcore.rollout.sampling_model`), runs ``--steps`` decoding steps
+fp32 a fused copy, bf16 :func:`pgcore.rollout.sampling_model`), runs ``--reps`` decoding steps
 (``_forward_fast`` for one token per row at ``--batch`` rows over ``--cache-cols`` cache columns,
 then a draw with :func:`pgcore.rollout.draw_tokens`) under the profiler, and prints ONE JSON object:
 CPU time per step (``time.process_time``, measured outside the profiler), the profiler's self CPU
@@ -9,13 +9,12 @@ time per op kind (matmul, attention, norm, rotary, activation, cache write, samp
 and the rest of the step (Python and dispatch), and the top ops with their input shapes.
 
 Not a test. Usage: python bench/decode_step_profile.py [--precision fp32] [--batch 32] [--threads 2]
-[--steps 10] [--cache-cols 100] [--model-dir DIR]
+[--reps 10] [--cache-cols 100] [--model-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -27,32 +26,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
+from bench.decode_setup import add_step_arguments, parse_and_load, step_inputs  # noqa: E402
 from pgcore import rollout  # noqa: E402
-from pgcore.policy import load_policy  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--cache-cols", type=int, default=100)
-    p.add_argument("--model-dir", type=Path, default=Path("var/models/smollm2-135m-instruct"))
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-    policy = load_policy(args.model_dir)
-    if dtype == torch.float32:
-        model = copy.deepcopy(policy.model).eval().requires_grad_(False)
-        rollout.fuse_projections(model)
-    else:
-        model = rollout.sampling_model(policy, dtype=dtype)
+    add_step_arguments(p, threads=2)
+    args, dtype, _, model = parse_and_load(p)
     b, T = args.batch, args.cache_cols
-    n_kv, d = rollout._kv_shape(model.model)
-    g = torch.Generator().manual_seed(0)
-    caches = [[torch.randn(b, n_kv, T + 60, d, generator=g).to(dtype) for _ in model.model.layers] for _ in range(2)]
-    ids = torch.randint(0, model.lm_head.weight.shape[0], (b, 1), generator=g)
+    caches, ids, g = step_inputs(model, dtype, b, T + 60)
     cols = torch.full((b,), T - 1)
     mask = torch.ones(b, 1, 1, T, dtype=torch.bool)
     out = torch.empty(b, model.lm_head.weight.shape[0])
@@ -67,12 +50,12 @@ def main() -> None:
     for _ in range(3):
         step()
     cpu = []
-    for _ in range(args.steps):
+    for _ in range(args.reps):
         t = time.process_time()
         step()
         cpu.append(time.process_time() - t)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        for _ in range(args.steps):
+        for _ in range(args.reps):
             with record_function("step"):
                 step()
     kinds = {
@@ -96,7 +79,7 @@ def main() -> None:
         rows.append((e.self_cpu_time_total, e.key, str(e.input_shapes)[:120], e.count))
     ops_total = sum(by_kind.values())
     rows.sort(reverse=True)
-    n = args.steps
+    n = args.reps
     print(json.dumps({
         "precision": args.precision, "batch": b, "threads": args.threads, "steps": n, "cache_cols": T,
         "cpu_ms_per_step_median": round(sorted(cpu)[n // 2] * 1000, 2),
