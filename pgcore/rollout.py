@@ -9,6 +9,7 @@ sampled"). Prompts are left-padded so every row's next token is in the last colu
 from __future__ import annotations
 
 import copy
+import functools
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -258,9 +259,18 @@ def _decode_attention(q, k, v, mask, scale, masked_out=None):
     return torch.matmul(weights, v).reshape(b, 1, n_heads * d)  # (b, kvH, g, D) -> (b, 1, nH * D)
 
 
+@functools.cache
+def _onednn_bf16() -> bool:
+    """oneDNN is built in and this CPU multiplies bf16 natively (:func:`pgcore.precision.native_bf16_matmul`)."""
+    from pgcore.precision import native_bf16_matmul
+
+    return torch.backends.mkldnn.is_available() and native_bf16_matmul()
+
+
 def _packs(weight: torch.Tensor) -> bool:
-    """Whether :func:`_linear` multiplies by a pre-packed copy of ``weight``: bf16 on a CPU with oneDNN."""
-    return weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and torch.backends.mkldnn.is_available()
+    """Whether :func:`_linear` multiplies by a pre-packed copy of ``weight``: bf16 on a CPU with
+    native bf16 matmuls and oneDNN (elsewhere the plain matmul, whose rounding was not compared)."""
+    return weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and _onednn_bf16()
 
 
 def _linear(owner, name: str, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
