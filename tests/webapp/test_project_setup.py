@@ -212,3 +212,23 @@ def test_the_page_and_the_api_list_the_members_from_one_selector(staff_client, p
     assert [(m.user.username, m.role) for m in page.context["members"]] == expected
     listed = api_for(Membership.objects.get(project=project, role="staff").user).get(f"/projects/{project.slug}/members")
     assert [(m["username"], m["role"]) for m in listed.json()] == expected
+
+
+def test_a_rejected_files_good_lines_are_headed_as_not_imported(staff_client, project, settings, tmp_path):
+    settings.DATA_DIR = tmp_path
+    body = b'{"text": "fine one"}\n{"text": "fine two"}\n{"text": ""}\n'
+    page = staff_client.post(
+        f"/staff/p/{project.slug}/setup/prompts/preview/", {"file": SimpleUploadedFile("p.jsonl", body)}
+    ).content.decode()
+    heading = page.find('id="import-good-rows"')
+    assert -1 < page.find('id="import-errors"') < heading < page.find('id="import-rows"') < page.find("fine two")
+    assert "Not imported either: the good lines before the first bad one" in page and "refused whole" in page
+    assert not Prompt.objects.filter(project=project, text__startswith="fine").exists()
+
+
+def test_an_accepted_files_rows_have_no_not_imported_heading(staff_client, project, settings, tmp_path):
+    settings.DATA_DIR = tmp_path
+    page = staff_client.post(
+        f"/staff/p/{project.slug}/setup/prompts/preview/", {"file": SimpleUploadedFile("p.jsonl", b'{"text": "fine"}\n')}
+    ).content.decode()
+    assert 'id="import-rows"' in page and 'id="import-good-rows"' not in page
