@@ -4,18 +4,10 @@ production) is neither counted as rated today nor offered to undo."""
 
 import pytest
 
+from tests.webapp.annotation_helpers import production_answer
 from webapp.accounts.services import api_token_create
 from webapp.annotation import selectors, services
-from webapp.annotation.production import AnswerChoice, feedback_create, production_answer_store
-
-
-def production_answer(project, token, response_id, *, n=1):
-    return production_answer_store(
-        project=project, version_number=project.served_version.number, api_token=token, response_id=response_id,
-        prompt_text="What is a good film?", prompt_token_ids=[5, 6, 7],
-        choices=[AnswerChoice(index=i, text=f"answer {i}", token_ids=[11, 12], logprobs=[-1.0, -1.0], finished=True)
-                 for i in range(n)],
-    )
+from webapp.annotation.production import feedback_create
 
 
 def send_feedback(project, annotator):
