@@ -211,7 +211,7 @@ IDLE_RETRY_S = 3.0  # an annotator with nothing to rate looks again after this l
 LEASE_MINUTES = 7 * 24 * 60  # leases never expire in virtual time (they are on the wall clock)
 # The open guard also serves a reward-model version at once (no shadow queue wait for people's ratings).
 OPEN_GUARD = {
-    "guard_max_kl": 1e9,
+    "guard_max_kl": 1000.0,  # the model's upper bound: no version is held back for its KL
     "guard_min_distinct2_ratio": 0.0,
     "guard_max_identical_fraction": 1.0,
     "shadow_share": 0.0,

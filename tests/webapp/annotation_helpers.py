@@ -39,3 +39,16 @@ def make_rank_group(project, make_completion, *, prompt=None, k=None, texts=None
     texts = texts or [f"output {i} of {k}" for i in range(k)]
     prompt = prompt or project.prompts.filter(held_out=False).order_by("id").first()
     return rank_group_create(completions=[make_completion(project, prompt=prompt, text=t) for t in texts])
+
+
+def production_answer(project, token, response_id, *, n=1):
+    """A production answer of ``n`` choices to ``token``'s request ``response_id``, as ``/v1/chat/completions``
+    stores it (served version, one short prompt)."""
+    from webapp.annotation.production import AnswerChoice, production_answer_store
+
+    return production_answer_store(
+        project=project, version_number=project.served_version.number, api_token=token, response_id=response_id,
+        prompt_text="What is a good film?", prompt_token_ids=[5, 6, 7],
+        choices=[AnswerChoice(index=i, text=f"answer {i}", token_ids=[11, 12], logprobs=[-1.0, -1.0], finished=True)
+                 for i in range(n)],
+    )

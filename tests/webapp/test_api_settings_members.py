@@ -52,6 +52,9 @@ def test_staff_read_and_change_settings_of_both_pages_and_each_form_is_audited(p
     ({"arena_voters": "everyone"}, "arena_voters"),
     ({"arena_required": "yes"}, "arena_required"),
     ({"min_new_ratings": True}, "min_new_ratings"),
+    ({"min_new_ratings": 1e9}, "min_new_ratings"),  # no upper bound once meant "never train", silently
+    ({"min_new_ratings": 100_001}, "min_new_ratings"),
+    ({"guard_max_kl": 1e9}, "guard_max_kl"),
     ({"colour": "red"}, "colour"),
     ({"title": "Fine", "guard_eval_prompts": 0}, "guard_eval_prompts"),  # one bad field: nothing saved
 ])
@@ -198,3 +201,10 @@ def test_staff_remove_or_demote_themselves_while_another_active_staff_member_rem
     ]
     last = api_for(other).delete("/projects/t/members/other")
     assert last.status_code == 409 and "other is the last staff member of t" in last.json()["message"]
+
+
+def test_a_billion_ratings_per_run_is_refused_with_the_bound_in_the_message(project, lead, api_for):
+    response = api_for(lead).patch("/projects/t/settings", {"min_new_ratings": 1e9})
+    assert response.status_code == 400, response.content
+    assert "less than or equal to 100000" in response.content.decode()
+    assert api_for(lead).patch("/projects/t/settings", {"min_new_ratings": 100_000}).json()["min_new_ratings"] == 100_000

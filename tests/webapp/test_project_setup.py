@@ -14,6 +14,13 @@ def jsonl(rows) -> bytes:
     return "\n".join(json.dumps(r) for r in rows).encode()
 
 
+def preview_page(client, project, name: str, body: bytes) -> str:
+    """The setup page answering a preview of the file ``name`` holding ``body``."""
+    return client.post(
+        f"/staff/p/{project.slug}/setup/prompts/preview/", {"file": SimpleUploadedFile(name, body)}
+    ).content.decode()
+
+
 def test_global_staff_create_a_project_and_become_its_staff(client, make_user, tiny_model_dir):
     boss = make_user("boss", staff=True, member=False)
     client.force_login(boss)
@@ -150,10 +157,7 @@ def test_a_staff_member_who_removes_themselves_goes_home_and_the_last_one_cannot
 
 def test_the_preview_names_the_column_the_prompts_were_read_from(staff_client, project, settings, tmp_path):
     settings.DATA_DIR = tmp_path
-    body = b"prompt,reference\nSay hi,Hi!\n"
-    page = staff_client.post(
-        f"/staff/p/{project.slug}/setup/prompts/preview/", {"file": SimpleUploadedFile("p.csv", body)}
-    ).content.decode()
+    page = preview_page(staff_client, project, "p.csv", b"prompt,reference\nSay hi,Hi!\n")
     assert "Prompt text read from <code>prompt</code>; not read: <code>reference</code>" in page
     both = staff_client.post(
         f"/staff/p/{project.slug}/setup/prompts/preview/", {"file": SimpleUploadedFile("q.csv", b"text,prompt\na,b\n")}
@@ -212,3 +216,18 @@ def test_the_page_and_the_api_list_the_members_from_one_selector(staff_client, p
     assert [(m.user.username, m.role) for m in page.context["members"]] == expected
     listed = api_for(Membership.objects.get(project=project, role="staff").user).get(f"/projects/{project.slug}/members")
     assert [(m["username"], m["role"]) for m in listed.json()] == expected
+
+
+def test_a_rejected_files_good_lines_are_headed_as_not_imported(staff_client, project, settings, tmp_path):
+    settings.DATA_DIR = tmp_path
+    page = preview_page(staff_client, project, "p.jsonl", b'{"text": "fine one"}\n{"text": "fine two"}\n{"text": ""}\n')
+    heading = page.find('id="import-good-rows"')
+    assert -1 < page.find('id="import-errors"') < heading < page.find('id="import-rows"') < page.find("fine two")
+    assert "Not imported either: the good lines before the first bad one" in page and "refused whole" in page
+    assert not Prompt.objects.filter(project=project, text__startswith="fine").exists()
+
+
+def test_an_accepted_files_rows_have_no_not_imported_heading(staff_client, project, settings, tmp_path):
+    settings.DATA_DIR = tmp_path
+    page = preview_page(staff_client, project, "p.jsonl", b'{"text": "fine"}\n')
+    assert 'id="import-rows"' in page and 'id="import-good-rows"' not in page

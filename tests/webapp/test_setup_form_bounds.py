@@ -56,3 +56,22 @@ def test_the_runs_page_settings_carry_and_enforce_the_models_bounds(staff_client
     assert answer.status_code == 400
     body = answer.content.decode()
     assert "greater than or equal to 1." in body and "greater than or equal to 0." not in body
+
+
+def test_the_runs_page_refuses_a_billion_ratings_per_run_with_the_upper_bound(staff_client, project):
+    page = staff_client.get(f"/staff/p/{project.slug}/runs/").content.decode()
+    assert 'max="100000"' in page.split('name="min_new_ratings"')[1].split(">")[0]
+    assert 'max="1000.0"' in page.split('name="guard_max_kl"')[1].split(">")[0]
+    answer = staff_client.post(f"/staff/p/{project.slug}/settings/", {**TRAINING, "min_new_ratings": 10**9})
+    assert answer.status_code == 400 and "less than or equal to 100000." in answer.content.decode()
+    answer = staff_client.post(f"/staff/p/{project.slug}/settings/", {**TRAINING, "guard_max_kl": 1e9})
+    assert answer.status_code == 400 and "less than or equal to 1000.0." in answer.content.decode()
+    project.refresh_from_db()
+    assert (project.min_new_ratings, project.guard_max_kl) == (4, 0.5)
+
+
+def test_the_gold_settings_refuse_more_gold_answers_than_the_upper_bound(staff_client, project):
+    gold = {"gold_rate": "0.2", "gold_min_accuracy": "0.8", "gold_min_answers": "40000", "gold_low_weight": "0.5"}
+    answer = staff_client.post(f"/p/{project.slug}/figures/gold/settings/", gold)
+    assert answer.status_code == 400 and "less than or equal to 1000." in answer.content.decode()
+    assert Project.objects.get(pk=project.pk).gold_min_answers == 5

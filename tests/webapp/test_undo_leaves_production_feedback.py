@@ -2,19 +2,11 @@
 they sent on a production answer (``POST /api/v1/feedback``, with their API token) is changed there, never withdrawn or
 leased back to them by an undo, nor listed among their recent judgments."""
 
+from tests.webapp.annotation_helpers import production_answer
 from webapp.accounts.services import api_token_create
 from webapp.annotation import selectors, services
 from webapp.annotation.models import Feedback, Lease, Rating, RatingRevision
-from webapp.annotation.production import AnswerChoice, production_answer_store, feedback_create
-
-
-def production_answer(project, token, response_id, *, n=1):
-    return production_answer_store(
-        project=project, version_number=project.served_version.number, api_token=token, response_id=response_id,
-        prompt_text="What is a good film?", prompt_token_ids=[5, 6, 7],
-        choices=[AnswerChoice(index=i, text=f"answer {i}", token_ids=[11, 12], logprobs=[-1.0, -1.0], finished=True)
-                 for i in range(n)],
-    )
+from webapp.annotation.production import feedback_create
 
 
 def test_undo_after_production_feedback_undoes_the_queue_rating_and_leaves_the_feedback(

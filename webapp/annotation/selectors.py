@@ -542,14 +542,15 @@ _PROGRESS_SQL = """SELECT (SELECT COUNT(*) FROM (
             SELECT 1 FROM {skip} s JOIN {completion} sc ON sc.id = s.completion_id
             WHERE sc.project_id = %(project)s AND s.annotator_id = %(annotator)s AND s.created_at > %(undo_since)s LIMIT 1
         ) undoable_skip)"""
-_JUDGMENTS_SQL = {  # the annotator's judgments in the project, as ``j``
+_JUDGMENTS_SQL = {  # the annotator's judgments in the project, as ``j``; as judgments_of_each_kind, no production feedback
     "pairwise": """{comparison} j JOIN {pair} pr ON pr.id = j.pair_id
-        WHERE pr.project_id = %(project)s AND j.annotator_id = %(annotator)s""",
+        WHERE pr.project_id = %(project)s AND j.annotator_id = %(annotator)s
+            AND NOT EXISTS (SELECT 1 FROM {rating} jr WHERE jr.comparison_id = j.id AND jr.source = %(production)s)""",
     "ranking": """{ranking} j JOIN {rankgroup} g ON g.id = j.group_id
         WHERE g.project_id = %(project)s AND j.annotator_id = %(annotator)s""",
     "single": """{rating} j JOIN {completion} jc ON jc.id = j.completion_id
         WHERE jc.project_id = %(project)s AND j.annotator_id = %(annotator)s
-            AND j.comparison_id IS NULL AND j.ranking_id IS NULL""",
+            AND j.comparison_id IS NULL AND j.ranking_id IS NULL AND j.source <> %(production)s""",
 }
 
 
@@ -566,6 +567,8 @@ def annotator_progress(*, project: Project, annotator) -> dict:
     wait), so a long queue costs a bounded read. ``today``: their judgments since local
     midnight in every mode (a mode switch does not reset the day); ``can_undo``:
     they have a judgment in the current mode, or a skip, younger than the undo window.
+    Both leave out feedback sent on production answers (source production), as
+    :func:`judgments_of_each_kind` does.
     One statement.
     """
     now = timezone.localtime()
@@ -581,6 +584,7 @@ def annotator_progress(*, project: Project, annotator) -> dict:
         "midnight": _db_datetime(midnight),
         "undo_since": _db_datetime(now - UNDO_WINDOW),
         "now": _db_datetime(now),
+        "production": Rating.Source.PRODUCTION.value,
     }
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

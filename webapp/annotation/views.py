@@ -17,7 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 from webapp.errors import ApplicationError
 from webapp.permissions import member_required, staff_required
 from webapp.policies import services as policy_services
-from webapp.policies.models import RatingMode
+from webapp.policies.models import RUBRIC_MAX_CRITERIA, RatingMode
 from webapp.policies.views import project_settings_form_save
 
 from . import figures, selectors, services
@@ -350,8 +350,36 @@ def next_item(request, slug):
     return _render_card_or_page(request, project, lease=lease)
 
 
+def _outdated_form(post, project) -> str | None:
+    """Why a rate form rendered before staff changed the project's rating mode or rubric is refused, or None.
+
+    The card's form names the mode it was rendered in (``mode``) and, in rubric mode, each criterion
+    in its place (``crit_<i>_name``): a form of another mode, or whose criteria are not the rubric's
+    names in the rubric's order, would store its judgment under the wrong mode or criterion. A form
+    without them (another client) is left to :func:`_submit`'s own checks.
+    """
+    shown = post.get("mode")
+    if shown and shown != project.rating_mode:
+        was = RatingMode(shown).label if shown in RatingMode.values else shown
+        return (
+            f"The project's rating mode changed from {was} to {project.get_rating_mode_display()} while this card "
+            "was open, so your judgment was not stored. Judge the item again as the card now asks."
+        )
+    names = [post[f"crit_{i}_name"] for i in range(RUBRIC_MAX_CRITERIA) if f"crit_{i}_name" in post]
+    if names and project.rating_mode == RatingMode.RUBRIC and names != [c["name"] for c in project.rubric or []]:
+        return (
+            "The project's rubric changed while this card was open, so your scores were not stored. "
+            "Score the criteria the card now shows."
+        )
+    return None
+
+
 def _submit(request, project, completion) -> None:
-    """Parse the rating for the project's mode and store it (raises ApplicationError)."""
+    """Parse the rating for the project's mode and store it (raises ApplicationError; one with
+    ``extra["outdated_form"]`` for a form of another mode or rubric, :func:`_outdated_form`)."""
+    outdated = _outdated_form(request.POST, project)
+    if outdated:
+        raise ApplicationError(outdated, extra={"outdated_form": True})
     comment = request.POST.get("comment", "").strip()[:COMMENT_MAX_CHARS]
     common = {"annotator": request.user, "comment": comment}
     if project.rating_mode == RatingMode.PAIRWISE:
@@ -459,19 +487,22 @@ def _then_next(request, slug, project, action, *, item=None):
     redirects to the annotate page with the error as a message. A refused judgment of ``item``
     whose card comes back for that same item keeps what was typed (comment, scores, places).
     """
-    error, lease = "", None
+    error, lease, outdated_form = "", None, False
     with transaction.atomic():
         try:
             action()
         except ApplicationError as exc:
-            error = exc.message
+            error, outdated_form = exc.message, exc.extra.get("outdated_form", False)
         if request.htmx:
             lease = services.lease_next(project=project, annotator=request.user)
     if not request.htmx:
         if error:
             messages.error(request, error)
         return redirect("annotation:annotate", slug=slug)
-    same_item = bool(error) and item is not None and lease is not None and lease.completion_id == item.pk
+    # An outdated form's scores and places are not filled in again: they were given in another mode or rubric.
+    same_item = (
+        bool(error) and not outdated_form and item is not None and lease is not None and lease.completion_id == item.pk
+    )
     return _render_card_or_page(request, project, error=error, lease=lease,
                                 kept_post=request.POST if same_item else None)
 

@@ -154,8 +154,8 @@ class Project(models.Model):
     gold_min_answers = models.PositiveSmallIntegerField(
         "gold: answers before accuracy counts",
         default=5,
-        validators=[MinValueValidator(1)],
-        help_text="An annotator's gold accuracy decides their weight only once they answered this many gold items.",
+        validators=[MinValueValidator(1), MaxValueValidator(1000)],
+        help_text="An annotator's gold accuracy decides their weight only once they answered this many gold items (1–1000).",
     )
     gold_low_weight = models.FloatField(
         "gold: weight of a low-accuracy annotator",
@@ -176,8 +176,8 @@ class Project(models.Model):
     min_new_ratings = models.PositiveIntegerField(
         "ratings per training run",
         default=16,
-        validators=[MinValueValidator(1)],
-        help_text="A scheduled run starts once at least this many unused ratings exist.",
+        validators=[MinValueValidator(1), MaxValueValidator(100_000)],
+        help_text="A scheduled run starts once at least this many unused ratings exist (1–100,000).",
     )
     max_new_tokens = models.PositiveIntegerField(
         "completion length (tokens)", default=96, validators=[MinValueValidator(1), MaxValueValidator(1024)]
@@ -191,8 +191,11 @@ class Project(models.Model):
     guard_max_kl = models.FloatField(
         "promotion guard: highest KL to the base",
         default=0.5,
-        validators=[MinValueValidator(0.0)],
-        help_text="Nats per token on held-out prompts; a new version above this is kept but not served.",
+        validators=[MinValueValidator(0.0), MaxValueValidator(1000.0)],
+        help_text=(
+            "Nats per token on held-out prompts (0–1000); a new version above this is kept but not served. "
+            "A few nats already lets every version through."
+        ),
     )
     guard_min_distinct2_ratio = models.FloatField(
         "promotion guard: lowest distinct-2, as a fraction of the parent's",
