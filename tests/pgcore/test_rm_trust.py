@@ -7,7 +7,14 @@ import torch
 
 from pgcore.config import PGConfig, RewardModelConfig
 from pgcore.policy import load_policy
-from pgcore.reward_model import Judgments, cross_validated_accuracy, trust_weight
+from pgcore.reward_model import (
+    Judgments,
+    accuracy_lower_bound,
+    cross_validated_accuracy,
+    pairwise_accuracy,
+    trust_weight,
+    within_prompt_accuracy,
+)
 from pgcore.rollout import generate
 from pgcore.trainer import TrainBatch, batch_join, update
 
@@ -95,6 +102,74 @@ def test_comparisons_count_as_within_prompt_pairs_and_identical_rows_as_chance()
     assert out["cv/within_prompt_pairs"] == out["cv/n_pairs"] == n
     assert out["cv/within_prompt_accuracy"] == pytest.approx(0.5)
     assert trust_weight(out["cv/trust_accuracy_low"]) == 0.0
+
+
+# ---- within-prompt accuracy and its lower bound, by hand
+
+
+# Three prompts, two rated completions each. Prompt 0: ordered right (1). Prompt 1: predicted
+# tie (1/2). Prompt 2: ordered wrong (0). Pairs across prompts do not count.
+PRED = torch.tensor([0.9, 0.1, 0.5, 0.5, 0.3, 0.2])
+TARGET = torch.tensor([2.0, 1.0, 3.0, 1.0, 1.0, 2.0])
+GROUPS = torch.tensor([0, 0, 1, 1, 2, 2])
+
+
+def test_within_prompt_accuracy_counts_only_pairs_of_one_prompt():
+    assert within_prompt_accuracy(PRED, TARGET, GROUPS) == (pytest.approx((1 + 0.5 + 0) / 3), 3)
+    # Over all 15 pairs (13 differ in target) the same predictions score otherwise.
+    assert pairwise_accuracy(PRED, TARGET) != pytest.approx(0.5)
+
+
+def test_within_prompt_accuracy_weighs_each_pair_by_its_two_ratings_and_skips_ties():
+    weight = torch.tensor([1.0, 1.0, 2.0, 1.0, 1.0, 0.0])  # prompt 1's pair weighs 2, prompt 2's 0
+    assert within_prompt_accuracy(PRED, TARGET, GROUPS, weight) == (pytest.approx((1 * 1 + 2 * 0.5) / 3), 3)
+    tied = torch.tensor([2.0, 1.0, 3.0, 3.0, 1.0, 1.0])  # prompts 1 and 2 rated alike: no pair
+    assert within_prompt_accuracy(PRED, tied, GROUPS) == (1.0, 1)
+
+
+def test_within_prompt_accuracy_without_a_pair_is_none_and_refuses_ragged_input():
+    assert within_prompt_accuracy(PRED, TARGET, torch.arange(6)) == (None, 0)  # one completion per prompt
+    with pytest.raises(ValueError, match="one entry per completion"):
+        within_prompt_accuracy(PRED, TARGET, GROUPS[:-1])
+
+
+Z90 = 1.2815515655446004  # the standard normal's 90th percentile
+
+
+@pytest.mark.parametrize(
+    "accuracy, n, bound",
+    [
+        (1.0, 8, 1 / (1 + Z90**2 / 8)),  # p = 1: the centre minus the spread is exactly 1 -> 0.8297
+        (0.0, 5, 0.0),  # p = 0: the centre equals the spread
+        # p = 3/4, n = 8: (0.75 + z^2/16 - z sqrt(0.75 * 0.25 / 8 + z^2 / 256)) / (1 + z^2 / 8)
+        (0.75, 8, (0.75 + Z90**2 / 16 - Z90 * math.sqrt(0.75 * 0.25 / 8 + Z90**2 / 256)) / (1 + Z90**2 / 8)),
+        (None, 8, None),
+        (0.9, 0, None),
+    ],
+)
+def test_the_wilson_bound_matches_the_hand_computed_values(accuracy, n, bound):
+    assert accuracy_lower_bound(accuracy, n) == (None if bound is None else pytest.approx(bound))
+
+
+def test_the_wilson_bound_tightens_with_pairs_and_refuses_nonsense():
+    assert accuracy_lower_bound(0.75, 8) == pytest.approx(0.5237, abs=1e-4)  # by hand: 0.63122 / 1.20530
+    assert accuracy_lower_bound(0.75, 8) < accuracy_lower_bound(0.75, 80) < 0.75
+    with pytest.raises(ValueError, match="accuracy"):
+        accuracy_lower_bound(1.2, 8)
+    with pytest.raises(ValueError, match="quantile"):
+        accuracy_lower_bound(0.7, 8, quantile=0.0)
+
+
+def test_a_dozen_prompts_rated_twice_already_rest_the_trust_on_within_prompt_pairs():
+    # 12 prompts x 2 completions: at most 12 within-prompt pairs, fewer than the 30 it used to wait for.
+    features, judgments, groups = _ratings(12, 2, learnable=True)
+
+    out = cross_validated_accuracy(features, judgments, groups, RIDGE)
+
+    assert 8 <= out["cv/within_prompt_pairs"] <= 12
+    assert out["cv/trust_basis"] == "within_prompt"
+    wilson = accuracy_lower_bound(out["cv/within_prompt_accuracy"], out["cv/within_prompt_pairs"])
+    assert out["cv/trust_accuracy_low"] == out["cv/within_prompt_accuracy_low"] <= wilson
 
 
 def test_the_estimate_refuses_one_fold_and_mismatched_groups():

@@ -261,3 +261,27 @@ def test_without_rm_trust_the_fit_measures_no_cross_validation_and_samples_weigh
 
     assert not any(k.startswith("cv/") for k in RewardModelVersion.objects.get().metrics)
     assert batch.weights is None or batch.weights == [1.0] * len(batch)
+
+
+def test_ten_prompts_rated_twice_rest_the_trust_on_within_prompt_pairs_and_report_the_held_out_one(
+    rm_project, annotator, many_prompts, settings
+):
+    """Two rated completions of each of 10 prompts: 10 within-prompt pairs are the trust's basis
+    (it used to wait for 30, about 96 ratings), and the held-out split reports its own."""
+    from pgcore.reward_model import accuracy_lower_bound
+
+    settings.REWARDLOOP_RM_MIN_JUDGMENTS = 20
+    rm_project.rm_trust = True
+    rm_project.save()
+    _rate_learnable(rm_project, many_prompts[:10], annotator)
+
+    metrics = reward_services.reward_model_fit(project=rm_project).metrics
+
+    assert metrics["cv/within_prompt_pairs"] == 10  # every prompt's pair is rated 5 and 1
+    assert metrics["cv/trust_basis"] == "within_prompt"
+    assert metrics["cv/trust_accuracy"] == metrics["cv/within_prompt_accuracy"] == pytest.approx(1.0)
+    # The bootstrap of 10 pairs all right says 1.0; the Wilson bound on 10 pairs caps it.
+    assert metrics["cv/trust_accuracy_low"] == pytest.approx(accuracy_lower_bound(1.0, 10)) == pytest.approx(0.859, abs=1e-3)
+    held_out = metrics["held_out/n_ratings"] // 2  # held-out prompts, two ratings each
+    assert metrics["held_out/within_prompt_pairs"] == held_out
+    assert metrics["held_out/within_prompt_accuracy"] == (pytest.approx(1.0) if held_out else None)

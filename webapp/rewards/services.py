@@ -308,12 +308,14 @@ def _rm_dir(project: Project) -> Path:
 # ---------------------------------------------------------------- the fit
 
 
-def _held_out_metrics(model, features, judgments) -> dict:
-    """Pearson/Spearman/pairwise accuracy on held-out ratings, accuracy on held-out comparisons,
-    and a five-bin calibration table (mean predicted vs mean rated, by predicted quintile)."""
+def _held_out_metrics(model, features, judgments, prompt_ids: list[int]) -> dict:
+    """Pearson/Spearman/pairwise accuracy on held-out ratings, their within-prompt accuracy
+    (pairs of rated completions of one prompt, :func:`pgcore.reward_model.within_prompt_accuracy`;
+    ``prompt_ids`` per feature row), accuracy on held-out comparisons, and a five-bin
+    calibration table (mean predicted vs mean rated, by predicted quintile)."""
     import torch
 
-    from pgcore.reward_model import pairwise_accuracy, pearson, spearman
+    from pgcore.reward_model import pairwise_accuracy, pearson, spearman, within_prompt_accuracy
 
     mean, std = model.score(features)
     out: dict = {"held_out/n_ratings": judgments.n_ratings, "held_out/n_pairs": judgments.n_pairs}
@@ -322,6 +324,10 @@ def _held_out_metrics(model, features, judgments) -> dict:
         out["held_out/pearson"] = pearson(pred, target)
         out["held_out/spearman"] = spearman(pred, target)
         out["held_out/pairwise_accuracy"] = pairwise_accuracy(pred, target)
+        groups = torch.tensor(prompt_ids)[judgments.rating_index]
+        out["held_out/within_prompt_accuracy"], out["held_out/within_prompt_pairs"] = within_prompt_accuracy(
+            pred, target, groups, judgments.rating_weight
+        )
         out["held_out/rmse"] = float(((pred - target) ** 2).mean().sqrt())
         out["held_out/mean_uncertainty"] = float(std[judgments.rating_index].mean())
         order = torch.argsort(pred)
@@ -384,13 +390,13 @@ def reward_model_fit(*, project: Project, config_overrides: dict | None = None) 
     features = features_ensure(project=project, completions=judged, config=config)
 
     metrics: dict = {}
+    prompt_ids = [rated[cid].prompt_id for cid in data["completion_ids"]]
     if len(data["fit"]) and len(data["held_out"]):
         probe, _ = fit(features, data["fit"], config)
-        metrics.update(_held_out_metrics(probe, features, data["held_out"]))
+        metrics.update(_held_out_metrics(probe, features, data["held_out"], prompt_ids))
     else:
         metrics["held_out/note"] = "no held-out share (all judgments fell on one side of the split)"
     if project.rm_trust:
-        prompt_ids = [rated[cid].prompt_id for cid in data["completion_ids"]]
         metrics.update(_cross_validated_metrics(features, data["all"], prompt_ids, config))
     model, fit_metrics = fit(features, data["all"], config)
     metrics.update(fit_metrics)

@@ -165,9 +165,10 @@ def fresh_weight(*, run: TrainingRun, project: Project, rm_version) -> float:
     metrics = rm_version.metrics or {}
     low, point = metrics.get("cv/trust_accuracy_low"), metrics.get("cv/trust_accuracy")
     weight = trust_weight(low)
+    basis = metrics.get("cv/trust_basis")
+    pairs = metrics.get("cv/within_prompt_pairs" if basis == "within_prompt" else "cv/n_pairs", 0)
     measured = (
-        f"cross-validated pairwise accuracy {point:.2f} (lower bound {low:.2f}, "
-        f"{metrics.get('cv/n_pairs', 0):.0f} pairs, {metrics.get('cv/trust_basis')})"
+        f"cross-validated pairwise accuracy {point:.2f} (lower bound {low:.2f}, {pairs:.0f} pairs, {basis})"
         if isinstance(low, float) and isinstance(point, float)
         else "no cross-validated pairwise accuracy (no pair of differing ratings)"
     )
