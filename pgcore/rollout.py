@@ -417,8 +417,9 @@ def _lm_head_into(lm_head, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     ``LM_HEAD_CHUNK`` vocabulary rows at a time, so each chunk's output stays in cache
     (49152 x 576 at batch 64, 2 threads: 62 -> 52 ms CPU); a bf16 weight in one matmul into
     a bf16 staging buffer kept on the module (``b x V``), then cast into ``out``; on a CPU with
-    oneDNN the bf16 weight is pre-packed instead (:func:`_linear`, into a fresh ``b x V``; the
-    lm_head's share of a step 0.91x at batch 8, 0.98-1.0x at 32-64, alternated).
+    oneDNN the bf16 weight is pre-packed instead (:func:`_linear`, into a fresh ``b x V``, and no
+    staging buffer is kept; the lm_head's share of a step 0.91x at batch 8, 0.98-1.0x at 32-64,
+    alternated).
     """
     weight = lm_head.weight  # (V, H)
     if not _plain_linear(lm_head) or lm_head.bias is not None or x.dtype != weight.dtype:
@@ -429,6 +430,8 @@ def _lm_head_into(lm_head, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         for c0 in range(0, V, chunk):
             torch.mm(x, weight[c0 : c0 + chunk].t(), out=out[:, c0 : c0 + chunk])
         return out
+    if _packs(weight) and chunk >= V:  # bf16 on a CPU: the pre-packed weight (_linear), no staging buffer
+        return out.copy_(_linear(lm_head, "lm_head", x, weight))
     staging = getattr(lm_head, "_pgcore_staging", None)
     if (
         staging is None
@@ -442,9 +445,6 @@ def _lm_head_into(lm_head, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     for c0 in range(0, V, chunk):
         n = min(chunk, V - c0)
         part = staging[: x.shape[0], :n]
-        if _packs(weight) and n == V:  # bf16 on a CPU: the pre-packed weight (_linear), then cast into ``out``
-            out.copy_(_linear(lm_head, "lm_head", x, weight))
-            continue
         torch.mm(x, weight[c0 : c0 + n].t(), out=part)
         out[:, c0 : c0 + n].copy_(part)
     return out

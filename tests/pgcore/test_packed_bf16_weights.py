@@ -38,6 +38,18 @@ def test_a_weight_changed_in_place_is_packed_again():
     assert not torch.equal(after, before)
 
 
+@packs
+def test_the_packed_lm_head_keeps_no_staging_buffer_it_never_uses():
+    # The packed path writes _linear's answer into ``out``: a bf16 b x V staging buffer kept on
+    # the module as well was memory held for nothing.
+    lm_head = torch.nn.Linear(16, 50, bias=False).bfloat16()
+    x = torch.randn(3, 16).bfloat16()
+    out = rollout._lm_head_into(lm_head, x, torch.empty(3, 50))
+    with torch.no_grad():
+        assert torch.equal(out, lm_head(x).float())
+    assert "lm_head" in lm_head._pgcore_packed and not hasattr(lm_head, "_pgcore_staging")
+
+
 def test_fp32_weights_are_never_packed():
     weight, x, owner = torch.randn(40, 16), torch.randn(3, 16), torch.nn.Module()
     assert torch.equal(rollout._linear(owner, "w", x, weight), torch.nn.functional.linear(x, weight))

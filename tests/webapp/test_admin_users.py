@@ -1,9 +1,12 @@
 """Users in the Django admin: deactivating one keeps the rule that a project keeps an active staff member."""
 
 import pytest
+from django.db import connection
+from django.db.models import QuerySet
 from django.urls import reverse
 
-from webapp.policies.models import Membership
+from webapp.policies import selectors as policy_selectors
+from webapp.policies.models import Membership, Project
 
 
 @pytest.fixture
@@ -49,3 +52,33 @@ def test_the_admin_deactivates_staff_when_another_active_staff_member_remains(su
     assert _save_user(superuser_client, other, is_active=False).status_code == 200  # now the last active one
     other.refresh_from_db()
     assert other.is_active
+
+
+@pytest.mark.django_db(transaction=True)  # so that in_atomic_block is the admin's own transaction, not the test's
+def test_the_admin_locks_the_users_staff_projects_and_checks_in_the_transaction_that_saves(
+    superuser_client, project, make_user, monkeypatch
+):
+    # The other staff member demoting themselves at the same time locks the project's row first
+    # (policies.services._staff_kept_check): the admin takes the same lock before its check, in the
+    # transaction that saves, so one of the two waits for the other and then sees its change.
+    lead, other = make_user("lead", member=False), make_user("other", member=False)
+    for user in (lead, other):
+        Membership.objects.create(project=project, user=user, role=Membership.Role.STAFF)
+    events, real_lock, real_check = [], QuerySet.select_for_update, policy_selectors.projects_only_staffed_by
+
+    def lock(queryset, *args, **kwargs):
+        if queryset.model is Project:
+            events.append(("lock", connection.in_atomic_block))
+        return real_lock(queryset, *args, **kwargs)
+
+    def check(**kwargs):
+        events.append(("check", connection.in_atomic_block))
+        return real_check(**kwargs)
+
+    monkeypatch.setattr(QuerySet, "select_for_update", lock)
+    monkeypatch.setattr(policy_selectors, "projects_only_staffed_by", check)
+
+    assert _save_user(superuser_client, lead, is_active=False).status_code == 302
+    assert events == [("lock", True), ("check", True)]
+    lead.refresh_from_db()
+    assert not lead.is_active

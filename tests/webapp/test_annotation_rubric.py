@@ -65,7 +65,9 @@ def test_a_rubric_rating_needs_every_criterion_scored_1_to_5_and_stores_nothing_
 
 @pytest.mark.parametrize(
     "rubric",
-    [[], [{"name": "", "weight": 1}], [{"name": "a", "weight": 0}], [{"name": "a"}, {"name": "a"}], [{"name": "a", "wieght": 2}]],
+    [[], [{"name": "", "weight": 1}], [{"name": "a", "weight": 0}], [{"name": "a"}, {"name": "a"}], [{"name": "a", "wieght": 2}]]
+    # control characters (Unicode category Cc): the rate form posts a line break back as CRLF
+    + [[{"name": name}] for name in ("Tone\nstyle", "Tone\rstyle", "a\tb", "a\x07b", "a\x85b")],
 )
 def test_a_rubric_needs_named_criteria_with_positive_weights(rubric):
     with pytest.raises(ValidationError):

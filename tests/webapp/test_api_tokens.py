@@ -213,6 +213,31 @@ def test_a_repeated_form_nonce_is_refused_by_the_database_when_the_check_misses_
     assert ApiToken.objects.filter(user=annotator).count() == 1
 
 
+def test_a_nonce_another_users_token_stores_creates_a_token_and_tells_nothing_about_it(client, annotator, make_user):
+    # The nonce was unique across all users while the check looked only at the poster's tokens: the
+    # second user's post was a 500, and 500-vs-200 told them that someone's token stores this nonce.
+    nonce = "s" * 22
+    theirs, _ = api_token_create(user=make_user("other"), name="theirs", form_nonce=nonce)
+    client.force_login(annotator)
+    response = client.post(reverse("accounts:token_create"), {"name": "mine", "nonce": nonce})
+    assert response.status_code == 200 and response.context["new_secret"]
+    assert response.context["created_before"] is None and theirs.prefix not in response.content.decode()
+    mine = ApiToken.objects.get(user=annotator)
+    assert mine.name == "mine" and mine.form_nonce == nonce
+    replayed = client.post(reverse("accounts:token_create"), {"name": "mine", "nonce": nonce})
+    assert replayed.context["created_before"] == mine and ApiToken.objects.filter(user=annotator).count() == 1
+
+
+def test_an_insert_refused_with_no_earlier_token_of_the_user_is_an_application_error(annotator, make_user, monkeypatch):
+    # Not this user's form posted twice (here: the same secret drawn twice): a 400 that creates nothing, not a 500.
+    monkeypatch.setattr(services.secrets, "token_urlsafe", lambda nbytes: "same" * 11)
+    api_token_create(user=make_user("other"), name="theirs", form_nonce="t" * 22)
+    with pytest.raises(ApplicationError, match="could not be created") as refused:
+        api_token_create(user=annotator, name="mine", form_nonce="u" * 22)
+    assert not isinstance(refused.value, services.ApiTokenAlreadyCreated)
+    assert not ApiToken.objects.filter(user=annotator).exists()
+
+
 def test_a_replayed_form_is_already_created_even_at_the_active_token_limit(annotator):
     for i in range(19):
         api_token_create(user=annotator, name=f"t{i}")

@@ -11,6 +11,7 @@ from django.urls import reverse
 from tests.webapp.annotation_helpers import make_project, make_rank_group
 from webapp.annotation.models import Ranking, Rating
 from webapp.policies import services as policy_services
+from webapp.policies.models import Project
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
 RUBRIC = [{"name": "Helpful", "weight": 1.0, "description": ""}, {"name": "Safe", "weight": 1.0, "description": ""}]
@@ -72,3 +73,22 @@ def test_rubric_scores_sent_after_the_rubric_was_reordered_are_refused_not_store
     stored = client.post(reverse("annotation:rate", args=["rb", item.pk]), {**again, "crit_0": "2", "crit_1": "4"}, **HTMX)
     assert stored.status_code == 200
     assert {c["name"]: c["score"] for c in Rating.objects.get().criteria} == {"Safe": 2, "Helpful": 4}
+
+
+def test_a_criterion_name_stored_with_a_line_break_still_matches_the_crlf_a_browser_posts(
+    client, rubric_project, annotator, make_completion
+):
+    # A browser posts a hidden field's line breaks as CRLF: a name stored with LF (before rubric_check
+    # refused control characters) made every rubric rating of the project "rubric changed".
+    legacy = [{"name": "Tone\nstyle", "weight": 1.0, "description": ""}, RUBRIC[1]]
+    Project.objects.filter(pk=rubric_project.pk).update(rubric=legacy)
+    item = make_completion(rubric_project)
+    client.force_login(annotator)
+    form = card_form(client.post(reverse("annotation:next", args=["rb"]), **HTMX).content.decode())
+    assert form["crit_0_name"] == "Tone\nstyle"
+    posted = {**form, "crit_0_name": form["crit_0_name"].replace("\n", "\r\n"), "crit_0": "4", "crit_1": "2"}
+
+    answer = client.post(reverse("annotation:rate", args=["rb", item.pk]), posted, **HTMX)
+
+    assert answer.status_code == 200 and "rubric changed" not in answer.content.decode()
+    assert {c["name"]: c["score"] for c in Rating.objects.get().criteria} == {"Tone\nstyle": 4, "Safe": 2}

@@ -53,6 +53,8 @@ def test_the_setup_page_shows_the_rubric_and_saves_a_new_one_audited(rubric_proj
         (_rows(helpful=("1e-300", "")), "needs a weight from 0.01 to 1000"),  # would vanish from the reward
         (_rows(helpful=("heavy", "")), "Enter a number"),
         ({}, "1 to 8 criteria"),  # a rubric-mode project cannot lose its rubric
+        (_rows(**{"Tone\nstyle": ("1", "")}), "contains a control character"),  # the rate form could never match it
+        (_rows(**{"Tone\r\nstyle": ("1", "")}), "contains a control character"),
     ],
 )
 def test_a_bad_rubric_is_refused_with_the_reason_shown_and_nothing_changes(rubric_project, staff_client, data, message):
@@ -88,6 +90,9 @@ def test_the_api_reads_the_rubric_for_members_and_lets_staff_replace_it(rubric_p
         ({"rubric": []}, 400, "1 to 8 criteria"),
         ({"rubric": [{"name": f"c{i}", "weight": 1} for i in range(9)]}, 400, "rubric"),
         ({"rubric": [{"name": "a", "weight": 1, "colour": "red"}]}, 400, "colour"),
+        ({"rubric": [{"name": "a", "weight": 1}, {"name": "Tone\nstyle", "weight": 1}]}, 400,
+         "Criterion 2's name ('Tone\\nstyle') contains a control character"),
+        ({"rubric": [{"name": "Tone\tstyle", "weight": 1}]}, 400, "contains a control character"),
     ],
 )
 def test_the_api_refuses_a_bad_rubric_with_a_400_and_changes_nothing(rubric_project, staff_user, api_for, body, status, text):

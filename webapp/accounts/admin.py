@@ -2,7 +2,8 @@ from django.contrib import admin
 from django.contrib.auth import admin as auth_admin
 from django.contrib.auth.models import User
 
-from webapp.policies.selectors import projects_only_staffed_by
+from webapp.errors import ApplicationError
+from webapp.policies.services import user_deactivation_check
 
 from .models import ApiToken
 
@@ -22,20 +23,22 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
 class UserChangeForm(auth_admin.UserChangeForm):
     """Django's user form, refusing to deactivate the last active staff member of a project: the same rule
-    as demoting or removing them (``policies.services.membership_add``/``membership_remove``), read with
-    :func:`webapp.policies.selectors.projects_only_staffed_by`."""
+    as demoting or removing them (``policies.services.membership_add``/``membership_remove``), checked by
+    :func:`webapp.policies.services.user_deactivation_check` with the same lock on the projects' rows.
+
+    The admin's change view (``ModelAdmin.changeform_view``) validates this form and saves the user in one
+    transaction, so the lock taken here holds until the deactivation is committed; outside a transaction
+    the lock fails on PostgreSQL (``TransactionManagementError``) rather than check without it.
+    """
 
     def clean(self):
         cleaned = super().clean()
         deactivating = self.instance.pk and self.initial.get("is_active") and cleaned.get("is_active") is False
         if deactivating:
-            stranded = [project.slug for project in projects_only_staffed_by(user=self.instance)]
-            if stranded:
-                self.add_error("is_active", (
-                    f"{self.instance.username} is the last active staff member of {', '.join(stranded)} and cannot be "
-                    "deactivated: make someone else staff there first (the project's setup page), so that someone "
-                    "can still manage it."
-                ))  # fmt: skip
+            try:
+                user_deactivation_check(user=self.instance)
+            except ApplicationError as exc:
+                self.add_error("is_active", exc.message)
         return cleaned
 
 

@@ -23,15 +23,18 @@ class ApiToken(models.Model):
     last_used_at = models.DateTimeField("last used", null=True, blank=True, help_text="Updated at most once a minute.")
     revoked_at = models.DateTimeField("revoked", null=True, blank=True, help_text="A revoked token opens nothing.")
     form_nonce = models.CharField(
-        "form nonce", max_length=64, null=True, blank=True, unique=True, editable=False,
+        "form nonce", max_length=64, null=True, blank=True, editable=False,
         help_text="The one-time nonce of the tokens page's form that created it (not secret; empty for the command):"
-        " the same form posted twice creates one token.",
+        " the same form posted twice creates one token. Unique per user.",
     )  # fmt: skip
 
     class Meta:
         verbose_name = "API token"
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["user", "revoked_at"], name="apitoken_user_active")]
+        # Per user, not across users: the create service looks the nonce up among the user's own tokens,
+        # and a global index would tell another user (by a 500) that someone's token stores their nonce.
+        constraints = [models.UniqueConstraint(fields=["user", "form_nonce"], name="apitoken_user_form_nonce_unique")]
 
     def __str__(self):
         return f"API token {self.prefix}… of {self.user_id} ({self.name})"

@@ -32,14 +32,16 @@ def api_token_create(*, user, name: str, form_nonce: str | None = None) -> tuple
     """Create a token for ``user``; returns the row and the secret (shown once, stored only as sha256).
 
     ``form_nonce`` (the tokens page's one-time form nonce; None from the command) is stored on the
-    token, unique: the same form posted twice, even at the same instant, creates one token, and the
-    database's unique index decides which post that is.
+    token, unique per user: the same form posted twice, even at the same instant, creates one token,
+    and the database's unique index decides which post that is. Another user's tokens are never
+    consulted, so a nonce says nothing about whether someone else's token stores it.
 
     Raises:
         ApiTokenAlreadyCreated: ``user`` created a token with this ``form_nonce`` already (checked
             before the name and the limit, so a repeated post always gets this answer).
-        ApplicationError: an empty or too long name, a NUL in it, or the user has
-            ``MAX_ACTIVE_TOKENS`` active tokens already.
+        ApplicationError: an empty or too long name, a NUL in it, the user has
+            ``MAX_ACTIVE_TOKENS`` active tokens already, or the insert was refused by the database
+            with no earlier token of this user to name (nothing was created; posting again may work).
     """
     get_user_model().objects.select_for_update().filter(pk=user.pk).first()  # count and insert one at a time per user
     if form_nonce and (earlier := api_token_for_form_nonce(user=user, form_nonce=form_nonce)) is not None:
@@ -59,12 +61,12 @@ def api_token_create(*, user, name: str, form_nonce: str | None = None) -> tuple
             token = ApiToken.objects.create(
                 user=user, name=name, prefix=secret[:10], key_sha256=token_sha256(secret), form_nonce=form_nonce or None
             )
-    except IntegrityError:
+    except IntegrityError as exc:
         # Another post of the same form inserted first (the lock above does not serialise on every
         # database, and its row may not have been visible to the check above).
         earlier = api_token_for_form_nonce(user=user, form_nonce=form_nonce) if form_nonce else None
-        if earlier is None:
-            raise
+        if earlier is None:  # not this user's form posted twice: a clear refusal, not a 500
+            raise ApplicationError("The token could not be created (nothing was saved); create it again.") from exc
         raise ApiTokenAlreadyCreated(earlier) from None
     return token, secret
 

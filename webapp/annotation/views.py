@@ -27,6 +27,7 @@ from .models import Choice, Completion, GoldItem, Rating
 
 TEMPLATE = "annotation/annotate.html"
 COMMENT_MAX_CHARS = 2000
+LINE_BREAK = re.compile(r"\r\n?|\n")
 
 LIKERT_LABELS = {1: "bad", 2: "poor", 3: "ok", 4: "good", 5: "great"}
 
@@ -350,6 +351,11 @@ def next_item(request, slug):
     return _render_card_or_page(request, project, lease=lease)
 
 
+def _lf(text: str) -> str:
+    """``text`` with each line break (CRLF, CR or LF, as a browser may post it) as LF."""
+    return LINE_BREAK.sub("\n", text)
+
+
 def _outdated_form(post, project) -> str | None:
     """Why a rate form rendered before staff changed the project's rating mode or rubric is refused, or None.
 
@@ -365,8 +371,10 @@ def _outdated_form(post, project) -> str | None:
             f"The project's rating mode changed from {was} to {project.get_rating_mode_display()} while this card "
             "was open, so your judgment was not stored. Judge the item again as the card now asks."
         )
-    names = [post[f"crit_{i}_name"] for i in range(RUBRIC_MAX_CRITERIA) if f"crit_{i}_name" in post]
-    if names and project.rating_mode == RatingMode.RUBRIC and names != [c["name"] for c in project.rubric or []]:
+    # Browsers post a hidden field's line breaks as CRLF: a name stored with one (before rubric_check
+    # refused them) must still match, or nobody could rate the project.
+    names = [_lf(post[f"crit_{i}_name"]) for i in range(RUBRIC_MAX_CRITERIA) if f"crit_{i}_name" in post]
+    if names and project.rating_mode == RatingMode.RUBRIC and names != [_lf(c["name"]) for c in project.rubric or []]:
         return (
             "The project's rubric changed while this card was open, so your scores were not stored. "
             "Score the criteria the card now shows."

@@ -6,6 +6,8 @@ its prompts and ratings (in ``annotation``) and its training runs (in
 completions annotators rate next.
 """
 
+import unicodedata
+
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -26,8 +28,9 @@ RUBRIC_MIN_WEIGHT = 0.01
 
 def rubric_check(rubric) -> list[dict]:
     """A rubric checked and normalised: 1 to ``RUBRIC_MAX_CRITERIA`` criteria, each
-    ``{"name": text (1–60 characters, unique), "weight": number from ``RUBRIC_MIN_WEIGHT`` (0.01: smaller would make the criterion
-    vanish from the reward) to 1000, "description": text}``.
+    ``{"name": text (1–60 characters, unique, no control character: no line break or tab), "weight": number
+    from ``RUBRIC_MIN_WEIGHT`` (0.01: smaller would make the criterion vanish from the reward) to 1000,
+    "description": text}``.
 
     Raises:
         ValidationError: what is wrong, on ``rubric``.
@@ -44,6 +47,13 @@ def rubric_check(rubric) -> list[dict]:
         weight = criterion.get("weight", 1)
         if not 1 <= len(name) <= 60:
             raise ValidationError({"rubric": f"Criterion {i} needs a name of 1 to 60 characters."})
+        if any(unicodedata.category(char) == "Cc" for char in name):
+            # The rate form posts each name back in a hidden field, and browsers send its line breaks as
+            # CRLF: a name with one would never match again, and nobody could rate the project.
+            raise ValidationError({"rubric": (
+                f"Criterion {i}'s name ({name!r}) contains a control character (a line break, tab or similar);"
+                " a name is one line of text."
+            )})  # fmt: skip
         if name in names:
             raise ValidationError({"rubric": f"Criterion {i}'s name ({name}) is taken by another criterion; names must be unique."})
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not RUBRIC_MIN_WEIGHT <= weight <= 1000:

@@ -173,6 +173,27 @@ def _staff_kept_check(*, project: Project, user, role: str | None) -> str | None
     return current
 
 
+def user_deactivation_check(*, user) -> None:
+    """Refuse deactivating ``user`` while they are the last active staff member of a project: the rule
+    :func:`_staff_kept_check` keeps for demoting or removing them. Locks the rows of the projects where
+    ``user`` is staff first (in primary-key order), the lock :func:`_staff_kept_check` takes, so that
+    another staff member of one of them demoting or removing themselves at the same time cannot also
+    pass. Call inside the transaction that deactivates ``user`` (the Django admin's change view runs
+    its form's ``clean`` and the save in one).
+
+    Raises:
+        ApplicationError: ``user`` is the only active staff member of some projects (named, by slug).
+    """
+    staffed = Membership.objects.filter(user=user, role=Membership.Role.STAFF).values("project_id")
+    list(Project.objects.select_for_update().filter(pk__in=staffed).order_by("pk").values_list("pk", flat=True))
+    stranded = [project.slug for project in selectors.projects_only_staffed_by(user=user)]
+    if stranded:
+        raise ApplicationError(
+            f"{user.username} is the last active staff member of {', '.join(stranded)} and cannot be deactivated: "
+            "make someone else staff there first (the project's setup page), so that someone can still manage it."
+        )
+
+
 @transaction.atomic
 def version_register(
     *,

@@ -13,6 +13,10 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='apitoken',
             name='form_nonce',
-            field=models.CharField(blank=True, editable=False, help_text="The one-time nonce of the tokens page's form that created it (not secret; empty for the command): the same form posted twice creates one token.", max_length=64, null=True, unique=True, verbose_name='form nonce'),
+            field=models.CharField(blank=True, editable=False, help_text="The one-time nonce of the tokens page's form that created it (not secret; empty for the command): the same form posted twice creates one token. Unique per user.", max_length=64, null=True, verbose_name='form nonce'),
+        ),
+        migrations.AddConstraint(
+            model_name='apitoken',
+            constraint=models.UniqueConstraint(fields=('user', 'form_nonce'), name='apitoken_user_form_nonce_unique'),
         ),
     ]
