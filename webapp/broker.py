@@ -14,6 +14,8 @@ with the two races of its message files closed: :class:`FilesystemTransport`
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
 import re
@@ -34,11 +36,15 @@ log = logging.getLogger(__name__)
 
 STALE_TEMPORARY_AGE = 600.0  # seconds: a hidden temporary message file older than this lost its writer
 STALE_CLAIM_AGE = 3600.0  # seconds: another machine's claim older than this lost its reader
+MIN_CLAIM_AGE = 60.0  # seconds: no claim younger than this is given back (a reader holds one for milliseconds)
 SWEEP_INTERVAL = 60.0  # seconds between two sweeps of one channel
 
-# ".<message name>.<pid>@<host>.claimed"; a claim named by kombu's readers or by this module before it
-# named its reader is ".<message name>.claimed" (no owner: given back only once old).
-_CLAIM = re.compile(r"\.(?P<message>.+\.msg)(?:\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9._-]+))?\.claimed")
+# ".<message name>.<pid>@<host>+<namespace>.claimed"; a claim named by kombu's readers or by this module
+# before it named its reader is ".<message name>.claimed" (no owner), and one of the version before it
+# named the reader's process namespace ".<message name>.<pid>@<host>.claimed": both given back only once old.
+_CLAIM = re.compile(
+    r"\.(?P<message>.+\.msg)(?:\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9._-]+?)(?:\+(?P<namespace>[0-9a-f]+))?)?\.claimed"
+)
 
 
 def _host_name() -> str:
@@ -46,11 +52,36 @@ def _host_name() -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:64] or "localhost"
 
 
-def _process_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this machine (one of another user's counts: EPERM)."""
+@functools.cache
+def _pid_namespace() -> str:
+    """Which process ids this process's ``os.kill`` sees, as a claim carries it: 12 hex digits.
+
+    A digest of the kernel's boot id (``/proc/sys/kernel/random/boot_id``) and the inode of this
+    process's PID namespace (``/proc/self/ns/pid``): two containers with one host name (or one
+    machine after a reboot) name their processes apart. Where /proc has neither (not Linux) the
+    digest of nothing: one namespace per host name, as ``os.kill`` sees it there.
+    """
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return hashlib.blake2s(f"{boot}/{namespace}".encode(), digest_size=6).hexdigest()
+
+
+def _process_alive(pid: str) -> bool:
+    """Whether a process of id ``pid`` (decimal digits) exists in this process's PID namespace (one of
+    another user's counts: EPERM); False for an id no process can have (0, too many digits)."""
+    try:
+        number = int(pid)
+        if number <= 0:  # os.kill(0, ...) would signal our own process group
+            return False
+        os.kill(number, 0)
+    except (ProcessLookupError, OverflowError, ValueError):
         return False
     except PermissionError:
         return True
@@ -89,9 +120,9 @@ class FilesystemChannel(filesystem.Channel):
     Here ``_put`` writes under a hidden name (``.<name>.<random>.tmp``, which no reader
     lists as a message) and renames it into place (:func:`pgcore.atomic.atomic_file`,
     without fsync, as kombu). ``_get`` claims a file by renaming it within its own folder
-    to ``.<name>.<pid>@<host>.claimed`` (the reader's process id and machine name), an
-    atomic step that exactly one reader wins; a reader that loses skips the file, as
-    kombu's code intends. A file that still does not parse
+    to ``.<name>.<pid>@<host>+<namespace>.claimed`` (the reader's process id, machine name
+    and :func:`_pid_namespace`), an atomic step that exactly one reader wins; a reader that
+    loses skips the file, as kombu's code intends. A file that still does not parse
     (written by another program) is logged and left as ``.<name>.unreadable`` instead
     of stopping the worker. Message names, ``store_processed`` and ``processed_folder``
     are kombu's. Message files get the umask's permissions, as kombu's did, so a worker
@@ -106,11 +137,15 @@ class FilesystemChannel(filesystem.Channel):
 
     A reader killed between claiming a message and removing it would strand the message
     (no reader lists a hidden name): the same sweep renames such claims back to the
-    message's name, where the next poll reads it. A claim of this machine is given back as
-    soon as its process is gone; another machine's (several may share the folder) only once
-    older than the transport option ``stale_claim_age`` (seconds since the claim, default
-    3600: a reader holds a claim for milliseconds), as is one of this machine whose process
-    id was reused, and an owner-less ``.<name>.claimed`` of an earlier version.
+    message's name, where the next poll reads it. No claim is given back before it is
+    ``min_claim_age`` seconds old (transport option, default 60), counted from the claim's
+    rename (its ``st_ctime``; its ``st_mtime`` is still the writer's). Then a claim of this
+    machine and PID namespace is given back once its process is gone; another machine's or
+    namespace's (several may share the folder; their process ids mean nothing here) only
+    once older than the transport option ``stale_claim_age`` (default 3600), as is one of
+    ours whose process id was reused, and an owner-less claim of an earlier version. A
+    reader whose claim was given back all the same (it held it past ``min_claim_age``)
+    reads nothing from it and goes on: the message is on the queue again.
     """
 
     _next_sweep = 0.0  # time.monotonic() of the next sweep; 0: on the first poll
@@ -126,6 +161,11 @@ class FilesystemChannel(filesystem.Channel):
     def stale_claim_age(self) -> float:
         """Seconds after its claim that a claimed message of another machine counts as abandoned."""
         return float(self.transport_options.get("stale_claim_age", STALE_CLAIM_AGE))
+
+    @property
+    def min_claim_age(self) -> float:
+        """Seconds after its claim before which no claimed message is given back, its reader gone or not."""
+        return float(self.transport_options.get("min_claim_age", MIN_CLAIM_AGE))
 
     def _put(self, queue, payload, **kwargs):
         """Put ``payload`` (a kombu message dict) on ``queue`` as one complete file."""
@@ -146,32 +186,50 @@ class FilesystemChannel(filesystem.Channel):
         for filename in sorted(os.listdir(self.data_folder_in)):
             if filename.partition(".")[2] != f"{queue}.msg":  # kombu's test: hidden names never match
                 continue
-            claimed = os.path.join(self.data_folder_in, f".{filename}.{os.getpid()}@{_host_name()}.claimed")
+            claimed = os.path.join(
+                self.data_folder_in, f".{filename}.{os.getpid()}@{_host_name()}+{_pid_namespace()}.claimed"
+            )
             try:
                 os.rename(os.path.join(self.data_folder_in, filename), claimed)
             except FileNotFoundError:
                 continue  # another reader took it first
             try:
-                os.utime(claimed)  # the claim's age starts now (a rename keeps the writer's time)
-            except OSError:
-                pass  # another user's file without group write: its age then starts at its writing
-            try:
-                with open(claimed, "rb") as f:
-                    payload = f.read()
-                message = loads(bytes_to_str(payload))
-            except ValueError:
-                log.error("broker message %s is not JSON; kept as .%s.unreadable", filename, filename)
-                os.replace(claimed, os.path.join(self.data_folder_in, f".{filename}.unreadable"))
+                message = self._claimed_take(claimed, filename)
+            except FileNotFoundError:  # a sweep gave the claim back meanwhile: the message is on the queue again
+                log.warning("broker claim %s in %s was given back while its reader held it; left on the queue",
+                            os.path.basename(claimed), self.data_folder_in)  # fmt: skip
                 continue
-            except OSError as exc:
-                raise ChannelError(f"Cannot read file {claimed!r} from queue.") from exc
-            if self.store_processed:
-                os.makedirs(self.processed_folder, exist_ok=True)
-                shutil.move(claimed, os.path.join(self.processed_folder, filename))
-            else:
-                os.remove(claimed)
-            return message
+            if message is not None:
+                return message
         raise Empty()
+
+    def _claimed_take(self, claimed: str, filename: str) -> dict | None:
+        """Read and remove (or store) our claim ``claimed`` of message ``filename``: its message dict,
+        or None for a file that is not JSON (kept as ``.<filename>.unreadable``).
+
+        Raises:
+            FileNotFoundError: the claim is gone (given back by a sweep; nothing was taken).
+            ChannelError: it cannot be read for another reason (an OSError removing it is raised as is).
+        """
+        try:
+            with open(claimed, "rb") as f:
+                payload = f.read()
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise ChannelError(f"Cannot read file {claimed!r} from queue.") from exc
+        try:
+            message = loads(bytes_to_str(payload))
+        except ValueError:
+            log.error("broker message %s is not JSON; kept as .%s.unreadable", filename, filename)
+            os.replace(claimed, os.path.join(self.data_folder_in, f".{filename}.unreadable"))
+            return None
+        if self.store_processed:
+            os.makedirs(self.processed_folder, exist_ok=True)
+            shutil.move(claimed, os.path.join(self.processed_folder, filename))
+        else:
+            os.remove(claimed)
+        return message
 
     def temporary_files_sweep(self) -> list[str]:
         """Remove ``data_folder_in``'s hidden temporary files (``.<name>.<random>.tmp``) last
@@ -225,18 +283,21 @@ class FilesystemChannel(filesystem.Channel):
             log.warning(message, name, *args)
 
     def stale_claims_give_back(self) -> list[str]:
-        """Rename ``data_folder_in``'s abandoned claims (``.<name>.<pid>@<host>.claimed``) back to
-        ``<name>``, so the message is read again; returns the claim names given back.
+        """Rename ``data_folder_in``'s abandoned claims (``.<name>.<pid>@<host>+<namespace>.claimed``)
+        back to ``<name>``, so the message is read again; returns the claim names given back.
 
-        Abandoned: this machine's claim whose process ``pid`` is gone (a reader killed between its
-        claim and removing the file, which never handed the message over), or any claim last
-        touched more than ``stale_claim_age`` seconds ago (another machine's, whose processes
-        cannot be seen from here; a reused ``pid``; an owner-less ``.<name>.claimed``). Two
-        sweepers give a claim back once (the rename is atomic). Logs the names given back
-        (warning); never raises for a file it cannot rename (logged once, left in place).
+        Ages count from the claim's rename (``st_ctime``, which a rename sets; seconds). No claim
+        younger than ``min_claim_age`` is abandoned. Abandoned: a claim of this machine and PID
+        namespace whose process ``pid`` is gone (a reader killed between its claim and removing
+        the file, which never handed the message over), or any claim older than
+        ``stale_claim_age`` (another machine's or namespace's, whose processes cannot be seen
+        from here; a reused ``pid``; an owner-less ``.<name>.claimed``; one of an earlier
+        version without ``+<namespace>``). Two sweepers give a claim back once (the rename is
+        atomic). Logs the names given back (warning); never raises for a file it cannot rename
+        (logged once, left in place).
         """
-        folder, host = self.data_folder_in, _host_name()
-        cutoff = time.time() - self.stale_claim_age
+        folder, host, namespace = self.data_folder_in, _host_name(), _pid_namespace()
+        now = time.time()
         given_back = []
         try:
             entries = list(os.scandir(folder))
@@ -249,8 +310,12 @@ class FilesystemChannel(filesystem.Channel):
             try:
                 if not entry.is_file(follow_symlinks=False):
                     continue
-                reader_gone = claim["host"] == host and not _process_alive(int(claim["pid"]))
-                if not reader_gone and entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                age = now - entry.stat(follow_symlinks=False).st_ctime
+                if age < self.min_claim_age:
+                    continue  # its reader may still be reading it (or be in another namespace with our pid)
+                ours = claim["host"] == host and claim["namespace"] == namespace
+                reader_gone = ours and not _process_alive(claim["pid"])
+                if not reader_gone and age < self.stale_claim_age:
                     continue
                 os.rename(entry.path, os.path.join(folder, claim["message"]))
                 given_back.append(entry.name)

@@ -251,9 +251,10 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         # A worker removes hidden temporary message files older than this (seconds): their
         # writer was killed before renaming them into place (webapp/broker.py).
         "stale_temporary_age": 600,
-        # A worker gives back a message another machine's reader claimed (renamed to a hidden
-        # name) and did not read within this many seconds; one of this machine's as soon as its
-        # reader's process is gone (webapp/broker.py).
+        # A worker gives back a message another machine's (or container's) reader claimed
+        # (renamed to a hidden name) and did not read within this many seconds; one of its own
+        # machine's and container's once its reader's process is gone, but never one claimed
+        # less than "min_claim_age" (default 60) seconds ago (webapp/broker.py).
         "stale_claim_age": 3600,
     }
     # The filesystem transport has no broadcast; workers need no remote control.

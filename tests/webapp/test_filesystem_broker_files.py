@@ -18,9 +18,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from queue import Empty
 
 import pytest
 from kombu import Connection
+
+from webapp.broker import _pid_namespace
 
 TRANSPORT = "webapp.broker:FilesystemTransport"
 QUEUE = "files"
@@ -113,6 +116,11 @@ def _writer_killed_mid_write(path: Path) -> None:
 def _publish_and_take_one(conn: Connection) -> dict:
     """Publish ``{"i": 7}`` on the queue and take it back as a worker does (its first poll sweeps); the payload."""
     conn.Producer(serializer="json").publish({"i": 7}, routing_key=QUEUE)
+    return _take_one(conn)
+
+
+def _take_one(conn: Connection) -> dict:
+    """Take one message off the queue as a worker does and acknowledge it; its payload."""
     simple = conn.SimpleQueue(QUEUE)
     message = simple.get(timeout=2)
     message.ack()
@@ -203,7 +211,9 @@ def test_a_message_whose_reader_was_killed_after_claiming_it_is_read_by_the_next
         reader.join(10)
     assert reader.exitcode == -signal.SIGKILL
 
-    with caplog.at_level(logging.WARNING, logger="webapp.broker"), _connection(tmp_path) as conn:
+    with _connection(tmp_path) as conn:  # under a minute after its claim: kept, whatever its reader
+        assert conn.default_channel.stale_claims_give_back() == []
+    with caplog.at_level(logging.WARNING, logger="webapp.broker"), _connection(tmp_path, min_claim_age=0) as conn:
         simple = conn.SimpleQueue(QUEUE)
         message = simple.get(timeout=2)  # the first poll sweeps
         message.ack()
@@ -211,7 +221,8 @@ def test_a_message_whose_reader_was_killed_after_claiming_it_is_read_by_the_next
 
     assert message.payload == {"i": 7}
     assert os.listdir(queue) == []
-    assert claim.startswith(".") and claim.endswith(f".{QUEUE}.msg.{reader.pid}@{socket.gethostname()}.claimed")
+    assert claim.startswith(".") and claim.endswith(
+        f".{QUEUE}.msg.{reader.pid}@{socket.gethostname()}+{_pid_namespace()}.claimed")
     gave_back = f"gave back 1 broker message(s) whose reader stopped between claiming and reading them, in {queue}"
     assert f"{gave_back}: {claim}" in caplog.text
 
@@ -220,34 +231,113 @@ def _sleeping_process() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
 
 
-def test_a_live_readers_claim_and_another_machines_young_claim_are_kept_and_old_ones_given_back(tmp_path):
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_claim_is_given_back_once_a_minute_old_and_its_reader_gone_or_an_hour_old_if_unseen_from_here(tmp_path):
     queue = _folders(tmp_path)
-    alive = _sleeping_process()
+    alive, dead, host, ours = _sleeping_process(), _dead_pid(), socket.gethostname(), _pid_namespace()
     try:
         with _connection(tmp_path) as conn:
-            for i in range(4):
+            for i in range(6):
                 conn.Producer(serializer="json").publish({"i": i}, routing_key=QUEUE)
         names = sorted(os.listdir(queue))
         claims = [
-            f".{names[0]}.{alive.pid}@{socket.gethostname()}.claimed",  # this machine, its reader still running
-            f".{names[1]}.{alive.pid}@another-machine.example.claimed",  # its pid means nothing here
-            f".{names[2]}.claimed",  # an earlier version's claim: no owner
-            f".{names[3]}.{alive.pid}@another-machine.example.claimed",
+            f".{names[0]}.{alive.pid}@{host}+{ours}.claimed",  # this machine and namespace, its reader running
+            f".{names[1]}.{dead}@{host}+{ours}.claimed",  # its reader gone
+            f".{names[2]}.{dead}@{host}+{'0' * 12}.claimed",  # another container named as ours: its pid is not ours
+            f".{names[3]}.{dead}@{host}.claimed",  # an earlier version's claim: namespace unknown
+            f".{names[4]}.{dead}@another-machine.example+{ours}.claimed",
+            f".{names[5]}.claimed",  # kombu's claim: no owner
         ]
         for name, claim in zip(names, claims):
             os.rename(queue / name, queue / claim)
-        two_hours_ago = time.time() - 7200
-        for claim in claims[2:]:
+        two_hours_ago = time.time() - 7200  # the age counts from the claim's rename, not the message's writing
+        for claim in claims:
             os.utime(queue / claim, (two_hours_ago, two_hours_ago))
-        with _connection(tmp_path) as conn:
-            given_back = conn.default_channel.stale_claims_give_back()
-        assert sorted(given_back) == sorted(claims[2:])
-        assert sorted(os.listdir(queue)) == sorted([*claims[:2], *names[2:]])
+
+        with _connection(tmp_path) as conn:  # all under a minute old
+            assert conn.default_channel.stale_claims_give_back() == []
+        with _connection(tmp_path, min_claim_age=0) as conn:  # the minimum age is a transport option
+            assert conn.default_channel.stale_claims_give_back() == [claims[1]]
+        assert sorted(os.listdir(queue)) == sorted([claims[0], names[1], *claims[2:]])
     finally:
         alive.kill()
         alive.wait()
-    with _connection(tmp_path) as conn:
-        assert conn.default_channel.stale_claims_give_back() == [claims[0]]  # its reader is gone now: at once
-    with _connection(tmp_path, stale_claim_age=0) as conn:  # the age is a transport option
-        assert conn.default_channel.stale_claims_give_back() == [claims[1]]
+    with _connection(tmp_path, min_claim_age=0) as conn:
+        assert conn.default_channel.stale_claims_give_back() == [claims[0]]  # its reader is gone now
+    with _connection(tmp_path, min_claim_age=0, stale_claim_age=0) as conn:  # the maximum age is one too
+        assert sorted(conn.default_channel.stale_claims_give_back()) == sorted(claims[2:])
     assert sorted(os.listdir(queue)) == names
+
+
+def test_a_claim_naming_an_impossible_process_of_ours_is_given_back_without_error(tmp_path):
+    queue = _folders(tmp_path)
+    with _connection(tmp_path) as conn:
+        for i in range(3):
+            conn.Producer(serializer="json").publish({"i": i}, routing_key=QUEUE)
+    names = sorted(os.listdir(queue))
+    host, ours = socket.gethostname(), _pid_namespace()
+    claims = [f".{name}.{pid}@{host}+{ours}.claimed" for name, pid in zip(names, ["0", "9" * 19, "9" * 30])]
+    for name, claim in zip(names, claims):
+        os.rename(queue / name, queue / claim)
+
+    with _connection(tmp_path, min_claim_age=0) as conn:  # 0: our process group; the others: OverflowError
+        assert sorted(conn.default_channel.stale_claims_give_back()) == sorted(claims)
+    assert sorted(os.listdir(queue)) == names
+
+
+def _sweep_right_after_claims(monkeypatch, sweeper) -> list:
+    """Make every claim of this process run ``sweeper``'s give-back right after its rename (another
+    worker's sweep at the worst moment); the lists it gave back, in order."""
+    rename, swept = os.rename, []
+
+    def rename_then_sweep(src, dst, *args, **kwargs):
+        rename(src, dst, *args, **kwargs)
+        if str(dst).endswith(".claimed"):
+            swept.append(sweeper.default_channel.stale_claims_give_back())
+
+    monkeypatch.setattr(os, "rename", rename_then_sweep)
+    return swept
+
+
+def test_a_message_older_than_the_stale_age_is_not_taken_from_its_live_reader_right_after_its_claim(
+        tmp_path, monkeypatch):
+    # Its claim carried the writer's time until the reader's os.utime: another worker's sweep in between
+    # gave it back, and the reader's read raised (ChannelError) into the consumer.
+    queue = _folders(tmp_path)
+    with _connection(tmp_path) as conn:
+        conn.Producer(serializer="json").publish({"i": 7}, routing_key=QUEUE)
+    [name] = os.listdir(queue)
+    two_hours_ago = time.time() - 7200
+    os.utime(queue / name, (two_hours_ago, two_hours_ago))  # a message left waiting through a long outage
+
+    with _connection(tmp_path) as sweeper, _connection(tmp_path) as reader:
+        swept = _sweep_right_after_claims(monkeypatch, sweeper)
+        payload = _take_one(reader)
+
+    assert swept == [[]]
+    assert payload == {"i": 7}
+    assert os.listdir(queue) == []
+
+
+def test_a_reader_whose_claim_was_given_back_reads_nothing_and_the_message_stays_on_the_queue(
+        tmp_path, monkeypatch, caplog):
+    queue = _folders(tmp_path)
+    with _connection(tmp_path) as conn:
+        conn.Producer(serializer="json").publish({"i": 7}, routing_key=QUEUE)
+    [name] = os.listdir(queue)
+
+    with _connection(tmp_path, min_claim_age=0, stale_claim_age=0) as sweeper, _connection(tmp_path) as reader:
+        swept = _sweep_right_after_claims(monkeypatch, sweeper)  # a sweeper that gives back every claim
+        with caplog.at_level(logging.WARNING, logger="webapp.broker"), pytest.raises(Empty):
+            reader.default_channel._get(QUEUE)
+        assert len(swept) == 1 and len(swept[0]) == 1
+        assert os.listdir(queue) == [name]
+        monkeypatch.undo()
+        assert _take_one(reader) == {"i": 7}  # the next poll reads it
+    assert os.listdir(queue) == []
+    assert f"broker claim {swept[0][0]} in {queue} was given back while its reader held it" in caplog.text

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from types import SimpleNamespace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx2
@@ -14,8 +15,8 @@ import pytest
 from tests.webapp.serving_helpers import inference_process  # noqa: F401 - fixture
 from webapp.accounts.services import api_token_create
 from webapp.serving import access
-from webapp.serving.client import generate_events
-from webapp.serving.inference_server import InferenceHTTPServer
+from webapp.serving.client import KEEPALIVE_S, generate_events
+from webapp.serving.inference_server import IDLE_TIMEOUT_S, InferenceHTTPServer, make_handler
 
 
 def test_a_burst_of_new_connections_to_the_inference_process_all_get_through_at_once():
@@ -64,6 +65,38 @@ class _CountingInference(ThreadingHTTPServer):
 
         super().__init__(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_idle_kept_alive_connection_is_closed_by_the_inference_process_and_holds_no_database_connection(
+        monkeypatch):
+    # Without a timeout every kept-alive connection held its thread (and, with DJANGO_CONN_MAX_AGE,
+    # a PostgreSQL connection) for as long as the web app's client kept it.
+    from django.db import connection, connections
+
+    assert IDLE_TIMEOUT_S > KEEPALIVE_S  # the client drops an idle connection first
+    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 600)  # DJANGO_CONN_MAX_AGE=600
+    between_requests = []
+
+    class Handler(make_handler(None, SimpleNamespace(), idle_timeout_s=0.5)):
+        def handle_one_request(self):
+            super().handle_one_request()
+            between_requests.append(connection.connection is not None)  # this thread's, while it waits
+
+    server = InferenceHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with socket.create_connection(server.server_address, timeout=5) as client:
+            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: inference\r\n"
+                           b"Authorization: Bearer rl_no-such-token\r\n\r\n")  # checked against the database
+            received = b""
+            while chunk := client.recv(65536):  # until the server closes it (or the 5 s timeout raises)
+                received += chunk
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert received.startswith(b"HTTP/1.1 401 "), received
+    assert between_requests and not any(between_requests)
 
 
 @pytest.mark.slow

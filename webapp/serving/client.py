@@ -21,6 +21,8 @@ _client: httpx2.Client | None = None
 # How long an idle connection to the inference process stays open for the next request: longer
 # than the pauses between bursts of clients (httpx's default, 5 s, is not), so a burst reuses the
 # connections of the last one instead of opening one each (a new thread in the inference process).
+# The inference process closes a connection idle a little longer than this
+# (webapp.serving.inference_server.IDLE_TIMEOUT_S = KEEPALIVE_S + 10), so this side drops it first.
 KEEPALIVE_S = 120.0
 
 

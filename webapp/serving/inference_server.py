@@ -24,7 +24,8 @@ projects; ``tokens`` stops growing once every row has stopped); a bad or revoked
 token is a 401 in OpenAI's error shape. Built on the standard
 library's :class:`http.server.ThreadingHTTPServer`: one thread per connection reads the
 engine's events, decodes text incrementally and applies stop sequences, while the engine's
-one thread runs the forward passes.
+one thread runs the forward passes. A connection idle for :data:`IDLE_TIMEOUT_S` (130 s, just over
+the web app's keep-alive) is closed, and an idle connection's thread holds no database connection.
 
 ``POST /generate`` takes JSON::
 
@@ -53,14 +54,22 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 
 from webapp.policies.models import ModelVersion, Project
 
 from . import access
+from .client import KEEPALIVE_S
 from .engine import Engine, SamplingParams
 
 log = logging.getLogger(__name__)
+
+# Seconds a connection's thread waits for the next request (or for any read or write of one) before
+# it closes the connection and ends: a little longer than the web app's client keeps an idle
+# connection (:data:`webapp.serving.client.KEEPALIVE_S`), so the client always drops an idle one
+# first and never sends a request on one this side is closing. Without it every kept-alive
+# connection held its thread for as long as the client kept it.
+IDLE_TIMEOUT_S = KEEPALIVE_S + 10.0
 
 
 class UnknownModel(LookupError):
@@ -176,9 +185,18 @@ class InferenceHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
 
-def make_handler(engine: Engine, versions: Versions):
+def make_handler(engine: Engine, versions: Versions, *, idle_timeout_s: float = IDLE_TIMEOUT_S):
+    """The request handler class of the inference process's server (one instance per connection).
+
+    A connection idle for ``idle_timeout_s`` seconds (:data:`IDLE_TIMEOUT_S`) is closed. Each
+    request's checks use the thread's database connection and close it when done, so a thread
+    waiting on a kept-alive connection holds no database connection (whatever
+    ``DJANGO_CONN_MAX_AGE`` says).
+    """
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = idle_timeout_s  # socketserver sets it on the connection: an idle one ends its thread
 
         def log_message(self, fmt, *args):  # the web app logs requests; keep this quiet
             log.debug(fmt, *args)
@@ -210,7 +228,7 @@ def make_handler(engine: Engine, versions: Versions):
             except access.AccessRefused as exc:
                 return self._json(exc.status, exc.body(), headers={"WWW-Authenticate": 'Bearer realm="rewardloop"'})
             finally:
-                close_old_connections()
+                connection.close()  # a kept-alive connection's thread holds none while idle
             body = {"ok": True, "served": {slug: numbers[served[slug]] for slug in staffed}}
             if token.user.is_staff:  # the engine's counters sum every project's traffic
                 body.update(batches=engine.batches_run, rows=engine.rows_run, tokens=engine.tokens_run)
@@ -223,7 +241,7 @@ def make_handler(engine: Engine, versions: Versions):
             except access.AccessRefused as exc:
                 return self._json(exc.status, exc.body(), headers={"WWW-Authenticate": 'Bearer realm="rewardloop"'})
             finally:
-                close_old_connections()
+                connection.close()  # a kept-alive connection's thread holds none while idle
             if not token.user.is_staff:
                 return self._json(403, access.openai_error_body(403, "The timeline is for staff."))
             query = parse_qs(urlsplit(self.path).query)
@@ -246,7 +264,7 @@ def make_handler(engine: Engine, versions: Versions):
                 with engine.arrival() as arrival:
                     request, prompt_ids, model, params, stop, tokenizer = self._received(raw, token, arrival)
             finally:
-                close_old_connections()
+                connection.close()  # a kept-alive connection's thread holds none while idle
             if request is not None:
                 self._stream(request, prompt_ids, model, params, stop, tokenizer)
 
@@ -347,8 +365,9 @@ def make_handler(engine: Engine, versions: Versions):
                 else:
                     self._line({"event": "done"})
                 self.wfile.write(b"0\r\n\r\n")
-            except (BrokenPipeError, ConnectionResetError):
-                request.cancelled.set()  # the client left: its rows stop at the next step
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                request.cancelled.set()  # the client left (or read nothing for idle_timeout_s): its rows stop
+                self.close_connection = True  # the answer is cut: nothing more can follow on this connection
 
         def _line(self, obj: dict) -> None:
             data = json.dumps(obj).encode() + b"\n"
