@@ -18,6 +18,7 @@ from webapp.errors import ApplicationError
 from webapp.permissions import member_required, staff_required
 from webapp.policies import services as policy_services
 from webapp.policies.models import RUBRIC_MAX_CRITERIA, RatingMode
+from webapp.policies.forms import textarea_lf
 from webapp.policies.views import project_settings_form_save
 
 from . import figures, selectors, services
@@ -27,7 +28,6 @@ from .models import Choice, Completion, GoldItem, Rating
 
 TEMPLATE = "annotation/annotate.html"
 COMMENT_MAX_CHARS = 2000
-LINE_BREAK = re.compile(r"\r\n?|\n")
 
 LIKERT_LABELS = {1: "bad", 2: "poor", 3: "ok", 4: "good", 5: "great"}
 
@@ -351,11 +351,6 @@ def next_item(request, slug):
     return _render_card_or_page(request, project, lease=lease)
 
 
-def _lf(text: str) -> str:
-    """``text`` with each line break (CRLF, CR or LF, as a browser may post it) as LF."""
-    return LINE_BREAK.sub("\n", text)
-
-
 def _outdated_form(post, project) -> str | None:
     """Why a rate form rendered before staff changed the project's rating mode or rubric is refused, or None.
 
@@ -373,8 +368,8 @@ def _outdated_form(post, project) -> str | None:
         )
     # Browsers post a hidden field's line breaks as CRLF: a name stored with one (before rubric_check
     # refused them) must still match, or nobody could rate the project.
-    names = [_lf(post[f"crit_{i}_name"]) for i in range(RUBRIC_MAX_CRITERIA) if f"crit_{i}_name" in post]
-    if names and project.rating_mode == RatingMode.RUBRIC and names != [_lf(c["name"]) for c in project.rubric or []]:
+    names = [textarea_lf(post[f"crit_{i}_name"]) for i in range(RUBRIC_MAX_CRITERIA) if f"crit_{i}_name" in post]
+    if names and project.rating_mode == RatingMode.RUBRIC and names != [textarea_lf(c["name"]) for c in project.rubric or []]:
         return (
             "The project's rubric changed while this card was open, so your scores were not stored. "
             "Score the criteria the card now shows."

@@ -272,9 +272,8 @@ class Engine:
                           received_cpu=None if arrival is None else arrival.at_cpu, tag=tag)
         with self._cv:
             self._pending.append(request)
-            if arrival is not None and arrival.open:
-                arrival.open = False
-                self._arrivals.discard(arrival)
+            if arrival is not None:
+                self._arrived(arrival)  # re-enters _cv (a Condition's default lock is an RLock)
             self._cv.notify_all()
         return request
 
