@@ -181,8 +181,9 @@ class FilesystemChannel(filesystem.Channel):
         """Take the oldest message of ``queue``; :class:`queue.Empty` when there is none."""
         if time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + SWEEP_INTERVAL
-            self.temporary_files_sweep()
-            self.stale_claims_give_back()
+            entries = self._inbox_entries()  # one listing serves both sweeps: their names never overlap
+            self.temporary_files_sweep(entries)
+            self.stale_claims_give_back(entries)
         for filename in sorted(os.listdir(self.data_folder_in)):
             if filename.partition(".")[2] != f"{queue}.msg":  # kombu's test: hidden names never match
                 continue
@@ -231,9 +232,19 @@ class FilesystemChannel(filesystem.Channel):
             os.remove(claimed)
         return message
 
-    def temporary_files_sweep(self) -> list[str]:
+    def _inbox_entries(self) -> list[os.DirEntry]:
+        """``data_folder_in``'s entries as one ``os.scandir`` lists them; [] when the folder is gone."""
+        try:
+            with os.scandir(self.data_folder_in) as entries:
+                return list(entries)
+        except FileNotFoundError:
+            return []
+
+    def temporary_files_sweep(self, entries: list[os.DirEntry] | None = None) -> list[str]:
         """Remove ``data_folder_in``'s hidden temporary files (``.<name>.<random>.tmp``) last
         written more than ``stale_temporary_age`` seconds ago; returns the names removed.
+        ``entries``: the folder's listing (:meth:`_inbox_entries`, shared with the claims' sweep);
+        None: list it now.
 
         Logs the removed names (warning), and the number of ``.unreadable`` files kept
         whenever it differs from the last one logged. Claimed files (``.<name>….claimed``)
@@ -244,11 +255,7 @@ class FilesystemChannel(filesystem.Channel):
         folder = self.data_folder_in
         cutoff = time.time() - self.stale_temporary_age
         removed, unreadable = [], 0
-        try:
-            entries = list(os.scandir(folder))
-        except FileNotFoundError:
-            return removed
-        for entry in entries:
+        for entry in self._inbox_entries() if entries is None else entries:
             if not entry.name.startswith("."):
                 continue
             if entry.name.endswith(".unreadable"):
@@ -282,9 +289,10 @@ class FilesystemChannel(filesystem.Channel):
             self._unremovable_logged = self._unremovable_logged | {name}
             log.warning(message, name, *args)
 
-    def stale_claims_give_back(self) -> list[str]:
+    def stale_claims_give_back(self, entries: list[os.DirEntry] | None = None) -> list[str]:
         """Rename ``data_folder_in``'s abandoned claims (``.<name>.<pid>@<host>+<namespace>.claimed``)
         back to ``<name>``, so the message is read again; returns the claim names given back.
+        ``entries``: the folder's listing (:meth:`_inbox_entries`); None: list it now.
 
         Ages count from the claim's rename (``st_ctime``, which a rename sets; seconds). No claim
         younger than ``min_claim_age`` is abandoned. Abandoned: a claim of this machine and PID
@@ -299,11 +307,7 @@ class FilesystemChannel(filesystem.Channel):
         folder, host, namespace = self.data_folder_in, _host_name(), _pid_namespace()
         now = time.time()
         given_back = []
-        try:
-            entries = list(os.scandir(folder))
-        except FileNotFoundError:
-            return given_back
-        for entry in entries:
+        for entry in self._inbox_entries() if entries is None else entries:
             claim = _CLAIM.fullmatch(entry.name)
             if claim is None:
                 continue

@@ -113,6 +113,15 @@ def _writer_killed_mid_write(path: Path) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+def _leftover_temporary_file(queue: Path, *, seconds_ago: float) -> Path:
+    """A killed writer's hidden temporary file in ``queue``, last written ``seconds_ago``."""
+    _writer_killed_mid_write(queue / f"1_x.{QUEUE}.msg")
+    [leftover] = queue.glob(".*.tmp")
+    then = time.time() - seconds_ago
+    os.utime(leftover, (then, then))
+    return leftover
+
+
 def _publish_and_take_one(conn: Connection) -> dict:
     """Publish ``{"i": 7}`` on the queue and take it back as a worker does (its first poll sweeps); the payload."""
     conn.Producer(serializer="json").publish({"i": 7}, routing_key=QUEUE)
@@ -152,10 +161,7 @@ def test_a_worker_removes_temporary_files_of_killed_writers_once_old_and_keeps_u
 
 def test_the_safe_age_is_a_transport_option(tmp_path):
     queue = _folders(tmp_path)
-    _writer_killed_mid_write(queue / f"1_x.{QUEUE}.msg")
-    [leftover] = queue.glob(".*.tmp")
-    two_minutes_ago = time.time() - 120
-    os.utime(leftover, (two_minutes_ago, two_minutes_ago))
+    leftover = _leftover_temporary_file(queue, seconds_ago=120)
 
     with _connection(tmp_path) as conn:
         assert conn.default_channel.temporary_files_sweep() == []  # 2 minutes: younger than the default 10
@@ -341,3 +347,25 @@ def test_a_reader_whose_claim_was_given_back_reads_nothing_and_the_message_stays
         assert _take_one(reader) == {"i": 7}  # the next poll reads it
     assert os.listdir(queue) == []
     assert f"broker claim {swept[0][0]} in {queue} was given back while its reader held it" in caplog.text
+
+
+def test_one_poll_lists_the_inbox_once_to_remove_stale_temporary_files_and_give_back_abandoned_claims(
+        tmp_path, monkeypatch):
+    queue = _folders(tmp_path)
+    _leftover_temporary_file(queue, seconds_ago=660)
+    with _connection(tmp_path) as conn:
+        conn.Producer(serializer="json").publish({"i": 7}, routing_key=QUEUE)
+    [name] = [p.name for p in queue.iterdir() if p.name.endswith(".msg")]
+    os.rename(queue / name, queue / f".{name}.{_dead_pid()}@{socket.gethostname()}+{_pid_namespace()}.claimed")
+    scandir, listed = os.scandir, []
+
+    def scandir_counted(path="."):
+        listed.append(os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir_counted)
+    with _connection(tmp_path, min_claim_age=0) as conn:
+        assert _take_one(conn) == {"i": 7}  # given back by the first poll's sweep, then read
+
+    assert listed == [str(queue)]
+    assert os.listdir(queue) == []
