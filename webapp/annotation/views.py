@@ -2,6 +2,7 @@
 
 import json
 import re
+from dataclasses import asdict, dataclass
 from functools import wraps
 
 from django.contrib import messages
@@ -99,35 +100,50 @@ SIGNED_OUT_MAX_CHARS = 4096  # the kept fields as the session's JSON stores them
 _CHOICE_WORDS = {"left": ("A is better", "a"), "right": ("B is better", "b"), "tie": ("tie", "t"), "both_bad": ("both bad", "x")}
 
 
-def _judgment_words(post) -> tuple[str, str]:
-    """``(what was chosen, the key that gives it again)`` of a rating form: ``("4 good", "4")``,
-    ``("A is better", "a")``, ``("your ranking", "Enter")``."""
-    score = _whole_number(post.get("score"), 5)
-    if score is not None:
-        return f"{score} {LIKERT_LABELS[score]}", str(score)
-    if post.get("thumb") in ("up", "down"):
-        return f"thumbs {post['thumb']}", "2" if post["thumb"] == "up" else "1"
-    if post.get("choice") in _CHOICE_WORDS:
-        return _CHOICE_WORDS[post["choice"]]
-    if any(name.startswith("rank_") for name in post):
-        return "your ranking", "Enter"
-    if any(name.startswith("crit_") for name in post):
-        return "your rubric scores", "Enter"
-    return "your judgment", ""
+@dataclass(frozen=True)
+class SignedOut:
+    """A rate, skip or undo refused because the session had ended (:func:`_remember_signed_out_judgment`):
+    ``action`` "rate", "skip" or "undo"; ``completion_id`` its item (None for an undo); ``post`` the
+    rate form's rating fields (empty for a skip or an undo)."""
+
+    action: str
+    completion_id: int | None
+    post: dict
+
+    @property
+    def words(self) -> tuple[str, str]:
+        """``(what was chosen, the key that gives it again)`` of the rating: ``("4 good", "4")``,
+        ``("A is better", "a")``, ``("your ranking", "Enter")``."""
+        post = self.post
+        score = _whole_number(post.get("score"), 5)
+        if score is not None:
+            return f"{score} {LIKERT_LABELS[score]}", str(score)
+        if post.get("thumb") in ("up", "down"):
+            return f"thumbs {post['thumb']}", "2" if post["thumb"] == "up" else "1"
+        if post.get("choice") in _CHOICE_WORDS:
+            return _CHOICE_WORDS[post["choice"]]
+        if any(name.startswith("rank_") for name in post):
+            return "your ranking", "Enter"
+        if any(name.startswith("crit_") for name in post):
+            return "your rubric scores", "Enter"
+        return "your judgment", ""
+
+    @property
+    def what(self) -> str:
+        """What it did not do, for messages: ``"your last judgment (4 good) was not saved"``,
+        ``"your skip was not saved"`` or ``"your undo was not done"``."""
+        if self.action == "skip":
+            return "your skip was not saved"
+        if self.action == "undo":
+            return "your undo was not done"
+        return f"your last judgment ({self.words[0]}) was not saved"
 
 
-def _signed_out_what(kept: dict) -> str:
-    """What a request refused because the session had ended did not do, for its messages: ``"your last
-    judgment (4 good) was not saved"``, ``"your skip was not saved"`` or ``"your undo was not done"``.
-    ``kept``: ``{"action": "rate" | "skip" | "undo", "post": the form's rating fields}`` (no
-    ``action``: a rating, as kept before skips and undos were)."""
-    action = kept.get("action", "rate")
-    if action == "skip":
-        return "your skip was not saved"
-    if action == "undo":
-        return "your undo was not done"
-    words, _ = _judgment_words(kept.get("post", {}))
-    return f"your last judgment ({words}) was not saved"
+_SIGNED_OUT_THEN = {  # the login page's next step when the request was kept
+    "rate": "Sign in again to send it: its card shows it again while the item is still held for you.",
+    "skip": "Sign in again to skip it: its card offers it again while the item is still held for you.",
+    "undo": "Sign in again: the page then says whether your last judgment can still be undone.",
+}
 
 
 def _rater_signed(user) -> str:
@@ -147,10 +163,10 @@ def _rater_of(post) -> int | None:
 def _remember_signed_out_judgment(action: str):
     """Decorate the view of ``action`` ("rate", "skip" or "undo"): such a request sent after the session
     ended (signed out in another tab, or expired) is kept in the new anonymous session
-    (``SIGNED_OUT_KEY``: the project's slug, the action, its item (None for an undo), the form's
-    rating fields) and the login page says it was not done; :func:`annotate` says so again after
-    signing in, on the item's card when it is still held (a rating filled in again, a skip offered
-    again), and for an undo whether there is still something to undo.
+    (``SIGNED_OUT_KEY``: a :class:`SignedOut` with the project's slug and the annotator) and the login
+    page says it was not done; :func:`annotate` says so again after signing in, on the item's card
+    when it is still held (a rating filled in again, a skip offered again), and for an undo whether
+    there is still something to undo.
 
     Only a POST that passed the CSRF check gets here, and only the rating form's own fields are kept
     (``_SIGNED_OUT_FIELDS``, short values, the comment cut at ``COMMENT_MAX_CHARS``), with the
@@ -163,29 +179,24 @@ def _remember_signed_out_judgment(action: str):
 
     def decorate(view):
         @wraps(view)
-        def wrapper(request, *, slug, completion_id=None):
-            kwargs = {"slug": slug} if completion_id is None else {"slug": slug, "completion_id": completion_id}
+        def wrapper(request, **kwargs):
             if request.method != "POST" or request.user.is_authenticated:
                 return view(request, **kwargs)
+            slug = kwargs["slug"]
             fields = {
                 name: value[:COMMENT_MAX_CHARS] if name == "comment" else value[:200]
                 for name, value in list(request.POST.items())[:64]
                 if _SIGNED_OUT_FIELDS.fullmatch(name)
             } if action == "rate" else {}
-            kept = {"slug": slug, "action": action, "completion_id": completion_id, "post": fields}
+            kept = SignedOut(action, kwargs.get("completion_id"), fields)
             rater = _rater_of(request.POST)
             if rater is not None and len(json.dumps(fields, separators=(",", ":"))) <= SIGNED_OUT_MAX_CHARS:
-                request.session[SIGNED_OUT_KEY] = {**kept, "annotator": rater}
-                then = {
-                    "rate": "Sign in again to send it: its card shows it again while the item is still held for you.",
-                    "skip": "Sign in again to skip it: its card offers it again while the item is still held for you.",
-                    "undo": "Sign in again: the page then says whether your last judgment can still be undone.",
-                }[action]
+                request.session[SIGNED_OUT_KEY] = {**asdict(kept), "slug": slug, "annotator": rater}
+                then = _SIGNED_OUT_THEN[action]
             else:
                 request.session.pop(SIGNED_OUT_KEY, None)  # an earlier one is not the request named here
-                then = {"rate": "Sign in again and rate it again.", "skip": "Sign in again and skip it again.",
-                        "undo": "Sign in again and undo it again."}[action]
-            messages.warning(request, f"You were signed out, so {_signed_out_what(kept)}. {then}")
+                then = f"Sign in again and {action} it again."
+            messages.warning(request, f"You were signed out, so {kept.what}. {then}")
             # Back to the annotate page after signing in, not to this POST-only address (a 405).
             return redirect_to_login(reverse("annotation:annotate", args=[slug]))
 
@@ -194,14 +205,16 @@ def _remember_signed_out_judgment(action: str):
     return decorate
 
 
-def _signed_out_judgment(request, slug) -> dict | None:
+def _signed_out_judgment(request, slug) -> SignedOut | None:
     """The judgment, skip or undo :func:`_remember_signed_out_judgment` kept for this project, taken out of the session;
     None when another person kept it (``login`` keeps an anonymous session's data): dropped unseen."""
     kept = request.session.get(SIGNED_OUT_KEY)
     if not isinstance(kept, dict) or kept.get("slug") != slug:
         return None
     del request.session[SIGNED_OUT_KEY]
-    return kept if kept.get("annotator") == request.user.pk else None
+    if kept.get("annotator") != request.user.pk:
+        return None
+    return SignedOut(kept.get("action", "rate"), kept.get("completion_id"), kept.get("post") or {})  # no action: a rating
 
 
 def _undone_places(undone, lease, ranked) -> list[int] | None:
@@ -228,12 +241,10 @@ def _context(request, project, *, error="", undone=None, unskipped=None, lease=_
     :class:`~webapp.annotation.models.RatingRevision` just undone; when the card shows its item
     again, its comment, rubric scores and ranking places are filled in the same way
     (:func:`_undone_input`). ``unskipped``: the :class:`~webapp.annotation.models.Skip` just undone
-    (the card says whether its item is the one shown). ``signed_out``: the judgment, skip or undo
-    refused because the session had ended (:func:`_signed_out_judgment`); on its item, still held, a
-    judgment is filled in again as a refused submit's, and the card says so (``signed_out_shown``),
-    or that the skip was not saved (``signed_out_skip``); an undo is said on the card of the item
-    held (``signed_out_undo``; :func:`annotate` says it when none is), with whether there is still
-    something to undo.
+    (the card says whether its item is the one shown). ``signed_out``: the :class:`SignedOut` judgment,
+    skip or undo refused because the session had ended; the card says an undo (with whether there is
+    still something to undo), and a judgment or a skip on its own item, a judgment filled in again as
+    a refused submit's (context ``signed_out``: None when the card does not say it).
     """
     read_only = lease is _READ_ONLY
     if read_only:
@@ -245,10 +256,10 @@ def _context(request, project, *, error="", undone=None, unskipped=None, lease=_
     progress = selectors.annotator_progress(project=project, annotator=request.user)
     rubric = project.rubric if project.rating_mode == RatingMode.RUBRIC else None
     undone_places = _undone_places(undone, lease, ranked)
-    signed_out_shown = signed_out is not None and lease is not None and lease.completion_id == signed_out["completion_id"]
-    signed_out_action = signed_out.get("action", "rate") if signed_out_shown else None
-    if signed_out_action == "rate":
-        kept_post = signed_out["post"]
+    if signed_out is not None and (lease is None or signed_out.completion_id not in (None, lease.completion_id)):
+        signed_out = None  # on the card: an undo (no item) on any item's, a judgment or a skip on its own item's
+    if signed_out is not None and signed_out.action == "rate":
+        kept_post = signed_out.post
     kept = None
     if lease is not None and kept_post is not None:
         kept = _posted_input(kept_post, rubric=rubric, ranked=ranked)
@@ -277,11 +288,7 @@ def _context(request, project, *, error="", undone=None, unskipped=None, lease=_
         "unskipped": unskipped,
         "unskipped_shown": unskipped is not None and lease is not None and lease.completion_id == unskipped.completion_id,
         "error": error,
-        "signed_out": _judgment_words(signed_out["post"]) if signed_out_action == "rate" else None,
-        "signed_out_skip": signed_out_action == "skip",
-        # An undo refused because the session had ended: said on the item's card, with whether u still works.
-        "signed_out_undo": signed_out is not None and signed_out.get("action") == "undo",
-        "signed_out_shown": signed_out_shown,
+        "signed_out": signed_out,
         "scores": [(s, LIKERT_LABELS[s]) for s in range(1, 6)],
         "rubric": rubric,
         "rubric_current": scored.index(None) if None in scored else 0,  # the first criterion left to score
@@ -315,15 +322,11 @@ def annotate(request, slug):
     project = request.project
     signed_out = _signed_out_judgment(request, slug)
     context = _context(request, project, signed_out=signed_out)
-    if context["signed_out_undo"] and context["completion"] is None:  # the card that asks for one is swapped at once
-        then = ("press u to undo your last judgment or skip now." if context["can_undo"]
-                else "there is nothing left to undo now (an undo reaches back 10 minutes).")
-        messages.warning(request, f"You were signed out, so {_signed_out_what(signed_out)}: {then}")
-    elif signed_out is not None and not context["signed_out_undo"] and not context["signed_out_shown"]:
-        messages.warning(
-            request, f"You were signed out, so {_signed_out_what(signed_out)}, and its item "
-            "is no longer held for you: it went back to the queue."
-        )
+    if signed_out is not None and context["signed_out"] is None:  # not on the card (one that asks is swapped at once)
+        then = (", and its item is no longer held for you: it went back to the queue." if signed_out.action != "undo"
+                else ": press u to undo your last judgment or skip now." if context["can_undo"]
+                else ": there is nothing left to undo now (an undo reaches back 10 minutes).")
+        messages.warning(request, f"You were signed out, so {signed_out.what}{then}")
     context["guidelines"] = guidelines_html(project.guidelines)
     return render(request, TEMPLATE, context)
 
