@@ -211,6 +211,13 @@ def make_handler(engine: Engine, versions: Versions, *, idle_timeout_s: float = 
             self.end_headers()
             self.wfile.write(data)
 
+        def _refused(self, exc: access.AccessRefused) -> None:
+            """Answer ``exc``: its status and OpenAI body, a 401 with ``WWW-Authenticate``, a 429 with ``Retry-After``."""
+            headers = {"WWW-Authenticate": 'Bearer realm="rewardloop"'} if exc.status == 401 else {}
+            if exc.retry_after is not None:
+                headers["Retry-After"] = str(exc.retry_after)
+            self._json(exc.status, exc.body(), headers=headers)
+
         def do_GET(self):
             if self.path.startswith("/debug/timeline"):
                 return self._timeline()
@@ -226,7 +233,7 @@ def make_handler(engine: Engine, versions: Versions, *, idle_timeout_s: float = 
                 staffed = sorted(access.staff_slugs(user=token.user, slugs=served))
                 numbers = dict(ModelVersion.objects.filter(pk__in=[served[s] for s in staffed]).values_list("pk", "number"))
             except access.AccessRefused as exc:
-                return self._json(exc.status, exc.body(), headers={"WWW-Authenticate": 'Bearer realm="rewardloop"'})
+                return self._refused(exc)
             finally:
                 connection.close()  # a kept-alive connection's thread holds none while idle
             body = {"ok": True, "served": {slug: numbers[served[slug]] for slug in staffed}}
@@ -239,7 +246,7 @@ def make_handler(engine: Engine, versions: Versions, *, idle_timeout_s: float = 
             try:
                 token = access.token_for_header(self.headers.get("Authorization"))
             except access.AccessRefused as exc:
-                return self._json(exc.status, exc.body(), headers={"WWW-Authenticate": 'Bearer realm="rewardloop"'})
+                return self._refused(exc)
             finally:
                 connection.close()  # a kept-alive connection's thread holds none while idle
             if not token.user.is_staff:
@@ -272,13 +279,9 @@ def make_handler(engine: Engine, versions: Versions, *, idle_timeout_s: float = 
             """The request's API token once it passes the token check and the rate; None once answered (401/429)."""
             try:
                 token = access.token_for_header(self.headers.get("Authorization"))
+                access.throttle_check(token=token)  # the REST API's per-token rate; counted here only, forwarded or not
             except access.AccessRefused as exc:
-                self._json(exc.status, exc.body(), headers={"WWW-Authenticate": 'Bearer realm="rewardloop"'})
-                return None
-            try:  # the REST API's per-token rate; counted here only, forwarded by the web app or not
-                access.throttle_check(token=token)
-            except access.AccessRefused as exc:
-                self._json(exc.status, exc.body(), headers={"Retry-After": str(exc.retry_after)})
+                self._refused(exc)
                 return None
             return token
 
@@ -302,7 +305,7 @@ def make_handler(engine: Engine, versions: Versions, *, idle_timeout_s: float = 
             try:
                 access.model_project(user=token.user, model=model)
             except access.AccessRefused as exc:
-                self._json(exc.status, exc.body())
+                self._refused(exc)
                 return none
             try:
                 version_id = versions.resolve(model)

@@ -36,37 +36,31 @@ from . import access
 from .client import InferenceUnavailable, generate_events
 from .schemas import MODEL_PATTERN, ChatIn, CompletionIn
 
-class OpenAIError(Exception):
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 retry_after: int | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-        self.retry_after = retry_after
 
-    @classmethod
-    def refused(cls, exc: access.AccessRefused) -> OpenAIError:
-        return cls(exc.status, exc.message, param=exc.param, code=exc.code, retry_after=exc.retry_after)
+class OpenAIError(access.AccessRefused):
+    """A call refused by these views themselves (the body, the method, the inference process): the
+    status and OpenAI's error fields of the token and role checks' :class:`~access.AccessRefused`,
+    which :func:`_openai_view` answers alike (:func:`_error_response`)."""
 
-    def response(self) -> JsonResponse:
-        body = access.openai_error_body(self.status, self.message, param=self.param, code=self.code)
-        response = JsonResponse(body, status=self.status)
-        if self.retry_after is not None:
-            response["Retry-After"] = str(self.retry_after)
-        return response
+
+def _error_response(exc: access.AccessRefused) -> JsonResponse:
+    """``exc`` in OpenAI's shape (:meth:`~access.AccessRefused.body`) with its status, and a 429's ``Retry-After``."""
+    response = JsonResponse(exc.body(), status=exc.status)
+    if exc.retry_after is not None:
+        response["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def _authenticate(request, *, count: bool = True):
     """The request's API token (``Authorization: Bearer``); sets ``request.user`` and ``request.auth``.
     ``count``: count it against the token's rate here (:func:`webapp.serving.access.throttle_check`);
-    False for generation, which the inference process counts."""
-    try:
-        token = access.token_for_header(request.headers.get("Authorization"))
-        token_services.api_token_mark_used(token=token)
-        request.user, request.auth = token.user, token
-        if count:
-            access.throttle_check(token=token)
-    except access.AccessRefused as exc:
-        raise OpenAIError.refused(exc) from None
+    False for generation, which the inference process counts. Raises :class:`~access.AccessRefused`
+    (401, 429)."""
+    token = access.token_for_header(request.headers.get("Authorization"))
+    token_services.api_token_mark_used(token=token)
+    request.user, request.auth = token.user, token
+    if count:
+        access.throttle_check(token=token)
     return token
 
 
@@ -94,13 +88,6 @@ def _body(request, schema):
         raise OpenAIError(400, f"{param + ': ' if param else ''}{message}", param=param) from None
 
 
-def _project(request, model: str):
-    try:
-        return access.model_project(user=request.user, model=model)
-    except access.AccessRefused as exc:
-        raise OpenAIError.refused(exc) from None
-
-
 def _openai_view(method: str):
     def decorate(handler):
         def view(request, *args, **kwargs):
@@ -108,8 +95,8 @@ def _openai_view(method: str):
                 if request.method != method:
                     raise OpenAIError(405, f"Use {method} here.")
                 return handler(request, *args, **kwargs)
-            except OpenAIError as exc:
-                response = exc.response()
+            except access.AccessRefused as exc:  # OpenAIError too
+                response = _error_response(exc)
                 if exc.status == 405:
                     response["Allow"] = method
                 return response
@@ -202,7 +189,7 @@ def _prompt_text(messages: list[dict]) -> str:
 def _complete(request, schema, *, chat: bool):
     token = _authenticate(request, count=False)  # the inference process counts it
     params = _body(request, schema)
-    project = _project(request, params.model)
+    project = access.model_project(user=request.user, model=params.model)
     answer_id = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
     body = {"model": params.model, "id": answer_id, **params.sampling()}  # the id names it in the timeline
     if chat:
@@ -282,14 +269,14 @@ def models(request):
 def model(request, model: str):
     """``GET /v1/models/<model>``: one project's model, or 404."""
     _authenticate(request)
-    return JsonResponse(_model_out(_project(request, model)))
+    return JsonResponse(_model_out(access.model_project(user=request.user, model=model)))
 
 
 @csrf_exempt
 def unknown_url(request, rest: str = ""):
     """Any other path under ``/v1/`` (``/v1/embeddings``, a trailing slash): 404 in OpenAI's shape, as
     OpenAI answers an unknown URL, naming the routes served here, instead of an HTML page."""
-    return OpenAIError(
+    return _error_response(OpenAIError(
         404, f"Invalid URL ({request.method} {request.path}): this server answers POST /v1/chat/completions, "
         "POST /v1/completions, GET /v1/models and GET /v1/models/{model}.",
-    ).response()
+    ))
