@@ -228,17 +228,16 @@ def project_members(*, project: Project) -> QuerySet[Membership]:
     return Membership.objects.filter(project=project).select_related("user").order_by("role", "user__username")
 
 
-def projects_only_staffed_by(*, user) -> QuerySet[Project]:
-    """The projects in which ``user`` is staff and no other active user is, by slug: those that would be left
-    without anyone among their members to manage them (global staff aside) if ``user`` stopped being staff
-    there or stopped being active. ``user``'s own ``is_active`` is not looked at. One query when evaluated.
+def projects_only_staffed_by(*, users) -> QuerySet[Project]:
+    """The projects in which some of ``users`` (a list of users) are staff and no other active user is, by
+    slug: those that would be left without anyone among their members to manage them (global staff aside)
+    if ``users`` all stopped being staff there or stopped being active. The own ``is_active`` of ``users``
+    is not looked at. One query when evaluated.
     """
-    other_staff = Membership.objects.filter(
-        project=OuterRef("pk"), role=Membership.Role.STAFF, user__is_active=True
-    ).exclude(user=user)
+    staff = Membership.objects.filter(project=OuterRef("pk"), role=Membership.Role.STAFF)
     return (
-        Project.objects.filter(memberships__user=user, memberships__role=Membership.Role.STAFF)
-        .exclude(Exists(other_staff))
+        Project.objects.filter(Exists(staff.filter(user__in=users)))
+        .exclude(Exists(staff.filter(user__is_active=True).exclude(user__in=users)))
         .order_by("slug")
     )
 
