@@ -10,7 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from django.contrib.auth import get_user_model
 from django.db.models import Exists, OuterRef, QuerySet
+
+from webapp.errors import ApplicationError
 
 from .models import AuditEvent, Membership, ModelVersion, Project, RatingMode, VersionExport
 
@@ -240,6 +243,20 @@ def projects_only_staffed_by(*, users) -> QuerySet[Project]:
         .exclude(Exists(staff.filter(user__is_active=True).exclude(user__in=users)))
         .order_by("slug")
     )
+
+
+def user_called(*, username: str):
+    """The user (active or not) whose username is exactly ``username``: the one lookup, and the one message
+    for a name nobody has, of the setup page's members form, the members API and the commands that take a
+    username (``project_member``, ``api_token``).
+
+    Raises:
+        ApplicationError: no user is called ``username`` ("No user is called 'x'; create the account first").
+    """
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        raise ApplicationError(f"No user is called {username!r}; create the account first (Admin → Users).")
+    return user
 
 
 def project_member(*, project: Project, username: str) -> Membership | None:
