@@ -16,6 +16,34 @@ def superuser_client(client, django_user_model):
     return client
 
 
+@pytest.fixture
+def staff_lock_events(monkeypatch, django_user_model):
+    """What the admin does about the last-staff rule, in order, each with whether it ran inside a transaction:
+    ``("lock", …)`` for a lock on project rows, ``("check", …)`` for the check
+    (``policies.selectors.projects_only_staffed_by``), ``("delete", …)`` for a deletion of users."""
+    events, real_lock, real_check = [], QuerySet.select_for_update, policy_selectors.projects_only_staffed_by
+    real_delete = QuerySet.delete
+
+    def lock(queryset, *args, **kwargs):
+        if queryset.model is Project:
+            events.append(("lock", connection.in_atomic_block))
+        return real_lock(queryset, *args, **kwargs)
+
+    def check(**kwargs):
+        events.append(("check", connection.in_atomic_block))
+        return real_check(**kwargs)
+
+    def delete(queryset):
+        if queryset.model is django_user_model:
+            events.append(("delete", connection.in_atomic_block))
+        return real_delete(queryset)
+
+    monkeypatch.setattr(QuerySet, "select_for_update", lock)
+    monkeypatch.setattr(policy_selectors, "projects_only_staffed_by", check)
+    monkeypatch.setattr(QuerySet, "delete", delete)
+    return events
+
+
 def _save_user(client, user, **changes):
     """Post the admin's change form of ``user`` as it stands, with ``changes`` (``is_active=False``: unticked)."""
     data = {
@@ -57,7 +85,7 @@ def test_the_admin_deactivates_staff_when_another_active_staff_member_remains(su
 
 @pytest.mark.django_db(transaction=True)  # so that in_atomic_block is the admin's own transaction, not the test's
 def test_the_admin_locks_the_users_staff_projects_and_checks_in_the_transaction_that_saves(
-    superuser_client, project, make_user, monkeypatch
+    superuser_client, project, make_user, staff_lock_events
 ):
     # The other staff member demoting themselves at the same time locks the project's row first
     # (policies.services._staff_kept_check): the admin takes the same lock before its check, in the
@@ -65,22 +93,9 @@ def test_the_admin_locks_the_users_staff_projects_and_checks_in_the_transaction_
     lead, other = make_user("lead", member=False), make_user("other", member=False)
     for user in (lead, other):
         Membership.objects.create(project=project, user=user, role=Membership.Role.STAFF)
-    events, real_lock, real_check = [], QuerySet.select_for_update, policy_selectors.projects_only_staffed_by
-
-    def lock(queryset, *args, **kwargs):
-        if queryset.model is Project:
-            events.append(("lock", connection.in_atomic_block))
-        return real_lock(queryset, *args, **kwargs)
-
-    def check(**kwargs):
-        events.append(("check", connection.in_atomic_block))
-        return real_check(**kwargs)
-
-    monkeypatch.setattr(QuerySet, "select_for_update", lock)
-    monkeypatch.setattr(policy_selectors, "projects_only_staffed_by", check)
 
     assert _save_user(superuser_client, lead, is_active=False).status_code == 302
-    assert events == [("lock", True), ("check", True)]
+    assert staff_lock_events == [("lock", True), ("check", True)]
     lead.refresh_from_db()
     assert not lead.is_active
 
@@ -145,32 +160,12 @@ def test_the_admins_bulk_delete_refuses_a_selection_holding_all_of_a_projects_ac
 
 @pytest.mark.django_db(transaction=True)  # so that in_atomic_block is the action's own transaction, not the test's
 def test_the_admins_bulk_delete_locks_the_staff_projects_and_checks_in_the_transaction_that_deletes(
-    superuser_client, project, make_user, monkeypatch, django_user_model
+    superuser_client, project, make_user, staff_lock_events, django_user_model
 ):
     lead, other = make_user("lead", member=False), make_user("other", member=False)
     for user in (lead, other):
         Membership.objects.create(project=project, user=user, role=Membership.Role.STAFF)
-    events, real_lock, real_check = [], QuerySet.select_for_update, policy_selectors.projects_only_staffed_by
-    real_delete = QuerySet.delete
-
-    def lock(queryset, *args, **kwargs):
-        if queryset.model is Project:
-            events.append(("lock", connection.in_atomic_block))
-        return real_lock(queryset, *args, **kwargs)
-
-    def check(**kwargs):
-        events.append(("check", connection.in_atomic_block))
-        return real_check(**kwargs)
-
-    def delete(queryset):
-        if queryset.model is django_user_model:
-            events.append(("delete", connection.in_atomic_block))
-        return real_delete(queryset)
-
-    monkeypatch.setattr(QuerySet, "select_for_update", lock)
-    monkeypatch.setattr(policy_selectors, "projects_only_staffed_by", check)
-    monkeypatch.setattr(QuerySet, "delete", delete)
 
     assert _delete_users(superuser_client, lead).status_code == 302
-    assert events == [("lock", True), ("check", True), ("delete", True)]
+    assert staff_lock_events == [("lock", True), ("check", True), ("delete", True)]
     assert list(django_user_model.objects.filter(pk__in=[lead.pk, other.pk])) == [other]
