@@ -117,12 +117,21 @@ def test_an_annotator_scores_a_rubric_by_keyboard_goes_back_one_criterion_and_un
     assert list(RatingRevision.objects.values_list("criteria", flat=True))[0][0] == {"name": "helpful", "weight": 2.0, "score": 3}
 
     # The project switches to Likert: the history keeps the rubric judgment beside the new one.
+    from webapp.annotation.models import Lease
     from webapp.policies.models import Project
 
+    rubric_lease = Lease.objects.get(annotator=annotator, fulfilled=False)  # the undone item, leased back
+    assert (rubric_lease.completion_id, rubric_lease.rating_mode) == (second, "rubric")
     Project.objects.filter(pk=project.pk).update(rating_mode="likert")
     page.goto(f"{live_server.url}/p/{project.slug}/annotate/")
     page.wait_for_selector(CARD)
     item = current_item(page)
+    # The rubric lease is given back, not shown as a Likert item: the card holds a lease taken in Likert.
+    assert page.locator('#card input[name="mode"]').get_attribute("value") == "likert"
+    assert list(Lease.objects.filter(annotator=annotator, fulfilled=False).values_list("completion_id", "rating_mode")) == [
+        (item, "likert")
+    ]
+    assert not Lease.objects.filter(pk=rubric_lease.pk).exists()
     page.keyboard.press("4")
     page.locator(f'{CARD}:not([data-completion="{item}"])').wait_for()
     page.goto(f"{live_server.url}/p/{project.slug}/annotate/history/")

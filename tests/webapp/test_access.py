@@ -7,7 +7,7 @@ from django.urls import reverse
 
 from webapp.annotation.models import Lease, Rating, Skip
 from webapp.annotation.services import lease_next
-from webapp.policies.models import Membership
+from webapp.policies.models import Membership, Project
 from webapp.policies.services import membership_add, membership_remove
 
 from tests.webapp.annotation_helpers import make_project
@@ -142,6 +142,18 @@ def test_create_project_command_adds_the_named_members(db, make_user, tiny_model
     make_user("lead1", member=False)
     call_command("create_project", "mine", str(tiny_model_dir), "--annotators", "ann1", "--staff", "lead1")
     assert dict(Membership.objects.values_list("user__username", "role")) == {"ann1": "annotator", "lead1": "staff"}
+
+
+def test_the_member_commands_name_an_unknown_user_in_the_one_message_the_pages_and_the_api_use(db, make_user, project, tiny_model_dir):
+    said = "No user is called 'ghost'; create the account first (Admin → Users)."
+    with pytest.raises(CommandError) as refused:
+        call_command("project_member", project.slug, "ghost")
+    assert str(refused.value) == said
+    make_user("ann1", member=False)
+    with pytest.raises(CommandError) as refused:  # every unknown name at once, nothing created
+        call_command("create_project", "mine", str(tiny_model_dir), "--annotators", "ann1,ghost", "--staff", "boo")
+    assert str(refused.value) == f"No user is called 'boo'; create the account first (Admin → Users). {said}"
+    assert not Project.objects.filter(slug="mine").exists()
 
 
 def test_bootstrap_demo_makes_the_demo_users_members_of_the_demo_project(db, tiny_model_dir, models_dir, monkeypatch):

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.contrib.sessions.models import Session
 from django.core.cache import caches
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test import Client
 from django.urls import reverse
@@ -308,3 +308,11 @@ def test_the_api_token_command_creates_lists_and_revokes(project, annotator, cap
     assert token.prefix in listing and secret not in listing
     call_command("api_token", "revoke", str(token.pk))
     assert ApiClient(secret).get("/projects").status_code == 401
+
+
+@pytest.mark.parametrize("action", [["create", "ghost", "--name", "cli"], ["list", "ghost"]])
+def test_the_api_token_command_names_an_unknown_user_as_the_rest_of_the_app_does(db, action):
+    with pytest.raises(CommandError) as refused:
+        call_command("api_token", *action)
+    assert str(refused.value) == "No user is called 'ghost'; create the account first (Admin → Users)."
+    assert not ApiToken.objects.exists()

@@ -64,6 +64,28 @@ def test_an_annotator_on_a_single_item_when_the_project_turns_pairwise_is_given_
     assert Comparison.objects.filter(annotator=annotator, pair=pair, choice="tie").exists()
 
 
+def test_a_lease_taken_in_likert_is_given_back_after_the_switch_to_thumbs_and_the_card_leases_in_thumbs(
+    client, superuser, project, annotator, make_completion
+):
+    held = make_completion(project, text="leased under likert")
+    old = services.lease_next(project=project, annotator=annotator)
+    assert (old.completion_id, Lease.objects.get(pk=old.pk).rating_mode) == (held.pk, "likert")
+
+    switch_mode_in_admin(client, superuser, project, "thumbs")
+
+    client.force_login(annotator)
+    shown = client.get(reverse("annotation:card", args=[project.slug]), **HTMX).content.decode()
+    assert "leased under likert" not in shown  # the likert lease is not shown as a thumbs item; the card asks
+    body = client.post(reverse("annotation:next", args=[project.slug]), **HTMX).content.decode()
+    assert 'name="mode" value="thumbs"' in body and "leased under likert" in body  # the item, leased anew
+    assert not Lease.objects.filter(pk=old.pk).exists()
+    assert list(Lease.objects.filter(annotator=annotator).values_list("completion_id", "rating_mode", "fulfilled")) == [
+        (held.pk, "thumbs", False)
+    ]
+    again = client.post(reverse("annotation:next", args=[project.slug]), **HTMX).content.decode()
+    assert "leased under likert" in again and Lease.objects.filter(annotator=annotator).count() == 1  # kept now
+
+
 def test_a_likert_score_sent_for_an_old_item_after_the_switch_says_why_and_shows_a_pair(
     client, superuser, project, annotator, make_completion
 ):

@@ -55,6 +55,7 @@ def test_the_setup_page_shows_the_rubric_and_saves_a_new_one_audited(rubric_proj
         ({}, "1 to 8 criteria"),  # a rubric-mode project cannot lose its rubric
         (_rows(**{"Tone\nstyle": ("1", "")}), "contains a control character"),  # the rate form could never match it
         (_rows(**{"Tone\r\nstyle": ("1", "")}), "contains a control character"),
+        (_rows(helpful=("1", "kind\nand clear")), "a description is one line of text"),  # as a name
     ],
 )
 def test_a_bad_rubric_is_refused_with_the_reason_shown_and_nothing_changes(rubric_project, staff_client, data, message):
@@ -93,6 +94,9 @@ def test_the_api_reads_the_rubric_for_members_and_lets_staff_replace_it(rubric_p
         ({"rubric": [{"name": "a", "weight": 1}, {"name": "Tone\nstyle", "weight": 1}]}, 400,
          "Criterion 2's name ('Tone\\nstyle') contains a control character"),
         ({"rubric": [{"name": "Tone\tstyle", "weight": 1}]}, 400, "contains a control character"),
+        ({"rubric": [{"name": "a", "weight": 1, "description": "kind\nand clear"}]}, 400,
+         "Criterion 1's description ('kind\\nand clear') contains a control character"),
+        ({"rubric": [{"name": "a", "weight": 1, "description": "kind\tclear"}]}, 400, "a description is one line of text"),
     ],
 )
 def test_the_api_refuses_a_bad_rubric_with_a_400_and_changes_nothing(rubric_project, staff_user, api_for, body, status, text):

@@ -33,7 +33,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 
-from webapp.policies.models import ModelVersion, Project
+from webapp.policies.models import ModelVersion, Project, RatingMode
 
 PROMPT_MAX_CHARS = 2000
 
@@ -246,6 +246,15 @@ class Lease(models.Model):
         help_text="Pairwise only: whether the pair's completion A is shown on the left (drawn at random per lease).",
     )
     fulfilled = models.BooleanField("rated", default=False, help_text="A fulfilled lease keeps its slot for good.")
+    rating_mode = models.CharField(
+        "rating mode",
+        max_length=16,
+        choices=RatingMode.choices,
+        help_text=(
+            "The project's rating mode when the item was leased. Once staff change the mode, an unrated lease "
+            "of the old one is not shown again but given back, and an item of the new mode leased instead."
+        ),
+    )
     chosen_by = models.CharField(
         "chosen by",
         max_length=8,

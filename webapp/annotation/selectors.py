@@ -283,30 +283,42 @@ def queue_candidates(
 
 
 _LEASE_HELD_SQL = """
-SELECT l.id, l.completion_id, l.annotator_id, l.slot, l.expires_at, l.a_on_left, l.fulfilled, l.created_at,
+SELECT CASE WHEN l.rating_mode = %(mode)s{pair_only}{rank_only} THEN 1 ELSE 0 END AS of_mode,
+       l.id, l.completion_id, l.annotator_id, l.slot, l.expires_at, l.a_on_left, l.fulfilled, l.rating_mode, l.created_at,
        c.project_id, c.prompt_id, c.model_version_id, c.text, c.finished, c.n_ratings, c.created_at,
        p.project_id, p.text, p.held_out, v.project_id, v.number{pair_columns}
 FROM {lease} l
 JOIN {completion} c ON c.id = l.completion_id
 JOIN {prompt} p ON p.id = c.prompt_id
 JOIN {version} v ON v.id = c.model_version_id{pair_joins}
-WHERE l.annotator_id = %(annotator)s AND c.project_id = %(project)s AND NOT l.fulfilled AND l.expires_at > %(now)s{pair_only}{rank_only}
-ORDER BY l.id
+WHERE l.annotator_id = %(annotator)s AND c.project_id = %(project)s AND NOT l.fulfilled AND l.expires_at > %(now)s
+ORDER BY of_mode DESC, l.id
 LIMIT 1
 """
+# A lease of another mode sorts last and is told apart by ``of_mode``, in the same statement: finding one
+# costs the annotator's next item no statement of its own (``tests/webapp/test_annotation_query_budget.py``).
 _LEASE_HELD_PAIR_COLUMNS = ", pr.id, pr.completion_b_id, b.prompt_id, b.model_version_id, b.text, b.finished, b.n_ratings"
 _LEASE_HELD_PAIR_JOINS = """
 LEFT JOIN {pair} pr ON pr.completion_a_id = c.id
 LEFT JOIN {completion} b ON b.id = pr.completion_b_id"""
-_LEASE_FIELDS = ["id", "completion_id", "annotator_id", "slot", "expires_at", "a_on_left", "fulfilled", "created_at"]
+_LEASE_FIELDS = ["id", "completion_id", "annotator_id", "slot", "expires_at", "a_on_left", "fulfilled", "rating_mode", "created_at"]
 # Completions are loaded without their token ids and log-probabilities (read only by training).
 _CARD_COMPLETION_FIELDS = ["id", "project_id", "prompt_id", "model_version_id", "text", "finished", "n_ratings"]
 
 
 def lease_held(*, project: Project, annotator) -> Lease | None:
-    """The annotator's live, unrated lease in this project on an item of its current rating mode,
-    if any (a reload keeps the same item). After the project switched to pairwise, a lease on a
-    single completion is not an item any more and is not returned (``services.lease_next`` frees it).
+    """The annotator's live, unrated lease in this project taken under its current rating mode, if any
+    (a reload keeps the same item). After staff changed the mode, a lease of the old one
+    (``Lease.rating_mode``) is not returned (``services.lease_next`` gives it back); nor, in pairwise
+    or ranking mode, a lease on a single completion. See :func:`lease_held_or_off_mode`.
+    """
+    return lease_held_or_off_mode(project=project, annotator=annotator)[0]
+
+
+def lease_held_or_off_mode(*, project: Project, annotator) -> tuple[Lease | None, bool]:
+    """``(lease, off_mode)``: the lease :func:`lease_held` returns (None: none), and whether, holding none,
+    the annotator holds a live, unrated lease in this project that is not of its current rating mode
+    (:func:`leases_off_mode`), for ``services.lease_next`` to give back.
 
     Comes with what the card shows, in one statement: ``lease.completion``
     with its ``prompt`` and ``model_version`` (only ``number``), and in
@@ -326,19 +338,22 @@ def lease_held(*, project: Project, annotator) -> Lease | None:
         rank_only=" " + _RANKING_ONLY.format(**_T) if ranking else "",
         **_T,
     )
-    params = {"annotator": annotator.pk, "project": project.pk, "now": _db_datetime(timezone.now())}
+    params = {
+        "annotator": annotator.pk, "project": project.pk, "now": _db_datetime(timezone.now()), "mode": project.rating_mode
+    }
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
-    if row is None:
-        return None
+    if row is None or not row[0]:
+        return None, row is not None
     db = connection.alias
-    (lease_id, completion_id, annotator_id, slot, expires_at, a_on_left, fulfilled, leased_at,
+    (_, lease_id, completion_id, annotator_id, slot, expires_at, a_on_left, fulfilled, rating_mode, leased_at,
      project_id, prompt_id, version_id, text, finished, n_ratings, created_at,
      prompt_project_id, prompt_text, held_out, version_project_id, version_number, *pair_row) = row  # fmt: skip
     lease = Lease.from_db(
         db, _LEASE_FIELDS,
-        [lease_id, completion_id, annotator_id, slot, aware_datetime(expires_at), a_on_left, fulfilled, aware_datetime(leased_at)],
+        [lease_id, completion_id, annotator_id, slot, aware_datetime(expires_at), a_on_left, fulfilled, rating_mode,
+         aware_datetime(leased_at)],
     )  # fmt: skip
     completion = Completion.from_db(
         db, [*_CARD_COMPLETION_FIELDS, "created_at"],
@@ -360,7 +375,7 @@ def lease_held(*, project: Project, annotator) -> Lease | None:
     if ranking:
         completion.ranked_members = rank_members_shown(completion=completion, lease_id=lease_id)
     lease.completion = completion
-    return lease
+    return lease, False
 
 
 _COMPLETION_OF_PROJECT_SQL = """
@@ -420,19 +435,21 @@ def item_state_for(*, project: Project, annotator, completion_id: int) -> tuple[
     return bool(row[0]), bool(row[1])
 
 
-# Modes whose items are not single completions: only there can a lease hold an item of another mode.
+# Modes whose items are not single completions (pairs, rank groups).
 MODES_WITH_OFF_MODE_ITEMS = (RatingMode.PAIRWISE, RatingMode.RANKING)
 
 
 def leases_off_mode(*, project: Project, annotator) -> QuerySet[Lease]:
-    """The annotator's unrated leases in the project on items that are not items of its current
-    rating mode (single completions leased before the project switched to pairwise)."""
+    """The annotator's unrated leases in the project taken under another rating mode than its current one
+    (``Lease.rating_mode``: staff changed the mode since), or on items that are not items of the current
+    mode (a single completion where pairs or rank groups are rated)."""
     leases = Lease.objects.filter(annotator=annotator, fulfilled=False, completion__project=project)
+    off_mode = ~Q(rating_mode=project.rating_mode)
     if project.rating_mode == RatingMode.PAIRWISE:
-        return leases.filter(completion__pair_as_a__isnull=True)
-    if project.rating_mode == RatingMode.RANKING:
-        return leases.filter(completion__rank_group_as_anchor__isnull=True)
-    return leases.none()
+        off_mode |= Q(completion__pair_as_a__isnull=True)
+    elif project.rating_mode == RatingMode.RANKING:
+        off_mode |= Q(completion__rank_group_as_anchor__isnull=True)
+    return leases.filter(off_mode)
 
 
 def pair_of(completion: Completion) -> Pair | None:

@@ -757,17 +757,18 @@ def lease_next(*, project: Project, annotator, lease_minutes: int = LEASE_MINUTE
     so their items go back to the queue. Pairwise leases draw which side
     shows completion A. With ``project.gold_rate`` > 0, that share of the
     items handed out are gold items (:func:`_lease_gold`), at random, while the
-    annotator has one left to answer; the card does not say so. A lease on an item of an earlier rating mode (a single
-    completion, after the project switched to pairwise) is given back and a
-    new item leased. The lease comes with what the card shows (see
-    :func:`~webapp.annotation.selectors.lease_held`).
+    annotator has one left to answer; the card does not say so. A lease taken under an earlier rating
+    mode (``Lease.rating_mode``: staff changed the mode since) is given back and a new item of the
+    current mode leased, which may be the same completion, now with what this mode shows of it. The
+    lease comes with what the card shows (see :func:`~webapp.annotation.selectors.lease_held`).
     """
-    held = selectors.lease_held(project=project, annotator=annotator)
+    held, off_mode = selectors.lease_held_or_off_mode(project=project, annotator=annotator)
     if held:
         return held
-    # A lease from before the project's rating mode changed holds an item this mode cannot rate:
-    # give it back, so the annotator is not stuck on it and its slot is free when the mode returns.
-    if project.rating_mode in selectors.MODES_WITH_OFF_MODE_ITEMS:  # elsewhere every item is one (no statement)
+    if off_mode:
+        # A lease from before the project's rating mode changed was taken for another mode (a single completion
+        # where pairs are rated now, a pair's anchor without a drawn side): give it back, so the annotator is
+        # not stuck on it and its slot is free for this mode's queue.
         selectors.leases_off_mode(project=project, annotator=annotator).delete()
     leases_reclaim_expired(project=project)
     if project.gold_rate > 0 and _gold_rng.random() < project.gold_rate:
@@ -876,8 +877,9 @@ def _lease_first_free(*, project: Project, annotator, lease_minutes: int) -> Lea
 
 _LEASE_INSERT_SQL = f"""
 INSERT INTO {Lease._meta.db_table}
-    (completion_id, annotator_id, slot, expires_at, a_on_left, fulfilled, chosen_by, created_at)
-VALUES (%(completion)s, %(annotator)s, %(slot)s, %(expires_at)s, %(a_on_left)s, %(fulfilled)s, %(chosen_by)s, %(now)s)
+    (completion_id, annotator_id, slot, expires_at, a_on_left, fulfilled, rating_mode, chosen_by, created_at)
+VALUES (%(completion)s, %(annotator)s, %(slot)s, %(expires_at)s, %(a_on_left)s, %(fulfilled)s, %(rating_mode)s,
+        %(chosen_by)s, %(now)s)
 ON CONFLICT DO NOTHING
 RETURNING id
 """
@@ -921,6 +923,7 @@ def _lease_take_slot(
         "expires_at": now + timedelta(minutes=lease_minutes),
         "a_on_left": a_on_left,
         "fulfilled": fulfilled,
+        "rating_mode": project.rating_mode,
         "chosen_by": chosen_by,
         "created_at": now,
     }
@@ -936,6 +939,7 @@ def _lease_take_slot(
                     "expires_at": db_time(values["expires_at"]),
                     "a_on_left": values["a_on_left"],
                     "fulfilled": fulfilled,
+                    "rating_mode": values["rating_mode"],
                     "chosen_by": chosen_by,
                     "now": db_time(now),
                 },
@@ -954,7 +958,7 @@ WHERE completion_id = %(completion)s AND annotator_id = %(annotator)s
         SELECT c.id FROM {Completion._meta.db_table} c JOIN {Prompt._meta.db_table} p ON p.id = c.prompt_id
         WHERE NOT p.held_out
     )
-RETURNING id, slot, expires_at, a_on_left, created_at
+RETURNING id, slot, expires_at, a_on_left, rating_mode, created_at
 """
 
 
@@ -993,7 +997,7 @@ def _lease_for_judgment(*, project: Project, annotator, completion: Completion) 
         cursor.execute(_LEASE_CLAIM_SQL, {"true": True, "completion": completion.pk, "annotator": annotator.pk})
         row = cursor.fetchone()
     if row is not None:
-        lease_id, slot, expires_at, a_on_left, created_at = row
+        lease_id, slot, expires_at, a_on_left, rating_mode, created_at = row
         return Lease(
             id=lease_id,
             completion_id=completion.pk,
@@ -1002,6 +1006,7 @@ def _lease_for_judgment(*, project: Project, annotator, completion: Completion) 
             expires_at=selectors.aware_datetime(expires_at),
             a_on_left=None if a_on_left is None else bool(a_on_left),
             fulfilled=True,
+            rating_mode=rating_mode,
             created_at=selectors.aware_datetime(created_at),
         )
     _item_check_open(project=project, annotator=annotator, completion=completion)

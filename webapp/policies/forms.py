@@ -6,9 +6,11 @@ from pathlib import Path
 
 from django import forms
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.core.validators import MaxValueValidator, MinValueValidator
 
+from webapp.errors import ApplicationError
+
+from . import selectors
 from .models import Membership, Project, RatingMode
 from .services import PROJECT_SETUP_FIELDS, model_folder_exists
 
@@ -102,10 +104,8 @@ class MemberAddForm(forms.Form):
 
     def clean_username(self):
         name = self.cleaned_data["username"].strip()
-        user = get_user_model().objects.filter(username=name).first()
-        if user is None:
-            raise forms.ValidationError(
-                f"No user is called {name!r}; create the account first (Admin → Users).", code="unknown_user"
-            )
-        self.user = user
+        try:
+            self.user = selectors.user_called(username=name)
+        except ApplicationError as exc:
+            raise forms.ValidationError(exc.message, code="unknown_user") from exc
         return name

@@ -30,7 +30,7 @@ def rubric_check(rubric) -> list[dict]:
     """A rubric checked and normalised: 1 to ``RUBRIC_MAX_CRITERIA`` criteria, each
     ``{"name": text (1–60 characters, unique, no control character: no line break or tab), "weight": number
     from ``RUBRIC_MIN_WEIGHT`` (0.01: smaller would make the criterion vanish from the reward) to 1000,
-    "description": text}``.
+    "description": text (no control character either)}``.
 
     Raises:
         ValidationError: what is wrong, on ``rubric``.
@@ -47,20 +47,34 @@ def rubric_check(rubric) -> list[dict]:
         weight = criterion.get("weight", 1)
         if not 1 <= len(name) <= 60:
             raise ValidationError({"rubric": f"Criterion {i} needs a name of 1 to 60 characters."})
-        if any(unicodedata.category(char) == "Cc" for char in name):
-            # The rate form posts each name back in a hidden field, and browsers send its line breaks as
-            # CRLF: a name with one would never match again, and nobody could rate the project.
-            raise ValidationError({"rubric": (
-                f"Criterion {i}'s name ({name!r}) contains a control character (a line break, tab or similar);"
-                " a name is one line of text."
-            )})  # fmt: skip
+        # The rate form posts each name back in a hidden field, and browsers send its line breaks as
+        # CRLF: a name with one would never match again, and nobody could rate the project.
+        _one_line_check(i, "name", name)
         if name in names:
             raise ValidationError({"rubric": f"Criterion {i}'s name ({name}) is taken by another criterion; names must be unique."})
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not RUBRIC_MIN_WEIGHT <= weight <= 1000:
             raise ValidationError({"rubric": f"Criterion {i} ({name}) needs a weight from {RUBRIC_MIN_WEIGHT} to 1000."})
+        description = str(criterion.get("description", ""))
+        _one_line_check(i, "description", description)  # shown on one line beside the name, as the name
         names.add(name)
-        out.append({"name": name, "weight": float(weight), "description": str(criterion.get("description", ""))})
+        out.append({"name": name, "weight": float(weight), "description": description})
     return out
+
+
+def _one_line_check(i: int, field: str, text: str) -> None:
+    """Refuse criterion ``i``'s ``field`` ("name", "description") when ``text`` holds a control character
+    (Unicode category Cc: a line break, tab, NUL or similar).
+
+    Raises:
+        ValidationError: which criterion and field, on ``rubric``.
+    """
+    from django.core.exceptions import ValidationError
+
+    if any(unicodedata.category(char) == "Cc" for char in text):
+        raise ValidationError({"rubric": (
+            f"Criterion {i}'s {field} ({text!r}) contains a control character (a line break, tab or similar);"
+            f" a {field} is one line of text."
+        )})  # fmt: skip
 
 
 class RewardSource(models.TextChoices):

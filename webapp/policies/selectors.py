@@ -10,7 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from django.contrib.auth import get_user_model
 from django.db.models import Exists, OuterRef, QuerySet
+
+from webapp.errors import ApplicationError
 
 from .models import AuditEvent, Membership, ModelVersion, Project, RatingMode, VersionExport
 
@@ -228,19 +231,32 @@ def project_members(*, project: Project) -> QuerySet[Membership]:
     return Membership.objects.filter(project=project).select_related("user").order_by("role", "user__username")
 
 
-def projects_only_staffed_by(*, user) -> QuerySet[Project]:
-    """The projects in which ``user`` is staff and no other active user is, by slug: those that would be left
-    without anyone among their members to manage them (global staff aside) if ``user`` stopped being staff
-    there or stopped being active. ``user``'s own ``is_active`` is not looked at. One query when evaluated.
+def projects_only_staffed_by(*, users) -> QuerySet[Project]:
+    """The projects in which some of ``users`` (a list of users) are staff and no other active user is, by
+    slug: those that would be left without anyone among their members to manage them (global staff aside)
+    if ``users`` all stopped being staff there or stopped being active. The own ``is_active`` of ``users``
+    is not looked at. One query when evaluated.
     """
-    other_staff = Membership.objects.filter(
-        project=OuterRef("pk"), role=Membership.Role.STAFF, user__is_active=True
-    ).exclude(user=user)
+    staff = Membership.objects.filter(project=OuterRef("pk"), role=Membership.Role.STAFF)
     return (
-        Project.objects.filter(memberships__user=user, memberships__role=Membership.Role.STAFF)
-        .exclude(Exists(other_staff))
+        Project.objects.filter(Exists(staff.filter(user__in=users)))
+        .exclude(Exists(staff.filter(user__is_active=True).exclude(user__in=users)))
         .order_by("slug")
     )
+
+
+def user_called(*, username: str):
+    """The user (active or not) whose username is exactly ``username``: the one lookup, and the one message
+    for a name nobody has, of the setup page's members form, the members API and the commands that take a
+    username (``project_member``, ``api_token``).
+
+    Raises:
+        ApplicationError: no user is called ``username`` ("No user is called 'x'; create the account first").
+    """
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        raise ApplicationError(f"No user is called {username!r}; create the account first (Admin → Users).")
+    return user
 
 
 def project_member(*, project: Project, username: str) -> Membership | None:

@@ -164,7 +164,7 @@ def _staff_kept_check(*, project: Project, user, role: str | None) -> str | None
     current = Membership.objects.filter(project=project, user=user).values_list("role", flat=True).first()
     if current != Membership.Role.STAFF or role == Membership.Role.STAFF or not user.is_active:
         return current
-    if selectors.projects_only_staffed_by(user=user).filter(pk=project.pk).exists():
+    if selectors.projects_only_staffed_by(users=[user]).filter(pk=project.pk).exists():
         change = "removed" if role is None else f"made {role}"
         raise ApplicationError(
             f"{user.username} is the last staff member of {project.slug} and cannot be {change}: "
@@ -184,14 +184,52 @@ def user_deactivation_check(*, user) -> None:
     Raises:
         ApplicationError: ``user`` is the only active staff member of some projects (named, by slug).
     """
-    staffed = Membership.objects.filter(user=user, role=Membership.Role.STAFF).values("project_id")
+    _staff_left_check(users=[user], change="deactivated")
+
+
+def users_deletion_check(*, users) -> None:
+    """Refuse deleting ``users`` (an iterable of users: one, or the Django admin's selection) when that would
+    leave a project without an active staff member: the rule :func:`user_deactivation_check` keeps, for
+    the whole selection at once (two staff members deleted together may be a project's only two). Inactive
+    users manage nothing and never block. Takes the same locks; call inside the transaction that deletes
+    (the admin's delete view and its bulk delete action run the check and the deletion in one).
+
+    Raises:
+        ApplicationError: the active ones among ``users`` are the only active staff members of some
+            projects (named, by slug, with who among ``users`` is staff there).
+    """
+    _staff_left_check(users=[user for user in users if user.is_active], change="deleted")
+
+
+def _staff_left_check(*, users: list, change: str) -> None:
+    """Lock the rows of the projects where any of ``users`` is staff (in primary-key order), then refuse
+    ``change`` ("deactivated", "deleted") when some project has no active staff member outside ``users``."""
+    staffed = Membership.objects.filter(user__in=users, role=Membership.Role.STAFF).values("project_id")
     list(Project.objects.select_for_update().filter(pk__in=staffed).order_by("pk").values_list("pk", flat=True))
-    stranded = [project.slug for project in selectors.projects_only_staffed_by(user=user)]
-    if stranded:
-        raise ApplicationError(
-            f"{user.username} is the last active staff member of {', '.join(stranded)} and cannot be deactivated: "
-            "make someone else staff there first (the project's setup page), so that someone can still manage it."
+    stranded = selectors.projects_only_staffed_by(users=users)
+    stranding = (
+        Membership.objects.filter(project__in=stranded, user__in=users, role=Membership.Role.STAFF)
+        .order_by("project__slug", "user__username")
+        .values_list("project__slug", "user__username")
+    )
+    staff_by_slug: dict[str, list[str]] = {}
+    for slug, username in stranding:
+        staff_by_slug.setdefault(slug, []).append(username)
+    if not staff_by_slug:
+        return
+    slugs_by_staff: dict[tuple[str, ...], list[str]] = {}
+    for slug, staff in staff_by_slug.items():
+        slugs_by_staff.setdefault(tuple(staff), []).append(slug)
+    raise ApplicationError(
+        "; ".join(
+            f"{' and '.join(staff)} "
+            f"{'is the last active staff member' if len(staff) == 1 else 'are the last active staff members'} "
+            f"of {', '.join(slugs)}"
+            for staff, slugs in slugs_by_staff.items()
         )
+        + f" and cannot be {change}: "
+        "make someone else staff there first (the project's setup page), so that someone can still manage it."
+    )
 
 
 @transaction.atomic

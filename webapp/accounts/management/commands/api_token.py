@@ -1,9 +1,9 @@
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from webapp.accounts import selectors, services
 from webapp.accounts.models import ApiToken
 from webapp.errors import ApplicationError
+from webapp.policies.selectors import user_called
 
 
 class Command(BaseCommand):
@@ -23,10 +23,10 @@ class Command(BaseCommand):
         revoke.add_argument("token_id", type=int)
 
     def _user(self, username):
-        user = get_user_model().objects.filter(username=username).first()
-        if user is None:
-            raise CommandError(f"No user {username!r}.")
-        return user
+        try:
+            return user_called(username=username)
+        except ApplicationError as exc:
+            raise CommandError(exc.message) from exc
 
     def handle(self, *args, action, **options):
         if action == "create":

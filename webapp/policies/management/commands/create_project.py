@@ -1,10 +1,10 @@
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from webapp.errors import ApplicationError
 from webapp.policies.models import RatingMode
 from webapp.policies.models import Membership
+from webapp.policies.selectors import user_called
 from webapp.policies.services import membership_add, project_create
 
 
@@ -26,13 +26,16 @@ class Command(BaseCommand):
     def handle(
         self, *args, slug, base_model, title, rating_mode, ratings_per_item, min_new_ratings, annotators, staff, **options
     ):
-        User = get_user_model()
         members = [(name, Membership.Role.ANNOTATOR) for name in annotators.split(",") if name.strip()]
         members += [(name, Membership.Role.STAFF) for name in staff.split(",") if name.strip()]
-        users = {name.strip(): User.objects.filter(username=name.strip()).first() for name, _ in members}
-        missing = sorted(name for name, user in users.items() if user is None)
-        if missing:
-            raise CommandError(f"No such user: {', '.join(missing)} (create them first, e.g. manage.py createsuperuser).")
+        users, unknown = {}, []
+        for name in sorted({name.strip() for name, _ in members}):
+            try:
+                users[name] = user_called(username=name)
+            except ApplicationError as exc:  # every unknown name at once
+                unknown.append(exc.message)
+        if unknown:
+            raise CommandError(" ".join(unknown))
         try:
             with transaction.atomic():
                 project = project_create(

@@ -1,8 +1,8 @@
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from webapp.errors import ApplicationError
 from webapp.policies.models import Membership, Project
+from webapp.policies.selectors import user_called
 from webapp.policies.services import membership_add, membership_remove
 
 
@@ -17,15 +17,15 @@ class Command(BaseCommand):
 
     def handle(self, *args, slug, username, role, remove, **options):
         project = Project.objects.filter(slug=slug).first()
-        user = get_user_model().objects.filter(username=username).first()
-        if project is None or user is None:
-            raise CommandError(f"No project {slug!r}." if project is None else f"No user is called {username!r}.")
+        if project is None:
+            raise CommandError(f"No project {slug!r}.")
         try:
+            user = user_called(username=username)
             if remove:
                 was = membership_remove(project=project, user=user)
                 self.stdout.write(f"{username} removed from {slug}." if was else f"{username} was not a member of {slug}.")
                 return
             membership_add(project=project, user=user, role=role)
-        except ApplicationError as exc:  # e.g. the project's last staff member: make someone else staff first
+        except ApplicationError as exc:  # nobody is called so; the project's last staff member: make someone else staff first
             raise CommandError(exc.message) from exc
         self.stdout.write(self.style.SUCCESS(f"{username} is {role} of {slug}."))
