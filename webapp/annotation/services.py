@@ -77,7 +77,11 @@ def pool_refill_nudge(*, project: Project, queue_empty: bool) -> None:
         pool_refill_send(project_id=project.pk)
 
 LEASE_MINUTES = 10
-GENERATION_BATCH = 8
+# Rows a pool refill decodes at once, and a refill's floor (:func:`_refill_target`); setting
+# ``REWARDLOOP_GENERATION_BATCH``. 16 on CPU: on SmolLM2 at 1 torch thread a 32-card refill made
+# 1.58x the cards per CPU second of 8 rows, its first card about 1.2x later
+# (``bench/generation_rows_cpu.py``, README's configuration table).
+GENERATION_BATCH = int(getattr(settings, "REWARDLOOP_GENERATION_BATCH", 16))
 
 
 @dataclass(frozen=True)
