@@ -350,15 +350,17 @@ REWARDLOOP_IMPORT_MAX_BYTES = int(os.environ.get("REWARDLOOP_IMPORT_MAX_BYTES", 
 REWARDLOOP_IMPORT_MAX_LINES = int(os.environ.get("REWARDLOOP_IMPORT_MAX_LINES", "1000000"))
 REWARDLOOP_IMPORT_MAX_LINE_BYTES = int(os.environ.get("REWARDLOOP_IMPORT_MAX_LINE_BYTES", "65536"))
 
-# Learning settings whose defaults live beside the code that reads them (rewards/services.py,
-# training/reward_batch.py, training/overoptimisation.py): set here only when the environment
-# names them, so the README's table of variables holds for these too.
+# Learning and generation settings whose defaults live beside the code that reads them
+# (rewards/services.py, training/reward_batch.py, training/overoptimisation.py,
+# annotation/services.py): set here only when the environment names them, so the README's table
+# of variables holds for these too.
 for _name, _type in (
     ("REWARDLOOP_RM_MIN_JUDGMENTS", int),
     ("REWARDLOOP_RM_FRESH_PROMPTS", int),
     ("REWARDLOOP_RM_TRUST_MIN_WEIGHT", float),
     ("REWARDLOOP_GUARD_MIN_HUMAN", int),
     ("REWARDLOOP_GUARD_RM_GAP", float),
+    ("REWARDLOOP_GENERATION_BATCH", int),
 ):
     if os.environ.get(_name, "").strip():
         try:
@@ -367,3 +369,5 @@ for _name, _type in (
             raise ImproperlyConfigured(
                 f"{_name}={os.environ[_name]!r} is not {'an integer' if _type is int else 'a number'}"
             ) from None
+if globals().get("REWARDLOOP_GENERATION_BATCH", 1) < 1:
+    raise ImproperlyConfigured(f"REWARDLOOP_GENERATION_BATCH={os.environ['REWARDLOOP_GENERATION_BATCH']!r} is below 1")

@@ -3,6 +3,7 @@ inference process's listen queue and checks, and the timeline that shows each re
 
 from __future__ import annotations
 
+import http.client
 import socket
 import threading
 import time
@@ -67,36 +68,102 @@ class _CountingInference(ThreadingHTTPServer):
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
 
+class _DatabaseWatch:
+    """An inference front (no engine) whose connection threads report their database connection:
+    ``between`` the DB-API connection (or None) each thread holds after each request, ``at_end``
+    the same once the thread's connection ended."""
+
+    def __init__(self, idle_timeout_s: float):
+        from django.db import connection
+
+        self.between, self.at_end, self.ended = [], [], threading.Event()
+        watch = self
+
+        class Handler(make_handler(None, SimpleNamespace(), idle_timeout_s=idle_timeout_s)):
+            def handle_one_request(self):
+                super().handle_one_request()
+                if not self.close_connection:
+                    watch.between.append(connection.connection)  # this thread's, while it waits
+
+            def handle(self):
+                super().handle()
+                watch.at_end.append(connection.connection)
+                watch.ended.set()
+
+        self.server = InferenceHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def healthz(self, client: http.client.HTTPConnection) -> int:
+        """One ``GET /healthz`` with a token the database has never seen (a 401 after its lookup)."""
+        client.request("GET", "/healthz", headers={"Authorization": "Bearer rl_no-such-token"})
+        response = client.getresponse()
+        response.read()
+        return response.status
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_an_idle_kept_alive_connection_is_closed_by_the_inference_process_and_holds_no_database_connection(
         monkeypatch):
-    # Without a timeout every kept-alive connection held its thread (and, with DJANGO_CONN_MAX_AGE,
-    # a PostgreSQL connection) for as long as the web app's client kept it.
-    from django.db import connection, connections
+    # Without a timeout every kept-alive connection held its thread for as long as the web
+    # app's client kept it; with DJANGO_CONN_MAX_AGE=0 its thread holds no database connection.
+    from django.db import connections
 
     assert IDLE_TIMEOUT_S > KEEPALIVE_S  # the client drops an idle connection first
-    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 600)  # DJANGO_CONN_MAX_AGE=600
-    between_requests = []
-
-    class Handler(make_handler(None, SimpleNamespace(), idle_timeout_s=0.5)):
-        def handle_one_request(self):
-            super().handle_one_request()
-            between_requests.append(connection.connection is not None)  # this thread's, while it waits
-
-    server = InferenceHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 0)
+    watch = _DatabaseWatch(idle_timeout_s=0.5)
     try:
-        with socket.create_connection(server.server_address, timeout=5) as client:
+        with socket.create_connection(watch.server.server_address, timeout=5) as client:
             client.sendall(b"GET /healthz HTTP/1.1\r\nHost: inference\r\n"
                            b"Authorization: Bearer rl_no-such-token\r\n\r\n")  # checked against the database
             received = b""
             while chunk := client.recv(65536):  # until the server closes it (or the 5 s timeout raises)
                 received += chunk
     finally:
-        server.shutdown()
-        server.server_close()
+        watch.close()
     assert received.startswith(b"HTTP/1.1 401 "), received
-    assert between_requests and not any(between_requests)
+    assert watch.between == [None]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_requests_of_one_kept_alive_connection_share_a_database_connection_within_conn_max_age(monkeypatch):
+    # It closed its database connection after every request's checks: with DJANGO_CONN_MAX_AGE set,
+    # each request to the inference process opened a new PostgreSQL connection.
+    from django.db import connections
+
+    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 600)  # DJANGO_CONN_MAX_AGE=600
+    watch = _DatabaseWatch(idle_timeout_s=0.5)
+    try:
+        client = http.client.HTTPConnection(*watch.server.server_address, timeout=5)
+        assert [watch.healthz(client) for _ in range(3)] == [401, 401, 401]
+        assert watch.ended.wait(5)  # idle for 0.5 s: the inference process closed the connection
+        client.close()
+    finally:
+        watch.close()
+    first = watch.between[0]
+    assert first is not None and watch.between == [first, first, first]  # one database connection, kept
+    assert watch.at_end == [None]  # closed with the connection that used it
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_connection_older_than_conn_max_age_is_replaced_at_the_next_request(monkeypatch):
+    from django.db import connections
+
+    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 1)
+    watch = _DatabaseWatch(idle_timeout_s=5)
+    try:
+        client = http.client.HTTPConnection(*watch.server.server_address, timeout=5)
+        assert watch.healthz(client) == 401
+        time.sleep(1.2)  # past its CONN_MAX_AGE while the HTTP connection waits
+        assert watch.healthz(client) == 401
+        client.close()
+    finally:
+        watch.close()
+    assert len(watch.between) == 2 and None not in watch.between
+    assert watch.between[0] is not watch.between[1]
 
 
 @pytest.mark.slow

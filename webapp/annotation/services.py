@@ -77,7 +77,11 @@ def pool_refill_nudge(*, project: Project, queue_empty: bool) -> None:
         pool_refill_send(project_id=project.pk)
 
 LEASE_MINUTES = 10
-GENERATION_BATCH = 8
+# Rows a pool refill decodes at once, and a refill's floor (:func:`_refill_target`); setting
+# ``REWARDLOOP_GENERATION_BATCH``. 16 on CPU: on SmolLM2 at 1 torch thread a 32-card refill made
+# 1.58x the cards per CPU second of 8 rows, its first card about 1.2x later
+# (``bench/generation_rows_cpu.py``, README's configuration table).
+GENERATION_BATCH = int(getattr(settings, "REWARDLOOP_GENERATION_BATCH", 16))
 
 
 @dataclass(frozen=True)
@@ -464,8 +468,9 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
     """Sample completions from the served version until the pool holds ``pool_target``; then,
     while the project has a shadow candidate (``Project.shadow_version``), from it until it
     has :func:`selectors.pool_target_for` open completions (``shadow_share`` of the target).
-    A refill that samples at all samples at least a full batch (:func:`_refill_target`), so
-    the pool may end above its target by less than a batch.
+    When the target is at least a batch, a refill that samples at all samples at least a full
+    batch, so the pool may end above its target by less than a batch; a smaller target is filled
+    to exactly (:func:`_refill_target`).
 
     Runs in a Celery worker, never in a web request. One continuous-batching stream
     (``pgcore.rollout.generate_stream``) samples the whole deficit with
@@ -514,13 +519,18 @@ def completion_pool_refill(*, project: Project, max_new: int | None = None, seed
 
 
 def _refill_target(*, target: int, free: int) -> int:
-    """The pool size a refill fills to, given the pool's ``target`` and its ``free`` completions now:
-    ``target`` when the pool is full, else at least ``free`` plus a full generation batch
-    (``GENERATION_BATCH``, or ``target`` when the pool is smaller than a batch). A decoding step
-    costs nearly the same CPU at 1 and at 8 rows, so a refill that samples at all samples a whole
-    batch rather than a shortfall of 1-2 cards; the pool then exceeds its target by less than a batch.
+    """The pool size a refill fills to, given the pool's ``target`` and its ``free`` completions now
+    (counts of completions): ``target`` when the pool is full or when ``target`` is below
+    ``GENERATION_BATCH``; else at least ``free`` plus a full batch, so a refill that samples at all
+    fills a batch's rows rather than sampling a shortfall of 1-2 cards (on SmolLM2 at 1 thread a
+    decoding step at 4 rows costs about 0.8 of one at 8: ``bench/generation_rows_cpu.py``) and the
+    pool ends at most ``target + GENERATION_BATCH - 1``. A pool smaller than a batch is the
+    project's cap on cards waiting (each goes stale at the next serve); a full batch's floor would
+    nearly double it (a target of 4 ended at 7), so it is filled to its target only.
     """
-    return target if free >= target else max(target, free + min(GENERATION_BATCH, target))
+    if free >= target or target < GENERATION_BATCH:
+        return target
+    return max(target, free + GENERATION_BATCH)
 
 
 def _pool_fill(

@@ -25,7 +25,9 @@ token is a 401 in OpenAI's error shape. Built on the standard
 library's :class:`http.server.ThreadingHTTPServer`: one thread per connection reads the
 engine's events, decodes text incrementally and applies stop sequences, while the engine's
 one thread runs the forward passes. A connection idle for :data:`IDLE_TIMEOUT_S` (130 s, just over
-the web app's keep-alive) is closed, and an idle connection's thread holds no database connection.
+the web app's keep-alive) is closed. A connection's thread keeps its database connection between its
+requests as Django's request handling does (``DJANGO_CONN_MAX_AGE`` seconds; 0: none while idle) and
+closes it when the connection ends.
 
 ``POST /generate`` takes JSON::
 
@@ -51,6 +53,7 @@ import json
 import logging
 import threading
 import time
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -70,6 +73,19 @@ log = logging.getLogger(__name__)
 # first and never sends a request on one this side is closing. Without it every kept-alive
 # connection held its thread for as long as the client kept it.
 IDLE_TIMEOUT_S = KEEPALIVE_S + 10.0
+
+
+@contextmanager
+def _request_database():
+    """Bracket one request's database work as Django brackets a request (its ``request_started`` and
+    ``request_finished`` receivers): :func:`django.db.close_old_connections` before and after, so the
+    thread's connection is kept for its next request until it is ``CONN_MAX_AGE`` seconds old
+    (``DJANGO_CONN_MAX_AGE``; 0: closed after each request) and dropped once unusable."""
+    close_old_connections()
+    try:
+        yield
+    finally:
+        close_old_connections()
 
 
 class UnknownModel(LookupError):
@@ -189,14 +205,22 @@ def make_handler(engine: Engine, versions: Versions, *, idle_timeout_s: float = 
     """The request handler class of the inference process's server (one instance per connection).
 
     A connection idle for ``idle_timeout_s`` seconds (:data:`IDLE_TIMEOUT_S`) is closed. Each
-    request's checks use the thread's database connection and close it when done, so a thread
-    waiting on a kept-alive connection holds no database connection (whatever
-    ``DJANGO_CONN_MAX_AGE`` says).
+    request's checks use the thread's database connection between two
+    :func:`django.db.close_old_connections`, as Django brackets a request: with
+    ``DJANGO_CONN_MAX_AGE`` 0 it is closed after the checks (a thread waiting on a kept-alive
+    connection holds none); above 0 the next requests on that connection reuse it until it is that
+    many seconds old (or unusable). It is closed when the connection's thread ends.
     """
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         timeout = idle_timeout_s  # socketserver sets it on the connection: an idle one ends its thread
+
+        def handle(self):
+            try:
+                super().handle()
+            finally:
+                connection.close()  # the thread ends here: nothing else would close its database connection
 
         def log_message(self, fmt, *args):  # the web app logs requests; keep this quiet
             log.debug(fmt, *args)
@@ -227,15 +251,15 @@ def make_handler(engine: Engine, versions: Versions, *, idle_timeout_s: float = 
             if not header:  # the orchestrator's liveness probe: no token, nothing about projects
                 return self._json(200, {"ok": True})
             try:
-                token = access.token_for_header(header)
-                with versions.lock:
-                    served = dict(versions.served)
-                staffed = sorted(access.staff_slugs(user=token.user, slugs=served))
-                numbers = dict(ModelVersion.objects.filter(pk__in=[served[s] for s in staffed]).values_list("pk", "number"))
+                with _request_database():
+                    token = access.token_for_header(header)
+                    with versions.lock:
+                        served = dict(versions.served)
+                    staffed = sorted(access.staff_slugs(user=token.user, slugs=served))
+                    numbers = dict(
+                        ModelVersion.objects.filter(pk__in=[served[s] for s in staffed]).values_list("pk", "number"))
             except access.AccessRefused as exc:
                 return self._refused(exc)
-            finally:
-                connection.close()  # a kept-alive connection's thread holds none while idle
             body = {"ok": True, "served": {slug: numbers[served[slug]] for slug in staffed}}
             if token.user.is_staff:  # the engine's counters sum every project's traffic
                 body.update(batches=engine.batches_run, rows=engine.rows_run, tokens=engine.tokens_run)
@@ -244,11 +268,10 @@ def make_handler(engine: Engine, versions: Versions, *, idle_timeout_s: float = 
         def _timeline(self):
             """``GET /debug/timeline?since=<monotonic s>``, global staff only: :meth:`Engine.timeline`."""
             try:
-                token = access.token_for_header(self.headers.get("Authorization"))
+                with _request_database():
+                    token = access.token_for_header(self.headers.get("Authorization"))
             except access.AccessRefused as exc:
                 return self._refused(exc)
-            finally:
-                connection.close()  # a kept-alive connection's thread holds none while idle
             if not token.user.is_staff:
                 return self._json(403, access.openai_error_body(403, "The timeline is for staff."))
             query = parse_qs(urlsplit(self.path).query)
@@ -262,7 +285,7 @@ def make_handler(engine: Engine, versions: Versions, *, idle_timeout_s: float = 
             if self.path != "/generate":
                 return self._json(404, {"error": "not found"})
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            try:  # one database connection for the checks, closed before streaming
+            with _request_database():  # the checks; done before streaming
                 token = self._caller()
                 if token is None:
                     return
@@ -270,8 +293,6 @@ def make_handler(engine: Engine, versions: Versions, *, idle_timeout_s: float = 
                 # a slow or refused caller never holds a step.
                 with engine.arrival() as arrival:
                     request, prompt_ids, model, params, stop, tokenizer = self._received(raw, token, arrival)
-            finally:
-                connection.close()  # a kept-alive connection's thread holds none while idle
             if request is not None:
                 self._stream(request, prompt_ids, model, params, stop, tokenizer)
 
