@@ -122,6 +122,12 @@ def test_staff_list_versions_and_serve_an_older_one_to_roll_back(project, staff_
     assert staff_api.get("/projects/t").json()["served_version"] == 0
 
 
+def test_serving_the_version_already_served_is_a_409_and_writes_no_audit_event(project, staff_api):
+    response = staff_api.post("/projects/t/versions/0/serve", {"reason": "again"})
+    assert response.status_code == 409 and "v0 is already served" in response.json()["message"]
+    assert not AuditEvent.objects.filter(action="promote").exists()
+
+
 def test_serving_an_unknown_or_impossible_version_is_a_404_or_a_400_and_changes_nothing(project, staff_api):
     assert staff_api.post("/projects/t/versions/7/serve", {"reason": "r"}).status_code == 404
     for number in (2**31, 2**70, -1):
