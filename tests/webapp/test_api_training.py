@@ -48,6 +48,9 @@ def test_staff_start_a_run_with_overrides_and_read_its_status_and_log(rated, sta
         ({"epochs": 0}, "epochs"),
         ({"kl_coef": -1}, "kl_coef"),
         ({"beta": 1}, "beta"),
+        ({"epochs": True}, "epochs"),  # JSON's true is not the number 1
+        ({"kl_coef": False}, "kl_coef"),
+        ({"lr": "0.001"}, "lr"),  # nor a string a number
     ],
 )
 def test_a_run_with_a_bad_override_is_a_400_naming_it_and_queues_nothing(rated, staff_api, body, field):
