@@ -81,6 +81,9 @@ def _a_json_number(value):
 # A Likert score, 1 to 5: 4 and 4.0 are 4 (JSON Schema's "integer"), true and "4" are refused. The
 # validator comes after the bounds so the schema keeps them as minimum and maximum.
 LikertScore = Annotated[int, Field(ge=1, le=5), BeforeValidator(_a_json_number)]
+# A number whose bounds a Django form checks: JSON numbers only (true and "4" are refused here).
+JsonFloat = Annotated[float, BeforeValidator(_a_json_number)]
+JsonInt = Annotated[int, BeforeValidator(_a_json_number)]
 
 
 class _ForbidExtra(Schema):

@@ -41,3 +41,16 @@ def test_the_new_project_form_fits_a_320_px_screen(login_page, live_server, staf
     assert page.locator("#new-rubric").evaluate("el => el.getBoundingClientRect().right") <= WIDTH
     page.fill("#id_name_0", "helpful")  # the rows are still reachable: the table scrolls inside
     assert page.locator("#id_name_0").is_visible()
+
+
+def test_a_long_unbroken_project_title_wraps_in_the_top_bar(login_page, live_server, project, staff_user):
+    # The title sits in the top bar's flex row, whose items are as wide as their longest word: a
+    # 200-character title with no space (the form's limit) pushed every page of the project to
+    # about 1,800 px on a 1,280 px screen.
+    project.title = "Ü" * 200
+    project.save(update_fields=["title"])
+    page = login_page(staff_user)
+    for path in ("/", f"/p/{project.slug}/annotate/", f"/staff/p/{project.slug}/setup/"):
+        page.goto(f"{live_server.url}{path}")
+        page.wait_for_selector("main")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1280, path

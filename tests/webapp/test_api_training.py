@@ -48,6 +48,9 @@ def test_staff_start_a_run_with_overrides_and_read_its_status_and_log(rated, sta
         ({"epochs": 0}, "epochs"),
         ({"kl_coef": -1}, "kl_coef"),
         ({"beta": 1}, "beta"),
+        ({"epochs": True}, "epochs"),  # JSON's true is not the number 1
+        ({"kl_coef": False}, "kl_coef"),
+        ({"lr": "0.001"}, "lr"),  # nor a string a number
     ],
 )
 def test_a_run_with_a_bad_override_is_a_400_naming_it_and_queues_nothing(rated, staff_api, body, field):
@@ -120,6 +123,12 @@ def test_staff_list_versions_and_serve_an_older_one_to_roll_back(project, staff_
     event = AuditEvent.objects.get(action="promote", actor=staff_user, target="v0")
     assert event.detail == {"previous": 1, "reason": "v1 drifts"}
     assert staff_api.get("/projects/t").json()["served_version"] == 0
+
+
+def test_serving_the_version_already_served_is_a_409_and_writes_no_audit_event(project, staff_api):
+    response = staff_api.post("/projects/t/versions/0/serve", {"reason": "again"})
+    assert response.status_code == 409 and "v0 is already served" in response.json()["message"]
+    assert not AuditEvent.objects.filter(action="promote").exists()
 
 
 def test_serving_an_unknown_or_impossible_version_is_a_404_or_a_400_and_changes_nothing(project, staff_api):

@@ -103,6 +103,9 @@ def test_compare_refuses_one_version_twice_an_unknown_one_and_a_broker_that_is_d
     assert staff_api.get("/projects/t/compare", a=0, b=0).status_code == 400
     assert staff_api.post("/projects/t/compare", {"a": 0, "b": 7}).status_code == 404
     assert staff_api.post("/projects/t/compare", {"a": 0}).status_code == 400
+    for a, b in ((False, True), ("0", "1")):  # JSON numbers only: false and true were read as v0 and v1
+        wrong = staff_api.post("/projects/t/compare", {"a": a, "b": b})
+        assert wrong.status_code == 400 and [f["field"] for f in wrong.json()["fields"]] == ["a", "b"]
     from webapp import broker
 
     monkeypatch.setattr(broker, "task_send", lambda name, args, queue=None: False)

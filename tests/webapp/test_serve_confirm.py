@@ -43,3 +43,17 @@ def test_a_reason_longer_than_500_characters_is_refused_and_nothing_changes(proj
     ).content.decode()
     project.refresh_from_db()
     assert project.served_version.number == 0 and "under 500 characters" in answer
+
+
+def test_serving_the_version_already_served_changes_nothing_and_says_so(project, staff_client):
+    # A versions page left open in a second tab still offers "Serve this version…" for the version
+    # another tab just served: that confirm recorded a second promotion (previous: the same version)
+    # and answered "is now served".
+    add_version(project, 1)
+    answer = staff_client.post(
+        f"/staff/p/{project.slug}/versions/0/promote/", {"confirm": "1", "reason": "stale tab"}, follow=True
+    ).content.decode()
+    project.refresh_from_db()
+    assert project.served_version.number == 0
+    assert not AuditEvent.objects.filter(action="promote").exists()
+    assert "v0 is already served: nothing changed" in answer and "is now served" not in answer

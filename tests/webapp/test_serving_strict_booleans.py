@@ -49,3 +49,33 @@ def test_json_booleans_pass_the_body_check(project, annotator, settings, route):
                   {"stream": True, "stream_options": {"include_usage": False}}):
         answer = post(secret, path, {"model": project.slug, **body, **extra})
         assert answer.status_code == 503, answer.content  # valid: it went on to the (absent) inference process
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("route", [CHAT, COMPLETION], ids=["chat", "completions"])
+@pytest.mark.parametrize("field, param", [
+    ({"max_tokens": True}, "max_tokens"),  # was read as 1 token
+    ({"max_completion_tokens": True}, "max_completion_tokens"),
+    ({"n": True}, "n"),
+    ({"seed": "7"}, "seed"),
+    ({"temperature": False}, "temperature"),  # was read as 0: greedy decoding
+    ({"top_p": "0.9"}, "top_p"),
+])
+def test_a_number_field_given_a_json_boolean_or_a_string_is_refused_naming_it(
+        project, annotator, settings, route, field, param):
+    settings.REWARDLOOP_INFERENCE_URL = "http://127.0.0.1:9"
+    _, secret = api_token_create(user=annotator, name="script")
+    path, body = route
+    answer = post(secret, path, {"model": project.slug, **body, **field})
+    assert answer.status_code == 400, answer.content
+    assert answer.json()["error"]["param"] == param
+
+
+@pytest.mark.django_db
+def test_json_numbers_pass_the_body_check(project, annotator, settings):
+    settings.REWARDLOOP_INFERENCE_URL = "http://127.0.0.1:9"
+    _, secret = api_token_create(user=annotator, name="script")
+    path, body = CHAT
+    extra = {"max_tokens": 8, "n": 2, "seed": -3, "temperature": 1, "top_p": 0.5}  # an int temperature is a number
+    answer = post(secret, path, {"model": project.slug, **body, **extra})
+    assert answer.status_code == 503, answer.content

@@ -252,3 +252,32 @@ def test_an_empty_ratings_download_says_why_instead_of_sending_an_empty_file(sta
 def test_version_zero_has_no_parent_and_no_run(staff_client, project):
     page = staff_client.get(f"/staff/p/{project.slug}/versions/").content.decode()
     assert ">base<" in page and ModelVersion.objects.count() == 1
+
+
+def test_a_runs_version_that_is_no_longer_served_is_not_labelled_served(staff_client, project):
+    # After a rollback the runs table and the run's page still said "v1 (served)" beside "Served: v0".
+    v1 = add_version(project, 1, prompts=[])
+    run = TrainingRun.objects.create(
+        project=project, trigger="manual", parent_version=project.served_version, status="succeeded",
+        result_version=v1, promoted=True,
+    )
+    for path in ("runs/", f"runs/{run.pk}/"):
+        page = staff_client.get(f"/staff/p/{project.slug}/{path}").content.decode()
+        assert "v1 (was served)" in page and "v1 (served)" not in page, path
+    project.served_version = v1
+    project.save(update_fields=["served_version"])
+    for path in ("runs/", f"runs/{run.pk}/"):
+        page = staff_client.get(f"/staff/p/{project.slug}/{path}").content.decode()
+        assert "v1 (served)" in page and "was served" not in page, path
+
+
+def test_a_held_back_runs_version_served_anyway_is_labelled_served(staff_client, project):
+    v1 = add_version(project, 1, prompts=[])
+    run = TrainingRun.objects.create(
+        project=project, trigger="manual", parent_version=project.served_version, status="succeeded",
+        result_version=v1, promoted=False, held_back_reason="KL to the base 0.9 is over the limit 0.5.",
+    )
+    project.served_version = v1
+    project.save(update_fields=["served_version"])
+    page = staff_client.get(f"/staff/p/{project.slug}/runs/{run.pk}/").content.decode()
+    assert "produced v1 (served)" in page and "(not served)" not in page

@@ -332,11 +332,13 @@ def version_promote(
     the way to override in the refusal (the page's button, or the API's body field).
 
     Raises:
-        ApplicationError: the version is under evaluation, held back, or not yet past the arena,
-            without ``override_guard``.
+        ApplicationError: the version is served already; or it is under evaluation, held back, or not
+            yet past the arena, without ``override_guard``.
     """
     project = Project.objects.select_for_update().get(pk=version.project_id)
     version = ModelVersion.objects.get(pk=version.pk)  # the guard's latest word, not the caller's copy
+    if project.served_version_id == version.pk:  # e.g. a second tab's confirm: no second promotion in the log
+        raise ApplicationError(f"v{version.number} is already served: nothing changed", stale=True)
     # Read by name (TrainingRun.result_version's related_name): this app never imports training.
     evaluating = version.produced_by.filter(status__in=ACTIVE_RUN_STATUSES).exclude(pk=promoting_run_id).first()
     if evaluating is not None:

@@ -8,7 +8,10 @@ those that would change the answer and that Rewardloop does not do (tools, logpr
 penalties, ``logit_bias``, a JSON ``response_format``) are refused with a 400 naming them,
 rather than silently ignored. Booleans (``stream``, ``stream_options.include_usage``) are strict
 JSON ``true``/``false``: ``"yes"``, ``"false"``, ``1`` are refused with a 400 naming the field
-rather than read as a boolean (pydantic's lax mode would take ``"yes"`` as true).
+rather than read as a boolean (pydantic's lax mode would take ``"yes"`` as true). Numbers are
+JSON numbers: ``true`` or ``"8"`` for ``max_tokens``, ``n``, ``seed``, ``temperature`` or ``top_p``
+is a 400 naming the field (lax mode read ``"max_tokens": true`` as 1), and the integers are whole
+(``8``, not ``8.0``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 from typing import Literal
 
 from django.conf import settings
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, field_validator, model_validator
 
 UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "logprobs", "top_logprobs", "logit_bias",
                "presence_penalty", "frequency_penalty", "best_of", "echo", "suffix")
@@ -35,13 +38,13 @@ class _Params(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1, max_length=80, pattern=MODEL_PATTERN)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0, le=2)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    n: int = Field(default=1, ge=1)
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
+    temperature: StrictFloat = Field(default=1.0, ge=0, le=2)
+    top_p: StrictFloat = Field(default=1.0, gt=0, le=1)
+    n: StrictInt = Field(default=1, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
+    seed: StrictInt | None = Field(default=None, ge=-(2**63), lt=2**63)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
 

@@ -18,7 +18,9 @@ from ninja import Field, Path, Query, Router, Schema, Status
 from ninja.errors import ValidationError
 
 from webapp.annotation.forms import ProjectSettingsForm
-from webapp.apikit import ERRORS, MAX_ID, MAX_NUMBER, SLUG_PATTERN, api_project, form_errors_raise, form_schemas
+from webapp.apikit import (
+    ERRORS, MAX_ID, MAX_NUMBER, SLUG_PATTERN, JsonFloat, JsonInt, api_project, form_errors_raise, form_schemas,
+)
 from webapp.errors import ApplicationError
 from webapp.policies import services as project_services
 from webapp.policies.models import ModelVersion, Project
@@ -101,9 +103,9 @@ class TrainIn(Schema):
     # TrainNowForm validates these (run_start); its help texts say the bounds.
     model_config = {"extra": "forbid"}
 
-    lr: float | None = Field(None, description=TrainNowForm.base_fields["lr"].help_text)
-    kl_coef: float | None = Field(None, description=TrainNowForm.base_fields["kl_coef"].help_text)
-    epochs: int | None = Field(None, description=TrainNowForm.base_fields["epochs"].help_text)
+    lr: JsonFloat | None = Field(None, description=TrainNowForm.base_fields["lr"].help_text)
+    kl_coef: JsonFloat | None = Field(None, description=TrainNowForm.base_fields["kl_coef"].help_text)
+    epochs: JsonInt | None = Field(None, description=TrainNowForm.base_fields["epochs"].help_text)
 
 
 @router.post("/projects/{slug}/runs", response={201: RunOut, **ERRORS}, summary="Start a training run (staff)")
@@ -194,8 +196,8 @@ def ratings_export(request, slug: str = Slug, query: Query[ExportQuery] = None):
 class VersionsCompareIn(Schema):
     model_config = {"extra": "forbid"}
 
-    a: int = Field(..., ge=0, le=MAX_NUMBER, description="One version's number.")
-    b: int = Field(..., ge=0, le=MAX_NUMBER, description="The other version's number (not a).")
+    a: JsonInt = Field(..., ge=0, le=MAX_NUMBER, description="One version's number.")
+    b: JsonInt = Field(..., ge=0, le=MAX_NUMBER, description="The other version's number (not a).")
 
 
 class VersionsCompareRowOut(Schema):
