@@ -670,8 +670,29 @@ def within_prompt_accuracy(
     return (float((pair_w * agree[use]).sum()) / total if total > 0 else None), n_pairs
 
 
+def effective_pairs(weight_sum: float, weight_square_sum: float) -> float:
+    """Kish's effective sample size ``(sum w)^2 / sum w^2`` of pairs weighted ``w`` (Kish 1965,
+    *Survey Sampling*, 8.2): the number of equally weighted pairs whose weighted mean is as
+    precise. Equal weights give the pair count; one pair carrying all the weight gives 1.
+
+    Args:
+        weight_sum: ``sum w`` over the pairs (weights >= 0).
+        weight_square_sum: ``sum w^2`` over the same pairs.
+
+    Returns:
+        The effective number of pairs, ``0.0`` when ``weight_square_sum`` is 0 (no weighted pair).
+
+    Raises:
+        ValueError: a negative sum.
+    """
+    if weight_sum < 0 or weight_square_sum < 0:
+        raise ValueError(f"weight sums must be >= 0, got {weight_sum} and {weight_square_sum}")
+    return float(weight_sum * weight_sum / weight_square_sum) if weight_square_sum > 0 else 0.0
+
+
 def accuracy_lower_bound(accuracy: float | None, n_pairs: float, *, quantile: float = 0.1) -> float | None:
-    """One-sided lower confidence bound of an accuracy measured on ``n_pairs`` pairs: the Wilson
+    """One-sided lower confidence bound of an accuracy measured on ``n_pairs`` pairs (for a weighted
+    accuracy, their effective number, :func:`effective_pairs`): the Wilson
     score bound (Wilson 1927; Brown, Cai & DasGupta 2001 recommend it for small ``n``) at
     ``1 - quantile`` confidence (``quantile`` 0.1: z = 1.2816).
 
@@ -775,7 +796,9 @@ def cross_validated_accuracy(
     out together) when there are at least :data:`TRUST_MIN_WITHIN_PAIRS` within-prompt pairs,
     else the accuracy over all pairs of a fold (``cv/trust_basis`` says which). The
     within-prompt lower bound is the smaller of the bootstrap's and the Wilson bound
-    (:func:`accuracy_lower_bound`) on its pairs, so a handful of pairs counts for little.
+    (:func:`accuracy_lower_bound`) on its pairs, so a handful of pairs counts for little; the
+    Wilson bound takes the weighted accuracy with the pairs' effective number
+    (:func:`effective_pairs`), so unequal weights count as fewer pairs.
 
     Args:
         features: ``(N, F)`` as for :func:`fit`.
@@ -786,6 +809,7 @@ def cross_validated_accuracy(
     Returns:
         Floats or None: ``cv/pairwise_accuracy``, ``cv/pairwise_accuracy_low``, ``cv/n_pairs``,
         ``cv/within_prompt_accuracy``, ``cv/within_prompt_accuracy_low``, ``cv/within_prompt_pairs``,
+        ``cv/within_prompt_effective_pairs`` (:func:`effective_pairs` of those pairs' weights),
         ``cv/trust_accuracy``, ``cv/trust_accuracy_low``, ``cv/trust_basis`` (``"within_prompt"`` or
         ``"all_pairs"``), ``cv/folds`` and ``cv/seconds``. Accuracies are None without a pair.
 
@@ -813,6 +837,7 @@ def cross_validated_accuracy(
     comp_weight = torch.zeros(G, dtype=torch.float64)
     used_folds = 0
     n_pairs = {False: 0, True: 0}  # unweighted counts: all pairs, within-prompt pairs
+    within_w = [0.0, 0.0]  # within-prompt pairs' weights: sum, sum of squares (effective sample size)
     for f in range(min(folds, G)):
         test_r, test_p = rating_fold == f, pair_fold == f
         train = Judgments(
@@ -834,7 +859,11 @@ def cross_validated_accuracy(
             pair_w = (w[:, None] * w[None, :])[use]
             flat = g[:, None].expand_as(use)[use] * G + g[None, :].expand_as(use)[use]
             n_pairs[False] += int(use.sum())
-            n_pairs[True] += int((use & (g[:, None] == g[None, :])).sum())
+            same = use & (g[:, None] == g[None, :])
+            n_pairs[True] += int(same.sum())
+            same_w = (w[:, None] * w[None, :])[same]
+            within_w[0] += float(same_w.sum())
+            within_w[1] += float((same_w * same_w).sum())
             weight_sum.view(-1).index_add_(0, flat, pair_w)
             agree_sum.view(-1).index_add_(0, flat, pair_w * agree[use])
         decided = test_p & (judgments.pair_target != 0.5)
@@ -846,6 +875,8 @@ def cross_validated_accuracy(
             g = group_of[judgments.pair_a[decided]]
             n_pairs[False] += int(decided.sum())
             n_pairs[True] += int(decided.sum())
+            within_w[0] += float(w.sum())
+            within_w[1] += float((w * w).sum())
             comp_weight.index_add_(0, g, w)
             comp_agree.index_add_(0, g, w * agree)
 
@@ -871,8 +902,12 @@ def cross_validated_accuracy(
             float(torch.quantile(boot, quantile)) if out[f"cv/{name}"] is not None and boot.numel() else None
         )
     out["cv/n_pairs"], out["cv/within_prompt_pairs"] = float(n_pairs[False]), float(n_pairs[True])
+    out["cv/within_prompt_effective_pairs"] = effective_pairs(*within_w)
     # Within-prompt pairs are few early on, where the bootstrap's quantile sits on the estimate.
-    wilson = accuracy_lower_bound(out["cv/within_prompt_accuracy"], n_pairs[True], quantile=quantile)
+    # The accuracy is weighted, so the bound counts the pairs the weights leave (Kish 1965).
+    wilson = accuracy_lower_bound(
+        out["cv/within_prompt_accuracy"], out["cv/within_prompt_effective_pairs"], quantile=quantile
+    )
     if wilson is not None and out["cv/within_prompt_accuracy_low"] is not None:
         out["cv/within_prompt_accuracy_low"] = min(out["cv/within_prompt_accuracy_low"], wilson)
     basis = "within_prompt" if out["cv/within_prompt_pairs"] >= TRUST_MIN_WITHIN_PAIRS else "all_pairs"

@@ -11,6 +11,7 @@ from pgcore.reward_model import (
     Judgments,
     accuracy_lower_bound,
     cross_validated_accuracy,
+    effective_pairs,
     pairwise_accuracy,
     trust_weight,
     within_prompt_accuracy,
@@ -158,6 +159,50 @@ def test_the_wilson_bound_tightens_with_pairs_and_refuses_nonsense():
         accuracy_lower_bound(1.2, 8)
     with pytest.raises(ValueError, match="quantile"):
         accuracy_lower_bound(0.7, 8, quantile=0.0)
+
+
+@pytest.mark.parametrize(
+    "weights, n",
+    [
+        ([1.0] * 5, 5.0),  # equal weights: the pair count
+        ([2.0] * 5, 5.0),  # whatever the common weight
+        ([4.0], 1.0),
+        ([1.0] * 11 + [4.0], 15**2 / 27),  # sum 15, sum of squares 11 + 16 = 27 -> 8.33
+        ([0.0, 0.0], 0.0),  # no weighted pair
+    ],
+)
+def test_the_effective_number_of_pairs_matches_the_hand_computed_values(weights, n):
+    w = torch.tensor(weights, dtype=torch.float64)
+    assert effective_pairs(float(w.sum()), float((w * w).sum())) == pytest.approx(n)
+
+
+def test_the_effective_number_of_pairs_refuses_negative_sums():
+    with pytest.raises(ValueError, match=">= 0"):
+        effective_pairs(-1.0, 1.0)
+
+
+def test_the_wilson_bound_of_weighted_pairs_counts_their_effective_number():
+    # 20 comparisons of identical rows: every one is a tie in prediction, so the accuracy and each
+    # bootstrap resample are exactly 0.5 and the lower bound is the Wilson bound. Ten weigh 1 and
+    # ten weigh 3: sum 40, sum of squares 100, so 16 effective pairs, not 20.
+    features = torch.randn(1, 8).repeat(40, 1)
+    n = 20
+    weights = torch.tensor([1.0, 3.0]).repeat(n // 2)
+    judgments = Judgments(
+        pair_a=torch.arange(0, 2 * n, 2), pair_b=torch.arange(1, 2 * n, 2), pair_target=torch.ones(n),
+        pair_weight=weights,
+    )
+    groups = torch.arange(2 * n) // 2
+
+    out = cross_validated_accuracy(features, judgments, groups, RIDGE)
+
+    assert out["cv/within_prompt_pairs"] == n
+    assert out["cv/within_prompt_effective_pairs"] == pytest.approx(16.0)
+    assert out["cv/within_prompt_accuracy"] == pytest.approx(0.5)
+    # (0.5 + z^2/32 - z sqrt(0.25/16 + z^2/1024)) / (1 + z^2/16) = 0.3474; 20 pairs would give 0.3623.
+    by_hand = (0.5 + Z90**2 / 32 - Z90 * math.sqrt(0.25 / 16 + Z90**2 / 1024)) / (1 + Z90**2 / 16)
+    assert out["cv/within_prompt_accuracy_low"] == pytest.approx(by_hand)
+    assert out["cv/within_prompt_accuracy_low"] < accuracy_lower_bound(0.5, n)
 
 
 def test_a_dozen_prompts_rated_twice_already_rest_the_trust_on_within_prompt_pairs():

@@ -51,7 +51,10 @@ def fresh_prompts() -> int:
 
 
 def trust_min_weight() -> float:
-    """Smallest :func:`fresh_weight` worth sampling for (setting ``REWARDLOOP_RM_TRUST_MIN_WEIGHT``, default 0.05).
+    """Smallest :func:`fresh_weight` worth sampling for (setting ``REWARDLOOP_RM_TRUST_MIN_WEIGHT``).
+
+    The default, :data:`TRUST_MIN_WEIGHT` (0.05), lives here only: ``webapp/settings.py`` sets the
+    setting only when the environment names it.
 
     Below it the run samples and scores no fresh completion and trains on the human ratings
     alone: ``P * k`` generations (16 prompts × 4 by default) cost more CPU than the whole human
