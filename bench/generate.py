@@ -47,11 +47,11 @@ one at the end (the rows printed during the run use the first).
 
 Usage: python bench/generate.py [--batches 1,8,32,64] [--new-tokens 64] [--precisions fp32,bf16]
        [--lora both|yes|no] [--engines pgcore,pgcore_generic,hf] [--threads N] [--model-dir DIR]
-       [--compile] [--stream-factor F] [--lanes N]
+       [--compile] [--stream-factor F] [--lanes N|auto]
 
-``--lanes N``: pgcore's engines split each batch into N CPU lanes (``generate(..., lanes=N)``,
-``pgcore.rollout.sample_split``); default ``pgcore.rollout.split_lanes`` (as the app runs); 1: one
-batch at ``--threads`` threads (the sampler before the split).
+``--lanes N|auto``: pgcore's engines split each batch into N CPU lanes, one thread each
+(``generate(..., lanes=N)``, ``pgcore.rollout.sample_split``); ``auto``: ``pgcore.rollout.split_lanes``;
+default 1, one batch at ``--threads`` threads, as the app samples.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def compiled_decoder():
         rollout._forward_fast = eager
 
 
-LANES = None  # --lanes: generate()'s lanes for pgcore's fast-path engines (None: its default)
+LANES: int | None = 1  # --lanes: generate()'s lanes for pgcore's fast-path engines (None: split_lanes)
 
 
 def run_engine(engine, policy, texts, max_new_tokens, seed, precision, batch=None):
@@ -293,10 +293,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="add the pgcore_compiled engine (torch.compile)")
     p.add_argument("--stream-factor", type=int, default=0, help="F > 0: add pgcore_chunked and pgcore_continuous on F x batch prompts")
-    p.add_argument("--lanes", type=int, default=None, help="CPU lanes of pgcore's sampler (default: its own choice; 1: no split)")
+    p.add_argument("--lanes", default="1", help="CPU lanes of pgcore's sampler, or auto (default 1: no split)")
     args = p.parse_args()
     global LANES
-    LANES = args.lanes
+    LANES = None if args.lanes == "auto" else int(args.lanes)
     torch.set_num_threads(args.threads)
     device = default_device()
     started = time.perf_counter()
@@ -315,7 +315,7 @@ def main() -> None:
         "threads": args.threads,
         "native_bf16": native,
         "new_tokens": args.new_tokens,
-        "lanes": args.lanes if args.lanes is not None else "auto",
+        "lanes": args.lanes,
         "load_avg_start": os.getloadavg()[0],
     }
     peaks = {"fp32": matmul_peak_gflops(torch.float32, device)}
