@@ -51,7 +51,7 @@ Usage: python bench/generate.py [--batches 1,8,32,64] [--new-tokens 64] [--preci
 
 ``--lanes N|auto``: pgcore's engines split each batch into N CPU lanes, one thread each
 (``generate(..., lanes=N)``, ``pgcore.rollout.sample_split``); ``auto``: ``pgcore.rollout.split_lanes``;
-default 1, one batch at ``--threads`` threads, as the app samples.
+1: one batch at ``--threads`` threads; default ``auto``, as the app samples.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def compiled_decoder():
         rollout._forward_fast = eager
 
 
-LANES: int | None = 1  # --lanes: generate()'s lanes for pgcore's fast-path engines (None: split_lanes)
+LANES: int | None = None  # --lanes: generate()'s lanes for pgcore's fast-path engines (None: split_lanes)
 
 
 def run_engine(engine, policy, texts, max_new_tokens, seed, precision, batch=None):
@@ -293,7 +293,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="add the pgcore_compiled engine (torch.compile)")
     p.add_argument("--stream-factor", type=int, default=0, help="F > 0: add pgcore_chunked and pgcore_continuous on F x batch prompts")
-    p.add_argument("--lanes", default="1", help="CPU lanes of pgcore's sampler, or auto (default 1: no split)")
+    p.add_argument("--lanes", default="auto", help="CPU lanes of pgcore's sampler, or auto (default, as the app)")
     args = p.parse_args()
     global LANES
     LANES = None if args.lanes == "auto" else int(args.lanes)

@@ -858,7 +858,7 @@ def sample_continuous(
         yield from emit(ended.nonzero().squeeze(1).tolist())
 
 
-SPLIT_MIN_ROWS = 8  # rows each lane of a split batch decodes at least (see sample_split)
+SPLIT_MIN_ROWS = 32  # rows each lane of a split batch decodes at least (measured: bench/README.md, split lanes)
 SPLIT_POLL_S = 0.05  # seconds the caller's thread waits for a lane's completion before polling ``incoming`` again
 
 
@@ -1147,7 +1147,7 @@ def generate(
     device: str | torch.device | None = None,
     fast: bool = True,
     greedy: bool = False,
-    lanes: int | None = 1,
+    lanes: int | None = None,
 ) -> list[Rollout]:
     """Sample one completion per prompt, at most ``batch_size`` prompts decoding at once.
 
@@ -1184,7 +1184,7 @@ def generate_stream(
     fast: bool = True,
     greedy: bool = False,
     incoming: Callable[[], list[str]] | None = None,
-    lanes: int | None = 1,
+    lanes: int | None = None,
 ) -> Iterator[tuple[int, Rollout]]:
     """Sample one completion per prompt and yield each as soon as it ends.
 
@@ -1220,11 +1220,11 @@ def generate_stream(
             a call. Keep it cheap when it has nothing to add. With lanes it is called on the
             caller's thread after each completion and every ``SPLIT_POLL_S`` (:func:`sample_split`).
         lanes: the fast path on a CPU splits the ``batch_size`` rows into this many lanes, one
-            thread each (:func:`sample_split`), at most ``batch_size``; ``None``:
-            :func:`split_lanes` (as many as torch's threads where each lane gets
-            ``SPLIT_MIN_ROWS`` rows). Default 1, one batch at torch's threads: on the shared
-            2-core machine two lanes took 1.2-1.6x the CPU time per token and 2.3-5x the wall
-            time of one batch at 2 threads (``OMP_WAIT_POLICY=PASSIVE``, load 14-17; bench/README.md,
+            thread each (:func:`sample_split`), at most ``batch_size``; 1: one batch at torch's
+            threads; default ``None``: :func:`split_lanes` (as many lanes as torch's threads
+            where each gets ``SPLIT_MIN_ROWS`` rows). Near idle on the 2-core machine, batch 64,
+            two lanes gave 1.3-1.6x the tokens/s of one batch (fp32 and bf16), at batch 128
+            0.88-1.04x; under load (12-17) they were slower at every batch (bench/README.md,
             "generate.py"). Which lane a prompt lands in (and so which draw it gets) depends on
             ``lanes``; greedy tokens and the logprobs' exactness do not.
 
@@ -1268,7 +1268,7 @@ def generate_stream(
     return _generate_stream(policy, prompt_ids, eos_ids, dtype, device, max_new_tokens, seed, batch_size, fast, greedy, more, lanes)
 
 
-def _generate_stream(policy, prompt_ids, eos_ids, dtype, device, max_new_tokens, seed, batch_size, fast, greedy, more=None, lanes=1):
+def _generate_stream(policy, prompt_ids, eos_ids, dtype, device, max_new_tokens, seed, batch_size, fast, greedy, more=None, lanes=None):
     tokenizer = policy.tokenizer
 
     def rollout(i: int, completion: list[int], logprobs: list[float], finished: bool) -> tuple[int, Rollout]:

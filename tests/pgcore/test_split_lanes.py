@@ -165,12 +165,15 @@ def test_split_lanes_uses_the_threads_on_a_cpu_only_where_each_lane_gets_enough_
         torch.set_num_threads(threads)
 
 
-def test_by_default_generate_samples_one_batch_on_the_callers_thread(frozen_policy):
+def test_by_default_a_batch_under_two_lanes_of_rows_is_sampled_on_the_callers_thread(frozen_policy):
+    from pgcore import rollout
+
     model = sampling_model(frozen_policy, dtype=torch.float32)  # the copy generate() samples with (cached)
     seen = set()
     hook = model.lm_head.register_forward_hook(lambda *_: seen.add(threading.current_thread().name))
     try:
-        generate(frozen_policy, PROMPTS * 8, max_new_tokens=2, seed=0, precision="fp32", batch_size=64)
+        generate(frozen_policy, PROMPTS * 8, max_new_tokens=2, seed=0, precision="fp32",
+                 batch_size=2 * rollout.SPLIT_MIN_ROWS - 1)
     finally:
         hook.remove()
     assert seen == {threading.current_thread().name}
