@@ -1223,9 +1223,9 @@ def generate_stream(
             thread each (:func:`sample_split`), at most ``batch_size``; 1: one batch at torch's
             threads; default ``None``: :func:`split_lanes` (as many lanes as torch's threads
             where each gets ``SPLIT_MIN_ROWS`` rows). Near idle on the 2-core machine, batch 64,
-            two lanes gave 1.3-1.6x the tokens/s of one batch (fp32 and bf16), at batch 128
-            0.88-1.04x; under load (12-17) they were slower at every batch (bench/README.md,
-            "generate.py"). Which lane a prompt lands in (and so which draw it gets) depends on
+            two lanes gave 1.3-1.6x the tokens/s of one batch in one A/B and 0.92-1.09x in
+            one ``bench/generate.py`` pair; at batch 128 0.88-1.04x; under load (12-17) they
+            were slower at every batch (bench/README.md, "generate.py"). Which lane a prompt lands in (and so which draw it gets) depends on
             ``lanes``; greedy tokens and the logprobs' exactness do not.
 
     Yields:
