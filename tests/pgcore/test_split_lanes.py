@@ -12,22 +12,7 @@ import torch
 from torch.testing import assert_close
 
 from pgcore.rollout import eos_token_ids, generate, generate_stream, render_prompt, sample_split, sampling_model, split_lanes
-
-EOS = 258
-PROMPTS = ["hi", "a much longer prompt than the first one", "mid length", "", "x" * 30, "ok", "a b c d e f g"]
-
-
-@pytest.fixture
-def eos_prone(frozen_policy):
-    """+4 on the EOS logit: completions end at different steps, so lanes refill and compact."""
-
-    def add_eos_bias(module, inputs, logits):
-        bias = torch.zeros(logits.shape[-1])
-        bias[EOS] = 4.0
-        return logits + bias
-
-    frozen_policy.model.get_output_embeddings().register_forward_hook(add_eos_bias)
-    return frozen_policy
+from test_continuous_batching import EOS, PROMPTS, eos_prone  # noqa: F401  (the fixture: +4 on the EOS logit)
 
 
 def _split_kwargs(policy, **extra):
