@@ -47,7 +47,11 @@ one at the end (the rows printed during the run use the first).
 
 Usage: python bench/generate.py [--batches 1,8,32,64] [--new-tokens 64] [--precisions fp32,bf16]
        [--lora both|yes|no] [--engines pgcore,pgcore_generic,hf] [--threads N] [--model-dir DIR]
-       [--compile] [--stream-factor F]
+       [--compile] [--stream-factor F] [--lanes N|auto]
+
+``--lanes N|auto``: pgcore's engines split each batch into N CPU lanes, one thread each
+(``generate(..., lanes=N)``, ``pgcore.rollout.sample_split``); ``auto``: ``pgcore.rollout.split_lanes``;
+1: one batch at ``--threads`` threads; default ``auto``, as the app samples.
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ from pgcore.rollout import (  # noqa: E402
     left_pad,
     render_prompt,
     shared_prefix_length,
+    split_lanes,
 )
 from pgcore.trainer import bf16_autocast_active, frozen_weights_in_bf16, native_bf16_matmul  # noqa: E402
 
@@ -181,6 +186,9 @@ def compiled_decoder():
         rollout._forward_fast = eager
 
 
+LANES: int | None = None  # --lanes: generate()'s lanes for pgcore's fast-path engines (None: split_lanes)
+
+
 def run_engine(engine, policy, texts, max_new_tokens, seed, precision, batch=None):
     """Completion token lists (and pgcore rollouts, else None) of one batch (``texts``), or of
     ``texts`` sampled ``batch`` at a time (chunked / continuous)."""
@@ -190,7 +198,8 @@ def run_engine(engine, policy, texts, max_new_tokens, seed, precision, batch=Non
             return run_engine("pgcore", policy, texts, max_new_tokens, seed, precision)
     if engine == "pgcore_continuous":
         rollouts = generate(
-            policy, texts, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch or len(texts), precision=precision
+            policy, texts, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch or len(texts), precision=precision,
+            lanes=LANES,
         )
         return [r.completion_ids for r in rollouts], rollouts
     if engine == "pgcore_chunked":
@@ -199,7 +208,7 @@ def run_engine(engine, policy, texts, max_new_tokens, seed, precision, batch=Non
         for start in range(0, len(texts), step):
             rollouts += generate(
                 policy, texts[start : start + step], max_new_tokens=max_new_tokens, seed=seed + start,
-                batch_size=step, precision=precision,
+                batch_size=step, precision=precision, lanes=LANES,
             )
         return [r.completion_ids for r in rollouts], rollouts
     if engine == "hf":
@@ -214,7 +223,8 @@ def run_engine(engine, policy, texts, max_new_tokens, seed, precision, batch=Non
             )
     else:
         rollouts = generate(
-            policy, texts, max_new_tokens=max_new_tokens, seed=seed, batch_size=len(texts), precision=precision
+            policy, texts, max_new_tokens=max_new_tokens, seed=seed, batch_size=len(texts), precision=precision,
+            lanes=LANES,
         )
     return [r.completion_ids for r in rollouts], rollouts
 
@@ -283,7 +293,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="add the pgcore_compiled engine (torch.compile)")
     p.add_argument("--stream-factor", type=int, default=0, help="F > 0: add pgcore_chunked and pgcore_continuous on F x batch prompts")
+    p.add_argument("--lanes", default="auto", help="CPU lanes of pgcore's sampler, or auto (default, as the app)")
     args = p.parse_args()
+    global LANES
+    LANES = None if args.lanes == "auto" else int(args.lanes)
     torch.set_num_threads(args.threads)
     device = default_device()
     started = time.perf_counter()
@@ -302,6 +315,7 @@ def main() -> None:
         "threads": args.threads,
         "native_bf16": native,
         "new_tokens": args.new_tokens,
+        "lanes": args.lanes,
         "load_avg_start": os.getloadavg()[0],
     }
     peaks = {"fp32": matmul_peak_gflops(torch.float32, device)}
@@ -335,6 +349,7 @@ def main() -> None:
                     compile_s = round(time.perf_counter() - t, 1)
             for batch in batches:
                 row = {"lora": lora_name == "lora", "precision": precision, "batch": batch}
+                row["lanes"] = min(LANES, batch) if LANES is not None else split_lanes(device, batch)
                 for engine in engines:
                     streamed = engine in ("pgcore_chunked", "pgcore_continuous")
                     texts = texts_all[: batch * args.stream_factor] if streamed else texts_all[:batch]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import queue
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -856,6 +858,180 @@ def sample_continuous(
         yield from emit(ended.nonzero().squeeze(1).tolist())
 
 
+SPLIT_MIN_ROWS = 32  # rows each lane of a split batch decodes at least (measured: bench/README.md, split lanes)
+SPLIT_POLL_S = 0.05  # seconds the caller's thread waits for a lane's completion before polling ``incoming`` again
+
+
+def split_lanes(device: torch.device, rows: int) -> int:
+    """Lanes :func:`generate_stream` splits ``rows`` decoding rows into (:func:`sample_split`):
+    ``torch.get_num_threads()`` on a CPU, fewer where a lane would get under
+    ``SPLIT_MIN_ROWS`` rows; 1 (no split) on any other device or with one thread.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads < 2:
+        return 1
+    return max(1, min(threads, rows // SPLIT_MIN_ROWS))
+
+
+class _LaneStopped(Exception):
+    """Raised inside a lane of :func:`sample_split` to end its ``sample_continuous`` early."""
+
+
+def sample_split(
+    model: torch.nn.Module,
+    prompt_ids: list[list[int]],
+    *,
+    lanes: int,
+    eos_ids: set[int],
+    pad_id: int,
+    max_new_tokens: int,
+    generators: list[torch.Generator],
+    greedy: bool = False,
+    batch_size: int = 32,
+    incoming: Callable[[], list[tuple[list[int], int]]] | None = None,
+) -> Iterator[tuple[int, list[int], list[float], bool]]:
+    """:func:`sample_continuous` with the batch split across ``lanes`` CPU threads, each lane
+    running its own ``sample_continuous`` (its own key/value cache, waiting prompts and
+    ``generators[k]``) at one intra-op thread.
+
+    On a CPU with T cores, T lanes of ``batch_size / T`` rows at 1 thread each keep every
+    core on its own matmuls, where one batch at T threads splits each small decoding matmul
+    across the cores and waits for the slowest at every op (and far longer when another
+    process holds a core). PyTorch releases the GIL inside its kernels, so the lanes' Python
+    (a few ms a step) is what they share. ``torch.set_num_threads`` is per thread under
+    OpenMP (the lane's own setting; the process-wide default new threads start from is set
+    back once every lane has its own). Lane k holds ``batch_size // lanes`` rows (one more
+    for the first ``batch_size % lanes``) and starts with prompts ``k, k + lanes, ...``; a
+    prompt from ``incoming`` goes to the lane with the fewest unfinished prompts per row.
+
+    ``incoming`` is called on the caller's thread (it may use the caller's database
+    connection): at the start, after each completion is yielded, and every ``SPLIT_POLL_S``
+    while waiting; the generator returns once nothing runs or waits after a call. Closing
+    the generator stops the lanes after their current step and joins them; an exception in
+    a lane is raised here.
+
+    Each completion is exactly what its lane's ``sample_continuous`` gives (greedy tokens,
+    behaviour logprobs of the distribution sampled); a seed reproduces a run of the same
+    prompts, ``batch_size``, ``lanes`` and generator states (without ``incoming``, whose
+    prompts land in lanes as completions happen to end).
+
+    Args:
+        lanes: threads, >= 1 and <= ``batch_size``.
+        generators: one per lane, each used by its lane only.
+        prompt_ids, eos_ids, pad_id, max_new_tokens, greedy, batch_size, incoming: as
+            :func:`sample_continuous`.
+
+    Yields:
+        ``(index into prompt_ids, completion ids, behaviour logprobs, finished)`` as each
+        completion ends; indices of ``incoming`` prompts continue after ``prompt_ids``.
+
+    Raises:
+        ValueError: ``lanes`` out of range or not one generator per lane, and as
+            :func:`sample_continuous` (a bad prompt is raised from its lane).
+    """
+    if not 1 <= lanes <= batch_size or len(generators) != lanes:
+        raise ValueError(f"need 1 <= lanes <= batch_size and one generator per lane; got {lanes}, {batch_size}, {len(generators)}")
+    sizes = [batch_size // lanes + (k < batch_size % lanes) for k in range(lanes)]
+    lock = threading.Condition()
+    inbox: list[list[tuple[int, list[int], int]]] = [[] for _ in range(lanes)]  # (index, ids, cap) not yet taken
+    unfinished = [0] * lanes  # prompts given to each lane and not yet yielded
+    flags = {"closed": incoming is None, "stop": False}
+    results: queue.SimpleQueue = queue.SimpleQueue()  # (lane, item): a completion, an exception, or None (lane done)
+    count = 0
+    for i, ids in enumerate(prompt_ids):
+        inbox[i % lanes].append((i, ids, max_new_tokens))
+        unfinished[i % lanes] += 1
+        count += 1
+    threads = torch.get_num_threads()
+    ready = threading.Barrier(lanes + 1)
+
+    def lane(k: int) -> None:
+        try:
+            try:
+                torch.get_num_threads()  # this thread's OpenMP settings start from the process default first
+                torch.set_num_threads(1)
+            finally:
+                ready.wait()
+            index: list[int] = []  # the running sample_continuous' prompt index -> index here
+
+            def take() -> list[tuple[list[int], int]]:
+                if flags["stop"]:
+                    raise _LaneStopped
+                with lock:
+                    got, inbox[k] = inbox[k], []
+                index.extend(i for i, _, _ in got)
+                return [(ids, cap) for _, ids, cap in got]
+
+            def check_stop(*_) -> None:
+                if flags["stop"]:
+                    raise _LaneStopped
+
+            while True:
+                with lock:
+                    while not inbox[k] and not flags["closed"] and not flags["stop"]:
+                        lock.wait()
+                    if flags["stop"] or not inbox[k]:
+                        return
+                    got, inbox[k] = inbox[k], []
+                index[:] = [i for i, _, _ in got]
+                for j, completion, logprobs, finished in sample_continuous(
+                    model,
+                    [ids for _, ids, _ in got],
+                    eos_ids=eos_ids,
+                    pad_id=pad_id,
+                    max_new_tokens=max(cap for _, _, cap in got),
+                    generator=generators[k],
+                    greedy=greedy,
+                    batch_size=sizes[k],
+                    incoming=None if incoming is None else take,
+                    on_forward=check_stop,
+                ):
+                    results.put((k, (index[j], completion, logprobs, finished)))
+        except _LaneStopped:
+            pass
+        except BaseException as e:  # raised on the caller's thread
+            results.put((k, e))
+        finally:
+            results.put((k, None))
+
+    workers = [threading.Thread(target=lane, args=(k,), name=f"pgcore-lane-{k}", daemon=True) for k in range(lanes)]
+    for w in workers:
+        w.start()
+    ready.wait()
+    torch.set_num_threads(threads)  # the default for threads started later (the lanes set it to 1)
+    running = lanes
+    try:
+        while running:
+            if not flags["closed"]:
+                added = incoming()
+                with lock:
+                    for ids, cap in added:
+                        k = min(range(lanes), key=lambda k: (unfinished[k] / sizes[k], k))
+                        inbox[k].append((count, list(ids), int(cap)))
+                        unfinished[k] += 1
+                        count += 1
+                    if not added and not any(unfinished):
+                        flags["closed"] = True
+                    lock.notify_all()
+            try:
+                k, item = results.get(timeout=None if flags["closed"] else SPLIT_POLL_S)
+            except queue.Empty:
+                continue
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                unfinished[k] -= 1
+                yield item
+    finally:
+        with lock:
+            flags["stop"] = True
+            lock.notify_all()
+        for w in workers:
+            w.join()
+
+
 PRECISIONS = ("auto", "fp32", "bf16")
 
 _sampling_copies: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, torch.nn.Module]]" = weakref.WeakKeyDictionary()
@@ -971,6 +1147,7 @@ def generate(
     device: str | torch.device | None = None,
     fast: bool = True,
     greedy: bool = False,
+    lanes: int | None = None,
 ) -> list[Rollout]:
     """Sample one completion per prompt, at most ``batch_size`` prompts decoding at once.
 
@@ -989,6 +1166,7 @@ def generate(
         device=device,
         fast=fast,
         greedy=greedy,
+        lanes=lanes,
     ):
         rollouts[i] = r
     return rollouts
@@ -1006,6 +1184,7 @@ def generate_stream(
     fast: bool = True,
     greedy: bool = False,
     incoming: Callable[[], list[str]] | None = None,
+    lanes: int | None = None,
 ) -> Iterator[tuple[int, Rollout]]:
     """Sample one completion per prompt and yield each as soon as it ends.
 
@@ -1022,8 +1201,9 @@ def generate_stream(
         prompts: user texts, rendered with :func:`render_prompt`.
         max_new_tokens: cap on completion length in tokens, >= 1. A completion also stops
             (unfinished) where prompt plus completion reach the model's context limit.
-        seed: seeds the sampler (same seed, prompts, ``batch_size``, weights, device and
-            precision give the same rollouts); ``None`` draws from torch's global generator.
+        seed: seeds the sampler (same seed, prompts, ``batch_size``, ``lanes``, weights, device
+            and precision give the same rollouts; with lanes, only without ``incoming``);
+            ``None`` draws from torch's global generator.
         batch_size: rows decoding at once, >= 1.
         precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (:func:`sampling_dtype`). bf16
             logprobs differ from the trainer's; the trainer corrects for that with
@@ -1037,7 +1217,16 @@ def generate_stream(
             the fast path (before each chunk on the generic one), it returns user texts,
             possibly none. They get the next indices after those already given, in order,
             with ``max_new_tokens`` each; the stream ends once nothing runs or waits after
-            a call. Keep it cheap when it has nothing to add.
+            a call. Keep it cheap when it has nothing to add. With lanes it is called on the
+            caller's thread after each completion and every ``SPLIT_POLL_S`` (:func:`sample_split`).
+        lanes: the fast path on a CPU splits the ``batch_size`` rows into this many lanes, one
+            thread each (:func:`sample_split`), at most ``batch_size``; 1: one batch at torch's
+            threads; default ``None``: :func:`split_lanes` (as many lanes as torch's threads
+            where each gets ``SPLIT_MIN_ROWS`` rows). Near idle on the 2-core machine, batch 64,
+            two lanes gave 1.3-1.6x the tokens/s of one batch in one A/B and 0.92-1.09x in
+            one ``bench/generate.py`` pair; at batch 128 0.88-1.04x; under load (12-17) they
+            were slower at every batch (bench/README.md, "generate.py"). Which lane a prompt lands in (and so which draw it gets) depends on
+            ``lanes``; greedy tokens and the logprobs' exactness do not.
 
     Yields:
         ``(index into prompts, Rollout)`` as each completion ends (fast path: in order of
@@ -1045,13 +1234,13 @@ def generate_stream(
         distribution actually sampled (in ``precision``).
 
     Raises:
-        ValueError: ``max_new_tokens`` or ``batch_size`` < 1, an unknown ``precision``, a
+        ValueError: ``max_new_tokens``, ``batch_size`` or ``lanes`` < 1, an unknown ``precision``, a
             prompt rendering to no tokens or to as many tokens as the context limit (all
             checked before anything is sampled; an incoming prompt's at the call that
             returned it).
     """
-    if max_new_tokens < 1 or batch_size < 1:
-        raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens} and {batch_size}")
+    if max_new_tokens < 1 or batch_size < 1 or (lanes is not None and lanes < 1):
+        raise ValueError(f"max_new_tokens, batch_size and lanes must be >= 1, got {max_new_tokens}, {batch_size}, {lanes}")
     tokenizer = policy.tokenizer
     device = torch.device(device) if device is not None else default_device()
     dtype = sampling_dtype(precision, device)
@@ -1076,10 +1265,10 @@ def generate_stream(
             prompt_ids.extend(added)  # so rollout() finds each new index's prompt
             return added
 
-    return _generate_stream(policy, prompt_ids, eos_ids, dtype, device, max_new_tokens, seed, batch_size, fast, greedy, more)
+    return _generate_stream(policy, prompt_ids, eos_ids, dtype, device, max_new_tokens, seed, batch_size, fast, greedy, more, lanes)
 
 
-def _generate_stream(policy, prompt_ids, eos_ids, dtype, device, max_new_tokens, seed, batch_size, fast, greedy, more=None):
+def _generate_stream(policy, prompt_ids, eos_ids, dtype, device, max_new_tokens, seed, batch_size, fast, greedy, more=None, lanes=None):
     tokenizer = policy.tokenizer
 
     def rollout(i: int, completion: list[int], logprobs: list[float], finished: bool) -> tuple[int, Rollout]:
@@ -1106,11 +1295,23 @@ def _generate_stream(policy, prompt_ids, eos_ids, dtype, device, max_new_tokens,
                 def arriving() -> list[tuple[list[int], int]]:
                     return [(ids, max_new_tokens) for ids in more()]
 
-            # A copy: sample_continuous counts new indices from the prompts it was given.
-            for i, completion, logprobs, finished in sample_continuous(
-                model, list(prompt_ids), batch_size=batch_size, incoming=arriving, **common
-            ):
-                yield rollout(i, completion, logprobs, finished)
+            if lanes is None:
+                lanes = split_lanes(_model_device(model), batch_size if more is not None else min(batch_size, len(prompt_ids)))
+            lanes = max(1, min(lanes, batch_size))
+            if lanes > 1:  # each lane's generator seeded by a draw from the one the seed gave
+                seeds = torch.randint(0, 2**62, (lanes,), generator=generator).tolist()
+                common.pop("generator")
+                stream = sample_split(
+                    model, list(prompt_ids), lanes=lanes, batch_size=batch_size, incoming=arriving,
+                    generators=[torch.Generator(device=_model_device(model)).manual_seed(s) for s in seeds], **common,
+                )
+            else:  # a copy: sample_continuous counts new indices from the prompts it was given
+                stream = sample_continuous(model, list(prompt_ids), batch_size=batch_size, incoming=arriving, **common)
+            try:
+                for i, completion, logprobs, finished in stream:
+                    yield rollout(i, completion, logprobs, finished)
+            finally:
+                stream.close()  # a split stream's lanes stop and are joined before the policy's mode is restored
             return
         start = 0
         while True:
