@@ -856,12 +856,13 @@ def cross_validated_accuracy(
             w = judgments.rating_weight[test_r].double()
             agree, use = _pair_agreement(pred[idx], target)
             g = group_of[idx]
-            pair_w = (w[:, None] * w[None, :])[use]
+            both_w = w[:, None] * w[None, :]  # (n, n): a pair's weight, the product of its two ratings'
+            pair_w = both_w[use]
             flat = g[:, None].expand_as(use)[use] * G + g[None, :].expand_as(use)[use]
             n_pairs[False] += int(use.sum())
             same = use & (g[:, None] == g[None, :])
             n_pairs[True] += int(same.sum())
-            same_w = (w[:, None] * w[None, :])[same]
+            same_w = both_w[same]
             within_w[0] += float(same_w.sum())
             within_w[1] += float((same_w * same_w).sum())
             weight_sum.view(-1).index_add_(0, flat, pair_w)

@@ -192,7 +192,7 @@ def test_migration_0012_relabels_the_leases_a_gold_item_got_after_it_became_gold
     migration = importlib.import_module("webapp.annotation.migrations.0012_lease_chosen_by_gold")
     item, ordinary = make_completion(project), make_completion(project)
     before, after, other = (
-        Lease.objects.create(completion=c, annotator=make_user(name), slot=slot, expires_at=timezone.now(), chosen_by="fifo")
+        Lease.objects.create(completion=c, annotator=make_user(name), slot=slot, expires_at=timezone.now(), chosen_by="fifo", rating_mode="likert")
         for c, name, slot in ((item, "early", 0), (item, "late", 1), (ordinary, "plain", 0))
     )
     gold = services.gold_item_set(completion=item, answer={"score": 3})

@@ -38,9 +38,20 @@ def test_overlap_two_gives_each_item_to_two_people(project, make_user, make_comp
 def test_database_refuses_a_second_lease_on_the_same_slot(project, make_user, make_completion):
     completion = make_completion(project)
     later = timezone.now() + timedelta(minutes=5)
-    Lease.objects.create(completion=completion, annotator=make_user("a"), slot=0, expires_at=later)
+    Lease.objects.create(completion=completion, annotator=make_user("a"), slot=0, expires_at=later, rating_mode="likert")
     with pytest.raises(IntegrityError), transaction.atomic():
-        Lease.objects.create(completion=completion, annotator=make_user("b"), slot=0, expires_at=later)
+        Lease.objects.create(completion=completion, annotator=make_user("b"), slot=0, expires_at=later, rating_mode="likert")
+
+
+def test_database_refuses_a_lease_without_a_known_rating_mode(project, annotator, make_completion):
+    """A lease records the mode it was taken under; one without (the field's empty value) would be skipped
+    as another mode's and never shown, so the database refuses it."""
+    completion = make_completion(project)
+    later = timezone.now() + timedelta(minutes=5)
+    for mode in ("", "stars"):
+        with pytest.raises(IntegrityError), transaction.atomic():
+            Lease.objects.create(completion=completion, annotator=annotator, slot=0, expires_at=later, rating_mode=mode)
+    Lease.objects.create(completion=completion, annotator=annotator, slot=0, expires_at=later, rating_mode="thumbs")
 
 
 def test_an_expired_lease_goes_back_to_the_queue(project, make_user, make_completion):

@@ -125,7 +125,7 @@ def test_an_undone_item_whose_lease_is_gone_takes_a_free_slot_the_one_way_leases
     Lease.objects.all().delete()  # e.g. removed by a mode switch
     other = make_user("other")
     Lease.objects.create(
-        completion=item, annotator=other, slot=0, expires_at=timezone.now() + timedelta(minutes=5)
+        completion=item, annotator=other, slot=0, expires_at=timezone.now() + timedelta(minutes=5), rating_mode="likert"
     )
     result = services.judgment_undo(project=project, annotator=annotator)
     assert result.lease is None  # the only slot is someone else's now: no second lease on it

@@ -30,7 +30,7 @@ def test_rating_a_held_out_prompt_by_id_is_refused_and_stores_nothing(
 
 
 def test_a_lease_on_a_held_out_prompt_does_not_make_it_rateable(annotator, project, held_out_completion):
-    Lease.objects.create(completion=held_out_completion, annotator=annotator, slot=0, expires_at="2999-01-01T00:00Z")
+    Lease.objects.create(completion=held_out_completion, annotator=annotator, slot=0, expires_at="2999-01-01T00:00Z", rating_mode="likert")
     with pytest.raises(ApplicationError, match="held out"):
         services.rating_create(annotator=annotator, completion=held_out_completion, score=5)
     assert not Rating.objects.exists()

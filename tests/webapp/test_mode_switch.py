@@ -187,3 +187,26 @@ def test_rated_today_counts_judgments_given_in_the_earlier_mode_too(project, ann
     project.rating_mode = "likert"
     project.save()
     assert annotator_progress(project=project, annotator=annotator)["today"] == 2
+
+
+def test_undo_after_the_switch_from_likert_to_thumbs_brings_the_same_item_back_in_thumbs(
+    project, annotator, make_completion
+):
+    """An undone rating's item comes back leased in the mode the project has now, so the card shows it."""
+    from webapp.annotation.selectors import lease_held
+
+    rated, other = make_completion(project, text="rated in likert"), make_completion(project, text="another item")
+    assert services.lease_next(project=project, annotator=annotator).completion_id == rated.pk
+    services.rating_create(annotator=annotator, completion=rated, score=4)
+    project.rating_mode = "thumbs"
+    project.save()
+    assert services.lease_next(project=project, annotator=annotator).completion_id == other.pk
+
+    result = services.judgment_undo(project=project, annotator=annotator)
+
+    assert result.lease is not None and result.lease.completion_id == rated.pk
+    assert lease_held(project=project, annotator=annotator).completion_id == rated.pk
+    assert services.lease_next(project=project, annotator=annotator).completion_id == rated.pk
+    assert list(Lease.objects.filter(annotator=annotator).values_list("completion_id", "rating_mode", "fulfilled")) == [
+        (rated.pk, "thumbs", False)
+    ]

@@ -276,6 +276,8 @@ class Lease(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["completion", "slot"], name="lease_slot_unique"),
             models.UniqueConstraint(fields=["completion", "annotator"], name="lease_once_per_annotator"),
+            # No default mode: a lease created without one would be another mode's, never shown.
+            models.CheckConstraint(condition=models.Q(rating_mode__in=RatingMode.values), name="lease_rating_mode_known"),
         ]
 
 

@@ -1470,8 +1470,9 @@ def _skip_undo(*, project: Project, annotator, skip: Skip, lease_minutes: int) -
 
 def _lease_back(*, project: Project, annotator, completion_id: int, lease_minutes: int, a_on_left=_DRAW) -> Lease | None:
     """Give the annotator's other unrated leases back to the queue and lease ``completion_id`` (an undone
-    item) to them again: their own lease of it renewed and unmarked, else a free slot taken the one way
-    slots are taken (a gold item's beyond ``ratings_per_item``). Returns the lease they hold now (None
+    item) to them again: their own lease of it renewed, unmarked and set to the project's rating mode now
+    (else the card would skip it as another mode's), else a free slot taken the one way slots are taken
+    (a gold item's beyond ``ratings_per_item``). Returns the lease they hold now (None
     when the item's slots went to others meanwhile). ``a_on_left``: the side shown before (left out: drawn)."""
     Lease.objects.filter(completion__project=project, annotator=annotator, fulfilled=False).exclude(
         completion_id=completion_id
@@ -1480,7 +1481,11 @@ def _lease_back(*, project: Project, annotator, completion_id: int, lease_minute
     expires = now + timedelta(minutes=lease_minutes)
     lease = Lease.objects.select_for_update().filter(completion_id=completion_id, annotator=annotator).first()
     if lease is not None:
-        Lease.objects.filter(pk=lease.pk).update(fulfilled=False, expires_at=expires, created_at=now)
+        # Leased anew in the project's mode now: a lease kept in the mode it was rated in (staff switched
+        # likert -> thumbs since) would be skipped as another mode's, and the item not come back.
+        Lease.objects.filter(pk=lease.pk).update(
+            fulfilled=False, expires_at=expires, created_at=now, rating_mode=project.rating_mode
+        )
     else:
         gold = GoldItem.objects.filter(completion_id=completion_id).exists()
         _lease_take_slot(
