@@ -902,7 +902,8 @@ def sample_split(
     OpenMP (the lane's own setting; the process-wide default new threads start from is set
     back once every lane has its own). Lane k holds ``batch_size // lanes`` rows (one more
     for the first ``batch_size % lanes``) and starts with prompts ``k, k + lanes, ...``; a
-    prompt from ``incoming`` goes to the lane with the fewest unfinished prompts per row.
+    prompt from ``incoming`` goes to the lane with the fewest unfinished prompts per row and
+    keeps its own max new tokens there (a lane takes its prompts through its own ``incoming``).
 
     ``incoming`` is called on the caller's thread (it may use the caller's database
     connection): at the start, after each completion is yielded, and every ``SPLIT_POLL_S``
@@ -972,18 +973,19 @@ def sample_split(
                         lock.wait()
                     if flags["stop"] or not inbox[k]:
                         return
-                    got, inbox[k] = inbox[k], []
-                index[:] = [i for i, _, _ in got]
+                index.clear()
+                # No prompts of its own: the inbox's come in through take() at the first poll,
+                # each with its own cap (max_new_tokens only bounds-checks the empty list).
                 for j, completion, logprobs, finished in sample_continuous(
                     model,
-                    [ids for _, ids, _ in got],
+                    [],
                     eos_ids=eos_ids,
                     pad_id=pad_id,
-                    max_new_tokens=max(cap for _, _, cap in got),
+                    max_new_tokens=max_new_tokens,
                     generator=generators[k],
                     greedy=greedy,
                     batch_size=sizes[k],
-                    incoming=None if incoming is None else take,
+                    incoming=take,
                     on_forward=check_stop,
                 ):
                     results.put((k, (index[j], completion, logprobs, finished)))

@@ -162,3 +162,27 @@ def test_by_default_a_batch_under_two_lanes_of_rows_is_sampled_on_the_callers_th
     finally:
         hook.remove()
     assert seen == {threading.current_thread().name}
+
+
+def test_an_incoming_prompt_keeps_its_own_cap_in_a_lane_with_a_larger_one(frozen_policy):
+    model = sampling_model(frozen_policy, dtype=torch.float32)
+    ids = [render_prompt(frozen_policy.tokenizer, t) for t in ("hi", "mid length", "ok", "a b c d e f g")]
+    caps = [2, 9, 9, 3]  # lanes take prompts 0, 2 and 1, 3: each lane gets a small and a large cap at once
+    calls = []
+
+    def incoming():
+        calls.append(1)
+        return list(zip(ids, caps)) if len(calls) == 1 else []
+
+    out = {
+        i: completion
+        for i, completion, _, _ in sample_split(
+            model, [], lanes=2, batch_size=4, incoming=incoming, generators=[torch.Generator(), torch.Generator()],
+            greedy=True, **_split_kwargs(frozen_policy),
+        )
+    }
+    full = generate(frozen_policy, ["hi", "mid length", "ok", "a b c d e f g"], max_new_tokens=9, greedy=True,
+                    precision="fp32", batch_size=4, lanes=1)
+    assert [len(full[i].completion_ids) for i in (0, 3)] == [9, 9]  # the large cap gives them more tokens
+    assert [out[i] for i in range(4)] == [r.completion_ids[:cap] for r, cap in zip(full, caps)]
+
