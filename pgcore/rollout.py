@@ -996,13 +996,17 @@ def sample_split(
         finally:
             results.put((k, None))
 
-    workers = [threading.Thread(target=lane, args=(k,), name=f"pgcore-lane-{k}", daemon=True) for k in range(lanes)]
-    for w in workers:
-        w.start()
-    ready.wait()
-    torch.set_num_threads(threads)  # the default for threads started later (the lanes set it to 1)
+    workers: list[threading.Thread] = []  # the lanes started
     running = lanes
     try:
+        try:
+            for k in range(lanes):
+                w = threading.Thread(target=lane, args=(k,), name=f"pgcore-lane-{k}", daemon=True)
+                w.start()
+                workers.append(w)
+            ready.wait()
+        finally:  # also where a lane failed to start: the lanes started have set it to 1
+            torch.set_num_threads(threads)  # the default for threads started later
         while running:
             if not flags["closed"]:
                 added = incoming()
@@ -1027,6 +1031,7 @@ def sample_split(
                 unfinished[k] -= 1
                 yield item
     finally:
+        ready.abort()  # a lane not yet past the barrier (a later lane failed to start) stops there
         with lock:
             flags["stop"] = True
             lock.notify_all()

@@ -186,3 +186,33 @@ def test_an_incoming_prompt_keeps_its_own_cap_in_a_lane_with_a_larger_one(frozen
     assert [len(full[i].completion_ids) for i in (0, 3)] == [9, 9]  # the large cap gives them more tokens
     assert [out[i] for i in range(4)] == [r.completion_ids[:cap] for r, cap in zip(full, caps)]
 
+def test_a_lane_that_fails_to_start_stops_the_lanes_started_and_restores_the_threads(frozen_policy, monkeypatch):
+    model = sampling_model(frozen_policy, dtype=torch.float32)
+    ids = [render_prompt(frozen_policy.tokenizer, t) for t in PROMPTS]
+    start = threading.Thread.start
+
+    def start_all_but_lane_1(self):
+        if self.name == "pgcore-lane-1":
+            raise RuntimeError("can't start new thread")
+        start(self)
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(threading.Thread, "start", start_all_but_lane_1)
+        stream = sample_split(model, ids, lanes=3, batch_size=6, generators=[torch.Generator() for _ in range(3)],
+                              **_split_kwargs(frozen_policy))
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            next(stream)
+        monkeypatch.undo()
+        lane_0 = [t for t in threading.enumerate() if t.name.startswith("pgcore-lane-")]
+        for t in lane_0:
+            t.join(timeout=5)
+        assert not [t for t in lane_0 if t.is_alive()]  # not left waiting at the barrier
+        fresh = []
+        t = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert torch.get_num_threads() == 2 and fresh == [2]
+    finally:
+        torch.set_num_threads(threads)
