@@ -109,12 +109,28 @@ def test_lanes_run_at_one_thread_in_their_own_threads_and_leave_the_callers_sett
 
 
 def test_closing_a_split_stream_stops_and_joins_its_lanes(frozen_policy):
-    frozen_policy.model.train()
-    stream = generate_stream(frozen_policy, PROMPTS * 4, max_new_tokens=12, seed=0, precision="fp32", batch_size=4, lanes=2)
-    next(stream)
-    stream.close()
-    assert not [t for t in threading.enumerate() if t.name.startswith("pgcore-lane-")]
+    model = sampling_model(frozen_policy, dtype=torch.float32)  # the copy generate_stream() samples with (cached)
+    forwards = []
+    hook = model.lm_head.register_forward_hook(lambda *_: forwards.append(1))
+
+    def stream():
+        return generate_stream(frozen_policy, PROMPTS * 4, max_new_tokens=12, seed=0, precision="fp32", batch_size=4, lanes=2)
+
+    try:
+        assert len(list(stream())) == len(PROMPTS) * 4
+        full = len(forwards)
+        forwards.clear()
+        frozen_policy.model.train()
+        closed = stream()
+        next(closed)
+        closed.close()
+        assert not [t for t in threading.enumerate() if t.name.startswith("pgcore-lane-")]
+        after_close = len(forwards)
+    finally:
+        hook.remove()
     assert frozen_policy.model.training
+    # the lanes stopped after their current step: a run to the end takes 7 rounds of 12 steps a lane
+    assert after_close < full / 2, (after_close, full)
 
 
 def test_a_split_stream_takes_prompts_that_arrive_on_the_callers_thread(eos_prone):
@@ -185,6 +201,7 @@ def test_an_incoming_prompt_keeps_its_own_cap_in_a_lane_with_a_larger_one(frozen
                     precision="fp32", batch_size=4, lanes=1)
     assert [len(full[i].completion_ids) for i in (0, 3)] == [9, 9]  # the large cap gives them more tokens
     assert [out[i] for i in range(4)] == [r.completion_ids[:cap] for r, cap in zip(full, caps)]
+
 
 def test_a_lane_that_fails_to_start_stops_the_lanes_started_and_restores_the_threads(frozen_policy, monkeypatch):
     model = sampling_model(frozen_policy, dtype=torch.float32)
