@@ -898,9 +898,15 @@ def sample_split(
     core on its own matmuls, where one batch at T threads splits each small decoding matmul
     across the cores and waits for the slowest at every op (and far longer when another
     process holds a core). PyTorch releases the GIL inside its kernels, so the lanes' Python
-    (a few ms a step) is what they share. ``torch.set_num_threads`` is per thread under
-    OpenMP (the lane's own setting; the process-wide default new threads start from is set
-    back once every lane has its own). Lane k holds ``batch_size // lanes`` rows (one more
+    (a few ms a step) is what they share. ``torch.set_num_threads(1)`` in a lane sets that
+    lane's OpenMP count and also ATen's process-wide count, which a thread copies at its first
+    torch call and keeps; the caller sets the latter back once every lane has its own 1 (or a
+    lane failed to start). So a thread of the process that makes its first torch call in that
+    window (the lanes' start) runs at one intra-op thread from then on, and the main thread's
+    ``torch.get_num_threads()`` read 1 in it; another thread that had used torch keeps its
+    count, and the lanes keep 1 after the caller's reset (torch 2.13, libgomp: checked with
+    ``tests/pgcore/test_split_lanes.py``, lanes and later threads; a first call in the window
+    by hand). Lane k holds ``batch_size // lanes`` rows (one more
     for the first ``batch_size % lanes``) and starts with prompts ``k, k + lanes, ...``; a
     prompt from ``incoming`` goes to the lane with the fewest unfinished prompts per row and
     keeps its own max new tokens there (a lane takes its prompts through its own ``incoming``).
