@@ -1216,7 +1216,11 @@ def generate_stream(
             (unfinished) where prompt plus completion reach the model's context limit.
         seed: seeds the sampler (same seed, prompts, ``batch_size``, ``lanes``, weights, device
             and precision give the same rollouts; with lanes, only without ``incoming``);
-            ``None`` draws from torch's global generator.
+            ``None`` draws from torch's global generator. With the split, a seed's rollouts
+            depend on the lanes (each lane draws from its own generator for its own prompts),
+            and ``lanes=None`` derives them from ``torch.get_num_threads()``
+            (:func:`split_lanes`): the same seed may give other rollouts at another thread
+            count (another machine, ``OMP_NUM_THREADS``, ``torch.set_num_threads``).
         batch_size: rows decoding at once, >= 1.
         precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (:func:`sampling_dtype`). bf16
             logprobs differ from the trainer's; the trainer corrects for that with
