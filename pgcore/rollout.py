@@ -898,11 +898,18 @@ def sample_split(
     core on its own matmuls, where one batch at T threads splits each small decoding matmul
     across the cores and waits for the slowest at every op (and far longer when another
     process holds a core). PyTorch releases the GIL inside its kernels, so the lanes' Python
-    (a few ms a step) is what they share. ``torch.set_num_threads`` is per thread under
-    OpenMP (the lane's own setting; the process-wide default new threads start from is set
-    back once every lane has its own). Lane k holds ``batch_size // lanes`` rows (one more
+    (a few ms a step) is what they share. ``torch.set_num_threads(1)`` in a lane sets that
+    lane's OpenMP count and also ATen's process-wide count, which a thread copies at its first
+    torch call and keeps; the caller sets the latter back once every lane has its own 1 (or a
+    lane failed to start). So a thread of the process that makes its first torch call in that
+    window (the lanes' start) runs at one intra-op thread from then on, and the main thread's
+    ``torch.get_num_threads()`` read 1 in it; another thread that had used torch keeps its
+    count, and the lanes keep 1 after the caller's reset (torch 2.13, libgomp: checked with
+    ``tests/pgcore/test_split_lanes.py``, lanes and later threads; a first call in the window
+    by hand). Lane k holds ``batch_size // lanes`` rows (one more
     for the first ``batch_size % lanes``) and starts with prompts ``k, k + lanes, ...``; a
-    prompt from ``incoming`` goes to the lane with the fewest unfinished prompts per row.
+    prompt from ``incoming`` goes to the lane with the fewest unfinished prompts per row and
+    keeps its own max new tokens there (a lane takes its prompts through its own ``incoming``).
 
     ``incoming`` is called on the caller's thread (it may use the caller's database
     connection): at the start, after each completion is yielded, and every ``SPLIT_POLL_S``
@@ -972,18 +979,19 @@ def sample_split(
                         lock.wait()
                     if flags["stop"] or not inbox[k]:
                         return
-                    got, inbox[k] = inbox[k], []
-                index[:] = [i for i, _, _ in got]
+                index.clear()
+                # No prompts of its own: the inbox's come in through take() at the first poll,
+                # each with its own cap (max_new_tokens only bounds-checks the empty list).
                 for j, completion, logprobs, finished in sample_continuous(
                     model,
-                    [ids for _, ids, _ in got],
+                    [],
                     eos_ids=eos_ids,
                     pad_id=pad_id,
-                    max_new_tokens=max(cap for _, _, cap in got),
+                    max_new_tokens=max_new_tokens,
                     generator=generators[k],
                     greedy=greedy,
                     batch_size=sizes[k],
-                    incoming=None if incoming is None else take,
+                    incoming=take,
                     on_forward=check_stop,
                 ):
                     results.put((k, (index[j], completion, logprobs, finished)))
@@ -994,13 +1002,17 @@ def sample_split(
         finally:
             results.put((k, None))
 
-    workers = [threading.Thread(target=lane, args=(k,), name=f"pgcore-lane-{k}", daemon=True) for k in range(lanes)]
-    for w in workers:
-        w.start()
-    ready.wait()
-    torch.set_num_threads(threads)  # the default for threads started later (the lanes set it to 1)
+    workers: list[threading.Thread] = []  # the lanes started
     running = lanes
     try:
+        try:
+            for k in range(lanes):
+                w = threading.Thread(target=lane, args=(k,), name=f"pgcore-lane-{k}", daemon=True)
+                w.start()
+                workers.append(w)
+            ready.wait()
+        finally:  # also where a lane failed to start: the lanes started have set it to 1
+            torch.set_num_threads(threads)  # the default for threads started later
         while running:
             if not flags["closed"]:
                 added = incoming()
@@ -1025,6 +1037,7 @@ def sample_split(
                 unfinished[k] -= 1
                 yield item
     finally:
+        ready.abort()  # a lane not yet past the barrier (a later lane failed to start) stops there
         with lock:
             flags["stop"] = True
             lock.notify_all()
@@ -1203,7 +1216,11 @@ def generate_stream(
             (unfinished) where prompt plus completion reach the model's context limit.
         seed: seeds the sampler (same seed, prompts, ``batch_size``, ``lanes``, weights, device
             and precision give the same rollouts; with lanes, only without ``incoming``);
-            ``None`` draws from torch's global generator.
+            ``None`` draws from torch's global generator. With the split, a seed's rollouts
+            depend on the lanes (each lane draws from its own generator for its own prompts),
+            and ``lanes=None`` derives them from ``torch.get_num_threads()``
+            (:func:`split_lanes`): the same seed may give other rollouts at another thread
+            count (another machine, ``OMP_NUM_THREADS``, ``torch.set_num_threads``).
         batch_size: rows decoding at once, >= 1.
         precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (:func:`sampling_dtype`). bf16
             logprobs differ from the trainer's; the trainer corrects for that with

@@ -109,12 +109,28 @@ def test_lanes_run_at_one_thread_in_their_own_threads_and_leave_the_callers_sett
 
 
 def test_closing_a_split_stream_stops_and_joins_its_lanes(frozen_policy):
-    frozen_policy.model.train()
-    stream = generate_stream(frozen_policy, PROMPTS * 4, max_new_tokens=12, seed=0, precision="fp32", batch_size=4, lanes=2)
-    next(stream)
-    stream.close()
-    assert not [t for t in threading.enumerate() if t.name.startswith("pgcore-lane-")]
+    model = sampling_model(frozen_policy, dtype=torch.float32)  # the copy generate_stream() samples with (cached)
+    forwards = []
+    hook = model.lm_head.register_forward_hook(lambda *_: forwards.append(1))
+
+    def stream():
+        return generate_stream(frozen_policy, PROMPTS * 4, max_new_tokens=12, seed=0, precision="fp32", batch_size=4, lanes=2)
+
+    try:
+        assert len(list(stream())) == len(PROMPTS) * 4
+        full = len(forwards)
+        forwards.clear()
+        frozen_policy.model.train()
+        closed = stream()
+        next(closed)
+        closed.close()
+        assert not [t for t in threading.enumerate() if t.name.startswith("pgcore-lane-")]
+        after_close = len(forwards)
+    finally:
+        hook.remove()
     assert frozen_policy.model.training
+    # the lanes stopped after their current step: a run to the end takes 7 rounds of 12 steps a lane
+    assert after_close < full / 2, (after_close, full)
 
 
 def test_a_split_stream_takes_prompts_that_arrive_on_the_callers_thread(eos_prone):
@@ -162,3 +178,58 @@ def test_by_default_a_batch_under_two_lanes_of_rows_is_sampled_on_the_callers_th
     finally:
         hook.remove()
     assert seen == {threading.current_thread().name}
+
+
+def test_an_incoming_prompt_keeps_its_own_cap_in_a_lane_with_a_larger_one(frozen_policy):
+    model = sampling_model(frozen_policy, dtype=torch.float32)
+    ids = [render_prompt(frozen_policy.tokenizer, t) for t in ("hi", "mid length", "ok", "a b c d e f g")]
+    caps = [2, 9, 9, 3]  # lanes take prompts 0, 2 and 1, 3: each lane gets a small and a large cap at once
+    calls = []
+
+    def incoming():
+        calls.append(1)
+        return list(zip(ids, caps)) if len(calls) == 1 else []
+
+    out = {
+        i: completion
+        for i, completion, _, _ in sample_split(
+            model, [], lanes=2, batch_size=4, incoming=incoming, generators=[torch.Generator(), torch.Generator()],
+            greedy=True, **_split_kwargs(frozen_policy),
+        )
+    }
+    full = generate(frozen_policy, ["hi", "mid length", "ok", "a b c d e f g"], max_new_tokens=9, greedy=True,
+                    precision="fp32", batch_size=4, lanes=1)
+    assert [len(full[i].completion_ids) for i in (0, 3)] == [9, 9]  # the large cap gives them more tokens
+    assert [out[i] for i in range(4)] == [r.completion_ids[:cap] for r, cap in zip(full, caps)]
+
+
+def test_a_lane_that_fails_to_start_stops_the_lanes_started_and_restores_the_threads(frozen_policy, monkeypatch):
+    model = sampling_model(frozen_policy, dtype=torch.float32)
+    ids = [render_prompt(frozen_policy.tokenizer, t) for t in PROMPTS]
+    start = threading.Thread.start
+
+    def start_all_but_lane_1(self):
+        if self.name == "pgcore-lane-1":
+            raise RuntimeError("can't start new thread")
+        start(self)
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(threading.Thread, "start", start_all_but_lane_1)
+        stream = sample_split(model, ids, lanes=3, batch_size=6, generators=[torch.Generator() for _ in range(3)],
+                              **_split_kwargs(frozen_policy))
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            next(stream)
+        monkeypatch.undo()
+        lane_0 = [t for t in threading.enumerate() if t.name.startswith("pgcore-lane-")]
+        for t in lane_0:
+            t.join(timeout=5)
+        assert not [t for t in lane_0 if t.is_alive()]  # not left waiting at the barrier
+        fresh = []
+        t = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert torch.get_num_threads() == 2 and fresh == [2]
+    finally:
+        torch.set_num_threads(threads)
