@@ -32,6 +32,15 @@ def test_lower_layers_never_name_an_upper_apps_task_or_module_by_string():
     assert offenders == []
 
 
+def _another_version(project):
+    """v1 of ``project`` on the base weights: serving the version already served is refused."""
+    from webapp.policies.models import ModelVersion
+
+    return ModelVersion.objects.create(
+        project=project, number=1, kind="full", weights_path=project.base_model_path, parent=project.served_version
+    )
+
+
 def test_serving_another_version_queues_annotations_pool_refill_though_policies_never_names_it(
     project, monkeypatch, django_capture_on_commit_callbacks
 ):
@@ -40,11 +49,12 @@ def test_serving_another_version_queues_annotations_pool_refill_though_policies_
 
     sent = []
     monkeypatch.setattr(app, "send_task", lambda name, args=None, **kw: sent.append((name, args, kw.get("queue"))))
+    v1 = _another_version(project)
     with django_capture_on_commit_callbacks(execute=True):
-        policy_services.version_promote(version=project.served_version)
+        policy_services.version_promote(version=v1)
     assert sent[0] == ("webapp.annotation.tasks.pool_refill", [project.pk], "generation")
     # Training answers the same signal: the served version was never measured on held-out prompts.
-    assert sent[1:] == [("webapp.training.tasks.version_samples_ensure", [project.served_version_id], None)]
+    assert sent[1:] == [("webapp.training.tasks.version_samples_ensure", [v1.pk], None)]
 
 
 def test_a_down_broker_does_not_fail_a_promotion(project, monkeypatch, django_capture_on_commit_callbacks):
@@ -55,7 +65,8 @@ def test_a_down_broker_does_not_fail_a_promotion(project, monkeypatch, django_ca
         raise ConnectionRefusedError("broker down")
 
     monkeypatch.setattr(app, "send_task", down)
+    v1 = _another_version(project)
     with django_capture_on_commit_callbacks(execute=True):
-        version = policy_services.version_promote(version=project.served_version)
+        version = policy_services.version_promote(version=v1)
     project.refresh_from_db()
-    assert project.served_version_id == version.pk
+    assert project.served_version_id == version.pk == v1.pk
