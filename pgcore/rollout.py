@@ -961,17 +961,16 @@ def sample_split(
                 ready.wait()
             index: list[int] = []  # the running sample_continuous' prompt index -> index here
 
-            def take() -> list[tuple[list[int], int]]:
+            def check_stop(*_) -> None:
                 if flags["stop"]:
                     raise _LaneStopped
+
+            def take() -> list[tuple[list[int], int]]:
+                check_stop()
                 with lock:
                     got, inbox[k] = inbox[k], []
                 index.extend(i for i, _, _ in got)
                 return [(ids, cap) for _, ids, cap in got]
-
-            def check_stop(*_) -> None:
-                if flags["stop"]:
-                    raise _LaneStopped
 
             while True:
                 with lock:
